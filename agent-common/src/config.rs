@@ -1,0 +1,20 @@
+//! Runtime configuration that user space writes into the `CONFIG` array map
+//! and the kernel programs read on every event. Values are `u64`, indexed by
+//! the constants below, so the daemon can retune the kernel side (and the
+//! MAPE-K loop can later) without reloading any program.
+
+/// Name of the `Array<u64>` map holding runtime settings.
+pub const CONFIG_MAP: &str = "CONFIG";
+
+/// Syscalls slower than this (ns) emit a `SlowSyscallEvent`; 0 disables.
+pub const CFG_SLOW_SYSCALL_NS: u32 = 0;
+/// New-flow events allowed per second per CPU (token bucket refill rate).
+pub const CFG_FLOW_EVENTS_PER_SEC: u32 = 1;
+/// Burst size of the new-flow event token bucket.
+pub const CFG_FLOW_EVENTS_BURST: u32 = 2;
+/// Thread-group id whose slow syscalls are never reported (the agent itself,
+/// so that its own reads of the ring buffer cannot feed back into it).
+pub const CFG_IGNORE_TGID: u32 = 3;
+
+/// Number of slots in `CONFIG`.
+pub const CONFIG_LEN: u32 = 8;

@@ -1,0 +1,87 @@
+//! Ring-buffer events and their loss accounting.
+//!
+//! Every event starts with an [`EventHeader`] carrying a stable kind id, so
+//! one decoder reads any ring. Each ring has a slot in `RING_STATS`
+//! (per CPU): `produced` counts every attempt to emit, `lost` counts the
+//! reserve failures. User space counts what it received, and
+//! `received + lost == produced` once the ring is drained.
+
+/// Name of the `PerCpuArray<RingStats>` map, indexed by ring id.
+pub const RING_STATS_MAP: &str = "RING_STATS";
+/// Name of the token-bucket state map used to rate-limit new-flow events.
+pub const FLOW_EVENT_BUCKET_MAP: &str = "FLOW_EVENT_BUCKET";
+
+/// Ring carrying [`SlowSyscallEvent`]s.
+pub const RING_SYSCALL: u32 = 0;
+/// Ring carrying [`FlowEvent`]s.
+pub const RING_FLOW: u32 = 1;
+/// Number of rings (slots in `RING_STATS`).
+pub const RING_COUNT: u32 = 2;
+/// `(ring id, map name, label)` for every ring.
+pub const RINGS: &[(u32, &str, &str)] = &[
+    (RING_SYSCALL, "SYSCALL_EVENTS", "syscall"),
+    (RING_FLOW, "FLOW_EVENTS", "flow"),
+];
+
+/// Event kind id of [`SlowSyscallEvent`].
+pub const EVENT_SLOW_SYSCALL: u32 = 1;
+/// Event kind id of [`FlowEvent`].
+pub const EVENT_NEW_FLOW: u32 = 2;
+
+/// Length of a task's command name (`TASK_COMM_LEN`).
+pub const COMM_LEN: usize = 16;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RingStats {
+    /// Events the kernel tried to emit.
+    pub produced: u64,
+    /// Events dropped because the ring had no room.
+    pub lost: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TokenBucket {
+    /// Tokens available, scaled by 1e9 (one token = 1_000_000_000).
+    pub tokens: u64,
+    /// Last refill time (bpf_ktime_get_ns).
+    pub last_ns: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    /// One of the `EVENT_*` ids.
+    pub kind: u32,
+    /// CPU that emitted the event.
+    pub cpu: u32,
+    /// bpf_ktime_get_ns() at emission (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+}
+
+/// A syscall that took longer than the configured threshold.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SlowSyscallEvent {
+    pub header: EventHeader,
+    pub pid: u32,
+    pub tid: u32,
+    pub cgroup_id: u64,
+    pub syscall_id: u32,
+    pub _pad: u32,
+    pub latency_ns: u64,
+    pub ret: i64,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// The first packet of a flow the kernel had not seen (or had evicted).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FlowEvent {
+    pub header: EventHeader,
+    pub key: crate::net::FlowKey,
+    /// Length of the first packet (L2 frame length).
+    pub bytes: u32,
+    pub _pad: u32,
+}

@@ -1,0 +1,96 @@
+//! Per-syscall aggregation done in the kernel: counts, errors and a log2
+//! latency histogram, per CPU, indexed by syscall id.
+
+/// `PerCpuArray<SyscallStats>` indexed by syscall id.
+pub const SYSCALL_STATS_MAP: &str = "SYSCALL_STATS";
+/// `HashMap<u32 tid, SyscallStart>`: in-flight syscalls.
+pub const SYSCALL_START_MAP: &str = "SYSCALL_START";
+/// `Array<u32>` indexed by syscall id: non-zero means "never report as slow"
+/// (syscalls whose job is to block, such as epoll_wait or futex).
+pub const SLOW_SYSCALL_IGNORE_MAP: &str = "SLOW_SYSCALL_IGNORE";
+
+/// Syscall ids tracked (x86_64 and aarch64 tables stay well below this).
+pub const MAX_SYSCALLS: u32 = 512;
+/// Threads with a syscall in flight that can be tracked at once.
+pub const MAX_INFLIGHT: u32 = 65536;
+
+/// Latency histogram slots. Slot 0 holds latencies below 2^10 ns (~1 µs);
+/// slot k (1 ≤ k < LATENCY_SLOTS - 1) holds [2^(9+k), 2^(10+k)) ns; the last
+/// slot holds everything from 2^(9 + LATENCY_SLOTS - 1) ns (~34 s) up.
+pub const LATENCY_SLOTS: usize = 27;
+/// log2 of the upper bound (ns) of slot 0.
+pub const LATENCY_FIRST_BOUND_LOG2: u32 = 10;
+
+/// Slot of a latency in ns.
+#[inline(always)]
+pub fn latency_slot(ns: u64) -> usize {
+    // 63 - leading_zeros is floor(log2(ns)); ns = 0 lands in slot 0.
+    let log2 = 63u32.saturating_sub((ns | 1).leading_zeros());
+    let slot = (log2 + 1).saturating_sub(LATENCY_FIRST_BOUND_LOG2) as usize;
+    if slot >= LATENCY_SLOTS {
+        LATENCY_SLOTS - 1
+    } else {
+        slot
+    }
+}
+
+/// Upper bound in ns of a (non-last) slot.
+pub const fn latency_slot_upper_ns(slot: usize) -> u64 {
+    1u64 << (LATENCY_FIRST_BOUND_LOG2 as usize + slot)
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SyscallStats {
+    /// Syscall entries.
+    pub count: u64,
+    /// Exits with a negative return value (an errno).
+    pub errors: u64,
+    /// Exits whose latency was measured (entry seen by the agent).
+    pub timed: u64,
+    /// Sum of measured latencies, ns.
+    pub latency_sum_ns: u64,
+    pub latency_slots: [u64; LATENCY_SLOTS],
+    pub _pad: u64,
+}
+
+impl Default for SyscallStats {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            errors: 0,
+            timed: 0,
+            latency_sum_ns: 0,
+            latency_slots: [0; LATENCY_SLOTS],
+            _pad: 0,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyscallStart {
+    pub ts_ns: u64,
+    pub id: u32,
+    pub _pad: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_cover_the_range() {
+        assert_eq!(latency_slot(0), 0);
+        assert_eq!(latency_slot(1023), 0);
+        assert_eq!(latency_slot(1024), 1);
+        assert_eq!(latency_slot(2047), 1);
+        assert_eq!(latency_slot(2048), 2);
+        assert_eq!(latency_slot(u64::MAX), LATENCY_SLOTS - 1);
+        for slot in 0..LATENCY_SLOTS - 1 {
+            let upper = latency_slot_upper_ns(slot);
+            assert_eq!(latency_slot(upper - 1), slot);
+            assert_eq!(latency_slot(upper), slot + 1);
+        }
+    }
+}

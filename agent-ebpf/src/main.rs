@@ -1,0 +1,21 @@
+//! Sonde's kernel programs. One module per hook family; every entry point is
+//! a thin wrapper around a function that does the work, and every failure is
+//! counted in `COUNTERS` rather than dropped silently.
+#![no_std]
+#![no_main]
+
+mod maps;
+mod net;
+mod syscalls;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any program that could reach this; it only exists
+    // because `no_std` binaries need a panic handler.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

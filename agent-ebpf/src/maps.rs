@@ -1,0 +1,67 @@
+//! Maps shared by every hook family: runtime config, diagnostic counters and
+//! ring-buffer accounting, plus the helpers that touch them.
+
+use agent_common::{
+    config::CONFIG_LEN,
+    counters::COUNTERS_LEN,
+    events::{RING_COUNT, RingStats},
+};
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, PerCpuArray, RingBuf},
+};
+
+#[map(name = "CONFIG")]
+pub static CONFIG: Array<u64> = Array::with_max_entries(CONFIG_LEN, 0);
+
+#[map(name = "COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+
+#[map(name = "RING_STATS")]
+pub static RING_STATS: PerCpuArray<RingStats> = PerCpuArray::with_max_entries(RING_COUNT, 0);
+
+/// Slow-syscall events. User space resizes it at load (`map_max_entries`).
+#[map(name = "SYSCALL_EVENTS")]
+pub static SYSCALL_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// New-flow events. User space resizes it at load (`map_max_entries`).
+#[map(name = "FLOW_EVENTS")]
+pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+#[inline(always)]
+pub fn config(index: u32) -> u64 {
+    CONFIG.get(index).copied().unwrap_or(0)
+}
+
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Emits one event on `ring`: reserves room, lets `fill` write the event in
+/// place (no copy through the 512-byte stack), and counts the attempt and any
+/// loss in `RING_STATS[ring_id]`.
+#[inline(always)]
+pub fn emit<T: 'static>(ring: &RingBuf, ring_id: u32, fill: impl FnOnce(&mut T)) {
+    let stats = RING_STATS.get_ptr_mut(ring_id);
+    if let Some(stats) = stats {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { (*stats).produced += 1 };
+    }
+    match ring.reserve::<T>(0) {
+        Some(mut entry) => {
+            // SAFETY: `fill` writes every field of the event before submit.
+            fill(unsafe { entry.assume_init_mut() });
+            entry.submit(0);
+        }
+        None => {
+            if let Some(stats) = stats {
+                // SAFETY: per-CPU slot.
+                unsafe { (*stats).lost += 1 };
+            }
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Packet accounting shared by the XDP and TC hooks: one parser over any
+//! packet source, per-(interface, direction, family, protocol) counters with
+//! TCP flags, and the flow table with rate-limited new-flow events.
+//!
+//! The programs only observe: XDP always passes, TC always hands the packet
+//! on to whatever comes next (TC_ACT_UNSPEC), so Sonde never changes the
+//! fate of a packet or of another program's verdict.
+
+mod parse;
+mod tc;
+mod xdp;
+
+use agent_common::{
+    config::{CFG_FLOW_EVENTS_BURST, CFG_FLOW_EVENTS_PER_SEC},
+    counters::{FLOW_CREATED, FLOW_EVENT_RATE_LIMITED, FLOW_INSERT_FAILED, PACKET_MAP_FULL},
+    events::{EVENT_NEW_FLOW, EventHeader, FlowEvent, RING_FLOW, TokenBucket},
+    net::{
+        DEFAULT_MAX_FLOWS, FlowKey, FlowStats, IPPROTO_TCP, MAX_PACKET_KEYS, PacketCounters,
+        PacketKey,
+    },
+};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    macros::map,
+    maps::{LruPerCpuHashMap, PerCpuArray, PerCpuHashMap},
+};
+pub use parse::PacketSource;
+
+use crate::maps::{FLOW_EVENTS, config, count, emit};
+
+#[map(name = "PACKET_COUNTERS")]
+static PACKET_COUNTERS: PerCpuHashMap<PacketKey, PacketCounters> =
+    PerCpuHashMap::with_max_entries(MAX_PACKET_KEYS, 0);
+
+/// Resized by the loader from the configured flow-table size.
+#[map(name = "FLOWS")]
+static FLOWS: LruPerCpuHashMap<FlowKey, FlowStats> =
+    LruPerCpuHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+#[map(name = "FLOW_EVENT_BUCKET")]
+static FLOW_EVENT_BUCKET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// One token of the flow-event bucket, in bucket units (tokens × 1e9, so
+/// that a rate in tokens per second is a rate in units per nanosecond).
+const TOKEN: u64 = 1_000_000_000;
+/// Upper bound on the configured event rate and burst.
+const MAX_RATE: u64 = 1_000_000;
+
+/// Accounts one packet seen on `direction` of the packet's interface.
+#[inline(always)]
+pub fn account<P: PacketSource>(packet: &P, direction: u8) {
+    let parsed = parse::parse(packet);
+    let ifindex = packet.ifindex();
+    let bytes = u64::from(packet.len());
+
+    let key = PacketKey {
+        ifindex,
+        direction,
+        family: parsed.family,
+        protocol: parsed.protocol,
+        _pad: 0,
+    };
+    if let Some(counters) = packet_counters(&key) {
+        // SAFETY: per-CPU value, only this CPU writes it while we run.
+        let counters = unsafe { &mut *counters };
+        counters.packets += 1;
+        counters.bytes += bytes;
+        if parsed.protocol == IPPROTO_TCP && parsed.has_ports {
+            let flags = parsed.tcp_flags;
+            if flags & TCP_SYN != 0 {
+                if flags & TCP_ACK != 0 {
+                    counters.tcp_synack += 1;
+                } else {
+                    counters.tcp_syn += 1;
+                }
+            }
+            if flags & TCP_RST != 0 {
+                counters.tcp_rst += 1;
+            }
+            if flags & TCP_FIN != 0 {
+                counters.tcp_fin += 1;
+            }
+        }
+    }
+
+    if !parsed.is_ip() {
+        return;
+    }
+    let flow = FlowKey {
+        ifindex,
+        direction,
+        family: parsed.family,
+        protocol: parsed.protocol,
+        _pad: 0,
+        src_addr: parsed.src,
+        dst_addr: parsed.dst,
+        src_port: parsed.src_port,
+        dst_port: parsed.dst_port,
+    };
+    account_flow(&flow, bytes);
+}
+
+#[inline(always)]
+fn packet_counters(key: &PacketKey) -> Option<*mut PacketCounters> {
+    if let Some(counters) = PACKET_COUNTERS.get_ptr_mut(key) {
+        return Some(counters);
+    }
+    // BPF_NOEXIST: another CPU may have inserted it meanwhile; that is fine,
+    // the lookup below finds it.
+    let zero = PacketCounters::default();
+    if let Err(err) = PACKET_COUNTERS.insert(key, zero, u64::from(BPF_NOEXIST))
+        && err != -17
+    {
+        count(PACKET_MAP_FULL);
+        return None;
+    }
+    PACKET_COUNTERS.get_ptr_mut(key)
+}
+
+#[inline(always)]
+fn account_flow(flow: &FlowKey, bytes: u64) {
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(stats) = FLOWS.get_ptr_mut(flow) {
+        // SAFETY: per-CPU value.
+        let stats = unsafe { &mut *stats };
+        stats.packets += 1;
+        stats.bytes += bytes;
+        if stats.first_seen_ns == 0 {
+            stats.first_seen_ns = now;
+        }
+        stats.last_seen_ns = now;
+        return;
+    }
+    let first = FlowStats {
+        packets: 1,
+        bytes,
+        first_seen_ns: now,
+        last_seen_ns: now,
+    };
+    match FLOWS.insert(flow, first, u64::from(BPF_NOEXIST)) {
+        Ok(()) => {
+            count(FLOW_CREATED);
+            new_flow_event(flow, bytes, now);
+        }
+        // -EEXIST: another CPU created it between our lookup and insert.
+        Err(-17) => {
+            if let Some(stats) = FLOWS.get_ptr_mut(flow) {
+                // SAFETY: per-CPU value.
+                let stats = unsafe { &mut *stats };
+                stats.packets += 1;
+                stats.bytes += bytes;
+                if stats.first_seen_ns == 0 {
+                    stats.first_seen_ns = now;
+                }
+                stats.last_seen_ns = now;
+            }
+        }
+        Err(_) => count(FLOW_INSERT_FAILED),
+    }
+}
+
+/// Emits a new-flow event if this CPU's token bucket allows it; a refused
+/// event is counted as rate limited.
+#[inline(always)]
+fn new_flow_event(flow: &FlowKey, bytes: u64, now: u64) {
+    // Clamped so that the products below fit in u64 (no 128-bit maths in
+    // BPF): elapsed ≤ 1e11 ns times rate ≤ 1e6 stays under 2^64.
+    let rate = config(CFG_FLOW_EVENTS_PER_SEC).min(MAX_RATE);
+    let burst = config(CFG_FLOW_EVENTS_BURST).clamp(1, MAX_RATE) * TOKEN;
+    let Some(bucket) = FLOW_EVENT_BUCKET.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU value.
+    let bucket = unsafe { &mut *bucket };
+    let elapsed = now.saturating_sub(bucket.last_ns).min(100 * TOKEN);
+    bucket.last_ns = now;
+    bucket.tokens = bucket
+        .tokens
+        .saturating_add(elapsed * rate)
+        .min(burst);
+    if rate == 0 || bucket.tokens < TOKEN {
+        count(FLOW_EVENT_RATE_LIMITED);
+        return;
+    }
+    bucket.tokens -= TOKEN;
+    emit::<FlowEvent>(&FLOW_EVENTS, RING_FLOW, |event| {
+        event.header = EventHeader {
+            kind: EVENT_NEW_FLOW,
+            // SAFETY: helper without preconditions.
+            cpu: unsafe { bpf_get_smp_processor_id() },
+            ts_ns: now,
+        };
+        event.key = *flow;
+        event.bytes = bytes as u32;
+        event._pad = 0;
+    });
+}

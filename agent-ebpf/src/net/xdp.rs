@@ -1,0 +1,38 @@
+//! XDP ingress accounting (native mode where the driver has it, generic
+//! otherwise; the loader chooses and reports the mode).
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use agent_common::net::DIRECTION_INGRESS;
+
+use super::{PacketSource, account};
+
+struct XdpPacket<'a>(&'a XdpContext);
+
+impl PacketSource for XdpPacket<'_> {
+    #[inline(always)]
+    fn load<T: Copy>(&self, offset: usize) -> Option<T> {
+        let start = self.0.data();
+        let end = self.0.data_end();
+        if start + offset + size_of::<T>() > end {
+            return None;
+        }
+        // SAFETY: bounds checked against data_end just above.
+        Some(unsafe { core::ptr::read_unaligned((start + offset) as *const T) })
+    }
+
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        (self.0.data_end() - self.0.data()) as u32
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        self.0.ingress_ifindex() as u32
+    }
+}
+
+#[xdp]
+pub fn sonde_xdp_ingress(ctx: XdpContext) -> u32 {
+    account(&XdpPacket(&ctx), DIRECTION_INGRESS);
+    xdp_action::XDP_PASS
+}

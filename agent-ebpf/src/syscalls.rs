@@ -1,0 +1,170 @@
+//! Syscall telemetry on `raw_syscalls:sys_enter` / `sys_exit`.
+//!
+//! Two attachments of the same logic: raw tracepoints (cheaper: arguments
+//! come straight from `TP_PROTO`) and classic tracepoints as the fallback,
+//! whose field offsets the loader reads from the running kernel's tracepoint
+//! format and passes in as globals. Aggregation (count, errors, log2 latency
+//! histogram) happens here, per CPU; only syscalls slower than the configured
+//! threshold leave the kernel as events.
+
+use agent_common::{
+    config::{CFG_IGNORE_TGID, CFG_SLOW_SYSCALL_NS},
+    counters::{SYSCALL_ID_OUT_OF_RANGE, SYSCALL_START_MAP_FULL},
+    events::{COMM_LEN, EVENT_SLOW_SYSCALL, EventHeader, RING_SYSCALL, SlowSyscallEvent},
+    syscalls::{MAX_INFLIGHT, MAX_SYSCALLS, SyscallStart, SyscallStats, latency_slot},
+};
+use aya_ebpf::{
+    Global,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
+        bpf_ktime_get_ns, generated::bpf_get_current_cgroup_id,
+    },
+    macros::{map, raw_tracepoint, tracepoint},
+    maps::{Array, HashMap, PerCpuArray},
+    programs::{RawTracePointContext, TracePointContext},
+};
+
+use crate::maps::{SYSCALL_EVENTS, config, count, emit};
+
+#[map(name = "SYSCALL_STATS")]
+static SYSCALL_STATS: PerCpuArray<SyscallStats> = PerCpuArray::with_max_entries(MAX_SYSCALLS, 0);
+
+#[map(name = "SYSCALL_START")]
+static SYSCALL_START: HashMap<u32, SyscallStart> = HashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+#[map(name = "SLOW_SYSCALL_IGNORE")]
+static SLOW_SYSCALL_IGNORE: Array<u32> = Array::with_max_entries(MAX_SYSCALLS, 0);
+
+/// Syscalls that never return (exit, exit_group): no start is recorded for
+/// them, or their entries would never be removed. Set by the loader from the
+/// running architecture's table; u32::MAX means "none".
+#[unsafe(no_mangle)]
+static SYSCALL_NR_EXIT: Global<u32> = Global::new(u32::MAX);
+#[unsafe(no_mangle)]
+static SYSCALL_NR_EXIT_GROUP: Global<u32> = Global::new(u32::MAX);
+
+/// Offsets of `id` in the classic sys_enter record and of `ret` in the
+/// sys_exit record, read by the loader from
+/// `events/raw_syscalls/sys_{enter,exit}/format`.
+#[unsafe(no_mangle)]
+static TP_SYS_ENTER_ID_OFFSET: Global<u32> = Global::new(8);
+#[unsafe(no_mangle)]
+static TP_SYS_EXIT_RET_OFFSET: Global<u32> = Global::new(16);
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sonde_sys_enter_raw(ctx: RawTracePointContext) -> i32 {
+    let id: i64 = ctx.arg(1);
+    on_enter(id);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sonde_sys_exit_raw(ctx: RawTracePointContext) -> i32 {
+    let ret: i64 = ctx.arg(1);
+    on_exit(ret);
+    0
+}
+
+#[tracepoint(category = "raw_syscalls", name = "sys_enter")]
+pub fn sonde_sys_enter_tp(ctx: TracePointContext) -> u32 {
+    // SAFETY: the offset comes from this kernel's tracepoint format.
+    if let Ok(id) = unsafe { ctx.read_at::<i64>(TP_SYS_ENTER_ID_OFFSET.load() as usize) } {
+        on_enter(id);
+    }
+    0
+}
+
+#[tracepoint(category = "raw_syscalls", name = "sys_exit")]
+pub fn sonde_sys_exit_tp(ctx: TracePointContext) -> u32 {
+    // SAFETY: the offset comes from this kernel's tracepoint format.
+    if let Ok(ret) = unsafe { ctx.read_at::<i64>(TP_SYS_EXIT_RET_OFFSET.load() as usize) } {
+        on_exit(ret);
+    }
+    0
+}
+
+#[inline(always)]
+fn on_enter(id: i64) {
+    if id < 0 || id >= MAX_SYSCALLS as i64 {
+        count(SYSCALL_ID_OUT_OF_RANGE);
+        return;
+    }
+    let id = id as u32;
+    if let Some(stats) = SYSCALL_STATS.get_ptr_mut(id) {
+        // SAFETY: per-CPU slot.
+        unsafe { (*stats).count += 1 };
+    }
+    if id == SYSCALL_NR_EXIT.load() || id == SYSCALL_NR_EXIT_GROUP.load() {
+        return;
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let start = SyscallStart {
+        // SAFETY: helper without preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        id,
+        _pad: 0,
+    };
+    if SYSCALL_START.insert(tid, start, 0).is_err() {
+        count(SYSCALL_START_MAP_FULL);
+    }
+}
+
+#[inline(always)]
+fn on_exit(ret: i64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    let Some(start) = SYSCALL_START.get_ptr(tid) else {
+        // Entry happened before we attached, or the start map was full
+        // (counted at entry).
+        return;
+    };
+    // SAFETY: the pointer came from a successful lookup; we copy out the
+    // value before deleting the element.
+    let start = unsafe { *start };
+    let _ = SYSCALL_START.remove(tid);
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let latency = now.saturating_sub(start.ts_ns);
+    let id = start.id;
+    if let Some(stats) = SYSCALL_STATS.get_ptr_mut(id) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        let stats = unsafe { &mut *stats };
+        if ret < 0 {
+            stats.errors += 1;
+        }
+        stats.timed += 1;
+        stats.latency_sum_ns += latency;
+        let slot = latency_slot(latency);
+        if let Some(bucket) = stats.latency_slots.get_mut(slot) {
+            *bucket += 1;
+        }
+    }
+    let threshold = config(CFG_SLOW_SYSCALL_NS);
+    if threshold == 0 || latency < threshold {
+        return;
+    }
+    let tgid = (pid_tgid >> 32) as u32;
+    if u64::from(tgid) == config(CFG_IGNORE_TGID) {
+        return;
+    }
+    if SLOW_SYSCALL_IGNORE.get(id).copied().unwrap_or(0) != 0 {
+        return;
+    }
+    emit::<SlowSyscallEvent>(&SYSCALL_EVENTS, RING_SYSCALL, |event| {
+        event.header = EventHeader {
+            kind: EVENT_SLOW_SYSCALL,
+            // SAFETY: helper without preconditions.
+            cpu: unsafe { bpf_get_smp_processor_id() },
+            ts_ns: now,
+        };
+        event.pid = tgid;
+        event.tid = tid;
+        // SAFETY: helper without preconditions.
+        event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+        event.syscall_id = id;
+        event._pad = 0;
+        event.latency_ns = latency;
+        event.ret = ret;
+        event.comm = bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]);
+    });
+}

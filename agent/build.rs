@@ -1,0 +1,37 @@
+//! Builds the kernel programs (`agent-ebpf`) for bpfel-unknown-none with the
+//! pinned nightly, so the daemon can embed the object from OUT_DIR and never
+//! ships stale bytecode. `AYA_BUILD_SKIP=1` skips it (aya-build's own switch)
+//! for tools that only need metadata.
+use anyhow::{Context as _, anyhow};
+use aya_build::{Package, Toolchain};
+
+/// The dated nightly the eBPF crate is built with; bump it together with
+/// bpf-linker (both embed the same LLVM).
+const EBPF_TOOLCHAIN: &str = "nightly-2026-05-19";
+
+fn main() -> anyhow::Result<()> {
+    let metadata = cargo_metadata::MetadataCommand::new()
+        .no_deps()
+        .exec()
+        .context("cargo metadata")?;
+    let ebpf = metadata
+        .packages
+        .into_iter()
+        .find(|p| p.name.as_str() == "agent-ebpf")
+        .ok_or_else(|| anyhow!("agent-ebpf package not found in the workspace"))?;
+    let root_dir = ebpf
+        .manifest_path
+        .parent()
+        .ok_or_else(|| anyhow!("agent-ebpf manifest has no parent directory"))?
+        .as_str()
+        .to_owned();
+    println!("cargo:rerun-if-changed=../agent-common/src");
+    aya_build::build_ebpf(
+        [Package {
+            name: "agent-ebpf",
+            root_dir: &root_dir,
+            ..Default::default()
+        }],
+        Toolchain::Custom(EBPF_TOOLCHAIN),
+    )
+}
