@@ -26,6 +26,15 @@ fn main() -> anyhow::Result<()> {
         .as_str()
         .to_owned();
     println!("cargo:rerun-if-changed=../agent-common/src");
+    let sha = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned());
+    println!("cargo:rustc-env=SONDE_GIT_SHA={sha}");
+    println!("cargo:rerun-if-changed=../.git/HEAD");
     aya_build::build_ebpf(
         [Package {
             name: "agent-ebpf",

@@ -42,14 +42,30 @@ pub enum CounterKind {
 
 /// Every slot with its label value and kind; user space iterates this.
 pub const COUNTER_SLOTS: &[(u32, &str, CounterKind)] = &[
-    (SYSCALL_START_MAP_FULL, "syscall_start_map_full", CounterKind::Error),
-    (SYSCALL_ID_OUT_OF_RANGE, "syscall_id_out_of_range", CounterKind::Error),
+    (
+        SYSCALL_START_MAP_FULL,
+        "syscall_start_map_full",
+        CounterKind::Error,
+    ),
+    (
+        SYSCALL_ID_OUT_OF_RANGE,
+        "syscall_id_out_of_range",
+        CounterKind::Error,
+    ),
     (PACKET_MAP_FULL, "packet_map_full", CounterKind::Error),
     (FLOW_INSERT_FAILED, "flow_insert_failed", CounterKind::Error),
     (FLOW_CREATED, "flow_created", CounterKind::Activity),
-    (FLOW_EVENT_RATE_LIMITED, "flow_event_rate_limited", CounterKind::Activity),
+    (
+        FLOW_EVENT_RATE_LIMITED,
+        "flow_event_rate_limited",
+        CounterKind::Activity,
+    ),
     (PKT_SHORT_ETHERNET, "short_ethernet", CounterKind::Malformed),
     (PKT_BAD_IP_HEADER, "bad_ip_header", CounterKind::Malformed),
-    (PKT_SHORT_TRANSPORT, "short_transport", CounterKind::Malformed),
+    (
+        PKT_SHORT_TRANSPORT,
+        "short_transport",
+        CounterKind::Malformed,
+    ),
     (PKT_IP_FRAGMENT, "ip_fragment", CounterKind::Activity),
 ];

@@ -1,16 +1,338 @@
-static EBPF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent"));
-fn main() {
-    let mut bpf = aya::Ebpf::load(EBPF).unwrap();
-    let names: Vec<String> = bpf.programs().map(|(n, _)| n.to_string()).collect();
-    for n in names {
-        let p = bpf.program_mut(&n).unwrap();
-        let r = match p {
-            aya::programs::Program::RawTracePoint(p) => p.load(),
-            aya::programs::Program::TracePoint(p) => p.load(),
-            aya::programs::Program::Xdp(p) => p.load(),
-            aya::programs::Program::SchedClassifier(p) => p.load(),
-            _ => Ok(()),
-        };
-        println!("{n}: {:?}", r.map_err(|e| format!("{e:?}")).err().map(|s| {let v: Vec<char> = s.chars().collect(); v[v.len().saturating_sub(2500)..].iter().collect::<String>()}));
+//! Sonde's daemon entry point: parse the command line, load the config, and
+//! run or check. Exit codes: 0 ok, 1 runtime or environment error (missing
+//! privileges, kernel without a hook, port in use), 2 usage or config error.
+
+mod cli;
+mod collectors;
+mod config;
+mod events;
+mod health;
+mod http;
+mod metrics;
+mod netif;
+mod probes;
+mod state;
+mod syscall_table;
+mod version;
+
+use std::{
+    collections::BTreeMap,
+    process::ExitCode,
+    sync::{Arc, Mutex, RwLock, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use clap::Parser;
+use cli::{Cli, Command, CommonArgs, RunArgs};
+use config::Config;
+use probes::{Probes, capabilities::Capabilities};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info, warn};
+
+/// An error with the exit code it deserves.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn usage(message: impl ToString) -> Self {
+        Self {
+            code: 2,
+            message: message.to_string(),
+        }
     }
+
+    fn runtime(message: impl ToString) -> Self {
+        Self {
+            code: 1,
+            message: message.to_string(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            // --help and --version are "errors" that exit 0.
+            let _ = err.print();
+            return ExitCode::from(if err.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Check(args) => check(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("sonde: error: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn load_config(args: &CommonArgs) -> Result<Config, Failure> {
+    let mut config =
+        Config::load(args.config.as_deref(), std::env::vars()).map_err(Failure::usage)?;
+    if !args.interfaces.is_empty() {
+        config.network.interfaces = args.interfaces.clone();
+        config.validate().map_err(Failure::usage)?;
+    }
+    Ok(config)
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log_level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(args: RunArgs) -> Result<(), Failure> {
+    let mut config = load_config(&args.common)?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    init_logging(&config);
+    let interfaces = if config.network.enabled {
+        netif::resolve(&config.network.interfaces).map_err(Failure::usage)?
+    } else {
+        Vec::new()
+    };
+    let missing = probes::capabilities::missing_caps();
+    if !missing.is_empty() {
+        return Err(Failure::runtime(probes::ProbeError::Privileges(missing)));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("sonde")
+        .build()
+        .map_err(|e| Failure::runtime(format!("starting the async runtime: {e}")))?;
+    runtime.block_on(serve(config, args.common.config, interfaces))
+}
+
+async fn serve(
+    config: Config,
+    config_path: Option<std::path::PathBuf>,
+    interfaces: Vec<(String, u32)>,
+) -> Result<(), Failure> {
+    let started_at = Instant::now();
+    // Bind first: a port in use is reported before touching the kernel.
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| {
+            let why = if e.kind() == std::io::ErrorKind::AddrInUse {
+                "address already in use".to_owned()
+            } else {
+                e.to_string()
+            };
+            Failure::runtime(format!("cannot listen on {}: {why}", config.listen))
+        })?;
+
+    if config.network.enabled && interfaces.is_empty() {
+        warn!("network accounting enabled but no interface is up (besides loopback)");
+    }
+    let caps = Capabilities::detect();
+    let mut probes = Probes::load(&config, &interfaces, &caps, false).map_err(Failure::runtime)?;
+    let metrics = Arc::new(metrics::Metrics::new().map_err(Failure::runtime)?);
+    metrics.set_attachments(&probes.attachments);
+
+    let program_ids = probes
+        .program_infos()
+        .into_iter()
+        .map(|(name, info)| (name, info.id()))
+        .collect();
+    let maps = probes
+        .maps
+        .take()
+        .ok_or_else(|| Failure::runtime("kernel maps already taken"))?;
+    let collector = collectors::Collector::new(maps, &config, program_ids)
+        .spawn()
+        .map_err(|e| Failure::runtime(format!("starting the collector: {e}")))?;
+    let rings = std::mem::take(&mut probes.rings);
+    let ring_labels: Vec<&'static str> = rings.iter().map(|(_, l, _)| *l).collect();
+    let (events, tasks) = events::spawn_readers(rings, config.events.keep_recent)
+        .map_err(|e| Failure::runtime(format!("starting ring readers: {e}")))?;
+
+    let state = state::AppState {
+        config: Arc::new(RwLock::new(config.clone())),
+        metrics,
+        health: health::HealthState::new(),
+        events,
+        collector: Arc::new(collector),
+        attachments: Arc::new(probes.attachments.clone()),
+        interfaces: Arc::new(probes.interfaces.clone()),
+        caps: Arc::new(caps),
+        started_at,
+        readers: Arc::new(Mutex::new(ring_labels.into_iter().zip(tasks).collect())),
+    };
+
+    let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
+    let server = {
+        let app = http::router(state.clone());
+        let mut rx = shutdown_rx.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.changed().await;
+                })
+                .await
+        })
+    };
+    state.health.started.store(true, Ordering::Release);
+    info!(
+        "ready in {} ms; listening on http://{} (/metrics, /health/ready, /api/v1/status)",
+        started_at.elapsed().as_millis(),
+        config.listen
+    );
+
+    // Keep health metrics current even when nothing polls the endpoints.
+    let refresher = {
+        let state = state.clone();
+        let mut rx = shutdown_rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => { let _ = health::readiness(&state).await; }
+                    _ = rx.changed() => return,
+                }
+            }
+        })
+    };
+
+    let mut sigterm = signal(SignalKind::terminate()).map_err(Failure::runtime)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(Failure::runtime)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(Failure::runtime)?;
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
+            _ = sighup.recv() => reload(&state, config_path.as_deref()),
+            result = &mut Box::pin(shutdown_rx.changed()) => { let _ = result; break; }
+        }
+    }
+    let _ = shutdown_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_millis(1500), server).await;
+    refresher.abort();
+    for (_, task) in state
+        .readers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drain(..)
+    {
+        task.abort();
+    }
+    // Dropping the probes detaches every program and frees every map.
+    drop(probes);
+    info!("detached; bye");
+    Ok(())
+}
+
+/// SIGHUP: re-read the config file and apply what can change at run time.
+fn reload(state: &state::AppState, path: Option<&std::path::Path>) {
+    let new = match Config::load(path, std::env::vars()) {
+        Ok(new) => new,
+        Err(err) => {
+            error!("SIGHUP: keeping the current configuration: {err}");
+            return;
+        }
+    };
+    let mut current = state.config.write().unwrap_or_else(|e| e.into_inner());
+    let mut restart_needed = Vec::new();
+    if new.listen != current.listen {
+        restart_needed.push("listen");
+    }
+    if new.network.interfaces != current.network.interfaces
+        || new.network.enabled != current.network.enabled
+        || new.network.max_flows != current.network.max_flows
+        || new.network.xdp_mode != current.network.xdp_mode
+    {
+        restart_needed.push("network");
+    }
+    if new.events != current.events {
+        restart_needed.push("events");
+    }
+    if new.syscalls.enabled != current.syscalls.enabled
+        || new.syscalls.hook != current.syscalls.hook
+    {
+        restart_needed.push("syscalls.enabled/hook");
+    }
+    if !restart_needed.is_empty() {
+        warn!(
+            "SIGHUP: {} changed but only take effect after a restart",
+            restart_needed.join(", ")
+        );
+    }
+    // Apply the runtime-tunable part on top of what is running.
+    current.syscalls.slow_threshold_ms = new.syscalls.slow_threshold_ms;
+    current.syscalls.slow_ignore = new.syscalls.slow_ignore.clone();
+    current.network.flow_events_per_second = new.network.flow_events_per_second;
+    current.network.flow_events_burst = new.network.flow_events_burst;
+    current.network.top_peers = new.network.top_peers;
+    current.health = new.health.clone();
+    state.collector.reconfigure(current.clone());
+    info!(
+        slow_threshold_ms = current.syscalls.slow_threshold_ms,
+        "SIGHUP: runtime settings reloaded"
+    );
+}
+
+/// `sonde check`: report capabilities, then load and attach everything the
+/// config asks for and detach again. Non-zero when the agent cannot run.
+fn check(args: CommonArgs) -> Result<(), Failure> {
+    let config = load_config(&args)?;
+    let caps = Capabilities::detect();
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    println!("kernel            {}", caps.kernel_release);
+    println!("BTF               {}", yes(caps.btf));
+    println!("raw tracepoints   {}", yes(caps.raw_tracepoint));
+    println!("tracepoints       {}", yes(caps.tracepoint));
+    println!("kprobes           {}", yes(caps.kprobes));
+    println!("fentry/fexit      {}", yes(caps.fentry));
+    println!("XDP               {}", yes(caps.xdp));
+    println!("TC (sched_cls)    {}", yes(caps.tc));
+    println!("BPF ring buffer   {}", yes(caps.ringbuf_map));
+    println!("tracefs mounted   {}", yes(caps.tracefs_mounted));
+    println!(
+        "bpffs mounted     {} (not needed: Sonde pins nothing)",
+        yes(caps.bpffs_mounted)
+    );
+    println!(
+        "bpf_stats         {}",
+        if caps.bpf_stats_enabled { "on" } else { "off" }
+    );
+    if caps.missing_caps.is_empty() {
+        println!("privileges        ok");
+    } else {
+        println!("privileges        missing {}", caps.missing_caps.join(", "));
+        return Err(Failure::runtime(probes::ProbeError::Privileges(
+            caps.missing_caps.clone(),
+        )));
+    }
+    let interfaces = if config.network.enabled {
+        netif::resolve(&config.network.interfaces).map_err(Failure::usage)?
+    } else {
+        Vec::new()
+    };
+    let probes = Probes::load(&config, &interfaces, &caps, false).map_err(Failure::runtime)?;
+    let mut by_program: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for a in &probes.attachments {
+        by_program
+            .entry(a.program)
+            .or_default()
+            .push(format!("{} ({})", a.hook, a.mode));
+    }
+    for (program, hooks) in by_program {
+        println!("attached          {program}: {}", hooks.join(", "));
+    }
+    drop(probes);
+    println!("result            ok: every program loaded and attached, then detached");
+    Ok(())
 }

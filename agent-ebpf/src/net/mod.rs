@@ -181,10 +181,7 @@ fn new_flow_event(flow: &FlowKey, bytes: u64, now: u64) {
     let bucket = unsafe { &mut *bucket };
     let elapsed = now.saturating_sub(bucket.last_ns).min(100 * TOKEN);
     bucket.last_ns = now;
-    bucket.tokens = bucket
-        .tokens
-        .saturating_add(elapsed * rate)
-        .min(burst);
+    bucket.tokens = bucket.tokens.saturating_add(elapsed * rate).min(burst);
     if rate == 0 || bucket.tokens < TOKEN {
         count(FLOW_EVENT_RATE_LIMITED);
         return;

@@ -1,8 +1,8 @@
 //! XDP ingress accounting (native mode where the driver has it, generic
 //! otherwise; the loader chooses and reports the mode).
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use agent_common::net::DIRECTION_INGRESS;
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
 use super::{PacketSource, account};
 

@@ -1,0 +1,46 @@
+//! Command line: `sonde run`, `sonde check`, `sonde --version`. Parsing
+//! only; what each command does lives in main.rs and the modules it calls.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sonde",
+    version = crate::version::LONG,
+    about = "eBPF kernel telemetry agent: syscalls and packets, exported to Prometheus"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the kernel programs, attach them and serve /metrics and health.
+    Run(RunArgs),
+    /// Print what this kernel and this process can do, then exit
+    /// (non-zero when the agent cannot run here).
+    Check(CommonArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// TOML configuration file.
+    #[arg(long, short = 'c', env = "SONDE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Interface to account packets on (repeatable). Default: every
+    /// non-loopback interface that is up.
+    #[arg(long = "interface", short = 'i', value_name = "IFACE")]
+    pub interfaces: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Address for the HTTP server (metrics, health, status).
+    #[arg(long, short = 'l', value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+}

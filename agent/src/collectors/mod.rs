@@ -1,0 +1,436 @@
+//! Collectors: read the kernel's per-CPU maps on a fixed interval, sum the
+//! CPUs, and publish one immutable [`Snapshot`] that /metrics, health and
+//! status read. Kernel-side counters only grow, so totals are exported as
+//! they are; flow-table traffic (whose entries come and go) is turned into
+//! per-peer deltas here, so an evicted flow never makes a counter go back.
+//!
+//! The collector runs on its own thread (map reads are blocking syscalls) and
+//! owns the maps; runtime reconfiguration (SIGHUP) reaches it as a message.
+
+mod peers;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::{
+        Arc, RwLock,
+        mpsc::{self, Receiver, RecvTimeoutError, Sender},
+    },
+    thread,
+    time::{Duration, Instant, SystemTime},
+};
+
+use agent_common::{
+    counters::{COUNTER_SLOTS, COUNTERS_LEN},
+    events::RINGS,
+    net::{FAMILY_IPV4, FlowKey, FlowStats, PacketCounters, PacketKey},
+    syscalls::{LATENCY_SLOTS, MAX_SYSCALLS},
+};
+use aya::maps::{MapError, PerCpuValues};
+pub use peers::{PeerKey, PeerRow, PeerTracker};
+use tracing::{debug, warn};
+
+use crate::{
+    config::Config,
+    probes::{KernelMaps, loader::apply_runtime_config},
+    syscall_table,
+};
+
+/// Per-syscall totals, summed over CPUs.
+#[derive(Debug, Clone)]
+pub struct SyscallRow {
+    pub name: String,
+    pub count: u64,
+    pub errors: u64,
+    pub timed: u64,
+    pub latency_sum_ns: u64,
+    pub latency_slots: [u64; LATENCY_SLOTS],
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RingCounters {
+    pub produced: u64,
+    pub lost: u64,
+}
+
+/// Per-program kernel statistics (only non-zero with bpf_stats on).
+#[derive(Debug, Clone)]
+pub struct ProgramStats {
+    pub name: String,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+}
+
+/// Everything read from the kernel in one cycle.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// When this snapshot was taken (None: not yet).
+    pub taken_at: Option<Instant>,
+    pub duration: Duration,
+    pub syscalls: Vec<SyscallRow>,
+    pub packets: Vec<(PacketKey, PacketCounters)>,
+    /// Diagnostic counters, indexed like `COUNTERS`.
+    pub counters: Vec<u64>,
+    /// By ring label.
+    pub rings: BTreeMap<&'static str, RingCounters>,
+    /// Live flows per ifindex.
+    pub flows_active: BTreeMap<u32, u64>,
+    pub flows_expired: u64,
+    pub flow_evictions: u64,
+    pub peers: Vec<PeerRow>,
+    pub programs: Vec<ProgramStats>,
+}
+
+impl Snapshot {
+    pub fn counter(&self, slot: u32) -> u64 {
+        self.counters.get(slot as usize).copied().unwrap_or(0)
+    }
+}
+
+pub type SharedSnapshot = Arc<RwLock<Arc<Snapshot>>>;
+
+pub enum Command {
+    /// Re-apply runtime settings (SIGHUP).
+    Reconfigure(Box<Config>),
+    /// Stop the loop (the agent is exiting).
+    Shutdown,
+}
+
+/// Handle to the collector thread.
+pub struct CollectorHandle {
+    pub snapshot: SharedSnapshot,
+    commands: Sender<Command>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl CollectorHandle {
+    pub fn reconfigure(&self, config: Config) {
+        let _ = self.commands.send(Command::Reconfigure(Box::new(config)));
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+}
+
+impl Drop for CollectorHandle {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Shutdown);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct FlowState {
+    packets: u64,
+    bytes: u64,
+    first_seen_ns: u64,
+}
+
+pub struct Collector {
+    maps: KernelMaps,
+    interval: Duration,
+    flow_idle_timeout_ns: u64,
+    peers: PeerTracker,
+    flows: HashMap<FlowKey, FlowState>,
+    flows_expired: u64,
+    flow_evictions: u64,
+    program_ids: Vec<(String, u32)>,
+}
+
+impl Collector {
+    pub fn new(maps: KernelMaps, config: &Config, program_ids: Vec<(String, u32)>) -> Self {
+        Self {
+            maps,
+            interval: Duration::from_millis(config.collector.interval_ms),
+            flow_idle_timeout_ns: config
+                .network
+                .flow_idle_timeout_s
+                .saturating_mul(1_000_000_000),
+            peers: PeerTracker::new(config.network.top_peers),
+            flows: HashMap::new(),
+            flows_expired: 0,
+            flow_evictions: 0,
+            program_ids,
+        }
+    }
+
+    /// Starts the collection loop on its own thread; the first snapshot is
+    /// taken before this returns, so metrics are never empty once ready.
+    pub fn spawn(mut self) -> std::io::Result<CollectorHandle> {
+        let first = self.collect();
+        let snapshot: SharedSnapshot = Arc::new(RwLock::new(Arc::new(first)));
+        let (commands, receiver) = mpsc::channel();
+        let shared = snapshot.clone();
+        let thread = thread::Builder::new()
+            .name("sonde-collector".into())
+            .spawn(move || self.run(&shared, &receiver))?;
+        Ok(CollectorHandle {
+            snapshot,
+            commands,
+            thread: Some(thread),
+        })
+    }
+
+    fn run(&mut self, shared: &SharedSnapshot, commands: &Receiver<Command>) {
+        let mut next = Instant::now() + self.interval;
+        loop {
+            match commands.recv_timeout(next.saturating_duration_since(Instant::now())) {
+                Ok(Command::Reconfigure(config)) => {
+                    match apply_runtime_config(&mut self.maps, &config) {
+                        Ok(()) => tracing::info!("runtime settings applied to the kernel programs"),
+                        Err(err) => warn!("applying runtime settings failed: {err}"),
+                    }
+                    self.peers.set_k(config.network.top_peers);
+                    continue;
+                }
+                Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            let snapshot = self.collect();
+            *shared.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
+            next += self.interval;
+            let now = Instant::now();
+            if next < now {
+                // We fell behind (a very large flow table?): skip, don't burst.
+                next = now + self.interval;
+            }
+        }
+    }
+
+    /// Reads every map once. Read errors of one map are logged and leave
+    /// that part of the snapshot empty; they never stop the loop.
+    pub fn collect(&mut self) -> Snapshot {
+        let started = Instant::now();
+        let mut snapshot = Snapshot {
+            taken_at: Some(started),
+            ..Default::default()
+        };
+        if let Err(err) = self.read_syscalls(&mut snapshot) {
+            warn!("reading syscall statistics: {err}");
+        }
+        if let Err(err) = self.read_packets(&mut snapshot) {
+            warn!("reading packet counters: {err}");
+        }
+        snapshot.counters = (0..COUNTERS_LEN)
+            .map(|i| self.maps.counters.get(&i, 0).map(sum_u64).unwrap_or(0))
+            .collect();
+        for &(id, _, label) in RINGS {
+            let counters = self
+                .maps
+                .ring_stats
+                .get(&id, 0)
+                .map(|values| {
+                    values
+                        .iter()
+                        .fold(RingCounters::default(), |acc, v| RingCounters {
+                            produced: acc.produced + v.produced,
+                            lost: acc.lost + v.lost,
+                        })
+                })
+                .unwrap_or_default();
+            snapshot.rings.insert(label, counters);
+        }
+        if let Err(err) = self.read_flows(&mut snapshot) {
+            warn!("reading the flow table: {err}");
+        }
+        snapshot.programs = self.read_program_stats();
+        snapshot.duration = started.elapsed();
+        debug!(duration = ?snapshot.duration, "collected");
+        snapshot
+    }
+
+    fn read_syscalls(&self, snapshot: &mut Snapshot) -> Result<(), MapError> {
+        for id in 0..MAX_SYSCALLS {
+            let values = self.maps.syscall_stats.get(&id, 0)?;
+            let mut row = SyscallRow {
+                name: String::new(),
+                count: 0,
+                errors: 0,
+                timed: 0,
+                latency_sum_ns: 0,
+                latency_slots: [0; LATENCY_SLOTS],
+            };
+            for cpu in values.iter() {
+                row.count += cpu.count;
+                row.errors += cpu.errors;
+                row.timed += cpu.timed;
+                row.latency_sum_ns += cpu.latency_sum_ns;
+                for (total, slot) in row.latency_slots.iter_mut().zip(cpu.latency_slots) {
+                    *total += slot;
+                }
+            }
+            if row.count > 0 || row.timed > 0 {
+                row.name = syscall_table::name(id);
+                snapshot.syscalls.push(row);
+            }
+        }
+        Ok(())
+    }
+
+    fn read_packets(&self, snapshot: &mut Snapshot) -> Result<(), MapError> {
+        for entry in self.maps.packet_counters.iter() {
+            let (key, values) = entry?;
+            let total = values
+                .iter()
+                .fold(PacketCounters::default(), |a, v| PacketCounters {
+                    packets: a.packets + v.packets,
+                    bytes: a.bytes + v.bytes,
+                    tcp_syn: a.tcp_syn + v.tcp_syn,
+                    tcp_synack: a.tcp_synack + v.tcp_synack,
+                    tcp_rst: a.tcp_rst + v.tcp_rst,
+                    tcp_fin: a.tcp_fin + v.tcp_fin,
+                });
+            snapshot.packets.push((key, total));
+        }
+        snapshot
+            .packets
+            .sort_by_key(|(k, _)| (k.ifindex, k.direction, k.family, k.protocol));
+        Ok(())
+    }
+
+    fn read_flows(&mut self, snapshot: &mut Snapshot) -> Result<(), MapError> {
+        let now = monotonic_ns();
+        let mut seen: HashMap<FlowKey, FlowState> = HashMap::with_capacity(self.flows.len());
+        let mut deltas: HashMap<PeerKey, (u64, u64)> = HashMap::new();
+        let mut idle = Vec::new();
+        for entry in self.maps.flows.iter() {
+            let (key, values) = match entry {
+                Ok(entry) => entry,
+                // The kernel evicted the entry while we walked the table.
+                Err(MapError::KeyNotFound) => continue,
+                Err(err) => return Err(err),
+            };
+            let flow = sum_flow(&values);
+            let (dp, db) = match self.flows.get(&key) {
+                // Same incarnation: count what is new since last cycle.
+                Some(prev)
+                    if prev.first_seen_ns == flow.first_seen_ns && flow.bytes >= prev.bytes =>
+                {
+                    (flow.packets - prev.packets, flow.bytes - prev.bytes)
+                }
+                // New flow, or evicted and re-created since: all of it is new.
+                _ => (flow.packets, flow.bytes),
+            };
+            if db > 0 || dp > 0 {
+                let peer = PeerKey {
+                    ifindex: key.ifindex,
+                    direction: key.direction,
+                    addr: remote_addr(&key),
+                };
+                let d = deltas.entry(peer).or_default();
+                d.0 += db;
+                d.1 += dp;
+            }
+            *snapshot.flows_active.entry(key.ifindex).or_default() += 1;
+            if self.flow_idle_timeout_ns > 0
+                && now.saturating_sub(flow.last_seen_ns) > self.flow_idle_timeout_ns
+            {
+                idle.push(key);
+            }
+            seen.insert(
+                key,
+                FlowState {
+                    packets: flow.packets,
+                    bytes: flow.bytes,
+                    first_seen_ns: flow.first_seen_ns,
+                },
+            );
+        }
+        for key in idle {
+            if self.maps.flows.remove(&key).is_ok() {
+                self.flows_expired += 1;
+                seen.remove(&key);
+                if let Some(n) = snapshot.flows_active.get_mut(&key.ifindex) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+        }
+        self.flows = seen;
+        self.peers.observe(&deltas);
+
+        // Whatever was created and is neither live nor expired by us was
+        // evicted by the kernel's LRU.
+        let created = snapshot.counter(agent_common::counters::FLOW_CREATED);
+        let live: u64 = snapshot.flows_active.values().sum();
+        let evicted = created.saturating_sub(live + self.flows_expired);
+        self.flow_evictions = self.flow_evictions.max(evicted);
+        snapshot.flows_expired = self.flows_expired;
+        snapshot.flow_evictions = self.flow_evictions;
+        snapshot.peers = self.peers.rows();
+        Ok(())
+    }
+
+    fn read_program_stats(&self) -> Vec<ProgramStats> {
+        let ids: HashMap<u32, &str> = self
+            .program_ids
+            .iter()
+            .map(|(name, id)| (*id, name.as_str()))
+            .collect();
+        aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .filter_map(|info| {
+                ids.get(&info.id()).map(|name| ProgramStats {
+                    name: (*name).to_owned(),
+                    run_count: info.run_count(),
+                    run_time_ns: info.run_time().as_nanos() as u64,
+                })
+            })
+            .collect()
+    }
+}
+
+fn sum_u64(values: PerCpuValues<u64>) -> u64 {
+    values.iter().sum()
+}
+
+fn sum_flow(values: &PerCpuValues<FlowStats>) -> FlowStats {
+    values.iter().fold(FlowStats::default(), |a, v| FlowStats {
+        packets: a.packets + v.packets,
+        bytes: a.bytes + v.bytes,
+        first_seen_ns: match (a.first_seen_ns, v.first_seen_ns) {
+            (0, x) | (x, 0) => x,
+            (x, y) => x.min(y),
+        },
+        last_seen_ns: a.last_seen_ns.max(v.last_seen_ns),
+    })
+}
+
+/// The remote end of a flow: the source of what we receive, the destination
+/// of what we send.
+pub fn remote_addr(key: &FlowKey) -> IpAddr {
+    let addr = if key.direction == agent_common::net::DIRECTION_INGRESS {
+        key.src_addr
+    } else {
+        key.dst_addr
+    };
+    if key.family == FAMILY_IPV4 {
+        IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(addr))
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock bpf_ktime_get_ns() reads.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Seconds since the Unix epoch, for status output.
+pub fn unix_seconds(at: SystemTime) -> f64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Label of a diagnostic counter slot, for metrics.
+pub fn counter_slots() -> &'static [(u32, &'static str, agent_common::counters::CounterKind)] {
+    COUNTER_SLOTS
+}

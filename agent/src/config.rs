@@ -1,0 +1,436 @@
+//! Agent configuration: TOML file, then `SONDE_*` environment overrides,
+//! then command-line flags. Unknown keys and wrong types are errors that name
+//! the offending key. Settings marked "runtime" are re-applied on SIGHUP
+//! without reloading any kernel program.
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Default port, in the range Prometheus exporters use.
+pub const DEFAULT_PORT: u16 = 9745;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config{}: {message}", location(.path))]
+    Parse {
+        path: Option<PathBuf>,
+        message: String,
+    },
+    #[error("invalid environment override {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("invalid config value {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn location(path: &Option<PathBuf>) -> String {
+    path.as_ref()
+        .map(|p| format!(" in {}", p.display()))
+        .unwrap_or_default()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP listen address for /metrics, health and status.
+    pub listen: SocketAddr,
+    /// Log filter (tracing-subscriber EnvFilter syntax); RUST_LOG wins.
+    pub log_level: String,
+    pub syscalls: SyscallsConfig,
+    pub network: NetworkConfig,
+    pub events: EventsConfig,
+    pub collector: CollectorConfig,
+    pub health: HealthConfig,
+    pub debug: DebugConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
+            log_level: "info".into(),
+            syscalls: SyscallsConfig::default(),
+            network: NetworkConfig::default(),
+            events: EventsConfig::default(),
+            collector: CollectorConfig::default(),
+            health: HealthConfig::default(),
+            debug: DebugConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SyscallHook {
+    /// Raw tracepoint where the kernel allows it, classic tracepoint otherwise.
+    Auto,
+    RawTracepoint,
+    Tracepoint,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyscallsConfig {
+    pub enabled: bool,
+    pub hook: SyscallHook,
+    /// Runtime. Syscalls slower than this emit an event; 0 disables.
+    pub slow_threshold_ms: f64,
+    /// Runtime. Syscalls whose job is to wait, never reported as slow.
+    pub slow_ignore: Vec<String>,
+}
+
+impl Default for SyscallsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            hook: SyscallHook::Auto,
+            slow_threshold_ms: 100.0,
+            slow_ignore: [
+                "epoll_wait",
+                "epoll_pwait",
+                "epoll_pwait2",
+                "poll",
+                "ppoll",
+                "select",
+                "pselect6",
+                "futex",
+                "futex_waitv",
+                "wait4",
+                "waitid",
+                "pause",
+                "rt_sigsuspend",
+                "rt_sigtimedwait",
+                "io_getevents",
+                "io_pgetevents",
+                "io_uring_enter",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum XdpModeConfig {
+    /// Native (driver) XDP, falling back to generic, then to TC ingress.
+    Auto,
+    Native,
+    Generic,
+    /// No XDP: ingress is accounted with TC.
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    pub enabled: bool,
+    /// Interfaces to attach to; empty means every non-loopback interface
+    /// that is up when the agent starts.
+    pub interfaces: Vec<String>,
+    pub xdp_mode: XdpModeConfig,
+    /// Size of the kernel flow table (LRU: the oldest flows are evicted).
+    pub max_flows: u32,
+    /// Runtime. New-flow events per second per CPU (0: none).
+    pub flow_events_per_second: u64,
+    /// Runtime. Burst allowed above that rate.
+    pub flow_events_burst: u64,
+    /// Flows idle this long are removed from the table by user space.
+    pub flow_idle_timeout_s: u64,
+    /// Runtime. Remote peers exported individually; the rest are "other".
+    pub top_peers: usize,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interfaces: Vec::new(),
+            xdp_mode: XdpModeConfig::Auto,
+            max_flows: agent_common::net::DEFAULT_MAX_FLOWS,
+            flow_events_per_second: 100,
+            flow_events_burst: 200,
+            flow_idle_timeout_s: 300,
+            top_peers: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Ring buffer sizes in bytes: a power of two, at least one page.
+    pub syscall_ring_bytes: u32,
+    pub flow_ring_bytes: u32,
+    /// Recent events kept in memory for /api/v1/events.
+    pub keep_recent: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            syscall_ring_bytes: 256 * 1024,
+            flow_ring_bytes: 256 * 1024,
+            keep_recent: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CollectorConfig {
+    /// How often kernel maps are read into metrics.
+    pub interval_ms: u64,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        Self { interval_ms: 1000 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Timeout of each health check.
+    pub check_timeout_ms: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            check_timeout_ms: 2000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DebugConfig {
+    /// Enables POST /debug/* endpoints that fail components or stall ring
+    /// readers, for tests and alert drills. Never on in production.
+    pub fault_injection: bool,
+}
+
+impl Config {
+    /// Reads `path` (if any), applies `SONDE_*` overrides from `env`, and
+    /// validates the result.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: path.map(Path::to_owned),
+                    message: e.message().to_owned(),
+                })?;
+        apply_env(&mut table, env)?;
+        let config: Config =
+            Config::deserialize(table).map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: path.map(Path::to_owned),
+                message: e.message().to_owned(),
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, bytes) in [
+            ("events.syscall_ring_bytes", self.events.syscall_ring_bytes),
+            ("events.flow_ring_bytes", self.events.flow_ring_bytes),
+        ] {
+            if bytes < 4096 || !bytes.is_power_of_two() {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("{bytes} must be a power of two of at least 4096"),
+                });
+            }
+        }
+        if !(self.syscalls.slow_threshold_ms.is_finite() && self.syscalls.slow_threshold_ms >= 0.0)
+        {
+            return Err(ConfigError::Invalid {
+                key: "syscalls.slow_threshold_ms",
+                message: "must be a number ≥ 0".into(),
+            });
+        }
+        if self.network.max_flows == 0 {
+            return Err(ConfigError::Invalid {
+                key: "network.max_flows",
+                message: "must be at least 1".into(),
+            });
+        }
+        if self.collector.interval_ms < 50 {
+            return Err(ConfigError::Invalid {
+                key: "collector.interval_ms",
+                message: "must be at least 50".into(),
+            });
+        }
+        if self.health.check_timeout_ms == 0 {
+            return Err(ConfigError::Invalid {
+                key: "health.check_timeout_ms",
+                message: "must be at least 1".into(),
+            });
+        }
+        let mut seen = BTreeSet::new();
+        for name in &self.network.interfaces {
+            if name.is_empty() || name.len() >= libc::IF_NAMESIZE {
+                return Err(ConfigError::Invalid {
+                    key: "network.interfaces",
+                    message: format!("{name:?} is not a valid interface name"),
+                });
+            }
+            if !seen.insert(name) {
+                return Err(ConfigError::Invalid {
+                    key: "network.interfaces",
+                    message: format!("{name} is listed twice"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Threshold for slow-syscall events in ns (0: off).
+    pub fn slow_threshold_ns(&self) -> u64 {
+        (self.syscalls.slow_threshold_ms * 1e6).round() as u64
+    }
+}
+
+/// `SONDE_LISTEN=…` sets `listen`; `SONDE_SYSCALLS__SLOW_THRESHOLD_MS=5`
+/// sets `syscalls.slow_threshold_ms`. Values are parsed as TOML (numbers,
+/// booleans, arrays); anything that is not valid TOML is taken as a string.
+/// A comma-separated value is accepted for array keys.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (var, raw) in env {
+        let Some(path) = var.strip_prefix("SONDE_") else {
+            continue;
+        };
+        // Variables read by clap or the environment, not config keys.
+        if matches!(path, "CONFIG" | "GIT_SHA") || path.is_empty() {
+            continue;
+        }
+        let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+        let value = parse_env_value(&raw);
+        let mut cursor = &mut *table;
+        for key in &keys[..keys.len() - 1] {
+            let entry = cursor
+                .entry(key.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            cursor = entry.as_table_mut().ok_or_else(|| ConfigError::Env {
+                var: var.clone(),
+                message: format!("{key} is not a section"),
+            })?;
+        }
+        cursor.insert(keys[keys.len() - 1].clone(), value);
+    }
+    Ok(())
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    let doc = format!("v = {raw}");
+    if let Ok(mut table) = doc.parse::<toml::Table>()
+        && let Some(value) = table.remove("v")
+    {
+        return value;
+    }
+    if raw.contains(',') {
+        return toml::Value::Array(
+            raw.split(',')
+                .map(|s| toml::Value::String(s.trim().to_owned()))
+                .collect(),
+        );
+    }
+    toml::Value::String(raw.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("sonde-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{}.toml", text.len()));
+        std::fs::write(&path, text).unwrap();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::load(Some(&path), env)
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(load("", &[]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = load("bogus = 1", &[]).unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
+        let err = load("[network]\ninterface = []", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("interface"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_an_error() {
+        let err = load("listen = 5", &[]).unwrap_err().to_string();
+        assert!(err.contains("invalid"), "{err}");
+        assert!(load("listen = \"not an address\"", &[]).is_err());
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let config = load(
+            "listen = \"127.0.0.1:1\"",
+            &[
+                ("SONDE_LISTEN", "127.0.0.1:2"),
+                ("SONDE_SYSCALLS__SLOW_THRESHOLD_MS", "5"),
+                ("SONDE_NETWORK__INTERFACES", "eth0,eth1"),
+                ("SONDE_NETWORK__ENABLED", "false"),
+                ("OTHER", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.listen, "127.0.0.1:2".parse().unwrap());
+        assert_eq!(config.syscalls.slow_threshold_ms, 5.0);
+        assert_eq!(config.slow_threshold_ns(), 5_000_000);
+        assert_eq!(config.network.interfaces, ["eth0", "eth1"]);
+        assert!(!config.network.enabled);
+    }
+
+    #[test]
+    fn bad_env_key_is_named() {
+        let err = load("", &[("SONDE_BOGUS", "1")]).unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn ring_size_must_be_power_of_two() {
+        let err = load("[events]\nsyscall_ring_bytes = 5000", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("syscall_ring_bytes"), "{err}");
+    }
+}

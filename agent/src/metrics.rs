@@ -1,0 +1,481 @@
+//! Prometheus exposition. Metrics the agent itself updates (build info,
+//! probe attachment, health checks, process) live in a `Registry`; metrics
+//! that mirror kernel state are rendered from the latest collector snapshot
+//! on each scrape, so /metrics never touches a kernel map.
+
+use std::{borrow::Cow, collections::BTreeMap, sync::atomic::Ordering};
+
+use agent_common::{
+    counters::CounterKind,
+    net::{
+        DIRECTION_EGRESS, FAMILY_ARP, FAMILY_IPV4, FAMILY_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6,
+        IPPROTO_TCP, IPPROTO_UDP, PROTO_NONE,
+    },
+    syscalls::{LATENCY_SLOTS, latency_slot_upper_ns},
+};
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+    proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType},
+};
+
+use crate::{
+    collectors::{Snapshot, counter_slots},
+    events::Events,
+    probes::Attachment,
+    version,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub probe_attached: IntGaugeVec,
+    pub health_status: GaugeVec,
+    pub health_duration: HistogramVec,
+    pub health_total: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "sonde_build_info",
+                "Sonde build: always 1, labelled with version and git commit",
+            ),
+            &["version", "git_sha"],
+        )?;
+        build_info
+            .with_label_values(&[version::VERSION, version::GIT_SHA])
+            .set(1);
+        let probe_attached = IntGaugeVec::new(
+            Opts::new(
+                "sonde_probe_attached",
+                "1 when the kernel program is attached to the hook in the given mode, 0 when attaching failed",
+            ),
+            &["program", "hook", "mode"],
+        )?;
+        let health_status = GaugeVec::new(
+            Opts::new(
+                "sonde_health_check_status",
+                "Last result of a component's health check: 1 ok, 0.5 degraded, 0 failed",
+            ),
+            &["component"],
+        )?;
+        let health_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "sonde_health_check_duration_seconds",
+                "Time taken by a component's health check",
+            )
+            .buckets(vec![0.0001, 0.001, 0.01, 0.1, 0.5, 1.0, 2.0, 5.0]),
+            &["component"],
+        )?;
+        let health_total = IntCounterVec::new(
+            Opts::new(
+                "sonde_health_checks_total",
+                "Health checks run, by component and result",
+            ),
+            &["component", "result"],
+        )?;
+        registry.register(Box::new(build_info))?;
+        registry.register(Box::new(probe_attached.clone()))?;
+        registry.register(Box::new(health_status.clone()))?;
+        registry.register(Box::new(health_duration.clone()))?;
+        registry.register(Box::new(health_total.clone()))?;
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(Self {
+            registry,
+            probe_attached,
+            health_status,
+            health_duration,
+            health_total,
+        })
+    }
+
+    pub fn set_attachments(&self, attachments: &[Attachment]) {
+        for a in attachments {
+            self.probe_attached
+                .with_label_values(&[a.program, a.hook.as_str(), a.mode.as_str()])
+                .set(i64::from(a.attached));
+        }
+    }
+
+    /// The whole exposition: registry metrics plus the kernel snapshot.
+    pub fn render(
+        &self,
+        snapshot: &Snapshot,
+        events: &Events,
+        interfaces: &BTreeMap<u32, String>,
+    ) -> Result<String, prometheus::Error> {
+        let mut families = self.registry.gather();
+        families.extend(kernel_families(snapshot, events, interfaces));
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        let mut out = Vec::with_capacity(64 * 1024);
+        TextEncoder::new().encode(&families, &mut out)?;
+        Ok(String::from_utf8(out).unwrap_or_default())
+    }
+}
+
+pub fn direction_name(direction: u8) -> &'static str {
+    if direction == DIRECTION_EGRESS {
+        "egress"
+    } else {
+        "ingress"
+    }
+}
+
+pub fn family_name(family: u8) -> &'static str {
+    match family {
+        FAMILY_IPV4 => "ipv4",
+        FAMILY_IPV6 => "ipv6",
+        FAMILY_ARP => "arp",
+        _ => "other",
+    }
+}
+
+pub fn protocol_name(family: u8, protocol: u8) -> Cow<'static, str> {
+    if family != FAMILY_IPV4 && family != FAMILY_IPV6 {
+        return "none".into();
+    }
+    match protocol {
+        IPPROTO_TCP => "tcp".into(),
+        IPPROTO_UDP => "udp".into(),
+        IPPROTO_ICMP => "icmp".into(),
+        IPPROTO_ICMPV6 => "icmpv6".into(),
+        132 => "sctp".into(),
+        47 => "gre".into(),
+        50 => "esp".into(),
+        PROTO_NONE => "none".into(),
+        _ => "other".into(),
+    }
+}
+
+fn interface_name(interfaces: &BTreeMap<u32, String>, ifindex: u32) -> String {
+    interfaces
+        .get(&ifindex)
+        .cloned()
+        .unwrap_or_else(|| format!("if{ifindex}"))
+}
+
+/// Builds one metric family at a time.
+struct Family {
+    family: MetricFamily,
+    kind: MetricType,
+}
+
+impl Family {
+    fn new(name: &str, help: &str, kind: MetricType) -> Self {
+        let mut family = MetricFamily::default();
+        family.set_name(name.to_owned());
+        family.set_help(help.to_owned());
+        family.set_field_type(kind);
+        Self { family, kind }
+    }
+
+    fn labels(labels: &[(&str, &str)]) -> Vec<LabelPair> {
+        labels
+            .iter()
+            .map(|(name, value)| {
+                let mut pair = LabelPair::default();
+                pair.set_name((*name).to_owned());
+                pair.set_value((*value).to_owned());
+                pair
+            })
+            .collect()
+    }
+
+    fn sample(&mut self, labels: &[(&str, &str)], value: f64) {
+        let mut metric = Metric::from_label(Self::labels(labels));
+        match self.kind {
+            MetricType::COUNTER => {
+                let mut c = Counter::default();
+                c.set_value(value);
+                metric.set_counter(c);
+            }
+            _ => {
+                let mut g = Gauge::default();
+                g.set_value(value);
+                metric.set_gauge(g);
+            }
+        }
+        self.family.mut_metric().push(metric);
+    }
+
+    fn histogram(&mut self, labels: &[(&str, &str)], buckets: &[(f64, u64)], count: u64, sum: f64) {
+        let mut metric = Metric::from_label(Self::labels(labels));
+        let mut h = Histogram::default();
+        let mut cumulative = 0;
+        h.set_bucket(
+            buckets
+                .iter()
+                .map(|&(upper, n)| {
+                    cumulative += n;
+                    let mut b = Bucket::default();
+                    b.set_upper_bound(upper);
+                    b.set_cumulative_count(cumulative);
+                    b
+                })
+                .collect(),
+        );
+        h.set_sample_count(count);
+        h.set_sample_sum(sum);
+        metric.set_histogram(h);
+        self.family.mut_metric().push(metric);
+    }
+
+    fn done(self, out: &mut Vec<MetricFamily>) {
+        if !self.family.get_metric().is_empty() {
+            out.push(self.family);
+        }
+    }
+}
+
+fn kernel_families(
+    snapshot: &Snapshot,
+    events: &Events,
+    interfaces: &BTreeMap<u32, String>,
+) -> Vec<MetricFamily> {
+    let mut out = Vec::new();
+
+    let mut calls = Family::new(
+        "sonde_syscalls_total",
+        "System calls entered, by syscall (kernel raw_syscalls:sys_enter)",
+        MetricType::COUNTER,
+    );
+    let mut errors = Family::new(
+        "sonde_syscall_errors_total",
+        "System calls that returned an error (negative return value), by syscall",
+        MetricType::COUNTER,
+    );
+    let mut latency = Family::new(
+        "sonde_syscall_duration_seconds",
+        "Time from syscall entry to exit, by syscall (log2 buckets aggregated in the kernel)",
+        MetricType::HISTOGRAM,
+    );
+    for row in &snapshot.syscalls {
+        let labels = [("syscall", row.name.as_str())];
+        calls.sample(&labels, row.count as f64);
+        errors.sample(&labels, row.errors as f64);
+        let buckets: Vec<(f64, u64)> = (0..LATENCY_SLOTS)
+            .map(|slot| {
+                let upper = if slot == LATENCY_SLOTS - 1 {
+                    f64::INFINITY
+                } else {
+                    latency_slot_upper_ns(slot) as f64 / 1e9
+                };
+                (upper, row.latency_slots[slot])
+            })
+            .collect();
+        latency.histogram(
+            &labels,
+            &buckets,
+            row.timed,
+            row.latency_sum_ns as f64 / 1e9,
+        );
+    }
+    calls.done(&mut out);
+    errors.done(&mut out);
+    latency.done(&mut out);
+
+    let mut packets = Family::new(
+        "sonde_packets_total",
+        "Packets seen, by interface, direction, address family and IP protocol",
+        MetricType::COUNTER,
+    );
+    let mut bytes = Family::new(
+        "sonde_bytes_total",
+        "L2 frame bytes seen, by interface, direction, address family and IP protocol",
+        MetricType::COUNTER,
+    );
+    let mut flags: BTreeMap<(String, &str, &str), u64> = BTreeMap::new();
+    for (key, c) in &snapshot.packets {
+        let iface = interface_name(interfaces, key.ifindex);
+        let direction = direction_name(key.direction);
+        let protocol = protocol_name(key.family, key.protocol);
+        let labels = [
+            ("interface", iface.as_str()),
+            ("direction", direction),
+            ("family", family_name(key.family)),
+            ("protocol", protocol.as_ref()),
+        ];
+        packets.sample(&labels, c.packets as f64);
+        bytes.sample(&labels, c.bytes as f64);
+        if key.protocol == IPPROTO_TCP {
+            for (flag, n) in [
+                ("syn", c.tcp_syn),
+                ("synack", c.tcp_synack),
+                ("rst", c.tcp_rst),
+                ("fin", c.tcp_fin),
+            ] {
+                *flags.entry((iface.clone(), direction, flag)).or_default() += n;
+            }
+        }
+    }
+    packets.done(&mut out);
+    bytes.done(&mut out);
+    let mut tcp_flags = Family::new(
+        "sonde_tcp_flags_total",
+        "TCP segments with a flag set (syn: SYN without ACK), by interface and direction",
+        MetricType::COUNTER,
+    );
+    for ((iface, direction, flag), n) in &flags {
+        tcp_flags.sample(
+            &[
+                ("interface", iface),
+                ("direction", direction),
+                ("flag", flag),
+            ],
+            *n as f64,
+        );
+    }
+    tcp_flags.done(&mut out);
+
+    let mut active = Family::new(
+        "sonde_flows_active",
+        "Flows currently in the kernel flow table, by interface",
+        MetricType::GAUGE,
+    );
+    for (&ifindex, name) in interfaces {
+        let n = snapshot.flows_active.get(&ifindex).copied().unwrap_or(0);
+        active.sample(&[("interface", name)], n as f64);
+    }
+    active.done(&mut out);
+    let mut simple = |name: &str, help: &str, kind: MetricType, value: f64| {
+        let mut f = Family::new(name, help, kind);
+        f.sample(&[], value);
+        f.done(&mut out);
+    };
+    simple(
+        "sonde_flows_created_total",
+        "Flows inserted in the kernel flow table",
+        MetricType::COUNTER,
+        snapshot.counter(agent_common::counters::FLOW_CREATED) as f64,
+    );
+    simple(
+        "sonde_flow_evictions_total",
+        "Flows evicted by the kernel's LRU because the flow table was full",
+        MetricType::COUNTER,
+        snapshot.flow_evictions as f64,
+    );
+    simple(
+        "sonde_flows_expired_total",
+        "Idle flows removed from the flow table by the agent",
+        MetricType::COUNTER,
+        snapshot.flows_expired as f64,
+    );
+    simple(
+        "sonde_collector_duration_seconds",
+        "Time the last collection of kernel maps took",
+        MetricType::GAUGE,
+        snapshot.duration.as_secs_f64(),
+    );
+
+    let mut peer_bytes = Family::new(
+        "sonde_peer_bytes_total",
+        "L2 bytes exchanged with the top remote peers (peer=\"other\": all the rest), by interface and direction",
+        MetricType::COUNTER,
+    );
+    let mut peer_packets = Family::new(
+        "sonde_peer_packets_total",
+        "Packets exchanged with the top remote peers (peer=\"other\": all the rest), by interface and direction",
+        MetricType::COUNTER,
+    );
+    for row in &snapshot.peers {
+        let iface = interface_name(interfaces, row.ifindex);
+        let peer = row
+            .peer
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "other".into());
+        let labels = [
+            ("interface", iface.as_str()),
+            ("peer", peer.as_str()),
+            ("direction", direction_name(row.direction)),
+        ];
+        peer_bytes.sample(&labels, row.bytes as f64);
+        peer_packets.sample(&labels, row.packets as f64);
+    }
+    peer_bytes.done(&mut out);
+    peer_packets.done(&mut out);
+
+    let mut received = Family::new(
+        "sonde_events_total",
+        "Ring-buffer events received by the agent, by ring",
+        MetricType::COUNTER,
+    );
+    let mut produced = Family::new(
+        "sonde_events_produced_total",
+        "Ring-buffer events the kernel programs tried to emit, by ring",
+        MetricType::COUNTER,
+    );
+    let mut lost = Family::new(
+        "sonde_events_lost_total",
+        "Ring-buffer events lost because the ring was full, by ring",
+        MetricType::COUNTER,
+    );
+    let mut decode_errors = Family::new(
+        "sonde_event_decode_errors_total",
+        "Ring-buffer events the agent could not decode, by ring",
+        MetricType::COUNTER,
+    );
+    // Received is read after the kernel counters were snapshotted, so
+    // received + lost can exceed produced by events emitted in between;
+    // once the ring is quiet they are equal.
+    for ring in &events.rings {
+        let labels = [("ring", ring.label)];
+        let kernel = snapshot.rings.get(ring.label).copied().unwrap_or_default();
+        received.sample(&labels, ring.received.load(Ordering::Relaxed) as f64);
+        produced.sample(&labels, kernel.produced as f64);
+        lost.sample(&labels, kernel.lost as f64);
+        decode_errors.sample(&labels, ring.decode_errors.load(Ordering::Relaxed) as f64);
+    }
+    received.done(&mut out);
+    produced.done(&mut out);
+    lost.done(&mut out);
+    decode_errors.done(&mut out);
+
+    let mut kernel_errors = Family::new(
+        "sonde_kernel_errors_total",
+        "Failures inside the kernel programs (full maps, bad ids), by kind",
+        MetricType::COUNTER,
+    );
+    let mut malformed = Family::new(
+        "sonde_packets_malformed_total",
+        "Packets the parsers could not fully read (still counted and passed), by reason",
+        MetricType::COUNTER,
+    );
+    let mut activity = Family::new(
+        "sonde_kernel_activity_total",
+        "Other kernel-side activity counters (rate-limited events, IP fragments), by kind",
+        MetricType::COUNTER,
+    );
+    for &(slot, label, kind) in counter_slots() {
+        let value = snapshot.counter(slot) as f64;
+        match kind {
+            CounterKind::Error => kernel_errors.sample(&[("kind", label)], value),
+            CounterKind::Malformed => malformed.sample(&[("reason", label)], value),
+            CounterKind::Activity => activity.sample(&[("kind", label)], value),
+        }
+    }
+    kernel_errors.done(&mut out);
+    malformed.done(&mut out);
+    activity.done(&mut out);
+
+    let mut runs = Family::new(
+        "sonde_bpf_program_runs_total",
+        "Times each kernel program ran (needs kernel.bpf_stats_enabled)",
+        MetricType::COUNTER,
+    );
+    let mut run_time = Family::new(
+        "sonde_bpf_program_run_seconds_total",
+        "CPU time spent in each kernel program (needs kernel.bpf_stats_enabled)",
+        MetricType::COUNTER,
+    );
+    for p in &snapshot.programs {
+        runs.sample(&[("program", &p.name)], p.run_count as f64);
+        run_time.sample(&[("program", &p.name)], p.run_time_ns as f64 / 1e9);
+    }
+    runs.done(&mut out);
+    run_time.done(&mut out);
+    out
+}

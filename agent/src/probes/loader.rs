@@ -1,0 +1,567 @@
+//! Loads Sonde's kernel programs and attaches them, choosing at run time the
+//! best hook this kernel offers and saying what it chose (or could not do):
+//!
+//! | signal   | preferred                  | fallback                          |
+//! |----------|----------------------------|-----------------------------------|
+//! | syscalls | raw tracepoint sys_enter/exit | classic tracepoint (tracefs)   |
+//! | ingress  | XDP native (link)          | XDP generic → TC ingress          |
+//! | egress   | TC (tcx link ≥ 6.6)        | TC clsact (netlink)               |
+//!
+//! An interface whose XDP hook is already owned by another program (a CNI's,
+//! say) is never touched: its ingress is accounted with TC instead.
+//! Everything attached here is owned by [`Probes`]; dropping it detaches all.
+
+use std::{collections::BTreeMap, os::fd::OwnedFd};
+
+use agent_common::{
+    config::{
+        CFG_FLOW_EVENTS_BURST, CFG_FLOW_EVENTS_PER_SEC, CFG_IGNORE_TGID, CFG_SLOW_SYSCALL_NS,
+        CONFIG_MAP,
+    },
+    counters::COUNTERS_MAP,
+    events::{RING_STATS_MAP, RINGS, RingStats},
+    net::{FLOWS_MAP, FlowKey, FlowStats, PACKET_COUNTERS_MAP, PacketCounters, PacketKey},
+    syscalls::{MAX_SYSCALLS, SLOW_SYSCALL_IGNORE_MAP, SYSCALL_STATS_MAP, SyscallStats},
+};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{
+        LinkOrder, ProgramError, RawTracePoint, SchedClassifier, TcAttachType, TracePoint, Xdp,
+        XdpMode,
+        tc::{self, TcAttachOptions},
+    },
+};
+use serde::Serialize;
+use thiserror::Error;
+use tracing::{info, warn};
+
+use super::capabilities::{self, Capabilities};
+use crate::{
+    config::{Config, SyscallHook, XdpModeConfig},
+    syscall_table,
+};
+
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent"));
+
+#[derive(Debug, Error)]
+pub enum ProbeError {
+    #[error(
+        "missing privileges: Sonde needs {} (or CAP_SYS_ADMIN / root) to load eBPF programs",
+        .0.join(", ")
+    )]
+    Privileges(Vec<&'static str>),
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("{signal}: this kernel offers no usable hook: {reasons}")]
+    NoHook {
+        signal: &'static str,
+        reasons: String,
+    },
+    #[error("interface {interface}: {reason}")]
+    Interface { interface: String, reason: String },
+}
+
+/// One attachment (or failed attempt) of a program to a hook.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attachment {
+    pub program: &'static str,
+    /// What it is attached to, e.g. `raw_tracepoint:sys_enter`, `xdp:eth0`.
+    pub hook: String,
+    /// How, e.g. `native`, `generic`, `tcx`, `netlink`, `raw_tracepoint`.
+    pub mode: String,
+    pub attached: bool,
+    /// Whether readiness depends on it.
+    pub required: bool,
+    pub error: Option<String>,
+}
+
+/// The maps user space reads and writes, taken out of the loaded object.
+pub struct KernelMaps {
+    pub config: Array<MapData, u64>,
+    pub counters: PerCpuArray<MapData, u64>,
+    pub ring_stats: PerCpuArray<MapData, RingStats>,
+    pub syscall_stats: PerCpuArray<MapData, SyscallStats>,
+    pub slow_ignore: Array<MapData, u32>,
+    pub packet_counters: PerCpuHashMap<MapData, PacketKey, PacketCounters>,
+    pub flows: PerCpuHashMap<MapData, FlowKey, FlowStats>,
+}
+
+/// Everything loaded into the kernel. Dropping it detaches every program.
+pub struct Probes {
+    ebpf: Ebpf,
+    pub attachments: Vec<Attachment>,
+    /// ifindex → interface name for the interfaces we account.
+    pub interfaces: BTreeMap<u32, String>,
+    /// Rings, by (ring id, label), handed to the event readers.
+    pub rings: Vec<(u32, &'static str, RingBuf<MapData>)>,
+    pub maps: Option<KernelMaps>,
+    _bpf_stats: Option<OwnedFd>,
+}
+
+impl Probes {
+    /// Loads and attaches everything `config` asks for on the interfaces
+    /// given (already resolved to ifindexes by the caller).
+    pub fn load(
+        config: &Config,
+        interfaces: &[(String, u32)],
+        caps: &Capabilities,
+        bpf_stats: bool,
+    ) -> Result<Self, ProbeError> {
+        if !caps.missing_caps.is_empty() {
+            return Err(ProbeError::Privileges(caps.missing_caps.clone()));
+        }
+        raise_memlock_limit();
+
+        let (exit, exit_group) = syscall_table::never_returning();
+        // Classic-tracepoint field offsets come from this kernel's format
+        // files; they are only needed (and tracefs only mounted) when the
+        // raw tracepoint cannot be used.
+        let need_tracefs = config.syscalls.enabled
+            && (config.syscalls.hook == SyscallHook::Tracepoint || !caps.raw_tracepoint);
+        let tracefs = if need_tracefs {
+            match capabilities::ensure_tracefs() {
+                Ok(dir) => Some(dir),
+                Err(err) => {
+                    warn!("{err}");
+                    None
+                }
+            }
+        } else {
+            capabilities::tracefs_dir()
+        };
+        let enter_id_offset = tracefs
+            .and_then(|t| {
+                capabilities::tracepoint_field_offset(t, "raw_syscalls", "sys_enter", "id")
+            })
+            .unwrap_or(8);
+        let exit_ret_offset = tracefs
+            .and_then(|t| {
+                capabilities::tracepoint_field_offset(t, "raw_syscalls", "sys_exit", "ret")
+            })
+            .unwrap_or(16);
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global("SYSCALL_NR_EXIT", &exit, true)
+            .override_global("SYSCALL_NR_EXIT_GROUP", &exit_group, true)
+            .override_global("TP_SYS_ENTER_ID_OFFSET", &enter_id_offset, true)
+            .override_global("TP_SYS_EXIT_RET_OFFSET", &exit_ret_offset, true)
+            .map_max_entries(FLOWS_MAP, config.network.max_flows)
+            .map_max_entries("SYSCALL_EVENTS", config.events.syscall_ring_bytes)
+            .map_max_entries("FLOW_EVENTS", config.events.flow_ring_bytes)
+            .load(EBPF_OBJECT)?;
+
+        let mut maps = KernelMaps {
+            config: take(&mut ebpf, CONFIG_MAP)?,
+            counters: take(&mut ebpf, COUNTERS_MAP)?,
+            ring_stats: take(&mut ebpf, RING_STATS_MAP)?,
+            syscall_stats: take(&mut ebpf, SYSCALL_STATS_MAP)?,
+            slow_ignore: take(&mut ebpf, SLOW_SYSCALL_IGNORE_MAP)?,
+            packet_counters: take(&mut ebpf, PACKET_COUNTERS_MAP)?,
+            flows: take(&mut ebpf, FLOWS_MAP)?,
+        };
+        apply_runtime_config(&mut maps, config)?;
+        let mut rings = Vec::new();
+        for &(id, name, label) in RINGS {
+            rings.push((id, label, take(&mut ebpf, name)?));
+        }
+
+        // Per-program run time and count, held on for as long as we run.
+        let bpf_stats = if bpf_stats {
+            match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+                Ok(fd) => Some(fd),
+                Err(err) => {
+                    warn!("could not enable BPF run-time statistics: {err}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+
+        let mut probes = Self {
+            ebpf,
+            attachments: Vec::new(),
+            interfaces: interfaces.iter().map(|(n, i)| (*i, n.clone())).collect(),
+            rings,
+            maps: Some(maps),
+            _bpf_stats: bpf_stats,
+        };
+        if config.syscalls.enabled {
+            probes.attach_syscalls(config.syscalls.hook, caps)?;
+        }
+        if config.network.enabled {
+            for (name, _) in interfaces {
+                probes.attach_interface(name, config.network.xdp_mode, caps)?;
+            }
+        }
+        Ok(probes)
+    }
+
+    /// Loaded programs' kernel ids by name (for bpf_stats).
+    pub fn program_infos(&self) -> Vec<(String, aya::programs::ProgramInfo)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, prog)| prog.info().ok().map(|info| (name.to_owned(), info)))
+            .collect()
+    }
+
+    fn attach_syscalls(
+        &mut self,
+        hook: SyscallHook,
+        caps: &Capabilities,
+    ) -> Result<(), ProbeError> {
+        let mut reasons = Vec::new();
+        let tiers: &[SyscallHook] = match hook {
+            SyscallHook::Auto => &[SyscallHook::RawTracepoint, SyscallHook::Tracepoint],
+            SyscallHook::RawTracepoint => &[SyscallHook::RawTracepoint],
+            SyscallHook::Tracepoint => &[SyscallHook::Tracepoint],
+        };
+        for tier in tiers {
+            let result = match tier {
+                SyscallHook::RawTracepoint if !caps.raw_tracepoint => {
+                    Err("raw tracepoints are not supported by this kernel".to_owned())
+                }
+                SyscallHook::RawTracepoint => self.attach_syscalls_raw(),
+                SyscallHook::Tracepoint => self.attach_syscalls_tracepoint(),
+                SyscallHook::Auto => unreachable!("not a tier"),
+            };
+            match result {
+                Ok(mode) => {
+                    info!(
+                        mode,
+                        "syscall telemetry attached to raw_syscalls sys_enter/sys_exit"
+                    );
+                    for (program, name) in [
+                        (mode_program(mode, true), "sys_enter"),
+                        (mode_program(mode, false), "sys_exit"),
+                    ] {
+                        self.attachments.push(Attachment {
+                            program,
+                            hook: format!("{mode}:{name}"),
+                            mode: mode.to_owned(),
+                            attached: true,
+                            required: true,
+                            error: None,
+                        });
+                    }
+                    if !reasons.is_empty() {
+                        warn!(
+                            "syscall telemetry fell back to {mode}: {}",
+                            reasons.join("; ")
+                        );
+                    }
+                    return Ok(());
+                }
+                Err(reason) => reasons.push(reason),
+            }
+        }
+        Err(ProbeError::NoHook {
+            signal: "syscalls",
+            reasons: reasons.join("; "),
+        })
+    }
+
+    fn attach_syscalls_raw(&mut self) -> Result<&'static str, String> {
+        for (program, tp) in [
+            ("sonde_sys_exit_raw", "sys_exit"),
+            ("sonde_sys_enter_raw", "sys_enter"),
+        ] {
+            let prog: &mut RawTracePoint = program_mut(&mut self.ebpf, program)?;
+            prog.load()
+                .and_then(|()| prog.attach(tp).map(drop))
+                .map_err(|e| format!("raw tracepoint {tp}: {}", describe(&e)))?;
+        }
+        Ok("raw_tracepoint")
+    }
+
+    fn attach_syscalls_tracepoint(&mut self) -> Result<&'static str, String> {
+        if capabilities::tracefs_dir().is_none() {
+            capabilities::ensure_tracefs().map_err(|e| e.to_string())?;
+        }
+        for (program, tp) in [
+            ("sonde_sys_exit_tp", "sys_exit"),
+            ("sonde_sys_enter_tp", "sys_enter"),
+        ] {
+            let prog: &mut TracePoint = program_mut(&mut self.ebpf, program)?;
+            prog.load()
+                .and_then(|()| prog.attach("raw_syscalls", tp).map(drop))
+                .map_err(|e| format!("tracepoint raw_syscalls:{tp}: {}", describe(&e)))?;
+        }
+        Ok("tracepoint")
+    }
+
+    fn attach_interface(
+        &mut self,
+        iface: &str,
+        xdp_mode: XdpModeConfig,
+        caps: &Capabilities,
+    ) -> Result<(), ProbeError> {
+        let ingress = self.attach_ingress(iface, xdp_mode, caps)?;
+        self.attachments.push(ingress);
+        let egress = self
+            .attach_tc(iface, "sonde_tc_egress", TcAttachType::Egress, caps)
+            .map_err(|reason| ProbeError::Interface {
+                interface: iface.to_owned(),
+                reason: format!("TC egress: {reason}"),
+            })?;
+        self.attachments.push(egress);
+        Ok(())
+    }
+
+    fn attach_ingress(
+        &mut self,
+        iface: &str,
+        xdp_mode: XdpModeConfig,
+        caps: &Capabilities,
+    ) -> Result<Attachment, ProbeError> {
+        let mut reasons = Vec::new();
+        let modes: &[(XdpMode, &str)] = match xdp_mode {
+            XdpModeConfig::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
+            XdpModeConfig::Native => &[(XdpMode::Driver, "native")],
+            XdpModeConfig::Generic => &[(XdpMode::Skb, "generic")],
+            XdpModeConfig::Off => &[],
+        };
+        // Before 5.9 XDP has no links, and aya's netlink fallback would
+        // replace whatever program the interface already runs.
+        let xdp_links = caps.at_least(5, 9);
+        if !modes.is_empty() && !xdp_links {
+            reasons.push("kernel < 5.9 has no XDP links (would replace other programs)".to_owned());
+        }
+        if !modes.is_empty() && xdp_links {
+            let prog: &mut Xdp =
+                program_mut(&mut self.ebpf, "sonde_xdp_ingress").map_err(|reason| {
+                    ProbeError::Interface {
+                        interface: iface.to_owned(),
+                        reason,
+                    }
+                })?;
+            if prog.fd().is_err()
+                && let Err(e) = prog.load()
+            {
+                reasons.push(format!("XDP load: {}", describe(&e)));
+            }
+            if prog.fd().is_ok() {
+                for &(mode, label) in modes {
+                    match prog.attach(iface, mode) {
+                        Ok(_) => {
+                            info!(
+                                interface = iface,
+                                mode = label,
+                                "ingress accounted with XDP"
+                            );
+                            return Ok(Attachment {
+                                program: "sonde_xdp_ingress",
+                                hook: format!("xdp:{iface}"),
+                                mode: label.to_owned(),
+                                attached: true,
+                                required: true,
+                                error: None,
+                            });
+                        }
+                        Err(e) => {
+                            let busy = matches!(&e, ProgramError::SyscallError(s)
+                                if s.io_error.raw_os_error() == Some(libc::EBUSY));
+                            if busy {
+                                reasons.push(
+                                    "another program owns this interface's XDP hook; leaving it alone"
+                                        .to_owned(),
+                                );
+                                break;
+                            }
+                            reasons.push(format!("XDP {label}: {}", describe(&e)));
+                        }
+                    }
+                }
+            }
+        }
+        let attachment = self
+            .attach_tc(iface, "sonde_tc_ingress", TcAttachType::Ingress, caps)
+            .map_err(|reason| {
+                reasons.push(format!("TC ingress: {reason}"));
+                ProbeError::Interface {
+                    interface: iface.to_owned(),
+                    reason: format!("no ingress hook: {}", reasons.join("; ")),
+                }
+            })?;
+        if xdp_mode != XdpModeConfig::Off {
+            warn!(
+                interface = iface,
+                "ingress accounted with TC instead of XDP: {}",
+                reasons.join("; ")
+            );
+        }
+        Ok(attachment)
+    }
+
+    fn attach_tc(
+        &mut self,
+        iface: &str,
+        program: &'static str,
+        attach_type: TcAttachType,
+        caps: &Capabilities,
+    ) -> Result<Attachment, String> {
+        let tcx = caps.at_least(6, 6);
+        if !tcx {
+            // Netlink attachment needs the clsact qdisc; it may already be
+            // there (ours from a previous attach, or someone else's).
+            if let Err(e) = tc::qdisc_add_clsact(iface) {
+                let exists = matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST));
+                if !exists {
+                    return Err(format!("adding clsact qdisc: {e}"));
+                }
+            }
+        }
+        let prog: &mut SchedClassifier = program_mut(&mut self.ebpf, program)?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|e| describe(&e))?;
+        }
+        // First in the tcx chain so that we see every packet; our programs
+        // return "no verdict" and never change what runs after them.
+        let options = if tcx {
+            TcAttachOptions::TcxOrder(LinkOrder::first())
+        } else {
+            TcAttachOptions::Netlink(Default::default())
+        };
+        prog.attach_with_options(iface, attach_type, options)
+            .map_err(|e| describe(&e))?;
+        let direction = if attach_type == TcAttachType::Egress {
+            "egress"
+        } else {
+            "ingress"
+        };
+        Ok(Attachment {
+            program,
+            hook: format!("tc_{direction}:{iface}"),
+            mode: if tcx { "tcx" } else { "netlink" }.to_owned(),
+            attached: true,
+            required: true,
+            error: None,
+        })
+    }
+}
+
+/// Writes the settings that can change while running (also on SIGHUP).
+pub fn apply_runtime_config(maps: &mut KernelMaps, config: &Config) -> Result<(), ProbeError> {
+    let map_err = |source| ProbeError::Map {
+        name: CONFIG_MAP,
+        source,
+    };
+    let threshold = if config.syscalls.enabled {
+        config.slow_threshold_ns()
+    } else {
+        0
+    };
+    let values = [
+        (CFG_SLOW_SYSCALL_NS, threshold),
+        (
+            CFG_FLOW_EVENTS_PER_SEC,
+            config.network.flow_events_per_second,
+        ),
+        (CFG_FLOW_EVENTS_BURST, config.network.flow_events_burst),
+        (CFG_IGNORE_TGID, u64::from(std::process::id())),
+    ];
+    for (index, value) in values {
+        maps.config.set(index, value, 0).map_err(map_err)?;
+    }
+    let ignored: Vec<u32> = config
+        .syscalls
+        .slow_ignore
+        .iter()
+        .filter_map(|name| {
+            let id = syscall_table::id(name);
+            if id.is_none() {
+                warn!("syscalls.slow_ignore: {name} is not a syscall on this architecture");
+            }
+            id
+        })
+        .collect();
+    for id in 0..MAX_SYSCALLS {
+        let flag = u32::from(ignored.contains(&id));
+        maps.slow_ignore
+            .set(id, flag, 0)
+            .map_err(|source| ProbeError::Map {
+                name: SLOW_SYSCALL_IGNORE_MAP,
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+fn mode_program(mode: &str, enter: bool) -> &'static str {
+    match (mode, enter) {
+        ("raw_tracepoint", true) => "sonde_sys_enter_raw",
+        ("raw_tracepoint", false) => "sonde_sys_exit_raw",
+        (_, true) => "sonde_sys_enter_tp",
+        (_, false) => "sonde_sys_exit_tp",
+    }
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| ProbeError::Map { name, source })
+}
+
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| format!("program {name} missing from the eBPF object"))?;
+    prog.try_into().map_err(|e: ProgramError| e.to_string())
+}
+
+/// A one-line description of a program error; the verifier log, when there
+/// is one, is kept to its last lines (where the reason is).
+fn describe(err: &ProgramError) -> String {
+    match err {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let tail: Vec<&str> = log.lines().rev().take(3).collect();
+            format!(
+                "load failed: {io_error} (verifier: {})",
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            )
+        }
+        other => {
+            let mut msg = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(s) = source {
+                msg.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            msg
+        }
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it when we
+/// may. Newer kernels use memory cgroups and ignore it.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain setrlimit with a valid struct.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+    if rc != 0 && !capabilities::has_sys_resource() {
+        tracing::debug!(
+            "could not lift RLIMIT_MEMLOCK (no CAP_SYS_RESOURCE); fine on kernels ≥ 5.11"
+        );
+    }
+}

@@ -1,0 +1,59 @@
+//! The state shared by the HTTP handlers, health checks and signal
+//! handling: one cheap-to-clone handle to everything the running agent has.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, RwLock},
+    time::Instant,
+};
+
+use crate::{
+    collectors::{CollectorHandle, Snapshot},
+    config::Config,
+    events::Events,
+    health::HealthState,
+    metrics::Metrics,
+    probes::{Attachment, capabilities::Capabilities},
+};
+
+/// Ring reader tasks by ring label.
+pub type Readers = Vec<(&'static str, tokio::task::JoinHandle<()>)>;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<RwLock<Config>>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<HealthState>,
+    pub events: Arc<Events>,
+    pub collector: Arc<CollectorHandle>,
+    pub attachments: Arc<Vec<Attachment>>,
+    pub interfaces: Arc<BTreeMap<u32, String>>,
+    pub caps: Arc<Capabilities>,
+    pub started_at: Instant,
+    pub readers: Arc<Mutex<Readers>>,
+}
+
+impl AppState {
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.collector
+            .snapshot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn config_snapshot(&self) -> Config {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn reader_finished(&self, label: &str) -> bool {
+        self.readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|(l, task)| *l == label && task.is_finished())
+    }
+}
