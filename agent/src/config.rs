@@ -379,6 +379,13 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_is_the_defaults() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/sonde.toml");
+        let config = Config::load(Some(Path::new(example)), std::iter::empty()).unwrap();
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
     fn empty_file_gives_defaults() {
         assert_eq!(load("", &[]).unwrap(), Config::default());
     }

@@ -232,8 +232,9 @@ fn check_ring(state: &AppState, label: &str) -> Verdict {
     }
     let snapshot = state.snapshot();
     let kernel = snapshot.rings.get(label).copied().unwrap_or_default();
-    let received = ring.received.load(Ordering::Relaxed);
-    let backlog = kernel.produced.saturating_sub(kernel.lost + received);
+    let backlog = kernel
+        .produced
+        .saturating_sub(kernel.lost + kernel.received);
     let idle_ms = now_ms().saturating_sub(ring.last_drain_ms.load(Ordering::Relaxed));
     if backlog > 0 && idle_ms > 5_000 {
         return (

@@ -105,7 +105,7 @@ async fn status(State(state): State<AppState>) -> Response {
                 json!({
                     "produced": kernel.produced,
                     "lost": kernel.lost,
-                    "received": ring.received.load(Ordering::Relaxed),
+                    "received": kernel.received,
                     "decode_errors": ring.decode_errors.load(Ordering::Relaxed),
                 }),
             )

@@ -148,17 +148,17 @@ async fn serve(
         .into_iter()
         .map(|(name, info)| (name, info.id()))
         .collect();
-    let maps = probes
-        .maps
-        .take()
-        .ok_or_else(|| Failure::runtime("kernel maps already taken"))?;
-    let collector = collectors::Collector::new(maps, &config, program_ids)
-        .spawn()
-        .map_err(|e| Failure::runtime(format!("starting the collector: {e}")))?;
     let rings = std::mem::take(&mut probes.rings);
     let ring_labels: Vec<&'static str> = rings.iter().map(|(_, l, _)| *l).collect();
     let (events, tasks) = events::spawn_readers(rings, config.events.keep_recent)
         .map_err(|e| Failure::runtime(format!("starting ring readers: {e}")))?;
+    let maps = probes
+        .maps
+        .take()
+        .ok_or_else(|| Failure::runtime("kernel maps already taken"))?;
+    let collector = collectors::Collector::new(maps, &config, program_ids, events.rings.clone())
+        .spawn()
+        .map_err(|e| Failure::runtime(format!("starting the collector: {e}")))?;
 
     let state = state::AppState {
         config: Arc::new(RwLock::new(config.clone())),

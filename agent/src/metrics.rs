@@ -418,13 +418,11 @@ fn kernel_families(
         "Ring-buffer events the agent could not decode, by ring",
         MetricType::COUNTER,
     );
-    // Received is read after the kernel counters were snapshotted, so
-    // received + lost can exceed produced by events emitted in between;
-    // once the ring is quiet they are equal.
+    // All three come from one snapshot, so received + lost ≤ produced.
     for ring in &events.rings {
         let labels = [("ring", ring.label)];
         let kernel = snapshot.rings.get(ring.label).copied().unwrap_or_default();
-        received.sample(&labels, ring.received.load(Ordering::Relaxed) as f64);
+        received.sample(&labels, kernel.received as f64);
         produced.sample(&labels, kernel.produced as f64);
         lost.sample(&labels, kernel.lost as f64);
         decode_errors.sample(&labels, ring.decode_errors.load(Ordering::Relaxed) as f64);

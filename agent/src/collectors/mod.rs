@@ -14,6 +14,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::{
         Arc, RwLock,
+        atomic::Ordering,
         mpsc::{self, Receiver, RecvTimeoutError, Sender},
     },
     thread,
@@ -32,6 +33,7 @@ use tracing::{debug, warn};
 
 use crate::{
     config::Config,
+    events::RingState,
     probes::{KernelMaps, loader::apply_runtime_config},
     syscall_table,
 };
@@ -51,6 +53,9 @@ pub struct SyscallRow {
 pub struct RingCounters {
     pub produced: u64,
     pub lost: u64,
+    /// Read before `produced` and `lost`, so `received + lost ≤ produced`
+    /// always holds in a snapshot, with equality once the ring is quiet.
+    pub received: u64,
 }
 
 /// Per-program kernel statistics (only non-zero with bpf_stats on).
@@ -137,11 +142,18 @@ pub struct Collector {
     flows_expired: u64,
     flow_evictions: u64,
     program_ids: Vec<(String, u32)>,
+    rings: Vec<Arc<RingState>>,
 }
 
 impl Collector {
-    pub fn new(maps: KernelMaps, config: &Config, program_ids: Vec<(String, u32)>) -> Self {
+    pub fn new(
+        maps: KernelMaps,
+        config: &Config,
+        program_ids: Vec<(String, u32)>,
+        rings: Vec<Arc<RingState>>,
+    ) -> Self {
         Self {
+            rings,
             maps,
             interval: Duration::from_millis(config.collector.interval_ms),
             flow_idle_timeout_ns: config
@@ -217,19 +229,22 @@ impl Collector {
             .map(|i| self.maps.counters.get(&i, 0).map(sum_u64).unwrap_or(0))
             .collect();
         for &(id, _, label) in RINGS {
-            let counters = self
-                .maps
-                .ring_stats
-                .get(&id, 0)
-                .map(|values| {
-                    values
-                        .iter()
-                        .fold(RingCounters::default(), |acc, v| RingCounters {
-                            produced: acc.produced + v.produced,
-                            lost: acc.lost + v.lost,
-                        })
-                })
-                .unwrap_or_default();
+            let received = self
+                .rings
+                .iter()
+                .find(|r| r.label == label)
+                .map(|r| r.received.load(Ordering::Acquire))
+                .unwrap_or(0);
+            let mut counters = RingCounters {
+                received,
+                ..Default::default()
+            };
+            if let Ok(values) = self.maps.ring_stats.get(&id, 0) {
+                for cpu in values.iter() {
+                    counters.produced += cpu.produced;
+                    counters.lost += cpu.lost;
+                }
+            }
             snapshot.rings.insert(label, counters);
         }
         if let Err(err) = self.read_flows(&mut snapshot) {
