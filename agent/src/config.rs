@@ -193,11 +193,17 @@ impl Default for EventsConfig {
 pub struct CollectorConfig {
     /// How often kernel maps are read into metrics.
     pub interval_ms: u64,
+    /// Turn on the kernel's per-program run-time statistics while the agent
+    /// runs (sonde_bpf_program_*). Costs a few ns per program run.
+    pub bpf_stats: bool,
 }
 
 impl Default for CollectorConfig {
     fn default() -> Self {
-        Self { interval_ms: 1000 }
+        Self {
+            interval_ms: 1000,
+            bpf_stats: false,
+        }
     }
 }
 

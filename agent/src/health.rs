@@ -6,10 +6,7 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex, atomic::Ordering},
     time::{Duration, Instant},
 };
 
@@ -60,7 +57,6 @@ pub struct Report {
 /// Health state that is not derived from other parts of the agent.
 #[derive(Debug, Default)]
 pub struct HealthState {
-    pub started: AtomicBool,
     /// Components failed on purpose through /debug/fail (fault injection).
     pub forced: Mutex<BTreeMap<String, String>>,
 }
@@ -107,20 +103,12 @@ pub async fn liveness(state: &AppState) -> Report {
     run(state, components).await
 }
 
-/// Startup: ok once every program is loaded and attached.
+/// Startup: the agent state exists only once every program is loaded and
+/// attached (before that, the HTTP layer answers 503 itself).
 pub async fn startup(state: &AppState) -> Report {
     let components: Components = vec![(
         "startup".into(),
-        Box::new(|s: &AppState| {
-            if s.health.started.load(Ordering::Acquire) {
-                (Status::Ok, None)
-            } else {
-                (
-                    Status::Failed,
-                    Some("still loading and attaching programs".into()),
-                )
-            }
-        }),
+        Box::new(|_: &AppState| (Status::Ok, None)),
     )];
     run(state, components).await
 }

@@ -2,7 +2,10 @@
 //! (only with `debug.fault_injection`) endpoints that break things on
 //! purpose for tests and alert drills.
 
-use std::{collections::HashMap, sync::atomic::Ordering};
+use std::{
+    collections::HashMap,
+    sync::{Arc, OnceLock, atomic::Ordering},
+};
 
 use axum::{
     Json, Router,
@@ -15,12 +18,42 @@ use serde_json::json;
 
 use crate::{
     events::now_ms,
-    health::{self, Report, Status},
+    health::{self, CheckResult, Report, Status},
     state::AppState,
     version,
 };
 
-pub fn router(state: AppState) -> Router {
+/// What the server serves: the running agent once loading finished. Until
+/// then every endpoint but liveness answers 503 "starting", so a startup
+/// probe can tell loading from running.
+#[derive(Clone, Default)]
+pub struct Server {
+    pub app: Arc<OnceLock<AppState>>,
+}
+
+/// Resolves to the running agent's state, or answers 503 while starting.
+macro_rules! running {
+    ($server:expr) => {
+        match $server.app.get() {
+            Some(state) => state,
+            None => return starting(),
+        }
+    };
+}
+
+fn starting() -> Response {
+    report_response(Report {
+        status: Status::Failed,
+        checks: vec![CheckResult {
+            component: "startup".into(),
+            status: Status::Failed,
+            latency_ms: 0.0,
+            error: Some("loading and attaching kernel programs".into()),
+        }],
+    })
+}
+
+pub fn router(server: Server, fault_injection: bool) -> Router {
     let mut router = Router::new()
         .route("/", get(index))
         .route("/metrics", get(metrics))
@@ -32,20 +65,21 @@ pub fn router(state: AppState) -> Router {
         .route("/health/startup", get(startup))
         .route("/api/v1/status", get(status))
         .route("/api/v1/events", get(events));
-    if state.config_snapshot().debug.fault_injection {
+    if fault_injection {
         router = router
             .route("/debug/fail", post(debug_fail))
             .route("/debug/recover", post(debug_recover))
             .route("/debug/stall-reader", post(debug_stall));
     }
-    router.with_state(state)
+    router.with_state(server)
 }
 
 async fn index() -> &'static str {
     "Sonde: /metrics /health/live /health/ready /health/startup /api/v1/status /api/v1/events\n"
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(server): State<Server>) -> Response {
+    let state = running!(server);
     let snapshot = state.snapshot();
     match state
         .metrics
@@ -76,22 +110,29 @@ fn report_response(report: Report) -> Response {
     (code, Json(report)).into_response()
 }
 
-async fn live(State(state): State<AppState>) -> Response {
-    report_response(health::liveness(&state).await)
-}
-
-async fn ready(State(state): State<AppState>) -> Response {
-    if !state.health.started.load(Ordering::Acquire) {
-        return report_response(health::startup(&state).await);
+async fn live(State(server): State<Server>) -> Response {
+    match server.app.get() {
+        Some(state) => report_response(health::liveness(state).await),
+        // Loading takes a while on big kernels; the process is alive.
+        None => report_response(Report {
+            status: Status::Ok,
+            checks: Vec::new(),
+        }),
     }
-    report_response(health::readiness(&state).await)
 }
 
-async fn startup(State(state): State<AppState>) -> Response {
-    report_response(health::startup(&state).await)
+async fn ready(State(server): State<Server>) -> Response {
+    let state = running!(server);
+    report_response(health::readiness(state).await)
 }
 
-async fn status(State(state): State<AppState>) -> Response {
+async fn startup(State(server): State<Server>) -> Response {
+    let state = running!(server);
+    report_response(health::startup(state).await)
+}
+
+async fn status(State(server): State<Server>) -> Response {
+    let state = running!(server);
     let snapshot = state.snapshot();
     let config = state.config_snapshot();
     let rings: serde_json::Map<String, serde_json::Value> = state
@@ -125,14 +166,16 @@ async fn status(State(state): State<AppState>) -> Response {
     .into_response()
 }
 
-async fn events(State(state): State<AppState>) -> Response {
+async fn events(State(server): State<Server>) -> Response {
+    let state = running!(server);
     Json(json!({ "events": state.events.recent() })).into_response()
 }
 
 async fn debug_fail(
-    State(state): State<AppState>,
+    State(server): State<Server>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
+    let state = running!(server);
     let Some(component) = query.get("component") else {
         return (StatusCode::BAD_REQUEST, "component=NAME is required\n").into_response();
     };
@@ -147,9 +190,10 @@ async fn debug_fail(
 }
 
 async fn debug_recover(
-    State(state): State<AppState>,
+    State(server): State<Server>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
+    let state = running!(server);
     let Some(component) = query.get("component") else {
         return (StatusCode::BAD_REQUEST, "component=NAME is required\n").into_response();
     };
@@ -163,9 +207,10 @@ async fn debug_recover(
 }
 
 async fn debug_stall(
-    State(state): State<AppState>,
+    State(server): State<Server>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
+    let state = running!(server);
     let ring = query.get("ring").map(String::as_str).unwrap_or("syscall");
     let Some(ms) = query.get("ms").and_then(|v| v.parse::<u64>().ok()) else {
         return (StatusCode::BAD_REQUEST, "ms=N is required\n").into_response();

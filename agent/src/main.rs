@@ -18,7 +18,7 @@ mod version;
 use std::{
     collections::BTreeMap,
     process::ExitCode,
-    sync::{Arc, Mutex, RwLock, atomic::Ordering},
+    sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
 
@@ -135,11 +135,37 @@ async fn serve(
             Failure::runtime(format!("cannot listen on {}: {why}", config.listen))
         })?;
 
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let server = http::Server::default();
+    let server_task = {
+        let app = http::router(server.clone(), config.debug.fault_injection);
+        let mut rx = shutdown_rx.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.changed().await;
+                })
+                .await
+        })
+    };
+
     if config.network.enabled && interfaces.is_empty() {
         warn!("network accounting enabled but no interface is up (besides loopback)");
     }
-    let caps = Capabilities::detect();
-    let mut probes = Probes::load(&config, &interfaces, &caps, false).map_err(Failure::runtime)?;
+    // Loading blocks on the verifier; keep it off the async workers so the
+    // server answers "starting" meanwhile.
+    let (caps, probes) = {
+        let config = config.clone();
+        let interfaces = interfaces.clone();
+        tokio::task::spawn_blocking(move || {
+            let caps = Capabilities::detect();
+            let probes = Probes::load(&config, &interfaces, &caps, config.collector.bpf_stats);
+            (caps, probes)
+        })
+        .await
+        .map_err(|e| Failure::runtime(format!("loading task failed: {e}")))?
+    };
+    let mut probes = probes.map_err(Failure::runtime)?;
     let metrics = Arc::new(metrics::Metrics::new().map_err(Failure::runtime)?);
     metrics.set_attachments(&probes.attachments);
 
@@ -172,20 +198,9 @@ async fn serve(
         started_at,
         readers: Arc::new(Mutex::new(ring_labels.into_iter().zip(tasks).collect())),
     };
-
-    let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
-    let server = {
-        let app = http::router(state.clone());
-        let mut rx = shutdown_rx.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.changed().await;
-                })
-                .await
-        })
-    };
-    state.health.started.store(true, Ordering::Release);
+    if server.app.set(state.clone()).is_err() {
+        return Err(Failure::runtime("agent state set twice"));
+    }
     info!(
         "ready in {} ms; listening on http://{} (/metrics, /health/ready, /api/v1/status)",
         started_at.elapsed().as_millis(),
@@ -215,11 +230,10 @@ async fn serve(
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
             _ = sighup.recv() => reload(&state, config_path.as_deref()),
-            result = &mut Box::pin(shutdown_rx.changed()) => { let _ = result; break; }
         }
     }
     let _ = shutdown_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_millis(1500), server).await;
+    let _ = tokio::time::timeout(Duration::from_millis(1500), server_task).await;
     refresher.abort();
     for (_, task) in state
         .readers
