@@ -175,35 +175,35 @@ async fn debug_fail(
     State(server): State<Server>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let state = running!(server);
-    let Some(component) = query.get("component") else {
-        return (StatusCode::BAD_REQUEST, "component=NAME is required\n").into_response();
-    };
-    tracing::warn!(component, "fault injection: component marked failed");
-    state
-        .health
-        .forced
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(component.clone(), "failed by fault injection".into());
-    (StatusCode::OK, format!("{component} failed\n")).into_response()
+    set_forced(&server, &query, true)
 }
 
 async fn debug_recover(
     State(server): State<Server>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
+    set_forced(&server, &query, false)
+}
+
+/// Marks `component=NAME` failed (or clears that) for fault injection.
+fn set_forced(server: &Server, query: &HashMap<String, String>, failed: bool) -> Response {
     let state = running!(server);
     let Some(component) = query.get("component") else {
         return (StatusCode::BAD_REQUEST, "component=NAME is required\n").into_response();
     };
-    state
+    let mut forced = state
         .health
         .forced
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(component);
-    (StatusCode::OK, format!("{component} recovered\n")).into_response()
+        .unwrap_or_else(|e| e.into_inner());
+    if failed {
+        tracing::warn!(component, "fault injection: component marked failed");
+        forced.insert(component.clone(), "failed by fault injection".into());
+        (StatusCode::OK, format!("{component} failed\n")).into_response()
+    } else {
+        forced.remove(component);
+        (StatusCode::OK, format!("{component} recovered\n")).into_response()
+    }
 }
 
 async fn debug_stall(

@@ -128,14 +128,7 @@ fn account_flow(flow: &FlowKey, bytes: u64) {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(stats) = FLOWS.get_ptr_mut(flow) {
-        // SAFETY: per-CPU value.
-        let stats = unsafe { &mut *stats };
-        stats.packets += 1;
-        stats.bytes += bytes;
-        if stats.first_seen_ns == 0 {
-            stats.first_seen_ns = now;
-        }
-        stats.last_seen_ns = now;
+        touch_flow(stats, bytes, now);
         return;
     }
     let first = FlowStats {
@@ -152,18 +145,25 @@ fn account_flow(flow: &FlowKey, bytes: u64) {
         // -EEXIST: another CPU created it between our lookup and insert.
         Err(-17) => {
             if let Some(stats) = FLOWS.get_ptr_mut(flow) {
-                // SAFETY: per-CPU value.
-                let stats = unsafe { &mut *stats };
-                stats.packets += 1;
-                stats.bytes += bytes;
-                if stats.first_seen_ns == 0 {
-                    stats.first_seen_ns = now;
-                }
-                stats.last_seen_ns = now;
+                touch_flow(stats, bytes, now);
             }
         }
         Err(_) => count(FLOW_INSERT_FAILED),
     }
+}
+
+/// Adds one packet to this CPU's share of a flow.
+#[inline(always)]
+fn touch_flow(stats: *mut FlowStats, bytes: u64, now: u64) {
+    // SAFETY: a per-CPU map value from a successful lookup; only this CPU
+    // writes it while we run.
+    let stats = unsafe { &mut *stats };
+    stats.packets += 1;
+    stats.bytes += bytes;
+    if stats.first_seen_ns == 0 {
+        stats.first_seen_ns = now;
+    }
+    stats.last_seen_ns = now;
 }
 
 /// Emits a new-flow event if this CPU's token bucket allows it; a refused

@@ -368,8 +368,10 @@ impl Probes {
                             });
                         }
                         Err(e) => {
+                            // EBUSY: a program is attached; EEXIST: one is
+                            // attached in another mode. Either way, not ours.
                             let busy = matches!(&e, ProgramError::SyscallError(s)
-                                if s.io_error.raw_os_error() == Some(libc::EBUSY));
+                                if matches!(s.io_error.raw_os_error(), Some(libc::EBUSY | libc::EEXIST)));
                             if busy {
                                 reasons.push(
                                     "another program owns this interface's XDP hook; leaving it alone"
