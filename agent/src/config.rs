@@ -248,14 +248,24 @@ impl Config {
             text.parse()
                 .map_err(|e: toml::de::Error| ConfigError::Parse {
                     path: path.map(Path::to_owned),
-                    message: e.message().to_owned(),
+                    message: e.to_string().trim().replace('\n', " "),
                 })?;
         apply_env(&mut table, env)?;
-        let config: Config =
-            Config::deserialize(table).map_err(|e: toml::de::Error| ConfigError::Parse {
-                path: path.map(Path::to_owned),
-                message: e.message().to_owned(),
-            })?;
+        // serde_path_to_error names the key whose value has the wrong type.
+        let config: Config = serde_path_to_error::deserialize(table).map_err(
+            |e: serde_path_to_error::Error<toml::de::Error>| {
+                let key = e.path().to_string();
+                let message = e.into_inner().message().to_owned();
+                ConfigError::Parse {
+                    path: path.map(Path::to_owned),
+                    message: if key == "." || key.is_empty() {
+                        message
+                    } else {
+                        format!("{key}: {message}")
+                    },
+                }
+            },
+        )?;
         config.validate()?;
         Ok(config)
     }
@@ -321,6 +331,18 @@ impl Config {
     }
 }
 
+/// Top-level keys of [`Config`], the only ones environment overrides reach.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "listen",
+    "log_level",
+    "syscalls",
+    "network",
+    "events",
+    "collector",
+    "health",
+    "debug",
+];
+
 /// `SONDE_LISTEN=…` sets `listen`; `SONDE_SYSCALLS__SLOW_THRESHOLD_MS=5`
 /// sets `syscalls.slow_threshold_ms`. Values are parsed as TOML (numbers,
 /// booleans, arrays); anything that is not valid TOML is taken as a string.
@@ -333,11 +355,13 @@ fn apply_env(
         let Some(path) = var.strip_prefix("SONDE_") else {
             continue;
         };
-        // Variables read by clap or the environment, not config keys.
-        if matches!(path, "CONFIG" | "GIT_SHA") || path.is_empty() {
+        let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+        // Only variables naming a config key are overrides; others (SONDE_CONFIG
+        // read by clap, tooling's own SONDE_* variables) are not ours to judge.
+        // Below a known top-level key, unknown keys are errors as in the file.
+        if !TOP_LEVEL_KEYS.contains(&keys[0].as_str()) {
             continue;
         }
-        let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
         let value = parse_env_value(&raw);
         let mut cursor = &mut *table;
         for key in &keys[..keys.len() - 1] {
@@ -435,8 +459,22 @@ mod tests {
 
     #[test]
     fn bad_env_key_is_named() {
-        let err = load("", &[("SONDE_BOGUS", "1")]).unwrap_err().to_string();
+        let err = load("", &[("SONDE_NETWORK__BOGUS", "1")])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bogus"), "{err}");
+        // Not a config key at all: someone else's variable, left alone.
+        assert!(load("", &[("SONDE_BIN", "/x"), ("SONDE_CONFIG", "/y")]).is_ok());
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let err = load("[network]\nmax_flows = \"many\"", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("network.max_flows"), "{err}");
+        let err = load("listen = 5", &[]).unwrap_err().to_string();
+        assert!(err.contains("listen"), "{err}");
     }
 
     #[test]

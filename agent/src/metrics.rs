@@ -257,14 +257,14 @@ fn kernel_families(
         let labels = [("syscall", row.name.as_str())];
         calls.sample(&labels, row.count as f64);
         errors.sample(&labels, row.errors as f64);
-        let buckets: Vec<(f64, u64)> = (0..LATENCY_SLOTS)
+        // The last slot is open-ended: the encoder's own +Inf bucket (equal
+        // to the sample count) covers it.
+        let buckets: Vec<(f64, u64)> = (0..LATENCY_SLOTS - 1)
             .map(|slot| {
-                let upper = if slot == LATENCY_SLOTS - 1 {
-                    f64::INFINITY
-                } else {
-                    latency_slot_upper_ns(slot) as f64 / 1e9
-                };
-                (upper, row.latency_slots[slot])
+                (
+                    latency_slot_upper_ns(slot) as f64 / 1e9,
+                    row.latency_slots[slot],
+                )
             })
             .collect();
         latency.histogram(

@@ -1,0 +1,378 @@
+//! The agent under test, as a child process with a private config file, log
+//! file and HTTP port.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::http::{self, Response};
+use crate::scrape::Scrape;
+use crate::sys::{self, TempDir};
+
+/// How long the agent may take from spawn to `/health/startup` = 200.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the agent may take to exit after SIGTERM before it is killed.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Per-request timeout for the HTTP client.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A free TCP port on 127.0.0.1 (bound, read and released; the agent binds it
+/// right after, so the race with other processes is negligible).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+/// Makes a child receive SIGTERM when the test process dies, so a crashed or
+/// killed test run does not leave an agent or a workload behind.
+pub(crate) fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGTERM as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A running `sonde run` process. Dropping it sends SIGTERM and waits for a
+/// clean exit (status 0 within [`STOP_TIMEOUT`]); otherwise the drop panics
+/// with the agent's log.
+pub struct Agent {
+    child: Option<Child>,
+    addr: SocketAddr,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    exit: Option<ExitStatus>,
+    // Last field: removed after the child is gone.
+    _dir: TempDir,
+}
+
+impl Agent {
+    /// Spawns the agent and waits until `/health/startup` answers 200.
+    /// Panics (with the agent's log) if it exits or is not started within
+    /// [`STARTUP_TIMEOUT`].
+    pub fn start(config_toml: &str, extra_args: &[&str]) -> Agent {
+        let mut agent = Agent::spawn(config_toml, extra_args);
+        agent.wait_started(STARTUP_TIMEOUT);
+        agent
+    }
+
+    /// Spawns `sonde run --config FILE --listen 127.0.0.1:PORT ARGS...`
+    /// without waiting for it to start.
+    pub fn spawn(config_toml: &str, extra_args: &[&str]) -> Agent {
+        let dir = TempDir::new("agent");
+        let config_path = dir.write("sonde.toml", config_toml);
+        let log_path = dir.path().join("agent.log");
+        let log = File::create(&log_path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
+        let log2 = log.try_clone().expect("clone log file handle");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let bin = sys::sonde_bin();
+        let mut cmd = sys::sonde_command();
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        die_with_parent(&mut cmd);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        Agent {
+            child: Some(child),
+            addr,
+            config_path,
+            log_path,
+            exit: None,
+            _dir: dir,
+        }
+    }
+
+    /// Polls `/health/startup` until it answers 200.
+    pub fn wait_started(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut last;
+        loop {
+            if let Some(status) = self.try_exit_status() {
+                panic!(
+                    "the agent exited ({status}) before /health/startup answered 200; log:\n{}",
+                    self.log()
+                );
+            }
+            match self.try_request("GET", "/health/startup") {
+                Ok(r) if r.status == 200 => return,
+                Ok(r) => last = format!("{} {}", r.status, r.body),
+                Err(e) => last = e.to_string(),
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "the agent did not report started within {timeout:?} (last /health/startup: \
+                     {last}); log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Address of the agent's HTTP server.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The agent's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("agent running")
+    }
+
+    /// The config file the agent was started with (rewrite it, then
+    /// [`Agent::sighup`], to test reloads).
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// Replaces the config file's contents.
+    pub fn rewrite_config(&self, config_toml: &str) {
+        std::fs::write(&self.config_path, config_toml)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", self.config_path.display()));
+    }
+
+    /// Sends SIGHUP (reload runtime settings).
+    pub fn sighup(&self) {
+        sys::signal(self.pid(), libc::SIGHUP);
+    }
+
+    /// Everything the agent wrote to stdout and stderr so far.
+    pub fn log(&self) -> String {
+        match std::fs::read(&self.log_path) {
+            Ok(b) => {
+                let s = String::from_utf8_lossy(&b).into_owned();
+                let lines: Vec<&str> = s.lines().collect();
+                if lines.len() > 300 {
+                    format!(
+                        "[... {} earlier lines ...]\n{}",
+                        lines.len() - 300,
+                        lines[lines.len() - 300..].join("\n")
+                    )
+                } else {
+                    s
+                }
+            }
+            Err(e) => format!("(cannot read {}: {e})", self.log_path.display()),
+        }
+    }
+
+    fn try_exit_status(&mut self) -> Option<ExitStatus> {
+        if self.exit.is_none()
+            && let Some(child) = self.child.as_mut()
+        {
+            self.exit = child.try_wait().ok().flatten();
+        }
+        self.exit
+    }
+
+    /// One HTTP request; an I/O error is returned, not a panic.
+    pub fn try_request(&self, method: &str, path: &str) -> std::io::Result<Response> {
+        http::request(self.addr, method, path, HTTP_TIMEOUT)
+    }
+
+    /// One HTTP request; panics with the agent's log on an I/O error.
+    pub fn request(&self, method: &str, path: &str) -> Response {
+        self.try_request(method, path).unwrap_or_else(|e| {
+            panic!(
+                "{method} http://{}{path} failed: {e}; agent log:\n{}",
+                self.addr,
+                self.log()
+            )
+        })
+    }
+
+    /// `GET path` → (status, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let r = self.request("GET", path);
+        (r.status, r.body)
+    }
+
+    /// `POST path` (empty body) → (status, body).
+    pub fn post(&self, path: &str) -> (u16, String) {
+        let r = self.request("POST", path);
+        (r.status, r.body)
+    }
+
+    /// `GET path`, which must answer 200 with a JSON body.
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 200, "GET {path} answered {status}: {body}");
+        parse_json(path, &body)
+    }
+
+    /// `GET /api/v1/status` as JSON.
+    pub fn status_json(&self) -> serde_json::Value {
+        self.get_json("/api/v1/status")
+    }
+
+    /// `GET /metrics`, parsed.
+    pub fn metrics(&self) -> Scrape {
+        let (status, body) = self.get("/metrics");
+        assert_eq!(status, 200, "GET /metrics answered {status}: {body}");
+        Scrape::parse(&body)
+    }
+
+    /// Re-scrapes every 100 ms until `pred` holds; returns the scrape that
+    /// satisfied it, or `Err(last scrape)` after `timeout`.
+    pub fn try_wait_for(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&Scrape) -> bool,
+    ) -> Result<Scrape, Scrape> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.metrics();
+            if pred(&s) {
+                return Ok(s);
+            }
+            if Instant::now() >= deadline {
+                return Err(s);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Like [`Agent::try_wait_for`], panicking with `what` on timeout.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl FnMut(&Scrape) -> bool,
+    ) -> Scrape {
+        self.try_wait_for(timeout, pred).unwrap_or_else(|_| {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; agent log:\n{}",
+                self.log()
+            )
+        })
+    }
+
+    /// Scrapes every `spacing` until `f(scrape)` returns the same value on
+    /// two consecutive scrapes (pick `spacing` longer than the collector
+    /// interval, so an unchanged value means the collector has caught up).
+    /// Panics after `timeout`.
+    pub fn wait_stable<T: PartialEq + std::fmt::Debug>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        spacing: Duration,
+        mut f: impl FnMut(&Scrape) -> T,
+    ) -> Scrape {
+        let deadline = Instant::now() + timeout;
+        let mut prev_v = f(&self.metrics());
+        let mut seen = vec![format!("{prev_v:?}")];
+        loop {
+            std::thread::sleep(spacing);
+            let s = self.metrics();
+            let v = f(&s);
+            if v == prev_v {
+                return s;
+            }
+            seen.push(format!("{v:?}"));
+            if Instant::now() >= deadline {
+                panic!(
+                    "{what} did not settle within {timeout:?}; successive values: {}",
+                    seen.join(", ")
+                );
+            }
+            prev_v = v;
+        }
+    }
+
+    /// Sends `sig` to the agent.
+    pub fn signal(&self, sig: libc::c_int) {
+        sys::signal(self.pid(), sig);
+    }
+
+    /// Waits up to `timeout` for the agent to exit on its own (after a
+    /// signal the test sent); `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if let Some(s) = self.try_exit_status() {
+            return Some(s);
+        }
+        let child = self.child.as_mut().expect("agent spawned");
+        let s = sys::wait_timeout(child, timeout)?;
+        self.exit = Some(s);
+        Some(s)
+    }
+
+    /// Sends SIGTERM and waits up to `timeout`; returns the exit status and
+    /// how long the exit took, or `None` if it was still running (it is then
+    /// killed).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<(ExitStatus, Duration)> {
+        if let Some(s) = self.try_exit_status() {
+            return Some((s, Duration::ZERO));
+        }
+        let child = self.child.as_mut().expect("agent spawned");
+        let t0 = Instant::now();
+        sys::signal(child.id(), libc::SIGTERM);
+        match sys::wait_timeout(child, timeout) {
+            Some(s) => {
+                self.exit = Some(s);
+                Some((s, t0.elapsed()))
+            }
+            None => {
+                let _ = child.kill();
+                if let Ok(s) = child.wait() {
+                    self.exit = Some(s);
+                }
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let already_exited = self.exit.is_some();
+        let outcome = self.terminate(STOP_TIMEOUT);
+        let panicking = std::thread::panicking();
+        if panicking {
+            eprintln!(
+                "---- agent log ({}) ----\n{}\n---- end of agent log ----",
+                self.log_path.display(),
+                self.log()
+            );
+            return;
+        }
+        match outcome {
+            None => panic!(
+                "the agent did not exit within {STOP_TIMEOUT:?} of SIGTERM; killed it. Log:\n{}",
+                self.log()
+            ),
+            Some((status, _)) if !status.success() && !already_exited => panic!(
+                "the agent exited with {status} after SIGTERM (expected 0). Log:\n{}",
+                self.log()
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// Parses a JSON body; panics naming the endpoint and the body.
+pub fn parse_json(what: &str, body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{what} is not JSON ({e}): {body}"))
+}

@@ -1,0 +1,137 @@
+//! RAII network namespaces and veth pairs. Test traffic stays on loopback or
+//! on a veth pair whose peer lives in a namespace the test created; both are
+//! removed on drop, even when the test panics.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::sys::{cmd, must, quiet};
+
+/// A network namespace (`ip netns add NAME`), deleted on drop.
+pub struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    /// Creates namespace `name` (deleting a stale one of that name left by
+    /// a killed run) and brings its loopback up.
+    pub fn new(name: &str) -> NetNs {
+        if Path::new("/run/netns").join(name).exists() {
+            quiet(&mut cmd("ip", &["netns", "del", name]));
+        }
+        must(&mut cmd("ip", &["netns", "add", name]));
+        let ns = NetNs {
+            name: name.to_string(),
+        };
+        must(&mut ns.exec(&["ip", "link", "set", "lo", "up"]));
+        ns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `ip netns exec NAME args...`, ready to spawn or run.
+    pub fn exec(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).args(args);
+        c
+    }
+
+    /// Writes a sysctl inside the namespace (`key` as a /proc/sys path
+    /// relative to /proc/sys, e.g. `net/ipv6/conf/p0/disable_ipv6`).
+    pub fn write_sysctl(&self, key: &str, value: &str) {
+        let script = format!("echo {value} > /proc/sys/{key}");
+        must(&mut self.exec(&["sh", "-c", &script]));
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        quiet(&mut cmd("ip", &["netns", "del", &self.name]));
+    }
+}
+
+/// A veth pair: `host` stays in the root namespace, `peer` is moved into a
+/// [`NetNs`]. Both ends get an address and are brought up, with IPv6
+/// disabled so the kernel sends no router or neighbour solicitations on its
+/// own. Deleted on drop (deleting one end deletes both).
+pub struct VethPair {
+    host: String,
+    peer: String,
+    host_ip: String,
+    peer_ip: String,
+}
+
+impl VethPair {
+    /// `host_cidr`/`peer_cidr` like `10.213.0.1/30`.
+    pub fn new(host: &str, peer: &str, ns: &NetNs, host_cidr: &str, peer_cidr: &str) -> VethPair {
+        assert!(
+            host.len() < 16 && peer.len() < 16,
+            "interface names are limited to 15 bytes"
+        );
+        if Path::new("/sys/class/net").join(host).exists() {
+            quiet(&mut cmd("ip", &["link", "del", host]));
+        }
+        must(&mut cmd(
+            "ip",
+            &["link", "add", host, "type", "veth", "peer", "name", peer],
+        ));
+        let pair = VethPair {
+            host: host.to_string(),
+            peer: peer.to_string(),
+            host_ip: strip_prefix_len(host_cidr),
+            peer_ip: strip_prefix_len(peer_cidr),
+        };
+        must(&mut cmd("ip", &["link", "set", peer, "netns", ns.name()]));
+        let v6 = format!("/proc/sys/net/ipv6/conf/{host}/disable_ipv6");
+        if Path::new(&v6).exists() {
+            std::fs::write(&v6, "1").unwrap_or_else(|e| panic!("cannot write {v6}: {e}"));
+            ns.write_sysctl(&format!("net/ipv6/conf/{peer}/disable_ipv6"), "1");
+        }
+        must(&mut cmd("ip", &["addr", "add", host_cidr, "dev", host]));
+        must(&mut ns.exec(&["ip", "addr", "add", peer_cidr, "dev", peer]));
+        must(&mut cmd("ip", &["link", "set", host, "up"]));
+        must(&mut ns.exec(&["ip", "link", "set", peer, "up"]));
+        pair
+    }
+
+    /// Name of the end in the root namespace.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Name of the end inside the namespace.
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    /// Address of the host end, without prefix length.
+    pub fn host_ip(&self) -> &str {
+        &self.host_ip
+    }
+
+    /// Address of the namespace end, without prefix length.
+    pub fn peer_ip(&self) -> &str {
+        &self.peer_ip
+    }
+}
+
+impl Drop for VethPair {
+    fn drop(&mut self) {
+        quiet(&mut cmd("ip", &["link", "del", &self.host]));
+    }
+}
+
+fn strip_prefix_len(cidr: &str) -> String {
+    cidr.split('/').next().unwrap_or(cidr).to_string()
+}
+
+/// A counter from `/sys/class/net/IFACE/statistics/NAME` (root namespace).
+pub fn iface_stat(iface: &str, name: &str) -> u64 {
+    let p = format!("/sys/class/net/{iface}/statistics/{name}");
+    let s = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {p}: {e}"));
+    s.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{p} holds {s:?}, not a number: {e}"))
+}

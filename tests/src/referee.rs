@@ -1,0 +1,138 @@
+//! bpftrace as an independent referee: counts the same kernel events the
+//! agent counts, so a test can check the agent against a second tool.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::agent::die_with_parent;
+use crate::sys;
+
+/// A running bpftrace script, stopped with SIGINT.
+pub struct Bpftrace {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Bpftrace {
+    /// Starts `bpftrace -e PROGRAM` and waits until it printed `Attaching`
+    /// and then `marker` (have a `BEGIN { printf("MARKER\n"); }` in the
+    /// program: BEGIN runs once the probes are attached).
+    pub fn start(program: &str, marker: &str) -> Bpftrace {
+        sys::need_tool("bpftrace", "bpftrace");
+        sys::ensure_tracefs();
+        let mut c = Command::new("bpftrace");
+        c.arg("-e")
+            .arg(program)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        die_with_parent(&mut c);
+        let mut child = c
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start bpftrace: {e}"));
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&stderr);
+        let mut err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            sink.lock().unwrap().push_str(&s);
+        });
+        let mut b = Bpftrace {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+            stderr,
+        };
+        b.wait_line("Attaching", Duration::from_secs(60));
+        b.wait_line(marker, Duration::from_secs(30));
+        // Give the probes a moment past BEGIN before the workload starts.
+        std::thread::sleep(Duration::from_millis(300));
+        b
+    }
+
+    fn wait_line(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    let hit = l.contains(needle);
+                    self.seen.push(l);
+                    if hit {
+                        return;
+                    }
+                }
+                Err(_) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    std::thread::sleep(Duration::from_millis(100));
+                    panic!(
+                        "bpftrace did not print {needle:?} within {timeout:?}; stdout: {:?}; \
+                         stderr: {}",
+                        self.seen,
+                        self.stderr.lock().unwrap()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Stops bpftrace with SIGINT and returns everything it printed.
+    pub fn stop(mut self) -> String {
+        sys::signal(self.child.id(), libc::SIGINT);
+        let status = sys::wait_timeout(&mut self.child, Duration::from_secs(30));
+        if status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            panic!("bpftrace did not exit within 30 s of SIGINT");
+        }
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            self.seen.push(l);
+        }
+        self.seen.join("\n")
+    }
+
+    /// What bpftrace wrote to stderr.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Bpftrace {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The value of a scalar map in bpftrace's exit output (`@name: 123`), or 0
+/// when the map was never written (bpftrace then prints nothing for it).
+pub fn scalar(output: &str, map: &str) -> u64 {
+    let prefix = format!("{map}: ");
+    output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(&prefix))
+        .map(|v| {
+            v.trim()
+                .parse()
+                .unwrap_or_else(|e| panic!("bpftrace printed {map}: {v:?}, not a number: {e}"))
+        })
+        .unwrap_or(0)
+}

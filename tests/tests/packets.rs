@@ -1,0 +1,292 @@
+//! Packet accounting on a veth pair into a private namespace: exact counts
+//! and frame bytes per direction/family/protocol, agreement with the
+//! kernel's own interface statistics, TCP flags, top peers and attach status.
+
+use std::time::Duration;
+
+use sonde_tests::net::iface_stat;
+use sonde_tests::{Config, LAB_HOST_IP, LAB_IF, LAB_PEER_IP, Lab, Scrape, Workload, require_root};
+
+/// Longer than two collector intervals (200 ms).
+const SPACING: Duration = Duration::from_millis(500);
+const N: u64 = 10_000;
+const PAYLOAD: u64 = 100;
+/// UDP payload + UDP header + IPv4 header + Ethernet header.
+const FRAME: u64 = PAYLOAD + 8 + 20 + 14;
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn udp(direction: &'static str) -> [(&'static str, &'static str); 4] {
+    [
+        ("interface", LAB_IF),
+        ("direction", direction),
+        ("family", "ipv4"),
+        ("protocol", "udp"),
+    ]
+}
+
+fn packets(s: &Scrape, direction: &'static str) -> f64 {
+    s.value_or_zero("sonde_packets_total", &udp(direction))
+}
+
+fn bytes(s: &Scrape, direction: &'static str) -> f64 {
+    s.value_or_zero("sonde_bytes_total", &udp(direction))
+}
+
+/// All packets the agent saw on the lab interface in one direction.
+fn all_packets(s: &Scrape, direction: &str) -> f64 {
+    s.sum(
+        "sonde_packets_total",
+        &[("interface", LAB_IF), ("direction", direction)],
+    )
+}
+
+fn settle_for(lab: &Lab, what: &str, f: impl Fn(&Scrape) -> f64 + Copy) -> Scrape {
+    lab.agent
+        .wait_stable(what, Duration::from_secs(10), SPACING, f)
+}
+
+#[test]
+fn ingress_udp_is_counted_exactly_and_matches_kernel_stats() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::start(Config::new());
+    let port = 40100;
+    let sink_addr = format!("{LAB_HOST_IP}:{port}");
+    // A listener, so the host answers no datagram with ICMP port unreachable.
+    let mut sink = Workload::spawn(&["udp-sink", &sink_addr, "60"]);
+    sink.expect_line("ready", Duration::from_secs(10));
+    // Let interface bring-up traffic (gratuitous ARP and the like) pass.
+    std::thread::sleep(Duration::from_secs(1));
+
+    let before = settle_for(&lab, "ingress packet counters before the workload", |s| {
+        all_packets(s, "ingress")
+    });
+    let rx_before = iface_stat(LAB_IF, "rx_packets");
+
+    Workload::run_in(
+        &lab.ns,
+        &["udp-send", &sink_addr, &N.to_string(), &PAYLOAD.to_string()],
+        SEND_TIMEOUT,
+    );
+    let p0 = packets(&before, "ingress");
+    lab.agent
+        .try_wait_for(Duration::from_secs(5), |s| {
+            packets(s, "ingress") - p0 >= N as f64
+        })
+        .unwrap_or_else(|last| {
+            panic!(
+                "ingress UDP packets on {LAB_IF} rose by {} within 5 s of sending {N}:\n{}",
+                packets(&last, "ingress") - p0,
+                last.grep("sonde_packets_total")
+            )
+        });
+    let after = settle_for(&lab, "ingress packet counters after the workload", |s| {
+        all_packets(s, "ingress")
+    });
+    let rx_after = iface_stat(LAB_IF, "rx_packets");
+
+    let d_packets = packets(&after, "ingress") - p0;
+    let d_bytes = bytes(&after, "ingress") - bytes(&before, "ingress");
+    assert_eq!(
+        d_packets, N as f64,
+        "sonde_packets_total{{interface=\"{LAB_IF}\",direction=\"ingress\",family=\"ipv4\",\
+         protocol=\"udp\"}} rose by {d_packets} for {N} datagrams sent into {LAB_IF}"
+    );
+    assert_eq!(
+        d_bytes,
+        (N * FRAME) as f64,
+        "sonde_bytes_total (ingress, ipv4, udp) rose by {d_bytes}; {N} frames of {FRAME} bytes \
+         ({PAYLOAD} payload + 8 UDP + 20 IPv4 + 14 Ethernet) make {}",
+        N * FRAME
+    );
+
+    let d_rx = rx_after - rx_before;
+    let d_all = all_packets(&after, "ingress") - all_packets(&before, "ingress");
+    assert!(
+        d_rx >= N,
+        "/sys/class/net/{LAB_IF}/statistics/rx_packets rose by {d_rx}, fewer than the {N} \
+         datagrams sent: the workload or the veth dropped some"
+    );
+    assert_eq!(
+        d_all,
+        d_rx as f64,
+        "the agent saw {d_all} ingress packets (all protocols) on {LAB_IF}, the kernel's \
+         rx_packets rose by {d_rx} over the same quiet window; per-protocol series:\n{}",
+        after.grep("direction=\"ingress\"")
+    );
+
+    println!(
+        "ingress: udp packets +{d_packets}, bytes +{d_bytes}; all protocols +{d_all}; \
+         rx_packets +{d_rx}"
+    );
+
+    let peer = after.value_or_zero(
+        "sonde_peer_bytes_total",
+        &[
+            ("interface", LAB_IF),
+            ("peer", LAB_PEER_IP),
+            ("direction", "ingress"),
+        ],
+    );
+    assert!(
+        peer > 0.0,
+        "sonde_peer_bytes_total{{interface=\"{LAB_IF}\",peer=\"{LAB_PEER_IP}\",\
+         direction=\"ingress\"}} is {peer} after {N} datagrams from that peer:\n{}",
+        after.grep("sonde_peer_bytes_total")
+    );
+}
+
+#[test]
+fn egress_udp_is_counted_exactly() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::start(Config::new());
+    let port = 40101;
+    let sink_addr = format!("{LAB_PEER_IP}:{port}");
+    let mut sink = Workload::spawn_in(&lab.ns, &["udp-sink", &sink_addr, "60"]);
+    sink.expect_line("ready", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(1));
+
+    let before = settle_for(&lab, "egress packet counters before the workload", |s| {
+        all_packets(s, "egress")
+    });
+    let tx_before = iface_stat(LAB_IF, "tx_packets");
+
+    Workload::run(
+        &["udp-send", &sink_addr, &N.to_string(), &PAYLOAD.to_string()],
+        SEND_TIMEOUT,
+    );
+    let p0 = packets(&before, "egress");
+    lab.agent
+        .try_wait_for(Duration::from_secs(5), |s| {
+            packets(s, "egress") - p0 >= N as f64
+        })
+        .unwrap_or_else(|last| {
+            panic!(
+                "egress UDP packets on {LAB_IF} rose by {} within 5 s of sending {N}:\n{}",
+                packets(&last, "egress") - p0,
+                last.grep("sonde_packets_total")
+            )
+        });
+    let after = settle_for(&lab, "egress packet counters after the workload", |s| {
+        all_packets(s, "egress")
+    });
+    let tx_after = iface_stat(LAB_IF, "tx_packets");
+
+    let d_packets = packets(&after, "egress") - p0;
+    let d_bytes = bytes(&after, "egress") - bytes(&before, "egress");
+    assert_eq!(
+        d_packets, N as f64,
+        "sonde_packets_total{{interface=\"{LAB_IF}\",direction=\"egress\",family=\"ipv4\",\
+         protocol=\"udp\"}} rose by {d_packets} for {N} datagrams sent out of {LAB_IF}"
+    );
+    assert_eq!(
+        d_bytes,
+        (N * FRAME) as f64,
+        "sonde_bytes_total (egress, ipv4, udp) rose by {d_bytes}; {N} frames of {FRAME} bytes \
+         make {}",
+        N * FRAME
+    );
+    let d_tx = tx_after - tx_before;
+    let d_all = all_packets(&after, "egress") - all_packets(&before, "egress");
+    println!(
+        "egress: udp packets +{d_packets}, bytes +{d_bytes}; all protocols +{d_all}; \
+         tx_packets +{d_tx}"
+    );
+    assert_eq!(
+        d_all,
+        d_tx as f64,
+        "the agent saw {d_all} egress packets (all protocols) on {LAB_IF}, the kernel's \
+         tx_packets rose by {d_tx} over the same quiet window; per-protocol series:\n{}",
+        after.grep("direction=\"egress\"")
+    );
+}
+
+#[test]
+fn tcp_handshake_flags_are_counted() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::start(Config::new());
+    let addr = format!("{LAB_PEER_IP}:40102");
+    let mut listener = Workload::spawn_in(&lab.ns, &["tcp-listen", &addr, "30"]);
+    listener.expect_line("ready", Duration::from_secs(10));
+
+    let flag = |s: &Scrape, direction: &str, flag: &str| {
+        s.value_or_zero(
+            "sonde_tcp_flags_total",
+            &[
+                ("interface", LAB_IF),
+                ("direction", direction),
+                ("flag", flag),
+            ],
+        )
+    };
+    let before = lab.agent.metrics();
+    Workload::run(&["tcp-connect", &addr], Duration::from_secs(10));
+    let want = [
+        ("egress", "syn"),
+        ("ingress", "synack"),
+        ("egress", "fin"),
+        ("ingress", "fin"),
+    ];
+    lab.agent
+        .try_wait_for(Duration::from_secs(5), |s| {
+            want.iter()
+                .all(|(d, f)| flag(s, d, f) - flag(&before, d, f) >= 1.0)
+        })
+        .unwrap_or_else(|last| {
+            panic!(
+                "after one TCP connect+close from {LAB_IF} to {addr}, expected egress syn, \
+                 ingress synack and a fin each way to rise by at least 1; \
+                 sonde_tcp_flags_total now:\n{}\nbefore:\n{}",
+                last.grep("sonde_tcp_flags_total"),
+                before.grep("sonde_tcp_flags_total")
+            )
+        });
+}
+
+#[test]
+fn xdp_program_reports_attached_to_the_interface() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::start(Config::new());
+    let s = lab.agent.metrics();
+    let hook = format!("xdp:{LAB_IF}");
+    let attached = s.series(
+        "sonde_probe_attached",
+        &[("program", "sonde_xdp_ingress"), ("hook", &hook)],
+    );
+    let all = s.grep("sonde_probe_attached");
+    assert_eq!(
+        attached.len(),
+        1,
+        "expected one sonde_probe_attached series for program sonde_xdp_ingress, hook {hook}:\n{all}"
+    );
+    let a = attached[0];
+    assert_eq!(a.value, 1.0, "{a} should be 1 (attached):\n{all}");
+    let mode = a.label("mode").unwrap_or_default();
+    assert!(
+        mode == "native" || mode == "generic",
+        "XDP mode label is {mode:?}, expected native or generic: {a}"
+    );
+
+    let status = lab.agent.status_json();
+    let programs = status["programs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("/api/v1/status has no programs array: {status}"));
+    let p = programs
+        .iter()
+        .find(|p| p["program"] == "sonde_xdp_ingress" && p["hook"] == hook.as_str())
+        .unwrap_or_else(|| {
+            panic!("/api/v1/status lists no sonde_xdp_ingress on {hook}: {status:#}")
+        });
+    assert_eq!(
+        p["attached"],
+        serde_json::Value::Bool(true),
+        "/api/v1/status says sonde_xdp_ingress on {hook} is not attached: {p}"
+    );
+}
