@@ -290,3 +290,96 @@ fn xdp_program_reports_attached_to_the_interface() {
         "/api/v1/status says sonde_xdp_ingress on {hook} is not attached: {p}"
     );
 }
+
+/// An interface whose XDP hook another program owns (here: a first agent)
+/// is left alone: a second agent accounts its ingress with TC, the first
+/// keeps its XDP program, and both count the same traffic exactly.
+#[test]
+fn foreign_xdp_program_is_left_alone_and_tc_counts_instead() {
+    if !require_root() {
+        return;
+    }
+    const M: u64 = 2_000;
+    let lab = Lab::start(Config::new());
+    let config = Config::new().network_on(&[LAB_IF]).render();
+    let second = sonde_tests::Agent::start(&config, &["--interface", LAB_IF]);
+
+    let first_xdp = [("program", "sonde_xdp_ingress"), ("hook", "xdp:sondet0")];
+    assert_eq!(
+        lab.agent
+            .metrics()
+            .value("sonde_probe_attached", &first_xdp),
+        Some(1.0),
+        "the first agent should own the XDP hook of {LAB_IF}"
+    );
+    let second_scrape = second.metrics();
+    assert_eq!(
+        second_scrape.value(
+            "sonde_probe_attached",
+            &[
+                ("program", "sonde_tc_ingress"),
+                ("hook", "tc_ingress:sondet0")
+            ]
+        ),
+        Some(1.0),
+        "the second agent should account ingress with TC:\n{}",
+        second_scrape.grep("sonde_probe_attached")
+    );
+    assert!(
+        second_scrape
+            .value("sonde_probe_attached", &first_xdp)
+            .is_none(),
+        "the second agent must not report an XDP attachment on {LAB_IF}"
+    );
+    assert!(
+        second.log().contains("another program owns"),
+        "the second agent should say why it used TC; its log:\n{}",
+        second.log()
+    );
+
+    let port = 40130;
+    let sink_addr = format!("{LAB_HOST_IP}:{port}");
+    let mut sink = Workload::spawn(&["udp-sink", &sink_addr, "60"]);
+    sink.expect_line("ready", Duration::from_secs(10));
+    let before_first = settle_for(&lab, "first agent before", |s| packets(s, "ingress"));
+    let before_second = second.wait_stable(
+        "second agent before",
+        Duration::from_secs(10),
+        SPACING,
+        |s| packets(s, "ingress"),
+    );
+    Workload::run_in(
+        &lab.ns,
+        &["udp-send", &sink_addr, &M.to_string(), &PAYLOAD.to_string()],
+        SEND_TIMEOUT,
+    );
+    for (name, agent, before) in [
+        ("first (XDP)", &lab.agent, &before_first),
+        ("second (TC)", &second, &before_second),
+    ] {
+        let p0 = packets(before, "ingress");
+        agent
+            .try_wait_for(Duration::from_secs(5), |s| {
+                packets(s, "ingress") - p0 >= M as f64
+            })
+            .unwrap_or_else(|last| {
+                panic!(
+                    "{name} agent: ingress UDP rose by {} for {M} datagrams",
+                    packets(&last, "ingress") - p0
+                )
+            });
+        let after = agent.wait_stable(name, Duration::from_secs(5), SPACING, |s| {
+            packets(s, "ingress")
+        });
+        assert_eq!(
+            packets(&after, "ingress") - p0,
+            M as f64,
+            "{name} agent counted a different number of ingress UDP packets"
+        );
+        assert_eq!(
+            bytes(&after, "ingress") - bytes(before, "ingress"),
+            (M * FRAME) as f64,
+            "{name} agent counted different ingress UDP bytes"
+        );
+    }
+}

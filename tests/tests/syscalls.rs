@@ -103,12 +103,44 @@ fn getppid_calls_are_counted_and_timed() {
     if !require_root() {
         return;
     }
-    const N: f64 = 200_000.0;
     let agent = Agent::start(&Config::new().render(), &[]);
-    let before = quiet_baseline(&agent, "getppid");
+    assert_hook(&agent, "raw_tracepoint");
+    assert_getppid_counted(&agent);
+}
+
+/// The classic tracepoint is the fallback where raw tracepoints are
+/// missing; forced here, it must count exactly the same.
+#[test]
+fn classic_tracepoint_fallback_counts_getppid_exactly() {
+    if !require_root() {
+        return;
+    }
+    let config = Config::new().set("syscalls", "hook", "\"tracepoint\"");
+    let agent = Agent::start(&config.render(), &[]);
+    assert_hook(&agent, "tracepoint");
+    assert_getppid_counted(&agent);
+}
+
+/// Both syscall programs are attached in `mode`.
+fn assert_hook(agent: &Agent, mode: &str) {
+    let scrape = agent.metrics();
+    for tp in ["sys_enter", "sys_exit"] {
+        let hook = format!("{mode}:{tp}");
+        assert_eq!(
+            scrape.value("sonde_probe_attached", &[("hook", &hook), ("mode", mode)]),
+            Some(1.0),
+            "expected sonde_probe_attached{{hook=\"{hook}\",mode=\"{mode}\"}} 1:\n{}",
+            scrape.grep("sonde_probe_attached")
+        );
+    }
+}
+
+fn assert_getppid_counted(agent: &Agent) {
+    const N: f64 = 200_000.0;
+    let before = quiet_baseline(agent, "getppid");
 
     Workload::run(&["getppid", "200000"], WORKLOAD_TIMEOUT);
-    let after = settle(&agent, "getppid", calls(&before, "getppid"), N, |s| {
+    let after = settle(agent, "getppid", calls(&before, "getppid"), N, |s| {
         calls(s, "getppid")
     });
 
