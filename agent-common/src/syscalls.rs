@@ -3,7 +3,8 @@
 
 /// `PerCpuArray<SyscallStats>` indexed by syscall id.
 pub const SYSCALL_STATS_MAP: &str = "SYSCALL_STATS";
-/// `HashMap<u32 tid, SyscallStart>`: in-flight syscalls.
+/// `HashMap<u32 tid, SyscallStart>`: in-flight syscalls of threads that
+/// were switched out before their syscall returned.
 pub const SYSCALL_START_MAP: &str = "SYSCALL_START";
 /// `Array<u32>` indexed by syscall id: non-zero means "never report as slow"
 /// (syscalls whose job is to block, such as epoll_wait or futex).
@@ -67,12 +68,14 @@ impl Default for SyscallStats {
     }
 }
 
+/// A syscall in flight: when it started, which one, and on which thread.
+/// `ts_ns == 0` marks an empty per-CPU slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SyscallStart {
     pub ts_ns: u64,
     pub id: u32,
-    pub _pad: u32,
+    pub tid: u32,
 }
 
 #[cfg(test)]

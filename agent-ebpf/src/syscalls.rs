@@ -32,6 +32,10 @@ static SYSCALL_STATS: PerCpuArray<SyscallStats> = PerCpuArray::with_max_entries(
 #[map(name = "SYSCALL_START")]
 static SYSCALL_START: HashMap<u32, SyscallStart> = HashMap::with_max_entries(MAX_INFLIGHT, 0);
 
+/// The syscall in flight of the thread running on this CPU, if any.
+#[map(name = "SYSCALL_INFLIGHT")]
+static SYSCALL_INFLIGHT: PerCpuArray<SyscallStart> = PerCpuArray::with_max_entries(1, 0);
+
 #[map(name = "SLOW_SYSCALL_IGNORE")]
 static SLOW_SYSCALL_IGNORE: Array<u32> = Array::with_max_entries(MAX_SYSCALLS, 0);
 
@@ -62,6 +66,18 @@ pub fn sonde_sys_enter_raw(ctx: RawTracePointContext) -> i32 {
 pub fn sonde_sys_exit_raw(ctx: RawTracePointContext) -> i32 {
     let ret: i64 = ctx.arg(1);
     on_exit(ret);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn sonde_sched_switch_raw(_ctx: RawTracePointContext) -> i32 {
+    on_switch();
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_switch")]
+pub fn sonde_sched_switch_tp(_ctx: TracePointContext) -> u32 {
+    on_switch();
     0
 }
 
@@ -97,31 +113,71 @@ fn on_enter(id: i64) {
     if id == SYSCALL_NR_EXIT.load() || id == SYSCALL_NR_EXIT_GROUP.load() {
         return;
     }
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let start = SyscallStart {
-        // SAFETY: helper without preconditions.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        id,
-        _pad: 0,
+    let Some(slot) = SYSCALL_INFLIGHT.get_ptr_mut(0) else {
+        return;
     };
-    if SYSCALL_START.insert(tid, start, 0).is_err() {
+    // SAFETY: this CPU's slot; programs on one CPU do not run concurrently
+    // with each other here (tracepoints run with preemption disabled).
+    let slot = unsafe { &mut *slot };
+    slot.tid = bpf_get_current_pid_tgid() as u32;
+    slot.id = id;
+    // SAFETY: helper without preconditions.
+    slot.ts_ns = unsafe { bpf_ktime_get_ns() };
+}
+
+/// The outgoing thread (still `current`) leaves the CPU: park its in-flight
+/// syscall, if any, in the hash map.
+#[inline(always)]
+fn on_switch() {
+    let Some(slot) = SYSCALL_INFLIGHT.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot.
+    let slot = unsafe { &mut *slot };
+    if slot.ts_ns == 0 {
+        return;
+    }
+    let start = *slot;
+    slot.ts_ns = 0;
+    if start.tid != bpf_get_current_pid_tgid() as u32 {
+        // Cannot happen (the slot always belongs to the running thread);
+        // dropping it is safer than attributing it to the wrong thread.
+        return;
+    }
+    if SYSCALL_START.insert(start.tid, start, 0).is_err() {
         count(SYSCALL_START_MAP_FULL);
     }
+}
+
+/// Where `tid`'s syscall started: this CPU's slot when the thread never
+/// left the CPU, else the hash map it was parked in.
+#[inline(always)]
+fn take_start(tid: u32) -> Option<SyscallStart> {
+    if let Some(slot) = SYSCALL_INFLIGHT.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot.
+        let slot = unsafe { &mut *slot };
+        if slot.ts_ns != 0 && slot.tid == tid {
+            let start = *slot;
+            slot.ts_ns = 0;
+            return Some(start);
+        }
+    }
+    let start = SYSCALL_START.get_ptr(tid)?;
+    // SAFETY: from a successful lookup; copied out before the delete.
+    let start = unsafe { *start };
+    let _ = SYSCALL_START.remove(tid);
+    Some(start)
 }
 
 #[inline(always)]
 fn on_exit(ret: i64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
-    let Some(start) = SYSCALL_START.get_ptr(tid) else {
+    let Some(start) = take_start(tid) else {
         // Entry happened before we attached, or the start map was full
-        // (counted at entry).
+        // (counted when parking it).
         return;
     };
-    // SAFETY: the pointer came from a successful lookup; we copy out the
-    // value before deleting the element.
-    let start = unsafe { *start };
-    let _ = SYSCALL_START.remove(tid);
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let latency = now.saturating_sub(start.ts_ns);

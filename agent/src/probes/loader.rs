@@ -238,12 +238,9 @@ impl Probes {
                 Ok(mode) => {
                     info!(
                         mode,
-                        "syscall telemetry attached to raw_syscalls sys_enter/sys_exit"
+                        "syscall telemetry attached to sys_enter, sys_exit and sched_switch"
                     );
-                    for (program, name) in [
-                        (mode_program(mode, true), "sys_enter"),
-                        (mode_program(mode, false), "sys_exit"),
-                    ] {
+                    for (program, name) in syscall_programs(mode) {
                         self.attachments.push(Attachment {
                             program,
                             hook: format!("{mode}:{name}"),
@@ -271,10 +268,7 @@ impl Probes {
     }
 
     fn attach_syscalls_raw(&mut self) -> Result<&'static str, String> {
-        for (program, tp) in [
-            ("sonde_sys_exit_raw", "sys_exit"),
-            ("sonde_sys_enter_raw", "sys_enter"),
-        ] {
+        for (program, tp) in syscall_programs("raw_tracepoint") {
             let prog: &mut RawTracePoint = program_mut(&mut self.ebpf, program)?;
             prog.load()
                 .and_then(|()| prog.attach(tp).map(drop))
@@ -287,14 +281,16 @@ impl Probes {
         if capabilities::tracefs_dir().is_none() {
             capabilities::ensure_tracefs().map_err(|e| e.to_string())?;
         }
-        for (program, tp) in [
-            ("sonde_sys_exit_tp", "sys_exit"),
-            ("sonde_sys_enter_tp", "sys_enter"),
-        ] {
+        for (program, tp) in syscall_programs("tracepoint") {
+            let category = if tp == "sched_switch" {
+                "sched"
+            } else {
+                "raw_syscalls"
+            };
             let prog: &mut TracePoint = program_mut(&mut self.ebpf, program)?;
             prog.load()
-                .and_then(|()| prog.attach("raw_syscalls", tp).map(drop))
-                .map_err(|e| format!("tracepoint raw_syscalls:{tp}: {}", describe(&e)))?;
+                .and_then(|()| prog.attach(category, tp).map(drop))
+                .map_err(|e| format!("tracepoint {category}:{tp}: {}", describe(&e)))?;
         }
         Ok("tracepoint")
     }
@@ -498,12 +494,22 @@ pub fn apply_runtime_config(maps: &mut KernelMaps, config: &Config) -> Result<()
     Ok(())
 }
 
-fn mode_program(mode: &str, enter: bool) -> &'static str {
-    match (mode, enter) {
-        ("raw_tracepoint", true) => "sonde_sys_enter_raw",
-        ("raw_tracepoint", false) => "sonde_sys_exit_raw",
-        (_, true) => "sonde_sys_enter_tp",
-        (_, false) => "sonde_sys_exit_tp",
+/// The syscall programs of a tier with their tracepoints, in attach order:
+/// exits first and entries last, so that no start is recorded before the
+/// programs that consume it are in place.
+fn syscall_programs(mode: &str) -> [(&'static str, &'static str); 3] {
+    if mode == "raw_tracepoint" {
+        [
+            ("sonde_sys_exit_raw", "sys_exit"),
+            ("sonde_sched_switch_raw", "sched_switch"),
+            ("sonde_sys_enter_raw", "sys_enter"),
+        ]
+    } else {
+        [
+            ("sonde_sys_exit_tp", "sys_exit"),
+            ("sonde_sched_switch_tp", "sched_switch"),
+            ("sonde_sys_enter_tp", "sys_enter"),
+        ]
     }
 }
 
