@@ -1,0 +1,163 @@
+//! `cargo xtask test [--no-integration]`: everything CI checks, in order,
+//! stopping at the first failure.
+
+use std::{fs, path::Path, process::Command, time::Instant};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    toolchain::{self, BPF_TARGET, NIGHTLY, Purpose},
+    util,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// Skip the privileged integration tests (the other steps need no root).
+    #[arg(long)]
+    no_integration: bool,
+}
+
+type Step = (&'static str, fn() -> anyhow::Result<()>);
+
+pub fn run(opts: Options) -> anyhow::Result<()> {
+    let mut steps: Vec<Step> = vec![
+        ("toolchain", || toolchain::ensure(Purpose::Lint)),
+        ("rustfmt", fmt),
+        ("clippy: user space", clippy_user),
+        ("clippy: kernel programs", clippy_ebpf),
+        ("unit tests", unit_tests),
+    ];
+    if !opts.no_integration {
+        steps.push(("integration tests (root)", integration_tests));
+    }
+    // Hook: a `bench --quick` step (overhead smoke check against the
+    // bpftrace referee) goes here, after the integration tests, once the
+    // bench command exists.
+
+    let start = Instant::now();
+    let total = steps.len();
+    for (i, (name, step)) in steps.into_iter().enumerate() {
+        util::header(&format!("[{}/{total}] {name}", i + 1));
+        let step_start = Instant::now();
+        if let Err(e) = step() {
+            println!(
+                "\nxtask test: FAILED at `{name}` after {} (total {})",
+                util::human(step_start.elapsed()),
+                util::human(start.elapsed())
+            );
+            return Err(e.context(format!("step `{name}` failed")));
+        }
+        println!("--- {name}: ok ({})", util::human(step_start.elapsed()));
+    }
+    if opts.no_integration {
+        println!("\nintegration tests skipped (--no-integration)");
+    }
+    println!(
+        "\nxtask test: all {total} steps passed in {}",
+        util::human(start.elapsed())
+    );
+    Ok(())
+}
+
+fn fmt() -> anyhow::Result<()> {
+    // `--all` covers every member, the eBPF crate included.
+    util::run(util::cargo().args(["fmt", "--all", "--", "--check"]))
+}
+
+fn clippy_user() -> anyhow::Result<()> {
+    // Default members only: `--workspace` would pull agent-ebpf onto the host
+    // target and unify agent-common's `user` feature into it.
+    util::run(util::cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))
+}
+
+fn clippy_ebpf() -> anyhow::Result<()> {
+    util::run(util::command("rustup").args([
+        "run",
+        NIGHTLY,
+        "cargo",
+        "clippy",
+        "-p",
+        "agent-ebpf",
+        "--target",
+        BPF_TARGET,
+        "-Z",
+        "build-std=core",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+fn unit_tests() -> anyhow::Result<()> {
+    util::run(util::cargo().args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "sonde-tests",
+        "--exclude",
+        "agent-ebpf",
+    ]))
+}
+
+fn integration_tests() -> anyhow::Result<()> {
+    let root = util::is_root();
+    if !root {
+        if util::in_ci() {
+            bail!(
+                "the integration tests load eBPF programs and need root; CI must run as root (or pass --no-integration)"
+            );
+        }
+        if util::which("sudo").is_none() {
+            bail!(
+                "the integration tests need root and sudo is not installed: run `cargo xtask test` as root, or pass --no-integration"
+            );
+        }
+        println!(
+            "not root: the test binaries run through `sudo -E` (it may ask for your password)"
+        );
+    }
+    mount_tracefs(root)?;
+
+    util::run(util::cargo().args(["build", "-p", "sonde"]))?;
+    util::run(util::cargo().args(["build", "-p", "sonde-tests", "--bins"]))?;
+
+    let debug = util::target_dir().join("debug");
+    let mut test = util::cargo();
+    test.env("SONDE_BIN", debug.join("sonde"))
+        .env("SONDE_WORKLOAD_BIN", debug.join("sonde-workload"))
+        .args(["test", "-p", "sonde-tests"]);
+    if !root {
+        // Build as the user, run only the test binaries as root, so target/
+        // never gets root-owned files.
+        test.args(["--config", r#"target."cfg(all())".runner = "sudo -E""#]);
+    }
+    util::run(test.args(["--", "--test-threads=1"]))
+}
+
+/// bpftrace (the referee in some tests) needs tracefs; the agent mounts it
+/// itself when missing.
+fn mount_tracefs(root: bool) -> anyhow::Result<()> {
+    const TRACEFS: &str = "/sys/kernel/tracing";
+    let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    let mounted = mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        let (_, dir, kind) = (f.next(), f.next(), f.next());
+        dir == Some(TRACEFS) && kind == Some("tracefs")
+    });
+    if mounted {
+        return Ok(());
+    }
+    if !Path::new(TRACEFS).is_dir() {
+        bail!(
+            "{TRACEFS} does not exist: this kernel has no tracefs, which the syscall probes and bpftrace need"
+        );
+    }
+    let mut mount = if root {
+        Command::new("mount")
+    } else {
+        let mut sudo = Command::new("sudo");
+        sudo.arg("mount");
+        sudo
+    };
+    util::run(mount.args(["-t", "tracefs", "tracefs", TRACEFS]))
+}
