@@ -43,7 +43,9 @@ pub const fn latency_slot_upper_ns(slot: usize) -> u64 {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SyscallStats {
-    /// Syscall entries.
+    /// Syscalls made: counted when they return (with their latency), or at
+    /// entry for those that never return (exit, exit_group), or when their
+    /// start could not be recorded (counted in `SYSCALL_START_MAP_FULL`).
     pub count: u64,
     /// Exits with a negative return value (an errno).
     pub errors: u64,
@@ -68,8 +70,8 @@ impl Default for SyscallStats {
     }
 }
 
-/// A syscall in flight: when it started, which one, and on which thread.
-/// `ts_ns == 0` marks an empty per-CPU slot.
+/// A syscall in flight: when it started, which one, and (once parked in the
+/// hash map) on which thread. `ts_ns == 0` marks an empty per-CPU slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SyscallStart {

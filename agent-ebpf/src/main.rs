@@ -4,6 +4,7 @@
 #![no_std]
 #![no_main]
 
+mod baseline;
 mod maps;
 mod net;
 mod syscalls;

@@ -106,11 +106,9 @@ fn on_enter(id: i64) {
         return;
     }
     let id = id as u32;
-    if let Some(stats) = SYSCALL_STATS.get_ptr_mut(id) {
-        // SAFETY: per-CPU slot.
-        unsafe { (*stats).count += 1 };
-    }
     if id == SYSCALL_NR_EXIT.load() || id == SYSCALL_NR_EXIT_GROUP.load() {
+        // Never returns: counted here, untimed.
+        count_untimed(id);
         return;
     }
     let Some(slot) = SYSCALL_INFLIGHT.get_ptr_mut(0) else {
@@ -119,7 +117,8 @@ fn on_enter(id: i64) {
     // SAFETY: this CPU's slot; programs on one CPU do not run concurrently
     // with each other here (tracepoints run with preemption disabled).
     let slot = unsafe { &mut *slot };
-    slot.tid = bpf_get_current_pid_tgid() as u32;
+    // No tid needed: the slot only ever holds the running thread's syscall
+    // (sched_switch empties it whenever a thread leaves the CPU).
     slot.id = id;
     // SAFETY: helper without preconditions.
     slot.ts_ns = unsafe { bpf_ktime_get_ns() };
@@ -137,31 +136,39 @@ fn on_switch() {
     if slot.ts_ns == 0 {
         return;
     }
-    let start = *slot;
+    let mut start = *slot;
     slot.ts_ns = 0;
-    if start.tid != bpf_get_current_pid_tgid() as u32 {
-        // Cannot happen (the slot always belongs to the running thread);
-        // dropping it is safer than attributing it to the wrong thread.
-        return;
-    }
+    start.tid = bpf_get_current_pid_tgid() as u32;
     if SYSCALL_START.insert(start.tid, start, 0).is_err() {
+        // Its latency is lost, but the call itself still counts.
         count(SYSCALL_START_MAP_FULL);
+        count_untimed(start.id);
     }
 }
 
-/// Where `tid`'s syscall started: this CPU's slot when the thread never
-/// left the CPU, else the hash map it was parked in.
+/// Counts a syscall whose latency cannot be measured.
 #[inline(always)]
-fn take_start(tid: u32) -> Option<SyscallStart> {
+fn count_untimed(id: u32) {
+    if let Some(stats) = SYSCALL_STATS.get_ptr_mut(id) {
+        // SAFETY: per-CPU slot.
+        unsafe { (*stats).count += 1 };
+    }
+}
+
+/// Where the running thread's syscall started: this CPU's slot when the
+/// thread never left the CPU, else the hash map it was parked in.
+#[inline(always)]
+fn take_start() -> Option<SyscallStart> {
     if let Some(slot) = SYSCALL_INFLIGHT.get_ptr_mut(0) {
         // SAFETY: this CPU's slot.
         let slot = unsafe { &mut *slot };
-        if slot.ts_ns != 0 && slot.tid == tid {
+        if slot.ts_ns != 0 {
             let start = *slot;
             slot.ts_ns = 0;
             return Some(start);
         }
     }
+    let tid = bpf_get_current_pid_tgid() as u32;
     let start = SYSCALL_START.get_ptr(tid)?;
     // SAFETY: from a successful lookup; copied out before the delete.
     let start = unsafe { *start };
@@ -171,9 +178,7 @@ fn take_start(tid: u32) -> Option<SyscallStart> {
 
 #[inline(always)]
 fn on_exit(ret: i64) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tid = pid_tgid as u32;
-    let Some(start) = take_start(tid) else {
+    let Some(start) = take_start() else {
         // Entry happened before we attached, or the start map was full
         // (counted when parking it).
         return;
@@ -185,6 +190,7 @@ fn on_exit(ret: i64) {
     if let Some(stats) = SYSCALL_STATS.get_ptr_mut(id) {
         // SAFETY: per-CPU slot, only this CPU writes it while we run.
         let stats = unsafe { &mut *stats };
+        stats.count += 1;
         if ret < 0 {
             stats.errors += 1;
         }
@@ -199,6 +205,8 @@ fn on_exit(ret: i64) {
     if threshold == 0 || latency < threshold {
         return;
     }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
     let tgid = (pid_tgid >> 32) as u32;
     if u64::from(tgid) == config(CFG_IGNORE_TGID) {
         return;

@@ -23,6 +23,30 @@ pub enum Command {
     /// Print what this kernel and this process can do, then exit
     /// (non-zero when the agent cannot run here).
     Check(CommonArgs),
+    /// Reference points for benchmarks (empty programs on the same hooks,
+    /// a minimal ring reader). Not for production use.
+    #[command(hide = true, subcommand)]
+    Baseline(BaselineCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BaselineCommand {
+    /// Empty programs on raw_syscalls sys_enter/sys_exit.
+    Syscalls {
+        /// raw_tracepoint or tracepoint.
+        #[arg(long, default_value = "raw_tracepoint")]
+        hook: String,
+    },
+    /// Empty XDP (ingress) and TC (egress) programs.
+    Packets {
+        #[arg(long = "interface", short = 'i', required = true)]
+        interfaces: Vec<String>,
+    },
+    /// Sonde's syscall programs, every syscall reported, minimal reader.
+    RingReader {
+        #[arg(long, default_value_t = 262144)]
+        ring_bytes: u32,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -23,7 +23,7 @@ use std::{
 };
 
 use clap::Parser;
-use cli::{Cli, Command, CommonArgs, RunArgs};
+use cli::{BaselineCommand, Cli, Command, CommonArgs, RunArgs};
 use config::Config;
 use probes::{Probes, capabilities::Capabilities};
 use tokio::signal::unix::{SignalKind, signal};
@@ -63,6 +63,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Check(args) => check(args),
+        Command::Baseline(cmd) => baseline(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -349,4 +350,24 @@ fn check(args: CommonArgs) -> Result<(), Failure> {
     drop(probes);
     println!("result            ok: every program loaded and attached, then detached");
     Ok(())
+}
+
+fn baseline(cmd: BaselineCommand) -> Result<(), Failure> {
+    use probes::baseline::Baseline;
+    let baseline = match cmd {
+        BaselineCommand::Syscalls { hook } => Baseline::Syscalls {
+            hook: match hook.as_str() {
+                "raw_tracepoint" => config::SyscallHook::RawTracepoint,
+                "tracepoint" => config::SyscallHook::Tracepoint,
+                other => {
+                    return Err(Failure::usage(format!(
+                        "--hook {other}: expected raw_tracepoint or tracepoint"
+                    )));
+                }
+            },
+        },
+        BaselineCommand::Packets { interfaces } => Baseline::Packets { interfaces },
+        BaselineCommand::RingReader { ring_bytes } => Baseline::RingReader { ring_bytes },
+    };
+    probes::baseline::run(baseline).map_err(Failure::runtime)
 }

@@ -240,7 +240,7 @@ fn kernel_families(
 
     let mut calls = Family::new(
         "sonde_syscalls_total",
-        "System calls entered, by syscall (kernel raw_syscalls:sys_enter)",
+        "System calls made, by syscall (counted as they return; exit and exit_group at entry)",
         MetricType::COUNTER,
     );
     let mut errors = Family::new(

@@ -42,7 +42,8 @@ use crate::{
     syscall_table,
 };
 
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent"));
+pub(crate) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent"));
 
 #[derive(Debug, Error)]
 pub enum ProbeError {
@@ -521,7 +522,7 @@ where
     T::try_from(map).map_err(|source| ProbeError::Map { name, source })
 }
 
-fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
+pub(crate) fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {

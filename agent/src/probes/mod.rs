@@ -1,6 +1,7 @@
 //! Kernel programs: what this kernel can do (`capabilities`), and loading
 //! and attaching Sonde's programs with run-time fallbacks (`loader`).
 
+pub mod baseline;
 pub mod capabilities;
 pub mod loader;
 
