@@ -365,6 +365,12 @@ fn kernel_families(
         snapshot.flows_expired as f64,
     );
     simple(
+        "sonde_syscall_starts_stale_removed_total",
+        "In-flight syscall records dropped because their thread had exited without returning",
+        MetricType::COUNTER,
+        snapshot.stale_starts_removed as f64,
+    );
+    simple(
         "sonde_collector_duration_seconds",
         "Time the last collection of kernel maps took",
         MetricType::GAUGE,

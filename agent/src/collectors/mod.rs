@@ -82,6 +82,8 @@ pub struct Snapshot {
     pub flows_active: BTreeMap<u32, u64>,
     pub flows_expired: u64,
     pub flow_evictions: u64,
+    /// Parked syscall starts removed because their thread was gone.
+    pub stale_starts_removed: u64,
     pub peers: Vec<PeerRow>,
     pub programs: Vec<ProgramStats>,
 }
@@ -143,7 +145,12 @@ pub struct Collector {
     flow_evictions: u64,
     program_ids: Vec<(String, u32)>,
     rings: Vec<Arc<RingState>>,
+    cycles: u64,
+    stale_starts_removed: u64,
 }
+
+/// Collection cycles between sweeps of the parked-syscall map.
+const START_GC_EVERY: u64 = 60;
 
 impl Collector {
     pub fn new(
@@ -154,6 +161,8 @@ impl Collector {
     ) -> Self {
         Self {
             rings,
+            cycles: 0,
+            stale_starts_removed: 0,
             maps,
             interval: Duration::from_millis(config.collector.interval_ms),
             flow_idle_timeout_ns: config
@@ -225,6 +234,11 @@ impl Collector {
         if let Err(err) = self.read_packets(&mut snapshot) {
             warn!("reading packet counters: {err}");
         }
+        self.cycles += 1;
+        if self.cycles.is_multiple_of(START_GC_EVERY) {
+            self.remove_stale_starts();
+        }
+        snapshot.stale_starts_removed = self.stale_starts_removed;
         snapshot.counters = (0..COUNTERS_LEN)
             .map(|i| self.maps.counters.get(&i, 0).map(sum_u64).unwrap_or(0))
             .collect();
@@ -375,6 +389,23 @@ impl Collector {
         snapshot.flow_evictions = self.flow_evictions;
         snapshot.peers = self.peers.rows();
         Ok(())
+    }
+
+    /// Parked syscall starts whose thread no longer exists (it died in a
+    /// way that skipped sys_exit) would fill the map over months: drop them.
+    fn remove_stale_starts(&mut self) {
+        let stale: Vec<u32> = self
+            .maps
+            .syscall_start
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|tid| !std::path::Path::new(&format!("/proc/{tid}")).exists())
+            .collect();
+        for tid in stale {
+            if self.maps.syscall_start.remove(&tid).is_ok() {
+                self.stale_starts_removed += 1;
+            }
+        }
     }
 
     fn read_program_stats(&self) -> Vec<ProgramStats> {

@@ -21,7 +21,10 @@ use agent_common::{
     counters::COUNTERS_MAP,
     events::{RING_STATS_MAP, RINGS, RingStats},
     net::{FLOWS_MAP, FlowKey, FlowStats, PACKET_COUNTERS_MAP, PacketCounters, PacketKey},
-    syscalls::{MAX_SYSCALLS, SLOW_SYSCALL_IGNORE_MAP, SYSCALL_STATS_MAP, SyscallStats},
+    syscalls::{
+        MAX_SYSCALLS, SLOW_SYSCALL_IGNORE_MAP, SYSCALL_START_MAP, SYSCALL_STATS_MAP, SyscallStart,
+        SyscallStats,
+    },
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -91,6 +94,7 @@ pub struct KernelMaps {
     pub counters: PerCpuArray<MapData, u64>,
     pub ring_stats: PerCpuArray<MapData, RingStats>,
     pub syscall_stats: PerCpuArray<MapData, SyscallStats>,
+    pub syscall_start: aya::maps::HashMap<MapData, u32, SyscallStart>,
     pub slow_ignore: Array<MapData, u32>,
     pub packet_counters: PerCpuHashMap<MapData, PacketKey, PacketCounters>,
     pub flows: PerCpuHashMap<MapData, FlowKey, FlowStats>,
@@ -165,6 +169,7 @@ impl Probes {
             counters: take(&mut ebpf, COUNTERS_MAP)?,
             ring_stats: take(&mut ebpf, RING_STATS_MAP)?,
             syscall_stats: take(&mut ebpf, SYSCALL_STATS_MAP)?,
+            syscall_start: take(&mut ebpf, SYSCALL_START_MAP)?,
             slow_ignore: take(&mut ebpf, SLOW_SYSCALL_IGNORE_MAP)?,
             packet_counters: take(&mut ebpf, PACKET_COUNTERS_MAP)?,
             flows: take(&mut ebpf, FLOWS_MAP)?,
