@@ -149,6 +149,9 @@ pub struct NetworkConfig {
     pub flow_events_burst: u64,
     /// Flows idle this long are removed from the table by user space.
     pub flow_idle_timeout_s: u64,
+    /// With no `interfaces` list: how often to look for interfaces that
+    /// appeared or went away (0: only at start).
+    pub rescan_interval_s: u64,
     /// Runtime. Remote peers exported individually; the rest are "other".
     pub top_peers: usize,
 }
@@ -163,6 +166,7 @@ impl Default for NetworkConfig {
             flow_events_per_second: 100,
             flow_events_burst: 200,
             flow_idle_timeout_s: 300,
+            rescan_interval_s: 5,
             top_peers: 20,
         }
     }

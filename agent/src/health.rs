@@ -169,8 +169,8 @@ async fn run(state: &AppState, components: Components) -> Report {
 }
 
 fn check_probes(state: &AppState) -> Verdict {
-    let failed: Vec<String> = state
-        .attachments
+    let attachments = state.attachments();
+    let failed: Vec<String> = attachments
         .iter()
         .filter(|a| !a.attached)
         .map(|a| {
@@ -182,7 +182,7 @@ fn check_probes(state: &AppState) -> Verdict {
             )
         })
         .collect();
-    let required_failed = state.attachments.iter().any(|a| !a.attached && a.required);
+    let required_failed = attachments.iter().any(|a| !a.attached && a.required);
     match (failed.is_empty(), required_failed) {
         (true, _) => (Status::Ok, None),
         (false, true) => (Status::Failed, Some(failed.join("; "))),

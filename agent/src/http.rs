@@ -83,7 +83,7 @@ async fn metrics(State(server): State<Server>) -> Response {
     let snapshot = state.snapshot();
     match state
         .metrics
-        .render(&snapshot, &state.events, &state.interfaces)
+        .render(&snapshot, &state.events, &state.interfaces())
     {
         Ok(body) => (
             [(
@@ -158,8 +158,8 @@ async fn status(State(server): State<Server>) -> Response {
         "uptime_seconds": state.started_at.elapsed().as_secs_f64(),
         "kernel_release": state.caps.kernel_release,
         "capabilities": &*state.caps,
-        "programs": &*state.attachments,
-        "interfaces": &*state.interfaces,
+        "programs": state.attachments(),
+        "interfaces": state.interfaces(),
         "rings": rings,
         "config": config,
     }))

@@ -168,7 +168,6 @@ async fn serve(
     };
     let mut probes = probes.map_err(Failure::runtime)?;
     let metrics = Arc::new(metrics::Metrics::new().map_err(Failure::runtime)?);
-    metrics.set_attachments(&probes.attachments);
 
     let program_ids = probes
         .program_infos()
@@ -193,15 +192,30 @@ async fn serve(
         health: health::HealthState::new(),
         events,
         collector: Arc::new(collector),
-        attachments: Arc::new(probes.attachments.clone()),
-        interfaces: Arc::new(probes.interfaces.clone()),
+        attachments: Arc::default(),
+        interfaces: Arc::default(),
         caps: Arc::new(caps),
         started_at,
         readers: Arc::new(Mutex::new(ring_labels.into_iter().zip(tasks).collect())),
     };
+    state.publish(&probes);
     if server.app.set(state.clone()).is_err() {
         return Err(Failure::runtime("agent state set twice"));
     }
+    let probes = Arc::new(Mutex::new(probes));
+    // With no interface list, follow interfaces as they come and go (pods'
+    // veths on a Kubernetes node).
+    let watcher = (config.network.enabled
+        && config.network.interfaces.is_empty()
+        && config.network.rescan_interval_s > 0)
+        .then(|| {
+            tokio::spawn(netif::watch(
+                state.clone(),
+                probes.clone(),
+                Duration::from_secs(config.network.rescan_interval_s),
+                shutdown_rx.clone(),
+            ))
+        });
     info!(
         "ready in {} ms; listening on http://{} (/metrics, /health/ready, /api/v1/status)",
         started_at.elapsed().as_millis(),
@@ -236,6 +250,9 @@ async fn serve(
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_millis(1500), server_task).await;
     refresher.abort();
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
     for (_, task) in state
         .readers
         .lock()
@@ -244,8 +261,12 @@ async fn serve(
     {
         task.abort();
     }
-    // Dropping the probes detaches every program and frees every map.
-    drop(probes);
+    // Unloading the programs detaches every link, even though the watcher
+    // task (aborted above) may still hold a handle to the probes.
+    probes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .detach_all();
     info!("detached; bye");
     Ok(())
 }

@@ -93,7 +93,10 @@ impl Metrics {
         })
     }
 
+    /// Mirrors the current attachments; series of ones that went away (an
+    /// interface removed) are dropped.
     pub fn set_attachments(&self, attachments: &[Attachment]) {
+        self.probe_attached.reset();
         for a in attachments {
             self.probe_attached
                 .with_label_values(&[a.program, a.hook.as_str(), a.mode.as_str()])

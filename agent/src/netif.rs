@@ -36,7 +36,7 @@ pub fn resolve(names: &[String]) -> Result<Vec<(String, u32)>, InterfaceError> {
         .collect()
 }
 
-fn default_interfaces() -> Vec<(String, u32)> {
+pub fn default_interfaces() -> Vec<(String, u32)> {
     let Ok(dir) = fs::read_dir("/sys/class/net") else {
         return Vec::new();
     };
@@ -53,4 +53,68 @@ fn default_interfaces() -> Vec<(String, u32)> {
         .collect();
     found.sort_by_key(|(_, i)| *i);
     found
+}
+
+/// Follows the default interface set: attaches to interfaces that came up,
+/// forgets those that went away, every `every` until shutdown. An interface
+/// that fails to attach is reported once and not retried while it exists.
+pub async fn watch(
+    state: crate::state::AppState,
+    probes: std::sync::Arc<std::sync::Mutex<crate::probes::Probes>>,
+    every: std::time::Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut failed: std::collections::BTreeSet<u32> = Default::default();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let state = state.clone();
+        let probes = probes.clone();
+        let mut still_failed = std::mem::take(&mut failed);
+        let result = tokio::task::spawn_blocking(move || {
+            let now = default_interfaces();
+            let known = state.interfaces();
+            let mut probes = probes.lock().unwrap_or_else(|e| e.into_inner());
+            let mut changed = false;
+            for (&ifindex, name) in &known {
+                if !now.iter().any(|(n, i)| *i == ifindex && n == name) {
+                    tracing::info!(interface = name, "interface gone: forgetting it");
+                    probes.forget_interface(ifindex);
+                    state.collector.forget_interface(ifindex);
+                    changed = true;
+                }
+            }
+            still_failed.retain(|i| now.iter().any(|(_, idx)| idx == i));
+            let config = state.config_snapshot();
+            for (name, ifindex) in now {
+                if known.contains_key(&ifindex) || still_failed.contains(&ifindex) {
+                    continue;
+                }
+                match probes.attach_interface(&name, ifindex, config.network.xdp_mode, &state.caps)
+                {
+                    Ok(()) => {
+                        tracing::info!(interface = name, "new interface: accounting its packets");
+                        changed = true;
+                    }
+                    Err(err) => {
+                        tracing::warn!("new interface {name} not accounted: {err}");
+                        still_failed.insert(ifindex);
+                    }
+                }
+            }
+            if changed {
+                state.publish(&probes);
+            }
+            still_failed
+        })
+        .await;
+        match result {
+            Ok(now_failed) => failed = now_failed,
+            Err(err) => tracing::warn!("interface rescan failed: {err}"),
+        }
+    }
 }

@@ -26,8 +26,9 @@ pub struct AppState {
     pub health: Arc<HealthState>,
     pub events: Arc<Events>,
     pub collector: Arc<CollectorHandle>,
-    pub attachments: Arc<Vec<Attachment>>,
-    pub interfaces: Arc<BTreeMap<u32, String>>,
+    /// Programs and interfaces as they are now (interfaces come and go).
+    pub attachments: Arc<RwLock<Vec<Attachment>>>,
+    pub interfaces: Arc<RwLock<BTreeMap<u32, String>>>,
     pub caps: Arc<Capabilities>,
     pub started_at: Instant,
     pub readers: Arc<Mutex<Readers>>,
@@ -47,6 +48,27 @@ impl AppState {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    pub fn attachments(&self) -> Vec<Attachment> {
+        self.attachments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn interfaces(&self) -> BTreeMap<u32, String> {
+        self.interfaces
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Publishes what the probes look like after an attach or detach.
+    pub fn publish(&self, probes: &crate::probes::Probes) {
+        *self.attachments.write().unwrap_or_else(|e| e.into_inner()) = probes.attachments.clone();
+        *self.interfaces.write().unwrap_or_else(|e| e.into_inner()) = probes.interfaces.clone();
+        self.metrics.set_attachments(&probes.attachments);
     }
 
     pub fn reader_finished(&self, label: &str) -> bool {

@@ -383,3 +383,73 @@ fn foreign_xdp_program_is_left_alone_and_tc_counts_instead() {
         );
     }
 }
+
+/// With no interface list the agent follows interfaces as they come and go
+/// (pods' veths on a node): a veth created after start is accounted
+/// exactly, and once removed its attachments and series disappear.
+#[test]
+fn interfaces_that_appear_later_are_followed() {
+    if !require_root() {
+        return;
+    }
+    const M: u64 = 1_000;
+    let config = Config::new()
+        .set("network", "enabled", "true")
+        .set("network", "rescan_interval_s", "1")
+        .render();
+    let agent = sonde_tests::Agent::start(&config, &[]);
+    let xdp = [("program", "sonde_xdp_ingress"), ("hook", "xdp:sondet0")];
+    {
+        let (ns, _veth) = Lab::network();
+        agent
+            .try_wait_for(Duration::from_secs(10), |s| {
+                s.value("sonde_probe_attached", &xdp) == Some(1.0)
+            })
+            .unwrap_or_else(|last| {
+                panic!(
+                    "{LAB_IF} was not picked up within 10 s:\n{}",
+                    last.grep("sonde_probe_attached")
+                )
+            });
+        let sink_addr = format!("{LAB_HOST_IP}:40150");
+        let mut sink = Workload::spawn(&["udp-sink", &sink_addr, "60"]);
+        sink.expect_line("ready", Duration::from_secs(10));
+        Workload::run_in(
+            &ns,
+            &["udp-send", &sink_addr, &M.to_string(), &PAYLOAD.to_string()],
+            SEND_TIMEOUT,
+        );
+        let after = agent
+            .try_wait_for(Duration::from_secs(5), |s| {
+                packets(s, "ingress") >= M as f64
+            })
+            .unwrap_or_else(|last| {
+                panic!(
+                    "ingress UDP on a late interface rose to {} for {M} datagrams",
+                    packets(&last, "ingress")
+                )
+            });
+        let after = agent.wait_stable("late interface", Duration::from_secs(5), SPACING, |s| {
+            packets(s, "ingress")
+        });
+        assert_eq!(packets(&after, "ingress"), M as f64);
+        assert_eq!(bytes(&after, "ingress"), (M * FRAME) as f64);
+    } // the veth pair and the namespace go away here
+    agent
+        .try_wait_for(Duration::from_secs(10), |s| {
+            s.value("sonde_probe_attached", &xdp).is_none()
+                && s.series("sonde_packets_total", &[("interface", LAB_IF)])
+                    .is_empty()
+        })
+        .unwrap_or_else(|last| {
+            panic!(
+                "{LAB_IF} was removed but the agent still reports it:\n{}\n{}",
+                last.grep("sonde_probe_attached"),
+                last.grep(LAB_IF)
+            )
+        });
+    assert!(
+        agent.log().contains("interface gone"),
+        "the agent should log that the interface went away"
+    );
+}

@@ -99,6 +99,8 @@ pub type SharedSnapshot = Arc<RwLock<Arc<Snapshot>>>;
 pub enum Command {
     /// Re-apply runtime settings (SIGHUP).
     Reconfigure(Box<Config>),
+    /// An interface went away: drop its counters.
+    ForgetInterface(u32),
     /// Stop the loop (the agent is exiting).
     Shutdown,
 }
@@ -113,6 +115,10 @@ pub struct CollectorHandle {
 impl CollectorHandle {
     pub fn reconfigure(&self, config: Config) {
         let _ = self.commands.send(Command::Reconfigure(Box::new(config)));
+    }
+
+    pub fn forget_interface(&self, ifindex: u32) {
+        let _ = self.commands.send(Command::ForgetInterface(ifindex));
     }
 
     pub fn is_alive(&self) -> bool {
@@ -204,6 +210,10 @@ impl Collector {
                         Err(err) => warn!("applying runtime settings failed: {err}"),
                     }
                     self.peers.set_k(config.network.top_peers);
+                    continue;
+                }
+                Ok(Command::ForgetInterface(ifindex)) => {
+                    self.forget_interface(ifindex);
                     continue;
                 }
                 Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => return,
@@ -389,6 +399,23 @@ impl Collector {
         snapshot.flow_evictions = self.flow_evictions;
         snapshot.peers = self.peers.rows();
         Ok(())
+    }
+
+    /// Drops what the kernel and we keep for a removed interface, so dead
+    /// interfaces neither fill the counter map nor linger in /metrics (an
+    /// ifindex can be reused by a new interface).
+    fn forget_interface(&mut self, ifindex: u32) {
+        let keys: Vec<PacketKey> = self
+            .maps
+            .packet_counters
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.ifindex == ifindex)
+            .collect();
+        for key in keys {
+            let _ = self.maps.packet_counters.remove(&key);
+        }
+        self.peers.forget_interface(ifindex);
     }
 
     /// Parked syscall starts whose thread no longer exists (it died in a

@@ -68,6 +68,13 @@ impl PeerTracker {
         }
     }
 
+    /// Drops every row of a removed interface.
+    pub fn forget_interface(&mut self, ifindex: u32) {
+        self.exported.retain(|k, _| k.ifindex != ifindex);
+        self.recent.retain(|k, _| k.ifindex != ifindex);
+        self.other.retain(|(i, _), _| *i != ifindex);
+    }
+
     /// Adds one cycle's traffic: (peer, bytes, packets) deltas.
     pub fn observe(&mut self, deltas: &HashMap<PeerKey, (u64, u64)>) {
         for value in self.recent.values_mut() {

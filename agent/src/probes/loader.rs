@@ -32,7 +32,9 @@ use aya::{
     programs::{
         LinkOrder, ProgramError, RawTracePoint, SchedClassifier, TcAttachType, TracePoint, Xdp,
         XdpMode,
+        tc::SchedClassifierLinkId,
         tc::{self, TcAttachOptions},
+        xdp::XdpLinkId,
     },
 };
 use serde::Serialize;
@@ -86,6 +88,14 @@ pub struct Attachment {
     /// Whether readiness depends on it.
     pub required: bool,
     pub error: Option<String>,
+    /// The network interface, for packet programs.
+    pub interface: Option<String>,
+}
+
+/// What detaches one interface attachment.
+enum LinkHandle {
+    Xdp(XdpLinkId),
+    Tc(&'static str, SchedClassifierLinkId),
 }
 
 /// The maps user space reads and writes, taken out of the loaded object.
@@ -106,6 +116,8 @@ pub struct Probes {
     pub attachments: Vec<Attachment>,
     /// ifindex → interface name for the interfaces we account.
     pub interfaces: BTreeMap<u32, String>,
+    /// ifindex → what to detach when the interface goes away.
+    links: BTreeMap<u32, Vec<LinkHandle>>,
     /// Rings, by (ring id, label), handed to the event readers.
     pub rings: Vec<(u32, &'static str, RingBuf<MapData>)>,
     pub maps: Option<KernelMaps>,
@@ -196,7 +208,8 @@ impl Probes {
         let mut probes = Self {
             ebpf,
             attachments: Vec::new(),
-            interfaces: interfaces.iter().map(|(n, i)| (*i, n.clone())).collect(),
+            interfaces: BTreeMap::new(),
+            links: BTreeMap::new(),
             rings,
             maps: Some(maps),
             _bpf_stats: bpf_stats,
@@ -205,11 +218,48 @@ impl Probes {
             probes.attach_syscalls(config.syscalls.hook, caps)?;
         }
         if config.network.enabled {
-            for (name, _) in interfaces {
-                probes.attach_interface(name, config.network.xdp_mode, caps)?;
+            for (name, ifindex) in interfaces {
+                probes.attach_interface(name, *ifindex, config.network.xdp_mode, caps)?;
             }
         }
         Ok(probes)
+    }
+
+    /// Detaches everything now (dropping the programs closes every link),
+    /// even while other handles to this `Probes` still exist.
+    pub fn detach_all(&mut self) {
+        self.interfaces.clear();
+        self.links.clear();
+        self.attachments.clear();
+        let names: Vec<String> = self.ebpf.programs().map(|(n, _)| n.to_owned()).collect();
+        for name in names {
+            if let Some(program) = self.ebpf.program_mut(&name) {
+                let _ = program_unload(program);
+            }
+        }
+    }
+
+    /// Stops accounting an interface that went away: forgets it and closes
+    /// its links (the kernel already detached them with the device).
+    pub fn forget_interface(&mut self, ifindex: u32) {
+        let Some(name) = self.interfaces.remove(&ifindex) else {
+            return;
+        };
+        for link in self.links.remove(&ifindex).unwrap_or_default() {
+            let result = match link {
+                LinkHandle::Xdp(id) => program_mut::<Xdp>(&mut self.ebpf, "sonde_xdp_ingress")
+                    .and_then(|p| p.detach(id).map_err(|e| e.to_string())),
+                LinkHandle::Tc(program, id) => {
+                    program_mut::<SchedClassifier>(&mut self.ebpf, program)
+                        .and_then(|p| p.detach(id).map_err(|e| e.to_string()))
+                }
+            };
+            if let Err(err) = result {
+                tracing::debug!(interface = name, "closing link: {err}");
+            }
+        }
+        self.attachments
+            .retain(|a| a.interface.as_deref() != Some(name.as_str()));
     }
 
     /// Loaded programs' kernel ids by name (for bpf_stats).
@@ -254,6 +304,7 @@ impl Probes {
                             attached: true,
                             required: true,
                             error: None,
+                            interface: None,
                         });
                     }
                     if !reasons.is_empty() {
@@ -301,22 +352,39 @@ impl Probes {
         Ok("tracepoint")
     }
 
-    fn attach_interface(
+    /// Attaches ingress and egress accounting to one interface. On error
+    /// nothing of this interface stays attached.
+    pub fn attach_interface(
         &mut self,
         iface: &str,
+        ifindex: u32,
         xdp_mode: XdpModeConfig,
         caps: &Capabilities,
     ) -> Result<(), ProbeError> {
-        let ingress = self.attach_ingress(iface, xdp_mode, caps)?;
+        self.interfaces.insert(ifindex, iface.to_owned());
+        let (ingress, link) = match self.attach_ingress(iface, xdp_mode, caps) {
+            Ok(attached) => attached,
+            Err(err) => {
+                self.forget_interface(ifindex);
+                return Err(err);
+            }
+        };
         self.attachments.push(ingress);
-        let egress = self
-            .attach_tc(iface, "sonde_tc_egress", TcAttachType::Egress, caps)
-            .map_err(|reason| ProbeError::Interface {
-                interface: iface.to_owned(),
-                reason: format!("TC egress: {reason}"),
-            })?;
-        self.attachments.push(egress);
-        Ok(())
+        self.links.entry(ifindex).or_default().push(link);
+        match self.attach_tc(iface, "sonde_tc_egress", TcAttachType::Egress, caps) {
+            Ok((egress, link)) => {
+                self.attachments.push(egress);
+                self.links.entry(ifindex).or_default().push(link);
+                Ok(())
+            }
+            Err(reason) => {
+                self.forget_interface(ifindex);
+                Err(ProbeError::Interface {
+                    interface: iface.to_owned(),
+                    reason: format!("TC egress: {reason}"),
+                })
+            }
+        }
     }
 
     fn attach_ingress(
@@ -324,7 +392,7 @@ impl Probes {
         iface: &str,
         xdp_mode: XdpModeConfig,
         caps: &Capabilities,
-    ) -> Result<Attachment, ProbeError> {
+    ) -> Result<(Attachment, LinkHandle), ProbeError> {
         let mut reasons = Vec::new();
         let modes: &[(XdpMode, &str)] = match xdp_mode {
             XdpModeConfig::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
@@ -354,20 +422,22 @@ impl Probes {
             if prog.fd().is_ok() {
                 for &(mode, label) in modes {
                     match prog.attach(iface, mode) {
-                        Ok(_) => {
+                        Ok(id) => {
                             info!(
                                 interface = iface,
                                 mode = label,
                                 "ingress accounted with XDP"
                             );
-                            return Ok(Attachment {
+                            let attachment = Attachment {
                                 program: "sonde_xdp_ingress",
                                 hook: format!("xdp:{iface}"),
                                 mode: label.to_owned(),
                                 attached: true,
                                 required: true,
                                 error: None,
-                            });
+                                interface: Some(iface.to_owned()),
+                            };
+                            return Ok((attachment, LinkHandle::Xdp(id)));
                         }
                         Err(e) => {
                             // EBUSY: a program is attached; EEXIST: one is
@@ -412,7 +482,7 @@ impl Probes {
         program: &'static str,
         attach_type: TcAttachType,
         caps: &Capabilities,
-    ) -> Result<Attachment, String> {
+    ) -> Result<(Attachment, LinkHandle), String> {
         let tcx = caps.at_least(6, 6);
         if !tcx {
             // Netlink attachment needs the clsact qdisc; it may already be
@@ -435,21 +505,36 @@ impl Probes {
         } else {
             TcAttachOptions::Netlink(Default::default())
         };
-        prog.attach_with_options(iface, attach_type, options)
+        let id = prog
+            .attach_with_options(iface, attach_type, options)
             .map_err(|e| describe(&e))?;
         let direction = if attach_type == TcAttachType::Egress {
             "egress"
         } else {
             "ingress"
         };
-        Ok(Attachment {
+        let attachment = Attachment {
             program,
             hook: format!("tc_{direction}:{iface}"),
             mode: if tcx { "tcx" } else { "netlink" }.to_owned(),
             attached: true,
             required: true,
             error: None,
-        })
+            interface: Some(iface.to_owned()),
+        };
+        Ok((attachment, LinkHandle::Tc(program, id)))
+    }
+}
+
+/// Unloads a program of any type, which detaches all its links.
+fn program_unload(program: &mut aya::programs::Program) -> Result<(), ProgramError> {
+    use aya::programs::Program;
+    match program {
+        Program::RawTracePoint(p) => p.unload(),
+        Program::TracePoint(p) => p.unload(),
+        Program::Xdp(p) => p.unload(),
+        Program::SchedClassifier(p) => p.unload(),
+        _ => Ok(()),
     }
 }
 
