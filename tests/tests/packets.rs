@@ -419,7 +419,7 @@ fn interfaces_that_appear_later_are_followed() {
             &["udp-send", &sink_addr, &M.to_string(), &PAYLOAD.to_string()],
             SEND_TIMEOUT,
         );
-        let after = agent
+        agent
             .try_wait_for(Duration::from_secs(5), |s| {
                 packets(s, "ingress") >= M as f64
             })
