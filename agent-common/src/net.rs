@@ -3,7 +3,7 @@
 
 /// `PerCpuHashMap<PacketKey, PacketCounters>`.
 pub const PACKET_COUNTERS_MAP: &str = "PACKET_COUNTERS";
-/// `LruPerCpuHashMap<FlowKey, FlowStats>`.
+/// `LruHashMap<FlowKey, FlowStats>` (shared; updated with atomic adds).
 pub const FLOWS_MAP: &str = "FLOWS";
 
 /// Bound on distinct packet-counter keys.
@@ -75,8 +75,10 @@ pub struct FlowKey {
 pub struct FlowStats {
     pub packets: u64,
     pub bytes: u64,
-    /// bpf_ktime_get_ns() of the first packet on this CPU (0: none).
+    /// bpf_ktime_get_ns() of the flow's first packet; with the key, it
+    /// identifies one incarnation of a flow (evicted and re-created flows
+    /// get a new one).
     pub first_seen_ns: u64,
-    /// bpf_ktime_get_ns() of the last packet on this CPU.
+    /// bpf_ktime_get_ns() of the latest packet.
     pub last_seen_ns: u64,
 }

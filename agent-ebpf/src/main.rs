@@ -3,6 +3,9 @@
 //! counted in `COUNTERS` rather than dropped silently.
 #![no_std]
 #![no_main]
+// Atomic adds on shared map values (the BPF target has no core atomics).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod baseline;
 mod maps;

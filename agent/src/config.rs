@@ -147,7 +147,8 @@ pub struct NetworkConfig {
     pub flow_events_per_second: u64,
     /// Runtime. Burst allowed above that rate.
     pub flow_events_burst: u64,
-    /// Flows idle this long are removed from the table by user space.
+    /// Flows idle this long are removed from the table by user space
+    /// (0: never; the LRU still bounds the table).
     pub flow_idle_timeout_s: u64,
     /// With no `interfaces` list: how often to look for interfaces that
     /// appeared or went away (0: only at start).

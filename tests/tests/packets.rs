@@ -453,3 +453,60 @@ fn interfaces_that_appear_later_are_followed() {
         "the agent should log that the interface went away"
     );
 }
+
+/// The flow table is bounded: with room for 32 flows, 96 distinct flows
+/// (one datagram each from a fresh source port) are all created, the table
+/// holds at most 32, and every flow that is gone is counted as evicted.
+#[test]
+fn flow_table_is_bounded_and_evictions_are_counted() {
+    if !require_root() {
+        return;
+    }
+    const FLOWS: u64 = 96;
+    const MAX: u64 = 32;
+    let lab = Lab::start(
+        Config::new()
+            .set("network", "max_flows", &MAX.to_string())
+            .set("network", "flow_idle_timeout_s", "0"),
+    );
+    let sink_addr = format!("{LAB_HOST_IP}:40160");
+    let mut sink = Workload::spawn(&["udp-sink", &sink_addr, "60"]);
+    sink.expect_line("ready", Duration::from_secs(10));
+    let before = settle_for(&lab, "flows before", |s| {
+        s.value_or_zero("sonde_flows_created_total", &[])
+    });
+    for _ in 0..FLOWS {
+        // A new process, a new ephemeral source port: a new flow.
+        Workload::run_in(&lab.ns, &["udp-send", &sink_addr, "1", "10"], SEND_TIMEOUT);
+    }
+    let created = |s: &Scrape| s.value_or_zero("sonde_flows_created_total", &[]);
+    let c0 = created(&before);
+    lab.agent
+        .try_wait_for(Duration::from_secs(5), |s| created(s) - c0 >= FLOWS as f64)
+        .unwrap_or_else(|last| {
+            panic!(
+                "sonde_flows_created_total rose by {} for {FLOWS} new flows",
+                created(&last) - c0
+            )
+        });
+    let after = settle_for(&lab, "flows after", |s| {
+        s.value_or_zero("sonde_flow_evictions_total", &[])
+    });
+    let active: f64 = after.sum("sonde_flows_active", &[]);
+    let evicted = after.value_or_zero("sonde_flow_evictions_total", &[]);
+    assert!(
+        active <= MAX as f64,
+        "sonde_flows_active sums to {active}, above the table size {MAX}"
+    );
+    assert_eq!(
+        created(&after) - active - after.value_or_zero("sonde_flows_expired_total", &[]),
+        evicted,
+        "created − active − expired must equal evicted:\n{}",
+        after.grep("sonde_flow")
+    );
+    assert!(
+        evicted >= (FLOWS - MAX) as f64,
+        "at least {} flows had to be evicted from a {MAX}-flow table, counted {evicted}",
+        FLOWS - MAX
+    );
+}

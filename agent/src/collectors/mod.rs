@@ -24,7 +24,7 @@ use std::{
 use agent_common::{
     counters::{COUNTER_SLOTS, COUNTERS_LEN},
     events::RINGS,
-    net::{FAMILY_IPV4, FlowKey, FlowStats, PacketCounters, PacketKey},
+    net::{FAMILY_IPV4, FlowKey, PacketCounters, PacketKey},
     syscalls::{LATENCY_SLOTS, MAX_SYSCALLS},
 };
 use aya::maps::{MapError, PerCpuValues};
@@ -341,7 +341,7 @@ impl Collector {
                 Err(MapError::KeyNotFound) => continue,
                 Err(err) => return Err(err),
             };
-            let flow = sum_flow(&values);
+            let flow = values;
             let (dp, db) = match self.flows.get(&key) {
                 // Same incarnation: count what is new since last cycle.
                 Some(prev)
@@ -456,18 +456,6 @@ impl Collector {
 
 fn sum_u64(values: PerCpuValues<u64>) -> u64 {
     values.iter().sum()
-}
-
-fn sum_flow(values: &PerCpuValues<FlowStats>) -> FlowStats {
-    values.iter().fold(FlowStats::default(), |a, v| FlowStats {
-        packets: a.packets + v.packets,
-        bytes: a.bytes + v.bytes,
-        first_seen_ns: match (a.first_seen_ns, v.first_seen_ns) {
-            (0, x) | (x, 0) => x,
-            (x, y) => x.min(y),
-        },
-        last_seen_ns: a.last_seen_ns.max(v.last_seen_ns),
-    })
 }
 
 /// The remote end of a flow: the source of what we receive, the destination

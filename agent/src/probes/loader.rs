@@ -107,7 +107,7 @@ pub struct KernelMaps {
     pub syscall_start: aya::maps::HashMap<MapData, u32, SyscallStart>,
     pub slow_ignore: Array<MapData, u32>,
     pub packet_counters: PerCpuHashMap<MapData, PacketKey, PacketCounters>,
-    pub flows: PerCpuHashMap<MapData, FlowKey, FlowStats>,
+    pub flows: aya::maps::HashMap<MapData, FlowKey, FlowStats>,
 }
 
 /// Everything loaded into the kernel. Dropping it detaches every program.
