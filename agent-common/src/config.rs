@@ -16,5 +16,8 @@ pub const CFG_FLOW_EVENTS_BURST: u32 = 2;
 /// so that its own reads of the ring buffer cannot feed back into it).
 pub const CFG_IGNORE_TGID: u32 = 3;
 
+/// Non-zero: record smoothed-RTT samples from `tcp:tcp_probe`.
+pub const CFG_TCP_RTT: u32 = 4;
+
 /// Number of slots in `CONFIG`.
 pub const CONFIG_LEN: u32 = 8;

@@ -26,6 +26,9 @@ pub const PKT_SHORT_TRANSPORT: u32 = 8;
 /// Non-first IP fragments (counted; no ports to read).
 pub const PKT_IP_FRAGMENT: u32 = 9;
 
+/// The in-flight TCP handshake map was full: that handshake is not timed.
+pub const TCP_CONNECT_MAP_FULL: u32 = 10;
+
 /// Number of slots in `COUNTERS`.
 pub const COUNTERS_LEN: u32 = 16;
 
@@ -68,4 +71,9 @@ pub const COUNTER_SLOTS: &[(u32, &str, CounterKind)] = &[
         CounterKind::Malformed,
     ),
     (PKT_IP_FRAGMENT, "ip_fragment", CounterKind::Activity),
+    (
+        TCP_CONNECT_MAP_FULL,
+        "tcp_connect_map_full",
+        CounterKind::Error,
+    ),
 ];

@@ -12,6 +12,7 @@ pub mod counters;
 pub mod events;
 pub mod net;
 pub mod syscalls;
+pub mod tcp;
 
 /// Implements `aya::Pod` for types that are plain old data: `#[repr(C)]`,
 /// only integers and arrays of integers, no implicit padding.
@@ -36,4 +37,5 @@ impl_pod!(
     net::FlowStats,
     events::RingStats,
     events::TokenBucket,
+    tcp::TcpStats,
 );

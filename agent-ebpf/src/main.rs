@@ -11,6 +11,7 @@ mod baseline;
 mod maps;
 mod net;
 mod syscalls;
+mod tcp;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -49,6 +49,7 @@ pub struct Config {
     pub log_level: String,
     pub syscalls: SyscallsConfig,
     pub network: NetworkConfig,
+    pub tcp: TcpConfig,
     pub events: EventsConfig,
     pub collector: CollectorConfig,
     pub health: HealthConfig,
@@ -62,6 +63,7 @@ impl Default for Config {
             log_level: "info".into(),
             syscalls: SyscallsConfig::default(),
             network: NetworkConfig::default(),
+            tcp: TcpConfig::default(),
             events: EventsConfig::default(),
             collector: CollectorConfig::default(),
             health: HealthConfig::default(),
@@ -169,6 +171,24 @@ impl Default for NetworkConfig {
             flow_idle_timeout_s: 300,
             rescan_interval_s: 5,
             top_peers: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TcpConfig {
+    /// Handshake latency, failures, retransmits, resets, state transitions.
+    pub enabled: bool,
+    /// Runtime. Smoothed-RTT samples from every ACK processed (tcp_probe).
+    pub rtt: bool,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            rtt: true,
         }
     }
 }
@@ -342,6 +362,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "log_level",
     "syscalls",
     "network",
+    "tcp",
     "events",
     "collector",
     "health",

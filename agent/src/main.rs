@@ -295,6 +295,9 @@ fn reload(state: &state::AppState, path: Option<&std::path::Path>) {
     if new.events != current.events {
         restart_needed.push("events");
     }
+    if new.tcp.enabled != current.tcp.enabled {
+        restart_needed.push("tcp.enabled");
+    }
     if new.syscalls.enabled != current.syscalls.enabled
         || new.syscalls.hook != current.syscalls.hook
     {
@@ -312,6 +315,7 @@ fn reload(state: &state::AppState, path: Option<&std::path::Path>) {
     current.network.flow_events_per_second = new.network.flow_events_per_second;
     current.network.flow_events_burst = new.network.flow_events_burst;
     current.network.top_peers = new.network.top_peers;
+    current.tcp.rtt = new.tcp.rtt;
     current.health = new.health.clone();
     state.collector.reconfigure(current.clone());
     info!(

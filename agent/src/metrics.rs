@@ -12,6 +12,7 @@ use agent_common::{
         IPPROTO_TCP, IPPROTO_UDP, PROTO_NONE,
     },
     syscalls::{LATENCY_SLOTS, latency_slot_upper_ns},
+    tcp::TCP_STATE_NAMES,
 };
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
@@ -234,6 +235,87 @@ impl Family {
     }
 }
 
+/// Histogram buckets (upper bound in seconds, count) from the kernel's log2
+/// slots. The last slot is open-ended: the encoder's own +Inf bucket (equal
+/// to the sample count) covers it.
+fn log2_buckets(slots: &[u64; LATENCY_SLOTS]) -> Vec<(f64, u64)> {
+    (0..LATENCY_SLOTS - 1)
+        .map(|slot| (latency_slot_upper_ns(slot) as f64 / 1e9, slots[slot]))
+        .collect()
+}
+
+fn tcp_families(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
+    let tcp = &snapshot.tcp;
+    let mut connect = Family::new(
+        "sonde_tcp_connect_duration_seconds",
+        "Active TCP opens: SYN sent to ESTABLISHED",
+        MetricType::HISTOGRAM,
+    );
+    connect.histogram(
+        &[],
+        &log2_buckets(&tcp.connect_latency_slots),
+        tcp.connects,
+        tcp.connect_latency_sum_ns as f64 / 1e9,
+    );
+    connect.done(out);
+    let mut rtt = Family::new(
+        "sonde_tcp_rtt_seconds",
+        "Smoothed round-trip time samples of established TCP connections (one per ACK processed)",
+        MetricType::HISTOGRAM,
+    );
+    rtt.histogram(
+        &[],
+        &log2_buckets(&tcp.rtt_slots),
+        tcp.rtt_samples,
+        tcp.rtt_sum_us as f64 / 1e6,
+    );
+    rtt.done(out);
+    for (name, help, value) in [
+        (
+            "sonde_tcp_connect_failures_total",
+            "Active TCP opens that failed (SYN_SENT to CLOSE: refused, unreachable, timed out)",
+            tcp.connect_failures,
+        ),
+        (
+            "sonde_tcp_accepts_total",
+            "Passive TCP opens (SYN_RECV to ESTABLISHED)",
+            tcp.accepts,
+        ),
+        (
+            "sonde_tcp_retransmits_total",
+            "TCP segments retransmitted",
+            tcp.retransmits,
+        ),
+    ] {
+        let mut f = Family::new(name, help, MetricType::COUNTER);
+        f.sample(&[], value as f64);
+        f.done(out);
+    }
+    let mut resets = Family::new(
+        "sonde_tcp_resets_total",
+        "TCP resets, by direction (sent, received)",
+        MetricType::COUNTER,
+    );
+    resets.sample(&[("direction", "sent")], tcp.resets_sent as f64);
+    resets.sample(&[("direction", "received")], tcp.resets_received as f64);
+    resets.done(out);
+    let mut transitions = Family::new(
+        "sonde_tcp_state_transitions_total",
+        "TCP socket state changes, by old and new state",
+        MetricType::COUNTER,
+    );
+    let name = |state: u32| {
+        TCP_STATE_NAMES
+            .get(state as usize)
+            .copied()
+            .unwrap_or("unknown")
+    };
+    for &(from, to, n) in &snapshot.tcp_transitions {
+        transitions.sample(&[("from", name(from)), ("to", name(to))], n as f64);
+    }
+    transitions.done(out);
+}
+
 fn kernel_families(
     snapshot: &Snapshot,
     events: &Events,
@@ -260,16 +342,7 @@ fn kernel_families(
         let labels = [("syscall", row.name.as_str())];
         calls.sample(&labels, row.count as f64);
         errors.sample(&labels, row.errors as f64);
-        // The last slot is open-ended: the encoder's own +Inf bucket (equal
-        // to the sample count) covers it.
-        let buckets: Vec<(f64, u64)> = (0..LATENCY_SLOTS - 1)
-            .map(|slot| {
-                (
-                    latency_slot_upper_ns(slot) as f64 / 1e9,
-                    row.latency_slots[slot],
-                )
-            })
-            .collect();
+        let buckets = log2_buckets(&row.latency_slots);
         latency.histogram(
             &labels,
             &buckets,
@@ -333,6 +406,7 @@ fn kernel_families(
         );
     }
     tcp_flags.done(&mut out);
+    tcp_families(snapshot, &mut out);
 
     let mut active = Family::new(
         "sonde_flows_active",

@@ -26,6 +26,7 @@ use agent_common::{
     events::RINGS,
     net::{FAMILY_IPV4, FlowKey, PacketCounters, PacketKey},
     syscalls::{LATENCY_SLOTS, MAX_SYSCALLS},
+    tcp::{TCP_STATES, TcpStats},
 };
 use aya::maps::{MapError, PerCpuValues};
 pub use peers::{PeerKey, PeerRow, PeerTracker};
@@ -86,6 +87,10 @@ pub struct Snapshot {
     pub stale_starts_removed: u64,
     pub peers: Vec<PeerRow>,
     pub programs: Vec<ProgramStats>,
+    /// TCP lifecycle totals, summed over CPUs.
+    pub tcp: TcpStats,
+    /// (old state, new state, transitions), non-zero only.
+    pub tcp_transitions: Vec<(u32, u32, u64)>,
 }
 
 impl Snapshot {
@@ -271,6 +276,9 @@ impl Collector {
             }
             snapshot.rings.insert(label, counters);
         }
+        if let Err(err) = self.read_tcp(&mut snapshot) {
+            warn!("reading TCP statistics: {err}");
+        }
         if let Err(err) = self.read_flows(&mut snapshot) {
             warn!("reading the flow table: {err}");
         }
@@ -303,6 +311,41 @@ impl Collector {
             if row.count > 0 || row.timed > 0 {
                 row.name = syscall_table::name(id);
                 snapshot.syscalls.push(row);
+            }
+        }
+        Ok(())
+    }
+
+    fn read_tcp(&self, snapshot: &mut Snapshot) -> Result<(), MapError> {
+        let mut total = TcpStats::default();
+        for cpu in self.maps.tcp_stats.get(&0, 0)?.iter() {
+            total.connects += cpu.connects;
+            total.connect_failures += cpu.connect_failures;
+            total.accepts += cpu.accepts;
+            total.retransmits += cpu.retransmits;
+            total.resets_sent += cpu.resets_sent;
+            total.resets_received += cpu.resets_received;
+            total.connect_latency_sum_ns += cpu.connect_latency_sum_ns;
+            total.rtt_samples += cpu.rtt_samples;
+            total.rtt_sum_us += cpu.rtt_sum_us;
+            for (t, c) in total
+                .connect_latency_slots
+                .iter_mut()
+                .zip(cpu.connect_latency_slots)
+            {
+                *t += c;
+            }
+            for (t, c) in total.rtt_slots.iter_mut().zip(cpu.rtt_slots) {
+                *t += c;
+            }
+        }
+        snapshot.tcp = total;
+        for index in 0..TCP_STATES * TCP_STATES {
+            let n = sum_u64(self.maps.tcp_transitions.get(&index, 0)?);
+            if n > 0 {
+                snapshot
+                    .tcp_transitions
+                    .push((index / TCP_STATES, index % TCP_STATES, n));
             }
         }
         Ok(())

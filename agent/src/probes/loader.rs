@@ -16,7 +16,7 @@ use std::{collections::BTreeMap, os::fd::OwnedFd};
 use agent_common::{
     config::{
         CFG_FLOW_EVENTS_BURST, CFG_FLOW_EVENTS_PER_SEC, CFG_IGNORE_TGID, CFG_SLOW_SYSCALL_NS,
-        CONFIG_MAP,
+        CFG_TCP_RTT, CONFIG_MAP,
     },
     counters::COUNTERS_MAP,
     events::{RING_STATS_MAP, RINGS, RingStats},
@@ -25,6 +25,7 @@ use agent_common::{
         MAX_SYSCALLS, SLOW_SYSCALL_IGNORE_MAP, SYSCALL_START_MAP, SYSCALL_STATS_MAP, SyscallStart,
         SyscallStats,
     },
+    tcp::{TCP_STATS_MAP, TCP_TRANSITIONS_MAP, TcpStats},
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -108,6 +109,8 @@ pub struct KernelMaps {
     pub slow_ignore: Array<MapData, u32>,
     pub packet_counters: PerCpuHashMap<MapData, PacketKey, PacketCounters>,
     pub flows: aya::maps::HashMap<MapData, FlowKey, FlowStats>,
+    pub tcp_stats: PerCpuArray<MapData, TcpStats>,
+    pub tcp_transitions: PerCpuArray<MapData, u64>,
 }
 
 /// Everything loaded into the kernel. Dropping it detaches every program.
@@ -142,8 +145,9 @@ impl Probes {
         // Classic-tracepoint field offsets come from this kernel's format
         // files; they are only needed (and tracefs only mounted) when the
         // raw tracepoint cannot be used.
-        let need_tracefs = config.syscalls.enabled
-            && (config.syscalls.hook == SyscallHook::Tracepoint || !caps.raw_tracepoint);
+        let need_tracefs = config.tcp.enabled
+            || (config.syscalls.enabled
+                && (config.syscalls.hook == SyscallHook::Tracepoint || !caps.raw_tracepoint));
         let tracefs = if need_tracefs {
             match capabilities::ensure_tracefs() {
                 Ok(dir) => Some(dir),
@@ -166,7 +170,23 @@ impl Probes {
             })
             .unwrap_or(16);
 
-        let mut ebpf = EbpfLoader::new()
+        // Classic-tracepoint fields the TCP programs read, from this
+        // kernel's formats (None: that program cannot be attached here).
+        let tcp_offsets: Vec<(&'static str, Option<u32>)> = TCP_FIELDS
+            .iter()
+            .map(|&(global, category, tp, field)| {
+                let offset = tracefs
+                    .and_then(|t| capabilities::tracepoint_field_offset(t, category, tp, field));
+                (global, offset)
+            })
+            .collect();
+        let mut loader = EbpfLoader::new();
+        for (global, offset) in &tcp_offsets {
+            if let Some(offset) = offset {
+                loader.override_global(global, offset, true);
+            }
+        }
+        let mut ebpf = loader
             .override_global("SYSCALL_NR_EXIT", &exit, true)
             .override_global("SYSCALL_NR_EXIT_GROUP", &exit_group, true)
             .override_global("TP_SYS_ENTER_ID_OFFSET", &enter_id_offset, true)
@@ -185,6 +205,8 @@ impl Probes {
             slow_ignore: take(&mut ebpf, SLOW_SYSCALL_IGNORE_MAP)?,
             packet_counters: take(&mut ebpf, PACKET_COUNTERS_MAP)?,
             flows: take(&mut ebpf, FLOWS_MAP)?,
+            tcp_stats: take(&mut ebpf, TCP_STATS_MAP)?,
+            tcp_transitions: take(&mut ebpf, TCP_TRANSITIONS_MAP)?,
         };
         apply_runtime_config(&mut maps, config)?;
         let mut rings = Vec::new();
@@ -222,7 +244,45 @@ impl Probes {
                 probes.attach_interface(name, *ifindex, config.network.xdp_mode, caps)?;
             }
         }
+        if config.tcp.enabled {
+            let missing: Vec<&str> = tcp_offsets
+                .iter()
+                .filter(|(_, offset)| offset.is_none())
+                .map(|(global, _)| *global)
+                .collect();
+            probes.attach_tcp(&missing);
+        }
         Ok(probes)
+    }
+
+    /// TCP lifecycle programs: optional, each attached on its own; one this
+    /// kernel cannot take is reported (health: degraded), never fatal.
+    fn attach_tcp(&mut self, missing_fields: &[&str]) {
+        for &(program, category, tp, needs) in TCP_PROGRAMS {
+            let result = if let Some(field) = needs.iter().find(|f| missing_fields.contains(f)) {
+                Err(format!(
+                    "field for {field} not found in {category}:{tp}'s format"
+                ))
+            } else {
+                program_mut::<TracePoint>(&mut self.ebpf, program).and_then(|prog| {
+                    prog.load()
+                        .and_then(|()| prog.attach(category, tp).map(drop))
+                        .map_err(|e| describe(&e))
+                })
+            };
+            if let Err(err) = &result {
+                warn!("TCP signal {category}:{tp} unavailable: {err}");
+            }
+            self.attachments.push(Attachment {
+                program,
+                hook: format!("tracepoint:{category}:{tp}"),
+                mode: "tracepoint".to_owned(),
+                attached: result.is_ok(),
+                required: false,
+                error: result.err(),
+                interface: None,
+            });
+        }
     }
 
     /// Detaches everything now (dropping the programs closes every link),
@@ -526,6 +586,35 @@ impl Probes {
     }
 }
 
+/// Tracepoint fields the TCP programs read: (global, category, tracepoint,
+/// field).
+const TCP_FIELDS: &[(&str, &str, &str, &str)] = &[
+    ("TP_SSS_SKADDR", "sock", "inet_sock_set_state", "skaddr"),
+    ("TP_SSS_OLDSTATE", "sock", "inet_sock_set_state", "oldstate"),
+    ("TP_SSS_NEWSTATE", "sock", "inet_sock_set_state", "newstate"),
+    ("TP_SSS_PROTOCOL", "sock", "inet_sock_set_state", "protocol"),
+    ("TP_PROBE_SRTT", "tcp", "tcp_probe", "srtt"),
+];
+
+/// TCP programs: (program, category, tracepoint, globals it needs).
+const TCP_PROGRAMS: &[(&str, &str, &str, &[&str])] = &[
+    (
+        "sonde_tcp_state",
+        "sock",
+        "inet_sock_set_state",
+        &[
+            "TP_SSS_SKADDR",
+            "TP_SSS_OLDSTATE",
+            "TP_SSS_NEWSTATE",
+            "TP_SSS_PROTOCOL",
+        ],
+    ),
+    ("sonde_tcp_retransmit", "tcp", "tcp_retransmit_skb", &[]),
+    ("sonde_tcp_send_reset", "tcp", "tcp_send_reset", &[]),
+    ("sonde_tcp_receive_reset", "tcp", "tcp_receive_reset", &[]),
+    ("sonde_tcp_probe", "tcp", "tcp_probe", &["TP_PROBE_SRTT"]),
+];
+
 /// Unloads a program of any type, which detaches all its links.
 fn program_unload(program: &mut aya::programs::Program) -> Result<(), ProgramError> {
     use aya::programs::Program;
@@ -557,6 +646,7 @@ pub fn apply_runtime_config(maps: &mut KernelMaps, config: &Config) -> Result<()
         ),
         (CFG_FLOW_EVENTS_BURST, config.network.flow_events_burst),
         (CFG_IGNORE_TGID, u64::from(std::process::id())),
+        (CFG_TCP_RTT, u64::from(config.tcp.enabled && config.tcp.rtt)),
     ];
     for (index, value) in values {
         maps.config.set(index, value, 0).map_err(map_err)?;

@@ -1,0 +1,74 @@
+//! TCP lifecycle aggregation shared types: handshake latency, failures,
+//! retransmits, resets, smoothed RTT samples and state transitions, from the
+//! `sock` and `tcp` tracepoints (field offsets read from the running
+//! kernel's tracepoint formats by the loader).
+
+use crate::syscalls::LATENCY_SLOTS;
+
+/// `PerCpuArray<TcpStats>`, one slot.
+pub const TCP_STATS_MAP: &str = "TCP_STATS";
+/// `PerCpuArray<u64>` indexed by `old_state * TCP_STATES + new_state`.
+pub const TCP_TRANSITIONS_MAP: &str = "TCP_TRANSITIONS";
+/// `HashMap<u64 socket address, u64 start ns>`: handshakes in flight.
+pub const TCP_CONNECT_START_MAP: &str = "TCP_CONNECT_START";
+
+/// TCP states are 1..=12 (TCP_ESTABLISHED .. TCP_NEW_SYN_RECV); 16 slots.
+pub const TCP_STATES: u32 = 16;
+/// Handshakes in flight that can be timed at once.
+pub const MAX_CONNECTS_IN_FLIGHT: u32 = 16384;
+
+/// Names of TCP states by number (include/net/tcp_states.h).
+pub const TCP_STATE_NAMES: [&str; 13] = [
+    "unknown",
+    "established",
+    "syn_sent",
+    "syn_recv",
+    "fin_wait1",
+    "fin_wait2",
+    "time_wait",
+    "close",
+    "close_wait",
+    "last_ack",
+    "listen",
+    "closing",
+    "new_syn_recv",
+];
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TcpStats {
+    /// Active opens that reached ESTABLISHED (timed).
+    pub connects: u64,
+    /// Active opens that went from SYN_SENT to CLOSE (refused, timed out).
+    pub connect_failures: u64,
+    /// Passive opens: SYN_RECV → ESTABLISHED.
+    pub accepts: u64,
+    pub retransmits: u64,
+    pub resets_sent: u64,
+    pub resets_received: u64,
+    pub connect_latency_sum_ns: u64,
+    /// Same slots as the syscall latency histogram.
+    pub connect_latency_slots: [u64; LATENCY_SLOTS],
+    pub rtt_samples: u64,
+    pub rtt_sum_us: u64,
+    /// Smoothed RTT samples in the same slots (as ns).
+    pub rtt_slots: [u64; LATENCY_SLOTS],
+}
+
+impl Default for TcpStats {
+    fn default() -> Self {
+        Self {
+            connects: 0,
+            connect_failures: 0,
+            accepts: 0,
+            retransmits: 0,
+            resets_sent: 0,
+            resets_received: 0,
+            connect_latency_sum_ns: 0,
+            connect_latency_slots: [0; LATENCY_SLOTS],
+            rtt_samples: 0,
+            rtt_sum_us: 0,
+            rtt_slots: [0; LATENCY_SLOTS],
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! TCP lifecycle from the kernel's own tracepoints: handshake latency and
+//! retransmits (handshakes slowed by dropping every other SYN in the peer's
+//! namespace), failed handshakes and resets (connections to a closed port),
+//! state transitions and RTT samples.
+
+use std::{
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use sonde_tests::{Config, LAB_PEER_IP, Lab, Scrape, Workload, require_root};
+
+const SPACING: Duration = Duration::from_millis(500);
+
+fn counter(s: &Scrape, name: &str) -> f64 {
+    s.value_or_zero(name, &[])
+}
+
+/// Handshakes slower than ~0.5 s: all samples minus the bucket that ends
+/// at 2^29 ns (0.536870912 s).
+fn slow_connects(s: &Scrape) -> f64 {
+    counter(s, "sonde_tcp_connect_duration_seconds_count")
+        - s.value_or_zero(
+            "sonde_tcp_connect_duration_seconds_bucket",
+            &[("le", "0.536870912")],
+        )
+}
+
+fn quiet(lab: &Lab, what: &str, f: impl Fn(&Scrape) -> f64 + Copy) -> Scrape {
+    lab.agent
+        .wait_stable(what, Duration::from_secs(10), SPACING, f)
+}
+
+fn iptables(lab: &Lab, rule: &[&str]) {
+    let status = lab
+        .ns
+        .exec(&[&["iptables"], rule].concat())
+        .status()
+        .expect("running iptables in the test namespace");
+    assert!(
+        status.success(),
+        "iptables {rule:?} failed in the test namespace"
+    );
+}
+
+#[test]
+fn slowed_handshakes_are_timed_and_their_retransmits_counted() {
+    if !require_root() {
+        return;
+    }
+    const N: usize = 3;
+    let lab = Lab::start(Config::new());
+    let port = 40200;
+    let at = format!("{LAB_PEER_IP}:{port}");
+    let mut listener = Workload::spawn_in(&lab.ns, &["tcp-listen", &at, "60"]);
+    listener.expect_line("ready", Duration::from_secs(10));
+    // Every other SYN to the listener is dropped: each handshake (made one
+    // after the other) loses its first SYN and completes after the SYN
+    // retransmission timeout (1 s).
+    let port_s = port.to_string();
+    iptables(
+        &lab,
+        &[
+            "-A",
+            "INPUT",
+            "-p",
+            "tcp",
+            "--syn",
+            "--dport",
+            &port_s,
+            "-m",
+            "statistic",
+            "--mode",
+            "nth",
+            "--every",
+            "2",
+            "--packet",
+            "0",
+            "-j",
+            "DROP",
+        ],
+    );
+    let before = quiet(&lab, "slow handshakes before", slow_connects);
+    let to: SocketAddr = at.parse().unwrap();
+    for i in 0..N {
+        let stream = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connect {i} to {to}: {e}"));
+        drop(stream);
+    }
+    lab.agent
+        .try_wait_for(Duration::from_secs(5), |s| {
+            slow_connects(s) - slow_connects(&before) >= N as f64
+        })
+        .unwrap_or_else(|last| {
+            panic!(
+                "{N} handshakes that each lost a SYN: slow handshakes rose by {}:\n{}",
+                slow_connects(&last) - slow_connects(&before),
+                last.grep("sonde_tcp_connect_duration")
+            )
+        });
+    let after = quiet(&lab, "slow handshakes after", slow_connects);
+    assert_eq!(
+        slow_connects(&after) - slow_connects(&before),
+        N as f64,
+        "exactly the {N} delayed handshakes should be slower than 0.5 s"
+    );
+    let d_retx = counter(&after, "sonde_tcp_retransmits_total")
+        - counter(&before, "sonde_tcp_retransmits_total");
+    assert!(
+        d_retx >= N as f64,
+        "each delayed handshake retransmitted its SYN: sonde_tcp_retransmits_total rose by {d_retx}"
+    );
+    let d_sum = counter(&after, "sonde_tcp_connect_duration_seconds_sum")
+        - counter(&before, "sonde_tcp_connect_duration_seconds_sum");
+    assert!(
+        d_sum >= N as f64 * 0.9,
+        "{N} handshakes of ≥ 1 s should add ≥ {} s to the histogram's sum, added {d_sum}",
+        N as f64 * 0.9
+    );
+    let transitions = after.value_or_zero(
+        "sonde_tcp_state_transitions_total",
+        &[("from", "syn_sent"), ("to", "established")],
+    ) - before.value_or_zero(
+        "sonde_tcp_state_transitions_total",
+        &[("from", "syn_sent"), ("to", "established")],
+    );
+    assert!(
+        transitions >= N as f64,
+        "syn_sent → established transitions rose by {transitions}, fewer than {N}"
+    );
+}
+
+#[test]
+fn refused_connections_count_failures_and_resets() {
+    if !require_root() {
+        return;
+    }
+    const N: usize = 10;
+    let lab = Lab::start(Config::new());
+    // Nothing listens on this port in the namespace: its kernel answers
+    // every SYN with a RST.
+    let to: SocketAddr = format!("{LAB_PEER_IP}:40210").parse().unwrap();
+    let failures = |s: &Scrape| counter(s, "sonde_tcp_connect_failures_total");
+    let before = quiet(&lab, "failures before", failures);
+    for i in 0..N {
+        let err = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+            .err()
+            .unwrap_or_else(|| panic!("connect {i} to {to} should be refused"));
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    }
+    lab.agent
+        .try_wait_for(Duration::from_secs(5), |s| {
+            failures(s) - failures(&before) >= N as f64
+        })
+        .unwrap_or_else(|last| {
+            panic!(
+                "{N} refused connections: sonde_tcp_connect_failures_total rose by {}",
+                failures(&last) - failures(&before)
+            )
+        });
+    let after = quiet(&lab, "failures after", failures);
+    let resets = |s: &Scrape, direction| {
+        s.value_or_zero("sonde_tcp_resets_total", &[("direction", direction)])
+    };
+    for direction in ["sent", "received"] {
+        let d = resets(&after, direction) - resets(&before, direction);
+        assert!(
+            d >= N as f64,
+            "{N} refused connections (the namespace's kernel sends each a RST, ours receives \
+             it): sonde_tcp_resets_total{{direction=\"{direction}\"}} rose by {d}"
+        );
+    }
+}
