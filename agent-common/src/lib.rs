@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod counters;
+pub mod drops;
 pub mod events;
 pub mod net;
 pub mod syscalls;

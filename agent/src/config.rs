@@ -50,6 +50,7 @@ pub struct Config {
     pub syscalls: SyscallsConfig,
     pub network: NetworkConfig,
     pub tcp: TcpConfig,
+    pub drops: DropsConfig,
     pub events: EventsConfig,
     pub collector: CollectorConfig,
     pub health: HealthConfig,
@@ -64,6 +65,7 @@ impl Default for Config {
             syscalls: SyscallsConfig::default(),
             network: NetworkConfig::default(),
             tcp: TcpConfig::default(),
+            drops: DropsConfig::default(),
             events: EventsConfig::default(),
             collector: CollectorConfig::default(),
             health: HealthConfig::default(),
@@ -190,6 +192,19 @@ impl Default for TcpConfig {
             enabled: true,
             rtt: true,
         }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DropsConfig {
+    /// Packets the kernel dropped, by its drop reason (skb:kfree_skb).
+    pub enabled: bool,
+}
+
+impl Default for DropsConfig {
+    fn default() -> Self {
+        Self { enabled: true }
     }
 }
 
@@ -363,6 +378,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "syscalls",
     "network",
     "tcp",
+    "drops",
     "events",
     "collector",
     "health",

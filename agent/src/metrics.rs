@@ -407,6 +407,15 @@ fn kernel_families(
     }
     tcp_flags.done(&mut out);
     tcp_families(snapshot, &mut out);
+    let mut drops = Family::new(
+        "sonde_packet_drops_total",
+        "Packets the kernel dropped, by the kernel's own drop reason (skb:kfree_skb)",
+        MetricType::COUNTER,
+    );
+    for (reason, n) in &snapshot.drops {
+        drops.sample(&[("reason", reason)], *n as f64);
+    }
+    drops.done(&mut out);
 
     let mut active = Family::new(
         "sonde_flows_active",

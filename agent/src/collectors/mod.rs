@@ -23,6 +23,7 @@ use std::{
 
 use agent_common::{
     counters::{COUNTER_SLOTS, COUNTERS_LEN},
+    drops::{DROP_REASON_OTHER, MAX_DROP_REASONS},
     events::RINGS,
     net::{FAMILY_IPV4, FlowKey, PacketCounters, PacketKey},
     syscalls::{LATENCY_SLOTS, MAX_SYSCALLS},
@@ -91,6 +92,8 @@ pub struct Snapshot {
     pub tcp: TcpStats,
     /// (old state, new state, transitions), non-zero only.
     pub tcp_transitions: Vec<(u32, u32, u64)>,
+    /// (drop reason name, drops), non-zero only.
+    pub drops: Vec<(String, u64)>,
 }
 
 impl Snapshot {
@@ -156,6 +159,7 @@ pub struct Collector {
     flow_evictions: u64,
     program_ids: Vec<(String, u32)>,
     rings: Vec<Arc<RingState>>,
+    drop_reason_names: HashMap<u32, String>,
     cycles: u64,
     stale_starts_removed: u64,
 }
@@ -169,9 +173,11 @@ impl Collector {
         config: &Config,
         program_ids: Vec<(String, u32)>,
         rings: Vec<Arc<RingState>>,
+        drop_reason_names: &[(u32, String)],
     ) -> Self {
         Self {
             rings,
+            drop_reason_names: drop_reason_names.iter().cloned().collect(),
             cycles: 0,
             stale_starts_removed: 0,
             maps,
@@ -276,6 +282,9 @@ impl Collector {
             }
             snapshot.rings.insert(label, counters);
         }
+        if let Err(err) = self.read_drops(&mut snapshot) {
+            warn!("reading drop reasons: {err}");
+        }
         if let Err(err) = self.read_tcp(&mut snapshot) {
             warn!("reading TCP statistics: {err}");
         }
@@ -312,6 +321,23 @@ impl Collector {
                 row.name = syscall_table::name(id);
                 snapshot.syscalls.push(row);
             }
+        }
+        Ok(())
+    }
+
+    fn read_drops(&self, snapshot: &mut Snapshot) -> Result<(), MapError> {
+        for reason in 0..MAX_DROP_REASONS {
+            let n = sum_u64(self.maps.drop_reasons.get(&reason, 0)?);
+            if n == 0 {
+                continue;
+            }
+            let name = match self.drop_reason_names.get(&reason) {
+                Some(name) => name.to_ascii_lowercase(),
+                None if reason == DROP_REASON_OTHER => "other".to_owned(),
+                None if reason == 0 => "unknown".to_owned(),
+                None => format!("reason_{reason}"),
+            };
+            snapshot.drops.push((name, n));
         }
         Ok(())
     }

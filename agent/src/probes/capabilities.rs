@@ -195,6 +195,44 @@ pub fn tracepoint_field_offset(
     })
 }
 
+/// `value → NAME` pairs of a `__print_symbolic(REC->field, { v, "NAME" }, …)`
+/// in a tracepoint's print format: the running kernel's own names for an
+/// enum (e.g. the skb drop reasons).
+pub fn tracepoint_symbols(
+    tracefs: &str,
+    category: &str,
+    name: &str,
+    field: &str,
+) -> Vec<(u32, String)> {
+    let Ok(format) = fs::read_to_string(format!("{tracefs}/events/{category}/{name}/format"))
+    else {
+        return Vec::new();
+    };
+    let marker = format!("__print_symbolic(REC->{field},");
+    let Some(start) = format.find(&marker) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut rest = &format[start + marker.len()..];
+    while let Some(open) = rest.find('{') {
+        // Stop at the end of this __print_symbolic call.
+        if rest[..open].contains(')') {
+            break;
+        }
+        let Some(close) = rest[open..].find('}') else {
+            break;
+        };
+        let entry = &rest[open + 1..open + close];
+        if let Some((value, name)) = entry.split_once(',')
+            && let Ok(value) = value.trim().parse::<u32>()
+        {
+            out.push((value, name.trim().trim_matches('"').to_owned()));
+        }
+        rest = &rest[open + close + 1..];
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +260,24 @@ mod tests {
         assert_eq!(
             tracepoint_field_offset(root, "raw_syscalls", "sys_exit", "nope"),
             None
+        );
+    }
+
+    #[test]
+    fn parses_print_symbolic() {
+        let dir = std::env::temp_dir().join(format!("sonde-sym-{}", std::process::id()));
+        let tp = dir.join("events/skb/kfree_skb");
+        fs::create_dir_all(&tp).unwrap();
+        fs::write(
+            tp.join("format"),
+            "print fmt: \"reason: %s\", __print_symbolic(REC->reason, { 2, \"NOT_SPECIFIED\" }, \
+             { 3, \"NO_SOCKET\" }), __print_symbolic(REC->other, { 9, \"X\" })\n",
+        )
+        .unwrap();
+        let symbols = tracepoint_symbols(dir.to_str().unwrap(), "skb", "kfree_skb", "reason");
+        assert_eq!(
+            symbols,
+            [(2, "NOT_SPECIFIED".to_owned()), (3, "NO_SOCKET".to_owned())]
         );
     }
 }

@@ -19,6 +19,7 @@ use agent_common::{
         CFG_TCP_RTT, CONFIG_MAP,
     },
     counters::COUNTERS_MAP,
+    drops::DROP_REASONS_MAP,
     events::{RING_STATS_MAP, RINGS, RingStats},
     net::{FLOWS_MAP, FlowKey, FlowStats, PACKET_COUNTERS_MAP, PacketCounters, PacketKey},
     syscalls::{
@@ -111,6 +112,7 @@ pub struct KernelMaps {
     pub flows: aya::maps::HashMap<MapData, FlowKey, FlowStats>,
     pub tcp_stats: PerCpuArray<MapData, TcpStats>,
     pub tcp_transitions: PerCpuArray<MapData, u64>,
+    pub drop_reasons: PerCpuArray<MapData, u64>,
 }
 
 /// Everything loaded into the kernel. Dropping it detaches every program.
@@ -121,6 +123,8 @@ pub struct Probes {
     pub interfaces: BTreeMap<u32, String>,
     /// ifindex → what to detach when the interface goes away.
     links: BTreeMap<u32, Vec<LinkHandle>>,
+    /// This kernel's names of the skb drop reasons, by value.
+    pub drop_reasons: Vec<(u32, String)>,
     /// Rings, by (ring id, label), handed to the event readers.
     pub rings: Vec<(u32, &'static str, RingBuf<MapData>)>,
     pub maps: Option<KernelMaps>,
@@ -146,6 +150,7 @@ impl Probes {
         // files; they are only needed (and tracefs only mounted) when the
         // raw tracepoint cannot be used.
         let need_tracefs = config.tcp.enabled
+            || config.drops.enabled
             || (config.syscalls.enabled
                 && (config.syscalls.hook == SyscallHook::Tracepoint || !caps.raw_tracepoint));
         let tracefs = if need_tracefs {
@@ -181,6 +186,10 @@ impl Probes {
             })
             .collect();
         let mut loader = EbpfLoader::new();
+        let reason_offset = tracefs
+            .and_then(|t| capabilities::tracepoint_field_offset(t, "skb", "kfree_skb", "reason"))
+            .unwrap_or(u32::MAX);
+        loader.override_global("TP_KFREE_SKB_REASON", &reason_offset, true);
         for (global, offset) in &tcp_offsets {
             if let Some(offset) = offset {
                 loader.override_global(global, offset, true);
@@ -207,6 +216,7 @@ impl Probes {
             flows: take(&mut ebpf, FLOWS_MAP)?,
             tcp_stats: take(&mut ebpf, TCP_STATS_MAP)?,
             tcp_transitions: take(&mut ebpf, TCP_TRANSITIONS_MAP)?,
+            drop_reasons: take(&mut ebpf, DROP_REASONS_MAP)?,
         };
         apply_runtime_config(&mut maps, config)?;
         let mut rings = Vec::new();
@@ -232,6 +242,7 @@ impl Probes {
             attachments: Vec::new(),
             interfaces: BTreeMap::new(),
             links: BTreeMap::new(),
+            drop_reasons: Vec::new(),
             rings,
             maps: Some(maps),
             _bpf_stats: bpf_stats,
@@ -244,6 +255,17 @@ impl Probes {
                 probes.attach_interface(name, *ifindex, config.network.xdp_mode, caps)?;
             }
         }
+        if config.drops.enabled {
+            probes.drop_reasons = tracefs
+                .map(|t| capabilities::tracepoint_symbols(t, "skb", "kfree_skb", "reason"))
+                .unwrap_or_default();
+            if reason_offset == u32::MAX {
+                warn!(
+                    "skb:kfree_skb has no drop reason on this kernel (< 5.17): drops counted as reason \"unknown\""
+                );
+            }
+            probes.attach_optional_tracepoint("sonde_kfree_skb", "skb", "kfree_skb", None);
+        }
         if config.tcp.enabled {
             let missing: Vec<&str> = tcp_offsets
                 .iter()
@@ -255,34 +277,47 @@ impl Probes {
         Ok(probes)
     }
 
-    /// TCP lifecycle programs: optional, each attached on its own; one this
-    /// kernel cannot take is reported (health: degraded), never fatal.
+    /// TCP lifecycle programs, each attached on its own.
     fn attach_tcp(&mut self, missing_fields: &[&str]) {
         for &(program, category, tp, needs) in TCP_PROGRAMS {
-            let result = if let Some(field) = needs.iter().find(|f| missing_fields.contains(f)) {
-                Err(format!(
-                    "field for {field} not found in {category}:{tp}'s format"
-                ))
-            } else {
-                program_mut::<TracePoint>(&mut self.ebpf, program).and_then(|prog| {
-                    prog.load()
-                        .and_then(|()| prog.attach(category, tp).map(drop))
-                        .map_err(|e| describe(&e))
-                })
-            };
-            if let Err(err) = &result {
-                warn!("TCP signal {category}:{tp} unavailable: {err}");
-            }
-            self.attachments.push(Attachment {
-                program,
-                hook: format!("tracepoint:{category}:{tp}"),
-                mode: "tracepoint".to_owned(),
-                attached: result.is_ok(),
-                required: false,
-                error: result.err(),
-                interface: None,
-            });
+            let missing = needs
+                .iter()
+                .find(|f| missing_fields.contains(f))
+                .map(|field| format!("field for {field} not found in {category}:{tp}'s format"));
+            self.attach_optional_tracepoint(program, category, tp, missing);
         }
+    }
+
+    /// Attaches an optional signal's tracepoint program. One this kernel
+    /// cannot take (`unusable` says why, when known in advance) is reported
+    /// and makes health `degraded`; it is never fatal.
+    fn attach_optional_tracepoint(
+        &mut self,
+        program: &'static str,
+        category: &str,
+        tp: &str,
+        unusable: Option<String>,
+    ) {
+        let result = match unusable {
+            Some(reason) => Err(reason),
+            None => program_mut::<TracePoint>(&mut self.ebpf, program).and_then(|prog| {
+                prog.load()
+                    .and_then(|()| prog.attach(category, tp).map(drop))
+                    .map_err(|e| describe(&e))
+            }),
+        };
+        if let Err(err) = &result {
+            warn!("signal {category}:{tp} unavailable: {err}");
+        }
+        self.attachments.push(Attachment {
+            program,
+            hook: format!("tracepoint:{category}:{tp}"),
+            mode: "tracepoint".to_owned(),
+            attached: result.is_ok(),
+            required: false,
+            error: result.err(),
+            interface: None,
+        });
     }
 
     /// Detaches everything now (dropping the programs closes every link),

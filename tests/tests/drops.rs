@@ -1,0 +1,53 @@
+//! Packet drops by the kernel's own reason: datagrams dropped by a
+//! firewall rule the test installs in the peer's namespace are counted
+//! under `netfilter_drop`, the name the running kernel gives that reason.
+
+use std::time::Duration;
+
+use sonde_tests::{Config, LAB_PEER_IP, Lab, Scrape, Workload, require_root};
+
+#[test]
+fn firewall_drops_are_counted_with_their_reason() {
+    if !require_root() {
+        return;
+    }
+    const N: f64 = 500.0;
+    let lab = Lab::start(Config::new());
+    let port = "40300";
+    let status = lab
+        .ns
+        .exec(&[
+            "iptables", "-A", "INPUT", "-p", "udp", "--dport", port, "-j", "DROP",
+        ])
+        .status()
+        .expect("running iptables in the test namespace");
+    assert!(status.success(), "iptables failed in the test namespace");
+    let drops =
+        |s: &Scrape| s.value_or_zero("sonde_packet_drops_total", &[("reason", "netfilter_drop")]);
+    let before = lab.agent.metrics();
+    Workload::run(
+        &["udp-send", &format!("{LAB_PEER_IP}:{port}"), "500", "64"],
+        Duration::from_secs(60),
+    );
+    let after = lab
+        .agent
+        .try_wait_for(Duration::from_secs(5), |s| drops(s) - drops(&before) >= N)
+        .unwrap_or_else(|last| {
+            panic!(
+                "{N} datagrams dropped by an iptables DROP rule: \
+                 sonde_packet_drops_total{{reason=\"netfilter_drop\"}} rose by {}:\n{}",
+                drops(&last) - drops(&before),
+                last.grep("sonde_packet_drops_total")
+            )
+        });
+    println!(
+        "netfilter_drop +{}; reasons seen: {}",
+        drops(&after) - drops(&before),
+        after
+            .series("sonde_packet_drops_total", &[])
+            .iter()
+            .filter_map(|s| s.label("reason"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}
