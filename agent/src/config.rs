@@ -177,11 +177,23 @@ impl Default for NetworkConfig {
     }
 }
 
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TcpHook {
+    /// fentry where the kernel allows it, then kprobes, then tracepoints.
+    Auto,
+    Fentry,
+    Kprobe,
+    Tracepoint,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TcpConfig {
     /// Handshake latency, failures, retransmits, resets, state transitions.
     pub enabled: bool,
+    /// Which hooks: the cheapest this kernel offers, or a forced tier.
+    pub hook: TcpHook,
     /// Runtime. Smoothed-RTT samples from every ACK processed (tcp_probe).
     pub rtt: bool,
 }
@@ -190,6 +202,7 @@ impl Default for TcpConfig {
     fn default() -> Self {
         Self {
             enabled: true,
+            hook: TcpHook::Auto,
             rtt: true,
         }
     }

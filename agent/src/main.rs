@@ -333,7 +333,10 @@ fn reload(state: &state::AppState, path: Option<&std::path::Path>) {
 /// `sonde check`: report capabilities, then load and attach everything the
 /// config asks for and detach again. Non-zero when the agent cannot run.
 fn check(args: CommonArgs) -> Result<(), Failure> {
-    let config = load_config(&args)?;
+    let mut config = load_config(&args)?;
+    // Fallbacks and their reasons are logged as warnings: show them.
+    config.log_level = "warn".into();
+    init_logging(&config);
     let caps = Capabilities::detect();
     let yes = |b: bool| if b { "yes" } else { "no" };
     println!("kernel            {}", caps.kernel_release);
@@ -369,17 +372,37 @@ fn check(args: CommonArgs) -> Result<(), Failure> {
     };
     let probes = Probes::load(&config, &interfaces, &caps, false).map_err(Failure::runtime)?;
     let mut by_program: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut unavailable = Vec::new();
     for a in &probes.attachments {
-        by_program
-            .entry(a.program)
-            .or_default()
-            .push(format!("{} ({})", a.hook, a.mode));
+        if a.attached {
+            by_program
+                .entry(a.program)
+                .or_default()
+                .push(format!("{} ({})", a.hook, a.mode));
+        } else {
+            unavailable.push(format!(
+                "{} {}: {}",
+                a.program,
+                a.hook,
+                a.error.as_deref().unwrap_or("not attached")
+            ));
+        }
     }
     for (program, hooks) in by_program {
         println!("attached          {program}: {}", hooks.join(", "));
     }
+    for line in &unavailable {
+        println!("unavailable       {line}");
+    }
     drop(probes);
-    println!("result            ok: every program loaded and attached, then detached");
+    if unavailable.is_empty() {
+        println!("result            ok: every program loaded and attached, then detached");
+    } else {
+        println!(
+            "result            ok (degraded): {} optional program(s) unavailable, the rest attached and detached",
+            unavailable.len()
+        );
+    }
     Ok(())
 }
 

@@ -171,3 +171,82 @@ fn refused_connections_count_failures_and_resets() {
         );
     }
 }
+
+/// The TCP signal is attached through the cheapest tier this kernel offers
+/// (fentry, then kprobe, then tracepoint), as `sonde check` reports the
+/// kernel's capabilities; a forced tier the kernel lacks is reported and
+/// leaves the agent running, ready but degraded.
+#[test]
+fn tcp_tier_follows_the_kernel_and_a_missing_forced_tier_is_reported() {
+    if !require_root() {
+        return;
+    }
+    let check = std::process::Command::new(sonde_tests::sys::sonde_bin())
+        .arg("check")
+        .args(["--config", "/dev/null"])
+        .output()
+        .expect("running sonde check");
+    let out = String::from_utf8_lossy(&check.stdout).into_owned();
+    let has = |what: &str| {
+        out.lines()
+            .any(|l| l.starts_with(what) && l.trim_end().ends_with("yes"))
+    };
+    let expected = if has("fentry/fexit") && has("BTF") {
+        "fentry"
+    } else if has("kprobes") {
+        "kprobe"
+    } else {
+        "tracepoint"
+    };
+    let agent = sonde_tests::Agent::start(&Config::new().render(), &[]);
+    let scrape = agent.metrics();
+    let state = scrape
+        .series("sonde_probe_attached", &[])
+        .into_iter()
+        .find(|s| {
+            s.label("program")
+                .is_some_and(|p| p.starts_with("sonde_tcp_state"))
+        })
+        .unwrap_or_else(|| panic!("no TCP state program attached:\n{}", scrape.grep("tcp")));
+    assert_eq!(
+        state.label("mode"),
+        Some(expected),
+        "sonde check says:\n{out}\nattachments:\n{}",
+        scrape.grep("sonde_probe_attached")
+    );
+    drop(agent);
+
+    // Force the tier this kernel is least likely to offer after the chosen
+    // one; on a kernel that has everything, force the tracepoint tier.
+    let forced = match expected {
+        "tracepoint" => "kprobe",
+        _ => "tracepoint",
+    };
+    let config = Config::new().set("tcp", "hook", &format!("{forced:?}"));
+    let agent = sonde_tests::Agent::start(&config.render(), &[]);
+    let scrape = agent.metrics();
+    let (status, body) = agent.get("/health/ready");
+    if forced == "tracepoint" {
+        assert!(
+            scrape
+                .series("sonde_probe_attached", &[("mode", "tracepoint")])
+                .iter()
+                .any(|s| s.label("program") == Some("sonde_tcp_state")),
+            "forced tracepoint tier not attached:\n{}",
+            scrape.grep("sonde_probe_attached")
+        );
+    } else {
+        assert_eq!(
+            scrape.value(
+                "sonde_probe_attached",
+                &[("program", "tcp"), ("hook", "none"), ("mode", "none")]
+            ),
+            Some(0.0),
+            "a forced tier the kernel lacks must be reported as unattached:\n{}",
+            scrape.grep("sonde_probe_attached")
+        );
+        assert_eq!(status, 200, "degraded is still ready: {body}");
+        assert!(body.contains("\"degraded\""), "{body}");
+        assert!(agent.log().contains("no kprobes"), "{}", agent.log());
+    }
+}

@@ -43,9 +43,12 @@ use serde::Serialize;
 use thiserror::Error;
 use tracing::{info, warn};
 
-use super::capabilities::{self, Capabilities};
+use super::{
+    capabilities::{self, Capabilities},
+    tiers,
+};
 use crate::{
-    config::{Config, SyscallHook, XdpModeConfig},
+    config::{Config, SyscallHook, TcpHook, XdpModeConfig},
     syscall_table,
 };
 
@@ -185,16 +188,37 @@ impl Probes {
                 (global, offset)
             })
             .collect();
+        // Struct offsets the fentry and kprobe tiers read, from this
+        // kernel's BTF.
+        let btf_offsets: Vec<(&'static str, Option<u32>)> = match super::btf::Btf::from_sys_fs() {
+            Ok(btf) => BTF_FIELDS
+                .iter()
+                .map(|&(global, st, member)| (global, btf.member_offset(st, member).ok()))
+                .collect(),
+            Err(err) => {
+                tracing::debug!("no kernel BTF for struct offsets: {err}");
+                BTF_FIELDS
+                    .iter()
+                    .map(|&(global, ..)| (global, None))
+                    .collect()
+            }
+        };
         let mut loader = EbpfLoader::new();
         let reason_offset = tracefs
             .and_then(|t| capabilities::tracepoint_field_offset(t, "skb", "kfree_skb", "reason"))
             .unwrap_or(u32::MAX);
         loader.override_global("TP_KFREE_SKB_REASON", &reason_offset, true);
-        for (global, offset) in &tcp_offsets {
+        for (global, offset) in tcp_offsets.iter().chain(&btf_offsets) {
             if let Some(offset) = offset {
                 loader.override_global(global, offset, true);
             }
         }
+        let resolved: Vec<&'static str> = tcp_offsets
+            .iter()
+            .chain(&btf_offsets)
+            .filter(|(_, o)| o.is_some())
+            .map(|(g, _)| *g)
+            .collect();
         let mut ebpf = loader
             .override_global("SYSCALL_NR_EXIT", &exit, true)
             .override_global("SYSCALL_NR_EXIT_GROUP", &exit_group, true)
@@ -267,24 +291,121 @@ impl Probes {
             probes.attach_optional_tracepoint("sonde_kfree_skb", "skb", "kfree_skb", None);
         }
         if config.tcp.enabled {
-            let missing: Vec<&str> = tcp_offsets
-                .iter()
-                .filter(|(_, offset)| offset.is_none())
-                .map(|(global, _)| *global)
-                .collect();
-            probes.attach_tcp(&missing);
+            let forced = match config.tcp.hook {
+                TcpHook::Auto => None,
+                TcpHook::Fentry => Some("fentry"),
+                TcpHook::Kprobe => Some("kprobe"),
+                TcpHook::Tracepoint => Some("tracepoint"),
+            };
+            probes.attach_signal(&tiers::TCP, forced, caps, &resolved);
         }
         Ok(probes)
     }
 
-    /// TCP lifecycle programs, each attached on its own.
-    fn attach_tcp(&mut self, missing_fields: &[&str]) {
-        for &(program, category, tp, needs) in TCP_PROGRAMS {
-            let missing = needs
-                .iter()
-                .find(|f| missing_fields.contains(f))
-                .map(|field| format!("field for {field} not found in {category}:{tp}'s format"));
-            self.attach_optional_tracepoint(program, category, tp, missing);
+    /// Attaches the first tier of `signal` this kernel offers (or only the
+    /// `forced` one) and records what was chosen, or why nothing was: an
+    /// optional signal never stops the agent; it makes health `degraded`.
+    fn attach_signal(
+        &mut self,
+        signal: &tiers::Signal,
+        forced: Option<&str>,
+        caps: &Capabilities,
+        resolved: &[&str],
+    ) {
+        let mut reasons = Vec::new();
+        for tier in signal.tiers {
+            if forced.is_some_and(|f| f != tier.mode) {
+                continue;
+            }
+            if let Some(why) = tier_unavailable(tier, caps) {
+                reasons.push(format!("{}: {why}", tier.mode));
+                continue;
+            }
+            let core = &tier.programs[0];
+            if let Err(why) = self.attach_tier_program(core, resolved) {
+                reasons.push(format!("{}: {why}", tier.mode));
+                continue;
+            }
+            let mut attachments = vec![tier_attachment(core, tier.mode, None)];
+            for program in &tier.programs[1..] {
+                let result = self.attach_tier_program(program, resolved);
+                if let Err(err) = &result {
+                    warn!(
+                        "{} ({}): {} unavailable: {err}",
+                        signal.name,
+                        tier.mode,
+                        program.hook.describe()
+                    );
+                }
+                attachments.push(tier_attachment(program, tier.mode, result.err()));
+            }
+            if reasons.is_empty() {
+                info!(signal = signal.name, tier = tier.mode, "signal attached");
+            } else {
+                warn!(
+                    signal = signal.name,
+                    tier = tier.mode,
+                    "signal attached through a fallback tier: {}",
+                    reasons.join("; ")
+                );
+            }
+            self.attachments.extend(attachments);
+            return;
+        }
+        let why = if reasons.is_empty() {
+            format!("no tier named {forced:?}")
+        } else {
+            reasons.join("; ")
+        };
+        warn!(
+            signal = signal.name,
+            "signal unavailable on this kernel: {why}"
+        );
+        self.attachments.push(Attachment {
+            program: signal.name,
+            hook: "none".to_owned(),
+            mode: "none".to_owned(),
+            attached: false,
+            required: false,
+            error: Some(why),
+            interface: None,
+        });
+    }
+
+    fn attach_tier_program(
+        &mut self,
+        program: &tiers::TierProgram,
+        resolved: &[&str],
+    ) -> Result<(), String> {
+        if let Some(missing) = program.needs.iter().find(|g| !resolved.contains(g)) {
+            return Err(format!("{missing} could not be resolved on this kernel"));
+        }
+        let name = program.program;
+        match program.hook {
+            tiers::Hook::Fentry(function) => {
+                let btf = aya::Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
+                let prog: &mut aya::programs::FEntry = program_mut(&mut self.ebpf, name)?;
+                if prog.fd().is_err() {
+                    prog.load(function, &btf).map_err(|e| describe(&e))?;
+                }
+                prog.attach().map(drop).map_err(|e| describe(&e))
+            }
+            tiers::Hook::Kprobe(function) => {
+                let prog: &mut aya::programs::KProbe = program_mut(&mut self.ebpf, name)?;
+                if prog.fd().is_err() {
+                    prog.load().map_err(|e| describe(&e))?;
+                }
+                prog.attach(function, 0).map(drop).map_err(|e| describe(&e))
+            }
+            tiers::Hook::Tracepoint(category, tp) => {
+                let prog: &mut TracePoint = program_mut(&mut self.ebpf, name)?;
+                if prog.fd().is_err() {
+                    prog.load().map_err(|e| describe(&e))?;
+                }
+                prog.attach(category, tp)
+                    .map(drop)
+                    .map_err(|e| describe(&e))
+            }
         }
     }
 
@@ -631,24 +752,45 @@ const TCP_FIELDS: &[(&str, &str, &str, &str)] = &[
     ("TP_PROBE_SRTT", "tcp", "tcp_probe", "srtt"),
 ];
 
-/// TCP programs: (program, category, tracepoint, globals it needs).
-const TCP_PROGRAMS: &[(&str, &str, &str, &[&str])] = &[
-    (
-        "sonde_tcp_state",
-        "sock",
-        "inet_sock_set_state",
-        &[
-            "TP_SSS_SKADDR",
-            "TP_SSS_OLDSTATE",
-            "TP_SSS_NEWSTATE",
-            "TP_SSS_PROTOCOL",
-        ],
-    ),
-    ("sonde_tcp_retransmit", "tcp", "tcp_retransmit_skb", &[]),
-    ("sonde_tcp_send_reset", "tcp", "tcp_send_reset", &[]),
-    ("sonde_tcp_receive_reset", "tcp", "tcp_receive_reset", &[]),
-    ("sonde_tcp_probe", "tcp", "tcp_probe", &["TP_PROBE_SRTT"]),
+/// Struct members the fentry and kprobe tiers read: (global, struct,
+/// member), resolved from the kernel's BTF.
+const BTF_FIELDS: &[(&str, &str, &str)] = &[
+    ("SK_STATE_OFFSET", "sock_common", "skc_state"),
+    ("TCP_SRTT_OFFSET", "tcp_sock", "srtt_us"),
 ];
+
+/// Why a tier cannot be tried on this kernel, if it cannot.
+fn tier_unavailable(tier: &tiers::Tier, caps: &Capabilities) -> Option<String> {
+    let (major, minor) = tier.min_kernel;
+    if caps.kernel_version.is_some() && !caps.at_least(major, minor) {
+        return Some(format!("needs kernel ≥ {major}.{minor}"));
+    }
+    match tier.requires {
+        tiers::Requires::Trampolines if !caps.btf => Some("no kernel BTF".into()),
+        tiers::Requires::Trampolines if !caps.fentry => {
+            Some("this kernel refuses fentry (tracing) programs".into())
+        }
+        tiers::Requires::Kprobes if !caps.kprobes => {
+            Some("no kprobes on this kernel (CONFIG_KPROBES)".into())
+        }
+        tiers::Requires::Tracefs if capabilities::tracefs_dir().is_none() => {
+            Some("tracefs is not mounted".into())
+        }
+        _ => None,
+    }
+}
+
+fn tier_attachment(program: &tiers::TierProgram, mode: &str, error: Option<String>) -> Attachment {
+    Attachment {
+        program: program.program,
+        hook: program.hook.describe(),
+        mode: mode.to_owned(),
+        attached: error.is_none(),
+        required: false,
+        error,
+        interface: None,
+    }
+}
 
 /// Unloads a program of any type, which detaches all its links.
 fn program_unload(program: &mut aya::programs::Program) -> Result<(), ProgramError> {

@@ -2,7 +2,9 @@
 //! and attaching Sonde's programs with run-time fallbacks (`loader`).
 
 pub mod baseline;
+pub mod btf;
 pub mod capabilities;
 pub mod loader;
+pub mod tiers;
 
 pub use loader::{Attachment, KernelMaps, ProbeError, Probes};
