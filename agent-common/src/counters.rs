@@ -29,6 +29,9 @@ pub const PKT_IP_FRAGMENT: u32 = 9;
 /// The in-flight TCP handshake map was full: that handshake is not timed.
 pub const TCP_CONNECT_MAP_FULL: u32 = 10;
 
+/// The runnable-task map was full: that wait is not measured.
+pub const RUNQ_MAP_FULL: u32 = 11;
+
 /// Number of slots in `COUNTERS`.
 pub const COUNTERS_LEN: u32 = 16;
 

@@ -12,6 +12,7 @@ pub mod counters;
 pub mod drops;
 pub mod events;
 pub mod net;
+pub mod sched;
 pub mod syscalls;
 pub mod tcp;
 
@@ -39,4 +40,5 @@ impl_pod!(
     events::RingStats,
     events::TokenBucket,
     tcp::TcpStats,
+    sched::RunqStats,
 );

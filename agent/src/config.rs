@@ -51,6 +51,7 @@ pub struct Config {
     pub network: NetworkConfig,
     pub tcp: TcpConfig,
     pub drops: DropsConfig,
+    pub runqueue: RunqueueConfig,
     pub events: EventsConfig,
     pub collector: CollectorConfig,
     pub health: HealthConfig,
@@ -66,6 +67,7 @@ impl Default for Config {
             network: NetworkConfig::default(),
             tcp: TcpConfig::default(),
             drops: DropsConfig::default(),
+            runqueue: RunqueueConfig::default(),
             events: EventsConfig::default(),
             collector: CollectorConfig::default(),
             health: HealthConfig::default(),
@@ -223,6 +225,24 @@ impl Default for DropsConfig {
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
+pub struct RunqueueConfig {
+    /// How long runnable tasks wait for a CPU (sched_wakeup/sched_switch).
+    pub enabled: bool,
+    /// auto, or force a tier: raw_tracepoint, tracepoint.
+    pub hook: String,
+}
+
+impl Default for RunqueueConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            hook: "auto".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
 pub struct EventsConfig {
     /// Ring buffer sizes in bytes: a power of two, at least one page.
     pub syscall_ring_bytes: u32,
@@ -360,6 +380,15 @@ impl Config {
                 message: "must be at least 1".into(),
             });
         }
+        if !["auto", "raw_tracepoint", "tracepoint"].contains(&self.runqueue.hook.as_str()) {
+            return Err(ConfigError::Invalid {
+                key: "runqueue.hook",
+                message: format!(
+                    "{:?}: expected auto, raw_tracepoint or tracepoint",
+                    self.runqueue.hook
+                ),
+            });
+        }
         let mut seen = BTreeSet::new();
         for name in &self.network.interfaces {
             if name.is_empty() || name.len() >= libc::IF_NAMESIZE {
@@ -392,6 +421,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "network",
     "tcp",
     "drops",
+    "runqueue",
     "events",
     "collector",
     "health",

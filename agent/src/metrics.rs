@@ -407,6 +407,19 @@ fn kernel_families(
     }
     tcp_flags.done(&mut out);
     tcp_families(snapshot, &mut out);
+    let mut runq = Family::new(
+        "sonde_runqueue_latency_seconds",
+        "Time runnable tasks waited for a CPU (woken or preempted → running)",
+        MetricType::HISTOGRAM,
+    );
+    let rq = &snapshot.runqueue;
+    runq.histogram(
+        &[],
+        &log2_buckets(&rq.slots),
+        rq.samples,
+        rq.sum_ns as f64 / 1e9,
+    );
+    runq.done(&mut out);
     let mut drops = Family::new(
         "sonde_packet_drops_total",
         "Packets the kernel dropped, by the kernel's own drop reason (skb:kfree_skb)",

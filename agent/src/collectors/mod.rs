@@ -26,6 +26,7 @@ use agent_common::{
     drops::{DROP_REASON_OTHER, MAX_DROP_REASONS},
     events::RINGS,
     net::{FAMILY_IPV4, FlowKey, PacketCounters, PacketKey},
+    sched::RunqStats,
     syscalls::{LATENCY_SLOTS, MAX_SYSCALLS},
     tcp::{TCP_STATES, TcpStats},
 };
@@ -94,6 +95,8 @@ pub struct Snapshot {
     pub tcp_transitions: Vec<(u32, u32, u64)>,
     /// (drop reason name, drops), non-zero only.
     pub drops: Vec<(String, u64)>,
+    /// Run-queue latency, summed over CPUs.
+    pub runqueue: RunqStats,
 }
 
 impl Snapshot {
@@ -281,6 +284,19 @@ impl Collector {
                 }
             }
             snapshot.rings.insert(label, counters);
+        }
+        match self.maps.runq_stats.get(&0, 0) {
+            Ok(values) => {
+                for cpu in values.iter() {
+                    let total = &mut snapshot.runqueue;
+                    total.samples += cpu.samples;
+                    total.sum_ns += cpu.sum_ns;
+                    for (t, c) in total.slots.iter_mut().zip(cpu.slots) {
+                        *t += c;
+                    }
+                }
+            }
+            Err(err) => warn!("reading run-queue latency: {err}"),
         }
         if let Err(err) = self.read_drops(&mut snapshot) {
             warn!("reading drop reasons: {err}");

@@ -22,6 +22,7 @@ use agent_common::{
     drops::DROP_REASONS_MAP,
     events::{RING_STATS_MAP, RINGS, RingStats},
     net::{FLOWS_MAP, FlowKey, FlowStats, PACKET_COUNTERS_MAP, PacketCounters, PacketKey},
+    sched::{RUNQ_STATS_MAP, RunqStats},
     syscalls::{
         MAX_SYSCALLS, SLOW_SYSCALL_IGNORE_MAP, SYSCALL_START_MAP, SYSCALL_STATS_MAP, SyscallStart,
         SyscallStats,
@@ -116,6 +117,7 @@ pub struct KernelMaps {
     pub tcp_stats: PerCpuArray<MapData, TcpStats>,
     pub tcp_transitions: PerCpuArray<MapData, u64>,
     pub drop_reasons: PerCpuArray<MapData, u64>,
+    pub runq_stats: PerCpuArray<MapData, RunqStats>,
 }
 
 /// Everything loaded into the kernel. Dropping it detaches every program.
@@ -154,6 +156,7 @@ impl Probes {
         // raw tracepoint cannot be used.
         let need_tracefs = config.tcp.enabled
             || config.drops.enabled
+            || config.runqueue.enabled
             || (config.syscalls.enabled
                 && (config.syscalls.hook == SyscallHook::Tracepoint || !caps.raw_tracepoint));
         let tracefs = if need_tracefs {
@@ -180,7 +183,7 @@ impl Probes {
 
         // Classic-tracepoint fields the TCP programs read, from this
         // kernel's formats (None: that program cannot be attached here).
-        let tcp_offsets: Vec<(&'static str, Option<u32>)> = TCP_FIELDS
+        let mut tp_offsets: Vec<(&'static str, Option<u32>)> = TRACEPOINT_FIELDS
             .iter()
             .map(|&(global, category, tp, field)| {
                 let offset = tracefs
@@ -188,12 +191,28 @@ impl Probes {
                 (global, offset)
             })
             .collect();
+        // One wakeup program serves sched_wakeup and sched_wakeup_new: only
+        // where both records put `pid` at the same offset.
+        let wakeup = tp_offsets
+            .iter()
+            .find(|(g, _)| *g == "TP_WAKEUP_PID")
+            .and_then(|(_, o)| *o);
+        for (global, offset) in &mut tp_offsets {
+            if *global == "TP_WAKEUP_NEW_PID" && *offset != wakeup {
+                *offset = None;
+            }
+        }
         // Struct offsets the fentry and kprobe tiers read, from this
         // kernel's BTF.
         let btf_offsets: Vec<(&'static str, Option<u32>)> = match super::btf::Btf::from_sys_fs() {
             Ok(btf) => BTF_FIELDS
                 .iter()
-                .map(|&(global, st, member)| (global, btf.member_offset(st, member).ok()))
+                .map(|&(global, st, members)| {
+                    let offset = members
+                        .iter()
+                        .find_map(|member| btf.member_offset(st, member).ok());
+                    (global, offset)
+                })
                 .collect(),
             Err(err) => {
                 tracing::debug!("no kernel BTF for struct offsets: {err}");
@@ -208,12 +227,13 @@ impl Probes {
             .and_then(|t| capabilities::tracepoint_field_offset(t, "skb", "kfree_skb", "reason"))
             .unwrap_or(u32::MAX);
         loader.override_global("TP_KFREE_SKB_REASON", &reason_offset, true);
-        for (global, offset) in tcp_offsets.iter().chain(&btf_offsets) {
-            if let Some(offset) = offset {
+        for (global, offset) in tp_offsets.iter().chain(&btf_offsets) {
+            // TP_WAKEUP_NEW_PID is a check only (see above), not a global.
+            if let (Some(offset), false) = (offset, *global == "TP_WAKEUP_NEW_PID") {
                 loader.override_global(global, offset, true);
             }
         }
-        let resolved: Vec<&'static str> = tcp_offsets
+        let resolved: Vec<&'static str> = tp_offsets
             .iter()
             .chain(&btf_offsets)
             .filter(|(_, o)| o.is_some())
@@ -241,6 +261,7 @@ impl Probes {
             tcp_stats: take(&mut ebpf, TCP_STATS_MAP)?,
             tcp_transitions: take(&mut ebpf, TCP_TRANSITIONS_MAP)?,
             drop_reasons: take(&mut ebpf, DROP_REASONS_MAP)?,
+            runq_stats: take(&mut ebpf, RUNQ_STATS_MAP)?,
         };
         apply_runtime_config(&mut maps, config)?;
         let mut rings = Vec::new();
@@ -298,6 +319,10 @@ impl Probes {
                 TcpHook::Tracepoint => Some("tracepoint"),
             };
             probes.attach_signal(&tiers::TCP, forced, caps, &resolved);
+        }
+        if config.runqueue.enabled {
+            let forced = (config.runqueue.hook != "auto").then_some(config.runqueue.hook.as_str());
+            probes.attach_signal(&tiers::RUNQUEUE, forced, caps, &resolved);
         }
         Ok(probes)
     }
@@ -396,6 +421,13 @@ impl Probes {
                     prog.load().map_err(|e| describe(&e))?;
                 }
                 prog.attach(function, 0).map(drop).map_err(|e| describe(&e))
+            }
+            tiers::Hook::RawTracepoint(tp) => {
+                let prog: &mut RawTracePoint = program_mut(&mut self.ebpf, name)?;
+                if prog.fd().is_err() {
+                    prog.load().map_err(|e| describe(&e))?;
+                }
+                prog.attach(tp).map(drop).map_err(|e| describe(&e))
             }
             tiers::Hook::Tracepoint(category, tp) => {
                 let prog: &mut TracePoint = program_mut(&mut self.ebpf, name)?;
@@ -742,9 +774,19 @@ impl Probes {
     }
 }
 
-/// Tracepoint fields the TCP programs read: (global, category, tracepoint,
-/// field).
-const TCP_FIELDS: &[(&str, &str, &str, &str)] = &[
+/// Tracepoint record fields the programs read: (global, category,
+/// tracepoint, field), resolved from the kernel's format files.
+const TRACEPOINT_FIELDS: &[(&str, &str, &str, &str)] = &[
+    ("TP_WAKEUP_PID", "sched", "sched_wakeup", "pid"),
+    ("TP_WAKEUP_NEW_PID", "sched", "sched_wakeup_new", "pid"),
+    ("TP_SWITCH_PREV_PID", "sched", "sched_switch", "prev_pid"),
+    (
+        "TP_SWITCH_PREV_STATE",
+        "sched",
+        "sched_switch",
+        "prev_state",
+    ),
+    ("TP_SWITCH_NEXT_PID", "sched", "sched_switch", "next_pid"),
     ("TP_SSS_SKADDR", "sock", "inet_sock_set_state", "skaddr"),
     ("TP_SSS_OLDSTATE", "sock", "inet_sock_set_state", "oldstate"),
     ("TP_SSS_NEWSTATE", "sock", "inet_sock_set_state", "newstate"),
@@ -752,11 +794,15 @@ const TCP_FIELDS: &[(&str, &str, &str, &str)] = &[
     ("TP_PROBE_SRTT", "tcp", "tcp_probe", "srtt"),
 ];
 
-/// Struct members the fentry and kprobe tiers read: (global, struct,
-/// member), resolved from the kernel's BTF.
-const BTF_FIELDS: &[(&str, &str, &str)] = &[
-    ("SK_STATE_OFFSET", "sock_common", "skc_state"),
-    ("TCP_SRTT_OFFSET", "tcp_sock", "srtt_us"),
+/// Struct members the BTF-based tiers read: (global, struct, member names
+/// in order of preference — members get renamed across kernels), resolved
+/// from the kernel's BTF.
+const BTF_FIELDS: &[(&str, &str, &[&str])] = &[
+    ("SK_STATE_OFFSET", "sock_common", &["skc_state"]),
+    ("TCP_SRTT_OFFSET", "tcp_sock", &["srtt_us"]),
+    ("TASK_PID_OFFSET", "task_struct", &["pid"]),
+    // `state` became `__state` in 5.14.
+    ("TASK_STATE_OFFSET", "task_struct", &["__state", "state"]),
 ];
 
 /// Why a tier cannot be tried on this kernel, if it cannot.
@@ -776,6 +822,10 @@ fn tier_unavailable(tier: &tiers::Tier, caps: &Capabilities) -> Option<String> {
         tiers::Requires::Tracefs if capabilities::tracefs_dir().is_none() => {
             Some("tracefs is not mounted".into())
         }
+        tiers::Requires::RawTracepointsAndBtf if !caps.raw_tracepoint => {
+            Some("no raw tracepoints on this kernel".into())
+        }
+        tiers::Requires::RawTracepointsAndBtf if !caps.btf => Some("no kernel BTF".into()),
         _ => None,
     }
 }

@@ -13,6 +13,8 @@ pub enum Hook {
     Kprobe(&'static str),
     /// A classic tracepoint (category, name), through tracefs.
     Tracepoint(&'static str, &'static str),
+    /// A raw tracepoint: the tracepoint's own arguments, no record.
+    RawTracepoint(&'static str),
 }
 
 impl Hook {
@@ -21,6 +23,7 @@ impl Hook {
             Hook::Fentry(f) => format!("fentry:{f}"),
             Hook::Kprobe(f) => format!("kprobe:{f}"),
             Hook::Tracepoint(c, n) => format!("tracepoint:{c}:{n}"),
+            Hook::RawTracepoint(n) => format!("raw_tracepoint:{n}"),
         }
     }
 }
@@ -34,6 +37,8 @@ pub enum Requires {
     Kprobes,
     /// A mounted tracefs (tracepoint ids and formats).
     Tracefs,
+    /// Raw tracepoints, and kernel BTF for the struct offsets.
+    RawTracepointsAndBtf,
 }
 
 #[derive(Debug)]
@@ -171,13 +176,68 @@ pub const TCP: Signal = Signal {
     ],
 };
 
+/// Run-queue latency: wakeup or preemption → running.
+pub const RUNQUEUE: Signal = Signal {
+    name: "runqueue",
+    tiers: &[
+        Tier {
+            mode: "raw_tracepoint",
+            min_kernel: (4, 17),
+            requires: Requires::RawTracepointsAndBtf,
+            programs: &[
+                TierProgram {
+                    program: "sonde_runq_switch_raw",
+                    hook: Hook::RawTracepoint("sched_switch"),
+                    needs: &["TASK_PID_OFFSET", "TASK_STATE_OFFSET"],
+                },
+                TierProgram {
+                    program: "sonde_runq_wakeup_raw",
+                    hook: Hook::RawTracepoint("sched_wakeup"),
+                    needs: &["TASK_PID_OFFSET"],
+                },
+                TierProgram {
+                    program: "sonde_runq_wakeup_raw",
+                    hook: Hook::RawTracepoint("sched_wakeup_new"),
+                    needs: &["TASK_PID_OFFSET"],
+                },
+            ],
+        },
+        Tier {
+            mode: "tracepoint",
+            min_kernel: (4, 7),
+            requires: Requires::Tracefs,
+            programs: &[
+                TierProgram {
+                    program: "sonde_runq_switch_tp",
+                    hook: Hook::Tracepoint("sched", "sched_switch"),
+                    needs: &[
+                        "TP_SWITCH_PREV_PID",
+                        "TP_SWITCH_PREV_STATE",
+                        "TP_SWITCH_NEXT_PID",
+                    ],
+                },
+                TierProgram {
+                    program: "sonde_runq_wakeup_tp",
+                    hook: Hook::Tracepoint("sched", "sched_wakeup"),
+                    needs: &["TP_WAKEUP_PID"],
+                },
+                TierProgram {
+                    program: "sonde_runq_wakeup_tp",
+                    hook: Hook::Tracepoint("sched", "sched_wakeup_new"),
+                    needs: &["TP_WAKEUP_NEW_PID"],
+                },
+            ],
+        },
+    ],
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn every_tier_has_a_core_program_and_modes_are_unique() {
-        for signal in [&TCP] {
+        for signal in [&TCP, &RUNQUEUE] {
             let mut modes: Vec<&str> = signal.tiers.iter().map(|t| t.mode).collect();
             modes.sort_unstable();
             modes.dedup();

@@ -1,0 +1,29 @@
+//! Run-queue latency: how long runnable tasks wait for a CPU (wakeup or
+//! preemption → running), as a log2 histogram.
+
+use crate::syscalls::LATENCY_SLOTS;
+
+/// `PerCpuArray<RunqStats>`, one slot.
+pub const RUNQ_STATS_MAP: &str = "RUNQ_STATS";
+/// `HashMap<u32 pid, u64 ns>`: tasks waiting for a CPU since when.
+pub const RUNQ_START_MAP: &str = "RUNQ_START";
+/// Runnable-but-waiting tasks tracked at once.
+pub const MAX_RUNNABLE: u32 = 32768;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RunqStats {
+    pub samples: u64,
+    pub sum_ns: u64,
+    pub slots: [u64; LATENCY_SLOTS],
+}
+
+impl Default for RunqStats {
+    fn default() -> Self {
+        Self {
+            samples: 0,
+            sum_ns: 0,
+            slots: [0; LATENCY_SLOTS],
+        }
+    }
+}
