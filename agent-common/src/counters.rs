@@ -32,6 +32,11 @@ pub const TCP_CONNECT_MAP_FULL: u32 = 10;
 /// The runnable-task map was full: that wait is not measured.
 pub const RUNQ_MAP_FULL: u32 = 11;
 
+/// Programs exec'd.
+pub const PROCESS_EXEC: u32 = 12;
+/// Processes exited (thread-group leaders).
+pub const PROCESS_EXIT: u32 = 13;
+
 /// Number of slots in `COUNTERS`.
 pub const COUNTERS_LEN: u32 = 16;
 
@@ -44,6 +49,8 @@ pub enum CounterKind {
     Malformed,
     /// Plain activity counter exported by its own metric.
     Activity,
+    /// Process lifecycle: `sonde_process_events_total{event}`.
+    Process,
 }
 
 /// Every slot with its label value and kind; user space iterates this.
@@ -79,4 +86,24 @@ pub const COUNTER_SLOTS: &[(u32, &str, CounterKind)] = &[
         "tcp_connect_map_full",
         CounterKind::Error,
     ),
+    (RUNQ_MAP_FULL, "runqueue_map_full", CounterKind::Error),
+    (PROCESS_EXEC, "exec", CounterKind::Process),
+    (PROCESS_EXIT, "exit", CounterKind::Process),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_slot_is_listed_once_and_fits() {
+        let mut slots: Vec<u32> = COUNTER_SLOTS.iter().map(|s| s.0).collect();
+        slots.sort_unstable();
+        let n = slots.len();
+        slots.dedup();
+        assert_eq!(slots.len(), n, "a slot is listed twice");
+        assert!(slots.iter().all(|&s| s < COUNTERS_LEN));
+        // Every constant defined above is listed (they are 0..=last).
+        assert_eq!(slots, (0..=PROCESS_EXIT).collect::<Vec<_>>());
+    }
+}

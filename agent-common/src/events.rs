@@ -15,18 +15,27 @@ pub const FLOW_EVENT_BUCKET_MAP: &str = "FLOW_EVENT_BUCKET";
 pub const RING_SYSCALL: u32 = 0;
 /// Ring carrying [`FlowEvent`]s.
 pub const RING_FLOW: u32 = 1;
+/// Ring carrying [`ProcessEvent`]s.
+pub const RING_PROCESS: u32 = 2;
 /// Number of rings (slots in `RING_STATS`).
-pub const RING_COUNT: u32 = 2;
+pub const RING_COUNT: u32 = 3;
 /// `(ring id, map name, label)` for every ring.
 pub const RINGS: &[(u32, &str, &str)] = &[
     (RING_SYSCALL, "SYSCALL_EVENTS", "syscall"),
     (RING_FLOW, "FLOW_EVENTS", "flow"),
+    (RING_PROCESS, "PROCESS_EVENTS", "process"),
 ];
 
 /// Event kind id of [`SlowSyscallEvent`].
 pub const EVENT_SLOW_SYSCALL: u32 = 1;
 /// Event kind id of [`FlowEvent`].
 pub const EVENT_NEW_FLOW: u32 = 2;
+/// Event kind id of a [`ProcessEvent`] for an exec.
+pub const EVENT_PROCESS_EXEC: u32 = 3;
+/// Event kind id of a [`ProcessEvent`] for a process exit.
+pub const EVENT_PROCESS_EXIT: u32 = 4;
+/// Bytes of an exec'd file name kept in an event.
+pub const FILENAME_LEN: usize = 128;
 
 /// Length of a task's command name (`TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;
@@ -84,4 +93,21 @@ pub struct FlowEvent {
     /// Length of the first packet (L2 frame length).
     pub bytes: u32,
     pub _pad: u32,
+}
+
+/// A process exec'd a new program, or a process (its last thread) exited.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcessEvent {
+    pub header: EventHeader,
+    pub pid: u32,
+    /// Parent's tgid (0 where the kernel's BTF is missing).
+    pub ppid: u32,
+    pub cgroup_id: u64,
+    /// Exit code as `wait` reports it (exit events only).
+    pub exit_code: u32,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+    /// NUL-terminated path passed to exec (exec events only).
+    pub filename: [u8; FILENAME_LEN],
 }

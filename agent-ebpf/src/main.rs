@@ -11,6 +11,7 @@ mod baseline;
 mod drops;
 mod maps;
 mod net;
+mod process;
 mod sched;
 mod syscalls;
 mod tcp;

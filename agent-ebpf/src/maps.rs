@@ -28,6 +28,10 @@ pub static SYSCALL_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[map(name = "FLOW_EVENTS")]
 pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
+/// Process exec and exit events. User space resizes it at load.
+#[map(name = "PROCESS_EVENTS")]
+pub static PROCESS_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
 #[inline(always)]
 pub fn config(index: u32) -> u64 {
     CONFIG.get(index).copied().unwrap_or(0)

@@ -52,6 +52,7 @@ pub struct Config {
     pub tcp: TcpConfig,
     pub drops: DropsConfig,
     pub runqueue: RunqueueConfig,
+    pub process: ProcessConfig,
     pub events: EventsConfig,
     pub collector: CollectorConfig,
     pub health: HealthConfig,
@@ -68,6 +69,7 @@ impl Default for Config {
             tcp: TcpConfig::default(),
             drops: DropsConfig::default(),
             runqueue: RunqueueConfig::default(),
+            process: ProcessConfig::default(),
             events: EventsConfig::default(),
             collector: CollectorConfig::default(),
             health: HealthConfig::default(),
@@ -243,10 +245,24 @@ impl Default for RunqueueConfig {
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
+pub struct ProcessConfig {
+    /// Exec and exit events (sched_process_exec/exit).
+    pub enabled: bool,
+}
+
+impl Default for ProcessConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
 pub struct EventsConfig {
     /// Ring buffer sizes in bytes: a power of two, at least one page.
     pub syscall_ring_bytes: u32,
     pub flow_ring_bytes: u32,
+    pub process_ring_bytes: u32,
     /// Recent events kept in memory for /api/v1/events.
     pub keep_recent: usize,
 }
@@ -256,6 +272,7 @@ impl Default for EventsConfig {
         Self {
             syscall_ring_bytes: 256 * 1024,
             flow_ring_bytes: 256 * 1024,
+            process_ring_bytes: 256 * 1024,
             keep_recent: 1024,
         }
     }
@@ -347,6 +364,7 @@ impl Config {
         for (key, bytes) in [
             ("events.syscall_ring_bytes", self.events.syscall_ring_bytes),
             ("events.flow_ring_bytes", self.events.flow_ring_bytes),
+            ("events.process_ring_bytes", self.events.process_ring_bytes),
         ] {
             if bytes < 4096 || !bytes.is_power_of_two() {
                 return Err(ConfigError::Invalid {
@@ -422,6 +440,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "tcp",
     "drops",
     "runqueue",
+    "process",
     "events",
     "collector",
     "health",

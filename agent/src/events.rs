@@ -13,7 +13,10 @@ use std::{
 };
 
 use agent_common::{
-    events::{EVENT_NEW_FLOW, EVENT_SLOW_SYSCALL, EventHeader, FlowEvent, SlowSyscallEvent},
+    events::{
+        EVENT_NEW_FLOW, EVENT_PROCESS_EXEC, EVENT_PROCESS_EXIT, EVENT_SLOW_SYSCALL, EventHeader,
+        FlowEvent, ProcessEvent, SlowSyscallEvent,
+    },
     net::FAMILY_IPV4,
 };
 use aya::maps::{MapData, RingBuf};
@@ -61,6 +64,22 @@ pub enum EventRecord {
         syscall_id: u32,
         latency_ns: u64,
         ret: i64,
+    },
+    ProcessExec {
+        time: f64,
+        pid: u32,
+        ppid: u32,
+        cgroup_id: u64,
+        comm: String,
+        filename: String,
+    },
+    ProcessExit {
+        time: f64,
+        pid: u32,
+        ppid: u32,
+        cgroup_id: u64,
+        comm: String,
+        exit_code: u32,
     },
     NewFlow {
         time: f64,
@@ -174,17 +193,39 @@ fn decode(bytes: &[u8]) -> Option<EventRecord> {
     match header.kind {
         EVENT_SLOW_SYSCALL => {
             let e: SlowSyscallEvent = read(bytes)?;
-            let comm_len = e.comm.iter().position(|&b| b == 0).unwrap_or(e.comm.len());
             Some(EventRecord::SlowSyscall {
                 time,
                 pid: e.pid,
                 tid: e.tid,
-                comm: String::from_utf8_lossy(&e.comm[..comm_len]).into_owned(),
+                comm: c_string(&e.comm),
                 cgroup_id: e.cgroup_id,
                 syscall: syscall_table::name(e.syscall_id),
                 syscall_id: e.syscall_id,
                 latency_ns: e.latency_ns,
                 ret: e.ret,
+            })
+        }
+        EVENT_PROCESS_EXEC | EVENT_PROCESS_EXIT => {
+            let e: ProcessEvent = read(bytes)?;
+            let comm = c_string(&e.comm);
+            Some(if header.kind == EVENT_PROCESS_EXEC {
+                EventRecord::ProcessExec {
+                    time,
+                    pid: e.pid,
+                    ppid: e.ppid,
+                    cgroup_id: e.cgroup_id,
+                    comm,
+                    filename: c_string(&e.filename),
+                }
+            } else {
+                EventRecord::ProcessExit {
+                    time,
+                    pid: e.pid,
+                    ppid: e.ppid,
+                    cgroup_id: e.cgroup_id,
+                    comm,
+                    exit_code: e.exit_code,
+                }
             })
         }
         EVENT_NEW_FLOW => {
@@ -211,6 +252,12 @@ fn decode(bytes: &[u8]) -> Option<EventRecord> {
         }
         _ => None,
     }
+}
+
+/// A NUL-terminated byte string from the kernel, as text.
+fn c_string(bytes: &[u8]) -> String {
+    let len = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..len]).into_owned()
 }
 
 pub fn now_ms() -> u64 {

@@ -552,9 +552,15 @@ fn kernel_families(
         "Other kernel-side activity counters (rate-limited events, IP fragments), by kind",
         MetricType::COUNTER,
     );
+    let mut process = Family::new(
+        "sonde_process_events_total",
+        "Process lifecycle events seen in the kernel (exec, exit of a process)",
+        MetricType::COUNTER,
+    );
     for &(slot, label, kind) in counter_slots() {
         let value = snapshot.counter(slot) as f64;
         match kind {
+            CounterKind::Process => process.sample(&[("event", label)], value),
             CounterKind::Error => kernel_errors.sample(&[("kind", label)], value),
             CounterKind::Malformed => malformed.sample(&[("reason", label)], value),
             CounterKind::Activity => activity.sample(&[("kind", label)], value),
@@ -563,6 +569,7 @@ fn kernel_families(
     kernel_errors.done(&mut out);
     malformed.done(&mut out);
     activity.done(&mut out);
+    process.done(&mut out);
 
     let mut runs = Family::new(
         "sonde_bpf_program_runs_total",

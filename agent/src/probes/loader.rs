@@ -156,6 +156,7 @@ impl Probes {
         // raw tracepoint cannot be used.
         let need_tracefs = config.tcp.enabled
             || config.drops.enabled
+            || config.process.enabled
             || config.runqueue.enabled
             || (config.syscalls.enabled
                 && (config.syscalls.hook == SyscallHook::Tracepoint || !caps.raw_tracepoint));
@@ -247,6 +248,7 @@ impl Probes {
             .map_max_entries(FLOWS_MAP, config.network.max_flows)
             .map_max_entries("SYSCALL_EVENTS", config.events.syscall_ring_bytes)
             .map_max_entries("FLOW_EVENTS", config.events.flow_ring_bytes)
+            .map_max_entries("PROCESS_EVENTS", config.events.process_ring_bytes)
             .load(EBPF_OBJECT)?;
 
         let mut maps = KernelMaps {
@@ -319,6 +321,22 @@ impl Probes {
                 TcpHook::Tracepoint => Some("tracepoint"),
             };
             probes.attach_signal(&tiers::TCP, forced, caps, &resolved);
+        }
+        if config.process.enabled {
+            let unusable = (!resolved.contains(&"TP_EXEC_FILENAME"))
+                .then(|| "no filename field in sched:sched_process_exec's format".to_owned());
+            probes.attach_optional_tracepoint(
+                "sonde_process_exec",
+                "sched",
+                "sched_process_exec",
+                unusable,
+            );
+            probes.attach_optional_tracepoint(
+                "sonde_process_exit",
+                "sched",
+                "sched_process_exit",
+                None,
+            );
         }
         if config.runqueue.enabled {
             let forced = (config.runqueue.hook != "auto").then_some(config.runqueue.hook.as_str());
@@ -777,6 +795,12 @@ impl Probes {
 /// Tracepoint record fields the programs read: (global, category,
 /// tracepoint, field), resolved from the kernel's format files.
 const TRACEPOINT_FIELDS: &[(&str, &str, &str, &str)] = &[
+    (
+        "TP_EXEC_FILENAME",
+        "sched",
+        "sched_process_exec",
+        "filename",
+    ),
     ("TP_WAKEUP_PID", "sched", "sched_wakeup", "pid"),
     ("TP_WAKEUP_NEW_PID", "sched", "sched_wakeup_new", "pid"),
     ("TP_SWITCH_PREV_PID", "sched", "sched_switch", "prev_pid"),
@@ -803,6 +827,9 @@ const BTF_FIELDS: &[(&str, &str, &[&str])] = &[
     ("TASK_PID_OFFSET", "task_struct", &["pid"]),
     // `state` became `__state` in 5.14.
     ("TASK_STATE_OFFSET", "task_struct", &["__state", "state"]),
+    ("TASK_REAL_PARENT_OFFSET", "task_struct", &["real_parent"]),
+    ("TASK_TGID_OFFSET", "task_struct", &["tgid"]),
+    ("TASK_EXIT_CODE_OFFSET", "task_struct", &["exit_code"]),
 ];
 
 /// Why a tier cannot be tried on this kernel, if it cannot.

@@ -1,0 +1,105 @@
+//! Process lifecycle: exec and exit events (pid, parent, cgroup, comm,
+//! file name or exit code) on `sched:sched_process_exec` and
+//! `sched:sched_process_exit`, so anomalies and slow syscalls can be
+//! attributed to programs. Parent and exit code come from `task_struct`
+//! fields at offsets from this kernel's BTF.
+
+use agent_common::{
+    counters::{PROCESS_EXEC, PROCESS_EXIT},
+    events::{
+        COMM_LEN, EVENT_PROCESS_EXEC, EVENT_PROCESS_EXIT, EventHeader, FILENAME_LEN, ProcessEvent,
+        RING_PROCESS,
+    },
+};
+use aya_ebpf::{
+    EbpfContext, Global,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_str_bytes, generated::bpf_get_current_cgroup_id,
+    },
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+
+use crate::maps::{PROCESS_EVENTS, count, emit};
+
+/// `task_struct.real_parent`, `.tgid`, `.exit_code` (u32::MAX: unknown).
+#[unsafe(no_mangle)]
+static TASK_REAL_PARENT_OFFSET: Global<u32> = Global::new(u32::MAX);
+#[unsafe(no_mangle)]
+static TASK_TGID_OFFSET: Global<u32> = Global::new(u32::MAX);
+#[unsafe(no_mangle)]
+static TASK_EXIT_CODE_OFFSET: Global<u32> = Global::new(u32::MAX);
+/// Offset of the `filename` __data_loc field in sched_process_exec.
+#[unsafe(no_mangle)]
+static TP_EXEC_FILENAME: Global<u32> = Global::new(8);
+
+/// Reads a `T` at `offset` bytes into the task, if the offset is known.
+#[inline(always)]
+fn task_field<T: Copy>(task: u64, offset: u32) -> Option<T> {
+    if offset == u32::MAX || task == 0 {
+        return None;
+    }
+    // SAFETY: kernel pointer read with the probe helper; BTF offset.
+    unsafe { bpf_probe_read_kernel((task + u64::from(offset)) as *const T) }.ok()
+}
+
+#[inline(always)]
+fn fill(event: &mut ProcessEvent, kind: u32) {
+    // SAFETY: helpers without preconditions.
+    let (task, now, cpu, cgroup) = unsafe {
+        (
+            bpf_get_current_task(),
+            bpf_ktime_get_ns(),
+            bpf_get_smp_processor_id(),
+            bpf_get_current_cgroup_id(),
+        )
+    };
+    event.header = EventHeader {
+        kind,
+        cpu,
+        ts_ns: now,
+    };
+    event.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let parent = task_field::<u64>(task, TASK_REAL_PARENT_OFFSET.load()).unwrap_or(0);
+    event.ppid = task_field::<u32>(parent, TASK_TGID_OFFSET.load()).unwrap_or(0);
+    event.cgroup_id = cgroup;
+    event.exit_code = 0;
+    event._pad = 0;
+    event.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    event.filename = [0; FILENAME_LEN];
+}
+
+#[tracepoint(category = "sched", name = "sched_process_exec")]
+pub fn sonde_process_exec(ctx: TracePointContext) -> u32 {
+    count(PROCESS_EXEC);
+    // SAFETY: offset from this kernel's format file.
+    let data_loc = unsafe { ctx.read_at::<u32>(TP_EXEC_FILENAME.load() as usize) }.unwrap_or(0);
+    emit::<ProcessEvent>(&PROCESS_EVENTS, RING_PROCESS, |event| {
+        fill(event, EVENT_PROCESS_EXEC);
+        // __data_loc: low 16 bits are the offset of the string in the
+        // record, high 16 bits its length.
+        let src = (ctx.as_ptr() as u64 + u64::from(data_loc & 0xffff)) as *const u8;
+        // SAFETY: a NUL-terminated string inside the tracepoint record.
+        let _ = unsafe { bpf_probe_read_kernel_str_bytes(src, &mut event.filename) };
+    });
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_process_exit")]
+pub fn sonde_process_exit(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // One event per process: when its main thread exits.
+    if pid_tgid as u32 != (pid_tgid >> 32) as u32 {
+        return 0;
+    }
+    count(PROCESS_EXIT);
+    emit::<ProcessEvent>(&PROCESS_EVENTS, RING_PROCESS, |event| {
+        fill(event, EVENT_PROCESS_EXIT);
+        // SAFETY: helper without preconditions.
+        let task = unsafe { bpf_get_current_task() };
+        event.exit_code = task_field::<u32>(task, TASK_EXIT_CODE_OFFSET.load()).unwrap_or(0);
+    });
+    0
+}

@@ -1,0 +1,65 @@
+//! Process lifecycle events: N execs of /bin/true from one shell give N
+//! exec events naming the file and the shell as parent, and N exit events
+//! with exit code 0; the exec counter agrees.
+
+use std::{process::Command, time::Duration};
+
+use sonde_tests::{Agent, Config, require_root};
+
+#[test]
+fn execs_and_exits_are_reported_with_their_parent() {
+    if !require_root() {
+        return;
+    }
+    const N: usize = 50;
+    let agent = Agent::start(&Config::new().render(), &[]);
+    let execs = |s: &sonde_tests::Scrape| {
+        s.value_or_zero("sonde_process_events_total", &[("event", "exec")])
+    };
+    let before = agent.metrics();
+    let shell = Command::new("sh")
+        .args([
+            "-c",
+            &format!("i=0; while [ $i -lt {N} ]; do /bin/true; i=$((i+1)); done"),
+        ])
+        .spawn()
+        .expect("starting sh");
+    let shell_pid = shell.id() as u64;
+    let status = shell.wait_with_output().expect("waiting for sh").status;
+    assert!(status.success());
+    agent
+        .try_wait_for(Duration::from_secs(5), |s| {
+            execs(s) - execs(&before) >= N as f64
+        })
+        .unwrap_or_else(|last| {
+            panic!(
+                "{N} execs: sonde_process_events_total{{event=\"exec\"}} rose by {}",
+                execs(&last) - execs(&before)
+            )
+        });
+    let events = agent.get_json("/api/v1/events");
+    let events = events["events"].as_array().expect("events array");
+    let ours = |kind: &str| {
+        events
+            .iter()
+            .filter(|e| e["kind"] == kind && e["ppid"].as_u64() == Some(shell_pid))
+            .collect::<Vec<_>>()
+    };
+    let execs_seen = ours("process_exec");
+    assert_eq!(
+        execs_seen.len(),
+        N,
+        "exec events with ppid {shell_pid} (the shell): {execs_seen:?}"
+    );
+    assert!(
+        execs_seen.iter().all(|e| e["filename"] == "/bin/true"),
+        "{execs_seen:?}"
+    );
+    let exits = ours("process_exit");
+    assert_eq!(
+        exits.len(),
+        N,
+        "exit events with ppid {shell_pid}: {exits:?}"
+    );
+    assert!(exits.iter().all(|e| e["exit_code"] == 0), "{exits:?}");
+}
