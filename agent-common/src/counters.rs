@@ -93,6 +93,8 @@ pub const COUNTER_SLOTS: &[(u32, &str, CounterKind)] = &[
 
 #[cfg(test)]
 mod tests {
+    use std::vec::Vec;
+
     use super::*;
 
     #[test]

@@ -7,6 +7,9 @@
 //! map. User-space-only impls (`aya::Pod`) live behind the `user` feature.
 #![no_std]
 
+#[cfg(test)]
+extern crate std;
+
 pub mod config;
 pub mod counters;
 pub mod drops;
