@@ -37,8 +37,13 @@ pub const PROCESS_EXEC: u32 = 12;
 /// Processes exited (thread-group leaders).
 pub const PROCESS_EXIT: u32 = 13;
 
+/// The in-flight block request map was full: that request is not timed.
+pub const BLOCK_START_MAP_FULL: u32 = 14;
+/// The (device, operation) block statistics map was full.
+pub const BLOCK_MAP_FULL: u32 = 15;
+
 /// Number of slots in `COUNTERS`.
-pub const COUNTERS_LEN: u32 = 16;
+pub const COUNTERS_LEN: u32 = 32;
 
 /// How user space should export a counter slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +94,12 @@ pub const COUNTER_SLOTS: &[(u32, &str, CounterKind)] = &[
     (RUNQ_MAP_FULL, "runqueue_map_full", CounterKind::Error),
     (PROCESS_EXEC, "exec", CounterKind::Process),
     (PROCESS_EXIT, "exit", CounterKind::Process),
+    (
+        BLOCK_START_MAP_FULL,
+        "block_start_map_full",
+        CounterKind::Error,
+    ),
+    (BLOCK_MAP_FULL, "block_map_full", CounterKind::Error),
 ];
 
 #[cfg(test)]
@@ -106,6 +117,6 @@ mod tests {
         assert_eq!(slots.len(), n, "a slot is listed twice");
         assert!(slots.iter().all(|&s| s < COUNTERS_LEN));
         // Every constant defined above is listed (they are 0..=last).
-        assert_eq!(slots, (0..=PROCESS_EXIT).collect::<Vec<_>>());
+        assert_eq!(slots, (0..=BLOCK_MAP_FULL).collect::<Vec<_>>());
     }
 }

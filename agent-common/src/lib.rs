@@ -10,6 +10,7 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod block;
 pub mod config;
 pub mod counters;
 pub mod drops;
@@ -44,4 +45,8 @@ impl_pod!(
     events::TokenBucket,
     tcp::TcpStats,
     sched::RunqStats,
+    block::BlockKey,
+    block::BlockRequest,
+    block::BlockStart,
+    block::BlockStats,
 );

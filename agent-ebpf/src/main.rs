@@ -8,6 +8,7 @@
 #![allow(internal_features)]
 
 mod baseline;
+mod block;
 mod drops;
 mod maps;
 mod net;

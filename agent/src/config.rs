@@ -53,6 +53,7 @@ pub struct Config {
     pub drops: DropsConfig,
     pub runqueue: RunqueueConfig,
     pub process: ProcessConfig,
+    pub block: BlockConfig,
     pub events: EventsConfig,
     pub collector: CollectorConfig,
     pub health: HealthConfig,
@@ -70,6 +71,7 @@ impl Default for Config {
             drops: DropsConfig::default(),
             runqueue: RunqueueConfig::default(),
             process: ProcessConfig::default(),
+            block: BlockConfig::default(),
             events: EventsConfig::default(),
             collector: CollectorConfig::default(),
             health: HealthConfig::default(),
@@ -251,6 +253,19 @@ pub struct ProcessConfig {
 }
 
 impl Default for ProcessConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BlockConfig {
+    /// Block I/O latency per device and operation (block_rq_issue/complete).
+    pub enabled: bool,
+}
+
+impl Default for BlockConfig {
     fn default() -> Self {
         Self { enabled: true }
     }
@@ -441,6 +456,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "drops",
     "runqueue",
     "process",
+    "block",
     "events",
     "collector",
     "health",

@@ -407,6 +407,35 @@ fn kernel_families(
     }
     tcp_flags.done(&mut out);
     tcp_families(snapshot, &mut out);
+    let mut block_latency = Family::new(
+        "sonde_block_io_duration_seconds",
+        "Block I/O request latency, issue to completion, by device and operation",
+        MetricType::HISTOGRAM,
+    );
+    let mut block_bytes = Family::new(
+        "sonde_block_io_bytes_total",
+        "Bytes of completed block I/O requests, by device and operation",
+        MetricType::COUNTER,
+    );
+    let mut block_errors = Family::new(
+        "sonde_block_io_errors_total",
+        "Block I/O requests that completed with an error, by device and operation",
+        MetricType::COUNTER,
+    );
+    for (device, op, stats) in &snapshot.block {
+        let labels = [("device", device.as_str()), ("op", *op)];
+        block_latency.histogram(
+            &labels,
+            &log2_buckets(&stats.slots),
+            stats.requests,
+            stats.sum_ns as f64 / 1e9,
+        );
+        block_bytes.sample(&labels, stats.bytes as f64);
+        block_errors.sample(&labels, stats.errors as f64);
+    }
+    block_latency.done(&mut out);
+    block_bytes.done(&mut out);
+    block_errors.done(&mut out);
     let mut runq = Family::new(
         "sonde_runqueue_latency_seconds",
         "Time runnable tasks waited for a CPU (woken or preempted → running)",

@@ -22,6 +22,7 @@ use std::{
 };
 
 use agent_common::{
+    block::{BLOCK_OP_NAMES, BlockStats},
     counters::{COUNTER_SLOTS, COUNTERS_LEN},
     drops::{DROP_REASON_OTHER, MAX_DROP_REASONS},
     events::RINGS,
@@ -97,6 +98,8 @@ pub struct Snapshot {
     pub drops: Vec<(String, u64)>,
     /// Run-queue latency, summed over CPUs.
     pub runqueue: RunqStats,
+    /// Block I/O by (device name, operation), summed over CPUs.
+    pub block: Vec<(String, &'static str, BlockStats)>,
 }
 
 impl Snapshot {
@@ -298,6 +301,9 @@ impl Collector {
             }
             Err(err) => warn!("reading run-queue latency: {err}"),
         }
+        if let Err(err) = self.read_block(&mut snapshot) {
+            warn!("reading block I/O statistics: {err}");
+        }
         if let Err(err) = self.read_drops(&mut snapshot) {
             warn!("reading drop reasons: {err}");
         }
@@ -338,6 +344,29 @@ impl Collector {
                 snapshot.syscalls.push(row);
             }
         }
+        Ok(())
+    }
+
+    fn read_block(&self, snapshot: &mut Snapshot) -> Result<(), MapError> {
+        for entry in self.maps.block_stats.iter() {
+            let (key, values) = entry?;
+            let mut total = BlockStats::default();
+            for cpu in values.iter() {
+                total.requests += cpu.requests;
+                total.bytes += cpu.bytes;
+                total.errors += cpu.errors;
+                total.sum_ns += cpu.sum_ns;
+                for (t, c) in total.slots.iter_mut().zip(cpu.slots) {
+                    *t += c;
+                }
+            }
+            let op = BLOCK_OP_NAMES
+                .get(key.op as usize)
+                .copied()
+                .unwrap_or("other");
+            snapshot.block.push((block_device_name(key.dev), op, total));
+        }
+        snapshot.block.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
         Ok(())
     }
 
@@ -556,6 +585,20 @@ pub fn remote_addr(key: &FlowKey) -> IpAddr {
     } else {
         IpAddr::V6(Ipv6Addr::from(addr))
     }
+}
+
+/// A block device's name ("vda", "loop0") from the kernel's dev_t
+/// (major << 20 | minor), as sysfs names it; "MAJ:MIN" when unknown.
+fn block_device_name(dev: u32) -> String {
+    let (major, minor) = (dev >> 20, dev & 0xf_ffff);
+    std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent"))
+        .ok()
+        .and_then(|uevent| {
+            uevent
+                .lines()
+                .find_map(|l| l.strip_prefix("DEVNAME=").map(str::to_owned))
+        })
+        .unwrap_or_else(|| format!("{major}:{minor}"))
 }
 
 /// CLOCK_MONOTONIC in ns: the clock bpf_ktime_get_ns() reads.

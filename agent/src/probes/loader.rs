@@ -14,6 +14,7 @@
 use std::{collections::BTreeMap, os::fd::OwnedFd};
 
 use agent_common::{
+    block::{BLOCK_STATS_MAP, BlockKey, BlockStats},
     config::{
         CFG_FLOW_EVENTS_BURST, CFG_FLOW_EVENTS_PER_SEC, CFG_IGNORE_TGID, CFG_SLOW_SYSCALL_NS,
         CFG_TCP_RTT, CONFIG_MAP,
@@ -118,6 +119,7 @@ pub struct KernelMaps {
     pub tcp_transitions: PerCpuArray<MapData, u64>,
     pub drop_reasons: PerCpuArray<MapData, u64>,
     pub runq_stats: PerCpuArray<MapData, RunqStats>,
+    pub block_stats: PerCpuHashMap<MapData, BlockKey, BlockStats>,
 }
 
 /// Everything loaded into the kernel. Dropping it detaches every program.
@@ -155,6 +157,7 @@ impl Probes {
         // files; they are only needed (and tracefs only mounted) when the
         // raw tracepoint cannot be used.
         let need_tracefs = config.tcp.enabled
+            || config.block.enabled
             || config.drops.enabled
             || config.process.enabled
             || config.runqueue.enabled
@@ -264,6 +267,7 @@ impl Probes {
             tcp_transitions: take(&mut ebpf, TCP_TRANSITIONS_MAP)?,
             drop_reasons: take(&mut ebpf, DROP_REASONS_MAP)?,
             runq_stats: take(&mut ebpf, RUNQ_STATS_MAP)?,
+            block_stats: take(&mut ebpf, BLOCK_STATS_MAP)?,
         };
         apply_runtime_config(&mut maps, config)?;
         let mut rings = Vec::new();
@@ -337,6 +341,9 @@ impl Probes {
                 "sched_process_exit",
                 None,
             );
+        }
+        if config.block.enabled {
+            probes.attach_signal(&tiers::BLOCK, None, caps, &resolved);
         }
         if config.runqueue.enabled {
             let forced = (config.runqueue.hook != "auto").then_some(config.runqueue.hook.as_str());
@@ -795,6 +802,13 @@ impl Probes {
 /// Tracepoint record fields the programs read: (global, category,
 /// tracepoint, field), resolved from the kernel's format files.
 const TRACEPOINT_FIELDS: &[(&str, &str, &str, &str)] = &[
+    ("TP_BLK_ISSUE_DEV", "block", "block_rq_issue", "dev"),
+    ("TP_BLK_ISSUE_SECTOR", "block", "block_rq_issue", "sector"),
+    ("TP_BLK_ISSUE_BYTES", "block", "block_rq_issue", "bytes"),
+    ("TP_BLK_ISSUE_RWBS", "block", "block_rq_issue", "rwbs"),
+    ("TP_BLK_DONE_DEV", "block", "block_rq_complete", "dev"),
+    ("TP_BLK_DONE_SECTOR", "block", "block_rq_complete", "sector"),
+    ("TP_BLK_DONE_ERROR", "block", "block_rq_complete", "error"),
     (
         "TP_EXEC_FILENAME",
         "sched",

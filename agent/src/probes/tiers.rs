@@ -231,13 +231,40 @@ pub const RUNQUEUE: Signal = Signal {
     ],
 };
 
+/// Block I/O latency per device and operation.
+pub const BLOCK: Signal = Signal {
+    name: "block",
+    tiers: &[Tier {
+        mode: "tracepoint",
+        min_kernel: (4, 7),
+        requires: Requires::Tracefs,
+        programs: &[
+            TierProgram {
+                program: "sonde_block_complete",
+                hook: Hook::Tracepoint("block", "block_rq_complete"),
+                needs: &["TP_BLK_DONE_DEV", "TP_BLK_DONE_SECTOR", "TP_BLK_DONE_ERROR"],
+            },
+            TierProgram {
+                program: "sonde_block_issue",
+                hook: Hook::Tracepoint("block", "block_rq_issue"),
+                needs: &[
+                    "TP_BLK_ISSUE_DEV",
+                    "TP_BLK_ISSUE_SECTOR",
+                    "TP_BLK_ISSUE_BYTES",
+                    "TP_BLK_ISSUE_RWBS",
+                ],
+            },
+        ],
+    }],
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn every_tier_has_a_core_program_and_modes_are_unique() {
-        for signal in [&TCP, &RUNQUEUE] {
+        for signal in [&TCP, &RUNQUEUE, &BLOCK] {
             let mut modes: Vec<&str> = signal.tiers.iter().map(|t| t.mode).collect();
             modes.sort_unstable();
             modes.dedup();
