@@ -44,6 +44,8 @@ impl_pod!(
     events::RingStats,
     events::TokenBucket,
     tcp::TcpStats,
+    tcp::TcpPeerKey,
+    tcp::TcpPeerStats,
     sched::RunqStats,
     block::BlockKey,
     block::BlockRequest,

@@ -72,3 +72,47 @@ impl Default for TcpStats {
         }
     }
 }
+
+/// `LruHashMap<TcpPeerKey, TcpPeerStats>`: the passive mesh view, per remote
+/// peer (bounded; shared, updated with atomic adds).
+pub const TCP_PEERS_MAP: &str = "TCP_PEERS";
+/// Remote peers tracked in the kernel (the agent exports the top ones).
+pub const MAX_TCP_PEERS: u32 = 4096;
+
+pub const PEER_FAMILY_IPV4: u32 = 2;
+pub const PEER_FAMILY_IPV6: u32 = 10;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TcpPeerKey {
+    /// AF_INET or AF_INET6.
+    pub family: u32,
+    /// IPv4 in the first 4 bytes.
+    pub addr: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TcpPeerStats {
+    pub connects: u64,
+    pub connect_failures: u64,
+    pub retransmits: u64,
+    pub connect_latency_sum_ns: u64,
+    pub connect_latency_slots: [u64; LATENCY_SLOTS],
+    pub rtt_samples: u64,
+    pub rtt_sum_us: u64,
+}
+
+impl Default for TcpPeerStats {
+    fn default() -> Self {
+        Self {
+            connects: 0,
+            connect_failures: 0,
+            retransmits: 0,
+            connect_latency_sum_ns: 0,
+            connect_latency_slots: [0; LATENCY_SLOTS],
+            rtt_samples: 0,
+            rtt_sum_us: 0,
+        }
+    }
+}

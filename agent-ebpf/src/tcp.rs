@@ -12,15 +12,21 @@ use agent_common::{
     config::CFG_TCP_RTT,
     counters::TCP_CONNECT_MAP_FULL,
     syscalls::latency_slot,
-    tcp::{MAX_CONNECTS_IN_FLIGHT, TCP_STATES, TcpStats},
+    tcp::{
+        MAX_CONNECTS_IN_FLIGHT, MAX_TCP_PEERS, PEER_FAMILY_IPV4, PEER_FAMILY_IPV6, TCP_STATES,
+        TcpPeerKey, TcpPeerStats, TcpStats,
+    },
 };
 use aya_ebpf::{
     Global,
+    bindings::BPF_NOEXIST,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{fentry, kprobe, map, tracepoint},
-    maps::{HashMap, PerCpuArray},
+    maps::{HashMap, LruHashMap, PerCpuArray},
     programs::{FEntryContext, ProbeContext, TracePointContext},
 };
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use crate::maps::{config, count};
 
@@ -30,6 +36,10 @@ static TCP_STATS: PerCpuArray<TcpStats> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "TCP_TRANSITIONS")]
 static TCP_TRANSITIONS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(TCP_STATES * TCP_STATES, 0);
+
+#[map(name = "TCP_PEERS")]
+static TCP_PEERS: LruHashMap<TcpPeerKey, TcpPeerStats> =
+    LruHashMap::with_max_entries(MAX_TCP_PEERS, 0);
 
 #[map(name = "TCP_CONNECT_START")]
 static TCP_CONNECT_START: HashMap<u64, u64> = HashMap::with_max_entries(MAX_CONNECTS_IN_FLIGHT, 0);
@@ -45,6 +55,28 @@ static TP_SSS_NEWSTATE: Global<u32> = Global::new(20);
 static TP_SSS_PROTOCOL: Global<u32> = Global::new(30);
 #[unsafe(no_mangle)]
 static TP_PROBE_SRTT: Global<u32> = Global::new(100);
+// Peer address fields (u32::MAX: this kernel's record lacks them).
+#[unsafe(no_mangle)]
+static TP_SSS_FAMILY: Global<u32> = Global::new(u32::MAX);
+#[unsafe(no_mangle)]
+static TP_SSS_DADDR: Global<u32> = Global::new(u32::MAX);
+#[unsafe(no_mangle)]
+static TP_SSS_DADDR_V6: Global<u32> = Global::new(u32::MAX);
+#[unsafe(no_mangle)]
+static TP_RETX_FAMILY: Global<u32> = Global::new(u32::MAX);
+#[unsafe(no_mangle)]
+static TP_RETX_DADDR: Global<u32> = Global::new(u32::MAX);
+#[unsafe(no_mangle)]
+static TP_RETX_DADDR_V6: Global<u32> = Global::new(u32::MAX);
+/// `tcp_probe`'s daddr: a sockaddr_in / sockaddr_in6.
+#[unsafe(no_mangle)]
+static TP_PROBE_DADDR: Global<u32> = Global::new(u32::MAX);
+#[unsafe(no_mangle)]
+static SK_FAMILY_OFFSET: Global<u32> = Global::new(u32::MAX);
+#[unsafe(no_mangle)]
+static SK_DADDR_OFFSET: Global<u32> = Global::new(u32::MAX);
+#[unsafe(no_mangle)]
+static SK_V6_DADDR_OFFSET: Global<u32> = Global::new(u32::MAX);
 // Struct offsets for the fentry and kprobe tiers, from this kernel's BTF.
 #[unsafe(no_mangle)]
 static SK_STATE_OFFSET: Global<u32> = Global::new(18);
@@ -56,6 +88,98 @@ const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
 const TCP_CLOSE: i32 = 7;
+
+/// Where a program can read the remote address of the connection from.
+enum PeerSource<'a> {
+    /// Record fields (family, IPv4 address, IPv6 address offsets).
+    Record(&'a TracePointContext, u32, u32, u32),
+    /// A sockaddr in the record (tcp_probe).
+    SockAddr(&'a TracePointContext, u32),
+    /// A `struct sock *` (fentry, kprobe tiers; BTF offsets).
+    Sock(u64),
+}
+
+impl PeerSource<'_> {
+    #[inline(always)]
+    fn key(&self) -> Option<TcpPeerKey> {
+        let mut key = TcpPeerKey {
+            family: 0,
+            addr: [0; 16],
+        };
+        // SAFETY (all reads): record offsets from the format files, struct
+        // offsets from BTF; kernel memory through the probe helper.
+        unsafe {
+            match *self {
+                PeerSource::Record(ctx, family, v4, v6) => {
+                    if family == u32::MAX || v4 == u32::MAX || v6 == u32::MAX {
+                        return None;
+                    }
+                    key.family = u32::from(ctx.read_at::<u16>(family as usize).ok()?);
+                    if key.family == PEER_FAMILY_IPV4 {
+                        let a: [u8; 4] = ctx.read_at(v4 as usize).ok()?;
+                        key.addr[..4].copy_from_slice(&a);
+                    } else {
+                        key.addr = ctx.read_at(v6 as usize).ok()?;
+                    }
+                }
+                PeerSource::SockAddr(ctx, at) => {
+                    if at == u32::MAX {
+                        return None;
+                    }
+                    let at = at as usize;
+                    key.family = u32::from(ctx.read_at::<u16>(at).ok()?);
+                    if key.family == PEER_FAMILY_IPV4 {
+                        let a: [u8; 4] = ctx.read_at(at + 4).ok()?;
+                        key.addr[..4].copy_from_slice(&a);
+                    } else {
+                        key.addr = ctx.read_at(at + 8).ok()?;
+                    }
+                }
+                PeerSource::Sock(sk) => {
+                    let (f, v4, v6) = (
+                        SK_FAMILY_OFFSET.load(),
+                        SK_DADDR_OFFSET.load(),
+                        SK_V6_DADDR_OFFSET.load(),
+                    );
+                    if f == u32::MAX || v4 == u32::MAX || v6 == u32::MAX {
+                        return None;
+                    }
+                    key.family =
+                        u32::from(bpf_probe_read_kernel((sk + u64::from(f)) as *const u16).ok()?);
+                    if key.family == PEER_FAMILY_IPV4 {
+                        let a: [u8; 4] =
+                            bpf_probe_read_kernel((sk + u64::from(v4)) as *const [u8; 4]).ok()?;
+                        key.addr[..4].copy_from_slice(&a);
+                    } else {
+                        key.addr =
+                            bpf_probe_read_kernel((sk + u64::from(v6)) as *const [u8; 16]).ok()?;
+                    }
+                }
+            }
+        }
+        (key.family == PEER_FAMILY_IPV4 || key.family == PEER_FAMILY_IPV6).then_some(key)
+    }
+}
+
+/// The peer's statistics, created on first use (the LRU bounds them).
+#[inline(always)]
+fn peer(source: &PeerSource) -> Option<&'static mut TcpPeerStats> {
+    let key = source.key()?;
+    if let Some(p) = TCP_PEERS.get_ptr_mut(key) {
+        // SAFETY: a map value from a successful lookup.
+        return Some(unsafe { &mut *p });
+    }
+    let _ = TCP_PEERS.insert(key, TcpPeerStats::default(), u64::from(BPF_NOEXIST));
+    // SAFETY: as above.
+    TCP_PEERS.get_ptr_mut(key).map(|p| unsafe { &mut *p })
+}
+
+/// Atomic add on a shared map value.
+#[inline(always)]
+fn add(counter: &mut u64, value: u64) {
+    // SAFETY: a valid, aligned u64 in a map value.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, value) };
+}
 
 #[inline(always)]
 fn stats() -> Option<&'static mut TcpStats> {
@@ -79,7 +203,13 @@ fn on_state(ctx: &TracePointContext) -> Result<(), i32> {
     let old: i32 = unsafe { ctx.read_at(TP_SSS_OLDSTATE.load() as usize)? };
     let new: i32 = unsafe { ctx.read_at(TP_SSS_NEWSTATE.load() as usize)? };
     let skaddr: u64 = unsafe { ctx.read_at(TP_SSS_SKADDR.load() as usize)? };
-    on_transition(skaddr, old, new);
+    let source = PeerSource::Record(
+        ctx,
+        TP_SSS_FAMILY.load(),
+        TP_SSS_DADDR.load(),
+        TP_SSS_DADDR_V6.load(),
+    );
+    on_transition(skaddr, old, new, &source);
     Ok(())
 }
 
@@ -96,7 +226,7 @@ fn sk_state(sk: u64) -> i32 {
 /// `tcp_set_state(sk, state)` is about to move `sk` to `state`.
 #[inline(always)]
 fn on_set_state(sk: u64, state: i32) {
-    on_transition(sk, sk_state(sk), state);
+    on_transition(sk, sk_state(sk), state, &PeerSource::Sock(sk));
 }
 
 #[fentry(function = "tcp_set_state")]
@@ -116,7 +246,7 @@ pub fn sonde_tcp_state_kprobe(ctx: ProbeContext) -> u32 {
 }
 
 #[inline(always)]
-fn on_transition(skaddr: u64, old: i32, new: i32) {
+fn on_transition(skaddr: u64, old: i32, new: i32, source: &PeerSource) {
     if (0..TCP_STATES as i32).contains(&old) && (0..TCP_STATES as i32).contains(&new) {
         let index = old as u32 * TCP_STATES + new as u32;
         if let Some(n) = TCP_TRANSITIONS.get_ptr_mut(index) {
@@ -138,12 +268,22 @@ fn on_transition(skaddr: u64, old: i32, new: i32) {
                 unsafe { *p }
             });
             let _ = TCP_CONNECT_START.remove(skaddr);
-            if let (Some(start), Some(stats)) = (start, stats()) {
+            if let Some(start) = start {
                 let latency = now.saturating_sub(start);
-                stats.connects += 1;
-                stats.connect_latency_sum_ns += latency;
-                if let Some(slot) = stats.connect_latency_slots.get_mut(latency_slot(latency)) {
-                    *slot += 1;
+                let slot = latency_slot(latency);
+                if let Some(stats) = stats() {
+                    stats.connects += 1;
+                    stats.connect_latency_sum_ns += latency;
+                    if let Some(n) = stats.connect_latency_slots.get_mut(slot) {
+                        *n += 1;
+                    }
+                }
+                if let Some(peer) = peer(source) {
+                    add(&mut peer.connects, 1);
+                    add(&mut peer.connect_latency_sum_ns, latency);
+                    if let Some(n) = peer.connect_latency_slots.get_mut(slot) {
+                        add(n, 1);
+                    }
                 }
             }
         }
@@ -151,6 +291,9 @@ fn on_transition(skaddr: u64, old: i32, new: i32) {
             let _ = TCP_CONNECT_START.remove(skaddr);
             if let Some(stats) = stats() {
                 stats.connect_failures += 1;
+            }
+            if let Some(peer) = peer(source) {
+                add(&mut peer.connect_failures, 1);
             }
         }
         (TCP_SYN_RECV, TCP_ESTABLISHED) => {
@@ -194,15 +337,38 @@ fn bump(f: impl FnOnce(&mut TcpStats)) {
     }
 }
 
-counting_programs!(
-    retransmits,
-    sonde_tcp_retransmit,
-    "tcp",
-    "tcp_retransmit_skb",
-    sonde_tcp_retransmit_fentry,
-    "tcp_retransmit_skb",
-    sonde_tcp_retransmit_kprobe
-);
+#[inline(always)]
+fn on_retransmit(source: &PeerSource) {
+    bump(|s| s.retransmits += 1);
+    if let Some(peer) = peer(source) {
+        add(&mut peer.retransmits, 1);
+    }
+}
+
+#[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
+pub fn sonde_tcp_retransmit(ctx: TracePointContext) -> u32 {
+    on_retransmit(&PeerSource::Record(
+        &ctx,
+        TP_RETX_FAMILY.load(),
+        TP_RETX_DADDR.load(),
+        TP_RETX_DADDR_V6.load(),
+    ));
+    0
+}
+
+#[fentry(function = "tcp_retransmit_skb")]
+pub fn sonde_tcp_retransmit_fentry(ctx: FEntryContext) -> u32 {
+    on_retransmit(&PeerSource::Sock(ctx.arg(0)));
+    0
+}
+
+#[kprobe]
+pub fn sonde_tcp_retransmit_kprobe(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0) {
+        on_retransmit(&PeerSource::Sock(sk));
+    }
+    0
+}
 counting_programs!(
     resets_received,
     sonde_tcp_receive_reset,
@@ -239,7 +405,7 @@ pub fn sonde_tcp_probe(ctx: TracePointContext) -> u32 {
     }
     // SAFETY: offset from this kernel's format file.
     if let Ok(srtt_us) = unsafe { ctx.read_at::<u32>(TP_PROBE_SRTT.load() as usize) } {
-        rtt_sample(srtt_us);
+        rtt_sample(srtt_us, &PeerSource::SockAddr(&ctx, TP_PROBE_DADDR.load()));
     }
     0
 }
@@ -255,7 +421,7 @@ fn on_rcv_established(sk: u64) {
     let srtt: Result<u32, i32> =
         unsafe { bpf_probe_read_kernel((sk + u64::from(TCP_SRTT_OFFSET.load())) as *const u32) };
     if let Ok(srtt) = srtt {
-        rtt_sample(srtt >> 3);
+        rtt_sample(srtt >> 3, &PeerSource::Sock(sk));
     }
 }
 
@@ -274,7 +440,11 @@ pub fn sonde_tcp_rtt_kprobe(ctx: ProbeContext) -> u32 {
 }
 
 #[inline(always)]
-fn rtt_sample(srtt_us: u32) {
+fn rtt_sample(srtt_us: u32, source: &PeerSource) {
+    if let Some(peer) = peer(source) {
+        add(&mut peer.rtt_samples, 1);
+        add(&mut peer.rtt_sum_us, u64::from(srtt_us));
+    }
     if let Some(stats) = stats() {
         let us = u64::from(srtt_us);
         stats.rtt_samples += 1;

@@ -202,6 +202,9 @@ pub struct TcpConfig {
     pub hook: TcpHook,
     /// Runtime. Smoothed-RTT samples from every ACK processed (tcp_probe).
     pub rtt: bool,
+    /// Runtime. Remote peers exported with their own TCP series (the most
+    /// active); the kernel tracks up to 4096.
+    pub top_peers: usize,
 }
 
 impl Default for TcpConfig {
@@ -210,6 +213,7 @@ impl Default for TcpConfig {
             enabled: true,
             hook: TcpHook::Auto,
             rtt: true,
+            top_peers: 20,
         }
     }
 }

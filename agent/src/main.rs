@@ -322,6 +322,7 @@ fn reload(state: &state::AppState, path: Option<&std::path::Path>) {
     current.network.flow_events_burst = new.network.flow_events_burst;
     current.network.top_peers = new.network.top_peers;
     current.tcp.rtt = new.tcp.rtt;
+    current.tcp.top_peers = new.tcp.top_peers;
     current.health = new.health.clone();
     state.collector.reconfigure(current.clone());
     info!(

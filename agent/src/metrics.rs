@@ -314,6 +314,106 @@ fn tcp_families(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
         transitions.sample(&[("from", name(from)), ("to", name(to))], n as f64);
     }
     transitions.done(out);
+
+    let mut peer_connect = Family::new(
+        "sonde_peer_tcp_connect_duration_seconds",
+        "TCP handshake latency to the most active remote peers (passive mesh view)",
+        MetricType::HISTOGRAM,
+    );
+    let mut peer_failures = Family::new(
+        "sonde_peer_tcp_connect_failures_total",
+        "Failed TCP handshakes to the most active remote peers",
+        MetricType::COUNTER,
+    );
+    let mut peer_retransmits = Family::new(
+        "sonde_peer_tcp_retransmits_total",
+        "TCP retransmissions to the most active remote peers",
+        MetricType::COUNTER,
+    );
+    let mut peer_rtt_sum = Family::new(
+        "sonde_peer_tcp_rtt_seconds_total",
+        "Sum of smoothed-RTT samples to the most active remote peers (divide by the samples)",
+        MetricType::COUNTER,
+    );
+    let mut peer_rtt_samples = Family::new(
+        "sonde_peer_tcp_rtt_samples_total",
+        "Smoothed-RTT samples to the most active remote peers",
+        MetricType::COUNTER,
+    );
+    for (addr, stats) in &snapshot.tcp_peers {
+        let peer = addr.to_string();
+        let labels = [("peer", peer.as_str())];
+        peer_connect.histogram(
+            &labels,
+            &log2_buckets(&stats.connect_latency_slots),
+            stats.connects,
+            stats.connect_latency_sum_ns as f64 / 1e9,
+        );
+        peer_failures.sample(&labels, stats.connect_failures as f64);
+        peer_retransmits.sample(&labels, stats.retransmits as f64);
+        peer_rtt_sum.sample(&labels, stats.rtt_sum_us as f64 / 1e6);
+        peer_rtt_samples.sample(&labels, stats.rtt_samples as f64);
+    }
+    peer_connect.done(out);
+    peer_failures.done(out);
+    peer_retransmits.done(out);
+    peer_rtt_sum.done(out);
+    peer_rtt_samples.done(out);
+}
+
+/// `sonde_data_completeness{signal}`: the share of what the kernel saw that
+/// made it into the numbers (1 = nothing lost), so a dashboard can tell
+/// missing data from a quiet system.
+fn completeness(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
+    use agent_common::counters::{
+        BLOCK_START_MAP_FULL, RUNQ_MAP_FULL, SYSCALL_START_MAP_FULL, TCP_CONNECT_MAP_FULL,
+    };
+    let ratio = |kept: u64, lost: u64| {
+        if kept + lost == 0 {
+            1.0
+        } else {
+            kept as f64 / (kept + lost) as f64
+        }
+    };
+    let mut family = Family::new(
+        "sonde_data_completeness",
+        "Share of the kernel's observations that reached the metrics (1: nothing lost), by signal",
+        MetricType::GAUGE,
+    );
+    for (ring, counters) in &snapshot.rings {
+        let signal = format!("events_{ring}");
+        family.sample(
+            &[("signal", &signal)],
+            ratio(
+                counters.produced.saturating_sub(counters.lost),
+                counters.lost,
+            ),
+        );
+    }
+    let calls: u64 = snapshot.syscalls.iter().map(|r| r.count).sum();
+    let syscall_lost = snapshot.counter(SYSCALL_START_MAP_FULL);
+    family.sample(
+        &[("signal", "syscall_latency")],
+        ratio(calls.saturating_sub(syscall_lost), syscall_lost),
+    );
+    let tcp = &snapshot.tcp;
+    family.sample(
+        &[("signal", "tcp_connect")],
+        ratio(
+            tcp.connects + tcp.connect_failures,
+            snapshot.counter(TCP_CONNECT_MAP_FULL),
+        ),
+    );
+    family.sample(
+        &[("signal", "runqueue")],
+        ratio(snapshot.runqueue.samples, snapshot.counter(RUNQ_MAP_FULL)),
+    );
+    let requests: u64 = snapshot.block.iter().map(|b| b.2.requests).sum();
+    family.sample(
+        &[("signal", "block")],
+        ratio(requests, snapshot.counter(BLOCK_START_MAP_FULL)),
+    );
+    family.done(out);
 }
 
 fn kernel_families(
@@ -599,6 +699,8 @@ fn kernel_families(
     malformed.done(&mut out);
     activity.done(&mut out);
     process.done(&mut out);
+
+    completeness(snapshot, &mut out);
 
     let mut runs = Family::new(
         "sonde_bpf_program_runs_total",

@@ -117,6 +117,23 @@ fn slowed_handshakes_are_timed_and_their_retransmits_counted() {
         "{N} handshakes of ≥ 1 s should add ≥ {} s to the histogram's sum, added {d_sum}",
         N as f64 * 0.9
     );
+    let peer = [("peer", LAB_PEER_IP)];
+    let d_peer_slow = after.value_or_zero("sonde_peer_tcp_connect_duration_seconds_count", &peer)
+        - after.value_or_zero(
+            "sonde_peer_tcp_connect_duration_seconds_bucket",
+            &[("peer", LAB_PEER_IP), ("le", "0.536870912")],
+        );
+    assert_eq!(
+        d_peer_slow,
+        N as f64,
+        "the passive mesh view should show the {N} slow handshakes under peer {LAB_PEER_IP}:\n{}",
+        after.grep("sonde_peer_tcp")
+    );
+    assert!(
+        after.value_or_zero("sonde_peer_tcp_retransmits_total", &peer) >= N as f64,
+        "peer {LAB_PEER_IP} retransmits:\n{}",
+        after.grep("sonde_peer_tcp_retransmits")
+    );
     let transitions = after.value_or_zero(
         "sonde_tcp_state_transitions_total",
         &[("from", "syn_sent"), ("to", "established")],
@@ -162,6 +179,14 @@ fn refused_connections_count_failures_and_resets() {
     let resets = |s: &Scrape, direction| {
         s.value_or_zero("sonde_tcp_resets_total", &[("direction", direction)])
     };
+    let peer_failures = after.value_or_zero(
+        "sonde_peer_tcp_connect_failures_total",
+        &[("peer", LAB_PEER_IP)],
+    );
+    assert!(
+        peer_failures >= N as f64,
+        "peer {LAB_PEER_IP} should show the {N} failed handshakes, shows {peer_failures}"
+    );
     for direction in ["sent", "received"] {
         let d = resets(&after, direction) - resets(&before, direction);
         assert!(

@@ -29,7 +29,7 @@ use agent_common::{
     net::{FAMILY_IPV4, FlowKey, PacketCounters, PacketKey},
     sched::RunqStats,
     syscalls::{LATENCY_SLOTS, MAX_SYSCALLS},
-    tcp::{TCP_STATES, TcpStats},
+    tcp::{PEER_FAMILY_IPV4, TCP_STATES, TcpPeerStats, TcpStats},
 };
 use aya::maps::{MapError, PerCpuValues};
 pub use peers::{PeerKey, PeerRow, PeerTracker};
@@ -100,6 +100,8 @@ pub struct Snapshot {
     pub runqueue: RunqStats,
     /// Block I/O by (device name, operation), summed over CPUs.
     pub block: Vec<(String, &'static str, BlockStats)>,
+    /// The most active TCP peers (passive mesh view).
+    pub tcp_peers: Vec<(IpAddr, TcpPeerStats)>,
 }
 
 impl Snapshot {
@@ -166,6 +168,7 @@ pub struct Collector {
     program_ids: Vec<(String, u32)>,
     rings: Vec<Arc<RingState>>,
     drop_reason_names: HashMap<u32, String>,
+    tcp_top_peers: usize,
     cycles: u64,
     stale_starts_removed: u64,
 }
@@ -184,6 +187,7 @@ impl Collector {
         Self {
             rings,
             drop_reason_names: drop_reason_names.iter().cloned().collect(),
+            tcp_top_peers: config.tcp.top_peers,
             cycles: 0,
             stale_starts_removed: 0,
             maps,
@@ -227,6 +231,7 @@ impl Collector {
                         Err(err) => warn!("applying runtime settings failed: {err}"),
                     }
                     self.peers.set_k(config.network.top_peers);
+                    self.tcp_top_peers = config.tcp.top_peers;
                     continue;
                 }
                 Ok(Command::ForgetInterface(ifindex)) => {
@@ -310,6 +315,7 @@ impl Collector {
         if let Err(err) = self.read_tcp(&mut snapshot) {
             warn!("reading TCP statistics: {err}");
         }
+        self.read_tcp_peers(&mut snapshot);
         if let Err(err) = self.read_flows(&mut snapshot) {
             warn!("reading the flow table: {err}");
         }
@@ -345,6 +351,33 @@ impl Collector {
             }
         }
         Ok(())
+    }
+
+    /// The `tcp_top_peers` most active peers of the kernel's peer table.
+    fn read_tcp_peers(&self, snapshot: &mut Snapshot) {
+        let mut peers: Vec<(IpAddr, TcpPeerStats)> = self
+            .maps
+            .tcp_peers
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(key, stats)| {
+                let addr = if key.family == PEER_FAMILY_IPV4 {
+                    IpAddr::V4(Ipv4Addr::new(
+                        key.addr[0],
+                        key.addr[1],
+                        key.addr[2],
+                        key.addr[3],
+                    ))
+                } else {
+                    IpAddr::V6(Ipv6Addr::from(key.addr))
+                };
+                (addr, stats)
+            })
+            .collect();
+        let activity = |s: &TcpPeerStats| s.connects + s.connect_failures + s.retransmits;
+        peers.sort_by(|a, b| activity(&b.1).cmp(&activity(&a.1)).then(a.0.cmp(&b.0)));
+        peers.truncate(self.tcp_top_peers);
+        snapshot.tcp_peers = peers;
     }
 
     fn read_block(&self, snapshot: &mut Snapshot) -> Result<(), MapError> {

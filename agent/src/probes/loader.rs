@@ -28,7 +28,7 @@ use agent_common::{
         MAX_SYSCALLS, SLOW_SYSCALL_IGNORE_MAP, SYSCALL_START_MAP, SYSCALL_STATS_MAP, SyscallStart,
         SyscallStats,
     },
-    tcp::{TCP_STATS_MAP, TCP_TRANSITIONS_MAP, TcpStats},
+    tcp::{TCP_PEERS_MAP, TCP_STATS_MAP, TCP_TRANSITIONS_MAP, TcpPeerKey, TcpPeerStats, TcpStats},
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -120,6 +120,7 @@ pub struct KernelMaps {
     pub drop_reasons: PerCpuArray<MapData, u64>,
     pub runq_stats: PerCpuArray<MapData, RunqStats>,
     pub block_stats: PerCpuHashMap<MapData, BlockKey, BlockStats>,
+    pub tcp_peers: aya::maps::HashMap<MapData, TcpPeerKey, TcpPeerStats>,
 }
 
 /// Everything loaded into the kernel. Dropping it detaches every program.
@@ -268,6 +269,7 @@ impl Probes {
             drop_reasons: take(&mut ebpf, DROP_REASONS_MAP)?,
             runq_stats: take(&mut ebpf, RUNQ_STATS_MAP)?,
             block_stats: take(&mut ebpf, BLOCK_STATS_MAP)?,
+            tcp_peers: take(&mut ebpf, TCP_PEERS_MAP)?,
         };
         apply_runtime_config(&mut maps, config)?;
         let mut rings = Vec::new();
@@ -802,6 +804,13 @@ impl Probes {
 /// Tracepoint record fields the programs read: (global, category,
 /// tracepoint, field), resolved from the kernel's format files.
 const TRACEPOINT_FIELDS: &[(&str, &str, &str, &str)] = &[
+    ("TP_SSS_FAMILY", "sock", "inet_sock_set_state", "family"),
+    ("TP_SSS_DADDR", "sock", "inet_sock_set_state", "daddr"),
+    ("TP_SSS_DADDR_V6", "sock", "inet_sock_set_state", "daddr_v6"),
+    ("TP_RETX_FAMILY", "tcp", "tcp_retransmit_skb", "family"),
+    ("TP_RETX_DADDR", "tcp", "tcp_retransmit_skb", "daddr"),
+    ("TP_RETX_DADDR_V6", "tcp", "tcp_retransmit_skb", "daddr_v6"),
+    ("TP_PROBE_DADDR", "tcp", "tcp_probe", "daddr"),
     ("TP_BLK_ISSUE_DEV", "block", "block_rq_issue", "dev"),
     ("TP_BLK_ISSUE_SECTOR", "block", "block_rq_issue", "sector"),
     ("TP_BLK_ISSUE_BYTES", "block", "block_rq_issue", "bytes"),
@@ -842,6 +851,9 @@ const BTF_FIELDS: &[(&str, &str, &[&str])] = &[
     // `state` became `__state` in 5.14.
     ("TASK_STATE_OFFSET", "task_struct", &["__state", "state"]),
     ("TASK_REAL_PARENT_OFFSET", "task_struct", &["real_parent"]),
+    ("SK_FAMILY_OFFSET", "sock_common", &["skc_family"]),
+    ("SK_DADDR_OFFSET", "sock_common", &["skc_daddr"]),
+    ("SK_V6_DADDR_OFFSET", "sock_common", &["skc_v6_daddr"]),
     ("TASK_TGID_OFFSET", "task_struct", &["tgid"]),
     ("TASK_EXIT_CODE_OFFSET", "task_struct", &["exit_code"]),
 ];
