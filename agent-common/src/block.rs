@@ -45,23 +45,11 @@ pub struct BlockStart {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct BlockStats {
     pub requests: u64,
     pub bytes: u64,
     pub errors: u64,
     pub sum_ns: u64,
     pub slots: [u64; LATENCY_SLOTS],
-}
-
-impl Default for BlockStats {
-    fn default() -> Self {
-        Self {
-            requests: 0,
-            bytes: 0,
-            errors: 0,
-            sum_ns: 0,
-            slots: [0; LATENCY_SLOTS],
-        }
-    }
 }

@@ -15,6 +15,8 @@ pub mod config;
 pub mod counters;
 pub mod drops;
 pub mod events;
+#[cfg(feature = "user")]
+pub mod merge;
 pub mod net;
 pub mod sched;
 pub mod syscalls;

@@ -11,19 +11,9 @@ pub const RUNQ_START_MAP: &str = "RUNQ_START";
 pub const MAX_RUNNABLE: u32 = 32768;
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct RunqStats {
     pub samples: u64,
     pub sum_ns: u64,
     pub slots: [u64; LATENCY_SLOTS],
-}
-
-impl Default for RunqStats {
-    fn default() -> Self {
-        Self {
-            samples: 0,
-            sum_ns: 0,
-            slots: [0; LATENCY_SLOTS],
-        }
-    }
 }

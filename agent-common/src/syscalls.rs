@@ -41,7 +41,7 @@ pub const fn latency_slot_upper_ns(slot: usize) -> u64 {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct SyscallStats {
     /// Syscalls made: counted when they return (with their latency), or at
     /// entry for those that never return (exit, exit_group), or when their
@@ -55,19 +55,6 @@ pub struct SyscallStats {
     pub latency_sum_ns: u64,
     pub latency_slots: [u64; LATENCY_SLOTS],
     pub _pad: u64,
-}
-
-impl Default for SyscallStats {
-    fn default() -> Self {
-        Self {
-            count: 0,
-            errors: 0,
-            timed: 0,
-            latency_sum_ns: 0,
-            latency_slots: [0; LATENCY_SLOTS],
-            _pad: 0,
-        }
-    }
 }
 
 /// A syscall in flight: when it started, which one, and (once parked in the

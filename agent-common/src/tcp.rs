@@ -35,7 +35,7 @@ pub const TCP_STATE_NAMES: [&str; 13] = [
 ];
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct TcpStats {
     /// Active opens that reached ESTABLISHED (timed).
     pub connects: u64,
@@ -53,24 +53,6 @@ pub struct TcpStats {
     pub rtt_sum_us: u64,
     /// Smoothed RTT samples in the same slots (as ns).
     pub rtt_slots: [u64; LATENCY_SLOTS],
-}
-
-impl Default for TcpStats {
-    fn default() -> Self {
-        Self {
-            connects: 0,
-            connect_failures: 0,
-            accepts: 0,
-            retransmits: 0,
-            resets_sent: 0,
-            resets_received: 0,
-            connect_latency_sum_ns: 0,
-            connect_latency_slots: [0; LATENCY_SLOTS],
-            rtt_samples: 0,
-            rtt_sum_us: 0,
-            rtt_slots: [0; LATENCY_SLOTS],
-        }
-    }
 }
 
 /// `LruHashMap<TcpPeerKey, TcpPeerStats>`: the passive mesh view, per remote
@@ -92,7 +74,7 @@ pub struct TcpPeerKey {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct TcpPeerStats {
     pub connects: u64,
     pub connect_failures: u64,
@@ -101,18 +83,4 @@ pub struct TcpPeerStats {
     pub connect_latency_slots: [u64; LATENCY_SLOTS],
     pub rtt_samples: u64,
     pub rtt_sum_us: u64,
-}
-
-impl Default for TcpPeerStats {
-    fn default() -> Self {
-        Self {
-            connects: 0,
-            connect_failures: 0,
-            retransmits: 0,
-            connect_latency_sum_ns: 0,
-            connect_latency_slots: [0; LATENCY_SLOTS],
-            rtt_samples: 0,
-            rtt_sum_us: 0,
-        }
-    }
 }

@@ -390,7 +390,7 @@ fn completeness(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
             ),
         );
     }
-    let calls: u64 = snapshot.syscalls.iter().map(|r| r.count).sum();
+    let calls: u64 = snapshot.syscalls.iter().map(|r| r.stats.count).sum();
     let syscall_lost = snapshot.counter(SYSCALL_START_MAP_FULL);
     family.sample(
         &[("signal", "syscall_latency")],
@@ -440,14 +440,14 @@ fn kernel_families(
     );
     for row in &snapshot.syscalls {
         let labels = [("syscall", row.name.as_str())];
-        calls.sample(&labels, row.count as f64);
-        errors.sample(&labels, row.errors as f64);
-        let buckets = log2_buckets(&row.latency_slots);
+        calls.sample(&labels, row.stats.count as f64);
+        errors.sample(&labels, row.stats.errors as f64);
+        let buckets = log2_buckets(&row.stats.latency_slots);
         latency.histogram(
             &labels,
             &buckets,
-            row.timed,
-            row.latency_sum_ns as f64 / 1e9,
+            row.stats.timed,
+            row.stats.latency_sum_ns as f64 / 1e9,
         );
     }
     calls.done(&mut out);

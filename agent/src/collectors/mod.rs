@@ -26,12 +26,13 @@ use agent_common::{
     counters::{COUNTER_SLOTS, COUNTERS_LEN},
     drops::{DROP_REASON_OTHER, MAX_DROP_REASONS},
     events::RINGS,
+    merge::Merge,
     net::{FAMILY_IPV4, FlowKey, PacketCounters, PacketKey},
     sched::RunqStats,
-    syscalls::{LATENCY_SLOTS, MAX_SYSCALLS},
+    syscalls::{MAX_SYSCALLS, SyscallStats},
     tcp::{PEER_FAMILY_IPV4, TCP_STATES, TcpPeerStats, TcpStats},
 };
-use aya::maps::{MapError, PerCpuValues};
+use aya::maps::MapError;
 pub use peers::{PeerKey, PeerRow, PeerTracker};
 use tracing::{debug, warn};
 
@@ -46,11 +47,7 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct SyscallRow {
     pub name: String,
-    pub count: u64,
-    pub errors: u64,
-    pub timed: u64,
-    pub latency_sum_ns: u64,
-    pub latency_slots: [u64; LATENCY_SLOTS],
+    pub stats: SyscallStats,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -272,7 +269,13 @@ impl Collector {
         }
         snapshot.stale_starts_removed = self.stale_starts_removed;
         snapshot.counters = (0..COUNTERS_LEN)
-            .map(|i| self.maps.counters.get(&i, 0).map(sum_u64).unwrap_or(0))
+            .map(|i| {
+                self.maps
+                    .counters
+                    .get(&i, 0)
+                    .map(|v| u64::sum(v.iter()))
+                    .unwrap_or(0)
+            })
             .collect();
         for &(id, _, label) in RINGS {
             let received = self
@@ -294,16 +297,7 @@ impl Collector {
             snapshot.rings.insert(label, counters);
         }
         match self.maps.runq_stats.get(&0, 0) {
-            Ok(values) => {
-                for cpu in values.iter() {
-                    let total = &mut snapshot.runqueue;
-                    total.samples += cpu.samples;
-                    total.sum_ns += cpu.sum_ns;
-                    for (t, c) in total.slots.iter_mut().zip(cpu.slots) {
-                        *t += c;
-                    }
-                }
-            }
+            Ok(values) => snapshot.runqueue = RunqStats::sum(values.iter()),
             Err(err) => warn!("reading run-queue latency: {err}"),
         }
         if let Err(err) = self.read_block(&mut snapshot) {
@@ -327,27 +321,12 @@ impl Collector {
 
     fn read_syscalls(&self, snapshot: &mut Snapshot) -> Result<(), MapError> {
         for id in 0..MAX_SYSCALLS {
-            let values = self.maps.syscall_stats.get(&id, 0)?;
-            let mut row = SyscallRow {
-                name: String::new(),
-                count: 0,
-                errors: 0,
-                timed: 0,
-                latency_sum_ns: 0,
-                latency_slots: [0; LATENCY_SLOTS],
-            };
-            for cpu in values.iter() {
-                row.count += cpu.count;
-                row.errors += cpu.errors;
-                row.timed += cpu.timed;
-                row.latency_sum_ns += cpu.latency_sum_ns;
-                for (total, slot) in row.latency_slots.iter_mut().zip(cpu.latency_slots) {
-                    *total += slot;
-                }
-            }
-            if row.count > 0 || row.timed > 0 {
-                row.name = syscall_table::name(id);
-                snapshot.syscalls.push(row);
+            let stats = SyscallStats::sum(self.maps.syscall_stats.get(&id, 0)?.iter());
+            if stats.count > 0 || stats.timed > 0 {
+                snapshot.syscalls.push(SyscallRow {
+                    name: syscall_table::name(id),
+                    stats,
+                });
             }
         }
         Ok(())
@@ -383,16 +362,7 @@ impl Collector {
     fn read_block(&self, snapshot: &mut Snapshot) -> Result<(), MapError> {
         for entry in self.maps.block_stats.iter() {
             let (key, values) = entry?;
-            let mut total = BlockStats::default();
-            for cpu in values.iter() {
-                total.requests += cpu.requests;
-                total.bytes += cpu.bytes;
-                total.errors += cpu.errors;
-                total.sum_ns += cpu.sum_ns;
-                for (t, c) in total.slots.iter_mut().zip(cpu.slots) {
-                    *t += c;
-                }
-            }
+            let total = BlockStats::sum(values.iter());
             let op = BLOCK_OP_NAMES
                 .get(key.op as usize)
                 .copied()
@@ -405,7 +375,7 @@ impl Collector {
 
     fn read_drops(&self, snapshot: &mut Snapshot) -> Result<(), MapError> {
         for reason in 0..MAX_DROP_REASONS {
-            let n = sum_u64(self.maps.drop_reasons.get(&reason, 0)?);
+            let n = u64::sum(self.maps.drop_reasons.get(&reason, 0)?.iter());
             if n == 0 {
                 continue;
             }
@@ -421,31 +391,9 @@ impl Collector {
     }
 
     fn read_tcp(&self, snapshot: &mut Snapshot) -> Result<(), MapError> {
-        let mut total = TcpStats::default();
-        for cpu in self.maps.tcp_stats.get(&0, 0)?.iter() {
-            total.connects += cpu.connects;
-            total.connect_failures += cpu.connect_failures;
-            total.accepts += cpu.accepts;
-            total.retransmits += cpu.retransmits;
-            total.resets_sent += cpu.resets_sent;
-            total.resets_received += cpu.resets_received;
-            total.connect_latency_sum_ns += cpu.connect_latency_sum_ns;
-            total.rtt_samples += cpu.rtt_samples;
-            total.rtt_sum_us += cpu.rtt_sum_us;
-            for (t, c) in total
-                .connect_latency_slots
-                .iter_mut()
-                .zip(cpu.connect_latency_slots)
-            {
-                *t += c;
-            }
-            for (t, c) in total.rtt_slots.iter_mut().zip(cpu.rtt_slots) {
-                *t += c;
-            }
-        }
-        snapshot.tcp = total;
+        snapshot.tcp = TcpStats::sum(self.maps.tcp_stats.get(&0, 0)?.iter());
         for index in 0..TCP_STATES * TCP_STATES {
-            let n = sum_u64(self.maps.tcp_transitions.get(&index, 0)?);
+            let n = u64::sum(self.maps.tcp_transitions.get(&index, 0)?.iter());
             if n > 0 {
                 snapshot
                     .tcp_transitions
@@ -458,17 +406,9 @@ impl Collector {
     fn read_packets(&self, snapshot: &mut Snapshot) -> Result<(), MapError> {
         for entry in self.maps.packet_counters.iter() {
             let (key, values) = entry?;
-            let total = values
-                .iter()
-                .fold(PacketCounters::default(), |a, v| PacketCounters {
-                    packets: a.packets + v.packets,
-                    bytes: a.bytes + v.bytes,
-                    tcp_syn: a.tcp_syn + v.tcp_syn,
-                    tcp_synack: a.tcp_synack + v.tcp_synack,
-                    tcp_rst: a.tcp_rst + v.tcp_rst,
-                    tcp_fin: a.tcp_fin + v.tcp_fin,
-                });
-            snapshot.packets.push((key, total));
+            snapshot
+                .packets
+                .push((key, PacketCounters::sum(values.iter())));
         }
         snapshot
             .packets
@@ -599,10 +539,6 @@ impl Collector {
             })
             .collect()
     }
-}
-
-fn sum_u64(values: PerCpuValues<u64>) -> u64 {
-    values.iter().sum()
 }
 
 /// The remote end of a flow: the source of what we receive, the destination
