@@ -54,6 +54,7 @@ pub struct Config {
     pub runqueue: RunqueueConfig,
     pub process: ProcessConfig,
     pub block: BlockConfig,
+    pub mapek: MapekConfig,
     pub events: EventsConfig,
     pub collector: CollectorConfig,
     pub health: HealthConfig,
@@ -72,6 +73,7 @@ impl Default for Config {
             runqueue: RunqueueConfig::default(),
             process: ProcessConfig::default(),
             block: BlockConfig::default(),
+            mapek: MapekConfig::default(),
             events: EventsConfig::default(),
             collector: CollectorConfig::default(),
             health: HealthConfig::default(),
@@ -277,6 +279,39 @@ impl Default for BlockConfig {
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
+pub struct MapekConfig {
+    /// On-node anomaly detection and response.
+    pub enabled: bool,
+    /// dry_run: decide and record only; act: apply to the kernel programs.
+    pub mode: crate::mapek::execute::Mode,
+    /// Cycles a feature is observed before it can be anomalous.
+    pub warmup_cycles: u64,
+    /// Deviations above the learned baseline that make an anomaly.
+    pub sensitivity: f64,
+    /// Normal cycles after which an anomaly is over.
+    pub quiet_cycles: u32,
+    /// How long a zoom (more detail after an anomaly) lasts.
+    pub zoom_seconds: f64,
+    /// Where learned baselines survive restarts ("": not kept).
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Default for MapekConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            mode: crate::mapek::execute::Mode::DryRun,
+            warmup_cycles: 60,
+            sensitivity: 6.0,
+            quiet_cycles: 3,
+            zoom_seconds: 60.0,
+            state_dir: Some(PathBuf::from("/var/lib/sonde")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
 pub struct EventsConfig {
     /// Ring buffer sizes in bytes: a power of two, at least one page.
     pub syscall_ring_bytes: u32,
@@ -426,6 +461,12 @@ impl Config {
                 ),
             });
         }
+        if !(self.mapek.sensitivity.is_finite() && self.mapek.sensitivity > 0.0) {
+            return Err(ConfigError::Invalid {
+                key: "mapek.sensitivity",
+                message: "must be a number > 0".into(),
+            });
+        }
         let mut seen = BTreeSet::new();
         for name in &self.network.interfaces {
             if name.is_empty() || name.len() >= libc::IF_NAMESIZE {
@@ -461,6 +502,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "runqueue",
     "process",
     "block",
+    "mapek",
     "events",
     "collector",
     "health",

@@ -64,7 +64,8 @@ pub fn router(server: Server, fault_injection: bool) -> Router {
         .route("/readiness", get(ready))
         .route("/health/startup", get(startup))
         .route("/api/v1/status", get(status))
-        .route("/api/v1/events", get(events));
+        .route("/api/v1/events", get(events))
+        .route("/api/v1/anomalies", get(anomalies));
     if fault_injection {
         router = router
             .route("/debug/fail", post(debug_fail))
@@ -81,10 +82,12 @@ async fn index() -> &'static str {
 async fn metrics(State(server): State<Server>) -> Response {
     let state = running!(server);
     let snapshot = state.snapshot();
-    match state
-        .metrics
-        .render(&snapshot, &state.events, &state.interfaces())
-    {
+    match state.metrics.render(
+        &snapshot,
+        &state.events,
+        &state.interfaces(),
+        state.mapek_families(),
+    ) {
         Ok(body) => (
             [(
                 header::CONTENT_TYPE,
@@ -164,6 +167,16 @@ async fn status(State(server): State<Server>) -> Response {
         "config": config,
     }))
     .into_response()
+}
+
+async fn anomalies(State(server): State<Server>) -> Response {
+    let state = running!(server);
+    match &*state.mapek.lock().unwrap_or_else(|e| e.into_inner()) {
+        Some(mapek) => {
+            Json(mapek.lock().unwrap_or_else(|e| e.into_inner()).report()).into_response()
+        }
+        None => Json(json!({"enabled": false})).into_response(),
+    }
 }
 
 async fn events(State(server): State<Server>) -> Response {

@@ -8,6 +8,7 @@ mod config;
 mod events;
 mod health;
 mod http;
+mod mapek;
 mod metrics;
 mod netif;
 mod probes;
@@ -203,12 +204,18 @@ async fn serve(
         caps: Arc::new(caps),
         started_at,
         readers: Arc::new(Mutex::new(ring_labels.into_iter().zip(tasks).collect())),
+        mapek: Arc::default(),
     };
     state.publish(&probes);
     if server.app.set(state.clone()).is_err() {
         return Err(Failure::runtime("agent state set twice"));
     }
     let probes = Arc::new(Mutex::new(probes));
+    let mapek_task = config.mapek.enabled.then(|| {
+        let mapek = Arc::new(Mutex::new(mapek::Mapek::new(&state)));
+        *state.mapek.lock().unwrap_or_else(|e| e.into_inner()) = Some(mapek.clone());
+        tokio::spawn(mapek::run(state.clone(), mapek, shutdown_rx.clone()))
+    });
     // With no interface list, follow interfaces as they come and go (pods'
     // veths on a Kubernetes node).
     let watcher = (config.network.enabled
@@ -256,6 +263,10 @@ async fn serve(
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_millis(1500), server_task).await;
     refresher.abort();
+    if let Some(task) = mapek_task {
+        // Lets it save what it learned.
+        let _ = tokio::time::timeout(Duration::from_millis(300), task).await;
+    }
     if let Some(watcher) = watcher {
         watcher.abort();
     }

@@ -111,9 +111,11 @@ impl Metrics {
         snapshot: &Snapshot,
         events: &Events,
         interfaces: &BTreeMap<u32, String>,
+        extra: Vec<MetricFamily>,
     ) -> Result<String, prometheus::Error> {
         let mut families = self.registry.gather();
         families.extend(kernel_families(snapshot, events, interfaces));
+        families.extend(extra);
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = Vec::with_capacity(64 * 1024);
         TextEncoder::new().encode(&families, &mut out)?;
@@ -163,13 +165,13 @@ fn interface_name(interfaces: &BTreeMap<u32, String>, ifindex: u32) -> String {
 }
 
 /// Builds one metric family at a time.
-struct Family {
+pub(crate) struct Family {
     family: MetricFamily,
     kind: MetricType,
 }
 
 impl Family {
-    fn new(name: &str, help: &str, kind: MetricType) -> Self {
+    pub(crate) fn new(name: &str, help: &str, kind: MetricType) -> Self {
         let mut family = MetricFamily::default();
         family.set_name(name.to_owned());
         family.set_help(help.to_owned());
@@ -189,7 +191,7 @@ impl Family {
             .collect()
     }
 
-    fn sample(&mut self, labels: &[(&str, &str)], value: f64) {
+    pub(crate) fn sample(&mut self, labels: &[(&str, &str)], value: f64) {
         let mut metric = Metric::from_label(Self::labels(labels));
         match self.kind {
             MetricType::COUNTER => {
@@ -228,7 +230,7 @@ impl Family {
         self.family.mut_metric().push(metric);
     }
 
-    fn done(self, out: &mut Vec<MetricFamily>) {
+    pub(crate) fn done(self, out: &mut Vec<MetricFamily>) {
         if !self.family.get_metric().is_empty() {
             out.push(self.family);
         }

@@ -32,6 +32,8 @@ pub struct AppState {
     pub caps: Arc<Capabilities>,
     pub started_at: Instant,
     pub readers: Arc<Mutex<Readers>>,
+    /// The MAPE-K loop, once started (None: disabled).
+    pub mapek: Arc<Mutex<Option<crate::mapek::SharedMapek>>>,
 }
 
 impl AppState {
@@ -69,6 +71,15 @@ impl AppState {
         *self.attachments.write().unwrap_or_else(|e| e.into_inner()) = probes.attachments.clone();
         *self.interfaces.write().unwrap_or_else(|e| e.into_inner()) = probes.interfaces.clone();
         self.metrics.set_attachments(&probes.attachments);
+    }
+
+    pub fn mapek_families(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.mapek
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).families())
+            .unwrap_or_default()
     }
 
     pub fn reader_finished(&self, label: &str) -> bool {

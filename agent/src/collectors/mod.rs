@@ -99,6 +99,9 @@ pub struct Snapshot {
     pub block: Vec<(String, &'static str, BlockStats)>,
     /// The most active TCP peers (passive mesh view).
     pub tcp_peers: Vec<(IpAddr, TcpPeerStats)>,
+    /// The remote peer that opened new flows to the most distinct local
+    /// ports since the previous snapshot, and how many (scan evidence).
+    pub widest_peer: Option<(IpAddr, u64)>,
 }
 
 impl Snapshot {
@@ -420,6 +423,8 @@ impl Collector {
         let now = monotonic_ns();
         let mut seen: HashMap<FlowKey, FlowState> = HashMap::with_capacity(self.flows.len());
         let mut deltas: HashMap<PeerKey, (u64, u64)> = HashMap::new();
+        // Distinct local ports each remote peer opened new flows to.
+        let mut fan_out: HashMap<IpAddr, std::collections::HashSet<u16>> = HashMap::new();
         let mut idle = Vec::new();
         for entry in self.maps.flows.iter() {
             let (key, values) = match entry {
@@ -437,7 +442,15 @@ impl Collector {
                     (flow.packets - prev.packets, flow.bytes - prev.bytes)
                 }
                 // New flow, or evicted and re-created since: all of it is new.
-                _ => (flow.packets, flow.bytes),
+                _ => {
+                    if key.direction == agent_common::net::DIRECTION_INGRESS {
+                        fan_out
+                            .entry(remote_addr(&key))
+                            .or_default()
+                            .insert(key.dst_port);
+                    }
+                    (flow.packets, flow.bytes)
+                }
             };
             if db > 0 || dp > 0 {
                 let peer = PeerKey {
@@ -475,6 +488,10 @@ impl Collector {
         }
         self.flows = seen;
         self.peers.observe(&deltas);
+        snapshot.widest_peer = fan_out
+            .into_iter()
+            .map(|(peer, ports)| (peer, ports.len() as u64))
+            .max_by_key(|(_, n)| *n);
 
         // Whatever was created and is neither live nor expired by us was
         // evicted by the kernel's LRU.

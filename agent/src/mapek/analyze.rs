@@ -1,0 +1,270 @@
+//! Analyze: an online baseline per feature, learned with no training step,
+//! and anomalies named from the evidence.
+//!
+//! Each feature keeps an exponentially weighted mean and variance. After a
+//! warm-up, a value more than `k` deviations above its baseline (and above a
+//! per-feature floor, so that tiny absolute changes on an idle node do not
+//! alarm) is anomalous and does not update the baseline, so an incident
+//! cannot teach the detector that it is normal. A one-sided CUSUM on the
+//! standardised value catches slow drifts the k-deviation test misses.
+//! An anomaly opens on the first anomalous cycle and closes after
+//! `quiet_cycles` normal ones; its kind comes from which feature moved.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::monitor::{Features, Subjects};
+
+/// EWMA weight of a new observation.
+const ALPHA: f64 = 0.05;
+/// CUSUM slack (in deviations) and alarm level.
+const CUSUM_SLACK: f64 = 1.0;
+const CUSUM_ALARM: f64 = 12.0;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Baseline {
+    pub mean: f64,
+    pub var: f64,
+    pub samples: u64,
+    #[serde(default)]
+    pub cusum: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Warning,
+    Critical,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Evidence {
+    pub feature: &'static str,
+    pub baseline: f64,
+    pub observed: f64,
+    pub score: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Anomaly {
+    pub id: u64,
+    pub kind: &'static str,
+    pub severity: Severity,
+    pub score: f64,
+    pub start: f64,
+    pub end: Option<f64>,
+    pub evidence: Vec<Evidence>,
+    /// The peer, process or cgroup the evidence names, if any.
+    pub subject: Option<String>,
+    #[serde(skip)]
+    quiet: u32,
+}
+
+/// Per-feature: the anomaly kind it evidences and the smallest value that
+/// may count as anomalous at all.
+const FEATURES: &[(&str, &str, f64)] = &[
+    ("syscalls_per_second", "syscall_storm", 20_000.0),
+    ("syscall_errors_per_second", "syscall_error_spike", 2_000.0),
+    ("ingress_syn_per_second", "syn_flood", 200.0),
+    ("peer_ports_per_cycle", "port_scan", 20.0),
+    ("tcp_retransmits_per_second", "packet_loss", 20.0),
+    ("packet_drops_per_second", "packet_loss", 200.0),
+    ("tcp_resets_sent_per_second", "connection_refusals", 50.0),
+    ("runqueue_mean_wait_seconds", "cpu_saturation", 0.002),
+];
+
+#[derive(Debug)]
+pub struct Analyzer {
+    pub baselines: BTreeMap<String, Baseline>,
+    pub k: f64,
+    pub warmup: u64,
+    pub quiet_cycles: u32,
+    pub active: Vec<Anomaly>,
+    pub closed: Vec<Anomaly>,
+    /// Standardised score per feature, last cycle.
+    pub scores: BTreeMap<&'static str, f64>,
+    next_id: u64,
+}
+
+impl Analyzer {
+    pub fn new(k: f64, warmup: u64, quiet_cycles: u32) -> Self {
+        Self {
+            baselines: BTreeMap::new(),
+            k,
+            warmup,
+            quiet_cycles,
+            active: Vec::new(),
+            closed: Vec::new(),
+            scores: BTreeMap::new(),
+            next_id: 1,
+        }
+    }
+
+    /// The deviation used for scoring: never below 10% of the mean, nor a
+    /// hundredth of the feature's floor, so a flat baseline is not a hair
+    /// trigger.
+    fn deviation(b: &Baseline, floor: f64) -> f64 {
+        b.var.sqrt().max(0.1 * b.mean.abs()).max(floor / 100.0)
+    }
+
+    /// One cycle. Returns the anomalies opened in it.
+    pub fn observe(&mut self, features: &Features, subjects: &Subjects, now: f64) -> Vec<Anomaly> {
+        let mut firing: BTreeMap<&'static str, Vec<Evidence>> = BTreeMap::new();
+        self.scores.clear();
+        for &(feature, kind, floor) in FEATURES {
+            let Some(&x) = features.get(feature) else {
+                continue;
+            };
+            let b = self
+                .baselines
+                .entry(feature.to_owned())
+                .or_insert(Baseline {
+                    mean: x,
+                    var: 0.0,
+                    samples: 0,
+                    cusum: 0.0,
+                });
+            let dev = Self::deviation(b, floor);
+            let z = (x - b.mean) / dev;
+            self.scores.insert(feature, z);
+            let warm = b.samples >= self.warmup;
+            b.cusum = (b.cusum + z - CUSUM_SLACK).max(0.0);
+            let spike = warm && x >= floor && z >= self.k;
+            let drift = warm && x >= floor && b.cusum >= CUSUM_ALARM;
+            if spike || drift {
+                firing.entry(kind).or_default().push(Evidence {
+                    feature,
+                    baseline: b.mean,
+                    observed: x,
+                    score: z,
+                });
+                if drift {
+                    b.cusum = 0.0;
+                }
+                // An incident must not become the new normal.
+                continue;
+            }
+            let delta = x - b.mean;
+            b.mean += ALPHA * delta;
+            b.var = (1.0 - ALPHA) * (b.var + ALPHA * delta * delta);
+            b.samples += 1;
+        }
+
+        let mut opened = Vec::new();
+        for anomaly in &mut self.active {
+            if let Some(evidence) = firing.remove(anomaly.kind) {
+                anomaly.quiet = 0;
+                anomaly.score = evidence
+                    .iter()
+                    .map(|e| e.score)
+                    .fold(anomaly.score, f64::max);
+                anomaly.severity = severity(anomaly.score, self.k);
+                anomaly.evidence = evidence;
+            } else {
+                anomaly.quiet += 1;
+            }
+        }
+        for (kind, evidence) in firing {
+            let score = evidence.iter().map(|e| e.score).fold(0.0, f64::max);
+            let subject = match kind {
+                "port_scan" | "syn_flood" => subjects.widest_peer.map(|p| format!("peer {p}")),
+                _ => None,
+            };
+            let anomaly = Anomaly {
+                id: self.next_id,
+                kind,
+                severity: severity(score, self.k),
+                score,
+                start: now,
+                end: None,
+                evidence,
+                subject,
+                quiet: 0,
+            };
+            self.next_id += 1;
+            opened.push(anomaly.clone());
+            self.active.push(anomaly);
+        }
+        let quiet_cycles = self.quiet_cycles;
+        let (done, still): (Vec<Anomaly>, Vec<Anomaly>) =
+            self.active.drain(..).partition(|a| a.quiet >= quiet_cycles);
+        self.active = still;
+        for mut anomaly in done {
+            anomaly.end = Some(now);
+            self.closed.push(anomaly);
+        }
+        if self.closed.len() > 256 {
+            let excess = self.closed.len() - 256;
+            self.closed.drain(..excess);
+        }
+        opened
+    }
+
+    /// The deviation threshold per feature, in the feature's own units.
+    pub fn thresholds(&self) -> Vec<(&'static str, f64)> {
+        FEATURES
+            .iter()
+            .filter_map(|&(feature, _, floor)| {
+                let b = self.baselines.get(feature)?;
+                Some((
+                    feature,
+                    (b.mean + self.k * Self::deviation(b, floor)).max(floor),
+                ))
+            })
+            .collect()
+    }
+}
+
+fn severity(score: f64, k: f64) -> Severity {
+    if score >= 2.0 * k {
+        Severity::Critical
+    } else {
+        Severity::Warning
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cycle(a: &mut Analyzer, syscalls: f64, t: f64) -> Vec<Anomaly> {
+        let mut f = Features::new();
+        f.insert("syscalls_per_second", syscalls);
+        a.observe(&f, &Subjects::default(), t)
+    }
+
+    #[test]
+    fn learns_a_noisy_baseline_without_alarms_then_flags_a_storm() {
+        let mut a = Analyzer::new(6.0, 20, 3);
+        let mut t = 0.0;
+        for i in 0..200 {
+            let noisy = 50_000.0 + 5_000.0 * ((i * 7919 % 13) as f64 / 13.0 - 0.5);
+            assert!(cycle(&mut a, noisy, t).is_empty(), "false alarm at {i}");
+            t += 1.0;
+        }
+        let opened = cycle(&mut a, 500_000.0, t);
+        assert_eq!(opened.len(), 1);
+        assert_eq!(opened[0].kind, "syscall_storm");
+        assert_eq!(a.active.len(), 1);
+        // The storm did not move the baseline.
+        assert!(a.baselines["syscalls_per_second"].mean < 60_000.0);
+        for _ in 0..3 {
+            t += 1.0;
+            cycle(&mut a, 50_000.0, t);
+        }
+        assert!(a.active.is_empty());
+        assert_eq!(a.closed.len(), 1);
+        assert!(a.closed[0].end.is_some());
+    }
+
+    #[test]
+    fn quiet_node_does_not_alarm_on_small_absolute_changes() {
+        let mut a = Analyzer::new(6.0, 10, 3);
+        for i in 0..50 {
+            cycle(&mut a, 100.0, f64::from(i));
+        }
+        // 30x the baseline, but far below the floor for a storm.
+        assert!(cycle(&mut a, 3_000.0, 50.0).is_empty());
+    }
+}

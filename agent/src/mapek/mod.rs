@@ -1,0 +1,225 @@
+//! The MAPE-K loop: Monitor (features from collector snapshots), Analyze
+//! (online baselines, anomalies), Plan (zoom in / restore), Execute (apply
+//! or dry-run), over Knowledge (baselines persisted across restarts). It
+//! runs once per collector snapshot, on its own task, and shares what it
+//! found with /metrics and /api/v1/anomalies.
+
+pub mod analyze;
+pub mod execute;
+pub mod knowledge;
+pub mod monitor;
+pub mod plan;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use prometheus::proto::{MetricFamily, MetricType};
+use serde_json::json;
+
+use self::{
+    analyze::Analyzer, execute::Executor, knowledge::Knowledge, monitor::Signals, plan::Planner,
+};
+use crate::{collectors::unix_seconds, metrics::Family, state::AppState};
+
+/// Cycles between two saves of the knowledge.
+const SAVE_EVERY: u64 = 30;
+
+/// What the loop exposes to the rest of the agent.
+pub struct Mapek {
+    analyzer: Analyzer,
+    planner: Planner,
+    executor: Executor,
+    knowledge: Option<Knowledge>,
+    signals: Signals,
+    cycles: u64,
+    last_cycle: Duration,
+    anomalies_total: std::collections::BTreeMap<(&'static str, &'static str), u64>,
+}
+
+pub type SharedMapek = Arc<Mutex<Mapek>>;
+
+impl Mapek {
+    pub fn new(state: &AppState) -> Self {
+        let config = state.config_snapshot();
+        let m = &config.mapek;
+        let knowledge = m
+            .state_dir
+            .as_ref()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .map(|dir| Knowledge::new(dir));
+        let mut analyzer = Analyzer::new(m.sensitivity, m.warmup_cycles, m.quiet_cycles);
+        if let Some(k) = &knowledge {
+            analyzer.baselines = k.load();
+            if !analyzer.baselines.is_empty() {
+                tracing::info!(
+                    features = analyzer.baselines.len(),
+                    "MAPE-K baselines reloaded: no new warm-up"
+                );
+            }
+        }
+        let attached = state.attachments();
+        let has = |prefix: &str| {
+            attached
+                .iter()
+                .any(|a| a.attached && a.program.starts_with(prefix))
+        };
+        Self {
+            analyzer,
+            planner: Planner::new(m.zoom_seconds),
+            executor: Executor::new(m.mode),
+            knowledge,
+            signals: Signals {
+                syscalls: has("sonde_sys_"),
+                network: has("sonde_xdp") || has("sonde_tc"),
+                tcp: has("sonde_tcp"),
+                drops: has("sonde_kfree_skb"),
+                runqueue: has("sonde_runq"),
+            },
+            cycles: 0,
+            last_cycle: Duration::ZERO,
+            anomalies_total: Default::default(),
+        }
+    }
+
+    pub fn save(&self) {
+        if let Some(k) = &self.knowledge
+            && let Err(err) = k.save(&self.analyzer.baselines)
+        {
+            tracing::warn!("saving MAPE-K knowledge: {err}");
+        }
+    }
+
+    /// JSON for /api/v1/anomalies.
+    pub fn report(&self) -> serde_json::Value {
+        let actions: Vec<_> = self
+            .executor
+            .log
+            .iter()
+            .map(|(t, a, mode)| json!({"time": t, "mode": mode, "decision": a}))
+            .collect();
+        json!({
+            "active": self.analyzer.active,
+            "recent": self.analyzer.closed,
+            "actions": actions,
+            "mode": self.executor.mode.label(),
+            "warmup_cycles": self.analyzer.warmup,
+            "cycles": self.cycles,
+        })
+    }
+
+    pub fn families(&self) -> Vec<MetricFamily> {
+        let mut out = Vec::new();
+        let mut total = Family::new(
+            "sonde_anomalies_total",
+            "Anomalies detected on this node, by kind and severity",
+            MetricType::COUNTER,
+        );
+        for ((kind, severity), n) in &self.anomalies_total {
+            total.sample(&[("kind", kind), ("severity", severity)], *n as f64);
+        }
+        total.done(&mut out);
+        let mut active = Family::new(
+            "sonde_anomaly_active",
+            "Anomalies in progress, by kind",
+            MetricType::GAUGE,
+        );
+        for anomaly in &self.analyzer.active {
+            active.sample(&[("kind", anomaly.kind)], 1.0);
+        }
+        active.done(&mut out);
+        let mut score = Family::new(
+            "sonde_anomaly_score",
+            "Last standardised deviation of each feature from its learned baseline",
+            MetricType::GAUGE,
+        );
+        for (feature, z) in &self.analyzer.scores {
+            score.sample(&[("feature", feature)], *z);
+        }
+        score.done(&mut out);
+        let mut threshold = Family::new(
+            "sonde_mapek_threshold",
+            "Value above which each feature is anomalous now, in its own units",
+            MetricType::GAUGE,
+        );
+        for (feature, t) in self.analyzer.thresholds() {
+            threshold.sample(&[("feature", feature)], t);
+        }
+        threshold.done(&mut out);
+        let mut actions = Family::new(
+            "sonde_mapek_actions_total",
+            "Decisions taken by the loop, by action and mode (dry_run: recorded only)",
+            MetricType::COUNTER,
+        );
+        for ((action, mode), n) in &self.executor.counts {
+            actions.sample(&[("action", action), ("mode", mode)], *n as f64);
+        }
+        actions.done(&mut out);
+        let mut cycle = Family::new(
+            "sonde_mapek_cycle_duration_seconds",
+            "Time the last MAPE-K cycle took",
+            MetricType::GAUGE,
+        );
+        cycle.sample(&[], self.last_cycle.as_secs_f64());
+        cycle.done(&mut out);
+        out
+    }
+}
+
+/// Runs the loop until `shutdown` changes: one cycle per new snapshot.
+pub async fn run(
+    state: AppState,
+    mapek: SharedMapek,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let interval = Duration::from_millis(state.config_snapshot().collector.interval_ms);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut prev = state.snapshot();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => break,
+        }
+        let now = state.snapshot();
+        if Arc::ptr_eq(&now, &prev) {
+            continue; // no new snapshot yet
+        }
+        let started = Instant::now();
+        let mut m = mapek.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((features, subjects)) = monitor::features(&prev, &now, &m.signals) {
+            let t = unix_seconds(SystemTime::now());
+            let opened = m.analyzer.observe(&features, &subjects, t);
+            for anomaly in &opened {
+                tracing::warn!(
+                    id = anomaly.id,
+                    kind = anomaly.kind,
+                    score = format!("{:.1}", anomaly.score),
+                    subject = anomaly.subject.as_deref().unwrap_or("-"),
+                    "anomaly: {:?}",
+                    anomaly.evidence
+                );
+                let severity = match anomaly.severity {
+                    analyze::Severity::Warning => "warning",
+                    analyze::Severity::Critical => "critical",
+                };
+                *m.anomalies_total
+                    .entry((anomaly.kind, severity))
+                    .or_default() += 1;
+            }
+            let config = state.config_snapshot();
+            let active = m.analyzer.active.clone();
+            let actions = m.planner.plan(&opened, &active, t, &config);
+            m.executor.execute(actions, t, &config, &state.collector);
+            m.cycles += 1;
+            if m.cycles.is_multiple_of(SAVE_EVERY) {
+                m.save();
+            }
+        }
+        m.last_cycle = started.elapsed();
+        drop(m);
+        prev = now;
+    }
+    mapek.lock().unwrap_or_else(|e| e.into_inner()).save();
+}

@@ -1,0 +1,148 @@
+//! MAPE-K on real incidents: after a warm-up on the quiet test machine, a
+//! syscall storm and a port scan from a test namespace are each detected,
+//! named from their evidence (the scan with its source peer), and answered
+//! with a recorded (dry-run) zoom; what was learned survives a restart.
+
+use std::{process::Command, time::Duration};
+
+use sonde_tests::{Agent, Config, LAB_HOST_IP, LAB_PEER_IP, Lab, Workload, require_root};
+
+const WARMUP: u64 = 10;
+
+fn mapek_config(state_dir: &std::path::Path) -> Config {
+    Config::new()
+        .set("mapek", "warmup_cycles", &WARMUP.to_string())
+        .set(
+            "mapek",
+            "state_dir",
+            &format!("{:?}", state_dir.display().to_string()),
+        )
+}
+
+fn state_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sonde-mapek-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Waits until the loop has run past its warm-up.
+fn warmed_up(agent: &Agent) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let report = agent.get_json("/api/v1/anomalies");
+        if report["cycles"].as_u64().unwrap_or(0) > WARMUP + 2 {
+            return report;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "MAPE-K never warmed up: {report}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn wait_for_kind(agent: &Agent, kind: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let report = agent.get_json("/api/v1/anomalies");
+        let found = ["active", "recent"].iter().find_map(|list| {
+            report[*list]
+                .as_array()?
+                .iter()
+                .find(|a| a["kind"] == kind)
+                .cloned()
+        });
+        if let Some(anomaly) = found {
+            return anomaly;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {kind} anomaly within 10 s: {report}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn syscall_storm_is_detected_answered_and_learning_survives_a_restart() {
+    if !require_root() {
+        return;
+    }
+    let dir = state_dir("storm");
+    let config = mapek_config(&dir).render();
+    let agent = Agent::start(&config, &[]);
+    let calm = warmed_up(&agent);
+    assert_eq!(
+        calm["active"].as_array().map(Vec::len),
+        Some(0),
+        "false alarm on a quiet machine: {calm}"
+    );
+
+    Workload::run(&["getppid", "3000000"], Duration::from_secs(60));
+    let anomaly = wait_for_kind(&agent, "syscall_storm");
+    let evidence = &anomaly["evidence"][0];
+    assert_eq!(evidence["feature"], "syscalls_per_second", "{anomaly}");
+    assert!(
+        evidence["observed"].as_f64().unwrap() > 10.0 * evidence["baseline"].as_f64().unwrap(),
+        "{anomaly}"
+    );
+    let scrape = agent.metrics();
+    assert!(
+        scrape.value_or_zero("sonde_anomalies_total", &[("kind", "syscall_storm")]) >= 1.0
+            || scrape.sum("sonde_anomalies_total", &[("kind", "syscall_storm")]) >= 1.0,
+        "{}",
+        scrape.grep("sonde_anomal")
+    );
+    assert!(
+        scrape.value_or_zero(
+            "sonde_mapek_actions_total",
+            &[("action", "raise_detail"), ("mode", "dry_run")]
+        ) >= 1.0,
+        "a zoom should have been decided (dry run):\n{}",
+        scrape.grep("sonde_mapek")
+    );
+    drop(agent);
+
+    // Restart on the same state: baselines come back, no new warm-up.
+    assert!(
+        dir.join("mapek-knowledge.json").exists(),
+        "knowledge was not saved on shutdown"
+    );
+    let agent = Agent::start(&config, &[]);
+    assert!(
+        agent.log().contains("baselines reloaded"),
+        "restart did not reload the baselines:\n{}",
+        agent.log()
+    );
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn port_scan_is_detected_and_names_its_source() {
+    if !require_root() {
+        return;
+    }
+    let dir = state_dir("scan");
+    let lab = Lab::start(mapek_config(&dir));
+    warmed_up(&lab.agent);
+    // 150 connection attempts to closed ports, from the namespace.
+    let script = format!(
+        "for p in $(seq 20000 20149); do (echo > /dev/tcp/{LAB_HOST_IP}/$p) 2>/dev/null; done; true"
+    );
+    let status = lab
+        .ns
+        .exec(&["bash", "-c", &script])
+        .status()
+        .expect("running bash in the test namespace");
+    assert!(status.success());
+    let anomaly = wait_for_kind(&lab.agent, "port_scan");
+    assert_eq!(
+        anomaly["subject"],
+        format!("peer {LAB_PEER_IP}"),
+        "the scan's source should be named: {anomaly}"
+    );
+    drop(lab);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = Command::new("true").status();
+}
