@@ -36,6 +36,7 @@ pub struct Mapek {
     cycles: u64,
     last_cycle: Duration,
     anomalies_total: std::collections::BTreeMap<(&'static str, &'static str), u64>,
+    save_failing: bool,
 }
 
 pub type SharedMapek = Arc<Mutex<Mapek>>;
@@ -80,14 +81,24 @@ impl Mapek {
             cycles: 0,
             last_cycle: Duration::ZERO,
             anomalies_total: Default::default(),
+            save_failing: false,
         }
     }
 
-    pub fn save(&self) {
-        if let Some(k) = &self.knowledge
-            && let Err(err) = k.save(&self.analyzer.baselines)
-        {
-            tracing::warn!("saving MAPE-K knowledge: {err}");
+    /// Saves the baselines; a failure is logged once (a read-only state
+    /// directory should not flood the log), then retried quietly.
+    pub fn save(&mut self) {
+        let Some(k) = &self.knowledge else { return };
+        match k.save(&self.analyzer.baselines) {
+            Ok(()) => self.save_failing = false,
+            Err(err) if !self.save_failing => {
+                self.save_failing = true;
+                tracing::warn!(
+                    "saving MAPE-K knowledge failed: {err}; learning continues but will not \
+                     survive a restart (set [mapek] state_dir to a writable directory)"
+                );
+            }
+            Err(_) => {}
         }
     }
 
