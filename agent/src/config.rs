@@ -137,7 +137,8 @@ impl Default for SyscallsConfig {
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum XdpModeConfig {
-    /// Native (driver) XDP, falling back to generic, then to TC ingress.
+    /// Native (driver) XDP on NICs that have it; TC ingress elsewhere
+    /// (virtual interfaces, drivers without XDP), where it is cheaper.
     Auto,
     Native,
     Generic,

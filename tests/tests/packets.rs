@@ -50,7 +50,20 @@ fn ingress_udp_is_counted_exactly_and_matches_kernel_stats() {
     if !require_root() {
         return;
     }
-    let lab = Lab::start(Config::new());
+    ingress_exact(Config::new());
+}
+
+/// The same exact counts through native XDP instead of TC.
+#[test]
+fn ingress_udp_is_counted_exactly_through_native_xdp() {
+    if !require_root() {
+        return;
+    }
+    ingress_exact(native_xdp());
+}
+
+fn ingress_exact(config: Config) {
+    let lab = Lab::start(config);
     let port = 40100;
     let sink_addr = format!("{LAB_HOST_IP}:{port}");
     // A listener, so the host answers no datagram with ICMP port unreachable.
@@ -253,7 +266,7 @@ fn xdp_program_reports_attached_to_the_interface() {
     if !require_root() {
         return;
     }
-    let lab = Lab::start(Config::new());
+    let lab = Lab::start(native_xdp());
     let s = lab.agent.metrics();
     let hook = format!("xdp:{LAB_IF}");
     let attached = s.series(
@@ -291,6 +304,40 @@ fn xdp_program_reports_attached_to_the_interface() {
     );
 }
 
+/// With the default (auto), a virtual interface such as this veth is
+/// accounted with TC on ingress, where it is cheaper than XDP.
+#[test]
+fn auto_mode_uses_tc_ingress_on_a_veth() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::start(Config::new());
+    let s = lab.agent.metrics();
+    assert_eq!(
+        s.value(
+            "sonde_probe_attached",
+            &[
+                ("program", "sonde_tc_ingress"),
+                ("hook", "tc_ingress:sondet0")
+            ]
+        ),
+        Some(1.0),
+        "{}",
+        s.grep("sonde_probe_attached")
+    );
+    assert!(
+        s.series("sonde_probe_attached", &[("program", "sonde_xdp_ingress")])
+            .is_empty(),
+        "{}",
+        s.grep("sonde_probe_attached")
+    );
+}
+
+/// Native XDP on the lab's veth (auto would choose TC there).
+fn native_xdp() -> Config {
+    Config::new().set("network", "xdp_mode", "\"native\"")
+}
+
 /// An interface whose XDP hook another program owns (here: a first agent)
 /// is left alone: a second agent accounts its ingress with TC, the first
 /// keeps its XDP program, and both count the same traffic exactly.
@@ -300,8 +347,8 @@ fn foreign_xdp_program_is_left_alone_and_tc_counts_instead() {
         return;
     }
     const M: u64 = 2_000;
-    let lab = Lab::start(Config::new());
-    let config = Config::new().network_on(&[LAB_IF]).render();
+    let lab = Lab::start(native_xdp());
+    let config = native_xdp().network_on(&[LAB_IF]).render();
     let second = sonde_tests::Agent::start(&config, &["--interface", LAB_IF]);
 
     let first_xdp = [("program", "sonde_xdp_ingress"), ("hook", "xdp:sondet0")];
@@ -398,7 +445,10 @@ fn interfaces_that_appear_later_are_followed() {
         .set("network", "rescan_interval_s", "1")
         .render();
     let agent = sonde_tests::Agent::start(&config, &[]);
-    let xdp = [("program", "sonde_xdp_ingress"), ("hook", "xdp:sondet0")];
+    let xdp = [
+        ("program", "sonde_tc_ingress"),
+        ("hook", "tc_ingress:sondet0"),
+    ];
     {
         let (ns, _veth) = Lab::network();
         agent
