@@ -13,6 +13,7 @@
 pub mod agent;
 pub mod http;
 pub mod net;
+pub mod ops;
 pub mod referee;
 pub mod scrape;
 pub mod sys;

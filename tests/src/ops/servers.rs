@@ -1,0 +1,323 @@
+//! Real Prometheus (`prometheus`, Debian package `prometheus`) and
+//! Alertmanager (`prometheus-alertmanager`) as child processes on
+//! 127.0.0.1, each with a private config and data directory. Dropping one
+//! sends SIGTERM, then SIGKILL after [`STOP_TIMEOUT`], and removes the
+//! directory; they also get SIGTERM if the test process dies.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::agent::{die_with_parent, free_port};
+use crate::http::{self, Response};
+use crate::ops::urlencode;
+use crate::sys::{self, TempDir};
+
+/// How long a server may take to answer `/-/ready`.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a server may take to exit after SIGTERM before it is killed.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A server child process with its own directory and log file.
+pub struct Server {
+    name: String,
+    child: Option<Child>,
+    addr: SocketAddr,
+    log_path: PathBuf,
+    // Last field: removed after the child is gone.
+    dir: TempDir,
+}
+
+impl Server {
+    /// Spawns `program args...` (its output to `DIR/server.log`) and waits
+    /// until `GET /-/ready` answers 200 on `addr`.
+    fn start(name: &str, program: &str, args: &[String], addr: SocketAddr, dir: TempDir) -> Server {
+        sys::need_tool(program, name);
+        let log_path = dir.path().join("server.log");
+        let log = File::create(&log_path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
+        let log2 = log.try_clone().expect("clone log file handle");
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        die_with_parent(&mut cmd);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+        let mut server = Server {
+            name: name.to_string(),
+            child: Some(child),
+            addr,
+            log_path,
+            dir,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut last;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "{} exited ({status}) before /-/ready answered; log:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            match http::request(self.addr, "GET", "/-/ready", HTTP_TIMEOUT) {
+                Ok(r) if r.status == 200 => return,
+                Ok(r) => last = format!("{} {}", r.status, r.body.trim()),
+                Err(e) => last = e.to_string(),
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{} was not ready within {READY_TIMEOUT:?} (last: {last}); log:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("server running")
+    }
+
+    /// The server's directory (config, data, log).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// The last 200 lines of the server's log.
+    pub fn log(&self) -> String {
+        let s = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(200)..].join("\n")
+    }
+
+    /// `GET path`; panics with the server's log on an I/O error.
+    pub fn get(&self, path: &str) -> Response {
+        http::request(self.addr, "GET", path, HTTP_TIMEOUT).unwrap_or_else(|e| {
+            panic!(
+                "GET http://{}{path} ({}) failed: {e}; log:\n{}",
+                self.addr,
+                self.name,
+                self.log()
+            )
+        })
+    }
+
+    /// `GET path` as JSON (any status: APIs put their errors in the body).
+    pub fn get_json(&self, path: &str) -> (u16, Value) {
+        let r = self.get(path);
+        let v = serde_json::from_str(&r.body).unwrap_or_else(|e| {
+            panic!(
+                "GET {path} ({}) answered {} with a non-JSON body ({e}): {}",
+                self.name, r.status, r.body
+            )
+        });
+        (r.status, v)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            sys::signal(child.id(), libc::SIGTERM);
+            if sys::wait_timeout(&mut child, STOP_TIMEOUT).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// A Prometheus server scraping `targets` as job `sonde` every second and
+/// evaluating its rules every second.
+pub struct Prometheus {
+    pub server: Server,
+}
+
+impl Prometheus {
+    /// Starts Prometheus with `rules` (rule file text, if any) and
+    /// `alertmanager` (where to send alerts, if any).
+    pub fn start(
+        targets: &[SocketAddr],
+        rules: Option<&str>,
+        alertmanager: Option<SocketAddr>,
+    ) -> Prometheus {
+        let dir = TempDir::new("prometheus");
+        let quoted = |addrs: &[SocketAddr]| {
+            addrs
+                .iter()
+                .map(|a| format!("'{a}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut config = String::from(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n",
+        );
+        if let Some(rules) = rules {
+            dir.write("rules.yml", rules);
+            config.push_str("rule_files:\n  - rules.yml\n");
+        }
+        if let Some(am) = alertmanager {
+            config.push_str(&format!(
+                "alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: [{}]\n",
+                quoted(&[am])
+            ));
+        }
+        config.push_str(&format!(
+            "scrape_configs:\n  - job_name: sonde\n    static_configs:\n      - targets: [{}]\n",
+            quoted(targets)
+        ));
+        let config_path = dir.write("prometheus.yml", &config);
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let args = vec![
+            format!("--config.file={}", config_path.display()),
+            format!("--storage.tsdb.path={}", dir.path().join("data").display()),
+            format!("--web.listen-address={addr}"),
+            "--log.level=info".to_string(),
+        ];
+        Prometheus {
+            server: Server::start("prometheus", "prometheus", &args, addr, dir),
+        }
+    }
+
+    /// An instant query through `/api/v1/query`: the `result` array, or the
+    /// API's error (`errorType: error`).
+    pub fn query(&self, expr: &str) -> Result<Vec<Value>, String> {
+        let (status, v) = self
+            .server
+            .get_json(&format!("/api/v1/query?query={}", urlencode(expr)));
+        if v["status"] != "success" {
+            return Err(format!(
+                "HTTP {status}, {}: {}",
+                v["errorType"].as_str().unwrap_or("?"),
+                v["error"].as_str().unwrap_or("?")
+            ));
+        }
+        Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Waits until `targets` targets of job `sonde` have at least `scrapes`
+    /// samples of `up` in the last minute, all of them 1.
+    pub fn wait_scraped(&self, targets: usize, scrapes: u32, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let expr = format!(
+            "min_over_time(up{{job=\"sonde\"}}[1m]) == 1 and count_over_time(up{{job=\"sonde\"}}[1m]) >= {scrapes}"
+        );
+        loop {
+            let got = self.query(&expr).unwrap_or_default();
+            if got.len() >= targets {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let (_, t) = self.server.get_json("/api/v1/targets");
+                panic!(
+                    "Prometheus did not scrape {targets} target(s) {scrapes} times within \
+                     {timeout:?}; /api/v1/targets: {t}\nlog:\n{}",
+                    self.server.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Names of the alerts Prometheus itself has firing (`/api/v1/alerts`).
+    pub fn firing(&self) -> Vec<Value> {
+        let (_, v) = self.server.get_json("/api/v1/alerts");
+        v["data"]["alerts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| a["state"] == "firing")
+            .collect()
+    }
+}
+
+/// An Alertmanager with one receiver that notifies nobody: the test reads
+/// what arrived through `/api/v2/alerts`. Clustering is off.
+pub struct Alertmanager {
+    pub server: Server,
+}
+
+impl Alertmanager {
+    pub fn start() -> Alertmanager {
+        let dir = TempDir::new("alertmanager");
+        let config = dir.write(
+            "alertmanager.yml",
+            "route:\n  receiver: test\n  group_by: [alertname]\n  group_wait: 1s\n  \
+             group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: test\n",
+        );
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let args = vec![
+            format!("--config.file={}", config.display()),
+            format!("--storage.path={}", dir.path().join("data").display()),
+            format!("--web.listen-address={addr}"),
+            "--cluster.listen-address=".to_string(),
+            "--log.level=info".to_string(),
+        ];
+        Alertmanager {
+            server: Server::start(
+                "prometheus-alertmanager",
+                "prometheus-alertmanager",
+                &args,
+                addr,
+                dir,
+            ),
+        }
+    }
+
+    /// The active alerts Alertmanager holds (`GET /api/v2/alerts`).
+    pub fn alerts(&self) -> Vec<Value> {
+        let (status, v) = self.server.get_json("/api/v2/alerts?active=true");
+        assert_eq!(status, 200, "GET /api/v2/alerts answered {status}: {v}");
+        v.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Polls until an alert named `name` whose labels include `labels`
+    /// arrives; returns it, or `Err(names seen)` after `timeout`.
+    pub fn wait_for(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<(Value, Duration), Vec<String>> {
+        let t0 = Instant::now();
+        loop {
+            let alerts = self.alerts();
+            if let Some(a) = alerts.iter().find(|a| {
+                a["labels"]["alertname"] == name
+                    && labels.iter().all(|(k, v)| a["labels"][*k] == *v)
+            }) {
+                return Ok((a.clone(), t0.elapsed()));
+            }
+            if t0.elapsed() >= timeout {
+                return Err(alerts
+                    .iter()
+                    .map(|a| a["labels"].to_string())
+                    .collect::<Vec<_>>());
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
