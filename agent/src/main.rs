@@ -168,6 +168,15 @@ async fn serve(
         .map_err(|e| Failure::runtime(format!("loading task failed: {e}")))?
     };
     let mut probes = probes.map_err(Failure::runtime)?;
+    // Loading parsed the kernel's BTF (megabytes) and the object; give the
+    // freed heap back to the system rather than carry it for the agent's
+    // lifetime.
+    // (musl's allocator returns memory by itself and has no malloc_trim.)
+    #[cfg(target_env = "gnu")]
+    // SAFETY: plain libc call with no preconditions.
+    unsafe {
+        libc::malloc_trim(0)
+    };
     let metrics = Arc::new(metrics::Metrics::new().map_err(Failure::runtime)?);
 
     let program_ids = probes
