@@ -74,6 +74,14 @@ const FEATURES: &[(&str, &str, f64)] = &[
     ("runqueue_mean_wait_seconds", "cpu_saturation", 0.002),
 ];
 
+/// Every anomaly kind the analyzer can name (so metrics can show zeros).
+pub fn kinds() -> Vec<&'static str> {
+    let mut kinds: Vec<&'static str> = FEATURES.iter().map(|f| f.1).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    kinds
+}
+
 #[derive(Debug)]
 pub struct Analyzer {
     pub baselines: BTreeMap<String, Baseline>,

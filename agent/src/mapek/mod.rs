@@ -127,8 +127,17 @@ impl Mapek {
             "Anomalies detected on this node, by kind and severity",
             MetricType::COUNTER,
         );
-        for ((kind, severity), n) in &self.anomalies_total {
-            total.sample(&[("kind", kind), ("severity", severity)], *n as f64);
+        // Every kind and severity from zero: an alert or a rate() needs the
+        // series before the first anomaly.
+        for kind in analyze::kinds() {
+            for severity in ["warning", "critical"] {
+                let n = self
+                    .anomalies_total
+                    .get(&(kind, severity))
+                    .copied()
+                    .unwrap_or(0);
+                total.sample(&[("kind", kind), ("severity", severity)], n as f64);
+            }
         }
         total.done(&mut out);
         let mut active = Family::new(
@@ -136,8 +145,9 @@ impl Mapek {
             "Anomalies in progress, by kind",
             MetricType::GAUGE,
         );
-        for anomaly in &self.analyzer.active {
-            active.sample(&[("kind", anomaly.kind)], 1.0);
+        for kind in analyze::kinds() {
+            let on = self.analyzer.active.iter().any(|a| a.kind == kind);
+            active.sample(&[("kind", kind)], f64::from(u8::from(on)));
         }
         active.done(&mut out);
         let mut score = Family::new(
