@@ -173,8 +173,17 @@ impl Mapek {
             "Decisions taken by the loop, by action and mode (dry_run: recorded only)",
             MetricType::COUNTER,
         );
-        for ((action, mode), n) in &self.executor.counts {
-            actions.sample(&[("action", action), ("mode", mode)], *n as f64);
+        // From zero for this agent's mode, so the series exist before the
+        // first decision.
+        let mode = self.executor.mode.label();
+        for action in plan::Action::NAMES {
+            let n = self
+                .executor
+                .counts
+                .get(&(action, mode))
+                .copied()
+                .unwrap_or(0);
+            actions.sample(&[("action", action), ("mode", mode)], n as f64);
         }
         actions.done(&mut out);
         let mut cycle = Family::new(

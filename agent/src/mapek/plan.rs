@@ -29,6 +29,9 @@ pub enum Action {
 }
 
 impl Action {
+    /// Every action's name.
+    pub const NAMES: [&'static str; 2] = ["raise_detail", "restore_detail"];
+
     pub fn name(&self) -> &'static str {
         match self {
             Action::RaiseDetail { .. } => "raise_detail",
