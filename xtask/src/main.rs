@@ -1,10 +1,12 @@
 //! Sonde's developer commands, run as `cargo xtask <command>` (the alias is in
 //! `.cargo/config.toml`). One module per command; shared helpers in `util`.
 
+mod bench;
 mod run;
 mod test;
 mod toolchain;
 mod util;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -27,12 +29,18 @@ enum Command {
     Run(run::Options),
     /// Format check, both clippy passes, unit tests and the privileged integration tests.
     Test(test::Options),
+    /// Measure Sonde's cost side by side with its baselines (root); writes bench/results/.
+    Bench(bench::Options),
+    /// Boot Debian kernels in qemu and run sonde check and counting runs inside; writes docs/kernels.md.
+    VmTest(vm::Options),
 }
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Run(opts) => run::run(opts),
         Command::Test(opts) => test::run(opts).map(|()| ExitCode::SUCCESS),
+        Command::Bench(opts) => bench::run(opts).map(|()| ExitCode::SUCCESS),
+        Command::VmTest(opts) => vm::run(opts).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
         // The chain, one line; no backtrace even with RUST_BACKTRACE set.

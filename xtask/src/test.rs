@@ -29,10 +29,10 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     ];
     if !opts.no_integration {
         steps.push(("integration tests (root)", integration_tests));
+        // Smoke run of the benchmark: every scenario runs and produces sane
+        // numbers (no timing thresholds).
+        steps.push(("bench --quick (root)", bench_quick));
     }
-    // Hook: a `bench --quick` step (overhead smoke check against the
-    // bpftrace referee) goes here, after the integration tests, once the
-    // bench command exists.
 
     let start = Instant::now();
     let total = steps.len();
@@ -134,9 +134,26 @@ fn integration_tests() -> anyhow::Result<()> {
     util::run(test.args(["--", "--test-threads=1"]))
 }
 
+fn bench_quick() -> anyhow::Result<()> {
+    if util::is_root() {
+        return crate::bench::run(crate::bench::Options::quick());
+    }
+    // Build as the user (so target/ gets no root-owned build files), then
+    // run only the measurements as root.
+    util::run(util::cargo().args(["build", "--release", "-p", "sonde"]))?;
+    util::run(util::cargo().args(["build", "--release", "-p", "sonde-tests", "--bins"]))?;
+    let xtask = std::env::current_exe().context("locating the xtask binary")?;
+    util::run(
+        Command::new("sudo")
+            .arg("-E")
+            .arg(xtask)
+            .args(["bench", "--quick", "--no-build"]),
+    )
+}
+
 /// bpftrace (the referee in some tests) needs tracefs; the agent mounts it
 /// itself when missing.
-fn mount_tracefs(root: bool) -> anyhow::Result<()> {
+pub(crate) fn mount_tracefs(root: bool) -> anyhow::Result<()> {
     const TRACEFS: &str = "/sys/kernel/tracing";
     let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
     let mounted = mounts.lines().any(|l| {

@@ -14,9 +14,19 @@
 //! sonde-workload tcp-listen ADDR:PORT SECONDS
 //! sonde-workload nanosleep MS N
 //! ```
+//!
+//! Benchmark load (`cargo xtask bench`); each prints one result line
+//! (`key value ...`) before it exits:
+//!
+//! ```text
+//! sonde-workload syscall-loop K N             N syscalls cycling through K cheap ones
+//! sonde-workload getppid-rate RATE SECONDS    getppid paced at RATE per second
+//! sonde-workload udp-flood ADDR:PORT SECONDS SIZE   sendmmsg, 64 datagrams a call
+//! sonde-workload udp-flows SRC COUNT ADDR:PORT FLOWS   one datagram per flow (raw socket)
+//! ```
 
 use std::io::{ErrorKind, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -29,7 +39,8 @@ fn usage() -> ExitCode {
     eprintln!(
         "usage: sonde-workload <getppid N | close-bad N | udp-send ADDR:PORT N SIZE | \
          udp-sink ADDR:PORT SECONDS | tcp-connect ADDR:PORT | tcp-listen ADDR:PORT SECONDS | \
-         nanosleep MS N>"
+         nanosleep MS N | syscall-loop K N | getppid-rate RATE SECONDS | \
+         udp-flood ADDR:PORT SECONDS SIZE | udp-flows SRC COUNT ADDR:PORT FLOWS>"
     );
     ExitCode::from(2)
 }
@@ -193,6 +204,354 @@ fn nanosleep(ms: u64, n: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// Upper bound on `getppid-rate`'s RATE.
+const MAX_RATE: u64 = 100_000_000;
+/// Upper bound on `udp-flows`' FLOWS.
+const MAX_FLOWS: u64 = 1_000_000;
+/// Datagrams per `sendmmsg` call in `udp-flood`.
+const FLOOD_BATCH: usize = 64;
+/// `udp-flows` source ports: `FIRST_FLOW_PORT..FIRST_FLOW_PORT + FLOW_PORTS`.
+const FIRST_FLOW_PORT: u32 = 10_000;
+const FLOW_PORTS: u32 = 50_000;
+
+/// Cheap syscalls without side effects, in the order `syscall-loop K` uses
+/// them: K = 1 is getppid alone. The last six fail with EBADF on purpose
+/// (the error path is part of the mix).
+const CHEAP_SYSCALLS: [fn(); 32] = {
+    use libc::*;
+    // SAFETY (every entry): each call passes valid pointers to local buffers
+    // at least as large as the kernel writes, or none, and changes no state
+    // of the process.
+    [
+        || unsafe {
+            syscall(SYS_getppid);
+        },
+        || unsafe {
+            syscall(SYS_getpid);
+        },
+        || unsafe {
+            syscall(SYS_gettid);
+        },
+        || unsafe {
+            syscall(SYS_getuid);
+        },
+        || unsafe {
+            syscall(SYS_geteuid);
+        },
+        || unsafe {
+            syscall(SYS_getgid);
+        },
+        || unsafe {
+            syscall(SYS_getegid);
+        },
+        || unsafe {
+            syscall(SYS_getpgrp);
+        },
+        || unsafe {
+            syscall(SYS_getsid, 0);
+        },
+        || unsafe {
+            syscall(SYS_getpgid, 0);
+        },
+        || unsafe {
+            syscall(SYS_getpriority, PRIO_PROCESS, 0);
+        },
+        || {
+            let mut r = [0u64; 2];
+            unsafe { syscall(SYS_getrlimit, RLIMIT_NOFILE, r.as_mut_ptr()) };
+        },
+        || {
+            let mut ids = [0u32; 3];
+            let p = ids.as_mut_ptr();
+            unsafe { syscall(SYS_getresuid, p, p.add(1), p.add(2)) };
+        },
+        || {
+            let mut ids = [0u32; 3];
+            let p = ids.as_mut_ptr();
+            unsafe { syscall(SYS_getresgid, p, p.add(1), p.add(2)) };
+        },
+        || unsafe {
+            syscall(SYS_getgroups, 0, std::ptr::null_mut::<gid_t>());
+        },
+        || unsafe {
+            syscall(SYS_sched_getscheduler, 0);
+        },
+        || unsafe {
+            syscall(SYS_sched_get_priority_max, SCHED_FIFO);
+        },
+        || unsafe {
+            syscall(SYS_sched_get_priority_min, SCHED_FIFO);
+        },
+        || {
+            let mut param = [0i32; 4];
+            unsafe { syscall(SYS_sched_getparam, 0, param.as_mut_ptr()) };
+        },
+        || {
+            let (mut cpu, mut node) = (0u32, 0u32);
+            unsafe { syscall(SYS_getcpu, &mut cpu, &mut node, 0usize) };
+        },
+        || unsafe {
+            syscall(SYS_personality, 0xffff_ffffu64);
+        },
+        || unsafe {
+            syscall(SYS_prctl, PR_GET_DUMPABLE, 0, 0, 0, 0);
+        },
+        || {
+            let mut it = [0i64; 4];
+            unsafe { syscall(SYS_getitimer, ITIMER_REAL, it.as_mut_ptr()) };
+        },
+        || {
+            let mut t = [0i64; 4];
+            unsafe { syscall(SYS_times, t.as_mut_ptr()) };
+        },
+        || {
+            let mut buf = [0u8; 512];
+            unsafe { syscall(SYS_uname, buf.as_mut_ptr()) };
+        },
+        || {
+            let mut buf = [0u8; 4096];
+            unsafe { syscall(SYS_getcwd, buf.as_mut_ptr(), buf.len()) };
+        },
+        || unsafe {
+            syscall(SYS_close, -1i64);
+        },
+        || {
+            let mut st = [0u8; 256];
+            unsafe { syscall(SYS_fstat, -1i64, st.as_mut_ptr()) };
+        },
+        || unsafe {
+            syscall(SYS_lseek, -1i64, 0, SEEK_SET);
+        },
+        || unsafe {
+            syscall(SYS_read, -1i64, std::ptr::null_mut::<u8>(), 0);
+        },
+        || unsafe {
+            syscall(SYS_write, -1i64, std::ptr::null::<u8>(), 0);
+        },
+        || unsafe {
+            syscall(SYS_dup, -1i64);
+        },
+    ]
+};
+
+/// N syscalls, cycling through the first K of [`CHEAP_SYSCALLS`]; prints
+/// `elapsed_ns E calls N`.
+fn syscall_loop(k: usize, n: u64) -> Result<(), String> {
+    if k == 0 {
+        return Err("K must be at least 1".into());
+    }
+    let calls = &CHEAP_SYSCALLS[..k];
+    let start = Instant::now();
+    let mut next = 0;
+    for _ in 0..n {
+        calls[next]();
+        next += 1;
+        if next == k {
+            next = 0;
+        }
+    }
+    let elapsed = start.elapsed();
+    say(&format!("elapsed_ns {} calls {n}", elapsed.as_nanos()));
+    Ok(())
+}
+
+/// getppid at RATE calls per second for SECONDS (or as fast as it can, if
+/// that is slower; it stops at SECONDS either way); prints
+/// `calls N elapsed_ns E`.
+fn getppid_rate(rate: u64, seconds: u64) -> Result<(), String> {
+    if rate == 0 {
+        return Err("RATE must be at least 1".into());
+    }
+    let total = rate.saturating_mul(seconds);
+    let window = Duration::from_secs(seconds);
+    let start = Instant::now();
+    let mut done = 0u64;
+    while done < total {
+        let elapsed = start.elapsed();
+        if elapsed >= window {
+            break;
+        }
+        // Calls due by now; catch up in bursts of at most 1024 when behind,
+        // so the clock is read often enough to stop on time.
+        let due = ((elapsed.as_nanos() * u128::from(rate) / 1_000_000_000) as u64)
+            .min(total)
+            .min(done + 1024);
+        if due <= done {
+            let next_ns = (u128::from(done + 1) * 1_000_000_000 / u128::from(rate)) as u64;
+            let ahead = Duration::from_nanos(next_ns).saturating_sub(elapsed);
+            if ahead > Duration::from_micros(200) {
+                std::thread::sleep(ahead - Duration::from_micros(100));
+            } else {
+                std::hint::spin_loop();
+            }
+            continue;
+        }
+        while done < due {
+            // SAFETY: getppid takes no arguments and cannot fail.
+            unsafe { libc::syscall(libc::SYS_getppid) };
+            done += 1;
+        }
+    }
+    say(&format!(
+        "calls {done} elapsed_ns {}",
+        start.elapsed().as_nanos()
+    ));
+    Ok(())
+}
+
+/// UDP datagrams of SIZE bytes to ADDR:PORT, as fast as `sendmmsg` takes
+/// them (64 a call), for SECONDS; prints `sent N`. A full queue (ENOBUFS)
+/// or an ICMP error from the far side is not a failure.
+fn udp_flood(to: SocketAddr, seconds: u64, size: usize) -> Result<(), String> {
+    use std::os::fd::AsRawFd as _;
+    let bind: SocketAddr = if to.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap()
+    } else {
+        "[::]:0".parse().unwrap()
+    };
+    let sock = UdpSocket::bind(bind).map_err(|e| format!("bind {bind}: {e}"))?;
+    sock.connect(to).map_err(|e| format!("connect {to}: {e}"))?;
+    let mut payload = vec![0x5au8; size];
+    // One datagram first, so neighbour resolution is done before the flood.
+    sock.send(&payload)
+        .map_err(|e| format!("send to {to}: {e}"))?;
+    std::thread::sleep(Duration::from_millis(20));
+    let mut iov = libc::iovec {
+        iov_base: payload.as_mut_ptr().cast(),
+        iov_len: size,
+    };
+    // SAFETY: mmsghdr is plain data; all-zero is a valid (empty) value.
+    let mut msgs: Vec<libc::mmsghdr> = (0..FLOOD_BATCH)
+        .map(|_| unsafe { std::mem::zeroed() })
+        .collect();
+    for m in &mut msgs {
+        m.msg_hdr.msg_iov = &mut iov;
+        m.msg_hdr.msg_iovlen = 1;
+    }
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut sent = 1u64;
+    while Instant::now() < deadline {
+        // SAFETY: `msgs` holds FLOOD_BATCH headers, each pointing at `iov`,
+        // which points at `payload`; all outlive the call.
+        let r = unsafe {
+            libc::sendmmsg(
+                sock.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                FLOOD_BATCH as libc::c_uint,
+                0,
+            )
+        };
+        if r >= 0 {
+            sent += r as u64;
+            continue;
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENOBUFS | libc::EAGAIN | libc::ECONNREFUSED | libc::EINTR) => {}
+            _ => return Err(format!("sendmmsg to {to}: {e}")),
+        }
+    }
+    say(&format!("sent {sent}"));
+    Ok(())
+}
+
+/// FLOWS distinct UDP flows to ADDR:PORT, one 16-byte datagram each, from a
+/// raw socket: flow i comes from address SRC + (i mod COUNT) and port
+/// 10000 + (i div COUNT), so COUNT source addresses (peers) share the flows.
+/// Prints `sent N`. The source addresses need not be assigned anywhere; the
+/// receiving side needs a route back to them only for replies.
+fn udp_flows(src: Ipv4Addr, count: u32, to: SocketAddr, flows: u64) -> Result<(), String> {
+    let SocketAddr::V4(to) = to else {
+        return Err(format!("udp-flows sends IPv4 only, got {to}"));
+    };
+    if count == 0 || flows > u64::from(count) * u64::from(FLOW_PORTS) {
+        return Err(format!(
+            "{flows} flows need more than {count} source addresses x {FLOW_PORTS} ports"
+        ));
+    }
+    // SAFETY: plain socket(2); the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    if fd < 0 {
+        return Err(format!(
+            "raw socket (needs CAP_NET_RAW): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let result = send_flows(fd, src, count, to, flows);
+    // SAFETY: fd is ours and not used after this.
+    unsafe { libc::close(fd) };
+    let sent = result?;
+    say(&format!("sent {sent}"));
+    Ok(())
+}
+
+fn send_flows(
+    fd: libc::c_int,
+    src: Ipv4Addr,
+    count: u32,
+    to: SocketAddrV4,
+    flows: u64,
+) -> Result<u64, String> {
+    const PAYLOAD: usize = 16;
+    const LEN: usize = 20 + 8 + PAYLOAD;
+    let dst = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*to.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let mut pkt = [0u8; LEN];
+    pkt[0] = 0x45; // IPv4, 20-byte header
+    pkt[2..4].copy_from_slice(&(LEN as u16).to_be_bytes());
+    pkt[8] = 64; // TTL
+    pkt[9] = libc::IPPROTO_UDP as u8;
+    pkt[16..20].copy_from_slice(&to.ip().octets());
+    pkt[22..24].copy_from_slice(&to.port().to_be_bytes());
+    pkt[24..26].copy_from_slice(&((8 + PAYLOAD) as u16).to_be_bytes());
+    // UDP checksum 0: none (IPv4). The kernel fills in the IP checksum.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut sent = 0u64;
+    while sent < flows {
+        if Instant::now() > deadline {
+            return Err(format!("gave up after 60 s with {sent} of {flows} sent"));
+        }
+        let addr = u32::from(src).wrapping_add((sent % u64::from(count)) as u32);
+        let port = FIRST_FLOW_PORT + (sent / u64::from(count)) as u32;
+        pkt[12..16].copy_from_slice(&addr.to_be_bytes());
+        pkt[20..22].copy_from_slice(&(port as u16).to_be_bytes());
+        // SAFETY: `pkt` and `dst` are valid for the lengths passed.
+        let r = unsafe {
+            libc::sendto(
+                fd,
+                pkt.as_ptr().cast(),
+                LEN,
+                0,
+                (&dst as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if matches!(e.raw_os_error(), Some(libc::ENOBUFS | libc::EINTR)) {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            return Err(format!("sendto {to}: {e}"));
+        }
+        sent += 1;
+        // Neighbour resolution after the first datagram; then let the
+        // receiving side drain every 256.
+        if sent == 1 {
+            std::thread::sleep(Duration::from_millis(20));
+        } else if sent.is_multiple_of(256) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    Ok(sent)
+}
+
 fn run(args: &[String]) -> Result<(), String> {
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     match a.as_slice() {
@@ -209,6 +568,26 @@ fn run(args: &[String]) -> Result<(), String> {
         ["nanosleep", ms, n] => {
             nanosleep(num(ms, "MS", MAX_SECONDS * 1000)?, num(n, "N", MAX_COUNT)?)
         }
+        ["syscall-loop", k, n] => syscall_loop(
+            num(k, "K", CHEAP_SYSCALLS.len() as u64)? as usize,
+            num(n, "N", MAX_COUNT)?,
+        ),
+        ["getppid-rate", rate, secs] => getppid_rate(
+            num(rate, "RATE", MAX_RATE)?,
+            num(secs, "SECONDS", MAX_SECONDS)?,
+        ),
+        ["udp-flood", to, secs, size] => udp_flood(
+            addr(to)?,
+            num(secs, "SECONDS", MAX_SECONDS)?,
+            num(size, "SIZE", 65507)? as usize,
+        ),
+        ["udp-flows", src, count, to, flows] => udp_flows(
+            src.parse()
+                .map_err(|e| format!("SRC must be an IPv4 address, got {src:?}: {e}"))?,
+            num(count, "COUNT", 65536)? as u32,
+            addr(to)?,
+            num(flows, "FLOWS", MAX_FLOWS)?,
+        ),
         _ => Err("unknown subcommand or wrong number of arguments".to_string()),
     }
 }

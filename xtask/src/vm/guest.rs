@@ -1,0 +1,333 @@
+//! What the guest runs: the profiles (one configuration each, checked with
+//! `sonde check` and, for those with counts, measured with `sonde run` under
+//! a known workload), and the root file system that carries them: busybox,
+//! the static binaries, the kernel's modules, `/init` (init.sh) and its
+//! parameters.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+
+use super::{initramfs::Archive, kernels::Kernel, payload::Payload};
+
+/// getppid calls per syscall count.
+pub const GETPPID_N: u64 = 10_000;
+/// TCP connects per TCP count.
+pub const TCP_M: u64 = 20;
+/// UDP datagrams per packet count.
+pub const UDP_N: u64 = 500;
+
+/// Bounds inside the guest (seconds): the agent's start, a counter reaching
+/// its target and settling, the agent's exit after SIGTERM.
+const START_TIMEOUT_S: u32 = 90;
+const SETTLE_TIMEOUT_S: u32 = 30;
+const STOP_TIMEOUT_S: u32 = 20;
+
+/// Every profile's base: loopback only (the guest has no other interface),
+/// and a fast collector so counts settle quickly.
+const BASE: &[(&str, &str, &str)] = &[
+    ("network", "interfaces", r#"["lo"]"#),
+    ("collector", "interval_ms", "200"),
+];
+
+/// A counting check run under `sonde run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    /// `sonde_syscalls_total{syscall="getppid"}` rises by GETPPID_N (up to 1 %
+    /// more: the guest's own shell and busybox make a few).
+    Syscalls,
+    /// `sonde_tcp_connect_duration_seconds_count` rises by at least TCP_M.
+    TcpConnects,
+    /// `sonde_packets_total{interface="lo",direction="ingress",family="ipv4",
+    /// protocol="udp"}` rises by exactly UDP_N.
+    UdpPackets,
+}
+
+impl Count {
+    /// The init script's function (`count_NAME`).
+    fn function(self) -> &'static str {
+        match self {
+            Count::Syscalls => "syscalls",
+            Count::TcpConnects => "tcp",
+            Count::UdpPackets => "udp",
+        }
+    }
+
+    /// The key of the `value` line the guest reports.
+    pub fn key(self) -> &'static str {
+        match self {
+            Count::Syscalls => "getppid",
+            Count::TcpConnects => "tcp_connects",
+            Count::UdpPackets => "udp_packets",
+        }
+    }
+
+    /// What the check asserts, for the report.
+    pub fn describe(self) -> String {
+        match self {
+            Count::Syscalls => {
+                format!("{GETPPID_N} getppid → sonde_syscalls_total +{GETPPID_N} (≤ 1 % more)")
+            }
+            Count::TcpConnects => {
+                format!(
+                    "{TCP_M} TCP connects → connect latency samples ≥ +{TCP_M} \
+                     (the guest's scrapes of /metrics are connects too)"
+                )
+            }
+            Count::UdpPackets => {
+                format!("{UDP_N} UDP datagrams on lo → ingress packets +{UDP_N} exactly")
+            }
+        }
+    }
+
+    /// Whether `delta` (after − before) is right.
+    pub fn judge(self, delta: f64) -> bool {
+        match self {
+            Count::Syscalls => {
+                let n = GETPPID_N as f64;
+                delta >= n && delta <= n * 1.01
+            }
+            Count::TcpConnects => delta >= TCP_M as f64,
+            Count::UdpPackets => delta == UDP_N as f64,
+        }
+    }
+}
+
+/// What a profile's `sonde check` must show: an attachment whose hook
+/// contains `hook` (and, if given, in `mode`).
+#[derive(Debug, Clone, Copy)]
+pub struct Expect {
+    pub hook: &'static str,
+    pub mode: Option<&'static str>,
+}
+
+#[derive(Debug)]
+pub struct Profile {
+    pub name: &'static str,
+    pub about: &'static str,
+    /// (section, key, TOML value) on top of BASE.
+    pub settings: &'static [(&'static str, &'static str, &'static str)],
+    pub expect: Option<Expect>,
+    /// A `sonde check` capability line (`kprobes`, `fentry/fexit`) that must
+    /// say yes for the profile to apply; where it says no, a refusal is
+    /// the right answer and is reported as n/a.
+    pub needs: Option<&'static str>,
+    pub counts: &'static [Count],
+}
+
+/// The profiles, in the order the guest runs them. `auto` comes first: its
+/// `sonde check` output is the kernel's capability and hook table.
+pub const PROFILES: &[Profile] = &[
+    Profile {
+        name: "auto",
+        about: "defaults: every signal on the hook the kernel's own probing picks",
+        settings: &[],
+        expect: None,
+        needs: None,
+        counts: &[Count::Syscalls, Count::TcpConnects, Count::UdpPackets],
+    },
+    Profile {
+        name: "syscalls-raw_tracepoint",
+        about: "`[syscalls] hook = \"raw_tracepoint\"`",
+        settings: &[("syscalls", "hook", r#""raw_tracepoint""#)],
+        expect: Some(Expect {
+            hook: "sys_enter",
+            mode: Some("raw_tracepoint"),
+        }),
+        needs: None,
+        counts: &[Count::Syscalls],
+    },
+    Profile {
+        name: "syscalls-tracepoint",
+        about: "`[syscalls] hook = \"tracepoint\"`",
+        settings: &[("syscalls", "hook", r#""tracepoint""#)],
+        expect: Some(Expect {
+            hook: "sys_enter",
+            mode: Some("tracepoint"),
+        }),
+        needs: None,
+        counts: &[Count::Syscalls],
+    },
+    Profile {
+        name: "ingress-tc",
+        about: "`[network] xdp_mode = \"off\"`: ingress through TC instead of XDP",
+        settings: &[("network", "xdp_mode", r#""off""#)],
+        expect: Some(Expect {
+            hook: "tc_ingress:lo",
+            mode: None,
+        }),
+        needs: None,
+        counts: &[Count::UdpPackets],
+    },
+    Profile {
+        name: "tcp-fentry",
+        about: "`[tcp] hook = \"fentry\"`",
+        settings: &[("tcp", "hook", r#""fentry""#)],
+        expect: Some(Expect {
+            hook: "",
+            mode: Some("fentry"),
+        }),
+        needs: Some("fentry/fexit"),
+        counts: &[Count::TcpConnects],
+    },
+    Profile {
+        name: "tcp-kprobe",
+        about: "`[tcp] hook = \"kprobe\"`",
+        settings: &[("tcp", "hook", r#""kprobe""#)],
+        expect: Some(Expect {
+            hook: "",
+            mode: Some("kprobe"),
+        }),
+        needs: Some("kprobes"),
+        counts: &[Count::TcpConnects],
+    },
+    Profile {
+        name: "tcp-tracepoint",
+        about: "`[tcp] hook = \"tracepoint\"`",
+        settings: &[("tcp", "hook", r#""tracepoint""#)],
+        expect: Some(Expect {
+            hook: "inet_sock_set_state",
+            mode: Some("tracepoint"),
+        }),
+        needs: None,
+        counts: &[Count::TcpConnects],
+    },
+];
+
+pub fn profile(name: &str) -> Option<&'static Profile> {
+    PROFILES.iter().find(|p| p.name == name)
+}
+
+impl Profile {
+    /// The profile's configuration file.
+    pub fn config_toml(&self) -> String {
+        let mut sections: Vec<(&str, Vec<(&str, &str)>)> = Vec::new();
+        for &(section, key, value) in BASE.iter().chain(self.settings) {
+            let i = match sections.iter().position(|(s, _)| *s == section) {
+                Some(i) => i,
+                None => {
+                    sections.push((section, Vec::new()));
+                    sections.len() - 1
+                }
+            };
+            let keys = &mut sections[i].1;
+            match keys.iter_mut().find(|(k, _)| *k == key) {
+                Some(kv) => kv.1 = value,
+                None => keys.push((key, value)),
+            }
+        }
+        let mut out = format!("# vm-test profile {}: {}\n", self.name, self.about);
+        for (section, keys) in sections {
+            out.push_str(&format!("\n[{section}]\n"));
+            for (k, v) in keys {
+                out.push_str(&format!("{k} = {v}\n"));
+            }
+        }
+        out
+    }
+}
+
+/// Writes the guest's root file system for `kernel` to `out`.
+pub fn build_initramfs(
+    payload: &Payload,
+    kernel: &Kernel,
+    profiles: &[&Profile],
+    out: &Path,
+) -> anyhow::Result<()> {
+    let mut a = Archive::new();
+    a.copy("bin/busybox", 0o755, &payload.busybox)?;
+    a.symlink("bin/sh", "busybox")?;
+    a.file("init", 0o755, include_str!("init.sh").as_bytes().to_vec())?;
+    a.copy("vm/bin/sonde", 0o755, &payload.sonde)?;
+    a.copy("vm/bin/sonde-workload", 0o755, &payload.workload)?;
+    a.dir("vm/modules")?;
+    for m in &kernel.modules {
+        let name = m.file_name().context("module path")?.to_string_lossy();
+        a.copy(&format!("vm/modules/{name}"), 0o644, m)?;
+    }
+    a.file("vm/params", 0o644, params(profiles).into_bytes())?;
+    for p in profiles {
+        a.file(
+            &format!("vm/profiles/{}.toml", p.name),
+            0o644,
+            p.config_toml().into_bytes(),
+        )?;
+        let counts: Vec<&str> = p.counts.iter().map(|c| c.function()).collect();
+        a.file(
+            &format!("vm/profiles/{}.counts", p.name),
+            0o644,
+            format!("{}\n", counts.join(" ")).into_bytes(),
+        )?;
+    }
+    for dir in ["proc", "sys", "dev", "tmp", "run"] {
+        a.dir(dir)?;
+    }
+    a.write_to(out)?;
+    println!(
+        "initramfs {} ({:.1} MiB)",
+        out.display(),
+        a.payload_bytes() as f64 / (1024.0 * 1024.0)
+    );
+    Ok(())
+}
+
+/// `/vm/params`, sourced by init.sh.
+fn params(profiles: &[&Profile]) -> String {
+    let names: Vec<&str> = profiles.iter().map(|p| p.name).collect();
+    format!(
+        "PROFILES=\"{}\"\nGETPPID_N={GETPPID_N}\nTCP_M={TCP_M}\nUDP_N={UDP_N}\n\
+         START_TIMEOUT_S={START_TIMEOUT_S}\nSETTLE_TIMEOUT_S={SETTLE_TIMEOUT_S}\n\
+         STOP_TIMEOUT_S={STOP_TIMEOUT_S}\n",
+        names.join(" ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profile_settings_merge_into_the_base_sections() {
+        let p = profile("ingress-tc").unwrap();
+        let toml = p.config_toml();
+        assert_eq!(toml.matches("\n[network]\n").count(), 1, "{toml}");
+        assert!(
+            toml.contains("interfaces = [\"lo\"]\nxdp_mode = \"off\"\n"),
+            "{toml}"
+        );
+        assert!(
+            profile("auto")
+                .unwrap()
+                .config_toml()
+                .contains("[collector]\ninterval_ms = 200\n")
+        );
+    }
+
+    #[test]
+    fn profile_names_are_unique_and_shell_safe() {
+        for (i, p) in PROFILES.iter().enumerate() {
+            assert!(
+                p.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+                "{}",
+                p.name
+            );
+            assert!(PROFILES[..i].iter().all(|q| q.name != p.name), "{}", p.name);
+        }
+        assert_eq!(PROFILES[0].name, "auto");
+    }
+
+    #[test]
+    fn counts_judge_their_bounds() {
+        let n = GETPPID_N as f64;
+        assert!(Count::Syscalls.judge(n));
+        assert!(Count::Syscalls.judge(n * 1.01));
+        assert!(!Count::Syscalls.judge(n - 1.0));
+        assert!(!Count::Syscalls.judge(n * 1.02));
+        assert!(Count::TcpConnects.judge(TCP_M as f64 * 2.0));
+        assert!(!Count::TcpConnects.judge(TCP_M as f64 - 1.0));
+        assert!(Count::UdpPackets.judge(UDP_N as f64));
+        assert!(!Count::UdpPackets.judge(UDP_N as f64 + 1.0));
+    }
+}

@@ -1,0 +1,229 @@
+#!/bin/sh
+# PID 1 of the virtual machines `cargo xtask vm-test` boots (xtask/src/vm/).
+# Mounts what Sonde needs, then for each profile in /vm/params runs
+# `sonde check` and, where the profile asks for it, `sonde run` under a known
+# workload, and reports on the serial console. Every report line starts with
+# "SONDE-VM: " and is parsed by xtask/src/vm/results.rs:
+#
+#   SONDE-VM: kernel RELEASE
+#   SONDE-VM: out STEP LINE        (a line of a command's stdout)
+#   SONDE-VM: err STEP LINE        (a line of its stderr, or the agent's log)
+#   SONDE-VM: exit STEP CODE
+#   SONDE-VM: value STEP KEY BEFORE AFTER
+#   SONDE-VM: error STEP MESSAGE
+#   SONDE-VM: done
+#
+# STEP is setup, check:PROFILE or run:PROFILE. The host judges the numbers;
+# this script only measures. Everything here is bounded in time, and the
+# script never returns (PID 1 exiting would panic the kernel): it powers off.
+
+/bin/busybox --install -s /bin
+export PATH=/bin:/vm/bin NO_COLOR=1
+mkdir -p /proc /sys /dev /tmp /run
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
+mount -t bpf bpf /sys/fs/bpf
+mount -t tracefs tracefs /sys/kernel/tracing
+mount -t debugfs debugfs /sys/kernel/debug
+
+. /vm/params
+
+say() { echo "SONDE-VM: $*"; }
+
+# relay KIND STEP FILE: every line of FILE as "KIND STEP LINE".
+relay() {
+    while IFS= read -r line || [ -n "$line" ]; do
+        echo "SONDE-VM: $1 $2 $line"
+    done < "$3"
+}
+
+now() { cut -d. -f1 /proc/uptime; }
+
+# get URL: the body on stdout, bounded in time. (Not `wget -T`: Debian 12's
+# static busybox 1.35 segfaults with it.)
+get() { timeout 10 wget -q -O - "$1" 2>/dev/null; }
+
+# alive PID: the process exists and is not a zombie waiting to be reaped.
+alive() {
+    [ -r "/proc/$1/stat" ] || return 1
+    [ "$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null)" != Z ]
+}
+
+# metric NAME [LABEL=\"VALUE\"...]: the sum of the series called NAME that
+# carry every given label, 0 when there is none.
+metric() {
+    name=$1
+    shift
+    get "$URL/metrics" | awk -v name="$name" -v labels="$*" '
+        BEGIN { n = split(labels, want, " ") }
+        index($0, name "{") == 1 || $1 == name {
+            for (i = 1; i <= n; i++) if (index($0, want[i]) == 0) next
+            sum += $NF; found = 1
+        }
+        END { printf "%.0f\n", found ? sum : 0 }'
+}
+
+ge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a + 0 >= b + 0) }'; }
+add() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f\n", a + b }'; }
+
+# settle TARGET NAME [LABEL...]: waits until the series reaches TARGET (or
+# SETTLE_TIMEOUT_S passes), then reads it once more a second later (five
+# collector intervals) and prints that. The workload has exited by then, so
+# everything it did is in the kernel's maps; the second read picks up what
+# the collector had not exported yet. (Waiting for the value to stop moving
+# would not work: every scrape is itself a TCP connect, and busybox makes
+# the odd getppid call.)
+settle() {
+    target=$1
+    shift
+    deadline=$(($(now) + SETTLE_TIMEOUT_S))
+    v=$(metric "$@")
+    while ! ge "$v" "$target" && [ "$(now)" -lt "$deadline" ]; do
+        sleep 0.2
+        v=$(metric "$@")
+    done
+    sleep 1
+    metric "$@"
+}
+
+# wait_ready FILE PID: until FILE says "ready" (a listening workload).
+wait_ready() {
+    deadline=$(($(now) + 20))
+    while ! grep -q '^ready' "$1" 2>/dev/null; do
+        alive "$2" && [ "$(now)" -lt "$deadline" ] || return 1
+        sleep 0.1
+    done
+}
+
+# stop PID: SIGTERM, then SIGKILL after STOP_TIMEOUT_S; sets rc to the exit
+# code (not a subshell: only this shell can wait for its child).
+stop() {
+    kill -TERM "$1" 2>/dev/null
+    deadline=$(($(now) + STOP_TIMEOUT_S))
+    while alive "$1"; do
+        if [ "$(now)" -ge "$deadline" ]; then
+            say "error $step did not exit within ${STOP_TIMEOUT_S}s of SIGTERM: killed"
+            kill -KILL "$1" 2>/dev/null
+            break
+        fi
+        sleep 0.2
+    done
+    wait "$1"
+    rc=$?
+}
+
+count_syscalls() {
+    before=$(metric sonde_syscalls_total 'syscall="getppid"')
+    if ! sonde-workload getppid "$GETPPID_N" >/dev/null 2>/tmp/workload.err; then
+        say "error $step getppid workload: $(head -c 300 /tmp/workload.err)"
+    fi
+    after=$(settle "$(add "$before" "$GETPPID_N")" sonde_syscalls_total 'syscall="getppid"')
+    say "value $step getppid $before $after"
+}
+
+count_tcp() {
+    port=$((7100 + index))
+    sonde-workload tcp-listen "127.0.0.1:$port" 120 >/tmp/listen.out 2>&1 &
+    listener=$!
+    if ! wait_ready /tmp/listen.out "$listener"; then
+        say "error $step tcp-listen 127.0.0.1:$port never became ready: $(head -c 300 /tmp/listen.out)"
+        kill "$listener" 2>/dev/null
+        wait "$listener"
+        return
+    fi
+    before=$(metric sonde_tcp_connect_duration_seconds_count)
+    i=0
+    failed=0
+    while [ "$i" -lt "$TCP_M" ]; do
+        sonde-workload tcp-connect "127.0.0.1:$port" >/dev/null 2>/tmp/workload.err || failed=$((failed + 1))
+        i=$((i + 1))
+    done
+    [ "$failed" -eq 0 ] || say "error $step $failed of $TCP_M tcp-connect failed: $(head -c 300 /tmp/workload.err)"
+    after=$(settle "$(add "$before" "$TCP_M")" sonde_tcp_connect_duration_seconds_count)
+    kill "$listener" 2>/dev/null
+    wait "$listener"
+    say "value $step tcp_connects $before $after"
+}
+
+count_udp() {
+    port=$((7200 + index))
+    labels='interface="lo" direction="ingress" family="ipv4" protocol="udp"'
+    sonde-workload udp-sink "127.0.0.1:$port" 120 >/tmp/sink.out 2>&1 &
+    sink=$!
+    if ! wait_ready /tmp/sink.out "$sink"; then
+        say "error $step udp-sink 127.0.0.1:$port never became ready: $(head -c 300 /tmp/sink.out)"
+        kill "$sink" 2>/dev/null
+        wait "$sink"
+        return
+    fi
+    # shellcheck disable=SC2086 # the labels are separate words on purpose
+    before=$(metric sonde_packets_total $labels)
+    if ! sonde-workload udp-send "127.0.0.1:$port" "$UDP_N" 100 >/dev/null 2>/tmp/workload.err; then
+        say "error $step udp-send: $(head -c 300 /tmp/workload.err)"
+    fi
+    # shellcheck disable=SC2086
+    after=$(settle "$(add "$before" "$UDP_N")" sonde_packets_total $labels)
+    kill "$sink" 2>/dev/null
+    wait "$sink"
+    say "value $step udp_packets $before $after"
+}
+
+check_profile() {
+    step=check:$1
+    sonde check --config "/vm/profiles/$1.toml" >/tmp/check.out 2>/tmp/check.err
+    rc=$?
+    relay out "$step" /tmp/check.out
+    relay err "$step" /tmp/check.err
+    say "exit $step $rc"
+    return "$rc"
+}
+
+run_profile() {
+    counts=$(cat "/vm/profiles/$1.counts")
+    [ -n "$counts" ] || return 0
+    step=run:$1
+    URL=http://127.0.0.1:$((9745 + index))
+    sonde run --config "/vm/profiles/$1.toml" --listen "${URL#http://}" >/tmp/agent.log 2>&1 &
+    agent=$!
+    deadline=$(($(now) + START_TIMEOUT_S))
+    until get "$URL/health/startup" >/dev/null; do
+        if ! alive "$agent" || [ "$(now)" -ge "$deadline" ]; then
+            say "error $step agent not started within ${START_TIMEOUT_S}s"
+            kill -KILL "$agent" 2>/dev/null
+            wait "$agent"
+            say "exit $step $?"
+            relay err "$step" /tmp/agent.log
+            return
+        fi
+        sleep 0.2
+    done
+    for c in $counts; do
+        "count_$c"
+    done
+    stop "$agent"
+    say "exit $step $rc"
+    relay err "$step" /tmp/agent.log
+}
+
+say "kernel $(uname -r)"
+step=setup
+for m in /vm/modules/*.ko; do
+    [ -e "$m" ] || continue
+    insmod "$m" 2>/tmp/insmod.err || say "error setup insmod ${m##*/}: $(cat /tmp/insmod.err)"
+done
+ip link set lo up || say "error setup ip link set lo up failed"
+
+index=0
+for p in $PROFILES; do
+    # A profile whose check fails is not run: the agent would refuse too.
+    check_profile "$p" && run_profile "$p"
+    index=$((index + 1))
+done
+say done
+sync
+poweroff -f
+# Not reached unless poweroff failed: ask the kernel directly.
+echo o >/proc/sysrq-trigger
+sleep 60

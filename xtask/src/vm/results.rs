@@ -1,0 +1,693 @@
+//! Reading what the guest reported (the `SONDE-VM:` lines init.sh prints on
+//! the console) and `sonde check` output, and judging it: one row per
+//! profile and check, pass, fail or not applicable, with the numbers.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use super::guest::Profile;
+
+const MARKER: &str = "SONDE-VM: ";
+
+/// One step's report (`setup`, `check:PROFILE`, `run:PROFILE`).
+#[derive(Debug, Default)]
+pub struct Step {
+    pub out: Vec<String>,
+    pub err: Vec<String>,
+    pub exit: Option<i32>,
+    /// key → (before, after)
+    pub values: BTreeMap<String, (f64, f64)>,
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct Console {
+    pub kernel: Option<String>,
+    pub steps: BTreeMap<String, Step>,
+    pub done: bool,
+}
+
+/// Reads the report lines out of the console (kernel messages and anything
+/// else are ignored; a line garbled by an interleaved kernel message is
+/// skipped as a whole).
+pub fn parse_console(text: &str) -> Console {
+    let mut c = Console::default();
+    for line in text.lines() {
+        let Some(at) = line.find(MARKER) else {
+            continue;
+        };
+        let rest = &line[at + MARKER.len()..];
+        let (kind, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+        match kind {
+            "kernel" => c.kernel = Some(rest.trim().to_owned()),
+            "done" => c.done = true,
+            "out" | "err" | "exit" | "value" | "error" => {
+                let (step, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+                let s = c.steps.entry(step.to_owned()).or_default();
+                match kind {
+                    "out" => s.out.push(rest.to_owned()),
+                    "err" => s.err.push(rest.to_owned()),
+                    "exit" => s.exit = rest.trim().parse().ok(),
+                    "error" => s.errors.push(rest.to_owned()),
+                    _ => {
+                        let f: Vec<&str> = rest.split_whitespace().collect();
+                        if let [key, before, after] = f[..]
+                            && let (Ok(b), Ok(a)) = (before.parse(), after.parse())
+                        {
+                            s.values.insert(key.to_owned(), (b, a));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    c
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    pub program: String,
+    pub hook: String,
+    pub mode: String,
+}
+
+/// `sonde check`'s report: capability lines (`kprobes  yes`),
+/// `attached  PROGRAM: HOOK (MODE), HOOK (MODE)` lines and
+/// `unavailable  PROGRAM HOOK: REASON` lines (optional programs or signals
+/// this kernel could not take; the check still exits 0, degraded).
+#[derive(Debug, Default)]
+pub struct CheckOutput {
+    pub capabilities: Vec<(String, String)>,
+    pub attachments: Vec<Attachment>,
+    pub unavailable: Vec<String>,
+    pub exit: Option<i32>,
+    pub stderr: Vec<String>,
+}
+
+impl CheckOutput {
+    pub fn parse(stdout: &[String], stderr: &[String], exit: Option<i32>) -> CheckOutput {
+        let mut out = CheckOutput {
+            exit,
+            stderr: stderr.to_vec(),
+            ..CheckOutput::default()
+        };
+        for line in stdout {
+            // Key and value are separated by a run of spaces.
+            let Some(gap) = line.find("  ") else {
+                continue;
+            };
+            let key = line[..gap].trim();
+            let value = line[gap..].trim();
+            if key == "attached" {
+                let Some((program, hooks)) = value.split_once(": ") else {
+                    continue;
+                };
+                for h in hooks.split(", ") {
+                    let (hook, mode) = match h.rsplit_once(" (") {
+                        Some((hook, mode)) => (hook, mode.trim_end_matches(')')),
+                        None => (h, ""),
+                    };
+                    out.attachments.push(Attachment {
+                        program: program.to_owned(),
+                        hook: hook.to_owned(),
+                        mode: mode.to_owned(),
+                    });
+                }
+            } else if key == "unavailable" {
+                out.unavailable.push(value.to_owned());
+            } else if key != "result" && !key.is_empty() {
+                out.capabilities.push((key.to_owned(), value.to_owned()));
+            }
+        }
+        out
+    }
+
+    pub fn capability(&self, key: &str) -> Option<&str> {
+        self.capabilities
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The error line to show for a failed check: the last one naming an
+    /// error, else the last stderr line.
+    fn error_summary(&self) -> String {
+        self.stderr
+            .iter()
+            .rev()
+            .find(|l| l.contains("error"))
+            .or(self.stderr.last())
+            .map(|l| l.trim().to_owned())
+            .unwrap_or_else(|| "no message".to_owned())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Pass,
+    Fail,
+    /// The kernel lacks what the profile forces; refusing is right.
+    NotApplicable,
+    /// Not run here (on the host: the integration tests cover it).
+    NotRun,
+}
+
+#[derive(Debug)]
+pub struct Row {
+    pub profile: &'static str,
+    /// `sonde check`, a count key, or `exit after SIGTERM`.
+    pub what: String,
+    pub status: Status,
+    /// For table cells, after the status word: the measured rise, `degraded`.
+    pub short: Option<String>,
+    pub detail: String,
+}
+
+pub const CHECK: &str = "sonde check";
+pub const PREFERRED: &str = "preferred tier";
+pub const EXIT: &str = "clean exit on SIGTERM";
+
+/// Everything known about one kernel after its run.
+#[derive(Debug)]
+pub struct KernelRun {
+    pub release: String,
+    /// True for the host's own kernel (only `sonde check`).
+    pub host: bool,
+    /// Boot to power-off, for VMs.
+    pub elapsed: Option<Duration>,
+    pub checks: BTreeMap<&'static str, CheckOutput>,
+    pub rows: Vec<Row>,
+    /// Failures outside any check: setup errors, a guest that never finished.
+    pub problems: Vec<String>,
+}
+
+impl KernelRun {
+    pub fn passed(&self) -> bool {
+        self.problems.is_empty() && self.rows.iter().all(|r| r.status != Status::Fail)
+    }
+
+    pub fn failures(&self) -> impl Iterator<Item = String> + '_ {
+        self.problems.iter().cloned().chain(
+            self.rows
+                .iter()
+                .filter(|r| r.status == Status::Fail)
+                .map(|r| format!("{} / {}: {}", r.profile, r.what, r.detail)),
+        )
+    }
+
+    /// The capabilities `sonde check` reported with the default profile.
+    pub fn capability(&self, key: &str) -> Option<&str> {
+        self.checks.get("auto").and_then(|c| c.capability(key))
+    }
+}
+
+/// Judges a guest's console for the given profiles.
+pub fn judge_vm(
+    release: &str,
+    console: &Console,
+    profiles: &[&'static Profile],
+    elapsed: Duration,
+) -> KernelRun {
+    let mut run = KernelRun {
+        release: release.to_owned(),
+        host: false,
+        elapsed: Some(elapsed),
+        checks: BTreeMap::new(),
+        rows: Vec::new(),
+        problems: Vec::new(),
+    };
+    match &console.kernel {
+        Some(k) if k != release => run
+            .problems
+            .push(format!("the guest runs {k}, not {release}")),
+        Some(_) => {}
+        None => run
+            .problems
+            .push("the guest never reported (no `SONDE-VM: kernel` line): did it boot?".into()),
+    }
+    if let Some(setup) = console.steps.get("setup") {
+        run.problems
+            .extend(setup.errors.iter().map(|e| format!("setup: {e}")));
+    }
+    if !console.done && console.kernel.is_some() {
+        run.problems
+            .push("the guest did not finish (timeout or kernel panic): see the console log".into());
+    }
+    let empty = Step::default();
+    for &p in profiles {
+        let step = console
+            .steps
+            .get(&format!("check:{}", p.name))
+            .unwrap_or(&empty);
+        run.checks
+            .insert(p.name, CheckOutput::parse(&step.out, &step.err, step.exit));
+    }
+    let auto_caps = run.checks.get("auto").map(|c| c.capabilities.clone());
+    for &p in profiles {
+        let check = &run.checks[p.name];
+        let caps = auto_caps.as_deref().unwrap_or(&check.capabilities);
+        let (status, short, detail) = judge_check(p, check, caps);
+        let check_ok = status == Status::Pass;
+        run.rows.push(Row {
+            profile: p.name,
+            what: CHECK.to_owned(),
+            status,
+            short,
+            detail,
+        });
+        if p.name == "auto" {
+            run.rows.push(judge_preferred(p, check, caps, check_ok));
+        }
+        if p.counts.is_empty() {
+            continue;
+        }
+        let step = console
+            .steps
+            .get(&format!("run:{}", p.name))
+            .unwrap_or(&empty);
+        run.rows.extend(judge_run(p, step, check_ok, status));
+    }
+    run
+}
+
+/// The host's own kernel: `sonde check` per profile, counts left to the
+/// integration tests.
+pub fn judge_host(release: &str, checks: Vec<(&'static Profile, CheckOutput)>) -> KernelRun {
+    let mut run = KernelRun {
+        release: release.to_owned(),
+        host: true,
+        elapsed: None,
+        checks: BTreeMap::new(),
+        rows: Vec::new(),
+        problems: Vec::new(),
+    };
+    let auto_caps = checks
+        .iter()
+        .find(|(p, _)| p.name == "auto")
+        .map(|(_, c)| c.capabilities.clone());
+    for (p, check) in checks {
+        let caps = auto_caps
+            .clone()
+            .unwrap_or_else(|| check.capabilities.clone());
+        let (status, short, detail) = judge_check(p, &check, &caps);
+        let check_ok = status == Status::Pass;
+        run.rows.push(Row {
+            profile: p.name,
+            what: CHECK.to_owned(),
+            status,
+            short,
+            detail,
+        });
+        if p.name == "auto" {
+            run.rows.push(judge_preferred(p, &check, &caps, check_ok));
+        }
+        for c in p.counts {
+            run.rows.push(Row {
+                profile: p.name,
+                what: c.key().to_owned(),
+                status: Status::NotRun,
+                short: None,
+                detail: "host kernel: covered by `cargo xtask test`".into(),
+            });
+        }
+        run.checks.insert(p.name, check);
+    }
+    run
+}
+
+fn judge_check(
+    p: &Profile,
+    check: &CheckOutput,
+    caps: &[(String, String)],
+) -> (Status, Option<String>, String) {
+    let lacks = p
+        .needs
+        .filter(|need| caps.iter().any(|(k, v)| k == need && v == "no"));
+    let unavailable = if check.unavailable.is_empty() {
+        String::new()
+    } else {
+        format!("; unavailable: {}", check.unavailable.join("; "))
+    };
+    let degraded = (!check.unavailable.is_empty()).then(|| "degraded".to_owned());
+    if let (Some(need), Some(code)) = (lacks, check.exit) {
+        // Refusing (exit 1) or going without the signal (exit 0, degraded)
+        // are both right; attaching the forced tier anyway would be odd.
+        let what = if code == 0 {
+            format!("went without it (exit 0){unavailable}")
+        } else {
+            format!("refused (exit {code}): {}", check.error_summary())
+        };
+        return (
+            Status::NotApplicable,
+            None,
+            format!("kernel has no {need}; {what}"),
+        );
+    }
+    match check.exit {
+        None => (Status::Fail, None, "not reached".into()),
+        Some(code) if code != 0 => (
+            Status::Fail,
+            None,
+            format!("exit {code}: {}", check.error_summary()),
+        ),
+        Some(_) => {
+            let n = check.attachments.len();
+            let Some(e) = p.expect else {
+                return (
+                    Status::Pass,
+                    degraded,
+                    format!("{n} attachments{unavailable}"),
+                );
+            };
+            let found = check
+                .attachments
+                .iter()
+                .filter(|a| a.hook.contains(e.hook) && e.mode.is_none_or(|m| a.mode == m))
+                .map(|a| format!("{} ({})", a.hook, a.mode))
+                .collect::<Vec<_>>();
+            if found.is_empty() {
+                let want = match e.mode {
+                    Some(m) => format!("a hook matching {:?} in mode {m}", e.hook),
+                    None => format!("a hook matching {:?}", e.hook),
+                };
+                (
+                    Status::Fail,
+                    None,
+                    format!("exit 0 but no attachment with {want}{unavailable}"),
+                )
+            } else {
+                (
+                    Status::Pass,
+                    degraded,
+                    format!("{n} attachments; {}{unavailable}", found.join(", ")),
+                )
+            }
+        }
+    }
+}
+
+/// With the defaults, the cheapest tier the kernel offers must be taken:
+/// fentry where BPF trampolines work, else kprobes, else tracepoints.
+fn judge_preferred(
+    p: &Profile,
+    check: &CheckOutput,
+    caps: &[(String, String)],
+    check_ok: bool,
+) -> Row {
+    let has = |key: &str| caps.iter().any(|(k, v)| k == key && v == "yes");
+    let row = |status, short: Option<String>, detail: String| Row {
+        profile: p.name,
+        what: PREFERRED.to_owned(),
+        status,
+        short,
+        detail,
+    };
+    if !check_ok {
+        return row(Status::NotRun, None, "`sonde check` did not pass".into());
+    }
+    let (cap, mode) = if has("fentry/fexit") {
+        ("fentry/fexit", "fentry")
+    } else if has("kprobes") {
+        ("kprobes", "kprobe")
+    } else {
+        return row(
+            Status::Pass,
+            Some("tracepoints".into()),
+            "no fentry and no kprobes on this kernel: tracepoint tiers only".into(),
+        );
+    };
+    let programs: Vec<&str> = check
+        .attachments
+        .iter()
+        .filter(|a| a.mode == mode)
+        .map(|a| a.program.as_str())
+        .collect();
+    if programs.is_empty() {
+        let modes: std::collections::BTreeSet<&str> =
+            check.attachments.iter().map(|a| a.mode.as_str()).collect();
+        row(
+            Status::Fail,
+            None,
+            format!(
+                "the kernel has {cap} but no program attached in mode {mode} (modes used: {})",
+                modes.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+        )
+    } else {
+        row(
+            Status::Pass,
+            Some(mode.to_owned()),
+            format!("{mode}: {}", programs.join(", ")),
+        )
+    }
+}
+
+fn judge_run(p: &Profile, step: &Step, check_ok: bool, check_status: Status) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let not_run = |what: &str, status: Status, detail: &str| Row {
+        profile: p.name,
+        what: what.to_owned(),
+        status,
+        short: None,
+        detail: detail.to_owned(),
+    };
+    if !check_ok && step.exit.is_none() {
+        // The guest skips the run when `sonde check` failed.
+        let status = if check_status == Status::NotApplicable {
+            Status::NotApplicable
+        } else {
+            Status::NotRun
+        };
+        for c in p.counts {
+            rows.push(not_run(
+                c.key(),
+                status,
+                "skipped: `sonde check` did not pass",
+            ));
+        }
+        return rows;
+    }
+    let errors = step.errors.join("; ");
+    for &c in p.counts {
+        rows.push(match step.values.get(c.key()) {
+            Some(&(before, after)) => {
+                let delta = after - before;
+                Row {
+                    profile: p.name,
+                    what: c.key().to_owned(),
+                    status: if c.judge(delta) {
+                        Status::Pass
+                    } else {
+                        Status::Fail
+                    },
+                    short: Some(format!("+{delta}")),
+                    detail: format!("+{delta} ({})", c.describe()),
+                }
+            }
+            None => not_run(
+                c.key(),
+                Status::Fail,
+                &format!(
+                    "no measurement{}",
+                    if errors.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {errors}")
+                    }
+                ),
+            ),
+        });
+    }
+    let (status, detail) = match step.exit {
+        Some(0) if step.errors.is_empty() => (Status::Pass, "exit 0".to_owned()),
+        Some(0) => (Status::Fail, format!("exit 0, but: {errors}")),
+        Some(code) => {
+            let last = step
+                .err
+                .iter()
+                .rev()
+                .find(|l| l.contains("ERROR") || l.contains("error"))
+                .map(|l| format!(": {}", l.trim()))
+                .unwrap_or_default();
+            (Status::Fail, format!("exit {code}{last}"))
+        }
+        None => (Status::Fail, "not reached".to_owned()),
+    };
+    rows.push(Row {
+        profile: p.name,
+        what: EXIT.to_owned(),
+        status,
+        short: None,
+        detail,
+    });
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::guest::{self, Count, GETPPID_N, TCP_M, UDP_N};
+    use super::*;
+
+    const CHECK_OUT: &str = "\
+kernel            6.12.117+deb12-cloud-amd64
+BTF               yes
+kprobes           no
+fentry/fexit      yes
+bpffs mounted     yes (not needed: Sonde pins nothing)
+privileges        ok
+attached          sonde_sys_enter_raw: raw_tracepoint:sys_enter (raw_tracepoint)
+attached          sonde_tc_egress: tc_egress:lo (tcx), tc_egress:eth0 (netlink)
+attached          sonde_tcp_state_fentry: fentry:tcp_set_state (fentry)
+unavailable       block none: tracepoint: TP_BLK_DONE_DEV could not be resolved
+result            ok (degraded): 1 optional program(s) unavailable";
+
+    fn lines(s: &str) -> Vec<String> {
+        s.lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn parses_check_output() {
+        let c = CheckOutput::parse(&lines(CHECK_OUT), &[], Some(0));
+        assert_eq!(c.capability("kprobes"), Some("no"));
+        assert_eq!(c.capability("fentry/fexit"), Some("yes"));
+        assert_eq!(
+            c.capability("bpffs mounted"),
+            Some("yes (not needed: Sonde pins nothing)")
+        );
+        assert_eq!(c.attachments.len(), 4);
+        assert_eq!(
+            c.unavailable,
+            ["block none: tracepoint: TP_BLK_DONE_DEV could not be resolved"]
+        );
+        assert_eq!(c.capability("result"), None);
+        assert_eq!(
+            c.attachments[2],
+            Attachment {
+                program: "sonde_tc_egress".into(),
+                hook: "tc_egress:eth0".into(),
+                mode: "netlink".into()
+            }
+        );
+    }
+
+    fn console(profiles: &[&Profile], good: bool) -> String {
+        let mut s = String::from("[    0.1] noise\nSONDE-VM: kernel 6.1.0-1-cloud-amd64\n");
+        for p in profiles {
+            for l in CHECK_OUT.lines() {
+                s.push_str(&format!("SONDE-VM: out check:{} {l}\n", p.name));
+            }
+            s.push_str(&format!("SONDE-VM: exit check:{} 0\n", p.name));
+            if p.counts.is_empty() {
+                continue;
+            }
+            for c in p.counts {
+                let n = match c {
+                    Count::Syscalls => GETPPID_N,
+                    Count::TcpConnects => TCP_M,
+                    Count::UdpPackets => UDP_N,
+                } as f64;
+                let after = if good { 100.0 + n } else { 100.0 + n - 1.0 };
+                s.push_str(&format!(
+                    "SONDE-VM: value run:{} {} 100 {after}\n",
+                    p.name,
+                    c.key()
+                ));
+            }
+            s.push_str(&format!("SONDE-VM: err run:{} INFO ready\n", p.name));
+            s.push_str(&format!("SONDE-VM: exit run:{} 0\n", p.name));
+        }
+        s.push_str("SONDE-VM: done\n");
+        s
+    }
+
+    #[test]
+    fn a_good_console_passes_and_a_short_count_fails() {
+        let profiles = [
+            guest::profile("auto").unwrap(),
+            guest::profile("syscalls-raw_tracepoint").unwrap(),
+        ];
+        let c = parse_console(&console(&profiles, true));
+        let run = judge_vm("6.1.0-1-cloud-amd64", &c, &profiles, Duration::from_secs(5));
+        assert!(run.passed(), "{:?}", run.failures().collect::<Vec<_>>());
+        // An unavailable optional program: passes, marked degraded.
+        assert_eq!(run.rows[0].short.as_deref(), Some("degraded"));
+        // auto: check, preferred tier, 3 counts, exit; raw_tracepoint: check, count, exit
+        assert_eq!(run.rows.len(), 9);
+
+        let c = parse_console(&console(&profiles, false));
+        let run = judge_vm("6.1.0-1-cloud-amd64", &c, &profiles, Duration::from_secs(5));
+        let failures: Vec<String> = run.failures().collect();
+        assert_eq!(failures.len(), 4, "{failures:?}");
+    }
+
+    #[test]
+    fn the_cheapest_tier_on_offer_must_be_taken() {
+        let auto = guest::profile("auto").unwrap();
+        let with_fentry = CheckOutput::parse(&lines(CHECK_OUT), &[], Some(0));
+        let caps = with_fentry.capabilities.clone();
+        let row = judge_preferred(auto, &with_fentry, &caps, true);
+        assert_eq!(row.status, Status::Pass, "{}", row.detail);
+        // The same kernel, but the TCP programs fell back to tracepoints.
+        let text = CHECK_OUT.replace(
+            "sonde_tcp_state_fentry: fentry:tcp_set_state (fentry)",
+            "sonde_tcp_state: tracepoint:sock:inet_sock_set_state (tracepoint)",
+        );
+        let without = CheckOutput::parse(&lines(&text), &[], Some(0));
+        let row = judge_preferred(auto, &without, &caps, true);
+        assert_eq!(row.status, Status::Fail, "{}", row.detail);
+    }
+
+    #[test]
+    fn an_unfinished_guest_fails() {
+        let profiles = [guest::profile("auto").unwrap()];
+        let text = console(&profiles, true).replace("SONDE-VM: done\n", "");
+        let run = judge_vm(
+            "6.1.0-1-cloud-amd64",
+            &parse_console(&text),
+            &profiles,
+            Duration::ZERO,
+        );
+        assert!(!run.passed());
+        let run = judge_vm(
+            "6.1.0-1-cloud-amd64",
+            &parse_console(""),
+            &profiles,
+            Duration::ZERO,
+        );
+        assert!(run.failures().any(|f| f.contains("never reported")));
+    }
+
+    #[test]
+    fn a_forced_tier_the_kernel_lacks_is_not_applicable() {
+        let kprobe = guest::profile("tcp-kprobe").unwrap();
+        let auto = guest::profile("auto").unwrap();
+        let caps = CheckOutput::parse(&lines(CHECK_OUT), &[], Some(0));
+        let refused = CheckOutput::parse(&[], &lines("sonde: error: tcp: no kprobes"), Some(1));
+        let run = judge_host("6.18", vec![(auto, caps), (kprobe, refused)]);
+        let row = run
+            .rows
+            .iter()
+            .find(|r| r.profile == "tcp-kprobe" && r.what == CHECK)
+            .unwrap();
+        assert_eq!(row.status, Status::NotApplicable, "{}", row.detail);
+        assert!(run.passed());
+        // Going without the signal (exit 0, degraded) is as right as refusing.
+        let degraded = CheckOutput::parse(
+            &lines("unavailable       tcp none: no kprobes"),
+            &[],
+            Some(0),
+        );
+        let caps = CheckOutput::parse(&lines(CHECK_OUT), &[], Some(0));
+        let run = judge_host("6.18", vec![(auto, caps), (kprobe, degraded)]);
+        assert!(run.rows.iter().all(|r| r.status != Status::Fail));
+    }
+
+    #[test]
+    fn a_forced_tier_must_show_in_the_attachments() {
+        let tp = guest::profile("syscalls-tracepoint").unwrap();
+        // CHECK_OUT shows raw tracepoints only.
+        let check = CheckOutput::parse(&lines(CHECK_OUT), &[], Some(0));
+        let (status, _, detail) = judge_check(tp, &check, &check.capabilities);
+        assert_eq!(status, Status::Fail, "{detail}");
+    }
+}
