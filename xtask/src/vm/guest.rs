@@ -149,8 +149,19 @@ pub const PROFILES: &[Profile] = &[
         counts: &[Count::Syscalls],
     },
     Profile {
+        name: "ingress-xdp-generic",
+        about: "`[network] xdp_mode = \"generic\"`: ingress through generic XDP",
+        settings: &[("network", "xdp_mode", r#""generic""#)],
+        expect: Some(Expect {
+            hook: "xdp:lo",
+            mode: Some("generic"),
+        }),
+        needs: None,
+        counts: &[Count::UdpPackets],
+    },
+    Profile {
         name: "ingress-tc",
-        about: "`[network] xdp_mode = \"off\"`: ingress through TC instead of XDP",
+        about: "`[network] xdp_mode = \"off\"`: ingress through TC",
         settings: &[("network", "xdp_mode", r#""off""#)],
         expect: Some(Expect {
             hook: "tc_ingress:lo",

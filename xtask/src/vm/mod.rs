@@ -24,6 +24,7 @@ use std::{
     fs,
     path::{Path, PathBuf},
     process::Command,
+    thread,
     time::{Duration, Instant},
 };
 
@@ -52,6 +53,9 @@ pub struct Options {
     /// Guest CPUs.
     #[arg(long, default_value_t = 2)]
     cpus: u32,
+    /// VMs booted at once (each takes one host core: single-threaded TCG).
+    #[arg(long, default_value_t = 2)]
+    jobs: usize,
     /// Copy the guests' whole serial console to stdout.
     #[arg(long)]
     console: bool,
@@ -61,6 +65,25 @@ pub struct Options {
     /// Leave out the row for this machine's own kernel (`sonde check` here, as root).
     #[arg(long)]
     no_host: bool,
+}
+
+impl Options {
+    /// What `cargo xtask test` runs: the default kernels and every profile,
+    /// leaving docs/kernels.md and the host row (the integration tests cover
+    /// this machine's kernel) alone.
+    pub fn for_test() -> Self {
+        Self {
+            kernels: Vec::new(),
+            profiles: Vec::new(),
+            timeout: 600,
+            memory: 1024,
+            cpus: 2,
+            jobs: 2,
+            console: false,
+            no_docs: true,
+            no_host: true,
+        }
+    }
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
@@ -85,22 +108,44 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let payload = payload::build()?;
     let cache = util::target_dir().join("vm");
 
+    util::header("kernel packages");
+    let prepared: Vec<(String, anyhow::Result<kernels::Kernel>)> = releases
+        .iter()
+        .map(|r| (r.clone(), kernels::prepare(r, &cache)))
+        .collect();
+
+    let jobs = opts.jobs.max(1);
+    util::header(&format!("VMs ({jobs} at a time)"));
     let mut runs = Vec::new();
-    for release in &releases {
-        util::header(&format!("VM: {release}"));
-        let run = match boot_and_judge(release, &cache, &payload, &profiles, &opts) {
-            Ok(run) => run,
-            Err(e) => KernelRun {
-                release: release.clone(),
-                host: false,
-                elapsed: None,
-                checks: Default::default(),
-                rows: Vec::new(),
-                problems: vec![format!("{e:#}")],
-            },
-        };
-        print_verdict(&run);
-        runs.push(run);
+    let mut queue = prepared.into_iter().peekable();
+    while queue.peek().is_some() {
+        let batch: Vec<_> = queue.by_ref().take(jobs).collect();
+        let done: Vec<KernelRun> = thread::scope(|s| {
+            let handles: Vec<_> = batch
+                .into_iter()
+                .map(|(release, kernel)| {
+                    let (cache, payload, profiles, opts) = (&cache, &payload, &profiles, &opts);
+                    let name = release.clone();
+                    let handle = s.spawn(move || {
+                        kernel
+                            .and_then(|k| boot_and_judge(&k, cache, payload, profiles, opts))
+                            .unwrap_or_else(|e| failed_run(&name, format!("{e:#}")))
+                    });
+                    (release, handle)
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|(release, h)| {
+                    h.join()
+                        .unwrap_or_else(|_| failed_run(&release, "the VM's thread panicked".into()))
+                })
+                .collect()
+        });
+        for run in done {
+            print_verdict(&run);
+            runs.push(run);
+        }
     }
 
     if !opts.no_host {
@@ -162,27 +207,41 @@ fn select_profiles(names: &[String]) -> anyhow::Result<Vec<&'static Profile>> {
         .collect())
 }
 
+fn failed_run(release: &str, problem: String) -> KernelRun {
+    KernelRun {
+        release: release.to_owned(),
+        host: false,
+        elapsed: None,
+        checks: Default::default(),
+        rows: Vec::new(),
+        problems: vec![problem],
+    }
+}
+
+/// Boots one kernel and judges its report. Progress lines carry the
+/// kernel's short name: several VMs may run at once.
 fn boot_and_judge(
-    release: &str,
+    kernel: &kernels::Kernel,
     cache: &Path,
     payload: &payload::Payload,
     profiles: &[&'static Profile],
     opts: &Options,
 ) -> anyhow::Result<KernelRun> {
-    let kernel = kernels::prepare(release, cache)?;
+    let release = kernel.release.as_str();
+    let tag = report::short_name(release);
     let names: Vec<String> = kernel
         .modules
         .iter()
         .filter_map(|m| Some(m.file_name()?.to_string_lossy().into_owned()))
         .collect();
-    println!("kernel {}: modules {}", kernel.release, names.join(" "));
+    println!("[{tag}] modules: {}", names.join(" "));
 
     let run_dir = cache.join("run");
     let logs = cache.join("logs");
     fs::create_dir_all(&run_dir)?;
     fs::create_dir_all(&logs)?;
     let initramfs = Scratch(run_dir.join(format!("initramfs-{release}.cpio")));
-    guest::build_initramfs(payload, &kernel, profiles, &initramfs.0)?;
+    guest::build_initramfs(payload, kernel, profiles, &initramfs.0)?;
 
     let log = logs.join(format!("{release}.log"));
     let machine = qemu::Machine {
@@ -193,9 +252,9 @@ fn boot_and_judge(
         timeout: Duration::from_secs(opts.timeout),
         log: &log,
     };
-    let boot = qemu::boot(&machine, |at, line| progress(at, line, opts.console))?;
+    let boot = qemu::boot(&machine, |at, line| progress(&tag, at, line, opts.console))?;
     println!(
-        "{release}: boot to power-off {}{}; console in {}",
+        "[{tag}] boot to power-off {}{}; console in {}",
         util::human(boot.elapsed),
         if boot.timed_out {
             format!(" (killed at the {} s timeout)", opts.timeout)
@@ -215,30 +274,31 @@ fn boot_and_judge(
     if !run.passed() {
         let tail: Vec<&str> = boot.console.lines().rev().take(15).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
-        println!("last console lines:\n  {}", tail.join("\n  "));
+        println!("[{tag}] last console lines:\n  {}", tail.join("\n  "));
     }
     Ok(run)
 }
 
 /// One line of progress per guest step, or the whole console.
-fn progress(at: Duration, line: &str, console: bool) {
+fn progress(tag: &str, at: Duration, line: &str, console: bool) {
     let at = at.as_secs_f64();
     if console {
-        println!("  {at:6.1}s | {line}");
+        println!("[{tag}] {at:6.1}s | {line}");
         return;
     }
     let Some(rest) = line.split_once("SONDE-VM: ").map(|(_, r)| r) else {
         return;
     };
     let mut words = rest.splitn(3, ' ');
-    match (words.next(), words.next(), words.next()) {
-        (Some("kernel"), Some(k), _) => println!("  {at:6.1}s guest up: {k}"),
-        (Some("exit"), Some(step), Some(code)) => println!("  {at:6.1}s {step}: exit {code}"),
-        (Some("value"), Some(step), Some(v)) => println!("  {at:6.1}s {step}: {v}"),
-        (Some("error"), Some(step), Some(msg)) => println!("  {at:6.1}s {step}: ERROR {msg}"),
-        (Some("done"), ..) => println!("  {at:6.1}s guest done"),
-        _ => {}
-    }
+    let what = match (words.next(), words.next(), words.next()) {
+        (Some("kernel"), Some(k), _) => format!("guest up: {k}"),
+        (Some("exit"), Some(step), Some(code)) => format!("{step}: exit {code}"),
+        (Some("value"), Some(step), Some(v)) => format!("{step}: {v}"),
+        (Some("error"), Some(step), Some(msg)) => format!("{step}: ERROR {msg}"),
+        (Some("done"), ..) => "guest done".to_owned(),
+        _ => return,
+    };
+    println!("[{tag}] {at:6.1}s {what}");
 }
 
 fn print_verdict(run: &KernelRun) {

@@ -344,15 +344,22 @@ fn table_row(s: &mut String, cells: &[String]) {
     let _ = writeln!(s, "| {} |", cells.join(" | "));
 }
 
+/// `6.1.0-56-cloud-amd64` → `6.1.0-56`, `6.12.117+deb12-cloud-amd64` →
+/// `6.12.117`: enough to tell the kernels apart in a narrow column.
+pub fn short_name(release: &str) -> String {
+    let mut parts = release.split(['-', '+']);
+    let version = parts.next().unwrap_or(release);
+    match parts.next() {
+        // Debian 6.1's ABI number is part of its identity.
+        Some(abi) if abi.chars().all(|c| c.is_ascii_digit()) => format!("{version}-{abi}"),
+        _ => version.to_owned(),
+    }
+}
+
 /// The plain-text summary: one line per (profile, check), one column per kernel.
 pub fn summary(runs: &[KernelRun]) -> String {
     let short = |k: &KernelRun| {
-        let base = k
-            .release
-            .split(['-', '+'])
-            .take(if k.release.starts_with("6.1.") { 2 } else { 1 })
-            .collect::<Vec<_>>()
-            .join("-");
+        let base = short_name(&k.release);
         if k.host { format!("{base} host") } else { base }
     };
     let mut rows: Vec<Vec<String>> = Vec::new();
@@ -419,6 +426,13 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(19_782), (2024, 2, 29));
         assert_eq!(civil_from_days(20_415), (2025, 11, 23));
+    }
+
+    #[test]
+    fn short_names() {
+        assert_eq!(short_name("6.1.0-56-cloud-amd64"), "6.1.0-56");
+        assert_eq!(short_name("6.12.117+deb12-cloud-amd64"), "6.12.117");
+        assert_eq!(short_name("6.18.44-fc-v595"), "6.18.44");
     }
 
     #[test]
