@@ -58,6 +58,7 @@ pub struct Config {
     pub events: EventsConfig,
     pub collector: CollectorConfig,
     pub health: HealthConfig,
+    pub otlp: OtlpConfig,
     pub debug: DebugConfig,
 }
 
@@ -77,6 +78,7 @@ impl Default for Config {
             events: EventsConfig::default(),
             collector: CollectorConfig::default(),
             health: HealthConfig::default(),
+            otlp: OtlpConfig::default(),
             debug: DebugConfig::default(),
         }
     }
@@ -367,6 +369,44 @@ impl Default for HealthConfig {
     }
 }
 
+/// How OTLP data is sent.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// gRPC (`MetricsService/Export`), usually port 4317.
+    #[serde(rename = "grpc")]
+    Grpc,
+    /// Protobuf over HTTP POST to `/v1/metrics` and `/v1/logs`, usually
+    /// port 4318.
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// Collector address, `http://HOST:PORT` (plain HTTP; no TLS). Unset:
+    /// no OTLP export.
+    pub endpoint: Option<String>,
+    /// `grpc` or `http/protobuf`.
+    pub protocol: OtlpProtocol,
+    /// How often every metric is exported (and new anomalies as logs).
+    pub interval_ms: u64,
+    /// Timeout of one export attempt (failed attempts are retried with
+    /// backoff, at most 3 per interval).
+    pub timeout_ms: u64,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            protocol: OtlpProtocol::Grpc,
+            interval_ms: 10_000,
+            timeout_ms: 5_000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DebugConfig {
@@ -468,6 +508,28 @@ impl Config {
                 message: "must be a number > 0".into(),
             });
         }
+        if let Some(endpoint) = &self.otlp.endpoint
+            && !endpoint
+                .parse::<hyper::Uri>()
+                .is_ok_and(|uri| uri.scheme_str() == Some("http") && uri.authority().is_some())
+        {
+            return Err(ConfigError::Invalid {
+                key: "otlp.endpoint",
+                message: format!("{endpoint:?}: expected http://HOST:PORT (TLS is not supported)"),
+            });
+        }
+        if self.otlp.interval_ms < 100 {
+            return Err(ConfigError::Invalid {
+                key: "otlp.interval_ms",
+                message: "must be at least 100".into(),
+            });
+        }
+        if self.otlp.timeout_ms == 0 {
+            return Err(ConfigError::Invalid {
+                key: "otlp.timeout_ms",
+                message: "must be at least 1".into(),
+            });
+        }
         let mut seen = BTreeSet::new();
         for name in &self.network.interfaces {
             if name.is_empty() || name.len() >= libc::IF_NAMESIZE {
@@ -507,6 +569,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "events",
     "collector",
     "health",
+    "otlp",
     "debug",
 ];
 
@@ -569,7 +632,10 @@ mod tests {
     fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let dir = std::env::temp_dir().join(format!("sonde-config-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{}.toml", text.len()));
+        // Tests run in parallel: one file per call.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!("{n}.toml"));
         std::fs::write(&path, text).unwrap();
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
         Config::load(Some(&path), env)
@@ -642,6 +708,35 @@ mod tests {
         assert!(err.contains("network.max_flows"), "{err}");
         let err = load("listen = 5", &[]).unwrap_err().to_string();
         assert!(err.contains("listen"), "{err}");
+    }
+
+    #[test]
+    fn otlp_endpoint_and_protocol() {
+        let config = load(
+            "[otlp]\nendpoint = \"http://127.0.0.1:4318\"\nprotocol = \"http/protobuf\"",
+            &[("SONDE_OTLP__INTERVAL_MS", "500")],
+        )
+        .unwrap();
+        assert_eq!(
+            config.otlp.endpoint.as_deref(),
+            Some("http://127.0.0.1:4318")
+        );
+        assert_eq!(config.otlp.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(config.otlp.interval_ms, 500);
+        let config = load("", &[("SONDE_OTLP__ENDPOINT", "http://collector:4317")]).unwrap();
+        assert_eq!(
+            config.otlp.endpoint.as_deref(),
+            Some("http://collector:4317")
+        );
+        assert_eq!(config.otlp.protocol, OtlpProtocol::Grpc);
+        let err = load("[otlp]\nendpoint = \"https://x:4317\"", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("otlp.endpoint"), "{err}");
+        let err = load("[otlp]\nprotocol = \"http/json\"", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("otlp.protocol"), "{err}");
     }
 
     #[test]

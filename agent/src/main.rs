@@ -11,6 +11,7 @@ mod http;
 mod mapek;
 mod metrics;
 mod netif;
+mod otlp;
 mod probes;
 mod state;
 mod syscall_table;
@@ -259,6 +260,16 @@ async fn serve(
         })
     };
 
+    // OTLP export, when an endpoint is configured: its own task, so a slow
+    // collector never holds up the readers or the collector.
+    let otlp_task = config.otlp.endpoint.is_some().then(|| {
+        tokio::spawn(otlp::run(
+            state.clone(),
+            config.otlp.clone(),
+            shutdown_rx.clone(),
+        ))
+    });
+
     let mut sigterm = signal(SignalKind::terminate()).map_err(Failure::runtime)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(Failure::runtime)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(Failure::runtime)?;
@@ -272,6 +283,16 @@ async fn serve(
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_millis(1500), server_task).await;
     refresher.abort();
+    if let Some(task) = otlp_task {
+        // It returns on the shutdown signal, even mid-export.
+        let abort = task.abort_handle();
+        if tokio::time::timeout(Duration::from_millis(300), task)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+    }
     if let Some(task) = mapek_task {
         // Lets it save what it learned.
         let _ = tokio::time::timeout(Duration::from_millis(300), task).await;
@@ -320,6 +341,9 @@ fn reload(state: &state::AppState, path: Option<&std::path::Path>) {
     }
     if new.events != current.events {
         restart_needed.push("events");
+    }
+    if new.otlp != current.otlp {
+        restart_needed.push("otlp");
     }
     if new.tcp.enabled != current.tcp.enabled {
         restart_needed.push("tcp.enabled");

@@ -33,6 +33,9 @@ pub struct Metrics {
     pub health_status: GaugeVec,
     pub health_duration: HistogramVec,
     pub health_total: IntCounterVec,
+    /// OTLP exports by signal and result (only when `[otlp]` is on).
+    pub otlp_exports: IntCounterVec,
+    pub otlp_duration: HistogramVec,
 }
 
 impl Metrics {
@@ -77,11 +80,28 @@ impl Metrics {
             ),
             &["component", "result"],
         )?;
+        let otlp_exports = IntCounterVec::new(
+            Opts::new(
+                "sonde_otlp_exports_total",
+                "OTLP exports, by signal (metrics, logs) and result (ok, failed after its retries)",
+            ),
+            &["signal", "result"],
+        )?;
+        let otlp_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "sonde_otlp_export_duration_seconds",
+                "Time an OTLP export took, retries included, by signal",
+            )
+            .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0]),
+            &["signal"],
+        )?;
         registry.register(Box::new(build_info))?;
         registry.register(Box::new(probe_attached.clone()))?;
         registry.register(Box::new(health_status.clone()))?;
         registry.register(Box::new(health_duration.clone()))?;
         registry.register(Box::new(health_total.clone()))?;
+        registry.register(Box::new(otlp_exports.clone()))?;
+        registry.register(Box::new(otlp_duration.clone()))?;
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -91,6 +111,8 @@ impl Metrics {
             health_status,
             health_duration,
             health_total,
+            otlp_exports,
+            otlp_duration,
         })
     }
 
@@ -105,7 +127,23 @@ impl Metrics {
         }
     }
 
-    /// The whole exposition: registry metrics plus the kernel snapshot.
+    /// Every metric family, sorted by name: registry metrics, the kernel
+    /// snapshot and `extra`. The one source of both /metrics and OTLP.
+    pub fn gather(
+        &self,
+        snapshot: &Snapshot,
+        events: &Events,
+        interfaces: &BTreeMap<u32, String>,
+        extra: Vec<MetricFamily>,
+    ) -> Vec<MetricFamily> {
+        let mut families = self.registry.gather();
+        families.extend(kernel_families(snapshot, events, interfaces));
+        families.extend(extra);
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        families
+    }
+
+    /// The whole exposition: [`Metrics::gather`] in the text format.
     pub fn render(
         &self,
         snapshot: &Snapshot,
@@ -113,10 +151,7 @@ impl Metrics {
         interfaces: &BTreeMap<u32, String>,
         extra: Vec<MetricFamily>,
     ) -> Result<String, prometheus::Error> {
-        let mut families = self.registry.gather();
-        families.extend(kernel_families(snapshot, events, interfaces));
-        families.extend(extra);
-        families.sort_by(|a, b| a.name().cmp(b.name()));
+        let families = self.gather(snapshot, events, interfaces, extra);
         let mut out = Vec::with_capacity(64 * 1024);
         TextEncoder::new().encode(&families, &mut out)?;
         Ok(String::from_utf8(out).unwrap_or_default())

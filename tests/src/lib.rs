@@ -14,6 +14,7 @@ pub mod agent;
 pub mod http;
 pub mod net;
 pub mod ops;
+pub mod otlp;
 pub mod referee;
 pub mod scrape;
 pub mod sys;

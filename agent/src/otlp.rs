@@ -1,0 +1,865 @@
+//! OTLP export: owns the `[otlp]` exporter task. Every `interval_ms` it
+//! takes the same metric families `/metrics` serves ([`Metrics::gather`]),
+//! converts them to OTLP (counters → cumulative monotonic Sum, gauges →
+//! Gauge, histograms → explicit-bucket Histogram, summaries → Summary)
+//! under one Resource (service, host, kernel, Kubernetes node), and sends
+//! them to a collector over gRPC or HTTP/protobuf. MAPE-K anomalies go out
+//! as OTLP log records when they start and when they end.
+//!
+//! A failed export is retried with exponential backoff, at most
+//! [`ATTEMPTS`] times per interval, counted in `sonde_otlp_exports_total`
+//! and logged once per change (failing, recovered). It runs in its own task
+//! and every attempt has a timeout, so a slow or dead collector never holds
+//! up the kernel readers or the collector.
+//!
+//! [`Metrics::gather`]: crate::metrics::Metrics::gather
+
+use std::{
+    collections::BTreeSet,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use opentelemetry_proto::tonic::{
+    collector::{
+        logs::v1::{ExportLogsServiceRequest, logs_service_client::LogsServiceClient},
+        metrics::v1::{ExportMetricsServiceRequest, metrics_service_client::MetricsServiceClient},
+    },
+    common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value},
+    logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber},
+    metrics::v1::{
+        AggregationTemporality, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint,
+        ResourceMetrics, ScopeMetrics, Sum, Summary, SummaryDataPoint, metric::Data,
+        number_data_point, summary_data_point::ValueAtQuantile,
+    },
+    resource::v1::Resource,
+};
+use prometheus::proto::{LabelPair, MetricFamily, MetricType};
+use prost::Message;
+use thiserror::Error;
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{debug, info, warn};
+
+use crate::{
+    config::{OtlpConfig, OtlpProtocol},
+    state::AppState,
+    version,
+};
+
+/// Attempts per export (the first one and its retries).
+pub const ATTEMPTS: u32 = 3;
+/// Backoff before the first retry; doubled before each next one, and never
+/// more than a quarter of the interval.
+const BACKOFF: Duration = Duration::from_millis(100);
+/// Instrumentation scope name of everything exported.
+const SCOPE: &str = "sonde";
+
+#[derive(Debug, Error)]
+pub enum ExportError {
+    #[error("invalid endpoint {endpoint:?}: {message}")]
+    Endpoint { endpoint: String, message: String },
+    #[error("gRPC status {code:?}: {message}")]
+    Grpc { code: tonic::Code, message: String },
+    #[error("HTTP request failed: {0}")]
+    Http(#[from] hyper_util::client::legacy::Error),
+    #[error("reading the HTTP response: {0}")]
+    Body(#[from] hyper::Error),
+    #[error("building the HTTP request: {0}")]
+    Request(#[from] hyper::http::Error),
+    #[error("HTTP status {status}: {body}")]
+    HttpStatus { status: u16, body: String },
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl From<tonic::Status> for ExportError {
+    fn from(status: tonic::Status) -> Self {
+        Self::Grpc {
+            code: status.code(),
+            message: status.message().to_owned(),
+        }
+    }
+}
+
+impl ExportError {
+    /// Whether trying again may help (the OTLP spec's retryable codes;
+    /// transport errors and timeouts are).
+    fn retryable(&self) -> bool {
+        use tonic::Code;
+        match self {
+            Self::Endpoint { .. } | Self::Request(_) => false,
+            Self::Grpc { code, .. } => matches!(
+                code,
+                Code::Unavailable
+                    | Code::ResourceExhausted
+                    | Code::DeadlineExceeded
+                    | Code::Aborted
+                    | Code::Cancelled
+                    | Code::OutOfRange
+                    | Code::DataLoss
+                    | Code::Unknown
+            ),
+            Self::HttpStatus { status, .. } => matches!(status, 429 | 502 | 503 | 504),
+            Self::Http(_) | Self::Body(_) | Self::Timeout(_) => true,
+        }
+    }
+}
+
+/// The two OTLP signals Sonde sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    Metrics,
+    Logs,
+}
+
+impl Signal {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Metrics => "metrics",
+            Self::Logs => "logs",
+        }
+    }
+}
+
+enum Payload {
+    Metrics(ExportMetricsServiceRequest),
+    Logs(ExportLogsServiceRequest),
+}
+
+/// How requests reach the collector.
+enum Transport {
+    Grpc {
+        metrics: MetricsServiceClient<Channel>,
+        logs: LogsServiceClient<Channel>,
+    },
+    Http {
+        client: Client<HttpConnector, Full<Bytes>>,
+        metrics_url: hyper::Uri,
+        logs_url: hyper::Uri,
+    },
+}
+
+impl Transport {
+    fn new(config: &OtlpConfig, endpoint: &str) -> Result<Self, ExportError> {
+        let invalid = |message: String| ExportError::Endpoint {
+            endpoint: endpoint.to_owned(),
+            message,
+        };
+        let timeout = Duration::from_millis(config.timeout_ms);
+        match config.protocol {
+            OtlpProtocol::Grpc => {
+                // Lazy: the first export connects, and a channel whose
+                // collector went away reconnects on the next one.
+                let channel = Endpoint::from_shared(endpoint.to_owned())
+                    .map_err(|e| invalid(e.to_string()))?
+                    .connect_timeout(timeout)
+                    .timeout(timeout)
+                    .connect_lazy();
+                Ok(Self::Grpc {
+                    metrics: MetricsServiceClient::new(channel.clone()),
+                    logs: LogsServiceClient::new(channel),
+                })
+            }
+            OtlpProtocol::HttpProtobuf => {
+                let base = endpoint.trim_end_matches('/');
+                let url = |path: &str| -> Result<hyper::Uri, ExportError> {
+                    format!("{base}{path}")
+                        .parse()
+                        .map_err(|e: hyper::http::uri::InvalidUri| invalid(e.to_string()))
+                };
+                let mut connector = HttpConnector::new();
+                connector.set_connect_timeout(Some(timeout));
+                connector.set_nodelay(true);
+                Ok(Self::Http {
+                    client: Client::builder(TokioExecutor::new()).build(connector),
+                    metrics_url: url("/v1/metrics")?,
+                    logs_url: url("/v1/logs")?,
+                })
+            }
+        }
+    }
+
+    async fn send(&mut self, payload: &Payload) -> Result<(), ExportError> {
+        match self {
+            Self::Grpc { metrics, logs } => {
+                match payload {
+                    Payload::Metrics(req) => {
+                        let reply = metrics.export(req.clone()).await?.into_inner();
+                        if let Some(p) =
+                            reply.partial_success.filter(|p| p.rejected_data_points > 0)
+                        {
+                            debug!(
+                                "OTLP: collector rejected {} data points: {}",
+                                p.rejected_data_points, p.error_message
+                            );
+                        }
+                    }
+                    Payload::Logs(req) => {
+                        logs.export(req.clone()).await?;
+                    }
+                }
+                Ok(())
+            }
+            Self::Http {
+                client,
+                metrics_url,
+                logs_url,
+            } => {
+                let (url, body) = match payload {
+                    Payload::Metrics(req) => (metrics_url.clone(), req.encode_to_vec()),
+                    Payload::Logs(req) => (logs_url.clone(), req.encode_to_vec()),
+                };
+                let request = hyper::Request::post(url)
+                    .header(hyper::header::CONTENT_TYPE, "application/x-protobuf")
+                    .body(Full::new(Bytes::from(body)))?;
+                let response = client.request(request).await?;
+                let status = response.status();
+                let body = response.into_body().collect().await?.to_bytes();
+                if status.is_success() {
+                    Ok(())
+                } else {
+                    Err(ExportError::HttpStatus {
+                        status: status.as_u16(),
+                        body: String::from_utf8_lossy(&body[..body.len().min(256)]).into_owned(),
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// Whether the last export of a signal worked, to log changes only.
+#[derive(Debug, Default)]
+struct Outcome {
+    /// None before the first export.
+    ok: Option<bool>,
+    failures_in_a_row: u64,
+}
+
+struct Exporter {
+    state: AppState,
+    endpoint: String,
+    transport: Transport,
+    timeout: Duration,
+    interval: Duration,
+    resource: Resource,
+    /// Agent start, the start time of every cumulative point.
+    start_nanos: u64,
+    metrics_outcome: Outcome,
+    logs_outcome: Outcome,
+    /// Anomaly ids whose start (end) was exported.
+    started_sent: BTreeSet<u64>,
+    ended_sent: BTreeSet<u64>,
+}
+
+/// The exporter task: returns at once when no endpoint is configured, and
+/// when `shutdown` changes.
+pub async fn run(state: AppState, config: OtlpConfig, mut shutdown: watch::Receiver<bool>) {
+    let Some(endpoint) = config.endpoint.clone() else {
+        return;
+    };
+    let transport = match Transport::new(&config, &endpoint) {
+        Ok(t) => t,
+        Err(err) => {
+            warn!("OTLP export off: {err}");
+            return;
+        }
+    };
+    for signal in [Signal::Metrics, Signal::Logs] {
+        for result in ["ok", "failed"] {
+            state
+                .metrics
+                .otlp_exports
+                .with_label_values(&[signal.label(), result]);
+        }
+    }
+    let start = SystemTime::now()
+        .checked_sub(state.started_at.elapsed())
+        .unwrap_or_else(SystemTime::now);
+    let mut exporter = Exporter {
+        resource: resource(&state),
+        state,
+        endpoint,
+        transport,
+        timeout: Duration::from_millis(config.timeout_ms),
+        interval: Duration::from_millis(config.interval_ms),
+        start_nanos: unix_nanos(start),
+        metrics_outcome: Outcome::default(),
+        logs_outcome: Outcome::default(),
+        started_sent: BTreeSet::new(),
+        ended_sent: BTreeSet::new(),
+    };
+    info!(
+        "OTLP: exporting metrics and anomalies to {} ({:?}) every {} ms",
+        exporter.endpoint, config.protocol, config.interval_ms
+    );
+    let mut tick = tokio::time::interval(exporter.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        tokio::select! {
+            _ = exporter.cycle() => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+impl Exporter {
+    async fn cycle(&mut self) {
+        let families = {
+            let state = &self.state;
+            state.metrics.gather(
+                &state.snapshot(),
+                &state.events,
+                &state.interfaces(),
+                state.mapek_families(),
+            )
+        };
+        let now = unix_nanos(SystemTime::now());
+        let request = metrics_request(self.resource.clone(), &families, self.start_nanos, now);
+        self.export(Signal::Metrics, Payload::Metrics(request))
+            .await;
+
+        let (records, started, ended) = self.anomaly_records(now);
+        if !records.is_empty() {
+            let request = ExportLogsServiceRequest {
+                resource_logs: vec![ResourceLogs {
+                    resource: Some(self.resource.clone()),
+                    scope_logs: vec![ScopeLogs {
+                        scope: Some(scope()),
+                        log_records: records,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+            };
+            if self.export(Signal::Logs, Payload::Logs(request)).await {
+                self.started_sent.extend(started);
+                self.ended_sent.extend(ended);
+            }
+        }
+    }
+
+    /// Sends with retries; counts and logs the outcome. True when it worked.
+    async fn export(&mut self, signal: Signal, payload: Payload) -> bool {
+        let t0 = std::time::Instant::now();
+        let mut attempts = 0;
+        let result = loop {
+            attempts += 1;
+            let result =
+                match tokio::time::timeout(self.timeout, self.transport.send(&payload)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(ExportError::Timeout(self.timeout)),
+                };
+            match result {
+                Err(err) if attempts < ATTEMPTS && err.retryable() => {
+                    debug!(
+                        "OTLP {} export attempt {attempts} failed: {err}",
+                        signal.label()
+                    );
+                    let backoff = (BACKOFF * 2u32.pow(attempts - 1)).min(self.interval / 4);
+                    tokio::time::sleep(backoff).await;
+                }
+                result => break result,
+            }
+        };
+        let metrics = &self.state.metrics;
+        metrics
+            .otlp_duration
+            .with_label_values(&[signal.label()])
+            .observe(t0.elapsed().as_secs_f64());
+        metrics
+            .otlp_exports
+            .with_label_values(&[signal.label(), if result.is_ok() { "ok" } else { "failed" }])
+            .inc();
+        let outcome = match signal {
+            Signal::Metrics => &mut self.metrics_outcome,
+            Signal::Logs => &mut self.logs_outcome,
+        };
+        match result {
+            Ok(()) => {
+                match outcome.ok {
+                    None => info!(
+                        "OTLP: first {} export to {} ok",
+                        signal.label(),
+                        self.endpoint
+                    ),
+                    Some(false) => info!(
+                        "OTLP: {} export to {} recovered after {} failed export(s)",
+                        signal.label(),
+                        self.endpoint,
+                        outcome.failures_in_a_row
+                    ),
+                    Some(true) => {}
+                }
+                outcome.ok = Some(true);
+                outcome.failures_in_a_row = 0;
+                true
+            }
+            Err(err) => {
+                if outcome.ok != Some(false) {
+                    warn!(
+                        "OTLP: {} export to {} failing: {err} ({attempts} attempt(s)); counted in \
+                         sonde_otlp_exports_total, logged again when it recovers",
+                        signal.label(),
+                        self.endpoint
+                    );
+                } else {
+                    debug!("OTLP {} export failed again: {err}", signal.label());
+                }
+                outcome.ok = Some(false);
+                outcome.failures_in_a_row += 1;
+                false
+            }
+        }
+    }
+
+    /// Log records for anomalies whose start or end was not exported yet,
+    /// with the ids they cover.
+    fn anomaly_records(&mut self, now: u64) -> (Vec<LogRecord>, Vec<u64>, Vec<u64>) {
+        let report = {
+            let mapek = self.state.mapek.lock().unwrap_or_else(|e| e.into_inner());
+            match mapek.as_ref() {
+                Some(m) => m.lock().unwrap_or_else(|e| e.into_inner()).report(),
+                None => return Default::default(),
+            }
+        };
+        let anomalies: Vec<&serde_json::Value> = ["active", "recent"]
+            .iter()
+            .filter_map(|k| report[*k].as_array())
+            .flatten()
+            .collect();
+        let present: BTreeSet<u64> = anomalies.iter().filter_map(|a| a["id"].as_u64()).collect();
+        // Forget anomalies the loop forgot (its recent list is bounded).
+        self.started_sent.retain(|id| present.contains(id));
+        self.ended_sent.retain(|id| present.contains(id));
+        let (mut records, mut started, mut ended) = (Vec::new(), Vec::new(), Vec::new());
+        for a in anomalies {
+            let Some(id) = a["id"].as_u64() else { continue };
+            if !self.started_sent.contains(&id) && !started.contains(&id) {
+                records.push(anomaly_record(a, false, now));
+                started.push(id);
+            }
+            if !a["end"].is_null() && !self.ended_sent.contains(&id) && !ended.contains(&id) {
+                records.push(anomaly_record(a, true, now));
+                ended.push(id);
+            }
+        }
+        (records, started, ended)
+    }
+}
+
+/// One anomaly (as in /api/v1/anomalies) starting or ending, as a log record.
+fn anomaly_record(a: &serde_json::Value, end: bool, now: u64) -> LogRecord {
+    let kind = a["kind"].as_str().unwrap_or("unknown");
+    let severity = a["severity"].as_str().unwrap_or("warning");
+    let at = if end { &a["end"] } else { &a["start"] };
+    let time = at
+        .as_f64()
+        .map(|s| (s.max(0.0) * 1e9) as u64)
+        .unwrap_or(now);
+    let evidence: Vec<String> = a["evidence"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            format!(
+                "{} {} (baseline {}, score {})",
+                e["feature"].as_str().unwrap_or("?"),
+                e["observed"],
+                e["baseline"],
+                e["score"]
+            )
+        })
+        .collect();
+    let subject = a["subject"].as_str();
+    let body = format!(
+        "{kind} ({severity}) {}{}: {}",
+        if end { "ended" } else { "started" },
+        subject.map(|s| format!(" on {s}")).unwrap_or_default(),
+        evidence.join("; ")
+    );
+    let (number, text) = match (end, severity) {
+        (true, _) => (SeverityNumber::Info, "INFO"),
+        (false, "critical") => (SeverityNumber::Error, "ERROR"),
+        (false, _) => (SeverityNumber::Warn, "WARN"),
+    };
+    let mut attributes = vec![
+        kv_int("sonde.anomaly.id", a["id"].as_i64().unwrap_or(0)),
+        kv_str("sonde.anomaly.kind", kind),
+        kv_str("sonde.anomaly.severity", severity),
+        kv_double("sonde.anomaly.score", a["score"].as_f64().unwrap_or(0.0)),
+    ];
+    if let Some(subject) = subject {
+        attributes.push(kv_str("sonde.anomaly.subject", subject));
+    }
+    LogRecord {
+        time_unix_nano: time,
+        observed_time_unix_nano: now,
+        severity_number: number as i32,
+        severity_text: text.into(),
+        body: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(body)),
+        }),
+        attributes,
+        event_name: if end {
+            "sonde.anomaly.end".into()
+        } else {
+            "sonde.anomaly.start".into()
+        },
+        ..Default::default()
+    }
+}
+
+fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn kv_str(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.into())),
+        }),
+        ..Default::default()
+    }
+}
+
+fn kv_int(key: &str, value: i64) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::IntValue(value)),
+        }),
+        ..Default::default()
+    }
+}
+
+fn kv_double(key: &str, value: f64) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::DoubleValue(value)),
+        }),
+        ..Default::default()
+    }
+}
+
+fn scope() -> InstrumentationScope {
+    InstrumentationScope {
+        name: SCOPE.into(),
+        version: version::VERSION.into(),
+        ..Default::default()
+    }
+}
+
+/// Who is exporting: the service, the host and kernel, and the Kubernetes
+/// node (`NODE_NAME`, set from the downward API in the DaemonSet).
+fn resource(state: &AppState) -> Resource {
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    let node = std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty());
+    resource_attributes(&hostname, &state.caps.kernel_release, node.as_deref())
+}
+
+fn resource_attributes(hostname: &str, kernel_release: &str, node: Option<&str>) -> Resource {
+    let mut attributes = vec![
+        kv_str("service.name", "sonde"),
+        kv_str("service.version", version::VERSION),
+        kv_str("os.type", "linux"),
+        kv_str("os.version", kernel_release),
+    ];
+    if !hostname.is_empty() {
+        attributes.push(kv_str("host.name", hostname));
+    }
+    if let Some(node) = node {
+        attributes.push(kv_str("k8s.node.name", node));
+    }
+    Resource {
+        attributes,
+        ..Default::default()
+    }
+}
+
+/// Every family as OTLP metrics, in one ResourceMetrics.
+fn metrics_request(
+    resource: Resource,
+    families: &[MetricFamily],
+    start: u64,
+    now: u64,
+) -> ExportMetricsServiceRequest {
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(resource),
+            scope_metrics: vec![ScopeMetrics {
+                scope: Some(scope()),
+                metrics: families
+                    .iter()
+                    .filter_map(|f| convert(f, start, now))
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+fn attributes(labels: &[LabelPair]) -> Vec<KeyValue> {
+    labels.iter().map(|l| kv_str(l.name(), l.value())).collect()
+}
+
+/// UCUM unit from the Prometheus naming conventions.
+fn unit(name: &str) -> &'static str {
+    if name.contains("_seconds") {
+        "s"
+    } else if name.contains("_bytes") {
+        "By"
+    } else {
+        ""
+    }
+}
+
+/// One Prometheus family as an OTLP metric (None: no series).
+fn convert(family: &MetricFamily, start: u64, now: u64) -> Option<Metric> {
+    let series = family.get_metric();
+    if series.is_empty() {
+        return None;
+    }
+    let number = |m: &prometheus::proto::Metric, value: f64| NumberDataPoint {
+        attributes: attributes(m.get_label()),
+        start_time_unix_nano: start,
+        time_unix_nano: now,
+        value: Some(number_data_point::Value::AsDouble(value)),
+        ..Default::default()
+    };
+    let data = match family.get_field_type() {
+        MetricType::COUNTER => Data::Sum(Sum {
+            data_points: series
+                .iter()
+                .map(|m| number(m, m.get_counter().value()))
+                .collect(),
+            aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            is_monotonic: true,
+        }),
+        MetricType::GAUGE | MetricType::UNTYPED => Data::Gauge(Gauge {
+            data_points: series
+                .iter()
+                .map(|m| {
+                    let value = if family.get_field_type() == MetricType::GAUGE {
+                        m.get_gauge().value()
+                    } else {
+                        m.untyped.value()
+                    };
+                    NumberDataPoint {
+                        start_time_unix_nano: 0,
+                        ..number(m, value)
+                    }
+                })
+                .collect(),
+        }),
+        MetricType::HISTOGRAM => Data::Histogram(Histogram {
+            data_points: series
+                .iter()
+                .map(|m| histogram_point(m, start, now))
+                .collect(),
+            aggregation_temporality: AggregationTemporality::Cumulative as i32,
+        }),
+        MetricType::SUMMARY => Data::Summary(Summary {
+            data_points: series
+                .iter()
+                .map(|m| {
+                    let s = m.get_summary();
+                    SummaryDataPoint {
+                        attributes: attributes(m.get_label()),
+                        start_time_unix_nano: start,
+                        time_unix_nano: now,
+                        count: s.sample_count(),
+                        sum: s.sample_sum(),
+                        quantile_values: s
+                            .get_quantile()
+                            .iter()
+                            .map(|q| ValueAtQuantile {
+                                quantile: q.quantile(),
+                                value: q.value(),
+                            })
+                            .collect(),
+                        ..Default::default()
+                    }
+                })
+                .collect(),
+        }),
+    };
+    Some(Metric {
+        name: family.name().to_owned(),
+        description: family.help().to_owned(),
+        unit: unit(family.name()).to_owned(),
+        data: Some(data),
+        ..Default::default()
+    })
+}
+
+/// Prometheus' cumulative buckets (without +Inf) as OTLP explicit bounds and
+/// per-bucket counts (one more count than bounds: the open last bucket).
+fn histogram_point(m: &prometheus::proto::Metric, start: u64, now: u64) -> HistogramDataPoint {
+    let h = m.get_histogram();
+    let count = h.get_sample_count();
+    let mut explicit_bounds = Vec::new();
+    let mut bucket_counts = Vec::new();
+    let mut below = 0u64;
+    for b in h.get_bucket() {
+        if b.upper_bound().is_infinite() {
+            continue;
+        }
+        let cumulative = b.cumulative_count();
+        explicit_bounds.push(b.upper_bound());
+        bucket_counts.push(cumulative.saturating_sub(below));
+        below = below.max(cumulative);
+    }
+    bucket_counts.push(count.saturating_sub(below));
+    HistogramDataPoint {
+        attributes: attributes(m.get_label()),
+        start_time_unix_nano: start,
+        time_unix_nano: now,
+        count,
+        sum: Some(h.get_sample_sum()),
+        bucket_counts,
+        explicit_bounds,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+    fn family<'a>(families: &'a [MetricFamily], name: &str) -> &'a MetricFamily {
+        families.iter().find(|f| f.name() == name).unwrap()
+    }
+
+    #[test]
+    fn counters_gauges_and_histograms_convert() {
+        let registry = Registry::new();
+        let calls = IntCounterVec::new(Opts::new("calls_total", "calls"), &["syscall"]).unwrap();
+        let latency = HistogramVec::new(
+            HistogramOpts::new("latency_seconds", "latency").buckets(vec![0.1, 1.0]),
+            &["syscall"],
+        )
+        .unwrap();
+        let up = prometheus::IntGauge::new("up_now", "up").unwrap();
+        registry.register(Box::new(calls.clone())).unwrap();
+        registry.register(Box::new(latency.clone())).unwrap();
+        registry.register(Box::new(up.clone())).unwrap();
+        calls.with_label_values(&["getppid"]).inc_by(7);
+        for v in [0.05, 0.5, 0.7, 3.0, 4.0] {
+            latency.with_label_values(&["read"]).observe(v);
+        }
+        up.set(1);
+        let families = registry.gather();
+
+        let m = convert(family(&families, "calls_total"), 10, 20).unwrap();
+        let Some(Data::Sum(sum)) = m.data else {
+            panic!("not a sum: {m:?}")
+        };
+        assert!(sum.is_monotonic);
+        assert_eq!(
+            sum.aggregation_temporality,
+            AggregationTemporality::Cumulative as i32
+        );
+        let p = &sum.data_points[0];
+        assert_eq!(p.value, Some(number_data_point::Value::AsDouble(7.0)));
+        assert_eq!((p.start_time_unix_nano, p.time_unix_nano), (10, 20));
+        assert_eq!(p.attributes, vec![kv_str("syscall", "getppid")]);
+
+        let m = convert(family(&families, "latency_seconds"), 10, 20).unwrap();
+        assert_eq!(m.unit, "s");
+        let Some(Data::Histogram(h)) = m.data else {
+            panic!("not a histogram: {m:?}")
+        };
+        let p = &h.data_points[0];
+        assert_eq!(p.explicit_bounds, vec![0.1, 1.0]);
+        assert_eq!(p.bucket_counts, vec![1, 2, 2]);
+        assert_eq!(p.count, 5);
+        assert_eq!(p.bucket_counts.iter().sum::<u64>(), p.count);
+        assert!((p.sum.unwrap() - 8.25).abs() < 1e-9);
+
+        let m = convert(family(&families, "up_now"), 10, 20).unwrap();
+        let Some(Data::Gauge(g)) = m.data else {
+            panic!("not a gauge: {m:?}")
+        };
+        assert_eq!(
+            g.data_points[0].value,
+            Some(number_data_point::Value::AsDouble(1.0))
+        );
+    }
+
+    #[test]
+    fn resource_names_service_host_kernel_and_node() {
+        let r = resource_attributes("node-1", "6.18.0", Some("worker-3"));
+        let get = |k: &str| {
+            r.attributes
+                .iter()
+                .find(|kv| kv.key == k)
+                .and_then(|kv| kv.value.clone())
+                .and_then(|v| v.value)
+        };
+        let s = |v: &str| Some(any_value::Value::StringValue(v.into()));
+        assert_eq!(get("service.name"), s("sonde"));
+        assert_eq!(get("host.name"), s("node-1"));
+        assert_eq!(get("os.version"), s("6.18.0"));
+        assert_eq!(get("k8s.node.name"), s("worker-3"));
+        assert!(get("k8s.node.name").is_some());
+        let r = resource_attributes("node-1", "6.18.0", None);
+        assert!(!r.attributes.iter().any(|kv| kv.key == "k8s.node.name"));
+    }
+
+    #[test]
+    fn anomalies_become_log_records() {
+        let a = serde_json::json!({
+            "id": 4, "kind": "syscall_storm", "severity": "critical", "score": 12.5,
+            "start": 1700000000.5, "end": null, "subject": "pid 42",
+            "evidence": [{"feature": "syscalls_per_second", "baseline": 100.0,
+                          "observed": 90000.0, "score": 12.5}],
+        });
+        let r = anomaly_record(&a, false, 7);
+        assert_eq!(r.time_unix_nano, 1_700_000_000_500_000_000);
+        assert_eq!(r.severity_number, SeverityNumber::Error as i32);
+        assert_eq!(r.event_name, "sonde.anomaly.start");
+        assert!(
+            r.attributes
+                .contains(&kv_str("sonde.anomaly.kind", "syscall_storm"))
+        );
+        let Some(any_value::Value::StringValue(body)) = r.body.and_then(|b| b.value) else {
+            panic!("no body")
+        };
+        assert!(body.contains("syscalls_per_second 90000.0"), "{body}");
+        let r = anomaly_record(&a, true, 7);
+        assert_eq!(r.severity_number, SeverityNumber::Info as i32);
+        assert_eq!(r.time_unix_nano, 7, "no end time: observed time");
+    }
+
+    #[test]
+    fn only_transient_errors_are_retried() {
+        assert!(ExportError::Timeout(Duration::from_secs(1)).retryable());
+        assert!(ExportError::from(tonic::Status::unavailable("down")).retryable());
+        assert!(!ExportError::from(tonic::Status::invalid_argument("bad")).retryable());
+        let status = |status| ExportError::HttpStatus {
+            status,
+            body: String::new(),
+        };
+        assert!(status(503).retryable());
+        assert!(!status(400).retryable());
+    }
+}
