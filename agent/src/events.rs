@@ -116,12 +116,17 @@ impl Events {
         self.rings.iter().find(|r| r.label == label)
     }
 
-    fn push(&self, record: EventRecord) {
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        if recent.len() >= self.keep {
-            recent.pop_front();
+    fn push_all(&self, records: Vec<EventRecord>) {
+        if records.is_empty() {
+            return;
         }
-        recent.push_back(record);
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        for record in records {
+            if recent.len() >= self.keep {
+                recent.pop_front();
+            }
+            recent.push_back(record);
+        }
     }
 }
 
@@ -167,15 +172,25 @@ async fn read_ring(mut fd: AsyncFd<RingBuf<MapData>>, state: Arc<RingState>, eve
             }
         };
         let ring = guard.get_inner_mut();
+        // Decode the whole batch first, then take the recent-events lock
+        // once: one lock per wake-up instead of one per event.
+        let mut batch = Vec::new();
+        let (mut received, mut errors) = (0u64, 0u64);
         while let Some(item) = ring.next() {
-            state.received.fetch_add(1, Ordering::Relaxed);
+            received += 1;
             match decode(&item) {
-                Some(record) => events.push(record),
-                None => {
-                    state.decode_errors.fetch_add(1, Ordering::Relaxed);
-                }
+                Some(record) => batch.push(record),
+                None => errors += 1,
+            }
+            drop(item);
+            if batch.len() >= events.keep {
+                // Only the newest `keep` can survive: stop decoding the rest.
+                batch.drain(..batch.len() - events.keep / 2);
             }
         }
+        state.received.fetch_add(received, Ordering::Relaxed);
+        state.decode_errors.fetch_add(errors, Ordering::Relaxed);
+        events.push_all(batch);
         state.last_drain_ms.store(now_ms(), Ordering::Relaxed);
         guard.clear_ready();
     }

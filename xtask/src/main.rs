@@ -3,6 +3,7 @@
 
 mod bench;
 mod run;
+mod stack;
 mod test;
 mod toolchain;
 mod util;
@@ -29,6 +30,8 @@ enum Command {
     Run(run::Options),
     /// Format check, both clippy passes, unit tests and the privileged integration tests.
     Test(test::Options),
+    /// The agent plus a real Prometheus and Alertmanager on loopback, to see it all working.
+    Stack(stack::Options),
     /// Measure Sonde's cost side by side with its baselines (root); writes bench/results/.
     Bench(bench::Options),
     /// Boot Debian kernels in qemu and run sonde check and counting runs inside; writes docs/kernels.md.
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Run(opts) => run::run(opts),
         Command::Test(opts) => test::run(opts).map(|()| ExitCode::SUCCESS),
+        Command::Stack(opts) => stack::run(opts).map(|()| ExitCode::SUCCESS),
         Command::Bench(opts) => bench::run(opts).map(|()| ExitCode::SUCCESS),
         Command::VmTest(opts) => vm::run(opts).map(|()| ExitCode::SUCCESS),
     };

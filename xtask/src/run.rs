@@ -48,8 +48,20 @@ pub fn run(opts: Options) -> anyhow::Result<ExitCode> {
         ),
     }
 
-    let mut cmd = if util::is_root() {
-        Command::new(&bin)
+    let mut cmd = privileged(&bin)?;
+    cmd.args(&args);
+    let shown = util::display(&cmd);
+    println!("$ {shown}");
+    let status =
+        wait_with_sigint_ignored(&mut cmd).with_context(|| format!("could not start `{shown}`"))?;
+    Ok(exit_code(status))
+}
+
+/// A command that runs `bin` as root: directly when we are root, through
+/// sudo (keeping the agent's own environment variables) otherwise.
+pub(crate) fn privileged(bin: &std::path::Path) -> anyhow::Result<Command> {
+    Ok(if util::is_root() {
+        Command::new(bin)
     } else {
         let Some(sudo) = util::which("sudo") else {
             bail!(
@@ -65,15 +77,9 @@ pub fn run(opts: Options) -> anyhow::Result<ExitCode> {
         if !keep.is_empty() {
             sudo.arg(format!("--preserve-env={}", keep.join(",")));
         }
-        sudo.arg("--").arg(&bin);
+        sudo.arg("--").arg(bin);
         sudo
-    };
-    cmd.args(&args);
-    let shown = util::display(&cmd);
-    println!("$ {shown}");
-    let status =
-        wait_with_sigint_ignored(&mut cmd).with_context(|| format!("could not start `{shown}`"))?;
-    Ok(exit_code(status))
+    })
 }
 
 /// Where the agent will listen.
