@@ -93,6 +93,14 @@ fn wait_until(
     bail!("{what} was not ready within {} s", timeout.as_secs())
 }
 
+impl Options {
+    /// What `cargo xtask test` runs: bring everything up, check Prometheus
+    /// scrapes the agent, stop.
+    pub fn smoke() -> Self {
+        Self { duration: Some(1) }
+    }
+}
+
 pub fn run(opts: Options) -> anyhow::Result<()> {
     for (binary, package) in [
         ("prometheus", "prometheus"),

@@ -32,6 +32,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         // The fentry and kprobe tiers this machine's kernel lacks, proven on
         // Debian's 6.1 and 6.12 kernels under qemu (~1.5 min warm).
         steps.push(("kernel matrix (qemu)", kernel_matrix));
+        // The newcomer's stack comes up: agent scraped by Prometheus, with
+        // Alertmanager (a few seconds).
+        steps.push(("stack (agent + Prometheus + Alertmanager)", stack_smoke));
         // Smoke run of the benchmark: every scenario runs and produces sane
         // numbers (no timing thresholds).
         steps.push(("bench --quick (root)", bench_quick));
@@ -135,6 +138,10 @@ fn integration_tests() -> anyhow::Result<()> {
         test.args(["--config", r#"target."cfg(all())".runner = "sudo -E""#]);
     }
     util::run(test.args(["--", "--test-threads=1"]))
+}
+
+fn stack_smoke() -> anyhow::Result<()> {
+    crate::stack::run(crate::stack::Options::smoke())
 }
 
 fn kernel_matrix() -> anyhow::Result<()> {
