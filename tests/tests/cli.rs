@@ -294,7 +294,9 @@ fn sigterm_detaches_everything_and_exits_zero() {
     if !require_root() {
         return;
     }
-    let mut lab = Lab::start(Config::new());
+    // Native XDP (auto would take TC on this veth): the XDP detach is part
+    // of what this test proves.
+    let mut lab = Lab::start(Config::new().set("network", "xdp_mode", "\"native\""));
     let pid = lab.agent.pid();
     let held = held_program_ids(pid);
     let names: Vec<String> = bpf_programs()

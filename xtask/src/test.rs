@@ -131,7 +131,7 @@ fn integration_tests() -> anyhow::Result<()> {
     let mut test = util::cargo();
     test.env("SONDE_BIN", debug.join("sonde"))
         .env("SONDE_WORKLOAD_BIN", debug.join("sonde-workload"))
-        .args(["test", "-p", "sonde-tests"]);
+        .args(["test", "-p", "sonde-tests", "--no-fail-fast"]);
     if !root {
         // Build as the user, run only the test binaries as root, so target/
         // never gets root-owned files.
