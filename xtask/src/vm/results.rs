@@ -246,18 +246,8 @@ pub fn judge_vm(
     for &p in profiles {
         let check = &run.checks[p.name];
         let caps = auto_caps.as_deref().unwrap_or(&check.capabilities);
-        let (status, short, detail) = judge_check(p, check, caps);
+        let status = push_check_rows(&mut run.rows, p, check, caps);
         let check_ok = status == Status::Pass;
-        run.rows.push(Row {
-            profile: p.name,
-            what: CHECK.to_owned(),
-            status,
-            short,
-            detail,
-        });
-        if p.name == "auto" {
-            run.rows.push(judge_preferred(p, check, caps, check_ok));
-        }
         if p.counts.is_empty() {
             continue;
         }
@@ -268,6 +258,28 @@ pub fn judge_vm(
         run.rows.extend(judge_run(p, step, check_ok, status));
     }
     run
+}
+
+/// The `sonde check` row of a profile (and, for `auto`, whether the
+/// preferred tier was chosen); returns the check's status.
+fn push_check_rows(
+    rows: &mut Vec<Row>,
+    p: &'static Profile,
+    check: &CheckOutput,
+    caps: &[(String, String)],
+) -> Status {
+    let (status, short, detail) = judge_check(p, check, caps);
+    rows.push(Row {
+        profile: p.name,
+        what: CHECK.to_owned(),
+        status,
+        short,
+        detail,
+    });
+    if p.name == "auto" {
+        rows.push(judge_preferred(p, check, caps, status == Status::Pass));
+    }
+    status
 }
 
 /// The host's own kernel: `sonde check` per profile, counts left to the
@@ -289,18 +301,7 @@ pub fn judge_host(release: &str, checks: Vec<(&'static Profile, CheckOutput)>) -
         let caps = auto_caps
             .clone()
             .unwrap_or_else(|| check.capabilities.clone());
-        let (status, short, detail) = judge_check(p, &check, &caps);
-        let check_ok = status == Status::Pass;
-        run.rows.push(Row {
-            profile: p.name,
-            what: CHECK.to_owned(),
-            status,
-            short,
-            detail,
-        });
-        if p.name == "auto" {
-            run.rows.push(judge_preferred(p, &check, &caps, check_ok));
-        }
+        push_check_rows(&mut run.rows, p, &check, &caps);
         for c in p.counts {
             run.rows.push(Row {
                 profile: p.name,
