@@ -1,13 +1,14 @@
-//! Ring-buffer readers: one tokio task per ring, woken through `AsyncFd`,
+//! Ring-buffer readers: one thread per ring, woken through poll(),
 //! draining every event, counting what it received, and keeping a bounded
-//! list of recent events for /api/v1/events. Loss is counted by the kernel
+//! list of recent events (raw, decoded on request) for /api/v1/events. Loss is counted by the kernel
 //! (`RING_STATS`); here we count receipt, so `received + lost == produced`.
 
 use std::{
     collections::VecDeque,
+    os::fd::AsRawFd,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, SystemTime},
 };
@@ -21,7 +22,6 @@ use agent_common::{
 };
 use aya::maps::{MapData, RingBuf};
 use serde::Serialize;
-use tokio::io::unix::AsyncFd;
 use tracing::{debug, warn};
 
 use crate::{collectors::unix_seconds, metrics::protocol_name, syscall_table};
@@ -94,47 +94,84 @@ pub enum EventRecord {
     },
 }
 
+/// An event as it left the kernel: decoded only when someone asks for it
+/// (/api/v1/events), so the reader's per-event work is one bounds check and
+/// one copy into a reused buffer.
+#[derive(Debug, Clone)]
+struct RawEvent(Vec<u8>);
+
 /// Recent events and per-ring state.
 #[derive(Debug)]
 pub struct Events {
     pub rings: Vec<Arc<RingState>>,
-    recent: Mutex<VecDeque<EventRecord>>,
+    recent: Mutex<VecDeque<RawEvent>>,
     keep: usize,
 }
 
 impl Events {
+    /// The newest events, oldest first, decoded now.
     pub fn recent(&self) -> Vec<EventRecord> {
-        self.recent
+        let raw: Vec<RawEvent> = self
+            .recent
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .cloned()
-            .collect()
+            .collect();
+        let clock = WallClock::now();
+        raw.iter().filter_map(|e| decode(&e.0, &clock)).collect()
     }
 
     pub fn ring(&self, label: &str) -> Option<&Arc<RingState>> {
         self.rings.iter().find(|r| r.label == label)
     }
+}
 
-    fn push_all(&self, records: Vec<EventRecord>) {
-        if records.is_empty() {
-            return;
-        }
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        for record in records {
-            if recent.len() >= self.keep {
-                recent.pop_front();
-            }
-            recent.push_back(record);
-        }
+/// Keeps the newest `keep` events, reusing the buffers of the ones it
+/// forgets (no allocation once full).
+fn remember(recent: &mut VecDeque<RawEvent>, keep: usize, bytes: &[u8]) {
+    let mut slot = if recent.len() >= keep {
+        recent.pop_front().unwrap_or(RawEvent(Vec::new()))
+    } else {
+        RawEvent(Vec::with_capacity(bytes.len()))
+    };
+    slot.0.clear();
+    slot.0.extend_from_slice(bytes);
+    recent.push_back(slot);
+}
+
+/// One ring's reader thread; stopped (and joined) on shutdown.
+#[derive(Debug)]
+pub struct RingReader {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl RingReader {
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Asks the thread to stop and waits for it (at most one poll timeout).
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
     }
 }
 
-/// Starts one reader task per ring.
+/// How long a reader sleeps in poll() before looking at its stop flag.
+const POLL_TIMEOUT_MS: i32 = 100;
+/// Events drained per hold of the recent-events lock.
+const DRAIN_CHUNK: usize = 1024;
+
+/// Starts one reader thread per ring. Dedicated threads, not runtime
+/// tasks: a ring's reader must react within microseconds of a wake-up
+/// however busy the HTTP server, collector and MAPE-K loop keep the
+/// runtime's workers.
 pub fn spawn_readers(
     rings: Vec<(u32, &'static str, RingBuf<MapData>)>,
     keep: usize,
-) -> std::io::Result<(Arc<Events>, Vec<tokio::task::JoinHandle<()>>)> {
+) -> std::io::Result<(Arc<Events>, Vec<RingReader>)> {
     let events = Arc::new(Events {
         rings: rings
             .iter()
@@ -143,56 +180,116 @@ pub fn spawn_readers(
         recent: Mutex::new(VecDeque::with_capacity(keep.min(4096))),
         keep: keep.max(1),
     });
-    let mut tasks = Vec::new();
+    let mut readers = Vec::new();
     for (index, (_, label, ring)) in rings.into_iter().enumerate() {
-        // SAFETY: the RingBuf owns its fd and outlives the registration
-        // (AsyncFd owns the RingBuf); nothing else closes it.
-        let fd = unsafe { AsyncFd::register(ring) }.map_err(std::io::Error::from)?;
         let state = events.rings[index].clone();
-        let events = events.clone();
+        let shared = events.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("ring-{label}"))
+            .spawn(move || read_ring(ring, &state, &shared, &stop_flag))?;
         debug!(ring = label, "ring reader started");
-        tasks.push(tokio::spawn(read_ring(fd, state, events)));
+        readers.push(RingReader { stop, thread });
     }
-    Ok((events, tasks))
+    Ok((events, readers))
 }
 
-async fn read_ring(mut fd: AsyncFd<RingBuf<MapData>>, state: Arc<RingState>, events: Arc<Events>) {
-    loop {
+fn read_ring(mut ring: RingBuf<MapData>, state: &RingState, events: &Events, stop: &AtomicBool) {
+    let fd = ring.as_raw_fd();
+    while !stop.load(Ordering::Relaxed) {
         let stall_until = state.stall_until_ms.load(Ordering::Relaxed);
         let now = now_ms();
         if stall_until > now {
-            tokio::time::sleep(Duration::from_millis(stall_until - now)).await;
+            std::thread::sleep(Duration::from_millis((stall_until - now).min(100)));
             continue;
         }
-        let mut guard = match fd.readable_mut().await {
-            Ok(guard) => guard,
-            Err(err) => {
+        drain(&mut ring, state, events);
+        // The ring's poll is level-triggered on unread data.
+        let mut pollfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; the fd stays open (owned by `ring`).
+        if unsafe { libc::poll(&mut pollfd, 1, POLL_TIMEOUT_MS) } < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
                 warn!(ring = state.label, "ring reader stopped: {err}");
                 return;
             }
-        };
-        let ring = guard.get_inner_mut();
-        // Decode the whole batch first, then take the recent-events lock
-        // once: one lock per wake-up instead of one per event.
-        let mut batch = Vec::new();
-        let (mut received, mut errors) = (0u64, 0u64);
-        while let Some(item) = ring.next() {
-            received += 1;
-            match decode(&item) {
-                Some(record) => batch.push(record),
-                None => errors += 1,
-            }
-            drop(item);
-            if batch.len() >= events.keep {
-                // Only the newest `keep` can survive: stop decoding the rest.
-                batch.drain(..batch.len() - events.keep / 2);
+        }
+    }
+}
+
+/// Takes every event waiting in the ring.
+fn drain(ring: &mut RingBuf<MapData>, state: &RingState, events: &Events) {
+    let (mut received, mut errors) = (0u64, 0u64);
+    loop {
+        let mut taken = 0;
+        {
+            let mut recent = events.recent.lock().unwrap_or_else(|e| e.into_inner());
+            while taken < DRAIN_CHUNK {
+                let Some(item) = ring.next() else { break };
+                taken += 1;
+                if well_formed(&item) {
+                    remember(&mut recent, events.keep, &item);
+                } else {
+                    errors += 1;
+                }
             }
         }
+        received += taken as u64;
+        if taken < DRAIN_CHUNK {
+            break;
+        }
+    }
+    if received > 0 {
         state.received.fetch_add(received, Ordering::Relaxed);
+    }
+    if errors > 0 {
         state.decode_errors.fetch_add(errors, Ordering::Relaxed);
-        events.push_all(batch);
-        state.last_drain_ms.store(now_ms(), Ordering::Relaxed);
-        guard.clear_ready();
+    }
+    state.last_drain_ms.store(now_ms(), Ordering::Relaxed);
+}
+
+/// A known kind, long enough for its struct: what `decode` will accept.
+fn well_formed(bytes: &[u8]) -> bool {
+    let Some(header) = read::<EventHeader>(bytes) else {
+        return false;
+    };
+    let needed = match header.kind {
+        EVENT_SLOW_SYSCALL => size_of::<SlowSyscallEvent>(),
+        EVENT_PROCESS_EXEC | EVENT_PROCESS_EXIT => size_of::<ProcessEvent>(),
+        EVENT_NEW_FLOW => size_of::<FlowEvent>(),
+        _ => return false,
+    };
+    bytes.len() >= needed
+}
+
+/// Turns the kernel's CLOCK_MONOTONIC timestamps into wall-clock time.
+struct WallClock {
+    wall_s: f64,
+    monotonic_ns: u64,
+}
+
+impl WallClock {
+    fn now() -> Self {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid out pointer; CLOCK_MONOTONIC always exists.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        Self {
+            wall_s: unix_seconds(SystemTime::now()),
+            monotonic_ns: ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64,
+        }
+    }
+
+    fn at(&self, monotonic_ns: u64) -> f64 {
+        let ago_ns = self.monotonic_ns.saturating_sub(monotonic_ns);
+        self.wall_s - ago_ns as f64 / 1e9
     }
 }
 
@@ -202,9 +299,9 @@ fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
         .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
-fn decode(bytes: &[u8]) -> Option<EventRecord> {
+fn decode(bytes: &[u8], clock: &WallClock) -> Option<EventRecord> {
     let header: EventHeader = read(bytes)?;
-    let time = unix_seconds(SystemTime::now());
+    let time = clock.at(header.ts_ns);
     match header.kind {
         EVENT_SLOW_SYSCALL => {
             let e: SlowSyscallEvent = read(bytes)?;

@@ -209,14 +209,14 @@ fn check_collector(state: &AppState) -> Verdict {
     }
 }
 
-/// A ring reader is healthy when its task runs and, if events are waiting,
+/// A ring reader is healthy when its thread runs and, if events are waiting,
 /// it has drained recently.
 fn check_ring(state: &AppState, label: &str) -> Verdict {
     let Some(ring) = state.events.ring(label) else {
         return (Status::Failed, Some("no reader".into()));
     };
     if state.reader_finished(label) {
-        return (Status::Failed, Some("reader task exited".into()));
+        return (Status::Failed, Some("reader thread exited".into()));
     }
     let snapshot = state.snapshot();
     let kernel = snapshot.rings.get(label).copied().unwrap_or_default();

@@ -300,13 +300,14 @@ async fn serve(
     if let Some(watcher) = watcher {
         watcher.abort();
     }
-    for (_, task) in state
+    let readers: Vec<_> = state
         .readers
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .drain(..)
-    {
-        task.abort();
+        .collect();
+    for (_, reader) in readers {
+        reader.stop();
     }
     // Unloading the programs detaches every link, even though the watcher
     // task (aborted above) may still hold a handle to the probes.

@@ -16,8 +16,8 @@ use crate::{
     probes::{Attachment, capabilities::Capabilities},
 };
 
-/// Ring reader tasks by ring label.
-pub type Readers = Vec<(&'static str, tokio::task::JoinHandle<()>)>;
+/// Ring reader threads by ring label.
+pub type Readers = Vec<(&'static str, crate::events::RingReader)>;
 
 #[derive(Clone)]
 pub struct AppState {
