@@ -31,7 +31,6 @@ impl Merge for SyscallStats {
     fn merge(&mut self, o: &Self) {
         self.count += o.count;
         self.errors += o.errors;
-        self.timed += o.timed;
         self.latency_sum_ns += o.latency_sum_ns;
         add_slots(&mut self.latency_slots, &o.latency_slots);
     }

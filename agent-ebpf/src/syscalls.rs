@@ -194,7 +194,6 @@ fn on_exit(ret: i64) {
         if ret < 0 {
             stats.errors += 1;
         }
-        stats.timed += 1;
         stats.latency_sum_ns += latency;
         let slot = latency_slot(latency);
         if let Some(bucket) = stats.latency_slots.get_mut(slot) {

@@ -483,7 +483,7 @@ fn kernel_families(
         latency.histogram(
             &labels,
             &buckets,
-            row.stats.timed,
+            row.stats.timed(),
             row.stats.latency_sum_ns as f64 / 1e9,
         );
     }

@@ -325,7 +325,7 @@ impl Collector {
     fn read_syscalls(&self, snapshot: &mut Snapshot) -> Result<(), MapError> {
         for id in 0..MAX_SYSCALLS {
             let stats = SyscallStats::sum(self.maps.syscall_stats.get(&id, 0)?.iter());
-            if stats.count > 0 || stats.timed > 0 {
+            if stats.count > 0 || stats.timed() > 0 {
                 snapshot.syscalls.push(SyscallRow {
                     name: syscall_table::name(id),
                     stats,
