@@ -7,6 +7,7 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod addr;
 mod baseline;
 mod block;
 mod drops;

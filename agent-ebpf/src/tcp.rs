@@ -28,7 +28,10 @@ use aya_ebpf::{
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use crate::maps::{config, count};
+use crate::{
+    addr::Addr,
+    maps::{config, count},
+};
 
 #[map(name = "TCP_STATS")]
 static TCP_STATS: PerCpuArray<TcpStats> = PerCpuArray::with_max_entries(1, 0);
@@ -102,24 +105,22 @@ enum PeerSource<'a> {
 impl PeerSource<'_> {
     #[inline(always)]
     fn key(&self) -> Option<TcpPeerKey> {
-        let mut key = TcpPeerKey {
-            family: 0,
-            addr: [0; 16],
-        };
+        let family: u32;
+        let addr: Addr;
         // SAFETY (all reads): record offsets from the format files, struct
         // offsets from BTF; kernel memory through the probe helper.
         unsafe {
             match *self {
-                PeerSource::Record(ctx, family, v4, v6) => {
-                    if family == u32::MAX || v4 == u32::MAX || v6 == u32::MAX {
+                PeerSource::Record(ctx, family_at, v4, v6) => {
+                    if family_at == u32::MAX || v4 == u32::MAX || v6 == u32::MAX {
                         return None;
                     }
-                    key.family = u32::from(ctx.read_at::<u16>(family as usize).ok()?);
-                    if key.family == PEER_FAMILY_IPV4 {
+                    family = u32::from(ctx.read_at::<u16>(family_at as usize).ok()?);
+                    if family == PEER_FAMILY_IPV4 {
                         let a: [u8; 4] = ctx.read_at(v4 as usize).ok()?;
-                        key.addr[..4].copy_from_slice(&a);
+                        addr = Addr::v4(&a);
                     } else {
-                        key.addr = ctx.read_at(v6 as usize).ok()?;
+                        addr = Addr::v6(&ctx.read_at::<[u8; 16]>(v6 as usize).ok()?);
                     }
                 }
                 PeerSource::SockAddr(ctx, at) => {
@@ -127,12 +128,12 @@ impl PeerSource<'_> {
                         return None;
                     }
                     let at = at as usize;
-                    key.family = u32::from(ctx.read_at::<u16>(at).ok()?);
-                    if key.family == PEER_FAMILY_IPV4 {
+                    family = u32::from(ctx.read_at::<u16>(at).ok()?);
+                    if family == PEER_FAMILY_IPV4 {
                         let a: [u8; 4] = ctx.read_at(at + 4).ok()?;
-                        key.addr[..4].copy_from_slice(&a);
+                        addr = Addr::v4(&a);
                     } else {
-                        key.addr = ctx.read_at(at + 8).ok()?;
+                        addr = Addr::v6(&ctx.read_at::<[u8; 16]>(at + 8).ok()?);
                     }
                 }
                 PeerSource::Sock(sk) => {
@@ -144,20 +145,25 @@ impl PeerSource<'_> {
                     if f == u32::MAX || v4 == u32::MAX || v6 == u32::MAX {
                         return None;
                     }
-                    key.family =
+                    family =
                         u32::from(bpf_probe_read_kernel((sk + u64::from(f)) as *const u16).ok()?);
-                    if key.family == PEER_FAMILY_IPV4 {
+                    if family == PEER_FAMILY_IPV4 {
                         let a: [u8; 4] =
                             bpf_probe_read_kernel((sk + u64::from(v4)) as *const [u8; 4]).ok()?;
-                        key.addr[..4].copy_from_slice(&a);
+                        addr = Addr::v4(&a);
                     } else {
-                        key.addr =
-                            bpf_probe_read_kernel((sk + u64::from(v6)) as *const [u8; 16]).ok()?;
+                        addr = Addr::v6(
+                            &bpf_probe_read_kernel((sk + u64::from(v6)) as *const [u8; 16]).ok()?,
+                        );
                     }
                 }
             }
         }
-        (key.family == PEER_FAMILY_IPV4 || key.family == PEER_FAMILY_IPV6).then_some(key)
+        // Built whole at the end: see `Addr` for why not field by field.
+        (family == PEER_FAMILY_IPV4 || family == PEER_FAMILY_IPV6).then_some(TcpPeerKey {
+            family,
+            addr: addr.bytes(),
+        })
     }
 }
 

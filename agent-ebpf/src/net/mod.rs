@@ -100,8 +100,8 @@ pub fn account<P: PacketSource>(packet: &P, direction: u8) {
         family: parsed.family,
         protocol: parsed.protocol,
         _pad: 0,
-        src_addr: parsed.src,
-        dst_addr: parsed.dst,
+        src_addr: parsed.src.bytes(),
+        dst_addr: parsed.dst.bytes(),
         src_port: parsed.src_port,
         dst_port: parsed.dst_port,
     };

@@ -10,7 +10,7 @@ use agent_common::{
     },
 };
 
-use crate::maps::count;
+use crate::{addr::Addr, maps::count};
 
 /// Where packet bytes come from (XDP direct access, or skb loads in TC).
 pub trait PacketSource {
@@ -36,8 +36,8 @@ pub struct Parsed {
     pub protocol: u8,
     pub has_ports: bool,
     pub tcp_flags: u8,
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+    pub src: Addr,
+    pub dst: Addr,
     pub src_port: u16,
     pub dst_port: u16,
 }
@@ -55,8 +55,8 @@ pub fn parse<P: PacketSource>(packet: &P) -> Parsed {
         protocol: PROTO_NONE,
         has_ports: false,
         tcp_flags: 0,
-        src: [0; 16],
-        dst: [0; 16],
+        src: Addr::ZERO,
+        dst: Addr::ZERO,
         src_port: 0,
         dst_port: 0,
     };
@@ -109,8 +109,8 @@ fn parse_ipv4<P: PacketSource>(packet: &P, l3: usize, parsed: &mut Parsed) -> Op
         return None;
     }
     parsed.protocol = header[9];
-    parsed.src[..4].copy_from_slice(&header[12..16]);
-    parsed.dst[..4].copy_from_slice(&header[16..20]);
+    parsed.src = Addr::v4(&header[12..16]);
+    parsed.dst = Addr::v4(&header[16..20]);
     let frag = u16::from_be_bytes([header[6], header[7]]);
     if frag & 0x1fff != 0 {
         count(PKT_IP_FRAGMENT);
@@ -126,8 +126,8 @@ fn parse_ipv6<P: PacketSource>(packet: &P, l3: usize, parsed: &mut Parsed) -> Op
         count(PKT_BAD_IP_HEADER);
         return None;
     };
-    parsed.src.copy_from_slice(&header[8..24]);
-    parsed.dst.copy_from_slice(&header[24..40]);
+    parsed.src = Addr::v6(&header[8..24]);
+    parsed.dst = Addr::v6(&header[24..40]);
     let mut next = header[6];
     let mut offset = l3 + IPV6_HLEN;
     // Walk a bounded number of extension headers to find the transport.

@@ -17,6 +17,13 @@ struct TcPacket<'a>(&'a TcContext);
 impl PacketSource for TcPacket<'_> {
     #[inline(always)]
     fn load<T: Copy>(&self, offset: usize) -> Option<T> {
+        // Headers are almost always in the skb's linear part: read them
+        // directly (no helper call), like XDP does.
+        let start = self.0.data();
+        if start + offset + size_of::<T>() <= self.0.data_end() {
+            // SAFETY: bounds checked against data_end just above.
+            return Some(unsafe { core::ptr::read_unaligned((start + offset) as *const T) });
+        }
         // bpf_skb_load_bytes also reads non-linear (paged) skb data. Loaded
         // straight into our slot: returning a large Result by value is not
         // something the BPF backend can compile.
