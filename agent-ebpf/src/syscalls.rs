@@ -10,13 +10,13 @@
 use agent_common::{
     config::{CFG_IGNORE_TGID, CFG_SLOW_SYSCALL_NS},
     counters::{SYSCALL_ID_OUT_OF_RANGE, SYSCALL_START_MAP_FULL},
-    events::{COMM_LEN, EVENT_SLOW_SYSCALL, EventHeader, RING_SYSCALL, SlowSyscallEvent},
+    events::{EVENT_SLOW_SYSCALL, EventHeader, RING_SYSCALL, SlowSyscallEvent},
     syscalls::{MAX_INFLIGHT, MAX_SYSCALLS, SyscallStart, SyscallStats, latency_slot},
 };
 use aya_ebpf::{
     Global,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
         generated::bpf_get_current_cgroup_id,
     },
     macros::{map, raw_tracepoint, tracepoint},
@@ -24,7 +24,10 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 
-use crate::maps::{SYSCALL_EVENTS, config, count, emit};
+use crate::{
+    maps::{SYSCALL_EVENTS, config, count, emit},
+    process::current_comm,
+};
 
 #[map(name = "SYSCALL_STATS")]
 static SYSCALL_STATS: PerCpuArray<SyscallStats> = PerCpuArray::with_max_entries(MAX_SYSCALLS, 0);
@@ -228,6 +231,6 @@ fn on_exit(ret: i64) {
         event._pad = 0;
         event.latency_ns = latency;
         event.ret = ret;
-        event.comm = bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]);
+        current_comm(&mut event.comm);
     });
 }
