@@ -41,6 +41,8 @@ pub const PROCESS_EXIT: u32 = 13;
 pub const BLOCK_START_MAP_FULL: u32 = 14;
 /// The (device, operation) block statistics map was full.
 pub const BLOCK_MAP_FULL: u32 = 15;
+/// The per-interface drop map was full: that drop is counted by reason only.
+pub const DROP_DEVICE_MAP_FULL: u32 = 16;
 
 /// Number of slots in `COUNTERS`.
 pub const COUNTERS_LEN: u32 = 32;
@@ -100,6 +102,11 @@ pub const COUNTER_SLOTS: &[(u32, &str, CounterKind)] = &[
         CounterKind::Error,
     ),
     (BLOCK_MAP_FULL, "block_map_full", CounterKind::Error),
+    (
+        DROP_DEVICE_MAP_FULL,
+        "drop_device_map_full",
+        CounterKind::Error,
+    ),
 ];
 
 #[cfg(test)]

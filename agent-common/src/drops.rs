@@ -7,3 +7,32 @@ pub const DROP_REASONS_MAP: &str = "DROP_REASONS";
 pub const MAX_DROP_REASONS: u32 = 512;
 /// The slot for reasons outside `0..MAX_DROP_REASONS - 1`.
 pub const DROP_REASON_OTHER: u32 = MAX_DROP_REASONS - 1;
+
+/// `PerCpuHashMap<DropDeviceKey, DropDeviceStats>`: drops of packets that
+/// still had a network device, by (network namespace, interface, reason).
+pub const DROP_DEVICES_MAP: &str = "DROP_DEVICES";
+/// Bound on (namespace, interface, reason) combinations; past it a drop is
+/// still counted by reason and the overflow in `DROP_DEVICE_MAP_FULL`.
+pub const MAX_DROP_DEVICE_KEYS: u32 = 4096;
+/// Interface name length (IFNAMSIZ).
+pub const IFNAME_LEN: usize = 16;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DropDeviceKey {
+    /// Inode number of the device's network namespace (0: unknown).
+    pub netns: u32,
+    pub ifindex: u32,
+    /// The drop reason slot, as in `DROP_REASONS`.
+    pub reason: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DropDeviceStats {
+    pub drops: u64,
+    /// The device's name when the entry was created on this CPU (the
+    /// namespace's ifindex can be reused, the name tells them apart).
+    pub name: [u8; IFNAME_LEN],
+}

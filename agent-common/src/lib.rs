@@ -53,4 +53,6 @@ impl_pod!(
     block::BlockRequest,
     block::BlockStart,
     block::BlockStats,
+    drops::DropDeviceKey,
+    drops::DropDeviceStats,
 );

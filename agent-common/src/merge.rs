@@ -1,7 +1,8 @@
 //! User space only: adding up the per-CPU copies of a map value.
 
 use crate::{
-    block::BlockStats, net::PacketCounters, sched::RunqStats, syscalls::SyscallStats, tcp::TcpStats,
+    block::BlockStats, drops::DropDeviceStats, net::PacketCounters, sched::RunqStats,
+    syscalls::SyscallStats, tcp::TcpStats,
 };
 
 /// A map value whose per-CPU copies add up to the total.
@@ -78,6 +79,15 @@ impl Merge for BlockStats {
         self.errors += o.errors;
         self.sum_ns += o.sum_ns;
         add_slots(&mut self.slots, &o.slots);
+    }
+}
+
+impl Merge for DropDeviceStats {
+    fn merge(&mut self, o: &Self) {
+        self.drops += o.drops;
+        if self.name[0] == 0 {
+            self.name = o.name;
+        }
     }
 }
 

@@ -1,22 +1,56 @@
 //! Packet drops on `skb:kfree_skb`, counted per CPU by the kernel's drop
-//! reason. The reason field's offset comes from this kernel's tracepoint
-//! format; kernels before 5.17 have no reason, and every drop is counted
-//! under reason 0 ("unknown").
+//! reason, and by (network namespace, interface, reason) when the packet
+//! still had a device. The record's field offsets come from this kernel's
+//! tracepoint format, the `sk_buff` / `net_device` / `net` member offsets
+//! from its BTF; kernels before 5.17 have no reason, and every drop is
+//! counted under reason 0 ("unknown").
 
-use agent_common::drops::{DROP_REASON_OTHER, MAX_DROP_REASONS};
+use agent_common::{
+    counters::DROP_DEVICE_MAP_FULL,
+    drops::{
+        DROP_REASON_OTHER, DropDeviceKey, DropDeviceStats, IFNAME_LEN, MAX_DROP_DEVICE_KEYS,
+        MAX_DROP_REASONS,
+    },
+};
 use aya_ebpf::{
     Global,
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_probe_read_kernel, generated::bpf_probe_read_kernel as gen_probe_read_kernel},
     macros::{map, tracepoint},
-    maps::PerCpuArray,
+    maps::{PerCpuArray, PerCpuHashMap},
     programs::TracePointContext,
 };
+
+use crate::maps::count;
 
 #[map(name = "DROP_REASONS")]
 static DROP_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_DROP_REASONS, 0);
 
+#[map(name = "DROP_DEVICES")]
+static DROP_DEVICES: PerCpuHashMap<DropDeviceKey, DropDeviceStats> =
+    PerCpuHashMap::with_max_entries(MAX_DROP_DEVICE_KEYS, 0);
+
 /// Offset of `reason` in the kfree_skb record; u32::MAX: no such field.
 #[unsafe(no_mangle)]
 static TP_KFREE_SKB_REASON: Global<u32> = Global::new(u32::MAX);
+/// Offset of `skbaddr` in the kfree_skb record.
+#[unsafe(no_mangle)]
+static TP_KFREE_SKB_SKBADDR: Global<u32> = Global::new(u32::MAX);
+/// `sk_buff.dev`, `net_device.ifindex`, `net_device.nd_net` (a
+/// `possible_net_t`, whose only member is the `struct net *`), and
+/// `net.ns` + `ns_common.inum` (u32::MAX: unknown).
+#[unsafe(no_mangle)]
+static SKB_DEV_OFFSET: Global<u32> = Global::new(u32::MAX);
+#[unsafe(no_mangle)]
+static NETDEV_IFINDEX_OFFSET: Global<u32> = Global::new(u32::MAX);
+#[unsafe(no_mangle)]
+static NETDEV_NAME_OFFSET: Global<u32> = Global::new(u32::MAX);
+#[unsafe(no_mangle)]
+static NETDEV_ND_NET_OFFSET: Global<u32> = Global::new(u32::MAX);
+#[unsafe(no_mangle)]
+static NET_NS_OFFSET: Global<u32> = Global::new(u32::MAX);
+#[unsafe(no_mangle)]
+static NS_COMMON_INUM_OFFSET: Global<u32> = Global::new(u32::MAX);
 
 #[tracepoint(category = "skb", name = "kfree_skb")]
 pub fn sonde_kfree_skb(ctx: TracePointContext) -> u32 {
@@ -36,5 +70,83 @@ pub fn sonde_kfree_skb(ctx: TracePointContext) -> u32 {
         // SAFETY: this CPU's slot.
         unsafe { *n += 1 };
     }
+    count_by_device(&ctx, slot);
     0
+}
+
+/// Reads a `T` at `offset` bytes into the kernel object at `base`.
+#[inline(always)]
+fn field<T: Copy>(base: u64, offset: u32) -> Option<T> {
+    if base == 0 || offset == u32::MAX {
+        return None;
+    }
+    // SAFETY: kernel memory through the probe helper; BTF offset.
+    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.ok()
+}
+
+#[inline(always)]
+fn count_by_device(ctx: &TracePointContext, reason: u32) {
+    let at = TP_KFREE_SKB_SKBADDR.load();
+    if at == u32::MAX {
+        return;
+    }
+    // SAFETY: offset from this kernel's format file.
+    let Ok(skb) = (unsafe { ctx.read_at::<u64>(at as usize) }) else {
+        return;
+    };
+    // Packets freed after leaving (or before reaching) a device have none:
+    // they stay counted by reason only.
+    let Some(dev) = field::<u64>(skb, SKB_DEV_OFFSET.load()).filter(|&d| d != 0) else {
+        return;
+    };
+    let Some(ifindex) = field::<u32>(dev, NETDEV_IFINDEX_OFFSET.load()) else {
+        return;
+    };
+    let ns = NET_NS_OFFSET.load();
+    let inum = NS_COMMON_INUM_OFFSET.load();
+    let netns = if ns == u32::MAX || inum == u32::MAX {
+        0
+    } else {
+        field::<u64>(dev, NETDEV_ND_NET_OFFSET.load())
+            .and_then(|net| field::<u32>(net, ns + inum))
+            .unwrap_or(0)
+    };
+    let key = DropDeviceKey {
+        netns,
+        ifindex,
+        reason,
+        _pad: 0,
+    };
+    if let Some(stats) = DROP_DEVICES.get_ptr_mut(key) {
+        // SAFETY: this CPU's value from a successful lookup.
+        unsafe { (*stats).drops += 1 };
+        return;
+    }
+    let mut first = DropDeviceStats {
+        drops: 1,
+        name: [0; IFNAME_LEN],
+    };
+    let name_at = NETDEV_NAME_OFFSET.load();
+    if name_at != u32::MAX {
+        // SAFETY: the helper writes at most IFNAME_LEN bytes into `name`
+        // (the device's NUL-terminated name); zeroed on failure.
+        unsafe {
+            gen_probe_read_kernel(
+                first.name.as_mut_ptr().cast(),
+                IFNAME_LEN as u32,
+                (dev + u64::from(name_at)) as *const _,
+            )
+        };
+    }
+    // -EEXIST: another CPU created it; this CPU's copy starts at 0, so add.
+    match DROP_DEVICES.insert(key, first, u64::from(BPF_NOEXIST)) {
+        Ok(()) => {}
+        Err(-17) => {
+            if let Some(stats) = DROP_DEVICES.get_ptr_mut(key) {
+                // SAFETY: as above.
+                unsafe { (*stats).drops += 1 };
+            }
+        }
+        Err(_) => count(DROP_DEVICE_MAP_FULL),
+    }
 }

@@ -367,7 +367,7 @@ fn decode(bytes: &[u8], clock: &WallClock) -> Option<EventRecord> {
 }
 
 /// A NUL-terminated byte string from the kernel, as text.
-fn c_string(bytes: &[u8]) -> String {
+pub fn c_string(bytes: &[u8]) -> String {
     let len = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..len]).into_owned()
 }

@@ -595,6 +595,22 @@ fn kernel_families(
         drops.sample(&[("reason", reason)], *n as f64);
     }
     drops.done(&mut out);
+    let mut device_drops = Family::new(
+        "sonde_interface_packet_drops_total",
+        "Packets the kernel dropped while they had a network device, by namespace (\"host\": the agent's), interface and drop reason (skb:kfree_skb)",
+        MetricType::COUNTER,
+    );
+    for d in &snapshot.device_drops {
+        device_drops.sample(
+            &[
+                ("netns", &d.netns),
+                ("interface", &d.interface),
+                ("reason", &d.reason),
+            ],
+            d.drops as f64,
+        );
+    }
+    device_drops.done(&mut out);
 
     let mut active = Family::new(
         "sonde_flows_active",

@@ -31,6 +31,15 @@ impl NetNs {
         &self.name
     }
 
+    /// The namespace's inode number: how the kernel (and the agent's
+    /// `netns` label) identifies it.
+    pub fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(Path::new("/run/netns").join(&self.name))
+            .expect("reading the namespace's bind mount")
+            .ino()
+    }
+
     /// `ip netns exec NAME args...`, ready to spawn or run.
     pub fn exec(&self, args: &[&str]) -> Command {
         let mut c = Command::new("ip");

@@ -1,6 +1,7 @@
 //! Packet drops by the kernel's own reason: datagrams dropped by a
 //! firewall rule the test installs in the peer's namespace are counted
-//! under `netfilter_drop`, the name the running kernel gives that reason.
+//! under `netfilter_drop`, the name the running kernel gives that reason,
+//! and, exactly, under the interface and namespace they arrived in.
 
 use std::time::Duration;
 
@@ -24,6 +25,14 @@ fn firewall_drops_are_counted_with_their_reason() {
     assert!(status.success(), "iptables failed in the test namespace");
     let drops =
         |s: &Scrape| s.value_or_zero("sonde_packet_drops_total", &[("reason", "netfilter_drop")]);
+    let netns = lab.ns.inode().to_string();
+    let device_labels = [
+        ("netns", netns.as_str()),
+        ("interface", lab.veth.peer()),
+        ("reason", "netfilter_drop"),
+    ];
+    let device_drops =
+        |s: &Scrape| s.value_or_zero("sonde_interface_packet_drops_total", &device_labels);
     let before = lab.agent.metrics();
     Workload::run(
         &["udp-send", &format!("{LAB_PEER_IP}:{port}"), "500", "64"],
@@ -31,15 +40,28 @@ fn firewall_drops_are_counted_with_their_reason() {
     );
     let after = lab
         .agent
-        .try_wait_for(Duration::from_secs(5), |s| drops(s) - drops(&before) >= N)
+        .try_wait_for(Duration::from_secs(5), |s| {
+            drops(s) - drops(&before) >= N && device_drops(s) - device_drops(&before) >= N
+        })
         .unwrap_or_else(|last| {
             panic!(
                 "{N} datagrams dropped by an iptables DROP rule: \
-                 sonde_packet_drops_total{{reason=\"netfilter_drop\"}} rose by {}:\n{}",
+                 sonde_packet_drops_total{{reason=\"netfilter_drop\"}} rose by {}, \
+                 on {} in namespace {netns} by {}:\n{}",
                 drops(&last) - drops(&before),
-                last.grep("sonde_packet_drops_total")
+                lab.veth.peer(),
+                device_drops(&last) - device_drops(&before),
+                last.grep("drops_total")
             )
         });
+    // Only the test's datagrams match the rule, and all arrive on the peer.
+    assert_eq!(
+        device_drops(&after) - device_drops(&before),
+        N,
+        "drops on {} in namespace {netns}:\n{}",
+        lab.veth.peer(),
+        after.grep("sonde_interface_packet_drops_total")
+    );
     println!(
         "netfilter_drop +{}; reasons seen: {}",
         drops(&after) - drops(&before),

@@ -24,7 +24,7 @@ use std::{
 use agent_common::{
     block::{BLOCK_OP_NAMES, BlockStats},
     counters::{COUNTER_SLOTS, COUNTERS_LEN},
-    drops::{DROP_REASON_OTHER, MAX_DROP_REASONS},
+    drops::{DROP_REASON_OTHER, DropDeviceStats, MAX_DROP_REASONS},
     events::RINGS,
     merge::Merge,
     net::{FAMILY_IPV4, FlowKey, PacketCounters, PacketKey},
@@ -67,6 +67,16 @@ pub struct ProgramStats {
     pub run_time_ns: u64,
 }
 
+/// Drops of packets that had a network device, per device and reason.
+#[derive(Debug, Clone)]
+pub struct DeviceDrops {
+    /// "host" (the agent's namespace), a namespace inode, or "unknown".
+    pub netns: String,
+    pub interface: String,
+    pub reason: String,
+    pub drops: u64,
+}
+
 /// Everything read from the kernel in one cycle.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -93,6 +103,8 @@ pub struct Snapshot {
     pub tcp_transitions: Vec<(u32, u32, u64)>,
     /// (drop reason name, drops), non-zero only.
     pub drops: Vec<(String, u64)>,
+    /// Drops of packets that had a device, non-zero only.
+    pub device_drops: Vec<DeviceDrops>,
     /// Run-queue latency, summed over CPUs.
     pub runqueue: RunqStats,
     /// Block I/O by (device name, operation), summed over CPUs.
@@ -168,6 +180,9 @@ pub struct Collector {
     program_ids: Vec<(String, u32)>,
     rings: Vec<Arc<RingState>>,
     drop_reason_names: HashMap<u32, String>,
+    /// Inode of the agent's own network namespace: drops there are
+    /// labelled `netns="host"`.
+    own_netns: Option<u32>,
     tcp_top_peers: usize,
     cycles: u64,
     stale_starts_removed: u64,
@@ -187,6 +202,9 @@ impl Collector {
         Self {
             rings,
             drop_reason_names: drop_reason_names.iter().cloned().collect(),
+            own_netns: std::fs::metadata("/proc/self/ns/net")
+                .ok()
+                .map(|m| std::os::unix::fs::MetadataExt::ino(&m) as u32),
             tcp_top_peers: config.tcp.top_peers,
             cycles: 0,
             stale_starts_removed: 0,
@@ -382,15 +400,44 @@ impl Collector {
             if n == 0 {
                 continue;
             }
-            let name = match self.drop_reason_names.get(&reason) {
-                Some(name) => name.to_ascii_lowercase(),
-                None if reason == DROP_REASON_OTHER => "other".to_owned(),
-                None if reason == 0 => "unknown".to_owned(),
-                None => format!("reason_{reason}"),
-            };
-            snapshot.drops.push((name, n));
+            snapshot.drops.push((self.drop_reason_name(reason), n));
         }
+        for entry in self.maps.drop_devices.iter() {
+            let (key, values) = entry?;
+            let stats = DropDeviceStats::sum(values.iter());
+            if stats.drops == 0 {
+                continue;
+            }
+            let name = crate::events::c_string(&stats.name);
+            snapshot.device_drops.push(DeviceDrops {
+                netns: match key.netns {
+                    0 => "unknown".to_owned(),
+                    ns if Some(ns) == self.own_netns => "host".to_owned(),
+                    ns => ns.to_string(),
+                },
+                interface: if name.is_empty() {
+                    format!("ifindex_{}", key.ifindex)
+                } else {
+                    name
+                },
+                reason: self.drop_reason_name(key.reason),
+                drops: stats.drops,
+            });
+        }
+        snapshot.device_drops.sort_by(|a, b| {
+            (&a.netns, &a.interface, &a.reason).cmp(&(&b.netns, &b.interface, &b.reason))
+        });
         Ok(())
+    }
+
+    /// The running kernel's name for a drop reason slot, lower-cased.
+    fn drop_reason_name(&self, reason: u32) -> String {
+        match self.drop_reason_names.get(&reason) {
+            Some(name) => name.to_ascii_lowercase(),
+            None if reason == DROP_REASON_OTHER => "other".to_owned(),
+            None if reason == 0 => "unknown".to_owned(),
+            None => format!("reason_{reason}"),
+        }
     }
 
     fn read_tcp(&self, snapshot: &mut Snapshot) -> Result<(), MapError> {

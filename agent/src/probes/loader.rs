@@ -20,7 +20,7 @@ use agent_common::{
         CFG_TCP_RTT, CONFIG_MAP,
     },
     counters::COUNTERS_MAP,
-    drops::DROP_REASONS_MAP,
+    drops::{DROP_DEVICES_MAP, DROP_REASONS_MAP, DropDeviceKey, DropDeviceStats},
     events::{RING_STATS_MAP, RINGS, RingStats},
     net::{FLOWS_MAP, FlowKey, FlowStats, PACKET_COUNTERS_MAP, PacketCounters, PacketKey},
     sched::{RUNQ_STATS_MAP, RunqStats},
@@ -118,6 +118,7 @@ pub struct KernelMaps {
     pub tcp_stats: PerCpuArray<MapData, TcpStats>,
     pub tcp_transitions: PerCpuArray<MapData, u64>,
     pub drop_reasons: PerCpuArray<MapData, u64>,
+    pub drop_devices: PerCpuHashMap<MapData, DropDeviceKey, DropDeviceStats>,
     pub runq_stats: PerCpuArray<MapData, RunqStats>,
     pub block_stats: PerCpuHashMap<MapData, BlockKey, BlockStats>,
     pub tcp_peers: aya::maps::HashMap<MapData, TcpPeerKey, TcpPeerStats>,
@@ -267,6 +268,7 @@ impl Probes {
             tcp_stats: take(&mut ebpf, TCP_STATS_MAP)?,
             tcp_transitions: take(&mut ebpf, TCP_TRANSITIONS_MAP)?,
             drop_reasons: take(&mut ebpf, DROP_REASONS_MAP)?,
+            drop_devices: take(&mut ebpf, DROP_DEVICES_MAP)?,
             runq_stats: take(&mut ebpf, RUNQ_STATS_MAP)?,
             block_stats: take(&mut ebpf, BLOCK_STATS_MAP)?,
             tcp_peers: take(&mut ebpf, TCP_PEERS_MAP)?,
@@ -860,6 +862,7 @@ const TRACEPOINT_FIELDS: &[(&str, &str, &str, &str)] = &[
     ("TP_SSS_NEWSTATE", "sock", "inet_sock_set_state", "newstate"),
     ("TP_SSS_PROTOCOL", "sock", "inet_sock_set_state", "protocol"),
     ("TP_PROBE_SRTT", "tcp", "tcp_probe", "srtt"),
+    ("TP_KFREE_SKB_SKBADDR", "skb", "kfree_skb", "skbaddr"),
 ];
 
 /// Struct members the BTF-based tiers read: (global, struct, member names
@@ -877,6 +880,13 @@ const BTF_FIELDS: &[(&str, &str, &[&str])] = &[
     ("SK_V6_DADDR_OFFSET", "sock_common", &["skc_v6_daddr"]),
     ("TASK_TGID_OFFSET", "task_struct", &["tgid"]),
     ("TASK_EXIT_CODE_OFFSET", "task_struct", &["exit_code"]),
+    // Drops by interface and network namespace.
+    ("SKB_DEV_OFFSET", "sk_buff", &["dev"]),
+    ("NETDEV_IFINDEX_OFFSET", "net_device", &["ifindex"]),
+    ("NETDEV_NAME_OFFSET", "net_device", &["name"]),
+    ("NETDEV_ND_NET_OFFSET", "net_device", &["nd_net"]),
+    ("NET_NS_OFFSET", "net", &["ns"]),
+    ("NS_COMMON_INUM_OFFSET", "ns_common", &["inum"]),
 ];
 
 /// Why a tier cannot be tried on this kernel, if it cannot.
