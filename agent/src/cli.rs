@@ -31,22 +31,38 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum BaselineCommand {
-    /// Empty programs on raw_syscalls sys_enter/sys_exit.
+    /// Empty programs on raw_syscalls sys_enter/sys_exit, or the timing
+    /// floor (`--timed`).
     Syscalls {
         /// raw_tracepoint or tracepoint.
         #[arg(long, default_value = "raw_tracepoint")]
         hook: String,
+        /// The timing floor instead of empty programs: sys_enter stores the
+        /// clock, sys_exit reads it again and adds up the difference (raw
+        /// tracepoints only).
+        #[arg(long)]
+        timed: bool,
     },
-    /// Empty XDP (ingress) and TC (egress) programs.
+    /// Empty programs on ingress (TC or XDP) and egress (TC).
     Packets {
         #[arg(long = "interface", short = 'i', required = true)]
         interfaces: Vec<String>,
+        /// The ingress hook: TC (what Sonde takes on virtual interfaces) or
+        /// XDP (native where the driver has it, else generic).
+        #[arg(long, value_enum, default_value = "xdp")]
+        ingress: BaselineIngress,
     },
     /// Sonde's syscall programs, every syscall reported, minimal reader.
     RingReader {
         #[arg(long, default_value_t = 262144)]
         ring_bytes: u32,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BaselineIngress {
+    Tc,
+    Xdp,
 }
 
 #[derive(Debug, Args)]

@@ -455,7 +455,8 @@ fn check(args: CommonArgs) -> Result<(), Failure> {
 fn baseline(cmd: BaselineCommand) -> Result<(), Failure> {
     use probes::baseline::Baseline;
     let baseline = match cmd {
-        BaselineCommand::Syscalls { hook } => Baseline::Syscalls {
+        BaselineCommand::Syscalls { hook, timed } => Baseline::Syscalls {
+            timed,
             hook: match hook.as_str() {
                 "raw_tracepoint" => config::SyscallHook::RawTracepoint,
                 "tracepoint" => config::SyscallHook::Tracepoint,
@@ -466,7 +467,13 @@ fn baseline(cmd: BaselineCommand) -> Result<(), Failure> {
                 }
             },
         },
-        BaselineCommand::Packets { interfaces } => Baseline::Packets { interfaces },
+        BaselineCommand::Packets {
+            interfaces,
+            ingress,
+        } => Baseline::Packets {
+            interfaces,
+            ingress,
+        },
         BaselineCommand::RingReader { ring_bytes } => Baseline::RingReader { ring_bytes },
     };
     probes::baseline::run(baseline).map_err(Failure::runtime)

@@ -2,9 +2,13 @@
 //! `cargo xtask bench` side by side with the real agent.
 //!
 //! - `syscalls`: empty programs on sys_enter/sys_exit (raw or classic
-//!   tracepoint): what merely hooking a syscall costs on this kernel.
-//! - `packets`: an empty XDP_PASS program on ingress and an empty TC
-//!   program on egress of the given interfaces.
+//!   tracepoint): what merely hooking a syscall costs on this kernel. With
+//!   `--timed`, the timing floor instead: raw tracepoint programs that do
+//!   only what any latency measurement must (a clock read on entry, one on
+//!   exit, the difference added to a per-CPU sum).
+//! - `packets`: an empty program on ingress (TC, or XDP_PASS with
+//!   `--ingress xdp`) and an empty TC program on egress of the given
+//!   interfaces.
 //! - `ring-reader`: Sonde's real syscall programs with every syscall made
 //!   "slow", drained by the most minimal reader possible (no decoding, no
 //!   bookkeeping), to compare the agent's reader against.
@@ -29,12 +33,24 @@ use super::{
     capabilities::Capabilities,
     loader::{EBPF_OBJECT, ProbeError, program_mut},
 };
-use crate::config::{Config, SyscallHook};
+use crate::{
+    cli::BaselineIngress,
+    config::{Config, SyscallHook},
+};
 
 pub enum Baseline {
-    Syscalls { hook: SyscallHook },
-    Packets { interfaces: Vec<String> },
-    RingReader { ring_bytes: u32 },
+    Syscalls {
+        hook: SyscallHook,
+        /// The timing floor (clock reads) instead of empty programs.
+        timed: bool,
+    },
+    Packets {
+        interfaces: Vec<String>,
+        ingress: BaselineIngress,
+    },
+    RingReader {
+        ring_bytes: u32,
+    },
 }
 
 pub fn run(baseline: Baseline) -> Result<(), String> {
@@ -44,14 +60,18 @@ pub fn run(baseline: Baseline) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     runtime.block_on(async move {
         match baseline {
-            Baseline::Syscalls { hook } => {
+            Baseline::Syscalls { hook, timed } => {
+                let raw = hook != SyscallHook::Tracepoint;
+                if timed && !raw {
+                    return Err("--timed: raw tracepoints only".to_owned());
+                }
                 let mut ebpf = EbpfLoader::new()
                     .load(EBPF_OBJECT)
                     .map_err(|e| e.to_string())?;
-                let raw = hook != SyscallHook::Tracepoint;
+                let kind = if timed { "timed" } else { "raw" };
                 for (program, tp) in [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")] {
                     if raw {
-                        let name = format!("baseline_{program}_raw");
+                        let name = format!("baseline_{program}_{kind}");
                         let prog: &mut RawTracePoint = program_mut(&mut ebpf, &name)?;
                         prog.load().map_err(|e| e.to_string())?;
                         prog.attach(tp).map_err(|e| e.to_string())?;
@@ -67,11 +87,14 @@ pub fn run(baseline: Baseline) -> Result<(), String> {
                 drop(ebpf);
                 Ok(())
             }
-            Baseline::Packets { interfaces } => {
+            Baseline::Packets {
+                interfaces,
+                ingress,
+            } => {
                 let mut ebpf = EbpfLoader::new()
                     .load(EBPF_OBJECT)
                     .map_err(|e| e.to_string())?;
-                {
+                if ingress == BaselineIngress::Xdp {
                     let xdp: &mut Xdp = program_mut(&mut ebpf, "baseline_xdp")?;
                     xdp.load().map_err(|e| e.to_string())?;
                     for iface in &interfaces {
@@ -80,11 +103,19 @@ pub fn run(baseline: Baseline) -> Result<(), String> {
                             .map_err(|e| format!("XDP on {iface}: {e}"))?;
                     }
                 }
+                // One program on both directions (tcx on kernels >= 6.6,
+                // as Sonde attaches).
                 let tc: &mut SchedClassifier = program_mut(&mut ebpf, "baseline_tc")?;
                 tc.load().map_err(|e| e.to_string())?;
+                let mut directions = vec![TcAttachType::Egress];
+                if ingress == BaselineIngress::Tc {
+                    directions.push(TcAttachType::Ingress);
+                }
                 for iface in &interfaces {
-                    tc.attach(iface, TcAttachType::Egress)
-                        .map_err(|e| format!("TC on {iface}: {e}"))?;
+                    for &direction in &directions {
+                        tc.attach(iface, direction)
+                            .map_err(|e| format!("TC {direction:?} on {iface}: {e}"))?;
+                    }
                 }
                 println!("ready");
                 wait_for_signal().await;

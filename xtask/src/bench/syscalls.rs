@@ -1,11 +1,13 @@
 //! Scenario 1: what each syscall costs with Sonde attached, next to the
-//! bare hooks and bpftrace.
+//! bare hooks, the timing floor and bpftrace.
 
 use std::{collections::BTreeMap, time::Duration};
 
 use super::{
     Ctx, Def,
     harness::{
+        Bins,
+        agent::{self, Running},
         kernel,
         stats::{median, per_round, ratio, round_robin},
         tracer::{Tracer, ns_per_call},
@@ -19,20 +21,61 @@ pub const DEF: Def = Def {
     about: "A child pinned to CPU 1 makes N getppid calls (`sonde-workload syscall-loop 1 N`, \
             timed inside the child). Variants: no program; empty programs on raw_syscalls \
             sys_enter/sys_exit as raw tracepoints and as classic tracepoints (`sonde baseline \
-            syscalls`); Sonde with syscall telemetry only (network disabled; counts, errors, \
-            latency histogram, slow-syscall events armed at the default 100 ms); bpftrace \
-            counting and timing every syscall per id. *Added* is ns per call above no program \
-            in the same round. Kernel ns per program run come from bpf_stats in a separate pass \
-            (bpf_stats itself adds to each run, so the wall-clock rounds run without it).",
+            syscalls`); the timing floor, the least a syscall latency measurement can do \
+            (`sonde baseline syscalls --timed`: raw tracepoints; sys_enter stores \
+            bpf_ktime_get_ns() in a per-CPU slot, sys_exit reads it, reads the clock again and \
+            adds the difference to a per-CPU sum); Sonde with syscall telemetry only (network \
+            disabled; counts, errors, latency histogram, slow-syscall events armed at the \
+            default 100 ms); bpftrace counting and timing every syscall per id. *Added* is ns \
+            per call above no program in the same round. The empty raw pair, the timing floor \
+            and Sonde split Sonde's added cost into hooking, the two clock reads any latency \
+            measurement needs, and Sonde's own work. Kernel ns per program run come from bpf_stats in a \
+            separate pass (bpf_stats itself adds to each run, so the wall-clock rounds run \
+            without it).",
     run,
 };
 
-const VARIANTS: [Tracer; 5] = [
-    Tracer::None,
-    Tracer::RawPair,
-    Tracer::ClassicPair,
-    Tracer::Sonde,
-    Tracer::Bpftrace,
+/// The shared tracers, plus this scenario's own timing floor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Tracer(Tracer),
+    /// `sonde baseline syscalls --timed`: a clock read on sys_enter, one on
+    /// sys_exit, the difference added to a per-CPU sum.
+    TimingFloor,
+}
+
+impl Variant {
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Tracer(t) => t.name(),
+            Variant::TimingFloor => "timing-floor pair",
+        }
+    }
+
+    /// Attaches the variant; it detaches when the result is dropped.
+    fn start(self, bins: &Bins) -> anyhow::Result<Running> {
+        match self {
+            Variant::Tracer(t) => t.start(bins),
+            Variant::TimingFloor => Ok(Running::Proc(agent::baseline(
+                bins,
+                &["syscalls", "--hook", "raw_tracepoint", "--timed"],
+            )?)),
+        }
+    }
+}
+
+const NONE: Variant = Variant::Tracer(Tracer::None);
+const RAW_PAIR: Variant = Variant::Tracer(Tracer::RawPair);
+const SONDE: Variant = Variant::Tracer(Tracer::Sonde);
+const BPFTRACE: Variant = Variant::Tracer(Tracer::Bpftrace);
+
+const VARIANTS: [Variant; 6] = [
+    NONE,
+    RAW_PAIR,
+    Variant::TimingFloor,
+    Variant::Tracer(Tracer::ClassicPair),
+    SONDE,
+    BPFTRACE,
 ];
 
 /// The CPU the measured loop runs on.
@@ -53,18 +96,24 @@ fn run(ctx: &Ctx, s: &mut Scenario) -> anyhow::Result<()> {
             Ok(ns)
         },
     )?;
-    let by = |t: Tracer| &samples[VARIANTS.iter().position(|&v| v == t).unwrap_or(0)];
+    let by = |t: Variant| &samples[VARIANTS.iter().position(|&v| v == t).unwrap_or(0)];
     for &v in &VARIANTS {
         s.figure(format!("{}: ns per call", v.name()), "ns", by(v));
     }
-    let none = by(Tracer::None);
-    let added = |t: Tracer| per_round(by(t), none, |a, b| a - b);
+    let none = by(NONE);
+    let added = |t: Variant| per_round(by(t), none, |a, b| a - b);
     for &v in &VARIANTS[1..] {
         s.figure_any(format!("{}: added ns per call", v.name()), "ns", &added(v));
     }
-    let sonde_vs_raw = ratio(&added(Tracer::Sonde), &added(Tracer::RawPair));
-    let sonde_vs_bpftrace = ratio(&added(Tracer::Sonde), &added(Tracer::Bpftrace));
+    let sonde_vs_raw = ratio(&added(SONDE), &added(RAW_PAIR));
+    let sonde_vs_floor = ratio(&added(SONDE), &added(Variant::TimingFloor));
+    let sonde_vs_bpftrace = ratio(&added(SONDE), &added(BPFTRACE));
     s.figure_any("Sonde added / empty raw-tp pair added", "×", &sonde_vs_raw);
+    s.figure_any(
+        "Sonde added / timing-floor pair added",
+        "×",
+        &sonde_vs_floor,
+    );
     s.figure_any("Sonde added / bpftrace added", "×", &sonde_vs_bpftrace);
     s.target(
         "Sonde added / empty raw-tp pair added",
@@ -80,6 +129,18 @@ fn run(ctx: &Ctx, s: &mut Scenario) -> anyhow::Result<()> {
         Op::AtMost,
         0.35,
     );
+    let (hook, floor, sonde) = (
+        median(&added(RAW_PAIR)),
+        median(&added(Variant::TimingFloor)),
+        median(&added(SONDE)),
+    );
+    s.note(format!(
+        "Per call, wall clock (medians of the added ns): hooking sys_enter + sys_exit costs \
+         {hook:.0} ns (empty raw pair); timing the call {:+.0} ns (timing floor: {floor:.0} ns); \
+         Sonde's own work {:+.0} ns (Sonde: {sonde:.0} ns).",
+        floor - hook,
+        sonde - floor,
+    ));
     s.notes.extend(gate.note());
 
     // Kernel-side cost per program run, from bpf_stats.
@@ -95,31 +156,47 @@ fn run(ctx: &Ctx, s: &mut Scenario) -> anyhow::Result<()> {
     };
     let sonde_pair = pair("sonde_sys_enter_raw", "sonde_sys_exit_raw");
     let empty_pair = pair("baseline_sys_enter_raw", "baseline_sys_exit_raw");
+    let timed_pair = pair("baseline_sys_enter_timed", "baseline_sys_exit_timed");
     if !sonde_pair.is_empty() && !empty_pair.is_empty() {
         s.figure_any(
             "bpf_stats: Sonde enter+exit / empty pair enter+exit",
             "×",
             &ratio(&sonde_pair, &empty_pair),
         );
-        s.note(format!(
+        let (sonde, empty) = (median(&sonde_pair), median(&empty_pair));
+        let mut note = format!(
             "In the kernel (bpf_stats, which adds its own clock reads to every run): Sonde's \
-             enter + exit programs take {:.0} ns per syscall, the empty pair {:.0} ns, so \
-             Sonde's program bodies do {:.0} ns of work per syscall.",
-            median(&sonde_pair),
-            median(&empty_pair),
-            median(&sonde_pair) - median(&empty_pair)
-        ));
+             enter + exit programs take {sonde:.0} ns per syscall, the empty pair {empty:.0} ns, \
+             so Sonde's program bodies do {:.0} ns of work per syscall",
+            sonde - empty
+        );
+        if !timed_pair.is_empty() {
+            s.figure_any(
+                "bpf_stats: Sonde enter+exit / timing-floor pair enter+exit",
+                "×",
+                &ratio(&sonde_pair, &timed_pair),
+            );
+            let timed = median(&timed_pair);
+            note += &format!(
+                "; the timing floor's pair takes {timed:.0} ns, so timing a syscall at all \
+                 accounts for {:.0} ns of that work and Sonde's own bookkeeping for {:+.0} ns",
+                timed - empty,
+                sonde - timed
+            );
+        }
+        s.note(note + ".");
     }
     s.raw = serde_json::json!({ "calls_per_loop": n, "cpu": CPU });
     Ok(())
 }
 
-/// ns per run of every program of the empty raw pair and of Sonde, with
-/// bpf_stats on, over the same loop; by program name, one sample a round.
+/// ns per run of every program of the empty raw pair, the timing floor and
+/// Sonde, with bpf_stats on, over the same loop; by program name, one sample
+/// a round.
 fn bpf_stats_pass(ctx: &Ctx, n: u64) -> anyhow::Result<BTreeMap<String, Vec<f64>>> {
     let _stats = kernel::BpfStats::enable()?;
     let mut out: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    let variants = [Tracer::RawPair, Tracer::Sonde];
+    let variants = [RAW_PAIR, Variant::TimingFloor, SONDE];
     round_robin(
         ctx.pick(3, 1),
         &variants,
