@@ -9,7 +9,8 @@ use std::{
 
 use axum::{
     Json, Router,
-    extract::{Query, State},
+    body::Bytes,
+    extract::{Path, Query, State},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -65,7 +66,8 @@ pub fn router(server: Server, fault_injection: bool) -> Router {
         .route("/health/startup", get(startup))
         .route("/api/v1/status", get(status))
         .route("/api/v1/events", get(events))
-        .route("/api/v1/anomalies", get(anomalies));
+        .route("/api/v1/anomalies", get(anomalies))
+        .route("/api/v1/anomalies/{id}/feedback", post(anomaly_feedback));
     if fault_injection {
         router = router
             .route("/debug/fail", post(debug_fail))
@@ -176,6 +178,63 @@ async fn anomalies(State(server): State<Server>) -> Response {
             Json(mapek.lock().unwrap_or_else(|e| e.into_inner()).report()).into_response()
         }
         None => Json(json!({"enabled": false})).into_response(),
+    }
+}
+
+/// An operator's verdict on one anomaly: `{"verdict": "false_positive"}` or
+/// `{"verdict": "confirmed"}`. The detector learns from it (see
+/// mapek::analyze); the answer says what changed.
+async fn anomaly_feedback(
+    State(server): State<Server>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    use crate::mapek::analyze::{FeedbackError, Verdict};
+    let state = running!(server);
+    let error = |status: StatusCode, message: String| {
+        (status, Json(json!({ "error": message }))).into_response()
+    };
+    let Ok(id) = id.parse::<u64>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("anomaly id {id:?} is not a number"),
+        );
+    };
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        verdict: Verdict,
+    }
+    let verdict = match serde_json::from_slice::<Body>(&body) {
+        Ok(b) => b.verdict,
+        Err(err) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"verdict\": \"false_positive\" | \"confirmed\"}}: {err}"),
+            );
+        }
+    };
+    let guard = state.mapek.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mapek) = guard.as_ref() else {
+        return error(
+            StatusCode::CONFLICT,
+            "the MAPE-K loop is disabled ([mapek] enabled = false)".into(),
+        );
+    };
+    let result = mapek
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .judge(id, verdict);
+    match result {
+        Ok(outcome) => Json(json!(outcome)).into_response(),
+        Err(FeedbackError::UnknownAnomaly(id)) => error(
+            StatusCode::NOT_FOUND,
+            format!("no active or recent anomaly {id}"),
+        ),
+        Err(FeedbackError::AlreadyJudged(id)) => error(
+            StatusCode::CONFLICT,
+            format!("anomaly {id} already has a verdict"),
+        ),
     }
 }
 

@@ -216,6 +216,13 @@ impl Agent {
         (r.status, r.body)
     }
 
+    /// `POST path` with a JSON body → (status, body).
+    pub fn post_json(&self, path: &str, body: &str) -> (u16, String) {
+        let r = http::request_with_body(self.addr, "POST", path, body, HTTP_TIMEOUT)
+            .unwrap_or_else(|e| panic!("POST {path} failed: {e}; agent log:\n{}", self.log()));
+        (r.status, r.body)
+    }
+
     /// `GET path`, which must answer 200 with a JSON body.
     pub fn get_json(&self, path: &str) -> serde_json::Value {
         let (status, body) = self.get(path);

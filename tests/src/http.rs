@@ -38,12 +38,29 @@ pub fn request(
     path: &str,
     timeout: Duration,
 ) -> io::Result<Response> {
+    request_with_body(addr, method, path, "", timeout)
+}
+
+/// One request with a JSON body (empty: none).
+pub fn request_with_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    timeout: Duration,
+) -> io::Result<Response> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
+    let content_type = if body.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/json\r\n"
+    };
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: sonde-tests\r\n\
-         Accept: */*\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+         Accept: */*\r\n{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     );
     stream.write_all(req.as_bytes())?;
     stream.flush()?;

@@ -1,7 +1,9 @@
 //! MAPE-K on real incidents: after a warm-up on the quiet test machine, a
 //! syscall storm and a port scan from a test namespace are each detected,
 //! named from their evidence (the scan with its source peer), and answered
-//! with a recorded (dry-run) zoom; what was learned survives a restart.
+//! with a recorded (dry-run) zoom; an operator's verdict widens that kind's
+//! threshold; what was learned (baselines, thresholds, verdicts) survives a
+//! restart.
 
 use std::{process::Command, time::Duration};
 
@@ -101,6 +103,39 @@ fn syscall_storm_is_detected_answered_and_learning_survives_a_restart() {
         "a zoom should have been decided (dry run):\n{}",
         scrape.grep("sonde_mapek")
     );
+
+    // Feedback: a false positive widens the kind's threshold by a quarter;
+    // one verdict per anomaly; unknown ids and bad verdicts are refused.
+    let id = anomaly["id"].as_u64().expect("anomaly id");
+    let path = format!("/api/v1/anomalies/{id}/feedback");
+    let (status, body) = agent.post_json(&path, r#"{"verdict": "false_positive"}"#);
+    assert_eq!(status, 200, "{body}");
+    let outcome: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(outcome["kind"], "syscall_storm", "{outcome}");
+    assert_eq!(outcome["scale_before"].as_f64(), Some(1.0), "{outcome}");
+    assert_eq!(outcome["scale_after"].as_f64(), Some(1.25), "{outcome}");
+    let (status, body) = agent.post_json(&path, r#"{"verdict": "confirmed"}"#);
+    assert_eq!(status, 409, "a second verdict: {body}");
+    let (status, body) = agent.post_json(
+        "/api/v1/anomalies/987654/feedback",
+        r#"{"verdict": "confirmed"}"#,
+    );
+    assert_eq!(status, 404, "unknown anomaly: {body}");
+    let (status, body) = agent.post_json(&path, r#"{"verdict": "maybe"}"#);
+    assert_eq!(status, 400, "bad verdict: {body}");
+    assert!(body.contains("false_positive"), "{body}");
+    let scrape = agent.metrics();
+    let labels = [("kind", "syscall_storm"), ("verdict", "false_positive")];
+    assert_eq!(
+        scrape.value_or_zero("sonde_mapek_feedback_total", &labels),
+        1.0,
+        "{}",
+        scrape.grep("sonde_mapek_feedback")
+    );
+    assert_eq!(
+        scrape.value_or_zero("sonde_mapek_threshold_scale", &[("kind", "syscall_storm")]),
+        1.25
+    );
     drop(agent);
 
     // Restart on the same state: baselines come back, no new warm-up.
@@ -113,6 +148,19 @@ fn syscall_storm_is_detected_answered_and_learning_survives_a_restart() {
         agent.log().contains("baselines reloaded"),
         "restart did not reload the baselines:\n{}",
         agent.log()
+    );
+    let scrape = agent.metrics();
+    assert_eq!(
+        scrape.value_or_zero("sonde_mapek_threshold_scale", &[("kind", "syscall_storm")]),
+        1.25,
+        "the learned threshold did not survive the restart"
+    );
+    assert_eq!(
+        scrape.value_or_zero(
+            "sonde_mapek_feedback_total",
+            &[("kind", "syscall_storm"), ("verdict", "false_positive")]
+        ),
+        1.0
     );
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);

@@ -9,8 +9,14 @@
 //! standardised value catches slow drifts the k-deviation test misses.
 //! An anomaly opens on the first anomalous cycle and closes after
 //! `quiet_cycles` normal ones; its kind comes from which feature moved.
+//!
+//! Operators' verdicts on anomalies (false positive, confirmed) teach the
+//! thresholds: each kind has a scale on `k` (and on the CUSUM alarm) that a
+//! false positive widens by a quarter and a confirmation tightens by 5%,
+//! within [0.5, 4]. The verdicts are counted per kind, which is the
+//! detector's measured precision.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -82,6 +88,55 @@ pub fn kinds() -> Vec<&'static str> {
     kinds
 }
 
+/// An operator's verdict on an anomaly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    FalsePositive,
+    Confirmed,
+}
+
+impl Verdict {
+    pub const NAMES: [&'static str; 2] = ["false_positive", "confirmed"];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Verdict::FalsePositive => "false_positive",
+            Verdict::Confirmed => "confirmed",
+        }
+    }
+}
+
+/// Verdicts received for one anomaly kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct FeedbackCounts {
+    pub false_positive: u64,
+    pub confirmed: u64,
+}
+
+/// What a verdict changed.
+#[derive(Debug, Clone, Serialize)]
+pub struct FeedbackOutcome {
+    pub id: u64,
+    pub kind: &'static str,
+    pub verdict: Verdict,
+    pub scale_before: f64,
+    pub scale_after: f64,
+    pub reason: String,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum FeedbackError {
+    UnknownAnomaly(u64),
+    AlreadyJudged(u64),
+}
+
+/// Bounds and steps of the per-kind threshold scale.
+const SCALE_MIN: f64 = 0.5;
+const SCALE_MAX: f64 = 4.0;
+const SCALE_WIDEN: f64 = 1.25;
+const SCALE_TIGHTEN: f64 = 0.95;
+
 #[derive(Debug)]
 pub struct Analyzer {
     pub baselines: BTreeMap<String, Baseline>,
@@ -92,6 +147,11 @@ pub struct Analyzer {
     pub closed: Vec<Anomaly>,
     /// Standardised score per feature, last cycle.
     pub scores: BTreeMap<&'static str, f64>,
+    /// Learned from verdicts, per anomaly kind: the scale on `k`.
+    pub threshold_scale: BTreeMap<String, f64>,
+    pub feedback: BTreeMap<String, FeedbackCounts>,
+    /// Anomalies that already have a verdict (one each).
+    judged: BTreeSet<u64>,
     next_id: u64,
 }
 
@@ -105,8 +165,61 @@ impl Analyzer {
             active: Vec::new(),
             closed: Vec::new(),
             scores: BTreeMap::new(),
+            threshold_scale: BTreeMap::new(),
+            feedback: BTreeMap::new(),
+            judged: BTreeSet::new(),
             next_id: 1,
         }
+    }
+
+    /// The learned scale on `k` for an anomaly kind (1 until feedback).
+    pub fn scale(&self, kind: &str) -> f64 {
+        self.threshold_scale.get(kind).copied().unwrap_or(1.0)
+    }
+
+    /// Applies an operator's verdict on anomaly `id` (active or recent).
+    pub fn judge(&mut self, id: u64, verdict: Verdict) -> Result<FeedbackOutcome, FeedbackError> {
+        let kind = self
+            .active
+            .iter()
+            .chain(&self.closed)
+            .find(|a| a.id == id)
+            .map(|a| a.kind)
+            .ok_or(FeedbackError::UnknownAnomaly(id))?;
+        if !self.judged.insert(id) {
+            return Err(FeedbackError::AlreadyJudged(id));
+        }
+        let before = self.scale(kind);
+        let counts = self.feedback.entry(kind.to_owned()).or_default();
+        let (after, reason) = match verdict {
+            Verdict::FalsePositive => {
+                counts.false_positive += 1;
+                (
+                    (before * SCALE_WIDEN).min(SCALE_MAX),
+                    format!(
+                        "anomaly {id} ({kind}) judged a false positive: {kind} needs a larger deviation to fire"
+                    ),
+                )
+            }
+            Verdict::Confirmed => {
+                counts.confirmed += 1;
+                (
+                    (before * SCALE_TIGHTEN).max(SCALE_MIN),
+                    format!(
+                        "anomaly {id} ({kind}) confirmed: {kind} fires on a slightly smaller deviation"
+                    ),
+                )
+            }
+        };
+        self.threshold_scale.insert(kind.to_owned(), after);
+        Ok(FeedbackOutcome {
+            id,
+            kind,
+            verdict,
+            scale_before: before,
+            scale_after: after,
+            reason,
+        })
     }
 
     /// The deviation used for scoring: never below 10% of the mean, nor a
@@ -137,9 +250,10 @@ impl Analyzer {
             let z = (x - b.mean) / dev;
             self.scores.insert(feature, z);
             let warm = b.samples >= self.warmup;
+            let scale = self.threshold_scale.get(kind).copied().unwrap_or(1.0);
             b.cusum = (b.cusum + z - CUSUM_SLACK).max(0.0);
-            let spike = warm && x >= floor && z >= self.k;
-            let drift = warm && x >= floor && b.cusum >= CUSUM_ALARM;
+            let spike = warm && x >= floor && z >= self.k * scale;
+            let drift = warm && x >= floor && b.cusum >= CUSUM_ALARM * scale;
             if spike || drift {
                 firing.entry(kind).or_default().push(Evidence {
                     feature,
@@ -167,7 +281,8 @@ impl Analyzer {
                     .iter()
                     .map(|e| e.score)
                     .fold(anomaly.score, f64::max);
-                anomaly.severity = severity(anomaly.score, self.k);
+                let scale = self.threshold_scale.get(anomaly.kind).copied();
+                anomaly.severity = severity(anomaly.score, self.k * scale.unwrap_or(1.0));
                 anomaly.evidence = evidence;
             } else {
                 anomaly.quiet += 1;
@@ -182,7 +297,7 @@ impl Analyzer {
             let anomaly = Anomaly {
                 id: self.next_id,
                 kind,
-                severity: severity(score, self.k),
+                severity: severity(score, self.k * self.scale(kind)),
                 score,
                 start: now,
                 end: None,
@@ -213,12 +328,10 @@ impl Analyzer {
     pub fn thresholds(&self) -> Vec<(&'static str, f64)> {
         FEATURES
             .iter()
-            .filter_map(|&(feature, _, floor)| {
+            .filter_map(|&(feature, kind, floor)| {
                 let b = self.baselines.get(feature)?;
-                Some((
-                    feature,
-                    (b.mean + self.k * Self::deviation(b, floor)).max(floor),
-                ))
+                let k = self.k * self.scale(kind);
+                Some((feature, (b.mean + k * Self::deviation(b, floor)).max(floor)))
             })
             .collect()
     }
@@ -264,6 +377,56 @@ mod tests {
         assert!(a.active.is_empty());
         assert_eq!(a.closed.len(), 1);
         assert!(a.closed[0].end.is_some());
+    }
+
+    #[test]
+    fn false_positives_widen_the_threshold_and_confirmations_tighten_it() {
+        let mut a = Analyzer::new(6.0, 20, 1);
+        let mut t = 0.0;
+        for i in 0..100 {
+            let noisy = 50_000.0 + 5_000.0 * ((i * 7919 % 13) as f64 / 13.0 - 0.5);
+            cycle(&mut a, noisy, t);
+            t += 1.0;
+        }
+        let threshold = |a: &Analyzer| a.thresholds()[0].1;
+        let before = threshold(&a);
+        // Just above the threshold: fires.
+        let opened = cycle(&mut a, before * 1.02, t);
+        assert_eq!(opened.len(), 1);
+        let id = opened[0].id;
+        let outcome = a.judge(id, Verdict::FalsePositive).unwrap();
+        assert_eq!((outcome.scale_before, outcome.scale_after), (1.0, 1.25));
+        assert_eq!(
+            a.judge(id, Verdict::Confirmed).unwrap_err(),
+            FeedbackError::AlreadyJudged(id)
+        );
+        assert_eq!(
+            a.judge(999, Verdict::Confirmed).unwrap_err(),
+            FeedbackError::UnknownAnomaly(999)
+        );
+        assert_eq!(a.feedback["syscall_storm"].false_positive, 1);
+        for _ in 0..2 {
+            t += 1.0;
+            cycle(&mut a, 50_000.0, t);
+        }
+        assert!(a.active.is_empty());
+        // The same deviation no longer fires; the threshold moved up.
+        assert!(threshold(&a) > before);
+        t += 1.0;
+        assert!(cycle(&mut a, before * 1.02, t).is_empty());
+        // Widening is bounded.
+        for _ in 0..20 {
+            a.threshold_scale
+                .insert("syscall_storm".into(), a.scale("syscall_storm") * 1.25);
+        }
+        t += 1.0;
+        let big = cycle(&mut a, 5_000_000.0, t);
+        let outcome = a.judge(big[0].id, Verdict::FalsePositive).unwrap();
+        assert_eq!(outcome.scale_after, SCALE_MAX);
+        assert_eq!(
+            a.judge(big[0].id, Verdict::Confirmed).unwrap_err(),
+            FeedbackError::AlreadyJudged(big[0].id)
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Knowledge: what the loop has learned (the baselines), kept in the state
+//! Knowledge: what the loop has learned (the baselines, and the threshold
+//! scales and verdict counts operators' feedback taught it), kept in the state
 //! directory across restarts so a restart does not re-learn from scratch or
 //! alarm during a new warm-up. Written atomically (temp file, fsync,
 //! rename); a corrupt or foreign-version file is set aside with a warning
@@ -14,7 +15,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use super::analyze::Baseline;
+use super::analyze::{Baseline, FeedbackCounts};
 
 const VERSION: u32 = 1;
 const FILE: &str = "mapek-knowledge.json";
@@ -22,7 +23,19 @@ const FILE: &str = "mapek-knowledge.json";
 #[derive(Debug, Serialize, Deserialize)]
 struct Stored {
     version: u32,
-    baselines: BTreeMap<String, Baseline>,
+    #[serde(flatten)]
+    learned: Learned,
+}
+
+/// Everything learned, as stored. Files written before feedback existed
+/// have no scales or counts: they default to empty.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Learned {
+    pub baselines: BTreeMap<String, Baseline>,
+    #[serde(default)]
+    pub threshold_scale: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub feedback: BTreeMap<String, FeedbackCounts>,
 }
 
 pub struct Knowledge {
@@ -36,21 +49,21 @@ impl Knowledge {
         }
     }
 
-    /// The stored baselines; empty when there are none or they cannot be
-    /// used (set aside, with a warning, when unreadable).
-    pub fn load(&self) -> BTreeMap<String, Baseline> {
+    /// What was stored; empty when there is nothing or it cannot be used
+    /// (set aside, with a warning, when unreadable).
+    pub fn load(&self) -> Learned {
         let Ok(text) = fs::read_to_string(&self.path) else {
-            return BTreeMap::new();
+            return Learned::default();
         };
         match serde_json::from_str::<Stored>(&text) {
-            Ok(stored) if stored.version == VERSION => stored.baselines,
+            Ok(stored) if stored.version == VERSION => stored.learned,
             Ok(stored) => {
                 self.set_aside(&format!("version {} (expected {VERSION})", stored.version));
-                BTreeMap::new()
+                Learned::default()
             }
             Err(err) => {
                 self.set_aside(&err.to_string());
-                BTreeMap::new()
+                Learned::default()
             }
         }
     }
@@ -73,15 +86,15 @@ impl Knowledge {
         }
     }
 
-    /// Writes the baselines atomically.
-    pub fn save(&self, baselines: &BTreeMap<String, Baseline>) -> std::io::Result<()> {
+    /// Writes what was learned atomically.
+    pub fn save(&self, learned: &Learned) -> std::io::Result<()> {
         if let Some(dir) = self.path.parent() {
             fs::create_dir_all(dir)?;
         }
         let tmp = self.path.with_extension("json.tmp");
         let stored = Stored {
             version: VERSION,
-            baselines: baselines.clone(),
+            learned: learned.clone(),
         };
         let body = serde_json::to_vec_pretty(&stored).map_err(std::io::Error::other)?;
         let mut file = fs::File::create(&tmp)?;
@@ -106,9 +119,17 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sonde-knowledge-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let k = Knowledge::new(&dir);
-        assert!(k.load().is_empty());
-        let mut b = BTreeMap::new();
-        b.insert(
+        assert_eq!(k.load(), Learned::default());
+        let mut b = Learned::default();
+        b.threshold_scale.insert("syn_flood".to_owned(), 1.25);
+        b.feedback.insert(
+            "syn_flood".to_owned(),
+            FeedbackCounts {
+                false_positive: 1,
+                confirmed: 2,
+            },
+        );
+        b.baselines.insert(
             "syscalls_per_second".to_owned(),
             Baseline {
                 mean: 1.5,
@@ -119,8 +140,15 @@ mod tests {
         );
         k.save(&b).unwrap();
         assert_eq!(k.load(), b);
+        // A file from before feedback existed still loads.
+        fs::write(
+            dir.join(FILE),
+            r#"{"version": 1, "baselines": {"x": {"mean": 1.0, "var": 0.0, "samples": 3}}}"#,
+        )
+        .unwrap();
+        assert_eq!(k.load().baselines["x"].samples, 3);
         fs::write(dir.join(FILE), "{not json").unwrap();
-        assert!(k.load().is_empty());
+        assert_eq!(k.load(), Learned::default());
         assert!(!dir.join(FILE).exists(), "the corrupt file was set aside");
         let aside = fs::read_dir(&dir)
             .unwrap()

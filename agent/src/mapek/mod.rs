@@ -37,6 +37,8 @@ pub struct Mapek {
     last_cycle: Duration,
     anomalies_total: std::collections::BTreeMap<(&'static str, &'static str), u64>,
     save_failing: bool,
+    /// The latest verdicts and what they changed.
+    feedback_log: Vec<analyze::FeedbackOutcome>,
 }
 
 pub type SharedMapek = Arc<Mutex<Mapek>>;
@@ -52,10 +54,14 @@ impl Mapek {
             .map(|dir| Knowledge::new(dir));
         let mut analyzer = Analyzer::new(m.sensitivity, m.warmup_cycles, m.quiet_cycles);
         if let Some(k) = &knowledge {
-            analyzer.baselines = k.load();
+            let learned = k.load();
+            analyzer.baselines = learned.baselines;
+            analyzer.threshold_scale = learned.threshold_scale;
+            analyzer.feedback = learned.feedback;
             if !analyzer.baselines.is_empty() {
                 tracing::info!(
                     features = analyzer.baselines.len(),
+                    scaled_kinds = analyzer.threshold_scale.len(),
                     "MAPE-K baselines reloaded: no new warm-up"
                 );
             }
@@ -82,6 +88,7 @@ impl Mapek {
             last_cycle: Duration::ZERO,
             anomalies_total: Default::default(),
             save_failing: false,
+            feedback_log: Vec::new(),
         }
     }
 
@@ -89,7 +96,12 @@ impl Mapek {
     /// directory should not flood the log), then retried quietly.
     pub fn save(&mut self) {
         let Some(k) = &self.knowledge else { return };
-        match k.save(&self.analyzer.baselines) {
+        let learned = knowledge::Learned {
+            baselines: self.analyzer.baselines.clone(),
+            threshold_scale: self.analyzer.threshold_scale.clone(),
+            feedback: self.analyzer.feedback.clone(),
+        };
+        match k.save(&learned) {
             Ok(()) => self.save_failing = false,
             Err(err) if !self.save_failing => {
                 self.save_failing = true;
@@ -100,6 +112,30 @@ impl Mapek {
             }
             Err(_) => {}
         }
+    }
+
+    /// Applies an operator's verdict; what it changed is logged, kept for
+    /// /api/v1/anomalies, and saved at once (feedback is rare and precious).
+    pub fn judge(
+        &mut self,
+        id: u64,
+        verdict: analyze::Verdict,
+    ) -> Result<analyze::FeedbackOutcome, analyze::FeedbackError> {
+        let outcome = self.analyzer.judge(id, verdict)?;
+        tracing::info!(
+            id,
+            kind = outcome.kind,
+            verdict = verdict.label(),
+            scale = format!("{:.2} -> {:.2}", outcome.scale_before, outcome.scale_after),
+            "MAPE-K feedback: {}",
+            outcome.reason
+        );
+        self.feedback_log.push(outcome.clone());
+        if self.feedback_log.len() > 64 {
+            self.feedback_log.remove(0);
+        }
+        self.save();
+        Ok(outcome)
     }
 
     /// JSON for /api/v1/anomalies.
@@ -114,6 +150,8 @@ impl Mapek {
             "active": self.analyzer.active,
             "recent": self.analyzer.closed,
             "actions": actions,
+            "feedback": self.feedback_log,
+            "threshold_scale": self.analyzer.threshold_scale,
             "mode": self.executor.mode.label(),
             "warmup_cycles": self.analyzer.warmup,
             "cycles": self.cycles,
@@ -142,12 +180,24 @@ impl Mapek {
         total.done(&mut out);
         let mut active = Family::new(
             "sonde_anomaly_active",
-            "Anomalies in progress, by kind",
+            "Anomalies in progress, by kind and current severity (an alert's severity follows it)",
             MetricType::GAUGE,
         );
         for kind in analyze::kinds() {
-            let on = self.analyzer.active.iter().any(|a| a.kind == kind);
-            active.sample(&[("kind", kind)], f64::from(u8::from(on)));
+            for (severity, label) in [
+                (analyze::Severity::Warning, "warning"),
+                (analyze::Severity::Critical, "critical"),
+            ] {
+                let on = self
+                    .analyzer
+                    .active
+                    .iter()
+                    .any(|a| a.kind == kind && a.severity == severity);
+                active.sample(
+                    &[("kind", kind), ("severity", label)],
+                    f64::from(u8::from(on)),
+                );
+            }
         }
         active.done(&mut out);
         let mut score = Family::new(
@@ -186,6 +236,34 @@ impl Mapek {
             actions.sample(&[("action", action), ("mode", mode)], n as f64);
         }
         actions.done(&mut out);
+        // Decision quality: operators' verdicts, and what they taught.
+        let mut feedback = Family::new(
+            "sonde_mapek_feedback_total",
+            "Operators' verdicts on anomalies (POST /api/v1/anomalies/ID/feedback), by kind and verdict: the detector's measured precision",
+            MetricType::COUNTER,
+        );
+        let mut scale = Family::new(
+            "sonde_mapek_threshold_scale",
+            "Scale on the deviation threshold per anomaly kind, learned from verdicts (1: as configured; >1: widened by false positives)",
+            MetricType::GAUGE,
+        );
+        for kind in analyze::kinds() {
+            let counts = self
+                .analyzer
+                .feedback
+                .get(kind)
+                .copied()
+                .unwrap_or_default();
+            for (verdict, n) in analyze::Verdict::NAMES
+                .iter()
+                .zip([counts.false_positive, counts.confirmed])
+            {
+                feedback.sample(&[("kind", kind), ("verdict", verdict)], n as f64);
+            }
+            scale.sample(&[("kind", kind)], self.analyzer.scale(kind));
+        }
+        feedback.done(&mut out);
+        scale.done(&mut out);
         let mut cycle = Family::new(
             "sonde_mapek_cycle_duration_seconds",
             "Time the last MAPE-K cycle took",
