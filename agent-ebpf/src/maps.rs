@@ -7,6 +7,7 @@ use agent_common::{
     events::{RING_COUNT, RingStats},
 };
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     macros::map,
     maps::{Array, PerCpuArray, RingBuf},
 };
@@ -45,6 +46,12 @@ pub fn count(index: u32) {
     }
 }
 
+/// The reader is woken once a ring holds this fraction (1/N) of its size,
+/// not for every event: at high rates a wake-up per event costs the
+/// producer an irq_work and the reader a poll() round trip each. The
+/// reader's poll timeout picks up a trickle that never reaches it.
+const WAKEUP_FILL_DIVISOR: u64 = 16;
+
 /// Emits one event on `ring`: reserves room, lets `fill` write the event in
 /// place (no copy through the 512-byte stack), and counts the attempt and any
 /// loss in `RING_STATS[ring_id]`.
@@ -59,7 +66,16 @@ pub fn emit<T: 'static>(ring: &RingBuf, ring_id: u32, fill: impl FnOnce(&mut T))
         Some(mut entry) => {
             // SAFETY: `fill` writes every field of the event before submit.
             fill(unsafe { entry.assume_init_mut() });
-            entry.submit(0);
+            // Counts the event being submitted (reserved, so already in
+            // the producer position the query reads).
+            let waiting = ring.query(u64::from(BPF_RB_AVAIL_DATA));
+            let size = ring.query(u64::from(BPF_RB_RING_SIZE));
+            let wakeup = if waiting.saturating_mul(WAKEUP_FILL_DIVISOR) >= size {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
+            entry.submit(u64::from(wakeup));
         }
         None => {
             if let Some(stats) = stats {

@@ -1,4 +1,4 @@
-//! Ring-buffer readers: one thread per ring, woken through poll(),
+//! Ring-buffer reader: one thread for every ring, woken through poll(),
 //! draining every event, counting what it received, and keeping a bounded
 //! list of recent events (raw, decoded on request) for /api/v1/events. Loss is counted by the kernel
 //! (`RING_STATS`); here we count receipt, so `received + lost == produced`.
@@ -10,7 +10,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, SystemTime},
+    time::SystemTime,
 };
 
 use agent_common::{
@@ -140,7 +140,7 @@ fn remember(recent: &mut VecDeque<RawEvent>, keep: usize, bytes: &[u8]) {
     recent.push_back(slot);
 }
 
-/// One ring's reader thread; stopped (and joined) on shutdown.
+/// The ring reader thread; stopped (and joined) on shutdown.
 #[derive(Debug)]
 pub struct RingReader {
     stop: Arc<AtomicBool>,
@@ -159,19 +159,20 @@ impl RingReader {
     }
 }
 
-/// How long a reader sleeps in poll() before looking at its stop flag.
-const POLL_TIMEOUT_MS: i32 = 100;
+/// Longest a reader waits in poll(). The kernel programs only wake the
+/// reader once a ring is 1/16 full (see `emit` in agent-ebpf), so this
+/// also bounds how late a trickle of events is read.
+const POLL_TIMEOUT_MS: i32 = 50;
 /// Events drained per hold of the recent-events lock.
 const DRAIN_CHUNK: usize = 1024;
 
-/// Starts one reader thread per ring. Dedicated threads, not runtime
-/// tasks: a ring's reader must react within microseconds of a wake-up
-/// however busy the HTTP server, collector and MAPE-K loop keep the
-/// runtime's workers.
+/// Starts the reader: one thread for every ring. A dedicated thread, not a
+/// runtime task: it must react to a filling ring however busy the HTTP
+/// server, collector and MAPE-K loop keep the runtime's workers.
 pub fn spawn_readers(
     rings: Vec<(u32, &'static str, RingBuf<MapData>)>,
     keep: usize,
-) -> std::io::Result<(Arc<Events>, Vec<RingReader>)> {
+) -> std::io::Result<(Arc<Events>, RingReader)> {
     let events = Arc::new(Events {
         rings: rings
             .iter()
@@ -180,42 +181,48 @@ pub fn spawn_readers(
         recent: Mutex::new(VecDeque::with_capacity(keep.min(4096))),
         keep: keep.max(1),
     });
-    let mut readers = Vec::new();
-    for (index, (_, label, ring)) in rings.into_iter().enumerate() {
-        let state = events.rings[index].clone();
-        let shared = events.clone();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop_flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("ring-{label}"))
-            .spawn(move || read_ring(ring, &state, &shared, &stop_flag))?;
-        debug!(ring = label, "ring reader started");
-        readers.push(RingReader { stop, thread });
-    }
-    Ok((events, readers))
+    let rings: Vec<RingBuf<MapData>> = rings.into_iter().map(|(_, _, ring)| ring).collect();
+    let shared = events.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_flag = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("ring-reader".into())
+        .spawn(move || read_rings(rings, &shared, &stop_flag))?;
+    debug!("ring reader started");
+    Ok((events, RingReader { stop, thread }))
 }
 
-fn read_ring(mut ring: RingBuf<MapData>, state: &RingState, events: &Events, stop: &AtomicBool) {
-    let fd = ring.as_raw_fd();
+fn read_rings(mut rings: Vec<RingBuf<MapData>>, events: &Events, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
-        let stall_until = state.stall_until_ms.load(Ordering::Relaxed);
         let now = now_ms();
-        if stall_until > now {
-            std::thread::sleep(Duration::from_millis((stall_until - now).min(100)));
-            continue;
+        let mut pollfds = Vec::with_capacity(rings.len());
+        for (ring, state) in rings.iter_mut().zip(&events.rings) {
+            // A stalled ring (fault injection) is neither drained nor
+            // polled: its unread data would end every poll at once.
+            if state.stall_until_ms.load(Ordering::Relaxed) > now {
+                continue;
+            }
+            drain(ring, state, events);
+            pollfds.push(libc::pollfd {
+                fd: ring.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
         }
-        drain(&mut ring, state, events);
         // The ring's poll is level-triggered on unread data.
-        let mut pollfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
+        // SAFETY: `pollfds` is a valid array of its length; the fds stay
+        // open (owned by `rings`).
+        let ret = unsafe {
+            libc::poll(
+                pollfds.as_mut_ptr(),
+                pollfds.len() as libc::nfds_t,
+                POLL_TIMEOUT_MS,
+            )
         };
-        // SAFETY: one valid pollfd; the fd stays open (owned by `ring`).
-        if unsafe { libc::poll(&mut pollfd, 1, POLL_TIMEOUT_MS) } < 0 {
+        if ret < 0 {
             let err = std::io::Error::last_os_error();
             if err.kind() != std::io::ErrorKind::Interrupted {
-                warn!(ring = state.label, "ring reader stopped: {err}");
+                warn!("ring reader stopped: {err}");
                 return;
             }
         }

@@ -215,7 +215,7 @@ fn check_ring(state: &AppState, label: &str) -> Verdict {
     let Some(ring) = state.events.ring(label) else {
         return (Status::Failed, Some("no reader".into()));
     };
-    if state.reader_finished(label) {
+    if state.reader_finished() {
         return (Status::Failed, Some("reader thread exited".into()));
     }
     let snapshot = state.snapshot();

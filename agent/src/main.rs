@@ -186,9 +186,8 @@ async fn serve(
         .map(|(name, info)| (name, info.id()))
         .collect();
     let rings = std::mem::take(&mut probes.rings);
-    let ring_labels: Vec<&'static str> = rings.iter().map(|(_, l, _)| *l).collect();
-    let (events, tasks) = events::spawn_readers(rings, config.events.keep_recent)
-        .map_err(|e| Failure::runtime(format!("starting ring readers: {e}")))?;
+    let (events, reader) = events::spawn_readers(rings, config.events.keep_recent)
+        .map_err(|e| Failure::runtime(format!("starting the ring reader: {e}")))?;
     let maps = probes
         .maps
         .take()
@@ -213,7 +212,7 @@ async fn serve(
         interfaces: Arc::default(),
         caps: Arc::new(caps),
         started_at,
-        readers: Arc::new(Mutex::new(ring_labels.into_iter().zip(tasks).collect())),
+        readers: Arc::new(Mutex::new(Some(reader))),
         mapek: Arc::default(),
     };
     state.publish(&probes);
@@ -300,13 +299,12 @@ async fn serve(
     if let Some(watcher) = watcher {
         watcher.abort();
     }
-    let readers: Vec<_> = state
+    let reader = state
         .readers
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .drain(..)
-        .collect();
-    for (_, reader) in readers {
+        .take();
+    if let Some(reader) = reader {
         reader.stop();
     }
     // Unloading the programs detaches every link, even though the watcher

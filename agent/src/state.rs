@@ -16,8 +16,8 @@ use crate::{
     probes::{Attachment, capabilities::Capabilities},
 };
 
-/// Ring reader threads by ring label.
-pub type Readers = Vec<(&'static str, crate::events::RingReader)>;
+/// The ring reader thread (None once stopped).
+pub type Readers = Option<crate::events::RingReader>;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -82,11 +82,12 @@ impl AppState {
             .unwrap_or_default()
     }
 
-    pub fn reader_finished(&self, label: &str) -> bool {
+    /// Whether the reader thread (which serves every ring) has exited.
+    pub fn reader_finished(&self) -> bool {
         self.readers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|(l, task)| *l == label && task.is_finished())
+            .as_ref()
+            .is_none_or(|reader| reader.is_finished())
     }
 }
