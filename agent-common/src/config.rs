@@ -19,5 +19,9 @@ pub const CFG_IGNORE_TGID: u32 = 3;
 /// Non-zero: record smoothed-RTT samples from `tcp:tcp_probe`.
 pub const CFG_TCP_RTT: u32 = 4;
 
+/// Time one syscall in N (0 or 1: every one). Untimed syscalls are still
+/// counted, with their errors; only their latency is not measured.
+pub const CFG_SYSCALL_SAMPLE_EVERY: u32 = 5;
+
 /// Number of slots in `CONFIG`.
 pub const CONFIG_LEN: u32 = 8;

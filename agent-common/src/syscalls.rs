@@ -95,15 +95,21 @@ impl SyscallStats {
     }
 }
 
-/// A syscall in flight: when it started, which one, and (once parked in the
-/// hash map) on which thread. `ts_ns == 0` marks an empty per-CPU slot.
+/// A syscall in flight: when it started (or `UNTIMED`), which one, and
+/// (once parked in the hash map) on which thread. `ts_ns == 0` marks an
+/// empty per-CPU slot. `seq` counts this CPU's syscalls, for sampling.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SyscallStart {
     pub ts_ns: u64,
     pub id: u32,
     pub tid: u32,
+    pub seq: u64,
 }
+
+/// `SyscallStart::ts_ns` of a syscall that is counted but not timed
+/// (latency sampling).
+pub const UNTIMED: u64 = u64::MAX;
 
 #[cfg(test)]
 mod tests {

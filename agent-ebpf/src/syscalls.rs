@@ -8,10 +8,10 @@
 //! threshold leave the kernel as events.
 
 use agent_common::{
-    config::{CFG_IGNORE_TGID, CFG_SLOW_SYSCALL_NS},
+    config::{CFG_IGNORE_TGID, CFG_SLOW_SYSCALL_NS, CFG_SYSCALL_SAMPLE_EVERY},
     counters::{SYSCALL_ID_OUT_OF_RANGE, SYSCALL_START_MAP_FULL},
     events::{EVENT_SLOW_SYSCALL, EventHeader, RING_SYSCALL, SlowSyscallEvent},
-    syscalls::{MAX_INFLIGHT, MAX_SYSCALLS, SyscallStart, SyscallStats, latency_slot},
+    syscalls::{MAX_INFLIGHT, MAX_SYSCALLS, SyscallStart, SyscallStats, UNTIMED, latency_slot},
 };
 use aya_ebpf::{
     Global,
@@ -123,8 +123,16 @@ fn on_enter(id: i64) {
     // No tid needed: the slot only ever holds the running thread's syscall
     // (sched_switch empties it whenever a thread leaves the CPU).
     slot.id = id;
-    // SAFETY: helper without preconditions.
-    slot.ts_ns = unsafe { bpf_ktime_get_ns() };
+    // Sampling: time one syscall in N on this CPU, count them all. Most of
+    // the cost of timing is the two clock reads, which untimed calls skip.
+    let every = config(CFG_SYSCALL_SAMPLE_EVERY);
+    slot.seq = slot.seq.wrapping_add(1);
+    slot.ts_ns = if every > 1 && slot.seq % every != 0 {
+        UNTIMED
+    } else {
+        // SAFETY: helper without preconditions.
+        unsafe { bpf_ktime_get_ns() }
+    };
 }
 
 /// The outgoing thread (still `current`) leaves the CPU: park its in-flight
@@ -141,6 +149,7 @@ fn on_switch() {
     }
     let mut start = *slot;
     slot.ts_ns = 0;
+    start.seq = 0;
     start.tid = bpf_get_current_pid_tgid() as u32;
     if SYSCALL_START.insert(start.tid, start, 0).is_err() {
         // Its latency is lost, but the call itself still counts.
@@ -167,6 +176,7 @@ fn take_start() -> Option<SyscallStart> {
         let slot = unsafe { &mut *slot };
         if slot.ts_ns != 0 {
             let start = *slot;
+            // The sequence stays: it is this CPU's, not the call's.
             slot.ts_ns = 0;
             return Some(start);
         }
@@ -186,10 +196,21 @@ fn on_exit(ret: i64) {
         // (counted when parking it).
         return;
     };
+    let id = start.id;
+    if start.ts_ns == UNTIMED {
+        if let Some(stats) = SYSCALL_STATS.get_ptr_mut(id) {
+            // SAFETY: per-CPU slot, only this CPU writes it while we run.
+            let stats = unsafe { &mut *stats };
+            stats.count += 1;
+            if ret < 0 {
+                stats.errors += 1;
+            }
+        }
+        return;
+    }
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let latency = now.saturating_sub(start.ts_ns);
-    let id = start.id;
     if let Some(stats) = SYSCALL_STATS.get_ptr_mut(id) {
         // SAFETY: per-CPU slot, only this CPU writes it while we run.
         let stats = unsafe { &mut *stats };

@@ -102,6 +102,10 @@ pub struct SyscallsConfig {
     pub slow_threshold_ms: f64,
     /// Runtime. Syscalls whose job is to wait, never reported as slow.
     pub slow_ignore: Vec<String>,
+    /// Runtime. Time one syscall in N per CPU (1: every one); all are
+    /// counted. For nodes where the two clock reads per syscall cost too
+    /// much; slow-syscall events then come from the timed ones only.
+    pub latency_sample_every: u64,
 }
 
 impl Default for SyscallsConfig {
@@ -110,6 +114,7 @@ impl Default for SyscallsConfig {
             enabled: true,
             hook: SyscallHook::Auto,
             slow_threshold_ms: 100.0,
+            latency_sample_every: 1,
             slow_ignore: [
                 "epoll_wait",
                 "epoll_pwait",
@@ -473,6 +478,15 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "syscalls.slow_threshold_ms",
                 message: "must be a number ≥ 0".into(),
+            });
+        }
+        if !(1..=1_000_000).contains(&self.syscalls.latency_sample_every) {
+            return Err(ConfigError::Invalid {
+                key: "syscalls.latency_sample_every",
+                message: format!(
+                    "{} must be between 1 (time every syscall) and 1000000",
+                    self.syscalls.latency_sample_every
+                ),
             });
         }
         if self.network.max_flows == 0 {

@@ -121,6 +121,49 @@ fn classic_tracepoint_fallback_counts_getppid_exactly() {
     assert_getppid_counted(&agent);
 }
 
+/// Latency sampling (`latency_sample_every = 10`): every call is still
+/// counted exactly, failures too; about one in ten is timed.
+#[test]
+fn sampled_timing_still_counts_every_call() {
+    if !require_root() {
+        return;
+    }
+    const N: f64 = 200_000.0;
+    let config = Config::new().set("syscalls", "latency_sample_every", "10");
+    let agent = Agent::start(&config.render(), &[]);
+    let before = quiet_baseline(&agent, "getppid");
+    Workload::run(&["getppid", "200000"], WORKLOAD_TIMEOUT);
+    let after = settle(&agent, "getppid", calls(&before, "getppid"), N, |s| {
+        calls(s, "getppid")
+    });
+    let d_calls = calls(&after, "getppid") - calls(&before, "getppid");
+    assert!(
+        (N..=N * 1.01).contains(&d_calls),
+        "sampling 1 in 10: sonde_syscalls_total{{syscall=\"getppid\"}} rose by {d_calls} for \
+         {N} calls"
+    );
+    // The sequence is per CPU and other processes' syscalls interleave, so
+    // the timed share is close to, not exactly, a tenth.
+    let d_timed = timed(&after, "getppid") - timed(&before, "getppid");
+    assert!(
+        within(d_timed, d_calls / 10.0, 0.15),
+        "sampling 1 in 10: _count rose by {d_timed} for {d_calls} calls (expected about {})",
+        d_calls / 10.0
+    );
+    let e0 = errors(&after, "close");
+    Workload::run(&["close-bad", "20000"], WORKLOAD_TIMEOUT);
+    let failed = agent
+        .try_wait_for(Duration::from_secs(5), |s| {
+            errors(s, "close") - e0 >= 20_000.0
+        })
+        .map(|s| errors(&s, "close") - e0)
+        .unwrap_or_else(|last| errors(&last, "close") - e0);
+    assert!(
+        failed >= 20_000.0,
+        "sampling 1 in 10: 20000 failing close() calls, errors rose by {failed}"
+    );
+}
+
 /// Both syscall programs are attached in `mode`.
 fn assert_hook(agent: &Agent, mode: &str) {
     let scrape = agent.metrics();

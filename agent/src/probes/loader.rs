@@ -17,7 +17,7 @@ use agent_common::{
     block::{BLOCK_STATS_MAP, BlockKey, BlockStats},
     config::{
         CFG_FLOW_EVENTS_BURST, CFG_FLOW_EVENTS_PER_SEC, CFG_IGNORE_TGID, CFG_SLOW_SYSCALL_NS,
-        CFG_TCP_RTT, CONFIG_MAP,
+        CFG_SYSCALL_SAMPLE_EVERY, CFG_TCP_RTT, CONFIG_MAP,
     },
     counters::COUNTERS_MAP,
     drops::{DROP_DEVICES_MAP, DROP_REASONS_MAP, DropDeviceKey, DropDeviceStats},
@@ -951,6 +951,10 @@ pub fn apply_runtime_config(maps: &mut KernelMaps, config: &Config) -> Result<()
     };
     let values = [
         (CFG_SLOW_SYSCALL_NS, threshold),
+        (
+            CFG_SYSCALL_SAMPLE_EVERY,
+            config.syscalls.latency_sample_every,
+        ),
         (
             CFG_FLOW_EVENTS_PER_SEC,
             config.network.flow_events_per_second,

@@ -26,7 +26,8 @@ pub const DEF: Def = Def {
             bpf_ktime_get_ns() in a per-CPU slot, sys_exit reads it, reads the clock again and \
             adds the difference to a per-CPU sum); Sonde with syscall telemetry only (network \
             disabled; counts, errors, latency histogram, slow-syscall events armed at the \
-            default 100 ms); bpftrace counting and timing every syscall per id. *Added* is ns \
+            default 100 ms), and the same with `latency_sample_every = 8` (every call counted, \
+            one in eight per CPU timed); bpftrace counting and timing every syscall per id. *Added* is ns \
             per call above no program in the same round. The empty raw pair, the timing floor \
             and Sonde split Sonde's added cost into hooking, the two clock reads any latency \
             measurement needs, and Sonde's own work. Kernel ns per program run come from bpf_stats in a \
@@ -42,13 +43,20 @@ enum Variant {
     /// `sonde baseline syscalls --timed`: a clock read on sys_enter, one on
     /// sys_exit, the difference added to a per-CPU sum.
     TimingFloor,
+    /// Sonde timing one syscall in eight (all counted).
+    SondeSampled,
 }
+
+/// Sonde with syscall telemetry only, timing one call in eight.
+const SONDE_SAMPLED_CONFIG: &str =
+    "[network]\nenabled = false\n[syscalls]\nlatency_sample_every = 8\n";
 
 impl Variant {
     fn name(self) -> &'static str {
         match self {
             Variant::Tracer(t) => t.name(),
             Variant::TimingFloor => "timing-floor pair",
+            Variant::SondeSampled => "Sonde, timing 1 in 8",
         }
     }
 
@@ -60,6 +68,11 @@ impl Variant {
                 bins,
                 &["syscalls", "--hook", "raw_tracepoint", "--timed"],
             )?)),
+            Variant::SondeSampled => Ok(Running::Agent(agent::Agent::start(
+                bins,
+                SONDE_SAMPLED_CONFIG,
+                &[],
+            )?)),
         }
     }
 }
@@ -69,12 +82,13 @@ const RAW_PAIR: Variant = Variant::Tracer(Tracer::RawPair);
 const SONDE: Variant = Variant::Tracer(Tracer::Sonde);
 const BPFTRACE: Variant = Variant::Tracer(Tracer::Bpftrace);
 
-const VARIANTS: [Variant; 6] = [
+const VARIANTS: [Variant; 7] = [
     NONE,
     RAW_PAIR,
     Variant::TimingFloor,
     Variant::Tracer(Tracer::ClassicPair),
     SONDE,
+    Variant::SondeSampled,
     BPFTRACE,
 ];
 
@@ -115,6 +129,11 @@ fn run(ctx: &Ctx, s: &mut Scenario) -> anyhow::Result<()> {
         &sonde_vs_floor,
     );
     s.figure_any("Sonde added / bpftrace added", "×", &sonde_vs_bpftrace);
+    s.figure_any(
+        "Sonde, timing 1 in 8 added / empty raw-tp pair added",
+        "×",
+        &ratio(&added(Variant::SondeSampled), &added(RAW_PAIR)),
+    );
     s.target(
         "Sonde added / empty raw-tp pair added",
         "×",
