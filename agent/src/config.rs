@@ -302,6 +302,14 @@ pub struct MapekConfig {
     pub zoom_seconds: f64,
     /// Where learned baselines survive restarts ("": not kept).
     pub state_dir: Option<PathBuf>,
+    /// Shed detail when over the cost budget below (off: measure and
+    /// report the cost only).
+    pub govern_cost: bool,
+    /// Share of one CPU Sonde may use: its threads plus, when `[collector]
+    /// bpf_stats` is on, its kernel programs. Above it, detail is shed.
+    pub cpu_budget: f64,
+    /// Lost events per second tolerated before detail is shed (0: none).
+    pub lost_events_budget: f64,
 }
 
 impl Default for MapekConfig {
@@ -314,6 +322,9 @@ impl Default for MapekConfig {
             quiet_cycles: 3,
             zoom_seconds: 60.0,
             state_dir: Some(PathBuf::from("/var/lib/sonde")),
+            govern_cost: true,
+            cpu_budget: 0.05,
+            lost_events_budget: 0.0,
         }
     }
 }
@@ -477,6 +488,24 @@ impl Config {
         {
             return Err(ConfigError::Invalid {
                 key: "syscalls.slow_threshold_ms",
+                message: "must be a number ≥ 0".into(),
+            });
+        }
+        if !(self.mapek.cpu_budget.is_finite()
+            && self.mapek.cpu_budget > 0.0
+            && self.mapek.cpu_budget <= 1024.0)
+        {
+            return Err(ConfigError::Invalid {
+                key: "mapek.cpu_budget",
+                message: format!(
+                    "{} must be a share of one CPU above 0 (0.05: 5% of one core)",
+                    self.mapek.cpu_budget
+                ),
+            });
+        }
+        if !(self.mapek.lost_events_budget.is_finite() && self.mapek.lost_events_budget >= 0.0) {
+            return Err(ConfigError::Invalid {
+                key: "mapek.lost_events_budget",
                 message: "must be a number ≥ 0".into(),
             });
         }

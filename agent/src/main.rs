@@ -361,6 +361,7 @@ fn reload(state: &state::AppState, path: Option<&std::path::Path>) {
     // Apply the runtime-tunable part on top of what is running.
     current.syscalls.slow_threshold_ms = new.syscalls.slow_threshold_ms;
     current.syscalls.slow_ignore = new.syscalls.slow_ignore.clone();
+    current.syscalls.latency_sample_every = new.syscalls.latency_sample_every;
     current.network.flow_events_per_second = new.network.flow_events_per_second;
     current.network.flow_events_burst = new.network.flow_events_burst;
     current.network.top_peers = new.network.top_peers;

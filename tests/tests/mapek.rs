@@ -239,3 +239,93 @@ fn syn_flood_is_detected() {
     drop(lab);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Cost governance: with its kernel programs' CPU measured (bpf_stats) and
+/// a budget of 30% of a core (the test's debug build, scraped every few
+/// hundred ms, idles around 10%), a getppid storm (its programs alone take
+/// about half a core) puts Sonde over budget; it sheds detail
+/// step by step (timing 1 in 8 syscalls first, which the histogram shows),
+/// then restores it all once the storm is over.
+#[test]
+fn over_its_cost_budget_sonde_sheds_detail_then_restores_it() {
+    if !require_root() {
+        return;
+    }
+    let config =
+        Config::new()
+            .set("collector", "bpf_stats", "true")
+            .set("mapek", "cpu_budget", "0.3");
+    let agent = Agent::start(&config.render(), &[]);
+    let level = |s: &sonde_tests::Scrape| s.value_or_zero("sonde_overhead_shed_level", &[]);
+    let idle = agent.metrics();
+    assert_eq!(
+        level(&idle),
+        0.0,
+        "shedding while idle:\n{}",
+        idle.grep("sonde_overhead")
+    );
+
+    // Bounded: 15M calls, a few seconds.
+    let storm = Workload::spawn(&["getppid", "15000000"]);
+    let shed = agent
+        .try_wait_for(Duration::from_secs(10), |s| level(s) >= 1.0)
+        .unwrap_or_else(|last| {
+            panic!(
+                "no detail shed within 10 s of a syscall storm over a 30% budget:\n{}",
+                last.grep("sonde_overhead")
+            )
+        });
+    assert!(
+        shed.value_or_zero("sonde_overhead_budget_ratio", &[]) > 1.0,
+        "{}",
+        shed.grep("sonde_overhead")
+    );
+    assert!(
+        shed.value_or_zero(
+            "sonde_mapek_actions_total",
+            &[("action", "lower_cost"), ("mode", "act")]
+        ) >= 1.0,
+        "{}",
+        shed.grep("sonde_mapek_actions")
+    );
+    // Timing 1 in 8 (or fewer): getppid's histogram now grows far slower
+    // than its count.
+    let calls = |s: &sonde_tests::Scrape| {
+        s.value_or_zero("sonde_syscalls_total", &[("syscall", "getppid")])
+    };
+    let timed = |s: &sonde_tests::Scrape| {
+        s.value_or_zero(
+            "sonde_syscall_duration_seconds_count",
+            &[("syscall", "getppid")],
+        )
+    };
+    std::thread::sleep(Duration::from_millis(600));
+    let a = agent.metrics();
+    std::thread::sleep(Duration::from_millis(600));
+    let b = agent.metrics();
+    let (d_calls, d_timed) = (calls(&b) - calls(&a), timed(&b) - timed(&a));
+    assert!(
+        d_calls > 100_000.0 && d_timed < d_calls / 4.0,
+        "with detail shed, {d_calls} getppid calls and {d_timed} timed (expected about 1 in 8 \
+         or fewer)"
+    );
+    let _ = storm.wait(Duration::from_secs(60));
+
+    // Well under budget again: every step comes back (10 cycles each).
+    let restored = agent
+        .try_wait_for(Duration::from_secs(40), |s| level(s) == 0.0)
+        .unwrap_or_else(|last| {
+            panic!(
+                "detail not restored within 40 s after the storm:\n{}",
+                last.grep("sonde_overhead")
+            )
+        });
+    assert!(
+        restored.value_or_zero(
+            "sonde_mapek_actions_total",
+            &[("action", "restore_cost"), ("mode", "act")]
+        ) >= 1.0
+    );
+    let report = agent.get_json("/api/v1/anomalies");
+    assert_eq!(report["cost"]["level"], 0, "{report}");
+}

@@ -127,6 +127,8 @@ pub type SharedSnapshot = Arc<RwLock<Arc<Snapshot>>>;
 pub enum Command {
     /// Re-apply runtime settings (SIGHUP).
     Reconfigure(Box<Config>),
+    /// The MAPE-K loop's changes on top of them (zoom, cost ladder).
+    Adjust(crate::mapek::execute::Overlay),
     /// An interface went away: drop its counters.
     ForgetInterface(u32),
     /// Stop the loop (the agent is exiting).
@@ -143,6 +145,10 @@ pub struct CollectorHandle {
 impl CollectorHandle {
     pub fn reconfigure(&self, config: Config) {
         let _ = self.commands.send(Command::Reconfigure(Box::new(config)));
+    }
+
+    pub fn adjust(&self, overlay: crate::mapek::execute::Overlay) {
+        let _ = self.commands.send(Command::Adjust(overlay));
     }
 
     pub fn forget_interface(&self, ifindex: u32) {
@@ -186,6 +192,24 @@ pub struct Collector {
     tcp_top_peers: usize,
     cycles: u64,
     stale_starts_removed: u64,
+    /// Runtime settings as configured (start, SIGHUP) and the MAPE-K
+    /// loop's changes on top; the kernel programs get the combination.
+    configured: Config,
+    overlay: crate::mapek::execute::Overlay,
+}
+
+impl Collector {
+    /// Writes the configured settings, with the loop's overlay, into the
+    /// kernel programs' config maps.
+    fn apply_runtime(&mut self) {
+        let config = self.overlay.apply(&self.configured);
+        match apply_runtime_config(&mut self.maps, &config) {
+            Ok(()) => tracing::info!("runtime settings applied to the kernel programs"),
+            Err(err) => warn!("applying runtime settings failed: {err}"),
+        }
+        self.peers.set_k(config.network.top_peers);
+        self.tcp_top_peers = config.tcp.top_peers;
+    }
 }
 
 /// Collection cycles between sweeps of the parked-syscall map.
@@ -206,6 +230,8 @@ impl Collector {
                 .ok()
                 .map(|m| std::os::unix::fs::MetadataExt::ino(&m) as u32),
             tcp_top_peers: config.tcp.top_peers,
+            configured: config.clone(),
+            overlay: Default::default(),
             cycles: 0,
             stale_starts_removed: 0,
             maps,
@@ -244,12 +270,13 @@ impl Collector {
         loop {
             match commands.recv_timeout(next.saturating_duration_since(Instant::now())) {
                 Ok(Command::Reconfigure(config)) => {
-                    match apply_runtime_config(&mut self.maps, &config) {
-                        Ok(()) => tracing::info!("runtime settings applied to the kernel programs"),
-                        Err(err) => warn!("applying runtime settings failed: {err}"),
-                    }
-                    self.peers.set_k(config.network.top_peers);
-                    self.tcp_top_peers = config.tcp.top_peers;
+                    self.configured = *config;
+                    self.apply_runtime();
+                    continue;
+                }
+                Ok(Command::Adjust(overlay)) => {
+                    self.overlay = overlay;
+                    self.apply_runtime();
                     continue;
                 }
                 Ok(Command::ForgetInterface(ifindex)) => {

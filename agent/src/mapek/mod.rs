@@ -1,11 +1,13 @@
 //! The MAPE-K loop: Monitor (features from collector snapshots), Analyze
 //! (online baselines, anomalies), Plan (zoom in / restore), Execute (apply
-//! or dry-run), over Knowledge (baselines persisted across restarts). It
+//! or dry-run), over Knowledge (baselines persisted across restarts), and
+//! the same loop governs Sonde's own cost against a budget (govern). It
 //! runs once per collector snapshot, on its own task, and shares what it
 //! found with /metrics and /api/v1/anomalies.
 
 pub mod analyze;
 pub mod execute;
+pub mod govern;
 pub mod knowledge;
 pub mod monitor;
 pub mod plan;
@@ -39,6 +41,9 @@ pub struct Mapek {
     save_failing: bool,
     /// The latest verdicts and what they changed.
     feedback_log: Vec<analyze::FeedbackOutcome>,
+    governor: govern::Governor,
+    /// The agent's CPU seconds at the last cycle.
+    cpu_seconds: Option<f64>,
 }
 
 pub type SharedMapek = Arc<Mutex<Mapek>>;
@@ -53,6 +58,8 @@ impl Mapek {
             .filter(|dir| !dir.as_os_str().is_empty())
             .map(|dir| Knowledge::new(dir));
         let mut analyzer = Analyzer::new(m.sensitivity, m.warmup_cycles, m.quiet_cycles);
+        let mut governor = govern::Governor::new(m.cpu_budget, m.lost_events_budget);
+        governor.enabled = m.govern_cost;
         if let Some(k) = &knowledge {
             let learned = k.load();
             analyzer.baselines = learned.baselines;
@@ -89,6 +96,8 @@ impl Mapek {
             anomalies_total: Default::default(),
             save_failing: false,
             feedback_log: Vec::new(),
+            governor,
+            cpu_seconds: govern::own_cpu_seconds(),
         }
     }
 
@@ -151,6 +160,14 @@ impl Mapek {
             "recent": self.analyzer.closed,
             "actions": actions,
             "feedback": self.feedback_log,
+            "cost": {
+                "budget_ratio": self.governor.ratio,
+                "cpu_budget": self.governor.cpu_budget,
+                "last": self.governor.last,
+                "level": self.governor.level,
+                "steps_in_force": &govern::STEPS[..self.governor.level],
+                "ladder": govern::STEPS,
+            },
             "threshold_scale": self.analyzer.threshold_scale,
             "mode": self.executor.mode.label(),
             "warmup_cycles": self.analyzer.warmup,
@@ -223,10 +240,13 @@ impl Mapek {
             "Decisions taken by the loop, by action and mode (dry_run: recorded only)",
             MetricType::COUNTER,
         );
-        // From zero for this agent's mode, so the series exist before the
-        // first decision.
+        // From zero, so the series exist before the first decision: every
+        // action in this agent's mode, and cost actions as applied ("act")
+        // in every mode.
         let mode = self.executor.mode.label();
         for action in plan::Action::NAMES {
+            let cost = action.ends_with("_cost");
+            let mode = if cost { "act" } else { mode };
             let n = self
                 .executor
                 .counts
@@ -264,6 +284,30 @@ impl Mapek {
         }
         feedback.done(&mut out);
         scale.done(&mut out);
+        let mut ratio = Family::new(
+            "sonde_overhead_budget_ratio",
+            "Sonde's own cost over the last cycle against its budget ([mapek] cpu_budget, lost_events_budget): above 1, detail is shed",
+            MetricType::GAUGE,
+        );
+        ratio.sample(&[], self.governor.ratio);
+        ratio.done(&mut out);
+        let mut share = Family::new(
+            "sonde_overhead_cpu_share",
+            "Share of one CPU Sonde used over the last cycle: its threads (user_space) and its kernel programs (kernel_programs, with bpf_stats on)",
+            MetricType::GAUGE,
+        );
+        share.sample(&[("side", "user_space")], self.governor.last.user_cpu_share);
+        if let Some(k) = self.governor.last.kernel_cpu_share {
+            share.sample(&[("side", "kernel_programs")], k);
+        }
+        share.done(&mut out);
+        let mut level = Family::new(
+            "sonde_overhead_shed_level",
+            "Steps of the cost ladder in force (0: full detail)",
+            MetricType::GAUGE,
+        );
+        level.sample(&[], self.governor.level as f64);
+        level.done(&mut out);
         let mut cycle = Family::new(
             "sonde_mapek_cycle_duration_seconds",
             "Time the last MAPE-K cycle took",
@@ -296,6 +340,40 @@ pub async fn run(
         }
         let started = Instant::now();
         let mut m = mapek.lock().unwrap_or_else(|e| e.into_inner());
+        let cpu_now = govern::own_cpu_seconds();
+        let cost = match (m.cpu_seconds, cpu_now) {
+            (Some(before), Some(after)) => govern::Cost::between(&prev, &now, (before, after)),
+            _ => None,
+        };
+        m.cpu_seconds = cpu_now;
+        let cost_action = cost.and_then(|c| m.governor.observe(c)).map(|d| match d {
+            govern::Decision::Lower(s) => {
+                tracing::warn!(
+                    level = s.level,
+                    step = s.step,
+                    "over its cost budget: {}",
+                    s.reason
+                );
+                plan::Action::LowerCost {
+                    level: s.level,
+                    step: s.step,
+                    reason: s.reason,
+                }
+            }
+            govern::Decision::Restore(s) => {
+                tracing::info!(
+                    level = s.level,
+                    step = s.step,
+                    "cost back under budget: {}",
+                    s.reason
+                );
+                plan::Action::RestoreCost {
+                    level: s.level,
+                    step: s.step,
+                    reason: s.reason,
+                }
+            }
+        });
         if let Some((features, subjects)) = monitor::features(&prev, &now, &m.signals) {
             let t = unix_seconds(SystemTime::now());
             let opened = m.analyzer.observe(&features, &subjects, t);
@@ -318,8 +396,9 @@ pub async fn run(
             }
             let config = state.config_snapshot();
             let active = m.analyzer.active.clone();
-            let actions = m.planner.plan(&opened, &active, t, &config);
-            m.executor.execute(actions, t, &config, &state.collector);
+            let mut actions = m.planner.plan(&opened, &active, t, &config);
+            actions.extend(cost_action);
+            m.executor.execute(actions, t, &state.collector);
             m.cycles += 1;
             if m.cycles.is_multiple_of(SAVE_EVERY) {
                 m.save();

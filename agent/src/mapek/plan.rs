@@ -3,6 +3,7 @@
 //! new-flow events — for a bounded time; when all are over (and the zoom has
 //! expired) it restores the configured detail. Every decision carries its
 //! reason; at most one zoom is in force, so the loop cannot run away.
+//! Cost governance (see `govern`) adds its own two actions.
 
 use serde::Serialize;
 
@@ -26,36 +27,42 @@ pub enum Action {
     RestoreDetail {
         reason: String,
     },
+    /// Sonde is over its cost budget: one more step of the ladder.
+    LowerCost {
+        level: usize,
+        step: &'static str,
+        reason: String,
+    },
+    /// Well under budget again: the last step is undone.
+    RestoreCost {
+        level: usize,
+        step: &'static str,
+        reason: String,
+    },
 }
 
 impl Action {
     /// Every action's name.
-    pub const NAMES: [&'static str; 2] = ["raise_detail", "restore_detail"];
+    pub const NAMES: [&'static str; 4] = [
+        "raise_detail",
+        "restore_detail",
+        "lower_cost",
+        "restore_cost",
+    ];
 
     pub fn name(&self) -> &'static str {
         match self {
             Action::RaiseDetail { .. } => "raise_detail",
             Action::RestoreDetail { .. } => "restore_detail",
+            Action::LowerCost { .. } => "lower_cost",
+            Action::RestoreCost { .. } => "restore_cost",
         }
     }
 
-    /// The runtime configuration this action leads to.
-    pub fn apply_to(&self, configured: &Config) -> Config {
-        let mut config = configured.clone();
-        if let Action::RaiseDetail {
-            slow_threshold_ms,
-            flow_events_per_second,
-            ..
-        } = self
-        {
-            if config.syscalls.slow_threshold_ms == 0.0
-                || config.syscalls.slow_threshold_ms > *slow_threshold_ms
-            {
-                config.syscalls.slow_threshold_ms = *slow_threshold_ms;
-            }
-            config.network.flow_events_per_second = *flow_events_per_second;
-        }
-        config
+    /// Whether it is about Sonde's own cost (applied in every mode: it only
+    /// ever takes Sonde's own detail away, never touches the workload).
+    pub fn is_cost(&self) -> bool {
+        matches!(self, Action::LowerCost { .. } | Action::RestoreCost { .. })
     }
 }
 

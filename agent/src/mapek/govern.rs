@@ -1,0 +1,278 @@
+//! Cost governance: the same loop watches what Sonde itself costs — its
+//! user-space CPU, its kernel programs' CPU (from the kernel's bpf_stats,
+//! when `[collector] bpf_stats` is on) and lost events — against a budget,
+//! and sheds detail in a fixed order while over it, restoring it in the
+//! reverse order once well under it. Steps are bounded (a ladder), move one
+//! at a time with hysteresis, and each carries its reason.
+
+use serde::Serialize;
+
+use crate::{collectors::Snapshot, config::Config};
+
+/// Cycles over budget before the next step down; cycles under half the
+/// budget before the next step back up.
+const CYCLES_OVER: u32 = 3;
+const CYCLES_UNDER: u32 = 10;
+/// Below this share of the budget, detail is restored.
+const RESTORE_BELOW: f64 = 0.5;
+/// The ratio reported while events are being lost with a zero-loss budget.
+const LOSING_EVENTS_RATIO: f64 = 2.0;
+
+/// The ladder, cheapest loss of detail first. Each step keeps the ones
+/// before it.
+pub const STEPS: &[&str] = &[
+    "time 1 in 8 syscalls",
+    "new-flow events / 10",
+    "time 1 in 64 syscalls",
+    "TCP RTT samples off",
+    "slow-syscall events off",
+];
+
+/// The configuration with the first `level` steps of the ladder applied.
+pub fn shed(config: &mut Config, level: usize) {
+    if level >= 1 {
+        let s = &mut config.syscalls.latency_sample_every;
+        *s = (*s).max(8);
+    }
+    if level >= 2 {
+        let f = &mut config.network.flow_events_per_second;
+        *f = (*f / 10).max(1);
+    }
+    if level >= 3 {
+        let s = &mut config.syscalls.latency_sample_every;
+        *s = (*s).max(64);
+    }
+    if level >= 4 {
+        config.tcp.rtt = false;
+    }
+    if level >= 5 {
+        config.syscalls.slow_threshold_ms = 0.0;
+    }
+}
+
+/// What Sonde cost over one cycle.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Cost {
+    /// Share of one CPU the agent's threads used.
+    pub user_cpu_share: f64,
+    /// Share of one CPU its kernel programs used (None: bpf_stats off).
+    pub kernel_cpu_share: Option<f64>,
+    pub lost_events_per_second: f64,
+}
+
+/// The agent's user+system CPU time so far, in seconds (/proc/self/stat).
+pub fn own_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised comm, which may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12
+    // after the state (field 3).
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| (utime + stime) / ticks as f64)
+}
+
+impl Cost {
+    /// The cost between two snapshots; `cpu` is (before, after) of
+    /// [`own_cpu_seconds`].
+    pub fn between(prev: &Snapshot, now: &Snapshot, cpu: (f64, f64)) -> Option<Cost> {
+        let dt = now
+            .taken_at?
+            .checked_duration_since(prev.taken_at?)?
+            .as_secs_f64();
+        if dt <= 0.0 {
+            return None;
+        }
+        let kernel_ns = |s: &Snapshot| s.programs.iter().map(|p| p.run_time_ns).sum::<u64>();
+        let runs = |s: &Snapshot| s.programs.iter().map(|p| p.run_count).sum::<u64>();
+        // Run counts stay 0 unless bpf_stats is on.
+        let kernel_cpu_share = (runs(now) > 0)
+            .then(|| kernel_ns(now).saturating_sub(kernel_ns(prev)) as f64 / 1e9 / dt);
+        let lost = |s: &Snapshot| s.rings.values().map(|r| r.lost).sum::<u64>();
+        Some(Cost {
+            user_cpu_share: (cpu.1 - cpu.0).max(0.0) / dt,
+            kernel_cpu_share,
+            lost_events_per_second: lost(now).saturating_sub(lost(prev)) as f64 / dt,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Step {
+    /// Ladder steps in force after this decision.
+    pub level: usize,
+    pub step: &'static str,
+    pub reason: String,
+}
+
+#[derive(Debug)]
+pub struct Governor {
+    /// false: measure and report only, never shed.
+    pub enabled: bool,
+    /// Share of one CPU (user space + kernel programs) Sonde may use.
+    pub cpu_budget: f64,
+    /// Lost events per second tolerated (0: none).
+    pub lost_events_budget: f64,
+    pub level: usize,
+    /// Last cycle's cost against the budget (1: at the budget).
+    pub ratio: f64,
+    pub last: Cost,
+    over: u32,
+    under: u32,
+}
+
+/// What the governor decided this cycle.
+pub enum Decision {
+    Lower(Step),
+    Restore(Step),
+}
+
+impl Governor {
+    pub fn new(cpu_budget: f64, lost_events_budget: f64) -> Self {
+        Self {
+            enabled: true,
+            cpu_budget,
+            lost_events_budget,
+            level: 0,
+            ratio: 0.0,
+            last: Cost::default(),
+            over: 0,
+            under: 0,
+        }
+    }
+
+    /// Cost against the budget: the worse of CPU and lost events.
+    fn ratio_of(&self, cost: &Cost) -> f64 {
+        let cpu = cost.user_cpu_share + cost.kernel_cpu_share.unwrap_or(0.0);
+        let cpu_ratio = cpu / self.cpu_budget;
+        let loss_ratio = if self.lost_events_budget > 0.0 {
+            cost.lost_events_per_second / self.lost_events_budget
+        } else if cost.lost_events_per_second > 0.0 {
+            LOSING_EVENTS_RATIO
+        } else {
+            0.0
+        };
+        cpu_ratio.max(loss_ratio)
+    }
+
+    pub fn observe(&mut self, cost: Cost) -> Option<Decision> {
+        self.last = cost;
+        self.ratio = self.ratio_of(&cost);
+        if !self.enabled {
+            return None;
+        }
+        if self.ratio > 1.0 {
+            self.under = 0;
+            self.over += 1;
+            if self.over >= CYCLES_OVER && self.level < STEPS.len() {
+                self.over = 0;
+                self.level += 1;
+                return Some(Decision::Lower(Step {
+                    level: self.level,
+                    step: STEPS[self.level - 1],
+                    reason: format!(
+                        "over budget for {CYCLES_OVER} cycles ({:.0}% of it: user CPU {:.2}%, \
+                         kernel programs {}, {:.0} events lost/s)",
+                        self.ratio * 100.0,
+                        cost.user_cpu_share * 100.0,
+                        cost.kernel_cpu_share.map_or(
+                            "unknown (bpf_stats off)".into(),
+                            |k| format!("{:.2}%", k * 100.0)
+                        ),
+                        cost.lost_events_per_second
+                    ),
+                }));
+            }
+        } else if self.ratio < RESTORE_BELOW {
+            self.over = 0;
+            self.under += 1;
+            if self.under >= CYCLES_UNDER && self.level > 0 {
+                self.under = 0;
+                let step = STEPS[self.level - 1];
+                self.level -= 1;
+                return Some(Decision::Restore(Step {
+                    level: self.level,
+                    step,
+                    reason: format!(
+                        "under half the budget for {CYCLES_UNDER} cycles ({:.0}% of it)",
+                        self.ratio * 100.0
+                    ),
+                }));
+            }
+        } else {
+            self.over = 0;
+            self.under = 0;
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cpu(share: f64) -> Cost {
+        Cost {
+            user_cpu_share: share,
+            kernel_cpu_share: Some(0.0),
+            lost_events_per_second: 0.0,
+        }
+    }
+
+    #[test]
+    fn sheds_in_order_with_hysteresis_and_restores_in_reverse() {
+        let mut g = Governor::new(0.02, 0.0);
+        // Two cycles over: nothing yet.
+        assert!(g.observe(cpu(0.05)).is_none());
+        assert!(g.observe(cpu(0.05)).is_none());
+        let Some(Decision::Lower(step)) = g.observe(cpu(0.05)) else {
+            panic!("third cycle over budget should shed a step");
+        };
+        assert_eq!((step.level, step.step), (1, STEPS[0]));
+        for _ in 0..3 * STEPS.len() * 2 {
+            g.observe(cpu(0.05));
+        }
+        assert_eq!(g.level, STEPS.len(), "the ladder is bounded");
+        // Between half and the whole budget: hold.
+        for _ in 0..30 {
+            assert!(g.observe(cpu(0.015)).is_none());
+        }
+        for _ in 0..9 {
+            assert!(g.observe(cpu(0.001)).is_none());
+        }
+        let Some(Decision::Restore(step)) = g.observe(cpu(0.001)) else {
+            panic!("ten cycles well under budget should restore a step");
+        };
+        assert_eq!(
+            (step.level, step.step),
+            (STEPS.len() - 1, STEPS[STEPS.len() - 1])
+        );
+    }
+
+    #[test]
+    fn lost_events_count_as_over_budget() {
+        let mut g = Governor::new(1.0, 0.0);
+        let losing = Cost {
+            user_cpu_share: 0.0,
+            kernel_cpu_share: None,
+            lost_events_per_second: 5.0,
+        };
+        g.observe(losing);
+        assert!(g.ratio > 1.0);
+    }
+
+    #[test]
+    fn shedding_never_adds_detail() {
+        let mut c = Config::default();
+        c.syscalls.latency_sample_every = 100;
+        shed(&mut c, 1);
+        assert_eq!(c.syscalls.latency_sample_every, 100);
+        shed(&mut c, STEPS.len());
+        assert!(!c.tcp.rtt);
+        assert_eq!(c.syscalls.slow_threshold_ms, 0.0);
+        assert!(c.network.flow_events_per_second >= 1);
+    }
+}
