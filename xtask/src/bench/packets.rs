@@ -2,19 +2,22 @@
 //! no program, with empty programs (TC or XDP on ingress, TC on egress),
 //! and with Sonde (its default TC ingress, and XDP ingress).
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use super::{
     Ctx, Def,
     harness::{
-        Agent, BenchNet, Proc,
+        Agent, BenchNet, Bins, Proc,
         agent::{self, Running, spawn_workload},
-        kernel::CpuTimes,
+        kernel::{self, CpuTimes},
         net::{HOST_IF, HOST_IP, NETNS, iface_stat},
         process::command,
-        stats::{median, per_round, ratio, round_robin},
+        stats::{Summary, median, per_round, ratio, round_robin},
     },
-    report::{Op, Scenario},
+    report::{Op, Scenario, num},
 };
 
 pub const DEF: Def = Def {
@@ -26,14 +29,24 @@ pub const DEF: Def = Def {
             0). TCP: one iperf3 stream, namespace to host. Variants: no program; empty programs \
             (`sonde baseline packets`) with TC on both ingress and egress (`--ingress tc`, the \
             hooks Sonde takes on a veth) and with XDP_PASS on ingress instead (`--ingress xdp`); \
-            Sonde with packet accounting and the flow table (`[syscalls] enabled = false`), with \
+            Sonde with packet accounting and the flow table (`[syscalls] enabled = false`, cost \
+            governance off), with \
             its default ingress (TC: `xdp_mode = \"auto\"` takes native XDP only on physical \
             NICs, and this is a veth) and, for comparison, with `xdp_mode = \"native\"` (XDP on \
             ingress). The target compares like with like: Sonde's added CPU against the empty \
             TC+TC pair's. Packets/s is the host end's rx_packets delta over the window. CPU per \
             packet is the machine's softirq time (the `softirq` column of /proc/stat, \
             tick-sampled on this kernel) delta over the packets; *busy* is all non-idle CPU time \
-            (both CPUs, sender included). *Added* is above no program in the same round.",
+            (both CPUs, sender included). *Added* is above no program in the same round. The \
+            added-softirq target is judged only when the empty TC+TC pair's own added softirq \
+            CPU per packet is measurable (above zero in every one of at least 3 rounds, median \
+            above 50 ns); otherwise its ratio is reported for information only. Kernel ns per \
+            program run come from bpf_stats in a separate pass: short UDP flood windows (the \
+            same traffic) for the empty pairs and both Sondes with `kernel.bpf_stats_enabled = \
+            1`, for every program of the variant that ran in the window, by variant and program \
+            (Sonde's include its non-packet hooks, which the window's processes also fire; \
+            `baseline_tc` is one program on both TC hooks of an empty pair). bpf_stats adds its \
+            own clock reads to every run, so the rounds above run without it.",
     run,
 };
 
@@ -59,6 +72,22 @@ const VARIANTS: [Variant; 5] = [
     Variant::Sonde,
     Variant::SondeXdp,
 ];
+/// The variants with programs, in the bpf_stats pass.
+const STATS_VARIANTS: [Variant; 4] = [
+    Variant::EmptyTc,
+    Variant::EmptyXdp,
+    Variant::Sonde,
+    Variant::SondeXdp,
+];
+/// When the empty TC+TC pair's added softirq CPU per packet is measurable,
+/// so that the target dividing by it can be judged: its median above
+/// `FLOOR_MIN_NS` and every one of at least `FLOOR_MIN_ROUNDS` rounds above
+/// zero. Softirq time is sampled at the tick here, which leaves tens of ns
+/// per packet of noise in each window; a sign test over the rounds tells a
+/// real floor from that (were the pair to add nothing, all of 5 rounds would
+/// come out above zero 1 time in 32, one round half the time).
+const FLOOR_MIN_NS: f64 = 50.0;
+const FLOOR_MIN_ROUNDS: usize = 3;
 const UDP_PORT: u16 = 40_000;
 const TCP_PORT: u16 = 40_001;
 const DATAGRAM: &str = "64";
@@ -72,6 +101,32 @@ impl Variant {
             Variant::Sonde => "Sonde",
             Variant::SondeXdp => "Sonde, XDP ingress",
         }
+    }
+
+    /// Attaches the variant to the host end; it detaches when the result is
+    /// dropped.
+    fn start(self, bins: &Bins) -> anyhow::Result<Running> {
+        Ok(match self {
+            Variant::None => Running::Nothing,
+            Variant::EmptyTc => Running::Proc(agent::baseline(
+                bins,
+                &["packets", "--interface", HOST_IF, "--ingress", "tc"],
+            )?),
+            Variant::EmptyXdp => Running::Proc(agent::baseline(
+                bins,
+                &["packets", "--interface", HOST_IF, "--ingress", "xdp"],
+            )?),
+            Variant::Sonde => Running::Agent(Agent::start(
+                bins,
+                "[syscalls]\nenabled = false\n[mapek]\ngovern_cost = false\n",
+                &[HOST_IF],
+            )?),
+            Variant::SondeXdp => Running::Agent(Agent::start(
+                bins,
+                "[syscalls]\nenabled = false\n[network]\nxdp_mode = \"native\"\n[mapek]\ngovern_cost = false\n",
+                &[HOST_IF],
+            )?),
+        })
     }
 }
 
@@ -98,27 +153,7 @@ fn run(ctx: &Ctx, s: &mut Scenario) -> anyhow::Result<()> {
         &VARIANTS,
         |_| Ok(()),
         |&v| {
-            let _running = match v {
-                Variant::None => Running::Nothing,
-                Variant::EmptyTc => Running::Proc(agent::baseline(
-                    &ctx.bins,
-                    &["packets", "--interface", HOST_IF, "--ingress", "tc"],
-                )?),
-                Variant::EmptyXdp => Running::Proc(agent::baseline(
-                    &ctx.bins,
-                    &["packets", "--interface", HOST_IF, "--ingress", "xdp"],
-                )?),
-                Variant::Sonde => Running::Agent(Agent::start(
-                    &ctx.bins,
-                    "[syscalls]\nenabled = false\n",
-                    &[HOST_IF],
-                )?),
-                Variant::SondeXdp => Running::Agent(Agent::start(
-                    &ctx.bins,
-                    "[syscalls]\nenabled = false\n[network]\nxdp_mode = \"native\"\n",
-                    &[HOST_IF],
-                )?),
-            };
+            let _running = v.start(&ctx.bins)?;
             if links.len() < VARIANTS.len() {
                 let link = BenchNet::host_link();
                 let mode = if link.contains("xdpgeneric") {
@@ -236,13 +271,37 @@ fn run(ctx: &Ctx, s: &mut Scenario) -> anyhow::Result<()> {
         Op::AtLeast,
         0.95,
     );
-    s.target(
-        "UDP added softirq CPU per packet: Sonde / empty TC+TC",
-        "×",
-        &cpu_ratio,
-        Op::AtMost,
-        1.15,
-    );
+    // The target divides by the empty pair's added softirq CPU, which can
+    // sit within the tick-sampled noise of no program (even below it): a
+    // ratio to that says nothing, so it is judged only when the floor is
+    // clearly above zero.
+    let floor = Summary::of(&added(Variant::EmptyTc, softirq));
+    let cpu_target = "UDP added softirq CPU per packet: Sonde / empty TC+TC";
+    if floor.n >= FLOOR_MIN_ROUNDS && floor.median > FLOOR_MIN_NS && floor.min > 0.0 {
+        s.target(cpu_target, "×", &cpu_ratio, Op::AtMost, 1.15);
+    } else {
+        println!("{cpu_target}: not judged (empty TC+TC floor within noise)");
+        s.note(format!(
+            "Target \"{cpu_target} ≤ 1.15\" not judged: the empty TC+TC pair adds {} ns of \
+             softirq CPU per packet over no program ({}), not clearly above the noise of \
+             tick-sampled softirq time (it is judged only when that is above zero in every one \
+             of at least {FLOOR_MIN_ROUNDS} rounds and its median above {FLOOR_MIN_NS:.0} ns), \
+             so the ratio ({:.2}×, in the table for information) cannot be judged from softirq \
+             time. The programs' own kernel time per run is in the bpf_stats figures.",
+            num(floor.median),
+            if floor.n > 1 {
+                format!(
+                    "{}–{} over {} rounds",
+                    num(floor.min),
+                    num(floor.max),
+                    floor.n
+                )
+            } else {
+                format!("{} round", floor.n)
+            },
+            median(&cpu_ratio),
+        ));
+    }
     let sonde_vs_empty = ratio(&col(Variant::Sonde, pps), &col(Variant::EmptyTc, pps));
     s.note(format!(
         "Attach mode on {HOST_IF}: {}. The empty TC+TC pair alone moves {:.2}× the \
@@ -258,12 +317,124 @@ fn run(ctx: &Ctx, s: &mut Scenario) -> anyhow::Result<()> {
         median(&of_none(Variant::SondeXdp, pps)),
         median(&of_none(Variant::SondeXdp, gbps)),
     ));
+
+    // Kernel-side cost per program run, from bpf_stats.
+    let stats_rounds = ctx.pick(3, 1);
+    let stats_secs = ctx.pick(2, 1);
+    let per_prog = bpf_stats_pass(ctx, stats_rounds, stats_secs)?;
+    for (v, progs) in STATS_VARIANTS.iter().zip(&per_prog) {
+        for (name, ns) in progs {
+            let figure = format!("bpf_stats: {}: {name} ns per run", v.name());
+            // A program that did not run in some window (an egress program
+            // with nothing sent back) has NaN there.
+            if ns.iter().all(|x| x.is_finite()) {
+                s.figure(figure, "ns", ns);
+            } else {
+                s.figure_any(figure, "ns", ns);
+            }
+        }
+    }
+    let prog = |v: Variant, name: &str| -> Vec<f64> {
+        STATS_VARIANTS
+            .iter()
+            .position(|&x| x == v)
+            .and_then(|i| per_prog[i].get(name).cloned())
+            .unwrap_or_default()
+    };
+    let mut ingress = Vec::new();
+    for (label, sonde, empty) in [
+        (
+            "TC ingress",
+            prog(Variant::Sonde, "sonde_tc_ingress"),
+            prog(Variant::EmptyTc, "baseline_tc"),
+        ),
+        (
+            "XDP ingress",
+            prog(Variant::SondeXdp, "sonde_xdp_ingress"),
+            prog(Variant::EmptyXdp, "baseline_xdp"),
+        ),
+    ] {
+        if sonde.is_empty() || empty.is_empty() {
+            continue;
+        }
+        s.figure_any(
+            format!("bpf_stats: Sonde {label} / empty {label} ns per run"),
+            "×",
+            &ratio(&sonde, &empty),
+        );
+        let (sonde, empty) = (median(&sonde), median(&empty));
+        ingress.push(format!(
+            "on {label} Sonde's program takes {sonde:.0} ns per run and the empty one \
+             {empty:.0} ns, so Sonde's program body does {:.0} ns of work per packet",
+            sonde - empty
+        ));
+    }
+    if !ingress.is_empty() {
+        s.note(format!(
+            "In the kernel (bpf_stats, which adds its own clock reads to every run: the \
+             differences cancel them, the ratios are pulled towards 1): {}. `baseline_tc` is one \
+             program on both TC hooks of the empty pairs, so its figure covers both directions \
+             (an empty program costs the same either way); the UDP flood sends almost nothing \
+             back, so egress programs run rarely if at all (no figure when they did not run).",
+            ingress.join("; ")
+        ));
+    }
     s.raw = serde_json::json!({
         "seconds_per_window": secs,
         "udp_datagram_bytes": DATAGRAM,
         "attach_modes": links,
+        "bpf_stats_rounds": stats_rounds,
+        "bpf_stats_seconds_per_window": stats_secs,
     });
     Ok(())
+}
+
+/// ns per run of every program of each of [`STATS_VARIANTS`] (in that
+/// order), with bpf_stats on, over UDP flood windows; by program name, one
+/// sample a round (NaN in a round the program did not run). Keyed by
+/// variant first, as variants share program names.
+fn bpf_stats_pass(
+    ctx: &Ctx,
+    rounds: usize,
+    secs: u64,
+) -> anyhow::Result<Vec<BTreeMap<String, Vec<f64>>>> {
+    let _stats = kernel::BpfStats::enable()?;
+    let samples = round_robin(
+        rounds,
+        &STATS_VARIANTS,
+        |_| Ok(()),
+        |&v| {
+            let existing: Vec<u64> = kernel::progs()?.iter().map(|p| p.id).collect();
+            let _running = v.start(&ctx.bins)?;
+            let ours = |all: Vec<kernel::Prog>| -> Vec<kernel::Prog> {
+                all.into_iter()
+                    .filter(|p| !existing.contains(&p.id))
+                    .collect()
+            };
+            let before = ours(kernel::progs()?);
+            udp(ctx, secs)?;
+            let after = ours(kernel::progs()?);
+            let runs = kernel::ns_per_run(&before, &after);
+            for (name, ns) in &runs {
+                println!("bpf_stats {:<18} {name:<18} {ns:8.1} ns/run", v.name());
+            }
+            Ok(runs)
+        },
+    )?;
+    Ok(samples
+        .into_iter()
+        .map(|variant| {
+            let mut by_name: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+            for (round, runs) in variant.into_iter().enumerate() {
+                for (name, ns) in runs {
+                    by_name
+                        .entry(name)
+                        .or_insert_with(|| vec![f64::NAN; rounds])[round] = ns;
+                }
+            }
+            by_name
+        })
+        .collect())
 }
 
 /// One UDP flood window; fills in the UDP fields.

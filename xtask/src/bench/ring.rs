@@ -22,7 +22,8 @@ pub const DEF: Def = Def {
     about: "Every syscall of every process becomes a slow-syscall event (`slow_threshold_ms = \
             0.000001`, `slow_ignore = []`), so a paced getppid loop on CPU 1 \
             (`sonde-workload getppid-rate RATE SECONDS`) sets the event rate. Readers: Sonde \
-            (network disabled, `[collector] interval_ms = 250` so the counters settle fast) and \
+            (network disabled, cost governance off so detail is never shed, `[collector] \
+            interval_ms = 250` so the counters settle fast) and \
             `sonde baseline ring-reader` (the same kernel programs and 256 KiB ring, drained by \
             a reader that only counts). The rate steps up each round until a window loses \
             events; *max zero-loss rate* is the events/s actually produced (kernel count over \
@@ -52,10 +53,10 @@ impl Reader {
 
 const EVERY_SYSCALL: &str = "[network]\nenabled = false\n\
 [syscalls]\nslow_threshold_ms = 0.000001\nslow_ignore = []\n\
-[collector]\ninterval_ms = 250\n";
+[collector]\ninterval_ms = 250\n[mapek]\ngovern_cost = false\n";
 const NO_EVENTS: &str = "[network]\nenabled = false\n\
 [syscalls]\nslow_threshold_ms = 0\nslow_ignore = []\n\
-[collector]\ninterval_ms = 250\n";
+[collector]\ninterval_ms = 250\n[mapek]\ngovern_cost = false\n";
 /// A rate no loop reaches: as fast as it can.
 const UNPACED: u64 = 100_000_000;
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -144,7 +144,7 @@ fn flows(ctx: &Ctx, s: &mut Scenario) -> anyhow::Result<()> {
     for &flows in counts {
         let agent = Agent::start(
             &ctx.bins,
-            "[syscalls]\nenabled = false\n[network]\nmax_flows = 131072\n",
+            "[syscalls]\nenabled = false\n[network]\nmax_flows = 131072\n[mapek]\ngovern_cost = false\n",
             &[HOST_IF],
         )?;
         let addresses = flows.div_ceil(PORTS_PER_ADDRESS).max(1);

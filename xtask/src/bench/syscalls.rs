@@ -25,7 +25,7 @@ pub const DEF: Def = Def {
             (`sonde baseline syscalls --timed`: raw tracepoints; sys_enter stores \
             bpf_ktime_get_ns() in a per-CPU slot, sys_exit reads it, reads the clock again and \
             adds the difference to a per-CPU sum); Sonde with syscall telemetry only (network \
-            disabled; counts, errors, latency histogram, slow-syscall events armed at the \
+            disabled, cost governance off so it never sheds detail; counts, errors, latency histogram, slow-syscall events armed at the \
             default 100 ms), and the same with `latency_sample_every = 8` (every call counted, \
             one in eight per CPU timed); bpftrace counting and timing every syscall per id. *Added* is ns \
             per call above no program in the same round. The empty raw pair, the timing floor \
@@ -48,8 +48,7 @@ enum Variant {
 }
 
 /// Sonde with syscall telemetry only, timing one call in eight.
-const SONDE_SAMPLED_CONFIG: &str =
-    "[network]\nenabled = false\n[syscalls]\nlatency_sample_every = 8\n";
+const SONDE_SAMPLED_CONFIG: &str = "[network]\nenabled = false\n[syscalls]\nlatency_sample_every = 8\n[mapek]\ngovern_cost = false\n";
 
 impl Variant {
     fn name(self) -> &'static str {

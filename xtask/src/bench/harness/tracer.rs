@@ -10,7 +10,7 @@ use super::{
 
 /// Sonde with syscall telemetry only; the slow-syscall threshold stays at
 /// its default (armed).
-pub const SONDE_SYSCALLS_ONLY: &str = "[network]\nenabled = false\n";
+pub const SONDE_SYSCALLS_ONLY: &str = "[network]\nenabled = false\n[mapek]\ngovern_cost = false\n";
 
 /// How long one timed loop may take before it is killed.
 const LOOP_TIMEOUT: Duration = Duration::from_secs(120);
