@@ -53,6 +53,10 @@ impl Config {
         .set("", "log_level", "\"info\"")
         .set("collector", "interval_ms", "200")
         .set("network", "enabled", "false")
+        // Tests assert exact, full-detail numbers, and the debug build they
+        // run, scraped every few hundred ms, can use 10% of a core: over
+        // the default budget. The governance test turns it back on.
+        .set("mapek", "govern_cost", "false")
     }
 
     /// Sets `key = value` in `[section]` (`""`: top level). `value` is a
