@@ -57,6 +57,9 @@ impl Config {
         // run, scraped every few hundred ms, can use 10% of a core: over
         // the default budget. The governance test turns it back on.
         .set("mapek", "govern_cost", "false")
+        // Learned baselines are not kept (never in the machine's
+        // /var/lib/sonde); the knowledge tests pick their own directory.
+        .set("mapek", "state_dir", "\"\"")
     }
 
     /// Sets `key = value` in `[section]` (`""`: top level). `value` is a

@@ -241,9 +241,9 @@ fn syn_flood_is_detected() {
 }
 
 /// Cost governance: with its kernel programs' CPU measured (bpf_stats) and
-/// a budget of 30% of a core (the test's debug build, scraped every few
-/// hundred ms, idles around 10%), a getppid storm (its programs alone take
-/// about half a core) puts Sonde over budget; it sheds detail
+/// a budget of 20% of a core (the test's debug build idles at a few %), a
+/// getppid storm on both CPUs (Sonde's programs alone then take more than
+/// half a core) puts Sonde over budget; it sheds detail
 /// step by step (timing 1 in 8 syscalls first, which the histogram shows),
 /// then restores it all once the storm is over.
 #[test]
@@ -251,10 +251,10 @@ fn over_its_cost_budget_sonde_sheds_detail_then_restores_it() {
     if !require_root() {
         return;
     }
-    let config =
-        Config::new()
-            .set("collector", "bpf_stats", "true")
-            .set("mapek", "cpu_budget", "0.3");
+    let config = Config::new()
+        .set("collector", "bpf_stats", "true")
+        .set("mapek", "govern_cost", "true")
+        .set("mapek", "cpu_budget", "0.2");
     let agent = Agent::start(&config.render(), &[]);
     let level = |s: &sonde_tests::Scrape| s.value_or_zero("sonde_overhead_shed_level", &[]);
     let idle = agent.metrics();
@@ -265,13 +265,16 @@ fn over_its_cost_budget_sonde_sheds_detail_then_restores_it() {
         idle.grep("sonde_overhead")
     );
 
-    // Bounded: 15M calls, a few seconds.
-    let storm = Workload::spawn(&["getppid", "15000000"]);
+    // Bounded: 2 x 15M calls, a few seconds.
+    let storms = [
+        Workload::spawn(&["getppid", "15000000"]),
+        Workload::spawn(&["getppid", "15000000"]),
+    ];
     let shed = agent
         .try_wait_for(Duration::from_secs(10), |s| level(s) >= 1.0)
         .unwrap_or_else(|last| {
             panic!(
-                "no detail shed within 10 s of a syscall storm over a 30% budget:\n{}",
+                "no detail shed within 10 s of a syscall storm over a 20% budget:\n{}",
                 last.grep("sonde_overhead")
             )
         });
@@ -309,17 +312,25 @@ fn over_its_cost_budget_sonde_sheds_detail_then_restores_it() {
         "with detail shed, {d_calls} getppid calls and {d_timed} timed (expected about 1 in 8 \
          or fewer)"
     );
-    let _ = storm.wait(Duration::from_secs(60));
+    for storm in storms {
+        let _ = storm.wait(Duration::from_secs(60));
+    }
 
     // Well under budget again: every step comes back (10 cycles each).
-    let restored = agent
-        .try_wait_for(Duration::from_secs(40), |s| level(s) == 0.0)
-        .unwrap_or_else(|last| {
-            panic!(
-                "detail not restored within 40 s after the storm:\n{}",
-                last.grep("sonde_overhead")
-            )
-        });
+    // Scraped once a second: scrapes of a debug build cost CPU too.
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    let restored = loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let s = agent.metrics();
+        if level(&s) == 0.0 {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "detail not restored within 40 s after the storm:\n{}",
+            s.grep("sonde_overhead")
+        );
+    };
     assert!(
         restored.value_or_zero(
             "sonde_mapek_actions_total",
