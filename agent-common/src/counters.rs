@@ -124,6 +124,6 @@ mod tests {
         assert_eq!(slots.len(), n, "a slot is listed twice");
         assert!(slots.iter().all(|&s| s < COUNTERS_LEN));
         // Every constant defined above is listed (they are 0..=last).
-        assert_eq!(slots, (0..=BLOCK_MAP_FULL).collect::<Vec<_>>());
+        assert_eq!(slots, (0..=DROP_DEVICE_MAP_FULL).collect::<Vec<_>>());
     }
 }
