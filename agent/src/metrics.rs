@@ -328,6 +328,24 @@ fn tcp_families(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
         f.sample(&[], value as f64);
         f.done(out);
     }
+    if let Some(listen) = snapshot.listen {
+        for (name, help, value) in [
+            (
+                "sonde_tcp_listen_overflows_total",
+                "Connections refused because a listener's accept queue was full (the kernel's TcpExt ListenOverflows, in the agent's network namespace)",
+                listen.overflows,
+            ),
+            (
+                "sonde_tcp_listen_drops_total",
+                "SYNs and handshake ACKs dropped on listeners, overflows included (the kernel's TcpExt ListenDrops, in the agent's network namespace)",
+                listen.drops,
+            ),
+        ] {
+            let mut f = Family::new(name, help, MetricType::COUNTER);
+            f.sample(&[], value as f64);
+            f.done(out);
+        }
+    }
     let mut resets = Family::new(
         "sonde_tcp_resets_total",
         "TCP resets, by direction (sent, received)",

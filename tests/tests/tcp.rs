@@ -275,3 +275,75 @@ fn tcp_tier_follows_the_kernel_and_a_missing_forced_tier_is_reported() {
         assert!(agent.log().contains("no kprobes"), "{}", agent.log());
     }
 }
+
+/// The kernel's TcpExt ListenOverflows in this (the root) namespace.
+fn kernel_listen_overflows() -> f64 {
+    let text = std::fs::read_to_string("/proc/net/netstat").expect("reading /proc/net/netstat");
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let names: Vec<&str> = lines
+        .next()
+        .expect("TcpExt names")
+        .split_whitespace()
+        .collect();
+    let values: Vec<&str> = lines
+        .next()
+        .expect("TcpExt values")
+        .split_whitespace()
+        .collect();
+    let i = names
+        .iter()
+        .position(|n| *n == "ListenOverflows")
+        .expect("ListenOverflows in TcpExt");
+    values[i].parse().expect("a number")
+}
+
+/// Accept-queue overflows: 30 connects on loopback to a listener with a
+/// backlog of 1 that never accepts. The kernel keeps no drop reason for the
+/// SYNs it refuses this way; Sonde reports its own counter, which must
+/// agree with the kernel's (read independently here) over the same window.
+#[test]
+fn accept_queue_overflows_are_counted_as_the_kernel_counts_them() {
+    if !require_root() {
+        return;
+    }
+    let agent = sonde_tests::Agent::start(&Config::new().render(), &[]);
+    let ours = |s: &Scrape| counter(s, "sonde_tcp_listen_overflows_total");
+    let quiet = |a: &sonde_tests::Agent| {
+        // Two scrapes a collection apart that agree with the kernel.
+        a.try_wait_for(Duration::from_secs(5), |s| {
+            ours(s) == kernel_listen_overflows()
+        })
+        .unwrap_or_else(|last| {
+            panic!(
+                "sonde_tcp_listen_overflows_total {} never matched the kernel's {}",
+                ours(&last),
+                kernel_listen_overflows()
+            )
+        })
+    };
+    let before = quiet(&agent);
+    let k0 = kernel_listen_overflows();
+    let port = sonde_tests::agent::free_port();
+    let mut w = Workload::spawn(&["listen-overflow", &format!("127.0.0.1:{port}"), "30"]);
+    w.expect_line("ready", Duration::from_secs(5));
+    let _ = w.wait(Duration::from_secs(30));
+    let k1 = kernel_listen_overflows();
+    let after = agent
+        .try_wait_for(Duration::from_secs(5), |s| ours(s) >= k1)
+        .unwrap_or_else(|last| {
+            panic!(
+                "sonde_tcp_listen_overflows_total {} < the kernel's {k1}",
+                ours(&last)
+            )
+        });
+    let (d_ours, d_kernel) = (ours(&after) - ours(&before), k1 - k0);
+    assert!(
+        d_kernel >= 20.0,
+        "the kernel counted only {d_kernel} overflows for 30 connects to a backlog of 1"
+    );
+    assert!(
+        d_ours >= d_kernel,
+        "Sonde counted {d_ours} accept-queue overflows, the kernel {d_kernel}"
+    );
+    println!("accept-queue overflows: kernel +{d_kernel}, Sonde +{d_ours}");
+}

@@ -77,6 +77,32 @@ pub struct DeviceDrops {
     pub drops: u64,
 }
 
+/// Accept-queue overflows: SYNs and handshake-completing ACKs a listener
+/// dropped because its accept queue was full (`ListenOverflows`), and all
+/// drops on listeners, overflows included (`ListenDrops`). The kernel keeps
+/// no drop reason for the SYNs it refuses this way, so these come from its
+/// SNMP counters, not from `skb:kfree_skb`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ListenCounters {
+    pub overflows: u64,
+    pub drops: u64,
+}
+
+/// Reads `TcpExt: ListenOverflows ListenDrops` from /proc/net/netstat.
+pub fn read_listen_counters(netstat: &str) -> Option<ListenCounters> {
+    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let names: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let values: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let get = |name: &str| -> Option<u64> {
+        let i = names.iter().position(|n| *n == name)?;
+        values.get(i)?.parse().ok()
+    };
+    Some(ListenCounters {
+        overflows: get("ListenOverflows")?,
+        drops: get("ListenDrops")?,
+    })
+}
+
 /// Everything read from the kernel in one cycle.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -105,6 +131,9 @@ pub struct Snapshot {
     pub drops: Vec<(String, u64)>,
     /// Drops of packets that had a device, non-zero only.
     pub device_drops: Vec<DeviceDrops>,
+    /// The kernel's own listen-queue counters for this network namespace
+    /// (TcpExt ListenOverflows, ListenDrops), where it exposes them.
+    pub listen: Option<ListenCounters>,
     /// Run-queue latency, summed over CPUs.
     pub runqueue: RunqStats,
     /// Block I/O by (device name, operation), summed over CPUs.
@@ -311,6 +340,9 @@ impl Collector {
         if let Err(err) = self.read_packets(&mut snapshot) {
             warn!("reading packet counters: {err}");
         }
+        snapshot.listen = std::fs::read_to_string("/proc/net/netstat")
+            .ok()
+            .and_then(|text| read_listen_counters(&text));
         self.cycles += 1;
         if self.cycles.is_multiple_of(START_GC_EVERY) {
             self.remove_stale_starts();
@@ -682,4 +714,24 @@ pub fn unix_seconds(at: SystemTime) -> f64 {
 /// Label of a diagnostic counter slot, for metrics.
 pub fn counter_slots() -> &'static [(u32, &'static str, agent_common::counters::CounterKind)] {
     COUNTER_SLOTS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_counters_come_from_the_tcpext_lines() {
+        let netstat = "TcpExt: SyncookiesSent ListenOverflows ListenDrops TCPHPHits\n\
+                       TcpExt: 0 56 57 9\n\
+                       IpExt: InNoRoutes\nIpExt: 0\n";
+        assert_eq!(
+            read_listen_counters(netstat),
+            Some(ListenCounters {
+                overflows: 56,
+                drops: 57
+            })
+        );
+        assert_eq!(read_listen_counters("IpExt: A\nIpExt: 1\n"), None);
+    }
 }

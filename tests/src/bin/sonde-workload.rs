@@ -12,6 +12,7 @@
 //! sonde-workload udp-sink ADDR:PORT SECONDS
 //! sonde-workload tcp-connect ADDR:PORT
 //! sonde-workload tcp-listen ADDR:PORT SECONDS
+//! sonde-workload listen-overflow ADDR:PORT N  N connects to a backlog-1 listener that never accepts
 //! sonde-workload nanosleep MS N
 //! ```
 //!
@@ -39,6 +40,7 @@ fn usage() -> ExitCode {
     eprintln!(
         "usage: sonde-workload <getppid N | close-bad N | udp-send ADDR:PORT N SIZE | \
          udp-sink ADDR:PORT SECONDS | tcp-connect ADDR:PORT | tcp-listen ADDR:PORT SECONDS | \
+         listen-overflow ADDR:PORT N | \
          nanosleep MS N | syscall-loop K N | getppid-rate RATE SECONDS | \
          udp-flood ADDR:PORT SECONDS SIZE | udp-flows SRC COUNT ADDR:PORT FLOWS>"
     );
@@ -176,6 +178,96 @@ fn tcp_listen(at: SocketAddr, seconds: u64) -> Result<(), String> {
     }
     say(&format!("accepted {accepted}"));
     Ok(())
+}
+
+/// A listener with a backlog of 1 that never accepts, and `n` non-blocking
+/// connects to it: all but the first couple overflow its accept queue.
+/// Held 2 s so the kernel's SYN retries land inside the test's window too.
+fn listen_overflow(at: SocketAddr, n: u64) -> Result<(), String> {
+    let SocketAddr::V4(v4) = at else {
+        return Err("listen-overflow: IPv4 only".into());
+    };
+    // SAFETY: plain socket calls on a fresh fd; every return is checked.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    if fd < 0 {
+        return Err(format!("socket: {}", std::io::Error::last_os_error()));
+    }
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*v4.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let one: libc::c_int = 1;
+    // SAFETY: valid pointers and lengths for these calls.
+    let ok = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        ) == 0
+            && libc::bind(
+                fd,
+                (&sin as *const libc::sockaddr_in).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            ) == 0
+            && libc::listen(fd, 1) == 0
+    };
+    if !ok {
+        let err = std::io::Error::last_os_error();
+        // SAFETY: our fd.
+        unsafe { libc::close(fd) };
+        return Err(format!("listen on {at} with backlog 1: {err}"));
+    }
+    say("ready");
+    let mut clients = Vec::new();
+    for _ in 0..n {
+        clients.push(raw_connect(at)?);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    drop(clients);
+    // SAFETY: our fd.
+    unsafe { libc::close(fd) };
+    say(&format!("connects {n}"));
+    Ok(())
+}
+
+/// Starts a connect without waiting for it (the handshake may never end).
+fn raw_connect(to: SocketAddr) -> Result<TcpStream, String> {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(v4) = to else {
+        return Err("IPv4 only".into());
+    };
+    // SAFETY: fresh fd, checked; ownership passes to the TcpStream.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
+        if fd < 0 {
+            return Err(format!("socket: {}", std::io::Error::last_os_error()));
+        }
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*v4.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::connect(
+            fd,
+            (&sin as *const libc::sockaddr_in).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        let err = std::io::Error::last_os_error();
+        if rc != 0 && err.raw_os_error() != Some(libc::EINPROGRESS) {
+            libc::close(fd);
+            return Err(format!("connect {to}: {err}"));
+        }
+        Ok(TcpStream::from_raw_fd(fd))
+    }
 }
 
 fn nanosleep(ms: u64, n: u64) -> Result<(), String> {
@@ -565,6 +657,7 @@ fn run(args: &[String]) -> Result<(), String> {
         ["udp-sink", at, secs] => udp_sink(addr(at)?, num(secs, "SECONDS", MAX_SECONDS)?),
         ["tcp-connect", to] => tcp_connect(addr(to)?),
         ["tcp-listen", at, secs] => tcp_listen(addr(at)?, num(secs, "SECONDS", MAX_SECONDS)?),
+        ["listen-overflow", at, n] => listen_overflow(addr(at)?, num(n, "N", 1000)?),
         ["nanosleep", ms, n] => {
             nanosleep(num(ms, "MS", MAX_SECONDS * 1000)?, num(n, "N", MAX_COUNT)?)
         }
