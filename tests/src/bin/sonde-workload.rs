@@ -192,14 +192,7 @@ fn listen_overflow(at: SocketAddr, n: u64) -> Result<(), String> {
     if fd < 0 {
         return Err(format!("socket: {}", std::io::Error::last_os_error()));
     }
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: v4.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*v4.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
+    let sin = sockaddr_in(v4);
     let one: libc::c_int = 1;
     // SAFETY: valid pointers and lengths for these calls.
     let ok = unsafe {
@@ -236,6 +229,18 @@ fn listen_overflow(at: SocketAddr, n: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// An IPv4 socket address as the C calls take it.
+fn sockaddr_in(v4: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*v4.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
 /// Starts a connect without waiting for it (the handshake may never end).
 fn raw_connect(to: SocketAddr) -> Result<TcpStream, String> {
     use std::os::fd::FromRawFd;
@@ -248,14 +253,7 @@ fn raw_connect(to: SocketAddr) -> Result<TcpStream, String> {
         if fd < 0 {
             return Err(format!("socket: {}", std::io::Error::last_os_error()));
         }
-        let sin = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: v4.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(*v4.ip()).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
+        let sin = sockaddr_in(v4);
         let rc = libc::connect(
             fd,
             (&sin as *const libc::sockaddr_in).cast(),
