@@ -146,6 +146,18 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Seconds from `prev` to this snapshot, for per-second rates; None
+    /// unless both were taken and this one is later.
+    pub fn seconds_since(&self, prev: &Snapshot) -> Option<f64> {
+        let dt = self
+            .taken_at?
+            .checked_duration_since(prev.taken_at?)?
+            .as_secs_f64();
+        (dt > 0.0).then_some(dt)
+    }
+}
+
+impl Snapshot {
     pub fn counter(&self, slot: u32) -> u64 {
         self.counters.get(slot as usize).copied().unwrap_or(0)
     }

@@ -7,6 +7,9 @@
 
 use serde::Serialize;
 
+use tracing::{info, warn};
+
+use super::plan::Action;
 use crate::{collectors::Snapshot, config::Config};
 
 /// Cycles over budget before the next step down; cycles under half the
@@ -77,13 +80,7 @@ impl Cost {
     /// The cost between two snapshots; `cpu` is (before, after) of
     /// [`own_cpu_seconds`].
     pub fn between(prev: &Snapshot, now: &Snapshot, cpu: (f64, f64)) -> Option<Cost> {
-        let dt = now
-            .taken_at?
-            .checked_duration_since(prev.taken_at?)?
-            .as_secs_f64();
-        if dt <= 0.0 {
-            return None;
-        }
+        let dt = now.seconds_since(prev)?;
         let kernel_ns = |s: &Snapshot| s.programs.iter().map(|p| p.run_time_ns).sum::<u64>();
         let runs = |s: &Snapshot| s.programs.iter().map(|p| p.run_count).sum::<u64>();
         // Run counts stay 0 unless bpf_stats is on.
@@ -96,14 +93,6 @@ impl Cost {
             lost_events_per_second: lost(now).saturating_sub(lost(prev)) as f64 / dt,
         })
     }
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Step {
-    /// Ladder steps in force after this decision.
-    pub level: usize,
-    pub step: &'static str,
-    pub reason: String,
 }
 
 #[derive(Debug)]
@@ -120,12 +109,6 @@ pub struct Governor {
     pub last: Cost,
     over: u32,
     under: u32,
-}
-
-/// What the governor decided this cycle.
-pub enum Decision {
-    Lower(Step),
-    Restore(Step),
 }
 
 impl Governor {
@@ -156,7 +139,9 @@ impl Governor {
         cpu_ratio.max(loss_ratio)
     }
 
-    pub fn observe(&mut self, cost: Cost) -> Option<Decision> {
+    /// One cycle's cost; the step to take, if any, as the loop's action
+    /// (its `level` is the ladder steps in force after it).
+    pub fn observe(&mut self, cost: Cost) -> Option<Action> {
         self.last = cost;
         self.ratio = self.ratio_of(&cost);
         if !self.enabled {
@@ -168,21 +153,25 @@ impl Governor {
             if self.over >= CYCLES_OVER && self.level < STEPS.len() {
                 self.over = 0;
                 self.level += 1;
-                return Some(Decision::Lower(Step {
-                    level: self.level,
-                    step: STEPS[self.level - 1],
-                    reason: format!(
-                        "over budget for {CYCLES_OVER} cycles ({:.0}% of it: user CPU {:.2}%, \
+                let step = STEPS[self.level - 1];
+                let reason = format!(
+                    "over budget for {CYCLES_OVER} cycles ({:.0}% of it: user CPU {:.2}%, \
                          kernel programs {}, {:.0} events lost/s)",
-                        self.ratio * 100.0,
-                        cost.user_cpu_share * 100.0,
-                        cost.kernel_cpu_share.map_or(
-                            "unknown (bpf_stats off)".into(),
-                            |k| format!("{:.2}%", k * 100.0)
-                        ),
-                        cost.lost_events_per_second
-                    ),
-                }));
+                    self.ratio * 100.0,
+                    cost.user_cpu_share * 100.0,
+                    cost.kernel_cpu_share
+                        .map_or("unknown (bpf_stats off)".into(), |k| format!(
+                            "{:.2}%",
+                            k * 100.0
+                        )),
+                    cost.lost_events_per_second
+                );
+                warn!(level = self.level, step, "over its cost budget: {reason}");
+                return Some(Action::LowerCost {
+                    level: self.level,
+                    step,
+                    reason,
+                });
             }
         } else if self.ratio < RESTORE_BELOW {
             self.over = 0;
@@ -191,14 +180,16 @@ impl Governor {
                 self.under = 0;
                 let step = STEPS[self.level - 1];
                 self.level -= 1;
-                return Some(Decision::Restore(Step {
+                let reason = format!(
+                    "under half the budget for {CYCLES_UNDER} cycles ({:.0}% of it)",
+                    self.ratio * 100.0
+                );
+                info!(level = self.level, step, "cost back under budget: {reason}");
+                return Some(Action::RestoreCost {
                     level: self.level,
                     step,
-                    reason: format!(
-                        "under half the budget for {CYCLES_UNDER} cycles ({:.0}% of it)",
-                        self.ratio * 100.0
-                    ),
-                }));
+                    reason,
+                });
             }
         } else {
             self.over = 0;
@@ -226,10 +217,10 @@ mod tests {
         // Two cycles over: nothing yet.
         assert!(g.observe(cpu(0.05)).is_none());
         assert!(g.observe(cpu(0.05)).is_none());
-        let Some(Decision::Lower(step)) = g.observe(cpu(0.05)) else {
+        let Some(Action::LowerCost { level, step, .. }) = g.observe(cpu(0.05)) else {
             panic!("third cycle over budget should shed a step");
         };
-        assert_eq!((step.level, step.step), (1, STEPS[0]));
+        assert_eq!((level, step), (1, STEPS[0]));
         for _ in 0..3 * STEPS.len() * 2 {
             g.observe(cpu(0.05));
         }
@@ -241,13 +232,10 @@ mod tests {
         for _ in 0..9 {
             assert!(g.observe(cpu(0.001)).is_none());
         }
-        let Some(Decision::Restore(step)) = g.observe(cpu(0.001)) else {
+        let Some(Action::RestoreCost { level, step, .. }) = g.observe(cpu(0.001)) else {
             panic!("ten cycles well under budget should restore a step");
         };
-        assert_eq!(
-            (step.level, step.step),
-            (STEPS.len() - 1, STEPS[STEPS.len() - 1])
-        );
+        assert_eq!((level, step), (STEPS.len() - 1, STEPS[STEPS.len() - 1]));
     }
 
     #[test]

@@ -346,34 +346,7 @@ pub async fn run(
             _ => None,
         };
         m.cpu_seconds = cpu_now;
-        let cost_action = cost.and_then(|c| m.governor.observe(c)).map(|d| match d {
-            govern::Decision::Lower(s) => {
-                tracing::warn!(
-                    level = s.level,
-                    step = s.step,
-                    "over its cost budget: {}",
-                    s.reason
-                );
-                plan::Action::LowerCost {
-                    level: s.level,
-                    step: s.step,
-                    reason: s.reason,
-                }
-            }
-            govern::Decision::Restore(s) => {
-                tracing::info!(
-                    level = s.level,
-                    step = s.step,
-                    "cost back under budget: {}",
-                    s.reason
-                );
-                plan::Action::RestoreCost {
-                    level: s.level,
-                    step: s.step,
-                    reason: s.reason,
-                }
-            }
-        });
+        let cost_action = cost.and_then(|c| m.governor.observe(c));
         if let Some((features, subjects)) = monitor::features(&prev, &now, &m.signals) {
             let t = unix_seconds(SystemTime::now());
             let opened = m.analyzer.observe(&features, &subjects, t);

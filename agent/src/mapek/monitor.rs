@@ -22,13 +22,7 @@ pub fn features(
     now: &Snapshot,
     signals: &Signals,
 ) -> Option<(Features, Subjects)> {
-    let dt = now
-        .taken_at?
-        .checked_duration_since(prev.taken_at?)?
-        .as_secs_f64();
-    if dt <= 0.0 {
-        return None;
-    }
+    let dt = now.seconds_since(prev)?;
     let rate = |a: u64, b: u64| b.saturating_sub(a) as f64 / dt;
     let mut f = Features::new();
 
