@@ -67,6 +67,7 @@ pub fn router(server: Server, fault_injection: bool) -> Router {
         .route("/api/v1/status", get(status))
         .route("/api/v1/events", get(events))
         .route("/api/v1/anomalies", get(anomalies))
+        .route("/api/v1/features", get(features))
         .route("/api/v1/anomalies/{id}/feedback", post(anomaly_feedback));
     if fault_injection {
         router = router
@@ -78,7 +79,7 @@ pub fn router(server: Server, fault_injection: bool) -> Router {
 }
 
 async fn index() -> &'static str {
-    "Sonde: /metrics /health/live /health/ready /health/startup /api/v1/status /api/v1/events\n"
+    "Sonde: /metrics /health/live /health/ready /health/startup /api/v1/status /api/v1/events /api/v1/anomalies /api/v1/features\n"
 }
 
 async fn metrics(State(server): State<Server>) -> Response {
@@ -176,6 +177,20 @@ async fn anomalies(State(server): State<Server>) -> Response {
     match &*state.mapek.lock().unwrap_or_else(|e| e.into_inner()) {
         Some(mapek) => {
             Json(mapek.lock().unwrap_or_else(|e| e.into_inner()).report()).into_response()
+        }
+        None => Json(json!({"enabled": false})).into_response(),
+    }
+}
+
+/// The feature vectors the detector saw, cycle by cycle (the latest
+/// [`crate::mapek::FEATURE_HISTORY`]), with each feature's anomaly kind:
+/// what an operator reads to see why something fired or did not, and what
+/// `cargo xtask eval` replays through a plain 3-sigma detector.
+async fn features(State(server): State<Server>) -> Response {
+    let state = running!(server);
+    match &*state.mapek.lock().unwrap_or_else(|e| e.into_inner()) {
+        Some(mapek) => {
+            Json(mapek.lock().unwrap_or_else(|e| e.into_inner()).features()).into_response()
         }
         None => Json(json!({"enabled": false})).into_response(),
     }

@@ -233,7 +233,7 @@ fn syn_flood_is_detected() {
     assert!(
         anomaly["evidence"]
             .as_array()
-            .is_some_and(|e| e.iter().any(|e| e["feature"] == "ingress_syn_per_second")),
+            .is_some_and(|e| e.iter().any(|e| e["feature"] == "half_open_syn_per_second")),
         "{anomaly}"
     );
     drop(lab);

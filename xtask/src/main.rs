@@ -2,6 +2,7 @@
 //! `.cargo/config.toml`). One module per command; shared helpers in `util`.
 
 mod bench;
+mod eval;
 mod run;
 mod stack;
 mod test;
@@ -34,6 +35,8 @@ enum Command {
     Stack(stack::Options),
     /// Measure Sonde's cost side by side with its baselines (root); writes bench/results/.
     Bench(bench::Options),
+    /// Score the anomaly detector on injected incidents against a 3-sigma detector (root); writes docs/eval.md.
+    Eval(eval::Options),
     /// Boot Debian kernels in qemu and run sonde check and counting runs inside; writes docs/kernels.md.
     VmTest(vm::Options),
 }
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Command::Test(opts) => test::run(opts).map(|()| ExitCode::SUCCESS),
         Command::Stack(opts) => stack::run(opts).map(|()| ExitCode::SUCCESS),
         Command::Bench(opts) => bench::run(opts).map(|()| ExitCode::SUCCESS),
+        Command::Eval(opts) => eval::run(opts).map(|()| ExitCode::SUCCESS),
         Command::VmTest(opts) => vm::run(opts).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {

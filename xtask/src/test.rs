@@ -38,6 +38,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         // Smoke run of the benchmark: every scenario runs and produces sane
         // numbers (no timing thresholds).
         steps.push(("bench --quick (root)", bench_quick));
+        // Smoke run of the detector evaluation: three injected incidents
+        // must each be detected and named right (~2 minutes).
+        steps.push(("eval --smoke (root)", eval_smoke));
     }
 
     let start = Instant::now();
@@ -162,6 +165,21 @@ fn bench_quick() -> anyhow::Result<()> {
             .arg("-E")
             .arg(xtask)
             .args(["bench", "--quick", "--no-build"]),
+    )
+}
+
+fn eval_smoke() -> anyhow::Result<()> {
+    if util::is_root() {
+        return crate::eval::run(crate::eval::Options::smoke());
+    }
+    util::run(util::cargo().args(["build", "--release", "-p", "sonde"]))?;
+    util::run(util::cargo().args(["build", "--release", "-p", "sonde-tests", "--bins"]))?;
+    let xtask = std::env::current_exe().context("locating the xtask binary")?;
+    util::run(
+        Command::new("sudo")
+            .arg("-E")
+            .arg(xtask)
+            .args(["eval", "--smoke", "--no-build"]),
     )
 }
 

@@ -69,16 +69,78 @@ pub struct Anomaly {
 
 /// Per-feature: the anomaly kind it evidences and the smallest value that
 /// may count as anomalous at all.
-const FEATURES: &[(&str, &str, f64)] = &[
+pub const FEATURES: &[(&str, &str, f64)] = &[
     ("syscalls_per_second", "syscall_storm", 20_000.0),
-    ("syscall_errors_per_second", "syscall_error_spike", 2_000.0),
-    ("ingress_syn_per_second", "syn_flood", 200.0),
+    ("syscall_error_share", "syscall_error_spike", 0.25),
+    ("half_open_syn_per_second", "syn_flood", 200.0),
     ("peer_ports_per_cycle", "port_scan", 20.0),
-    ("tcp_retransmits_per_second", "packet_loss", 20.0),
-    ("packet_drops_per_second", "packet_loss", 200.0),
+    ("tcp_handshakes_per_second", "connection_storm", 200.0),
+    ("tcp_retransmits_per_second", "packet_loss", 5.0),
+    ("packet_drops_per_second", "packet_loss", 20.0),
     ("tcp_resets_sent_per_second", "connection_refusals", 50.0),
-    ("runqueue_mean_wait_seconds", "cpu_saturation", 0.002),
+    ("tcp_rtt_mean_seconds", "latency_regression", 0.02),
+    ("tcp_connect_mean_seconds", "latency_regression", 0.02),
+    ("runqueue_mean_wait_seconds", "cpu_saturation", 0.0005),
+    ("process_exits_per_second", "fork_storm", 200.0),
+    ("process_execs_per_second", "fork_storm", 200.0),
 ];
+
+/// Causes and the symptoms they explain, most specific cause first: when a
+/// cause fires (or is already active), its symptoms join its evidence
+/// instead of opening anomalies of their own, so one incident makes one
+/// anomaly named for its cause. A port scan's SYNs to closed ports are
+/// half-open and refused, a flood overflows queues (and, sent from this
+/// node, is a syscall storm of its sender); a fork storm is
+/// also a syscall storm, and a loop of failing calls too; a full queue that
+/// delays packets also drops some.
+pub const EXPLAINS: &[(&str, &[&str])] = &[
+    (
+        "port_scan",
+        &[
+            "syn_flood",
+            "connection_refusals",
+            "connection_storm",
+            "packet_loss",
+            "syscall_storm",
+            "cpu_saturation",
+        ],
+    ),
+    (
+        "syn_flood",
+        &[
+            "connection_refusals",
+            "packet_loss",
+            "syscall_storm",
+            "cpu_saturation",
+        ],
+    ),
+    (
+        "connection_storm",
+        &[
+            "connection_refusals",
+            "packet_loss",
+            "syscall_storm",
+            "syscall_error_spike",
+            "cpu_saturation",
+        ],
+    ),
+    (
+        "fork_storm",
+        &["syscall_storm", "syscall_error_spike", "cpu_saturation"],
+    ),
+    ("syscall_error_spike", &["syscall_storm", "cpu_saturation"]),
+    ("syscall_storm", &["cpu_saturation"]),
+    ("latency_regression", &["packet_loss"]),
+];
+
+/// The cause among `kinds` that explains `symptom`, if any.
+fn explained_by<'a>(symptom: &str, mut kinds: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    kinds.find(|cause| {
+        EXPLAINS
+            .iter()
+            .any(|(c, symptoms)| c == cause && symptoms.contains(&symptom))
+    })
+}
 
 /// Every anomaly kind the analyzer can name (so metrics can show zeros).
 pub fn kinds() -> Vec<&'static str> {
@@ -273,6 +335,28 @@ impl Analyzer {
             b.samples += 1;
         }
 
+        // Symptoms join the evidence of a cause firing in the same cycle,
+        // most specific cause first.
+        for &(cause, symptoms) in EXPLAINS {
+            if !firing.contains_key(cause) {
+                continue;
+            }
+            for symptom in symptoms {
+                if let Some(evidence) = firing.remove(symptom) {
+                    firing.entry(cause).or_default().extend(evidence);
+                }
+            }
+        }
+        // ... or of a cause already in progress.
+        let active_kinds: Vec<&'static str> = self.active.iter().map(|a| a.kind).collect();
+        let symptoms: Vec<&'static str> = firing.keys().copied().collect();
+        for symptom in symptoms {
+            if let Some(cause) = explained_by(symptom, active_kinds.iter().copied()) {
+                let evidence = firing.remove(symptom).unwrap_or_default();
+                firing.entry(cause).or_default().extend(evidence);
+            }
+        }
+
         let mut opened = Vec::new();
         for anomaly in &mut self.active {
             if let Some(evidence) = firing.remove(anomaly.kind) {
@@ -437,5 +521,51 @@ mod tests {
         }
         // 30x the baseline, but far below the floor for a storm.
         assert!(cycle(&mut a, 3_000.0, 50.0).is_empty());
+    }
+
+    #[test]
+    fn an_incident_is_named_for_its_cause_and_its_symptoms_join_it() {
+        let mut a = Analyzer::new(6.0, 10, 3);
+        let normal = |i: u32| {
+            let mut f = Features::new();
+            let wobble = f64::from(i % 3);
+            f.insert("syscalls_per_second", 30_000.0 + 1_000.0 * wobble);
+            f.insert("process_exits_per_second", 5.0 + wobble);
+            f.insert("runqueue_mean_wait_seconds", 0.0001);
+            f.insert("tcp_retransmits_per_second", 0.0);
+            f.insert("tcp_rtt_mean_seconds", 0.0001);
+            f
+        };
+        for i in 0..30 {
+            assert!(
+                a.observe(&normal(i), &Subjects::default(), f64::from(i))
+                    .is_empty()
+            );
+        }
+        // A fork storm: processes, syscalls and the run queue all move.
+        let mut storm = normal(30);
+        storm.insert("syscalls_per_second", 400_000.0);
+        storm.insert("process_exits_per_second", 5_000.0);
+        storm.insert("runqueue_mean_wait_seconds", 0.02);
+        let opened = a.observe(&storm, &Subjects::default(), 30.0);
+        assert_eq!(opened.len(), 1, "{opened:?}");
+        assert_eq!(opened[0].kind, "fork_storm");
+        assert_eq!(opened[0].evidence.len(), 3);
+        // Its symptom alone next cycle joins the active cause.
+        let mut tail = normal(31);
+        tail.insert("syscalls_per_second", 400_000.0);
+        assert!(a.observe(&tail, &Subjects::default(), 31.0).is_empty());
+        assert_eq!(a.active.len(), 1);
+        for i in 32..40 {
+            a.observe(&normal(i), &Subjects::default(), f64::from(i));
+        }
+        assert!(a.active.is_empty());
+        // A queue that delays and drops: latency, not loss.
+        let mut bloat = normal(40);
+        bloat.insert("tcp_rtt_mean_seconds", 0.2);
+        bloat.insert("tcp_retransmits_per_second", 300.0);
+        let opened = a.observe(&bloat, &Subjects::default(), 40.0);
+        assert_eq!(opened.len(), 1, "{opened:?}");
+        assert_eq!(opened[0].kind, "latency_regression");
     }
 }

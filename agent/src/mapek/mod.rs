@@ -27,6 +27,8 @@ use crate::{collectors::unix_seconds, metrics::Family, state::AppState};
 
 /// Cycles between two saves of the knowledge.
 const SAVE_EVERY: u64 = 30;
+/// Feature vectors kept for /api/v1/features (15 minutes at 1 s).
+pub const FEATURE_HISTORY: usize = 900;
 
 /// What the loop exposes to the rest of the agent.
 pub struct Mapek {
@@ -44,6 +46,10 @@ pub struct Mapek {
     governor: govern::Governor,
     /// The agent's CPU seconds at the last cycle.
     cpu_seconds: Option<f64>,
+    /// The latest cycles' (cycle, time, features), oldest first.
+    history: std::collections::VecDeque<(u64, f64, monitor::Features)>,
+    /// Learned baselines came from the state directory (no warm-up).
+    baselines_reloaded: bool,
 }
 
 pub type SharedMapek = Arc<Mutex<Mapek>>;
@@ -73,6 +79,7 @@ impl Mapek {
                 );
             }
         }
+        let baselines_reloaded = !analyzer.baselines.is_empty();
         let attached = state.attachments();
         let has = |prefix: &str| {
             attached
@@ -90,6 +97,7 @@ impl Mapek {
                 tcp: has("sonde_tcp"),
                 drops: has("sonde_kfree_skb"),
                 runqueue: has("sonde_runq"),
+                processes: has("sonde_process"),
             },
             cycles: 0,
             last_cycle: Duration::ZERO,
@@ -98,6 +106,8 @@ impl Mapek {
             feedback_log: Vec::new(),
             governor,
             cpu_seconds: govern::own_cpu_seconds(),
+            history: Default::default(),
+            baselines_reloaded,
         }
     }
 
@@ -171,7 +181,36 @@ impl Mapek {
             "threshold_scale": self.analyzer.threshold_scale,
             "mode": self.executor.mode.label(),
             "warmup_cycles": self.analyzer.warmup,
+            "baselines_reloaded": self.baselines_reloaded,
             "cycles": self.cycles,
+        })
+    }
+
+    /// JSON for /api/v1/features: the detector's input, cycle by cycle,
+    /// and how it names what it finds.
+    pub fn features(&self) -> serde_json::Value {
+        let kinds: serde_json::Map<String, serde_json::Value> = analyze::FEATURES
+            .iter()
+            .map(|(feature, kind, floor)| {
+                ((*feature).to_owned(), json!({"kind": kind, "floor": floor}))
+            })
+            .collect();
+        // In order: the most specific cause first.
+        let explains: Vec<_> = analyze::EXPLAINS
+            .iter()
+            .map(|(cause, symptoms)| json!({"cause": cause, "symptoms": symptoms}))
+            .collect();
+        let cycles: Vec<_> = self
+            .history
+            .iter()
+            .map(|(cycle, time, features)| json!({"cycle": cycle, "time": time, "features": features}))
+            .collect();
+        json!({
+            "features": kinds,
+            "explains": explains,
+            "warmup_cycles": self.analyzer.warmup,
+            "quiet_cycles": self.analyzer.quiet_cycles,
+            "cycles": cycles,
         })
     }
 
@@ -350,6 +389,11 @@ pub async fn run(
         if let Some((features, subjects)) = monitor::features(&prev, &now, &m.signals) {
             let t = unix_seconds(SystemTime::now());
             let opened = m.analyzer.observe(&features, &subjects, t);
+            let cycle = m.cycles;
+            m.history.push_back((cycle, t, features));
+            if m.history.len() > FEATURE_HISTORY {
+                m.history.pop_front();
+            }
             for anomaly in &opened {
                 tracing::warn!(
                     id = anomaly.id,

@@ -32,9 +32,19 @@ pub fn features(
         let calls = rate(total(prev), total(now));
         let failed = rate(errors(prev), errors(now));
         f.insert("syscalls_per_second", calls);
-        f.insert("syscall_errors_per_second", failed);
+        // The share, not the rate: a storm of mostly successful calls is
+        // not an error spike; a loop of failing ones is.
+        if calls > 0.0 {
+            f.insert("syscall_error_share", failed / calls);
+        }
     }
     if signals.network {
+        let fan_out = now.widest_peer.map_or(0, |(_, n)| n);
+        f.insert("peer_ports_per_cycle", fan_out as f64);
+    }
+    if signals.network && signals.tcp {
+        // SYNs that did not become a connection: a flood's signature. A
+        // burst of real connections raises SYNs and accepts together.
         let syn_in = |s: &Snapshot| {
             s.packets
                 .iter()
@@ -42,14 +52,15 @@ pub fn features(
                 .map(|(_, c)| c.tcp_syn)
                 .sum::<u64>()
         };
-        f.insert("ingress_syn_per_second", rate(syn_in(prev), syn_in(now)));
-        let fan_out = now.widest_peer.map_or(0, |(_, n)| n);
-        f.insert("peer_ports_per_cycle", fan_out as f64);
+        let syns = rate(syn_in(prev), syn_in(now));
+        let accepts = rate(prev.tcp.accepts, now.tcp.accepts);
+        f.insert("half_open_syn_per_second", (syns - accepts).max(0.0));
     }
     if signals.tcp {
+        let handshakes = |s: &Snapshot| s.tcp.accepts + s.tcp.connects;
         f.insert(
-            "tcp_accepts_per_second",
-            rate(prev.tcp.accepts, now.tcp.accepts),
+            "tcp_handshakes_per_second",
+            rate(handshakes(prev), handshakes(now)),
         );
         f.insert(
             "tcp_retransmits_per_second",
@@ -59,6 +70,23 @@ pub fn features(
             "tcp_resets_sent_per_second",
             rate(prev.tcp.resets_sent, now.tcp.resets_sent),
         );
+        // Means over the cycle's samples; no samples, no feature.
+        let connects = now.tcp.connects.saturating_sub(prev.tcp.connects);
+        if connects > 0 {
+            let sum = now
+                .tcp
+                .connect_latency_sum_ns
+                .saturating_sub(prev.tcp.connect_latency_sum_ns);
+            f.insert(
+                "tcp_connect_mean_seconds",
+                sum as f64 / connects as f64 / 1e9,
+            );
+        }
+        let rtts = now.tcp.rtt_samples.saturating_sub(prev.tcp.rtt_samples);
+        if rtts > 0 {
+            let sum = now.tcp.rtt_sum_us.saturating_sub(prev.tcp.rtt_sum_us);
+            f.insert("tcp_rtt_mean_seconds", sum as f64 / rtts as f64 / 1e6);
+        }
     }
     if signals.drops {
         let drops = |s: &Snapshot| s.drops.iter().map(|(_, n)| *n).sum::<u64>();
@@ -74,6 +102,17 @@ pub fn features(
             );
         }
     }
+    if signals.processes {
+        use agent_common::counters::{PROCESS_EXEC, PROCESS_EXIT};
+        f.insert(
+            "process_exits_per_second",
+            rate(prev.counter(PROCESS_EXIT), now.counter(PROCESS_EXIT)),
+        );
+        f.insert(
+            "process_execs_per_second",
+            rate(prev.counter(PROCESS_EXEC), now.counter(PROCESS_EXEC)),
+        );
+    }
     let subjects = Subjects {
         widest_peer: now.widest_peer.map(|(peer, _)| peer),
     };
@@ -88,4 +127,5 @@ pub struct Signals {
     pub tcp: bool,
     pub drops: bool,
     pub runqueue: bool,
+    pub processes: bool,
 }

@@ -25,6 +25,14 @@
 //! sonde-workload udp-flood ADDR:PORT SECONDS SIZE   sendmmsg, 64 datagrams a call
 //! sonde-workload udp-flows SRC COUNT ADDR:PORT FLOWS   one datagram per flow (raw socket)
 //! ```
+//!
+//! Normal load and incidents for `cargo xtask eval`:
+//!
+//! ```text
+//! sonde-workload http-serve ADDR:PORT SECONDS DELAY_US   keep-alive HTTP, DELAY_US per request
+//! sonde-workload mix SECONDS                  a compiler-like mix: stat, open/read/close, exec
+//! sonde-workload connect-rate ADDR:PORT RATE SECONDS   TCP connects paced at RATE per second
+//! ```
 
 use std::io::{ErrorKind, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
@@ -34,7 +42,7 @@ use std::time::{Duration, Instant};
 /// Upper bound on any repetition count, so a typo cannot spin forever.
 const MAX_COUNT: u64 = 100_000_000;
 /// Upper bound on any duration argument.
-const MAX_SECONDS: u64 = 600;
+const MAX_SECONDS: u64 = 3600;
 
 fn usage() -> ExitCode {
     eprintln!(
@@ -42,7 +50,8 @@ fn usage() -> ExitCode {
          udp-sink ADDR:PORT SECONDS | tcp-connect ADDR:PORT | tcp-listen ADDR:PORT SECONDS | \
          listen-overflow ADDR:PORT N | \
          nanosleep MS N | syscall-loop K N | getppid-rate RATE SECONDS | \
-         udp-flood ADDR:PORT SECONDS SIZE | udp-flows SRC COUNT ADDR:PORT FLOWS>"
+         udp-flood ADDR:PORT SECONDS SIZE | udp-flows SRC COUNT ADDR:PORT FLOWS | \
+         http-serve ADDR:PORT SECONDS DELAY_US | mix SECONDS | connect-rate ADDR:PORT RATE SECONDS>"
     );
     ExitCode::from(2)
 }
@@ -642,6 +651,132 @@ fn send_flows(
     Ok(sent)
 }
 
+/// A keep-alive HTTP/1.1 server answering every request with a 2-byte
+/// body after `delay` (so a load generator's rate is bounded by the server,
+/// not by the CPU): one thread per connection, all gone by the deadline.
+fn http_serve(at: SocketAddr, seconds: u64, delay: Duration) -> Result<(), String> {
+    use std::io::Read;
+    let listener = TcpListener::bind(at).map_err(|e| format!("bind {at}: {e}"))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("set_nonblocking: {e}"))?;
+    say("ready");
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut threads = Vec::new();
+    while Instant::now() < deadline {
+        match listener.accept() {
+            Ok((mut stream, _)) => {
+                let served = served.clone();
+                threads.push(std::thread::spawn(move || {
+                    let _ = stream.set_nonblocking(false);
+                    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+                    let mut buf = [0u8; 4096];
+                    let mut pending = Vec::new();
+                    while Instant::now() < deadline {
+                        match stream.read(&mut buf) {
+                            Ok(0) => return,
+                            Ok(n) => pending.extend_from_slice(&buf[..n]),
+                            Err(e)
+                                if matches!(
+                                    e.kind(),
+                                    ErrorKind::WouldBlock | ErrorKind::TimedOut
+                                ) =>
+                            {
+                                continue;
+                            }
+                            Err(_) => return,
+                        }
+                        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            pending.drain(..end + 4);
+                            std::thread::sleep(delay);
+                            let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                            if stream.write_all(reply).is_err() {
+                                return;
+                            }
+                            served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                }));
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("accept on {at}: {e}")),
+        }
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    say(&format!(
+        "served {}",
+        served.load(std::sync::atomic::Ordering::Relaxed)
+    ));
+    Ok(())
+}
+
+/// What a build looks like to the kernel, at a steady pace: every 20 ms
+/// stat 20 files, read 3, and every 250 ms run `/bin/true`.
+fn mix(seconds: u64) -> Result<(), String> {
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/bin")
+        .map_err(|e| format!("reading /usr/bin: {e}"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .take(64)
+        .collect();
+    if files.is_empty() {
+        return Err("no files in /usr/bin to stat".into());
+    }
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let (mut ticks, mut execs) = (0u64, 0u64);
+    let mut buf = vec![0u8; 4096];
+    while Instant::now() < deadline {
+        for i in 0..20 {
+            let _ = std::fs::metadata(&files[(ticks as usize * 20 + i) % files.len()]);
+        }
+        for i in 0..3 {
+            if let Ok(mut f) = std::fs::File::open(&files[(ticks as usize * 3 + i) % files.len()]) {
+                let _ = std::io::Read::read(&mut f, &mut buf);
+            }
+        }
+        if ticks.is_multiple_of(12) {
+            let status = std::process::Command::new("/bin/true")
+                .status()
+                .map_err(|e| format!("running /bin/true: {e}"))?;
+            if status.success() {
+                execs += 1;
+            }
+        }
+        ticks += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    say(&format!("ticks {ticks} execs {execs}"));
+    Ok(())
+}
+
+/// TCP connects to `to`, paced at `rate` per second for `seconds`: each one
+/// completes its handshake and is closed at once.
+fn connect_rate(to: SocketAddr, rate: u64, seconds: u64) -> Result<(), String> {
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(seconds);
+    let (mut ok, mut failed) = (0u64, 0u64);
+    let mut n = 0u64;
+    while Instant::now() < deadline {
+        let due = start + Duration::from_secs_f64(n as f64 / rate as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        match TcpStream::connect_timeout(&to, Duration::from_secs(1)) {
+            Ok(_) => ok += 1,
+            Err(_) => failed += 1,
+        }
+        n += 1;
+    }
+    say(&format!("connected {ok} failed {failed}"));
+    Ok(())
+}
+
 fn run(args: &[String]) -> Result<(), String> {
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     match a.as_slice() {
@@ -678,6 +813,17 @@ fn run(args: &[String]) -> Result<(), String> {
             num(count, "COUNT", 65536)? as u32,
             addr(to)?,
             num(flows, "FLOWS", MAX_FLOWS)?,
+        ),
+        ["http-serve", at, secs, delay_us] => http_serve(
+            addr(at)?,
+            num(secs, "SECONDS", MAX_SECONDS)?,
+            Duration::from_micros(num(delay_us, "DELAY_US", 1_000_000)?),
+        ),
+        ["mix", secs] => mix(num(secs, "SECONDS", MAX_SECONDS)?),
+        ["connect-rate", to, rate, secs] => connect_rate(
+            addr(to)?,
+            num(rate, "RATE", 100_000)?.max(1),
+            num(secs, "SECONDS", MAX_SECONDS)?,
         ),
         _ => Err("unknown subcommand or wrong number of arguments".to_string()),
     }

@@ -9,7 +9,7 @@
 
 mod chart;
 mod footprint;
-mod harness;
+pub(crate) mod harness;
 mod packets;
 mod report;
 mod ring;
@@ -231,7 +231,7 @@ fn environment(ctx: &Ctx) -> anyhow::Result<Environment> {
 }
 
 /// Today (UTC) as YYYY-MM-DD.
-fn today() -> String {
+pub(crate) fn today() -> String {
     let days = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() / 86_400) as i64;

@@ -1,0 +1,636 @@
+//! `cargo xtask eval [--smoke]`: how good Sonde's anomaly detector is, on
+//! the real kernel with real tools and labelled ground truth. It creates a
+//! network namespace and a veth pair, runs a normal load (HTTP under wrk,
+//! iperf3, a compiler-like syscall mix) for calibration and a long
+//! false-positive run, injects incidents one at a time (scenarios.rs),
+//! restarts the agent half-way (its learned state must carry over without
+//! a new warm-up), and scores what the agent reported against what was
+//! injected — side by side with a plain 3-sigma fixed-window detector
+//! replayed on the same feature vectors (score.rs).
+//!
+//! A full run writes docs/eval.{md,json}; `--smoke` (a few scenarios,
+//! seconds each, in `cargo xtask test`) writes target/eval/ and fails
+//! unless every smoke incident is detected and named right.
+
+mod scenarios;
+mod score;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::PathBuf,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::{
+    bench::harness::{Agent, BenchNet, Bins, agent::http_get, net::HOST_IF, process::Scratch},
+    toolchain::{self, Purpose},
+    util,
+};
+use scenarios::{INCIDENTS, Incident, NormalLoad};
+use score::{Cycle, Naming, Phase, Record, Score};
+
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// Short run (about 2 minutes): a few incidents, a short
+    /// false-positive run; writes to target/eval.
+    #[arg(long)]
+    smoke: bool,
+    /// Minutes of normal load in the false-positive run (full run).
+    #[arg(long, default_value_t = 10)]
+    normal_minutes: u64,
+    /// Run only these incidents (comma-separated ids); results go to
+    /// target/eval.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Use the release binaries already in target/release.
+    #[arg(long)]
+    no_build: bool,
+}
+
+impl Options {
+    pub fn smoke() -> Options {
+        Options {
+            smoke: true,
+            normal_minutes: 0,
+            only: Vec::new(),
+            no_build: false,
+        }
+    }
+}
+
+/// The knobs of one run.
+struct Plan {
+    interval_ms: u64,
+    warmup_cycles: u64,
+    fp_run: Duration,
+    incident: Duration,
+    /// Most time given to the agent to close an incident's anomalies.
+    recovery_max: Duration,
+    incidents: Vec<&'static Incident>,
+    /// Incidents before the restart; the rest come after it.
+    before_restart: usize,
+}
+
+impl Plan {
+    fn new(opts: &Options) -> Plan {
+        if opts.smoke {
+            let pick = ["syscall-storm", "syn-flood", "connection-storm"];
+            Plan {
+                interval_ms: 500,
+                warmup_cycles: 30,
+                fp_run: Duration::from_secs(15),
+                incident: Duration::from_secs(3),
+                recovery_max: Duration::from_secs(10),
+                incidents: INCIDENTS.iter().filter(|i| pick.contains(&i.id)).collect(),
+                before_restart: 2,
+            }
+        } else {
+            let incidents: Vec<&Incident> = INCIDENTS
+                .iter()
+                .filter(|i| opts.only.is_empty() || opts.only.iter().any(|o| o == i.id))
+                .collect();
+            Plan {
+                interval_ms: 1000,
+                warmup_cycles: 60,
+                fp_run: Duration::from_secs(opts.normal_minutes * 60),
+                incident: Duration::from_secs(6),
+                recovery_max: Duration::from_secs(30),
+                before_restart: incidents.len() / 2,
+                incidents,
+            }
+        }
+    }
+
+    fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms)
+    }
+
+    /// A generous bound on the whole run, for the normal load's lifetime.
+    fn bound(&self) -> Duration {
+        let cycles = self.interval() * (self.warmup_cycles as u32 + 20);
+        cycles
+            + self.fp_run
+            + (self.incident + self.recovery_max + Duration::from_secs(5))
+                * self.incidents.len() as u32
+            + Duration::from_secs(120)
+    }
+}
+
+const TOOLS: [(&str, &str); 8] = [
+    ("ip", "iproute2"),
+    ("tc", "iproute2"),
+    ("iptables", "iptables"),
+    ("iperf3", "iperf3"),
+    ("wrk", "wrk"),
+    ("stress-ng", "stress-ng"),
+    ("hping3", "hping3"),
+    ("nmap", "nmap"),
+];
+
+pub fn run(opts: Options) -> anyhow::Result<()> {
+    if !util::is_root() {
+        bail!(
+            "cargo xtask eval loads eBPF programs, creates a network namespace and injects \
+             incidents with tc and iptables: run it as root (e.g. `sudo -E cargo xtask eval`)"
+        );
+    }
+    let missing: Vec<String> = TOOLS
+        .iter()
+        .filter(|(tool, _)| util::which(tool).is_none())
+        .map(|(tool, pkg)| format!("{tool} (apt-get install {pkg})"))
+        .collect();
+    if !missing.is_empty() {
+        bail!("the evaluation needs: {}", missing.join(", "));
+    }
+    let started = Instant::now();
+    if !opts.no_build {
+        util::header("toolchain and release build");
+        toolchain::ensure(Purpose::Build)?;
+        util::run(util::cargo().args(["build", "--release", "-p", "sonde"]))?;
+        util::run(util::cargo().args(["build", "--release", "-p", "sonde-tests", "--bins"]))?;
+    }
+    let release = util::target_dir().join("release");
+    let bins = Bins {
+        sonde: release.join("sonde"),
+        workload: release.join("sonde-workload"),
+    };
+    for bin in [&bins.sonde, &bins.workload] {
+        if !bin.is_file() {
+            bail!("{} is missing: run without --no-build", bin.display());
+        }
+    }
+    crate::test::mount_tracefs(true)?;
+    for id in &opts.only {
+        if !INCIDENTS.iter().any(|i| i.id == id) {
+            bail!(
+                "--only {id}: no such incident (one of {})",
+                INCIDENTS
+                    .iter()
+                    .map(|i| i.id)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    let plan = Plan::new(&opts);
+    let _scratch = Scratch::create()?;
+    scenarios::remove_leftovers();
+    let net = BenchNet::create()?;
+    let result = evaluate(&plan, &bins);
+    drop(net);
+    scenarios::remove_leftovers();
+    let report = result?;
+
+    let md = markdown(&report);
+    println!("\n{md}");
+    let (dir, name) = if opts.smoke {
+        (util::target_dir().join("eval"), "smoke")
+    } else if !opts.only.is_empty() {
+        (util::target_dir().join("eval"), "only")
+    } else {
+        (util::workspace_root().join("docs"), "eval")
+    };
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let write = |ext: &str, text: String| -> anyhow::Result<PathBuf> {
+        let path = dir.join(format!("{name}.{ext}"));
+        fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    };
+    write("json", serde_json::to_string_pretty(&report)? + "\n")?;
+    let md_path = write("md", md)?;
+    println!(
+        "eval: wrote {} in {}",
+        md_path.display(),
+        util::human(started.elapsed())
+    );
+    if opts.smoke {
+        let sonde = &report.detectors[0];
+        let wrong: Vec<String> = sonde
+            .incidents
+            .iter()
+            .filter(|i| !i.detected || !i.kind_correct)
+            .map(|i| format!("{} (named {:?})", i.incident, i.named))
+            .collect();
+        if !wrong.is_empty() {
+            bail!(
+                "smoke evaluation: incidents missed or misnamed: {}",
+                wrong.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The results file.
+#[derive(Debug, Serialize)]
+struct Report {
+    date: String,
+    smoke: bool,
+    kernel: String,
+    cycle_seconds: f64,
+    warmup_cycles: u64,
+    phases: Vec<Phase>,
+    incidents: Vec<IncidentRow>,
+    detectors: Vec<Score>,
+    /// Anomalies Sonde opened in the first cycles after the restart.
+    restart: RestartCheck,
+    duration_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct IncidentRow {
+    id: &'static str,
+    kind: &'static str,
+    how: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct RestartCheck {
+    baselines_reloaded: bool,
+    anomalies_in_first_minute: usize,
+}
+
+/// Everything the agent reported, over one or more agent runs.
+#[derive(Default)]
+struct Recorder {
+    /// (agent run, anomaly id) → record.
+    records: BTreeMap<(u32, u64), Record>,
+    /// (agent run, cycle) → cycle.
+    cycles: BTreeMap<(u32, u64), Cycle>,
+    naming: Naming,
+    run: u32,
+}
+
+impl Recorder {
+    fn poll(&mut self, agent: &Agent) -> anyhow::Result<()> {
+        let (status, body) = http_get(agent.addr(), "/api/v1/anomalies")?;
+        if status != 200 {
+            bail!("GET /api/v1/anomalies answered {status}: {body}");
+        }
+        let v: Value = serde_json::from_str(&body).context("parsing /api/v1/anomalies")?;
+        for a in ["active", "recent"]
+            .iter()
+            .filter_map(|k| v[k].as_array())
+            .flatten()
+        {
+            let (Some(id), Some(kind), Some(start)) =
+                (a["id"].as_u64(), a["kind"].as_str(), a["start"].as_f64())
+            else {
+                continue;
+            };
+            self.records.insert(
+                (self.run, id),
+                Record {
+                    kind: kind.to_owned(),
+                    start,
+                    subject: a["subject"].as_str().map(str::to_owned),
+                },
+            );
+        }
+        let (status, body) = http_get(agent.addr(), "/api/v1/features")?;
+        if status != 200 {
+            bail!("GET /api/v1/features answered {status}: {body}");
+        }
+        let v: Value = serde_json::from_str(&body).context("parsing /api/v1/features")?;
+        self.naming.kinds = v["features"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(f, d)| Some((f.clone(), d["kind"].as_str()?.to_owned())))
+            .collect();
+        // In the agent's order: the most specific cause first.
+        self.naming.explains = v["explains"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                let symptoms = e["symptoms"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect();
+                Some((e["cause"].as_str()?.to_owned(), symptoms))
+            })
+            .collect();
+        self.naming.quiet_cycles = v["quiet_cycles"].as_u64().unwrap_or(3) as u32;
+        for c in v["cycles"].as_array().into_iter().flatten() {
+            let (Some(cycle), Some(time)) = (c["cycle"].as_u64(), c["time"].as_f64()) else {
+                continue;
+            };
+            let features = c["features"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(f, x)| Some((f.clone(), x.as_f64()?)))
+                .collect();
+            self.cycles
+                .insert((self.run, cycle), Cycle { time, features });
+        }
+        Ok(())
+    }
+
+    /// Sleeps `d`, polling the agent often enough to miss nothing.
+    fn wait(&mut self, agent: &Agent, d: Duration) -> anyhow::Result<()> {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            std::thread::sleep((end - Instant::now()).min(Duration::from_secs(30)));
+            self.poll(agent)?;
+        }
+        Ok(())
+    }
+
+    fn active(agent: &Agent) -> anyhow::Result<usize> {
+        let (_, body) = http_get(agent.addr(), "/api/v1/anomalies")?;
+        let v: Value = serde_json::from_str(&body).context("parsing /api/v1/anomalies")?;
+        Ok(v["active"].as_array().map_or(0, Vec::len))
+    }
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn agent_config(plan: &Plan, state_dir: &std::path::Path) -> String {
+    format!(
+        "[collector]\ninterval_ms = {}\n[mapek]\nwarmup_cycles = {}\nstate_dir = \"{}\"\n",
+        plan.interval_ms,
+        plan.warmup_cycles,
+        state_dir.display()
+    )
+}
+
+fn evaluate(plan: &Plan, bins: &Bins) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let state_dir = crate::bench::harness::process::scratch_path("state");
+    fs::create_dir_all(&state_dir)?;
+    let config = agent_config(plan, &state_dir);
+    util::header("eval: normal load and calibration");
+    let _load = NormalLoad::start(bins, plan.bound().as_secs())?;
+    let mut agent = Agent::start(bins, &config, &[HOST_IF])?;
+    let mut rec = Recorder::default();
+    let mut phases = Vec::new();
+    let mut phase = |name: &str, expected: Option<&str>, start: f64, end: f64| {
+        phases.push(Phase {
+            name: name.to_owned(),
+            expected: expected.map(str::to_owned),
+            start,
+            end,
+        });
+    };
+    // Calibration: the warm-up plus a few cycles; not scored (the agent
+    // cannot alarm during warm-up).
+    rec.wait(&agent, plan.interval() * (plan.warmup_cycles as u32 + 5))?;
+    let t = now();
+    println!("eval: false-positive run, {}", util::human(plan.fp_run));
+    rec.wait(&agent, plan.fp_run)?;
+    phase("false-positive run", None, t, now());
+
+    let mut restart = RestartCheck {
+        baselines_reloaded: false,
+        anomalies_in_first_minute: 0,
+    };
+    for (i, incident) in plan.incidents.iter().enumerate() {
+        if i == plan.before_restart {
+            util::header("eval: restart (learned state must carry over)");
+            rec.poll(&agent)?;
+            agent.stop()?;
+            rec.run += 1;
+            agent = Agent::start(bins, &config, &[HOST_IF])?;
+            let t = now();
+            restart.baselines_reloaded = reloaded(&agent);
+            let settle = plan.interval() * 20;
+            rec.wait(&agent, settle)?;
+            let after: usize = rec
+                .records
+                .iter()
+                .filter(|((run, _), r)| *run == rec.run && r.start >= t)
+                .count();
+            restart.anomalies_in_first_minute = after;
+            phase("after restart", None, t, now());
+        }
+        util::header(&format!("eval: {} ({})", incident.id, incident.how));
+        let t0 = now();
+        (incident.run)(bins, plan.incident).with_context(|| format!("incident {}", incident.id))?;
+        let t1 = now();
+        phase(incident.id, Some(incident.kind), t0, t1);
+        // Recovery: until the anomalies are over (then a few more cycles),
+        // within the bound. Scored as normal load.
+        let r0 = now();
+        let deadline = Instant::now() + plan.recovery_max;
+        std::thread::sleep(plan.interval() * 3);
+        while Recorder::active(&agent)? > 0 && Instant::now() < deadline {
+            std::thread::sleep(plan.interval());
+        }
+        rec.wait(&agent, plan.interval() * 5)?;
+        phase("recovery", None, r0, now());
+    }
+    rec.poll(&agent)?;
+    agent.stop()?;
+
+    // What the detectors saw, for a look at why something fired or not.
+    let trace_dir = util::target_dir().join("eval");
+    fs::create_dir_all(&trace_dir)?;
+    let trace = serde_json::json!({
+        "phases": &phases,
+        "records": rec.records.values().collect::<Vec<_>>(),
+        "cycles": rec.cycles.values().map(|c| serde_json::json!({"time": c.time, "features": c.features})).collect::<Vec<_>>(),
+    });
+    fs::write(trace_dir.join("trace.json"), serde_json::to_string(&trace)?)?;
+
+    let interval = plan.interval().as_secs_f64();
+    let grace = 2.0 * interval;
+    let mut sonde: Vec<Record> = rec.records.values().cloned().collect();
+    sonde.sort_by(|a, b| a.start.total_cmp(&b.start));
+    let cycles: Vec<Cycle> = rec.cycles.values().cloned().collect();
+    let window = 60;
+    let sigma = score::three_sigma(&cycles, &rec.naming, window);
+    let detectors = vec![
+        score::score(
+            "sonde",
+            &sonde,
+            &phases,
+            interval,
+            grace,
+            "false-positive run",
+        ),
+        score::score(
+            "3-sigma, 60-cycle window",
+            &sigma,
+            &phases,
+            interval,
+            grace,
+            "false-positive run",
+        ),
+    ];
+    Ok(Report {
+        date: crate::bench::today(),
+        smoke: plan.incidents.len() < INCIDENTS.len(),
+        kernel: fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+        cycle_seconds: interval,
+        warmup_cycles: plan.warmup_cycles,
+        phases,
+        incidents: plan
+            .incidents
+            .iter()
+            .map(|i| IncidentRow {
+                id: i.id,
+                kind: i.kind,
+                how: i.how,
+            })
+            .collect(),
+        detectors,
+        restart,
+        duration_s: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Whether the restarted agent says it reloaded its baselines.
+fn reloaded(agent: &Agent) -> bool {
+    http_get(agent.addr(), "/api/v1/anomalies")
+        .ok()
+        .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
+        .and_then(|v| v["baselines_reloaded"].as_bool())
+        .unwrap_or(false)
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.2}", x)
+}
+
+fn markdown(r: &Report) -> String {
+    let mut md = String::new();
+    md.push_str(&format!(
+        "# Anomaly detection evaluation{}\n\n\
+         Generated by `cargo xtask eval{}` on {} (kernel {}), {:.0} s. Cycle {} s, warm-up {} cycles. \
+         Normal load throughout: a keep-alive HTTP service under wrk (~2,000 req/s over a veth pair), \
+         an iperf3 stream at 20 Mbit/s, a compiler-like syscall mix with 4 exec/s. \
+         The 3-sigma detector is replayed on the same feature vectors (from `/api/v1/features`) with \
+         the same naming rules; it differs only in how it decides a value is abnormal.\n\n",
+        if r.smoke { " (smoke)" } else { "" },
+        if r.smoke { " --smoke" } else { "" },
+        r.date,
+        r.kernel,
+        r.duration_s,
+        r.cycle_seconds,
+        r.warmup_cycles,
+    ));
+    md.push_str("| | target |");
+    for d in &r.detectors {
+        md.push_str(&format!(" {} |", d.detector));
+    }
+    md.push_str("\n|---|---|");
+    for _ in &r.detectors {
+        md.push_str("---|");
+    }
+    md.push('\n');
+    let row = |md: &mut String, name: &str, target: &str, f: &dyn Fn(&Score) -> String| {
+        md.push_str(&format!("| {name} | {target} |"));
+        for d in &r.detectors {
+            md.push_str(&format!(" {} |", f(d)));
+        }
+        md.push('\n');
+    };
+    row(
+        &mut md,
+        "precision (records of the right kind in an incident / all records)",
+        "≥ 0.95",
+        &|d| format!("{} ({}/{})", pct(d.precision), d.true_positives, d.records),
+    );
+    row(
+        &mut md,
+        "recall (incidents detected with the right kind)",
+        "≥ 0.95",
+        &|d| pct(d.recall),
+    );
+    row(
+        &mut md,
+        "kind correct (first record in the window)",
+        "≥ 0.90",
+        &|d| pct(d.kind_accuracy),
+    );
+    row(
+        &mut md,
+        "time to detect, max (mean) in cycles",
+        "≤ 2",
+        &|d| match (d.max_cycles_to_detect, d.mean_cycles_to_detect) {
+            (Some(m), Some(a)) => format!("{m} ({a:.1})"),
+            _ => "-".into(),
+        },
+    );
+    let fp_minutes = r
+        .phases
+        .iter()
+        .find(|p| p.name == "false-positive run")
+        .map_or(0.0, |p| (p.end - p.start) / 60.0);
+    row(
+        &mut md,
+        &format!("false positives in the {fp_minutes:.1}-minute normal run"),
+        "0",
+        &|d| d.fp_run_false_positives.to_string(),
+    );
+    row(
+        &mut md,
+        "false positives under normal load, all (kinds)",
+        "",
+        &|d| {
+            let kinds: Vec<String> = d
+                .false_positive_kinds
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            format!(
+                "{} in {:.0} s{}",
+                d.normal_false_positives,
+                d.normal_seconds,
+                if kinds.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (all wrong records: {})", kinds.join(", "))
+                }
+            )
+        },
+    );
+    md.push_str(&format!(
+        "\nRestart half-way with the same state directory: baselines reloaded = {}, anomalies in the next 20 cycles = {} (target 0: no re-warm-up alarm storm).\n",
+        r.restart.baselines_reloaded, r.restart.anomalies_in_first_minute
+    ));
+    md.push_str("\n## Incidents\n\n| incident | how | expected kind |");
+    for d in &r.detectors {
+        md.push_str(&format!(" {} |", d.detector));
+    }
+    md.push_str("\n|---|---|---|");
+    for _ in &r.detectors {
+        md.push_str("---|");
+    }
+    md.push('\n');
+    for (i, inc) in r.incidents.iter().enumerate() {
+        md.push_str(&format!("| {} | {} | {} |", inc.id, inc.how, inc.kind));
+        for d in &r.detectors {
+            let o = &d.incidents[i];
+            let cell = match (o.detected, o.cycles_to_detect) {
+                (true, Some(c)) => {
+                    format!("detected in {c} cycle{}", if c == 1 { "" } else { "s" })
+                }
+                _ => "missed".into(),
+            };
+            let named = if o.named.is_empty() {
+                String::new()
+            } else {
+                format!("; named {}", o.named.join(", "))
+            };
+            md.push_str(&format!(" {cell}{named} |"));
+        }
+        md.push('\n');
+    }
+    md
+}

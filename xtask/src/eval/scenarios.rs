@@ -1,0 +1,269 @@
+//! What the evaluation runs: the normal load (a keep-alive HTTP service
+//! under wrk, an iperf3 stream between the namespaces, a compiler-like
+//! syscall mix) and the incidents, each made by the tool an SRE would
+//! recognise, bounded in count and time, and undone when it ends (qdiscs
+//! and iptables rules included). Traffic only crosses the evaluation's own
+//! veth pair.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+
+use crate::bench::harness::{
+    Bins, Proc,
+    net::{HOST_IF, HOST_IP, NETNS, PEER_IP},
+    process::{command, output},
+};
+
+/// The HTTP service (in the namespace) and the host's listener that the
+/// floods and connection storms aim at.
+pub const HTTP_PORT: u16 = 8080;
+pub const IPERF_PORT: u16 = 5201;
+pub const LISTEN_PORT: u16 = 9000;
+
+/// The normal load, stopped on drop.
+pub struct NormalLoad {
+    _procs: Vec<Proc>,
+}
+
+impl NormalLoad {
+    /// Starts every piece of the normal load for up to `seconds`.
+    pub fn start(bins: &Bins, seconds: u64) -> anyhow::Result<NormalLoad> {
+        let secs = seconds.to_string();
+        let mut procs = Vec::new();
+        // A service answering after 2 ms, under 4 wrk connections: about
+        // 2,000 requests/s over the veth pair.
+        let mut cmd = command(Some(NETNS), &bins.workload);
+        cmd.args(["http-serve", &format!("0.0.0.0:{HTTP_PORT}"), &secs, "2000"]);
+        let mut server = Proc::spawn("http-serve", cmd)?;
+        server.wait_line("ready", Duration::from_secs(10))?;
+        procs.push(server);
+        let mut cmd = command(Some(NETNS), "iperf3");
+        cmd.args(["-s", "-p", &IPERF_PORT.to_string()]);
+        procs.push(Proc::spawn("iperf3-server", cmd)?);
+        // The host's listener the floods and storms aim at.
+        let mut cmd = command(None, &bins.workload);
+        cmd.args(["tcp-listen", &format!("{HOST_IP}:{LISTEN_PORT}"), &secs]);
+        let mut listener = Proc::spawn("tcp-listen", cmd)?;
+        listener.wait_line("ready", Duration::from_secs(10))?;
+        procs.push(listener);
+        std::thread::sleep(Duration::from_millis(300));
+        let mut cmd = command(None, "wrk");
+        cmd.args([
+            "-t1",
+            "-c4",
+            "-d",
+            &format!("{secs}s"),
+            &format!("http://{PEER_IP}:{HTTP_PORT}/"),
+        ]);
+        procs.push(Proc::spawn("wrk", cmd)?);
+        // A steady 20 Mbit/s stream, host to namespace.
+        let mut cmd = command(None, "iperf3");
+        cmd.args([
+            "-c",
+            PEER_IP,
+            "-p",
+            &IPERF_PORT.to_string(),
+            "-b",
+            "20M",
+            "-t",
+            &secs,
+        ]);
+        procs.push(Proc::spawn("iperf3-client", cmd)?);
+        let mut cmd = command(None, &bins.workload);
+        cmd.args(["mix", &secs]);
+        procs.push(Proc::spawn("mix", cmd)?);
+        Ok(NormalLoad { _procs: procs })
+    }
+}
+
+/// One injected incident: the kind a correct detector names it, and how
+/// to make it for `d`.
+pub struct Incident {
+    pub id: &'static str,
+    pub kind: &'static str,
+    /// The tool and the dose, for the report.
+    pub how: &'static str,
+    pub run: fn(&Bins, Duration) -> anyhow::Result<()>,
+}
+
+pub const INCIDENTS: &[Incident] = &[
+    Incident {
+        id: "syscall-storm",
+        kind: "syscall_storm",
+        how: "stress-ng --get 1 (get* syscalls as fast as one worker goes)",
+        run: |_, d| run_for(command(None, "stress-ng").args(stress("get", "1", d)), d),
+    },
+    Incident {
+        id: "syscall-errors",
+        kind: "syscall_error_spike",
+        how: "close(-1) in a loop (sonde-workload close-bad), EBADF each",
+        run: |bins, d| {
+            run_for(
+                command(None, &bins.workload).args(["close-bad", "100000000"]),
+                d,
+            )
+        },
+    },
+    Incident {
+        id: "fork-storm",
+        kind: "fork_storm",
+        how: "stress-ng --fork 1 (fork and exit as fast as one worker goes)",
+        run: |_, d| run_for(command(None, "stress-ng").args(stress("fork", "1", d)), d),
+    },
+    Incident {
+        id: "syn-flood",
+        kind: "syn_flood",
+        how: "hping3 -S at ~3,300 SYN/s from the peer to a listening port",
+        run: |_, d| {
+            let count = (3_300.0 * d.as_secs_f64()) as u64;
+            run_for(
+                command(Some(NETNS), "hping3").args([
+                    "-q",
+                    "-S",
+                    "-p",
+                    &LISTEN_PORT.to_string(),
+                    "-i",
+                    "u300",
+                    "-c",
+                    &count.to_string(),
+                    HOST_IP,
+                ]),
+                d,
+            )
+        },
+    },
+    Incident {
+        id: "port-scan",
+        kind: "port_scan",
+        how: "nmap -sS -T4 -p 1-3000 from the peer",
+        run: |_, d| {
+            run_for(
+                command(Some(NETNS), "nmap")
+                    .args(["-sS", "-T4", "-n", "-Pn", "-p", "1-3000", HOST_IP]),
+                d,
+            )
+        },
+    },
+    Incident {
+        id: "connection-storm",
+        kind: "connection_storm",
+        how: "2,000 TCP connects/s from the peer to a listener (sonde-workload connect-rate)",
+        run: |bins, d| {
+            run_for(
+                command(Some(NETNS), &bins.workload).args([
+                    "connect-rate",
+                    &format!("{HOST_IP}:{LISTEN_PORT}"),
+                    "2000",
+                    &d.as_secs().max(1).to_string(),
+                ]),
+                d,
+            )
+        },
+    },
+    Incident {
+        id: "latency",
+        kind: "latency_regression",
+        how: "tc tbf rate 5mbit latency 300ms on the host's veth end (a queue the 20 Mbit/s stream fills)",
+        run: |_, d| {
+            let add = [
+                "qdisc", "add", "dev", HOST_IF, "root", "tbf", "rate", "5mbit", "burst", "32kb",
+                "latency", "300ms",
+            ];
+            let mut del = Command::new("tc");
+            del.args(["qdisc", "del", "dev", HOST_IF, "root"]);
+            with_undo(Command::new("tc").args(add), del, d)
+        },
+    },
+    Incident {
+        id: "packet-loss",
+        kind: "packet_loss",
+        how: "iptables: drop 10% of the host's TCP packets to the peer (statistic match)",
+        run: |_, d| with_undo(&mut loss_rule("-I"), loss_rule("-D"), d),
+    },
+    Incident {
+        id: "cpu-saturation",
+        kind: "cpu_saturation",
+        how: "stress-ng --cpu 8 (four runnable tasks per core)",
+        run: |_, d| run_for(command(None, "stress-ng").args(stress("cpu", "8", d)), d),
+    },
+];
+
+fn stress(stressor: &str, workers: &str, d: Duration) -> Vec<String> {
+    vec![
+        format!("--{stressor}"),
+        workers.to_owned(),
+        "--timeout".to_owned(),
+        format!("{}s", d.as_secs().max(1)),
+        "--quiet".to_owned(),
+    ]
+}
+
+/// Runs `cmd` for at most `d` (stopped then), and at least until it ends
+/// on its own if that is sooner.
+fn run_for(cmd: &mut Command, d: Duration) -> anyhow::Result<()> {
+    let program = std::path::Path::new(cmd.get_program());
+    let name = program
+        .file_name()
+        .map_or("incident".into(), |n| n.to_string_lossy().into_owned());
+    let mut c = Command::new(cmd.get_program());
+    c.args(cmd.get_args());
+    let mut proc = Proc::spawn(&name, c)?;
+    let deadline = Instant::now() + d;
+    while Instant::now() < deadline && proc.running() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(proc);
+    Ok(())
+}
+
+/// The packet-loss incident's iptables rule, inserted (-I) or deleted (-D).
+fn loss_rule(op: &str) -> Command {
+    let mut c = Command::new("iptables");
+    c.args([
+        op,
+        "OUTPUT",
+        "-o",
+        HOST_IF,
+        "-p",
+        "tcp",
+        "-m",
+        "statistic",
+        "--mode",
+        "random",
+        "--probability",
+        "0.1",
+        "-j",
+        "DROP",
+    ]);
+    c
+}
+
+/// Removes what a killed run may have left outside the namespace (the
+/// qdisc went with the veth pair; the iptables rule did not).
+pub fn remove_leftovers() {
+    while output(&mut loss_rule("-D")).is_ok() {}
+}
+
+/// Runs a command when dropped: an incident is undone even when the run
+/// fails half-way.
+struct Undo(Command);
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        if let Err(e) = output(&mut self.0) {
+            eprintln!("undoing an incident failed: {e:#}");
+        }
+    }
+}
+
+/// Applies `on`, waits `d`, then always applies `off`.
+fn with_undo(on: &mut Command, off: Command, d: Duration) -> anyhow::Result<()> {
+    output(on).context("injecting the incident")?;
+    let _undo = Undo(off);
+    std::thread::sleep(d);
+    Ok(())
+}

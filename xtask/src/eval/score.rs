@@ -1,0 +1,315 @@
+//! Scoring: which anomaly records match which injected incident, and the
+//! figures the issue asks for (precision, recall, time to detect, false
+//! positives under normal load, kind accuracy), for Sonde's detector and
+//! for a plain 3-sigma fixed-window detector replayed on the same feature
+//! vectors with the same naming rules — so the two differ only in how they
+//! decide that a value is abnormal.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::Serialize;
+
+/// An anomaly as a detector reported it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    pub kind: String,
+    pub start: f64,
+    pub subject: Option<String>,
+}
+
+/// A stretch of the run: normal load, or an incident expected to be named
+/// `expected`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Phase {
+    pub name: String,
+    pub expected: Option<String>,
+    pub start: f64,
+    pub end: f64,
+}
+
+/// One cycle's feature vector, as the agent's Monitor produced it.
+#[derive(Debug, Clone)]
+pub struct Cycle {
+    pub time: f64,
+    pub features: BTreeMap<String, f64>,
+}
+
+/// How features become named anomalies (from /api/v1/features).
+#[derive(Debug, Clone, Default)]
+pub struct Naming {
+    pub kinds: BTreeMap<String, String>,
+    pub explains: Vec<(String, Vec<String>)>,
+    pub quiet_cycles: u32,
+}
+
+impl Naming {
+    /// Kinds firing in a cycle, after the causes absorb their symptoms
+    /// (in this cycle, or because the cause is already in progress).
+    fn name(&self, firing: BTreeSet<String>, active: &BTreeSet<String>) -> BTreeSet<String> {
+        let mut firing = firing;
+        for (cause, symptoms) in &self.explains {
+            if firing.contains(cause) {
+                for s in symptoms {
+                    firing.remove(s);
+                }
+            }
+        }
+        firing
+            .into_iter()
+            .map(|kind| {
+                self.explains
+                    .iter()
+                    .find(|(cause, symptoms)| active.contains(cause) && symptoms.contains(&kind))
+                    .map_or(kind, |(cause, _)| cause.clone())
+            })
+            .collect()
+    }
+}
+
+/// The comparison detector: per feature, the last `window` values (every
+/// value, incidents included, as a fixed window does); a value above
+/// mean + 3 standard deviations fires. Records open and close like
+/// Sonde's (closed after `quiet_cycles` quiet cycles).
+pub fn three_sigma(cycles: &[Cycle], naming: &Naming, window: usize) -> Vec<Record> {
+    let mut history: BTreeMap<&str, VecDeque<f64>> = BTreeMap::new();
+    let mut active: BTreeMap<String, u32> = BTreeMap::new();
+    let mut records = Vec::new();
+    for cycle in cycles {
+        let mut firing = BTreeSet::new();
+        for (feature, &x) in &cycle.features {
+            let Some(kind) = naming.kinds.get(feature) else {
+                continue;
+            };
+            let h = history.entry(feature).or_default();
+            if h.len() == window {
+                let n = h.len() as f64;
+                let mean = h.iter().sum::<f64>() / n;
+                let var = h.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+                if x > mean + 3.0 * var.sqrt() {
+                    firing.insert(kind.clone());
+                }
+                h.pop_front();
+            }
+            h.push_back(x);
+        }
+        let active_kinds: BTreeSet<String> = active.keys().cloned().collect();
+        let named = naming.name(firing, &active_kinds);
+        for quiet in active.values_mut() {
+            *quiet += 1;
+        }
+        for kind in named {
+            if active.insert(kind.clone(), 0).is_none() {
+                records.push(Record {
+                    kind,
+                    start: cycle.time,
+                    subject: None,
+                });
+            }
+        }
+        active.retain(|_, quiet| *quiet < naming.quiet_cycles);
+    }
+    records
+}
+
+/// What became of one incident.
+#[derive(Debug, Clone, Serialize)]
+pub struct IncidentOutcome {
+    pub incident: String,
+    pub expected: String,
+    pub detected: bool,
+    /// The first record in the incident's window has the expected kind.
+    pub kind_correct: bool,
+    /// Cycles from the injection to the first record of the expected kind.
+    pub cycles_to_detect: Option<u32>,
+    /// Every kind named in the window, in order.
+    pub named: Vec<String>,
+}
+
+/// The figures for one detector.
+#[derive(Debug, Clone, Serialize)]
+pub struct Score {
+    pub detector: String,
+    pub records: usize,
+    pub true_positives: usize,
+    pub precision: f64,
+    pub recall: f64,
+    pub kind_accuracy: f64,
+    pub max_cycles_to_detect: Option<u32>,
+    pub mean_cycles_to_detect: Option<f64>,
+    /// Records opened under normal load only, and that load's length.
+    pub normal_false_positives: usize,
+    pub normal_seconds: f64,
+    /// Of those, in the long false-positive run.
+    pub fp_run_false_positives: usize,
+    pub false_positive_kinds: BTreeMap<String, usize>,
+    pub incidents: Vec<IncidentOutcome>,
+}
+
+/// Matches `records` to `phases`: a record belongs to the incident whose
+/// window (its span plus `grace` seconds, for the cycle that sees the end)
+/// holds its start; any other record is a false positive.
+pub fn score(
+    detector: &str,
+    records: &[Record],
+    phases: &[Phase],
+    interval: f64,
+    grace: f64,
+    fp_run: &str,
+) -> Score {
+    let window_of = |t: f64| {
+        phases
+            .iter()
+            .filter(|p| p.expected.is_some())
+            .find(|p| t >= p.start && t <= p.end + grace)
+    };
+    let mut tp = 0;
+    let mut normal_fp = 0;
+    let mut fp_run_fp = 0;
+    let mut fp_kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for r in records {
+        match window_of(r.start) {
+            Some(p) if p.expected.as_deref() == Some(r.kind.as_str()) => tp += 1,
+            Some(_) => *fp_kinds.entry(r.kind.clone()).or_default() += 1,
+            None => {
+                *fp_kinds.entry(r.kind.clone()).or_default() += 1;
+                normal_fp += 1;
+                if phases
+                    .iter()
+                    .any(|p| p.name == fp_run && r.start >= p.start && r.start <= p.end)
+                {
+                    fp_run_fp += 1;
+                }
+            }
+        }
+    }
+    let mut incidents = Vec::new();
+    for p in phases.iter().filter(|p| p.expected.is_some()) {
+        let expected = p.expected.clone().unwrap_or_default();
+        let mut mine: Vec<&Record> = records
+            .iter()
+            .filter(|r| r.start >= p.start && r.start <= p.end + grace)
+            .collect();
+        mine.sort_by(|a, b| a.start.total_cmp(&b.start));
+        let hit = mine.iter().find(|r| r.kind == expected);
+        incidents.push(IncidentOutcome {
+            incident: p.name.clone(),
+            expected: expected.clone(),
+            detected: hit.is_some(),
+            kind_correct: mine.first().is_some_and(|r| r.kind == expected),
+            cycles_to_detect: hit.map(|r| ((r.start - p.start) / interval).ceil().max(1.0) as u32),
+            named: mine.iter().map(|r| r.kind.clone()).collect(),
+        });
+    }
+    let n = incidents.len().max(1) as f64;
+    let detected = incidents.iter().filter(|i| i.detected).count();
+    let with_records = incidents.iter().filter(|i| !i.named.is_empty()).count();
+    let ttd: Vec<u32> = incidents
+        .iter()
+        .filter_map(|i| i.cycles_to_detect)
+        .collect();
+    let normal_seconds = phases
+        .iter()
+        .filter(|p| p.expected.is_none())
+        .map(|p| p.end - p.start)
+        .sum();
+    Score {
+        detector: detector.to_owned(),
+        records: records.len(),
+        true_positives: tp,
+        precision: if records.is_empty() {
+            0.0
+        } else {
+            tp as f64 / records.len() as f64
+        },
+        recall: detected as f64 / n,
+        kind_accuracy: if with_records == 0 {
+            0.0
+        } else {
+            incidents.iter().filter(|i| i.kind_correct).count() as f64 / with_records as f64
+        },
+        max_cycles_to_detect: ttd.iter().copied().max(),
+        mean_cycles_to_detect: (!ttd.is_empty())
+            .then(|| ttd.iter().map(|&c| f64::from(c)).sum::<f64>() / ttd.len() as f64),
+        normal_false_positives: normal_fp,
+        normal_seconds,
+        fp_run_false_positives: fp_run_fp,
+        false_positive_kinds: fp_kinds,
+        incidents,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naming() -> Naming {
+        Naming {
+            kinds: [("a", "storm"), ("b", "spike")]
+                .iter()
+                .map(|(f, k)| ((*f).to_owned(), (*k).to_owned()))
+                .collect(),
+            explains: vec![("storm".into(), vec!["spike".into()])],
+            quiet_cycles: 2,
+        }
+    }
+
+    #[test]
+    fn three_sigma_fires_on_a_jump_and_names_the_cause() {
+        let mut cycles = Vec::new();
+        for i in 0..20 {
+            let mut f = BTreeMap::new();
+            f.insert("a".to_owned(), 100.0 + f64::from(i % 2));
+            f.insert("b".to_owned(), 10.0 + f64::from(i % 2));
+            if i == 15 {
+                f.insert("a".to_owned(), 1000.0);
+                f.insert("b".to_owned(), 1000.0);
+            }
+            cycles.push(Cycle {
+                time: f64::from(i),
+                features: f,
+            });
+        }
+        let records = three_sigma(&cycles, &naming(), 10);
+        assert_eq!(records.len(), 1, "{records:?}");
+        assert_eq!(records[0].kind, "storm");
+        assert_eq!(records[0].start, 15.0);
+    }
+
+    #[test]
+    fn scoring_counts_hits_misses_and_false_positives() {
+        let phases = vec![
+            Phase {
+                name: "normal".into(),
+                expected: None,
+                start: 0.0,
+                end: 10.0,
+            },
+            Phase {
+                name: "x".into(),
+                expected: Some("storm".into()),
+                start: 10.0,
+                end: 15.0,
+            },
+            Phase {
+                name: "y".into(),
+                expected: Some("spike".into()),
+                start: 20.0,
+                end: 25.0,
+            },
+        ];
+        let r = |kind: &str, start: f64| Record {
+            kind: kind.into(),
+            start,
+            subject: None,
+        };
+        let records = vec![r("spike", 5.0), r("storm", 11.5), r("storm", 21.0)];
+        let s = score("t", &records, &phases, 1.0, 2.0, "normal");
+        assert_eq!(s.true_positives, 1);
+        assert_eq!(s.normal_false_positives, 1);
+        assert_eq!(s.fp_run_false_positives, 1);
+        assert!((s.precision - 1.0 / 3.0).abs() < 1e-9);
+        assert_eq!(s.recall, 0.5);
+        assert_eq!(s.incidents[0].cycles_to_detect, Some(2));
+        assert!(!s.incidents[1].kind_correct);
+    }
+}
