@@ -106,7 +106,22 @@ pub struct Events {
     pub rings: Vec<Arc<RingState>>,
     recent: Mutex<VecDeque<RawEvent>>,
     keep: usize,
+    /// Process churn per parent since the last [`Events::take_churn`].
+    churn: Mutex<std::collections::HashMap<u32, Churn>>,
 }
+
+/// Children a parent started (exec) or lost (exit) in a window: who is
+/// behind a fork storm.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Churn {
+    pub events: u64,
+    /// The cgroup of the latest child.
+    pub cgroup_id: u64,
+}
+
+/// Parents tracked per window; a storm from more parents than this is
+/// still counted, just not attributed beyond them.
+const MAX_CHURN_PARENTS: usize = 4096;
 
 impl Events {
     /// The newest events, oldest first, decoded now.
@@ -120,6 +135,14 @@ impl Events {
             .collect();
         let clock = WallClock::now();
         raw.iter().filter_map(|e| decode(&e.0, &clock)).collect()
+    }
+
+    /// Process churn per parent since the last call, busiest first.
+    pub fn take_churn(&self) -> Vec<(u32, Churn)> {
+        let taken = std::mem::take(&mut *self.churn.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut v: Vec<(u32, Churn)> = taken.into_iter().collect();
+        v.sort_by(|a, b| b.1.events.cmp(&a.1.events).then(a.0.cmp(&b.0)));
+        v
     }
 
     pub fn ring(&self, label: &str) -> Option<&Arc<RingState>> {
@@ -180,6 +203,7 @@ pub fn spawn_readers(
             .collect(),
         recent: Mutex::new(VecDeque::with_capacity(keep.min(4096))),
         keep: keep.max(1),
+        churn: Mutex::new(std::collections::HashMap::new()),
     });
     let rings: Vec<RingBuf<MapData>> = rings.into_iter().map(|(_, _, ring)| ring).collect();
     let shared = events.clone();
@@ -232,6 +256,7 @@ fn read_rings(mut rings: Vec<RingBuf<MapData>>, events: &Events, stop: &AtomicBo
 /// Takes every event waiting in the ring.
 fn drain(ring: &mut RingBuf<MapData>, state: &RingState, events: &Events) {
     let (mut received, mut errors) = (0u64, 0u64);
+    let mut churn: Vec<(u32, u64)> = Vec::new();
     loop {
         let mut taken = 0;
         {
@@ -240,9 +265,30 @@ fn drain(ring: &mut RingBuf<MapData>, state: &RingState, events: &Events) {
                 let Some(item) = ring.next() else { break };
                 taken += 1;
                 if well_formed(&item) {
+                    if let Some(p) = process_parent(&item) {
+                        churn.push(p);
+                    }
                     remember(&mut recent, events.keep, &item);
                 } else {
                     errors += 1;
+                }
+            }
+        }
+        if !churn.is_empty() {
+            let mut by_parent = events.churn.lock().unwrap_or_else(|e| e.into_inner());
+            for (ppid, cgroup_id) in churn.drain(..) {
+                let full = by_parent.len() >= MAX_CHURN_PARENTS;
+                if let Some(c) = by_parent.get_mut(&ppid) {
+                    c.events += 1;
+                    c.cgroup_id = cgroup_id;
+                } else if !full {
+                    by_parent.insert(
+                        ppid,
+                        Churn {
+                            events: 1,
+                            cgroup_id,
+                        },
+                    );
                 }
             }
         }
@@ -258,6 +304,16 @@ fn drain(ring: &mut RingBuf<MapData>, state: &RingState, events: &Events) {
         state.decode_errors.fetch_add(errors, Ordering::Relaxed);
     }
     state.last_drain_ms.store(now_ms(), Ordering::Relaxed);
+}
+
+/// (parent, cgroup) of a process exec or exit event.
+fn process_parent(bytes: &[u8]) -> Option<(u32, u64)> {
+    let header = read::<EventHeader>(bytes)?;
+    if !matches!(header.kind, EVENT_PROCESS_EXEC | EVENT_PROCESS_EXIT) {
+        return None;
+    }
+    let event = read::<ProcessEvent>(bytes)?;
+    (event.ppid != 0).then_some((event.ppid, event.cgroup_id))
 }
 
 /// A known kind, long enough for its struct: what `decode` will accept.

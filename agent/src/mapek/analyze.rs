@@ -376,6 +376,7 @@ impl Analyzer {
             let score = evidence.iter().map(|e| e.score).fold(0.0, f64::max);
             let subject = match kind {
                 "port_scan" | "syn_flood" => subjects.widest_peer.map(|p| format!("peer {p}")),
+                "fork_storm" => subjects.describe_parent(),
                 _ => None,
             };
             let anomaly = Anomaly {

@@ -386,7 +386,9 @@ pub async fn run(
         };
         m.cpu_seconds = cpu_now;
         let cost_action = cost.and_then(|c| m.governor.observe(c));
-        if let Some((features, subjects)) = monitor::features(&prev, &now, &m.signals) {
+        let churn = state.events.take_churn();
+        if let Some((features, mut subjects)) = monitor::features(&prev, &now, &m.signals) {
+            subjects.busiest_parent = churn.first().copied();
             let t = unix_seconds(SystemTime::now());
             let opened = m.analyzer.observe(&features, &subjects, t);
             let cycle = m.cycles;

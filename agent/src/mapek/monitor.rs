@@ -14,6 +14,56 @@ pub type Features = BTreeMap<&'static str, f64>;
 pub struct Subjects {
     /// The peer that opened flows to the most distinct local ports.
     pub widest_peer: Option<IpAddr>,
+    /// The parent whose children exec'd and exited the most this cycle,
+    /// with the count and its latest child's cgroup.
+    pub busiest_parent: Option<(u32, crate::events::Churn)>,
+}
+
+impl Subjects {
+    /// "process PID (COMM), N children this cycle, cgroup PATH" for the
+    /// busiest parent, read from /proc and /sys/fs/cgroup now (only when
+    /// an anomaly names it).
+    pub fn describe_parent(&self) -> Option<String> {
+        let (pid, churn) = self.busiest_parent?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|c| c.trim().to_owned())
+            .unwrap_or_else(|_| "exited".into());
+        let cgroup =
+            cgroup_path(churn.cgroup_id).unwrap_or_else(|| format!("id {}", churn.cgroup_id));
+        Some(format!(
+            "process {pid} ({comm}), {} child execs and exits in the cycle, cgroup {cgroup}",
+            churn.events
+        ))
+    }
+}
+
+/// The cgroup v2 directory whose inode is `id` (a cgroup's id is its
+/// directory's inode), found by a bounded walk of /sys/fs/cgroup.
+fn cgroup_path(id: u64) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    const ROOT: &str = "/sys/fs/cgroup";
+    const MAX_DIRS: usize = 20_000;
+    let mut stack = vec![std::path::PathBuf::from(ROOT)];
+    let mut seen = 0;
+    while let Some(dir) = stack.pop() {
+        seen += 1;
+        if seen > MAX_DIRS {
+            return None;
+        }
+        if std::fs::metadata(&dir).is_ok_and(|m| m.ino() == id) {
+            let rel = dir.strip_prefix(ROOT).ok()?.to_string_lossy().into_owned();
+            return Some(format!("/{rel}"));
+        }
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            stack.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    None
 }
 
 /// Rates between `prev` and `now`; None until two snapshots exist.
@@ -115,6 +165,7 @@ pub fn features(
     }
     let subjects = Subjects {
         widest_peer: now.widest_peer.map(|(peer, _)| peer),
+        busiest_parent: None,
     };
     Some((f, subjects))
 }

@@ -376,10 +376,11 @@ fn evaluate(plan: &Plan, bins: &Bins) -> anyhow::Result<Report> {
     let mut agent = Agent::start(bins, &config, &[HOST_IF])?;
     let mut rec = Recorder::default();
     let mut phases = Vec::new();
-    let mut phase = |name: &str, expected: Option<&str>, start: f64, end: f64| {
+    let mut phase = |name: &str, expected: Option<(&str, Option<&str>)>, start: f64, end: f64| {
         phases.push(Phase {
             name: name.to_owned(),
-            expected: expected.map(str::to_owned),
+            expected: expected.map(|(kind, _)| kind.to_owned()),
+            subject: expected.and_then(|(_, subject)| subject.map(str::to_owned)),
             start,
             end,
         });
@@ -419,7 +420,7 @@ fn evaluate(plan: &Plan, bins: &Bins) -> anyhow::Result<Report> {
         let t0 = now();
         (incident.run)(bins, plan.incident).with_context(|| format!("incident {}", incident.id))?;
         let t1 = now();
-        phase(incident.id, Some(incident.kind), t0, t1);
+        phase(incident.id, Some((incident.kind, incident.subject)), t0, t1);
         // Recovery: until the anomalies are over (then a few more cycles),
         // within the bound. Scored as normal load.
         let r0 = now();
@@ -567,6 +568,12 @@ fn markdown(r: &Report) -> String {
             _ => "-".into(),
         },
     );
+    row(
+        &mut md,
+        "culprit named (source peer, parent process)",
+        "",
+        &|d| format!("{}/{}", d.subjects_named.0, d.subjects_named.1),
+    );
     let fp_minutes = r
         .phases
         .iter()
@@ -628,7 +635,12 @@ fn markdown(r: &Report) -> String {
             } else {
                 format!("; named {}", o.named.join(", "))
             };
-            md.push_str(&format!(" {cell}{named} |"));
+            let subject = o
+                .subject
+                .as_ref()
+                .map(|s| format!("; subject: {s}"))
+                .unwrap_or_default();
+            md.push_str(&format!(" {cell}{named}{subject} |"));
         }
         md.push('\n');
     }

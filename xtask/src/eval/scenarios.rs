@@ -87,6 +87,9 @@ pub struct Incident {
     pub kind: &'static str,
     /// The tool and the dose, for the report.
     pub how: &'static str,
+    /// What the anomaly's subject must contain, when the evidence can
+    /// name a culprit (the source peer, the parent process).
+    pub subject: Option<&'static str>,
     pub run: fn(&Bins, Duration) -> anyhow::Result<()>,
 }
 
@@ -95,12 +98,14 @@ pub const INCIDENTS: &[Incident] = &[
         id: "syscall-storm",
         kind: "syscall_storm",
         how: "stress-ng --get 1 (get* syscalls as fast as one worker goes)",
+        subject: None,
         run: |_, d| run_for(command(None, "stress-ng").args(stress("get", "1", d)), d),
     },
     Incident {
         id: "syscall-errors",
         kind: "syscall_error_spike",
         how: "close(-1) in a loop (sonde-workload close-bad), EBADF each",
+        subject: None,
         run: |bins, d| {
             run_for(
                 command(None, &bins.workload).args(["close-bad", "100000000"]),
@@ -112,12 +117,14 @@ pub const INCIDENTS: &[Incident] = &[
         id: "fork-storm",
         kind: "fork_storm",
         how: "stress-ng --fork 1 (fork and exit as fast as one worker goes)",
+        subject: Some("stress-ng"),
         run: |_, d| run_for(command(None, "stress-ng").args(stress("fork", "1", d)), d),
     },
     Incident {
         id: "syn-flood",
         kind: "syn_flood",
         how: "hping3 -S at ~3,300 SYN/s from the peer to a listening port",
+        subject: Some(PEER_IP),
         run: |_, d| {
             let count = (3_300.0 * d.as_secs_f64()) as u64;
             run_for(
@@ -140,6 +147,7 @@ pub const INCIDENTS: &[Incident] = &[
         id: "port-scan",
         kind: "port_scan",
         how: "nmap -sS -T4 -p 1-3000 from the peer",
+        subject: Some(PEER_IP),
         run: |_, d| {
             run_for(
                 command(Some(NETNS), "nmap")
@@ -152,6 +160,7 @@ pub const INCIDENTS: &[Incident] = &[
         id: "connection-storm",
         kind: "connection_storm",
         how: "2,000 TCP connects/s from the peer to a listener (sonde-workload connect-rate)",
+        subject: None,
         run: |bins, d| {
             run_for(
                 command(Some(NETNS), &bins.workload).args([
@@ -168,6 +177,7 @@ pub const INCIDENTS: &[Incident] = &[
         id: "latency",
         kind: "latency_regression",
         how: "tc tbf rate 5mbit latency 300ms on the host's veth end (a queue the 20 Mbit/s stream fills)",
+        subject: None,
         run: |_, d| {
             let add = [
                 "qdisc", "add", "dev", HOST_IF, "root", "tbf", "rate", "5mbit", "burst", "32kb",
@@ -182,12 +192,14 @@ pub const INCIDENTS: &[Incident] = &[
         id: "packet-loss",
         kind: "packet_loss",
         how: "iptables: drop 10% of the host's TCP packets to the peer (statistic match)",
+        subject: None,
         run: |_, d| with_undo(&mut loss_rule("-I"), loss_rule("-D"), d),
     },
     Incident {
         id: "cpu-saturation",
         kind: "cpu_saturation",
         how: "stress-ng --cpu 8 (four runnable tasks per core)",
+        subject: None,
         run: |_, d| run_for(command(None, "stress-ng").args(stress("cpu", "8", d)), d),
     },
 ];

@@ -23,6 +23,8 @@ pub struct Record {
 pub struct Phase {
     pub name: String,
     pub expected: Option<String>,
+    /// What the matching anomaly's subject must contain, if anything.
+    pub subject: Option<String>,
     pub start: f64,
     pub end: f64,
 }
@@ -123,6 +125,10 @@ pub struct IncidentOutcome {
     pub cycles_to_detect: Option<u32>,
     /// Every kind named in the window, in order.
     pub named: Vec<String>,
+    /// The subject of the first record of the expected kind, and whether
+    /// it names the culprit (None: nothing to name).
+    pub subject: Option<String>,
+    pub subject_correct: Option<bool>,
 }
 
 /// The figures for one detector.
@@ -134,6 +140,8 @@ pub struct Score {
     pub precision: f64,
     pub recall: f64,
     pub kind_accuracy: f64,
+    /// Incidents whose culprit was named right, of those with one.
+    pub subjects_named: (usize, usize),
     pub max_cycles_to_detect: Option<u32>,
     pub mean_cycles_to_detect: Option<f64>,
     /// Records opened under normal load only, and that load's length.
@@ -198,6 +206,11 @@ pub fn score(
             kind_correct: mine.first().is_some_and(|r| r.kind == expected),
             cycles_to_detect: hit.map(|r| ((r.start - p.start) / interval).ceil().max(1.0) as u32),
             named: mine.iter().map(|r| r.kind.clone()).collect(),
+            subject: hit.and_then(|r| r.subject.clone()),
+            subject_correct: p.subject.as_ref().map(|want| {
+                hit.and_then(|r| r.subject.as_ref())
+                    .is_some_and(|got| got.contains(want.as_str()))
+            }),
         });
     }
     let n = incidents.len().max(1) as f64;
@@ -227,6 +240,16 @@ pub fn score(
         } else {
             incidents.iter().filter(|i| i.kind_correct).count() as f64 / with_records as f64
         },
+        subjects_named: (
+            incidents
+                .iter()
+                .filter(|i| i.subject_correct == Some(true))
+                .count(),
+            incidents
+                .iter()
+                .filter(|i| i.subject_correct.is_some())
+                .count(),
+        ),
         max_cycles_to_detect: ttd.iter().copied().max(),
         mean_cycles_to_detect: (!ttd.is_empty())
             .then(|| ttd.iter().map(|&c| f64::from(c)).sum::<f64>() / ttd.len() as f64),
@@ -281,18 +304,21 @@ mod tests {
             Phase {
                 name: "normal".into(),
                 expected: None,
+                subject: None,
                 start: 0.0,
                 end: 10.0,
             },
             Phase {
                 name: "x".into(),
                 expected: Some("storm".into()),
+                subject: None,
                 start: 10.0,
                 end: 15.0,
             },
             Phase {
                 name: "y".into(),
                 expected: Some("spike".into()),
+                subject: None,
                 start: 20.0,
                 end: 25.0,
             },
