@@ -23,5 +23,12 @@ pub const CFG_TCP_RTT: u32 = 4;
 /// counted, with their errors; only their latency is not measured.
 pub const CFG_SYSCALL_SAMPLE_EVERY: u32 = 5;
 
+/// Non-zero while the blocklist holds an entry: the ingress programs only
+/// look a packet's source up then, so with enforce mode off (or nothing
+/// blocked) the packet path costs one array read more, no hash lookup.
+/// User space sets it after inserting the first entry and clears it before
+/// removing the last.
+pub const CFG_BLOCKLIST_ACTIVE: u32 = 6;
+
 /// Number of slots in `CONFIG`.
 pub const CONFIG_LEN: u32 = 8;

@@ -1,8 +1,12 @@
 //! User space only: adding up the per-CPU copies of a map value.
 
 use crate::{
-    block::BlockStats, drops::DropDeviceStats, net::PacketCounters, sched::RunqStats,
-    syscalls::SyscallStats, tcp::TcpStats,
+    block::BlockStats,
+    drops::DropDeviceStats,
+    net::{BlocklistStats, PacketCounters},
+    sched::RunqStats,
+    syscalls::SyscallStats,
+    tcp::TcpStats,
 };
 
 /// A map value whose per-CPU copies add up to the total.
@@ -88,6 +92,13 @@ impl Merge for DropDeviceStats {
         if self.name[0] == 0 {
             self.name = o.name;
         }
+    }
+}
+
+impl Merge for BlocklistStats {
+    fn merge(&mut self, o: &Self) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
     }
 }
 

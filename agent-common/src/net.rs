@@ -82,3 +82,102 @@ pub struct FlowStats {
     /// bpf_ktime_get_ns() of the latest packet.
     pub last_seen_ns: u64,
 }
+
+/// `HashMap<BlocklistKey, BlocklistEntry>`: sources whose packets the
+/// ingress programs drop (MAPE-K enforce mode). Written by user space only;
+/// the kernel adds to the entries' counters.
+pub const BLOCKLIST_MAP: &str = "BLOCKLIST";
+/// `PerCpuArray<BlocklistStats>`, one slot: every packet dropped for the
+/// blocklist, whatever entry it matched (entries come and go; this only
+/// grows).
+pub const BLOCKLIST_STATS_MAP: &str = "BLOCKLIST_STATS";
+/// Bound on blocked sources (user space holds far fewer: `[mapek] max_blocked`).
+pub const MAX_BLOCKLIST: u32 = 1024;
+
+/// A blocked source address, stored like the flow key's: 16 bytes in
+/// network order, an IPv4 address in the first 4 and the rest zero. The
+/// family keeps 1.2.3.4 apart from the IPv6 address 102:304::.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BlocklistKey {
+    /// `FAMILY_IPV4` or `FAMILY_IPV6`.
+    pub family: u8,
+    pub _pad: [u8; 3],
+    pub addr: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BlocklistEntry {
+    /// bpf_ktime_get_ns() (CLOCK_MONOTONIC) at which the block ends: from
+    /// then on the source's packets pass, whether or not user space has
+    /// removed the entry yet.
+    pub expires_ns: u64,
+    /// Packets dropped for this entry (atomic adds: every CPU shares it).
+    pub packets: u64,
+    /// Their L2 frame bytes.
+    pub bytes: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BlocklistStats {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[cfg(feature = "user")]
+impl From<core::net::IpAddr> for BlocklistKey {
+    fn from(ip: core::net::IpAddr) -> Self {
+        let mut key = BlocklistKey::default();
+        match ip.to_canonical() {
+            core::net::IpAddr::V4(v4) => {
+                key.family = FAMILY_IPV4;
+                key.addr[..4].copy_from_slice(&v4.octets());
+            }
+            core::net::IpAddr::V6(v6) => {
+                key.family = FAMILY_IPV6;
+                key.addr = v6.octets();
+            }
+        }
+        key
+    }
+}
+
+#[cfg(feature = "user")]
+impl BlocklistKey {
+    /// The address, or None for a key of no IP family.
+    pub fn ip(&self) -> Option<core::net::IpAddr> {
+        let a = self.addr;
+        match self.family {
+            FAMILY_IPV4 => Some(core::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]).into()),
+            FAMILY_IPV6 => Some(core::net::Ipv6Addr::from(a).into()),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(all(test, feature = "user"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocklist_keys_hold_addresses_like_flow_keys() {
+        let v4: core::net::IpAddr = "10.213.0.2".parse().unwrap();
+        let key = BlocklistKey::from(v4);
+        assert_eq!(key.family, FAMILY_IPV4);
+        assert_eq!(
+            key.addr,
+            [10, 213, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(key.ip(), Some(v4));
+        // An IPv4-mapped IPv6 address arrives on the wire as IPv4.
+        let mapped: core::net::IpAddr = "::ffff:10.213.0.2".parse().unwrap();
+        assert_eq!(BlocklistKey::from(mapped), key);
+        let v6: core::net::IpAddr = "fd00::2".parse().unwrap();
+        let key = BlocklistKey::from(v6);
+        assert_eq!(key.family, FAMILY_IPV6);
+        assert_eq!(key.ip(), Some(v6));
+        assert_eq!(core::mem::size_of::<BlocklistKey>(), 20);
+    }
+}

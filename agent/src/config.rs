@@ -5,7 +5,7 @@
 
 use std::{
     collections::BTreeSet,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -310,6 +310,14 @@ pub struct MapekConfig {
     pub cpu_budget: f64,
     /// Lost events per second tolerated before detail is shed (0: none).
     pub lost_events_budget: f64,
+    /// Runtime. Enforce mode: how long a source named by a network attack
+    /// (port scan, SYN flood) stays blocked.
+    pub block_ttl_seconds: u64,
+    /// Runtime. Enforce mode: sources blocked at once, at most.
+    pub max_blocked: usize,
+    /// Runtime. Enforce mode: addresses and networks never blocked (on top
+    /// of loopback, unspecified and the node's own addresses).
+    pub never_block: Vec<Cidr>,
 }
 
 impl Default for MapekConfig {
@@ -325,7 +333,75 @@ impl Default for MapekConfig {
             govern_cost: true,
             cpu_budget: 0.05,
             lost_events_budget: 0.0,
+            block_ttl_seconds: 300,
+            max_blocked: 16,
+            never_block: Vec::new(),
         }
+    }
+}
+
+/// Longest block enforce mode applies: a day.
+pub const MAX_BLOCK_TTL_SECONDS: u64 = 86_400;
+
+/// An IP address or network (`192.0.2.7`, `10.0.0.0/8`, `fd00::/8`), as
+/// `[mapek] never_block` lists them. Host bits after the prefix are ignored
+/// (`10.1.2.3/8` is `10.0.0.0/8`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is in this network (an IPv4-mapped IPv6 address counts
+    /// as its IPv4 address).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let bad = || {
+            format!("{text:?} is not an IP address or network (192.0.2.7, 10.0.0.0/8, fd00::/8)")
+        };
+        let (addr, prefix) = match text.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (text.as_str(), None),
+        };
+        let addr: IpAddr = addr.trim().parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => match p.trim().parse::<u8>() {
+                Ok(p) if p <= max => p,
+                _ => return Err(format!("{text:?}: the prefix length must be 0 to {max}")),
+            },
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl From<Cidr> for String {
+    fn from(cidr: Cidr) -> String {
+        format!("{}/{}", cidr.addr, cidr.prefix)
     }
 }
 
@@ -515,6 +591,25 @@ impl Config {
                 message: format!(
                     "{} must be between 1 (time every syscall) and 1000000",
                     self.syscalls.latency_sample_every
+                ),
+            });
+        }
+        if !(1..=MAX_BLOCK_TTL_SECONDS).contains(&self.mapek.block_ttl_seconds) {
+            return Err(ConfigError::Invalid {
+                key: "mapek.block_ttl_seconds",
+                message: format!(
+                    "{} must be between 1 and {MAX_BLOCK_TTL_SECONDS} (a day)",
+                    self.mapek.block_ttl_seconds
+                ),
+            });
+        }
+        let max_blocked = agent_common::net::MAX_BLOCKLIST as usize;
+        if !(1..=max_blocked).contains(&self.mapek.max_blocked) {
+            return Err(ConfigError::Invalid {
+                key: "mapek.max_blocked",
+                message: format!(
+                    "{} must be between 1 and {max_blocked} (the kernel blocklist's size)",
+                    self.mapek.max_blocked
                 ),
             });
         }
@@ -780,6 +875,68 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("otlp.protocol"), "{err}");
+    }
+
+    #[test]
+    fn enforce_mode_settings() {
+        let config = load(
+            "[mapek]\nmode = \"enforce\"\nblock_ttl_seconds = 4\nmax_blocked = 2\n\
+             never_block = [\"10.0.0.0/8\", \"192.0.2.7\", \"fd00::/8\"]",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.mapek.mode, crate::mapek::execute::Mode::Enforce);
+        assert_eq!(config.mapek.block_ttl_seconds, 4);
+        assert_eq!(config.mapek.max_blocked, 2);
+        let never = &config.mapek.never_block;
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(never[0].contains(ip("10.213.0.2")));
+        assert!(!never[0].contains(ip("11.0.0.1")));
+        assert!(never[1].contains(ip("192.0.2.7")));
+        assert!(!never[1].contains(ip("192.0.2.8")));
+        assert!(never[2].contains(ip("fd00::2")));
+        assert!(!never[2].contains(ip("10.213.0.2")));
+        // An IPv4-mapped IPv6 address is its IPv4 address.
+        assert!(never[0].contains(ip("::ffff:10.1.2.3")));
+        assert!(
+            Cidr::try_from("0.0.0.0/0".to_owned())
+                .unwrap()
+                .contains(ip("8.8.8.8"))
+        );
+        assert_eq!(String::from(never[0]), "10.0.0.0/8");
+        // From the environment, as a comma-separated list.
+        let config = load("", &[("SONDE_MAPEK__NEVER_BLOCK", "10.0.0.0/8,192.0.2.7")]).unwrap();
+        assert_eq!(config.mapek.never_block.len(), 2);
+    }
+
+    #[test]
+    fn bad_enforce_settings_are_named() {
+        for (text, key) in [
+            ("never_block = [\"10.0.0.0/33\"]", "mapek.never_block"),
+            ("never_block = [\"10.0.0.x\"]", "mapek.never_block"),
+            ("never_block = [\"fd00::/129\"]", "mapek.never_block"),
+            ("block_ttl_seconds = 0", "mapek.block_ttl_seconds"),
+            ("block_ttl_seconds = 86401", "mapek.block_ttl_seconds"),
+            ("max_blocked = 0", "mapek.max_blocked"),
+            ("max_blocked = 1025", "mapek.max_blocked"),
+            ("mode = \"block\"", "mapek.mode"),
+        ] {
+            let err = load(&format!("[mapek]\n{text}"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let err = load("[mapek]\nnever_block = [\"10.0.0.0/33\"]", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prefix length must be 0 to 32"), "{err}");
+        let err = load("[mapek]\nnever_block = [\"10.0.0.x\"]", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"10.0.0.x\" is not an IP address or network"),
+            "{err}"
+        );
     }
 
     #[test]

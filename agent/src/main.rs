@@ -368,9 +368,16 @@ fn reload(state: &state::AppState, path: Option<&std::path::Path>) {
     current.tcp.rtt = new.tcp.rtt;
     current.tcp.top_peers = new.tcp.top_peers;
     current.health = new.health.clone();
+    // The MAPE-K loop reads these every cycle; leaving enforce mode lifts
+    // every block at its next cycle.
+    current.mapek.mode = new.mapek.mode;
+    current.mapek.block_ttl_seconds = new.mapek.block_ttl_seconds;
+    current.mapek.max_blocked = new.mapek.max_blocked;
+    current.mapek.never_block = new.mapek.never_block.clone();
     state.collector.reconfigure(current.clone());
     info!(
         slow_threshold_ms = current.syscalls.slow_threshold_ms,
+        mapek_mode = current.mapek.mode.label(),
         "SIGHUP: runtime settings reloaded"
     );
 }

@@ -281,6 +281,36 @@ fn log2_buckets(slots: &[u64; LATENCY_SLOTS]) -> Vec<(f64, u64)> {
         .collect()
 }
 
+/// Enforce mode's blocklist. The drop totals carry no peer label: they come
+/// from a kernel counter that only grows (entries come and go, a counter
+/// per peer would vanish with its entry), and per-peer numbers are in
+/// /api/v1/anomalies.
+fn blocklist_families(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
+    let mut entries = Family::new(
+        "sonde_blocklist_entries",
+        "Sources whose ingress packets are dropped now (MAPE-K enforce mode; at most [mapek] max_blocked)",
+        MetricType::GAUGE,
+    );
+    entries.sample(&[], snapshot.blocklist.len() as f64);
+    entries.done(out);
+    for (name, help, value) in [
+        (
+            "sonde_blocked_packets_total",
+            "Ingress packets dropped because their source was on the blocklist (also counted in sonde_packets_total)",
+            snapshot.blocked.packets,
+        ),
+        (
+            "sonde_blocked_bytes_total",
+            "L2 frame bytes of the ingress packets dropped for the blocklist",
+            snapshot.blocked.bytes,
+        ),
+    ] {
+        let mut f = Family::new(name, help, MetricType::COUNTER);
+        f.sample(&[], value as f64);
+        f.done(out);
+    }
+}
+
 fn tcp_families(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
     let tcp = &snapshot.tcp;
     let mut connect = Family::new(
@@ -545,6 +575,7 @@ fn kernel_families(
     }
     packets.done(&mut out);
     bytes.done(&mut out);
+    blocklist_families(snapshot, &mut out);
     let mut tcp_flags = Family::new(
         "sonde_tcp_flags_total",
         "TCP segments with a flag set (syn: SYN without ACK), by interface and direction",

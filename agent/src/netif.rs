@@ -1,7 +1,12 @@
-//! Network interfaces: resolving configured names and choosing the default
-//! set (every non-loopback interface that is up).
+//! Network interfaces: resolving configured names, choosing the default
+//! set (every non-loopback interface that is up), and the node's own
+//! addresses.
 
-use std::{ffi::CString, fs};
+use std::{
+    ffi::CString,
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use thiserror::Error;
 
@@ -53,6 +58,46 @@ pub fn default_interfaces() -> Vec<(String, u32)> {
         .collect();
     found.sort_by_key(|(_, i)| *i);
     found
+}
+
+/// Every address on this network namespace's interfaces (getifaddrs), up
+/// or not: what enforce mode must never block.
+pub fn own_addresses() -> std::io::Result<Vec<IpAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: valid out-pointer; the list is freed below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut found = Vec::new();
+    let mut cursor = head;
+    while !cursor.is_null() {
+        // SAFETY: a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*cursor };
+        cursor = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() {
+            continue;
+        }
+        // SAFETY: non-null sockaddr whose family says which struct it is.
+        let addr = unsafe {
+            match i32::from((*ifa.ifa_addr).sa_family) {
+                libc::AF_INET => {
+                    let sin = &*ifa.ifa_addr.cast::<libc::sockaddr_in>();
+                    IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
+                }
+                libc::AF_INET6 => {
+                    let sin6 = &*ifa.ifa_addr.cast::<libc::sockaddr_in6>();
+                    IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr))
+                }
+                _ => continue,
+            }
+        };
+        if !found.contains(&addr) {
+            found.push(addr);
+        }
+    }
+    // SAFETY: the list getifaddrs returned, freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(found)
 }
 
 /// Follows the default interface set: attaches to interfaces that came up,
@@ -116,5 +161,16 @@ pub async fn watch(
             Ok(now_failed) => failed = now_failed,
             Err(err) => tracing::warn!("interface rescan failed: {err}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_addresses_include_loopback() {
+        let own = own_addresses().unwrap();
+        assert!(own.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)), "{own:?}");
     }
 }

@@ -340,3 +340,270 @@ fn over_its_cost_budget_sonde_sheds_detail_then_restores_it() {
     let report = agent.get_json("/api/v1/anomalies");
     assert_eq!(report["cost"]["level"], 0, "{report}");
 }
+
+/// UDP datagrams sent from the namespace end to the listener on the host
+/// end: how many arrived (the listener waits up to 500 ms of silence).
+fn udp_from_peer(lab: &Lab, listener: &std::net::UdpSocket, n: usize) -> usize {
+    let port = listener.local_addr().expect("listener address").port();
+    let script =
+        format!("for i in $(seq 1 {n}); do echo sonde-$i > /dev/udp/{LAB_HOST_IP}/{port}; done");
+    let status = lab
+        .ns
+        .exec(&["bash", "-c", &script])
+        .status()
+        .expect("running bash in the test namespace");
+    assert!(status.success(), "sending UDP from the namespace failed");
+    listener
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let mut received = 0;
+    while received < n && listener.recv(&mut buf).is_ok() {
+        received += 1;
+    }
+    received
+}
+
+/// A port scan from the namespace (150 SYNs to ports 20000..20149, bounded
+/// by count): hping3, unlike connects, does not wait for replies, which
+/// stop once the scanner is blocked.
+fn scan_from_peer(lab: &Lab) {
+    let _ = lab
+        .ns
+        .exec(&[
+            "hping3",
+            "-q",
+            "-S",
+            "-p",
+            "++20000",
+            "-c",
+            "150",
+            "-i",
+            "u2000",
+            LAB_HOST_IP,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("running hping3 in the test namespace");
+}
+
+fn enforce_config(dir: &std::path::Path, ttl: u64) -> Config {
+    mapek_config(dir).set("mapek", "mode", "\"enforce\"").set(
+        "mapek",
+        "block_ttl_seconds",
+        &ttl.to_string(),
+    )
+}
+
+/// Waits for the scanner's block: anomaly, `block` action, kernel entry.
+fn scanner_blocked(lab: &Lab) -> sonde_tests::Scrape {
+    let anomaly = wait_for_kind(&lab.agent, "port_scan");
+    assert_eq!(
+        anomaly["subject"],
+        format!("peer {LAB_PEER_IP}"),
+        "the scan's source should be named: {anomaly}"
+    );
+    let blocked = lab.agent.wait_for(
+        "the scanner's block in the kernel",
+        Duration::from_secs(5),
+        |s| s.value_or_zero("sonde_blocklist_entries", &[]) == 1.0,
+    );
+    assert_eq!(
+        blocked.value_or_zero(
+            "sonde_mapek_actions_total",
+            &[("action", "block"), ("mode", "enforce")]
+        ),
+        1.0,
+        "{}",
+        blocked.grep("sonde_mapek_actions")
+    );
+    let report = lab.agent.get_json("/api/v1/anomalies");
+    let entry = &report["blocked"][0];
+    assert_eq!(entry["peer"], LAB_PEER_IP, "{report}");
+    assert!(
+        entry["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("port_scan")),
+        "{report}"
+    );
+    blocked
+}
+
+fn blocked_packets(s: &sonde_tests::Scrape) -> f64 {
+    s.value_or_zero("sonde_blocked_packets_total", &[])
+}
+
+/// Enforce mode, TC ingress (the veth's default): the scanner is blocked,
+/// its UDP datagrams are dropped (and counted) until the 4 s block ends by
+/// itself; then they flow again.
+#[test]
+fn enforce_mode_blocks_a_scanner_until_its_ttl() {
+    if !require_root() {
+        return;
+    }
+    if Command::new("hping3").arg("--version").output().is_err() {
+        panic!("hping3 is missing (apt-get install hping3)");
+    }
+    const N: usize = 50;
+    const TTL: u64 = 4;
+    let dir = state_dir("enforce-tc");
+    let lab = Lab::start(enforce_config(&dir, TTL));
+    warmed_up(&lab.agent);
+    let listener = std::net::UdpSocket::bind((LAB_HOST_IP, 0)).expect("UDP listener");
+    let before = udp_from_peer(&lab, &listener, N);
+    assert_eq!(before, N, "datagrams lost before any block");
+
+    scan_from_peer(&lab);
+    let blocked = scanner_blocked(&lab);
+    let dropped_from = blocked_packets(&blocked);
+    let during = udp_from_peer(&lab, &listener, N);
+    assert_eq!(
+        during, 0,
+        "datagrams from a blocked source reached the host"
+    );
+    let s = lab.agent.wait_for(
+        "the dropped datagrams in sonde_blocked_packets_total",
+        Duration::from_secs(3),
+        |s| blocked_packets(s) - dropped_from >= N as f64,
+    );
+    let dropped = blocked_packets(&s);
+    assert!(s.value_or_zero("sonde_blocked_bytes_total", &[]) >= (N * 42) as f64);
+    // Still within the TTL: the report shows what the entry dropped.
+    let report = lab.agent.get_json("/api/v1/anomalies");
+    assert!(
+        report["blocked"][0]["packets"].as_u64().unwrap_or(0) >= N as u64,
+        "{report}"
+    );
+
+    // The block ends by itself (extended once at most, if the scan's
+    // anomaly were still active at its end).
+    let lifted = lab
+        .agent
+        .wait_for("the block's end", Duration::from_secs(2 * TTL + 5), |s| {
+            s.value_or_zero("sonde_blocklist_entries", &[]) == 0.0
+                && s.value_or_zero(
+                    "sonde_mapek_actions_total",
+                    &[("action", "unblock"), ("mode", "enforce")],
+                ) == 1.0
+        });
+    let after = udp_from_peer(&lab, &listener, N);
+    assert_eq!(after, N, "datagrams lost after the block ended");
+    let s = lab.agent.metrics();
+    assert_eq!(
+        blocked_packets(&s),
+        blocked_packets(&lifted),
+        "packets dropped after the block ended"
+    );
+    assert!(blocked_packets(&s) >= dropped, "the drop total went back");
+    let report = lab.agent.get_json("/api/v1/anomalies");
+    assert_eq!(
+        report["blocked"].as_array().map(Vec::len),
+        Some(0),
+        "{report}"
+    );
+    assert!(
+        report["actions"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|a| {
+                a["decision"]["action"] == "unblock"
+                    && a["decision"]["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.contains("expired"))
+            })),
+        "{report}"
+    );
+    println!(
+        "enforce (tc): received {before}/{N} before the block, {during}/{N} during it \
+         (sonde_blocked_packets_total {dropped_from} -> {dropped}), {after}/{N} after it"
+    );
+    drop(lab);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Enforce mode with native XDP on the veth: the scanner's datagrams are
+/// dropped by XDP; a SIGHUP reload to `act` lifts the block at once (long
+/// before its TTL) and they flow again.
+#[test]
+fn enforce_mode_drops_with_xdp_and_a_reload_to_act_lifts_the_block() {
+    if !require_root() {
+        return;
+    }
+    if Command::new("hping3").arg("--version").output().is_err() {
+        panic!("hping3 is missing (apt-get install hping3)");
+    }
+    const N: usize = 50;
+    let dir = state_dir("enforce-xdp");
+    let config = enforce_config(&dir, 300).set("network", "xdp_mode", "\"native\"");
+    let lab = Lab::start(config.clone());
+    let s = lab.agent.metrics();
+    assert_eq!(
+        s.value_or_zero(
+            "sonde_probe_attached",
+            &[("program", "sonde_xdp_ingress"), ("mode", "native")]
+        ),
+        1.0,
+        "{}",
+        s.grep("sonde_probe_attached")
+    );
+    warmed_up(&lab.agent);
+    let listener = std::net::UdpSocket::bind((LAB_HOST_IP, 0)).expect("UDP listener");
+    assert_eq!(
+        udp_from_peer(&lab, &listener, N),
+        N,
+        "lost before any block"
+    );
+
+    scan_from_peer(&lab);
+    let blocked = scanner_blocked(&lab);
+    let during = udp_from_peer(&lab, &listener, N);
+    assert_eq!(
+        during, 0,
+        "datagrams from a blocked source reached the host"
+    );
+    let s = lab.agent.wait_for(
+        "the dropped datagrams in sonde_blocked_packets_total",
+        Duration::from_secs(3),
+        |s| blocked_packets(s) - blocked_packets(&blocked) >= N as f64,
+    );
+    let dropped = blocked_packets(&s);
+
+    // Leaving enforce mode lifts every block.
+    let act = config
+        .set("network", "enabled", "true")
+        .set("mapek", "mode", "\"act\"")
+        .render();
+    lab.agent.rewrite_config(&act);
+    lab.agent.sighup();
+    let lifted = lab.agent.wait_for(
+        "the block lifted by the reload",
+        Duration::from_secs(5),
+        |s| {
+            s.value_or_zero("sonde_blocklist_entries", &[]) == 0.0
+                && s.value_or_zero(
+                    "sonde_mapek_actions_total",
+                    &[("action", "unblock"), ("mode", "act")],
+                ) == 1.0
+        },
+    );
+    let after = udp_from_peer(&lab, &listener, N);
+    assert_eq!(after, N, "datagrams lost after the reload to act");
+    assert_eq!(
+        blocked_packets(&lab.agent.metrics()),
+        blocked_packets(&lifted)
+    );
+    let report = lab.agent.get_json("/api/v1/anomalies");
+    assert_eq!(report["mode"], "act", "{report}");
+    assert_eq!(
+        report["blocked"].as_array().map(Vec::len),
+        Some(0),
+        "{report}"
+    );
+    println!(
+        "enforce (xdp): received {during}/{N} while blocked (sonde_blocked_packets_total {} -> \
+         {dropped}), {after}/{N} after the reload to act",
+        blocked_packets(&blocked)
+    );
+    drop(lab);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -2,28 +2,31 @@
 //! packet source, per-(interface, direction, family, protocol) counters with
 //! TCP flags, and the flow table with rate-limited new-flow events.
 //!
-//! The programs only observe: XDP always passes, TC always hands the packet
-//! on to whatever comes next (TC_ACT_UNSPEC), so Sonde never changes the
-//! fate of a packet or of another program's verdict.
+//! The programs observe: XDP passes, TC hands the packet on to whatever
+//! comes next (TC_ACT_UNSPEC), so Sonde does not change the fate of a packet
+//! or of another program's verdict — with one exception, off by default:
+//! in MAPE-K enforce mode, ingress packets from a source on the blocklist
+//! are dropped until the entry's expiry ([`ingress`]). Egress is never
+//! blocked.
 
 mod parse;
 mod tc;
 mod xdp;
 
 use agent_common::{
-    config::{CFG_FLOW_EVENTS_BURST, CFG_FLOW_EVENTS_PER_SEC},
+    config::{CFG_BLOCKLIST_ACTIVE, CFG_FLOW_EVENTS_BURST, CFG_FLOW_EVENTS_PER_SEC},
     counters::{FLOW_CREATED, FLOW_EVENT_RATE_LIMITED, FLOW_INSERT_FAILED, PACKET_MAP_FULL},
     events::{EVENT_NEW_FLOW, EventHeader, FlowEvent, RING_FLOW, TokenBucket},
     net::{
-        DEFAULT_MAX_FLOWS, FlowKey, FlowStats, IPPROTO_TCP, MAX_PACKET_KEYS, PacketCounters,
-        PacketKey,
+        BlocklistEntry, BlocklistKey, BlocklistStats, DEFAULT_MAX_FLOWS, DIRECTION_INGRESS,
+        FlowKey, FlowStats, IPPROTO_TCP, MAX_BLOCKLIST, MAX_PACKET_KEYS, PacketCounters, PacketKey,
     },
 };
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::map,
-    maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 pub use parse::PacketSource;
@@ -40,6 +43,17 @@ static PACKET_COUNTERS: PerCpuHashMap<PacketKey, PacketCounters> =
 #[map(name = "FLOWS")]
 static FLOWS: LruHashMap<FlowKey, FlowStats> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
+/// Sources whose ingress packets are dropped until their entry expires.
+/// Shared, small (user space holds at most `[mapek] max_blocked` entries).
+#[map(name = "BLOCKLIST")]
+static BLOCKLIST: HashMap<BlocklistKey, BlocklistEntry> =
+    HashMap::with_max_entries(MAX_BLOCKLIST, 0);
+
+/// Every packet dropped for the blocklist: the exported totals, which keep
+/// growing when entries are removed.
+#[map(name = "BLOCKLIST_STATS")]
+static BLOCKLIST_STATS: PerCpuArray<BlocklistStats> = PerCpuArray::with_max_entries(1, 0);
+
 #[map(name = "FLOW_EVENT_BUCKET")]
 static FLOW_EVENT_BUCKET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
 
@@ -54,9 +68,72 @@ const TOKEN: u64 = 1_000_000_000;
 /// Upper bound on the configured event rate and burst.
 const MAX_RATE: u64 = 1_000_000;
 
-/// Accounts one packet seen on `direction` of the packet's interface.
+/// What the ingress programs do with a packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    /// Its source is on the blocklist.
+    Drop,
+}
+
+/// Accounts one ingress packet, then decides its fate. A blocked packet is
+/// still accounted like any other (interface counters, flow table: it did
+/// arrive, and the detector keeps seeing the attack it belongs to); its
+/// drop is counted on top, in its blocklist entry and `BLOCKLIST_STATS`.
 #[inline(always)]
-pub fn account<P: PacketSource>(packet: &P, direction: u8) {
+pub fn ingress<P: PacketSource>(packet: &P) -> Verdict {
+    let parsed = account(packet, DIRECTION_INGRESS);
+    if blocked(&parsed, u64::from(packet.len())) {
+        Verdict::Drop
+    } else {
+        Verdict::Pass
+    }
+}
+
+/// Whether the packet's source is blocked now: an unexpired entry, whose
+/// counters then take the packet. Nothing is looked up while the blocklist
+/// is empty; non-IP packets (ARP) always pass.
+#[inline(always)]
+fn blocked(parsed: &parse::Parsed, bytes: u64) -> bool {
+    if !parsed.is_ip() || config(CFG_BLOCKLIST_ACTIVE) == 0 {
+        return false;
+    }
+    let key = BlocklistKey {
+        family: parsed.family,
+        _pad: [0; 3],
+        addr: parsed.src.bytes(),
+    };
+    let Some(entry) = BLOCKLIST.get_ptr_mut(key) else {
+        return false;
+    };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: a map value from a successful lookup, valid for this run;
+    // user space writes expires_ns only by replacing the whole entry.
+    if now >= unsafe { (*entry).expires_ns } {
+        // Expired: user space removes it on its next sweep.
+        return false;
+    }
+    // SAFETY: as above; the counters are only ever updated atomically
+    // (every CPU shares the entry).
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*entry).packets, 1);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*entry).bytes, bytes);
+    }
+    if let Some(stats) = BLOCKLIST_STATS.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe {
+            (*stats).packets += 1;
+            (*stats).bytes += bytes;
+        }
+    }
+    true
+}
+
+/// Accounts one packet seen on `direction` of the packet's interface, and
+/// returns what the parser read from it.
+#[inline(always)]
+pub fn account<P: PacketSource>(packet: &P, direction: u8) -> parse::Parsed {
     let parsed = parse::parse(packet);
     let ifindex = packet.ifindex();
     let bytes = u64::from(packet.len());
@@ -92,7 +169,7 @@ pub fn account<P: PacketSource>(packet: &P, direction: u8) {
     }
 
     if !parsed.is_ip() {
-        return;
+        return parsed;
     }
     let flow = FlowKey {
         ifindex,
@@ -106,6 +183,7 @@ pub fn account<P: PacketSource>(packet: &P, direction: u8) {
         dst_port: parsed.dst_port,
     };
     account_flow(&flow, bytes);
+    parsed
 }
 
 #[inline(always)]

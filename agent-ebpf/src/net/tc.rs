@@ -2,15 +2,17 @@
 //! attached (another program owns the interface's XDP hook, or the kernel
 //! predates XDP links).
 
-use agent_common::net::{DIRECTION_EGRESS, DIRECTION_INGRESS};
+use agent_common::net::DIRECTION_EGRESS;
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{
-    bindings::TC_ACT_UNSPEC, helpers::generated::bpf_skb_load_bytes, macros::classifier,
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+    helpers::generated::bpf_skb_load_bytes,
+    macros::classifier,
     programs::TcContext,
 };
 
-use super::{PacketSource, account};
+use super::{PacketSource, Verdict, account, ingress};
 
 struct TcPacket<'a>(&'a TcContext);
 
@@ -55,15 +57,18 @@ impl PacketSource for TcPacket<'_> {
 
 /// TC_ACT_UNSPEC: "no verdict". With tcx it means "run the next program",
 /// with cls_bpf "try the next filter", so an observer never short-circuits
-/// a CNI's programs the way TC_ACT_OK would.
+/// a CNI's programs the way TC_ACT_OK would. Egress is never blocked.
 #[classifier]
 pub fn sonde_tc_egress(ctx: TcContext) -> i32 {
     account(&TcPacket(&ctx), DIRECTION_EGRESS);
     TC_ACT_UNSPEC
 }
 
+/// TC_ACT_SHOT (drop) for a blocked source, "no verdict" otherwise.
 #[classifier]
 pub fn sonde_tc_ingress(ctx: TcContext) -> i32 {
-    account(&TcPacket(&ctx), DIRECTION_INGRESS);
-    TC_ACT_UNSPEC
+    match ingress(&TcPacket(&ctx)) {
+        Verdict::Pass => TC_ACT_UNSPEC,
+        Verdict::Drop => TC_ACT_SHOT,
+    }
 }

@@ -1,10 +1,10 @@
 //! XDP ingress accounting (native mode where the driver has it, generic
-//! otherwise; the loader chooses and reports the mode).
+//! otherwise; the loader chooses and reports the mode), and the blocklist's
+//! drops.
 
-use agent_common::net::DIRECTION_INGRESS;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
-use super::{PacketSource, account};
+use super::{PacketSource, Verdict, ingress};
 
 struct XdpPacket<'a>(&'a XdpContext);
 
@@ -33,6 +33,8 @@ impl PacketSource for XdpPacket<'_> {
 
 #[xdp]
 pub fn sonde_xdp_ingress(ctx: XdpContext) -> u32 {
-    account(&XdpPacket(&ctx), DIRECTION_INGRESS);
-    xdp_action::XDP_PASS
+    match ingress(&XdpPacket(&ctx)) {
+        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Drop => xdp_action::XDP_DROP,
+    }
 }

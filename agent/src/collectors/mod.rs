@@ -23,11 +23,15 @@ use std::{
 
 use agent_common::{
     block::{BLOCK_OP_NAMES, BlockStats},
+    config::CFG_BLOCKLIST_ACTIVE,
     counters::{COUNTER_SLOTS, COUNTERS_LEN},
     drops::{DROP_REASON_OTHER, DropDeviceStats, MAX_DROP_REASONS},
     events::RINGS,
     merge::Merge,
-    net::{FAMILY_IPV4, FlowKey, PacketCounters, PacketKey},
+    net::{
+        BlocklistEntry, BlocklistKey, BlocklistStats, FAMILY_IPV4, FlowKey, PacketCounters,
+        PacketKey,
+    },
     sched::RunqStats,
     syscalls::{MAX_SYSCALLS, SyscallStats},
     tcp::{PEER_FAMILY_IPV4, TCP_STATES, TcpPeerStats, TcpStats},
@@ -143,6 +147,10 @@ pub struct Snapshot {
     /// The remote peer that opened new flows to the most distinct local
     /// ports since the previous snapshot, and how many (scan evidence).
     pub widest_peer: Option<(IpAddr, u64)>,
+    /// Enforce mode's blocked sources, with what each entry dropped.
+    pub blocklist: Vec<(IpAddr, BlocklistEntry)>,
+    /// Everything the blocklist ever dropped, summed over CPUs.
+    pub blocked: BlocklistStats,
 }
 
 impl Snapshot {
@@ -237,6 +245,11 @@ pub struct Collector {
     /// loop's changes on top; the kernel programs get the combination.
     configured: Config,
     overlay: crate::mapek::execute::Overlay,
+    /// Blocks written to the kernel blocklist, with the deadline (Unix
+    /// seconds) each was written for.
+    blocklist_written: HashMap<IpAddr, f64>,
+    /// Whether `CFG_BLOCKLIST_ACTIVE` is on.
+    blocklist_active: bool,
 }
 
 impl Collector {
@@ -250,6 +263,93 @@ impl Collector {
         }
         self.peers.set_k(config.network.top_peers);
         self.tcp_top_peers = config.tcp.top_peers;
+        self.reconcile_blocklist();
+    }
+
+    /// Keeps the kernel blocklist equal to the overlay's unexpired blocks:
+    /// adds new ones, re-times extended ones (keeping their counters), and
+    /// removes lifted and expired ones, so an expired block is swept even if
+    /// the MAPE-K loop stopped. `CFG_BLOCKLIST_ACTIVE` goes on after the
+    /// first entry is written and off before the last is removed.
+    fn reconcile_blocklist(&mut self) {
+        if self.overlay.blocked.is_empty() && self.blocklist_written.is_empty() {
+            return;
+        }
+        let now_unix = unix_seconds(SystemTime::now());
+        let now_ns = monotonic_ns();
+        let wanted: HashMap<IpAddr, f64> = self
+            .overlay
+            .blocked
+            .iter()
+            .filter(|(_, until)| **until > now_unix)
+            .map(|(peer, until)| (*peer, *until))
+            .collect();
+        for (&peer, &until) in &wanted {
+            if self.blocklist_written.get(&peer) == Some(&until) {
+                continue;
+            }
+            let key = BlocklistKey::from(peer);
+            // An extension keeps what the entry counted so far.
+            let kept = self.maps.blocklist.get(&key, 0).unwrap_or_default();
+            let entry = BlocklistEntry {
+                expires_ns: now_ns + ((until - now_unix) * 1e9) as u64,
+                packets: kept.packets,
+                bytes: kept.bytes,
+            };
+            match self.maps.blocklist.insert(key, entry, 0) {
+                Ok(()) => {
+                    self.blocklist_written.insert(peer, until);
+                }
+                Err(err) => warn!("blocking {peer} in the kernel failed: {err}"),
+            }
+        }
+        let any = wanted
+            .keys()
+            .any(|peer| self.blocklist_written.contains_key(peer));
+        if any != self.blocklist_active {
+            match self
+                .maps
+                .config
+                .set(CFG_BLOCKLIST_ACTIVE, u64::from(any), 0)
+            {
+                Ok(()) => self.blocklist_active = any,
+                Err(err) => warn!("switching the blocklist on or off failed: {err}"),
+            }
+        }
+        let stale: Vec<IpAddr> = self
+            .blocklist_written
+            .keys()
+            .filter(|peer| !wanted.contains_key(peer))
+            .copied()
+            .collect();
+        for peer in stale {
+            match self.maps.blocklist.remove(&BlocklistKey::from(peer)) {
+                Ok(()) => {
+                    self.blocklist_written.remove(&peer);
+                }
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+                {
+                    self.blocklist_written.remove(&peer);
+                }
+                Err(err) => warn!("unblocking {peer} in the kernel failed: {err}"),
+            }
+        }
+    }
+
+    fn read_blocklist(&self, snapshot: &mut Snapshot) -> Result<(), MapError> {
+        snapshot.blocked = BlocklistStats::sum(self.maps.blocklist_stats.get(&0, 0)?.iter());
+        if self.blocklist_written.is_empty() {
+            return Ok(());
+        }
+        for entry in self.maps.blocklist.iter() {
+            let (key, entry) = entry?;
+            if let Some(peer) = key.ip() {
+                snapshot.blocklist.push((peer, entry));
+            }
+        }
+        snapshot.blocklist.sort_by_key(|(peer, _)| *peer);
+        Ok(())
     }
 }
 
@@ -273,6 +373,8 @@ impl Collector {
             tcp_top_peers: config.tcp.top_peers,
             configured: config.clone(),
             overlay: Default::default(),
+            blocklist_written: HashMap::new(),
+            blocklist_active: false,
             cycles: 0,
             stale_starts_removed: 0,
             maps,
@@ -404,6 +506,10 @@ impl Collector {
         self.read_tcp_peers(&mut snapshot);
         if let Err(err) = self.read_flows(&mut snapshot) {
             warn!("reading the flow table: {err}");
+        }
+        self.reconcile_blocklist();
+        if let Err(err) = self.read_blocklist(&mut snapshot) {
+            warn!("reading the blocklist: {err}");
         }
         snapshot.programs = self.read_program_stats();
         snapshot.duration = started.elapsed();

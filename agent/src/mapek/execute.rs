@@ -5,8 +5,13 @@
 //! changed is an overlay on the configured settings, so a zoom, the cost
 //! ladder and a SIGHUP reload compose instead of undoing one another.
 //! Every action is logged and counted.
+//!
+//! Enforce mode adds the blocklist: sources the ingress programs drop until
+//! a deadline. It is part of the overlay too; the collector keeps the
+//! kernel's map equal to it and sweeps expired entries on its own, and the
+//! kernel ignores an expired entry even before it is swept.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 use tracing::info;
@@ -21,6 +26,8 @@ pub struct Overlay {
     pub zoom: Option<(f64, u64)>,
     /// Cost-ladder steps in force.
     pub shed_level: usize,
+    /// Blocked sources and until when (Unix seconds).
+    pub blocked: BTreeMap<IpAddr, f64>,
 }
 
 impl Overlay {
@@ -49,6 +56,9 @@ pub enum Mode {
     DryRun,
     /// Apply the decisions to the kernel programs.
     Act,
+    /// Act, and drop the packets of a source named by a network attack for
+    /// a while (the blocklist).
+    Enforce,
 }
 
 impl Mode {
@@ -56,8 +66,22 @@ impl Mode {
         match self {
             Mode::DryRun => "dry_run",
             Mode::Act => "act",
+            Mode::Enforce => "enforce",
         }
     }
+}
+
+/// A source the kernel drops, as /api/v1/anomalies shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Blocked {
+    pub peer: IpAddr,
+    /// Unix seconds.
+    pub since: f64,
+    pub expires: f64,
+    /// Dropped for this block so far, as the kernel counted them.
+    pub packets: u64,
+    pub bytes: u64,
+    pub reason: String,
 }
 
 #[derive(Debug, Default)]
@@ -68,6 +92,8 @@ pub struct Executor {
     pub log: Vec<(f64, Action, &'static str)>,
     /// What is applied to the kernel programs now.
     pub overlay: Overlay,
+    /// The blocks in force, with their reasons and what they dropped.
+    pub blocked: BTreeMap<IpAddr, Blocked>,
 }
 
 impl Executor {
@@ -78,10 +104,43 @@ impl Executor {
         }
     }
 
+    /// Follows a reloaded `[mapek] mode`. Back in dry_run, a zoom in force
+    /// is undone (dry_run changes nothing); leaving enforce, the planner
+    /// lifts every block (with its reason) in the same cycle.
+    pub fn set_mode(&mut self, mode: Mode, collector: &CollectorHandle) {
+        if mode == self.mode {
+            return;
+        }
+        info!(
+            from = self.mode.label(),
+            to = mode.label(),
+            "MAPE-K mode changed"
+        );
+        self.mode = mode;
+        if mode == Mode::DryRun && self.overlay.zoom.take().is_some() {
+            collector.adjust(self.overlay.clone());
+        }
+    }
+
+    /// Whether `action` changes the kernel programs in this mode. Cost
+    /// actions apply in every mode (they only shed Sonde's own detail), and
+    /// so does lifting a block; a block itself only in enforce mode.
+    fn applies(&self, action: &Action) -> bool {
+        match action {
+            Action::LowerCost { .. } | Action::RestoreCost { .. } | Action::Unblock { .. } => true,
+            Action::Block { .. } => self.mode == Mode::Enforce,
+            Action::RaiseDetail { .. } | Action::RestoreDetail { .. } => self.mode != Mode::DryRun,
+        }
+    }
+
     pub fn execute(&mut self, actions: Vec<Action>, now: f64, collector: &CollectorHandle) {
         for action in actions {
-            let applied = self.mode == Mode::Act || action.is_cost();
-            let mode = if applied { "act" } else { "dry_run" };
+            let applied = self.applies(&action);
+            let mode = if action.is_cost() {
+                "act"
+            } else {
+                self.mode.label()
+            };
             info!(action = action.name(), mode, ?action, "MAPE-K action");
             if applied {
                 let before = self.overlay.clone();
@@ -95,6 +154,29 @@ impl Executor {
                     Action::LowerCost { level, .. } | Action::RestoreCost { level, .. } => {
                         self.overlay.shed_level = *level;
                     }
+                    Action::Block {
+                        peer,
+                        until,
+                        reason,
+                        ..
+                    } => {
+                        self.overlay.blocked.insert(*peer, *until);
+                        let blocked = self.blocked.entry(*peer).or_insert_with(|| Blocked {
+                            peer: *peer,
+                            since: now,
+                            expires: *until,
+                            packets: 0,
+                            bytes: 0,
+                            reason: reason.clone(),
+                        });
+                        // An extension says why, and names its anomaly.
+                        blocked.expires = *until;
+                        blocked.reason.clone_from(reason);
+                    }
+                    Action::Unblock { peer, .. } => {
+                        self.overlay.blocked.remove(peer);
+                        self.blocked.remove(peer);
+                    }
                 }
                 if self.overlay != before {
                     collector.adjust(self.overlay.clone());
@@ -104,6 +186,15 @@ impl Executor {
             self.log.push((now, action, mode));
             if self.log.len() > 256 {
                 self.log.remove(0);
+            }
+        }
+        if !self.blocked.is_empty() {
+            let snapshot = collector.snapshot.read().unwrap_or_else(|e| e.into_inner());
+            for (peer, entry) in &snapshot.blocklist {
+                if let Some(blocked) = self.blocked.get_mut(peer) {
+                    blocked.packets = entry.packets;
+                    blocked.bytes = entry.bytes;
+                }
             }
         }
     }

@@ -179,6 +179,9 @@ impl Mapek {
                 "ladder": govern::STEPS,
             },
             "threshold_scale": self.analyzer.threshold_scale,
+            // Enforce mode: sources dropped now, and blocks refused (why).
+            "blocked": self.executor.blocked.values().collect::<Vec<_>>(),
+            "block_refused": self.planner.refused,
             "mode": self.executor.mode.label(),
             "warmup_cycles": self.analyzer.warmup,
             "baselines_reloaded": self.baselines_reloaded,
@@ -414,6 +417,7 @@ pub async fn run(
                     .or_default() += 1;
             }
             let config = state.config_snapshot();
+            m.executor.set_mode(config.mapek.mode, &state.collector);
             let active = m.analyzer.active.clone();
             let mut actions = m.planner.plan(&opened, &active, t, &config);
             actions.extend(cost_action);

@@ -4,11 +4,26 @@
 //! expired) it restores the configured detail. Every decision carries its
 //! reason; at most one zoom is in force, so the loop cannot run away.
 //! Cost governance (see `govern`) adds its own two actions.
+//!
+//! In enforce mode only, a network attack that names its source (a port
+//! scan, a SYN flood) gets that source blocked for `block_ttl_seconds`, and
+//! unblocked when the time is up. Bounded: at most `max_blocked` sources at
+//! once; never loopback, unspecified or multicast addresses, the node's own
+//! addresses or `never_block`'s (a refusal is logged and reported with its
+//! reason); a source already blocked is not blocked twice, and its block is
+//! extended at most once per anomaly (when a new anomaly names it, or when
+//! its anomaly is still active as the block ends), so every block ends.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    net::IpAddr,
+};
 
 use serde::Serialize;
+use tracing::warn;
 
-use super::analyze::Anomaly;
-use crate::config::Config;
+use super::{analyze::Anomaly, execute::Mode};
+use crate::config::{Config, MapekConfig};
 
 /// Slow-syscall threshold while zoomed in.
 const ZOOM_SLOW_THRESHOLD_MS: f64 = 10.0;
@@ -39,15 +54,31 @@ pub enum Action {
         step: &'static str,
         reason: String,
     },
+    /// Enforce mode: drop `peer`'s ingress packets until `until` (Unix
+    /// seconds), `ttl_seconds` from now; again for a source already
+    /// blocked: its block is extended.
+    Block {
+        peer: IpAddr,
+        ttl_seconds: u64,
+        until: f64,
+        reason: String,
+    },
+    /// The block is over (expired, or enforce mode left).
+    Unblock {
+        peer: IpAddr,
+        reason: String,
+    },
 }
 
 impl Action {
     /// Every action's name.
-    pub const NAMES: [&'static str; 4] = [
+    pub const NAMES: [&'static str; 6] = [
         "raise_detail",
         "restore_detail",
         "lower_cost",
         "restore_cost",
+        "block",
+        "unblock",
     ];
 
     pub fn name(&self) -> &'static str {
@@ -56,6 +87,8 @@ impl Action {
             Action::RestoreDetail { .. } => "restore_detail",
             Action::LowerCost { .. } => "lower_cost",
             Action::RestoreCost { .. } => "restore_cost",
+            Action::Block { .. } => "block",
+            Action::Unblock { .. } => "unblock",
         }
     }
 
@@ -66,11 +99,71 @@ impl Action {
     }
 }
 
+/// Anomaly kinds whose evidence names one attacking source: enforce mode
+/// blocks it.
+pub const BLOCK_KINDS: [&str; 2] = ["port_scan", "syn_flood"];
+
+/// Refused blocks kept for /api/v1/anomalies.
+const REFUSALS_KEPT: usize = 32;
+
+/// An opened anomaly that names the source of a network attack.
+#[derive(Debug, Clone)]
+pub struct Offender {
+    pub anomaly: u64,
+    pub kind: &'static str,
+    pub score: f64,
+    pub peer: IpAddr,
+}
+
+impl Offender {
+    pub fn of(anomaly: &Anomaly) -> Option<Offender> {
+        if !BLOCK_KINDS.contains(&anomaly.kind) {
+            return None;
+        }
+        Some(Offender {
+            anomaly: anomaly.id,
+            kind: anomaly.kind,
+            score: anomaly.score,
+            peer: subject_peer(anomaly.subject.as_deref()?)?,
+        })
+    }
+}
+
+/// The address in an anomaly's subject, `"peer 10.213.0.2"`. (Parsed from
+/// the text the analyzer writes; a typed peer on `Anomaly` would be better.)
+fn subject_peer(subject: &str) -> Option<IpAddr> {
+    let ip: IpAddr = subject.strip_prefix("peer ")?.trim().parse().ok()?;
+    Some(ip.to_canonical())
+}
+
+/// A block in force, as the planner tracks it.
+#[derive(Debug, Clone)]
+struct PlannedBlock {
+    until: f64,
+    /// The latest anomaly that named the source.
+    anomaly: u64,
+    /// Whether that anomaly's one extension at the end of a block is used.
+    extended: bool,
+}
+
+/// A block not applied, and why.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Refusal {
+    pub time: f64,
+    pub anomaly: u64,
+    pub peer: IpAddr,
+    pub reason: String,
+}
+
 #[derive(Debug, Default)]
 pub struct Planner {
     /// Until when the current zoom lasts (None: not zoomed).
     zoomed_until: Option<f64>,
     pub zoom_seconds: f64,
+    /// Sources blocked now (enforce mode).
+    blocked: BTreeMap<IpAddr, PlannedBlock>,
+    /// The latest refused blocks, oldest first.
+    pub refused: VecDeque<Refusal>,
 }
 
 impl Planner {
@@ -78,6 +171,7 @@ impl Planner {
         Self {
             zoomed_until: None,
             zoom_seconds,
+            ..Default::default()
         }
     }
 
@@ -116,6 +210,385 @@ impl Planner {
                 reason: "no anomaly active and the zoom expired".into(),
             });
         }
+        let offenders: Vec<Offender> = opened.iter().filter_map(Offender::of).collect();
+        let active: Vec<u64> = active.iter().map(|a| a.id).collect();
+        actions.extend(self.plan_blocks(
+            &offenders,
+            &active,
+            now,
+            &config.mapek,
+            crate::netif::own_addresses,
+        ));
         actions
+    }
+
+    /// The blocklist's decisions for this cycle: blocks that end (or are
+    /// extended once), and sources to block. `own_addresses` is only read
+    /// when a source is about to be blocked.
+    pub fn plan_blocks(
+        &mut self,
+        offenders: &[Offender],
+        active: &[u64],
+        now: f64,
+        m: &MapekConfig,
+        own_addresses: impl Fn() -> std::io::Result<Vec<IpAddr>>,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if m.mode != Mode::Enforce {
+            for peer in std::mem::take(&mut self.blocked).into_keys() {
+                actions.push(Action::Unblock {
+                    peer,
+                    reason: format!("[mapek] mode is now {}: no blocking", m.mode.label()),
+                });
+            }
+            return actions;
+        }
+        let ttl = m.block_ttl_seconds;
+        let mut ended = Vec::new();
+        for (&peer, block) in &mut self.blocked {
+            if let Some(net) = m.never_block.iter().find(|net| net.contains(peer)) {
+                let net = String::from(*net);
+                ended.push((
+                    peer,
+                    format!("{peer} is now in [mapek] never_block ({net})"),
+                ));
+                continue;
+            }
+            if now < block.until {
+                continue;
+            }
+            if !block.extended && active.contains(&block.anomaly) {
+                block.extended = true;
+                block.until = now + ttl as f64;
+                actions.push(Action::Block {
+                    peer,
+                    ttl_seconds: ttl,
+                    until: block.until,
+                    reason: format!(
+                        "anomaly #{} still active as the block of {peer} ended: extended once, \
+                         by {ttl} s",
+                        block.anomaly
+                    ),
+                });
+            } else {
+                let why = if block.extended {
+                    "its one extension used"
+                } else {
+                    "the anomaly is over"
+                };
+                ended.push((
+                    peer,
+                    format!(
+                        "block of {peer} expired (anomaly #{}: {why})",
+                        block.anomaly
+                    ),
+                ));
+            }
+        }
+        for (peer, reason) in ended {
+            self.blocked.remove(&peer);
+            actions.push(Action::Unblock { peer, reason });
+        }
+
+        let mut own: Option<Result<Vec<IpAddr>, String>> = None;
+        for o in offenders {
+            let peer = o.peer;
+            if let Some(block) = self.blocked.get_mut(&peer) {
+                // Named again by another anomaly: a fresh TTL from now (and
+                // that anomaly's own extension), never a second entry.
+                if block.anomaly != o.anomaly {
+                    block.anomaly = o.anomaly;
+                    block.extended = false;
+                    let until = now + ttl as f64;
+                    if until > block.until {
+                        block.until = until;
+                        actions.push(Action::Block {
+                            peer,
+                            ttl_seconds: ttl,
+                            until,
+                            reason: format!(
+                                "anomaly #{} {} (score {:.1}) names {peer}, already blocked: \
+                                 extended to {ttl} s from now",
+                                o.anomaly, o.kind, o.score
+                            ),
+                        });
+                    }
+                }
+                continue;
+            }
+            let own = own.get_or_insert_with(|| own_addresses().map_err(|e| e.to_string()));
+            if let Some(reason) = self.refusal(peer, m, own) {
+                warn!(
+                    anomaly = o.anomaly,
+                    kind = o.kind,
+                    %peer,
+                    "MAPE-K: not blocking {peer}: {reason}"
+                );
+                self.refused.push_back(Refusal {
+                    time: now,
+                    anomaly: o.anomaly,
+                    peer,
+                    reason,
+                });
+                if self.refused.len() > REFUSALS_KEPT {
+                    self.refused.pop_front();
+                }
+                continue;
+            }
+            let until = now + ttl as f64;
+            self.blocked.insert(
+                peer,
+                PlannedBlock {
+                    until,
+                    anomaly: o.anomaly,
+                    extended: false,
+                },
+            );
+            actions.push(Action::Block {
+                peer,
+                ttl_seconds: ttl,
+                until,
+                reason: format!(
+                    "anomaly #{} {} (score {:.1}) from {peer}: its packets dropped for {ttl} s",
+                    o.anomaly, o.kind, o.score
+                ),
+            });
+        }
+        actions
+    }
+
+    /// Why `peer` must not be blocked, if it must not.
+    fn refusal(
+        &self,
+        peer: IpAddr,
+        m: &MapekConfig,
+        own: &Result<Vec<IpAddr>, String>,
+    ) -> Option<String> {
+        let broadcast = matches!(peer, IpAddr::V4(v4) if v4.is_broadcast());
+        if peer.is_loopback() {
+            return Some("a loopback address".into());
+        }
+        if peer.is_unspecified() {
+            return Some("the unspecified address".into());
+        }
+        if peer.is_multicast() || broadcast {
+            return Some("a multicast or broadcast address".into());
+        }
+        if let Some(net) = m.never_block.iter().find(|net| net.contains(peer)) {
+            return Some(format!("in [mapek] never_block ({})", String::from(*net)));
+        }
+        match own {
+            Ok(own) if own.contains(&peer) => {
+                return Some("one of this node's own addresses".into());
+            }
+            Ok(_) => {}
+            Err(err) => {
+                return Some(format!(
+                    "this node's own addresses could not be read ({err}), so none is blocked"
+                ));
+            }
+        }
+        if self.blocked.len() >= m.max_blocked {
+            return Some(format!(
+                "{} sources already blocked ([mapek] max_blocked)",
+                self.blocked.len()
+            ));
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Cidr;
+
+    const ATTACKER: &str = "10.213.0.2";
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn settings(mode: Mode) -> MapekConfig {
+        MapekConfig {
+            mode,
+            block_ttl_seconds: 4,
+            max_blocked: 2,
+            ..Default::default()
+        }
+    }
+
+    fn offender(anomaly: u64, peer: &str) -> Offender {
+        Offender {
+            anomaly,
+            kind: "port_scan",
+            score: 9.0,
+            peer: ip(peer),
+        }
+    }
+
+    fn own() -> std::io::Result<Vec<IpAddr>> {
+        Ok(vec![ip("127.0.0.1"), ip("10.213.0.1"), ip("fd00::1")])
+    }
+
+    fn names(actions: &[Action]) -> Vec<&'static str> {
+        actions.iter().map(Action::name).collect()
+    }
+
+    #[test]
+    fn the_peer_comes_from_the_subject() {
+        assert_eq!(subject_peer("peer 10.213.0.2"), Some(ip(ATTACKER)));
+        assert_eq!(subject_peer("peer fd00::2"), Some(ip("fd00::2")));
+        assert_eq!(subject_peer("peer ::ffff:10.213.0.2"), Some(ip(ATTACKER)));
+        assert_eq!(subject_peer("process sonde-workload"), None);
+        assert_eq!(subject_peer("peer nobody"), None);
+    }
+
+    #[test]
+    fn dry_run_and_act_never_block() {
+        for mode in [Mode::DryRun, Mode::Act] {
+            let mut planner = Planner::new(60.0);
+            let actions =
+                planner.plan_blocks(&[offender(1, ATTACKER)], &[1], 100.0, &settings(mode), own);
+            assert!(actions.is_empty(), "{mode:?}: {actions:?}");
+            assert!(planner.blocked.is_empty() && planner.refused.is_empty());
+        }
+    }
+
+    #[test]
+    fn enforce_blocks_once_then_unblocks_when_the_time_is_up() {
+        let m = settings(Mode::Enforce);
+        let mut planner = Planner::new(60.0);
+        // Two anomalies of one cycle name the same source: one block.
+        let actions = planner.plan_blocks(
+            &[offender(1, ATTACKER), offender(1, ATTACKER)],
+            &[1],
+            100.0,
+            &m,
+            own,
+        );
+        assert_eq!(actions.len(), 1, "{actions:?}");
+        let Action::Block {
+            peer,
+            ttl_seconds,
+            until,
+            reason,
+        } = &actions[0]
+        else {
+            panic!("{actions:?}")
+        };
+        assert_eq!((*peer, *ttl_seconds, *until), (ip(ATTACKER), 4, 104.0));
+        assert!(reason.contains("anomaly #1 port_scan"), "{reason}");
+        // Nothing more while it lasts, the same anomaly or not.
+        assert!(planner.plan_blocks(&[], &[1], 102.0, &m, own).is_empty());
+        // The anomaly is over when the time is up: unblocked.
+        let actions = planner.plan_blocks(&[], &[], 104.0, &m, own);
+        assert_eq!(names(&actions), ["unblock"]);
+        let Action::Unblock { reason, .. } = &actions[0] else {
+            unreachable!()
+        };
+        assert!(reason.contains("expired"), "{reason}");
+        assert!(planner.blocked.is_empty());
+    }
+
+    #[test]
+    fn a_block_is_extended_at_most_once_per_anomaly() {
+        let m = settings(Mode::Enforce);
+        let mut planner = Planner::new(60.0);
+        planner.plan_blocks(&[offender(1, ATTACKER)], &[1], 100.0, &m, own);
+        // Its anomaly still active at the deadline: extended, once.
+        let actions = planner.plan_blocks(&[], &[1], 104.0, &m, own);
+        assert_eq!(names(&actions), ["block"]);
+        assert!(matches!(actions[0], Action::Block { until, .. } if until == 108.0));
+        let actions = planner.plan_blocks(&[], &[1], 108.0, &m, own);
+        assert_eq!(names(&actions), ["unblock"], "a second extension");
+        // A new anomaly naming a blocked source: a fresh TTL, no new entry.
+        planner.plan_blocks(&[offender(2, ATTACKER)], &[2], 200.0, &m, own);
+        let actions = planner.plan_blocks(&[offender(3, ATTACKER)], &[3], 202.0, &m, own);
+        assert_eq!(names(&actions), ["block"]);
+        assert!(matches!(actions[0], Action::Block { until, .. } if until == 206.0));
+        assert_eq!(planner.blocked.len(), 1);
+        // The same anomaly again: nothing.
+        let actions = planner.plan_blocks(&[offender(3, ATTACKER)], &[3], 203.0, &m, own);
+        assert!(actions.is_empty(), "{actions:?}");
+    }
+
+    #[test]
+    fn protected_addresses_are_refused_with_a_reason() {
+        let mut m = settings(Mode::Enforce);
+        m.never_block = vec![Cidr::try_from("192.0.2.0/24".to_owned()).unwrap()];
+        let mut planner = Planner::new(60.0);
+        let refused = [
+            ("127.0.0.1", "loopback"),
+            ("::1", "loopback"),
+            ("0.0.0.0", "unspecified"),
+            ("224.0.0.1", "multicast"),
+            ("192.0.2.9", "never_block (192.0.2.0/24)"),
+            ("10.213.0.1", "this node's own addresses"),
+            ("fd00::1", "this node's own addresses"),
+        ];
+        let offenders: Vec<Offender> = refused
+            .iter()
+            .enumerate()
+            .map(|(i, (peer, _))| offender(i as u64, peer))
+            .collect();
+        let actions = planner.plan_blocks(&offenders, &[], 100.0, &m, own);
+        assert!(actions.is_empty(), "{actions:?}");
+        assert_eq!(planner.refused.len(), refused.len());
+        for (refusal, (peer, why)) in planner.refused.iter().zip(refused) {
+            assert_eq!(refusal.peer, ip(peer));
+            assert!(refusal.reason.contains(why), "{peer}: {}", refusal.reason);
+        }
+        // Own addresses unknown: nothing is blocked.
+        let mut planner = Planner::new(60.0);
+        let actions = planner.plan_blocks(&[offender(1, ATTACKER)], &[], 100.0, &m, || {
+            Err(std::io::Error::other("no getifaddrs"))
+        });
+        assert!(actions.is_empty());
+        assert!(planner.refused[0].reason.contains("could not be read"));
+    }
+
+    #[test]
+    fn at_most_max_blocked_sources_are_blocked() {
+        let m = settings(Mode::Enforce);
+        let mut planner = Planner::new(60.0);
+        let offenders = [
+            offender(1, "10.213.0.2"),
+            offender(2, "10.213.0.3"),
+            offender(3, "10.213.0.4"),
+        ];
+        let actions = planner.plan_blocks(&offenders, &[], 100.0, &m, own);
+        assert_eq!(names(&actions), ["block", "block"]);
+        assert_eq!(planner.refused.len(), 1);
+        assert_eq!(planner.refused[0].peer, ip("10.213.0.4"));
+        assert!(planner.refused[0].reason.contains("max_blocked"));
+    }
+
+    #[test]
+    fn leaving_enforce_or_protecting_a_source_lifts_its_block() {
+        let mut m = settings(Mode::Enforce);
+        let mut planner = Planner::new(60.0);
+        planner.plan_blocks(
+            &[offender(1, "10.213.0.2"), offender(2, "10.213.0.3")],
+            &[],
+            100.0,
+            &m,
+            own,
+        );
+        m.never_block = vec![Cidr::try_from("10.213.0.3".to_owned()).unwrap()];
+        let actions = planner.plan_blocks(&[], &[], 101.0, &m, own);
+        assert!(
+            matches!(&actions[..], [Action::Unblock { peer, reason }]
+                if *peer == ip("10.213.0.3") && reason.contains("never_block")),
+            "{actions:?}"
+        );
+        m.mode = Mode::Act;
+        let actions = planner.plan_blocks(&[], &[], 102.0, &m, own);
+        assert!(
+            matches!(&actions[..], [Action::Unblock { peer, reason }]
+                if *peer == ip("10.213.0.2") && reason.contains("mode is now act")),
+            "{actions:?}"
+        );
+        assert!(planner.plan_blocks(&[], &[], 103.0, &m, own).is_empty());
     }
 }

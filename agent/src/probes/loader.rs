@@ -22,7 +22,10 @@ use agent_common::{
     counters::COUNTERS_MAP,
     drops::{DROP_DEVICES_MAP, DROP_REASONS_MAP, DropDeviceKey, DropDeviceStats},
     events::{RING_STATS_MAP, RINGS, RingStats},
-    net::{FLOWS_MAP, FlowKey, FlowStats, PACKET_COUNTERS_MAP, PacketCounters, PacketKey},
+    net::{
+        BLOCKLIST_MAP, BLOCKLIST_STATS_MAP, BlocklistEntry, BlocklistKey, BlocklistStats,
+        FLOWS_MAP, FlowKey, FlowStats, PACKET_COUNTERS_MAP, PacketCounters, PacketKey,
+    },
     sched::{RUNQ_STATS_MAP, RunqStats},
     syscalls::{
         MAX_SYSCALLS, SLOW_SYSCALL_IGNORE_MAP, SYSCALL_START_MAP, SYSCALL_STATS_MAP, SyscallStart,
@@ -122,6 +125,10 @@ pub struct KernelMaps {
     pub runq_stats: PerCpuArray<MapData, RunqStats>,
     pub block_stats: PerCpuHashMap<MapData, BlockKey, BlockStats>,
     pub tcp_peers: aya::maps::HashMap<MapData, TcpPeerKey, TcpPeerStats>,
+    /// Enforce mode's blocked sources (the collector keeps it in step
+    /// with the MAPE-K overlay).
+    pub blocklist: aya::maps::HashMap<MapData, BlocklistKey, BlocklistEntry>,
+    pub blocklist_stats: PerCpuArray<MapData, BlocklistStats>,
 }
 
 /// Everything loaded into the kernel. Dropping it detaches every program.
@@ -272,6 +279,8 @@ impl Probes {
             runq_stats: take(&mut ebpf, RUNQ_STATS_MAP)?,
             block_stats: take(&mut ebpf, BLOCK_STATS_MAP)?,
             tcp_peers: take(&mut ebpf, TCP_PEERS_MAP)?,
+            blocklist: take(&mut ebpf, BLOCKLIST_MAP)?,
+            blocklist_stats: take(&mut ebpf, BLOCKLIST_STATS_MAP)?,
         };
         apply_runtime_config(&mut maps, config)?;
         let mut rings = Vec::new();
