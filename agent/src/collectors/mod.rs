@@ -7,6 +7,7 @@
 //! The collector runs on its own thread (map reads are blocking syscalls) and
 //! owns the maps; runtime reconfiguration (SIGHUP) reaches it as a message.
 
+mod batch;
 mod peers;
 
 use std::{
@@ -643,6 +644,27 @@ impl Collector {
         Ok(())
     }
 
+    /// Every flow in the kernel's table: in a few batched syscalls where
+    /// the kernel can, else walking it entry by entry.
+    fn flow_entries(&self) -> Result<Vec<(FlowKey, agent_common::net::FlowStats)>, MapError> {
+        use aya::maps::IterableMap as _;
+        match batch::lookup_all(self.maps.flows.map()) {
+            Ok(Some(entries)) => return Ok(entries),
+            Ok(None) => {}
+            Err(err) => debug!("batched flow-table read failed ({err}); walking it"),
+        }
+        let mut entries = Vec::new();
+        for entry in self.maps.flows.iter() {
+            match entry {
+                Ok(entry) => entries.push(entry),
+                // The kernel evicted the entry while we walked the table.
+                Err(MapError::KeyNotFound) => continue,
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(entries)
+    }
+
     fn read_flows(&mut self, snapshot: &mut Snapshot) -> Result<(), MapError> {
         let now = monotonic_ns();
         let mut seen: HashMap<FlowKey, FlowState> = HashMap::with_capacity(self.flows.len());
@@ -650,14 +672,7 @@ impl Collector {
         // Distinct local ports each remote peer opened new flows to.
         let mut fan_out: HashMap<IpAddr, std::collections::HashSet<u16>> = HashMap::new();
         let mut idle = Vec::new();
-        for entry in self.maps.flows.iter() {
-            let (key, values) = match entry {
-                Ok(entry) => entry,
-                // The kernel evicted the entry while we walked the table.
-                Err(MapError::KeyNotFound) => continue,
-                Err(err) => return Err(err),
-            };
-            let flow = values;
+        for (key, flow) in self.flow_entries()? {
             let (dp, db) = match self.flows.get(&key) {
                 // Same incarnation: count what is new since last cycle.
                 Some(prev)
