@@ -30,5 +30,10 @@ pub const CFG_SYSCALL_SAMPLE_EVERY: u32 = 5;
 /// removing the last.
 pub const CFG_BLOCKLIST_ACTIVE: u32 = 6;
 
+/// Non-zero: count syscalls per process (`SYSCALL_PROCESSES`). The MAPE-K
+/// loop turns it on for a few cycles when a syscall anomaly opens, to name
+/// the process behind it; off, it costs one array read per syscall.
+pub const CFG_SYSCALLS_PER_PROCESS: u32 = 7;
+
 /// Number of slots in `CONFIG`.
 pub const CONFIG_LEN: u32 = 8;

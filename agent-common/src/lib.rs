@@ -39,6 +39,7 @@ macro_rules! impl_pod {
 impl_pod!(
     syscalls::SyscallStats,
     syscalls::SyscallStart,
+    syscalls::ProcessSyscalls,
     net::PacketKey,
     net::PacketCounters,
     net::FlowKey,

@@ -102,6 +102,13 @@ impl Merge for BlocklistStats {
     }
 }
 
+impl Merge for crate::syscalls::ProcessSyscalls {
+    fn merge(&mut self, o: &Self) {
+        self.calls += o.calls;
+        self.errors += o.errors;
+    }
+}
+
 impl Merge for u64 {
     fn merge(&mut self, o: &Self) {
         *self += o;

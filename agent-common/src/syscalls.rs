@@ -12,6 +12,20 @@ pub const SLOW_SYSCALL_IGNORE_MAP: &str = "SLOW_SYSCALL_IGNORE";
 
 /// Syscall ids tracked (x86_64 and aarch64 tables stay well below this).
 pub const MAX_SYSCALLS: u32 = 512;
+
+/// `LruPerCpuHashMap<u32 /* tgid */, ProcessSyscalls>`: syscalls per
+/// process, filled only while `CFG_SYSCALLS_PER_PROCESS` is on.
+pub const SYSCALL_PROCESSES_MAP: &str = "SYSCALL_PROCESSES";
+/// Processes tracked at once (least recently used ones make room).
+pub const MAX_SYSCALL_PROCESSES: u32 = 1024;
+
+/// Syscalls one process made (and how many failed) while counted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessSyscalls {
+    pub calls: u64,
+    pub errors: u64,
+}
 /// Threads with a syscall in flight that can be tracked at once.
 pub const MAX_INFLIGHT: u32 = 65536;
 

@@ -8,10 +8,15 @@
 //! threshold leave the kernel as events.
 
 use agent_common::{
-    config::{CFG_IGNORE_TGID, CFG_SLOW_SYSCALL_NS, CFG_SYSCALL_SAMPLE_EVERY},
+    config::{
+        CFG_IGNORE_TGID, CFG_SLOW_SYSCALL_NS, CFG_SYSCALL_SAMPLE_EVERY, CFG_SYSCALLS_PER_PROCESS,
+    },
     counters::{SYSCALL_ID_OUT_OF_RANGE, SYSCALL_START_MAP_FULL},
     events::{EVENT_SLOW_SYSCALL, EventHeader, RING_SYSCALL, SlowSyscallEvent},
-    syscalls::{MAX_INFLIGHT, MAX_SYSCALLS, SyscallStart, SyscallStats, UNTIMED, latency_slot},
+    syscalls::{
+        MAX_INFLIGHT, MAX_SYSCALL_PROCESSES, MAX_SYSCALLS, ProcessSyscalls, SyscallStart,
+        SyscallStats, UNTIMED, latency_slot,
+    },
 };
 use aya_ebpf::{
     Global,
@@ -20,7 +25,7 @@ use aya_ebpf::{
         generated::bpf_get_current_cgroup_id,
     },
     macros::{map, raw_tracepoint, tracepoint},
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray},
     programs::{RawTracePointContext, TracePointContext},
 };
 
@@ -38,6 +43,11 @@ static SYSCALL_START: HashMap<u32, SyscallStart> = HashMap::with_max_entries(MAX
 /// The syscall in flight of the thread running on this CPU, if any.
 #[map(name = "SYSCALL_INFLIGHT")]
 static SYSCALL_INFLIGHT: PerCpuArray<SyscallStart> = PerCpuArray::with_max_entries(1, 0);
+
+/// Syscalls per process, while the MAPE-K loop asks who is behind a storm.
+#[map(name = "SYSCALL_PROCESSES")]
+static SYSCALL_PROCESSES: LruPerCpuHashMap<u32, ProcessSyscalls> =
+    LruPerCpuHashMap::with_max_entries(MAX_SYSCALL_PROCESSES, 0);
 
 #[map(name = "SLOW_SYSCALL_IGNORE")]
 static SLOW_SYSCALL_IGNORE: Array<u32> = Array::with_max_entries(MAX_SYSCALLS, 0);
@@ -167,6 +177,26 @@ fn count_untimed(id: u32) {
     }
 }
 
+/// Counts one syscall of the current process (attribution zoom).
+#[inline(always)]
+fn count_process(ret: i64) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let failed = u64::from(ret < 0);
+    if let Some(p) = SYSCALL_PROCESSES.get_ptr_mut(tgid) {
+        // SAFETY: this CPU's copy of the value.
+        unsafe {
+            (*p).calls += 1;
+            (*p).errors += failed;
+        }
+    } else {
+        let first = ProcessSyscalls {
+            calls: 1,
+            errors: failed,
+        };
+        let _ = SYSCALL_PROCESSES.insert(tgid, first, 0);
+    }
+}
+
 /// Where the running thread's syscall started: this CPU's slot when the
 /// thread never left the CPU, else the hash map it was parked in.
 #[inline(always)]
@@ -197,6 +227,9 @@ fn on_exit(ret: i64) {
         return;
     };
     let id = start.id;
+    if config(CFG_SYSCALLS_PER_PROCESS) != 0 {
+        count_process(ret);
+    }
     if start.ts_ns == UNTIMED {
         if let Some(stats) = SYSCALL_STATS.get_ptr_mut(id) {
             // SAFETY: per-CPU slot, only this CPU writes it while we run.

@@ -106,6 +106,10 @@ pub struct SyscallsConfig {
     /// counted. For nodes where the two clock reads per syscall cost too
     /// much; slow-syscall events then come from the timed ones only.
     pub latency_sample_every: u64,
+    /// Runtime. Count syscalls per process as well (a hash update per
+    /// syscall). Off, the MAPE-K loop still turns it on for a few seconds
+    /// when a syscall anomaly opens, to name the process behind it.
+    pub per_process: bool,
 }
 
 impl Default for SyscallsConfig {
@@ -115,6 +119,7 @@ impl Default for SyscallsConfig {
             hook: SyscallHook::Auto,
             slow_threshold_ms: 100.0,
             latency_sample_every: 1,
+            per_process: false,
             slow_ignore: [
                 "epoll_wait",
                 "epoll_pwait",

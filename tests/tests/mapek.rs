@@ -80,8 +80,35 @@ fn syscall_storm_is_detected_answered_and_learning_survives_a_restart() {
         "false alarm on a quiet machine: {calm}"
     );
 
-    Workload::run(&["getppid", "3000000"], Duration::from_secs(60));
+    // A storm that lasts a few seconds whatever the machine's speed, so it
+    // is still on when the loop counts syscalls per process to name it.
+    let storm = Workload::spawn(&["getppid-rate", "5000000", "4"]);
     let anomaly = wait_for_kind(&agent, "syscall_storm");
+    // Named a cycle or two later: the process behind it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let subject = loop {
+        let report = agent.get_json("/api/v1/anomalies");
+        let subject = report["active"]
+            .as_array()
+            .into_iter()
+            .chain(report["recent"].as_array())
+            .flatten()
+            .find(|a| a["id"] == anomaly["id"])
+            .and_then(|a| a["subject"].as_str().map(str::to_owned));
+        if let Some(subject) = subject {
+            break subject;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the syscall storm's process was not named within 10 s: {report}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        subject.starts_with(&format!("process {} (sonde-workload)", storm.pid())),
+        "{subject}"
+    );
+    storm.wait_success(Duration::from_secs(30));
     let evidence = &anomaly["evidence"][0];
     assert_eq!(evidence["feature"], "syscalls_per_second", "{anomaly}");
     assert!(

@@ -152,6 +152,9 @@ pub struct Snapshot {
     pub blocklist: Vec<(IpAddr, BlocklistEntry)>,
     /// Everything the blocklist ever dropped, summed over CPUs.
     pub blocked: BlocklistStats,
+    /// While syscalls are counted per process: the processes that made the
+    /// most since the previous snapshot (pid, calls, failed), busiest first.
+    pub syscall_processes: Vec<(u32, agent_common::syscalls::ProcessSyscalls)>,
 }
 
 impl Snapshot {
@@ -452,6 +455,8 @@ impl Collector {
         if let Err(err) = self.read_syscalls(&mut snapshot) {
             warn!("reading syscall statistics: {err}");
         }
+        // Empty unless per-process counting is on: one failed key lookup.
+        self.take_syscall_processes(&mut snapshot);
         if let Err(err) = self.read_packets(&mut snapshot) {
             warn!("reading packet counters: {err}");
         }
@@ -516,6 +521,33 @@ impl Collector {
         snapshot.duration = started.elapsed();
         debug!(duration = ?snapshot.duration, "collected");
         snapshot
+    }
+
+    /// Takes the per-process syscall counts gathered since the last cycle
+    /// (read, then removed: each cycle sees its own), keeping the top few.
+    /// Calls made between a read and its removal are not counted; this
+    /// names processes, it does not account for every call.
+    fn take_syscall_processes(&mut self, snapshot: &mut Snapshot) {
+        const KEEP: usize = 8;
+        let keys: Vec<u32> = self
+            .maps
+            .syscall_processes
+            .keys()
+            .filter_map(Result::ok)
+            .collect();
+        let mut rows = Vec::with_capacity(keys.len());
+        for tgid in keys {
+            if let Ok(values) = self.maps.syscall_processes.get(&tgid, 0) {
+                rows.push((
+                    tgid,
+                    agent_common::syscalls::ProcessSyscalls::sum(values.iter()),
+                ));
+            }
+            let _ = self.maps.syscall_processes.remove(&tgid);
+        }
+        rows.sort_by(|a, b| b.1.calls.cmp(&a.1.calls).then(a.0.cmp(&b.0)));
+        rows.truncate(KEEP);
+        snapshot.syscall_processes = rows;
     }
 
     fn read_syscalls(&self, snapshot: &mut Snapshot) -> Result<(), MapError> {

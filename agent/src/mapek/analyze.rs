@@ -67,6 +67,24 @@ pub struct Anomaly {
     quiet: u32,
 }
 
+#[cfg(test)]
+impl Anomaly {
+    /// A just-opened anomaly of `kind`, for other steps' tests.
+    pub fn of_kind(kind: &'static str) -> Anomaly {
+        Anomaly {
+            id: 1,
+            kind,
+            severity: Severity::Warning,
+            score: 10.0,
+            start: 0.0,
+            end: None,
+            evidence: Vec::new(),
+            subject: None,
+            quiet: 0,
+        }
+    }
+}
+
 /// Per-feature: the anomaly kind it evidences and the smallest value that
 /// may count as anomalous at all.
 pub const FEATURES: &[(&str, &str, f64)] = &[
@@ -359,6 +377,17 @@ impl Analyzer {
 
         let mut opened = Vec::new();
         for anomaly in &mut self.active {
+            // Named later: per-process counting starts when a syscall
+            // anomaly opens, so the process shows up a cycle after.
+            if anomaly.subject.is_none() {
+                anomaly.subject = match anomaly.kind {
+                    "syscall_storm" => super::monitor::describe_syscall_process(subjects, false),
+                    "syscall_error_spike" => {
+                        super::monitor::describe_syscall_process(subjects, true)
+                    }
+                    _ => None,
+                };
+            }
             if let Some(evidence) = firing.remove(anomaly.kind) {
                 anomaly.quiet = 0;
                 anomaly.score = evidence
@@ -377,6 +406,8 @@ impl Analyzer {
             let subject = match kind {
                 "port_scan" | "syn_flood" => subjects.widest_peer.map(|p| format!("peer {p}")),
                 "fork_storm" => subjects.describe_parent(),
+                "syscall_storm" => super::monitor::describe_syscall_process(subjects, false),
+                "syscall_error_spike" => super::monitor::describe_syscall_process(subjects, true),
                 _ => None,
             };
             let anomaly = Anomaly {

@@ -28,6 +28,8 @@ pub struct Overlay {
     pub shed_level: usize,
     /// Blocked sources and until when (Unix seconds).
     pub blocked: BTreeMap<IpAddr, f64>,
+    /// Syscalls counted per process (attribution in progress).
+    pub attribute: bool,
 }
 
 impl Overlay {
@@ -42,6 +44,9 @@ impl Overlay {
                 config.syscalls.slow_threshold_ms = slow_threshold_ms;
             }
             config.network.flow_events_per_second = flow_events_per_second;
+        }
+        if self.attribute {
+            config.syscalls.per_process = true;
         }
         govern::shed(&mut config, self.shed_level);
         config
@@ -127,7 +132,11 @@ impl Executor {
     /// so does lifting a block; a block itself only in enforce mode.
     fn applies(&self, action: &Action) -> bool {
         match action {
-            Action::LowerCost { .. } | Action::RestoreCost { .. } | Action::Unblock { .. } => true,
+            Action::LowerCost { .. }
+            | Action::RestoreCost { .. }
+            | Action::Attribute { .. }
+            | Action::EndAttribution { .. }
+            | Action::Unblock { .. } => true,
             Action::Block { .. } => self.mode == Mode::Enforce,
             Action::RaiseDetail { .. } | Action::RestoreDetail { .. } => self.mode != Mode::DryRun,
         }
@@ -136,7 +145,7 @@ impl Executor {
     pub fn execute(&mut self, actions: Vec<Action>, now: f64, collector: &CollectorHandle) {
         for action in actions {
             let applied = self.applies(&action);
-            let mode = if action.is_cost() {
+            let mode = if action.is_on_sonde_itself() {
                 "act"
             } else {
                 self.mode.label()
@@ -177,6 +186,8 @@ impl Executor {
                         self.overlay.blocked.remove(peer);
                         self.blocked.remove(peer);
                     }
+                    Action::Attribute { .. } => self.overlay.attribute = true,
+                    Action::EndAttribution { .. } => self.overlay.attribute = false,
                 }
                 if self.overlay != before {
                     collector.adjust(self.overlay.clone());

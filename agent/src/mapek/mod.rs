@@ -283,12 +283,15 @@ impl Mapek {
             MetricType::COUNTER,
         );
         // From zero, so the series exist before the first decision: every
-        // action in this agent's mode, and cost actions as applied ("act")
-        // in every mode.
+        // action in this agent's mode, and those on Sonde itself (cost,
+        // attribution) as applied ("act") in every mode.
         let mode = self.executor.mode.label();
         for action in plan::Action::NAMES {
-            let cost = action.ends_with("_cost");
-            let mode = if cost { "act" } else { mode };
+            let mode = if plan::Action::ON_SONDE_ITSELF.contains(&action) {
+                "act"
+            } else {
+                mode
+            };
             let n = self
                 .executor
                 .counts

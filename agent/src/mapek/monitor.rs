@@ -17,6 +17,10 @@ pub struct Subjects {
     /// The parent whose children exec'd and exited the most this cycle,
     /// with the count and its latest child's cgroup.
     pub busiest_parent: Option<(u32, crate::events::Churn)>,
+    /// While syscalls are counted per process: the busiest processes
+    /// (pid, calls, failed) and the seconds they were counted over.
+    pub syscall_processes: Vec<(u32, agent_common::syscalls::ProcessSyscalls)>,
+    pub seconds: f64,
 }
 
 impl Subjects {
@@ -35,6 +39,35 @@ impl Subjects {
             churn.events
         ))
     }
+}
+
+/// "process PID (COMM): N syscalls/s, F failed/s, cgroup PATH" for the
+/// process that made the most syscalls (`by_errors`: failed ones) while
+/// they were counted per process; None when they were not.
+pub fn describe_syscall_process(subjects: &Subjects, by_errors: bool) -> Option<String> {
+    let (pid, counts) = subjects
+        .syscall_processes
+        .iter()
+        .max_by_key(|(_, c)| if by_errors { c.errors } else { c.calls })?;
+    if subjects.seconds <= 0.0 || (by_errors && counts.errors == 0) {
+        return None;
+    }
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim().to_owned())
+        .unwrap_or_else(|_| "exited".into());
+    // cgroup v2: the one "0::PATH" line.
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+        })
+        .unwrap_or_else(|| "unknown".into());
+    Some(format!(
+        "process {pid} ({comm}): {:.0} syscalls/s, {:.0} failed/s, cgroup {cgroup}",
+        counts.calls as f64 / subjects.seconds,
+        counts.errors as f64 / subjects.seconds
+    ))
 }
 
 /// The cgroup v2 directory whose inode is `id` (a cgroup's id is its
@@ -166,6 +199,8 @@ pub fn features(
     let subjects = Subjects {
         widest_peer: now.widest_peer.map(|(peer, _)| peer),
         busiest_parent: None,
+        syscall_processes: now.syscall_processes.clone(),
+        seconds: dt,
     };
     Some((f, subjects))
 }

@@ -68,18 +68,35 @@ pub enum Action {
         peer: IpAddr,
         reason: String,
     },
+    /// Count syscalls per process until `until`, to name the process
+    /// behind a syscall anomaly (observation only: every mode).
+    Attribute {
+        until: f64,
+        reason: String,
+    },
+    /// Per-process counting off again.
+    EndAttribution {
+        reason: String,
+    },
 }
 
 impl Action {
     /// Every action's name.
-    pub const NAMES: [&'static str; 6] = [
+    pub const NAMES: [&'static str; 8] = [
         "raise_detail",
         "restore_detail",
         "lower_cost",
         "restore_cost",
         "block",
         "unblock",
+        "attribute",
+        "end_attribution",
     ];
+
+    /// Actions that only change what Sonde itself observes (its cost, its
+    /// attribution): applied in every mode, and counted as `act`.
+    pub const ON_SONDE_ITSELF: [&'static str; 4] =
+        ["lower_cost", "restore_cost", "attribute", "end_attribution"];
 
     pub fn name(&self) -> &'static str {
         match self {
@@ -89,15 +106,23 @@ impl Action {
             Action::RestoreCost { .. } => "restore_cost",
             Action::Block { .. } => "block",
             Action::Unblock { .. } => "unblock",
+            Action::Attribute { .. } => "attribute",
+            Action::EndAttribution { .. } => "end_attribution",
         }
     }
 
-    /// Whether it is about Sonde's own cost (applied in every mode: it only
-    /// ever takes Sonde's own detail away, never touches the workload).
-    pub fn is_cost(&self) -> bool {
-        matches!(self, Action::LowerCost { .. } | Action::RestoreCost { .. })
+    /// Whether it only changes Sonde's own observation (see
+    /// [`Action::ON_SONDE_ITSELF`]).
+    pub fn is_on_sonde_itself(&self) -> bool {
+        Self::ON_SONDE_ITSELF.contains(&self.name())
     }
 }
+
+/// Anomaly kinds a process is behind: per-process syscall counting names
+/// it.
+pub const ATTRIBUTE_KINDS: [&str; 2] = ["syscall_storm", "syscall_error_spike"];
+/// How long per-process counting stays on after such an anomaly opens.
+const ATTRIBUTE_SECONDS: f64 = 10.0;
 
 /// Anomaly kinds whose evidence names one attacking source: enforce mode
 /// blocks it.
@@ -160,6 +185,8 @@ pub struct Planner {
     /// Until when the current zoom lasts (None: not zoomed).
     zoomed_until: Option<f64>,
     pub zoom_seconds: f64,
+    /// Until when syscalls are counted per process (None: not counted).
+    attributing_until: Option<f64>,
     /// Sources blocked now (enforce mode).
     blocked: BTreeMap<IpAddr, PlannedBlock>,
     /// The latest refused blocks, oldest first.
@@ -210,6 +237,7 @@ impl Planner {
                 reason: "no anomaly active and the zoom expired".into(),
             });
         }
+        actions.extend(self.plan_attribution(opened, now));
         let offenders: Vec<Offender> = opened.iter().filter_map(Offender::of).collect();
         let active: Vec<u64> = active.iter().map(|a| a.id).collect();
         actions.extend(self.plan_blocks(
@@ -219,6 +247,37 @@ impl Planner {
             &config.mapek,
             crate::netif::own_addresses,
         ));
+        actions
+    }
+
+    /// Per-process syscall counting: on for [`ATTRIBUTE_SECONDS`] when a
+    /// syscall anomaly opens without a process named, off when that time
+    /// is up. Only a newly opened anomaly starts (or prolongs) it.
+    fn plan_attribution(&mut self, opened: &[Anomaly], now: f64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let unnamed = opened
+            .iter()
+            .find(|a| ATTRIBUTE_KINDS.contains(&a.kind) && a.subject.is_none());
+        if let Some(a) = unnamed {
+            if self.attributing_until.is_none() {
+                actions.push(Action::Attribute {
+                    until: now + ATTRIBUTE_SECONDS,
+                    reason: format!(
+                        "anomaly #{} {}: count syscalls per process for {ATTRIBUTE_SECONDS} s \
+                         to name the process behind it",
+                        a.id, a.kind
+                    ),
+                });
+            }
+            self.attributing_until = Some(now + ATTRIBUTE_SECONDS);
+        } else if let Some(until) = self.attributing_until
+            && now >= until
+        {
+            self.attributing_until = None;
+            actions.push(Action::EndAttribution {
+                reason: "attribution time is up".into(),
+            });
+        }
         actions
     }
 
@@ -590,5 +649,25 @@ mod tests {
             "{actions:?}"
         );
         assert!(planner.plan_blocks(&[], &[], 103.0, &m, own).is_empty());
+    }
+
+    #[test]
+    fn a_syscall_anomaly_turns_per_process_counting_on_for_a_while() {
+        let mut p = Planner::new(60.0);
+        let mut storm = Anomaly::of_kind("syscall_storm");
+        let on = p.plan_attribution(std::slice::from_ref(&storm), 100.0);
+        assert!(matches!(on[..], [Action::Attribute { until, .. }] if until == 110.0));
+        // Still on, nothing new to say.
+        assert!(p.plan_attribution(&[], 105.0).is_empty());
+        let off = p.plan_attribution(&[], 110.0);
+        assert!(matches!(off[..], [Action::EndAttribution { .. }]));
+        assert!(p.plan_attribution(&[], 111.0).is_empty());
+        // A named anomaly, or another kind, needs no attribution.
+        storm.subject = Some("process 1 (init)".into());
+        assert!(p.plan_attribution(&[storm], 120.0).is_empty());
+        let scan = Anomaly::of_kind("port_scan");
+        assert!(p.plan_attribution(&[scan], 121.0).is_empty());
+        // Observation only: applied (and counted as act) in dry_run too.
+        assert!(on[0].is_on_sonde_itself());
     }
 }

@@ -17,7 +17,7 @@ use agent_common::{
     block::{BLOCK_STATS_MAP, BlockKey, BlockStats},
     config::{
         CFG_FLOW_EVENTS_BURST, CFG_FLOW_EVENTS_PER_SEC, CFG_IGNORE_TGID, CFG_SLOW_SYSCALL_NS,
-        CFG_SYSCALL_SAMPLE_EVERY, CFG_TCP_RTT, CONFIG_MAP,
+        CFG_SYSCALL_SAMPLE_EVERY, CFG_SYSCALLS_PER_PROCESS, CFG_TCP_RTT, CONFIG_MAP,
     },
     counters::COUNTERS_MAP,
     drops::{DROP_DEVICES_MAP, DROP_REASONS_MAP, DropDeviceKey, DropDeviceStats},
@@ -28,8 +28,8 @@ use agent_common::{
     },
     sched::{RUNQ_STATS_MAP, RunqStats},
     syscalls::{
-        MAX_SYSCALLS, SLOW_SYSCALL_IGNORE_MAP, SYSCALL_START_MAP, SYSCALL_STATS_MAP, SyscallStart,
-        SyscallStats,
+        MAX_SYSCALLS, ProcessSyscalls, SLOW_SYSCALL_IGNORE_MAP, SYSCALL_PROCESSES_MAP,
+        SYSCALL_START_MAP, SYSCALL_STATS_MAP, SyscallStart, SyscallStats,
     },
     tcp::{TCP_PEERS_MAP, TCP_STATS_MAP, TCP_TRANSITIONS_MAP, TcpPeerKey, TcpPeerStats, TcpStats},
 };
@@ -116,6 +116,8 @@ pub struct KernelMaps {
     pub syscall_stats: PerCpuArray<MapData, SyscallStats>,
     pub syscall_start: aya::maps::HashMap<MapData, u32, SyscallStart>,
     pub slow_ignore: Array<MapData, u32>,
+    /// Syscalls per process while counted (read and cleared each cycle).
+    pub syscall_processes: PerCpuHashMap<MapData, u32, ProcessSyscalls>,
     pub packet_counters: PerCpuHashMap<MapData, PacketKey, PacketCounters>,
     pub flows: aya::maps::HashMap<MapData, FlowKey, FlowStats>,
     pub tcp_stats: PerCpuArray<MapData, TcpStats>,
@@ -270,6 +272,7 @@ impl Probes {
             syscall_stats: take(&mut ebpf, SYSCALL_STATS_MAP)?,
             syscall_start: take(&mut ebpf, SYSCALL_START_MAP)?,
             slow_ignore: take(&mut ebpf, SLOW_SYSCALL_IGNORE_MAP)?,
+            syscall_processes: take(&mut ebpf, SYSCALL_PROCESSES_MAP)?,
             packet_counters: take(&mut ebpf, PACKET_COUNTERS_MAP)?,
             flows: take(&mut ebpf, FLOWS_MAP)?,
             tcp_stats: take(&mut ebpf, TCP_STATS_MAP)?,
@@ -971,6 +974,10 @@ pub fn apply_runtime_config(maps: &mut KernelMaps, config: &Config) -> Result<()
         (CFG_FLOW_EVENTS_BURST, config.network.flow_events_burst),
         (CFG_IGNORE_TGID, u64::from(std::process::id())),
         (CFG_TCP_RTT, u64::from(config.tcp.enabled && config.tcp.rtt)),
+        (
+            CFG_SYSCALLS_PER_PROCESS,
+            u64::from(config.syscalls.enabled && config.syscalls.per_process),
+        ),
     ];
     for (index, value) in values {
         maps.config.set(index, value, 0).map_err(map_err)?;

@@ -98,14 +98,14 @@ pub const INCIDENTS: &[Incident] = &[
         id: "syscall-storm",
         kind: "syscall_storm",
         how: "stress-ng --get 1 (get* syscalls as fast as one worker goes)",
-        subject: None,
+        subject: Some("stress-ng"),
         run: |_, d| run_for(command(None, "stress-ng").args(stress("get", "1", d)), d),
     },
     Incident {
         id: "syscall-errors",
         kind: "syscall_error_spike",
         how: "close(-1) in a loop (sonde-workload close-bad), EBADF each",
-        subject: None,
+        subject: Some("sonde-workload"),
         run: |bins, d| {
             run_for(
                 command(None, &bins.workload).args(["close-bad", "100000000"]),
