@@ -8,7 +8,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{
-        OnceLock,
+        Mutex,
         atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
@@ -22,8 +22,9 @@ use crate::util;
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// The run's scratch directory (logs, configs, Prometheus' storage),
-/// removed by [`Scratch`]'s drop.
-static SCRATCH: OnceLock<PathBuf> = OnceLock::new();
+/// removed and forgotten by [`Scratch`]'s drop, so one process can hold
+/// several runs in turn (`xtask test` runs bench and eval as root).
+static SCRATCH: Mutex<Option<PathBuf>> = Mutex::new(None);
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 /// Owns the scratch directory; create one at the start of a run and keep
@@ -32,21 +33,27 @@ pub struct Scratch;
 
 impl Scratch {
     pub fn create() -> anyhow::Result<Scratch> {
+        let mut current = SCRATCH.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(dir) = current.as_ref() {
+            bail!(
+                "a run is using the scratch directory {} already",
+                dir.display()
+            );
+        }
         let dir = std::env::temp_dir().join(format!("sonde-bench-{}", std::process::id()));
         if dir.exists() {
             fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
         }
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        SCRATCH
-            .set(dir)
-            .map_err(|_| anyhow::anyhow!("the scratch directory exists already"))?;
+        *current = Some(dir);
         Ok(Scratch)
     }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if let Some(dir) = SCRATCH.get() {
+        let mut current = SCRATCH.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(dir) = current.take() {
             let _ = fs::remove_dir_all(dir);
         }
     }
@@ -54,7 +61,11 @@ impl Drop for Scratch {
 
 /// A fresh path `NNN-name` in the scratch directory.
 pub fn scratch_path(name: &str) -> PathBuf {
-    let dir = SCRATCH.get().cloned().unwrap_or_else(std::env::temp_dir);
+    let dir = SCRATCH
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .unwrap_or_else(std::env::temp_dir);
     dir.join(format!("{:03}-{name}", SEQ.fetch_add(1, Ordering::Relaxed)))
 }
 
