@@ -174,9 +174,17 @@ async fn status(State(server): State<Server>) -> Response {
 
 async fn anomalies(State(server): State<Server>) -> Response {
     let state = running!(server);
+    mapek_json(state, crate::mapek::Mapek::report)
+}
+
+/// What the MAPE-K loop answers (`{"enabled": false}` when it is off).
+fn mapek_json(
+    state: &crate::state::AppState,
+    answer: fn(&crate::mapek::Mapek) -> serde_json::Value,
+) -> Response {
     match &*state.mapek.lock().unwrap_or_else(|e| e.into_inner()) {
         Some(mapek) => {
-            Json(mapek.lock().unwrap_or_else(|e| e.into_inner()).report()).into_response()
+            Json(answer(&mapek.lock().unwrap_or_else(|e| e.into_inner()))).into_response()
         }
         None => Json(json!({"enabled": false})).into_response(),
     }
@@ -188,12 +196,7 @@ async fn anomalies(State(server): State<Server>) -> Response {
 /// `cargo xtask eval` replays through a plain 3-sigma detector.
 async fn features(State(server): State<Server>) -> Response {
     let state = running!(server);
-    match &*state.mapek.lock().unwrap_or_else(|e| e.into_inner()) {
-        Some(mapek) => {
-            Json(mapek.lock().unwrap_or_else(|e| e.into_inner()).features()).into_response()
-        }
-        None => Json(json!({"enabled": false})).into_response(),
-    }
+    mapek_json(state, crate::mapek::Mapek::features)
 }
 
 /// An operator's verdict on one anomaly: `{"verdict": "false_positive"}` or

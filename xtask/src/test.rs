@@ -152,25 +152,23 @@ fn kernel_matrix() -> anyhow::Result<()> {
 }
 
 fn bench_quick() -> anyhow::Result<()> {
-    if util::is_root() {
-        return crate::bench::run(crate::bench::Options::quick());
-    }
-    // Build as the user (so target/ gets no root-owned build files), then
-    // run only the measurements as root.
-    util::run(util::cargo().args(["build", "--release", "-p", "sonde"]))?;
-    util::run(util::cargo().args(["build", "--release", "-p", "sonde-tests", "--bins"]))?;
-    let xtask = std::env::current_exe().context("locating the xtask binary")?;
-    util::run(
-        Command::new("sudo")
-            .arg("-E")
-            .arg(xtask)
-            .args(["bench", "--quick", "--no-build"]),
-    )
+    as_root(&["bench", "--quick"], || {
+        crate::bench::run(crate::bench::Options::quick())
+    })
 }
 
 fn eval_smoke() -> anyhow::Result<()> {
+    as_root(&["eval", "--smoke"], || {
+        crate::eval::run(crate::eval::Options::smoke())
+    })
+}
+
+/// Runs a measuring command as root: in this process when root, else
+/// builds the release binaries as the user (so target/ gets no root-owned
+/// files) and runs `xtask ARGS --no-build` through sudo.
+fn as_root(args: &[&str], here: fn() -> anyhow::Result<()>) -> anyhow::Result<()> {
     if util::is_root() {
-        return crate::eval::run(crate::eval::Options::smoke());
+        return here();
     }
     util::run(util::cargo().args(["build", "--release", "-p", "sonde"]))?;
     util::run(util::cargo().args(["build", "--release", "-p", "sonde-tests", "--bins"]))?;
@@ -179,7 +177,8 @@ fn eval_smoke() -> anyhow::Result<()> {
         Command::new("sudo")
             .arg("-E")
             .arg(xtask)
-            .args(["eval", "--smoke", "--no-build"]),
+            .args(args)
+            .arg("--no-build"),
     )
 }
 

@@ -172,12 +172,25 @@ fn tcp_listen(at: SocketAddr, seconds: u64) -> Result<(), String> {
     say("ready");
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut accepted = 0u64;
+    accept_until(&listener, at, deadline, |stream| {
+        accepted += 1;
+        drop(stream);
+    })?;
+    say(&format!("accepted {accepted}"));
+    Ok(())
+}
+
+/// Accepts connections on the non-blocking `listener` until `deadline`,
+/// handing each to `on_accept`.
+fn accept_until(
+    listener: &TcpListener,
+    at: SocketAddr,
+    deadline: Instant,
+    mut on_accept: impl FnMut(TcpStream),
+) -> Result<(), String> {
     while Instant::now() < deadline {
         match listener.accept() {
-            Ok((stream, _)) => {
-                accepted += 1;
-                drop(stream);
-            }
+            Ok((stream, _)) => on_accept(stream),
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -185,7 +198,6 @@ fn tcp_listen(at: SocketAddr, seconds: u64) -> Result<(), String> {
             Err(e) => return Err(format!("accept on {at}: {e}")),
         }
     }
-    say(&format!("accepted {accepted}"));
     Ok(())
 }
 
@@ -664,48 +676,34 @@ fn http_serve(at: SocketAddr, seconds: u64, delay: Duration) -> Result<(), Strin
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut threads = Vec::new();
-    while Instant::now() < deadline {
-        match listener.accept() {
-            Ok((mut stream, _)) => {
-                let served = served.clone();
-                threads.push(std::thread::spawn(move || {
-                    let _ = stream.set_nonblocking(false);
-                    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-                    let mut buf = [0u8; 4096];
-                    let mut pending = Vec::new();
-                    while Instant::now() < deadline {
-                        match stream.read(&mut buf) {
-                            Ok(0) => return,
-                            Ok(n) => pending.extend_from_slice(&buf[..n]),
-                            Err(e)
-                                if matches!(
-                                    e.kind(),
-                                    ErrorKind::WouldBlock | ErrorKind::TimedOut
-                                ) =>
-                            {
-                                continue;
-                            }
-                            Err(_) => return,
-                        }
-                        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                            pending.drain(..end + 4);
-                            std::thread::sleep(delay);
-                            let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                            if stream.write_all(reply).is_err() {
-                                return;
-                            }
-                            served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
+    accept_until(&listener, at, deadline, |mut stream| {
+        let served = served.clone();
+        threads.push(std::thread::spawn(move || {
+            let _ = stream.set_nonblocking(false);
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+            let mut buf = [0u8; 4096];
+            let mut pending = Vec::new();
+            while Instant::now() < deadline {
+                match stream.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => pending.extend_from_slice(&buf[..n]),
+                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                        continue;
                     }
-                }));
+                    Err(_) => return,
+                }
+                while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                    pending.drain(..end + 4);
+                    std::thread::sleep(delay);
+                    let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if stream.write_all(reply).is_err() {
+                        return;
+                    }
+                    served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("accept on {at}: {e}")),
-        }
-    }
+        }));
+    })?;
     for t in threads {
         let _ = t.join();
     }

@@ -25,10 +25,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{
-    toolchain::{self, Purpose},
-    util,
-};
+use crate::util;
 use harness::{Bins, process::Scratch};
 use report::{Environment, Report, Scenario};
 
@@ -116,11 +113,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             );
         }
     }
-    let missing: Vec<String> = TOOLS
-        .iter()
-        .filter(|(tool, _)| util::which(tool).is_none())
-        .map(|(tool, pkg)| format!("{tool} (apt-get install {pkg})"))
-        .collect();
+    let missing = harness::agent::missing_tools(&TOOLS);
     if !missing.is_empty() {
         bail!("the benchmark needs: {}", missing.join(", "));
     }
@@ -128,25 +121,10 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         bail!("the benchmark pins load to CPU 1 and needs at least 2 CPUs");
     }
     let start = Instant::now();
-    if !opts.no_build {
-        util::header("toolchain and release build");
-        toolchain::ensure(Purpose::Build)?;
-        util::run(util::cargo().args(["build", "--release", "-p", "sonde"]))?;
-        util::run(util::cargo().args(["build", "--release", "-p", "sonde-tests", "--bins"]))?;
-    }
-    let release = util::target_dir().join("release");
     let ctx = Ctx {
         quick: opts.quick,
-        bins: Bins {
-            sonde: release.join("sonde"),
-            workload: release.join("sonde-workload"),
-        },
+        bins: Bins::release(opts.no_build)?,
     };
-    for bin in [&ctx.bins.sonde, &ctx.bins.workload] {
-        if !bin.is_file() {
-            bail!("{} is missing: run without --no-build", bin.display());
-        }
-    }
     crate::test::mount_tracefs(true)?;
     let environment = environment(&ctx)?;
     let _scratch = Scratch::create()?;

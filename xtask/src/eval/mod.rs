@@ -28,7 +28,6 @@ use serde_json::Value;
 
 use crate::{
     bench::harness::{Agent, BenchNet, Bins, agent::http_get, net::HOST_IF, process::Scratch},
-    toolchain::{self, Purpose},
     util,
 };
 use scenarios::{INCIDENTS, Incident, NormalLoad};
@@ -139,31 +138,12 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
              incidents with tc and iptables: run it as root (e.g. `sudo -E cargo xtask eval`)"
         );
     }
-    let missing: Vec<String> = TOOLS
-        .iter()
-        .filter(|(tool, _)| util::which(tool).is_none())
-        .map(|(tool, pkg)| format!("{tool} (apt-get install {pkg})"))
-        .collect();
+    let missing = crate::bench::harness::agent::missing_tools(&TOOLS);
     if !missing.is_empty() {
         bail!("the evaluation needs: {}", missing.join(", "));
     }
     let started = Instant::now();
-    if !opts.no_build {
-        util::header("toolchain and release build");
-        toolchain::ensure(Purpose::Build)?;
-        util::run(util::cargo().args(["build", "--release", "-p", "sonde"]))?;
-        util::run(util::cargo().args(["build", "--release", "-p", "sonde-tests", "--bins"]))?;
-    }
-    let release = util::target_dir().join("release");
-    let bins = Bins {
-        sonde: release.join("sonde"),
-        workload: release.join("sonde-workload"),
-    };
-    for bin in [&bins.sonde, &bins.workload] {
-        if !bin.is_file() {
-            bail!("{} is missing: run without --no-build", bin.display());
-        }
-    }
+    let bins = Bins::release(opts.no_build)?;
     crate::test::mount_tracefs(true)?;
     for id in &opts.only {
         if !INCIDENTS.iter().any(|i| i.id == id) {
@@ -508,6 +488,17 @@ fn pct(x: f64) -> String {
     format!("{:.2}", x)
 }
 
+/// A table's header: the given columns, then one per detector.
+fn header(md: &mut String, columns: &[&str], detectors: &[Score]) {
+    let names = columns
+        .iter()
+        .copied()
+        .chain(detectors.iter().map(|d| d.detector.as_str()));
+    let names: Vec<&str> = names.collect();
+    md.push_str(&format!("| {} |\n", names.join(" | ")));
+    md.push_str(&format!("|{}\n", "---|".repeat(names.len())));
+}
+
 fn markdown(r: &Report) -> String {
     let mut md = String::new();
     md.push_str(&format!(
@@ -525,15 +516,7 @@ fn markdown(r: &Report) -> String {
         r.cycle_seconds,
         r.warmup_cycles,
     ));
-    md.push_str("| | target |");
-    for d in &r.detectors {
-        md.push_str(&format!(" {} |", d.detector));
-    }
-    md.push_str("\n|---|---|");
-    for _ in &r.detectors {
-        md.push_str("---|");
-    }
-    md.push('\n');
+    header(&mut md, &["", "target"], &r.detectors);
     let row = |md: &mut String, name: &str, target: &str, f: &dyn Fn(&Score) -> String| {
         md.push_str(&format!("| {name} | {target} |"));
         for d in &r.detectors {
@@ -611,15 +594,8 @@ fn markdown(r: &Report) -> String {
         "\nRestart half-way with the same state directory: baselines reloaded = {}, anomalies in the next 20 cycles = {} (target 0: no re-warm-up alarm storm).\n",
         r.restart.baselines_reloaded, r.restart.anomalies_in_first_minute
     ));
-    md.push_str("\n## Incidents\n\n| incident | how | expected kind |");
-    for d in &r.detectors {
-        md.push_str(&format!(" {} |", d.detector));
-    }
-    md.push_str("\n|---|---|---|");
-    for _ in &r.detectors {
-        md.push_str("---|");
-    }
-    md.push('\n');
+    md.push_str("\n## Incidents\n\n");
+    header(&mut md, &["incident", "how", "expected kind"], &r.detectors);
     for (i, inc) in r.incidents.iter().enumerate() {
         md.push_str(&format!("| {} | {} | {} |", inc.id, inc.how, inc.kind));
         for d in &r.detectors {

@@ -31,6 +31,44 @@ pub struct Bins {
     pub workload: PathBuf,
 }
 
+impl Bins {
+    /// The release binaries in target/release, built first (with the
+    /// toolchain installed if need be) unless `no_build`.
+    pub fn release(no_build: bool) -> anyhow::Result<Bins> {
+        use crate::{
+            toolchain::{self, Purpose},
+            util,
+        };
+        if !no_build {
+            util::header("toolchain and release build");
+            toolchain::ensure(Purpose::Build)?;
+            util::run(util::cargo().args(["build", "--release", "-p", "sonde"]))?;
+            util::run(util::cargo().args(["build", "--release", "-p", "sonde-tests", "--bins"]))?;
+        }
+        let release = util::target_dir().join("release");
+        let bins = Bins {
+            sonde: release.join("sonde"),
+            workload: release.join("sonde-workload"),
+        };
+        for bin in [&bins.sonde, &bins.workload] {
+            if !bin.is_file() {
+                bail!("{} is missing: run without --no-build", bin.display());
+            }
+        }
+        Ok(bins)
+    }
+}
+
+/// The tools of `(tool, Debian package)` that are not on PATH, each as
+/// "tool (apt-get install package)".
+pub fn missing_tools(tools: &[(&str, &str)]) -> Vec<String> {
+    tools
+        .iter()
+        .filter(|(tool, _)| crate::util::which(tool).is_none())
+        .map(|(tool, pkg)| format!("{tool} (apt-get install {pkg})"))
+        .collect()
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> anyhow::Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
