@@ -35,5 +35,9 @@ pub const CFG_BLOCKLIST_ACTIVE: u32 = 6;
 /// the process behind it; off, it costs one array read per syscall.
 pub const CFG_SYSCALLS_PER_PROCESS: u32 = 7;
 
+/// Non-zero: also record run-queue waits by cgroup (`RUNQ_CGROUPS`); off,
+/// it costs one array read per switch.
+pub const CFG_RUNQ_PER_CGROUP: u32 = 8;
+
 /// Number of slots in `CONFIG`.
-pub const CONFIG_LEN: u32 = 8;
+pub const CONFIG_LEN: u32 = 9;

@@ -9,6 +9,12 @@ pub const RUNQ_STATS_MAP: &str = "RUNQ_STATS";
 pub const RUNQ_START_MAP: &str = "RUNQ_START";
 /// Runnable-but-waiting tasks tracked at once.
 pub const MAX_RUNNABLE: u32 = 32768;
+/// `LruPerCpuHashMap<u64 cgroup id, RunqStats>`: the same waits by the
+/// waiting task's cgroup (v2), cumulative; when more cgroups wait than it
+/// holds, the least recently waiting one is evicted (its series restarts).
+pub const RUNQ_CGROUPS_MAP: &str = "RUNQ_CGROUPS";
+/// Cgroups tracked at once.
+pub const MAX_RUNQ_CGROUPS: u32 = 1024;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]

@@ -253,13 +253,21 @@ pub struct RunqueueConfig {
     pub enabled: bool,
     /// auto, or force a tier: raw_tracepoint, tracepoint.
     pub hook: String,
+    /// Export the wait histogram of the cgroups that waited longest in
+    /// all (cumulative), at most this many; 0: no per-cgroup waits. Needs
+    /// the raw_tracepoint tier (the classic records name no cgroup).
+    pub top_cgroups: usize,
 }
+
+/// Bound on `runqueue.top_cgroups`: each exported cgroup is a histogram.
+pub const MAX_TOP_CGROUPS: usize = 100;
 
 impl Default for RunqueueConfig {
     fn default() -> Self {
         Self {
             enabled: true,
             hook: "auto".into(),
+            top_cgroups: 10,
         }
     }
 }
@@ -642,6 +650,15 @@ impl Config {
                 message: format!(
                     "{:?}: expected auto, raw_tracepoint or tracepoint",
                     self.runqueue.hook
+                ),
+            });
+        }
+        if self.runqueue.top_cgroups > MAX_TOP_CGROUPS {
+            return Err(ConfigError::Invalid {
+                key: "runqueue.top_cgroups",
+                message: format!(
+                    "{}: at most {MAX_TOP_CGROUPS} (each is a histogram of 30 series)",
+                    self.runqueue.top_cgroups
                 ),
             });
         }

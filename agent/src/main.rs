@@ -2,6 +2,7 @@
 //! run or check. Exit codes: 0 ok, 1 runtime or environment error (missing
 //! privileges, kernel without a hook, port in use), 2 usage or config error.
 
+mod cgroup;
 mod cli;
 mod collectors;
 mod config;

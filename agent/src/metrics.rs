@@ -635,6 +635,20 @@ fn kernel_families(
         rq.sum_ns as f64 / 1e9,
     );
     runq.done(&mut out);
+    let mut runq_cgroups = Family::new(
+        "sonde_runqueue_cgroup_latency_seconds",
+        "Time runnable tasks waited for a CPU, by the task's cgroup (v2 path), for the runqueue.top_cgroups cgroups that waited longest in all",
+        MetricType::HISTOGRAM,
+    );
+    for (cgroup, rq) in &snapshot.runqueue_cgroups {
+        runq_cgroups.histogram(
+            &[("cgroup", cgroup)],
+            &log2_buckets(&rq.slots),
+            rq.samples,
+            rq.sum_ns as f64 / 1e9,
+        );
+    }
+    runq_cgroups.done(&mut out);
     let mut drops = Family::new(
         "sonde_packet_drops_total",
         "Packets the kernel dropped, by the kernel's own drop reason (skb:kfree_skb)",
@@ -699,6 +713,12 @@ fn kernel_families(
         "In-flight syscall records dropped because their thread had exited without returning",
         MetricType::COUNTER,
         snapshot.stale_starts_removed as f64,
+    );
+    simple(
+        "sonde_interface_drop_series_removed_total",
+        "Interface drop series (sonde_interface_packet_drops_total) removed because their interface or network namespace no longer exists",
+        MetricType::COUNTER,
+        snapshot.drop_devices_removed as f64,
     );
     simple(
         "sonde_collector_duration_seconds",

@@ -1,11 +1,13 @@
 //! Network interfaces: resolving configured names, choosing the default
-//! set (every non-loopback interface that is up), and the node's own
-//! addresses.
+//! set (every non-loopback interface that is up), the node's own
+//! addresses, and which interfaces and network namespaces still exist.
 
 use std::{
+    collections::HashSet,
     ffi::CString,
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::unix::fs::MetadataExt as _,
 };
 
 use thiserror::Error;
@@ -161,6 +163,68 @@ pub async fn watch(
             Ok(now_failed) => failed = now_failed,
             Err(err) => tracing::warn!("interface rescan failed: {err}"),
         }
+    }
+}
+
+/// The inode number the kernel gives the initial PID namespace
+/// (`PROC_PID_INIT_INO`).
+const INIT_PID_NS_INODE: u64 = 0xEFFF_FFFC;
+
+/// Where `ip netns` and container runtimes bind-mount namespaces that
+/// may have no process in them.
+const NETNS_BIND_DIRS: [&str; 3] = ["/run/netns", "/var/run/netns", "/run/docker/netns"];
+
+/// Inode numbers of the network namespaces that exist: those of every
+/// process, and those held by a bind mount. `None` when this process does
+/// not see every process (outside the initial PID namespace, e.g. a pod
+/// without hostPID), so a namespace it does not find may still be alive.
+pub fn live_namespaces() -> Option<HashSet<u32>> {
+    let own_pid_ns = fs::metadata("/proc/self/ns/pid").ok()?.ino();
+    if own_pid_ns != INIT_PID_NS_INODE {
+        return None;
+    }
+    let processes = fs::read_dir("/proc")
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(|e| e.path().join("ns/net"));
+    let mounted = NETNS_BIND_DIRS
+        .iter()
+        .filter_map(|dir| fs::read_dir(dir).ok())
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path());
+    Some(
+        processes
+            .chain(mounted)
+            .filter_map(|path| fs::metadata(path).ok())
+            .map(|m| m.ino() as u32)
+            .collect(),
+    )
+}
+
+/// Interface indexes of this network namespace (if_nameindex); `None`
+/// when the kernel would not list them.
+pub fn own_ifindexes() -> Option<HashSet<u32>> {
+    // SAFETY: if_nameindex returns a heap array ending with a zero entry,
+    // or null; it is read up to that entry and freed once.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return None;
+        }
+        let mut found = HashSet::new();
+        let mut entry = list;
+        while (*entry).if_index != 0 {
+            found.insert((*entry).if_index);
+            entry = entry.add(1);
+        }
+        libc::if_freenameindex(list);
+        Some(found)
     }
 }
 

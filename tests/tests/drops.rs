@@ -1,7 +1,9 @@
 //! Packet drops by the kernel's own reason: datagrams dropped by a
 //! firewall rule the test installs in the peer's namespace are counted
 //! under `netfilter_drop`, the name the running kernel gives that reason,
-//! and, exactly, under the interface and namespace they arrived in.
+//! and, exactly, under the interface and namespace they arrived in; once
+//! that namespace is deleted, its series is removed (a node's pods come
+//! and go: their drop series must not pile up).
 
 use std::time::Duration;
 
@@ -62,6 +64,37 @@ fn firewall_drops_are_counted_with_their_reason() {
         lab.veth.peer(),
         after.grep("sonde_interface_packet_drops_total")
     );
+
+    // The namespace goes (a pod ends): within a sweep (60 cycles of 200 ms)
+    // its series leaves /metrics and the kernel map.
+    let removed_before = after.value_or_zero("sonde_interface_drop_series_removed_total", &[]);
+    let status = std::process::Command::new("ip")
+        .args(["netns", "del", lab.ns.name()])
+        .status()
+        .expect("running ip netns del");
+    assert!(status.success(), "ip netns del {} failed", lab.ns.name());
+    let gone = lab
+        .agent
+        .try_wait_for(Duration::from_secs(30), |s| {
+            s.series(
+                "sonde_interface_packet_drops_total",
+                &[("netns", netns.as_str())],
+            )
+            .is_empty()
+        })
+        .unwrap_or_else(|last| {
+            panic!(
+                "namespace {netns} was deleted 30 s ago; its drop series are still exported:\n{}",
+                last.grep("drops")
+            )
+        });
+    let removed = gone.value_or_zero("sonde_interface_drop_series_removed_total", &[]);
+    assert!(
+        removed > removed_before,
+        "sonde_interface_drop_series_removed_total stayed at {removed} while namespace \
+         {netns}'s series went away"
+    );
+
     println!(
         "netfilter_drop +{}; reasons seen: {}",
         drops(&after) - drops(&before),

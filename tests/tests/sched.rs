@@ -1,6 +1,7 @@
 //! Run-queue latency: CPU-bound stress-ng workers outnumbering the CPUs
 //! must wait for each other, so waits of a millisecond and more appear in
-//! `sonde_runqueue_latency_seconds`, through either tier.
+//! `sonde_runqueue_latency_seconds`, through either tier, and, by cgroup,
+//! in `sonde_runqueue_cgroup_latency_seconds`.
 
 use std::{process::Command, time::Duration};
 
@@ -72,4 +73,146 @@ fn cpu_contention_shows_up_through_the_tracepoint_tier() {
         return;
     }
     cpu_contention_shows_up("tracepoint");
+}
+
+/// The cgroup2 mount (/sys/fs/cgroup, or .../unified on hybrid hosts).
+fn cgroup2_root() -> std::path::PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("reading /proc/self/mounts");
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| std::path::PathBuf::from(f[1]))
+        })
+        .expect("cgroup2 is not mounted")
+}
+
+/// A cgroup the test creates and removes (its processes gone first).
+struct TestCgroup(std::path::PathBuf);
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// `some total` (µs) of a cgroup's cpu.pressure: the time at least one of
+/// its tasks was runnable but waiting for a CPU.
+fn cpu_pressure_some_us(cgroup: &std::path::Path) -> Option<f64> {
+    let text = std::fs::read_to_string(cgroup.join("cpu.pressure")).ok()?;
+    text.lines()
+        .find(|l| l.starts_with("some"))?
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))?
+        .parse()
+        .ok()
+}
+
+/// Six CPU-bound workers in a cgroup of their own on two CPUs: that cgroup
+/// appears in `sonde_runqueue_cgroup_latency_seconds` under its path, its
+/// samples are part of the overall histogram's, and its summed wait is at
+/// least the time the kernel's own pressure accounting (PSI) says a task of
+/// it was waiting (several waiting at once add up, so it is more).
+#[test]
+fn a_contended_cgroup_is_named_with_its_waits() {
+    if !require_root() {
+        return;
+    }
+    let name = format!("sonde-test-runq-{}", std::process::id());
+    let dir = cgroup2_root().join(&name);
+    std::fs::create_dir(&dir).expect("creating a test cgroup");
+    let cgroup = TestCgroup(dir);
+    let label = format!("/{name}");
+    let config = Config::new().set("runqueue", "top_cgroups", "5");
+    let agent = Agent::start(&config.render(), &[]);
+    let count = |s: &Scrape| {
+        s.value_or_zero(
+            "sonde_runqueue_cgroup_latency_seconds_count",
+            &[("cgroup", &label)],
+        )
+    };
+    let sum = |s: &Scrape| {
+        s.value_or_zero(
+            "sonde_runqueue_cgroup_latency_seconds_sum",
+            &[("cgroup", &label)],
+        )
+    };
+    let before = agent.metrics();
+    let psi_before = cpu_pressure_some_us(&cgroup.0);
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let workers = (cpus * 3).to_string();
+    // The shell moves itself into the cgroup, then becomes stress-ng.
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec stress-ng --cpu {workers} --timeout 3s --quiet",
+        cgroup.0.display()
+    );
+    let started = std::time::Instant::now();
+    let status = Command::new("sh")
+        .args(["-c", &script])
+        .status()
+        .expect("running stress-ng (apt-get install stress-ng)");
+    let ran = started.elapsed().as_secs_f64();
+    assert!(
+        status.success(),
+        "stress-ng in {} failed",
+        cgroup.0.display()
+    );
+    let psi_after = cpu_pressure_some_us(&cgroup.0);
+    let after = agent
+        .try_wait_for(Duration::from_secs(5), |s| count(s) > count(&before))
+        .unwrap_or_else(|last| {
+            panic!(
+                "{workers} CPU-bound workers in cgroup {label} for 3 s: no waits under \
+                 cgroup=\"{label}\":\n{}",
+                last.grep("sonde_runqueue_cgroup")
+            )
+        });
+    // One more cycle so both histograms hold the same switches.
+    std::thread::sleep(Duration::from_millis(500));
+    let after = {
+        let later = agent.metrics();
+        if count(&later) >= count(&after) {
+            later
+        } else {
+            after
+        }
+    };
+    let d_count = count(&after) - count(&before);
+    let d_sum = sum(&after) - sum(&before);
+    let d_all = samples(&after) - samples(&before);
+    assert!(
+        d_count <= d_all,
+        "cgroup {label}: {d_count} waits, more than the {d_all} of the whole node"
+    );
+    // Its tasks cannot have waited longer than all of them for the whole
+    // run (the parent and the workers).
+    let most = (cpus * 3 + 1) as f64 * ran;
+    assert!(
+        d_sum <= most,
+        "cgroup {label}: waits sum to {d_sum:.3} s, more than {most:.1} s ({workers} workers \
+         and their parent waiting for the whole {ran:.1} s run)"
+    );
+    let top = after.series("sonde_runqueue_cgroup_latency_seconds_count", &[]);
+    assert!(
+        top.len() <= 5,
+        "top_cgroups = 5 but {} cgroups exported:\n{}",
+        top.len(),
+        after.grep("sonde_runqueue_cgroup_latency_seconds_count")
+    );
+    let psi = match (psi_before, psi_after) {
+        (Some(b), Some(a)) => Some((a - b) / 1e6),
+        _ => None,
+    };
+    if let Some(psi) = psi {
+        assert!(
+            d_sum >= 0.9 * psi && psi > 0.0,
+            "cgroup {label}: waits sum to {d_sum:.3} s; the kernel's PSI says a task of it \
+             waited {psi:.3} s"
+        );
+    }
+    println!(
+        "cgroup {label}: {d_count} waits of the node's {d_all}, {d_sum:.3} s in all; \
+         PSI cpu some: {psi:?} s"
+    );
+    drop(agent);
 }

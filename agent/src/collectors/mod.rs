@@ -11,7 +11,7 @@ mod batch;
 mod peers;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::{
         Arc, RwLock,
@@ -26,7 +26,7 @@ use agent_common::{
     block::{BLOCK_OP_NAMES, BlockStats},
     config::CFG_BLOCKLIST_ACTIVE,
     counters::{COUNTER_SLOTS, COUNTERS_LEN},
-    drops::{DROP_REASON_OTHER, DropDeviceStats, MAX_DROP_REASONS},
+    drops::{DROP_REASON_OTHER, DropDeviceKey, DropDeviceStats, MAX_DROP_REASONS},
     events::RINGS,
     merge::Merge,
     net::{
@@ -126,6 +126,9 @@ pub struct Snapshot {
     pub flow_evictions: u64,
     /// Parked syscall starts removed because their thread was gone.
     pub stale_starts_removed: u64,
+    /// Interface drop series removed because their interface or network
+    /// namespace is gone.
+    pub drop_devices_removed: u64,
     pub peers: Vec<PeerRow>,
     pub programs: Vec<ProgramStats>,
     /// TCP lifecycle totals, summed over CPUs.
@@ -141,6 +144,9 @@ pub struct Snapshot {
     pub listen: Option<ListenCounters>,
     /// Run-queue latency, summed over CPUs.
     pub runqueue: RunqStats,
+    /// The cgroups that waited longest in all (cumulative), longest
+    /// first, at most `runqueue.top_cgroups`: (path, waits).
+    pub runqueue_cgroups: Vec<(String, RunqStats)>,
     /// Block I/O by (device name, operation), summed over CPUs.
     pub block: Vec<(String, &'static str, BlockStats)>,
     /// The most active TCP peers (passive mesh view).
@@ -245,6 +251,10 @@ pub struct Collector {
     tcp_top_peers: usize,
     cycles: u64,
     stale_starts_removed: u64,
+    drop_devices_removed: u64,
+    /// cgroup id → path (None: not found by the last walk, retried at the
+    /// next sweep), for the ids in the per-cgroup run-queue map.
+    cgroup_paths: HashMap<u64, Option<String>>,
     /// Runtime settings as configured (start, SIGHUP) and the MAPE-K
     /// loop's changes on top; the kernel programs get the combination.
     configured: Config,
@@ -381,6 +391,8 @@ impl Collector {
             blocklist_active: false,
             cycles: 0,
             stale_starts_removed: 0,
+            drop_devices_removed: 0,
+            cgroup_paths: HashMap::new(),
             maps,
             interval: Duration::from_millis(config.collector.interval_ms),
             flow_idle_timeout_ns: config
@@ -466,8 +478,11 @@ impl Collector {
         self.cycles += 1;
         if self.cycles.is_multiple_of(START_GC_EVERY) {
             self.remove_stale_starts();
+            self.remove_gone_drop_devices();
+            self.cgroup_paths.retain(|_, path| path.is_some());
         }
         snapshot.stale_starts_removed = self.stale_starts_removed;
+        snapshot.drop_devices_removed = self.drop_devices_removed;
         snapshot.counters = (0..COUNTERS_LEN)
             .map(|i| {
                 self.maps
@@ -500,6 +515,7 @@ impl Collector {
             Ok(values) => snapshot.runqueue = RunqStats::sum(values.iter()),
             Err(err) => warn!("reading run-queue latency: {err}"),
         }
+        self.read_runqueue_cgroups(&mut snapshot);
         if let Err(err) = self.read_block(&mut snapshot) {
             warn!("reading block I/O statistics: {err}");
         }
@@ -588,6 +604,44 @@ impl Collector {
         peers.sort_by(|a, b| activity(&b.1).cmp(&activity(&a.1)).then(a.0.cmp(&b.0)));
         peers.truncate(self.tcp_top_peers);
         snapshot.tcp_peers = peers;
+    }
+
+    /// The `runqueue.top_cgroups` cgroups with the most waiting in all,
+    /// named by path (one walk of /sys/fs/cgroup for ids not seen yet).
+    fn read_runqueue_cgroups(&mut self, snapshot: &mut Snapshot) {
+        let top = self.configured.runqueue.top_cgroups;
+        if top == 0 || !self.configured.runqueue.enabled {
+            return;
+        }
+        let mut rows: Vec<(u64, RunqStats)> = self
+            .maps
+            .runq_cgroups
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(id, values)| (id, RunqStats::sum(values.iter())))
+            .collect();
+        let live: HashSet<u64> = rows.iter().map(|(id, _)| *id).collect();
+        self.cgroup_paths.retain(|id, _| live.contains(id));
+        rows.sort_by(|a, b| b.1.sum_ns.cmp(&a.1.sum_ns).then(a.0.cmp(&b.0)));
+        rows.truncate(top);
+        let unknown: HashSet<u64> = rows
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| !self.cgroup_paths.contains_key(id))
+            .collect();
+        if !unknown.is_empty() {
+            let mut found = crate::cgroup::paths(&unknown);
+            for id in unknown {
+                self.cgroup_paths.insert(id, found.remove(&id));
+            }
+        }
+        snapshot.runqueue_cgroups = rows
+            .into_iter()
+            .map(|(id, stats)| {
+                let path = self.cgroup_paths.get(&id).and_then(Option::as_ref);
+                (crate::cgroup::describe(id, path), stats)
+            })
+            .collect();
     }
 
     fn read_block(&self, snapshot: &mut Snapshot) -> Result<(), MapError> {
@@ -702,7 +756,7 @@ impl Collector {
         let mut seen: HashMap<FlowKey, FlowState> = HashMap::with_capacity(self.flows.len());
         let mut deltas: HashMap<PeerKey, (u64, u64)> = HashMap::new();
         // Distinct local ports each remote peer opened new flows to.
-        let mut fan_out: HashMap<IpAddr, std::collections::HashSet<u16>> = HashMap::new();
+        let mut fan_out: HashMap<IpAddr, HashSet<u16>> = HashMap::new();
         let mut idle = Vec::new();
         for (key, flow) in self.flow_entries()? {
             let (dp, db) = match self.flows.get(&key) {
@@ -806,6 +860,41 @@ impl Collector {
         for tid in stale {
             if self.maps.syscall_start.remove(&tid).is_ok() {
                 self.stale_starts_removed += 1;
+            }
+        }
+    }
+
+    /// Drop counts of interfaces or namespaces that no longer exist (a
+    /// node's pods come and go, each with its own namespace and veth)
+    /// would fill the map's 4,096 keys over weeks and linger in /metrics:
+    /// remove them. A namespace lives while a process is in it or a bind
+    /// mount (`ip netns`, container runtimes) holds it; entries of unknown
+    /// namespace (0) are kept.
+    fn remove_gone_drop_devices(&mut self) {
+        let keys: Vec<DropDeviceKey> = self
+            .maps
+            .drop_devices
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.netns != 0)
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        let namespaces = crate::netif::live_namespaces();
+        let own_interfaces = crate::netif::own_ifindexes();
+        for key in keys {
+            let gone = if Some(key.netns) == self.own_netns {
+                own_interfaces
+                    .as_ref()
+                    .is_some_and(|live| !live.contains(&key.ifindex))
+            } else {
+                namespaces
+                    .as_ref()
+                    .is_some_and(|live| !live.contains(&key.netns))
+            };
+            if gone && self.maps.drop_devices.remove(&key).is_ok() {
+                self.drop_devices_removed += 1;
             }
         }
     }

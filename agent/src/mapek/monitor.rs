@@ -32,8 +32,10 @@ impl Subjects {
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
             .map(|c| c.trim().to_owned())
             .unwrap_or_else(|_| "exited".into());
-        let cgroup =
-            cgroup_path(churn.cgroup_id).unwrap_or_else(|| format!("id {}", churn.cgroup_id));
+        let cgroup = crate::cgroup::describe(
+            churn.cgroup_id,
+            crate::cgroup::path(churn.cgroup_id).as_ref(),
+        );
         Some(format!(
             "process {pid} ({comm}), {} child execs and exits in the cycle, cgroup {cgroup}",
             churn.events
@@ -68,35 +70,6 @@ pub fn describe_syscall_process(subjects: &Subjects, by_errors: bool) -> Option<
         counts.calls as f64 / subjects.seconds,
         counts.errors as f64 / subjects.seconds
     ))
-}
-
-/// The cgroup v2 directory whose inode is `id` (a cgroup's id is its
-/// directory's inode), found by a bounded walk of /sys/fs/cgroup.
-fn cgroup_path(id: u64) -> Option<String> {
-    use std::os::unix::fs::MetadataExt as _;
-    const ROOT: &str = "/sys/fs/cgroup";
-    const MAX_DIRS: usize = 20_000;
-    let mut stack = vec![std::path::PathBuf::from(ROOT)];
-    let mut seen = 0;
-    while let Some(dir) = stack.pop() {
-        seen += 1;
-        if seen > MAX_DIRS {
-            return None;
-        }
-        if std::fs::metadata(&dir).is_ok_and(|m| m.ino() == id) {
-            let rel = dir.strip_prefix(ROOT).ok()?.to_string_lossy().into_owned();
-            return Some(format!("/{rel}"));
-        }
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            stack.extend(
-                entries
-                    .flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
-            );
-        }
-    }
-    None
 }
 
 /// Rates between `prev` and `now`; None until two snapshots exist.

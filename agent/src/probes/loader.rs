@@ -16,8 +16,9 @@ use std::{collections::BTreeMap, os::fd::OwnedFd, path::Path};
 use agent_common::{
     block::{BLOCK_STATS_MAP, BlockKey, BlockStats},
     config::{
-        CFG_FLOW_EVENTS_BURST, CFG_FLOW_EVENTS_PER_SEC, CFG_IGNORE_TGID, CFG_SLOW_SYSCALL_NS,
-        CFG_SYSCALL_SAMPLE_EVERY, CFG_SYSCALLS_PER_PROCESS, CFG_TCP_RTT, CONFIG_MAP,
+        CFG_FLOW_EVENTS_BURST, CFG_FLOW_EVENTS_PER_SEC, CFG_IGNORE_TGID, CFG_RUNQ_PER_CGROUP,
+        CFG_SLOW_SYSCALL_NS, CFG_SYSCALL_SAMPLE_EVERY, CFG_SYSCALLS_PER_PROCESS, CFG_TCP_RTT,
+        CONFIG_MAP,
     },
     counters::COUNTERS_MAP,
     drops::{DROP_DEVICES_MAP, DROP_REASONS_MAP, DropDeviceKey, DropDeviceStats},
@@ -26,7 +27,7 @@ use agent_common::{
         BLOCKLIST_MAP, BLOCKLIST_STATS_MAP, BlocklistEntry, BlocklistKey, BlocklistStats,
         FLOWS_MAP, FlowKey, FlowStats, PACKET_COUNTERS_MAP, PacketCounters, PacketKey,
     },
-    sched::{RUNQ_STATS_MAP, RunqStats},
+    sched::{RUNQ_CGROUPS_MAP, RUNQ_STATS_MAP, RunqStats},
     syscalls::{
         MAX_SYSCALLS, ProcessSyscalls, SLOW_SYSCALL_IGNORE_MAP, SYSCALL_PROCESSES_MAP,
         SYSCALL_START_MAP, SYSCALL_STATS_MAP, SyscallStart, SyscallStats,
@@ -125,6 +126,7 @@ pub struct KernelMaps {
     pub drop_reasons: PerCpuArray<MapData, u64>,
     pub drop_devices: PerCpuHashMap<MapData, DropDeviceKey, DropDeviceStats>,
     pub runq_stats: PerCpuArray<MapData, RunqStats>,
+    pub runq_cgroups: PerCpuHashMap<MapData, u64, RunqStats>,
     pub block_stats: PerCpuHashMap<MapData, BlockKey, BlockStats>,
     pub tcp_peers: aya::maps::HashMap<MapData, TcpPeerKey, TcpPeerStats>,
     /// Enforce mode's blocked sources (the collector keeps it in step
@@ -280,6 +282,7 @@ impl Probes {
             drop_reasons: take(&mut ebpf, DROP_REASONS_MAP)?,
             drop_devices: take(&mut ebpf, DROP_DEVICES_MAP)?,
             runq_stats: take(&mut ebpf, RUNQ_STATS_MAP)?,
+            runq_cgroups: take(&mut ebpf, RUNQ_CGROUPS_MAP)?,
             block_stats: take(&mut ebpf, BLOCK_STATS_MAP)?,
             tcp_peers: take(&mut ebpf, TCP_PEERS_MAP)?,
             blocklist: take(&mut ebpf, BLOCKLIST_MAP)?,
@@ -899,6 +902,12 @@ const BTF_FIELDS: &[(&str, &str, &[&str])] = &[
     ("NETDEV_ND_NET_OFFSET", "net_device", &["nd_net"]),
     ("NET_NS_OFFSET", "net", &["ns"]),
     ("NS_COMMON_INUM_OFFSET", "ns_common", &["inum"]),
+    // Run-queue waits by cgroup: task → css_set → default cgroup → its
+    // kernfs node's id.
+    ("TASK_CGROUPS_OFFSET", "task_struct", &["cgroups"]),
+    ("CSS_SET_DFL_CGRP_OFFSET", "css_set", &["dfl_cgrp"]),
+    ("CGROUP_KN_OFFSET", "cgroup", &["kn"]),
+    ("KERNFS_NODE_ID_OFFSET", "kernfs_node", &["id"]),
 ];
 
 /// Why a tier cannot be tried on this kernel, if it cannot.
@@ -977,6 +986,10 @@ pub fn apply_runtime_config(maps: &mut KernelMaps, config: &Config) -> Result<()
         (
             CFG_SYSCALLS_PER_PROCESS,
             u64::from(config.syscalls.enabled && config.syscalls.per_process),
+        ),
+        (
+            CFG_RUNQ_PER_CGROUP,
+            u64::from(config.runqueue.enabled && config.runqueue.top_cgroups > 0),
         ),
     ];
     for (index, value) in values {
