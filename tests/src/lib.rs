@@ -11,6 +11,7 @@
 //! `cargo test -p sonde-tests -- --test-threads=1`.
 
 pub mod agent;
+pub mod cgroup;
 pub mod http;
 pub mod net;
 pub mod ops;

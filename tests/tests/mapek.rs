@@ -1,7 +1,7 @@
 //! MAPE-K on real incidents: after a warm-up on the quiet test machine, a
 //! syscall storm and a port scan from a test namespace are each detected,
 //! named from their evidence (the scan with its source peer), and answered
-//! with a recorded (dry-run) zoom; an operator's verdict widens that kind's
+//! with a recorded (dry-run) zoom; CPU saturation names its cgroup; an operator's verdict widens that kind's
 //! threshold; what was learned (baselines, thresholds, verdicts) survives a
 //! restart.
 
@@ -220,6 +220,36 @@ fn port_scan_is_detected_and_names_its_source() {
     drop(lab);
     let _ = std::fs::remove_dir_all(&dir);
     let _ = Command::new("true").status();
+}
+
+/// CPU saturation from one cgroup (stress-ng, three CPU-bound workers
+/// per CPU, in a cgroup the test creates) is detected as `cpu_saturation`
+/// and the anomaly names that cgroup, from the per-cgroup run-queue waits.
+#[test]
+fn cpu_saturation_is_detected_and_names_its_cgroup() {
+    if !require_root() {
+        return;
+    }
+    let dir = state_dir("cpu");
+    let agent = Agent::start(&mapek_config(&dir).render(), &[]);
+    warmed_up(&agent);
+    let cgroup = sonde_tests::cgroup::TestCgroup::new("sonde-test-saturation");
+    let workers = (std::thread::available_parallelism().map_or(2, |n| n.get()) * 3).to_string();
+    let status = cgroup.run(
+        "stress-ng",
+        &["--cpu", &workers, "--timeout", "4s", "--quiet"],
+    );
+    assert!(status.success(), "stress-ng in {} failed", cgroup.label());
+    let anomaly = wait_for_kind(&agent, "cpu_saturation");
+    let subject = anomaly["subject"].as_str().unwrap_or_default();
+    assert!(
+        subject.starts_with(&format!("cgroup {}:", cgroup.label())),
+        "the saturating cgroup {} should be named: {anomaly}",
+        cgroup.label()
+    );
+    println!("cpu_saturation subject: {subject}");
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A SYN flood (hping3, bounded by count) from the test namespace at a

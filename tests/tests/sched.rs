@@ -5,7 +5,7 @@
 
 use std::{process::Command, time::Duration};
 
-use sonde_tests::{Agent, Config, Scrape, require_root};
+use sonde_tests::{Agent, Config, Scrape, cgroup::TestCgroup, require_root};
 
 fn samples(s: &Scrape) -> f64 {
     s.value_or_zero("sonde_runqueue_latency_seconds_count", &[])
@@ -75,27 +75,6 @@ fn cpu_contention_shows_up_through_the_tracepoint_tier() {
     cpu_contention_shows_up("tracepoint");
 }
 
-/// The cgroup2 mount (/sys/fs/cgroup, or .../unified on hybrid hosts).
-fn cgroup2_root() -> std::path::PathBuf {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("reading /proc/self/mounts");
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| std::path::PathBuf::from(f[1]))
-        })
-        .expect("cgroup2 is not mounted")
-}
-
-/// A cgroup the test creates and removes (its processes gone first).
-struct TestCgroup(std::path::PathBuf);
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 /// `some total` (µs) of a cgroup's cpu.pressure: the time at least one of
 /// its tasks was runnable but waiting for a CPU.
 fn cpu_pressure_some_us(cgroup: &std::path::Path) -> Option<f64> {
@@ -118,11 +97,8 @@ fn a_contended_cgroup_is_named_with_its_waits() {
     if !require_root() {
         return;
     }
-    let name = format!("sonde-test-runq-{}", std::process::id());
-    let dir = cgroup2_root().join(&name);
-    std::fs::create_dir(&dir).expect("creating a test cgroup");
-    let cgroup = TestCgroup(dir);
-    let label = format!("/{name}");
+    let cgroup = TestCgroup::new("sonde-test-runq");
+    let label = cgroup.label();
     let config = Config::new().set("runqueue", "top_cgroups", "5");
     let agent = Agent::start(&config.render(), &[]);
     let count = |s: &Scrape| {
@@ -138,26 +114,17 @@ fn a_contended_cgroup_is_named_with_its_waits() {
         )
     };
     let before = agent.metrics();
-    let psi_before = cpu_pressure_some_us(&cgroup.0);
+    let psi_before = cpu_pressure_some_us(cgroup.dir());
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let workers = (cpus * 3).to_string();
-    // The shell moves itself into the cgroup, then becomes stress-ng.
-    let script = format!(
-        "echo $$ > {}/cgroup.procs && exec stress-ng --cpu {workers} --timeout 3s --quiet",
-        cgroup.0.display()
-    );
     let started = std::time::Instant::now();
-    let status = Command::new("sh")
-        .args(["-c", &script])
-        .status()
-        .expect("running stress-ng (apt-get install stress-ng)");
-    let ran = started.elapsed().as_secs_f64();
-    assert!(
-        status.success(),
-        "stress-ng in {} failed",
-        cgroup.0.display()
+    let status = cgroup.run(
+        "stress-ng",
+        &["--cpu", &workers, "--timeout", "3s", "--quiet"],
     );
-    let psi_after = cpu_pressure_some_us(&cgroup.0);
+    let ran = started.elapsed().as_secs_f64();
+    assert!(status.success(), "stress-ng in {label} failed");
+    let psi_after = cpu_pressure_some_us(cgroup.dir());
     let after = agent
         .try_wait_for(Duration::from_secs(5), |s| count(s) > count(&before))
         .unwrap_or_else(|last| {

@@ -147,6 +147,10 @@ pub struct Snapshot {
     /// The cgroups that waited longest in all (cumulative), longest
     /// first, at most `runqueue.top_cgroups`: (path, waits).
     pub runqueue_cgroups: Vec<(String, RunqStats)>,
+    /// Every cgroup in the kernel's per-cgroup map: (id, summed wait ns,
+    /// waits), cumulative; what the MAPE-K loop names a CPU-starved
+    /// cgroup from.
+    pub runqueue_cgroup_totals: Vec<(u64, u64, u64)>,
     /// Block I/O by (device name, operation), summed over CPUs.
     pub block: Vec<(String, &'static str, BlockStats)>,
     /// The most active TCP peers (passive mesh view).
@@ -622,6 +626,10 @@ impl Collector {
             .collect();
         let live: HashSet<u64> = rows.iter().map(|(id, _)| *id).collect();
         self.cgroup_paths.retain(|id, _| live.contains(id));
+        snapshot.runqueue_cgroup_totals = rows
+            .iter()
+            .map(|(id, stats)| (*id, stats.sum_ns, stats.samples))
+            .collect();
         rows.sort_by(|a, b| b.1.sum_ns.cmp(&a.1.sum_ns).then(a.0.cmp(&b.0)));
         rows.truncate(top);
         let unknown: HashSet<u64> = rows

@@ -414,6 +414,7 @@ impl Analyzer {
             let subject = match kind {
                 "port_scan" | "syn_flood" => subjects.widest_peer.map(|p| format!("peer {p}")),
                 "fork_storm" => subjects.describe_parent(),
+                "cpu_saturation" => subjects.describe_waiting_cgroup(),
                 "syscall_storm" => super::monitor::describe_syscall_process(subjects, false),
                 "syscall_error_spike" => super::monitor::describe_syscall_process(subjects, true),
                 _ => None,

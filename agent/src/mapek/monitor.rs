@@ -20,6 +20,9 @@ pub struct Subjects {
     /// While syscalls are counted per process: the busiest processes
     /// (pid, calls, failed) and the seconds they were counted over.
     pub syscall_processes: Vec<(u32, agent_common::syscalls::ProcessSyscalls)>,
+    /// The cgroup whose tasks waited longest for a CPU this cycle: (id,
+    /// seconds waited per second, waits per second).
+    pub most_waiting_cgroup: Option<(u64, f64, f64)>,
     pub seconds: f64,
 }
 
@@ -39,6 +42,22 @@ impl Subjects {
         Some(format!(
             "process {pid} ({comm}), {} child execs and exits in the cycle, cgroup {cgroup}",
             churn.events
+        ))
+    }
+
+    /// "cgroup PATH: its tasks waited W s per second for a CPU (N waits/s,
+    /// mean M ms)" for the cgroup that waited longest this cycle.
+    pub fn describe_waiting_cgroup(&self) -> Option<String> {
+        let (id, waited, waits) = self.most_waiting_cgroup?;
+        let path = crate::cgroup::describe(id, crate::cgroup::path(id).as_ref());
+        Some(format!(
+            "cgroup {path}: its tasks waited {waited:.2} s per second for a CPU \
+             ({waits:.0} waits/s, mean {:.2} ms)",
+            if waits > 0.0 {
+                waited / waits * 1e3
+            } else {
+                0.0
+            }
         ))
     }
 }
@@ -173,9 +192,35 @@ pub fn features(
         widest_peer: now.widest_peer.map(|(peer, _)| peer),
         busiest_parent: None,
         syscall_processes: now.syscall_processes.clone(),
+        most_waiting_cgroup: most_waiting_cgroup(prev, now, dt),
         seconds: dt,
     };
     Some((f, subjects))
+}
+
+/// The cgroup whose summed run-queue wait grew most between the two
+/// snapshots (a cgroup new in `now` counts from zero).
+fn most_waiting_cgroup(prev: &Snapshot, now: &Snapshot, dt: f64) -> Option<(u64, f64, f64)> {
+    let before: std::collections::HashMap<u64, (u64, u64)> = prev
+        .runqueue_cgroup_totals
+        .iter()
+        .map(|&(id, sum, n)| (id, (sum, n)))
+        .collect();
+    now.runqueue_cgroup_totals
+        .iter()
+        .map(|&(id, sum, n)| {
+            let (sum0, n0) = before.get(&id).copied().unwrap_or((0, 0));
+            // A cgroup evicted and re-added restarts below its old total.
+            let (d_sum, d_n) = if sum >= sum0 {
+                (sum - sum0, n.saturating_sub(n0))
+            } else {
+                (sum, n)
+            };
+            (id, d_sum, d_n)
+        })
+        .filter(|&(_, d_sum, _)| d_sum > 0)
+        .max_by_key(|&(id, d_sum, _)| (d_sum, std::cmp::Reverse(id)))
+        .map(|(id, d_sum, d_n)| (id, d_sum as f64 / 1e9 / dt, d_n as f64 / dt))
 }
 
 /// Which signals are attached (so missing ones are skipped).
@@ -187,4 +232,39 @@ pub struct Signals {
     pub drops: bool,
     pub runqueue: bool,
     pub processes: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_totals(totals: &[(u64, u64, u64)]) -> Snapshot {
+        Snapshot {
+            runqueue_cgroup_totals: totals.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_cgroup_that_waited_most_this_cycle_is_named_not_the_oldest() {
+        // Cgroup 1 waited longest in all, cgroup 2 most this cycle; 3 is new.
+        let prev = with_totals(&[(1, 50_000_000_000, 900), (2, 1_000_000_000, 100)]);
+        let now = with_totals(&[
+            (1, 50_100_000_000, 910),
+            (2, 4_000_000_000, 400),
+            (3, 500_000_000, 10),
+        ]);
+        let (id, waited, waits) = most_waiting_cgroup(&prev, &now, 2.0).unwrap();
+        assert_eq!(id, 2);
+        assert!((waited - 1.5).abs() < 1e-9, "{waited}");
+        assert!((waits - 150.0).abs() < 1e-9, "{waits}");
+    }
+
+    #[test]
+    fn a_cgroup_evicted_and_back_counts_from_zero() {
+        let prev = with_totals(&[(7, 9_000_000_000, 90)]);
+        let now = with_totals(&[(7, 2_000_000_000, 20)]);
+        assert_eq!(most_waiting_cgroup(&prev, &now, 1.0), Some((7, 2.0, 20.0)));
+        assert_eq!(most_waiting_cgroup(&now, &now, 1.0), None);
+    }
 }
