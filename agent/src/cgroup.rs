@@ -59,9 +59,9 @@ pub fn paths(wanted: &HashSet<u64>) -> HashMap<u64, String> {
     found
 }
 
-/// The path of one cgroup id, if it exists.
-pub fn path(id: u64) -> Option<String> {
-    paths(&HashSet::from([id])).remove(&id)
+/// How one cgroup id is named now: its path, or `id N` (one walk).
+pub fn name(id: u64) -> String {
+    describe(id, paths(&HashSet::from([id])).get(&id))
 }
 
 /// How a cgroup is named in labels and subjects: its path, or `id N`

@@ -35,10 +35,7 @@ impl Subjects {
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
             .map(|c| c.trim().to_owned())
             .unwrap_or_else(|_| "exited".into());
-        let cgroup = crate::cgroup::describe(
-            churn.cgroup_id,
-            crate::cgroup::path(churn.cgroup_id).as_ref(),
-        );
+        let cgroup = crate::cgroup::name(churn.cgroup_id);
         Some(format!(
             "process {pid} ({comm}), {} child execs and exits in the cycle, cgroup {cgroup}",
             churn.events
@@ -49,7 +46,7 @@ impl Subjects {
     /// mean M ms)" for the cgroup that waited longest this cycle.
     pub fn describe_waiting_cgroup(&self) -> Option<String> {
         let (id, waited, waits) = self.most_waiting_cgroup?;
-        let path = crate::cgroup::describe(id, crate::cgroup::path(id).as_ref());
+        let path = crate::cgroup::name(id);
         Some(format!(
             "cgroup {path}: its tasks waited {waited:.2} s per second for a CPU \
              ({waits:.0} waits/s, mean {:.2} ms)",
