@@ -21,9 +21,9 @@ use aya_ebpf::{
     Global,
     bindings::BPF_NOEXIST,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
-    macros::{fentry, kprobe, map, tracepoint},
+    macros::{fentry, fexit, kprobe, map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray},
-    programs::{FEntryContext, ProbeContext, TracePointContext},
+    programs::{FEntryContext, FExitContext, ProbeContext, TracePointContext},
 };
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
@@ -362,12 +362,59 @@ pub fn sonde_tcp_retransmit(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Retransmissions inside `tcp_retransmit_skb` (fentry tier), by skb: 1 once
+/// `__tcp_retransmit_skb`'s exit has seen it. Some kernels (Debian's 6.1)
+/// inline `__tcp_retransmit_skb` into `tcp_retransmit_skb` and keep an
+/// out-of-line copy only for its other caller, the tail-loss probe; others
+/// (6.12) call it. Hooking both functions and counting each retransmission
+/// once, where it was seen, is right on either.
+#[map]
+static RETRANSMITS_IN_FLIGHT: HashMap<u64, u8> =
+    HashMap::with_max_entries(MAX_RETRANSMITS_IN_FLIGHT, 0);
+const MAX_RETRANSMITS_IN_FLIGHT: u32 = 256;
+
 #[fentry(function = "tcp_retransmit_skb")]
 pub fn sonde_tcp_retransmit_fentry(ctx: FEntryContext) -> u32 {
-    on_retransmit(&PeerSource::Sock(ctx.arg(0)));
+    let skb: u64 = ctx.arg(1);
+    // Full (256 retransmissions at once): the exit below cannot tell and
+    // leaves this one to __tcp_retransmit_skb's exit, if it has one.
+    let _ = RETRANSMITS_IN_FLIGHT.insert(skb, 0, 0);
     0
 }
 
+/// `int tcp_retransmit_skb(struct sock *sk, struct sk_buff *skb, int segs)`:
+/// the return value follows the three arguments; 0 is a retransmission sent,
+/// which is what the tracepoint and the kernel's RetransSegs count.
+#[fexit(function = "tcp_retransmit_skb")]
+pub fn sonde_tcp_retransmit_fexit(ctx: FExitContext) -> u32 {
+    let skb: u64 = ctx.arg(1);
+    let inner_saw_it = unsafe { RETRANSMITS_IN_FLIGHT.get(skb) }.copied();
+    let _ = RETRANSMITS_IN_FLIGHT.remove(skb);
+    let ret: i32 = ctx.arg(3);
+    if inner_saw_it == Some(0) && ret == 0 {
+        on_retransmit(&PeerSource::Sock(ctx.arg(0)));
+    }
+    0
+}
+
+/// `int __tcp_retransmit_skb(struct sock *sk, struct sk_buff *skb, int segs)`,
+/// where it is a function of its own: every retransmission sent passes it.
+#[fexit(function = "__tcp_retransmit_skb")]
+pub fn sonde_tcp_retransmit_inner_fexit(ctx: FExitContext) -> u32 {
+    let skb: u64 = ctx.arg(1);
+    if let Some(seen) = RETRANSMITS_IN_FLIGHT.get_ptr_mut(skb) {
+        unsafe { *seen = 1 };
+    }
+    let ret: i32 = ctx.arg(3);
+    if ret == 0 {
+        on_retransmit(&PeerSource::Sock(ctx.arg(0)));
+    }
+    0
+}
+
+/// Attempts through `tcp_retransmit_skb` (timeouts, fast retransmits),
+/// including the rare one the stack refuses; not the tail-loss probes, which
+/// call `__tcp_retransmit_skb` directly, a function some kernels inline.
 #[kprobe]
 pub fn sonde_tcp_retransmit_kprobe(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg::<u64>(0) {

@@ -447,6 +447,9 @@ fn check(args: CommonArgs) -> Result<(), Failure> {
     for line in &unavailable {
         println!("unavailable       {line}");
     }
+    for line in &probes.limitations {
+        println!("partial           {line}");
+    }
     drop(probes);
     if unavailable.is_empty() {
         println!("result            ok: every program loaded and attached, then detached");

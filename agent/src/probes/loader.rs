@@ -145,6 +145,8 @@ pub struct Probes {
     links: BTreeMap<u32, Vec<LinkHandle>>,
     /// This kernel's names of the skb drop reasons, by value.
     pub drop_reasons: Vec<(u32, String)>,
+    /// What attached hooks cannot see on this kernel ("program hook: why").
+    pub limitations: Vec<String>,
     /// Rings, by (ring id, label), handed to the event readers.
     pub rings: Vec<(u32, &'static str, RingBuf<MapData>)>,
     pub maps: Option<KernelMaps>,
@@ -313,6 +315,7 @@ impl Probes {
             interfaces: BTreeMap::new(),
             links: BTreeMap::new(),
             drop_reasons: Vec::new(),
+            limitations: Vec::new(),
             rings,
             maps: Some(maps),
             _bpf_stats: bpf_stats,
@@ -406,6 +409,19 @@ impl Probes {
                         program.hook.describe()
                     );
                 }
+                if result.is_ok()
+                    && let Some(((major, minor), misses)) = program.partial_before
+                    && caps.kernel_version.is_some()
+                    && !caps.at_least(major, minor)
+                {
+                    let line = format!("{} {}: {misses}", program.program, program.hook.describe());
+                    warn!(
+                        signal = signal.name,
+                        tier = tier.mode,
+                        "partial signal: {line}"
+                    );
+                    self.limitations.push(line);
+                }
                 attachments.push(tier_attachment(program, tier.mode, result.err()));
             }
             if reasons.is_empty() {
@@ -454,6 +470,14 @@ impl Probes {
             tiers::Hook::Fentry(function) => {
                 let btf = aya::Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
                 let prog: &mut aya::programs::FEntry = program_mut(&mut self.ebpf, name)?;
+                if prog.fd().is_err() {
+                    prog.load(function, &btf).map_err(|e| describe(&e))?;
+                }
+                prog.attach().map(drop).map_err(|e| describe(&e))
+            }
+            tiers::Hook::Fexit(function) => {
+                let btf = aya::Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
+                let prog: &mut aya::programs::FExit = program_mut(&mut self.ebpf, name)?;
                 if prog.fd().is_err() {
                     prog.load(function, &btf).map_err(|e| describe(&e))?;
                 }

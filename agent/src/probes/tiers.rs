@@ -9,6 +9,9 @@
 pub enum Hook {
     /// A BTF trampoline on a kernel function's entry.
     Fentry(&'static str),
+    /// A BTF trampoline on a kernel function's return (sees its arguments
+    /// and its return value).
+    Fexit(&'static str),
     /// A kprobe on a kernel function (needs CONFIG_KPROBES and the symbol).
     Kprobe(&'static str),
     /// A classic tracepoint (category, name), through tracefs.
@@ -21,6 +24,7 @@ impl Hook {
     pub fn describe(&self) -> String {
         match self {
             Hook::Fentry(f) => format!("fentry:{f}"),
+            Hook::Fexit(f) => format!("fexit:{f}"),
             Hook::Kprobe(f) => format!("kprobe:{f}"),
             Hook::Tracepoint(c, n) => format!("tracepoint:{c}:{n}"),
             Hook::RawTracepoint(n) => format!("raw_tracepoint:{n}"),
@@ -47,6 +51,9 @@ pub struct TierProgram {
     pub hook: Hook,
     /// Globals (offsets) that must have been resolved for this program.
     pub needs: &'static [&'static str],
+    /// Before this kernel (major, minor) the hook sees only part of the
+    /// signal, and what it misses: reported when attached there.
+    pub partial_before: Option<((u8, u8), &'static str)>,
 }
 
 #[derive(Debug)]
@@ -72,6 +79,7 @@ const fn program(program: &'static str, hook: Hook) -> TierProgram {
         program,
         hook,
         needs: &[],
+        partial_before: None,
     }
 }
 
@@ -88,10 +96,23 @@ pub const TCP: Signal = Signal {
                     program: "sonde_tcp_state_fentry",
                     hook: Hook::Fentry("tcp_set_state"),
                     needs: &["SK_STATE_OFFSET"],
+                    partial_before: None,
                 },
+                // Retransmissions sent: tcp_retransmit_skb's entry and exit
+                // and __tcp_retransmit_skb's exit (tail-loss probes call it
+                // directly; some kernels inline it into tcp_retransmit_skb),
+                // each counted once (agent-ebpf/src/tcp.rs).
                 program(
                     "sonde_tcp_retransmit_fentry",
                     Hook::Fentry("tcp_retransmit_skb"),
+                ),
+                program(
+                    "sonde_tcp_retransmit_fexit",
+                    Hook::Fexit("tcp_retransmit_skb"),
+                ),
+                program(
+                    "sonde_tcp_retransmit_inner_fexit",
+                    Hook::Fexit("__tcp_retransmit_skb"),
                 ),
                 program("sonde_tcp_receive_reset_fentry", Hook::Fentry("tcp_reset")),
                 program(
@@ -106,6 +127,7 @@ pub const TCP: Signal = Signal {
                     program: "sonde_tcp_rtt_fentry",
                     hook: Hook::Fentry("tcp_rcv_established"),
                     needs: &["TCP_SRTT_OFFSET"],
+                    partial_before: None,
                 },
             ],
         },
@@ -118,7 +140,10 @@ pub const TCP: Signal = Signal {
                     program: "sonde_tcp_state_kprobe",
                     hook: Hook::Kprobe("tcp_set_state"),
                     needs: &["SK_STATE_OFFSET"],
+                    partial_before: None,
                 },
+                // Timeouts and fast retransmits, not tail-loss probes (see
+                // the program); the fentry and tracepoint tiers see all.
                 program(
                     "sonde_tcp_retransmit_kprobe",
                     Hook::Kprobe("tcp_retransmit_skb"),
@@ -136,6 +161,7 @@ pub const TCP: Signal = Signal {
                     program: "sonde_tcp_rtt_kprobe",
                     hook: Hook::Kprobe("tcp_rcv_established"),
                     needs: &["TCP_SRTT_OFFSET"],
+                    partial_before: None,
                 },
             ],
         },
@@ -153,6 +179,7 @@ pub const TCP: Signal = Signal {
                         "TP_SSS_NEWSTATE",
                         "TP_SSS_PROTOCOL",
                     ],
+                    partial_before: None,
                 },
                 program(
                     "sonde_tcp_retransmit",
@@ -162,14 +189,24 @@ pub const TCP: Signal = Signal {
                     "sonde_tcp_receive_reset",
                     Hook::Tracepoint("tcp", "tcp_receive_reset"),
                 ),
-                program(
-                    "sonde_tcp_send_reset",
-                    Hook::Tracepoint("tcp", "tcp_send_reset"),
-                ),
+                TierProgram {
+                    // Linux 6.10 (19822a980e19) made it fire without a socket.
+                    partial_before: Some((
+                        (6, 10),
+                        "resets sent without a socket (a SYN to a closed port, a stray \
+                         segment) are not seen: the tcp_send_reset tracepoint fires for \
+                         them from Linux 6.10",
+                    )),
+                    ..program(
+                        "sonde_tcp_send_reset",
+                        Hook::Tracepoint("tcp", "tcp_send_reset"),
+                    )
+                },
                 TierProgram {
                     program: "sonde_tcp_probe",
                     hook: Hook::Tracepoint("tcp", "tcp_probe"),
                     needs: &["TP_PROBE_SRTT"],
+                    partial_before: None,
                 },
             ],
         },
@@ -189,16 +226,19 @@ pub const RUNQUEUE: Signal = Signal {
                     program: "sonde_runq_switch_raw",
                     hook: Hook::RawTracepoint("sched_switch"),
                     needs: &["TASK_PID_OFFSET", "TASK_STATE_OFFSET"],
+                    partial_before: None,
                 },
                 TierProgram {
                     program: "sonde_runq_wakeup_raw",
                     hook: Hook::RawTracepoint("sched_wakeup"),
                     needs: &["TASK_PID_OFFSET"],
+                    partial_before: None,
                 },
                 TierProgram {
                     program: "sonde_runq_wakeup_raw",
                     hook: Hook::RawTracepoint("sched_wakeup_new"),
                     needs: &["TASK_PID_OFFSET"],
+                    partial_before: None,
                 },
             ],
         },
@@ -215,16 +255,19 @@ pub const RUNQUEUE: Signal = Signal {
                         "TP_SWITCH_PREV_STATE",
                         "TP_SWITCH_NEXT_PID",
                     ],
+                    partial_before: None,
                 },
                 TierProgram {
                     program: "sonde_runq_wakeup_tp",
                     hook: Hook::Tracepoint("sched", "sched_wakeup"),
                     needs: &["TP_WAKEUP_PID"],
+                    partial_before: None,
                 },
                 TierProgram {
                     program: "sonde_runq_wakeup_tp",
                     hook: Hook::Tracepoint("sched", "sched_wakeup_new"),
                     needs: &["TP_WAKEUP_NEW_PID"],
+                    partial_before: None,
                 },
             ],
         },
@@ -243,6 +286,7 @@ pub const BLOCK: Signal = Signal {
                 program: "sonde_block_complete",
                 hook: Hook::Tracepoint("block", "block_rq_complete"),
                 needs: &["TP_BLK_DONE_DEV", "TP_BLK_DONE_SECTOR", "TP_BLK_DONE_ERROR"],
+                partial_before: None,
             },
             TierProgram {
                 program: "sonde_block_issue",
@@ -253,6 +297,7 @@ pub const BLOCK: Signal = Signal {
                     "TP_BLK_ISSUE_BYTES",
                     "TP_BLK_ISSUE_RWBS",
                 ],
+                partial_before: None,
             },
         ],
     }],

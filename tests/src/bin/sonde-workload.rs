@@ -13,6 +13,10 @@
 //! sonde-workload tcp-connect ADDR:PORT
 //! sonde-workload tcp-listen ADDR:PORT SECONDS
 //! sonde-workload listen-overflow ADDR:PORT N  N connects to a backlog-1 listener that never accepts
+//! sonde-workload tcp-sink ADDR:PORT SECONDS   reads each connection to its end, then closes it
+//! sonde-workload tcp-send ADDR:PORT N SIZE PAUSE_MS   connects (says `connected`), waits PAUSE_MS,
+//!                                             sends N messages of SIZE bytes 10 ms apart, then
+//!                                             closes its side and waits for the peer's close
 //! sonde-workload nanosleep MS N
 //! ```
 //!
@@ -48,7 +52,8 @@ fn usage() -> ExitCode {
     eprintln!(
         "usage: sonde-workload <getppid N | close-bad N | udp-send ADDR:PORT N SIZE | \
          udp-sink ADDR:PORT SECONDS | tcp-connect ADDR:PORT | tcp-listen ADDR:PORT SECONDS | \
-         listen-overflow ADDR:PORT N | \
+         listen-overflow ADDR:PORT N | tcp-sink ADDR:PORT SECONDS | \
+         tcp-send ADDR:PORT N SIZE PAUSE_MS | \
          nanosleep MS N | syscall-loop K N | getppid-rate RATE SECONDS | \
          udp-flood ADDR:PORT SECONDS SIZE | udp-flows SRC COUNT ADDR:PORT FLOWS | \
          http-serve ADDR:PORT SECONDS DELAY_US | mix SECONDS | connect-rate ADDR:PORT RATE SECONDS>"
@@ -177,6 +182,60 @@ fn tcp_listen(at: SocketAddr, seconds: u64) -> Result<(), String> {
         drop(stream);
     })?;
     say(&format!("accepted {accepted}"));
+    Ok(())
+}
+
+/// How long one side of `tcp-send`/`tcp-sink` waits for the other: ample for
+/// a few retransmission timeouts, bounded.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn tcp_sink(at: SocketAddr, seconds: u64) -> Result<(), String> {
+    let listener = TcpListener::bind(at).map_err(|e| format!("bind {at}: {e}"))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("set_nonblocking: {e}"))?;
+    say("ready");
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    accept_until(&listener, at, deadline, |mut stream| {
+        std::thread::spawn(move || {
+            let _ = stream.set_nonblocking(false);
+            let _ = stream.set_read_timeout(Some(STREAM_TIMEOUT));
+            let _ = std::io::copy(&mut stream, &mut std::io::sink());
+        });
+    })
+}
+
+/// One connection that stays open while the test changes the path (the
+/// pause), then a paced stream of small segments: with TCP_NODELAY each
+/// message is a segment of its own, so a lossy path retransmits data, not
+/// the handshake.
+fn tcp_send(to: SocketAddr, n: u64, size: usize, pause: Duration) -> Result<(), String> {
+    use std::io::Read as _;
+    let mut stream = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+        .map_err(|e| format!("connect {to}: {e}"))?;
+    stream
+        .set_nodelay(true)
+        .and_then(|()| stream.set_read_timeout(Some(STREAM_TIMEOUT)))
+        .and_then(|()| stream.set_write_timeout(Some(STREAM_TIMEOUT)))
+        .map_err(|e| format!("socket options: {e}"))?;
+    say("connected");
+    std::thread::sleep(pause);
+    let message = vec![b'x'; size];
+    for i in 0..n {
+        stream
+            .write_all(&message)
+            .map_err(|e| format!("write {i} to {to}: {e}"))?;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .map_err(|e| format!("shutdown: {e}"))?;
+    // The sink closes once it has read everything: every segment arrived.
+    let mut rest = Vec::new();
+    stream
+        .read_to_end(&mut rest)
+        .map_err(|e| format!("waiting for {to} to close: {e}"))?;
+    say(&format!("sent {}", n * size as u64));
     Ok(())
 }
 
@@ -788,6 +847,13 @@ fn run(args: &[String]) -> Result<(), String> {
         ["udp-sink", at, secs] => udp_sink(addr(at)?, num(secs, "SECONDS", MAX_SECONDS)?),
         ["tcp-connect", to] => tcp_connect(addr(to)?),
         ["tcp-listen", at, secs] => tcp_listen(addr(at)?, num(secs, "SECONDS", MAX_SECONDS)?),
+        ["tcp-sink", at, secs] => tcp_sink(addr(at)?, num(secs, "SECONDS", MAX_SECONDS)?),
+        ["tcp-send", to, n, size, pause] => tcp_send(
+            addr(to)?,
+            num(n, "N", MAX_COUNT)?,
+            num(size, "SIZE", 1 << 20)? as usize,
+            Duration::from_millis(num(pause, "PAUSE_MS", 60_000)?),
+        ),
         ["listen-overflow", at, n] => listen_overflow(addr(at)?, num(n, "N", 1000)?),
         ["nanosleep", ms, n] => {
             nanosleep(num(ms, "MS", MAX_SECONDS * 1000)?, num(n, "N", MAX_COUNT)?)

@@ -16,6 +16,13 @@ pub const GETPPID_N: u64 = 10_000;
 pub const TCP_M: u64 = 20;
 /// UDP datagrams per packet count.
 pub const UDP_N: u64 = 500;
+/// netem's delay on every packet over lo: a handshake (two trips) then takes
+/// ≥ 100 ms, past the 67 ms log2 bucket.
+pub const NETEM_DELAY_MS: u64 = 50;
+/// netem's loss on lo while the retransmit count's stream runs.
+pub const NETEM_LOSS_PCT: u64 = 20;
+/// Segments of that stream (1000 bytes each, 10 ms apart).
+pub const LOSS_MESSAGES: u64 = 50;
 
 /// Bounds inside the guest (seconds): the agent's start, a counter reaching
 /// its target and settling, the agent's exit after SIGTERM.
@@ -24,13 +31,17 @@ const SETTLE_TIMEOUT_S: u32 = 30;
 const STOP_TIMEOUT_S: u32 = 20;
 
 /// Every profile's base: loopback only (the guest has no other interface),
-/// and a fast collector so counts settle quickly.
+/// a fast collector so counts settle quickly, and no cost governor: under
+/// software emulation the agent's share of a CPU is tens of times a real
+/// host's, and the governor would shed the RTT samples the counts check.
 const BASE: &[(&str, &str, &str)] = &[
     ("network", "interfaces", r#"["lo"]"#),
     ("collector", "interval_ms", "200"),
+    ("mapek", "govern_cost", "false"),
 ];
 
-/// A counting check run under `sonde run`.
+/// A counting check run under `sonde run`. Several may share one workload
+/// (the init script's `count_NAME` function), which reports a value for each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Count {
     /// `sonde_syscalls_total{syscall="getppid"}` rises by GETPPID_N (up to 1 %
@@ -41,7 +52,52 @@ pub enum Count {
     /// `sonde_packets_total{interface="lo",direction="ingress",family="ipv4",
     /// protocol="udp"}` rises by exactly UDP_N.
     UdpPackets,
+    /// TCP_M connects to a closed port: `sonde_tcp_resets_total
+    /// {direction="sent"}` rises by at least TCP_M ...
+    ResetsSent,
+    /// ... and so does `{direction="received"}`.
+    ResetsReceived,
+    /// Under netem delay (NETEM_DELAY_MS on every packet over lo), TCP_M
+    /// connects: connect-latency samples above 67 ms rise by at least TCP_M ...
+    DelayedConnectsSlow,
+    /// ... and none at or under 67 ms.
+    DelayedConnectsFast,
+    /// RTT samples (the connects' and the scrapes') above 67 ms rise ...
+    DelayedRttSlow,
+    /// ... and none at or under 67 ms.
+    DelayedRttFast,
+    /// Under netem loss (NETEM_LOSS_PCT over lo), an established connection
+    /// sends LOSS_MESSAGES segments: `sonde_tcp_retransmits_total` rises by
+    /// at least 1, and by exactly as much as the kernel's own RetransSegs.
+    LossRetransmits,
+    /// The same for the kprobe tier, which does not see tail-loss probes:
+    /// at least 1, at most RetransSegs.
+    LossRetransmitsAtMost,
 }
+
+/// Every TCP signal's count, for the profiles that force a TCP tier.
+const TCP_SIGNALS: &[Count] = &[
+    Count::TcpConnects,
+    Count::ResetsSent,
+    Count::ResetsReceived,
+    Count::DelayedConnectsSlow,
+    Count::DelayedConnectsFast,
+    Count::DelayedRttSlow,
+    Count::DelayedRttFast,
+    Count::LossRetransmits,
+];
+
+/// The kprobe tier's: all but tail-loss probes among the retransmits.
+const TCP_SIGNALS_KPROBE: &[Count] = &[
+    Count::TcpConnects,
+    Count::ResetsSent,
+    Count::ResetsReceived,
+    Count::DelayedConnectsSlow,
+    Count::DelayedConnectsFast,
+    Count::DelayedRttSlow,
+    Count::DelayedRttFast,
+    Count::LossRetransmitsAtMost,
+];
 
 impl Count {
     /// The init script's function (`count_NAME`).
@@ -50,6 +106,12 @@ impl Count {
             Count::Syscalls => "syscalls",
             Count::TcpConnects => "tcp",
             Count::UdpPackets => "udp",
+            Count::ResetsSent | Count::ResetsReceived => "resets",
+            Count::DelayedConnectsSlow
+            | Count::DelayedConnectsFast
+            | Count::DelayedRttSlow
+            | Count::DelayedRttFast => "delay",
+            Count::LossRetransmits | Count::LossRetransmitsAtMost => "loss",
         }
     }
 
@@ -59,6 +121,31 @@ impl Count {
             Count::Syscalls => "getppid",
             Count::TcpConnects => "tcp_connects",
             Count::UdpPackets => "udp_packets",
+            Count::ResetsSent => "resets_sent",
+            Count::ResetsReceived => "resets_received",
+            Count::DelayedConnectsSlow => "connects_slow",
+            Count::DelayedConnectsFast => "connects_fast",
+            Count::DelayedRttSlow => "rtt_slow",
+            Count::DelayedRttFast => "rtt_fast",
+            Count::LossRetransmits | Count::LossRetransmitsAtMost => "retransmits",
+        }
+    }
+
+    /// The key of an independent counter the guest reports beside this one,
+    /// which the judgement compares with.
+    pub fn reference_key(self) -> Option<&'static str> {
+        match self {
+            Count::LossRetransmits | Count::LossRetransmitsAtMost => Some("kernel_retrans_segs"),
+            _ => None,
+        }
+    }
+
+    /// The program whose `partial` line in `sonde check` (a hook the
+    /// kernel lets see only part of the signal) excuses a short count.
+    pub fn program(self) -> Option<&'static str> {
+        match self {
+            Count::ResetsSent => Some("sonde_tcp_send_reset"),
+            _ => None,
         }
     }
 
@@ -77,18 +164,60 @@ impl Count {
             Count::UdpPackets => {
                 format!("{UDP_N} UDP datagrams on lo → ingress packets +{UDP_N} exactly")
             }
+            Count::ResetsSent | Count::ResetsReceived => format!(
+                "{TCP_M} connects to a closed port → resets {} ≥ +{TCP_M}",
+                if self == Count::ResetsSent {
+                    "sent"
+                } else {
+                    "received"
+                }
+            ),
+            Count::DelayedConnectsSlow => format!(
+                "netem delay {NETEM_DELAY_MS} ms on lo, {TCP_M} connects → connect \
+                 latency samples > 67 ms ≥ +{TCP_M}"
+            ),
+            Count::DelayedConnectsFast => format!(
+                "netem delay {NETEM_DELAY_MS} ms on lo → connect latency samples ≤ 67 ms +0"
+            ),
+            Count::DelayedRttSlow => {
+                format!("netem delay {NETEM_DELAY_MS} ms on lo → RTT samples > 67 ms ≥ +1")
+            }
+            Count::DelayedRttFast => {
+                format!("netem delay {NETEM_DELAY_MS} ms on lo → RTT samples ≤ 67 ms +0")
+            }
+            Count::LossRetransmits => format!(
+                "netem loss {NETEM_LOSS_PCT} % on lo under {LOSS_MESSAGES} segments of an \
+                 established connection → retransmits ≥ +1 and = the kernel's RetransSegs"
+            ),
+            Count::LossRetransmitsAtMost => format!(
+                "netem loss {NETEM_LOSS_PCT} % on lo under {LOSS_MESSAGES} segments of an \
+                 established connection → retransmits ≥ +1 and ≤ the kernel's RetransSegs \
+                 (tail-loss probes are not seen by this tier)"
+            ),
         }
     }
 
-    /// Whether `delta` (after − before) is right.
-    pub fn judge(self, delta: f64) -> bool {
+    /// Whether `delta` (after − before) is right, given the reference
+    /// counter's delta where the count has one.
+    pub fn judge(self, delta: f64, reference: Option<f64>) -> bool {
         match self {
             Count::Syscalls => {
                 let n = GETPPID_N as f64;
                 delta >= n && delta <= n * 1.01
             }
-            Count::TcpConnects => delta >= TCP_M as f64,
+            Count::TcpConnects
+            | Count::ResetsSent
+            | Count::ResetsReceived
+            | Count::DelayedConnectsSlow => delta >= TCP_M as f64,
             Count::UdpPackets => delta == UDP_N as f64,
+            Count::DelayedConnectsFast | Count::DelayedRttFast => delta == 0.0,
+            Count::DelayedRttSlow => delta >= 1.0,
+            Count::LossRetransmits => {
+                reference.is_some_and(|kernel| delta >= 1.0 && delta == kernel)
+            }
+            Count::LossRetransmitsAtMost => {
+                reference.is_some_and(|kernel| delta >= 1.0 && delta <= kernel)
+            }
         }
     }
 }
@@ -179,7 +308,7 @@ pub const PROFILES: &[Profile] = &[
             mode: Some("fentry"),
         }),
         needs: Some("fentry/fexit"),
-        counts: &[Count::TcpConnects],
+        counts: TCP_SIGNALS,
     },
     Profile {
         name: "tcp-kprobe",
@@ -190,7 +319,7 @@ pub const PROFILES: &[Profile] = &[
             mode: Some("kprobe"),
         }),
         needs: Some("kprobes"),
-        counts: &[Count::TcpConnects],
+        counts: TCP_SIGNALS_KPROBE,
     },
     Profile {
         name: "tcp-tracepoint",
@@ -201,7 +330,7 @@ pub const PROFILES: &[Profile] = &[
             mode: Some("tracepoint"),
         }),
         needs: None,
-        counts: &[Count::TcpConnects],
+        counts: TCP_SIGNALS,
     },
 ];
 
@@ -251,6 +380,10 @@ pub fn build_initramfs(
     a.file("init", 0o755, include_str!("init.sh").as_bytes().to_vec())?;
     a.copy("vm/bin/sonde", 0o755, &payload.sonde)?;
     a.copy("vm/bin/sonde-workload", 0o755, &payload.workload)?;
+    a.copy("vm/bin/tc", 0o755, &payload.tc)?;
+    for lib in &payload.tc_libraries {
+        a.copy(&lib.to_string_lossy(), 0o755, lib)?;
+    }
     a.dir("vm/modules")?;
     for m in &kernel.modules {
         let name = m.file_name().context("module path")?.to_string_lossy();
@@ -263,7 +396,8 @@ pub fn build_initramfs(
             0o644,
             p.config_toml().into_bytes(),
         )?;
-        let counts: Vec<&str> = p.counts.iter().map(|c| c.function()).collect();
+        let mut counts: Vec<&str> = p.counts.iter().map(|c| c.function()).collect();
+        counts.dedup(); // a workload's counts are listed together
         a.file(
             &format!("vm/profiles/{}.counts", p.name),
             0o644,
@@ -287,6 +421,8 @@ fn params(profiles: &[&Profile]) -> String {
     let names: Vec<&str> = profiles.iter().map(|p| p.name).collect();
     format!(
         "PROFILES=\"{}\"\nGETPPID_N={GETPPID_N}\nTCP_M={TCP_M}\nUDP_N={UDP_N}\n\
+         NETEM_DELAY_MS={NETEM_DELAY_MS}\nNETEM_LOSS_PCT={NETEM_LOSS_PCT}\n\
+         LOSS_MESSAGES={LOSS_MESSAGES}\n\
          START_TIMEOUT_S={START_TIMEOUT_S}\nSETTLE_TIMEOUT_S={SETTLE_TIMEOUT_S}\n\
          STOP_TIMEOUT_S={STOP_TIMEOUT_S}\n",
         names.join(" ")
@@ -332,13 +468,22 @@ mod tests {
     #[test]
     fn counts_judge_their_bounds() {
         let n = GETPPID_N as f64;
-        assert!(Count::Syscalls.judge(n));
-        assert!(Count::Syscalls.judge(n * 1.01));
-        assert!(!Count::Syscalls.judge(n - 1.0));
-        assert!(!Count::Syscalls.judge(n * 1.02));
-        assert!(Count::TcpConnects.judge(TCP_M as f64 * 2.0));
-        assert!(!Count::TcpConnects.judge(TCP_M as f64 - 1.0));
-        assert!(Count::UdpPackets.judge(UDP_N as f64));
-        assert!(!Count::UdpPackets.judge(UDP_N as f64 + 1.0));
+        assert!(Count::Syscalls.judge(n, None));
+        assert!(Count::Syscalls.judge(n * 1.01, None));
+        assert!(!Count::Syscalls.judge(n - 1.0, None));
+        assert!(!Count::Syscalls.judge(n * 1.02, None));
+        assert!(Count::TcpConnects.judge(TCP_M as f64 * 2.0, None));
+        assert!(!Count::TcpConnects.judge(TCP_M as f64 - 1.0, None));
+        assert!(Count::UdpPackets.judge(UDP_N as f64, None));
+        assert!(!Count::UdpPackets.judge(UDP_N as f64 + 1.0, None));
+        assert!(Count::DelayedRttFast.judge(0.0, None));
+        assert!(!Count::DelayedRttFast.judge(1.0, None));
+        assert!(Count::LossRetransmits.judge(5.0, Some(5.0)));
+        assert!(!Count::LossRetransmits.judge(4.0, Some(5.0)));
+        assert!(!Count::LossRetransmits.judge(6.0, Some(5.0)));
+        assert!(!Count::LossRetransmits.judge(0.0, Some(0.0)));
+        assert!(!Count::LossRetransmits.judge(3.0, None));
+        assert!(Count::LossRetransmitsAtMost.judge(4.0, Some(5.0)));
+        assert!(!Count::LossRetransmitsAtMost.judge(6.0, Some(5.0)));
     }
 }

@@ -88,14 +88,18 @@ settle() {
     metric "$@"
 }
 
-# wait_ready FILE PID: until FILE says "ready" (a listening workload).
-wait_ready() {
+# wait_line WORD FILE PID: until a line of FILE starts with WORD (a workload
+# saying it got there), while PID lives, for at most 20 s.
+wait_line() {
     deadline=$(($(now) + 20))
-    while ! grep -q '^ready' "$1" 2>/dev/null; do
-        alive "$2" && [ "$(now)" -lt "$deadline" ] || return 1
+    while ! grep -q "^$1" "$2" 2>/dev/null; do
+        alive "$3" && [ "$(now)" -lt "$deadline" ] || return 1
         sleep 0.1
     done
 }
+
+# wait_ready FILE PID: until FILE says "ready" (a listening workload).
+wait_ready() { wait_line ready "$1" "$2"; }
 
 # stop PID: SIGTERM, then SIGKILL after STOP_TIMEOUT_S; sets rc to the exit
 # code (not a subshell: only this shell can wait for its child).
@@ -123,28 +127,156 @@ count_syscalls() {
     say "value $step getppid $before $after"
 }
 
-count_tcp() {
-    port=$((7100 + index))
-    sonde-workload tcp-listen "127.0.0.1:$port" 120 >/tmp/listen.out 2>&1 &
+# listen PORT: a TCP listener on 127.0.0.1:PORT in the background, its pid
+# in $listener; says why and returns 1 if it never became ready.
+listen() {
+    sonde-workload tcp-listen "127.0.0.1:$1" 120 >/tmp/listen.out 2>&1 &
     listener=$!
-    if ! wait_ready /tmp/listen.out "$listener"; then
-        say "error $step tcp-listen 127.0.0.1:$port never became ready: $(head -c 300 /tmp/listen.out)"
-        kill "$listener" 2>/dev/null
-        wait "$listener"
-        return
-    fi
-    before=$(metric sonde_tcp_connect_duration_seconds_count)
+    wait_ready /tmp/listen.out "$listener" && return 0
+    say "error $step tcp-listen 127.0.0.1:$1 never became ready: $(head -c 300 /tmp/listen.out)"
+    unlisten
+    return 1
+}
+
+unlisten() {
+    kill "$listener" 2>/dev/null
+    wait "$listener"
+}
+
+# connects PORT: TCP_M connects to 127.0.0.1:PORT, one after the other; the
+# number that failed in $failed.
+connects() {
     i=0
     failed=0
     while [ "$i" -lt "$TCP_M" ]; do
-        sonde-workload tcp-connect "127.0.0.1:$port" >/dev/null 2>/tmp/workload.err || failed=$((failed + 1))
+        sonde-workload tcp-connect "127.0.0.1:$1" >/dev/null 2>/tmp/workload.err || failed=$((failed + 1))
         i=$((i + 1))
     done
+}
+
+# netem ARGS...: loopback's root qdisc becomes netem with these parameters
+# (every packet over lo passes it once).
+netem() {
+    /vm/bin/tc qdisc replace dev lo root netem "$@" 2>/tmp/tc.err && return 0
+    say "error $step tc qdisc replace dev lo root netem $*: $(head -c 300 /tmp/tc.err)"
+    return 1
+}
+
+netem_off() { /vm/bin/tc qdisc del dev lo root 2>/dev/null; }
+
+count_tcp() {
+    port=$((7100 + index))
+    listen "$port" || return
+    before=$(metric sonde_tcp_connect_duration_seconds_count)
+    connects "$port"
     [ "$failed" -eq 0 ] || say "error $step $failed of $TCP_M tcp-connect failed: $(head -c 300 /tmp/workload.err)"
     after=$(settle "$(add "$before" "$TCP_M")" sonde_tcp_connect_duration_seconds_count)
-    kill "$listener" 2>/dev/null
-    wait "$listener"
+    unlisten
     say "value $step tcp_connects $before $after"
+}
+
+# TCP_M connects to a port nobody listens on: the kernel answers each SYN
+# with a RST (sent) that the connecting socket takes (received).
+count_resets() {
+    port=$((7300 + index))
+    sent=$(metric sonde_tcp_resets_total 'direction="sent"')
+    received=$(metric sonde_tcp_resets_total 'direction="received"')
+    connects "$port"
+    [ "$failed" -eq "$TCP_M" ] || say "error $step $((TCP_M - failed)) of $TCP_M connects to closed port $port succeeded"
+    say "value $step resets_sent $sent $(settle "$(add "$sent" "$TCP_M")" sonde_tcp_resets_total 'direction="sent"')"
+    say "value $step resets_received $received $(settle "$(add "$received" "$TCP_M")" sonde_tcp_resets_total 'direction="received"')"
+}
+
+# below NAME: samples of histogram NAME at or under 2^26 ns (67 ms), the
+# last log2 bucket a 100 ms round trip cannot fall in.
+below() { metric "${1}_bucket" 'le="0.067108864"'; }
+
+# Every packet over lo delayed by NETEM_DELAY_MS: a handshake takes two such
+# trips, and so does the smoothed RTT of every connection made under it
+# (the scrapes' included). Reports the samples above and below 67 ms of the
+# connect-latency and RTT histograms.
+count_delay() {
+    port=$((7400 + index))
+    listen "$port" || return
+    if ! netem delay "${NETEM_DELAY_MS}ms"; then
+        unlisten
+        return
+    fi
+    # Connections opened before the delay have closed by now.
+    sleep 1
+    c0=$(metric sonde_tcp_connect_duration_seconds_count)
+    cf0=$(below sonde_tcp_connect_duration_seconds)
+    r0=$(metric sonde_tcp_rtt_seconds_count)
+    rf0=$(below sonde_tcp_rtt_seconds)
+    connects "$port"
+    [ "$failed" -eq 0 ] || say "error $step $failed of $TCP_M tcp-connect failed under netem delay: $(head -c 300 /tmp/workload.err)"
+    c1=$(settle "$(add "$c0" "$TCP_M")" sonde_tcp_connect_duration_seconds_count)
+    cf1=$(below sonde_tcp_connect_duration_seconds)
+    r1=$(metric sonde_tcp_rtt_seconds_count)
+    rf1=$(below sonde_tcp_rtt_seconds)
+    netem_off
+    unlisten
+    say "value $step connects_slow $((c0 - cf0)) $((c1 - cf1))"
+    say "value $step connects_fast $cf0 $cf1"
+    say "value $step rtt_slow $((r0 - rf0)) $((r1 - rf1))"
+    say "value $step rtt_fast $rf0 $rf1"
+}
+
+# The kernel's own count of retransmitted segments (/proc/net/snmp).
+retrans_segs() {
+    awk '$1 == "Tcp:" {
+        if (!col) { for (i = 2; i <= NF; i++) if ($i == "RetransSegs") col = i; next }
+        print $col; exit
+    }' /proc/net/snmp
+}
+
+# One connection to a sink, made before NETEM_LOSS_PCT of the packets over
+# lo are dropped; then LOSS_MESSAGES segments of 1000 bytes, 10 ms apart,
+# and both closes. Lost segments and FINs are retransmitted (by timeout,
+# fast retransmit or tail-loss probe), each one segment on lo (its MSS is
+# 64 KiB), so Sonde's retransmits must equal the kernel's own RetransSegs
+# (/proc/net/snmp). No scrape runs while the loss is on.
+count_loss() {
+    port=$((7500 + index))
+    sonde-workload tcp-sink "127.0.0.1:$port" 120 >/tmp/sink.out 2>&1 &
+    sink=$!
+    if ! wait_ready /tmp/sink.out "$sink"; then
+        say "error $step tcp-sink 127.0.0.1:$port never became ready: $(head -c 300 /tmp/sink.out)"
+        kill "$sink" 2>/dev/null
+        wait "$sink"
+        return
+    fi
+    # Start from quiet: no retransmission for 2 s (the earlier counts'
+    # connections may still retransmit a FIN), so Sonde has exported all.
+    k0=$(retrans_segs)
+    deadline=$(($(now) + SETTLE_TIMEOUT_S))
+    sleep 2
+    while [ "$(retrans_segs)" != "$k0" ] && [ "$(now)" -lt "$deadline" ]; do
+        k0=$(retrans_segs)
+        sleep 2
+    done
+    r0=$(metric sonde_tcp_retransmits_total)
+    k0=$(retrans_segs)
+    sonde-workload tcp-send "127.0.0.1:$port" "$LOSS_MESSAGES" 1000 1000 >/tmp/send.out 2>&1 &
+    sender=$!
+    if wait_line connected /tmp/send.out "$sender" && netem loss "${NETEM_LOSS_PCT}%"; then
+        wait "$sender" || say "error $step tcp-send under netem loss: $(head -c 300 /tmp/send.out)"
+    else
+        say "error $step tcp-send never connected: $(head -c 300 /tmp/send.out)"
+        kill "$sender" 2>/dev/null
+        wait "$sender"
+    fi
+    netem_off
+    kill "$sink" 2>/dev/null
+    wait "$sink"
+    # A FIN whose ACK was lost is retransmitted after the loss is gone:
+    # wait for that before reading either counter.
+    sleep 3
+    k1=$(retrans_segs)
+    r1=$(settle "$(add "$r0" "$((k1 - k0))")" sonde_tcp_retransmits_total)
+    k1=$(retrans_segs)
+    say "value $step retransmits $r0 $r1"
+    say "value $step kernel_retrans_segs $k0 $k1"
 }
 
 count_udp() {

@@ -1,10 +1,13 @@
 //! What runs inside the guest: the agent and the workload helper built
-//! statically for musl (the guest has no C library), and a static busybox
-//! for the shell, mount, insmod, ip and wget.
+//! statically for musl (the guest has no C library), a static busybox for
+//! the shell, mount, insmod, ip and wget, and the host's iproute2 `tc` with
+//! the shared libraries it loads (busybox's tc cannot set up netem; no
+//! static iproute2 is packaged).
 
 use std::{
     fs,
     path::{Path, PathBuf},
+    process::Command,
 };
 
 use anyhow::{Context as _, bail};
@@ -22,6 +25,11 @@ pub struct Payload {
     pub sonde: PathBuf,
     pub workload: PathBuf,
     pub busybox: PathBuf,
+    /// iproute2's tc, dynamically linked.
+    pub tc: PathBuf,
+    /// What tc loads: its libraries and the dynamic loader, each to be
+    /// placed in the guest at the same path as on the host.
+    pub tc_libraries: Vec<PathBuf>,
 }
 
 /// Builds `sonde` and `sonde-workload` for musl (adding the target if
@@ -29,6 +37,10 @@ pub struct Payload {
 /// built by agent/build.rs for bpfel whatever the host target.
 pub fn build() -> anyhow::Result<Payload> {
     let busybox = find_busybox()?;
+    let tc = util::which("tc")
+        .or_else(|| Some(PathBuf::from("/usr/sbin/tc")).filter(|p| p.is_file()))
+        .context("tc not found: apt-get install iproute2 (the guest sets up netem with it)")?;
+    let tc_libraries = shared_libraries(&tc)?;
     toolchain::ensure(Purpose::Build)?;
     ensure_musl_target()?;
     util::run(util::cargo().args([
@@ -50,6 +62,8 @@ pub fn build() -> anyhow::Result<Payload> {
         sonde: dir.join("sonde"),
         workload: dir.join("sonde-workload"),
         busybox,
+        tc,
+        tc_libraries,
     };
     for bin in [&payload.sonde, &payload.workload] {
         if !is_static(bin)? {
@@ -92,6 +106,39 @@ fn find_busybox() -> anyhow::Result<PathBuf> {
     bail!("busybox not found: apt-get install busybox-static")
 }
 
+/// The shared libraries and the dynamic loader `bin` loads, as `ldd` lists
+/// them (absolute paths; the kernel's vDSO has none).
+fn shared_libraries(bin: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let listing = util::stdout_of(Command::new("ldd").arg(bin))
+        .with_context(|| format!("`ldd {}` failed", bin.display()))?;
+    let libraries = parse_ldd(&listing);
+    if !libraries
+        .iter()
+        .any(|l| l.to_string_lossy().contains("ld-linux"))
+    {
+        bail!(
+            "`ldd {}` named no dynamic loader:\n{listing}",
+            bin.display()
+        );
+    }
+    Ok(libraries)
+}
+
+/// `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)` and
+/// `/lib64/ld-linux-x86-64.so.2 (0x…)` lines → their absolute paths.
+fn parse_ldd(listing: &str) -> Vec<PathBuf> {
+    listing
+        .lines()
+        .filter_map(|line| {
+            let path = match line.split_once("=>") {
+                Some((_, right)) => right.split_whitespace().next()?,
+                None => line.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
 /// True when the ELF file has no program interpreter (PT_INTERP): a static
 /// or static-pie executable.
 pub fn is_static(path: &Path) -> anyhow::Result<bool> {
@@ -128,6 +175,20 @@ mod tests {
         let me = std::env::current_exe().unwrap();
         let dynamic = cfg!(target_env = "gnu");
         assert_eq!(is_static(&me).unwrap(), !dynamic);
+    }
+
+    #[test]
+    fn ldd_lines_give_library_and_loader_paths() {
+        let listing = "\tlinux-vdso.so.1 (0x00007ffd)\n\
+                       \tlibmnl.so.0 => /lib/x86_64-linux-gnu/libmnl.so.0 (0x00007f13)\n\
+                       \t/lib64/ld-linux-x86-64.so.2 (0x00007f14)\n";
+        assert_eq!(
+            parse_ldd(listing),
+            [
+                PathBuf::from("/lib/x86_64-linux-gnu/libmnl.so.0"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2")
+            ]
+        );
     }
 
     #[test]

@@ -127,7 +127,8 @@ pub fn markdown(runs: &[KernelRun], profiles: &[&Profile], info: &RunInfo) -> St
          and the statically linked (musl) `sonde` and `sonde-workload`. Inside, `sonde check` \
          ran once per profile (a configuration, below) and, for profiles with counts, \
          `sonde run` was measured against a known workload over loopback: the counter must \
-         rise by what the workload did. The host row is `sonde check` on the development \
+         rise by what the workload did. For the TCP tiers, loopback is also slowed and made \
+         lossy with netem (the host's iproute2 `tc`, with its libraries, in the guest). The host row is `sonde check` on the development \
          machine's own kernel (no kprobes, no fentry there); its counts are covered by the \
          integration tests of `cargo xtask test`.\n",
         today(),
@@ -263,7 +264,9 @@ pub fn markdown(runs: &[KernelRun], profiles: &[&Profile], info: &RunInfo) -> St
     let _ = writeln!(
         s,
         "pass / **FAIL** / n/a (the kernel lacks what the profile forces, and the agent \
-         refused it) / — (not run). Counts show the measured rise.\n"
+         refused it; or a count fell short where `sonde check` had declared that hook \
+         partial on this kernel) / — (not run). Counts show the measured rise, and the \
+         kernel's own counter beside it where the check compares with one.\n"
     );
     let mut head = vec!["profile".to_owned(), "check".to_owned()];
     head.extend(runs.iter().map(column));
@@ -310,7 +313,9 @@ pub fn markdown(runs: &[KernelRun], profiles: &[&Profile], info: &RunInfo) -> St
     let _ = writeln!(
         s,
         "Every profile attaches to loopback only (`[network] interfaces = [\"lo\"]`) with \
-         `[collector] interval_ms = 200`.\n"
+         `[collector] interval_ms = 200` and `[mapek] govern_cost = false` (under emulation \
+         the agent's CPU share is tens of times a host's; the governor would shed RTT \
+         samples).\n"
     );
     table_head(
         &mut s,
