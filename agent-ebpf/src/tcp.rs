@@ -21,9 +21,9 @@ use aya_ebpf::{
     Global,
     bindings::BPF_NOEXIST,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
-    macros::{fentry, fexit, kprobe, map, tracepoint},
+    macros::{fentry, fexit, kprobe, kretprobe, map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray},
-    programs::{FEntryContext, FExitContext, ProbeContext, TracePointContext},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
@@ -412,16 +412,49 @@ pub fn sonde_tcp_retransmit_inner_fexit(ctx: FExitContext) -> u32 {
     0
 }
 
-/// Attempts through `tcp_retransmit_skb` (timeouts, fast retransmits),
-/// including the rare one the stack refuses; not the tail-loss probes, which
-/// call `__tcp_retransmit_skb` directly, a function some kernels inline.
+/// The kprobe tier's answer to the same two shapes: the skb whose
+/// `tcp_retransmit_skb` this CPU is inside, so that the nested
+/// `__tcp_retransmit_skb` (where it is a function of its own) is not counted
+/// twice. A kprobe cannot see return values: the kprobe tier counts attempts,
+/// including the rare one the stack refuses.
+#[map]
+static RETRANSMIT_OUTER_SKB: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 #[kprobe]
 pub fn sonde_tcp_retransmit_kprobe(ctx: ProbeContext) -> u32 {
-    if let Some(sk) = ctx.arg::<u64>(0) {
+    if let (Some(sk), Some(skb)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) {
+        if let Some(outer) = RETRANSMIT_OUTER_SKB.get_ptr_mut(0) {
+            unsafe { *outer = skb };
+        }
         on_retransmit(&PeerSource::Sock(sk));
     }
     0
 }
+
+#[kretprobe]
+pub fn sonde_tcp_retransmit_kretprobe(_ctx: RetProbeContext) -> u32 {
+    if let Some(outer) = RETRANSMIT_OUTER_SKB.get_ptr_mut(0) {
+        unsafe { *outer = 0 };
+    }
+    0
+}
+
+/// `__tcp_retransmit_skb`: counted unless it is the nested call of the
+/// `tcp_retransmit_skb` just counted (tail-loss probes come here directly).
+#[kprobe]
+pub fn sonde_tcp_retransmit_inner_kprobe(ctx: ProbeContext) -> u32 {
+    if let (Some(sk), Some(skb)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) {
+        if let Some(outer) = RETRANSMIT_OUTER_SKB.get_ptr_mut(0)
+            && unsafe { *outer } == skb
+        {
+            unsafe { *outer = 0 };
+            return 0;
+        }
+        on_retransmit(&PeerSource::Sock(sk));
+    }
+    0
+}
+
 counting_programs!(
     resets_received,
     sonde_tcp_receive_reset,

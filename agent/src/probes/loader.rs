@@ -483,7 +483,8 @@ impl Probes {
                 }
                 prog.attach().map(drop).map_err(|e| describe(&e))
             }
-            tiers::Hook::Kprobe(function) => {
+            // The program's section (kprobe or kretprobe) says which.
+            tiers::Hook::Kprobe(function) | tiers::Hook::Kretprobe(function) => {
                 let prog: &mut aya::programs::KProbe = program_mut(&mut self.ebpf, name)?;
                 if prog.fd().is_err() {
                     prog.load().map_err(|e| describe(&e))?;

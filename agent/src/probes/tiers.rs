@@ -14,6 +14,8 @@ pub enum Hook {
     Fexit(&'static str),
     /// A kprobe on a kernel function (needs CONFIG_KPROBES and the symbol).
     Kprobe(&'static str),
+    /// A kretprobe on its return.
+    Kretprobe(&'static str),
     /// A classic tracepoint (category, name), through tracefs.
     Tracepoint(&'static str, &'static str),
     /// A raw tracepoint: the tracepoint's own arguments, no record.
@@ -26,6 +28,7 @@ impl Hook {
             Hook::Fentry(f) => format!("fentry:{f}"),
             Hook::Fexit(f) => format!("fexit:{f}"),
             Hook::Kprobe(f) => format!("kprobe:{f}"),
+            Hook::Kretprobe(f) => format!("kretprobe:{f}"),
             Hook::Tracepoint(c, n) => format!("tracepoint:{c}:{n}"),
             Hook::RawTracepoint(n) => format!("raw_tracepoint:{n}"),
         }
@@ -142,11 +145,19 @@ pub const TCP: Signal = Signal {
                     needs: &["SK_STATE_OFFSET"],
                     partial_before: None,
                 },
-                // Timeouts and fast retransmits, not tail-loss probes (see
-                // the program); the fentry and tracepoint tiers see all.
+                // The same two functions, each retransmission counted once
+                // (attempts: a kprobe sees no return value).
                 program(
                     "sonde_tcp_retransmit_kprobe",
                     Hook::Kprobe("tcp_retransmit_skb"),
+                ),
+                program(
+                    "sonde_tcp_retransmit_kretprobe",
+                    Hook::Kretprobe("tcp_retransmit_skb"),
+                ),
+                program(
+                    "sonde_tcp_retransmit_inner_kprobe",
+                    Hook::Kprobe("__tcp_retransmit_skb"),
                 ),
                 program("sonde_tcp_receive_reset_kprobe", Hook::Kprobe("tcp_reset")),
                 program(

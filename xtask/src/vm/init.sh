@@ -222,6 +222,14 @@ count_delay() {
     say "value $step rtt_fast $rf0 $rf1"
 }
 
+# unsettled PORT: sockets on PORT (either end) in a state that can still
+# retransmit: anything but TIME_WAIT (06) and LISTEN (0A) in /proc/net/tcp.
+unsettled() {
+    awk -v port="$(printf ':%04X' "$1")" '
+        NR > 1 && (substr($2, 9) == port || substr($3, 9) == port) && $4 != "06" && $4 != "0A" { n++ }
+        END { print n + 0 }' /proc/net/tcp
+}
+
 # The kernel's own count of retransmitted segments (/proc/net/snmp).
 retrans_segs() {
     awk '$1 == "Tcp:" {
@@ -269,9 +277,14 @@ count_loss() {
     netem_off
     kill "$sink" 2>/dev/null
     wait "$sink"
-    # A FIN whose ACK was lost is retransmitted after the loss is gone:
-    # wait for that before reading either counter.
-    sleep 3
+    # A FIN lost several times is retransmitted seconds after the loss is
+    # gone (the timer backs off): wait until neither end is left in a state
+    # that retransmits, then read the kernel, Sonde, and the kernel again.
+    deadline=$(($(now) + SETTLE_TIMEOUT_S))
+    while [ "$(unsettled "$port")" -gt 0 ] && [ "$(now)" -lt "$deadline" ]; do
+        sleep 0.5
+    done
+    [ "$(unsettled "$port")" -eq 0 ] || say "error $step sockets on port $port still closing after ${SETTLE_TIMEOUT_S}s"
     k1=$(retrans_segs)
     r1=$(settle "$(add "$r0" "$((k1 - k0))")" sonde_tcp_retransmits_total)
     k1=$(retrans_segs)

@@ -625,7 +625,7 @@ result            ok (degraded): 1 optional program(s) unavailable";
                     Count::DelayedConnectsFast | Count::DelayedRttFast => 0.0,
                     Count::DelayedRttSlow
                     | Count::LossRetransmits
-                    | Count::LossRetransmitsAtMost => 1.0,
+                    | Count::LossRetransmitsSkippable => 1.0,
                     _ => TCP_M as f64,
                 };
                 let after = match (good, c) {
