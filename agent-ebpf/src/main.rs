@@ -1,6 +1,8 @@
 //! Sonde's kernel programs. One module per hook family; every entry point is
 //! a thin wrapper around a function that does the work, and every failure is
-//! counted in `COUNTERS` rather than dropped silently.
+//! counted in `COUNTERS` rather than dropped silently. This object carries
+//! events on BPF ring buffers (`events.rs`); `main_perf.rs` builds the same
+//! programs with perf event arrays for kernels before 5.8.
 #![no_std]
 #![no_main]
 // Atomic adds on shared map values (the BPF target has no core atomics).
@@ -11,6 +13,7 @@ mod addr;
 mod baseline;
 mod block;
 mod drops;
+mod events;
 mod maps;
 mod net;
 mod process;

@@ -21,7 +21,10 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use crate::maps::{PROCESS_EVENTS, count, emit};
+use crate::{
+    events::{emit, flush},
+    maps::count,
+};
 
 /// `task_struct.real_parent`, `.tgid`, `.exit_code` (u32::MAX: unknown).
 #[unsafe(no_mangle)]
@@ -90,7 +93,7 @@ pub fn sonde_process_exec(ctx: TracePointContext) -> u32 {
     count(PROCESS_EXEC);
     // SAFETY: offset from this kernel's format file.
     let data_loc = unsafe { ctx.read_at::<u32>(TP_EXEC_FILENAME.load() as usize) }.unwrap_or(0);
-    emit::<ProcessEvent>(&PROCESS_EVENTS, RING_PROCESS, |event| {
+    emit::<ProcessEvent>(RING_PROCESS, |event| {
         fill(event, EVENT_PROCESS_EXEC);
         // __data_loc: low 16 bits are the offset of the string in the
         // record, high 16 bits its length.
@@ -98,22 +101,24 @@ pub fn sonde_process_exec(ctx: TracePointContext) -> u32 {
         // SAFETY: a NUL-terminated string inside the tracepoint record.
         let _ = unsafe { bpf_probe_read_kernel_str_bytes(src, &mut event.filename) };
     });
+    flush::<ProcessEvent, _>(&ctx, RING_PROCESS);
     0
 }
 
 #[tracepoint(category = "sched", name = "sched_process_exit")]
-pub fn sonde_process_exit(_ctx: TracePointContext) -> u32 {
+pub fn sonde_process_exit(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     // One event per process: when its main thread exits.
     if pid_tgid as u32 != (pid_tgid >> 32) as u32 {
         return 0;
     }
     count(PROCESS_EXIT);
-    emit::<ProcessEvent>(&PROCESS_EVENTS, RING_PROCESS, |event| {
+    emit::<ProcessEvent>(RING_PROCESS, |event| {
         fill(event, EVENT_PROCESS_EXIT);
         // SAFETY: helper without preconditions.
         let task = unsafe { bpf_get_current_task() };
         event.exit_code = task_field::<u32>(task, TASK_EXIT_CODE_OFFSET.load()).unwrap_or(0);
     });
+    flush::<ProcessEvent, _>(&ctx, RING_PROCESS);
     0
 }

@@ -30,7 +30,8 @@ use aya_ebpf::{
 };
 
 use crate::{
-    maps::{SYSCALL_EVENTS, config, count, emit},
+    events::{emit, flush},
+    maps::{config, count},
     process::current_comm,
 };
 
@@ -79,6 +80,7 @@ pub fn sonde_sys_enter_raw(ctx: RawTracePointContext) -> i32 {
 pub fn sonde_sys_exit_raw(ctx: RawTracePointContext) -> i32 {
     let ret: i64 = ctx.arg(1);
     on_exit(ret);
+    flush::<SlowSyscallEvent, _>(&ctx, RING_SYSCALL);
     0
 }
 
@@ -109,6 +111,7 @@ pub fn sonde_sys_exit_tp(ctx: TracePointContext) -> u32 {
     if let Ok(ret) = unsafe { ctx.read_at::<i64>(TP_SYS_EXIT_RET_OFFSET.load() as usize) } {
         on_exit(ret);
     }
+    flush::<SlowSyscallEvent, _>(&ctx, RING_SYSCALL);
     0
 }
 
@@ -270,7 +273,7 @@ fn on_exit(ret: i64) {
     if SLOW_SYSCALL_IGNORE.get(id).copied().unwrap_or(0) != 0 {
         return;
     }
-    emit::<SlowSyscallEvent>(&SYSCALL_EVENTS, RING_SYSCALL, |event| {
+    emit::<SlowSyscallEvent>(RING_SYSCALL, |event| {
         event.header = EventHeader {
             kind: EVENT_SLOW_SYSCALL,
             // SAFETY: helper without preconditions.

@@ -418,10 +418,24 @@ impl From<Cidr> for String {
     }
 }
 
+/// How events reach user space.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EventTransport {
+    /// The BPF ring buffer where the kernel has it (5.8+), else perf event
+    /// arrays.
+    Auto,
+    RingBuffer,
+    PerfEventArray,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct EventsConfig {
-    /// Ring buffer sizes in bytes: a power of two, at least one page.
+    pub transport: EventTransport,
+    /// Ring buffer sizes in bytes: a power of two, at least one page. With
+    /// perf event arrays, each CPU's buffer gets this size divided among
+    /// the CPUs (a power of two of pages, at least one page).
     pub syscall_ring_bytes: u32,
     pub flow_ring_bytes: u32,
     pub process_ring_bytes: u32,
@@ -432,6 +446,7 @@ pub struct EventsConfig {
 impl Default for EventsConfig {
     fn default() -> Self {
         Self {
+            transport: EventTransport::Auto,
             syscall_ring_bytes: 256 * 1024,
             flow_ring_bytes: 256 * 1024,
             process_ring_bytes: 256 * 1024,

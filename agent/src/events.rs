@@ -1,7 +1,10 @@
-//! Ring-buffer reader: one thread for every ring, woken through poll(),
-//! draining every event, counting what it received, and keeping a bounded
-//! list of recent events (raw, decoded on request) for /api/v1/events. Loss is counted by the kernel
-//! (`RING_STATS`); here we count receipt, so `received + lost == produced`.
+//! Event reader: one thread for every ring, woken through epoll, draining
+//! every event, counting what it received, and keeping a bounded list of
+//! recent events (raw, decoded on request) for /api/v1/events. A "ring" is
+//! a BPF ring buffer, or on kernels before 5.8 a perf event array's per-CPU
+//! buffers (`EventSource`). Loss is counted by the kernel programs
+//! (`RING_STATS`) on either; here we count receipt, so
+//! `received + lost == produced`.
 
 use std::{
     collections::VecDeque,
@@ -20,7 +23,10 @@ use agent_common::{
     },
     net::FAMILY_IPV4,
 };
-use aya::maps::{MapData, RingBuf};
+use aya::maps::{
+    MapData, RingBuf,
+    perf::{PerfEvent, PerfEventArrayBuffer},
+};
 use serde::Serialize;
 use tracing::{debug, warn};
 
@@ -104,6 +110,8 @@ struct RawEvent(Vec<u8>);
 #[derive(Debug)]
 pub struct Events {
     pub rings: Vec<Arc<RingState>>,
+    /// How the events arrive: "ring buffer" or "perf event arrays (…)".
+    pub transport: &'static str,
     recent: Mutex<VecDeque<RawEvent>>,
     keep: usize,
     /// Process churn per parent since the last [`Events::take_churn`].
@@ -189,14 +197,33 @@ const POLL_TIMEOUT_MS: i32 = 50;
 /// Events drained per hold of the recent-events lock.
 const DRAIN_CHUNK: usize = 1024;
 
+/// Where one ring's events are read from.
+pub enum EventSource {
+    /// A BPF ring buffer (Linux 5.8 and later).
+    Ring(RingBuf<MapData>),
+    /// A perf event array's buffers, one per CPU (the fallback before 5.8).
+    Perf(Vec<PerfEventArrayBuffer<MapData>>),
+}
+
+impl EventSource {
+    fn fds(&self) -> Vec<std::os::fd::RawFd> {
+        match self {
+            EventSource::Ring(ring) => vec![ring.as_raw_fd()],
+            EventSource::Perf(buffers) => buffers.iter().map(|b| b.as_raw_fd()).collect(),
+        }
+    }
+}
+
 /// Starts the reader: one thread for every ring. A dedicated thread, not a
 /// runtime task: it must react to a filling ring however busy the HTTP
 /// server, collector and MAPE-K loop keep the runtime's workers.
 pub fn spawn_readers(
-    rings: Vec<(u32, &'static str, RingBuf<MapData>)>,
+    rings: Vec<(u32, &'static str, EventSource)>,
+    transport: &'static str,
     keep: usize,
 ) -> std::io::Result<(Arc<Events>, RingReader)> {
     let events = Arc::new(Events {
+        transport,
         rings: rings
             .iter()
             .map(|(_, label, _)| Arc::new(RingState::new(label)))
@@ -205,7 +232,7 @@ pub fn spawn_readers(
         keep: keep.max(1),
         churn: Mutex::new(std::collections::HashMap::new()),
     });
-    let rings: Vec<RingBuf<MapData>> = rings.into_iter().map(|(_, _, ring)| ring).collect();
+    let rings: Vec<EventSource> = rings.into_iter().map(|(_, _, ring)| ring).collect();
     let shared = events.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let stop_flag = stop.clone();
@@ -218,12 +245,13 @@ pub fn spawn_readers(
 
 /// Waits on the rings with edge-triggered epoll: woken only when a kernel
 /// program signals a ring (once it is 1/16 full, see `emit` in
-/// agent-ebpf) or after the poll timeout. Level-triggered poll() returned
-/// at once whenever a single event was unread, so a steady stream kept the
-/// reader spinning: measured under overload, 204,000 poll() calls a second
-/// for ~6 events each, 46% of a CPU, 28% of events lost, where a reader
-/// woken by the kernel's signal lost 1% on 21%.
-fn read_rings(mut rings: Vec<RingBuf<MapData>>, events: &Events, stop: &AtomicBool) {
+/// agent-ebpf; a perf buffer signals every event) or after the poll
+/// timeout. Level-triggered poll() returned at once whenever a single event
+/// was unread, so a steady stream kept the reader spinning: measured under
+/// overload, 204,000 poll() calls a second for ~6 events each, 46% of a
+/// CPU, 28% of events lost, where a reader woken by the kernel's signal
+/// lost 1% on 21%.
+fn read_rings(mut rings: Vec<EventSource>, events: &Events, stop: &AtomicBool) {
     // SAFETY: plain syscall; the fd is closed below.
     let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     if epoll < 0 {
@@ -233,22 +261,24 @@ fn read_rings(mut rings: Vec<RingBuf<MapData>>, events: &Events, stop: &AtomicBo
         );
         return;
     }
+    let mut waited_on = 0;
     for (index, ring) in rings.iter().enumerate() {
-        let mut interest = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLET) as u32,
-            u64: index as u64,
-        };
-        // SAFETY: both fds are open; `interest` is a valid epoll_event.
-        if unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, ring.as_raw_fd(), &mut interest) }
-            < 0
-        {
-            warn!(
-                "ring reader: cannot wait on a ring: {}",
-                std::io::Error::last_os_error()
-            );
+        for fd in ring.fds() {
+            let mut interest = libc::epoll_event {
+                events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+                u64: index as u64,
+            };
+            // SAFETY: both fds are open; `interest` is a valid epoll_event.
+            if unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, fd, &mut interest) } < 0 {
+                warn!(
+                    "ring reader: cannot wait on a ring: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            waited_on += 1;
         }
     }
-    let mut ready = vec![libc::epoll_event { events: 0, u64: 0 }; rings.len().max(1)];
+    let mut ready = vec![libc::epoll_event { events: 0, u64: 0 }; waited_on.max(1)];
     while !stop.load(Ordering::Relaxed) {
         let now = now_ms();
         for (ring, state) in rings.iter_mut().zip(&events.rings) {
@@ -281,30 +311,51 @@ fn read_rings(mut rings: Vec<RingBuf<MapData>>, events: &Events, stop: &AtomicBo
     unsafe { libc::close(epoll) };
 }
 
-/// Takes every event waiting in the ring.
-fn drain(ring: &mut RingBuf<MapData>, state: &RingState, events: &Events) {
-    let (mut received, mut errors) = (0u64, 0u64);
-    let mut churn: Vec<(u32, u64)> = Vec::new();
-    loop {
-        let mut taken = 0;
-        {
-            let mut recent = events.recent.lock().unwrap_or_else(|e| e.into_inner());
-            while taken < DRAIN_CHUNK {
-                let Some(item) = ring.next() else { break };
-                taken += 1;
-                if well_formed(&item) {
-                    if let Some(p) = process_parent(&item) {
-                        churn.push(p);
-                    }
-                    remember(&mut recent, events.keep, &item);
-                } else {
-                    errors += 1;
-                }
-            }
+/// What one drain took in, under one hold of the recent-events lock.
+struct Intake<'a> {
+    events: &'a Events,
+    recent: std::sync::MutexGuard<'a, VecDeque<RawEvent>>,
+    churn: Vec<(u32, u64)>,
+    taken: usize,
+    errors: u64,
+}
+
+impl<'a> Intake<'a> {
+    fn new(events: &'a Events) -> Self {
+        Self {
+            events,
+            recent: events.recent.lock().unwrap_or_else(|e| e.into_inner()),
+            churn: Vec::new(),
+            taken: 0,
+            errors: 0,
         }
+    }
+
+    fn take(&mut self, bytes: &[u8]) {
+        self.taken += 1;
+        if well_formed(bytes) {
+            if let Some(p) = process_parent(bytes) {
+                self.churn.push(p);
+            }
+            remember(&mut self.recent, self.events.keep, bytes);
+        } else {
+            self.errors += 1;
+        }
+    }
+
+    /// Releases the lock, records the churn; returns (taken, errors).
+    fn finish(self) -> (usize, u64) {
+        let Intake {
+            events,
+            recent,
+            churn,
+            taken,
+            errors,
+        } = self;
+        drop(recent);
         if !churn.is_empty() {
             let mut by_parent = events.churn.lock().unwrap_or_else(|e| e.into_inner());
-            for (ppid, cgroup_id) in churn.drain(..) {
+            for (ppid, cgroup_id) in churn {
                 let full = by_parent.len() >= MAX_CHURN_PARENTS;
                 if let Some(c) = by_parent.get_mut(&ppid) {
                     c.events += 1;
@@ -320,9 +371,53 @@ fn drain(ring: &mut RingBuf<MapData>, state: &RingState, events: &Events) {
                 }
             }
         }
-        received += taken as u64;
-        if taken < DRAIN_CHUNK {
-            break;
+        (taken, errors)
+    }
+}
+
+/// Takes every event waiting in the ring (or in every CPU's perf buffer).
+fn drain(ring: &mut EventSource, state: &RingState, events: &Events) {
+    let (mut received, mut errors) = (0u64, 0u64);
+    match ring {
+        EventSource::Ring(ring) => loop {
+            let mut intake = Intake::new(events);
+            while intake.taken < DRAIN_CHUNK {
+                let Some(item) = ring.next() else { break };
+                intake.take(&item);
+            }
+            let (taken, bad) = intake.finish();
+            received += taken as u64;
+            errors += bad;
+            if taken < DRAIN_CHUNK {
+                break;
+            }
+        },
+        EventSource::Perf(buffers) => {
+            // A sample that wraps around the buffer's end comes in two
+            // pieces; it is joined here.
+            let mut joined = Vec::new();
+            for buffer in buffers.iter_mut() {
+                if !buffer.readable() {
+                    continue;
+                }
+                let mut intake = Intake::new(events);
+                buffer.for_each(|event| match event {
+                    PerfEvent::Sample { head, tail: [] } => intake.take(head),
+                    PerfEvent::Sample { head, tail } => {
+                        joined.clear();
+                        joined.extend_from_slice(head);
+                        joined.extend_from_slice(tail);
+                        intake.take(&joined);
+                    }
+                    // The programs count what bpf_perf_event_output could
+                    // not write (RING_STATS); the kernel's own lost record
+                    // counts the same samples again.
+                    PerfEvent::Lost { .. } => {}
+                });
+                let (taken, bad) = intake.finish();
+                received += taken as u64;
+                errors += bad;
+            }
         }
     }
     if received > 0 {

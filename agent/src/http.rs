@@ -167,6 +167,7 @@ async fn status(State(server): State<Server>) -> Response {
         "programs": state.attachments(),
         "interfaces": state.interfaces(),
         "rings": rings,
+        "event_transport": state.events.transport,
         "config": config,
     }))
     .into_response()

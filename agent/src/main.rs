@@ -187,8 +187,10 @@ async fn serve(
         .map(|(name, info)| (name, info.id()))
         .collect();
     let rings = std::mem::take(&mut probes.rings);
-    let (events, reader) = events::spawn_readers(rings, config.events.keep_recent)
-        .map_err(|e| Failure::runtime(format!("starting the ring reader: {e}")))?;
+    info!("events arrive through {}", probes.event_transport);
+    let (events, reader) =
+        events::spawn_readers(rings, probes.event_transport, config.events.keep_recent)
+            .map_err(|e| Failure::runtime(format!("starting the ring reader: {e}")))?;
     let maps = probes
         .maps
         .take()
@@ -450,6 +452,7 @@ fn check(args: CommonArgs) -> Result<(), Failure> {
     for line in &probes.limitations {
         println!("partial           {line}");
     }
+    println!("events            {}", probes.event_transport);
     drop(probes);
     if unavailable.is_empty() {
         println!("result            ok: every program loaded and attached, then detached");

@@ -1,6 +1,7 @@
 //! Process lifecycle events: N execs of /bin/true from one shell give N
 //! exec events naming the file and the shell as parent, and N exit events
-//! with exit code 0; the exec counter agrees.
+//! with exit code 0; the exec counter agrees. The same through perf event
+//! arrays, the transport of kernels without the BPF ring buffer.
 
 use std::{process::Command, time::Duration};
 
@@ -8,11 +9,25 @@ use sonde_tests::{Agent, Config, require_root};
 
 #[test]
 fn execs_and_exits_are_reported_with_their_parent() {
+    execs_and_exits(Config::new(), "ring buffer");
+}
+
+#[test]
+fn execs_and_exits_arrive_through_perf_event_arrays_too() {
+    execs_and_exits(
+        Config::new().set("events", "transport", "\"perf_event_array\""),
+        "perf event arrays (configured)",
+    );
+}
+
+fn execs_and_exits(config: Config, transport: &str) {
     if !require_root() {
         return;
     }
     const N: usize = 50;
-    let agent = Agent::start(&Config::new().render(), &[]);
+    let agent = Agent::start(&config.render(), &[]);
+    let status = agent.get_json("/api/v1/status");
+    assert_eq!(status["event_transport"], transport, "/api/v1/status");
     let execs = |s: &sonde_tests::Scrape| {
         s.value_or_zero("sonde_process_events_total", &[("event", "exec")])
     };

@@ -1,6 +1,7 @@
 //! Ring-buffer events: slow-syscall events reach `/api/v1/events` with the
 //! right process and latency, and losses are accounted for exactly
-//! (received + lost == produced) when the reader stalls.
+//! (received + lost == produced) when the reader stalls; on BPF ring buffers
+//! and on perf event arrays (the transport of kernels before 5.8).
 
 use std::time::{Duration, Instant};
 
@@ -10,12 +11,24 @@ use sonde_tests::{Agent, Config, Scrape, Workload, require_root};
 
 #[test]
 fn slow_syscall_event_names_the_process_and_latency() {
+    slow_syscall_event(Config::new());
+}
+
+#[test]
+fn slow_syscall_event_through_perf_event_arrays() {
+    slow_syscall_event(Config::new().set("events", "transport", PERF));
+}
+
+const PERF: &str = "\"perf_event_array\"";
+
+fn slow_syscall_event(config: Config) {
     if !require_root() {
         return;
     }
-    let config = Config::new()
-        .set("syscalls", "slow_threshold_ms", "20")
-        .set("syscalls", "slow_ignore", "[]");
+    let config =
+        config
+            .set("syscalls", "slow_threshold_ms", "20")
+            .set("syscalls", "slow_ignore", "[]");
     let agent = Agent::start(&config.render(), &[]);
 
     let (pid, _) = Workload::run(&["nanosleep", "50", "3"], Duration::from_secs(10));
@@ -61,11 +74,23 @@ fn ring(s: &Scrape, name: &str) -> f64 {
 
 #[test]
 fn stalled_reader_losses_are_accounted_exactly() {
+    stalled_reader_losses("ring_buffer");
+}
+
+/// One page per CPU for the perf buffers (4 KiB shared among the CPUs,
+/// rounded up to a page each).
+#[test]
+fn stalled_reader_losses_are_accounted_exactly_on_perf_event_arrays() {
+    stalled_reader_losses("perf_event_array");
+}
+
+fn stalled_reader_losses(transport: &str) {
     if !require_root() {
         return;
     }
     let config = |threshold_ms: &str| {
         Config::new()
+            .set("events", "transport", &format!("\"{transport}\""))
             .set("events", "syscall_ring_bytes", "4096")
             .set("syscalls", "slow_threshold_ms", threshold_ms)
             .set("syscalls", "slow_ignore", "[]")
@@ -124,7 +149,9 @@ fn stalled_reader_losses_are_accounted_exactly() {
         produced,
         "received ({received}) + lost ({lost}) != produced ({produced}) for the syscall ring:\n{lines}"
     );
-    println!("syscall ring after the stall: received {received}, lost {lost}, produced {produced}");
+    println!(
+        "syscall ring ({transport}) after the stall: received {received}, lost {lost}, produced {produced}"
+    );
 
     // The SIGHUP reload of slow_threshold_ms = 0 is in force: more slow
     // sleeps produce no event.

@@ -31,7 +31,10 @@ use aya_ebpf::{
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 pub use parse::PacketSource;
 
-use crate::maps::{FLOW_EVENTS, config, count, emit};
+use crate::{
+    events::emit,
+    maps::{config, count},
+};
 
 #[map(name = "PACKET_COUNTERS")]
 static PACKET_COUNTERS: PerCpuHashMap<PacketKey, PacketCounters> =
@@ -269,7 +272,7 @@ fn new_flow_event(flow: &FlowKey, bytes: u64, now: u64) {
         return;
     }
     bucket.tokens -= TOKEN;
-    emit::<FlowEvent>(&FLOW_EVENTS, RING_FLOW, |event| {
+    emit::<FlowEvent>(RING_FLOW, |event| {
         event.header = EventHeader {
             kind: EVENT_NEW_FLOW,
             // SAFETY: helper without preconditions.

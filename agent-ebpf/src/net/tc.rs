@@ -2,7 +2,10 @@
 //! attached (another program owns the interface's XDP hook, or the kernel
 //! predates XDP links).
 
-use agent_common::net::DIRECTION_EGRESS;
+use agent_common::{
+    events::{FlowEvent, RING_FLOW},
+    net::DIRECTION_EGRESS,
+};
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{
@@ -13,6 +16,7 @@ use aya_ebpf::{
 };
 
 use super::{PacketSource, Verdict, account, ingress};
+use crate::events::flush;
 
 struct TcPacket<'a>(&'a TcContext);
 
@@ -61,13 +65,16 @@ impl PacketSource for TcPacket<'_> {
 #[classifier]
 pub fn sonde_tc_egress(ctx: TcContext) -> i32 {
     account(&TcPacket(&ctx), DIRECTION_EGRESS);
+    flush::<FlowEvent, _>(&ctx, RING_FLOW);
     TC_ACT_UNSPEC
 }
 
 /// TC_ACT_SHOT (drop) for a blocked source, "no verdict" otherwise.
 #[classifier]
 pub fn sonde_tc_ingress(ctx: TcContext) -> i32 {
-    match ingress(&TcPacket(&ctx)) {
+    let verdict = ingress(&TcPacket(&ctx));
+    flush::<FlowEvent, _>(&ctx, RING_FLOW);
+    match verdict {
         Verdict::Pass => TC_ACT_UNSPEC,
         Verdict::Drop => TC_ACT_SHOT,
     }

@@ -4,7 +4,10 @@
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
+use agent_common::events::{FlowEvent, RING_FLOW};
+
 use super::{PacketSource, Verdict, ingress};
+use crate::events::flush;
 
 struct XdpPacket<'a>(&'a XdpContext);
 
@@ -33,7 +36,9 @@ impl PacketSource for XdpPacket<'_> {
 
 #[xdp]
 pub fn sonde_xdp_ingress(ctx: XdpContext) -> u32 {
-    match ingress(&XdpPacket(&ctx)) {
+    let verdict = ingress(&XdpPacket(&ctx));
+    flush::<FlowEvent, _>(&ctx, RING_FLOW);
+    match verdict {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
     }

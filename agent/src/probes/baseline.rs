@@ -133,6 +133,8 @@ async fn ring_reader(ring_bytes: u32) -> Result<(), String> {
     config.syscalls.slow_threshold_ms = 1e-6; // 1 ns: every syscall is "slow"
     config.syscalls.slow_ignore.clear();
     config.events.syscall_ring_bytes = ring_bytes;
+    // The minimal reader reads a BPF ring buffer.
+    config.events.transport = crate::config::EventTransport::RingBuffer;
     config.validate().map_err(|e| e.to_string())?;
     let caps = Capabilities::detect();
     let mut probes =
@@ -143,6 +145,9 @@ async fn ring_reader(ring_bytes: u32) -> Result<(), String> {
         .position(|(id, _, _)| *id == RING_SYSCALL)
         .map(|i| probes.rings.swap_remove(i))
         .ok_or("no syscall ring")?;
+    let crate::events::EventSource::Ring(ring) = ring else {
+        return Err("the syscall ring is not a BPF ring buffer".into());
+    };
     // SAFETY: the RingBuf owns its fd for as long as the AsyncFd lives.
     let mut fd =
         unsafe { AsyncFd::register(ring) }.map_err(|e| std::io::Error::from(e).to_string())?;

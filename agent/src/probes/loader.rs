@@ -22,7 +22,7 @@ use agent_common::{
     },
     counters::COUNTERS_MAP,
     drops::{DROP_DEVICES_MAP, DROP_REASONS_MAP, DropDeviceKey, DropDeviceStats},
-    events::{RING_STATS_MAP, RINGS, RingStats},
+    events::{RING_FLOW, RING_STATS_MAP, RING_SYSCALL, RINGS, RingStats},
     net::{
         BLOCKLIST_MAP, BLOCKLIST_STATS_MAP, BlocklistEntry, BlocklistKey, BlocklistStats,
         FLOWS_MAP, FlowKey, FlowStats, PACKET_COUNTERS_MAP, PacketCounters, PacketKey,
@@ -36,7 +36,7 @@ use agent_common::{
 };
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap},
     programs::{
         LinkOrder, ProgramError, RawTracePoint, SchedClassifier, TcAttachType, TracePoint, Xdp,
         XdpMode,
@@ -54,12 +54,50 @@ use super::{
     tiers,
 };
 use crate::{
-    config::{Config, SyscallHook, TcpHook, XdpModeConfig},
+    config::{Config, EventTransport, SyscallHook, TcpHook, XdpModeConfig},
+    events::EventSource,
     syscall_table,
 };
 
 pub(crate) static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent"));
+/// The same programs with events on perf event arrays (agent-ebpf's
+/// main_perf.rs), for kernels without the BPF ring buffer (before 5.8).
+pub(crate) static EBPF_OBJECT_PERF: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-perf"));
+
+/// How events reach user space on this kernel: the configured transport, or
+/// for `auto` the ring buffer where the kernel has the map type.
+pub fn event_transport(configured: EventTransport) -> (EventTransport, &'static str) {
+    match configured {
+        EventTransport::Auto => {
+            if aya::sys::is_map_supported(aya::maps::MapType::RingBuf).unwrap_or(false) {
+                (EventTransport::RingBuffer, "ring buffer")
+            } else {
+                (
+                    EventTransport::PerfEventArray,
+                    "perf event arrays (this kernel has no BPF ring buffer, Linux 5.8+)",
+                )
+            }
+        }
+        EventTransport::RingBuffer => (EventTransport::RingBuffer, "ring buffer (configured)"),
+        EventTransport::PerfEventArray => (
+            EventTransport::PerfEventArray,
+            "perf event arrays (configured)",
+        ),
+    }
+}
+
+/// Pages for each CPU's perf buffer: the ring's size shared among the
+/// CPUs, rounded down to a power of two, at least one page.
+fn perf_pages_per_cpu(ring_bytes: u32, cpus: usize, page_size: usize) -> usize {
+    let pages = ring_bytes as usize / page_size.max(1) / cpus.max(1);
+    if pages <= 1 {
+        1
+    } else {
+        1 << (usize::BITS - 1 - pages.leading_zeros())
+    }
+}
 
 #[derive(Debug, Error)]
 pub enum ProbeError {
@@ -85,6 +123,8 @@ pub enum ProbeError {
     },
     #[error("interface {interface}: {reason}")]
     Interface { interface: String, reason: String },
+    #[error("perf event array {name}: {reason}")]
+    Perf { name: &'static str, reason: String },
 }
 
 /// One attachment (or failed attempt) of a program to a hook.
@@ -148,7 +188,9 @@ pub struct Probes {
     /// What attached hooks cannot see on this kernel ("program hook: why").
     pub limitations: Vec<String>,
     /// Rings, by (ring id, label), handed to the event readers.
-    pub rings: Vec<(u32, &'static str, RingBuf<MapData>)>,
+    pub rings: Vec<(u32, &'static str, EventSource)>,
+    /// How events reach user space, as `sonde check` says it.
+    pub event_transport: &'static str,
     pub maps: Option<KernelMaps>,
     _bpf_stats: Option<OwnedFd>,
 }
@@ -258,16 +300,24 @@ impl Probes {
             .filter(|(_, o)| o.is_some())
             .map(|(g, _)| *g)
             .collect();
-        let mut ebpf = loader
+        loader
             .override_global("SYSCALL_NR_EXIT", &exit, true)
             .override_global("SYSCALL_NR_EXIT_GROUP", &exit_group, true)
             .override_global("TP_SYS_ENTER_ID_OFFSET", &enter_id_offset, true)
             .override_global("TP_SYS_EXIT_RET_OFFSET", &exit_ret_offset, true)
-            .map_max_entries(FLOWS_MAP, config.network.max_flows)
-            .map_max_entries("SYSCALL_EVENTS", config.events.syscall_ring_bytes)
-            .map_max_entries("FLOW_EVENTS", config.events.flow_ring_bytes)
-            .map_max_entries("PROCESS_EVENTS", config.events.process_ring_bytes)
-            .load(EBPF_OBJECT)?;
+            .map_max_entries(FLOWS_MAP, config.network.max_flows);
+        let (transport, event_transport) = event_transport(config.events.transport);
+        let object = match transport {
+            EventTransport::PerfEventArray => EBPF_OBJECT_PERF,
+            _ => {
+                loader
+                    .map_max_entries("SYSCALL_EVENTS", config.events.syscall_ring_bytes)
+                    .map_max_entries("FLOW_EVENTS", config.events.flow_ring_bytes)
+                    .map_max_entries("PROCESS_EVENTS", config.events.process_ring_bytes);
+                EBPF_OBJECT
+            }
+        };
+        let mut ebpf = loader.load(object)?;
 
         let mut maps = KernelMaps {
             config: take(&mut ebpf, CONFIG_MAP)?,
@@ -293,7 +343,18 @@ impl Probes {
         apply_runtime_config(&mut maps, config)?;
         let mut rings = Vec::new();
         for &(id, name, label) in RINGS {
-            rings.push((id, label, take(&mut ebpf, name)?));
+            let source = match transport {
+                EventTransport::PerfEventArray => {
+                    let bytes = match id {
+                        RING_SYSCALL => config.events.syscall_ring_bytes,
+                        RING_FLOW => config.events.flow_ring_bytes,
+                        _ => config.events.process_ring_bytes,
+                    };
+                    EventSource::Perf(open_perf_buffers(&mut ebpf, name, bytes)?)
+                }
+                _ => EventSource::Ring(take(&mut ebpf, name)?),
+            };
+            rings.push((id, label, source));
         }
 
         // Per-program run time and count, held on for as long as we run.
@@ -317,6 +378,7 @@ impl Probes {
             drop_reasons: Vec::new(),
             limitations: Vec::new(),
             rings,
+            event_transport,
             maps: Some(maps),
             _bpf_stats: bpf_stats,
         };
@@ -1063,6 +1125,32 @@ fn syscall_programs(mode: &str) -> [(&'static str, &'static str); 3] {
     }
 }
 
+/// One perf buffer per online CPU of the perf event array `name`.
+fn open_perf_buffers(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    ring_bytes: u32,
+) -> Result<Vec<aya::maps::perf::PerfEventArrayBuffer<MapData>>, ProbeError> {
+    let mut array: aya::maps::PerfEventArray<MapData> = take(ebpf, name)?;
+    let cpus = aya::util::online_cpus().map_err(|(what, err)| ProbeError::Perf {
+        name,
+        reason: format!("{what}: {err}"),
+    })?;
+    // SAFETY: sysconf has no preconditions.
+    let page_size = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let pages = perf_pages_per_cpu(ring_bytes, cpus.len(), page_size);
+    cpus.into_iter()
+        .map(|cpu| {
+            array
+                .open(cpu, Some(pages))
+                .map_err(|err| ProbeError::Perf {
+                    name,
+                    reason: format!("CPU {cpu}: {err}"),
+                })
+        })
+        .collect()
+}
+
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
@@ -1121,5 +1209,19 @@ fn raise_memlock_limit() {
         tracing::debug!(
             "could not lift RLIMIT_MEMLOCK (no CAP_SYS_RESOURCE); fine on kernels ≥ 5.11"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::perf_pages_per_cpu;
+
+    #[test]
+    fn perf_buffers_share_the_ring_size_in_powers_of_two_of_pages() {
+        assert_eq!(perf_pages_per_cpu(256 * 1024, 2, 4096), 32);
+        assert_eq!(perf_pages_per_cpu(256 * 1024, 3, 4096), 16); // 21 → 16
+        assert_eq!(perf_pages_per_cpu(256 * 1024, 64, 4096), 1);
+        assert_eq!(perf_pages_per_cpu(4096, 2, 4096), 1);
+        assert_eq!(perf_pages_per_cpu(4096, 0, 4096), 1);
     }
 }

@@ -1,0 +1,32 @@
+//! The same kernel programs as main.rs, with events on perf event arrays
+//! (`events_perf.rs`) instead of BPF ring buffers: the object user space
+//! loads on kernels before 5.8, which lack the ring buffer map type (aya
+//! creates every map of an object, so one object cannot carry both). Every
+//! other module is main.rs's own file.
+#![no_std]
+#![no_main]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+mod addr;
+mod baseline;
+mod block;
+mod drops;
+#[path = "events_perf.rs"]
+mod events;
+mod maps;
+mod net;
+mod process;
+mod sched;
+mod syscalls;
+mod tcp;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
