@@ -16,6 +16,8 @@ pub const GETPPID_N: u64 = 10_000;
 pub const TCP_M: u64 = 20;
 /// UDP datagrams per packet count.
 pub const UDP_N: u64 = 500;
+/// Runs of `busybox true` per process-event count.
+pub const EXEC_N: u64 = 50;
 /// netem's delay on every packet over lo: a handshake (two trips) then takes
 /// ≥ 100 ms, past the 67 ms log2 bucket.
 pub const NETEM_DELAY_MS: u64 = 50;
@@ -52,6 +54,11 @@ pub enum Count {
     /// `sonde_packets_total{interface="lo",direction="ingress",family="ipv4",
     /// protocol="udp"}` rises by exactly UDP_N.
     UdpPackets,
+    /// EXEC_N runs of `busybox true`: `sonde_events_total{ring="process"}`
+    /// (events read from the ring or perf buffers) rises by at least 2 ×
+    /// EXEC_N (an exec and an exit each; the guest's scrapes start
+    /// processes too).
+    ProcessEvents,
     /// TCP_M connects to a closed port: `sonde_tcp_resets_total
     /// {direction="sent"}` rises by at least TCP_M ...
     ResetsSent,
@@ -108,6 +115,7 @@ impl Count {
             Count::Syscalls => "syscalls",
             Count::TcpConnects => "tcp",
             Count::UdpPackets => "udp",
+            Count::ProcessEvents => "process",
             Count::ResetsSent | Count::ResetsReceived => "resets",
             Count::DelayedConnectsSlow
             | Count::DelayedConnectsFast
@@ -123,6 +131,7 @@ impl Count {
             Count::Syscalls => "getppid",
             Count::TcpConnects => "tcp_connects",
             Count::UdpPackets => "udp_packets",
+            Count::ProcessEvents => "process_events",
             Count::ResetsSent => "resets_sent",
             Count::ResetsReceived => "resets_received",
             Count::DelayedConnectsSlow => "connects_slow",
@@ -166,6 +175,10 @@ impl Count {
             Count::UdpPackets => {
                 format!("{UDP_N} UDP datagrams on lo → ingress packets +{UDP_N} exactly")
             }
+            Count::ProcessEvents => format!(
+                "{EXEC_N} runs of busybox true → process events received ≥ +{}",
+                2 * EXEC_N
+            ),
             Count::ResetsSent | Count::ResetsReceived => format!(
                 "{TCP_M} connects to a closed port → resets {} ≥ +{TCP_M}",
                 if self == Count::ResetsSent {
@@ -213,6 +226,7 @@ impl Count {
             | Count::ResetsReceived
             | Count::DelayedConnectsSlow => delta >= TCP_M as f64,
             Count::UdpPackets => delta == UDP_N as f64,
+            Count::ProcessEvents => delta >= (2 * EXEC_N) as f64,
             Count::DelayedConnectsFast | Count::DelayedRttFast => delta == 0.0,
             Count::DelayedRttSlow => delta >= 1.0,
             Count::LossRetransmits => {
@@ -256,7 +270,21 @@ pub const PROFILES: &[Profile] = &[
         settings: &[],
         expect: None,
         needs: None,
-        counts: &[Count::Syscalls, Count::TcpConnects, Count::UdpPackets],
+        counts: &[
+            Count::Syscalls,
+            Count::TcpConnects,
+            Count::UdpPackets,
+            Count::ProcessEvents,
+        ],
+    },
+    Profile {
+        name: "events-perf",
+        about: "`[events] transport = \"perf_event_array\"`: events through perf event \
+                arrays, the fallback for kernels without the BPF ring buffer (before 5.8)",
+        settings: &[("events", "transport", r#""perf_event_array""#)],
+        expect: None,
+        needs: None,
+        counts: &[Count::ProcessEvents],
     },
     Profile {
         name: "syscalls-raw_tracepoint",
@@ -423,7 +451,7 @@ pub fn build_initramfs(
 fn params(profiles: &[&Profile]) -> String {
     let names: Vec<&str> = profiles.iter().map(|p| p.name).collect();
     format!(
-        "PROFILES=\"{}\"\nGETPPID_N={GETPPID_N}\nTCP_M={TCP_M}\nUDP_N={UDP_N}\n\
+        "PROFILES=\"{}\"\nGETPPID_N={GETPPID_N}\nTCP_M={TCP_M}\nUDP_N={UDP_N}\nEXEC_N={EXEC_N}\n\
          NETEM_DELAY_MS={NETEM_DELAY_MS}\nNETEM_LOSS_PCT={NETEM_LOSS_PCT}\n\
          LOSS_MESSAGES={LOSS_MESSAGES}\n\
          START_TIMEOUT_S={START_TIMEOUT_S}\nSETTLE_TIMEOUT_S={SETTLE_TIMEOUT_S}\n\

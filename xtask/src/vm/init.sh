@@ -175,6 +175,19 @@ count_tcp() {
     say "value $step tcp_connects $before $after"
 }
 
+# EXEC_N runs of busybox: an exec and an exit event each, read from the
+# process ring (or perf buffers).
+count_process() {
+    before=$(metric sonde_events_total 'ring="process"')
+    i=0
+    while [ "$i" -lt "$EXEC_N" ]; do
+        /bin/busybox true
+        i=$((i + 1))
+    done
+    after=$(settle "$(add "$before" "$((2 * EXEC_N))")" sonde_events_total 'ring="process"')
+    say "value $step process_events $before $after"
+}
+
 # TCP_M connects to a port nobody listens on: the kernel answers each SYN
 # with a RST (sent) that the connecting socket takes (received).
 count_resets() {

@@ -622,6 +622,7 @@ result            ok (degraded): 1 optional program(s) unavailable";
                 let n = match c {
                     Count::Syscalls => GETPPID_N as f64,
                     Count::UdpPackets => UDP_N as f64,
+                    Count::ProcessEvents => (2 * guest::EXEC_N) as f64,
                     Count::DelayedConnectsFast | Count::DelayedRttFast => 0.0,
                     Count::DelayedRttSlow
                     | Count::LossRetransmits
@@ -713,13 +714,13 @@ result            ok (degraded): 1 optional program(s) unavailable";
         assert!(run.passed(), "{:?}", run.failures().collect::<Vec<_>>());
         // An unavailable optional program: passes, marked degraded.
         assert_eq!(run.rows[0].short.as_deref(), Some("degraded"));
-        // auto: check, preferred tier, 3 counts, exit; raw_tracepoint: check, count, exit
-        assert_eq!(run.rows.len(), 9);
+        // auto: check, preferred tier, 4 counts, exit; raw_tracepoint: check, count, exit
+        assert_eq!(run.rows.len(), 10);
 
         let c = parse_console(&console(&profiles, false));
         let run = judge_vm("6.1.0-1-cloud-amd64", &c, &profiles, Duration::from_secs(5));
         let failures: Vec<String> = run.failures().collect();
-        assert_eq!(failures.len(), 4, "{failures:?}");
+        assert_eq!(failures.len(), 5, "{failures:?}");
     }
 
     #[test]
