@@ -17,18 +17,7 @@ mod events;
 mod maps;
 mod net;
 mod process;
+mod runtime;
 mod sched;
 mod syscalls;
 mod tcp;
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // The verifier rejects any program that could reach this; it only exists
-    // because `no_std` binaries need a panic handler.
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";

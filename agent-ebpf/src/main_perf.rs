@@ -17,16 +17,7 @@ mod events;
 mod maps;
 mod net;
 mod process;
+mod runtime;
 mod sched;
 mod syscalls;
 mod tcp;
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";

@@ -169,12 +169,18 @@ fn tcp_connect(to: SocketAddr) -> Result<(), String> {
     Ok(())
 }
 
-fn tcp_listen(at: SocketAddr, seconds: u64) -> Result<(), String> {
+/// A non-blocking listener on `at`, announced with `ready`.
+fn listening(at: SocketAddr) -> Result<TcpListener, String> {
     let listener = TcpListener::bind(at).map_err(|e| format!("bind {at}: {e}"))?;
     listener
         .set_nonblocking(true)
         .map_err(|e| format!("set_nonblocking: {e}"))?;
     say("ready");
+    Ok(listener)
+}
+
+fn tcp_listen(at: SocketAddr, seconds: u64) -> Result<(), String> {
+    let listener = listening(at)?;
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut accepted = 0u64;
     accept_until(&listener, at, deadline, |stream| {
@@ -190,11 +196,7 @@ fn tcp_listen(at: SocketAddr, seconds: u64) -> Result<(), String> {
 const STREAM_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn tcp_sink(at: SocketAddr, seconds: u64) -> Result<(), String> {
-    let listener = TcpListener::bind(at).map_err(|e| format!("bind {at}: {e}"))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| format!("set_nonblocking: {e}"))?;
-    say("ready");
+    let listener = listening(at)?;
     let deadline = Instant::now() + Duration::from_secs(seconds);
     accept_until(&listener, at, deadline, |mut stream| {
         std::thread::spawn(move || {
@@ -727,11 +729,7 @@ fn send_flows(
 /// not by the CPU): one thread per connection, all gone by the deadline.
 fn http_serve(at: SocketAddr, seconds: u64, delay: Duration) -> Result<(), String> {
     use std::io::Read;
-    let listener = TcpListener::bind(at).map_err(|e| format!("bind {at}: {e}"))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| format!("set_nonblocking: {e}"))?;
-    say("ready");
+    let listener = listening(at)?;
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut threads = Vec::new();

@@ -84,29 +84,25 @@ pub enum Count {
     LossRetransmitsSkippable,
 }
 
-/// Every TCP signal's count, for the profiles that force a TCP tier.
-const TCP_SIGNALS: &[Count] = &[
-    Count::TcpConnects,
-    Count::ResetsSent,
-    Count::ResetsReceived,
-    Count::DelayedConnectsSlow,
-    Count::DelayedConnectsFast,
-    Count::DelayedRttSlow,
-    Count::DelayedRttFast,
-    Count::LossRetransmits,
-];
+/// Every TCP signal's count, for the profiles that force a TCP tier, with
+/// the retransmit check that tier can be held to.
+const fn tcp_signals(retransmits: Count) -> [Count; 8] {
+    [
+        Count::TcpConnects,
+        Count::ResetsSent,
+        Count::ResetsReceived,
+        Count::DelayedConnectsSlow,
+        Count::DelayedConnectsFast,
+        Count::DelayedRttSlow,
+        Count::DelayedRttFast,
+        retransmits,
+    ]
+}
 
-/// The kprobe and tracepoint tiers': the same, the retransmit count bounded.
-const TCP_SIGNALS_SKIPPABLE: &[Count] = &[
-    Count::TcpConnects,
-    Count::ResetsSent,
-    Count::ResetsReceived,
-    Count::DelayedConnectsSlow,
-    Count::DelayedConnectsFast,
-    Count::DelayedRttSlow,
-    Count::DelayedRttFast,
-    Count::LossRetransmitsSkippable,
-];
+/// fentry: exact.
+const TCP_SIGNALS: [Count; 8] = tcp_signals(Count::LossRetransmits);
+/// kprobe and tracepoint: runs the kernel skips are allowed for.
+const TCP_SIGNALS_SKIPPABLE: [Count; 8] = tcp_signals(Count::LossRetransmitsSkippable);
 
 impl Count {
     /// The init script's function (`count_NAME`).
@@ -339,7 +335,7 @@ pub const PROFILES: &[Profile] = &[
             mode: Some("fentry"),
         }),
         needs: Some("fentry/fexit"),
-        counts: TCP_SIGNALS,
+        counts: &TCP_SIGNALS,
     },
     Profile {
         name: "tcp-kprobe",
@@ -350,7 +346,7 @@ pub const PROFILES: &[Profile] = &[
             mode: Some("kprobe"),
         }),
         needs: Some("kprobes"),
-        counts: TCP_SIGNALS_SKIPPABLE,
+        counts: &TCP_SIGNALS_SKIPPABLE,
     },
     Profile {
         name: "tcp-tracepoint",
@@ -361,7 +357,7 @@ pub const PROFILES: &[Profile] = &[
             mode: Some("tracepoint"),
         }),
         needs: None,
-        counts: TCP_SIGNALS_SKIPPABLE,
+        counts: &TCP_SIGNALS_SKIPPABLE,
     },
 ];
 

@@ -127,13 +127,14 @@ count_syscalls() {
     say "value $step getppid $before $after"
 }
 
-# listen PORT: a TCP listener on 127.0.0.1:PORT in the background, its pid
-# in $listener; says why and returns 1 if it never became ready.
+# listen PORT [WORKLOAD]: a listener on 127.0.0.1:PORT in the background
+# (sonde-workload tcp-listen, or WORKLOAD: tcp-sink, udp-sink), its pid in
+# $listener; says why and returns 1 if it never became ready.
 listen() {
-    sonde-workload tcp-listen "127.0.0.1:$1" 120 >/tmp/listen.out 2>&1 &
+    sonde-workload "${2:-tcp-listen}" "127.0.0.1:$1" 120 >/tmp/listen.out 2>&1 &
     listener=$!
     wait_ready /tmp/listen.out "$listener" && return 0
-    say "error $step tcp-listen 127.0.0.1:$1 never became ready: $(head -c 300 /tmp/listen.out)"
+    say "error $step ${2:-tcp-listen} 127.0.0.1:$1 never became ready: $(head -c 300 /tmp/listen.out)"
     unlisten
     return 1
 }
@@ -259,14 +260,7 @@ retrans_segs() {
 # (/proc/net/snmp). No scrape runs while the loss is on.
 count_loss() {
     port=$((7500 + index))
-    sonde-workload tcp-sink "127.0.0.1:$port" 120 >/tmp/sink.out 2>&1 &
-    sink=$!
-    if ! wait_ready /tmp/sink.out "$sink"; then
-        say "error $step tcp-sink 127.0.0.1:$port never became ready: $(head -c 300 /tmp/sink.out)"
-        kill "$sink" 2>/dev/null
-        wait "$sink"
-        return
-    fi
+    listen "$port" tcp-sink || return
     # Start from quiet: no retransmission for 2 s (the earlier counts'
     # connections may still retransmit a FIN), so Sonde has exported all.
     k0=$(retrans_segs)
@@ -288,8 +282,7 @@ count_loss() {
         wait "$sender"
     fi
     netem_off
-    kill "$sink" 2>/dev/null
-    wait "$sink"
+    unlisten
     # A FIN lost several times is retransmitted seconds after the loss is
     # gone (the timer backs off): wait until neither end is left in a state
     # that retransmits, then read the kernel, Sonde, and the kernel again.
@@ -308,14 +301,7 @@ count_loss() {
 count_udp() {
     port=$((7200 + index))
     labels='interface="lo" direction="ingress" family="ipv4" protocol="udp"'
-    sonde-workload udp-sink "127.0.0.1:$port" 120 >/tmp/sink.out 2>&1 &
-    sink=$!
-    if ! wait_ready /tmp/sink.out "$sink"; then
-        say "error $step udp-sink 127.0.0.1:$port never became ready: $(head -c 300 /tmp/sink.out)"
-        kill "$sink" 2>/dev/null
-        wait "$sink"
-        return
-    fi
+    listen "$port" udp-sink || return
     # shellcheck disable=SC2086 # the labels are separate words on purpose
     before=$(metric sonde_packets_total $labels)
     if ! sonde-workload udp-send "127.0.0.1:$port" "$UDP_N" 100 >/dev/null 2>/tmp/workload.err; then
@@ -323,8 +309,7 @@ count_udp() {
     fi
     # shellcheck disable=SC2086
     after=$(settle "$(add "$before" "$UDP_N")" sonde_packets_total $labels)
-    kill "$sink" 2>/dev/null
-    wait "$sink"
+    unlisten
     say "value $step udp_packets $before $after"
 }
 
