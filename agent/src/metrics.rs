@@ -834,11 +834,19 @@ fn kernel_families(
         "CPU time spent in each kernel program (needs kernel.bpf_stats_enabled)",
         MetricType::COUNTER,
     );
+    let mut missed = Family::new(
+        "sonde_bpf_program_missed_runs_total",
+        "Runs of each kernel program the kernel skipped because the CPU was already running a \
+         BPF program (its recursion guard): what those runs would have counted is missing",
+        MetricType::COUNTER,
+    );
     for p in &snapshot.programs {
         runs.sample(&[("program", &p.name)], p.run_count as f64);
         run_time.sample(&[("program", &p.name)], p.run_time_ns as f64 / 1e9);
+        missed.sample(&[("program", &p.name)], p.missed_runs as f64);
     }
     runs.done(&mut out);
     run_time.done(&mut out);
+    missed.done(&mut out);
     out
 }

@@ -70,6 +70,8 @@ pub struct ProgramStats {
     pub name: String,
     pub run_count: u64,
     pub run_time_ns: u64,
+    /// Runs the kernel skipped (see `recursion_misses`).
+    pub missed_runs: u64,
 }
 
 /// Drops of packets that had a network device, per device and reason.
@@ -920,10 +922,50 @@ impl Collector {
                     name: (*name).to_owned(),
                     run_count: info.run_count(),
                     run_time_ns: info.run_time().as_nanos() as u64,
+                    missed_runs: recursion_misses(&info).unwrap_or(0),
                 })
             })
             .collect()
     }
+}
+
+/// Runs of the program the kernel skipped because the CPU was already
+/// running a BPF program (its recursion guard: a kprobe or tracepoint
+/// program inside another, or an fentry program inside itself). Whatever
+/// that run would have counted is missing, so it is exported rather than
+/// lost silently. The kernel counts these for fentry/fexit and raw
+/// tracepoints since 5.12/6.0-ish and for kprobes and tracepoints since 6.7;
+/// older kernels report 0. Read with BPF_OBJ_GET_INFO_BY_FD, as aya's
+/// `ProgramInfo` does not expose the field.
+fn recursion_misses(info: &aya::programs::ProgramInfo) -> Option<u64> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let fd = info.fd().ok()?;
+    // SAFETY: a plain C struct of integers, all-zero is its empty value
+    // (and what the kernel expects in fields it does not fill).
+    let mut prog_info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    // BPF_OBJ_GET_INFO_BY_FD's part of `union bpf_attr`.
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut attr = InfoByFd {
+        bpf_fd: fd.as_fd().as_raw_fd() as u32,
+        info_len: size_of::<aya_obj::generated::bpf_prog_info>() as u32,
+        info: std::ptr::from_mut(&mut prog_info) as u64,
+    };
+    // SAFETY: `attr` points at a bpf_prog_info of the length it gives; the
+    // kernel writes at most that much.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            aya_obj::generated::bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_int,
+            std::ptr::from_mut(&mut attr),
+            size_of::<InfoByFd>() as u32,
+        )
+    };
+    (ret == 0).then_some(prog_info.recursion_misses)
 }
 
 /// The remote end of a flow: the source of what we receive, the destination

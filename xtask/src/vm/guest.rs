@@ -156,6 +156,18 @@ impl Count {
         }
     }
 
+    /// The key of Sonde's own count of the runs the kernel skipped for the
+    /// programs behind this count (sonde_bpf_program_missed_runs_total):
+    /// the reference minus these is what the count must reach.
+    pub fn missed_key(self) -> Option<&'static str> {
+        match self {
+            Count::LossRetransmits | Count::LossRetransmitsSkippable => {
+                Some("retransmit_runs_missed")
+            }
+            _ => None,
+        }
+    }
+
     /// What the check asserts, for the report.
     pub fn describe(self) -> String {
         match self {
@@ -203,8 +215,9 @@ impl Count {
             Count::LossRetransmitsSkippable => format!(
                 "netem loss {NETEM_LOSS_PCT} % on lo under {LOSS_MESSAGES} segments of an \
                  established connection → retransmits ≥ +1, ≤ the kernel's RetransSegs and \
-                 short of it by ≤ max(1, 10 %) (runs the kernel skips while the CPU is in \
-                 another kprobe or tracepoint program)"
+                 short of it by ≤ max(1, 10 %) once the runs the kernel skipped and \
+                 counted are taken off (it skips a kprobe or tracepoint program while the CPU \
+                 is in another; it counts those skips from Linux 6.7)"
             ),
         }
     }

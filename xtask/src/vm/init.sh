@@ -271,6 +271,7 @@ count_loss() {
         sleep 2
     done
     r0=$(metric sonde_tcp_retransmits_total)
+    m0=$(metric sonde_bpf_program_missed_runs_total 'program="sonde_tcp_retransmit')
     k0=$(retrans_segs)
     sonde-workload tcp-send "127.0.0.1:$port" "$LOSS_MESSAGES" 1000 1000 >/tmp/send.out 2>&1 &
     sender=$!
@@ -294,7 +295,9 @@ count_loss() {
     k1=$(retrans_segs)
     r1=$(settle "$(add "$r0" "$((k1 - k0))")" sonde_tcp_retransmits_total)
     k1=$(retrans_segs)
+    m1=$(metric sonde_bpf_program_missed_runs_total 'program="sonde_tcp_retransmit')
     say "value $step retransmits $r0 $r1"
+    say "value $step retransmit_runs_missed $m0 $m1"
     say "value $step kernel_retrans_segs $k0 $k1"
 }
 
