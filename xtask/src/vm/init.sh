@@ -41,6 +41,9 @@ relay() {
 
 now() { cut -d. -f1 /proc/uptime; }
 
+# excerpt FILE: its last 300 bytes on one line (a report line is one line).
+excerpt() { tail -c 300 "$1" 2>/dev/null | tr '\n' ' '; }
+
 # get URL: the body on stdout, bounded in time. (Not `wget -T`: Debian 12's
 # static busybox 1.35 segfaults with it.)
 get() { timeout 10 wget -q -O - "$1" 2>/dev/null; }
@@ -121,7 +124,7 @@ stop() {
 count_syscalls() {
     before=$(metric sonde_syscalls_total 'syscall="getppid"')
     if ! sonde-workload getppid "$GETPPID_N" >/dev/null 2>/tmp/workload.err; then
-        say "error $step getppid workload: $(head -c 300 /tmp/workload.err)"
+        say "error $step getppid workload: $(excerpt /tmp/workload.err)"
     fi
     after=$(settle "$(add "$before" "$GETPPID_N")" sonde_syscalls_total 'syscall="getppid"')
     say "value $step getppid $before $after"
@@ -134,7 +137,7 @@ listen() {
     sonde-workload "${2:-tcp-listen}" "127.0.0.1:$1" 120 >/tmp/listen.out 2>&1 &
     listener=$!
     wait_ready /tmp/listen.out "$listener" && return 0
-    say "error $step ${2:-tcp-listen} 127.0.0.1:$1 never became ready: $(head -c 300 /tmp/listen.out)"
+    say "error $step ${2:-tcp-listen} 127.0.0.1:$1 never became ready: $(excerpt /tmp/listen.out)"
     unlisten
     return 1
 }
@@ -159,7 +162,7 @@ connects() {
 # (every packet over lo passes it once).
 netem() {
     /vm/bin/tc qdisc replace dev lo root netem "$@" 2>/tmp/tc.err && return 0
-    say "error $step tc qdisc replace dev lo root netem $*: $(head -c 300 /tmp/tc.err)"
+    say "error $step tc qdisc replace dev lo root netem $*: $(excerpt /tmp/tc.err)"
     return 1
 }
 
@@ -170,7 +173,7 @@ count_tcp() {
     listen "$port" || return
     before=$(metric sonde_tcp_connect_duration_seconds_count)
     connects "$port"
-    [ "$failed" -eq 0 ] || say "error $step $failed of $TCP_M tcp-connect failed: $(head -c 300 /tmp/workload.err)"
+    [ "$failed" -eq 0 ] || say "error $step $failed of $TCP_M tcp-connect failed: $(excerpt /tmp/workload.err)"
     after=$(settle "$(add "$before" "$TCP_M")" sonde_tcp_connect_duration_seconds_count)
     unlisten
     say "value $step tcp_connects $before $after"
@@ -223,7 +226,7 @@ count_delay() {
     r0=$(metric sonde_tcp_rtt_seconds_count)
     rf0=$(below sonde_tcp_rtt_seconds)
     connects "$port"
-    [ "$failed" -eq 0 ] || say "error $step $failed of $TCP_M tcp-connect failed under netem delay: $(head -c 300 /tmp/workload.err)"
+    [ "$failed" -eq 0 ] || say "error $step $failed of $TCP_M tcp-connect failed under netem delay: $(excerpt /tmp/workload.err)"
     c1=$(settle "$(add "$c0" "$TCP_M")" sonde_tcp_connect_duration_seconds_count)
     cf1=$(below sonde_tcp_connect_duration_seconds)
     r1=$(metric sonde_tcp_rtt_seconds_count)
@@ -252,6 +255,26 @@ retrans_segs() {
     }' /proc/net/snmp
 }
 
+# quiet_read: Sonde's retransmits ($r) and skipped retransmit runs ($m) at
+# a moment the kernel's RetransSegs ($k) stood still for a second before
+# and after reading them (Sonde exports within a collector interval, 200 ms),
+# so the three describe the same retransmissions.
+quiet_read() {
+    deadline=$(($(now) + SETTLE_TIMEOUT_S))
+    while :; do
+        k=$(retrans_segs)
+        sleep 1
+        r=$(metric sonde_tcp_retransmits_total)
+        m=$(metric sonde_bpf_program_missed_runs_total 'program="sonde_tcp_retransmit')
+        sleep 1
+        [ "$(retrans_segs)" = "$k" ] && return
+        if [ "$(now)" -ge "$deadline" ]; then
+            say "error $step the kernel kept retransmitting for ${SETTLE_TIMEOUT_S}s"
+            return
+        fi
+    done
+}
+
 # One connection to a sink, made before NETEM_LOSS_PCT of the packets over
 # lo are dropped; then LOSS_MESSAGES segments of 1000 bytes, 10 ms apart,
 # and both closes. Lost segments and FINs are retransmitted (by timeout,
@@ -261,24 +284,17 @@ retrans_segs() {
 count_loss() {
     port=$((7500 + index))
     listen "$port" tcp-sink || return
-    # Start from quiet: no retransmission for 2 s (the earlier counts'
-    # connections may still retransmit a FIN), so Sonde has exported all.
-    k0=$(retrans_segs)
-    deadline=$(($(now) + SETTLE_TIMEOUT_S))
-    sleep 2
-    while [ "$(retrans_segs)" != "$k0" ] && [ "$(now)" -lt "$deadline" ]; do
-        k0=$(retrans_segs)
-        sleep 2
-    done
-    r0=$(metric sonde_tcp_retransmits_total)
-    m0=$(metric sonde_bpf_program_missed_runs_total 'program="sonde_tcp_retransmit')
-    k0=$(retrans_segs)
+    # Start from quiet (the earlier counts' sockets may still retransmit).
+    quiet_read
+    r0=$r
+    m0=$m
+    k0=$k
     sonde-workload tcp-send "127.0.0.1:$port" "$LOSS_MESSAGES" 1000 1000 >/tmp/send.out 2>&1 &
     sender=$!
     if wait_line connected /tmp/send.out "$sender" && netem loss "${NETEM_LOSS_PCT}%"; then
-        wait "$sender" || say "error $step tcp-send under netem loss: $(head -c 300 /tmp/send.out)"
+        wait "$sender" || say "error $step tcp-send under netem loss: $(excerpt /tmp/send.out)"
     else
-        say "error $step tcp-send never connected: $(head -c 300 /tmp/send.out)"
+        say "error $step tcp-send never connected: $(excerpt /tmp/send.out)"
         kill "$sender" 2>/dev/null
         wait "$sender"
     fi
@@ -292,13 +308,10 @@ count_loss() {
         sleep 0.5
     done
     [ "$(unsettled "$port")" -eq 0 ] || say "error $step sockets on port $port still closing after ${SETTLE_TIMEOUT_S}s"
-    k1=$(retrans_segs)
-    r1=$(settle "$(add "$r0" "$((k1 - k0))")" sonde_tcp_retransmits_total)
-    k1=$(retrans_segs)
-    m1=$(metric sonde_bpf_program_missed_runs_total 'program="sonde_tcp_retransmit')
-    say "value $step retransmits $r0 $r1"
-    say "value $step retransmit_runs_missed $m0 $m1"
-    say "value $step kernel_retrans_segs $k0 $k1"
+    quiet_read
+    say "value $step retransmits $r0 $r"
+    say "value $step retransmit_runs_missed $m0 $m"
+    say "value $step kernel_retrans_segs $k0 $k"
 }
 
 count_udp() {
@@ -308,7 +321,7 @@ count_udp() {
     # shellcheck disable=SC2086 # the labels are separate words on purpose
     before=$(metric sonde_packets_total $labels)
     if ! sonde-workload udp-send "127.0.0.1:$port" "$UDP_N" 100 >/dev/null 2>/tmp/workload.err; then
-        say "error $step udp-send: $(head -c 300 /tmp/workload.err)"
+        say "error $step udp-send: $(excerpt /tmp/workload.err)"
     fi
     # shellcheck disable=SC2086
     after=$(settle "$(add "$before" "$UDP_N")" sonde_packets_total $labels)
