@@ -504,21 +504,14 @@ fn judge_run(
                 {
                     measured.push_str(&format!(", {key} +{m}"));
                 }
-                // What the count must reach: the reference less the runs
-                // the kernel skipped and said so.
-                let reference = reference.map(|(key, d)| {
-                    (
-                        key,
-                        d.map(|d| d - missed.and_then(|(_, m)| m).unwrap_or(0.0)),
-                    )
-                });
+                let missed = missed.and_then(|(_, m)| m).unwrap_or(0.0);
                 let declared = c.program().and_then(|program| {
                     partial
                         .iter()
                         .find(|line| line.starts_with(&format!("{program} ")))
                 });
                 match declared {
-                    Some(line) if !c.judge(delta, reference.and_then(|(_, d)| d)) => Row {
+                    Some(line) if !c.judge(delta, reference.and_then(|(_, d)| d), missed) => Row {
                         profile: p.name,
                         what: c.key().to_owned(),
                         status: Status::NotApplicable,
@@ -528,7 +521,7 @@ fn judge_run(
                     _ => Row {
                         profile: p.name,
                         what: c.key().to_owned(),
-                        status: if c.judge(delta, reference.and_then(|(_, d)| d)) {
+                        status: if c.judge(delta, reference.and_then(|(_, d)| d), missed) {
                             Status::Pass
                         } else {
                             Status::Fail
