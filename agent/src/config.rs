@@ -443,6 +443,17 @@ pub struct EventsConfig {
     pub keep_recent: usize,
 }
 
+impl EventsConfig {
+    /// The configured size of ring `ring_id` (`agent_common::events`).
+    pub fn ring_bytes(&self, ring_id: u32) -> u32 {
+        match ring_id {
+            agent_common::events::RING_SYSCALL => self.syscall_ring_bytes,
+            agent_common::events::RING_FLOW => self.flow_ring_bytes,
+            _ => self.process_ring_bytes,
+        }
+    }
+}
+
 impl Default for EventsConfig {
     fn default() -> Self {
         Self {

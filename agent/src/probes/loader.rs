@@ -22,7 +22,7 @@ use agent_common::{
     },
     counters::COUNTERS_MAP,
     drops::{DROP_DEVICES_MAP, DROP_REASONS_MAP, DropDeviceKey, DropDeviceStats},
-    events::{RING_FLOW, RING_STATS_MAP, RING_SYSCALL, RINGS, RingStats},
+    events::{RING_STATS_MAP, RINGS, RingStats},
     net::{
         BLOCKLIST_MAP, BLOCKLIST_STATS_MAP, BlocklistEntry, BlocklistKey, BlocklistStats,
         FLOWS_MAP, FlowKey, FlowStats, PACKET_COUNTERS_MAP, PacketCounters, PacketKey,
@@ -310,10 +310,9 @@ impl Probes {
         let object = match transport {
             EventTransport::PerfEventArray => EBPF_OBJECT_PERF,
             _ => {
-                loader
-                    .map_max_entries("SYSCALL_EVENTS", config.events.syscall_ring_bytes)
-                    .map_max_entries("FLOW_EVENTS", config.events.flow_ring_bytes)
-                    .map_max_entries("PROCESS_EVENTS", config.events.process_ring_bytes);
+                for &(id, name, _) in RINGS {
+                    loader.map_max_entries(name, config.events.ring_bytes(id));
+                }
                 EBPF_OBJECT
             }
         };
@@ -344,14 +343,11 @@ impl Probes {
         let mut rings = Vec::new();
         for &(id, name, label) in RINGS {
             let source = match transport {
-                EventTransport::PerfEventArray => {
-                    let bytes = match id {
-                        RING_SYSCALL => config.events.syscall_ring_bytes,
-                        RING_FLOW => config.events.flow_ring_bytes,
-                        _ => config.events.process_ring_bytes,
-                    };
-                    EventSource::Perf(open_perf_buffers(&mut ebpf, name, bytes)?)
-                }
+                EventTransport::PerfEventArray => EventSource::Perf(open_perf_buffers(
+                    &mut ebpf,
+                    name,
+                    config.events.ring_bytes(id),
+                )?),
                 _ => EventSource::Ring(take(&mut ebpf, name)?),
             };
             rings.push((id, label, source));
