@@ -2,6 +2,7 @@
 //! `.cargo/config.toml`). One module per command; shared helpers in `util`.
 
 mod bench;
+mod bootstrap;
 mod eval;
 mod run;
 mod stack;
@@ -29,7 +30,8 @@ struct Cli {
 enum Command {
     /// Build the agent (installing the eBPF toolchain if needed) and run it as root.
     Run(run::Options),
-    /// Format check, both clippy passes, unit tests and the privileged integration tests.
+    /// Install what the suite needs, then format check, both clippy passes, unit tests,
+    /// the privileged integration tests, kernel matrix, stack, bench and eval smoke runs.
     Test(test::Options),
     /// The agent plus a real Prometheus and Alertmanager on loopback, to see it all working.
     Stack(stack::Options),

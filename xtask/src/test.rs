@@ -6,6 +6,7 @@ use std::{fs, path::Path, process::Command, time::Instant};
 use anyhow::{Context as _, bail};
 
 use crate::{
+    bootstrap,
     toolchain::{self, BPF_TARGET, NIGHTLY, Purpose},
     util,
 };
@@ -20,8 +21,19 @@ pub struct Options {
 type Step = (&'static str, fn() -> anyhow::Result<()>);
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
+    // Everything the steps need is installed before the first build, so a
+    // machine with only rustup gets through (and a missing package is named
+    // now, not after minutes of building).
+    let bootstrap: Step = if opts.no_integration {
+        ("bootstrap: toolchain", || toolchain::ensure(Purpose::Lint))
+    } else {
+        ("bootstrap: toolchain, targets, system packages", || {
+            toolchain::ensure(Purpose::Lint)?;
+            bootstrap::ensure_all()
+        })
+    };
     let mut steps: Vec<Step> = vec![
-        ("toolchain", || toolchain::ensure(Purpose::Lint)),
+        bootstrap,
         ("rustfmt", fmt),
         ("clippy: user space", clippy_user),
         ("clippy: kernel programs", clippy_ebpf),
