@@ -3,14 +3,11 @@
 //! that mirror kernel state are rendered from the latest collector snapshot
 //! on each scrape, so /metrics never touches a kernel map.
 
-use std::{borrow::Cow, collections::BTreeMap, sync::atomic::Ordering};
+use std::{collections::BTreeMap, sync::atomic::Ordering};
 
 use agent_common::{
     counters::CounterKind,
-    net::{
-        DIRECTION_EGRESS, FAMILY_ARP, FAMILY_IPV4, FAMILY_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6,
-        IPPROTO_TCP, IPPROTO_UDP, PROTO_NONE,
-    },
+    net::{IPPROTO_TCP, direction_name, family_name, protocol_name},
     syscalls::{LATENCY_SLOTS, latency_slot_upper_ns},
     tcp::TCP_STATE_NAMES,
 };
@@ -155,40 +152,6 @@ impl Metrics {
         let mut out = Vec::with_capacity(64 * 1024);
         TextEncoder::new().encode(&families, &mut out)?;
         Ok(String::from_utf8(out).unwrap_or_default())
-    }
-}
-
-pub fn direction_name(direction: u8) -> &'static str {
-    if direction == DIRECTION_EGRESS {
-        "egress"
-    } else {
-        "ingress"
-    }
-}
-
-pub fn family_name(family: u8) -> &'static str {
-    match family {
-        FAMILY_IPV4 => "ipv4",
-        FAMILY_IPV6 => "ipv6",
-        FAMILY_ARP => "arp",
-        _ => "other",
-    }
-}
-
-pub fn protocol_name(family: u8, protocol: u8) -> Cow<'static, str> {
-    if family != FAMILY_IPV4 && family != FAMILY_IPV6 {
-        return "none".into();
-    }
-    match protocol {
-        IPPROTO_TCP => "tcp".into(),
-        IPPROTO_UDP => "udp".into(),
-        IPPROTO_ICMP => "icmp".into(),
-        IPPROTO_ICMPV6 => "icmpv6".into(),
-        132 => "sctp".into(),
-        47 => "gre".into(),
-        50 => "esp".into(),
-        PROTO_NONE => "none".into(),
-        _ => "other".into(),
     }
 }
 
@@ -558,7 +521,7 @@ fn kernel_families(
             ("interface", iface.as_str()),
             ("direction", direction),
             ("family", family_name(key.family)),
-            ("protocol", protocol.as_ref()),
+            ("protocol", protocol),
         ];
         packets.sample(&labels, c.packets as f64);
         bytes.sample(&labels, c.bytes as f64);

@@ -42,10 +42,11 @@ pub use peers::{PeerKey, PeerRow, PeerTracker};
 use tracing::{debug, warn};
 
 use crate::{
-    config::Config,
+    config::{Config, overlay::Overlay},
     events::RingState,
     probes::{KernelMaps, loader::apply_runtime_config},
     syscall_table,
+    time::{monotonic_ns, unix_seconds},
 };
 
 /// Per-syscall totals, summed over CPUs.
@@ -193,7 +194,7 @@ pub enum Command {
     /// Re-apply runtime settings (SIGHUP).
     Reconfigure(Box<Config>),
     /// The MAPE-K loop's changes on top of them (zoom, cost ladder).
-    Adjust(crate::mapek::execute::Overlay),
+    Adjust(Overlay),
     /// An interface went away: drop its counters.
     ForgetInterface(u32),
     /// Stop the loop (the agent is exiting).
@@ -212,7 +213,7 @@ impl CollectorHandle {
         let _ = self.commands.send(Command::Reconfigure(Box::new(config)));
     }
 
-    pub fn adjust(&self, overlay: crate::mapek::execute::Overlay) {
+    pub fn adjust(&self, overlay: Overlay) {
         let _ = self.commands.send(Command::Adjust(overlay));
     }
 
@@ -264,7 +265,7 @@ pub struct Collector {
     /// Runtime settings as configured (start, SIGHUP) and the MAPE-K
     /// loop's changes on top; the kernel programs get the combination.
     configured: Config,
-    overlay: crate::mapek::execute::Overlay,
+    overlay: Overlay,
     /// Blocks written to the kernel blocklist, with the deadline (Unix
     /// seconds) each was written for.
     blocklist_written: HashMap<IpAddr, f64>,
@@ -995,24 +996,6 @@ fn block_device_name(dev: u32) -> String {
                 .find_map(|l| l.strip_prefix("DEVNAME=").map(str::to_owned))
         })
         .unwrap_or_else(|| format!("{major}:{minor}"))
-}
-
-/// CLOCK_MONOTONIC in ns: the clock bpf_ktime_get_ns() reads.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Seconds since the Unix epoch, for status output.
-pub fn unix_seconds(at: SystemTime) -> f64 {
-    at.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 /// Label of a diagnostic counter slot, for metrics.
