@@ -8,8 +8,10 @@
 //! import points up. Bottom to top:
 //!
 //! 0. leaves: [`time`], [`version`], [`syscall_table`], [`cgroup`],
-//!    [`netif`], [`config`] (with `Mode` and the MAPE-K `Overlay`), [`cli`]
-//! 1. probe helpers and events: `probes::{btf, capabilities, tiers}`,
+//!    [`netif`], [`config`] (with `Mode` and the MAPE-K `Overlay`), [`cli`],
+//!    [`family`] (metric family builder)
+//! 1. probe helpers, signals and events: `probes::{btf, capabilities,
+//!    tiers}`, [`signals`] (each signal's tiers, maps and families),
 //!    [`events`]
 //! 2. the loader: [`probes`], `probes::{loader, baseline}`
 //! 3. [`collectors`]
@@ -27,6 +29,7 @@ pub mod collectors;
 pub mod config;
 pub mod daemon;
 pub mod events;
+pub mod family;
 pub mod health;
 pub mod http;
 pub mod mapek;
@@ -34,6 +37,7 @@ pub mod metrics;
 pub mod netif;
 pub mod otlp;
 pub mod probes;
+pub mod signals;
 pub mod state;
 pub mod syscall_table;
 pub mod time;

@@ -22,7 +22,8 @@ use std::{
 /// Every module of the agent and its layer, bottom (0) to top. A module is
 /// a file: `a/b.rs` and `a/b/mod.rs` are `a::b`.
 const LAYERS: &[(&str, u8)] = &[
-    // 0. Leaves: clocks, build identity, names, configuration, the CLI.
+    // 0. Leaves: clocks, build identity, names, configuration, the CLI,
+    // the metric family builder.
     ("time", 0),
     ("version", 0),
     ("syscall_table", 0),
@@ -31,11 +32,14 @@ const LAYERS: &[(&str, u8)] = &[
     ("config", 0),
     ("config::overlay", 0),
     ("cli", 0),
-    // 1. What the kernel offers, and the event reader.
+    ("family", 0),
+    // 1. What the kernel offers, each signal's pieces, the event reader.
     ("probes::btf", 1),
     ("probes::capabilities", 1),
     ("probes::tiers", 1),
     ("events", 1),
+    ("signals", 1),
+    ("signals::block", 1),
     // 2. Loading and attaching the kernel programs.
     ("probes", 2),
     ("probes::loader", 2),

@@ -23,7 +23,6 @@ use std::{
 };
 
 use agent_common::{
-    block::{BLOCK_OP_NAMES, BlockStats},
     config::CFG_BLOCKLIST_ACTIVE,
     counters::{COUNTER_SLOTS, COUNTERS_LEN},
     drops::{DROP_REASON_OTHER, DropDeviceKey, DropDeviceStats, MAX_DROP_REASONS},
@@ -45,6 +44,7 @@ use crate::{
     config::{Config, overlay::Overlay},
     events::RingState,
     probes::{KernelMaps, loader::apply_runtime_config},
+    signals::Reading,
     syscall_table,
     time::{monotonic_ns, unix_seconds},
 };
@@ -154,8 +154,8 @@ pub struct Snapshot {
     /// waits), cumulative; what the MAPE-K loop names a CPU-starved
     /// cgroup from.
     pub runqueue_cgroup_totals: Vec<(u64, u64, u64)>,
-    /// Block I/O by (device name, operation), summed over CPUs.
-    pub block: Vec<(String, &'static str, BlockStats)>,
+    /// Each signal's reading (signals::ALL), by signal name.
+    pub signals: Vec<(&'static str, Arc<dyn Reading>)>,
     /// The most active TCP peers (passive mesh view).
     pub tcp_peers: Vec<(IpAddr, TcpPeerStats)>,
     /// The remote peer that opened new flows to the most distinct local
@@ -523,8 +523,12 @@ impl Collector {
             Err(err) => warn!("reading run-queue latency: {err}"),
         }
         self.read_runqueue_cgroups(&mut snapshot);
-        if let Err(err) = self.read_block(&mut snapshot) {
-            warn!("reading block I/O statistics: {err}");
+        for (signal, source) in &self.maps.signals {
+            let (reading, error) = source.collect();
+            if let Some(err) = error {
+                warn!("reading {}: {err}", signal.reads);
+            }
+            snapshot.signals.push((signal.name(), reading));
         }
         if let Err(err) = self.read_drops(&mut snapshot) {
             warn!("reading drop reasons: {err}");
@@ -653,20 +657,6 @@ impl Collector {
                 (crate::cgroup::describe(id, path), stats)
             })
             .collect();
-    }
-
-    fn read_block(&self, snapshot: &mut Snapshot) -> Result<(), MapError> {
-        for entry in self.maps.block_stats.iter() {
-            let (key, values) = entry?;
-            let total = BlockStats::sum(values.iter());
-            let op = BLOCK_OP_NAMES
-                .get(key.op as usize)
-                .copied()
-                .unwrap_or("other");
-            snapshot.block.push((block_device_name(key.dev), op, total));
-        }
-        snapshot.block.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
-        Ok(())
     }
 
     fn read_drops(&self, snapshot: &mut Snapshot) -> Result<(), MapError> {
@@ -982,20 +972,6 @@ pub fn remote_addr(key: &FlowKey) -> IpAddr {
     } else {
         IpAddr::V6(Ipv6Addr::from(addr))
     }
-}
-
-/// A block device's name ("vda", "loop0") from the kernel's dev_t
-/// (major << 20 | minor), as sysfs names it; "MAJ:MIN" when unknown.
-fn block_device_name(dev: u32) -> String {
-    let (major, minor) = (dev >> 20, dev & 0xf_ffff);
-    std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent"))
-        .ok()
-        .and_then(|uevent| {
-            uevent
-                .lines()
-                .find_map(|l| l.strip_prefix("DEVNAME=").map(str::to_owned))
-        })
-        .unwrap_or_else(|| format!("{major}:{minor}"))
 }
 
 /// Label of a diagnostic counter slot, for metrics.

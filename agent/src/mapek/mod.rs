@@ -27,7 +27,7 @@ use crate::{
     collectors::{CollectorHandle, Snapshot},
     config::{Config, overlay::SHED_STEPS},
     events::Events,
-    metrics::Family,
+    family::Family,
     probes::Attachment,
     time::{process_cpu_seconds, unix_seconds},
 };

@@ -14,7 +14,6 @@
 use std::{collections::BTreeMap, os::fd::OwnedFd, path::Path};
 
 use agent_common::{
-    block::{BLOCK_STATS_MAP, BlockKey, BlockStats},
     config::{
         CFG_FLOW_EVENTS_BURST, CFG_FLOW_EVENTS_PER_SEC, CFG_IGNORE_TGID, CFG_RUNQ_PER_CGROUP,
         CFG_SLOW_SYSCALL_NS, CFG_SYSCALL_SAMPLE_EVERY, CFG_SYSCALLS_PER_PROCESS, CFG_TCP_RTT,
@@ -56,6 +55,7 @@ use super::{
 use crate::{
     config::{Config, EventTransport, SyscallHook, TcpHook, XdpModeConfig},
     events::EventSource,
+    signals::{self, OpenError, Signal, Source},
     syscall_table,
 };
 
@@ -116,6 +116,8 @@ pub enum ProbeError {
     },
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
+    #[error(transparent)]
+    Signal(#[from] OpenError),
     #[error("{signal}: this kernel offers no usable hook: {reasons}")]
     NoHook {
         signal: &'static str,
@@ -203,7 +205,8 @@ pub struct KernelMaps {
     pub drop_devices: PerCpuHashMap<MapData, DropDeviceKey, DropDeviceStats>,
     pub runq_stats: PerCpuArray<MapData, RunqStats>,
     pub runq_cgroups: PerCpuHashMap<MapData, u64, RunqStats>,
-    pub block_stats: PerCpuHashMap<MapData, BlockKey, BlockStats>,
+    /// The maps of each signal in [`signals::ALL`], in that order.
+    pub signals: Vec<(&'static Signal, Box<dyn Source>)>,
     pub tcp_peers: aya::maps::HashMap<MapData, TcpPeerKey, TcpPeerStats>,
     /// Enforce mode's blocked sources (the collector keeps it in step
     /// with the MAPE-K overlay).
@@ -250,7 +253,7 @@ impl Probes {
         // files; they are only needed (and tracefs only mounted) when the
         // raw tracepoint cannot be used.
         let need_tracefs = config.tcp.enabled
-            || config.block.enabled
+            || signals::ALL.iter().any(|s| (s.enabled)(config))
             || config.drops.enabled
             || config.process.enabled
             || config.runqueue.enabled
@@ -282,6 +285,7 @@ impl Probes {
         // kernel's formats (None: that program cannot be attached here).
         let mut tp_offsets: Vec<(&'static str, Option<u32>)> = TRACEPOINT_FIELDS
             .iter()
+            .chain(signals::ALL.iter().flat_map(|s| s.tracepoint_fields))
             .map(|&(global, category, tp, field)| {
                 let offset = tracefs
                     .and_then(|t| capabilities::tracepoint_field_offset(t, category, tp, field));
@@ -370,7 +374,10 @@ impl Probes {
             drop_devices: take(&mut ebpf, DROP_DEVICES_MAP)?,
             runq_stats: take(&mut ebpf, RUNQ_STATS_MAP)?,
             runq_cgroups: take(&mut ebpf, RUNQ_CGROUPS_MAP)?,
-            block_stats: take(&mut ebpf, BLOCK_STATS_MAP)?,
+            signals: signals::ALL
+                .iter()
+                .map(|&signal| Ok((signal, (signal.open)(&mut ebpf)?)))
+                .collect::<Result<_, ProbeError>>()?,
             tcp_peers: take(&mut ebpf, TCP_PEERS_MAP)?,
             blocklist: take(&mut ebpf, BLOCKLIST_MAP)?,
             blocklist_stats: take(&mut ebpf, BLOCKLIST_STATS_MAP)?,
@@ -458,8 +465,10 @@ impl Probes {
                 None,
             );
         }
-        if config.block.enabled {
-            probes.attach_signal(&tiers::BLOCK, None, caps, &resolved);
+        for signal in signals::ALL {
+            if (signal.enabled)(config) {
+                probes.attach_signal(signal.tiers, (signal.forced_tier)(config), caps, &resolved);
+            }
         }
         if config.runqueue.enabled {
             let forced = (config.runqueue.hook != "auto").then_some(config.runqueue.hook.as_str());
@@ -979,13 +988,6 @@ const TRACEPOINT_FIELDS: &[(&str, &str, &str, &str)] = &[
     ("TP_RETX_DADDR", "tcp", "tcp_retransmit_skb", "daddr"),
     ("TP_RETX_DADDR_V6", "tcp", "tcp_retransmit_skb", "daddr_v6"),
     ("TP_PROBE_DADDR", "tcp", "tcp_probe", "daddr"),
-    ("TP_BLK_ISSUE_DEV", "block", "block_rq_issue", "dev"),
-    ("TP_BLK_ISSUE_SECTOR", "block", "block_rq_issue", "sector"),
-    ("TP_BLK_ISSUE_BYTES", "block", "block_rq_issue", "bytes"),
-    ("TP_BLK_ISSUE_RWBS", "block", "block_rq_issue", "rwbs"),
-    ("TP_BLK_DONE_DEV", "block", "block_rq_complete", "dev"),
-    ("TP_BLK_DONE_SECTOR", "block", "block_rq_complete", "sector"),
-    ("TP_BLK_DONE_ERROR", "block", "block_rq_complete", "error"),
     (
         "TP_EXEC_FILENAME",
         "sched",
