@@ -25,6 +25,50 @@ pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ICMPV6: u8 = 58;
+pub const IPPROTO_GRE: u8 = 47;
+pub const IPPROTO_ESP: u8 = 50;
+pub const IPPROTO_SCTP: u8 = 132;
+
+/// The `direction` label of a `DIRECTION_*` value.
+#[cfg(feature = "user")]
+pub fn direction_name(direction: u8) -> &'static str {
+    if direction == DIRECTION_EGRESS {
+        "egress"
+    } else {
+        "ingress"
+    }
+}
+
+/// The `family` label of a `FAMILY_*` value.
+#[cfg(feature = "user")]
+pub fn family_name(family: u8) -> &'static str {
+    match family {
+        FAMILY_IPV4 => "ipv4",
+        FAMILY_IPV6 => "ipv6",
+        FAMILY_ARP => "arp",
+        _ => "other",
+    }
+}
+
+/// The `protocol` label of an IP protocol number ("none" outside IPv4
+/// and IPv6, or for `PROTO_NONE`).
+#[cfg(feature = "user")]
+pub fn protocol_name(family: u8, protocol: u8) -> &'static str {
+    if family != FAMILY_IPV4 && family != FAMILY_IPV6 {
+        return "none";
+    }
+    match protocol {
+        IPPROTO_TCP => "tcp",
+        IPPROTO_UDP => "udp",
+        IPPROTO_ICMP => "icmp",
+        IPPROTO_ICMPV6 => "icmpv6",
+        IPPROTO_SCTP => "sctp",
+        IPPROTO_GRE => "gre",
+        IPPROTO_ESP => "esp",
+        PROTO_NONE => "none",
+        _ => "other",
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -179,5 +223,17 @@ mod tests {
         assert_eq!(key.family, FAMILY_IPV6);
         assert_eq!(key.ip(), Some(v6));
         assert_eq!(core::mem::size_of::<BlocklistKey>(), 20);
+    }
+
+    #[test]
+    fn label_names() {
+        assert_eq!(direction_name(DIRECTION_EGRESS), "egress");
+        assert_eq!(direction_name(DIRECTION_INGRESS), "ingress");
+        assert_eq!(family_name(FAMILY_ARP), "arp");
+        assert_eq!(family_name(FAMILY_OTHER), "other");
+        assert_eq!(protocol_name(FAMILY_IPV6, IPPROTO_ICMPV6), "icmpv6");
+        assert_eq!(protocol_name(FAMILY_IPV4, IPPROTO_SCTP), "sctp");
+        assert_eq!(protocol_name(FAMILY_IPV4, 99), "other");
+        assert_eq!(protocol_name(FAMILY_ARP, IPPROTO_TCP), "none");
     }
 }

@@ -1,5 +1,5 @@
 //! Command line: `sonde run`, `sonde check`, `sonde --version`. Parsing
-//! only; what each command does lives in main.rs and the modules it calls.
+//! only; what each command does lives in `daemon` and the modules it calls.
 
 use std::{net::SocketAddr, path::PathBuf};
 

@@ -12,6 +12,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub mod overlay;
+
 /// Default port, in the range Prometheus exporters use.
 pub const DEFAULT_PORT: u16 = 9745;
 
@@ -298,13 +300,37 @@ impl Default for BlockConfig {
     }
 }
 
+/// What the MAPE-K loop may do (`[mapek] mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Decide and record, change nothing.
+    #[default]
+    DryRun,
+    /// Apply the decisions to the kernel programs.
+    Act,
+    /// Act, and drop the packets of a source named by a network attack for
+    /// a while (the blocklist).
+    Enforce,
+}
+
+impl Mode {
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::DryRun => "dry_run",
+            Mode::Act => "act",
+            Mode::Enforce => "enforce",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct MapekConfig {
     /// On-node anomaly detection and response.
     pub enabled: bool,
     /// dry_run: decide and record only; act: apply to the kernel programs.
-    pub mode: crate::mapek::execute::Mode,
+    pub mode: Mode,
     /// Cycles a feature is observed before it can be anomalous.
     pub warmup_cycles: u64,
     /// Deviations above the learned baseline that make an anomaly.
@@ -337,7 +363,7 @@ impl Default for MapekConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            mode: crate::mapek::execute::Mode::DryRun,
+            mode: Mode::DryRun,
             warmup_cycles: 60,
             sensitivity: 6.0,
             quiet_cycles: 3,
@@ -933,7 +959,7 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(config.mapek.mode, crate::mapek::execute::Mode::Enforce);
+        assert_eq!(config.mapek.mode, Mode::Enforce);
         assert_eq!(config.mapek.block_ttl_seconds, 4);
         assert_eq!(config.mapek.max_blocked, 2);
         let never = &config.mapek.never_block;

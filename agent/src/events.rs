@@ -21,7 +21,7 @@ use agent_common::{
         EVENT_NEW_FLOW, EVENT_PROCESS_EXEC, EVENT_PROCESS_EXIT, EVENT_SLOW_SYSCALL, EventHeader,
         FlowEvent, ProcessEvent, SlowSyscallEvent,
     },
-    net::FAMILY_IPV4,
+    net::{FAMILY_IPV4, direction_name, protocol_name},
 };
 use aya::maps::{
     MapData, RingBuf,
@@ -30,7 +30,10 @@ use aya::maps::{
 use serde::Serialize;
 use tracing::{debug, warn};
 
-use crate::{collectors::unix_seconds, metrics::protocol_name, syscall_table};
+use crate::{
+    syscall_table,
+    time::{monotonic_ns, now_ms, unix_seconds},
+};
 
 /// What one reader has done, shared with metrics and health.
 #[derive(Debug)]
@@ -461,15 +464,9 @@ struct WallClock {
 
 impl WallClock {
     fn now() -> Self {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: valid out pointer; CLOCK_MONOTONIC always exists.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
         Self {
             wall_s: unix_seconds(SystemTime::now()),
-            monotonic_ns: ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64,
+            monotonic_ns: monotonic_ns(),
         }
     }
 
@@ -539,8 +536,8 @@ fn decode(bytes: &[u8], clock: &WallClock) -> Option<EventRecord> {
             Some(EventRecord::NewFlow {
                 time,
                 ifindex: key.ifindex,
-                direction: crate::metrics::direction_name(key.direction),
-                protocol: protocol_name(key.family, key.protocol).into_owned(),
+                direction: direction_name(key.direction),
+                protocol: protocol_name(key.family, key.protocol).to_owned(),
                 src: addr(key.src_addr),
                 dst: addr(key.dst_addr),
                 src_port: key.src_port,
@@ -556,11 +553,4 @@ fn decode(bytes: &[u8], clock: &WallClock) -> Option<EventRecord> {
 pub fn c_string(bytes: &[u8]) -> String {
     let len = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..len]).into_owned()
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

@@ -5,14 +5,13 @@
 //! alerts work even when nothing polls the endpoints.
 
 use std::{
-    collections::BTreeMap,
-    sync::{Arc, Mutex, atomic::Ordering},
+    sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
 use serde::Serialize;
 
-use crate::{events::now_ms, state::AppState};
+use crate::{state::AppState, time::now_ms};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -52,19 +51,6 @@ pub struct CheckResult {
 pub struct Report {
     pub status: Status,
     pub checks: Vec<CheckResult>,
-}
-
-/// Health state that is not derived from other parts of the agent.
-#[derive(Debug, Default)]
-pub struct HealthState {
-    /// Components failed on purpose through /debug/fail (fault injection).
-    pub forced: Mutex<BTreeMap<String, String>>,
-}
-
-impl HealthState {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
-    }
 }
 
 /// A component's verdict, before timing: (status, error).

@@ -18,9 +18,9 @@ use axum::{
 use serde_json::json;
 
 use crate::{
-    events::now_ms,
     health::{self, CheckResult, Report, Status},
     state::AppState,
+    time::now_ms,
     version,
 };
 

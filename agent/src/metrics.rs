@@ -3,26 +3,23 @@
 //! that mirror kernel state are rendered from the latest collector snapshot
 //! on each scrape, so /metrics never touches a kernel map.
 
-use std::{borrow::Cow, collections::BTreeMap, sync::atomic::Ordering};
+use std::{collections::BTreeMap, sync::atomic::Ordering};
 
 use agent_common::{
     counters::CounterKind,
-    net::{
-        DIRECTION_EGRESS, FAMILY_ARP, FAMILY_IPV4, FAMILY_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6,
-        IPPROTO_TCP, IPPROTO_UDP, PROTO_NONE,
-    },
-    syscalls::{LATENCY_SLOTS, latency_slot_upper_ns},
+    net::{IPPROTO_TCP, direction_name, family_name, protocol_name},
     tcp::TCP_STATE_NAMES,
 };
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
-    proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType},
+    proto::{MetricFamily, MetricType},
 };
 
 use crate::{
     collectors::{Snapshot, counter_slots},
     events::Events,
+    family::{Family, log2_buckets},
     probes::Attachment,
     version,
 };
@@ -158,127 +155,11 @@ impl Metrics {
     }
 }
 
-pub fn direction_name(direction: u8) -> &'static str {
-    if direction == DIRECTION_EGRESS {
-        "egress"
-    } else {
-        "ingress"
-    }
-}
-
-pub fn family_name(family: u8) -> &'static str {
-    match family {
-        FAMILY_IPV4 => "ipv4",
-        FAMILY_IPV6 => "ipv6",
-        FAMILY_ARP => "arp",
-        _ => "other",
-    }
-}
-
-pub fn protocol_name(family: u8, protocol: u8) -> Cow<'static, str> {
-    if family != FAMILY_IPV4 && family != FAMILY_IPV6 {
-        return "none".into();
-    }
-    match protocol {
-        IPPROTO_TCP => "tcp".into(),
-        IPPROTO_UDP => "udp".into(),
-        IPPROTO_ICMP => "icmp".into(),
-        IPPROTO_ICMPV6 => "icmpv6".into(),
-        132 => "sctp".into(),
-        47 => "gre".into(),
-        50 => "esp".into(),
-        PROTO_NONE => "none".into(),
-        _ => "other".into(),
-    }
-}
-
 fn interface_name(interfaces: &BTreeMap<u32, String>, ifindex: u32) -> String {
     interfaces
         .get(&ifindex)
         .cloned()
         .unwrap_or_else(|| format!("if{ifindex}"))
-}
-
-/// Builds one metric family at a time.
-pub(crate) struct Family {
-    family: MetricFamily,
-    kind: MetricType,
-}
-
-impl Family {
-    pub(crate) fn new(name: &str, help: &str, kind: MetricType) -> Self {
-        let mut family = MetricFamily::default();
-        family.set_name(name.to_owned());
-        family.set_help(help.to_owned());
-        family.set_field_type(kind);
-        Self { family, kind }
-    }
-
-    fn labels(labels: &[(&str, &str)]) -> Vec<LabelPair> {
-        labels
-            .iter()
-            .map(|(name, value)| {
-                let mut pair = LabelPair::default();
-                pair.set_name((*name).to_owned());
-                pair.set_value((*value).to_owned());
-                pair
-            })
-            .collect()
-    }
-
-    pub(crate) fn sample(&mut self, labels: &[(&str, &str)], value: f64) {
-        let mut metric = Metric::from_label(Self::labels(labels));
-        match self.kind {
-            MetricType::COUNTER => {
-                let mut c = Counter::default();
-                c.set_value(value);
-                metric.set_counter(c);
-            }
-            _ => {
-                let mut g = Gauge::default();
-                g.set_value(value);
-                metric.set_gauge(g);
-            }
-        }
-        self.family.mut_metric().push(metric);
-    }
-
-    fn histogram(&mut self, labels: &[(&str, &str)], buckets: &[(f64, u64)], count: u64, sum: f64) {
-        let mut metric = Metric::from_label(Self::labels(labels));
-        let mut h = Histogram::default();
-        let mut cumulative = 0;
-        h.set_bucket(
-            buckets
-                .iter()
-                .map(|&(upper, n)| {
-                    cumulative += n;
-                    let mut b = Bucket::default();
-                    b.set_upper_bound(upper);
-                    b.set_cumulative_count(cumulative);
-                    b
-                })
-                .collect(),
-        );
-        h.set_sample_count(count);
-        h.set_sample_sum(sum);
-        metric.set_histogram(h);
-        self.family.mut_metric().push(metric);
-    }
-
-    pub(crate) fn done(self, out: &mut Vec<MetricFamily>) {
-        if !self.family.get_metric().is_empty() {
-            out.push(self.family);
-        }
-    }
-}
-
-/// Histogram buckets (upper bound in seconds, count) from the kernel's log2
-/// slots. The last slot is open-ended: the encoder's own +Inf bucket (equal
-/// to the sample count) covers it.
-fn log2_buckets(slots: &[u64; LATENCY_SLOTS]) -> Vec<(f64, u64)> {
-    (0..LATENCY_SLOTS - 1)
-        .map(|slot| (latency_slot_upper_ns(slot) as f64 / 1e9, slots[slot]))
-        .collect()
 }
 
 /// Enforce mode's blocklist. The drop totals carry no peer label: they come
@@ -450,9 +331,7 @@ fn tcp_families(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
 /// made it into the numbers (1 = nothing lost), so a dashboard can tell
 /// missing data from a quiet system.
 fn completeness(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
-    use agent_common::counters::{
-        BLOCK_START_MAP_FULL, RUNQ_MAP_FULL, SYSCALL_START_MAP_FULL, TCP_CONNECT_MAP_FULL,
-    };
+    use agent_common::counters::{RUNQ_MAP_FULL, SYSCALL_START_MAP_FULL, TCP_CONNECT_MAP_FULL};
     let ratio = |kept: u64, lost: u64| {
         if kept + lost == 0 {
             1.0
@@ -493,11 +372,14 @@ fn completeness(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
         &[("signal", "runqueue")],
         ratio(snapshot.runqueue.samples, snapshot.counter(RUNQ_MAP_FULL)),
     );
-    let requests: u64 = snapshot.block.iter().map(|b| b.2.requests).sum();
-    family.sample(
-        &[("signal", "block")],
-        ratio(requests, snapshot.counter(BLOCK_START_MAP_FULL)),
-    );
+    for (name, reading) in &snapshot.signals {
+        if let Some((kept, lost_slot)) = reading.completeness() {
+            family.sample(
+                &[("signal", name)],
+                ratio(kept, snapshot.counter(lost_slot)),
+            );
+        }
+    }
     family.done(out);
 }
 
@@ -558,7 +440,7 @@ fn kernel_families(
             ("interface", iface.as_str()),
             ("direction", direction),
             ("family", family_name(key.family)),
-            ("protocol", protocol.as_ref()),
+            ("protocol", protocol),
         ];
         packets.sample(&labels, c.packets as f64);
         bytes.sample(&labels, c.bytes as f64);
@@ -593,35 +475,9 @@ fn kernel_families(
     }
     tcp_flags.done(&mut out);
     tcp_families(snapshot, &mut out);
-    let mut block_latency = Family::new(
-        "sonde_block_io_duration_seconds",
-        "Block I/O request latency, issue to completion, by device and operation",
-        MetricType::HISTOGRAM,
-    );
-    let mut block_bytes = Family::new(
-        "sonde_block_io_bytes_total",
-        "Bytes of completed block I/O requests, by device and operation",
-        MetricType::COUNTER,
-    );
-    let mut block_errors = Family::new(
-        "sonde_block_io_errors_total",
-        "Block I/O requests that completed with an error, by device and operation",
-        MetricType::COUNTER,
-    );
-    for (device, op, stats) in &snapshot.block {
-        let labels = [("device", device.as_str()), ("op", *op)];
-        block_latency.histogram(
-            &labels,
-            &log2_buckets(&stats.slots),
-            stats.requests,
-            stats.sum_ns as f64 / 1e9,
-        );
-        block_bytes.sample(&labels, stats.bytes as f64);
-        block_errors.sample(&labels, stats.errors as f64);
+    for (_, reading) in &snapshot.signals {
+        reading.families(&mut out);
     }
-    block_latency.done(&mut out);
-    block_bytes.done(&mut out);
-    block_errors.done(&mut out);
     let mut runq = Family::new(
         "sonde_runqueue_latency_seconds",
         "Time runnable tasks waited for a CPU (woken or preempted → running)",

@@ -11,10 +11,22 @@ use crate::{
     collectors::{CollectorHandle, Snapshot},
     config::Config,
     events::Events,
-    health::HealthState,
     metrics::Metrics,
     probes::{Attachment, capabilities::Capabilities},
 };
+
+/// Health state that is not derived from other parts of the agent.
+#[derive(Debug, Default)]
+pub struct HealthState {
+    /// Components failed on purpose through /debug/fail (fault injection).
+    pub forced: Mutex<BTreeMap<String, String>>,
+}
+
+impl HealthState {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+}
 
 /// The ring reader thread (None once stopped).
 pub type Readers = Option<crate::events::RingReader>;

@@ -23,7 +23,6 @@ use std::{
 };
 
 use agent_common::{
-    block::{BLOCK_OP_NAMES, BlockStats},
     config::CFG_BLOCKLIST_ACTIVE,
     counters::{COUNTER_SLOTS, COUNTERS_LEN},
     drops::{DROP_REASON_OTHER, DropDeviceKey, DropDeviceStats, MAX_DROP_REASONS},
@@ -42,10 +41,12 @@ pub use peers::{PeerKey, PeerRow, PeerTracker};
 use tracing::{debug, warn};
 
 use crate::{
-    config::Config,
+    config::{Config, overlay::Overlay},
     events::RingState,
     probes::{KernelMaps, loader::apply_runtime_config},
+    signals::Reading,
     syscall_table,
+    time::{monotonic_ns, unix_seconds},
 };
 
 /// Per-syscall totals, summed over CPUs.
@@ -153,8 +154,8 @@ pub struct Snapshot {
     /// waits), cumulative; what the MAPE-K loop names a CPU-starved
     /// cgroup from.
     pub runqueue_cgroup_totals: Vec<(u64, u64, u64)>,
-    /// Block I/O by (device name, operation), summed over CPUs.
-    pub block: Vec<(String, &'static str, BlockStats)>,
+    /// Each signal's reading (signals::ALL), by signal name.
+    pub signals: Vec<(&'static str, Arc<dyn Reading>)>,
     /// The most active TCP peers (passive mesh view).
     pub tcp_peers: Vec<(IpAddr, TcpPeerStats)>,
     /// The remote peer that opened new flows to the most distinct local
@@ -193,7 +194,7 @@ pub enum Command {
     /// Re-apply runtime settings (SIGHUP).
     Reconfigure(Box<Config>),
     /// The MAPE-K loop's changes on top of them (zoom, cost ladder).
-    Adjust(crate::mapek::execute::Overlay),
+    Adjust(Overlay),
     /// An interface went away: drop its counters.
     ForgetInterface(u32),
     /// Stop the loop (the agent is exiting).
@@ -212,7 +213,7 @@ impl CollectorHandle {
         let _ = self.commands.send(Command::Reconfigure(Box::new(config)));
     }
 
-    pub fn adjust(&self, overlay: crate::mapek::execute::Overlay) {
+    pub fn adjust(&self, overlay: Overlay) {
         let _ = self.commands.send(Command::Adjust(overlay));
     }
 
@@ -264,7 +265,7 @@ pub struct Collector {
     /// Runtime settings as configured (start, SIGHUP) and the MAPE-K
     /// loop's changes on top; the kernel programs get the combination.
     configured: Config,
-    overlay: crate::mapek::execute::Overlay,
+    overlay: Overlay,
     /// Blocks written to the kernel blocklist, with the deadline (Unix
     /// seconds) each was written for.
     blocklist_written: HashMap<IpAddr, f64>,
@@ -522,8 +523,12 @@ impl Collector {
             Err(err) => warn!("reading run-queue latency: {err}"),
         }
         self.read_runqueue_cgroups(&mut snapshot);
-        if let Err(err) = self.read_block(&mut snapshot) {
-            warn!("reading block I/O statistics: {err}");
+        for (signal, source) in &self.maps.signals {
+            let (reading, error) = source.collect();
+            if let Some(err) = error {
+                warn!("reading {}: {err}", signal.reads);
+            }
+            snapshot.signals.push((signal.name(), reading));
         }
         if let Err(err) = self.read_drops(&mut snapshot) {
             warn!("reading drop reasons: {err}");
@@ -652,20 +657,6 @@ impl Collector {
                 (crate::cgroup::describe(id, path), stats)
             })
             .collect();
-    }
-
-    fn read_block(&self, snapshot: &mut Snapshot) -> Result<(), MapError> {
-        for entry in self.maps.block_stats.iter() {
-            let (key, values) = entry?;
-            let total = BlockStats::sum(values.iter());
-            let op = BLOCK_OP_NAMES
-                .get(key.op as usize)
-                .copied()
-                .unwrap_or("other");
-            snapshot.block.push((block_device_name(key.dev), op, total));
-        }
-        snapshot.block.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
-        Ok(())
     }
 
     fn read_drops(&self, snapshot: &mut Snapshot) -> Result<(), MapError> {
@@ -981,38 +972,6 @@ pub fn remote_addr(key: &FlowKey) -> IpAddr {
     } else {
         IpAddr::V6(Ipv6Addr::from(addr))
     }
-}
-
-/// A block device's name ("vda", "loop0") from the kernel's dev_t
-/// (major << 20 | minor), as sysfs names it; "MAJ:MIN" when unknown.
-fn block_device_name(dev: u32) -> String {
-    let (major, minor) = (dev >> 20, dev & 0xf_ffff);
-    std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent"))
-        .ok()
-        .and_then(|uevent| {
-            uevent
-                .lines()
-                .find_map(|l| l.strip_prefix("DEVNAME=").map(str::to_owned))
-        })
-        .unwrap_or_else(|| format!("{major}:{minor}"))
-}
-
-/// CLOCK_MONOTONIC in ns: the clock bpf_ktime_get_ns() reads.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Seconds since the Unix epoch, for status output.
-pub fn unix_seconds(at: SystemTime) -> f64 {
-    at.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 /// Label of a diagnostic counter slot, for metrics.

@@ -13,68 +13,14 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tracing::info;
 
-use super::{govern, plan::Action};
-use crate::{collectors::CollectorHandle, config::Config};
-
-/// What the loop has changed on top of the configured runtime settings.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Overlay {
-    /// Zoom in force: (slow-syscall threshold ms, new-flow events/s).
-    pub zoom: Option<(f64, u64)>,
-    /// Cost-ladder steps in force.
-    pub shed_level: usize,
-    /// Blocked sources and until when (Unix seconds).
-    pub blocked: BTreeMap<IpAddr, f64>,
-    /// Syscalls counted per process (attribution in progress).
-    pub attribute: bool,
-}
-
-impl Overlay {
-    /// The runtime settings with the overlay applied: the zoom first, then
-    /// the cost ladder (cost wins where they disagree).
-    pub fn apply(&self, configured: &Config) -> Config {
-        let mut config = configured.clone();
-        if let Some((slow_threshold_ms, flow_events_per_second)) = self.zoom {
-            if config.syscalls.slow_threshold_ms == 0.0
-                || config.syscalls.slow_threshold_ms > slow_threshold_ms
-            {
-                config.syscalls.slow_threshold_ms = slow_threshold_ms;
-            }
-            config.network.flow_events_per_second = flow_events_per_second;
-        }
-        if self.attribute {
-            config.syscalls.per_process = true;
-        }
-        govern::shed(&mut config, self.shed_level);
-        config
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// Decide and record, change nothing.
-    #[default]
-    DryRun,
-    /// Apply the decisions to the kernel programs.
-    Act,
-    /// Act, and drop the packets of a source named by a network attack for
-    /// a while (the blocklist).
-    Enforce,
-}
-
-impl Mode {
-    pub fn label(self) -> &'static str {
-        match self {
-            Mode::DryRun => "dry_run",
-            Mode::Act => "act",
-            Mode::Enforce => "enforce",
-        }
-    }
-}
+use super::plan::Action;
+use crate::{
+    collectors::CollectorHandle,
+    config::{Mode, overlay::Overlay},
+};
 
 /// A source the kernel drops, as /api/v1/anomalies shows it.
 #[derive(Debug, Clone, Serialize)]

@@ -10,7 +10,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use super::plan::Action;
-use crate::{collectors::Snapshot, config::Config};
+use crate::{collectors::Snapshot, config::overlay::SHED_STEPS as STEPS};
 
 /// Cycles over budget before the next step down; cycles under half the
 /// budget before the next step back up.
@@ -20,38 +20,6 @@ const CYCLES_UNDER: u32 = 10;
 const RESTORE_BELOW: f64 = 0.5;
 /// The ratio reported while events are being lost with a zero-loss budget.
 const LOSING_EVENTS_RATIO: f64 = 2.0;
-
-/// The ladder, cheapest loss of detail first. Each step keeps the ones
-/// before it.
-pub const STEPS: &[&str] = &[
-    "time 1 in 8 syscalls",
-    "new-flow events / 10",
-    "time 1 in 64 syscalls",
-    "TCP RTT samples off",
-    "slow-syscall events off",
-];
-
-/// The configuration with the first `level` steps of the ladder applied.
-pub fn shed(config: &mut Config, level: usize) {
-    if level >= 1 {
-        let s = &mut config.syscalls.latency_sample_every;
-        *s = (*s).max(8);
-    }
-    if level >= 2 {
-        let f = &mut config.network.flow_events_per_second;
-        *f = (*f / 10).max(1);
-    }
-    if level >= 3 {
-        let s = &mut config.syscalls.latency_sample_every;
-        *s = (*s).max(64);
-    }
-    if level >= 4 {
-        config.tcp.rtt = false;
-    }
-    if level >= 5 {
-        config.syscalls.slow_threshold_ms = 0.0;
-    }
-}
 
 /// What Sonde cost over one cycle.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -63,22 +31,9 @@ pub struct Cost {
     pub lost_events_per_second: f64,
 }
 
-/// The agent's CPU time so far (all threads, user and system), in
-/// seconds. CLOCK_PROCESS_CPUTIME_ID is the scheduler's exact runtime:
-/// /proc/self/stat's clock ticks are too coarse for one short cycle.
-pub fn own_cpu_seconds() -> Option<f64> {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out pointer.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    (rc == 0).then(|| ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9)
-}
-
 impl Cost {
     /// The cost between two snapshots; `cpu` is (before, after) of
-    /// [`own_cpu_seconds`].
+    /// [`crate::time::process_cpu_seconds`].
     pub fn between(prev: &Snapshot, now: &Snapshot, cpu: (f64, f64)) -> Option<Cost> {
         let dt = now.seconds_since(prev)?;
         let kernel_ns = |s: &Snapshot| s.programs.iter().map(|p| p.run_time_ns).sum::<u64>();
@@ -248,17 +203,5 @@ mod tests {
         };
         g.observe(losing);
         assert!(g.ratio > 1.0);
-    }
-
-    #[test]
-    fn shedding_never_adds_detail() {
-        let mut c = Config::default();
-        c.syscalls.latency_sample_every = 100;
-        shed(&mut c, 1);
-        assert_eq!(c.syscalls.latency_sample_every, 100);
-        shed(&mut c, STEPS.len());
-        assert!(!c.tcp.rtt);
-        assert_eq!(c.syscalls.slow_threshold_ms, 0.0);
-        assert!(c.network.flow_events_per_second >= 1);
     }
 }

@@ -13,7 +13,7 @@ pub mod monitor;
 pub mod plan;
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -23,7 +23,14 @@ use serde_json::json;
 use self::{
     analyze::Analyzer, execute::Executor, knowledge::Knowledge, monitor::Signals, plan::Planner,
 };
-use crate::{collectors::unix_seconds, metrics::Family, state::AppState};
+use crate::{
+    collectors::{CollectorHandle, Snapshot},
+    config::{Config, overlay::SHED_STEPS},
+    events::Events,
+    family::Family,
+    probes::Attachment,
+    time::{process_cpu_seconds, unix_seconds},
+};
 
 /// Cycles between two saves of the knowledge.
 const SAVE_EVERY: u64 = 30;
@@ -55,8 +62,9 @@ pub struct Mapek {
 pub type SharedMapek = Arc<Mutex<Mapek>>;
 
 impl Mapek {
-    pub fn new(state: &AppState) -> Self {
-        let config = state.config_snapshot();
+    /// A loop for this configuration, watching the signals whose programs
+    /// are attached.
+    pub fn new(config: &Config, attached: &[Attachment]) -> Self {
         let m = &config.mapek;
         let knowledge = m
             .state_dir
@@ -80,7 +88,6 @@ impl Mapek {
             }
         }
         let baselines_reloaded = !analyzer.baselines.is_empty();
-        let attached = state.attachments();
         let has = |prefix: &str| {
             attached
                 .iter()
@@ -105,7 +112,7 @@ impl Mapek {
             save_failing: false,
             feedback_log: Vec::new(),
             governor,
-            cpu_seconds: govern::own_cpu_seconds(),
+            cpu_seconds: process_cpu_seconds(),
             history: Default::default(),
             baselines_reloaded,
         }
@@ -175,8 +182,8 @@ impl Mapek {
                 "cpu_budget": self.governor.cpu_budget,
                 "last": self.governor.last,
                 "level": self.governor.level,
-                "steps_in_force": &govern::STEPS[..self.governor.level],
-                "ladder": govern::STEPS,
+                "steps_in_force": &SHED_STEPS[..self.governor.level],
+                "ladder": SHED_STEPS,
             },
             "threshold_scale": self.analyzer.threshold_scale,
             // Enforce mode: sources dropped now, and blocks refused (why).
@@ -364,35 +371,62 @@ impl Mapek {
     }
 }
 
+/// What the loop reads each cycle: the configuration as it is now
+/// (SIGHUP changes it), the collector (its snapshots, and the handle its
+/// decisions go through) and the process churn the event reader counts.
+#[derive(Clone)]
+pub struct Inputs {
+    pub config: Arc<RwLock<Config>>,
+    pub collector: Arc<CollectorHandle>,
+    pub events: Arc<Events>,
+}
+
+impl Inputs {
+    fn config(&self) -> Config {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.collector
+            .snapshot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
 /// Runs the loop until `shutdown` changes: one cycle per new snapshot.
 pub async fn run(
-    state: AppState,
+    inputs: Inputs,
     mapek: SharedMapek,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let interval = Duration::from_millis(state.config_snapshot().collector.interval_ms);
+    let interval = Duration::from_millis(inputs.config().collector.interval_ms);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut prev = state.snapshot();
+    let mut prev = inputs.snapshot();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => break,
         }
-        let now = state.snapshot();
+        let now = inputs.snapshot();
         if Arc::ptr_eq(&now, &prev) {
             continue; // no new snapshot yet
         }
         let started = Instant::now();
         let mut m = mapek.lock().unwrap_or_else(|e| e.into_inner());
-        let cpu_now = govern::own_cpu_seconds();
+        let cpu_now = process_cpu_seconds();
         let cost = match (m.cpu_seconds, cpu_now) {
             (Some(before), Some(after)) => govern::Cost::between(&prev, &now, (before, after)),
             _ => None,
         };
         m.cpu_seconds = cpu_now;
         let cost_action = cost.and_then(|c| m.governor.observe(c));
-        let churn = state.events.take_churn();
+        let churn = inputs.events.take_churn();
         if let Some((features, mut subjects)) = monitor::features(&prev, &now, &m.signals) {
             subjects.busiest_parent = churn.first().copied();
             let t = unix_seconds(SystemTime::now());
@@ -419,12 +453,12 @@ pub async fn run(
                     .entry((anomaly.kind, severity))
                     .or_default() += 1;
             }
-            let config = state.config_snapshot();
-            m.executor.set_mode(config.mapek.mode, &state.collector);
+            let config = inputs.config();
+            m.executor.set_mode(config.mapek.mode, &inputs.collector);
             let active = m.analyzer.active.clone();
             let mut actions = m.planner.plan(&opened, &active, t, &config);
             actions.extend(cost_action);
-            m.executor.execute(actions, t, &state.collector);
+            m.executor.execute(actions, t, &inputs.collector);
             m.cycles += 1;
             if m.cycles.is_multiple_of(SAVE_EVERY) {
                 m.save();

@@ -22,8 +22,8 @@ use std::{
 use serde::Serialize;
 use tracing::warn;
 
-use super::{analyze::Anomaly, execute::Mode};
-use crate::config::{Config, MapekConfig};
+use super::analyze::Anomaly;
+use crate::config::{Config, MapekConfig, Mode};
 
 /// Slow-syscall threshold while zoomed in.
 const ZOOM_SLOW_THRESHOLD_MS: f64 = 10.0;

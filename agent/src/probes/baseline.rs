@@ -72,12 +72,14 @@ pub fn run(baseline: Baseline) -> Result<(), String> {
                 for (program, tp) in [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")] {
                     if raw {
                         let name = format!("baseline_{program}_{kind}");
-                        let prog: &mut RawTracePoint = program_mut(&mut ebpf, &name)?;
+                        let prog: &mut RawTracePoint =
+                            program_mut(&mut ebpf, &name).map_err(|e| e.to_string())?;
                         prog.load().map_err(|e| e.to_string())?;
                         prog.attach(tp).map_err(|e| e.to_string())?;
                     } else {
                         let name = format!("baseline_{program}_tp");
-                        let prog: &mut TracePoint = program_mut(&mut ebpf, &name)?;
+                        let prog: &mut TracePoint =
+                            program_mut(&mut ebpf, &name).map_err(|e| e.to_string())?;
                         prog.load().map_err(|e| e.to_string())?;
                         prog.attach("raw_syscalls", tp).map_err(|e| e.to_string())?;
                     }
@@ -95,7 +97,8 @@ pub fn run(baseline: Baseline) -> Result<(), String> {
                     .load(EBPF_OBJECT)
                     .map_err(|e| e.to_string())?;
                 if ingress == BaselineIngress::Xdp {
-                    let xdp: &mut Xdp = program_mut(&mut ebpf, "baseline_xdp")?;
+                    let xdp: &mut Xdp =
+                        program_mut(&mut ebpf, "baseline_xdp").map_err(|e| e.to_string())?;
                     xdp.load().map_err(|e| e.to_string())?;
                     for iface in &interfaces {
                         xdp.attach(iface, XdpMode::Driver)
@@ -105,7 +108,8 @@ pub fn run(baseline: Baseline) -> Result<(), String> {
                 }
                 // One program on both directions (tcx on kernels >= 6.6,
                 // as Sonde attaches).
-                let tc: &mut SchedClassifier = program_mut(&mut ebpf, "baseline_tc")?;
+                let tc: &mut SchedClassifier =
+                    program_mut(&mut ebpf, "baseline_tc").map_err(|e| e.to_string())?;
                 tc.load().map_err(|e| e.to_string())?;
                 let mut directions = vec![TcAttachType::Egress];
                 if ingress == BaselineIngress::Tc {

@@ -14,7 +14,6 @@
 use std::{collections::BTreeMap, os::fd::OwnedFd, path::Path};
 
 use agent_common::{
-    block::{BLOCK_STATS_MAP, BlockKey, BlockStats},
     config::{
         CFG_FLOW_EVENTS_BURST, CFG_FLOW_EVENTS_PER_SEC, CFG_IGNORE_TGID, CFG_RUNQ_PER_CGROUP,
         CFG_SLOW_SYSCALL_NS, CFG_SYSCALL_SAMPLE_EVERY, CFG_SYSCALLS_PER_PROCESS, CFG_TCP_RTT,
@@ -56,6 +55,7 @@ use super::{
 use crate::{
     config::{Config, EventTransport, SyscallHook, TcpHook, XdpModeConfig},
     events::EventSource,
+    signals::{self, OpenError, Signal, Source},
     syscall_table,
 };
 
@@ -116,6 +116,8 @@ pub enum ProbeError {
     },
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
+    #[error(transparent)]
+    Signal(#[from] OpenError),
     #[error("{signal}: this kernel offers no usable hook: {reasons}")]
     NoHook {
         signal: &'static str,
@@ -125,6 +127,42 @@ pub enum ProbeError {
     Interface { interface: String, reason: String },
     #[error("perf event array {name}: {reason}")]
     Perf { name: &'static str, reason: String },
+}
+
+/// Why one program could not be loaded or attached. These become the
+/// reasons a tier, a hook or an interface was passed over (logged, and in
+/// `Attachment::error`); each names what failed.
+#[derive(Debug, Error)]
+pub enum AttachError {
+    #[error("program {0} missing from the eBPF object")]
+    MissingProgram(String),
+    /// The object's program has another type than the loader expects.
+    #[error("{0}")]
+    WrongType(#[source] ProgramError),
+    #[error("{0} could not be resolved on this kernel")]
+    Unresolved(&'static str),
+    #[error("kernel BTF: {0}")]
+    Btf(#[source] aya::BtfError),
+    /// Loading (the verifier's last lines) or attaching failed.
+    #[error("{}", describe(.0))]
+    Program(#[source] ProgramError),
+    /// The same, on a hook the message names.
+    #[error("{hook}: {}", describe(.source))]
+    Hook {
+        hook: String,
+        #[source]
+        source: ProgramError,
+    },
+    /// Closing a link failed.
+    #[error("{0}")]
+    Detach(#[source] ProgramError),
+    #[error("{0}")]
+    Tracefs(#[source] std::io::Error),
+    #[error("adding clsact qdisc: {0}")]
+    Qdisc(#[source] tc::TcError),
+    /// Known before trying: the kernel lacks what the program needs.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// One attachment (or failed attempt) of a program to a hook.
@@ -167,7 +205,8 @@ pub struct KernelMaps {
     pub drop_devices: PerCpuHashMap<MapData, DropDeviceKey, DropDeviceStats>,
     pub runq_stats: PerCpuArray<MapData, RunqStats>,
     pub runq_cgroups: PerCpuHashMap<MapData, u64, RunqStats>,
-    pub block_stats: PerCpuHashMap<MapData, BlockKey, BlockStats>,
+    /// The maps of each signal in [`signals::ALL`], in that order.
+    pub signals: Vec<(&'static Signal, Box<dyn Source>)>,
     pub tcp_peers: aya::maps::HashMap<MapData, TcpPeerKey, TcpPeerStats>,
     /// Enforce mode's blocked sources (the collector keeps it in step
     /// with the MAPE-K overlay).
@@ -214,7 +253,7 @@ impl Probes {
         // files; they are only needed (and tracefs only mounted) when the
         // raw tracepoint cannot be used.
         let need_tracefs = config.tcp.enabled
-            || config.block.enabled
+            || signals::ALL.iter().any(|s| (s.enabled)(config))
             || config.drops.enabled
             || config.process.enabled
             || config.runqueue.enabled
@@ -246,6 +285,7 @@ impl Probes {
         // kernel's formats (None: that program cannot be attached here).
         let mut tp_offsets: Vec<(&'static str, Option<u32>)> = TRACEPOINT_FIELDS
             .iter()
+            .chain(signals::ALL.iter().flat_map(|s| s.tracepoint_fields))
             .map(|&(global, category, tp, field)| {
                 let offset = tracefs
                     .and_then(|t| capabilities::tracepoint_field_offset(t, category, tp, field));
@@ -334,7 +374,10 @@ impl Probes {
             drop_devices: take(&mut ebpf, DROP_DEVICES_MAP)?,
             runq_stats: take(&mut ebpf, RUNQ_STATS_MAP)?,
             runq_cgroups: take(&mut ebpf, RUNQ_CGROUPS_MAP)?,
-            block_stats: take(&mut ebpf, BLOCK_STATS_MAP)?,
+            signals: signals::ALL
+                .iter()
+                .map(|&signal| Ok((signal, (signal.open)(&mut ebpf)?)))
+                .collect::<Result<_, ProbeError>>()?,
             tcp_peers: take(&mut ebpf, TCP_PEERS_MAP)?,
             blocklist: take(&mut ebpf, BLOCKLIST_MAP)?,
             blocklist_stats: take(&mut ebpf, BLOCKLIST_STATS_MAP)?,
@@ -422,8 +465,10 @@ impl Probes {
                 None,
             );
         }
-        if config.block.enabled {
-            probes.attach_signal(&tiers::BLOCK, None, caps, &resolved);
+        for signal in signals::ALL {
+            if (signal.enabled)(config) {
+                probes.attach_signal(signal.tiers, (signal.forced_tier)(config), caps, &resolved);
+            }
         }
         if config.runqueue.enabled {
             let forced = (config.runqueue.hook != "auto").then_some(config.runqueue.hook.as_str());
@@ -480,7 +525,8 @@ impl Probes {
                     );
                     self.limitations.push(line);
                 }
-                attachments.push(tier_attachment(program, tier.mode, result.err()));
+                let error = result.err().map(|e| e.to_string());
+                attachments.push(tier_attachment(program, tier.mode, error));
             }
             if reasons.is_empty() {
                 info!(signal = signal.name, tier = tier.mode, "signal attached");
@@ -519,51 +565,53 @@ impl Probes {
         &mut self,
         program: &tiers::TierProgram,
         resolved: &[&str],
-    ) -> Result<(), String> {
+    ) -> Result<(), AttachError> {
         if let Some(missing) = program.needs.iter().find(|g| !resolved.contains(g)) {
-            return Err(format!("{missing} could not be resolved on this kernel"));
+            return Err(AttachError::Unresolved(missing));
         }
         let name = program.program;
         match program.hook {
             tiers::Hook::Fentry(function) => {
-                let btf = aya::Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
+                let btf = aya::Btf::from_sys_fs().map_err(AttachError::Btf)?;
                 let prog: &mut aya::programs::FEntry = program_mut(&mut self.ebpf, name)?;
                 if prog.fd().is_err() {
-                    prog.load(function, &btf).map_err(|e| describe(&e))?;
+                    prog.load(function, &btf).map_err(AttachError::Program)?;
                 }
-                prog.attach().map(drop).map_err(|e| describe(&e))
+                prog.attach().map(drop).map_err(AttachError::Program)
             }
             tiers::Hook::Fexit(function) => {
-                let btf = aya::Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
+                let btf = aya::Btf::from_sys_fs().map_err(AttachError::Btf)?;
                 let prog: &mut aya::programs::FExit = program_mut(&mut self.ebpf, name)?;
                 if prog.fd().is_err() {
-                    prog.load(function, &btf).map_err(|e| describe(&e))?;
+                    prog.load(function, &btf).map_err(AttachError::Program)?;
                 }
-                prog.attach().map(drop).map_err(|e| describe(&e))
+                prog.attach().map(drop).map_err(AttachError::Program)
             }
             // The program's section (kprobe or kretprobe) says which.
             tiers::Hook::Kprobe(function) | tiers::Hook::Kretprobe(function) => {
                 let prog: &mut aya::programs::KProbe = program_mut(&mut self.ebpf, name)?;
                 if prog.fd().is_err() {
-                    prog.load().map_err(|e| describe(&e))?;
+                    prog.load().map_err(AttachError::Program)?;
                 }
-                prog.attach(function, 0).map(drop).map_err(|e| describe(&e))
+                prog.attach(function, 0)
+                    .map(drop)
+                    .map_err(AttachError::Program)
             }
             tiers::Hook::RawTracepoint(tp) => {
                 let prog: &mut RawTracePoint = program_mut(&mut self.ebpf, name)?;
                 if prog.fd().is_err() {
-                    prog.load().map_err(|e| describe(&e))?;
+                    prog.load().map_err(AttachError::Program)?;
                 }
-                prog.attach(tp).map(drop).map_err(|e| describe(&e))
+                prog.attach(tp).map(drop).map_err(AttachError::Program)
             }
             tiers::Hook::Tracepoint(category, tp) => {
                 let prog: &mut TracePoint = program_mut(&mut self.ebpf, name)?;
                 if prog.fd().is_err() {
-                    prog.load().map_err(|e| describe(&e))?;
+                    prog.load().map_err(AttachError::Program)?;
                 }
                 prog.attach(category, tp)
                     .map(drop)
-                    .map_err(|e| describe(&e))
+                    .map_err(AttachError::Program)
             }
         }
     }
@@ -579,11 +627,11 @@ impl Probes {
         unusable: Option<String>,
     ) {
         let result = match unusable {
-            Some(reason) => Err(reason),
+            Some(reason) => Err(AttachError::Unavailable(reason)),
             None => program_mut::<TracePoint>(&mut self.ebpf, program).and_then(|prog| {
                 prog.load()
                     .and_then(|()| prog.attach(category, tp).map(drop))
-                    .map_err(|e| describe(&e))
+                    .map_err(AttachError::Program)
             }),
         };
         if let Err(err) = &result {
@@ -595,7 +643,7 @@ impl Probes {
             mode: "tracepoint".to_owned(),
             attached: result.is_ok(),
             required: false,
-            error: result.err(),
+            error: result.err().map(|e| e.to_string()),
             interface: None,
         });
     }
@@ -623,10 +671,10 @@ impl Probes {
         for link in self.links.remove(&ifindex).unwrap_or_default() {
             let result = match link {
                 LinkHandle::Xdp(id) => program_mut::<Xdp>(&mut self.ebpf, "sonde_xdp_ingress")
-                    .and_then(|p| p.detach(id).map_err(|e| e.to_string())),
+                    .and_then(|p| p.detach(id).map_err(AttachError::Detach)),
                 LinkHandle::Tc(program, id) => {
                     program_mut::<SchedClassifier>(&mut self.ebpf, program)
-                        .and_then(|p| p.detach(id).map_err(|e| e.to_string()))
+                        .and_then(|p| p.detach(id).map_err(AttachError::Detach))
                 }
             };
             if let Err(err) = result {
@@ -659,7 +707,9 @@ impl Probes {
         for tier in tiers {
             let result = match tier {
                 SyscallHook::RawTracepoint if !caps.raw_tracepoint => {
-                    Err("raw tracepoints are not supported by this kernel".to_owned())
+                    Err(AttachError::Unavailable(
+                        "raw tracepoints are not supported by this kernel".to_owned(),
+                    ))
                 }
                 SyscallHook::RawTracepoint => self.attach_syscalls_raw(),
                 SyscallHook::Tracepoint => self.attach_syscalls_tracepoint(),
@@ -690,7 +740,7 @@ impl Probes {
                     }
                     return Ok(());
                 }
-                Err(reason) => reasons.push(reason),
+                Err(reason) => reasons.push(reason.to_string()),
             }
         }
         Err(ProbeError::NoHook {
@@ -699,19 +749,22 @@ impl Probes {
         })
     }
 
-    fn attach_syscalls_raw(&mut self) -> Result<&'static str, String> {
+    fn attach_syscalls_raw(&mut self) -> Result<&'static str, AttachError> {
         for (program, tp) in syscall_programs("raw_tracepoint") {
             let prog: &mut RawTracePoint = program_mut(&mut self.ebpf, program)?;
             prog.load()
                 .and_then(|()| prog.attach(tp).map(drop))
-                .map_err(|e| format!("raw tracepoint {tp}: {}", describe(&e)))?;
+                .map_err(|source| AttachError::Hook {
+                    hook: format!("raw tracepoint {tp}"),
+                    source,
+                })?;
         }
         Ok("raw_tracepoint")
     }
 
-    fn attach_syscalls_tracepoint(&mut self) -> Result<&'static str, String> {
+    fn attach_syscalls_tracepoint(&mut self) -> Result<&'static str, AttachError> {
         if capabilities::tracefs_dir().is_none() {
-            capabilities::ensure_tracefs().map_err(|e| e.to_string())?;
+            capabilities::ensure_tracefs().map_err(AttachError::Tracefs)?;
         }
         for (program, tp) in syscall_programs("tracepoint") {
             let category = if tp == "sched_switch" {
@@ -722,7 +775,10 @@ impl Probes {
             let prog: &mut TracePoint = program_mut(&mut self.ebpf, program)?;
             prog.load()
                 .and_then(|()| prog.attach(category, tp).map(drop))
-                .map_err(|e| format!("tracepoint {category}:{tp}: {}", describe(&e)))?;
+                .map_err(|source| AttachError::Hook {
+                    hook: format!("tracepoint {category}:{tp}"),
+                    source,
+                })?;
         }
         Ok("tracepoint")
     }
@@ -799,7 +855,7 @@ impl Probes {
                 program_mut(&mut self.ebpf, "sonde_xdp_ingress").map_err(|reason| {
                     ProbeError::Interface {
                         interface: iface.to_owned(),
-                        reason,
+                        reason: reason.to_string(),
                     }
                 })?;
             if prog.fd().is_err()
@@ -878,7 +934,7 @@ impl Probes {
         program: &'static str,
         attach_type: TcAttachType,
         caps: &Capabilities,
-    ) -> Result<(Attachment, LinkHandle), String> {
+    ) -> Result<(Attachment, LinkHandle), AttachError> {
         let tcx = caps.at_least(6, 6);
         if !tcx {
             // Netlink attachment needs the clsact qdisc; it may already be
@@ -886,13 +942,13 @@ impl Probes {
             if let Err(e) = tc::qdisc_add_clsact(iface) {
                 let exists = matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST));
                 if !exists {
-                    return Err(format!("adding clsact qdisc: {e}"));
+                    return Err(AttachError::Qdisc(e));
                 }
             }
         }
         let prog: &mut SchedClassifier = program_mut(&mut self.ebpf, program)?;
         if prog.fd().is_err() {
-            prog.load().map_err(|e| describe(&e))?;
+            prog.load().map_err(AttachError::Program)?;
         }
         // First in the tcx chain so that we see every packet; our programs
         // return "no verdict" and never change what runs after them.
@@ -903,7 +959,7 @@ impl Probes {
         };
         let id = prog
             .attach_with_options(iface, attach_type, options)
-            .map_err(|e| describe(&e))?;
+            .map_err(AttachError::Program)?;
         let direction = if attach_type == TcAttachType::Egress {
             "egress"
         } else {
@@ -932,13 +988,6 @@ const TRACEPOINT_FIELDS: &[(&str, &str, &str, &str)] = &[
     ("TP_RETX_DADDR", "tcp", "tcp_retransmit_skb", "daddr"),
     ("TP_RETX_DADDR_V6", "tcp", "tcp_retransmit_skb", "daddr_v6"),
     ("TP_PROBE_DADDR", "tcp", "tcp_probe", "daddr"),
-    ("TP_BLK_ISSUE_DEV", "block", "block_rq_issue", "dev"),
-    ("TP_BLK_ISSUE_SECTOR", "block", "block_rq_issue", "sector"),
-    ("TP_BLK_ISSUE_BYTES", "block", "block_rq_issue", "bytes"),
-    ("TP_BLK_ISSUE_RWBS", "block", "block_rq_issue", "rwbs"),
-    ("TP_BLK_DONE_DEV", "block", "block_rq_complete", "dev"),
-    ("TP_BLK_DONE_SECTOR", "block", "block_rq_complete", "sector"),
-    ("TP_BLK_DONE_ERROR", "block", "block_rq_complete", "error"),
     (
         "TP_EXEC_FILENAME",
         "sched",
@@ -1155,14 +1204,14 @@ where
     T::try_from(map).map_err(|source| ProbeError::Map { name, source })
 }
 
-pub(crate) fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
+pub(crate) fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, AttachError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
     let prog = ebpf
         .program_mut(name)
-        .ok_or_else(|| format!("program {name} missing from the eBPF object"))?;
-    prog.try_into().map_err(|e: ProgramError| e.to_string())
+        .ok_or_else(|| AttachError::MissingProgram(name.to_owned()))?;
+    prog.try_into().map_err(AttachError::WrongType)
 }
 
 /// A one-line description of a program error; the verifier log, when there
@@ -1210,7 +1259,33 @@ fn raise_memlock_limit() {
 
 #[cfg(test)]
 mod tests {
-    use super::perf_pages_per_cpu;
+    use super::{AttachError, perf_pages_per_cpu};
+
+    #[test]
+    fn attach_errors_name_what_failed() {
+        assert_eq!(
+            AttachError::Unresolved("TP_BLK_ISSUE_DEV").to_string(),
+            "TP_BLK_ISSUE_DEV could not be resolved on this kernel"
+        );
+        assert_eq!(
+            AttachError::MissingProgram("sonde_tc_egress".into()).to_string(),
+            "program sonde_tc_egress missing from the eBPF object"
+        );
+        let io = std::io::Error::from_raw_os_error(libc::ENOENT);
+        let err = AttachError::Hook {
+            hook: "tracepoint raw_syscalls:sys_enter".into(),
+            source: aya::programs::ProgramError::NotLoaded,
+        };
+        assert_eq!(
+            err.to_string(),
+            "tracepoint raw_syscalls:sys_enter: the program is not loaded"
+        );
+        assert!(
+            AttachError::Tracefs(io)
+                .to_string()
+                .contains("No such file")
+        );
+    }
 
     #[test]
     fn perf_buffers_share_the_ring_size_in_powers_of_two_of_pages() {

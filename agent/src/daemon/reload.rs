@@ -1,0 +1,74 @@
+//! SIGHUP: re-read the configuration and apply what can change while the
+//! programs stay loaded; name what needs a restart.
+
+use tracing::{error, info, warn};
+
+use super::setup::LOG_TARGET;
+use crate::{config::Config, state::AppState};
+
+/// SIGHUP: re-read the config file and apply what can change at run time.
+pub(super) fn reload(state: &AppState, path: Option<&std::path::Path>) {
+    let new = match Config::load(path, std::env::vars()) {
+        Ok(new) => new,
+        Err(err) => {
+            error!(target: LOG_TARGET, "SIGHUP: keeping the current configuration: {err}");
+            return;
+        }
+    };
+    let mut current = state.config.write().unwrap_or_else(|e| e.into_inner());
+    let mut restart_needed = Vec::new();
+    if new.listen != current.listen {
+        restart_needed.push("listen");
+    }
+    if new.network.interfaces != current.network.interfaces
+        || new.network.enabled != current.network.enabled
+        || new.network.max_flows != current.network.max_flows
+        || new.network.xdp_mode != current.network.xdp_mode
+    {
+        restart_needed.push("network");
+    }
+    if new.events != current.events {
+        restart_needed.push("events");
+    }
+    if new.otlp != current.otlp {
+        restart_needed.push("otlp");
+    }
+    if new.tcp.enabled != current.tcp.enabled {
+        restart_needed.push("tcp.enabled");
+    }
+    if new.syscalls.enabled != current.syscalls.enabled
+        || new.syscalls.hook != current.syscalls.hook
+    {
+        restart_needed.push("syscalls.enabled/hook");
+    }
+    if !restart_needed.is_empty() {
+        warn!(
+        target: LOG_TARGET,
+            "SIGHUP: {} changed but only take effect after a restart",
+            restart_needed.join(", ")
+        );
+    }
+    // Apply the runtime-tunable part on top of what is running.
+    current.syscalls.slow_threshold_ms = new.syscalls.slow_threshold_ms;
+    current.syscalls.slow_ignore = new.syscalls.slow_ignore.clone();
+    current.syscalls.latency_sample_every = new.syscalls.latency_sample_every;
+    current.network.flow_events_per_second = new.network.flow_events_per_second;
+    current.network.flow_events_burst = new.network.flow_events_burst;
+    current.network.top_peers = new.network.top_peers;
+    current.tcp.rtt = new.tcp.rtt;
+    current.tcp.top_peers = new.tcp.top_peers;
+    current.health = new.health.clone();
+    // The MAPE-K loop reads these every cycle; leaving enforce mode lifts
+    // every block at its next cycle.
+    current.mapek.mode = new.mapek.mode;
+    current.mapek.block_ttl_seconds = new.mapek.block_ttl_seconds;
+    current.mapek.max_blocked = new.mapek.max_blocked;
+    current.mapek.never_block = new.mapek.never_block.clone();
+    state.collector.reconfigure(current.clone());
+    info!(
+        target: LOG_TARGET,
+        slow_threshold_ms = current.syscalls.slow_threshold_ms,
+        mapek_mode = current.mapek.mode.label(),
+        "SIGHUP: runtime settings reloaded"
+    );
+}

@@ -1,0 +1,343 @@
+//! `sonde run`: the agent's wiring. Bind the port, load and attach the
+//! programs off the async workers, start the ring reader and the
+//! collector, publish the shared state, start the tasks (MAPE-K loop,
+//! interface watcher, health refresher, OTLP export), then wait for
+//! signals and shut down in order. Each step is one function.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    net::TcpListener,
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+    task::JoinHandle,
+};
+use tracing::{info, warn};
+
+use super::{
+    failure::Failure,
+    netwatch, reload,
+    setup::{LOG_TARGET, init_logging, load_config},
+};
+use crate::{
+    cli::RunArgs,
+    collectors::Collector,
+    config::Config,
+    events, http, mapek,
+    metrics::Metrics,
+    netif, otlp,
+    probes::{self, Probes, capabilities::Capabilities},
+    state::{AppState, HealthState},
+};
+
+/// Flips to `true` once, on SIGTERM or SIGINT.
+type Shutdown = watch::Receiver<bool>;
+
+pub fn run(args: RunArgs) -> Result<(), Failure> {
+    let mut config = load_config(&args.common)?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    init_logging(&config);
+    let interfaces = if config.network.enabled {
+        netif::resolve(&config.network.interfaces).map_err(Failure::usage)?
+    } else {
+        Vec::new()
+    };
+    let missing = probes::capabilities::missing_caps();
+    if !missing.is_empty() {
+        return Err(Failure::runtime(probes::ProbeError::Privileges(missing)));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("sonde")
+        .build()
+        .map_err(|e| Failure::runtime(format!("starting the async runtime: {e}")))?;
+    runtime.block_on(serve(config, args.common.config, interfaces))
+}
+
+/// The tasks that run beside the HTTP server until shutdown.
+struct Tasks {
+    mapek: Option<JoinHandle<()>>,
+    watcher: Option<JoinHandle<()>>,
+    refresher: JoinHandle<()>,
+    otlp: Option<JoinHandle<()>>,
+}
+
+async fn serve(
+    config: Config,
+    config_path: Option<PathBuf>,
+    interfaces: Vec<(String, u32)>,
+) -> Result<(), Failure> {
+    let started_at = Instant::now();
+    // Bind first: a port in use is reported before touching the kernel.
+    let listener = bind(config.listen).await?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let server = http::Server::default();
+    let server_task = spawn_server(listener, &server, &config, shutdown_rx.clone());
+
+    if config.network.enabled && interfaces.is_empty() {
+        warn!(
+            target: LOG_TARGET,
+            "network accounting enabled but no interface is up (besides loopback)"
+        );
+    }
+    let (caps, mut probes) = load_probes(&config, &interfaces).await?;
+    give_back_heap();
+    let state = start_pipeline(&config, caps, &mut probes, started_at)?;
+    if server.app.set(state.clone()).is_err() {
+        return Err(Failure::runtime("agent state set twice"));
+    }
+    let probes = Arc::new(Mutex::new(probes));
+    let mapek = spawn_mapek(&config, &state, &shutdown_rx);
+    let watcher = spawn_watcher(&config, &state, &probes, &shutdown_rx);
+    info!(
+        target: LOG_TARGET,
+        "ready in {} ms; listening on http://{} (/metrics, /health/ready, /api/v1/status)",
+        started_at.elapsed().as_millis(),
+        config.listen
+    );
+    let tasks = Tasks {
+        mapek,
+        watcher,
+        refresher: spawn_refresher(&state, &shutdown_rx),
+        otlp: spawn_otlp(&config, &state, &shutdown_rx),
+    };
+
+    wait_for_signals(&state, config_path.as_deref()).await?;
+    let _ = shutdown_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_millis(1500), server_task).await;
+    stop(tasks, &state, &probes).await;
+    info!(target: LOG_TARGET, "detached; bye");
+    Ok(())
+}
+
+async fn bind(listen: SocketAddr) -> Result<TcpListener, Failure> {
+    TcpListener::bind(listen).await.map_err(|e| {
+        let why = if e.kind() == std::io::ErrorKind::AddrInUse {
+            "address already in use".to_owned()
+        } else {
+            e.to_string()
+        };
+        Failure::runtime(format!("cannot listen on {listen}: {why}"))
+    })
+}
+
+/// The HTTP server answers "starting" until the state is published.
+fn spawn_server(
+    listener: TcpListener,
+    server: &http::Server,
+    config: &Config,
+    mut shutdown: Shutdown,
+) -> JoinHandle<std::io::Result<()>> {
+    let app = http::router(server.clone(), config.debug.fault_injection);
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.changed().await;
+            })
+            .await
+    })
+}
+
+/// Loading blocks on the verifier; keep it off the async workers so the
+/// server answers "starting" meanwhile.
+async fn load_probes(
+    config: &Config,
+    interfaces: &[(String, u32)],
+) -> Result<(Capabilities, Probes), Failure> {
+    let config = config.clone();
+    let interfaces = interfaces.to_vec();
+    let (caps, probes) = tokio::task::spawn_blocking(move || {
+        let caps = Capabilities::detect();
+        let probes = Probes::load(&config, &interfaces, &caps, config.collector.bpf_stats);
+        (caps, probes)
+    })
+    .await
+    .map_err(|e| Failure::runtime(format!("loading task failed: {e}")))?;
+    Ok((caps, probes.map_err(Failure::runtime)?))
+}
+
+/// Loading parsed the kernel's BTF (megabytes) and the object; give the
+/// freed heap back to the system rather than carry it for the agent's
+/// lifetime. (musl's allocator returns memory by itself and has no
+/// malloc_trim.)
+fn give_back_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: plain libc call with no preconditions.
+    unsafe {
+        libc::malloc_trim(0)
+    };
+}
+
+/// Starts the ring reader and the collector over the loaded programs'
+/// maps, and gathers everything into the shared state (published).
+fn start_pipeline(
+    config: &Config,
+    caps: Capabilities,
+    probes: &mut Probes,
+    started_at: Instant,
+) -> Result<AppState, Failure> {
+    let metrics = Arc::new(Metrics::new().map_err(Failure::runtime)?);
+    let program_ids = probes
+        .program_infos()
+        .into_iter()
+        .map(|(name, info)| (name, info.id()))
+        .collect();
+    let rings = std::mem::take(&mut probes.rings);
+    info!(target: LOG_TARGET, "events arrive through {}", probes.event_transport);
+    let (events, reader) =
+        events::spawn_readers(rings, probes.event_transport, config.events.keep_recent)
+            .map_err(|e| Failure::runtime(format!("starting the ring reader: {e}")))?;
+    let maps = probes
+        .maps
+        .take()
+        .ok_or_else(|| Failure::runtime("kernel maps already taken"))?;
+    let collector = Collector::new(
+        maps,
+        config,
+        program_ids,
+        events.rings.clone(),
+        &probes.drop_reasons,
+    )
+    .spawn()
+    .map_err(|e| Failure::runtime(format!("starting the collector: {e}")))?;
+
+    let state = AppState {
+        config: Arc::new(RwLock::new(config.clone())),
+        metrics,
+        health: HealthState::new(),
+        events,
+        collector: Arc::new(collector),
+        attachments: Arc::default(),
+        interfaces: Arc::default(),
+        caps: Arc::new(caps),
+        started_at,
+        readers: Arc::new(Mutex::new(Some(reader))),
+        mapek: Arc::default(),
+    };
+    state.publish(probes);
+    Ok(state)
+}
+
+/// The MAPE-K loop, when enabled; shared with the HTTP handlers.
+fn spawn_mapek(config: &Config, state: &AppState, shutdown: &Shutdown) -> Option<JoinHandle<()>> {
+    config.mapek.enabled.then(|| {
+        let mapek = Arc::new(Mutex::new(mapek::Mapek::new(
+            &state.config_snapshot(),
+            &state.attachments(),
+        )));
+        *state.mapek.lock().unwrap_or_else(|e| e.into_inner()) = Some(mapek.clone());
+        let inputs = mapek::Inputs {
+            config: state.config.clone(),
+            collector: state.collector.clone(),
+            events: state.events.clone(),
+        };
+        tokio::spawn(mapek::run(inputs, mapek, shutdown.clone()))
+    })
+}
+
+/// With no interface list, follow interfaces as they come and go (pods'
+/// veths on a Kubernetes node).
+fn spawn_watcher(
+    config: &Config,
+    state: &AppState,
+    probes: &Arc<Mutex<Probes>>,
+    shutdown: &Shutdown,
+) -> Option<JoinHandle<()>> {
+    (config.network.enabled
+        && config.network.interfaces.is_empty()
+        && config.network.rescan_interval_s > 0)
+        .then(|| {
+            tokio::spawn(netwatch::watch(
+                state.clone(),
+                probes.clone(),
+                Duration::from_secs(config.network.rescan_interval_s),
+                shutdown.clone(),
+            ))
+        })
+}
+
+/// Keeps health metrics current even when nothing polls the endpoints.
+fn spawn_refresher(state: &AppState, shutdown: &Shutdown) -> JoinHandle<()> {
+    let state = state.clone();
+    let mut rx = shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => { let _ = crate::health::readiness(&state).await; }
+                _ = rx.changed() => return,
+            }
+        }
+    })
+}
+
+/// OTLP export, when an endpoint is configured: its own task, so a slow
+/// collector never holds up the readers or the collector.
+fn spawn_otlp(config: &Config, state: &AppState, shutdown: &Shutdown) -> Option<JoinHandle<()>> {
+    config.otlp.endpoint.is_some().then(|| {
+        tokio::spawn(otlp::run(
+            state.clone(),
+            config.otlp.clone(),
+            shutdown.clone(),
+        ))
+    })
+}
+
+/// Until SIGTERM or SIGINT; SIGHUP reloads the configuration.
+async fn wait_for_signals(state: &AppState, config_path: Option<&Path>) -> Result<(), Failure> {
+    let mut sigterm = signal(SignalKind::terminate()).map_err(Failure::runtime)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(Failure::runtime)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(Failure::runtime)?;
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { info!(target: LOG_TARGET, "SIGTERM: shutting down"); return Ok(()); }
+            _ = sigint.recv() => { info!(target: LOG_TARGET, "SIGINT: shutting down"); return Ok(()); }
+            _ = sighup.recv() => reload::reload(state, config_path),
+        }
+    }
+}
+
+/// Stops the tasks (the loop saves what it learned), the ring reader, and
+/// detaches every program.
+async fn stop(tasks: Tasks, state: &AppState, probes: &Arc<Mutex<Probes>>) {
+    tasks.refresher.abort();
+    if let Some(task) = tasks.otlp {
+        // It returns on the shutdown signal, even mid-export.
+        let abort = task.abort_handle();
+        if tokio::time::timeout(Duration::from_millis(300), task)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+    }
+    if let Some(task) = tasks.mapek {
+        // Lets it save what it learned.
+        let _ = tokio::time::timeout(Duration::from_millis(300), task).await;
+    }
+    if let Some(watcher) = tasks.watcher {
+        watcher.abort();
+    }
+    let reader = state
+        .readers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let Some(reader) = reader {
+        reader.stop();
+    }
+    // Unloading the programs detaches every link, even though the watcher
+    // task (aborted above) may still hold a handle to the probes.
+    probes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .detach_all();
+}

@@ -1,0 +1,199 @@
+//! Block I/O latency per device and operation: block_rq_issue →
+//! block_rq_complete (kernel side: agent-ebpf's block module, types in
+//! agent-common's `block`). `[block] enabled` turns it on.
+
+use std::sync::Arc;
+
+use agent_common::{
+    block::{BLOCK_OP_NAMES, BLOCK_STATS_MAP, BlockKey, BlockStats},
+    counters::BLOCK_START_MAP_FULL,
+    merge::Merge,
+};
+use aya::{
+    Ebpf,
+    maps::{MapData, MapError, PerCpuHashMap},
+};
+use prometheus::proto::{MetricFamily, MetricType};
+
+use super::{OpenError, Reading, Signal, Source, TracepointField, take};
+use crate::{
+    family::{Family, log2_buckets},
+    probes::tiers::{self, Hook, Requires, Tier, TierProgram},
+};
+
+pub const SIGNAL: Signal = Signal {
+    tiers: &TIERS,
+    tracepoint_fields: TRACEPOINT_FIELDS,
+    enabled: |config| config.block.enabled,
+    forced_tier: |_| None,
+    reads: "block I/O statistics",
+    open,
+};
+
+/// One tier: the block tracepoints (stable since 4.7).
+const TIERS: tiers::Signal = tiers::Signal {
+    name: "block",
+    tiers: &[Tier {
+        mode: "tracepoint",
+        min_kernel: (4, 7),
+        requires: Requires::Tracefs,
+        programs: &[
+            TierProgram {
+                program: "sonde_block_complete",
+                hook: Hook::Tracepoint("block", "block_rq_complete"),
+                needs: &["TP_BLK_DONE_DEV", "TP_BLK_DONE_SECTOR", "TP_BLK_DONE_ERROR"],
+                partial_before: None,
+            },
+            TierProgram {
+                program: "sonde_block_issue",
+                hook: Hook::Tracepoint("block", "block_rq_issue"),
+                needs: &[
+                    "TP_BLK_ISSUE_DEV",
+                    "TP_BLK_ISSUE_SECTOR",
+                    "TP_BLK_ISSUE_BYTES",
+                    "TP_BLK_ISSUE_RWBS",
+                ],
+                partial_before: None,
+            },
+        ],
+    }],
+};
+
+const TRACEPOINT_FIELDS: &[TracepointField] = &[
+    ("TP_BLK_ISSUE_DEV", "block", "block_rq_issue", "dev"),
+    ("TP_BLK_ISSUE_SECTOR", "block", "block_rq_issue", "sector"),
+    ("TP_BLK_ISSUE_BYTES", "block", "block_rq_issue", "bytes"),
+    ("TP_BLK_ISSUE_RWBS", "block", "block_rq_issue", "rwbs"),
+    ("TP_BLK_DONE_DEV", "block", "block_rq_complete", "dev"),
+    ("TP_BLK_DONE_SECTOR", "block", "block_rq_complete", "sector"),
+    ("TP_BLK_DONE_ERROR", "block", "block_rq_complete", "error"),
+];
+
+fn open(ebpf: &mut Ebpf) -> Result<Box<dyn Source>, OpenError> {
+    Ok(Box::new(Maps {
+        stats: take(ebpf, BLOCK_STATS_MAP)?,
+    }))
+}
+
+struct Maps {
+    stats: PerCpuHashMap<MapData, BlockKey, BlockStats>,
+}
+
+impl Source for Maps {
+    fn collect(&self) -> (Arc<dyn Reading>, Option<MapError>) {
+        let mut rows = Vec::new();
+        for entry in self.stats.iter() {
+            let (key, values) = match entry {
+                Ok(entry) => entry,
+                Err(err) => return (Arc::new(Block { rows }), Some(err)),
+            };
+            let total = BlockStats::sum(values.iter());
+            let op = BLOCK_OP_NAMES
+                .get(key.op as usize)
+                .copied()
+                .unwrap_or("other");
+            rows.push((device_name(key.dev), op, total));
+        }
+        rows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        (Arc::new(Block { rows }), None)
+    }
+}
+
+/// Block I/O by (device name, operation), summed over CPUs.
+#[derive(Debug, Clone, Default)]
+pub struct Block {
+    pub rows: Vec<(String, &'static str, BlockStats)>,
+}
+
+impl Reading for Block {
+    fn families(&self, out: &mut Vec<MetricFamily>) {
+        let mut latency = Family::new(
+            "sonde_block_io_duration_seconds",
+            "Block I/O request latency, issue to completion, by device and operation",
+            MetricType::HISTOGRAM,
+        );
+        let mut bytes = Family::new(
+            "sonde_block_io_bytes_total",
+            "Bytes of completed block I/O requests, by device and operation",
+            MetricType::COUNTER,
+        );
+        let mut errors = Family::new(
+            "sonde_block_io_errors_total",
+            "Block I/O requests that completed with an error, by device and operation",
+            MetricType::COUNTER,
+        );
+        for (device, op, stats) in &self.rows {
+            let labels = [("device", device.as_str()), ("op", *op)];
+            latency.histogram(
+                &labels,
+                &log2_buckets(&stats.slots),
+                stats.requests,
+                stats.sum_ns as f64 / 1e9,
+            );
+            bytes.sample(&labels, stats.bytes as f64);
+            errors.sample(&labels, stats.errors as f64);
+        }
+        latency.done(out);
+        bytes.done(out);
+        errors.done(out);
+    }
+
+    fn completeness(&self) -> Option<(u64, u32)> {
+        let requests = self.rows.iter().map(|b| b.2.requests).sum();
+        Some((requests, BLOCK_START_MAP_FULL))
+    }
+}
+
+/// A block device's name ("vda", "loop0") from the kernel's dev_t
+/// (major << 20 | minor), as sysfs names it; "MAJ:MIN" when unknown.
+fn device_name(dev: u32) -> String {
+    let (major, minor) = (dev >> 20, dev & 0xf_ffff);
+    std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent"))
+        .ok()
+        .and_then(|uevent| {
+            uevent
+                .lines()
+                .find_map(|l| l.strip_prefix("DEVNAME=").map(str::to_owned))
+        })
+        .unwrap_or_else(|| format!("{major}:{minor}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_and_completeness_from_rows() {
+        let mut stats = BlockStats {
+            requests: 3,
+            bytes: 12288,
+            errors: 1,
+            sum_ns: 3_000_000,
+            ..Default::default()
+        };
+        stats.slots[10] = 3;
+        let reading = Block {
+            rows: vec![("vda".to_owned(), "write", stats)],
+        };
+        let mut out = Vec::new();
+        reading.families(&mut out);
+        let names: Vec<&str> = out.iter().map(|f| f.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "sonde_block_io_duration_seconds",
+                "sonde_block_io_bytes_total",
+                "sonde_block_io_errors_total"
+            ]
+        );
+        assert_eq!(reading.completeness(), Some((3, BLOCK_START_MAP_FULL)));
+        let mut none = Vec::new();
+        Block::default().families(&mut none);
+        assert!(none.is_empty(), "no device, no family");
+    }
+
+    #[test]
+    fn unknown_devices_are_named_by_number() {
+        assert_eq!(device_name((4095 << 20) | 12345), "4095:12345");
+    }
+}

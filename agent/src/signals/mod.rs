@@ -1,0 +1,137 @@
+//! Kernel signals, one module each, holding everything the agent knows of
+//! one: its tier options (with the tracepoint fields their programs
+//! read), how it is turned on, the maps it reads (its collector) and the
+//! metric families it exports. The loader, the collector and the
+//! exposition iterate over [`ALL`]; adding a signal means adding a module
+//! here and its line in [`ALL`], not editing each of them.
+//!
+//! Block I/O is the first signal in this shape; the others (syscalls,
+//! packets, TCP, drops, run queue, processes) still live in the loader,
+//! collector and metrics modules.
+
+pub mod block;
+
+use std::{fmt, sync::Arc};
+
+use aya::{
+    Ebpf,
+    maps::{Map, MapError},
+};
+use prometheus::proto::MetricFamily;
+use thiserror::Error;
+
+use crate::{config::Config, probes::tiers};
+
+/// Every signal in this shape, in the order the loader attaches them.
+pub const ALL: &[&Signal] = &[&block::SIGNAL];
+
+/// A classic tracepoint field a program reads, resolved from this kernel's
+/// format file into a global of the object: (global, category,
+/// tracepoint, field).
+pub type TracepointField = (&'static str, &'static str, &'static str, &'static str);
+
+/// One kernel signal, as the loader, collector and exposition see it.
+pub struct Signal {
+    /// Its tier options (the name is the signal's, as attachments and
+    /// logs report it).
+    pub tiers: &'static tiers::Signal,
+    /// The tracepoint fields its programs read; a program whose fields
+    /// are not all resolved is not attached.
+    pub tracepoint_fields: &'static [TracepointField],
+    /// Whether the configuration turns it on (its programs attached).
+    pub enabled: fn(&Config) -> bool,
+    /// The tier the configuration forces, if any.
+    pub forced_tier: fn(&Config) -> Option<&str>,
+    /// What the collector reads, for its log line on failure ("reading
+    /// {reads}: …").
+    pub reads: &'static str,
+    /// Takes its maps from the loaded object (always, even when off: its
+    /// families then stay empty).
+    pub open: fn(&mut Ebpf) -> Result<Box<dyn Source>, OpenError>,
+}
+
+impl Signal {
+    pub fn name(&self) -> &'static str {
+        self.tiers.name
+    }
+}
+
+impl fmt::Debug for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Signal")
+            .field("name", &self.name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A signal's maps, read once per collector cycle.
+pub trait Source: Send {
+    /// What the maps hold now; on a read error, what was read before it
+    /// and the error.
+    fn collect(&self) -> (Arc<dyn Reading>, Option<MapError>);
+}
+
+/// A signal's part of a collector snapshot.
+pub trait Reading: fmt::Debug + Send + Sync {
+    /// Its metric families.
+    fn families(&self, out: &mut Vec<MetricFamily>);
+    /// For `sonde_data_completeness`: the observations counted, and the
+    /// diagnostic counter slot of those lost (a full map), if the signal
+    /// can lose any.
+    fn completeness(&self) -> Option<(u64, u32)> {
+        None
+    }
+}
+
+/// Why a signal's maps could not be taken from the object.
+#[derive(Debug, Error)]
+pub enum OpenError {
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+}
+
+/// Takes one map from the object, typed.
+pub fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, OpenError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(OpenError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| OpenError::Map { name, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_signal_is_well_formed() {
+        let mut names: Vec<&str> = ALL.iter().map(|s| s.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len(), "signal names are unique");
+        for signal in ALL {
+            tiers::assert_well_formed(signal.tiers);
+            // Every global a program needs is a field the signal resolves
+            // (or a BTF offset, which the loader resolves for all).
+            for tier in signal.tiers.tiers {
+                for program in tier.programs {
+                    for need in program.needs {
+                        assert!(
+                            need.ends_with("_OFFSET")
+                                || signal.tracepoint_fields.iter().any(|f| f.0 == *need),
+                            "{}: {} needs {need}, which it does not resolve",
+                            signal.name(),
+                            program.program
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
