@@ -178,9 +178,15 @@ fn strip_prefix_len(cidr: &str) -> String {
 
 /// A counter from `/sys/class/net/IFACE/statistics/NAME` (root namespace).
 pub fn iface_stat(iface: &str, name: &str) -> u64 {
+    try_iface_stat(iface, name).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Like [`iface_stat`], returning the error.
+pub fn try_iface_stat(iface: &str, name: &str) -> io::Result<u64> {
     let p = format!("/sys/class/net/{iface}/statistics/{name}");
-    let s = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {p}: {e}"));
+    let s = std::fs::read_to_string(&p)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot read {p}: {e}")))?;
     s.trim()
         .parse()
-        .unwrap_or_else(|e| panic!("{p} holds {s:?}, not a number: {e}"))
+        .map_err(|e| io::Error::other(format!("{p} holds {s:?}, not a number: {e}")))
 }

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 /// `CI` is set (CI must never silently skip them) and otherwise print
 /// `SKIPPED: needs root` and return `false`.
 pub fn require_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if is_root() {
         return true;
     }
     if std::env::var_os("CI").is_some() {
@@ -23,6 +22,12 @@ pub fn require_root() -> bool {
     }
     println!("SKIPPED: needs root");
     false
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// The workspace root (the parent of this crate's directory).
