@@ -7,7 +7,6 @@
 use std::fs::File;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -46,22 +45,7 @@ pub fn free_addr() -> io::Result<SocketAddr> {
 /// Makes a child receive SIGTERM when the test process dies, so a crashed or
 /// killed test run does not leave an agent or a workload behind.
 pub(crate) fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGTERM as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    crate::process::set_up_child(cmd, libc::SIGTERM, &[]);
 }
 
 /// A running `sonde run` process. Dropping it sends SIGTERM and waits for a

@@ -93,6 +93,39 @@ pub fn command(netns: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> Com
     }
 }
 
+/// Makes `cmd`'s child receive `death_signal` when this process dies (so a
+/// crashed or killed run leaves nothing behind) and, unless `cpus` is
+/// empty, run pinned to `cpus`.
+pub fn set_up_child(cmd: &mut Command, death_signal: libc::c_int, cpus: &[usize]) {
+    let cpus = cpus.to_vec();
+    // SAFETY: prctl and sched_setaffinity are async-signal-safe; the
+    // closure only reads the captured Vec and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                death_signal as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            if !cpus.is_empty() {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                for &c in &cpus {
+                    libc::CPU_SET(c, &mut set);
+                }
+                if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 /// A running child. Dropping it stops it (SIGTERM, then SIGKILL).
 pub struct Proc {
     name: String,
@@ -109,50 +142,43 @@ impl Proc {
     }
 
     /// Like [`Proc::spawn`], pinned to `cpus` (all CPUs when empty).
-    pub fn spawn_on(name: &str, mut cmd: Command, cpus: &[usize]) -> io::Result<Proc> {
+    pub fn spawn_on(name: &str, cmd: Command, cpus: &[usize]) -> io::Result<Proc> {
         let stdout = scratch_path(&format!("{name}.out"));
         let stderr = stdout.with_extension("err");
+        Proc::spawn_with(name, cmd, stdout, Some(stderr), cpus)
+    }
+
+    /// Like [`Proc::spawn`], stdout and stderr both to `log` (kept after
+    /// the run, for a human to read).
+    pub fn spawn_logged(name: &str, cmd: Command, log: &Path) -> io::Result<Proc> {
+        Proc::spawn_with(name, cmd, log.to_path_buf(), None, &[])
+    }
+
+    fn spawn_with(
+        name: &str,
+        mut cmd: Command,
+        stdout: PathBuf,
+        stderr: Option<PathBuf>,
+        cpus: &[usize],
+    ) -> io::Result<Proc> {
         let shown = format!("{cmd:?}");
         let file =
             |p: &Path| fs::File::create(p).map_err(context(format!("creating {}", p.display())));
-        cmd.stdin(Stdio::null())
-            .stdout(file(&stdout)?)
-            .stderr(file(&stderr)?);
-        let cpus = cpus.to_vec();
-        // SAFETY: prctl and sched_setaffinity are async-signal-safe; the
-        // closure only reads the captured Vec and allocates nothing.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if !cpus.is_empty() {
-                    let mut set: libc::cpu_set_t = std::mem::zeroed();
-                    for &c in &cpus {
-                        libc::CPU_SET(c, &mut set);
-                    }
-                    if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
+        let out = file(&stdout)?;
+        let err = match &stderr {
+            Some(p) => file(p)?,
+            None => out.try_clone()?,
+        };
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        set_up_child(&mut cmd, libc::SIGKILL, cpus);
         let child = cmd
             .spawn()
             .map_err(context(format!("could not start {shown}")))?;
         Ok(Proc {
             name: name.to_owned(),
             child,
+            stderr: stderr.unwrap_or_else(|| stdout.clone()),
             stdout,
-            stderr,
             exited: None,
         })
     }

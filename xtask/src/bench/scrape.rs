@@ -5,7 +5,11 @@ use std::{process::Command, time::Duration};
 
 use anyhow::{Context as _, bail};
 
-use sonde_tests::{agent::free_addr, http, process::scratch_path};
+use sonde_tests::{
+    http,
+    ops::servers::{Placement, Prometheus, PrometheusConfig},
+    process::scratch_path,
+};
 
 use super::{
     Ctx, Def,
@@ -187,38 +191,22 @@ struct Prom {
 
 /// A Prometheus server scraping the agent every second, `scrapes` times.
 fn prometheus(agent: &Agent, scrapes: u64) -> anyhow::Result<Prom> {
-    let dir = scratch_path("prometheus");
-    std::fs::create_dir_all(&dir)?;
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
-             scrape_configs:\n  - job_name: sonde\n    static_configs:\n      \
-             - targets: ['{}']\n",
-            agent.addr()
-        ),
+    let prom = Prometheus::launch(
+        &PrometheusConfig {
+            targets: &[agent.addr()],
+            interval: "1s",
+            rules: None,
+            rule_file: None,
+            alertmanager: None,
+        },
+        &Placement {
+            dir: Some(scratch_path("prometheus")),
+            cpus: vec![0],
+            log_level: Some("warn"),
+            ..Placement::default()
+        },
     )?;
-    let addr = free_addr()?;
-    let mut cmd = Command::new("prometheus");
-    cmd.arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address={addr}"))
-        .arg("--log.level=warn");
-    let mut prom = Proc::spawn_on("prometheus", cmd, &[0])?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !http::get(addr, "/-/ready").is_ok_and(|r| r.status == 200) {
-        if !prom.running() || std::time::Instant::now() >= deadline {
-            bail!(
-                "Prometheus did not get ready; stderr:\n{}",
-                prom.stderr_tail()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let addr = prom.server.addr();
     let query = |q: &str| -> anyhow::Result<serde_json::Value> {
         let http::Response { status, body, .. } =
             http::get(addr, &format!("/api/v1/query?query={q}"))?;
