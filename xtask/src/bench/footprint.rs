@@ -107,8 +107,8 @@ fn run(ctx: &Ctx, s: &mut Scenario) -> anyhow::Result<()> {
                     (Running::Agent(agent), ready)
                 }
                 Variant::Bpftrace => {
-                    let (proc, ready) = bpftrace(BPFTRACE_SYSCALLS)?;
-                    (Running::Proc(proc), ready)
+                    let (b, ready) = bpftrace(BPFTRACE_SYSCALLS)?;
+                    (Running::Bpftrace(b), ready)
                 }
                 Variant::BareLoader => {
                     let mut cmd = Command::new(&ctx.bins.sonde);

@@ -11,6 +11,7 @@ use anyhow::bail;
 use sonde_tests::{
     Agent,
     process::{self, Proc},
+    referee::Bpftrace,
 };
 
 /// How long a program may take to attach before the scenario fails.
@@ -57,11 +58,12 @@ impl Bins {
     }
 }
 
-/// A started variant of a scenario (nothing, a helper process or the
-/// agent); stopped on drop.
+/// A started variant of a scenario (nothing, a helper process, bpftrace
+/// or the agent); stopped on drop.
 pub enum Running {
     Nothing,
     Proc(Proc),
+    Bpftrace(Bpftrace),
     Agent(Agent),
 }
 
@@ -71,6 +73,7 @@ impl Running {
         match self {
             Running::Nothing => 0,
             Running::Proc(p) => p.pid(),
+            Running::Bpftrace(b) => b.pid(),
             Running::Agent(a) => a.pid(),
         }
     }
@@ -93,13 +96,16 @@ pub fn baseline(bins: &Bins, args: &[&str]) -> anyhow::Result<Proc> {
     Ok(start_ready(&format!("baseline-{}", args[0]), cmd)?.0)
 }
 
-/// bpftrace running `script`, attached; with the time to ready.
-pub fn bpftrace(script: &str) -> anyhow::Result<(Proc, Duration)> {
-    let mut cmd = Command::new("bpftrace");
+/// bpftrace running `script`, attached (the tests' referee); with the
+/// time to ready.
+pub fn bpftrace(script: &str) -> anyhow::Result<(Bpftrace, Duration)> {
     // BEGIN runs once every probe is attached.
-    cmd.arg("-e")
-        .arg(format!("BEGIN {{ printf(\"ready\\n\"); }} {script}"));
-    start_ready("bpftrace", cmd)
+    let b = Bpftrace::launch(
+        &format!("BEGIN {{ printf(\"ready\\n\"); }} {script}"),
+        "ready",
+    )?;
+    let ready = b.ready_after();
+    Ok((b, ready))
 }
 
 /// `sonde-workload ARGS...` run to completion (optionally in a namespace,

@@ -53,7 +53,7 @@ impl Tracer {
                 Running::Proc(bins::baseline(bins, &["syscalls", "--hook", "tracepoint"])?)
             }
             Tracer::Sonde => Running::Agent(start_agent(bins, SONDE_SYSCALLS_ONLY, &[])?),
-            Tracer::Bpftrace => Running::Proc(bins::bpftrace(BPFTRACE_SYSCALLS)?.0),
+            Tracer::Bpftrace => Running::Bpftrace(bins::bpftrace(BPFTRACE_SYSCALLS)?.0),
         })
     }
 }
