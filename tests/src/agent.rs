@@ -4,7 +4,6 @@
 //! given binary with [`Agent::launch`] and [`Agent::try_wait_started`], which
 //! return errors instead and time the startup.
 
-use std::fs::File;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -85,13 +84,7 @@ impl Agent {
         let dir = TempDir::new("agent");
         let config_path = dir.write("sonde.toml", config_toml);
         let log_path = dir.path().join("agent.log");
-        let log = File::create(&log_path).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot create {}: {e}", log_path.display()),
-            )
-        })?;
-        let log2 = log.try_clone()?;
+        let (log, log2) = sys::log_file(&log_path)?;
         let addr = free_addr()?;
         let mut cmd = Command::new(bin);
         sys::clear_sonde_env(&mut cmd);

@@ -24,6 +24,15 @@ pub fn require_root() -> bool {
     false
 }
 
+/// `path` created (truncated) for a child's output: the handle for its
+/// stdout and a second one for its stderr, so both land in one log.
+pub fn log_file(path: &std::path::Path) -> io::Result<(std::fs::File, std::fs::File)> {
+    let out = std::fs::File::create(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", path.display())))?;
+    let err = out.try_clone()?;
+    Ok((out, err))
+}
+
 /// Whether this process runs as root.
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.

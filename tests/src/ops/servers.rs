@@ -9,7 +9,6 @@
 //! benchmark choose the intervals, directory, port and CPUs through
 //! [`PrometheusConfig`] and [`Placement`] and get errors back.
 
-use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -107,13 +106,7 @@ impl Server {
             ));
         }
         let log_path = dir.path().join("server.log");
-        let log = File::create(&log_path).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot create {}: {e}", log_path.display()),
-            )
-        })?;
-        let log2 = log.try_clone()?;
+        let (log, log2) = sys::log_file(&log_path)?;
         let mut cmd = Command::new(program);
         cmd.args(args)
             .current_dir(dir.path())
