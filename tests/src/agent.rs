@@ -1,9 +1,11 @@
 //! The agent under test, as a child process with a private config file, log
-//! file and HTTP port.
+//! file and HTTP port. The tests start it with [`Agent::start`] (panics with
+//! the agent's log on failure); xtask's benchmark and evaluation start a
+//! given binary with [`Agent::launch`] and [`Agent::try_wait_started`], which
+//! return errors instead and time the startup.
 
-use std::fs::File;
+use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -17,34 +19,32 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the agent may take to exit after SIGTERM before it is killed.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Per-request timeout for the HTTP client.
-const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+const HTTP_TIMEOUT: Duration = http::TIMEOUT;
+/// How often [`Agent::wait_started`] asks `/health/startup`.
+const STARTUP_POLL: Duration = Duration::from_millis(50);
 
 /// A free TCP port on 127.0.0.1 (bound, read and released; the agent binds it
 /// right after, so the race with other processes is negligible).
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local_addr").port()
+    try_free_port().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Like [`free_port`], returning the error.
+pub fn try_free_port() -> io::Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| io::Error::new(e.kind(), format!("binding 127.0.0.1:0: {e}")))?;
+    Ok(l.local_addr()?.port())
+}
+
+/// A free `127.0.0.1:PORT` address.
+pub fn free_addr() -> io::Result<SocketAddr> {
+    Ok(SocketAddr::from(([127, 0, 0, 1], try_free_port()?)))
 }
 
 /// Makes a child receive SIGTERM when the test process dies, so a crashed or
 /// killed test run does not leave an agent or a workload behind.
 pub(crate) fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGTERM as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    crate::process::set_up_child(cmd, libc::SIGTERM, &[]);
 }
 
 /// A running `sonde run` process. Dropping it sends SIGTERM and waits for a
@@ -56,6 +56,8 @@ pub struct Agent {
     config_path: PathBuf,
     log_path: PathBuf,
     exit: Option<ExitStatus>,
+    spawned: Instant,
+    startup: Option<Duration>,
     // Last field: removed after the child is gone.
     _dir: TempDir,
 }
@@ -73,15 +75,19 @@ impl Agent {
     /// Spawns `sonde run --config FILE --listen 127.0.0.1:PORT ARGS...`
     /// without waiting for it to start.
     pub fn spawn(config_toml: &str, extra_args: &[&str]) -> Agent {
+        Agent::launch(&sys::sonde_bin(), config_toml, extra_args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`Agent::spawn`] with the agent binary `bin`, returning the
+    /// error when it cannot be started.
+    pub fn launch(bin: &Path, config_toml: &str, extra_args: &[&str]) -> io::Result<Agent> {
         let dir = TempDir::new("agent");
         let config_path = dir.write("sonde.toml", config_toml);
         let log_path = dir.path().join("agent.log");
-        let log = File::create(&log_path)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
-        let log2 = log.try_clone().expect("clone log file handle");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let bin = sys::sonde_bin();
-        let mut cmd = sys::sonde_command();
+        let (log, log2) = sys::log_file(&log_path)?;
+        let addr = free_addr()?;
+        let mut cmd = Command::new(bin);
+        sys::clear_sonde_env(&mut cmd);
         cmd.arg("run")
             .arg("--config")
             .arg(&config_path)
@@ -92,44 +98,70 @@ impl Agent {
             .stdout(log)
             .stderr(log2);
         die_with_parent(&mut cmd);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        Agent {
+        let spawned = Instant::now();
+        let child = cmd.spawn().map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot start {}: {e}", bin.display()))
+        })?;
+        Ok(Agent {
             child: Some(child),
             addr,
             config_path,
             log_path,
             exit: None,
+            spawned,
+            startup: None,
             _dir: dir,
-        }
+        })
     }
 
     /// Polls `/health/startup` until it answers 200.
     pub fn wait_started(&mut self, timeout: Duration) {
+        if let Err(e) = self.try_wait_started(timeout, STARTUP_POLL) {
+            panic!("{e}; log:\n{}", self.log());
+        }
+    }
+
+    /// Asks `/health/startup` every `poll` until it answers 200; returns
+    /// the time from spawn to then (also kept: [`Agent::startup`]). The
+    /// error says why not (the agent exited, or the timeout passed) and
+    /// ends with the last lines of the agent's log.
+    pub fn try_wait_started(&mut self, timeout: Duration, poll: Duration) -> io::Result<Duration> {
         let deadline = Instant::now() + timeout;
         let mut last;
         loop {
             if let Some(status) = self.try_exit_status() {
-                panic!(
-                    "the agent exited ({status}) before /health/startup answered 200; log:\n{}",
-                    self.log()
-                );
+                return Err(io::Error::other(format!(
+                    "the agent exited ({status}) before /health/startup answered 200; log tail:\n{}",
+                    self.log_tail(15)
+                )));
             }
             match self.try_request("GET", "/health/startup") {
-                Ok(r) if r.status == 200 => return,
+                Ok(r) if r.status == 200 => {
+                    let startup = self.spawned.elapsed();
+                    self.startup = Some(startup);
+                    return Ok(startup);
+                }
                 Ok(r) => last = format!("{} {}", r.status, r.body),
                 Err(e) => last = e.to_string(),
             }
             if Instant::now() >= deadline {
-                panic!(
-                    "the agent did not report started within {timeout:?} (last /health/startup: \
-                     {last}); log:\n{}",
-                    self.log()
-                );
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the agent did not report started within {timeout:?} (last \
+                         /health/startup: {last}); log tail:\n{}",
+                        self.log_tail(15)
+                    ),
+                ));
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(poll);
         }
+    }
+
+    /// Spawn to `/health/startup` = 200, once the agent has been seen
+    /// started.
+    pub fn startup(&self) -> Option<Duration> {
+        self.startup
     }
 
     /// Address of the agent's HTTP server.
@@ -177,6 +209,13 @@ impl Agent {
             }
             Err(e) => format!("(cannot read {}: {e})", self.log_path.display()),
         }
+    }
+
+    /// The last `n` lines the agent wrote, for error messages.
+    pub fn log_tail(&self, n: usize) -> String {
+        let s = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
     fn try_exit_status(&mut self) -> Option<ExitStatus> {
@@ -240,6 +279,19 @@ impl Agent {
         let (status, body) = self.get("/metrics");
         assert_eq!(status, 200, "GET /metrics answered {status}: {body}");
         Scrape::parse(&body)
+    }
+
+    /// `GET /metrics`, parsed; an I/O error, another status than 200 or a
+    /// malformed exposition is returned, not a panic.
+    pub fn try_metrics(&self) -> io::Result<Scrape> {
+        let r = self.try_request("GET", "/metrics")?;
+        if r.status != 200 {
+            return Err(io::Error::other(format!(
+                "GET /metrics answered {}: {}",
+                r.status, r.body
+            )));
+        }
+        Scrape::try_parse(&r.body).map_err(io::Error::other)
     }
 
     /// Re-scrapes every 100 ms until `pred` holds; returns the scrape that
@@ -348,6 +400,28 @@ impl Agent {
                 }
                 None
             }
+        }
+    }
+}
+
+impl Agent {
+    /// Sends SIGTERM and waits [`STOP_TIMEOUT`]; an error unless the agent
+    /// exits 0 in time (it is then killed). The drop has nothing left to do.
+    pub fn stop(mut self) -> io::Result<()> {
+        match self.terminate(STOP_TIMEOUT) {
+            Some((status, _)) if status.success() => Ok(()),
+            Some((status, _)) => Err(io::Error::other(format!(
+                "the agent exited with {status} on SIGTERM; log tail:\n{}",
+                self.log_tail(15)
+            ))),
+            None => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the agent did not exit within {STOP_TIMEOUT:?} of SIGTERM; killed it. \
+                     Log tail:\n{}",
+                    self.log_tail(15)
+                ),
+            )),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! A cgroup (v2) a test creates, runs a command in, and removes.
 
 use std::{
+    io,
     path::{Path, PathBuf},
     process::{Command, ExitStatus},
     time::Duration,
@@ -29,13 +30,23 @@ pub struct TestCgroup {
 impl TestCgroup {
     /// Creates `/NAME-PID`.
     pub fn new(name: &str) -> TestCgroup {
-        let name = format!("{name}-{}", std::process::id());
-        let dir = v2_root().join(&name);
+        TestCgroup::named(&format!("{name}-{}", std::process::id()))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Creates (or takes over) `/NAME` exactly, for a name that must be
+    /// known in advance (the evaluation's anomalies must name it).
+    pub fn named(name: &str) -> io::Result<TestCgroup> {
+        let dir = v2_root().join(name);
         if !dir.exists() {
-            std::fs::create_dir(&dir)
-                .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", dir.display()));
+            std::fs::create_dir(&dir).map_err(|e| {
+                io::Error::new(e.kind(), format!("creating cgroup {}: {e}", dir.display()))
+            })?;
         }
-        TestCgroup { dir, name }
+        Ok(TestCgroup {
+            dir,
+            name: name.to_string(),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -50,15 +61,23 @@ impl TestCgroup {
     /// Runs `command ARGS...` inside the cgroup (a shell moves itself in,
     /// then becomes the command) and waits for it.
     pub fn run(&self, command: &str, args: &[&str]) -> ExitStatus {
+        self.command(command, args)
+            .status()
+            .unwrap_or_else(|e| panic!("running {command} in {}: {e}", self.dir.display()))
+    }
+
+    /// `command ARGS...` to be run inside the cgroup: a shell that moves
+    /// itself in, then becomes the command.
+    pub fn command<S: AsRef<str>>(&self, command: &str, args: &[S]) -> Command {
+        let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
         let script = format!(
             "echo $$ > {}/cgroup.procs && exec {command} {}",
             self.dir.display(),
             args.join(" ")
         );
-        Command::new("sh")
-            .args(["-c", &script])
-            .status()
-            .unwrap_or_else(|e| panic!("running {command} in {}: {e}", self.dir.display()))
+        let mut c = Command::new("sh");
+        c.args(["-c", &script]);
+        c
     }
 }
 

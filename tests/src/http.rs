@@ -2,7 +2,8 @@
 //!
 //! One request per connection (`Connection: close`); understands
 //! `Content-Length`, chunked transfer encoding and read-to-EOF bodies. That is
-//! all the agent's server needs, and it keeps the tests free of an HTTP stack.
+//! all the agent's server, Prometheus and Alertmanager need, and it keeps the
+//! tests and xtask free of an HTTP stack.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -29,6 +30,14 @@ impl Response {
 
 fn bad(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+/// The timeout [`get`] uses for connecting, writing and each read.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `GET path` with [`TIMEOUT`].
+pub fn get(addr: SocketAddr, path: &str) -> io::Result<Response> {
+    request(addr, "GET", path, TIMEOUT)
 }
 
 /// Sends `method path` to `addr` and reads the whole response.

@@ -9,13 +9,22 @@
 //!
 //! Run as root, one test at a time:
 //! `cargo test -p sonde-tests -- --test-threads=1`.
+//!
+//! This is Sonde's one harness: xtask's benchmark, evaluation and stack
+//! use the same agent launcher ([`Agent::launch`]), HTTP client ([`http`]),
+//! metrics parser ([`Scrape`]), namespaces and veth pairs, cgroups
+//! ([`cgroup`]), child processes ([`process`]) and tool checks ([`sys`]).
+//! Most helpers come in two forms: one that panics with a clear message
+//! (for tests) and a `try_` one that returns the error (for xtask).
 
 pub mod agent;
 pub mod cgroup;
 pub mod http;
 pub mod net;
 pub mod ops;
+#[cfg(feature = "otlp")]
 pub mod otlp;
+pub mod process;
 pub mod referee;
 pub mod scrape;
 pub mod sys;

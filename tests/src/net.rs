@@ -2,10 +2,11 @@
 //! on a veth pair whose peer lives in a namespace the test created; both are
 //! removed on drop, even when the test panics.
 
+use std::io;
 use std::path::Path;
 use std::process::Command;
 
-use crate::sys::{cmd, must, quiet};
+use crate::sys::{cmd, output, quiet};
 
 /// A network namespace (`ip netns add NAME`), deleted on drop.
 pub struct NetNs {
@@ -16,15 +17,22 @@ impl NetNs {
     /// Creates namespace `name` (deleting a stale one of that name left by
     /// a killed run) and brings its loopback up.
     pub fn new(name: &str) -> NetNs {
+        NetNs::try_new(name).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`NetNs::new`], returning the error of the `ip` command that
+    /// failed.
+    pub fn try_new(name: &str) -> io::Result<NetNs> {
         if Path::new("/run/netns").join(name).exists() {
             quiet(&mut cmd("ip", &["netns", "del", name]));
         }
-        must(&mut cmd("ip", &["netns", "add", name]));
+        output(&mut cmd("ip", &["netns", "add", name]))?;
+        // From here on, drop deletes it.
         let ns = NetNs {
             name: name.to_string(),
         };
-        must(&mut ns.exec(&["ip", "link", "set", "lo", "up"]));
-        ns
+        output(&mut ns.exec(&["ip", "link", "set", "lo", "up"]))?;
+        Ok(ns)
     }
 
     pub fn name(&self) -> &str {
@@ -50,8 +58,14 @@ impl NetNs {
     /// Writes a sysctl inside the namespace (`key` as a /proc/sys path
     /// relative to /proc/sys, e.g. `net/ipv6/conf/p0/disable_ipv6`).
     pub fn write_sysctl(&self, key: &str, value: &str) {
+        self.try_write_sysctl(key, value)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Like [`NetNs::write_sysctl`], returning the error.
+    pub fn try_write_sysctl(&self, key: &str, value: &str) -> io::Result<()> {
         let script = format!("echo {value} > /proc/sys/{key}");
-        must(&mut self.exec(&["sh", "-c", &script]));
+        output(&mut self.exec(&["sh", "-c", &script])).map(drop)
     }
 }
 
@@ -75,34 +89,60 @@ pub struct VethPair {
 impl VethPair {
     /// `host_cidr`/`peer_cidr` like `10.213.0.1/30`.
     pub fn new(host: &str, peer: &str, ns: &NetNs, host_cidr: &str, peer_cidr: &str) -> VethPair {
-        assert!(
-            host.len() < 16 && peer.len() < 16,
-            "interface names are limited to 15 bytes"
-        );
+        VethPair::try_new(host, peer, ns, host_cidr, peer_cidr).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`VethPair::new`], returning the error of the step that failed.
+    pub fn try_new(
+        host: &str,
+        peer: &str,
+        ns: &NetNs,
+        host_cidr: &str,
+        peer_cidr: &str,
+    ) -> io::Result<VethPair> {
+        if host.len() >= 16 || peer.len() >= 16 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("interface names are limited to 15 bytes: {host:?}, {peer:?}"),
+            ));
+        }
         if Path::new("/sys/class/net").join(host).exists() {
             quiet(&mut cmd("ip", &["link", "del", host]));
         }
-        must(&mut cmd(
+        output(&mut cmd(
             "ip",
             &["link", "add", host, "type", "veth", "peer", "name", peer],
-        ));
+        ))?;
+        // From here on, drop deletes it.
         let pair = VethPair {
             host: host.to_string(),
             peer: peer.to_string(),
             host_ip: strip_prefix_len(host_cidr),
             peer_ip: strip_prefix_len(peer_cidr),
         };
-        must(&mut cmd("ip", &["link", "set", peer, "netns", ns.name()]));
+        output(&mut cmd("ip", &["link", "set", peer, "netns", ns.name()]))?;
         let v6 = format!("/proc/sys/net/ipv6/conf/{host}/disable_ipv6");
         if Path::new(&v6).exists() {
-            std::fs::write(&v6, "1").unwrap_or_else(|e| panic!("cannot write {v6}: {e}"));
-            ns.write_sysctl(&format!("net/ipv6/conf/{peer}/disable_ipv6"), "1");
+            std::fs::write(&v6, "1")
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot write {v6}: {e}")))?;
+            ns.try_write_sysctl(&format!("net/ipv6/conf/{peer}/disable_ipv6"), "1")?;
         }
-        must(&mut cmd("ip", &["addr", "add", host_cidr, "dev", host]));
-        must(&mut ns.exec(&["ip", "addr", "add", peer_cidr, "dev", peer]));
-        must(&mut cmd("ip", &["link", "set", host, "up"]));
-        must(&mut ns.exec(&["ip", "link", "set", peer, "up"]));
-        pair
+        output(&mut cmd("ip", &["addr", "add", host_cidr, "dev", host]))?;
+        output(&mut ns.exec(&["ip", "addr", "add", peer_cidr, "dev", peer]))?;
+        output(&mut cmd("ip", &["link", "set", host, "up"]))?;
+        output(&mut ns.exec(&["ip", "link", "set", peer, "up"]))?;
+        Ok(pair)
+    }
+
+    /// Routes `net` (a CIDR) from the root namespace through the namespace
+    /// end, so addresses behind the peer are reachable; the route goes with
+    /// the pair.
+    pub fn route_via_peer(&self, net: &str) -> io::Result<()> {
+        output(&mut cmd(
+            "ip",
+            &["route", "add", net, "via", &self.peer_ip, "dev", &self.host],
+        ))
+        .map(drop)
     }
 
     /// Name of the end in the root namespace.
@@ -138,9 +178,15 @@ fn strip_prefix_len(cidr: &str) -> String {
 
 /// A counter from `/sys/class/net/IFACE/statistics/NAME` (root namespace).
 pub fn iface_stat(iface: &str, name: &str) -> u64 {
+    try_iface_stat(iface, name).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Like [`iface_stat`], returning the error.
+pub fn try_iface_stat(iface: &str, name: &str) -> io::Result<u64> {
     let p = format!("/sys/class/net/{iface}/statistics/{name}");
-    let s = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {p}: {e}"));
+    let s = std::fs::read_to_string(&p)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot read {p}: {e}")))?;
     s.trim()
         .parse()
-        .unwrap_or_else(|e| panic!("{p} holds {s:?}, not a number: {e}"))
+        .map_err(|e| io::Error::other(format!("{p} holds {s:?}, not a number: {e}")))
 }

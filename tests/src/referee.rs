@@ -1,7 +1,9 @@
 //! bpftrace as an independent referee: counts the same kernel events the
-//! agent counts, so a test can check the agent against a second tool.
+//! agent counts, so a test can check the agent against a second tool. The
+//! benchmark runs the same launcher to compare Sonde's cost with
+//! bpftrace's ([`Bpftrace::launch`], which also times the attach).
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
@@ -16,6 +18,7 @@ pub struct Bpftrace {
     lines: Receiver<String>,
     seen: Vec<String>,
     stderr: Arc<Mutex<String>>,
+    ready: Duration,
 }
 
 impl Bpftrace {
@@ -24,7 +27,24 @@ impl Bpftrace {
     /// program: BEGIN runs once the probes are attached).
     pub fn start(program: &str, marker: &str) -> Bpftrace {
         sys::need_tool("bpftrace", "bpftrace");
-        sys::ensure_tracefs();
+        let b = Bpftrace::launch(program, marker).unwrap_or_else(|e| panic!("{e}"));
+        // Give the probes a moment past BEGIN before the workload starts.
+        std::thread::sleep(Duration::from_millis(300));
+        b
+    }
+
+    /// Like [`Bpftrace::start`] without the pause after `marker`,
+    /// returning the error (bpftrace missing or exited, no marker in
+    /// time) instead of panicking.
+    pub fn launch(program: &str, marker: &str) -> io::Result<Bpftrace> {
+        if !sys::have("bpftrace") {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "bpftrace is not installed; install it with `apt-get install bpftrace`",
+            ));
+        }
+        sys::mount_tracefs(false)?;
+        let spawned = Instant::now();
         let mut c = Command::new("bpftrace");
         c.arg("-e")
             .arg(program)
@@ -34,7 +54,7 @@ impl Bpftrace {
         die_with_parent(&mut c);
         let mut child = c
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start bpftrace: {e}"));
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot start bpftrace: {e}")))?;
         let (tx, rx) = mpsc::channel();
         let out = child.stdout.take().unwrap();
         std::thread::spawn(move || {
@@ -57,15 +77,25 @@ impl Bpftrace {
             lines: rx,
             seen: Vec::new(),
             stderr,
+            ready: Duration::ZERO,
         };
-        b.wait_line("Attaching", Duration::from_secs(60));
-        b.wait_line(marker, Duration::from_secs(30));
-        // Give the probes a moment past BEGIN before the workload starts.
-        std::thread::sleep(Duration::from_millis(300));
-        b
+        b.wait_line("Attaching", Duration::from_secs(60))?;
+        b.wait_line(marker, Duration::from_secs(30))?;
+        b.ready = spawned.elapsed();
+        Ok(b)
     }
 
-    fn wait_line(&mut self, needle: &str, timeout: Duration) {
+    /// Spawn to `marker` (BEGIN runs once every probe is attached).
+    pub fn ready_after(&self) -> Duration {
+        self.ready
+    }
+
+    /// bpftrace's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn wait_line(&mut self, needle: &str, timeout: Duration) -> io::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -74,19 +104,19 @@ impl Bpftrace {
                     let hit = l.contains(needle);
                     self.seen.push(l);
                     if hit {
-                        return;
+                        return Ok(());
                     }
                 }
                 Err(_) => {
                     let _ = self.child.kill();
                     let _ = self.child.wait();
                     std::thread::sleep(Duration::from_millis(100));
-                    panic!(
+                    return Err(io::Error::other(format!(
                         "bpftrace did not print {needle:?} within {timeout:?}; stdout: {:?}; \
                          stderr: {}",
                         self.seen,
                         self.stderr.lock().unwrap()
-                    );
+                    )));
                 }
             }
         }

@@ -51,6 +51,12 @@ impl Scrape {
     /// Parses an exposition body; panics with the offending line on a syntax
     /// error (the agent's output must be well-formed).
     pub fn parse(body: &str) -> Scrape {
+        Scrape::try_parse(body).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`Scrape::parse`], returning the syntax error (with the line
+    /// number and the line) instead of panicking.
+    pub fn try_parse(body: &str) -> Result<Scrape, String> {
         let mut samples = Vec::new();
         for (no, line) in body.lines().enumerate() {
             let line = line.trim();
@@ -59,13 +65,13 @@ impl Scrape {
             }
             match parse_line(line) {
                 Ok(s) => samples.push(s),
-                Err(e) => panic!("/metrics line {}: {e}: {line:?}", no + 1),
+                Err(e) => return Err(format!("/metrics line {}: {e}: {line:?}", no + 1)),
             }
         }
-        Scrape {
+        Ok(Scrape {
             body: body.to_string(),
             samples,
-        }
+        })
     }
 
     /// Series called `name` whose labels include all pairs in `labels`.

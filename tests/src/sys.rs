@@ -1,6 +1,6 @@
 //! Environment checks, binary paths and command helpers.
 
-use std::io::Read;
+use std::io::{self, Read};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 /// `CI` is set (CI must never silently skip them) and otherwise print
 /// `SKIPPED: needs root` and return `false`.
 pub fn require_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if is_root() {
         return true;
     }
     if std::env::var_os("CI").is_some() {
@@ -23,6 +22,21 @@ pub fn require_root() -> bool {
     }
     println!("SKIPPED: needs root");
     false
+}
+
+/// `path` created (truncated) for a child's output: the handle for its
+/// stdout and a second one for its stderr, so both land in one log.
+pub fn log_file(path: &std::path::Path) -> io::Result<(std::fs::File, std::fs::File)> {
+    let out = std::fs::File::create(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", path.display())))?;
+    let err = out.try_clone()?;
+    Ok((out, err))
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// The workspace root (the parent of this crate's directory).
@@ -112,16 +126,25 @@ pub fn workload_bin() -> PathBuf {
     )
 }
 
+/// How long [`output`] and [`must`] let a command run.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Runs a command to completion with a time limit, capturing its output.
 /// Panics if it cannot be started or outlives `timeout` (it is killed).
 pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
+    try_run_with_timeout(cmd, timeout).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Like [`run_with_timeout`], returning an error (naming the command and,
+/// on a timeout, what it printed) instead of panicking.
+pub fn try_run_with_timeout(cmd: &mut Command, timeout: Duration) -> io::Result<Output> {
     let desc = format!("{cmd:?}");
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {desc}: {e}"));
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot start {desc}: {e}")))?;
     // Drain both pipes on threads so a chatty child cannot block on a full pipe.
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
@@ -142,34 +165,42 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
             let _ = child.wait();
             let stdout = t_out.join().unwrap_or_default();
             let stderr = t_err.join().unwrap_or_default();
-            panic!(
-                "{desc} did not finish within {timeout:?}; killed it.\nstdout:\n{}\nstderr:\n{}",
-                String::from_utf8_lossy(&stdout),
-                String::from_utf8_lossy(&stderr)
-            );
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "{desc} did not finish within {timeout:?}; killed it.\nstdout:\n{}\nstderr:\n{}",
+                    String::from_utf8_lossy(&stdout),
+                    String::from_utf8_lossy(&stderr)
+                ),
+            ));
         }
     };
-    Output {
+    Ok(Output {
         status,
         stdout: t_out.join().unwrap_or_default(),
         stderr: t_err.join().unwrap_or_default(),
-    }
+    })
 }
 
-/// Runs a command that must succeed within 30 s; returns its stdout. Panics
-/// with the command, status and output otherwise.
-pub fn must(cmd: &mut Command) -> String {
+/// Runs a command that must succeed within [`COMMAND_TIMEOUT`]; returns its
+/// stdout, or an error with the command, status and output.
+pub fn output(cmd: &mut Command) -> io::Result<String> {
     let desc = format!("{cmd:?}");
-    let out = run_with_timeout(cmd, Duration::from_secs(30));
+    let out = try_run_with_timeout(cmd, COMMAND_TIMEOUT)?;
     if !out.status.success() {
-        panic!(
+        return Err(io::Error::other(format!(
             "{desc} failed ({}):\nstdout:\n{}\nstderr:\n{}",
             out.status,
             String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        )));
     }
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Like [`output`], panicking with its error.
+pub fn must(cmd: &mut Command) -> String {
+    output(cmd).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Runs a command and ignores its result (cleanup paths).
@@ -217,26 +248,72 @@ pub fn signal(pid: u32, sig: libc::c_int) {
     }
 }
 
-/// Mounts tracefs on /sys/kernel/tracing when it is not mounted (a fresh
-/// machine has an empty directory there); bpftrace needs it.
-pub fn ensure_tracefs() {
-    let dir = std::path::Path::new("/sys/kernel/tracing");
-    let empty = std::fs::read_dir(dir)
-        .map(|mut d| d.next().is_none())
-        .unwrap_or(true);
-    if empty {
-        must(&mut cmd(
-            "mount",
-            &["-t", "tracefs", "tracefs", "/sys/kernel/tracing"],
+/// Where tracefs belongs.
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Whether tracefs is mounted on [`TRACEFS`].
+pub fn tracefs_mounted() -> io::Result<bool> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts")
+        .map_err(|e| io::Error::new(e.kind(), format!("reading /proc/self/mounts: {e}")))?;
+    Ok(mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        let (_, dir, kind) = (f.next(), f.next(), f.next());
+        dir == Some(TRACEFS) && kind == Some("tracefs")
+    }))
+}
+
+/// Mounts tracefs on [`TRACEFS`] unless it is mounted already (a fresh
+/// machine has an empty directory there); bpftrace needs it, the agent
+/// mounts it itself. With `sudo`, the mount runs through `sudo` (with the
+/// terminal, so sudo can ask for a password).
+pub fn mount_tracefs(sudo: bool) -> io::Result<()> {
+    if tracefs_mounted()? {
+        return Ok(());
+    }
+    if !std::path::Path::new(TRACEFS).is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "{TRACEFS} does not exist: this kernel has no tracefs, which the syscall \
+                 probes and bpftrace need"
+            ),
         ));
     }
+    let mut mount = if sudo {
+        cmd("sudo", &["mount"])
+    } else {
+        Command::new("mount")
+    };
+    mount.args(["-t", "tracefs", "tracefs", TRACEFS]);
+    let desc = format!("{mount:?}");
+    let status = mount
+        .status()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot start {desc}: {e}")))?;
+    if !status.success() {
+        return Err(io::Error::other(format!("{desc} failed ({status})")));
+    }
+    Ok(())
+}
+
+/// [`mount_tracefs`] as root, panicking on failure.
+pub fn ensure_tracefs() {
+    mount_tracefs(false).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// The first executable called `program` on `PATH`.
+pub fn which(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 /// Whether `program` is found on `PATH`.
 pub fn have(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
-        .unwrap_or(false)
+    which(program).is_some()
 }
 
 /// Panics unless `program` is installed, naming the Debian package to install.
@@ -245,6 +322,16 @@ pub fn need_tool(program: &str, package: &str) {
         have(program),
         "{program} is not installed; install it with `apt-get install {package}`"
     );
+}
+
+/// The `(program, Debian package)` pairs whose program is not on `PATH`,
+/// each as "program (apt-get install package)".
+pub fn missing_tools(tools: &[(&str, &str)]) -> Vec<String> {
+    tools
+        .iter()
+        .filter(|(program, _)| !have(program))
+        .map(|(program, package)| format!("{program} (apt-get install {package})"))
+        .collect()
 }
 
 /// A fresh, empty scratch directory, removed on drop.

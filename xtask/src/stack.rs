@@ -5,14 +5,20 @@
 
 use std::{
     fs,
-    io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
-    path::Path,
-    process::{Child, Command, Stdio},
+    net::{SocketAddr, TcpListener},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
+use sonde_tests::{
+    http,
+    ops::{
+        servers::{Alertmanager, Placement, Prometheus, PrometheusConfig},
+        urlencode,
+    },
+    process::Proc,
+    sys,
+};
 
 use crate::{run, toolchain, util};
 
@@ -23,59 +29,18 @@ pub struct Options {
     duration: Option<u64>,
 }
 
-/// A child process stopped (SIGTERM, then SIGKILL) when dropped.
-struct Service {
-    name: &'static str,
-    child: Child,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!("{} did not stop on SIGTERM: killing it", self.name);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `preferred` if it is free on loopback, else any free port.
-fn port(preferred: u16) -> anyhow::Result<u16> {
+fn port(preferred: u16) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind(("127.0.0.1", preferred))
         .or_else(|_| TcpListener::bind(("127.0.0.1", 0)))
         .context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
+    Ok(listener.local_addr()?)
 }
 
-fn start(name: &'static str, cmd: &mut Command, log: &Path) -> anyhow::Result<Service> {
-    let log = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("starting {name} ({})", util::display(cmd)))?;
-    Ok(Service { name, child })
-}
-
-/// Plain HTTP GET on loopback; the body when the status is 200.
+/// Whether `GET path` answers 200 (with the body).
 fn get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200")
-        .then(|| body.to_owned())
-        .or_else(|| head.starts_with("HTTP/1.0 200").then(|| body.to_owned()))
+    let r = http::get(addr, path).ok()?;
+    (r.status == 200).then_some(r.body)
 }
 
 fn wait_until(
@@ -102,13 +67,12 @@ impl Options {
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
-    for (binary, package) in [
+    let missing = sys::missing_tools(&[
         ("prometheus", "prometheus"),
         ("prometheus-alertmanager", "prometheus-alertmanager"),
-    ] {
-        if util::which(binary).is_none() {
-            bail!("{binary} is not installed: apt-get install {package}");
-        }
+    ]);
+    if !missing.is_empty() {
+        bail!("the stack needs: {}", missing.join(", "));
     }
     util::header("toolchain");
     toolchain::ensure(toolchain::Purpose::Build)?;
@@ -118,68 +82,53 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let dir = util::target_dir().join("stack");
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
-    let (agent_port, prom_port, am_port) = (port(9745)?, port(9090)?, port(9093)?);
-    let alerts = util::workspace_root().join("deploy/prometheus/alerts.yml");
-    fs::write(
-        dir.join("prometheus.yml"),
-        format!(
-            "global:\n  scrape_interval: 5s\n  evaluation_interval: 5s\n\
-             rule_files: [\"{}\"]\n\
-             alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: [\"127.0.0.1:{am_port}\"]\n\
-             scrape_configs:\n  - job_name: sonde\n    static_configs:\n      - targets: [\"127.0.0.1:{agent_port}\"]\n",
-            alerts.display()
-        ),
-    )?;
-    fs::write(
-        dir.join("alertmanager.yml"),
-        "route:\n  receiver: default\n  group_wait: 5s\n  group_interval: 30s\nreceivers:\n  - name: default\n",
-    )?;
+    let (agent, prom, am) = (port(9745)?, port(9090)?, port(9093)?);
+    let logs = dir.display();
 
     util::header("start");
+    // The agent through sudo when not root: a plain child, not the
+    // harness's Agent (which starts the binary itself).
     let mut agent_cmd = run::privileged(&util::target_dir().join("release/sonde"))?;
-    agent_cmd.args(["run", "--listen", &format!("127.0.0.1:{agent_port}")]);
-    let _agent = start("sonde", &mut agent_cmd, &dir.join("sonde.log"))?;
-    let _alertmanager = start(
-        "alertmanager",
-        Command::new("prometheus-alertmanager").args([
-            format!("--config.file={}", dir.join("alertmanager.yml").display()),
-            format!("--storage.path={}", dir.join("alertmanager").display()),
-            format!("--web.listen-address=127.0.0.1:{am_port}"),
-            "--cluster.listen-address=".to_owned(),
-        ]),
-        &dir.join("alertmanager.log"),
-    )?;
-    let _prometheus = start(
-        "prometheus",
-        Command::new("prometheus").args([
-            format!("--config.file={}", dir.join("prometheus.yml").display()),
-            format!("--storage.tsdb.path={}", dir.join("prometheus").display()),
-            format!("--web.listen-address=127.0.0.1:{prom_port}"),
-        ]),
-        &dir.join("prometheus.log"),
-    )?;
+    agent_cmd.args(["run", "--listen", &agent.to_string()]);
+    let _agent = Proc::spawn_logged("sonde", agent_cmd, &dir.join("sonde.log"))?;
+    let _alertmanager = Alertmanager::launch(
+        "5s",
+        "30s",
+        &Placement {
+            dir: Some(dir.join("alertmanager")),
+            addr: Some(am),
+            ..Placement::default()
+        },
+    )
+    .with_context(|| format!("see {logs}/alertmanager/server.log"))?;
+    let alerts = util::workspace_root().join("deploy/prometheus/alerts.yml");
+    let _prometheus = Prometheus::launch(
+        &PrometheusConfig {
+            targets: &[agent],
+            interval: "5s",
+            rules: None,
+            rule_file: Some(&alerts),
+            alertmanager: Some(am),
+        },
+        &Placement {
+            dir: Some(dir.join("prometheus")),
+            addr: Some(prom),
+            ..Placement::default()
+        },
+    )
+    .with_context(|| format!("see {logs}/prometheus/server.log"))?;
 
-    let agent: SocketAddr = ([127, 0, 0, 1], agent_port).into();
-    let prom: SocketAddr = ([127, 0, 0, 1], prom_port).into();
-    let am: SocketAddr = ([127, 0, 0, 1], am_port).into();
-    let logs = dir.display();
     wait_until("the agent", Duration::from_secs(60), || {
         get(agent, "/health/startup").is_some()
     })
     .with_context(|| format!("see {logs}/sonde.log"))?;
-    wait_until("Alertmanager", Duration::from_secs(30), || {
-        get(am, "/-/ready").is_some()
-    })
-    .with_context(|| format!("see {logs}/alertmanager.log"))?;
+    let up = format!("/api/v1/query?query={}", urlencode("up{job=\"sonde\"}"));
     wait_until(
         "Prometheus scraping the agent",
         Duration::from_secs(60),
-        || {
-            get(prom, "/api/v1/query?query=up%7Bjob%3D%22sonde%22%7D")
-                .is_some_and(|body| body.contains("\"1\""))
-        },
+        || get(prom, &up).is_some_and(|body| body.contains("\"1\"")),
     )
-    .with_context(|| format!("see {logs}/prometheus.log"))?;
+    .with_context(|| format!("see {logs}/prometheus/server.log"))?;
 
     println!(
         "Sonde:        http://{agent}/metrics  http://{agent}/health/ready  http://{agent}/api/v1/anomalies"

@@ -1,7 +1,7 @@
 //! `cargo xtask test [--no-integration]`: everything CI checks, in order,
 //! stopping at the first failure.
 
-use std::{fs, path::Path, process::Command, time::Instant};
+use std::{process::Command, time::Instant};
 
 use anyhow::{Context as _, bail};
 
@@ -137,7 +137,8 @@ fn integration_tests() -> anyhow::Result<()> {
             "not root: the test binaries run through `sudo -E` (it may ask for your password)"
         );
     }
-    mount_tracefs(root)?;
+    // bpftrace (the referee in some tests) needs tracefs.
+    sonde_tests::sys::mount_tracefs(!root)?;
 
     util::run(util::cargo().args(["build", "-p", "sonde"]))?;
     util::run(util::cargo().args(["build", "-p", "sonde-tests", "--bins"]))?;
@@ -192,32 +193,4 @@ fn as_root(args: &[&str], here: fn() -> anyhow::Result<()>) -> anyhow::Result<()
             .args(args)
             .arg("--no-build"),
     )
-}
-
-/// bpftrace (the referee in some tests) needs tracefs; the agent mounts it
-/// itself when missing.
-pub(crate) fn mount_tracefs(root: bool) -> anyhow::Result<()> {
-    const TRACEFS: &str = "/sys/kernel/tracing";
-    let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
-    let mounted = mounts.lines().any(|l| {
-        let mut f = l.split_whitespace();
-        let (_, dir, kind) = (f.next(), f.next(), f.next());
-        dir == Some(TRACEFS) && kind == Some("tracefs")
-    });
-    if mounted {
-        return Ok(());
-    }
-    if !Path::new(TRACEFS).is_dir() {
-        bail!(
-            "{TRACEFS} does not exist: this kernel has no tracefs, which the syscall probes and bpftrace need"
-        );
-    }
-    let mut mount = if root {
-        Command::new("mount")
-    } else {
-        let mut sudo = Command::new("sudo");
-        sudo.arg("mount");
-        sudo
-    };
-    util::run(mount.args(["-t", "tracefs", "tracefs", TRACEFS]))
 }

@@ -3,16 +3,21 @@
 //! 127.0.0.1, each with a private config and data directory. Dropping one
 //! sends SIGTERM, then SIGKILL after [`STOP_TIMEOUT`], and removes the
 //! directory; they also get SIGTERM if the test process dies.
+//!
+//! The tests start them with [`Prometheus::start`] and
+//! [`Alertmanager::start`] (panicking); `cargo xtask stack` and the
+//! benchmark choose the intervals, directory, port and CPUs through
+//! [`PrometheusConfig`] and [`Placement`] and get errors back.
 
-use std::fs::File;
+use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::agent::{die_with_parent, free_port};
+use crate::agent::free_addr;
 use crate::http::{self, Response};
 use crate::ops::urlencode;
 use crate::sys::{self, TempDir};
@@ -21,7 +26,57 @@ use crate::sys::{self, TempDir};
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a server may take to exit after SIGTERM before it is killed.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+const HTTP_TIMEOUT: Duration = http::TIMEOUT;
+
+/// Where and how a server runs. The default is what the tests use: a
+/// temporary directory removed on drop, a free port on 127.0.0.1, any CPU,
+/// log level `info`.
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    /// The server's directory (config, data, `server.log`), created if
+    /// need be and kept after the server stops.
+    pub dir: Option<PathBuf>,
+    /// The address to listen on.
+    pub addr: Option<SocketAddr>,
+    /// CPUs to pin the server to (all when empty).
+    pub cpus: Vec<usize>,
+    /// `--log.level`.
+    pub log_level: Option<&'static str>,
+}
+
+/// A server's directory: a temporary one, or one the caller keeps.
+enum Dir {
+    Temp(TempDir),
+    Kept(PathBuf),
+}
+
+impl Dir {
+    fn new(tag: &str, placement: &Placement) -> io::Result<Dir> {
+        Ok(match &placement.dir {
+            None => Dir::Temp(TempDir::new(tag)),
+            Some(d) => {
+                std::fs::create_dir_all(d).map_err(|e| {
+                    io::Error::new(e.kind(), format!("creating {}: {e}", d.display()))
+                })?;
+                Dir::Kept(d.clone())
+            }
+        })
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            Dir::Temp(t) => t.path(),
+            Dir::Kept(p) => p,
+        }
+    }
+
+    fn write(&self, name: &str, contents: &str) -> io::Result<PathBuf> {
+        let p = self.path().join(name);
+        std::fs::write(&p, contents)
+            .map_err(|e| io::Error::new(e.kind(), format!("writing {}: {e}", p.display())))?;
+        Ok(p)
+    }
+}
 
 /// A server child process with its own directory and log file.
 pub struct Server {
@@ -30,28 +85,38 @@ pub struct Server {
     addr: SocketAddr,
     log_path: PathBuf,
     // Last field: removed after the child is gone.
-    dir: TempDir,
+    dir: Dir,
 }
 
 impl Server {
-    /// Spawns `program args...` (its output to `DIR/server.log`) and waits
-    /// until `GET /-/ready` answers 200 on `addr`.
-    fn start(name: &str, program: &str, args: &[String], addr: SocketAddr, dir: TempDir) -> Server {
-        sys::need_tool(program, name);
+    /// Spawns `program args...` (its output to `DIR/server.log`, pinned to
+    /// `cpus`) and waits until `GET /-/ready` answers 200 on `addr`.
+    fn start(
+        name: &str,
+        program: &str,
+        args: &[String],
+        addr: SocketAddr,
+        dir: Dir,
+        cpus: &[usize],
+    ) -> io::Result<Server> {
+        if !sys::have(program) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{program} is not installed; install it with `apt-get install {name}`"),
+            ));
+        }
         let log_path = dir.path().join("server.log");
-        let log = File::create(&log_path)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
-        let log2 = log.try_clone().expect("clone log file handle");
+        let (log, log2) = sys::log_file(&log_path)?;
         let mut cmd = Command::new(program);
         cmd.args(args)
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
-        die_with_parent(&mut cmd);
+        crate::process::set_up_child(&mut cmd, libc::SIGTERM, cpus);
         let child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot start {program}: {e}")))?;
         let mut server = Server {
             name: name.to_string(),
             child: Some(child),
@@ -59,34 +124,37 @@ impl Server {
             log_path,
             dir,
         };
-        server.wait_ready();
-        server
+        server.wait_ready()?;
+        Ok(server)
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self) -> io::Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut last;
         loop {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!(
+                return Err(io::Error::other(format!(
                     "{} exited ({status}) before /-/ready answered; log:\n{}",
                     self.name,
                     self.log()
-                );
+                )));
             }
             match http::request(self.addr, "GET", "/-/ready", HTTP_TIMEOUT) {
-                Ok(r) if r.status == 200 => return,
+                Ok(r) if r.status == 200 => return Ok(()),
                 Ok(r) => last = format!("{} {}", r.status, r.body.trim()),
                 Err(e) => last = e.to_string(),
             }
             if Instant::now() >= deadline {
-                panic!(
-                    "{} was not ready within {READY_TIMEOUT:?} (last: {last}); log:\n{}",
-                    self.name,
-                    self.log()
-                );
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "{} was not ready within {READY_TIMEOUT:?} (last: {last}); log:\n{}",
+                        self.name,
+                        self.log()
+                    ),
+                ));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -149,6 +217,56 @@ impl Drop for Server {
     }
 }
 
+/// What Prometheus scrapes and evaluates: `targets` as job `sonde`.
+#[derive(Debug, Clone, Copy)]
+pub struct PrometheusConfig<'a> {
+    pub targets: &'a [SocketAddr],
+    /// Scrape interval, scrape timeout and rule evaluation interval
+    /// (`1s`, `5s`).
+    pub interval: &'a str,
+    /// Rule file text, written to `rules.yml` in the server's directory.
+    pub rules: Option<&'a str>,
+    /// A rule file loaded where it is.
+    pub rule_file: Option<&'a Path>,
+    /// Where to send alerts.
+    pub alertmanager: Option<SocketAddr>,
+}
+
+impl PrometheusConfig<'_> {
+    /// `prometheus.yml`; `rules_yml` is where the `rules` text was written.
+    fn render(&self, rules_yml: Option<&Path>) -> String {
+        let quoted = |addrs: &[SocketAddr]| {
+            addrs
+                .iter()
+                .map(|a| format!("'{a}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let i = self.interval;
+        let mut config = format!(
+            "global:\n  scrape_interval: {i}\n  scrape_timeout: {i}\n  evaluation_interval: {i}\n"
+        );
+        let files: Vec<&Path> = rules_yml.into_iter().chain(self.rule_file).collect();
+        if !files.is_empty() {
+            config.push_str("rule_files:\n");
+            for f in files {
+                config.push_str(&format!("  - {}\n", f.display()));
+            }
+        }
+        if let Some(am) = self.alertmanager {
+            config.push_str(&format!(
+                "alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: [{}]\n",
+                quoted(&[am])
+            ));
+        }
+        config.push_str(&format!(
+            "scrape_configs:\n  - job_name: sonde\n    static_configs:\n      - targets: [{}]\n",
+            quoted(self.targets)
+        ));
+        config
+    }
+}
+
 /// A Prometheus server scraping `targets` as job `sonde` every second and
 /// evaluating its rules every second.
 pub struct Prometheus {
@@ -163,42 +281,42 @@ impl Prometheus {
         rules: Option<&str>,
         alertmanager: Option<SocketAddr>,
     ) -> Prometheus {
-        let dir = TempDir::new("prometheus");
-        let quoted = |addrs: &[SocketAddr]| {
-            addrs
-                .iter()
-                .map(|a| format!("'{a}'"))
-                .collect::<Vec<_>>()
-                .join(", ")
+        let config = PrometheusConfig {
+            targets,
+            interval: "1s",
+            rules,
+            rule_file: None,
+            alertmanager,
         };
-        let mut config = String::from(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n",
-        );
-        if let Some(rules) = rules {
-            dir.write("rules.yml", rules);
-            config.push_str("rule_files:\n  - rules.yml\n");
-        }
-        if let Some(am) = alertmanager {
-            config.push_str(&format!(
-                "alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: [{}]\n",
-                quoted(&[am])
-            ));
-        }
-        config.push_str(&format!(
-            "scrape_configs:\n  - job_name: sonde\n    static_configs:\n      - targets: [{}]\n",
-            quoted(targets)
-        ));
-        let config_path = dir.write("prometheus.yml", &config);
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Prometheus::launch(&config, &Placement::default()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts Prometheus on `config`, placed as `placement` says, and waits
+    /// until it is ready.
+    pub fn launch(config: &PrometheusConfig, placement: &Placement) -> io::Result<Prometheus> {
+        let dir = Dir::new("prometheus", placement)?;
+        let rules_yml = match config.rules {
+            Some(rules) => Some(dir.write("rules.yml", rules)?),
+            None => None,
+        };
+        let config_path = dir.write("prometheus.yml", &config.render(rules_yml.as_deref()))?;
+        let addr = placement.addr.map_or_else(free_addr, Ok)?;
         let args = vec![
             format!("--config.file={}", config_path.display()),
             format!("--storage.tsdb.path={}", dir.path().join("data").display()),
             format!("--web.listen-address={addr}"),
-            "--log.level=info".to_string(),
+            format!("--log.level={}", placement.log_level.unwrap_or("info")),
         ];
-        Prometheus {
-            server: Server::start("prometheus", "prometheus", &args, addr, dir),
-        }
+        Ok(Prometheus {
+            server: Server::start(
+                "prometheus",
+                "prometheus",
+                &args,
+                addr,
+                dir,
+                &placement.cpus,
+            )?,
+        })
     }
 
     /// An instant query through `/api/v1/query`: the `result` array, or the
@@ -254,37 +372,51 @@ impl Prometheus {
     }
 }
 
-/// An Alertmanager with one receiver that notifies nobody: the test reads
+/// An Alertmanager with one receiver that notifies nobody: the caller reads
 /// what arrived through `/api/v2/alerts`. Clustering is off.
 pub struct Alertmanager {
     pub server: Server,
 }
 
 impl Alertmanager {
+    /// Groups alerts after 1 s, notifies every 1 s.
     pub fn start() -> Alertmanager {
-        let dir = TempDir::new("alertmanager");
+        Alertmanager::launch("1s", "1s", &Placement::default()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts Alertmanager with these grouping delays, placed as
+    /// `placement` says, and waits until it is ready.
+    pub fn launch(
+        group_wait: &str,
+        group_interval: &str,
+        placement: &Placement,
+    ) -> io::Result<Alertmanager> {
+        let dir = Dir::new("alertmanager", placement)?;
         let config = dir.write(
             "alertmanager.yml",
-            "route:\n  receiver: test\n  group_by: [alertname]\n  group_wait: 1s\n  \
-             group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: test\n",
-        );
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            &format!(
+                "route:\n  receiver: default\n  group_by: [alertname]\n  group_wait: {group_wait}\n  \
+                 group_interval: {group_interval}\n  repeat_interval: 1h\nreceivers:\n  - name: default\n"
+            ),
+        )?;
+        let addr = placement.addr.map_or_else(free_addr, Ok)?;
         let args = vec![
             format!("--config.file={}", config.display()),
             format!("--storage.path={}", dir.path().join("data").display()),
             format!("--web.listen-address={addr}"),
             "--cluster.listen-address=".to_string(),
-            "--log.level=info".to_string(),
+            format!("--log.level={}", placement.log_level.unwrap_or("info")),
         ];
-        Alertmanager {
+        Ok(Alertmanager {
             server: Server::start(
                 "prometheus-alertmanager",
                 "prometheus-alertmanager",
                 &args,
                 addr,
                 dir,
-            ),
-        }
+                &placement.cpus,
+            )?,
+        })
     }
 
     /// The active alerts Alertmanager holds (`GET /api/v2/alerts`).

@@ -8,11 +8,11 @@ use std::{
 
 use super::{
     Ctx, Def,
-    harness::{
-        Agent, BenchNet,
-        agent::{BPFTRACE_SYSCALLS, Running, bpftrace, start_ready, workload},
+    common::{
+        BenchNet, HOST_IF,
+        bins::{BPFTRACE_SYSCALLS, Running, bpftrace, start_ready, workload},
         kernel::{Mem, proc_cpu, proc_mem},
-        net::HOST_IF,
+        start_agent,
         stats::{median, round_robin},
     },
     report::{Op, Scenario},
@@ -102,13 +102,13 @@ fn run(ctx: &Ctx, s: &mut Scenario) -> anyhow::Result<()> {
                     } else {
                         "[syscalls]\nslow_threshold_ms = 0.000001\nslow_ignore = []\n"
                     };
-                    let agent = Agent::start(&ctx.bins, config, &[HOST_IF])?;
-                    let ready = agent.startup;
+                    let agent = start_agent(&ctx.bins, config, &[HOST_IF])?;
+                    let ready = agent.startup().unwrap_or_default();
                     (Running::Agent(agent), ready)
                 }
                 Variant::Bpftrace => {
-                    let (proc, ready) = bpftrace(BPFTRACE_SYSCALLS)?;
-                    (Running::Proc(proc), ready)
+                    let (b, ready) = bpftrace(BPFTRACE_SYSCALLS)?;
+                    (Running::Bpftrace(b), ready)
                 }
                 Variant::BareLoader => {
                     let mut cmd = Command::new(&ctx.bins.sonde);

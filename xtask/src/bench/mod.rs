@@ -1,15 +1,15 @@
 //! `cargo xtask bench [--quick]`: what Sonde costs, measured side by side
 //! with its baselines (no program, empty programs on the same hooks,
 //! bpftrace) in one run. One module per scenario; shared helpers in
-//! `harness`; the result model and its renderings in `report` and `chart`.
+//! `common` (and the test harness, `sonde_tests`); the result model and its renderings in `report` and `chart`.
 //!
 //! A full run writes `bench/results/<date>.{json,md,png}` and regenerates
 //! `docs/performance.md`; `--quick` (the smoke run in `cargo xtask test`)
 //! and `--only` write to `target/bench/` and leave those alone.
 
 mod chart;
+pub(crate) mod common;
 mod footprint;
-pub(crate) mod harness;
 mod packets;
 mod report;
 mod ring;
@@ -17,17 +17,14 @@ mod scaling;
 mod scrape;
 mod syscalls;
 
-use std::{
-    fs,
-    path::PathBuf,
-    time::{Instant, SystemTime, UNIX_EPOCH},
-};
+use std::{fs, path::PathBuf, time::Instant};
 
 use anyhow::{Context as _, bail};
 
 use crate::util;
-use harness::{Bins, process::Scratch};
+use common::Bins;
 use report::{Environment, Report, Scenario};
+use sonde_tests::{process::Scratch, sys};
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -113,7 +110,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             );
         }
     }
-    let missing = harness::agent::missing_tools(&TOOLS);
+    let missing = sys::missing_tools(&TOOLS);
     if !missing.is_empty() {
         bail!("the benchmark needs: {}", missing.join(", "));
     }
@@ -125,7 +122,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         quick: opts.quick,
         bins: Bins::release(opts.no_build)?,
     };
-    crate::test::mount_tracefs(true)?;
+    sys::mount_tracefs(false)?;
     let environment = environment(&ctx)?;
     let _scratch = Scratch::create()?;
 
@@ -147,7 +144,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     }
 
     let report = Report {
-        date: today(),
+        date: util::today(),
         quick: opts.quick,
         environment,
         duration_s: start.elapsed().as_secs_f64(),
@@ -206,24 +203,6 @@ fn environment(ctx: &Ctx) -> anyhow::Result<Environment> {
             .collect::<Vec<_>>()
             .join(" "),
     })
-}
-
-/// Today (UTC) as YYYY-MM-DD.
-pub(crate) fn today() -> String {
-    let days = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() / 86_400) as i64;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
 }
 
 fn write_results(report: &Report, published: bool) -> anyhow::Result<()> {

@@ -7,14 +7,19 @@ use std::{
     time::{Duration, Instant},
 };
 
+use sonde_tests::{
+    net::try_iface_stat,
+    process::command,
+    sys::{cmd, output},
+};
+
 use super::{
     Ctx, Def,
-    harness::{
-        Agent, BenchNet, Bins, Proc,
-        agent::{self, Running, spawn_workload},
+    common::{
+        BenchNet, Bins, HOST_IF, HOST_IP, NETNS, Proc,
+        bins::{self, Running, spawn_workload},
         kernel::{self, CpuTimes},
-        net::{HOST_IF, HOST_IP, NETNS, iface_stat},
-        process::command,
+        start_agent,
         stats::{Summary, median, per_round, ratio, round_robin},
     },
     report::{Op, Scenario, num},
@@ -108,20 +113,20 @@ impl Variant {
     fn start(self, bins: &Bins) -> anyhow::Result<Running> {
         Ok(match self {
             Variant::None => Running::Nothing,
-            Variant::EmptyTc => Running::Proc(agent::baseline(
+            Variant::EmptyTc => Running::Proc(bins::baseline(
                 bins,
                 &["packets", "--interface", HOST_IF, "--ingress", "tc"],
             )?),
-            Variant::EmptyXdp => Running::Proc(agent::baseline(
+            Variant::EmptyXdp => Running::Proc(bins::baseline(
                 bins,
                 &["packets", "--interface", HOST_IF, "--ingress", "xdp"],
             )?),
-            Variant::Sonde => Running::Agent(Agent::start(
+            Variant::Sonde => Running::Agent(start_agent(
                 bins,
                 "[syscalls]\nenabled = false\n[mapek]\ngovern_cost = false\n",
                 &[HOST_IF],
             )?),
-            Variant::SondeXdp => Running::Agent(Agent::start(
+            Variant::SondeXdp => Running::Agent(start_agent(
                 bins,
                 "[syscalls]\nenabled = false\n[network]\nxdp_mode = \"native\"\n[mapek]\ngovern_cost = false\n",
                 &[HOST_IF],
@@ -155,7 +160,8 @@ fn run(ctx: &Ctx, s: &mut Scenario) -> anyhow::Result<()> {
         |&v| {
             let _running = v.start(&ctx.bins)?;
             if links.len() < VARIANTS.len() {
-                let link = BenchNet::host_link();
+                let link =
+                    output(&mut cmd("ip", &["link", "show", "dev", HOST_IF])).unwrap_or_default();
                 let mode = if link.contains("xdpgeneric") {
                     "generic XDP"
                 } else if link.contains("xdp") {
@@ -448,7 +454,7 @@ fn udp(ctx: &Ctx, secs: u64) -> anyhow::Result<Sample> {
     )?;
     sink.wait_line("ready", Duration::from_secs(5))?;
     let w = Window::open()?;
-    agent::workload(
+    bins::workload(
         &ctx.bins,
         Some(NETNS),
         &[1],
@@ -514,16 +520,16 @@ impl Window {
     fn open() -> anyhow::Result<Window> {
         Ok(Window {
             t: Instant::now(),
-            packets: iface_stat(HOST_IF, "rx_packets")?,
-            bytes: iface_stat(HOST_IF, "rx_bytes")?,
+            packets: try_iface_stat(HOST_IF, "rx_packets")?,
+            bytes: try_iface_stat(HOST_IF, "rx_bytes")?,
             cpu: CpuTimes::now()?,
         })
     }
 
     /// (seconds, packets, bytes, CPU time) since `open`.
     fn close(self) -> anyhow::Result<(f64, f64, f64, CpuTimes)> {
-        let packets = iface_stat(HOST_IF, "rx_packets")? - self.packets;
-        let bytes = iface_stat(HOST_IF, "rx_bytes")? - self.bytes;
+        let packets = try_iface_stat(HOST_IF, "rx_packets")? - self.packets;
+        let bytes = try_iface_stat(HOST_IF, "rx_bytes")? - self.bytes;
         let cpu = CpuTimes::now()?.since(&self.cpu);
         if packets == 0 {
             anyhow::bail!("no packets arrived on {HOST_IF}");

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::harness::Summary;
+use super::common::Summary;
 
 #[derive(Debug, Serialize)]
 pub struct Report {

@@ -8,9 +8,10 @@ use serde::Serialize;
 
 use super::{
     Ctx, Def,
-    harness::{
-        Agent, Proc,
-        agent::{self, Metrics, spawn_workload},
+    common::{
+        Agent, Proc, Scrape,
+        bins::{self, spawn_workload},
+        start_agent,
         stats::{ratio, round_robin},
     },
     report::{Op, Panel, Scenario, Series},
@@ -264,7 +265,7 @@ fn window(ctx: &Ctx, reader: Reader, rate: u64, secs: u64, cpus: &[usize]) -> an
     };
     match reader {
         Reader::Minimal => {
-            let mut proc = agent::baseline(&ctx.bins, &["ring-reader"])?;
+            let mut proc = bins::baseline(&ctx.bins, &["ring-reader"])?;
             let t0 = Instant::now();
             let loaded = load();
             proc.signal(libc::SIGTERM)?;
@@ -287,10 +288,11 @@ fn window(ctx: &Ctx, reader: Reader, rate: u64, secs: u64, cpus: &[usize]) -> an
             })
         }
         Reader::Sonde => {
-            let agent = Agent::start(&ctx.bins, EVERY_SYSCALL, &[])?;
+            let agent = start_agent(&ctx.bins, EVERY_SYSCALL, &[])?;
             let t0 = Instant::now();
             let loaded = load();
-            agent.reload(NO_EVENTS)?;
+            agent.rewrite_config(NO_EVENTS);
+            agent.sighup();
             let window_s = t0.elapsed().as_secs_f64();
             loaded?;
             let m = settle(&agent)?;
@@ -309,9 +311,9 @@ fn window(ctx: &Ctx, reader: Reader, rate: u64, secs: u64, cpus: &[usize]) -> an
 
 /// Scrapes until the syscall ring's counters stop moving and add up
 /// (received + lost = produced), or the timeout passes; the last scrape.
-fn settle(agent: &Agent) -> anyhow::Result<Metrics> {
+fn settle(agent: &Agent) -> anyhow::Result<Scrape> {
     let deadline = Instant::now() + SETTLE_TIMEOUT;
-    let key = |m: &Metrics| {
+    let key = |m: &Scrape| {
         let n = |name: &str| m.sum(name, &[("ring", "syscall")]);
         (
             n("sonde_events_produced_total"),
@@ -319,10 +321,10 @@ fn settle(agent: &Agent) -> anyhow::Result<Metrics> {
             n("sonde_events_lost_total"),
         )
     };
-    let mut last = agent.metrics()?;
+    let mut last = agent.try_metrics()?;
     loop {
         std::thread::sleep(Duration::from_millis(600));
-        let m = agent.metrics()?;
+        let m = agent.try_metrics()?;
         let (p, r, l) = key(&m);
         if key(&last) == (p, r, l) && r + l == p {
             return Ok(m);

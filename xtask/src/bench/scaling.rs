@@ -5,11 +5,11 @@ use std::time::{Duration, Instant};
 
 use super::{
     Ctx, Def,
-    harness::{
-        Agent, BenchNet,
-        agent::{spawn_workload, workload},
+    common::{
+        BenchNet, HOST_IF, HOST_IP, NETNS, PEERS_FIRST,
+        bins::{spawn_workload, workload},
         kernel::{QuietGate, proc_cpu, proc_mem},
-        net::{HOST_IF, HOST_IP, NETNS, PEERS_FIRST},
+        start_agent,
         stats::{median, per_round, round_robin},
         tracer::{Tracer, ns_per_call},
     },
@@ -142,7 +142,7 @@ fn flows(ctx: &Ctx, s: &mut Scenario) -> anyhow::Result<()> {
     let mut cpu_line = Vec::new();
     let mut raw = Vec::new();
     for &flows in counts {
-        let agent = Agent::start(
+        let agent = start_agent(
             &ctx.bins,
             "[syscalls]\nenabled = false\n[network]\nmax_flows = 131072\n[mapek]\ngovern_cost = false\n",
             &[HOST_IF],
@@ -164,7 +164,7 @@ fn flows(ctx: &Ctx, s: &mut Scenario) -> anyhow::Result<()> {
         // Wait for a collection that sees them all.
         let deadline = Instant::now() + Duration::from_secs(20);
         let active = loop {
-            let active = agent.metrics()?.sum("sonde_flows_active", &[]);
+            let active = agent.try_metrics()?.sum("sonde_flows_active", &[]);
             if active >= flows as f64 || Instant::now() >= deadline {
                 break active;
             }
@@ -174,7 +174,7 @@ fn flows(ctx: &Ctx, s: &mut Scenario) -> anyhow::Result<()> {
         let mut durations = Vec::new();
         for _ in 0..window {
             std::thread::sleep(Duration::from_secs(1));
-            let m = agent.metrics()?;
+            let m = agent.try_metrics()?;
             durations.push(m.sum("sonde_collector_duration_seconds", &[]) * 1000.0);
         }
         let cycles = t0.elapsed().as_secs_f64(); // interval_ms = 1000

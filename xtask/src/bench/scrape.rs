@@ -5,13 +5,18 @@ use std::{process::Command, time::Duration};
 
 use anyhow::{Context as _, bail};
 
+use sonde_tests::{
+    http,
+    ops::servers::{Placement, Prometheus, PrometheusConfig},
+    process::scratch_path,
+};
+
 use super::{
     Ctx, Def,
-    harness::{
-        Agent, BenchNet, Metrics, Proc,
-        agent::{free_port, http_get, spawn_workload, workload},
-        net::{HOST_IF, HOST_IP, NETNS, PEERS_FIRST},
-        process::scratch_path,
+    common::{
+        Agent, BenchNet, HOST_IF, HOST_IP, NETNS, PEERS_FIRST, Proc, Scrape,
+        bins::{spawn_workload, workload},
+        start_agent,
     },
     report::{Op, Scenario},
 };
@@ -40,7 +45,7 @@ fn run(ctx: &Ctx, s: &mut Scenario) -> anyhow::Result<()> {
     let to = format!("{HOST_IP}:{SINK_PORT}");
     let mut sink = spawn_workload(&ctx.bins, None, &[0], &["udp-sink", &to, "600"])?;
     sink.wait_line("ready", Duration::from_secs(5))?;
-    let agent = Agent::start(
+    let agent = start_agent(
         &ctx.bins,
         &format!("[network]\ntop_peers = {peers}\n"),
         &[HOST_IF],
@@ -54,8 +59,8 @@ fn run(ctx: &Ctx, s: &mut Scenario) -> anyhow::Result<()> {
         Duration::from_secs(60),
     )?;
     let m = wait_for_peers(&agent, peers as usize)?;
-    let series = m.series();
-    let (_, body) = http_get(agent.addr(), "/metrics")?;
+    let series = m.samples.len();
+    let body = http::get(agent.addr(), "/metrics")?.body;
     println!("{series} series, {} bytes", body.len());
     s.figure("series exposed", "series", &[series as f64]);
     s.figure("exposition size", "KiB", &[body.len() as f64 / 1024.0]);
@@ -100,15 +105,15 @@ fn run(ctx: &Ctx, s: &mut Scenario) -> anyhow::Result<()> {
         "prometheus_scrape_duration_ms": prom.durations_ms,
     });
     drop(sink);
-    agent.stop()
+    Ok(agent.stop()?)
 }
 
 /// Scrapes until the peer series are there (or 20 s have passed).
-fn wait_for_peers(agent: &Agent, peers: usize) -> anyhow::Result<Metrics> {
+fn wait_for_peers(agent: &Agent, peers: usize) -> anyhow::Result<Scrape> {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let m = agent.metrics()?;
-        let n = m.count("sonde_peer_packets_total");
+        let m = agent.try_metrics()?;
+        let n = m.series("sonde_peer_packets_total", &[]).len();
         if n >= peers || std::time::Instant::now() >= deadline {
             if n < peers {
                 println!("only {n} of {peers} peers exported after 20 s");
@@ -186,40 +191,25 @@ struct Prom {
 
 /// A Prometheus server scraping the agent every second, `scrapes` times.
 fn prometheus(agent: &Agent, scrapes: u64) -> anyhow::Result<Prom> {
-    let dir = scratch_path("prometheus");
-    std::fs::create_dir_all(&dir)?;
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
-             scrape_configs:\n  - job_name: sonde\n    static_configs:\n      \
-             - targets: ['{}']\n",
-            agent.addr()
-        ),
+    let prom = Prometheus::launch(
+        &PrometheusConfig {
+            targets: &[agent.addr()],
+            interval: "1s",
+            rules: None,
+            rule_file: None,
+            alertmanager: None,
+        },
+        &Placement {
+            dir: Some(scratch_path("prometheus")),
+            cpus: vec![0],
+            log_level: Some("warn"),
+            ..Placement::default()
+        },
     )?;
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let mut cmd = Command::new("prometheus");
-    cmd.arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address={addr}"))
-        .arg("--log.level=warn");
-    let mut prom = Proc::spawn_on("prometheus", cmd, &[0])?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !matches!(http_get(addr, "/-/ready"), Ok((200, _))) {
-        if !prom.running() || std::time::Instant::now() >= deadline {
-            bail!(
-                "Prometheus did not get ready; stderr:\n{}",
-                prom.stderr_tail()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let addr = prom.server.addr();
     let query = |q: &str| -> anyhow::Result<serde_json::Value> {
-        let (status, body) = http_get(addr, &format!("/api/v1/query?query={q}"))?;
+        let http::Response { status, body, .. } =
+            http::get(addr, &format!("/api/v1/query?query={q}"))?;
         if status != 200 {
             bail!("Prometheus answered {status} to {q}: {body}");
         }

@@ -5,10 +5,10 @@ use std::{collections::BTreeMap, time::Duration};
 
 use super::{
     Ctx, Def,
-    harness::{
+    common::{
         Bins,
-        agent::{self, Running},
-        kernel,
+        bins::{self, Running},
+        kernel, start_agent,
         stats::{median, per_round, ratio, round_robin},
         tracer::{Tracer, ns_per_call},
     },
@@ -63,11 +63,11 @@ impl Variant {
     fn start(self, bins: &Bins) -> anyhow::Result<Running> {
         match self {
             Variant::Tracer(t) => t.start(bins),
-            Variant::TimingFloor => Ok(Running::Proc(agent::baseline(
+            Variant::TimingFloor => Ok(Running::Proc(bins::baseline(
                 bins,
                 &["syscalls", "--hook", "raw_tracepoint", "--timed"],
             )?)),
-            Variant::SondeSampled => Ok(Running::Agent(agent::Agent::start(
+            Variant::SondeSampled => Ok(Running::Agent(start_agent(
                 bins,
                 SONDE_SAMPLED_CONFIG,
                 &[],

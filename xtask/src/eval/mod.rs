@@ -27,11 +27,16 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
-    bench::harness::{Agent, BenchNet, Bins, agent::http_get, net::HOST_IF, process::Scratch},
+    bench::common::{Agent, BenchNet, Bins, HOST_IF, start_agent},
     util,
 };
 use scenarios::{INCIDENTS, Incident, NormalLoad};
 use score::{Cycle, Naming, Phase, Record, Score};
+use sonde_tests::{
+    http::Response,
+    process::{Scratch, scratch_path},
+    sys,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -138,13 +143,13 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
              incidents with tc and iptables: run it as root (e.g. `sudo -E cargo xtask eval`)"
         );
     }
-    let missing = crate::bench::harness::agent::missing_tools(&TOOLS);
+    let missing = sys::missing_tools(&TOOLS);
     if !missing.is_empty() {
         bail!("the evaluation needs: {}", missing.join(", "));
     }
     let started = Instant::now();
     let bins = Bins::release(opts.no_build)?;
-    crate::test::mount_tracefs(true)?;
+    sys::mount_tracefs(false)?;
     for id in &opts.only {
         if !INCIDENTS.iter().any(|i| i.id == id) {
             bail!(
@@ -248,7 +253,7 @@ struct Recorder {
 
 impl Recorder {
     fn poll(&mut self, agent: &Agent) -> anyhow::Result<()> {
-        let (status, body) = http_get(agent.addr(), "/api/v1/anomalies")?;
+        let Response { status, body, .. } = agent.try_request("GET", "/api/v1/anomalies")?;
         if status != 200 {
             bail!("GET /api/v1/anomalies answered {status}: {body}");
         }
@@ -272,7 +277,7 @@ impl Recorder {
                 },
             );
         }
-        let (status, body) = http_get(agent.addr(), "/api/v1/features")?;
+        let Response { status, body, .. } = agent.try_request("GET", "/api/v1/features")?;
         if status != 200 {
             bail!("GET /api/v1/features answered {status}: {body}");
         }
@@ -325,7 +330,7 @@ impl Recorder {
     }
 
     fn active(agent: &Agent) -> anyhow::Result<usize> {
-        let (_, body) = http_get(agent.addr(), "/api/v1/anomalies")?;
+        let body = agent.try_request("GET", "/api/v1/anomalies")?.body;
         let v: Value = serde_json::from_str(&body).context("parsing /api/v1/anomalies")?;
         Ok(v["active"].as_array().map_or(0, Vec::len))
     }
@@ -348,12 +353,12 @@ fn agent_config(plan: &Plan, state_dir: &std::path::Path) -> String {
 
 fn evaluate(plan: &Plan, bins: &Bins) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let state_dir = crate::bench::harness::process::scratch_path("state");
+    let state_dir = scratch_path("state");
     fs::create_dir_all(&state_dir)?;
     let config = agent_config(plan, &state_dir);
     util::header("eval: normal load and calibration");
     let _load = NormalLoad::start(bins, plan.bound().as_secs())?;
-    let mut agent = Agent::start(bins, &config, &[HOST_IF])?;
+    let mut agent = start_agent(bins, &config, &[HOST_IF])?;
     let mut rec = Recorder::default();
     let mut phases = Vec::new();
     let mut phase = |name: &str, expected: Option<(&str, Option<&str>)>, start: f64, end: f64| {
@@ -383,7 +388,7 @@ fn evaluate(plan: &Plan, bins: &Bins) -> anyhow::Result<Report> {
             rec.poll(&agent)?;
             agent.stop()?;
             rec.run += 1;
-            agent = Agent::start(bins, &config, &[HOST_IF])?;
+            agent = start_agent(bins, &config, &[HOST_IF])?;
             let t = now();
             restart.baselines_reloaded = reloaded(&agent);
             let settle = plan.interval() * 20;
@@ -451,7 +456,7 @@ fn evaluate(plan: &Plan, bins: &Bins) -> anyhow::Result<Report> {
         ),
     ];
     Ok(Report {
-        date: crate::bench::today(),
+        date: util::today(),
         smoke: plan.incidents.len() < INCIDENTS.len(),
         kernel: fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
@@ -477,9 +482,10 @@ fn evaluate(plan: &Plan, bins: &Bins) -> anyhow::Result<Report> {
 
 /// Whether the restarted agent says it reloaded its baselines.
 fn reloaded(agent: &Agent) -> bool {
-    http_get(agent.addr(), "/api/v1/anomalies")
+    agent
+        .try_request("GET", "/api/v1/anomalies")
         .ok()
-        .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
+        .and_then(|r| serde_json::from_str::<Value>(&r.body).ok())
         .and_then(|v| v["baselines_reloaded"].as_bool())
         .unwrap_or(false)
 }

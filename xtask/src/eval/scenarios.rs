@@ -11,12 +11,9 @@ use std::{
 };
 
 use anyhow::Context as _;
+use sonde_tests::{cgroup::TestCgroup, process::command, sys::output};
 
-use crate::bench::harness::{
-    Bins, Proc,
-    net::{HOST_IF, HOST_IP, NETNS, PEER_IP},
-    process::{command, output},
-};
+use crate::bench::common::{Bins, HOST_IF, HOST_IP, NETNS, PEER_IP, Proc};
 
 /// The HTTP service (in the namespace) and the host's listener that the
 /// floods and connection storms aim at.
@@ -201,14 +198,8 @@ pub const INCIDENTS: &[Incident] = &[
         how: "stress-ng --cpu 8 (four runnable tasks per core) in a cgroup of its own",
         subject: Some(CPU_CGROUP),
         run: |_, d| {
-            let cgroup = TestCgroup::create(CPU_CGROUP)?;
-            // The shell moves itself into the cgroup, then becomes stress-ng.
-            let script = format!(
-                "echo $$ > {}/cgroup.procs && exec stress-ng {}",
-                cgroup.0.display(),
-                stress("cpu", "8", d).join(" ")
-            );
-            run_for(command(None, "sh").args(["-c", &script]), d)
+            let cgroup = TestCgroup::named(CPU_CGROUP)?;
+            run_for(&mut cgroup.command("stress-ng", &stress("cpu", "8", d)), d)
         },
     },
 ];
@@ -216,40 +207,6 @@ pub const INCIDENTS: &[Incident] = &[
 /// The cgroup the CPU-saturation incident runs in (what its anomaly must
 /// name).
 const CPU_CGROUP: &str = "sonde-eval-cpu";
-
-/// A cgroup (v2) the evaluation creates, removed on drop once its
-/// processes are gone.
-struct TestCgroup(std::path::PathBuf);
-
-impl TestCgroup {
-    fn create(name: &str) -> anyhow::Result<TestCgroup> {
-        let mounts = std::fs::read_to_string("/proc/self/mounts")?;
-        let root = mounts
-            .lines()
-            .find_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.get(2) == Some(&"cgroup2")).then(|| std::path::PathBuf::from(f[1]))
-            })
-            .context("cgroup2 is not mounted")?;
-        let dir = root.join(name);
-        if !dir.exists() {
-            std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        Ok(TestCgroup(dir))
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        // Its processes may take a moment to be reaped.
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.0).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
 
 fn stress(stressor: &str, workers: &str, d: Duration) -> Vec<String> {
     vec![

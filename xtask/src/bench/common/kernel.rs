@@ -5,7 +5,7 @@ use std::{collections::HashMap, fs, process::Command, time::Duration};
 
 use anyhow::{Context as _, bail};
 
-use super::process::output;
+use sonde_tests::sys::output;
 
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 

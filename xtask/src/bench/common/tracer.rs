@@ -3,9 +3,11 @@
 
 use std::time::Duration;
 
+use sonde_tests::process::field;
+
 use super::{
-    agent::{self, Agent, BPFTRACE_SYSCALLS, Bins, Running},
-    process::field,
+    bins::{self, BPFTRACE_SYSCALLS, Bins, Running},
+    start_agent,
 };
 
 /// Sonde with syscall telemetry only; the slow-syscall threshold stays at
@@ -43,16 +45,15 @@ impl Tracer {
     pub fn start(self, bins: &Bins) -> anyhow::Result<Running> {
         Ok(match self {
             Tracer::None => Running::Nothing,
-            Tracer::RawPair => Running::Proc(agent::baseline(
+            Tracer::RawPair => Running::Proc(bins::baseline(
                 bins,
                 &["syscalls", "--hook", "raw_tracepoint"],
             )?),
-            Tracer::ClassicPair => Running::Proc(agent::baseline(
-                bins,
-                &["syscalls", "--hook", "tracepoint"],
-            )?),
-            Tracer::Sonde => Running::Agent(Agent::start(bins, SONDE_SYSCALLS_ONLY, &[])?),
-            Tracer::Bpftrace => Running::Proc(agent::bpftrace(BPFTRACE_SYSCALLS)?.0),
+            Tracer::ClassicPair => {
+                Running::Proc(bins::baseline(bins, &["syscalls", "--hook", "tracepoint"])?)
+            }
+            Tracer::Sonde => Running::Agent(start_agent(bins, SONDE_SYSCALLS_ONLY, &[])?),
+            Tracer::Bpftrace => Running::Bpftrace(bins::bpftrace(BPFTRACE_SYSCALLS)?.0),
         })
     }
 }
@@ -63,7 +64,7 @@ pub fn ns_per_call(bins: &Bins, k: usize, n: u64, cpus: &[usize]) -> anyhow::Res
     let (k, n) = (k.to_string(), n.to_string());
     let children = cpus
         .iter()
-        .map(|&c| agent::spawn_workload(bins, None, &[c], &["syscall-loop", &k, &n]))
+        .map(|&c| bins::spawn_workload(bins, None, &[c], &["syscall-loop", &k, &n]))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut total = 0.0;
     let count = children.len() as f64;
