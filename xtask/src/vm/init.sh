@@ -1,8 +1,9 @@
 #!/bin/sh
 # PID 1 of the virtual machines `cargo xtask vm-test` boots (xtask/src/vm/).
 # Mounts what Sonde needs, then for each profile in /vm/params runs
-# `sonde check` and, where the profile asks for it, `sonde run` under a known
-# workload, and reports on the serial console. Every report line starts with
+# `sonde check`, the integration-test binaries the profile names (with its
+# settings forced) and, where the profile asks for it, `sonde run` under a
+# known workload, and reports on the serial console. Every report line starts with
 # "SONDE-VM: " and is parsed by xtask/src/vm/results.rs:
 #
 #   SONDE-VM: kernel RELEASE
@@ -13,7 +14,8 @@
 #   SONDE-VM: error STEP MESSAGE
 #   SONDE-VM: done
 #
-# STEP is setup, check:PROFILE or run:PROFILE. The host judges the numbers;
+# STEP is setup, check:PROFILE, run:PROFILE or test:PROFILE:BINARY (whose
+# out lines are libtest's report). The host judges the numbers;
 # this script only measures. Everything here is bounded in time, and the
 # script never returns (PID 1 exiting would panic the kernel): it powers off.
 
@@ -119,15 +121,6 @@ stop() {
     done
     wait "$1"
     rc=$?
-}
-
-count_syscalls() {
-    before=$(metric sonde_syscalls_total 'syscall="getppid"')
-    if ! sonde-workload getppid "$GETPPID_N" >/dev/null 2>/tmp/workload.err; then
-        say "error $step getppid workload: $(excerpt /tmp/workload.err)"
-    fi
-    after=$(settle "$(add "$before" "$GETPPID_N")" sonde_syscalls_total 'syscall="getppid"')
-    say "value $step getppid $before $after"
 }
 
 # listen PORT [WORKLOAD]: a listener on 127.0.0.1:PORT in the background
@@ -329,6 +322,28 @@ count_udp() {
     say "value $step udp_packets $before $after"
 }
 
+# run_tests PROFILE: the profile's integration-test binaries (tests/tests/,
+# built for musl), one after the other, every agent they start given the
+# profile's settings (SONDE_TEST_CONFIG); the tests /vm/skip names are left
+# out. Captured output is shown for passing tests too (their `measured:`
+# lines).
+run_tests() {
+    tests=$(cat "/vm/profiles/$1.tests")
+    [ -n "$tests" ] || return 0
+    force=$(cat "/vm/profiles/$1.force")
+    for t in $tests; do
+        step=test:$1:$t
+        # shellcheck disable=SC2046 # one --skip NAME pair per excluded test
+        SONDE_TEST_CONFIG=$force SONDE_TEST_TIMEOUT_SCALE=$TIMEOUT_SCALE CI=1 \
+            SONDE_BIN=/vm/bin/sonde SONDE_WORKLOAD_BIN=/vm/bin/sonde-workload \
+            timeout -s KILL "$TEST_TIMEOUT_S" "/vm/tests/$t" --test-threads=1 --show-output \
+            $(cat /vm/skip) >/tmp/test.out 2>&1
+        rc=$?
+        relay out "$step" /tmp/test.out
+        say "exit $step $rc"
+    done
+}
+
 check_profile() {
     step=check:$1
     sonde check --config "/vm/profiles/$1.toml" >/tmp/check.out 2>/tmp/check.err
@@ -377,7 +392,10 @@ ip link set lo up || say "error setup ip link set lo up failed"
 index=0
 for p in $PROFILES; do
     # A profile whose check fails is not run: the agent would refuse too.
-    check_profile "$p" && run_profile "$p"
+    if check_profile "$p"; then
+        run_profile "$p"
+        run_tests "$p"
+    fi
     index=$((index + 1))
 done
 say done

@@ -252,17 +252,157 @@ pub fn judge_vm(
         let caps = auto_caps.as_deref().unwrap_or(&check.capabilities);
         let status = push_check_rows(&mut run.rows, p, check, caps);
         let check_ok = status == Status::Pass;
-        if p.counts.is_empty() {
-            continue;
+        if !p.counts.is_empty() {
+            let step = console
+                .steps
+                .get(&format!("run:{}", p.name))
+                .unwrap_or(&empty);
+            run.rows
+                .extend(judge_run(p, step, check_ok, status, &check.partial));
         }
-        let step = console
-            .steps
-            .get(&format!("run:{}", p.name))
-            .unwrap_or(&empty);
-        run.rows
-            .extend(judge_run(p, step, check_ok, status, &check.partial));
+        for binary in p.tests {
+            let step = console
+                .steps
+                .get(&format!("test:{}:{binary}", p.name))
+                .unwrap_or(&empty);
+            run.rows.extend(judge_tests(p, binary, step, status));
+        }
     }
     run
+}
+
+/// libtest's report of one test binary (`--show-output`): each test's
+/// result line and its captured output.
+#[derive(Debug, Default)]
+pub struct TestReport {
+    /// (test name, `ok` | `FAILED` | `ignored`), in the order they ran.
+    pub results: Vec<(String, String)>,
+    /// Test name → the lines it printed.
+    pub output: BTreeMap<String, Vec<String>>,
+}
+
+impl TestReport {
+    pub fn parse(lines: &[String]) -> TestReport {
+        let mut r = TestReport::default();
+        let mut current: Option<String> = None;
+        for line in lines.iter().map(|l| l.trim_end()) {
+            if let Some((name, result)) = line
+                .strip_prefix("test ")
+                .and_then(|rest| rest.rsplit_once(" ... "))
+            {
+                r.results.push((name.to_owned(), result.trim().to_owned()));
+                current = None;
+            } else if let Some(name) = line
+                .strip_prefix("---- ")
+                .and_then(|l| l.strip_suffix(" stdout ----"))
+            {
+                current = Some(name.to_owned());
+            } else if matches!(line, "successes:" | "failures:") {
+                current = None;
+            } else if let Some(name) = &current {
+                r.output
+                    .entry(name.clone())
+                    .or_default()
+                    .push(line.to_owned());
+            }
+        }
+        r
+    }
+
+    /// What the test printed after `measured: `, joined.
+    fn measured(&self, name: &str) -> Option<String> {
+        let m: Vec<&str> = self
+            .output
+            .get(name)?
+            .iter()
+            .filter_map(|l| l.strip_prefix("measured: "))
+            .collect();
+        (!m.is_empty()).then(|| m.join(", "))
+    }
+
+    /// The panic message of a failed test, on one line.
+    fn panic_message(&self, name: &str) -> String {
+        let Some(lines) = self.output.get(name) else {
+            return "no output".to_owned();
+        };
+        let at = lines.iter().position(|l| l.contains("panicked at"));
+        let from = at.map_or(0, |i| i + 1);
+        let message: Vec<&str> = lines[from..]
+            .iter()
+            .map(|l| l.as_str())
+            .take_while(|l| !l.is_empty() && !l.starts_with("note: "))
+            .take(6)
+            .collect();
+        let at = at.map(|i| lines[i].trim()).unwrap_or_default();
+        format!("{at} {}", message.join(" ")).trim().to_owned()
+    }
+}
+
+/// One integration-test binary's run in the guest: a row per test
+/// (`BINARY::NAME`), and a row for the binary when it failed without a
+/// failing test (killed at the timeout, crashed) or never ran.
+fn judge_tests(p: &Profile, binary: &str, step: &Step, check_status: Status) -> Vec<Row> {
+    let row = |what: String, status, short, detail| Row {
+        profile: p.name,
+        what,
+        status,
+        short,
+        detail,
+    };
+    let Some(exit) = step.exit else {
+        let (status, detail) = match check_status {
+            Status::Pass => (Status::Fail, "not reached".to_owned()),
+            Status::NotApplicable => (
+                Status::NotApplicable,
+                "skipped: `sonde check` did not pass".to_owned(),
+            ),
+            _ => (
+                Status::NotRun,
+                "skipped: `sonde check` did not pass".to_owned(),
+            ),
+        };
+        return vec![row(binary.to_owned(), status, None, detail)];
+    };
+    let report = TestReport::parse(&step.out);
+    let mut rows: Vec<Row> = report
+        .results
+        .iter()
+        .map(|(name, result)| {
+            let what = format!("{binary}::{name}");
+            let measured = report.measured(name);
+            match result.as_str() {
+                "ok" => row(
+                    what,
+                    Status::Pass,
+                    measured.clone(),
+                    measured.unwrap_or_else(|| "ok".into()),
+                ),
+                "ignored" => row(what, Status::NotRun, None, "ignored".into()),
+                _ => row(what, Status::Fail, None, report.panic_message(name)),
+            }
+        })
+        .collect();
+    let failed = rows.iter().any(|r| r.status == Status::Fail);
+    if rows.is_empty() || (exit != 0 && !failed) {
+        let last: Vec<&str> = step.out.iter().rev().take(5).map(|l| l.trim()).collect();
+        let last: Vec<&str> = last.into_iter().rev().collect();
+        rows.push(row(
+            binary.to_owned(),
+            Status::Fail,
+            None,
+            format!(
+                "exit {exit}{} after {} test result(s); last lines: {}",
+                if exit == 137 {
+                    " (killed at the timeout)"
+                } else {
+                    ""
+                },
+                report.results.len(),
+                last.join(" | ")
+            ),
+        ));
+    }
+    rows
 }
 
 /// The `sonde check` row of a profile (and, for `auto`, whether the
@@ -572,7 +712,7 @@ fn judge_run(
 
 #[cfg(test)]
 mod tests {
-    use super::super::guest::{self, Count, GETPPID_N, TCP_M, UDP_N};
+    use super::super::guest::{self, Count, TCP_M, UDP_N};
     use super::*;
 
     const CHECK_OUT: &str = "\
@@ -624,13 +764,31 @@ result            ok (degraded): 1 optional program(s) unavailable";
                 s.push_str(&format!("SONDE-VM: out check:{} {l}\n", p.name));
             }
             s.push_str(&format!("SONDE-VM: exit check:{} 0\n", p.name));
+            for t in p.tests {
+                let step = format!("test:{}:{t}", p.name);
+                let (result, exit) = if good { ("ok", 0) } else { ("FAILED", 101) };
+                for l in [
+                    "running 1 test".to_owned(),
+                    format!("test counts_exactly ... {result}"),
+                    String::new(),
+                    if good { "successes:" } else { "failures:" }.to_owned(),
+                    String::new(),
+                    "---- counts_exactly stdout ----".to_owned(),
+                    "measured: +7 of 7".to_owned(),
+                    "thread 'counts_exactly' panicked at tests/tests/x.rs:1:1:".to_owned(),
+                    "rose by 6 for 7".to_owned(),
+                    String::new(),
+                ] {
+                    s.push_str(&format!("SONDE-VM: out {step} {l}\n"));
+                }
+                s.push_str(&format!("SONDE-VM: exit {step} {exit}\n"));
+            }
             if p.counts.is_empty() {
                 continue;
             }
             for c in p.counts {
                 // The smallest passing rise, and one that fails.
                 let n = match c {
-                    Count::Syscalls => GETPPID_N as f64,
                     Count::UdpPackets => UDP_N as f64,
                     Count::ProcessEvents => (2 * guest::EXEC_N) as f64,
                     Count::DelayedConnectsFast | Count::DelayedRttFast => 0.0,
@@ -751,13 +909,40 @@ result            ok (degraded): 1 optional program(s) unavailable";
         assert!(run.passed(), "{:?}", run.failures().collect::<Vec<_>>());
         // An unavailable optional program: passes, marked degraded.
         assert_eq!(run.rows[0].short.as_deref(), Some("degraded"));
-        // auto: check, preferred tier, 4 counts, exit; raw_tracepoint: check, count, exit
-        assert_eq!(run.rows.len(), 10);
+        // auto: check, preferred tier, 3 counts, exit, 1 test; raw_tracepoint: check
+        assert_eq!(run.rows.len(), 8);
+        let test = run.rows.iter().find(|r| r.what.contains("::")).unwrap();
+        assert_eq!(test.what, "syscalls::counts_exactly");
+        assert_eq!(test.short.as_deref(), Some("+7 of 7"));
 
         let c = parse_console(&console(&profiles, false));
         let run = judge_vm("6.1.0-1-cloud-amd64", &c, &profiles, Duration::from_secs(5));
         let failures: Vec<String> = run.failures().collect();
-        assert_eq!(failures.len(), 5, "{failures:?}");
+        assert_eq!(failures.len(), 4, "{failures:?}");
+        assert!(
+            failures
+                .iter()
+                .any(|f| f.contains("panicked at") && f.contains("rose by 6")),
+            "{failures:?}"
+        );
+    }
+
+    #[test]
+    fn a_test_binary_killed_without_a_failing_test_fails() {
+        let p = guest::profile("auto").unwrap();
+        let step = Step {
+            out: lines("running 3 tests\ntest a ... ok"),
+            exit: Some(137),
+            ..Step::default()
+        };
+        let rows = judge_tests(p, "syscalls", &step, Status::Pass);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].status, Status::Pass);
+        assert_eq!(rows[1].status, Status::Fail);
+        assert!(rows[1].detail.contains("timeout"), "{}", rows[1].detail);
+        // Not reached after a refused check: not applicable, not a failure.
+        let rows = judge_tests(p, "syscalls", &Step::default(), Status::NotApplicable);
+        assert_eq!(rows[0].status, Status::NotApplicable);
     }
 
     #[test]
