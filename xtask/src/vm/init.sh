@@ -124,7 +124,7 @@ stop() {
 }
 
 # listen PORT [WORKLOAD]: a listener on 127.0.0.1:PORT in the background
-# (sonde-workload tcp-listen, or WORKLOAD: tcp-sink, udp-sink), its pid in
+# (sonde-workload tcp-listen, or WORKLOAD: tcp-sink), its pid in
 # $listener; says why and returns 1 if it never became ready.
 listen() {
     sonde-workload "${2:-tcp-listen}" "127.0.0.1:$1" 120 >/tmp/listen.out 2>&1 &
@@ -170,19 +170,6 @@ count_tcp() {
     after=$(settle "$(add "$before" "$TCP_M")" sonde_tcp_connect_duration_seconds_count)
     unlisten
     say "value $step tcp_connects $before $after"
-}
-
-# EXEC_N runs of busybox: an exec and an exit event each, read from the
-# process ring (or perf buffers).
-count_process() {
-    before=$(metric sonde_events_total 'ring="process"')
-    i=0
-    while [ "$i" -lt "$EXEC_N" ]; do
-        /bin/busybox true
-        i=$((i + 1))
-    done
-    after=$(settle "$(add "$before" "$((2 * EXEC_N))")" sonde_events_total 'ring="process"')
-    say "value $step process_events $before $after"
 }
 
 # TCP_M connects to a port nobody listens on: the kernel answers each SYN
@@ -307,21 +294,6 @@ count_loss() {
     say "value $step kernel_retrans_segs $k0 $k"
 }
 
-count_udp() {
-    port=$((7200 + index))
-    labels='interface="lo" direction="ingress" family="ipv4" protocol="udp"'
-    listen "$port" udp-sink || return
-    # shellcheck disable=SC2086 # the labels are separate words on purpose
-    before=$(metric sonde_packets_total $labels)
-    if ! sonde-workload udp-send "127.0.0.1:$port" "$UDP_N" 100 >/dev/null 2>/tmp/workload.err; then
-        say "error $step udp-send: $(excerpt /tmp/workload.err)"
-    fi
-    # shellcheck disable=SC2086
-    after=$(settle "$(add "$before" "$UDP_N")" sonde_packets_total $labels)
-    unlisten
-    say "value $step udp_packets $before $after"
-}
-
 # run_tests PROFILE: the profile's integration-test binaries (tests/tests/,
 # built for musl), one after the other, every agent they start given the
 # profile's settings (SONDE_TEST_CONFIG); the tests /vm/skip names are left
@@ -333,11 +305,16 @@ run_tests() {
     force=$(cat "/vm/profiles/$1.force")
     for t in $tests; do
         step=test:$1:$t
-        # shellcheck disable=SC2046 # one --skip NAME pair per excluded test
-        SONDE_TEST_CONFIG=$force SONDE_TEST_TIMEOUT_SCALE=$TIMEOUT_SCALE CI=1 \
+        # BINARY runs all its tests, BINARY::TEST that one.
+        filter=
+        case $t in *::*) filter="${t#*::} --exact" ;; esac
+        # iproute2's ip and tc before busybox's (the tests make veth pairs
+        # and namespaces).
+        # shellcheck disable=SC2046,SC2086 # --skip NAME pairs; NAME --exact
+        PATH=/vm/bin:/bin SONDE_TEST_CONFIG=$force SONDE_TEST_TIMEOUT_SCALE=$TIMEOUT_SCALE CI=1 \
             SONDE_BIN=/vm/bin/sonde SONDE_WORKLOAD_BIN=/vm/bin/sonde-workload \
-            timeout -s KILL "$TEST_TIMEOUT_S" "/vm/tests/$t" --test-threads=1 --show-output \
-            $(cat /vm/skip) >/tmp/test.out 2>&1
+            timeout -s KILL "$TEST_TIMEOUT_S" "/vm/tests/${t%%::*}" $filter --test-threads=1 \
+            --show-output $(cat /vm/skip) >/tmp/test.out 2>&1
         rc=$?
         relay out "$step" /tmp/test.out
         say "exit $step $rc"

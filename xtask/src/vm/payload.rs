@@ -1,9 +1,9 @@
 //! What runs inside the guest: the agent, the workload helper and the
 //! integration-test binaries built statically for musl (the guest has no C
 //! library), a static busybox for
-//! the shell, mount, insmod, ip and wget, and the host's iproute2 `tc` with
-//! the shared libraries it loads (busybox's tc cannot set up netem; no
-//! static iproute2 is packaged).
+//! the shell, mount, insmod and wget, and the host's iproute2 `tc` and `ip`
+//! with the shared libraries they load (busybox's cannot set up netem, veth
+//! pairs or network namespaces; no static iproute2 is packaged).
 
 use std::{
     collections::BTreeMap,
@@ -29,11 +29,11 @@ pub struct Payload {
     /// The integration-test binaries of tests/tests/, by name (`syscalls`).
     pub tests: BTreeMap<String, PathBuf>,
     pub busybox: PathBuf,
-    /// iproute2's tc, dynamically linked.
-    pub tc: PathBuf,
-    /// What tc loads: its libraries and the dynamic loader, each to be
+    /// iproute2's tc and ip, dynamically linked.
+    pub tools: Vec<PathBuf>,
+    /// What they load: their libraries and the dynamic loader, each to be
     /// placed in the guest at the same path as on the host.
-    pub tc_libraries: Vec<PathBuf>,
+    pub tool_libraries: Vec<PathBuf>,
 }
 
 /// Builds `sonde`, `sonde-workload` and the integration-test binaries for
@@ -41,10 +41,21 @@ pub struct Payload {
 /// built by agent/build.rs for bpfel whatever the host target.
 pub fn build() -> anyhow::Result<Payload> {
     let busybox = find_busybox()?;
-    let tc = util::which("tc")
-        .or_else(|| Some(PathBuf::from("/usr/sbin/tc")).filter(|p| p.is_file()))
-        .context("tc not found: apt-get install iproute2 (the guest sets up netem with it)")?;
-    let tc_libraries = shared_libraries(&tc)?;
+    let mut tools = Vec::new();
+    let mut tool_libraries: Vec<PathBuf> = Vec::new();
+    for name in ["tc", "ip"] {
+        let tool = util::which(name)
+            .or_else(|| Some(PathBuf::from("/usr/sbin").join(name)).filter(|p| p.is_file()))
+            .with_context(|| {
+                format!("{name} not found: apt-get install iproute2 (the guest needs it)")
+            })?;
+        for lib in shared_libraries(&tool)? {
+            if !tool_libraries.contains(&lib) {
+                tool_libraries.push(lib);
+            }
+        }
+        tools.push(tool);
+    }
     toolchain::ensure(Purpose::Build)?;
     ensure_musl_target()?;
     util::run(util::cargo().args([
@@ -68,8 +79,8 @@ pub fn build() -> anyhow::Result<Payload> {
         workload: dir.join("sonde-workload"),
         tests,
         busybox,
-        tc,
-        tc_libraries,
+        tools,
+        tool_libraries,
     };
     for bin in [&payload.sonde, &payload.workload]
         .into_iter()

@@ -315,10 +315,12 @@ pub fn markdown(runs: &[KernelRun], profiles: &[&Profile], info: &RunInfo) -> St
     let _ = writeln!(s, "\n## Profiles\n");
     let _ = writeln!(
         s,
-        "Every profile attaches to loopback only (`[network] interfaces = [\"lo\"]`) with \
-         `[collector] interval_ms = 200` and `[mapek] govern_cost = false` (under emulation \
-         the agent's CPU share is tens of times a host's; the governor would shed RTT \
-         samples).\n"
+        "Every profile's `sonde check` and `sonde run` attach to loopback only \
+         (`[network] interfaces = [\"lo\"]`) with `[collector] interval_ms = 200` and \
+         `[mapek] govern_cost = false` (under emulation the agent's CPU share is tens of \
+         times a host's; the governor would shed RTT samples). Its tests start from the \
+         test harness's configuration (`Config` in tests/src/lib.rs), with the profile's \
+         settings on top (`SONDE_TEST_CONFIG`) unless a test sets that key itself.\n"
     );
     table_head(
         &mut s,

@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use super::guest::Profile;
+use super::guest::{self, Profile};
 
 const MARKER: &str = "SONDE-VM: ";
 
@@ -260,12 +260,12 @@ pub fn judge_vm(
             run.rows
                 .extend(judge_run(p, step, check_ok, status, &check.partial));
         }
-        for binary in p.tests {
+        for entry in p.tests {
             let step = console
                 .steps
-                .get(&format!("test:{}:{binary}", p.name))
+                .get(&format!("test:{}:{entry}", p.name))
                 .unwrap_or(&empty);
-            run.rows.extend(judge_tests(p, binary, step, status));
+            run.rows.extend(judge_tests(p, entry, step, status));
         }
     }
     run
@@ -338,10 +338,11 @@ impl TestReport {
     }
 }
 
-/// One integration-test binary's run in the guest: a row per test
-/// (`BINARY::NAME`), and a row for the binary when it failed without a
-/// failing test (killed at the timeout, crashed) or never ran.
-fn judge_tests(p: &Profile, binary: &str, step: &Step, check_status: Status) -> Vec<Row> {
+/// One test entry's run in the guest (`BINARY` or `BINARY::TEST`): a row
+/// per test (`BINARY::TEST`), and a row for the entry when it failed
+/// without a failing test (killed at the timeout, crashed) or never ran.
+fn judge_tests(p: &Profile, entry: &str, step: &Step, check_status: Status) -> Vec<Row> {
+    let binary = guest::test_binary(entry);
     let row = |what: String, status, short, detail| Row {
         profile: p.name,
         what,
@@ -361,7 +362,7 @@ fn judge_tests(p: &Profile, binary: &str, step: &Step, check_status: Status) -> 
                 "skipped: `sonde check` did not pass".to_owned(),
             ),
         };
-        return vec![row(binary.to_owned(), status, None, detail)];
+        return vec![row(entry.to_owned(), status, None, detail)];
     };
     let report = TestReport::parse(&step.out);
     let mut rows: Vec<Row> = report
@@ -387,7 +388,7 @@ fn judge_tests(p: &Profile, binary: &str, step: &Step, check_status: Status) -> 
         let last: Vec<&str> = step.out.iter().rev().take(5).map(|l| l.trim()).collect();
         let last: Vec<&str> = last.into_iter().rev().collect();
         rows.push(row(
-            binary.to_owned(),
+            entry.to_owned(),
             Status::Fail,
             None,
             format!(
@@ -712,7 +713,7 @@ fn judge_run(
 
 #[cfg(test)]
 mod tests {
-    use super::super::guest::{self, Count, TCP_M, UDP_N};
+    use super::super::guest::{Count, TCP_M};
     use super::*;
 
     const CHECK_OUT: &str = "\
@@ -789,8 +790,6 @@ result            ok (degraded): 1 optional program(s) unavailable";
             for c in p.counts {
                 // The smallest passing rise, and one that fails.
                 let n = match c {
-                    Count::UdpPackets => UDP_N as f64,
-                    Count::ProcessEvents => (2 * guest::EXEC_N) as f64,
                     Count::DelayedConnectsFast | Count::DelayedRttFast => 0.0,
                     Count::DelayedRttSlow
                     | Count::LossRetransmits
