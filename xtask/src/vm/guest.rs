@@ -63,11 +63,6 @@ const BASE: &[(&str, &str, &str)] = &[
 pub enum Count {
     /// `sonde_tcp_connect_duration_seconds_count` rises by at least TCP_M.
     TcpConnects,
-    /// TCP_M connects to a closed port: `sonde_tcp_resets_total
-    /// {direction="sent"}` rises by at least TCP_M ...
-    ResetsSent,
-    /// ... and so does `{direction="received"}`.
-    ResetsReceived,
     /// Under netem delay (NETEM_DELAY_MS on every packet over lo), TCP_M
     /// connects: connect-latency samples above 67 ms rise by at least TCP_M ...
     DelayedConnectsSlow,
@@ -91,14 +86,15 @@ pub enum Count {
 /// Exact UDP packet and byte counts into a veth pair, against the
 /// interface's own statistics; the ingress profiles force its hook.
 const INGRESS_UDP: &str = "packets::ingress_udp_is_counted_exactly_and_matches_kernel_stats";
+/// Refused connections into a veth pair: failures and resets sent and
+/// received; the TCP profiles force its tier.
+const TCP_RESETS: &str = "tcp::refused_connections_count_failures_and_resets";
 
 /// Every TCP signal's count, for the profiles that force a TCP tier, with
 /// the retransmit check that tier can be held to.
-const fn tcp_signals(retransmits: Count) -> [Count; 8] {
+const fn tcp_signals(retransmits: Count) -> [Count; 6] {
     [
         Count::TcpConnects,
-        Count::ResetsSent,
-        Count::ResetsReceived,
         Count::DelayedConnectsSlow,
         Count::DelayedConnectsFast,
         Count::DelayedRttSlow,
@@ -108,16 +104,15 @@ const fn tcp_signals(retransmits: Count) -> [Count; 8] {
 }
 
 /// fentry: exact.
-const TCP_SIGNALS: [Count; 8] = tcp_signals(Count::LossRetransmits);
+const TCP_SIGNALS: [Count; 6] = tcp_signals(Count::LossRetransmits);
 /// kprobe and tracepoint: runs the kernel skips are allowed for.
-const TCP_SIGNALS_SKIPPABLE: [Count; 8] = tcp_signals(Count::LossRetransmitsSkippable);
+const TCP_SIGNALS_SKIPPABLE: [Count; 6] = tcp_signals(Count::LossRetransmitsSkippable);
 
 impl Count {
     /// The init script's function (`count_NAME`).
     fn function(self) -> &'static str {
         match self {
             Count::TcpConnects => "tcp",
-            Count::ResetsSent | Count::ResetsReceived => "resets",
             Count::DelayedConnectsSlow
             | Count::DelayedConnectsFast
             | Count::DelayedRttSlow
@@ -130,8 +125,6 @@ impl Count {
     pub fn key(self) -> &'static str {
         match self {
             Count::TcpConnects => "tcp_connects",
-            Count::ResetsSent => "resets_sent",
-            Count::ResetsReceived => "resets_received",
             Count::DelayedConnectsSlow => "connects_slow",
             Count::DelayedConnectsFast => "connects_fast",
             Count::DelayedRttSlow => "rtt_slow",
@@ -145,15 +138,6 @@ impl Count {
     pub fn reference_key(self) -> Option<&'static str> {
         match self {
             Count::LossRetransmits | Count::LossRetransmitsSkippable => Some("kernel_retrans_segs"),
-            _ => None,
-        }
-    }
-
-    /// The program whose `partial` line in `sonde check` (a hook the
-    /// kernel lets see only part of the signal) excuses a short count.
-    pub fn program(self) -> Option<&'static str> {
-        match self {
-            Count::ResetsSent => Some("sonde_tcp_send_reset"),
             _ => None,
         }
     }
@@ -179,14 +163,6 @@ impl Count {
                      (the guest's scrapes of /metrics are connects too)"
                 )
             }
-            Count::ResetsSent | Count::ResetsReceived => format!(
-                "{TCP_M} connects to a closed port → resets {} ≥ +{TCP_M}",
-                if self == Count::ResetsSent {
-                    "sent"
-                } else {
-                    "received"
-                }
-            ),
             Count::DelayedConnectsSlow => format!(
                 "netem delay {NETEM_DELAY_MS} ms on lo, {TCP_M} connects → connect \
                  latency samples > 67 ms ≥ +{TCP_M}"
@@ -223,10 +199,7 @@ impl Count {
     /// never exceeds the count plus the skips.
     pub fn judge(self, delta: f64, reference: Option<f64>, missed: f64) -> bool {
         match self {
-            Count::TcpConnects
-            | Count::ResetsSent
-            | Count::ResetsReceived
-            | Count::DelayedConnectsSlow => delta >= TCP_M as f64,
+            Count::TcpConnects | Count::DelayedConnectsSlow => delta >= TCP_M as f64,
             Count::DelayedConnectsFast | Count::DelayedRttFast => delta == 0.0,
             Count::DelayedRttSlow => delta >= 1.0,
             Count::LossRetransmits => reference
@@ -351,7 +324,7 @@ pub const PROFILES: &[Profile] = &[
         }),
         needs: Some("fentry/fexit"),
         counts: &TCP_SIGNALS,
-        tests: &[],
+        tests: &[TCP_RESETS],
     },
     Profile {
         name: "tcp-kprobe",
@@ -363,7 +336,7 @@ pub const PROFILES: &[Profile] = &[
         }),
         needs: Some("kprobes"),
         counts: &TCP_SIGNALS_SKIPPABLE,
-        tests: &[],
+        tests: &[TCP_RESETS],
     },
     Profile {
         name: "tcp-tracepoint",
@@ -375,7 +348,7 @@ pub const PROFILES: &[Profile] = &[
         }),
         needs: None,
         counts: &TCP_SIGNALS_SKIPPABLE,
-        tests: &[],
+        tests: &[TCP_RESETS],
     },
 ];
 

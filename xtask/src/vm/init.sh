@@ -172,18 +172,6 @@ count_tcp() {
     say "value $step tcp_connects $before $after"
 }
 
-# TCP_M connects to a port nobody listens on: the kernel answers each SYN
-# with a RST (sent) that the connecting socket takes (received).
-count_resets() {
-    port=$((7300 + index))
-    sent=$(metric sonde_tcp_resets_total 'direction="sent"')
-    received=$(metric sonde_tcp_resets_total 'direction="received"')
-    connects "$port"
-    [ "$failed" -eq "$TCP_M" ] || say "error $step $((TCP_M - failed)) of $TCP_M connects to closed port $port succeeded"
-    say "value $step resets_sent $sent $(settle "$(add "$sent" "$TCP_M")" sonde_tcp_resets_total 'direction="sent"')"
-    say "value $step resets_received $received $(settle "$(add "$received" "$TCP_M")" sonde_tcp_resets_total 'direction="received"')"
-}
-
 # below NAME: samples of histogram NAME at or under 2^26 ns (67 ms), the
 # last log2 bucket a 100 ms round trip cannot fall in.
 below() { metric "${1}_bucket" 'le="0.067108864"'; }

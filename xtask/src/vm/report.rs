@@ -267,9 +267,10 @@ pub fn markdown(runs: &[KernelRun], profiles: &[&Profile], info: &RunInfo) -> St
     let _ = writeln!(
         s,
         "pass / **FAIL** / n/a (the kernel lacks what the profile forces, and the agent \
-         refused it; or a count fell short where `sonde check` had declared that hook \
-         partial on this kernel) / — (not run). Counts show the measured rise, and the \
-         kernel's own counter beside it where the check compares with one.\n"
+         refused it) / — (not run). Counts show the measured rise, and the kernel's own \
+         counter beside it where the check compares with one; tests show the `measured:` \
+         lines they print (a test that finds its hook declared partial on this kernel says \
+         so there rather than failing).\n"
     );
     let mut head = vec!["profile".to_owned(), "check".to_owned()];
     head.extend(runs.iter().map(column));

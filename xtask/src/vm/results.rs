@@ -257,8 +257,7 @@ pub fn judge_vm(
                 .steps
                 .get(&format!("run:{}", p.name))
                 .unwrap_or(&empty);
-            run.rows
-                .extend(judge_run(p, step, check_ok, status, &check.partial));
+            run.rows.extend(judge_run(p, step, check_ok, status));
         }
         for entry in p.tests {
             let step = console
@@ -589,15 +588,8 @@ fn judge_preferred(
     }
 }
 
-/// A count whose program `sonde check` declared partial on this kernel is
-/// not held to the full expectation: its row is n/a, with the declaration.
-fn judge_run(
-    p: &Profile,
-    step: &Step,
-    check_ok: bool,
-    check_status: Status,
-    partial: &[String],
-) -> Vec<Row> {
+/// The counts the guest measured under `sonde run`, and the agent's exit.
+fn judge_run(p: &Profile, step: &Step, check_ok: bool, check_status: Status) -> Vec<Row> {
     let mut rows = Vec::new();
     let not_run = |what: &str, status: Status, detail: &str| Row {
         profile: p.name,
@@ -646,30 +638,16 @@ fn judge_run(
                     measured.push_str(&format!(", {key} +{m}"));
                 }
                 let missed = missed.and_then(|(_, m)| m).unwrap_or(0.0);
-                let declared = c.program().and_then(|program| {
-                    partial
-                        .iter()
-                        .find(|line| line.starts_with(&format!("{program} ")))
-                });
-                match declared {
-                    Some(line) if !c.judge(delta, reference.and_then(|(_, d)| d), missed) => Row {
-                        profile: p.name,
-                        what: c.key().to_owned(),
-                        status: Status::NotApplicable,
-                        short: Some(format!("{measured}, declared partial")),
-                        detail: format!("{measured}; `sonde check` declares: {line}"),
+                Row {
+                    profile: p.name,
+                    what: c.key().to_owned(),
+                    status: if c.judge(delta, reference.and_then(|(_, d)| d), missed) {
+                        Status::Pass
+                    } else {
+                        Status::Fail
                     },
-                    _ => Row {
-                        profile: p.name,
-                        what: c.key().to_owned(),
-                        status: if c.judge(delta, reference.and_then(|(_, d)| d), missed) {
-                            Status::Pass
-                        } else {
-                            Status::Fail
-                        },
-                        short: Some(measured.clone()),
-                        detail: format!("{measured} ({})", c.describe()),
-                    },
+                    short: Some(measured.clone()),
+                    detail: format!("{measured} ({})", c.describe()),
                 }
             }
             None => not_run(
@@ -838,36 +816,9 @@ result            ok (degraded): 1 optional program(s) unavailable";
             &profiles,
             Duration::from_secs(5),
         );
-        // Every count fails; the check and the exit pass.
-        assert_eq!(
-            run.failures().count(),
-            guest::profile("tcp-fentry").unwrap().counts.len()
-        );
-    }
-
-    #[test]
-    fn a_short_count_is_excused_only_where_sonde_check_declared_it_partial() {
-        let p = guest::profile("tcp-tracepoint").unwrap();
-        let mut step = Step {
-            exit: Some(0),
-            ..Step::default()
-        };
-        step.values.insert("resets_sent".into(), (3.0, 3.0));
-        let row = |step: &Step, partial: &[String]| {
-            judge_run(p, step, true, Status::Pass, partial)
-                .into_iter()
-                .find(|r| r.what == "resets_sent")
-                .unwrap()
-        };
-        assert_eq!(row(&step, &[]).status, Status::Fail);
-        let declared = ["sonde_tcp_send_reset tracepoint:tcp:tcp_send_reset: not all".to_owned()];
-        let excused = row(&step, &declared);
-        assert_eq!(excused.status, Status::NotApplicable);
-        assert!(excused.detail.contains("declares"), "{}", excused.detail);
-        // Declared, yet complete: judged as usual.
-        step.values
-            .insert("resets_sent".into(), (3.0, 3.0 + TCP_M as f64));
-        assert_eq!(row(&step, &declared).status, Status::Pass);
+        // Every count and test fails; the check and the exit pass.
+        let p = guest::profile("tcp-fentry").unwrap();
+        assert_eq!(run.failures().count(), p.counts.len() + p.tests.len());
     }
 
     #[test]
@@ -881,7 +832,7 @@ result            ok (degraded): 1 optional program(s) unavailable";
         step.values
             .insert("kernel_retrans_segs".into(), (100.0, 112.0));
         let row = |step: &Step| {
-            judge_run(p, step, true, Status::Pass, &[])
+            judge_run(p, step, true, Status::Pass)
                 .into_iter()
                 .find(|r| r.what == "retransmits")
                 .unwrap()
