@@ -18,6 +18,22 @@ use crate::sys::{self, TempDir};
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the agent may take to exit after SIGTERM before it is killed.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// A whole-number factor on [`STARTUP_TIMEOUT`] and [`STOP_TIMEOUT`] for
+/// slow machines: the kernel matrix runs these tests in emulated VMs
+/// (`cargo xtask vm-test`), where loading the programs takes many times
+/// longer.
+pub const TIMEOUT_SCALE_ENV: &str = "SONDE_TEST_TIMEOUT_SCALE";
+
+/// `d` times [`TIMEOUT_SCALE_ENV`] (1 when unset).
+pub fn scaled(d: Duration) -> Duration {
+    let factor = std::env::var(TIMEOUT_SCALE_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or(1)
+        .max(1);
+    d * factor
+}
+
 /// Per-request timeout for the HTTP client.
 const HTTP_TIMEOUT: Duration = http::TIMEOUT;
 /// How often [`Agent::wait_started`] asks `/health/startup`.
@@ -65,10 +81,10 @@ pub struct Agent {
 impl Agent {
     /// Spawns the agent and waits until `/health/startup` answers 200.
     /// Panics (with the agent's log) if it exits or is not started within
-    /// [`STARTUP_TIMEOUT`].
+    /// [`STARTUP_TIMEOUT`] (times [`TIMEOUT_SCALE_ENV`]).
     pub fn start(config_toml: &str, extra_args: &[&str]) -> Agent {
         let mut agent = Agent::spawn(config_toml, extra_args);
-        agent.wait_started(STARTUP_TIMEOUT);
+        agent.wait_started(scaled(STARTUP_TIMEOUT));
         agent
     }
 
@@ -429,7 +445,8 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         let already_exited = self.exit.is_some();
-        let outcome = self.terminate(STOP_TIMEOUT);
+        let stop_timeout = scaled(STOP_TIMEOUT);
+        let outcome = self.terminate(stop_timeout);
         let panicking = std::thread::panicking();
         if panicking {
             eprintln!(
@@ -441,7 +458,7 @@ impl Drop for Agent {
         }
         match outcome {
             None => panic!(
-                "the agent did not exit within {STOP_TIMEOUT:?} of SIGTERM; killed it. Log:\n{}",
+                "the agent did not exit within {stop_timeout:?} of SIGTERM; killed it. Log:\n{}",
                 self.log()
             ),
             Some((status, _)) if !status.success() && !already_exited => panic!(

@@ -70,6 +70,23 @@ impl Config {
         // Learned baselines are not kept (never in the machine's
         // /var/lib/sonde); the knowledge tests pick their own directory.
         .set("mapek", "state_dir", "\"\"")
+        .forced()
+    }
+
+    /// The settings of [`FORCE_ENV`] on top of the defaults: the kernel
+    /// matrix (`cargo xtask vm-test`) runs these tests inside its VMs with
+    /// a tier forced (`tcp.hook = "kprobe"`). A test's own `set` calls come
+    /// later and win, so a test that picks a hook keeps it.
+    fn forced(self) -> Config {
+        match std::env::var(FORCE_ENV) {
+            Ok(v) => forced_settings(&v)
+                .unwrap_or_else(|e| panic!("{FORCE_ENV}={v:?}: {e}"))
+                .into_iter()
+                .fold(self, |c, (section, key, value)| {
+                    c.set(&section, &key, &value)
+                }),
+            Err(_) => self,
+        }
     }
 
     /// Sets `key = value` in `[section]` (`""`: top level). `value` is a
@@ -108,6 +125,29 @@ impl Config {
         }
         s
     }
+}
+
+/// Extra agent settings for every [`Config`], as
+/// `section.key = TOML value` items separated by `;`, e.g.
+/// `SONDE_TEST_CONFIG='tcp.hook = "kprobe"'`. Read by the tests only: the
+/// agent they launch gets no `SONDE_*` variable.
+pub const FORCE_ENV: &str = "SONDE_TEST_CONFIG";
+
+/// Parses [`FORCE_ENV`]'s value into (section, key, value).
+pub fn forced_settings(v: &str) -> Result<Vec<(String, String, String)>, String> {
+    v.split(';')
+        .filter(|item| !item.trim().is_empty())
+        .map(|item| {
+            let (path, value) = item
+                .split_once('=')
+                .ok_or_else(|| format!("{item:?} is not `section.key = value`"))?;
+            let (section, key) = path
+                .trim()
+                .split_once('.')
+                .ok_or_else(|| format!("{:?} is not `section.key`", path.trim()))?;
+            Ok((section.to_owned(), key.to_owned(), value.trim().to_owned()))
+        })
+        .collect()
 }
 
 /// Name of the test namespace used by [`Lab`].
@@ -172,5 +212,18 @@ mod tests {
             "{c}"
         );
         assert!(c.contains("[syscalls]\nslow_threshold_ms = 20\n"), "{c}");
+    }
+
+    #[test]
+    fn forced_settings_parse() {
+        assert_eq!(
+            forced_settings(r#"tcp.hook = "kprobe"; network.xdp_mode="off""#).unwrap(),
+            [
+                ("tcp".into(), "hook".into(), "\"kprobe\"".into()),
+                ("network".into(), "xdp_mode".into(), "\"off\"".into())
+            ]
+        );
+        assert!(forced_settings("").unwrap().is_empty());
+        assert!(forced_settings("hook = 1").is_err());
     }
 }

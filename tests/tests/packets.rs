@@ -129,9 +129,10 @@ fn ingress_exact(config: Config) {
         after.grep("direction=\"ingress\"")
     );
 
+    // The kernel matrix shows `measured:` lines beside the test's result.
     println!(
-        "ingress: udp packets +{d_packets}, bytes +{d_bytes}; all protocols +{d_all}; \
-         rx_packets +{d_rx}"
+        "measured: ingress udp packets +{d_packets} of {N}, bytes +{d_bytes}; all \
+         protocols +{d_all}, rx_packets +{d_rx}"
     );
 
     let peer = after.value_or_zero(

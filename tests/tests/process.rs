@@ -61,6 +61,13 @@ fn execs_and_exits(config: Config, transport: &str) {
             .collect::<Vec<_>>()
     };
     let execs_seen = ours("process_exec");
+    let exits = ours("process_exit");
+    // The kernel matrix shows `measured:` lines beside the test's result.
+    println!(
+        "measured: {} exec and {} exit events of {N} via {transport}",
+        execs_seen.len(),
+        exits.len()
+    );
     assert_eq!(
         execs_seen.len(),
         N,
@@ -70,7 +77,6 @@ fn execs_and_exits(config: Config, transport: &str) {
         execs_seen.iter().all(|e| e["filename"] == "/bin/true"),
         "{execs_seen:?}"
     );
-    let exits = ours("process_exit");
     assert_eq!(
         exits.len(),
         N,

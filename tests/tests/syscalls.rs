@@ -137,6 +137,7 @@ fn sampled_timing_still_counts_every_call() {
         calls(s, "getppid")
     });
     let d_calls = calls(&after, "getppid") - calls(&before, "getppid");
+    println!("measured: getppid +{d_calls} of {N}, sampling 1 in 10");
     assert!(
         (N..=N * 1.01).contains(&d_calls),
         "sampling 1 in 10: sonde_syscalls_total{{syscall=\"getppid\"}} rose by {d_calls} for \
@@ -188,6 +189,8 @@ fn assert_getppid_counted(agent: &Agent) {
     });
 
     let d_calls = calls(&after, "getppid") - calls(&before, "getppid");
+    // The kernel matrix shows `measured:` lines beside the test's result.
+    println!("measured: getppid +{d_calls} of {N}");
     assert!(
         (N..=N * 1.01).contains(&d_calls),
         "sonde_syscalls_total{{syscall=\"getppid\"}} rose by {d_calls} for {N} getppid calls \
@@ -242,6 +245,7 @@ fn failing_close_calls_are_counted_as_errors() {
 
     let d_err = errors(&after, "close") - errors(&before, "close");
     let d_calls = calls(&after, "close") - calls(&before, "close");
+    println!("measured: close errors +{d_err} of {N}");
     assert!(
         d_err >= N,
         "sonde_syscall_errors_total{{syscall=\"close\"}} rose by {d_err} for {N} close(-1) \

@@ -187,14 +187,35 @@ fn refused_connections_count_failures_and_resets() {
         peer_failures >= N as f64,
         "peer {LAB_PEER_IP} should show the {N} failed handshakes, shows {peer_failures}"
     );
+    // A hook the kernel lets see only part of the signal is declared at
+    // startup: the tcp_send_reset tracepoint misses socketless resets (this
+    // test's) before Linux 6.10. The kernel matrix forces that tier.
+    let partial = agent_declares_partial(&lab, "sonde_tcp_send_reset ");
     for direction in ["sent", "received"] {
         let d = resets(&after, direction) - resets(&before, direction);
+        // The kernel matrix shows `measured:` lines beside the test's result.
+        println!("measured: resets {direction} +{d} of {N}");
+        if direction == "sent"
+            && let Some(line) = &partial
+        {
+            println!("measured: (declared partial: {line})");
+            continue;
+        }
         assert!(
             d >= N as f64,
             "{N} refused connections (the namespace's kernel sends each a RST, ours receives \
              it): sonde_tcp_resets_total{{direction=\"{direction}\"}} rose by {d}"
         );
     }
+}
+
+/// The agent's `partial signal: PROGRAM HOOK: what it misses` log line
+/// for a program whose name starts with `program`, if it declared one.
+fn agent_declares_partial(lab: &Lab, program: &str) -> Option<String> {
+    lab.agent.log().lines().find_map(|l| {
+        let (_, line) = l.split_once("partial signal: ")?;
+        line.starts_with(program).then(|| line.trim().to_owned())
+    })
 }
 
 /// The TCP signal is attached through the cheapest tier this kernel offers

@@ -1,8 +1,9 @@
 #!/bin/sh
 # PID 1 of the virtual machines `cargo xtask vm-test` boots (xtask/src/vm/).
 # Mounts what Sonde needs, then for each profile in /vm/params runs
-# `sonde check` and, where the profile asks for it, `sonde run` under a known
-# workload, and reports on the serial console. Every report line starts with
+# `sonde check`, the integration-test binaries the profile names (with its
+# settings forced) and, where the profile asks for it, `sonde run` under a
+# known workload, and reports on the serial console. Every report line starts with
 # "SONDE-VM: " and is parsed by xtask/src/vm/results.rs:
 #
 #   SONDE-VM: kernel RELEASE
@@ -13,7 +14,8 @@
 #   SONDE-VM: error STEP MESSAGE
 #   SONDE-VM: done
 #
-# STEP is setup, check:PROFILE or run:PROFILE. The host judges the numbers;
+# STEP is setup, check:PROFILE, run:PROFILE or test:PROFILE:BINARY (whose
+# out lines are libtest's report). The host judges the numbers;
 # this script only measures. Everything here is bounded in time, and the
 # script never returns (PID 1 exiting would panic the kernel): it powers off.
 
@@ -121,17 +123,8 @@ stop() {
     rc=$?
 }
 
-count_syscalls() {
-    before=$(metric sonde_syscalls_total 'syscall="getppid"')
-    if ! sonde-workload getppid "$GETPPID_N" >/dev/null 2>/tmp/workload.err; then
-        say "error $step getppid workload: $(excerpt /tmp/workload.err)"
-    fi
-    after=$(settle "$(add "$before" "$GETPPID_N")" sonde_syscalls_total 'syscall="getppid"')
-    say "value $step getppid $before $after"
-}
-
 # listen PORT [WORKLOAD]: a listener on 127.0.0.1:PORT in the background
-# (sonde-workload tcp-listen, or WORKLOAD: tcp-sink, udp-sink), its pid in
+# (sonde-workload tcp-listen, or WORKLOAD: tcp-sink), its pid in
 # $listener; says why and returns 1 if it never became ready.
 listen() {
     sonde-workload "${2:-tcp-listen}" "127.0.0.1:$1" 120 >/tmp/listen.out 2>&1 &
@@ -177,31 +170,6 @@ count_tcp() {
     after=$(settle "$(add "$before" "$TCP_M")" sonde_tcp_connect_duration_seconds_count)
     unlisten
     say "value $step tcp_connects $before $after"
-}
-
-# EXEC_N runs of busybox: an exec and an exit event each, read from the
-# process ring (or perf buffers).
-count_process() {
-    before=$(metric sonde_events_total 'ring="process"')
-    i=0
-    while [ "$i" -lt "$EXEC_N" ]; do
-        /bin/busybox true
-        i=$((i + 1))
-    done
-    after=$(settle "$(add "$before" "$((2 * EXEC_N))")" sonde_events_total 'ring="process"')
-    say "value $step process_events $before $after"
-}
-
-# TCP_M connects to a port nobody listens on: the kernel answers each SYN
-# with a RST (sent) that the connecting socket takes (received).
-count_resets() {
-    port=$((7300 + index))
-    sent=$(metric sonde_tcp_resets_total 'direction="sent"')
-    received=$(metric sonde_tcp_resets_total 'direction="received"')
-    connects "$port"
-    [ "$failed" -eq "$TCP_M" ] || say "error $step $((TCP_M - failed)) of $TCP_M connects to closed port $port succeeded"
-    say "value $step resets_sent $sent $(settle "$(add "$sent" "$TCP_M")" sonde_tcp_resets_total 'direction="sent"')"
-    say "value $step resets_received $received $(settle "$(add "$received" "$TCP_M")" sonde_tcp_resets_total 'direction="received"')"
 }
 
 # below NAME: samples of histogram NAME at or under 2^26 ns (67 ms), the
@@ -314,19 +282,31 @@ count_loss() {
     say "value $step kernel_retrans_segs $k0 $k"
 }
 
-count_udp() {
-    port=$((7200 + index))
-    labels='interface="lo" direction="ingress" family="ipv4" protocol="udp"'
-    listen "$port" udp-sink || return
-    # shellcheck disable=SC2086 # the labels are separate words on purpose
-    before=$(metric sonde_packets_total $labels)
-    if ! sonde-workload udp-send "127.0.0.1:$port" "$UDP_N" 100 >/dev/null 2>/tmp/workload.err; then
-        say "error $step udp-send: $(excerpt /tmp/workload.err)"
-    fi
-    # shellcheck disable=SC2086
-    after=$(settle "$(add "$before" "$UDP_N")" sonde_packets_total $labels)
-    unlisten
-    say "value $step udp_packets $before $after"
+# run_tests PROFILE: the profile's integration-test binaries (tests/tests/,
+# built for musl), one after the other, every agent they start given the
+# profile's settings (SONDE_TEST_CONFIG); the tests /vm/skip names are left
+# out. Captured output is shown for passing tests too (their `measured:`
+# lines).
+run_tests() {
+    tests=$(cat "/vm/profiles/$1.tests")
+    [ -n "$tests" ] || return 0
+    force=$(cat "/vm/profiles/$1.force")
+    for t in $tests; do
+        step=test:$1:$t
+        # BINARY runs all its tests, BINARY::TEST that one.
+        filter=
+        case $t in *::*) filter="${t#*::} --exact" ;; esac
+        # iproute2's ip and tc before busybox's (the tests make veth pairs
+        # and namespaces).
+        # shellcheck disable=SC2046,SC2086 # --skip NAME pairs; NAME --exact
+        PATH=/vm/bin:/bin SONDE_TEST_CONFIG=$force SONDE_TEST_TIMEOUT_SCALE=$TIMEOUT_SCALE CI=1 \
+            SONDE_BIN=/vm/bin/sonde SONDE_WORKLOAD_BIN=/vm/bin/sonde-workload \
+            timeout -s KILL "$TEST_TIMEOUT_S" "/vm/tests/${t%%::*}" $filter --test-threads=1 \
+            --show-output $(cat /vm/skip) >/tmp/test.out 2>&1
+        rc=$?
+        relay out "$step" /tmp/test.out
+        say "exit $step $rc"
+    done
 }
 
 check_profile() {
@@ -377,7 +357,10 @@ ip link set lo up || say "error setup ip link set lo up failed"
 index=0
 for p in $PROFILES; do
     # A profile whose check fails is not run: the agent would refuse too.
-    check_profile "$p" && run_profile "$p"
+    if check_profile "$p"; then
+        run_profile "$p"
+        run_tests "$p"
+    fi
     index=$((index + 1))
 done
 say done

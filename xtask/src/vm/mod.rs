@@ -1,12 +1,14 @@
 //! `cargo xtask vm-test [KERNEL…]`: the kernel matrix. Boots stock Debian
 //! kernels under qemu (software emulation) from an initramfs around the
-//! static agent, runs `sonde check` and counting runs per profile inside,
-//! judges what the guest reports, adds a `sonde check` row for the host's
-//! own kernel, and regenerates docs/kernels.md.
+//! static agent and integration-test binaries, runs `sonde check`, the
+//! profile's integration tests (with its settings forced) and counting runs
+//! per profile inside, judges what the guest reports, adds a `sonde check`
+//! row for the host's own kernel, and regenerates docs/kernels.md.
 //!
 //! - `kernels`: which kernels, download and unpack (cached under target/vm/)
-//! - `payload`: the static binaries
-//! - `guest` (+ `init.sh`): the profiles and the guest's root file system
+//! - `payload`: the static binaries (`cargo test --no-run` for the tests)
+//! - `guest` (+ `init.sh`): the profiles, the tests the guest leaves out,
+//!   and the guest's root file system
 //! - `initramfs`: the cpio writer
 //! - `qemu`: booting, with a deadline
 //! - `results`: parsing and judging

@@ -1,13 +1,15 @@
-//! What runs inside the guest: the agent and the workload helper built
-//! statically for musl (the guest has no C library), a static busybox for
-//! the shell, mount, insmod, ip and wget, and the host's iproute2 `tc` with
-//! the shared libraries it loads (busybox's tc cannot set up netem; no
-//! static iproute2 is packaged).
+//! What runs inside the guest: the agent, the workload helper and the
+//! integration-test binaries built statically for musl (the guest has no C
+//! library), a static busybox for
+//! the shell, mount, insmod and wget, and the host's iproute2 `tc` and `ip`
+//! with the shared libraries they load (busybox's cannot set up netem, veth
+//! pairs or network namespaces; no static iproute2 is packaged).
 
 use std::{
+    collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use anyhow::{Context as _, bail};
@@ -24,23 +26,36 @@ pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 pub struct Payload {
     pub sonde: PathBuf,
     pub workload: PathBuf,
+    /// The integration-test binaries of tests/tests/, by name (`syscalls`).
+    pub tests: BTreeMap<String, PathBuf>,
     pub busybox: PathBuf,
-    /// iproute2's tc, dynamically linked.
-    pub tc: PathBuf,
-    /// What tc loads: its libraries and the dynamic loader, each to be
+    /// iproute2's tc and ip, dynamically linked.
+    pub tools: Vec<PathBuf>,
+    /// What they load: their libraries and the dynamic loader, each to be
     /// placed in the guest at the same path as on the host.
-    pub tc_libraries: Vec<PathBuf>,
+    pub tool_libraries: Vec<PathBuf>,
 }
 
-/// Builds `sonde` and `sonde-workload` for musl (adding the target if
-/// needed) and finds a static busybox. The eBPF object inside `sonde` is
+/// Builds `sonde`, `sonde-workload` and the integration-test binaries for
+/// musl (adding the target if needed) and finds a static busybox. The eBPF object inside `sonde` is
 /// built by agent/build.rs for bpfel whatever the host target.
 pub fn build() -> anyhow::Result<Payload> {
     let busybox = find_busybox()?;
-    let tc = util::which("tc")
-        .or_else(|| Some(PathBuf::from("/usr/sbin/tc")).filter(|p| p.is_file()))
-        .context("tc not found: apt-get install iproute2 (the guest sets up netem with it)")?;
-    let tc_libraries = shared_libraries(&tc)?;
+    let mut tools = Vec::new();
+    let mut tool_libraries: Vec<PathBuf> = Vec::new();
+    for name in ["tc", "ip"] {
+        let tool = util::which(name)
+            .or_else(|| Some(PathBuf::from("/usr/sbin").join(name)).filter(|p| p.is_file()))
+            .with_context(|| {
+                format!("{name} not found: apt-get install iproute2 (the guest needs it)")
+            })?;
+        for lib in shared_libraries(&tool)? {
+            if !tool_libraries.contains(&lib) {
+                tool_libraries.push(lib);
+            }
+        }
+        tools.push(tool);
+    }
     toolchain::ensure(Purpose::Build)?;
     ensure_musl_target()?;
     util::run(util::cargo().args([
@@ -57,15 +72,20 @@ pub fn build() -> anyhow::Result<Payload> {
         "--bin",
         "sonde-workload",
     ]))?;
+    let tests = build_tests()?;
     let dir = util::target_dir().join(MUSL_TARGET).join("release");
     let payload = Payload {
         sonde: dir.join("sonde"),
         workload: dir.join("sonde-workload"),
+        tests,
         busybox,
-        tc,
-        tc_libraries,
+        tools,
+        tool_libraries,
     };
-    for bin in [&payload.sonde, &payload.workload] {
+    for bin in [&payload.sonde, &payload.workload]
+        .into_iter()
+        .chain(payload.tests.values())
+    {
         if !is_static(bin)? {
             bail!(
                 "{} is dynamically linked; the guest has no C library (built for {MUSL_TARGET}?)",
@@ -74,6 +94,55 @@ pub fn build() -> anyhow::Result<Payload> {
         }
     }
     Ok(payload)
+}
+
+/// `cargo test -p sonde-tests --no-run` for musl, as aya's VM runner does:
+/// the executables come from cargo's JSON messages (their file names carry
+/// a hash).
+fn build_tests() -> anyhow::Result<BTreeMap<String, PathBuf>> {
+    let mut cmd = util::cargo();
+    cmd.args([
+        "test",
+        "--release",
+        "--target",
+        MUSL_TARGET,
+        "-p",
+        "sonde-tests",
+        "--tests",
+        "--no-run",
+        "--message-format=json",
+    ])
+    .stderr(Stdio::inherit());
+    let out = cmd
+        .output()
+        .with_context(|| format!("could not run `{}`", util::display(&cmd)))?;
+    util::check(out.status, &util::display(&cmd))?;
+    let tests = test_executables(&String::from_utf8_lossy(&out.stdout));
+    if tests.is_empty() {
+        bail!("`{}` named no test executable", util::display(&cmd));
+    }
+    Ok(tests)
+}
+
+/// The integration-test executables in cargo's JSON messages: artifacts of
+/// targets of kind `test` (the library's unit tests are kind `lib`).
+fn test_executables(messages: &str) -> BTreeMap<String, PathBuf> {
+    messages
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact")
+        .filter(|m| {
+            m["target"]["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "test"))
+        })
+        .filter_map(|m| {
+            Some((
+                m["target"]["name"].as_str()?.to_owned(),
+                PathBuf::from(m["executable"].as_str()?),
+            ))
+        })
+        .collect()
 }
 
 fn ensure_musl_target() -> anyhow::Result<()> {
@@ -188,6 +257,21 @@ mod tests {
                 PathBuf::from("/lib/x86_64-linux-gnu/libmnl.so.0"),
                 PathBuf::from("/lib64/ld-linux-x86-64.so.2")
             ]
+        );
+    }
+
+    #[test]
+    fn test_executables_come_from_test_targets_only() {
+        let messages = r#"{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"sonde_tests"},"executable":null}
+{"reason":"compiler-artifact","target":{"kind":["test"],"name":"syscalls"},"executable":"/t/deps/syscalls-0a1b"}
+{"reason":"compiler-artifact","target":{"kind":["bin"],"name":"sonde-workload"},"executable":"/t/sonde-workload"}
+{"reason":"build-finished","success":true}"#;
+        assert_eq!(
+            test_executables(messages),
+            BTreeMap::from([(
+                "syscalls".to_owned(),
+                PathBuf::from("/t/deps/syscalls-0a1b")
+            )])
         );
     }
 

@@ -8,7 +8,7 @@ use std::{
 };
 
 use super::{
-    guest::Profile,
+    guest::{self, Profile},
     results::{CHECK, KernelRun, Status},
 };
 use crate::util;
@@ -124,10 +124,13 @@ pub fn markdown(runs: &[KernelRun], profiles: &[&Profile], info: &RunInfo) -> St
         s,
         "Generated on {} from {} by `cargo xtask vm-test`. Each Debian kernel below was \
          booted under qemu (software emulation, no KVM) from an initramfs holding busybox \
-         and the statically linked (musl) `sonde` and `sonde-workload`. Inside, `sonde check` \
-         ran once per profile (a configuration, below) and, for profiles with counts, \
-         `sonde run` was measured against a known workload over loopback: the counter must \
-         rise by what the workload did. For the TCP tiers, loopback is also slowed and made \
+         and the statically linked (musl) `sonde`, `sonde-workload` and integration-test \
+         binaries. Inside, `sonde check` ran once per profile (a configuration, below); \
+         profiles with tests ran those integration-test binaries of `tests/tests/` (the same \
+         code `cargo xtask test` runs on the host, the profile's settings forced on every \
+         agent they start, rows `BINARY::TEST`); for profiles with counts, `sonde run` was \
+         measured against a known workload over loopback: the counter must rise by what \
+         the workload did. For the TCP tiers, loopback is also slowed and made \
          lossy with netem (the host's iproute2 `tc`, with its libraries, in the guest). The host row is `sonde check` on the development \
          machine's own kernel (no kprobes, no fentry there); its counts are covered by the \
          integration tests of `cargo xtask test`.\n",
@@ -264,9 +267,10 @@ pub fn markdown(runs: &[KernelRun], profiles: &[&Profile], info: &RunInfo) -> St
     let _ = writeln!(
         s,
         "pass / **FAIL** / n/a (the kernel lacks what the profile forces, and the agent \
-         refused it; or a count fell short where `sonde check` had declared that hook \
-         partial on this kernel) / — (not run). Counts show the measured rise, and the \
-         kernel's own counter beside it where the check compares with one.\n"
+         refused it) / — (not run). Counts show the measured rise, and the kernel's own \
+         counter beside it where the check compares with one; tests show the `measured:` \
+         lines they print (a test that finds its hook declared partial on this kernel says \
+         so there rather than failing).\n"
     );
     let mut head = vec!["profile".to_owned(), "check".to_owned()];
     head.extend(runs.iter().map(column));
@@ -312,17 +316,24 @@ pub fn markdown(runs: &[KernelRun], profiles: &[&Profile], info: &RunInfo) -> St
     let _ = writeln!(s, "\n## Profiles\n");
     let _ = writeln!(
         s,
-        "Every profile attaches to loopback only (`[network] interfaces = [\"lo\"]`) with \
-         `[collector] interval_ms = 200` and `[mapek] govern_cost = false` (under emulation \
-         the agent's CPU share is tens of times a host's; the governor would shed RTT \
-         samples).\n"
+        "Every profile's `sonde check` and `sonde run` attach to loopback only \
+         (`[network] interfaces = [\"lo\"]`) with `[collector] interval_ms = 200` and \
+         `[mapek] govern_cost = false` (under emulation the agent's CPU share is tens of \
+         times a host's; the governor would shed RTT samples). Its tests start from the \
+         test harness's configuration (`Config` in tests/src/lib.rs), with the profile's \
+         settings on top (`SONDE_TEST_CONFIG`) unless a test sets that key itself.\n"
     );
     table_head(
         &mut s,
         &["profile", "configuration", "counts"].map(String::from),
     );
     for p in profiles {
-        let counts: Vec<String> = p.counts.iter().map(|c| c.describe()).collect();
+        let counts: Vec<String> = p
+            .tests
+            .iter()
+            .map(|t| format!("the tests of `tests/tests/{t}.rs`"))
+            .chain(p.counts.iter().map(|c| c.describe()))
+            .collect();
         table_row(
             &mut s,
             &[
@@ -335,6 +346,15 @@ pub fn markdown(runs: &[KernelRun], profiles: &[&Profile], info: &RunInfo) -> St
                 },
             ],
         );
+    }
+    if profiles.iter().any(|p| !p.tests.is_empty()) {
+        let _ = writeln!(
+            s,
+            "\nLeft out of the test binaries in the guest (`--skip`):\n"
+        );
+        for (name, why) in guest::EXCLUDED {
+            let _ = writeln!(s, "- `{name}`: {why}");
+        }
     }
     s
 }

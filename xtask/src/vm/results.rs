@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use super::guest::Profile;
+use super::guest::{self, Profile};
 
 const MARKER: &str = "SONDE-VM: ";
 
@@ -252,17 +252,157 @@ pub fn judge_vm(
         let caps = auto_caps.as_deref().unwrap_or(&check.capabilities);
         let status = push_check_rows(&mut run.rows, p, check, caps);
         let check_ok = status == Status::Pass;
-        if p.counts.is_empty() {
-            continue;
+        if !p.counts.is_empty() {
+            let step = console
+                .steps
+                .get(&format!("run:{}", p.name))
+                .unwrap_or(&empty);
+            run.rows.extend(judge_run(p, step, check_ok, status));
         }
-        let step = console
-            .steps
-            .get(&format!("run:{}", p.name))
-            .unwrap_or(&empty);
-        run.rows
-            .extend(judge_run(p, step, check_ok, status, &check.partial));
+        for entry in p.tests {
+            let step = console
+                .steps
+                .get(&format!("test:{}:{entry}", p.name))
+                .unwrap_or(&empty);
+            run.rows.extend(judge_tests(p, entry, step, status));
+        }
     }
     run
+}
+
+/// libtest's report of one test binary (`--show-output`): each test's
+/// result line and its captured output.
+#[derive(Debug, Default)]
+pub struct TestReport {
+    /// (test name, `ok` | `FAILED` | `ignored`), in the order they ran.
+    pub results: Vec<(String, String)>,
+    /// Test name → the lines it printed.
+    pub output: BTreeMap<String, Vec<String>>,
+}
+
+impl TestReport {
+    pub fn parse(lines: &[String]) -> TestReport {
+        let mut r = TestReport::default();
+        let mut current: Option<String> = None;
+        for line in lines.iter().map(|l| l.trim_end()) {
+            if let Some((name, result)) = line
+                .strip_prefix("test ")
+                .and_then(|rest| rest.rsplit_once(" ... "))
+            {
+                r.results.push((name.to_owned(), result.trim().to_owned()));
+                current = None;
+            } else if let Some(name) = line
+                .strip_prefix("---- ")
+                .and_then(|l| l.strip_suffix(" stdout ----"))
+            {
+                current = Some(name.to_owned());
+            } else if matches!(line, "successes:" | "failures:") {
+                current = None;
+            } else if let Some(name) = &current {
+                r.output
+                    .entry(name.clone())
+                    .or_default()
+                    .push(line.to_owned());
+            }
+        }
+        r
+    }
+
+    /// What the test printed after `measured: `, joined.
+    fn measured(&self, name: &str) -> Option<String> {
+        let m: Vec<&str> = self
+            .output
+            .get(name)?
+            .iter()
+            .filter_map(|l| l.strip_prefix("measured: "))
+            .collect();
+        (!m.is_empty()).then(|| m.join(", "))
+    }
+
+    /// The panic message of a failed test, on one line.
+    fn panic_message(&self, name: &str) -> String {
+        let Some(lines) = self.output.get(name) else {
+            return "no output".to_owned();
+        };
+        let at = lines.iter().position(|l| l.contains("panicked at"));
+        let from = at.map_or(0, |i| i + 1);
+        let message: Vec<&str> = lines[from..]
+            .iter()
+            .map(|l| l.as_str())
+            .take_while(|l| !l.is_empty() && !l.starts_with("note: "))
+            .take(6)
+            .collect();
+        let at = at.map(|i| lines[i].trim()).unwrap_or_default();
+        format!("{at} {}", message.join(" ")).trim().to_owned()
+    }
+}
+
+/// One test entry's run in the guest (`BINARY` or `BINARY::TEST`): a row
+/// per test (`BINARY::TEST`), and a row for the entry when it failed
+/// without a failing test (killed at the timeout, crashed) or never ran.
+fn judge_tests(p: &Profile, entry: &str, step: &Step, check_status: Status) -> Vec<Row> {
+    let binary = guest::test_binary(entry);
+    let row = |what: String, status, short, detail| Row {
+        profile: p.name,
+        what,
+        status,
+        short,
+        detail,
+    };
+    let Some(exit) = step.exit else {
+        let (status, detail) = match check_status {
+            Status::Pass => (Status::Fail, "not reached".to_owned()),
+            Status::NotApplicable => (
+                Status::NotApplicable,
+                "skipped: `sonde check` did not pass".to_owned(),
+            ),
+            _ => (
+                Status::NotRun,
+                "skipped: `sonde check` did not pass".to_owned(),
+            ),
+        };
+        return vec![row(entry.to_owned(), status, None, detail)];
+    };
+    let report = TestReport::parse(&step.out);
+    let mut rows: Vec<Row> = report
+        .results
+        .iter()
+        .map(|(name, result)| {
+            let what = format!("{binary}::{name}");
+            let measured = report.measured(name);
+            match result.as_str() {
+                "ok" => row(
+                    what,
+                    Status::Pass,
+                    measured.clone(),
+                    measured.unwrap_or_else(|| "ok".into()),
+                ),
+                "ignored" => row(what, Status::NotRun, None, "ignored".into()),
+                _ => row(what, Status::Fail, None, report.panic_message(name)),
+            }
+        })
+        .collect();
+    let failed = rows.iter().any(|r| r.status == Status::Fail);
+    if rows.is_empty() || (exit != 0 && !failed) {
+        let last: Vec<&str> = step.out.iter().rev().take(5).map(|l| l.trim()).collect();
+        let last: Vec<&str> = last.into_iter().rev().collect();
+        rows.push(row(
+            entry.to_owned(),
+            Status::Fail,
+            None,
+            format!(
+                "exit {exit}{} after {} test result(s); last lines: {}",
+                if exit == 137 {
+                    " (killed at the timeout)"
+                } else {
+                    ""
+                },
+                report.results.len(),
+                last.join(" | ")
+            ),
+        ));
+    }
+    rows
 }
 
 /// The `sonde check` row of a profile (and, for `auto`, whether the
@@ -448,15 +588,8 @@ fn judge_preferred(
     }
 }
 
-/// A count whose program `sonde check` declared partial on this kernel is
-/// not held to the full expectation: its row is n/a, with the declaration.
-fn judge_run(
-    p: &Profile,
-    step: &Step,
-    check_ok: bool,
-    check_status: Status,
-    partial: &[String],
-) -> Vec<Row> {
+/// The counts the guest measured under `sonde run`, and the agent's exit.
+fn judge_run(p: &Profile, step: &Step, check_ok: bool, check_status: Status) -> Vec<Row> {
     let mut rows = Vec::new();
     let not_run = |what: &str, status: Status, detail: &str| Row {
         profile: p.name,
@@ -505,30 +638,16 @@ fn judge_run(
                     measured.push_str(&format!(", {key} +{m}"));
                 }
                 let missed = missed.and_then(|(_, m)| m).unwrap_or(0.0);
-                let declared = c.program().and_then(|program| {
-                    partial
-                        .iter()
-                        .find(|line| line.starts_with(&format!("{program} ")))
-                });
-                match declared {
-                    Some(line) if !c.judge(delta, reference.and_then(|(_, d)| d), missed) => Row {
-                        profile: p.name,
-                        what: c.key().to_owned(),
-                        status: Status::NotApplicable,
-                        short: Some(format!("{measured}, declared partial")),
-                        detail: format!("{measured}; `sonde check` declares: {line}"),
+                Row {
+                    profile: p.name,
+                    what: c.key().to_owned(),
+                    status: if c.judge(delta, reference.and_then(|(_, d)| d), missed) {
+                        Status::Pass
+                    } else {
+                        Status::Fail
                     },
-                    _ => Row {
-                        profile: p.name,
-                        what: c.key().to_owned(),
-                        status: if c.judge(delta, reference.and_then(|(_, d)| d), missed) {
-                            Status::Pass
-                        } else {
-                            Status::Fail
-                        },
-                        short: Some(measured.clone()),
-                        detail: format!("{measured} ({})", c.describe()),
-                    },
+                    short: Some(measured.clone()),
+                    detail: format!("{measured} ({})", c.describe()),
                 }
             }
             None => not_run(
@@ -572,7 +691,7 @@ fn judge_run(
 
 #[cfg(test)]
 mod tests {
-    use super::super::guest::{self, Count, GETPPID_N, TCP_M, UDP_N};
+    use super::super::guest::{Count, TCP_M};
     use super::*;
 
     const CHECK_OUT: &str = "\
@@ -624,15 +743,31 @@ result            ok (degraded): 1 optional program(s) unavailable";
                 s.push_str(&format!("SONDE-VM: out check:{} {l}\n", p.name));
             }
             s.push_str(&format!("SONDE-VM: exit check:{} 0\n", p.name));
+            for t in p.tests {
+                let step = format!("test:{}:{t}", p.name);
+                let (result, exit) = if good { ("ok", 0) } else { ("FAILED", 101) };
+                for l in [
+                    "running 1 test".to_owned(),
+                    format!("test counts_exactly ... {result}"),
+                    String::new(),
+                    if good { "successes:" } else { "failures:" }.to_owned(),
+                    String::new(),
+                    "---- counts_exactly stdout ----".to_owned(),
+                    "measured: +7 of 7".to_owned(),
+                    "thread 'counts_exactly' panicked at tests/tests/x.rs:1:1:".to_owned(),
+                    "rose by 6 for 7".to_owned(),
+                    String::new(),
+                ] {
+                    s.push_str(&format!("SONDE-VM: out {step} {l}\n"));
+                }
+                s.push_str(&format!("SONDE-VM: exit {step} {exit}\n"));
+            }
             if p.counts.is_empty() {
                 continue;
             }
             for c in p.counts {
                 // The smallest passing rise, and one that fails.
                 let n = match c {
-                    Count::Syscalls => GETPPID_N as f64,
-                    Count::UdpPackets => UDP_N as f64,
-                    Count::ProcessEvents => (2 * guest::EXEC_N) as f64,
                     Count::DelayedConnectsFast | Count::DelayedRttFast => 0.0,
                     Count::DelayedRttSlow
                     | Count::LossRetransmits
@@ -681,36 +816,9 @@ result            ok (degraded): 1 optional program(s) unavailable";
             &profiles,
             Duration::from_secs(5),
         );
-        // Every count fails; the check and the exit pass.
-        assert_eq!(
-            run.failures().count(),
-            guest::profile("tcp-fentry").unwrap().counts.len()
-        );
-    }
-
-    #[test]
-    fn a_short_count_is_excused_only_where_sonde_check_declared_it_partial() {
-        let p = guest::profile("tcp-tracepoint").unwrap();
-        let mut step = Step {
-            exit: Some(0),
-            ..Step::default()
-        };
-        step.values.insert("resets_sent".into(), (3.0, 3.0));
-        let row = |step: &Step, partial: &[String]| {
-            judge_run(p, step, true, Status::Pass, partial)
-                .into_iter()
-                .find(|r| r.what == "resets_sent")
-                .unwrap()
-        };
-        assert_eq!(row(&step, &[]).status, Status::Fail);
-        let declared = ["sonde_tcp_send_reset tracepoint:tcp:tcp_send_reset: not all".to_owned()];
-        let excused = row(&step, &declared);
-        assert_eq!(excused.status, Status::NotApplicable);
-        assert!(excused.detail.contains("declares"), "{}", excused.detail);
-        // Declared, yet complete: judged as usual.
-        step.values
-            .insert("resets_sent".into(), (3.0, 3.0 + TCP_M as f64));
-        assert_eq!(row(&step, &declared).status, Status::Pass);
+        // Every count and test fails; the check and the exit pass.
+        let p = guest::profile("tcp-fentry").unwrap();
+        assert_eq!(run.failures().count(), p.counts.len() + p.tests.len());
     }
 
     #[test]
@@ -724,7 +832,7 @@ result            ok (degraded): 1 optional program(s) unavailable";
         step.values
             .insert("kernel_retrans_segs".into(), (100.0, 112.0));
         let row = |step: &Step| {
-            judge_run(p, step, true, Status::Pass, &[])
+            judge_run(p, step, true, Status::Pass)
                 .into_iter()
                 .find(|r| r.what == "retransmits")
                 .unwrap()
@@ -751,13 +859,40 @@ result            ok (degraded): 1 optional program(s) unavailable";
         assert!(run.passed(), "{:?}", run.failures().collect::<Vec<_>>());
         // An unavailable optional program: passes, marked degraded.
         assert_eq!(run.rows[0].short.as_deref(), Some("degraded"));
-        // auto: check, preferred tier, 4 counts, exit; raw_tracepoint: check, count, exit
-        assert_eq!(run.rows.len(), 10);
+        // auto: check, preferred tier, 3 counts, exit, 1 test; raw_tracepoint: check
+        assert_eq!(run.rows.len(), 8);
+        let test = run.rows.iter().find(|r| r.what.contains("::")).unwrap();
+        assert_eq!(test.what, "syscalls::counts_exactly");
+        assert_eq!(test.short.as_deref(), Some("+7 of 7"));
 
         let c = parse_console(&console(&profiles, false));
         let run = judge_vm("6.1.0-1-cloud-amd64", &c, &profiles, Duration::from_secs(5));
         let failures: Vec<String> = run.failures().collect();
-        assert_eq!(failures.len(), 5, "{failures:?}");
+        assert_eq!(failures.len(), 4, "{failures:?}");
+        assert!(
+            failures
+                .iter()
+                .any(|f| f.contains("panicked at") && f.contains("rose by 6")),
+            "{failures:?}"
+        );
+    }
+
+    #[test]
+    fn a_test_binary_killed_without_a_failing_test_fails() {
+        let p = guest::profile("auto").unwrap();
+        let step = Step {
+            out: lines("running 3 tests\ntest a ... ok"),
+            exit: Some(137),
+            ..Step::default()
+        };
+        let rows = judge_tests(p, "syscalls", &step, Status::Pass);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].status, Status::Pass);
+        assert_eq!(rows[1].status, Status::Fail);
+        assert!(rows[1].detail.contains("timeout"), "{}", rows[1].detail);
+        // Not reached after a refused check: not applicable, not a failure.
+        let rows = judge_tests(p, "syscalls", &Step::default(), Status::NotApplicable);
+        assert_eq!(rows[0].status, Status::NotApplicable);
     }
 
     #[test]
