@@ -36,6 +36,10 @@ const ALERTS_TEST: &str = "deploy/prometheus/alerts_test.yml";
 const RUNBOOK: &str = "docs/runbook.md";
 const METRICS_DOC: &str = "docs/metrics.md";
 const K8S_DIR: &str = "deploy/kubernetes";
+/// The Prometheus Operator objects: a kustomize component of the base.
+const K8S_MONITORING_DIR: &str = "deploy/kubernetes/monitoring";
+/// An overlay: the base plus the monitoring component.
+const K8S_WITH_MONITORING: &str = "deploy/kubernetes-monitoring";
 const UNIT: &str = "deploy/systemd/sonde.service";
 const CONTAINERFILE: &str = "deploy/container/Containerfile";
 /// The capabilities the agent needs (CAP_SYS_RESOURCE only on < 5.11).
@@ -148,9 +152,12 @@ fn alert_rules_pass_promtool_and_link_the_runbook() {
             .cloned()
             .unwrap_or_default();
         match url.split_once('#') {
-            Some((page, a)) if page.ends_with(RUNBOOK) && anchors.contains(a) => {}
+            Some((page, a))
+                if page.starts_with("https://")
+                    && page.ends_with(RUNBOOK)
+                    && anchors.contains(a) => {}
             _ => problems.push(format!(
-                "{}: runbook_url {url:?} does not point at a section of {RUNBOOK} \
+                "{}: runbook_url {url:?} is not an absolute link to a section of {RUNBOOK} \
                  (sections: {anchors:?})",
                 r.alert
             )),
@@ -604,49 +611,86 @@ fn kubernetes_manifests_validate() {
         "kubernetes-validate is not installed; install it with `pip install kubernetes-validate` \
          (.ci/run does)"
     );
-    let dir = repo_path(K8S_DIR);
 
     // The PrometheusRule carries alerts.yml's groups.
     check_generated(
-        &format!("{K8S_DIR}/prometheusrule.yaml"),
+        &format!("{K8S_MONITORING_DIR}/prometheusrule.yaml"),
         &prometheus_rule_yaml(&read_repo_file(ALERTS)),
         "kubernetes",
     );
 
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    files.sort();
+    let yaml_files = |dir: &str| {
+        let mut files: Vec<_> = std::fs::read_dir(repo_path(dir))
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .collect();
+        files.sort();
+        files
+    };
     let mut core = Vec::new();
     let mut objects: BTreeMap<String, Value> = BTreeMap::new();
     let mut crds = Vec::new();
-    let mut kustomization = None;
-    for f in &files {
-        for doc in yaml::to_json(f) {
-            let api = doc["apiVersion"].as_str().unwrap_or_default().to_string();
-            let kind = doc["kind"].as_str().unwrap_or_default().to_string();
-            let name = f.file_name().unwrap().to_string_lossy().into_owned();
-            match (api.as_str(), kind.as_str()) {
-                ("kustomize.config.k8s.io/v1beta1", "Kustomization") => kustomization = Some(doc),
-                ("monitoring.coreos.com/v1", "PodMonitor" | "PrometheusRule") => {
-                    crds.push(format!("{name}: {kind}"));
-                    objects.insert(kind, doc);
-                }
-                (a, k) if a.contains("monitoring.coreos.com") => {
-                    panic!("{name}: unexpected {a} {k}")
-                }
-                ("", _) | (_, "") => panic!("{name}: a document without apiVersion or kind"),
-                _ => {
-                    if !core.contains(f) {
-                        core.push(f.clone());
+    for dir in [K8S_DIR, K8S_MONITORING_DIR] {
+        let files = yaml_files(dir);
+        let mut kustomization = None;
+        for f in &files {
+            for doc in yaml::to_json(f) {
+                let api = doc["apiVersion"].as_str().unwrap_or_default().to_string();
+                let kind = doc["kind"].as_str().unwrap_or_default().to_string();
+                let name = f.file_name().unwrap().to_string_lossy().into_owned();
+                match (api.as_str(), kind.as_str()) {
+                    ("kustomize.config.k8s.io/v1beta1", "Kustomization")
+                    | ("kustomize.config.k8s.io/v1alpha1", "Component") => {
+                        kustomization = Some(doc)
                     }
-                    objects.insert(kind, doc);
+                    ("monitoring.coreos.com/v1", "PodMonitor" | "PrometheusRule") => {
+                        assert_eq!(
+                            dir, K8S_MONITORING_DIR,
+                            "{name}: Prometheus Operator objects belong in the monitoring \
+                             component, not the base (which must apply on a bare cluster)"
+                        );
+                        crds.push(format!("{name}: {kind}"));
+                        objects.insert(kind, doc);
+                    }
+                    (a, k) if a.contains("monitoring.coreos.com") => {
+                        panic!("{name}: unexpected {a} {k}")
+                    }
+                    ("", _) | (_, "") => panic!("{name}: a document without apiVersion or kind"),
+                    _ => {
+                        if !core.contains(f) {
+                            core.push(f.clone());
+                        }
+                        // Kustomize's own inputs (the component's settings)
+                        // never reach the cluster.
+                        let local = doc["metadata"]["annotations"]["config.kubernetes.io/local-config"]
+                            == "true";
+                        if !local {
+                            objects.insert(kind, doc);
+                        }
+                    }
                 }
             }
         }
+        // Each kustomization lists every manifest beside it.
+        let kustomization =
+            kustomization.unwrap_or_else(|| panic!("{dir} has a kustomization.yaml"));
+        let listed: BTreeSet<String> = kustomization["resources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect();
+        let present: BTreeSet<String> = files
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .filter(|n| n != "kustomization.yaml")
+            .collect();
+        assert_eq!(
+            listed, present,
+            "{dir}/kustomization.yaml resources vs the files beside it"
+        );
     }
     let core_refs: Vec<&Path> = core.iter().map(|p| p.as_path()).collect();
     // Strictly against the newest schema the validator ships and an older one.
@@ -659,37 +703,100 @@ fn kubernetes_manifests_validate() {
         "kubernetes-validate did not pass every core manifest:\n{report}"
     );
 
-    // kustomization.yaml lists every manifest.
-    let kustomization = kustomization.expect("deploy/kubernetes has a kustomization.yaml");
-    let listed: BTreeSet<String> = kustomization["resources"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v.as_str().map(String::from))
-        .collect();
-    let present: BTreeSet<String> = files
-        .iter()
-        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-        .filter(|n| n != "kustomization.yaml")
-        .collect();
-    assert_eq!(
-        listed, present,
-        "kustomization.yaml resources vs the files in {K8S_DIR}"
+    // The image is named in one place: the base's `images:` sets it.
+    let daemonset_text = read_repo_file(&format!("{K8S_DIR}/daemonset.yaml"));
+    assert!(
+        daemonset_text.contains("image: sonde\n") && !daemonset_text.contains("localhost/"),
+        "daemonset.yaml names the image `sonde`, which kustomization.yaml's images: sets"
     );
     if have("kubectl") {
         let tmp = TempDir::new("kustomize");
-        let built = must_succeed(
-            Command::new("kubectl").arg("kustomize").arg(&dir),
-            Duration::from_secs(60),
+        let build = |dir: &str| {
+            let built = must_succeed(
+                Command::new("kubectl").arg("kustomize").arg(repo_path(dir)),
+                Duration::from_secs(60),
+            );
+            let out = tmp.write(&format!("{}.yaml", dir.replace('/', "-")), &built);
+            kubernetes_validate(&[&out], None);
+            (built, yaml::to_json(&out))
+        };
+        // The base applies on a bare cluster: no custom resources.
+        let (_, base) = build(K8S_DIR);
+        let base_kinds: Vec<&str> = base.iter().filter_map(|d| d["kind"].as_str()).collect();
+        assert!(
+            base.iter().all(|d| !d["apiVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("monitoring.coreos.com")),
+            "kubectl kustomize {K8S_DIR} must need no CRDs: {base_kinds:?}"
         );
-        let out = tmp.write("built.yaml", &built);
-        kubernetes_validate(&[&out], None);
+        for kind in [
+            "Namespace",
+            "ServiceAccount",
+            "ConfigMap",
+            "DaemonSet",
+            "Service",
+            "NetworkPolicy",
+        ] {
+            assert!(
+                base_kinds.contains(&kind),
+                "the base lacks a {kind}: {base_kinds:?}"
+            );
+        }
+        let image = base
+            .iter()
+            .find(|d| d["kind"] == "DaemonSet")
+            .map(|d| d["spec"]["template"]["spec"]["containers"][0]["image"].clone());
+        assert_eq!(
+            image,
+            Some(Value::from("localhost/sonde:latest")),
+            "the base's images: entry sets the DaemonSet's image"
+        );
+        // With the component: the operator's objects carry the selector label
+        // and absolute runbook URLs, from the component's settings.
+        let (_, with) = build(K8S_WITH_MONITORING);
+        let mut seen = Vec::new();
+        for d in &with {
+            assert_ne!(
+                d["metadata"]["name"], "sonde-monitoring-settings",
+                "the component's settings ConfigMap must stay out of the output (local-config)"
+            );
+            let kind = d["kind"].as_str().unwrap_or_default();
+            if !matches!(kind, "PodMonitor" | "PrometheusRule") {
+                continue;
+            }
+            seen.push(kind.to_owned());
+            assert_eq!(
+                d["metadata"]["labels"]["release"], "kube-prometheus-stack",
+                "{kind}: the release label kube-prometheus-stack's default selector matches"
+            );
+            for group in d["spec"]["groups"].as_array().into_iter().flatten() {
+                for rule in group["rules"].as_array().into_iter().flatten() {
+                    let url = rule["annotations"]["runbook_url"]
+                        .as_str()
+                        .unwrap_or_default();
+                    assert!(
+                        url.starts_with("https://") && url.contains("/runbook.md#"),
+                        "{}: runbook_url {url:?} is not an absolute link to a runbook section",
+                        rule["alert"]
+                    );
+                }
+            }
+        }
+        seen.sort();
+        assert_eq!(
+            seen,
+            ["PodMonitor", "PrometheusRule"],
+            "{K8S_WITH_MONITORING}"
+        );
         println!(
-            "kubectl kustomize {K8S_DIR}: {} documents, validated",
-            built.matches("\n---\n").count() + 1
+            "kubectl kustomize: {K8S_DIR} ({} objects, no CRDs) and {K8S_WITH_MONITORING} \
+             ({} objects) built and validated",
+            base.len(),
+            with.len()
         );
     } else {
-        println!("kubectl not installed: kustomize build not checked");
+        println!("kubectl not installed: kustomize builds not checked");
     }
 
     // The PrometheusRule's spec is a valid rule file.

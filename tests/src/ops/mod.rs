@@ -70,7 +70,7 @@ pub fn check_generated(rel: &str, generated: &str, test_name: &str) {
     );
 }
 
-/// `deploy/kubernetes/prometheusrule.yaml`: the groups of
+/// `deploy/kubernetes/monitoring/prometheusrule.yaml`: the groups of
 /// `deploy/prometheus/alerts.yml` (from its `groups:` line on, comments
 /// inside kept) as the spec of a Prometheus Operator PrometheusRule.
 pub fn prometheus_rule_yaml(alerts_yml: &str) -> String {
