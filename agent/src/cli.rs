@@ -1,5 +1,5 @@
-//! Command line: `sonde run`, `sonde check`, `sonde --version`. Parsing
-//! only; what each command does lives in `daemon` and the modules it calls.
+//! Command line: `sonde run`, `sonde check`, `sonde config`, `sonde
+//! --version`. Parsing only; what each command does lives in `daemon`.
 
 use std::{net::SocketAddr, path::PathBuf};
 
@@ -23,10 +23,30 @@ pub enum Command {
     /// Print what this kernel and this process can do, then exit
     /// (non-zero when the agent cannot run here).
     Check(CommonArgs),
+    /// Validate a configuration file or print the defaults. Needs no root
+    /// and no kernel access.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Reference points for benchmarks (empty programs on the same hooks,
     /// a minimal ring reader). Not for production use.
     #[command(hide = true, subcommand)]
     Baseline(BaselineCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Parse and validate FILE, with the SONDE_* environment applied as
+    /// `sonde run` would apply it. Exit 0 when valid; 2, naming the key,
+    /// when not.
+    Check {
+        file: PathBuf,
+        /// Judge the file alone, without the SONDE_* environment.
+        #[arg(long)]
+        no_env: bool,
+    },
+    /// Print the default configuration, every key with its comment
+    /// (deploy/sonde.toml).
+    Defaults,
 }
 
 #[derive(Debug, Subcommand)]

@@ -14,6 +14,10 @@ use thiserror::Error;
 
 pub mod overlay;
 
+/// The default configuration with every key commented: deploy/sonde.toml,
+/// which a unit test keeps equal to [`Config::default`].
+pub const DEFAULTS_TOML: &str = include_str!("../../deploy/sonde.toml");
+
 /// Default port, in the range Prometheus exporters use.
 pub const DEFAULT_PORT: u16 = 9745;
 
@@ -49,6 +53,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Log filter (tracing-subscriber EnvFilter syntax); RUST_LOG wins.
     pub log_level: String,
+    /// Log lines as text, or one JSON object per line.
+    pub log_format: LogFormat,
     pub syscalls: SyscallsConfig,
     pub network: NetworkConfig,
     pub tcp: TcpConfig,
@@ -69,6 +75,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
             log_level: "info".into(),
+            log_format: LogFormat::Text,
             syscalls: SyscallsConfig::default(),
             network: NetworkConfig::default(),
             tcp: TcpConfig::default(),
@@ -84,6 +91,16 @@ impl Default for Config {
             debug: DebugConfig::default(),
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// tracing's human-readable lines.
+    Text,
+    /// One JSON object per line: timestamp, level, target and the event's
+    /// fields (message included) at the top level.
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -770,6 +787,7 @@ impl Config {
 const TOP_LEVEL_KEYS: &[&str] = &[
     "listen",
     "log_level",
+    "log_format",
     "syscalls",
     "network",
     "tcp",
@@ -784,6 +802,17 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "otlp",
     "debug",
 ];
+
+impl Config {
+    /// True for the environment variables that [`Config::load`] applies as
+    /// overrides (`SONDE_<TOP-LEVEL KEY>…`).
+    pub fn is_override(var: &str) -> bool {
+        var.strip_prefix("SONDE_").is_some_and(|path| {
+            let top = path.split("__").next().unwrap_or_default();
+            TOP_LEVEL_KEYS.contains(&top.to_ascii_lowercase().as_str())
+        })
+    }
+}
 
 /// `SONDE_LISTEN=…` sets `listen`; `SONDE_SYSCALLS__SLOW_THRESHOLD_MS=5`
 /// sets `syscalls.slow_threshold_ms`. Values are parsed as TOML (numbers,
@@ -858,6 +887,32 @@ mod tests {
         let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/sonde.toml");
         let config = Config::load(Some(Path::new(example)), std::iter::empty()).unwrap();
         assert_eq!(config, Config::default());
+        assert_eq!(load(DEFAULTS_TOML, &[]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn log_format_is_text_or_json() {
+        assert_eq!(
+            load("log_format = \"json\"", &[]).unwrap().log_format,
+            LogFormat::Json
+        );
+        assert_eq!(
+            load("", &[("SONDE_LOG_FORMAT", "json")])
+                .unwrap()
+                .log_format,
+            LogFormat::Json
+        );
+        let err = load("log_format = \"xml\"", &[]).unwrap_err().to_string();
+        assert!(err.contains("log_format"), "{err}");
+    }
+
+    #[test]
+    fn overrides_are_the_variables_naming_a_key() {
+        assert!(Config::is_override("SONDE_LISTEN"));
+        assert!(Config::is_override("SONDE_SYSCALLS__SLOW_THRESHOLD_MS"));
+        assert!(!Config::is_override("SONDE_CONFIG"));
+        assert!(!Config::is_override("SONDE_BIN"));
+        assert!(!Config::is_override("LISTEN"));
     }
 
     #[test]

@@ -23,6 +23,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => daemon::run(args),
         Command::Check(args) => daemon::check(args),
+        Command::Config(cmd) => daemon::config(cmd),
         Command::Baseline(cmd) => daemon::baseline(cmd),
     };
     match result {

@@ -375,3 +375,111 @@ fn sigint_exits_zero() {
         ),
     }
 }
+
+/// `sonde config check` and `sonde config defaults` as an unprivileged user
+/// (no capabilities, so no kernel access): the defaults are valid, every
+/// error names its key and exits 2.
+#[test]
+fn config_check_and_defaults_need_no_root() {
+    let dir = TempDir::new("cli-config");
+    // As nobody when root can switch to it; as whoever runs the test otherwise.
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let wrapper: &[&str] = if root && sys::have("setpriv") {
+        &[
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ]
+    } else {
+        &[]
+    };
+    let defaults = sonde(wrapper, &["config", "defaults"])
+        .expect_code(0)
+        .stdout
+        .clone();
+    assert!(
+        defaults.contains("[syscalls]") && defaults.contains("log_format"),
+        "sonde config defaults printed:\n{defaults}"
+    );
+    let path = dir.write("defaults.toml", &defaults);
+    // Readable by nobody.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let valid = sonde(wrapper, &["config", "check", path.to_str().unwrap()]);
+    valid.expect_code(0);
+    assert!(valid.stdout.contains("valid"), "{}", valid.stdout);
+
+    for (name, text, key) in [
+        (
+            "wrong-type.toml",
+            "[network]\nmax_flows = \"many\"\n",
+            "network.max_flows",
+        ),
+        (
+            "unknown-key.toml",
+            "[network]\ninterface = []\n",
+            "interface",
+        ),
+        (
+            "bad-value.toml",
+            "[events]\nflow_ring_bytes = 1000\n",
+            "events.flow_ring_bytes",
+        ),
+        ("bad-format.toml", "log_format = \"xml\"\n", "log_format"),
+        ("not-toml.toml", "listen = [\n", "not-toml.toml"),
+    ] {
+        let p = dir.write(name, text);
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        sonde(wrapper, &["config", "check", p.to_str().unwrap()])
+            .expect_code(2)
+            .stderr_mentions(key);
+    }
+    sonde(wrapper, &["config", "check", "/nonexistent/sonde.toml"])
+        .expect_code(2)
+        .stderr_mentions("/nonexistent/sonde.toml");
+
+    // The environment is judged as `sonde run` would judge it, unless --no-env.
+    let with_env = |extra: &[&str]| {
+        let mut c = Command::new(sys::sonde_bin());
+        sys::clear_sonde_env(&mut c);
+        c.env("SONDE_LISTEN", "not-an-address")
+            .args(["config", "check"])
+            .args(extra)
+            .arg(&path);
+        let desc = format!("{c:?}");
+        Ran::from(desc, run_with_timeout(&mut c, RUN_TIMEOUT))
+    };
+    with_env(&[]).expect_code(2).stderr_mentions("listen");
+    with_env(&["--no-env"]).expect_code(0);
+}
+
+/// `log_format = "json"`: every line the running agent logs is one JSON
+/// object with a timestamp, a level, a target and a message.
+#[test]
+fn json_log_format_writes_one_object_per_line() {
+    if !require_root() {
+        return;
+    }
+    let config = Config::new().set("", "log_format", "\"json\"");
+    let mut agent = Agent::start(&config.render(), &[]);
+    agent.terminate(Duration::from_secs(10));
+    let log = agent.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 3, "too few log lines to judge:\n{log}");
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}\nlog:\n{log}"));
+        for key in ["timestamp", "level", "target", "message"] {
+            assert!(v.get(key).is_some(), "log line lacks {key:?}: {line}");
+        }
+    }
+    println!("{} log lines, each one JSON object", lines.len());
+}

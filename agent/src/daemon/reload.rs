@@ -20,6 +20,9 @@ pub(super) fn reload(state: &AppState, path: Option<&std::path::Path>) {
     if new.listen != current.listen {
         restart_needed.push("listen");
     }
+    if new.log_format != current.log_format {
+        restart_needed.push("log_format");
+    }
     if new.network.interfaces != current.network.interfaces
         || new.network.enabled != current.network.enabled
         || new.network.max_flows != current.network.max_flows

@@ -2,7 +2,10 @@
 //! environment, then flags) and start logging.
 
 use super::failure::Failure;
-use crate::{cli::CommonArgs, config::Config};
+use crate::{
+    cli::CommonArgs,
+    config::{Config, LogFormat},
+};
 
 /// The target of the daemon's own log lines: `sonde`, as when they were
 /// written in the binary crate's root (log filters name it).
@@ -22,8 +25,17 @@ pub(super) fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log_level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => builder.init(),
+        // Fields at the top level, so a log pipeline reads `message`,
+        // `level` and `target` without unnesting.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
 }
