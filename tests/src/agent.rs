@@ -70,9 +70,22 @@ impl Agent {
         agent
     }
 
+    /// [`Agent::start`] with these environment variables set for the
+    /// agent (`OTEL_*`, `SONDE_*` overrides).
+    pub fn start_with_env(config_toml: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Agent {
+        let mut agent = Agent::spawn_with_env(config_toml, extra_args, env);
+        agent.wait_started(STARTUP_TIMEOUT);
+        agent
+    }
+
     /// Spawns `sonde run --config FILE --listen 127.0.0.1:PORT ARGS...`
     /// without waiting for it to start.
     pub fn spawn(config_toml: &str, extra_args: &[&str]) -> Agent {
+        Agent::spawn_with_env(config_toml, extra_args, &[])
+    }
+
+    /// [`Agent::spawn`] with these environment variables set for the agent.
+    pub fn spawn_with_env(config_toml: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Agent {
         let dir = TempDir::new("agent");
         let config_path = dir.write("sonde.toml", config_toml);
         let log_path = dir.path().join("agent.log");
@@ -88,6 +101,7 @@ impl Agent {
             .arg("--listen")
             .arg(addr.to_string())
             .args(extra_args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
