@@ -1130,6 +1130,23 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_leaves_otlp_to_the_otel_variables() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/sonde.toml");
+        let env = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "900"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let config = Config::load(Some(Path::new(example)), env).unwrap();
+        assert_eq!(config.otlp.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(config.otlp.timeout_ms, 900);
+        for key in otel::KEYS {
+            assert_ne!(config.otlp.sources.get(key), &Source::Config, "{key}");
+        }
+    }
+
+    #[test]
     fn empty_file_gives_defaults() {
         assert_eq!(load("", &[]).unwrap(), Config::default());
     }
