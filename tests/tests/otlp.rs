@@ -566,7 +566,9 @@ fn bad_otlp_settings_exit_2_naming_the_key() {
     }
     let dir = std::env::temp_dir().join(format!("sonde-otlp-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+    // (config file, environment, what the error must name)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         (
             "[otlp]\nendpoint = \"https://127.0.0.1:1\"\nca_file = \"/nonexistent/ca.pem\"\n",
             &[],

@@ -693,15 +693,17 @@ mod tests {
     #[test]
     fn configured_attributes_and_service_name_win() {
         let mut r = resource_attributes("node-1", "6.18.0", None);
-        let mut config = OtlpConfig::default();
-        config.resource_attributes = [
-            ("deployment.environment", "prod"),
-            ("host.name", "edge-7"),
-            ("service.name", "from-attributes"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
+        let mut config = OtlpConfig {
+            resource_attributes: [
+                ("deployment.environment", "prod"),
+                ("host.name", "edge-7"),
+                ("service.name", "from-attributes"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+            ..Default::default()
+        };
         configure_resource(&mut r, &config);
         let get = |r: &Resource, k: &str| {
             let v: Vec<_> = r.attributes.iter().filter(|kv| kv.key == k).collect();

@@ -156,7 +156,11 @@ type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 enum Sender {
     GrpcMetrics(MetricsServiceClient<Channel>),
     GrpcLogs(LogsServiceClient<Channel>),
-    Http { client: HttpClient, url: hyper::Uri },
+    /// Boxed: the client is three times the size of a gRPC one.
+    Http {
+        client: Box<HttpClient>,
+        url: hyper::Uri,
+    },
 }
 
 /// Both signals' ways, with what every request carries.
@@ -240,7 +244,7 @@ impl Transport {
                         }
                     };
                     Sender::Http {
-                        client,
+                        client: Box::new(client),
                         url: url
                             .parse()
                             .map_err(|e: hyper::http::uri::InvalidUri| invalid(e.to_string()))?,
