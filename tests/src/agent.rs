@@ -88,15 +88,34 @@ impl Agent {
         agent
     }
 
+    /// [`Agent::start`] with these environment variables set for the
+    /// agent (`OTEL_*`, `SONDE_*` overrides).
+    pub fn start_with_env(config_toml: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Agent {
+        let mut agent = Agent::spawn_with_env(config_toml, extra_args, env);
+        agent.wait_started(STARTUP_TIMEOUT);
+        agent
+    }
+
     /// Spawns `sonde run --config FILE --listen 127.0.0.1:PORT ARGS...`
     /// without waiting for it to start.
     pub fn spawn(config_toml: &str, extra_args: &[&str]) -> Agent {
-        Agent::launch(&sys::sonde_bin(), config_toml, extra_args).unwrap_or_else(|e| panic!("{e}"))
+        Agent::spawn_with_env(config_toml, extra_args, &[])
     }
 
-    /// Like [`Agent::spawn`] with the agent binary `bin`, returning the
-    /// error when it cannot be started.
-    pub fn launch(bin: &Path, config_toml: &str, extra_args: &[&str]) -> io::Result<Agent> {
+    /// [`Agent::spawn`] with these environment variables set for the agent.
+    pub fn spawn_with_env(config_toml: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Agent {
+        Agent::launch(&sys::sonde_bin(), config_toml, extra_args, env)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`Agent::spawn_with_env`] with the agent binary `bin`, returning
+    /// the error when it cannot be started.
+    pub fn launch(
+        bin: &Path,
+        config_toml: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> io::Result<Agent> {
         let dir = TempDir::new("agent");
         let config_path = dir.write("sonde.toml", config_toml);
         let log_path = dir.path().join("agent.log");
@@ -110,6 +129,7 @@ impl Agent {
             .arg("--listen")
             .arg(addr.to_string())
             .args(extra_args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);

@@ -107,10 +107,13 @@ pub fn sonde_command() -> Command {
     c
 }
 
-/// Removes every `SONDE_*` variable from `c`'s environment.
+/// Removes every `SONDE_*` and `OTEL_*` variable from `c`'s environment
+/// (the agent reads the standard `OTEL_*` ones for its OTLP export; a
+/// developer's shell must not point the tests' agents at a collector).
 pub fn clear_sonde_env(c: &mut Command) {
     for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("SONDE_") {
+        let k_str = k.to_string_lossy();
+        if k_str.starts_with("SONDE_") || k_str.starts_with("OTEL_") {
             c.env_remove(k);
         }
     }

@@ -4,12 +4,19 @@
 //! the resource named; a collector outage is counted, logged once, never
 //! stops the agent, and export resumes when the collector is back; MAPE-K
 //! anomalies arrive as log records.
+//!
+//! Against a collector as production runs one (TLS with its own CA, an API
+//! key header required): both transports get through with the CA file, the
+//! header and gzip; without the header every export is counted failed and
+//! nothing is received; the standard OTEL_* variables alone configure the
+//! export, the config file wins over them, status says which applied; bad
+//! settings stop the agent with exit code 2 naming the key or variable.
 
 use std::time::{Duration, Instant};
 
 use sonde_tests::ops::metrics_doc;
-use sonde_tests::otlp::{Protocol, Receiver, histogram, metrics, number, resource_attr};
-use sonde_tests::{Agent, Config, Scrape, Workload, require_root};
+use sonde_tests::otlp::{Options, Protocol, Receiver, histogram, metrics, number, resource_attr};
+use sonde_tests::{Agent, Config, Scrape, Workload, require_root, sys};
 
 /// getppid calls of the workload.
 const N: f64 = 100_000.0;
@@ -40,10 +47,73 @@ fn exports(s: &Scrape, result: &str) -> f64 {
     )
 }
 
+/// The API key the secure receiver wants: a `/` to percent-encode in
+/// OTEL_EXPORTER_OTLP_HEADERS, and nothing a log would print by chance.
+const API_KEY: (&str, &str) = ("x-api-key", "s3cret-Key/42");
+
+/// A receiver with TLS (its own CA) that refuses requests without
+/// [`API_KEY`].
+fn secure_receiver(protocol: Protocol) -> Receiver {
+    Receiver::start_with(
+        protocol,
+        Options {
+            tls: true,
+            require_header: Some((API_KEY.0.to_owned(), API_KEY.1.to_owned())),
+        },
+    )
+}
+
+fn toml_string(s: &str) -> String {
+    format!("{s:?}")
+}
+
+/// [`config`] with the receiver's CA and gzip, and the API key when
+/// `with_key`.
+fn secure_config(receiver: &Receiver, protocol: Protocol, with_key: bool) -> Config {
+    let config = config(receiver, protocol)
+        .set(
+            "otlp",
+            "ca_file",
+            &toml_string(&receiver.ca_file().display().to_string()),
+        )
+        .set("otlp", "compression", "\"gzip\"");
+    if with_key {
+        config.set(
+            "otlp",
+            "headers",
+            &format!("{{ {} = {} }}", API_KEY.0, toml_string(API_KEY.1)),
+        )
+    } else {
+        config
+    }
+}
+
+/// The `[otlp]` sources /api/v1/status reports.
+fn sources(agent: &Agent) -> serde_json::Value {
+    agent.status_json()["config"]["otlp"]["sources"].clone()
+}
+
+/// Neither the log nor the status endpoint shows the API key.
+fn key_never_shown(agent: &Agent) {
+    let status = agent.status_json().to_string();
+    assert!(
+        !status.contains(API_KEY.1),
+        "status shows the key: {status}"
+    );
+    let log = agent.log();
+    assert!(!log.contains(API_KEY.1), "the log shows the key:\n{log}");
+    assert!(!log.contains("s3cret"), "the log shows the key:\n{log}");
+}
+
 fn metrics_arrive(protocol: Protocol) {
-    let t0 = Instant::now();
     let receiver = Receiver::start(protocol);
     let agent = Agent::start(&config(&receiver, protocol).render(), &[]);
+    exports_match_metrics(protocol, &receiver, &agent);
+}
+
+/// The agent's exports reach `receiver` with the values /metrics shows.
+fn exports_match_metrics(protocol: Protocol, receiver: &Receiver, agent: &Agent) {
+    let t0 = Instant::now();
     let reqs = receiver.wait_for(
         "a first export with sonde_syscalls_total",
         Duration::from_secs(10),
@@ -288,5 +358,261 @@ fn anomalies_arrive_as_log_records() {
     let body = format!("{:?}", record.body);
     assert!(body.contains("syscalls_per_second"), "{body}");
     drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// https with the collector's own CA, the API key header and gzip: the
+/// same counts as over plain http, every request compressed, none refused.
+fn secure_export_works(protocol: Protocol) {
+    let receiver = secure_receiver(protocol);
+    let config = secure_config(&receiver, protocol, true);
+    let agent = Agent::start(&config.render(), &[]);
+    assert!(receiver.endpoint().starts_with("https://"));
+    exports_match_metrics(protocol, &receiver, &agent);
+    let received = receiver.metrics_requests().len();
+    let gzip = receiver.gzip_requests();
+    assert!(
+        gzip >= received,
+        "{gzip} gzip requests for {received} metrics requests"
+    );
+    assert_eq!(receiver.rejected(), 0, "{}", agent.log());
+    let status = agent.status_json();
+    assert_eq!(
+        status["config"]["otlp"]["headers"][API_KEY.0], "<redacted>",
+        "{status}"
+    );
+    assert_eq!(sources(&agent)["headers"], "config");
+    key_never_shown(&agent);
+    println!("{protocol:?} over TLS: {received} requests, {gzip} gzip");
+}
+
+#[test]
+fn metrics_arrive_over_grpc_with_tls_header_and_gzip() {
+    if !require_root() {
+        return;
+    }
+    secure_export_works(Protocol::Grpc);
+}
+
+#[test]
+fn metrics_arrive_over_http_protobuf_with_tls_header_and_gzip() {
+    if !require_root() {
+        return;
+    }
+    secure_export_works(Protocol::HttpProtobuf);
+}
+
+/// Without the header the collector refuses (401, UNAUTHENTICATED):
+/// every export counted failed, nothing received, the agent carries on.
+#[test]
+fn exports_without_the_header_are_counted_failed() {
+    if !require_root() {
+        return;
+    }
+    for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+        let receiver = secure_receiver(protocol);
+        let config = secure_config(&receiver, protocol, false);
+        let agent = Agent::start(&config.render(), &[]);
+        let scrape = agent.wait_for("two failed exports", Duration::from_secs(10), |s| {
+            exports(s, "failed") >= 2.0
+        });
+        assert_eq!(exports(&scrape, "ok"), 0.0, "{}", scrape.grep("sonde_otlp"));
+        assert!(
+            receiver.metrics_requests().is_empty(),
+            "a refused export was recorded"
+        );
+        assert!(receiver.rejected() >= 2, "{} refused", receiver.rejected());
+        assert_eq!(agent.get("/health/live").0, 200, "{}", agent.log());
+        let log = agent.log();
+        let why = match protocol {
+            Protocol::Grpc => "Unauthenticated",
+            Protocol::HttpProtobuf => "HTTP status 401",
+        };
+        assert!(
+            log.lines().any(|l| l.contains("metrics export to")
+                && l.contains("failing")
+                && l.contains(why)),
+            "no failing line naming {why}:\n{log}"
+        );
+        println!(
+            "{protocol:?} without the header: {} failed, {} refused",
+            exports(&scrape, "failed"),
+            receiver.rejected()
+        );
+    }
+}
+
+/// No [otlp] section at all: the standard variables configure everything
+/// (the key percent-encoded as the spec's list format wants), and status
+/// names the environment as the source.
+#[test]
+fn otel_variables_alone_configure_the_export() {
+    if !require_root() {
+        return;
+    }
+    let protocol = Protocol::HttpProtobuf;
+    let receiver = secure_receiver(protocol);
+    let ca = receiver.ca_file().display().to_string();
+    let endpoint = receiver.endpoint();
+    let headers = format!("{}={}", API_KEY.0, API_KEY.1.replace('/', "%2F"));
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", headers.as_str()),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.as_str()),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "1000"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
+        ("OTEL_SERVICE_NAME", "sonde-from-env"),
+        (
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "deployment.environment=test%20lab,k8s.cluster.name=c1",
+        ),
+    ];
+    let agent = Agent::start_with_env(&Config::new().render(), &[], &env);
+    let reqs = receiver.wait_for(
+        "an export configured by OTEL_* only",
+        Duration::from_secs(10),
+        |r| {
+            r.iter()
+                .any(|(_, q)| !metrics(q, "sonde_syscalls_total").is_empty())
+        },
+    );
+    let last = &reqs.last().unwrap().1;
+    assert_eq!(resource_attr(last, "service.name"), Some("sonde-from-env"));
+    assert_eq!(
+        resource_attr(last, "deployment.environment"),
+        Some("test lab")
+    );
+    assert_eq!(resource_attr(last, "k8s.cluster.name"), Some("c1"));
+    assert!(receiver.gzip_requests() >= 1);
+    assert_eq!(receiver.rejected(), 0, "{}", agent.log());
+    let sources = sources(&agent);
+    for key in [
+        "endpoint",
+        "protocol",
+        "headers",
+        "ca_file",
+        "compression",
+        "timeout_ms",
+        "interval_ms",
+        "service_name",
+        "resource_attributes",
+    ] {
+        assert_eq!(sources[key], "env", "{key}: {sources}");
+    }
+    assert_eq!(sources["client_cert_file"], "default", "{sources}");
+    let log = agent.log();
+    assert!(
+        log.contains("endpoint=env OTEL_EXPORTER_OTLP_ENDPOINT"),
+        "the startup log names the variable:\n{log}"
+    );
+    key_never_shown(&agent);
+    println!("OTEL_* only: {} requests, sources {sources}", reqs.len());
+}
+
+/// The file and the variables both set: the file wins setting by setting;
+/// what only a variable sets still applies.
+#[test]
+fn config_file_wins_over_otel_variables() {
+    if !require_root() {
+        return;
+    }
+    let protocol = Protocol::Grpc;
+    let from_file = Receiver::start(protocol);
+    let from_env = Receiver::start(protocol);
+    let env_endpoint = from_env.endpoint();
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", env_endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", env_endpoint.as_str()),
+        ("OTEL_SERVICE_NAME", "sonde-from-env"),
+    ];
+    let agent = Agent::start_with_env(&config(&from_file, protocol).render(), &[], &env);
+    let reqs = from_file.wait_for(
+        "three exports to the file's endpoint",
+        Duration::from_secs(10),
+        |r| r.len() >= 3,
+    );
+    assert!(
+        from_env.metrics_requests().is_empty(),
+        "the variable's endpoint received {} exports",
+        from_env.metrics_requests().len()
+    );
+    assert_eq!(
+        resource_attr(&reqs.last().unwrap().1, "service.name"),
+        Some("sonde-from-env")
+    );
+    let sources = sources(&agent);
+    assert_eq!(sources["endpoint"], "config", "{sources}");
+    assert_eq!(sources["protocol"], "config", "{sources}");
+    assert_eq!(sources["metrics_endpoint"], "default", "{sources}");
+    assert_eq!(sources["service_name"], "env", "{sources}");
+    assert_eq!(sources["headers"], "default", "{sources}");
+    let status = agent.status_json();
+    assert_eq!(
+        status["config"]["otlp"]["endpoint"],
+        from_file.endpoint().as_str(),
+        "{status}"
+    );
+}
+
+/// Bad settings stop `sonde run` before it touches the kernel: exit 2,
+/// the key or variable named, no panic, the key never echoed.
+#[test]
+fn bad_otlp_settings_exit_2_naming_the_key() {
+    if !require_root() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("sonde-otlp-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // (config file, environment, what the error must name)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (
+            "[otlp]\nendpoint = \"https://127.0.0.1:1\"\nca_file = \"/nonexistent/ca.pem\"\n",
+            &[],
+            "otlp.ca_file",
+        ),
+        (
+            "",
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://127.0.0.1:1"),
+                ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem"),
+            ],
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        ),
+        (
+            "",
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=s3cret,oops"),
+            ],
+            "OTEL_EXPORTER_OTLP_HEADERS",
+        ),
+        (
+            "",
+            &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/xml")],
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ),
+        ("[otlp]\nprotocol = \"http/xml\"\n", &[], "otlp.protocol"),
+    ];
+    for (i, (toml, env, want)) in cases.iter().enumerate() {
+        let path = dir.join(format!("{i}.toml"));
+        std::fs::write(&path, toml).unwrap();
+        let mut cmd = sys::sonde_command();
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&path)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .envs(env.iter().copied());
+        let out = sys::run_with_timeout(&mut cmd, Duration::from_secs(20));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{toml} {env:?}: {stderr}");
+        assert!(stderr.contains(want), "{toml} {env:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(!stderr.contains("s3cret"), "{stderr}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -282,7 +282,7 @@ fn spawn_refresher(state: &AppState, shutdown: &Shutdown) -> JoinHandle<()> {
 /// OTLP export, when an endpoint is configured: its own task, so a slow
 /// collector never holds up the readers or the collector.
 fn spawn_otlp(config: &Config, state: &AppState, shutdown: &Shutdown) -> Option<JoinHandle<()>> {
-    config.otlp.endpoint.is_some().then(|| {
+    config.otlp.enabled().then(|| {
         tokio::spawn(otlp::run(
             state.clone(),
             config.otlp.clone(),

@@ -67,7 +67,7 @@ pub fn start_agent(bins: &Bins, config_toml: &str, interfaces: &[&str]) -> io::R
         .iter()
         .flat_map(|i| ["--interface", *i])
         .collect();
-    let mut agent = Agent::launch(&bins.sonde, config_toml, &args)?;
+    let mut agent = Agent::launch(&bins.sonde, config_toml, &args, &[])?;
     agent.try_wait_started(READY_TIMEOUT, Duration::from_millis(2))?;
     Ok(agent)
 }

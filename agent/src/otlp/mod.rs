@@ -2,9 +2,11 @@
 //! takes the same metric families `/metrics` serves ([`Metrics::gather`]),
 //! converts them to OTLP (counters → cumulative monotonic Sum, gauges →
 //! Gauge, histograms → explicit-bucket Histogram, summaries → Summary)
-//! under one Resource (service, host, kernel, Kubernetes node), and sends
-//! them to a collector over gRPC or HTTP/protobuf. MAPE-K anomalies go out
-//! as OTLP log records when they start and when they end.
+//! under one Resource (service, host, kernel, Kubernetes node, and the
+//! configured attributes), and sends them to a collector over gRPC or
+//! HTTP/protobuf, plain or TLS, with headers and gzip if configured
+//! ([`transport`]). MAPE-K anomalies go out as OTLP log records when they
+//! start and when they end.
 //!
 //! A failed export is retried with exponential backoff, at most
 //! [`ATTEMPTS`] times per interval, counted in `sonde_otlp_exports_total`
@@ -19,17 +21,8 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
-};
 use opentelemetry_proto::tonic::{
-    collector::{
-        logs::v1::{ExportLogsServiceRequest, logs_service_client::LogsServiceClient},
-        metrics::v1::{ExportMetricsServiceRequest, metrics_service_client::MetricsServiceClient},
-    },
+    collector::{logs::v1::ExportLogsServiceRequest, metrics::v1::ExportMetricsServiceRequest},
     common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value},
     logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber},
     metrics::v1::{
@@ -40,17 +33,15 @@ use opentelemetry_proto::tonic::{
     resource::v1::Resource,
 };
 use prometheus::proto::{LabelPair, MetricFamily, MetricType};
-use prost::Message;
-use thiserror::Error;
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
-use crate::{
-    config::{OtlpConfig, OtlpProtocol},
-    state::AppState,
-    version,
-};
+use crate::{config::OtlpConfig, state::AppState, version};
+
+mod transport;
+
+pub use transport::{ExportError, Signal, signal_url};
+use transport::{Payload, Transport};
 
 /// Attempts per export (the first one and its retries).
 pub const ATTEMPTS: u32 = 3;
@@ -59,180 +50,6 @@ pub const ATTEMPTS: u32 = 3;
 const BACKOFF: Duration = Duration::from_millis(100);
 /// Instrumentation scope name of everything exported.
 const SCOPE: &str = "sonde";
-
-#[derive(Debug, Error)]
-pub enum ExportError {
-    #[error("invalid endpoint {endpoint:?}: {message}")]
-    Endpoint { endpoint: String, message: String },
-    #[error("gRPC status {code:?}: {message}")]
-    Grpc { code: tonic::Code, message: String },
-    #[error("HTTP request failed: {0}")]
-    Http(#[from] hyper_util::client::legacy::Error),
-    #[error("reading the HTTP response: {0}")]
-    Body(#[from] hyper::Error),
-    #[error("building the HTTP request: {0}")]
-    Request(#[from] hyper::http::Error),
-    #[error("HTTP status {status}: {body}")]
-    HttpStatus { status: u16, body: String },
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-}
-
-impl From<tonic::Status> for ExportError {
-    fn from(status: tonic::Status) -> Self {
-        Self::Grpc {
-            code: status.code(),
-            message: status.message().to_owned(),
-        }
-    }
-}
-
-impl ExportError {
-    /// Whether trying again may help (the OTLP spec's retryable codes;
-    /// transport errors and timeouts are).
-    fn retryable(&self) -> bool {
-        use tonic::Code;
-        match self {
-            Self::Endpoint { .. } | Self::Request(_) => false,
-            Self::Grpc { code, .. } => matches!(
-                code,
-                Code::Unavailable
-                    | Code::ResourceExhausted
-                    | Code::DeadlineExceeded
-                    | Code::Aborted
-                    | Code::Cancelled
-                    | Code::OutOfRange
-                    | Code::DataLoss
-                    | Code::Unknown
-            ),
-            Self::HttpStatus { status, .. } => matches!(status, 429 | 502 | 503 | 504),
-            Self::Http(_) | Self::Body(_) | Self::Timeout(_) => true,
-        }
-    }
-}
-
-/// The two OTLP signals Sonde sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Signal {
-    Metrics,
-    Logs,
-}
-
-impl Signal {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Metrics => "metrics",
-            Self::Logs => "logs",
-        }
-    }
-}
-
-enum Payload {
-    Metrics(ExportMetricsServiceRequest),
-    Logs(ExportLogsServiceRequest),
-}
-
-/// How requests reach the collector.
-enum Transport {
-    Grpc {
-        metrics: MetricsServiceClient<Channel>,
-        logs: LogsServiceClient<Channel>,
-    },
-    Http {
-        client: Client<HttpConnector, Full<Bytes>>,
-        metrics_url: hyper::Uri,
-        logs_url: hyper::Uri,
-    },
-}
-
-impl Transport {
-    fn new(config: &OtlpConfig, endpoint: &str) -> Result<Self, ExportError> {
-        let invalid = |message: String| ExportError::Endpoint {
-            endpoint: endpoint.to_owned(),
-            message,
-        };
-        let timeout = Duration::from_millis(config.timeout_ms);
-        match config.protocol {
-            OtlpProtocol::Grpc => {
-                // Lazy: the first export connects, and a channel whose
-                // collector went away reconnects on the next one.
-                let channel = Endpoint::from_shared(endpoint.to_owned())
-                    .map_err(|e| invalid(e.to_string()))?
-                    .connect_timeout(timeout)
-                    .timeout(timeout)
-                    .connect_lazy();
-                Ok(Self::Grpc {
-                    metrics: MetricsServiceClient::new(channel.clone()),
-                    logs: LogsServiceClient::new(channel),
-                })
-            }
-            OtlpProtocol::HttpProtobuf => {
-                let base = endpoint.trim_end_matches('/');
-                let url = |path: &str| -> Result<hyper::Uri, ExportError> {
-                    format!("{base}{path}")
-                        .parse()
-                        .map_err(|e: hyper::http::uri::InvalidUri| invalid(e.to_string()))
-                };
-                let mut connector = HttpConnector::new();
-                connector.set_connect_timeout(Some(timeout));
-                connector.set_nodelay(true);
-                Ok(Self::Http {
-                    client: Client::builder(TokioExecutor::new()).build(connector),
-                    metrics_url: url("/v1/metrics")?,
-                    logs_url: url("/v1/logs")?,
-                })
-            }
-        }
-    }
-
-    async fn send(&mut self, payload: &Payload) -> Result<(), ExportError> {
-        match self {
-            Self::Grpc { metrics, logs } => {
-                match payload {
-                    Payload::Metrics(req) => {
-                        let reply = metrics.export(req.clone()).await?.into_inner();
-                        if let Some(p) =
-                            reply.partial_success.filter(|p| p.rejected_data_points > 0)
-                        {
-                            debug!(
-                                "OTLP: collector rejected {} data points: {}",
-                                p.rejected_data_points, p.error_message
-                            );
-                        }
-                    }
-                    Payload::Logs(req) => {
-                        logs.export(req.clone()).await?;
-                    }
-                }
-                Ok(())
-            }
-            Self::Http {
-                client,
-                metrics_url,
-                logs_url,
-            } => {
-                let (url, body) = match payload {
-                    Payload::Metrics(req) => (metrics_url.clone(), req.encode_to_vec()),
-                    Payload::Logs(req) => (logs_url.clone(), req.encode_to_vec()),
-                };
-                let request = hyper::Request::post(url)
-                    .header(hyper::header::CONTENT_TYPE, "application/x-protobuf")
-                    .body(Full::new(Bytes::from(body)))?;
-                let response = client.request(request).await?;
-                let status = response.status();
-                let body = response.into_body().collect().await?.to_bytes();
-                if status.is_success() {
-                    Ok(())
-                } else {
-                    Err(ExportError::HttpStatus {
-                        status: status.as_u16(),
-                        body: String::from_utf8_lossy(&body[..body.len().min(256)]).into_owned(),
-                    })
-                }
-            }
-        }
-    }
-}
 
 /// Whether the last export of a signal worked, to log changes only.
 #[derive(Debug, Default)]
@@ -244,7 +61,6 @@ struct Outcome {
 
 struct Exporter {
     state: AppState,
-    endpoint: String,
     transport: Transport,
     timeout: Duration,
     interval: Duration,
@@ -261,10 +77,10 @@ struct Exporter {
 /// The exporter task: returns at once when no endpoint is configured, and
 /// when `shutdown` changes.
 pub async fn run(state: AppState, config: OtlpConfig, mut shutdown: watch::Receiver<bool>) {
-    let Some(endpoint) = config.endpoint.clone() else {
+    if !config.enabled() {
         return;
-    };
-    let transport = match Transport::new(&config, &endpoint) {
+    }
+    let transport = match Transport::new(&config) {
         Ok(t) => t,
         Err(err) => {
             warn!("OTLP export off: {err}");
@@ -272,6 +88,9 @@ pub async fn run(state: AppState, config: OtlpConfig, mut shutdown: watch::Recei
         }
     };
     for signal in [Signal::Metrics, Signal::Logs] {
+        if transport.url(signal).is_none() {
+            continue;
+        }
         for result in ["ok", "failed"] {
             state
                 .metrics
@@ -283,9 +102,8 @@ pub async fn run(state: AppState, config: OtlpConfig, mut shutdown: watch::Recei
         .checked_sub(state.started_at.elapsed())
         .unwrap_or_else(SystemTime::now);
     let mut exporter = Exporter {
-        resource: resource(&state),
+        resource: resource(&state, &config),
         state,
-        endpoint,
         transport,
         timeout: Duration::from_millis(config.timeout_ms),
         interval: Duration::from_millis(config.interval_ms),
@@ -295,10 +113,8 @@ pub async fn run(state: AppState, config: OtlpConfig, mut shutdown: watch::Recei
         started_sent: BTreeSet::new(),
         ended_sent: BTreeSet::new(),
     };
-    info!(
-        "OTLP: exporting metrics and anomalies to {} ({:?}) every {} ms",
-        exporter.endpoint, config.protocol, config.interval_ms
-    );
+    info!("{}", describe(&config, &exporter.transport));
+    info!("OTLP settings from: {}", config.sources.summary());
     let mut tick = tokio::time::interval(exporter.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -325,10 +141,14 @@ impl Exporter {
             )
         };
         let now = unix_nanos(SystemTime::now());
-        let request = metrics_request(self.resource.clone(), &families, self.start_nanos, now);
-        self.export(Signal::Metrics, Payload::Metrics(request))
-            .await;
-
+        if self.transport.url(Signal::Metrics).is_some() {
+            let request = metrics_request(self.resource.clone(), &families, self.start_nanos, now);
+            self.export(Signal::Metrics, Payload::Metrics(request))
+                .await;
+        }
+        if self.transport.url(Signal::Logs).is_none() {
+            return;
+        }
         let (records, started, ended) = self.anomaly_records(now);
         if !records.is_empty() {
             let request = ExportLogsServiceRequest {
@@ -372,6 +192,7 @@ impl Exporter {
                 result => break result,
             }
         };
+        let url = self.transport.url(signal).unwrap_or_default().to_owned();
         let metrics = &self.state.metrics;
         metrics
             .otlp_duration
@@ -388,15 +209,11 @@ impl Exporter {
         match result {
             Ok(()) => {
                 match outcome.ok {
-                    None => info!(
-                        "OTLP: first {} export to {} ok",
-                        signal.label(),
-                        self.endpoint
-                    ),
+                    None => info!("OTLP: first {} export to {} ok", signal.label(), url),
                     Some(false) => info!(
                         "OTLP: {} export to {} recovered after {} failed export(s)",
                         signal.label(),
-                        self.endpoint,
+                        url,
                         outcome.failures_in_a_row
                     ),
                     Some(true) => {}
@@ -411,7 +228,7 @@ impl Exporter {
                         "OTLP: {} export to {} failing: {err} ({attempts} attempt(s)); counted in \
                          sonde_otlp_exports_total, logged again when it recovers",
                         signal.label(),
-                        self.endpoint
+                        url
                     );
                 } else {
                     debug!("OTLP {} export failed again: {err}", signal.label());
@@ -564,14 +381,62 @@ fn scope() -> InstrumentationScope {
     }
 }
 
+/// One line for the startup log: where each signal goes, how, and with
+/// which header names (never their values).
+fn describe(config: &OtlpConfig, transport: &Transport) -> String {
+    let to = |signal| transport.url(signal).unwrap_or("nowhere (no endpoint)");
+    let https = [Signal::Metrics, Signal::Logs]
+        .into_iter()
+        .filter_map(|s| transport.url(s))
+        .any(|u| u.starts_with("https"));
+    let tls = match (&config.ca_file, https) {
+        (_, false) => "no TLS".to_owned(),
+        (Some(ca), true) => format!("TLS, CA {}", ca.display()),
+        (None, true) => "TLS, system roots".to_owned(),
+    };
+    let client = if https && config.client_cert_file.is_some() {
+        ", client certificate"
+    } else {
+        ""
+    };
+    format!(
+        "OTLP: exporting metrics to {} and anomalies to {} ({:?}, {tls}{client}, compression {:?}, \
+         headers {:?}) every {} ms",
+        to(Signal::Metrics),
+        to(Signal::Logs),
+        config.protocol,
+        config.compression,
+        config.headers.names(),
+        config.interval_ms
+    )
+}
+
 /// Who is exporting: the service, the host and kernel, and the Kubernetes
-/// node (`NODE_NAME`, set from the downward API in the DaemonSet).
-fn resource(state: &AppState) -> Resource {
+/// node (`NODE_NAME`, set from the downward API in the DaemonSet), with
+/// the configured attributes and service name.
+fn resource(state: &AppState, config: &OtlpConfig) -> Resource {
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
         .unwrap_or_default();
     let node = std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty());
-    resource_attributes(&hostname, &state.caps.kernel_release, node.as_deref())
+    let mut resource = resource_attributes(&hostname, &state.caps.kernel_release, node.as_deref());
+    configure_resource(&mut resource, config);
+    resource
+}
+
+/// Adds `resource_attributes` (replacing Sonde's own of the same name),
+/// then `service_name` as `service.name`.
+fn configure_resource(resource: &mut Resource, config: &OtlpConfig) {
+    let mut set = |key: &str, value: &str| {
+        resource.attributes.retain(|kv| kv.key != key);
+        resource.attributes.push(kv_str(key, value));
+    };
+    for (key, value) in &config.resource_attributes {
+        set(key, value);
+    }
+    if let Some(name) = &config.service_name {
+        set("service.name", name);
+    }
 }
 
 fn resource_attributes(hostname: &str, kernel_release: &str, node: Option<&str>) -> Resource {
@@ -826,6 +691,38 @@ mod tests {
     }
 
     #[test]
+    fn configured_attributes_and_service_name_win() {
+        let mut r = resource_attributes("node-1", "6.18.0", None);
+        let mut config = OtlpConfig {
+            resource_attributes: [
+                ("deployment.environment", "prod"),
+                ("host.name", "edge-7"),
+                ("service.name", "from-attributes"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+            ..Default::default()
+        };
+        configure_resource(&mut r, &config);
+        let get = |r: &Resource, k: &str| {
+            let v: Vec<_> = r.attributes.iter().filter(|kv| kv.key == k).collect();
+            assert!(v.len() <= 1, "{k} twice: {v:?}");
+            v.first()
+                .and_then(|kv| kv.value.clone())
+                .and_then(|v| v.value)
+        };
+        let s = |v: &str| Some(any_value::Value::StringValue(v.into()));
+        assert_eq!(get(&r, "deployment.environment"), s("prod"));
+        assert_eq!(get(&r, "host.name"), s("edge-7"));
+        assert_eq!(get(&r, "service.name"), s("from-attributes"));
+        assert_eq!(get(&r, "os.version"), s("6.18.0"));
+        config.service_name = Some("sonde-eu".into());
+        configure_resource(&mut r, &config);
+        assert_eq!(get(&r, "service.name"), s("sonde-eu"));
+    }
+
+    #[test]
     fn anomalies_become_log_records() {
         let a = serde_json::json!({
             "id": 4, "kind": "syscall_storm", "severity": "critical", "score": 12.5,
@@ -848,18 +745,5 @@ mod tests {
         let r = anomaly_record(&a, true, 7);
         assert_eq!(r.severity_number, SeverityNumber::Info as i32);
         assert_eq!(r.time_unix_nano, 7, "no end time: observed time");
-    }
-
-    #[test]
-    fn only_transient_errors_are_retried() {
-        assert!(ExportError::Timeout(Duration::from_secs(1)).retryable());
-        assert!(ExportError::from(tonic::Status::unavailable("down")).retryable());
-        assert!(!ExportError::from(tonic::Status::invalid_argument("bad")).retryable());
-        let status = |status| ExportError::HttpStatus {
-            status,
-            body: String::new(),
-        };
-        assert!(status(503).retryable());
-        assert!(!status(400).retryable());
     }
 }
