@@ -518,37 +518,91 @@ fn every_dashboard_query_returns_data() {
         rounds += 1;
     }
     prom.wait_scraped(1, 12, Duration::from_secs(30));
-    let instance = agent.addr().to_string();
+    // The scrape config gives the agent a node label (its host) and, like a
+    // Prometheus holding one cluster, no cluster label: the dashboards'
+    // `cluster=~".*"` must match series without it.
+    let info = prom
+        .query(r#"sonde_build_info{job="sonde"}"#)
+        .expect("query sonde_build_info");
+    assert_eq!(info.len(), 1, "sonde_build_info: {info:?}");
+    let labels = &info[0]["metric"];
+    let node = labels["node"].as_str().unwrap_or_default().to_string();
+    assert_eq!(
+        node,
+        agent.addr().ip().to_string(),
+        "the test Prometheus relabels the target's host to node: {labels}"
+    );
+    assert!(
+        labels["cluster"].is_null(),
+        "no cluster label expected: {labels}"
+    );
 
     let mut failures = Vec::new();
     let mut ok = 0;
     let mut total = 0;
+    let mut legends_checked = 0;
     for d in dashboards::load_all() {
+        // One node chosen, the job's default, All for everything else.
         let mut values = BTreeMap::new();
         for v in d.variables() {
             let name = v["name"].as_str().unwrap_or_default().to_string();
             let value = match name.as_str() {
-                "instance" => instance.clone(),
+                "node" => node.clone(),
+                "job" => dashboards::DEFAULT_JOB.to_string(),
                 "datasource" => continue,
                 _ => v["allValue"].as_str().unwrap_or(".*").to_string(),
             };
             values.insert(name, value);
         }
-        let mut queries: Vec<(String, String)> = d
+        for (var, q) in d.variable_queries() {
+            if var != "cluster" {
+                continue;
+            }
+            // No cluster label here: Grafana's label_values finds no value
+            // and the variable offers only All (.*).
+            total += 1;
+            match prom.query(&substitute(&q, &values)) {
+                Ok(r) if r.is_empty() => ok += 1,
+                Ok(r) => failures.push(format!(
+                    "{} variable cluster: values without a cluster label: {r:?}",
+                    d.file
+                )),
+                Err(e) => failures.push(format!("{} variable cluster: {e} in {q}", d.file)),
+            }
+        }
+        // (query, legend format) of every variable but cluster and every panel.
+        let mut queries: Vec<(String, String, String)> = d
             .variable_queries()
             .into_iter()
-            .map(|(var, q)| (format!("variable {var}"), q))
+            .filter(|(var, _)| var != "cluster")
+            .map(|(var, q)| (format!("variable {var}"), q, String::new()))
             .collect();
-        queries.extend(
-            d.targets()
-                .into_iter()
-                .map(|t| (format!("panel {:?} {}", t.panel, t.ref_id), t.expr)),
-        );
-        for (what, expr) in queries {
+        queries.extend(d.targets().into_iter().map(|t| {
+            (
+                format!("panel {:?} {}", t.panel, t.ref_id),
+                t.expr,
+                t.legend,
+            )
+        }));
+        for (what, expr, legend) in queries {
             total += 1;
             let q = substitute(&expr, &values);
             match prom.query(&q) {
-                Ok(r) if !r.is_empty() => ok += 1,
+                Ok(r) if !r.is_empty() => {
+                    ok += 1;
+                    // A series per node: the legend must tell them apart.
+                    let per_node = r.iter().any(|s| s["metric"]["node"].is_string());
+                    if per_node && !legend.is_empty() {
+                        legends_checked += 1;
+                        if !dashboards::names_label(&legend, "node") {
+                            failures.push(format!(
+                                "{} {what}: series carry node but legend {legend:?} does not \
+                                 name {{{{node}}}}",
+                                d.file
+                            ));
+                        }
+                    }
+                }
                 Ok(_) => failures.push(format!("{} {what}: no data for {q}", d.file)),
                 Err(e) => failures.push(format!("{} {what}: {e} in {q}", d.file)),
             }
@@ -556,13 +610,16 @@ fn every_dashboard_query_returns_data() {
     }
     assert!(
         failures.is_empty(),
-        "{} of {total} dashboard queries failed or returned nothing (instance {instance}):\n  {}",
+        "{} of {total} dashboard queries failed, returned nothing or have a legend without \
+         the node (node {node}, no cluster label):\n  {}",
         failures.len(),
         failures.join("\n  ")
     );
     println!(
-        "{ok} of {total} dashboard queries (panel targets and variables) returned data from \
-         Prometheus scraping a live agent ({rounds} rounds of loopback traffic, {:.1} s)",
+        "{ok} of {total} dashboard queries (panel targets and variables) returned what they \
+         should from Prometheus scraping a live agent (node {node:?}, job sonde, no cluster \
+         label: cluster variables empty, All matches); {legends_checked} per-node queries have \
+         a legend naming the node ({rounds} rounds of loopback traffic, {:.1} s)",
         t0.elapsed().as_secs_f64()
     );
 }

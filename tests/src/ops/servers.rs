@@ -149,8 +149,9 @@ impl Drop for Server {
     }
 }
 
-/// A Prometheus server scraping `targets` as job `sonde` every second and
-/// evaluating its rules every second.
+/// A Prometheus server scraping `targets` as job `sonde` every second (each
+/// target's host as its `node` label, no `cluster` label) and evaluating its
+/// rules every second.
 pub struct Prometheus {
     pub server: Server,
 }
@@ -184,8 +185,12 @@ impl Prometheus {
                 quoted(&[am])
             ));
         }
+        // The dashboards name nodes by a `node` label: here the target's
+        // host, as docs/deploy.md does for hosts listed by name.
         config.push_str(&format!(
-            "scrape_configs:\n  - job_name: sonde\n    static_configs:\n      - targets: [{}]\n",
+            "scrape_configs:\n  - job_name: sonde\n    static_configs:\n      - targets: [{}]\n    \
+             relabel_configs:\n      - source_labels: [__address__]\n        \
+             regex: '(.+):\\d+'\n        target_label: node\n",
             quoted(targets)
         ));
         let config_path = dir.write("prometheus.yml", &config);
