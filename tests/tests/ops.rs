@@ -1,8 +1,9 @@
 //! Operations artifacts, each exercised against the real thing: the
 //! Prometheus alerts (promtool, and end to end through real Prometheus and
 //! Alertmanager scraping a live agent with injected faults), the Grafana
-//! dashboards (every panel query run through Prometheus' HTTP API), the
-//! Kubernetes manifests (kubernetes-validate --strict, kustomize), the
+//! dashboards (every panel query run through Prometheus' HTTP API; their
+//! ConfigMaps for Grafana's sidecar built with kustomize), the Kubernetes
+//! manifests (kubernetes-validate --strict, kustomize), the
 //! systemd unit (systemd-analyze verify, and `sonde check` with exactly its
 //! capabilities), the container image (podman; only with
 //! SONDE_CONTAINER_TEST=1) and docs/metrics.md (regenerated from a live
@@ -36,6 +37,7 @@ const ALERTS_TEST: &str = "deploy/prometheus/alerts_test.yml";
 const RUNBOOK: &str = "docs/runbook.md";
 const METRICS_DOC: &str = "docs/metrics.md";
 const K8S_DIR: &str = "deploy/kubernetes";
+const DASHBOARDS_DIR: &str = "dashboards";
 const UNIT: &str = "deploy/systemd/sonde.service";
 const CONTAINERFILE: &str = "deploy/container/Containerfile";
 /// The capabilities the agent needs (CAP_SYS_RESOURCE only on < 5.11).
@@ -621,6 +623,128 @@ fn every_dashboard_query_returns_data() {
          label: cluster variables empty, All matches); {legends_checked} per-node queries have \
          a legend naming the node ({rounds} rounds of loopback traffic, {:.1} s)",
         t0.elapsed().as_secs_f64()
+    );
+}
+
+/// Client-side `kubectl apply` keeps the whole object in an annotation, and
+/// an object's annotations may hold at most 256 KiB.
+const APPLY_ANNOTATION_LIMIT: usize = 256 * 1024;
+
+#[test]
+fn dashboards_ship_as_configmaps_for_the_grafana_sidecar() {
+    assert!(
+        have("kubernetes-validate"),
+        "kubernetes-validate is not installed; install it with `pip install kubernetes-validate` \
+         (.ci/run does)"
+    );
+    let dir = repo_path(DASHBOARDS_DIR);
+    let files: BTreeSet<String> = dashboards::load_all().into_iter().map(|d| d.file).collect();
+
+    // The kustomization generates one ConfigMap per dashboard file, with
+    // the sidecar's label and stable names.
+    let kustomization = yaml::to_json(&dir.join("kustomization.yaml"))
+        .pop()
+        .expect("dashboards/kustomization.yaml holds a document");
+    let options = &kustomization["generatorOptions"];
+    assert_eq!(
+        options["labels"]["grafana_dashboard"], "1",
+        "generatorOptions.labels: grafana_dashboard: \"1\" (the sidecar's default label)"
+    );
+    assert_eq!(
+        options["disableNameSuffixHash"], true,
+        "generatorOptions.disableNameSuffixHash: true (stable names; the sidecar reloads in place)"
+    );
+    let listed: BTreeSet<String> = kustomization["configMapGenerator"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["files"].as_array().cloned().unwrap_or_default())
+        .filter_map(|f| f.as_str().map(String::from))
+        .collect();
+    assert_eq!(
+        listed, files,
+        "{DASHBOARDS_DIR}/kustomization.yaml configMapGenerator files vs the dashboards"
+    );
+    if !have("kubectl") {
+        println!(
+            "kubectl not installed: {DASHBOARDS_DIR}/kustomization.yaml lists the {} dashboards; \
+             kustomize build not checked",
+            files.len()
+        );
+        return;
+    }
+
+    // What kustomize renders: valid ConfigMaps carrying the files as they are.
+    let tmp = TempDir::new("dashboards-kustomize");
+    let built = must_succeed(
+        Command::new("kubectl").arg("kustomize").arg(&dir),
+        Duration::from_secs(60),
+    );
+    let out = tmp.write("built.yaml", &built);
+    let report = kubernetes_validate(&[&out], None);
+    kubernetes_validate(&[&out], Some("1.27"));
+    let objects = yaml::to_json(&out);
+    assert_eq!(
+        report.lines().filter(|l| l.contains("passed")).count(),
+        objects.len(),
+        "kubernetes-validate did not pass every object:\n{report}"
+    );
+    let mut problems = Vec::new();
+    let mut shipped = BTreeSet::new();
+    let mut sizes = Vec::new();
+    for o in &objects {
+        let name = o["metadata"]["name"].as_str().unwrap_or("?");
+        if o["kind"] != "ConfigMap" {
+            problems.push(format!(
+                "{name}: a {} (only ConfigMaps expected)",
+                o["kind"]
+            ));
+            continue;
+        }
+        if o["metadata"]["labels"]["grafana_dashboard"] != "1" {
+            problems.push(format!("{name}: no label grafana_dashboard: \"1\""));
+        }
+        let data = o["data"].as_object().cloned().unwrap_or_default();
+        if data.len() != 1 {
+            problems.push(format!(
+                "{name}: {} data keys, want one dashboard",
+                data.len()
+            ));
+        }
+        for (key, text) in &data {
+            let text = text.as_str().unwrap_or_default();
+            let committed = std::fs::read_to_string(dir.join(key)).unwrap_or_default();
+            if text != committed {
+                problems.push(format!(
+                    "{name}: data {key} differs from {DASHBOARDS_DIR}/{key}"
+                ));
+            }
+            let size = serde_json::to_string(o).map(|s| s.len()).unwrap_or(0);
+            if size >= APPLY_ANNOTATION_LIMIT {
+                problems.push(format!(
+                    "{name}: {size} bytes, too big for client-side kubectl apply \
+                     ({APPLY_ANNOTATION_LIMIT})"
+                ));
+            }
+            sizes.push(format!("{name} {} KiB", size / 1024));
+            shipped.insert(key.clone());
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "kubectl kustomize {DASHBOARDS_DIR}:\n  {}",
+        problems.join("\n  ")
+    );
+    assert_eq!(
+        shipped, files,
+        "dashboards shipped as ConfigMaps vs the files"
+    );
+    println!(
+        "kubectl kustomize {DASHBOARDS_DIR}: {} ConfigMaps labelled grafana_dashboard=1 pass \
+         kubernetes-validate --strict (1.27 and the newest schema), each carrying its dashboard \
+         byte for byte: {}",
+        objects.len(),
+        sizes.join(", ")
     );
 }
 
