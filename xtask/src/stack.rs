@@ -120,13 +120,20 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     fs::create_dir_all(&dir)?;
     let (agent_port, prom_port, am_port) = (port(9745)?, port(9090)?, port(9093)?);
     let alerts = util::workspace_root().join("deploy/prometheus/alerts.yml");
+    // The dashboards choose and name agents by a node label: this machine's.
+    let node = fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
     fs::write(
         dir.join("prometheus.yml"),
         format!(
             "global:\n  scrape_interval: 5s\n  evaluation_interval: 5s\n\
              rule_files: [\"{}\"]\n\
              alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: [\"127.0.0.1:{am_port}\"]\n\
-             scrape_configs:\n  - job_name: sonde\n    static_configs:\n      - targets: [\"127.0.0.1:{agent_port}\"]\n",
+             scrape_configs:\n  - job_name: sonde\n    static_configs:\n      - targets: [\"127.0.0.1:{agent_port}\"]\n\
+             \x20       labels: {{node: \"{node}\"}}\n",
             alerts.display()
         ),
     )?;
@@ -175,8 +182,12 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         "Prometheus scraping the agent",
         Duration::from_secs(60),
         || {
-            get(prom, "/api/v1/query?query=up%7Bjob%3D%22sonde%22%7D")
-                .is_some_and(|body| body.contains("\"1\""))
+            // up{job="sonde",node!=""}
+            get(
+                prom,
+                "/api/v1/query?query=up%7Bjob%3D%22sonde%22%2Cnode%21%3D%22%22%7D",
+            )
+            .is_some_and(|body| body.contains("\"1\""))
         },
     )
     .with_context(|| format!("see {logs}/prometheus.log"))?;
@@ -185,7 +196,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         "Sonde:        http://{agent}/metrics  http://{agent}/health/ready  http://{agent}/api/v1/anomalies"
     );
     println!(
-        "Prometheus:   http://{prom}/  (scraping Sonde every 5 s, alerts from deploy/prometheus/alerts.yml)"
+        "Prometheus:   http://{prom}/  (scraping Sonde every 5 s as node {node:?}, alerts from deploy/prometheus/alerts.yml)"
     );
     println!("Alertmanager: http://{am}/");
     println!("Logs and data: {logs}");
