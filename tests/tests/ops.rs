@@ -1,8 +1,9 @@
 //! Operations artifacts, each exercised against the real thing: the
 //! Prometheus alerts (promtool, and end to end through real Prometheus and
 //! Alertmanager scraping a live agent with injected faults), the Grafana
-//! dashboards (every panel query run through Prometheus' HTTP API), the
-//! Kubernetes manifests (kubernetes-validate --strict, kustomize), the
+//! dashboards (every panel query run through Prometheus' HTTP API; their
+//! ConfigMaps for Grafana's sidecar built with kustomize), the Kubernetes
+//! manifests (kubernetes-validate --strict, kustomize), the
 //! systemd unit (systemd-analyze verify, and `sonde check` with exactly its
 //! capabilities), the container image (podman; only with
 //! SONDE_CONTAINER_TEST=1) and docs/metrics.md (regenerated from a live
@@ -40,6 +41,7 @@ const K8S_DIR: &str = "deploy/kubernetes";
 const K8S_MONITORING_DIR: &str = "deploy/kubernetes/monitoring";
 /// An overlay: the base plus the monitoring component.
 const K8S_WITH_MONITORING: &str = "deploy/kubernetes-monitoring";
+const DASHBOARDS_DIR: &str = "dashboards";
 const UNIT: &str = "deploy/systemd/sonde.service";
 const CONTAINERFILE: &str = "deploy/container/Containerfile";
 /// The capabilities the agent needs (CAP_SYS_RESOURCE only on < 5.11).
@@ -525,37 +527,91 @@ fn every_dashboard_query_returns_data() {
         rounds += 1;
     }
     prom.wait_scraped(1, 12, Duration::from_secs(30));
-    let instance = agent.addr().to_string();
+    // The scrape config gives the agent a node label (its host) and, like a
+    // Prometheus holding one cluster, no cluster label: the dashboards'
+    // `cluster=~".*"` must match series without it.
+    let info = prom
+        .query(r#"sonde_build_info{job="sonde"}"#)
+        .expect("query sonde_build_info");
+    assert_eq!(info.len(), 1, "sonde_build_info: {info:?}");
+    let labels = &info[0]["metric"];
+    let node = labels["node"].as_str().unwrap_or_default().to_string();
+    assert_eq!(
+        node,
+        agent.addr().ip().to_string(),
+        "the test Prometheus relabels the target's host to node: {labels}"
+    );
+    assert!(
+        labels["cluster"].is_null(),
+        "no cluster label expected: {labels}"
+    );
 
     let mut failures = Vec::new();
     let mut ok = 0;
     let mut total = 0;
+    let mut legends_checked = 0;
     for d in dashboards::load_all() {
+        // One node chosen, the job's default, All for everything else.
         let mut values = BTreeMap::new();
         for v in d.variables() {
             let name = v["name"].as_str().unwrap_or_default().to_string();
             let value = match name.as_str() {
-                "instance" => instance.clone(),
+                "node" => node.clone(),
+                "job" => dashboards::DEFAULT_JOB.to_string(),
                 "datasource" => continue,
                 _ => v["allValue"].as_str().unwrap_or(".*").to_string(),
             };
             values.insert(name, value);
         }
-        let mut queries: Vec<(String, String)> = d
+        for (var, q) in d.variable_queries() {
+            if var != "cluster" {
+                continue;
+            }
+            // No cluster label here: Grafana's label_values finds no value
+            // and the variable offers only All (.*).
+            total += 1;
+            match prom.query(&substitute(&q, &values)) {
+                Ok(r) if r.is_empty() => ok += 1,
+                Ok(r) => failures.push(format!(
+                    "{} variable cluster: values without a cluster label: {r:?}",
+                    d.file
+                )),
+                Err(e) => failures.push(format!("{} variable cluster: {e} in {q}", d.file)),
+            }
+        }
+        // (query, legend format) of every variable but cluster and every panel.
+        let mut queries: Vec<(String, String, String)> = d
             .variable_queries()
             .into_iter()
-            .map(|(var, q)| (format!("variable {var}"), q))
+            .filter(|(var, _)| var != "cluster")
+            .map(|(var, q)| (format!("variable {var}"), q, String::new()))
             .collect();
-        queries.extend(
-            d.targets()
-                .into_iter()
-                .map(|t| (format!("panel {:?} {}", t.panel, t.ref_id), t.expr)),
-        );
-        for (what, expr) in queries {
+        queries.extend(d.targets().into_iter().map(|t| {
+            (
+                format!("panel {:?} {}", t.panel, t.ref_id),
+                t.expr,
+                t.legend,
+            )
+        }));
+        for (what, expr, legend) in queries {
             total += 1;
             let q = substitute(&expr, &values);
             match prom.query(&q) {
-                Ok(r) if !r.is_empty() => ok += 1,
+                Ok(r) if !r.is_empty() => {
+                    ok += 1;
+                    // A series per node: the legend must tell them apart.
+                    let per_node = r.iter().any(|s| s["metric"]["node"].is_string());
+                    if per_node && !legend.is_empty() {
+                        legends_checked += 1;
+                        if !dashboards::names_label(&legend, "node") {
+                            failures.push(format!(
+                                "{} {what}: series carry node but legend {legend:?} does not \
+                                 name {{{{node}}}}",
+                                d.file
+                            ));
+                        }
+                    }
+                }
                 Ok(_) => failures.push(format!("{} {what}: no data for {q}", d.file)),
                 Err(e) => failures.push(format!("{} {what}: {e} in {q}", d.file)),
             }
@@ -563,14 +619,139 @@ fn every_dashboard_query_returns_data() {
     }
     assert!(
         failures.is_empty(),
-        "{} of {total} dashboard queries failed or returned nothing (instance {instance}):\n  {}",
+        "{} of {total} dashboard queries failed, returned nothing or have a legend without \
+         the node (node {node}, no cluster label):\n  {}",
         failures.len(),
         failures.join("\n  ")
     );
     println!(
-        "{ok} of {total} dashboard queries (panel targets and variables) returned data from \
-         Prometheus scraping a live agent ({rounds} rounds of loopback traffic, {:.1} s)",
+        "{ok} of {total} dashboard queries (panel targets and variables) returned what they \
+         should from Prometheus scraping a live agent (node {node:?}, job sonde, no cluster \
+         label: cluster variables empty, All matches); {legends_checked} per-node queries have \
+         a legend naming the node ({rounds} rounds of loopback traffic, {:.1} s)",
         t0.elapsed().as_secs_f64()
+    );
+}
+
+/// Client-side `kubectl apply` keeps the whole object in an annotation, and
+/// an object's annotations may hold at most 256 KiB.
+const APPLY_ANNOTATION_LIMIT: usize = 256 * 1024;
+
+#[test]
+fn dashboards_ship_as_configmaps_for_the_grafana_sidecar() {
+    assert!(
+        have("kubernetes-validate"),
+        "kubernetes-validate is not installed; install it with `pip install kubernetes-validate` \
+         (.ci/run does)"
+    );
+    let dir = repo_path(DASHBOARDS_DIR);
+    let files: BTreeSet<String> = dashboards::load_all().into_iter().map(|d| d.file).collect();
+
+    // The kustomization generates one ConfigMap per dashboard file, with
+    // the sidecar's label and stable names.
+    let kustomization = yaml::to_json(&dir.join("kustomization.yaml"))
+        .pop()
+        .expect("dashboards/kustomization.yaml holds a document");
+    let options = &kustomization["generatorOptions"];
+    assert_eq!(
+        options["labels"]["grafana_dashboard"], "1",
+        "generatorOptions.labels: grafana_dashboard: \"1\" (the sidecar's default label)"
+    );
+    assert_eq!(
+        options["disableNameSuffixHash"], true,
+        "generatorOptions.disableNameSuffixHash: true (stable names; the sidecar reloads in place)"
+    );
+    let listed: BTreeSet<String> = kustomization["configMapGenerator"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["files"].as_array().cloned().unwrap_or_default())
+        .filter_map(|f| f.as_str().map(String::from))
+        .collect();
+    assert_eq!(
+        listed, files,
+        "{DASHBOARDS_DIR}/kustomization.yaml configMapGenerator files vs the dashboards"
+    );
+    if !have("kubectl") {
+        println!(
+            "kubectl not installed: {DASHBOARDS_DIR}/kustomization.yaml lists the {} dashboards; \
+             kustomize build not checked",
+            files.len()
+        );
+        return;
+    }
+
+    // What kustomize renders: valid ConfigMaps carrying the files as they are.
+    let tmp = TempDir::new("dashboards-kustomize");
+    let built = must_succeed(
+        Command::new("kubectl").arg("kustomize").arg(&dir),
+        Duration::from_secs(60),
+    );
+    let out = tmp.write("built.yaml", &built);
+    let report = kubernetes_validate(&[&out], None);
+    kubernetes_validate(&[&out], Some("1.27"));
+    let objects = yaml::to_json(&out);
+    assert_eq!(
+        report.lines().filter(|l| l.contains("passed")).count(),
+        objects.len(),
+        "kubernetes-validate did not pass every object:\n{report}"
+    );
+    let mut problems = Vec::new();
+    let mut shipped = BTreeSet::new();
+    let mut sizes = Vec::new();
+    for o in &objects {
+        let name = o["metadata"]["name"].as_str().unwrap_or("?");
+        if o["kind"] != "ConfigMap" {
+            problems.push(format!(
+                "{name}: a {} (only ConfigMaps expected)",
+                o["kind"]
+            ));
+            continue;
+        }
+        if o["metadata"]["labels"]["grafana_dashboard"] != "1" {
+            problems.push(format!("{name}: no label grafana_dashboard: \"1\""));
+        }
+        let data = o["data"].as_object().cloned().unwrap_or_default();
+        if data.len() != 1 {
+            problems.push(format!(
+                "{name}: {} data keys, want one dashboard",
+                data.len()
+            ));
+        }
+        for (key, text) in &data {
+            let text = text.as_str().unwrap_or_default();
+            let committed = std::fs::read_to_string(dir.join(key)).unwrap_or_default();
+            if text != committed {
+                problems.push(format!(
+                    "{name}: data {key} differs from {DASHBOARDS_DIR}/{key}"
+                ));
+            }
+            let size = serde_json::to_string(o).map(|s| s.len()).unwrap_or(0);
+            if size >= APPLY_ANNOTATION_LIMIT {
+                problems.push(format!(
+                    "{name}: {size} bytes, too big for client-side kubectl apply \
+                     ({APPLY_ANNOTATION_LIMIT})"
+                ));
+            }
+            sizes.push(format!("{name} {} KiB", size / 1024));
+            shipped.insert(key.clone());
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "kubectl kustomize {DASHBOARDS_DIR}:\n  {}",
+        problems.join("\n  ")
+    );
+    assert_eq!(
+        shipped, files,
+        "dashboards shipped as ConfigMaps vs the files"
+    );
+    println!(
+        "kubectl kustomize {DASHBOARDS_DIR}: {} ConfigMaps labelled grafana_dashboard=1 pass \
+         kubernetes-validate --strict (1.27 and the newest schema), each carrying its dashboard \
+         byte for byte: {}",
+        objects.len(),
+        sizes.join(", ")
     );
 }
 

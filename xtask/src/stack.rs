@@ -84,6 +84,12 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     fs::create_dir_all(&dir)?;
     let (agent, prom, am) = (port(9745)?, port(9090)?, port(9093)?);
     let logs = dir.display();
+    // The dashboards choose and name agents by a node label: this machine's.
+    let node = fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
 
     util::header("start");
     // The agent through sudo when not root: a plain child, not the
@@ -109,6 +115,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             rules: None,
             rule_file: Some(&alerts),
             alertmanager: Some(am),
+            node: Some(&node),
         },
         &Placement {
             dir: Some(dir.join("prometheus")),
@@ -122,7 +129,10 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         get(agent, "/health/startup").is_some()
     })
     .with_context(|| format!("see {logs}/sonde.log"))?;
-    let up = format!("/api/v1/query?query={}", urlencode("up{job=\"sonde\"}"));
+    let up = format!(
+        "/api/v1/query?query={}",
+        urlencode("up{job=\"sonde\",node!=\"\"}")
+    );
     wait_until(
         "Prometheus scraping the agent",
         Duration::from_secs(60),
@@ -134,7 +144,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         "Sonde:        http://{agent}/metrics  http://{agent}/health/ready  http://{agent}/api/v1/anomalies"
     );
     println!(
-        "Prometheus:   http://{prom}/  (scraping Sonde every 5 s, alerts from deploy/prometheus/alerts.yml)"
+        "Prometheus:   http://{prom}/  (scraping Sonde every 5 s as node {node:?}, alerts from deploy/prometheus/alerts.yml)"
     );
     println!("Alertmanager: http://{am}/");
     println!("Logs and data: {logs}");

@@ -230,6 +230,10 @@ pub struct PrometheusConfig<'a> {
     pub rule_file: Option<&'a Path>,
     /// Where to send alerts.
     pub alertmanager: Option<SocketAddr>,
+    /// The targets' `node` label, which the dashboards choose and name
+    /// agents by: this name for every target, or (`None`) each target's
+    /// host, as docs/deploy.md does for hosts listed by name.
+    pub node: Option<&'a str>,
 }
 
 impl PrometheusConfig<'_> {
@@ -263,12 +267,20 @@ impl PrometheusConfig<'_> {
             "scrape_configs:\n  - job_name: sonde\n    static_configs:\n      - targets: [{}]\n",
             quoted(self.targets)
         ));
+        match self.node {
+            Some(node) => config.push_str(&format!("        labels: {{node: '{node}'}}\n")),
+            None => config.push_str(
+                "    relabel_configs:\n      - source_labels: [__address__]\n        \
+                 regex: '(.+):\\d+'\n        target_label: node\n",
+            ),
+        }
         config
     }
 }
 
-/// A Prometheus server scraping `targets` as job `sonde` every second and
-/// evaluating its rules every second.
+/// A Prometheus server scraping `targets` as job `sonde` every second (each
+/// target's host as its `node` label, no `cluster` label) and evaluating its
+/// rules every second.
 pub struct Prometheus {
     pub server: Server,
 }
@@ -287,6 +299,7 @@ impl Prometheus {
             rules,
             rule_file: None,
             alertmanager,
+            node: None,
         };
         Prometheus::launch(&config, &Placement::default()).unwrap_or_else(|e| panic!("{e}"))
     }

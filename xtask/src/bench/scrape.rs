@@ -198,6 +198,7 @@ fn prometheus(agent: &Agent, scrapes: u64) -> anyhow::Result<Prom> {
             rules: None,
             rule_file: None,
             alertmanager: None,
+            node: None,
         },
         &Placement {
             dir: Some(scratch_path("prometheus")),
