@@ -50,6 +50,16 @@ pub enum OtlpProtocol {
     HttpProtobuf,
 }
 
+impl OtlpProtocol {
+    /// The config and `OTEL_EXPORTER_OTLP_PROTOCOL` value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::HttpProtobuf => "http/protobuf",
+        }
+    }
+}
+
 /// Compression of OTLP requests.
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -59,6 +69,16 @@ pub enum OtlpCompression {
     /// gzip: `grpc-encoding: gzip` over gRPC, `Content-Encoding: gzip`
     /// over HTTP.
     Gzip,
+}
+
+impl OtlpCompression {
+    /// The config and `OTEL_EXPORTER_OTLP_COMPRESSION` value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Gzip => "gzip",
+        }
+    }
 }
 
 /// Headers sent with every OTLP export (`authorization`, `x-api-key`).
