@@ -1,12 +1,12 @@
 //! Agent configuration: TOML file, then `SONDE_*` environment overrides,
 //! then command-line flags; for `[otlp]`, the standard `OTEL_*` variables
-//! fill in what neither the file nor `SONDE_OTLP__*` set ([`otel`]).
+//! fill in what neither the file nor `SONDE_OTLP__*` set ([`otlp`]).
 //! Unknown keys and wrong types are errors that name the offending key.
 //! Settings marked "runtime" are re-applied on SIGHUP without reloading any
 //! kernel program.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
 };
@@ -14,12 +14,17 @@ use std::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-pub mod otel;
+pub mod otlp;
 pub mod overlay;
 
 /// The default configuration with every key commented: deploy/sonde.toml,
 /// which a unit test keeps equal to [`Config::default`].
 pub const DEFAULTS_TOML: &str = include_str!("../../deploy/sonde.toml");
+
+pub use otlp::{
+    OtlpCompression, OtlpConfig, OtlpHeaders, OtlpProtocol, OtlpSources, REDACTED, Source,
+    read_pem_certs, read_pem_key,
+};
 
 /// Default port, in the range Prometheus exporters use.
 pub const DEFAULT_PORT: u16 = 9745;
@@ -546,318 +551,6 @@ impl Default for HealthConfig {
     }
 }
 
-/// How OTLP data is sent.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
-pub enum OtlpProtocol {
-    /// gRPC (`MetricsService/Export`), usually port 4317.
-    #[serde(rename = "grpc")]
-    Grpc,
-    /// Protobuf over HTTP POST to `/v1/metrics` and `/v1/logs`, usually
-    /// port 4318.
-    #[serde(rename = "http/protobuf")]
-    HttpProtobuf,
-}
-
-/// Compression of OTLP requests.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum OtlpCompression {
-    #[default]
-    None,
-    /// gzip: `grpc-encoding: gzip` over gRPC, `Content-Encoding: gzip`
-    /// over HTTP.
-    Gzip,
-}
-
-/// Headers sent with every OTLP export (`authorization`, `x-api-key`).
-/// Their values are secrets: `Debug` and `Serialize` (the status
-/// endpoint, logs) show the names only, each value as `<redacted>`.
-#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct OtlpHeaders(pub BTreeMap<String, String>);
-
-/// What a redacted header value reads as.
-pub const REDACTED: &str = "<redacted>";
-
-impl OtlpHeaders {
-    /// The names, for logs.
-    pub fn names(&self) -> Vec<&str> {
-        self.0.keys().map(String::as_str).collect()
-    }
-}
-
-impl std::fmt::Debug for OtlpHeaders {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map()
-            .entries(self.0.keys().map(|k| (k, REDACTED)))
-            .finish()
-    }
-}
-
-impl Serialize for OtlpHeaders {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(self.0.keys().map(|k| (k, REDACTED)))
-    }
-}
-
-/// Where one `[otlp]` setting came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    /// The config file.
-    Config,
-    /// This environment variable (`SONDE_OTLP__*` or `OTEL_*`).
-    Env(String),
-    /// Neither: the built-in default.
-    Default,
-}
-
-impl Source {
-    pub fn label(&self) -> &'static str {
-        match self {
-            Source::Config => "config",
-            Source::Env(_) => "env",
-            Source::Default => "default",
-        }
-    }
-}
-
-impl std::fmt::Display for Source {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Source::Env(var) => write!(f, "env {var}"),
-            other => f.write_str(other.label()),
-        }
-    }
-}
-
-/// The `[otlp]` settings, each with where its value came from
-/// ([`Config::load`] fills it in; [`otel`] explains the rules).
-///
-/// Metadata about the values, not a setting: two configurations with the
-/// same values are equal whatever their origin (the shipped file equals
-/// the defaults; a reload that moves a value from a variable into the
-/// file changes nothing).
-#[derive(Debug, Clone, Default)]
-pub struct OtlpSources(BTreeMap<&'static str, Source>);
-
-impl PartialEq for OtlpSources {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl OtlpSources {
-    /// Where `key` came from (a key never set is a default).
-    pub fn get(&self, key: &str) -> &Source {
-        self.0.get(key).unwrap_or(&Source::Default)
-    }
-
-    pub fn set(&mut self, key: &'static str, source: Source) {
-        self.0.insert(key, source);
-    }
-
-    /// True when nothing was ever resolved (a config built in code).
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// `key=source` for every setting, as the startup log shows it.
-    pub fn summary(&self) -> String {
-        otel::KEYS
-            .iter()
-            .map(|k| format!("{k}={}", self.get(k)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-}
-
-impl Serialize for OtlpSources {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(otel::KEYS.iter().map(|k| (k, self.get(k).label())))
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct OtlpConfig {
-    /// Collector address, `http://HOST:PORT` or `https://HOST:PORT` (with
-    /// a path prefix if the collector has one). Over HTTP, `/v1/metrics`
-    /// and `/v1/logs` are appended. Unset (and no per-signal endpoint): no
-    /// OTLP export.
-    pub endpoint: Option<String>,
-    /// Full URL for metrics only, used as is (no path appended).
-    pub metrics_endpoint: Option<String>,
-    /// Full URL for logs (anomalies) only, used as is.
-    pub logs_endpoint: Option<String>,
-    /// `grpc` or `http/protobuf`.
-    pub protocol: OtlpProtocol,
-    /// Sent with every export; the values never appear in logs or status.
-    pub headers: OtlpHeaders,
-    /// `none` or `gzip`.
-    pub compression: OtlpCompression,
-    /// PEM file of the CA(s) that signed the collector's certificate, for
-    /// `https` endpoints; trusted instead of the system's roots. Unset:
-    /// the system's root certificates.
-    pub ca_file: Option<PathBuf>,
-    /// PEM certificate chain and private key for mutual TLS (both or
-    /// neither).
-    pub client_cert_file: Option<PathBuf>,
-    pub client_key_file: Option<PathBuf>,
-    /// How often every metric is exported (and new anomalies as logs).
-    pub interval_ms: u64,
-    /// Timeout of one export attempt (failed attempts are retried with
-    /// backoff, at most 3 per interval).
-    pub timeout_ms: u64,
-    /// The resource's `service.name` (unset: `service.name` from
-    /// `resource_attributes`, else `sonde`).
-    pub service_name: Option<String>,
-    /// Extra resource attributes (`deployment.environment`,
-    /// `k8s.cluster.name`); they replace Sonde's own of the same name.
-    pub resource_attributes: BTreeMap<String, String>,
-    /// Where each setting came from: reported by /api/v1/status and the
-    /// startup log; never read from the file.
-    #[serde(skip_deserializing, skip_serializing_if = "OtlpSources::is_empty")]
-    pub sources: OtlpSources,
-}
-
-impl Default for OtlpConfig {
-    fn default() -> Self {
-        Self {
-            endpoint: None,
-            metrics_endpoint: None,
-            logs_endpoint: None,
-            protocol: OtlpProtocol::Grpc,
-            headers: OtlpHeaders::default(),
-            compression: OtlpCompression::None,
-            ca_file: None,
-            client_cert_file: None,
-            client_key_file: None,
-            interval_ms: 10_000,
-            timeout_ms: 5_000,
-            service_name: None,
-            resource_attributes: BTreeMap::new(),
-            sources: OtlpSources::default(),
-        }
-    }
-}
-
-impl OtlpConfig {
-    /// Whether anything is to be exported (some endpoint is set).
-    pub fn enabled(&self) -> bool {
-        self.endpoint.is_some() || self.metrics_endpoint.is_some() || self.logs_endpoint.is_some()
-    }
-
-    /// An invalid-value error for `key`, naming the variable it came from
-    /// when it came from the environment.
-    fn invalid(&self, key: &'static str, message: String) -> ConfigError {
-        let message = match self.sources.get(key.trim_start_matches("otlp.")) {
-            Source::Env(var) => format!("{message} (set by {var})"),
-            _ => message,
-        };
-        ConfigError::Invalid { key, message }
-    }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        for (key, endpoint) in [
-            ("otlp.endpoint", &self.endpoint),
-            ("otlp.metrics_endpoint", &self.metrics_endpoint),
-            ("otlp.logs_endpoint", &self.logs_endpoint),
-        ] {
-            if let Some(endpoint) = endpoint
-                && !endpoint.parse::<hyper::Uri>().is_ok_and(|uri| {
-                    matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some()
-                })
-            {
-                return Err(self.invalid(
-                    key,
-                    format!("{endpoint:?}: expected http://HOST:PORT or https://HOST:PORT"),
-                ));
-            }
-        }
-        if self.interval_ms < 100 {
-            return Err(self.invalid("otlp.interval_ms", "must be at least 100".into()));
-        }
-        if self.timeout_ms == 0 {
-            return Err(self.invalid("otlp.timeout_ms", "must be at least 1".into()));
-        }
-        for (name, value) in &self.headers.0 {
-            // Never the value in the message: it is a secret.
-            if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err()
-                || name.ends_with("-bin")
-            {
-                return Err(self.invalid(
-                    "otlp.headers",
-                    format!("{name:?} is not a valid header name"),
-                ));
-            }
-            if hyper::header::HeaderValue::from_str(value).is_err() {
-                return Err(self.invalid(
-                    "otlp.headers",
-                    format!(
-                        "the value of {name:?} is not a valid header value (printable ASCII; \
-                         percent-encode others in OTEL_EXPORTER_OTLP_HEADERS)"
-                    ),
-                ));
-            }
-        }
-        if self.resource_attributes.keys().any(String::is_empty) {
-            return Err(self.invalid(
-                "otlp.resource_attributes",
-                "an attribute has an empty name".into(),
-            ));
-        }
-        if let Some(path) = &self.ca_file {
-            read_pem_certs(path).map_err(|m| self.invalid("otlp.ca_file", m))?;
-        }
-        match (&self.client_cert_file, &self.client_key_file) {
-            (None, None) => {}
-            (Some(cert), Some(key)) => {
-                read_pem_certs(cert).map_err(|m| self.invalid("otlp.client_cert_file", m))?;
-                read_pem_key(key).map_err(|m| self.invalid("otlp.client_key_file", m))?;
-            }
-            (Some(_), None) => {
-                return Err(self.invalid(
-                    "otlp.client_key_file",
-                    "must be set with client_cert_file".into(),
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(self.invalid(
-                    "otlp.client_cert_file",
-                    "must be set with client_key_file".into(),
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The certificates of a PEM file (at least one), or why not.
-pub fn read_pem_certs(
-    path: &Path,
-) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
-    use rustls_pki_types::{CertificateDer, pem::PemObject};
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "{}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
-            path.display()
-        ));
-    }
-    Ok(certs)
-}
-
-/// The private key of a PEM file, or why not.
-pub fn read_pem_key(path: &Path) -> Result<rustls_pki_types::PrivateKeyDer<'static>, String> {
-    use rustls_pki_types::{PrivateKeyDer, pem::PemObject};
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    PrivateKeyDer::from_pem_slice(&bytes)
-        .map_err(|e| format!("{}: no PEM private key in it: {e}", path.display()))
-}
-
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DebugConfig {
@@ -869,7 +562,7 @@ pub struct DebugConfig {
 impl Config {
     /// Reads `path` (if any), applies `SONDE_*` overrides from `env`, then
     /// the standard `OTEL_*` variables to the `[otlp]` settings neither set
-    /// ([`otel::resolve`]), and validates the result.
+    /// ([`otlp::resolve`]), and validates the result.
     pub fn load(
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
@@ -914,7 +607,8 @@ impl Config {
             },
         )?;
         let mut config = config;
-        otel::resolve(&mut config.otlp, &in_file, &in_sonde_env, &env)?;
+        otlp::resolve(&mut config.otlp, &in_file, &in_sonde_env, &env)
+            .map_err(|otlp::EnvError { var, message }| ConfigError::Env { var, message })?;
         config.validate()?;
         Ok(config)
     }
@@ -1027,7 +721,9 @@ impl Config {
                 message: "must be a number > 0".into(),
             });
         }
-        self.otlp.validate()?;
+        self.otlp
+            .validate()
+            .map_err(|otlp::Invalid { key, message }| ConfigError::Invalid { key, message })?;
         let mut seen = BTreeSet::new();
         for name in &self.network.interfaces {
             if name.is_empty() || name.len() >= libc::IF_NAMESIZE {
@@ -1196,7 +892,7 @@ mod tests {
         let config = Config::load(Some(Path::new(example)), env).unwrap();
         assert_eq!(config.otlp.protocol, OtlpProtocol::HttpProtobuf);
         assert_eq!(config.otlp.timeout_ms, 900);
-        for key in otel::KEYS {
+        for key in otlp::KEYS {
             assert_ne!(config.otlp.sources.get(key), &Source::Config, "{key}");
         }
     }

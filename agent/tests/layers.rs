@@ -30,6 +30,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("cgroup", 0),
     ("netif", 0),
     ("config", 0),
+    ("config::otlp", 0),
     ("config::overlay", 0),
     ("cli", 0),
     ("family", 0),
@@ -63,11 +64,13 @@ const LAYERS: &[(&str, u8)] = &[
     // 7. Consumers of the state.
     ("health", 7),
     ("otlp", 7),
+    ("otlp::transport", 7),
     // 8. Serving.
     ("http", 8),
     // 9. Commands and wiring.
     ("daemon", 9),
     ("daemon::check", 9),
+    ("daemon::config_command", 9),
     ("daemon::failure", 9),
     ("daemon::netwatch", 9),
     ("daemon::reload", 9),

@@ -59,6 +59,7 @@ fn secure_receiver(protocol: Protocol) -> Receiver {
         Options {
             tls: true,
             require_header: Some((API_KEY.0.to_owned(), API_KEY.1.to_owned())),
+            ..Options::default()
         },
     )
 }
@@ -615,4 +616,60 @@ fn bad_otlp_settings_exit_2_naming_the_key() {
         assert!(!stderr.contains("s3cret"), "{stderr}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Mutual TLS: a collector that wants a client certificate gets the one
+/// `client_cert_file`/`client_key_file` name, over both transports; an
+/// agent without one is refused at the handshake, counted failed.
+#[test]
+fn mutual_tls_with_a_client_certificate() {
+    if !require_root() {
+        return;
+    }
+    for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+        let receiver = Receiver::start_with(
+            protocol,
+            Options {
+                tls: true,
+                require_client_cert: true,
+                ..Options::default()
+            },
+        );
+        let ca = toml_string(&receiver.ca_file().display().to_string());
+        let (cert, key) = receiver.client_cert_files();
+        let with_cert = config(&receiver, protocol)
+            .set("otlp", "ca_file", &ca)
+            .set(
+                "otlp",
+                "client_cert_file",
+                &toml_string(&cert.display().to_string()),
+            )
+            .set(
+                "otlp",
+                "client_key_file",
+                &toml_string(&key.display().to_string()),
+            );
+        let agent = Agent::start(&with_cert.render(), &[]);
+        receiver.wait_for(
+            "an export with the client certificate",
+            Duration::from_secs(10),
+            |r| r.len() >= 2,
+        );
+        let log = agent.log();
+        assert!(log.contains("client certificate"), "{log}");
+        drop(agent);
+
+        let received = receiver.metrics_requests().len();
+        let without = config(&receiver, protocol).set("otlp", "ca_file", &ca);
+        let agent = Agent::start(&without.render(), &[]);
+        let scrape = agent.wait_for("two failed exports", Duration::from_secs(10), |s| {
+            exports(s, "failed") >= 2.0
+        });
+        assert_eq!(exports(&scrape, "ok"), 0.0, "{}", scrape.grep("sonde_otlp"));
+        assert_eq!(receiver.metrics_requests().len(), received);
+        println!(
+            "{protocol:?} mutual TLS: {received} exports with the certificate, {} failed without",
+            exports(&scrape, "failed")
+        );
+    }
 }

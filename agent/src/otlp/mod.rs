@@ -400,12 +400,12 @@ fn describe(config: &OtlpConfig, transport: &Transport) -> String {
         ""
     };
     format!(
-        "OTLP: exporting metrics to {} and anomalies to {} ({:?}, {tls}{client}, compression {:?}, \
+        "OTLP: exporting metrics to {} and anomalies to {} ({}, {tls}{client}, compression {}, \
          headers {:?}) every {} ms",
         to(Signal::Metrics),
         to(Signal::Logs),
-        config.protocol,
-        config.compression,
+        config.protocol.label(),
+        config.compression.label(),
         config.headers.names(),
         config.interval_ms
     )
@@ -720,6 +720,28 @@ mod tests {
         config.service_name = Some("sonde-eu".into());
         configure_resource(&mut r, &config);
         assert_eq!(get(&r, "service.name"), s("sonde-eu"));
+    }
+
+    #[test]
+    fn the_startup_line_names_headers_never_their_values() {
+        let config = OtlpConfig {
+            // http: no dependence on the machine's root certificates.
+            endpoint: Some("http://collector:4318".into()),
+            protocol: crate::config::OtlpProtocol::HttpProtobuf,
+            headers: crate::config::OtlpHeaders(
+                [("authorization".to_owned(), "Bearer s3cret".to_owned())].into(),
+            ),
+            compression: crate::config::OtlpCompression::Gzip,
+            ..Default::default()
+        };
+        let line = describe(&config, &Transport::new(&config).unwrap());
+        assert!(line.contains("http://collector:4318/v1/metrics"), "{line}");
+        assert!(line.contains("http://collector:4318/v1/logs"), "{line}");
+        assert!(line.contains("(http/protobuf, no TLS,"), "{line}");
+        assert!(line.contains("compression gzip"), "{line}");
+        assert!(line.contains("authorization"), "{line}");
+        assert!(!line.contains("s3cret"), "{line}");
+        assert!(!format!("{config:?}").contains("s3cret"));
     }
 
     #[test]

@@ -69,6 +69,9 @@ impl Protocol {
 pub struct Options {
     /// TLS only, with a certificate signed by a CA made at start.
     pub tls: bool,
+    /// With `tls`: mutual TLS, refusing clients without a certificate
+    /// signed by the same CA ([`Receiver::client_cert_files`] has one).
+    pub require_client_cert: bool,
     /// A header (name, value) every request must carry; without it the
     /// request is refused (HTTP 401, gRPC UNAUTHENTICATED) and counted in
     /// [`Receiver::rejected`].
@@ -230,13 +233,19 @@ async fn http_logs(
 struct Tls {
     cert_pem: String,
     key_pem: String,
+    ca_pem: String,
     ca_file: PathBuf,
+    /// A client certificate and key the CA signed (PEM files).
+    client_files: (PathBuf, PathBuf),
+    require_client_cert: bool,
     _dir: TempDir,
 }
 
 impl Tls {
-    fn generate() -> Tls {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    fn generate(require_client_cert: bool) -> Tls {
+        use rcgen::{
+            BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        };
         let ca_key = KeyPair::generate().expect("CA key");
         let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -248,12 +257,26 @@ impl Tls {
         let server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
             .expect("server params");
         let cert = server.signed_by(&key, &issuer).expect("server certificate");
+        let client_key = KeyPair::generate().expect("client key");
+        let mut client =
+            CertificateParams::new(vec!["sonde-agent".to_owned()]).expect("client params");
+        client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client_cert = client
+            .signed_by(&client_key, &issuer)
+            .expect("client certificate");
         let dir = TempDir::new("otlp-tls");
         let ca_file = dir.write("ca.pem", &ca_cert.pem());
+        let client_files = (
+            dir.write("client.pem", &client_cert.pem()),
+            dir.write("client-key.pem", &client_key.serialize_pem()),
+        );
         Tls {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            ca_pem: ca_cert.pem(),
             ca_file,
+            client_files,
+            require_client_cert,
             _dir: dir,
         }
     }
@@ -271,10 +294,25 @@ impl Tls {
         // lack of post-quantum key exchange, which no test needs).
         #[allow(deprecated)]
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_no_client_auth()
+            .expect("TLS versions");
+        let builder = if self.require_client_cert {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+                roots.add(ca.expect("CA PEM")).expect("CA certificate");
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .expect("client verifier");
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let mut config = builder
             .with_single_cert(certs, key)
             .expect("server certificate and key");
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -344,7 +382,9 @@ impl Receiver {
                 received: Arc::default(),
                 require_header: options.require_header,
             },
-            tls: options.tls.then(Tls::generate),
+            tls: options
+                .tls
+                .then(|| Tls::generate(options.require_client_cert)),
             server: None,
             runtime,
         };
@@ -363,21 +403,23 @@ impl Receiver {
         let stop = async move {
             let _ = rx.await;
         };
-        let tls = self
-            .tls
-            .as_ref()
-            .map(|t| (t.cert_pem.clone(), t.key_pem.clone()));
+        let tls = self.tls.as_ref().map(|t| {
+            let identity = tonic::transport::Identity::from_pem(&t.cert_pem, &t.key_pem);
+            let config = tonic::transport::ServerTlsConfig::new().identity(identity);
+            if t.require_client_cert {
+                config.client_ca_root(tonic::transport::Certificate::from_pem(&t.ca_pem))
+            } else {
+                config
+            }
+        });
         let tls_config = self.tls.as_ref().map(Tls::server_config);
         let task = match self.protocol {
             Protocol::Grpc => self.runtime.spawn(async move {
                 let svc = Grpc(shared);
                 let gzip = CompressionEncoding::Gzip;
                 let mut builder = tonic::transport::Server::builder();
-                if let Some((cert, key)) = tls {
-                    let identity = tonic::transport::Identity::from_pem(cert, key);
-                    builder = builder
-                        .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-                        .expect("gRPC receiver TLS");
+                if let Some(config) = tls {
+                    builder = builder.tls_config(config).expect("gRPC receiver TLS");
                 }
                 builder
                     .add_service(MetricsServiceServer::new(svc.clone()).accept_compressed(gzip))
@@ -417,6 +459,14 @@ impl Receiver {
     /// Panics without TLS.
     pub fn ca_file(&self) -> &Path {
         &self.tls.as_ref().expect("a TLS receiver").ca_file
+    }
+
+    /// A client certificate and key (PEM files) signed by the receiver's
+    /// CA, for `[otlp] client_cert_file` and `client_key_file`. Panics
+    /// without TLS.
+    pub fn client_cert_files(&self) -> (&Path, &Path) {
+        let (cert, key) = &self.tls.as_ref().expect("a TLS receiver").client_files;
+        (cert, key)
     }
 
     /// Accepted requests whose body came gzip-compressed.
