@@ -198,7 +198,7 @@ fn refused_connections_count_failures_and_resets() {
         if direction == "sent"
             && let Some(line) = &partial
         {
-            println!("measured: (declared partial: {line})");
+            println!("measured: sent not asserted, declared partial: {line}");
             continue;
         }
         assert!(
@@ -210,10 +210,12 @@ fn refused_connections_count_failures_and_resets() {
 }
 
 /// The agent's `partial signal: PROGRAM HOOK: what it misses` log line
-/// for a program whose name starts with `program`, if it declared one.
+/// for a program whose name starts with `program`, if it declared one
+/// (without the log line's trailing `signal=… tier=…` fields).
 fn agent_declares_partial(lab: &Lab, program: &str) -> Option<String> {
     lab.agent.log().lines().find_map(|l| {
         let (_, line) = l.split_once("partial signal: ")?;
+        let line = line.split(" signal=").next().unwrap_or(line);
         line.starts_with(program).then(|| line.trim().to_owned())
     })
 }
