@@ -331,7 +331,10 @@ pub fn markdown(runs: &[KernelRun], profiles: &[&Profile], info: &RunInfo) -> St
         let counts: Vec<String> = p
             .tests
             .iter()
-            .map(|t| format!("the tests of `tests/tests/{t}.rs`"))
+            .map(|t| match t.split_once("::") {
+                Some((binary, test)) => format!("`{test}` of `tests/tests/{binary}.rs`"),
+                None => format!("the tests of `tests/tests/{t}.rs`"),
+            })
             .chain(p.counts.iter().map(|c| c.describe()))
             .collect();
         table_row(
