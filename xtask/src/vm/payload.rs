@@ -57,7 +57,8 @@ pub fn build() -> anyhow::Result<Payload> {
         tools.push(tool);
     }
     toolchain::ensure(Purpose::Build)?;
-    ensure_musl_target()?;
+    // The musl target and musl-tools (ring's C parts) are the bootstrap's.
+    crate::bootstrap::ensure_rust_targets()?;
     util::run(util::cargo().args([
         "build",
         "--release",
@@ -143,18 +144,6 @@ fn test_executables(messages: &str) -> BTreeMap<String, PathBuf> {
             ))
         })
         .collect()
-}
-
-fn ensure_musl_target() -> anyhow::Result<()> {
-    let mut list = util::command("rustup");
-    list.args(["target", "list", "--installed"]);
-    let installed =
-        util::stdout_of(&mut list).context("`rustup target list --installed` failed")?;
-    if installed.lines().any(|l| l.trim() == MUSL_TARGET) {
-        return Ok(());
-    }
-    println!("Adding the {MUSL_TARGET} target (static binaries for the guest)");
-    util::run(util::command("rustup").args(["target", "add", MUSL_TARGET]))
 }
 
 fn find_busybox() -> anyhow::Result<PathBuf> {
