@@ -57,7 +57,8 @@ pub fn build() -> anyhow::Result<Payload> {
         tools.push(tool);
     }
     toolchain::ensure(Purpose::Build)?;
-    // The musl target and musl-tools (ring's C parts) are the bootstrap's.
+    // The musl target, declared with the rest in bootstrap.rs (which
+    // `cargo xtask test` also uses to install musl-tools for ring's C parts).
     crate::bootstrap::ensure_rust_targets()?;
     util::run(util::cargo().args([
         "build",
