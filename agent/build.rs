@@ -9,6 +9,42 @@ use aya_build::{Package, Toolchain};
 /// bpf-linker (both embed the same LLVM).
 const EBPF_TOOLCHAIN: &str = "nightly-2026-05-19";
 
+/// Writes OUT_DIR/signals.rs, which agent/src/signals/mod.rs includes: a
+/// `pub mod` for every other file in that directory and `ALL`, their
+/// `SIGNAL`s by file name. A new signal is then one new file there, not
+/// also a line in a list.
+fn list_signals() -> anyhow::Result<()> {
+    let dir = std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR")?).join("src/signals");
+    println!("cargo:rerun-if-changed={}", dir.display());
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".rs"))
+        else {
+            continue;
+        };
+        if name != "mod" {
+            names.push((name.to_owned(), path.display().to_string()));
+        }
+    }
+    names.sort();
+    let mut out = String::new();
+    for (name, path) in &names {
+        out += &format!("#[path = {path:?}]\npub mod {name};\n");
+    }
+    out += "/// Every signal, by module name: the order the loader attaches them.\n";
+    out += "pub const ALL: &[&Signal] = &[";
+    for (name, _) in &names {
+        out += &format!("&{name}::SIGNAL, ");
+    }
+    out += "];\n";
+    let target = std::path::Path::new(&std::env::var("OUT_DIR")?).join("signals.rs");
+    std::fs::write(&target, out).with_context(|| format!("writing {}", target.display()))
+}
+
 fn main() -> anyhow::Result<()> {
     let metadata = cargo_metadata::MetadataCommand::new()
         .no_deps()
@@ -26,6 +62,7 @@ fn main() -> anyhow::Result<()> {
         .as_str()
         .to_owned();
     println!("cargo:rerun-if-changed=../agent-common/src");
+    list_signals()?;
     let sha = std::process::Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .output()

@@ -36,3 +36,14 @@ pub struct DropDeviceStats {
     /// namespace's ifindex can be reused, the name tells them apart).
     pub name: [u8; IFNAME_LEN],
 }
+
+/// `PerCpuHashMap<u32, u64>`: TCP connections a listener refused because
+/// its accept queue was full (`SKB_DROP_REASON_TCP_LISTEN_OVERFLOW`), by
+/// listening port (host order).
+pub const LISTEN_OVERFLOWS_MAP: &str = "LISTEN_OVERFLOWS";
+/// Listening ports tracked; past it an overflow is counted in
+/// `LISTEN_OVERFLOWS_OTHER`.
+pub const MAX_LISTEN_PORTS: u32 = 1024;
+/// `PerCpuArray<u64>` of one slot: overflows on ports beyond
+/// `MAX_LISTEN_PORTS`, or whose TCP header could not be read.
+pub const LISTEN_OVERFLOWS_OTHER_MAP: &str = "LISTEN_OVERFLOWS_OTHER";

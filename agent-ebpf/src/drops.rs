@@ -4,12 +4,20 @@
 //! tracepoint format, the `sk_buff` / `net_device` / `net` member offsets
 //! from its BTF; kernels before 5.17 have no reason, and every drop is
 //! counted under reason 0 ("unknown").
+//!
+//! `sonde_listen_overflow`, on the same tracepoint, counts one reason
+//! only, TCP_LISTEN_OVERFLOW (its value from this kernel's format file),
+//! by the listening port in the dropped segment's TCP header. A program of
+//! its own rather than a branch of `sonde_kfree_skb`, so either can be on
+//! without the other; its cost is one extra run per freed-with-a-reason
+//! packet (drops only, never consumed packets) that leaves after one
+//! 4-byte read of the record unless the reason matches.
 
 use agent_common::{
     counters::DROP_DEVICE_MAP_FULL,
     drops::{
         DROP_REASON_OTHER, DropDeviceKey, DropDeviceStats, IFNAME_LEN, MAX_DROP_DEVICE_KEYS,
-        MAX_DROP_REASONS,
+        MAX_DROP_REASONS, MAX_LISTEN_PORTS,
     },
 };
 use aya_ebpf::{
@@ -29,6 +37,22 @@ static DROP_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_DROP_R
 #[map(name = "DROP_DEVICES")]
 static DROP_DEVICES: PerCpuHashMap<DropDeviceKey, DropDeviceStats> =
     PerCpuHashMap::with_max_entries(MAX_DROP_DEVICE_KEYS, 0);
+
+#[map(name = "LISTEN_OVERFLOWS")]
+static LISTEN_OVERFLOWS: PerCpuHashMap<u32, u64> =
+    PerCpuHashMap::with_max_entries(MAX_LISTEN_PORTS, 0);
+
+#[map(name = "LISTEN_OVERFLOWS_OTHER")]
+static LISTEN_OVERFLOWS_OTHER: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// `SKB_DROP_REASON_TCP_LISTEN_OVERFLOW` on this kernel (u32::MAX: none).
+#[unsafe(no_mangle)]
+static DROP_REASON_LISTEN_OVERFLOW: Global<u32> = Global::new(u32::MAX);
+/// `sk_buff.head` and `sk_buff.transport_header` (from BTF).
+#[unsafe(no_mangle)]
+static SKB_HEAD_OFFSET: Global<u32> = Global::new(u32::MAX);
+#[unsafe(no_mangle)]
+static SKB_TRANSPORT_HEADER_OFFSET: Global<u32> = Global::new(u32::MAX);
 
 /// Offset of `reason` in the kfree_skb record; u32::MAX: no such field.
 #[unsafe(no_mangle)]
@@ -72,6 +96,68 @@ pub fn sonde_kfree_skb(ctx: TracePointContext) -> u32 {
     }
     count_by_device(&ctx, slot);
     0
+}
+
+#[tracepoint(category = "skb", name = "kfree_skb")]
+pub fn sonde_listen_overflow(ctx: TracePointContext) -> u32 {
+    // The loader attaches it only with the reason field and value resolved.
+    // SAFETY: offset from this kernel's format file.
+    let reason = unsafe { ctx.read_at::<u32>(TP_KFREE_SKB_REASON.load() as usize) };
+    if reason != Ok(DROP_REASON_LISTEN_OVERFLOW.load()) {
+        return 0;
+    }
+    match listening_port(&ctx) {
+        Some(port) => count_listen_overflow(port),
+        None => {
+            if let Some(n) = LISTEN_OVERFLOWS_OTHER.get_ptr_mut(0) {
+                // SAFETY: this CPU's slot.
+                unsafe { *n += 1 };
+            }
+        }
+    }
+    0
+}
+
+/// The destination port of the dropped segment (the listener's), from the
+/// TCP header the receive path already located.
+#[inline(always)]
+fn listening_port(ctx: &TracePointContext) -> Option<u32> {
+    // SAFETY: offset from this kernel's format file.
+    let skb = unsafe { ctx.read_at::<u64>(TP_KFREE_SKB_SKBADDR.load() as usize) }.ok()?;
+    let head = field::<u64>(skb, SKB_HEAD_OFFSET.load())?;
+    let transport = field::<u16>(skb, SKB_TRANSPORT_HEADER_OFFSET.load())?;
+    // `(u16)~0U`: no transport header set.
+    if transport == u16::MAX {
+        return None;
+    }
+    // `struct tcphdr`: source port, then destination port (big endian).
+    let dest = field::<u16>(head, u32::from(transport) + 2)?;
+    Some(u32::from(u16::from_be(dest)))
+}
+
+#[inline(always)]
+fn count_listen_overflow(port: u32) {
+    if let Some(n) = LISTEN_OVERFLOWS.get_ptr_mut(port) {
+        // SAFETY: this CPU's value from a successful lookup.
+        unsafe { *n += 1 };
+        return;
+    }
+    // -EEXIST: another CPU created it; this CPU's copy starts at 0, so add.
+    match LISTEN_OVERFLOWS.insert(port, 1u64, u64::from(BPF_NOEXIST)) {
+        Ok(()) => {}
+        Err(-17) => {
+            if let Some(n) = LISTEN_OVERFLOWS.get_ptr_mut(port) {
+                // SAFETY: as above.
+                unsafe { *n += 1 };
+            }
+        }
+        Err(_) => {
+            if let Some(n) = LISTEN_OVERFLOWS_OTHER.get_ptr_mut(0) {
+                // SAFETY: this CPU's slot.
+                unsafe { *n += 1 };
+            }
+        }
+    }
 }
 
 /// Reads a `T` at `offset` bytes into the kernel object at `base`.

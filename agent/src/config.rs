@@ -247,6 +247,9 @@ pub struct TcpConfig {
     /// Runtime. Remote peers exported with their own TCP series (the most
     /// active); the kernel tracks up to 4096.
     pub top_peers: usize,
+    /// Listen-queue overflows by listening port (skb:kfree_skb, reason
+    /// TCP_LISTEN_OVERFLOW); independent of `enabled`.
+    pub listen_overflows: bool,
 }
 
 impl Default for TcpConfig {
@@ -256,6 +259,7 @@ impl Default for TcpConfig {
             hook: TcpHook::Auto,
             rtt: true,
             top_peers: 20,
+            listen_overflows: true,
         }
     }
 }

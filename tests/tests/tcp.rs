@@ -370,3 +370,147 @@ fn accept_queue_overflows_are_counted_as_the_kernel_counts_them() {
     );
     println!("accept-queue overflows: kernel +{d_kernel}, Sonde +{d_ours}");
 }
+
+/// A loopback listener with a backlog of `backlog` that never accepts and
+/// holds handshakes until data arrives (TCP_DEFER_ACCEPT): a client's
+/// connect completes, but the server makes the connection a child of the
+/// accept queue only on the client's first data.
+fn deferring_listener(backlog: i32) -> (std::net::TcpListener, SocketAddr) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor this function owns; the
+    // sockaddr_in is fully initialized.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let listener = std::net::TcpListener::from_raw_fd(fd);
+        let defer: libc::c_int = 30;
+        let rc = libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&defer as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        assert_eq!(
+            rc,
+            0,
+            "TCP_DEFER_ACCEPT: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut sin: libc::sockaddr_in = std::mem::zeroed();
+        sin.sin_family = libc::AF_INET as libc::sa_family_t;
+        sin.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let rc = libc::bind(
+            fd,
+            (&sin as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            libc::listen(fd, backlog),
+            0,
+            "listen: {}",
+            std::io::Error::last_os_error()
+        );
+        let addr = listener.local_addr().expect("listener address");
+        (listener, addr)
+    }
+}
+
+/// Listen-queue overflows by port, exactly: the kernel counts an overflow
+/// in TcpExt ListenOverflows either when a SYN finds the accept queue full
+/// (the SYN is then freed without a drop reason, which no hook on this
+/// path sees) or when the segment completing a handshake does (freed with
+/// reason TCP_LISTEN_OVERFLOW, which Sonde counts by port). The workload
+/// makes only the second kind: every SYN arrives while the queue has room
+/// (handshakes held by TCP_DEFER_ACCEPT), then the queue is filled and the
+/// held clients send data. Every overflow in the window is then one Sonde
+/// sees, and its count for the port equals the kernel's delta.
+#[test]
+fn listen_overflows_by_port_equal_the_kernels_count() {
+    if !require_root() {
+        return;
+    }
+    use std::io::Write;
+    const BACKLOG: usize = 4;
+    const WINDOW: Duration = Duration::from_millis(1500);
+    let agent = sonde_tests::Agent::start(&Config::new().render(), &[]);
+    let (listener, addr) = deferring_listener(BACKLOG as i32);
+    let port = addr.port().to_string();
+    let ours = |s: &Scrape| {
+        s.value_or_zero(
+            "sonde_tcp_listen_overflow_drops_total",
+            &[("port", port.as_str())],
+        )
+    };
+    let settle = std::time::Duration::from_millis(20);
+    let connect = || {
+        let c = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .expect("connecting to the deferring listener");
+        std::thread::sleep(settle);
+        c
+    };
+    let send = |c: &mut TcpStream| {
+        c.write_all(b"x").expect("sending a byte");
+        std::thread::sleep(settle);
+    };
+    let before = agent.metrics();
+    let k0 = kernel_listen_overflows();
+    // BACKLOG held handshakes; then, one at a time, one becomes a child of
+    // the accept queue and a new one is held, until the queue holds
+    // BACKLOG + 1 children (full) and BACKLOG clients are held. No SYN
+    // is sent once the queue is full.
+    let mut held: std::collections::VecDeque<TcpStream> = (0..BACKLOG).map(|_| connect()).collect();
+    let mut children = Vec::new();
+    for i in 0..=BACKLOG {
+        let mut c = held.pop_front().expect("a held client");
+        send(&mut c);
+        children.push(c);
+        if i < BACKLOG {
+            held.push_back(connect());
+        }
+    }
+    assert_eq!(
+        kernel_listen_overflows() - k0,
+        0.0,
+        "an overflow before the queue was full: the workload's premise failed"
+    );
+    // Each held client's data overflows the queue, and so does each of its
+    // retransmissions until the listener closes.
+    for c in &mut held {
+        send(c);
+    }
+    std::thread::sleep(WINDOW);
+    drop(listener);
+    std::thread::sleep(Duration::from_millis(200));
+    drop(held);
+    drop(children);
+    let k1 = kernel_listen_overflows();
+    let after = agent.wait_stable(
+        "sonde_tcp_listen_overflow_drops_total for the port",
+        Duration::from_secs(10),
+        Duration::from_millis(500),
+        ours,
+    );
+    assert_eq!(
+        kernel_listen_overflows(),
+        k1,
+        "the kernel still counts overflows after the listener closed"
+    );
+    let (d_ours, d_kernel) = (ours(&after) - ours(&before), k1 - k0);
+    assert!(
+        d_kernel >= BACKLOG as f64,
+        "{BACKLOG} clients whose data found a full queue: the kernel counted only {d_kernel}"
+    );
+    assert_eq!(
+        d_ours,
+        d_kernel,
+        "sonde_tcp_listen_overflow_drops_total{{port=\"{port}\"}} rose by {d_ours}, \
+         TcpExt ListenOverflows by {d_kernel}:\n{}",
+        after.grep("listen_overflow")
+    );
+    println!(
+        "listen overflows on port {port}: TcpExt ListenOverflows +{d_kernel}, \
+         sonde_tcp_listen_overflow_drops_total{{port=\"{port}\"}} +{d_ours}"
+    );
+}

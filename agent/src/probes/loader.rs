@@ -305,9 +305,14 @@ impl Probes {
         }
         // Struct offsets the fentry and kprobe tiers read, from this
         // kernel's BTF.
-        let btf_offsets: Vec<(&'static str, Option<u32>)> = match super::btf::Btf::from_sys_fs() {
-            Ok(btf) => BTF_FIELDS
+        let btf_fields = || {
+            BTF_FIELDS
                 .iter()
+                .chain(signals::ALL.iter().flat_map(|s| s.btf_fields))
+        };
+        let mut btf_offsets: Vec<(&'static str, Option<u32>)> = match super::btf::Btf::from_sys_fs()
+        {
+            Ok(btf) => btf_fields()
                 .map(|&(global, st, members)| {
                     let offset = members
                         .iter()
@@ -317,12 +322,18 @@ impl Probes {
                 .collect(),
             Err(err) => {
                 tracing::debug!("no kernel BTF for struct offsets: {err}");
-                BTF_FIELDS
-                    .iter()
-                    .map(|&(global, ..)| (global, None))
-                    .collect()
+                btf_fields().map(|&(global, ..)| (global, None)).collect()
             }
         };
+        // Enum values the signals' programs compare with, by name.
+        for &(global, category, tp, field, name) in signals::ALL.iter().flat_map(|s| s.symbols) {
+            let value = tracefs.and_then(|t| {
+                capabilities::tracepoint_symbols(t, category, tp, field)
+                    .into_iter()
+                    .find_map(|(value, n)| (n == name).then_some(value))
+            });
+            btf_offsets.push((global, value));
+        }
         let mut loader = EbpfLoader::new();
         let reason_offset = tracefs
             .and_then(|t| capabilities::tracepoint_field_offset(t, "skb", "kfree_skb", "reason"))

@@ -24,6 +24,8 @@ use crate::{
 pub const SIGNAL: Signal = Signal {
     tiers: &TIERS,
     tracepoint_fields: TRACEPOINT_FIELDS,
+    btf_fields: &[],
+    symbols: &[],
     enabled: |config| config.block.enabled,
     forced_tier: |_| None,
     reads: "block I/O statistics",

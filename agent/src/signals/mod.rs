@@ -2,14 +2,14 @@
 //! one: its tier options (with the tracepoint fields their programs
 //! read), how it is turned on, the maps it reads (its collector) and the
 //! metric families it exports. The loader, the collector and the
-//! exposition iterate over [`ALL`]; adding a signal means adding a module
-//! here and its line in [`ALL`], not editing each of them.
+//! exposition iterate over [`ALL`]; adding a signal means adding a file
+//! in this directory exporting a `SIGNAL`, nothing else here: agent/build.rs
+//! declares every `signals/*.rs` as a module and lists its `SIGNAL` in
+//! [`ALL`] (by file name, the order the loader attaches them).
 //!
 //! Block I/O is the first signal in this shape; the others (syscalls,
 //! packets, TCP, drops, run queue, processes) still live in the loader,
 //! collector and metrics modules.
-
-pub mod block;
 
 use std::{fmt, sync::Arc};
 
@@ -22,13 +22,31 @@ use thiserror::Error;
 
 use crate::{config::Config, probes::tiers};
 
-/// Every signal in this shape, in the order the loader attaches them.
-pub const ALL: &[&Signal] = &[&block::SIGNAL];
+// `pub mod <file>;` for every signals/<file>.rs, and
+// `pub const ALL: &[&Signal]` listing their `SIGNAL`s.
+include!(concat!(env!("OUT_DIR"), "/signals.rs"));
 
 /// A classic tracepoint field a program reads, resolved from this kernel's
 /// format file into a global of the object: (global, category,
 /// tracepoint, field).
 pub type TracepointField = (&'static str, &'static str, &'static str, &'static str);
+
+/// A kernel struct member's offset a program reads, resolved from this
+/// kernel's BTF into a global of the object: (global, struct, member
+/// names tried in turn). Globals end in `_OFFSET`.
+pub type BtfField = (&'static str, &'static str, &'static [&'static str]);
+
+/// The value of a name in a tracepoint field's `__print_symbolic` table
+/// (an enum such as `skb_drop_reason`, whose values move between
+/// kernels), resolved from this kernel's format file into a global of the
+/// object: (global, category, tracepoint, field, name).
+pub type TracepointSymbol = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+);
 
 /// One kernel signal, as the loader, collector and exposition see it.
 pub struct Signal {
@@ -38,6 +56,10 @@ pub struct Signal {
     /// The tracepoint fields its programs read; a program whose fields
     /// are not all resolved is not attached.
     pub tracepoint_fields: &'static [TracepointField],
+    /// The struct member offsets its programs read, from BTF.
+    pub btf_fields: &'static [BtfField],
+    /// The enum values its programs compare with, from tracepoint formats.
+    pub symbols: &'static [TracepointSymbol],
     /// Whether the configuration turns it on (its programs attached).
     pub enabled: fn(&Config) -> bool,
     /// The tier the configuration forces, if any.
@@ -117,20 +139,24 @@ mod tests {
         assert_eq!(names.len(), ALL.len(), "signal names are unique");
         for signal in ALL {
             tiers::assert_well_formed(signal.tiers);
-            // Every global a program needs is a field the signal resolves
-            // (or a BTF offset, which the loader resolves for all).
+            // Every global a program needs is one the signal resolves (or
+            // a BTF offset of the loader's shared table).
             for tier in signal.tiers.tiers {
                 for program in tier.programs {
                     for need in program.needs {
                         assert!(
                             need.ends_with("_OFFSET")
-                                || signal.tracepoint_fields.iter().any(|f| f.0 == *need),
+                                || signal.tracepoint_fields.iter().any(|f| f.0 == *need)
+                                || signal.symbols.iter().any(|f| f.0 == *need),
                             "{}: {} needs {need}, which it does not resolve",
                             signal.name(),
                             program.program
                         );
                     }
                 }
+            }
+            for (global, ..) in signal.btf_fields {
+                assert!(global.ends_with("_OFFSET"), "{}: {global}", signal.name());
             }
         }
     }
