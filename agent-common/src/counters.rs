@@ -54,7 +54,9 @@ pub enum CounterKind {
     Error,
     /// A packet the parsers could not fully read: `sonde_packets_malformed_total{reason}`.
     Malformed,
-    /// Plain activity counter exported by its own metric.
+    /// Plain activity counter, each exported as a counter of its own
+    /// (`sonde_flows_created_total`, `sonde_flow_events_rate_limited_total`,
+    /// `sonde_ip_fragments_total`).
     Activity,
     /// Process lifecycle: `sonde_process_events_total{event}`.
     Process,

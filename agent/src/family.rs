@@ -1,11 +1,12 @@
 //! Metric families rendered from a collector snapshot on each scrape:
 //! [`Family`] builds one at a time (counters, gauges, histograms from the
-//! kernel's log2 latency slots). Shared by the exposition, the MAPE-K loop
+//! kernel's log2 latency slots, summaries without quantiles for a sum and
+//! count). Shared by the exposition, the MAPE-K loop
 //! and each signal's own families.
 
 use agent_common::syscalls::{LATENCY_SLOTS, latency_slot_upper_ns};
 use prometheus::proto::{
-    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
+    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType, Summary,
 };
 
 /// Builds one metric family at a time.
@@ -80,6 +81,17 @@ impl Family {
         self.family.mut_metric().push(metric);
     }
 
+    /// A summary with no quantiles: `_sum` and `_count` only, the
+    /// convention for a total and the number of observations in it.
+    pub fn summary(&mut self, labels: &[(&str, &str)], count: u64, sum: f64) {
+        let mut metric = Metric::from_label(Self::labels(labels));
+        let mut s = Summary::default();
+        s.set_sample_count(count);
+        s.set_sample_sum(sum);
+        metric.set_summary(s);
+        self.family.mut_metric().push(metric);
+    }
+
     pub fn done(self, out: &mut Vec<MetricFamily>) {
         if !self.family.get_metric().is_empty() {
             out.push(self.family);
@@ -94,4 +106,27 @@ pub fn log2_buckets(slots: &[u64; LATENCY_SLOTS]) -> Vec<(f64, u64)> {
     (0..LATENCY_SLOTS - 1)
         .map(|slot| (latency_slot_upper_ns(slot) as f64 / 1e9, slots[slot]))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus::{Encoder, TextEncoder};
+
+    use super::*;
+
+    #[test]
+    fn a_summary_without_quantiles_is_a_sum_and_a_count() {
+        let mut out = Vec::new();
+        let mut f = Family::new("rtt_seconds", "RTT", MetricType::SUMMARY);
+        f.summary(&[("peer", "10.0.0.1")], 4, 0.5);
+        f.done(&mut out);
+        let mut text = Vec::new();
+        TextEncoder::new().encode(&out, &mut text).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert_eq!(
+            text,
+            "# HELP rtt_seconds RTT\n# TYPE rtt_seconds summary\n\
+             rtt_seconds_sum{peer=\"10.0.0.1\"} 0.5\nrtt_seconds_count{peer=\"10.0.0.1\"} 4\n"
+        );
+    }
 }

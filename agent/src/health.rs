@@ -22,13 +22,7 @@ pub enum Status {
 }
 
 impl Status {
-    fn metric(self) -> f64 {
-        match self {
-            Self::Ok => 1.0,
-            Self::Degraded => 0.5,
-            Self::Failed => 0.0,
-        }
-    }
+    const ALL: [Self; 3] = [Self::Ok, Self::Degraded, Self::Failed];
 
     fn label(self) -> &'static str {
         match self {
@@ -128,11 +122,14 @@ async fn run(state: &AppState, components: Components) -> Report {
             }
         };
         let elapsed = started.elapsed();
-        state
-            .metrics
-            .health_status
-            .with_label_values(&[&component])
-            .set(status.metric());
+        // A state set: 1 for the current state, 0 for the others.
+        for s in Status::ALL {
+            state
+                .metrics
+                .health_status
+                .with_label_values(&[&component, s.label()])
+                .set(f64::from(u8::from(s == status)));
+        }
         state
             .metrics
             .health_duration

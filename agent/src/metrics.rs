@@ -58,9 +58,9 @@ impl Metrics {
         let health_status = GaugeVec::new(
             Opts::new(
                 "sonde_health_check_status",
-                "Last result of a component's health check: 1 ok, 0.5 degraded, 0 failed",
+                "Last result of a component's health check as a state set: 1 for its current state (ok, degraded, failed), 0 for the others",
             ),
-            &["component"],
+            &["component", "state"],
         )?;
         let health_duration = HistogramVec::new(
             HistogramOpts::new(
@@ -296,15 +296,10 @@ fn tcp_families(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
         "TCP retransmissions to the most active remote peers",
         MetricType::COUNTER,
     );
-    let mut peer_rtt_sum = Family::new(
-        "sonde_peer_tcp_rtt_seconds_total",
-        "Sum of smoothed-RTT samples to the most active remote peers (divide by the samples)",
-        MetricType::COUNTER,
-    );
-    let mut peer_rtt_samples = Family::new(
-        "sonde_peer_tcp_rtt_samples_total",
-        "Smoothed-RTT samples to the most active remote peers",
-        MetricType::COUNTER,
+    let mut peer_rtt = Family::new(
+        "sonde_peer_tcp_rtt_seconds",
+        "Smoothed RTT samples to the most active remote peers (summary: _sum / _count is the mean)",
+        MetricType::SUMMARY,
     );
     for (addr, stats) in &snapshot.tcp_peers {
         let peer = addr.to_string();
@@ -317,17 +312,15 @@ fn tcp_families(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
         );
         peer_failures.sample(&labels, stats.connect_failures as f64);
         peer_retransmits.sample(&labels, stats.retransmits as f64);
-        peer_rtt_sum.sample(&labels, stats.rtt_sum_us as f64 / 1e6);
-        peer_rtt_samples.sample(&labels, stats.rtt_samples as f64);
+        peer_rtt.summary(&labels, stats.rtt_samples, stats.rtt_sum_us as f64 / 1e6);
     }
     peer_connect.done(out);
     peer_failures.done(out);
     peer_retransmits.done(out);
-    peer_rtt_sum.done(out);
-    peer_rtt_samples.done(out);
+    peer_rtt.done(out);
 }
 
-/// `sonde_data_completeness{signal}`: the share of what the kernel saw that
+/// `sonde_data_completeness_ratio{signal}`: the share of what the kernel saw that
 /// made it into the numbers (1 = nothing lost), so a dashboard can tell
 /// missing data from a quiet system.
 fn completeness(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
@@ -340,7 +333,7 @@ fn completeness(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
         }
     };
     let mut family = Family::new(
-        "sonde_data_completeness",
+        "sonde_data_completeness_ratio",
         "Share of the kernel's observations that reached the metrics (1: nothing lost), by signal",
         MetricType::GAUGE,
     );
@@ -654,9 +647,16 @@ fn kernel_families(
         "Packets the parsers could not fully read (still counted and passed), by reason",
         MetricType::COUNTER,
     );
-    let mut activity = Family::new(
-        "sonde_kernel_activity_total",
-        "Other kernel-side activity counters (rate-limited events, IP fragments), by kind",
+    // One counter per thing counted; flow_created is already
+    // sonde_flows_created_total.
+    let mut rate_limited = Family::new(
+        "sonde_flow_events_rate_limited_total",
+        "New-flow events the kernel did not emit because of its rate limit (the flow is still tracked)",
+        MetricType::COUNTER,
+    );
+    let mut fragments = Family::new(
+        "sonde_ip_fragments_total",
+        "Non-first IP fragments seen by the packet programs (counted; they carry no ports)",
         MetricType::COUNTER,
     );
     let mut process = Family::new(
@@ -670,12 +670,17 @@ fn kernel_families(
             CounterKind::Process => process.sample(&[("event", label)], value),
             CounterKind::Error => kernel_errors.sample(&[("kind", label)], value),
             CounterKind::Malformed => malformed.sample(&[("reason", label)], value),
-            CounterKind::Activity => activity.sample(&[("kind", label)], value),
+            CounterKind::Activity => match slot {
+                agent_common::counters::FLOW_EVENT_RATE_LIMITED => rate_limited.sample(&[], value),
+                agent_common::counters::PKT_IP_FRAGMENT => fragments.sample(&[], value),
+                _ => {}
+            },
         }
     }
     kernel_errors.done(&mut out);
     malformed.done(&mut out);
-    activity.done(&mut out);
+    rate_limited.done(&mut out);
+    fragments.done(&mut out);
     process.done(&mut out);
 
     completeness(snapshot, &mut out);

@@ -140,14 +140,32 @@ fn injected_collector_failure_turns_ready_red_then_recovers() {
         collector["error"].as_str().is_some_and(|e| !e.is_empty()),
         "the failed collector check carries no error message: {collector}"
     );
-    let collector_status = |s: &sonde_tests::Scrape| {
-        s.value("sonde_health_check_status", &[("component", "collector")])
+    // A state set: the collector's current state is the one series at 1,
+    // the other two at 0 (None while that is not so).
+    let collector_state = |s: &sonde_tests::Scrape| {
+        let values: Vec<(&str, Option<f64>)> = ["ok", "degraded", "failed"]
+            .into_iter()
+            .map(|state| {
+                let labels = [("component", "collector"), ("state", state)];
+                (state, s.value("sonde_health_check_status", &labels))
+            })
+            .collect();
+        let on: Vec<&str> = values
+            .iter()
+            .filter(|(_, v)| *v == Some(1.0))
+            .map(|(state, _)| *state)
+            .collect();
+        let off = values.iter().filter(|(_, v)| *v == Some(0.0)).count();
+        (on.len() == 1 && off == 2).then(|| on[0])
     };
     agent
-        .try_wait_for(Duration::from_secs(5), |s| collector_status(s) == Some(0.0))
+        .try_wait_for(Duration::from_secs(5), |s| {
+            collector_state(s) == Some("failed")
+        })
         .unwrap_or_else(|s| {
             panic!(
-                "sonde_health_check_status{{component=\"collector\"}} did not drop to 0:\n{}",
+                "sonde_health_check_status{{component=\"collector\"}} did not move to \
+                 state=\"failed\" (1 for failed, 0 for ok and degraded):\n{}",
                 s.grep("sonde_health_check_status")
             )
         });
@@ -167,10 +185,11 @@ fn injected_collector_failure_turns_ready_red_then_recovers() {
     assert_eq!(status, 200, "/health/ready after recovery: {status} {v}");
     assert_eq!(v["status"], "ok", "/health/ready after recovery: {v}");
     agent
-        .try_wait_for(Duration::from_secs(5), |s| collector_status(s) == Some(1.0))
+        .try_wait_for(Duration::from_secs(5), |s| collector_state(s) == Some("ok"))
         .unwrap_or_else(|s| {
             panic!(
-                "sonde_health_check_status{{component=\"collector\"}} did not return to 1:\n{}",
+                "sonde_health_check_status{{component=\"collector\"}} did not return to \
+                 state=\"ok\":\n{}",
                 s.grep("sonde_health_check_status")
             )
         });

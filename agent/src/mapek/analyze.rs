@@ -460,6 +460,21 @@ impl Analyzer {
             })
             .collect()
     }
+
+    /// The threshold per feature in the unit of its score (deviations from
+    /// the baseline): a score at or above it is a spike. The larger of
+    /// `k` (scaled by the verdicts) and the floor's distance from the
+    /// baseline, so the one number covers both conditions of a spike.
+    pub fn score_thresholds(&self) -> Vec<(&'static str, f64)> {
+        FEATURES
+            .iter()
+            .filter_map(|&(feature, kind, floor)| {
+                let b = self.baselines.get(feature)?;
+                let k = self.k * self.scale(kind);
+                Some((feature, k.max((floor - b.mean) / Self::deviation(b, floor))))
+            })
+            .collect()
+    }
 }
 
 fn severity(score: f64, k: f64) -> Severity {
@@ -515,6 +530,14 @@ mod tests {
         }
         let threshold = |a: &Analyzer| a.thresholds()[0].1;
         let before = threshold(&a);
+        // The exported threshold is in the score's unit: the score of a
+        // value at the threshold is the score threshold.
+        let score_threshold = |a: &Analyzer| a.score_thresholds()[0].1;
+        let b = &a.baselines["syscalls_per_second"];
+        let at = (before - b.mean) / Analyzer::deviation(b, 20_000.0);
+        assert!((at - score_threshold(&a)).abs() < 1e-9, "{at}");
+        assert_eq!(score_threshold(&a), 6.0);
+        let before_score = score_threshold(&a);
         // Just above the threshold: fires.
         let opened = cycle(&mut a, before * 1.02, t);
         assert_eq!(opened.len(), 1);
@@ -537,6 +560,8 @@ mod tests {
         assert!(a.active.is_empty());
         // The same deviation no longer fires; the threshold moved up.
         assert!(threshold(&a) > before);
+        assert_eq!(score_threshold(&a), 7.5);
+        assert!(score_threshold(&a) > before_score);
         t += 1.0;
         assert!(cycle(&mut a, before * 1.02, t).is_empty());
         // Widening is bounded.

@@ -268,7 +268,7 @@ impl Mapek {
         active.done(&mut out);
         let mut score = Family::new(
             "sonde_anomaly_score",
-            "Last standardised deviation of each feature from its learned baseline",
+            "Last score of each feature: its distance from its learned baseline in deviations (dimensionless; compare with sonde_anomaly_score_threshold)",
             MetricType::GAUGE,
         );
         for (feature, z) in &self.analyzer.scores {
@@ -276,11 +276,11 @@ impl Mapek {
         }
         score.done(&mut out);
         let mut threshold = Family::new(
-            "sonde_mapek_threshold",
-            "Value above which each feature is anomalous now, in its own units",
+            "sonde_anomaly_score_threshold",
+            "Score at or above which each feature is anomalous now, in deviations from its baseline like sonde_anomaly_score ([mapek] sensitivity scaled by operators' verdicts, or higher where the feature's floor is far above its baseline)",
             MetricType::GAUGE,
         );
-        for (feature, t) in self.analyzer.thresholds() {
+        for (feature, t) in self.analyzer.score_thresholds() {
             threshold.sample(&[("feature", feature)], t);
         }
         threshold.done(&mut out);
@@ -344,7 +344,7 @@ impl Mapek {
         ratio.sample(&[], self.governor.ratio);
         ratio.done(&mut out);
         let mut share = Family::new(
-            "sonde_overhead_cpu_share",
+            "sonde_overhead_cpu_ratio",
             "Share of one CPU Sonde used over the last cycle: its threads (user_space) and its kernel programs (kernel_programs, with bpf_stats on)",
             MetricType::GAUGE,
         );

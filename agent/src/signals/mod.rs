@@ -97,7 +97,7 @@ pub trait Source: Send {
 pub trait Reading: fmt::Debug + Send + Sync {
     /// Its metric families.
     fn families(&self, out: &mut Vec<MetricFamily>);
-    /// For `sonde_data_completeness`: the observations counted, and the
+    /// For `sonde_data_completeness_ratio`: the observations counted, and the
     /// diagnostic counter slot of those lost (a full map), if the signal
     /// can lose any.
     fn completeness(&self) -> Option<(u64, u32)> {
