@@ -498,32 +498,6 @@ fn kernel_families(
         );
     }
     runq_cgroups.done(&mut out);
-    let mut drops = Family::new(
-        "sonde_packet_drops_total",
-        "Packets the kernel dropped, by the kernel's own drop reason (skb:kfree_skb)",
-        MetricType::COUNTER,
-    );
-    for (reason, n) in &snapshot.drops {
-        drops.sample(&[("reason", reason)], *n as f64);
-    }
-    drops.done(&mut out);
-    let mut device_drops = Family::new(
-        "sonde_interface_packet_drops_total",
-        "Packets the kernel dropped while they had a network device, by namespace (\"host\": the agent's), interface and drop reason (skb:kfree_skb)",
-        MetricType::COUNTER,
-    );
-    for d in &snapshot.device_drops {
-        device_drops.sample(
-            &[
-                ("netns", &d.netns),
-                ("interface", &d.interface),
-                ("reason", &d.reason),
-            ],
-            d.drops as f64,
-        );
-    }
-    device_drops.done(&mut out);
-
     let mut active = Family::new(
         "sonde_flows_active",
         "Flows currently in the kernel flow table, by interface",
@@ -562,12 +536,6 @@ fn kernel_families(
         "In-flight syscall records dropped because their thread had exited without returning",
         MetricType::COUNTER,
         snapshot.stale_starts_removed as f64,
-    );
-    simple(
-        "sonde_interface_drop_series_removed_total",
-        "Interface drop series (sonde_interface_packet_drops_total) removed because their interface or network namespace no longer exists",
-        MetricType::COUNTER,
-        snapshot.drop_devices_removed as f64,
     );
     simple(
         "sonde_collector_duration_seconds",

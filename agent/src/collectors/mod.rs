@@ -25,7 +25,6 @@ use std::{
 use agent_common::{
     config::CFG_BLOCKLIST_ACTIVE,
     counters::{COUNTER_SLOTS, COUNTERS_LEN},
-    drops::{DROP_REASON_OTHER, DropDeviceKey, DropDeviceStats, MAX_DROP_REASONS},
     events::RINGS,
     merge::Merge,
     net::{
@@ -75,16 +74,6 @@ pub struct ProgramStats {
     pub missed_runs: u64,
 }
 
-/// Drops of packets that had a network device, per device and reason.
-#[derive(Debug, Clone)]
-pub struct DeviceDrops {
-    /// "host" (the agent's namespace), a namespace inode, or "unknown".
-    pub netns: String,
-    pub interface: String,
-    pub reason: String,
-    pub drops: u64,
-}
-
 /// Accept-queue overflows: SYNs and handshake-completing ACKs a listener
 /// dropped because its accept queue was full (`ListenOverflows`), and all
 /// drops on listeners, overflows included (`ListenDrops`). The kernel keeps
@@ -129,19 +118,12 @@ pub struct Snapshot {
     pub flow_evictions: u64,
     /// Parked syscall starts removed because their thread was gone.
     pub stale_starts_removed: u64,
-    /// Interface drop series removed because their interface or network
-    /// namespace is gone.
-    pub drop_devices_removed: u64,
     pub peers: Vec<PeerRow>,
     pub programs: Vec<ProgramStats>,
     /// TCP lifecycle totals, summed over CPUs.
     pub tcp: TcpStats,
     /// (old state, new state, transitions), non-zero only.
     pub tcp_transitions: Vec<(u32, u32, u64)>,
-    /// (drop reason name, drops), non-zero only.
-    pub drops: Vec<(String, u64)>,
-    /// Drops of packets that had a device, non-zero only.
-    pub device_drops: Vec<DeviceDrops>,
     /// The kernel's own listen-queue counters for this network namespace
     /// (TcpExt ListenOverflows, ListenDrops), where it exposes them.
     pub listen: Option<ListenCounters>,
@@ -185,6 +167,15 @@ impl Snapshot {
 impl Snapshot {
     pub fn counter(&self, slot: u32) -> u64 {
         self.counters.get(slot as usize).copied().unwrap_or(0)
+    }
+
+    /// A signal's reading, by its type (e.g. `signals::drops::Drops`);
+    /// None when the snapshot has none (taken without kernel maps).
+    pub fn reading<R: Reading>(&self) -> Option<&R> {
+        self.signals.iter().find_map(|(_, reading)| {
+            let any: &dyn std::any::Any = reading.as_ref();
+            any.downcast_ref::<R>()
+        })
     }
 }
 
@@ -251,14 +242,9 @@ pub struct Collector {
     flow_evictions: u64,
     program_ids: Vec<(String, u32)>,
     rings: Vec<Arc<RingState>>,
-    drop_reason_names: HashMap<u32, String>,
-    /// Inode of the agent's own network namespace: drops there are
-    /// labelled `netns="host"`.
-    own_netns: Option<u32>,
     tcp_top_peers: usize,
     cycles: u64,
     stale_starts_removed: u64,
-    drop_devices_removed: u64,
     /// cgroup id → path (None: not found by the last walk, retried at the
     /// next sweep), for the ids in the per-cgroup run-queue map.
     cgroup_paths: HashMap<u64, Option<String>>,
@@ -383,14 +369,9 @@ impl Collector {
         config: &Config,
         program_ids: Vec<(String, u32)>,
         rings: Vec<Arc<RingState>>,
-        drop_reason_names: &[(u32, String)],
     ) -> Self {
         Self {
             rings,
-            drop_reason_names: drop_reason_names.iter().cloned().collect(),
-            own_netns: std::fs::metadata("/proc/self/ns/net")
-                .ok()
-                .map(|m| std::os::unix::fs::MetadataExt::ino(&m) as u32),
             tcp_top_peers: config.tcp.top_peers,
             configured: config.clone(),
             overlay: Default::default(),
@@ -398,7 +379,6 @@ impl Collector {
             blocklist_active: false,
             cycles: 0,
             stale_starts_removed: 0,
-            drop_devices_removed: 0,
             cgroup_paths: HashMap::new(),
             maps,
             interval: Duration::from_millis(config.collector.interval_ms),
@@ -485,11 +465,12 @@ impl Collector {
         self.cycles += 1;
         if self.cycles.is_multiple_of(START_GC_EVERY) {
             self.remove_stale_starts();
-            self.remove_gone_drop_devices();
+            for (_, source) in &mut self.maps.signals {
+                source.remove_stale();
+            }
             self.cgroup_paths.retain(|_, path| path.is_some());
         }
         snapshot.stale_starts_removed = self.stale_starts_removed;
-        snapshot.drop_devices_removed = self.drop_devices_removed;
         snapshot.counters = (0..COUNTERS_LEN)
             .map(|i| {
                 self.maps
@@ -529,9 +510,6 @@ impl Collector {
                 warn!("reading {}: {err}", signal.reads);
             }
             snapshot.signals.push((signal.name(), reading));
-        }
-        if let Err(err) = self.read_drops(&mut snapshot) {
-            warn!("reading drop reasons: {err}");
         }
         if let Err(err) = self.read_tcp(&mut snapshot) {
             warn!("reading TCP statistics: {err}");
@@ -657,52 +635,6 @@ impl Collector {
                 (crate::cgroup::describe(id, path), stats)
             })
             .collect();
-    }
-
-    fn read_drops(&self, snapshot: &mut Snapshot) -> Result<(), MapError> {
-        for reason in 0..MAX_DROP_REASONS {
-            let n = u64::sum(self.maps.drop_reasons.get(&reason, 0)?.iter());
-            if n == 0 {
-                continue;
-            }
-            snapshot.drops.push((self.drop_reason_name(reason), n));
-        }
-        for entry in self.maps.drop_devices.iter() {
-            let (key, values) = entry?;
-            let stats = DropDeviceStats::sum(values.iter());
-            if stats.drops == 0 {
-                continue;
-            }
-            let name = crate::events::c_string(&stats.name);
-            snapshot.device_drops.push(DeviceDrops {
-                netns: match key.netns {
-                    0 => "unknown".to_owned(),
-                    ns if Some(ns) == self.own_netns => "host".to_owned(),
-                    ns => ns.to_string(),
-                },
-                interface: if name.is_empty() {
-                    format!("ifindex_{}", key.ifindex)
-                } else {
-                    name
-                },
-                reason: self.drop_reason_name(key.reason),
-                drops: stats.drops,
-            });
-        }
-        snapshot.device_drops.sort_by(|a, b| {
-            (&a.netns, &a.interface, &a.reason).cmp(&(&b.netns, &b.interface, &b.reason))
-        });
-        Ok(())
-    }
-
-    /// The running kernel's name for a drop reason slot, lower-cased.
-    fn drop_reason_name(&self, reason: u32) -> String {
-        match self.drop_reason_names.get(&reason) {
-            Some(name) => name.to_ascii_lowercase(),
-            None if reason == DROP_REASON_OTHER => "other".to_owned(),
-            None if reason == 0 => "unknown".to_owned(),
-            None => format!("reason_{reason}"),
-        }
     }
 
     fn read_tcp(&self, snapshot: &mut Snapshot) -> Result<(), MapError> {
@@ -861,41 +793,6 @@ impl Collector {
         for tid in stale {
             if self.maps.syscall_start.remove(&tid).is_ok() {
                 self.stale_starts_removed += 1;
-            }
-        }
-    }
-
-    /// Drop counts of interfaces or namespaces that no longer exist (a
-    /// node's pods come and go, each with its own namespace and veth)
-    /// would fill the map's 4,096 keys over weeks and linger in /metrics:
-    /// remove them. A namespace lives while a process is in it or a bind
-    /// mount (`ip netns`, container runtimes) holds it; entries of unknown
-    /// namespace (0) are kept.
-    fn remove_gone_drop_devices(&mut self) {
-        let keys: Vec<DropDeviceKey> = self
-            .maps
-            .drop_devices
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.netns != 0)
-            .collect();
-        if keys.is_empty() {
-            return;
-        }
-        let namespaces = crate::netif::live_namespaces();
-        let own_interfaces = crate::netif::own_ifindexes();
-        for key in keys {
-            let gone = if Some(key.netns) == self.own_netns {
-                own_interfaces
-                    .as_ref()
-                    .is_some_and(|live| !live.contains(&key.ifindex))
-            } else {
-                namespaces
-                    .as_ref()
-                    .is_some_and(|live| !live.contains(&key.netns))
-            };
-            if gone && self.maps.drop_devices.remove(&key).is_ok() {
-                self.drop_devices_removed += 1;
             }
         }
     }

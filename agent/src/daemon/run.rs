@@ -199,15 +199,9 @@ fn start_pipeline(
         .maps
         .take()
         .ok_or_else(|| Failure::runtime("kernel maps already taken"))?;
-    let collector = Collector::new(
-        maps,
-        config,
-        program_ids,
-        events.rings.clone(),
-        &probes.drop_reasons,
-    )
-    .spawn()
-    .map_err(|e| Failure::runtime(format!("starting the collector: {e}")))?;
+    let collector = Collector::new(maps, config, program_ids, events.rings.clone())
+        .spawn()
+        .map_err(|e| Failure::runtime(format!("starting the collector: {e}")))?;
 
     let state = AppState {
         config: Arc::new(RwLock::new(config.clone())),

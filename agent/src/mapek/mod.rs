@@ -29,6 +29,7 @@ use crate::{
     events::Events,
     family::Family,
     probes::Attachment,
+    signals,
     time::{process_cpu_seconds, unix_seconds},
 };
 
@@ -102,7 +103,7 @@ impl Mapek {
                 syscalls: has("sonde_sys_"),
                 network: has("sonde_xdp") || has("sonde_tc"),
                 tcp: has("sonde_tcp"),
-                drops: has("sonde_kfree_skb"),
+                drops: has(signals::drops::PROGRAM),
                 runqueue: has("sonde_runq"),
                 processes: has("sonde_process"),
             },

@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use crate::collectors::Snapshot;
+use crate::{collectors::Snapshot, signals::drops::Drops};
 
 /// Feature name → value for one cycle.
 pub type Features = BTreeMap<&'static str, f64>;
@@ -161,7 +161,7 @@ pub fn features(
         }
     }
     if signals.drops {
-        let drops = |s: &Snapshot| s.drops.iter().map(|(_, n)| *n).sum::<u64>();
+        let drops = |s: &Snapshot| s.reading::<Drops>().map_or(0, Drops::total);
         f.insert("packet_drops_per_second", rate(drops(prev), drops(now)));
     }
     if signals.runqueue {

@@ -20,7 +20,6 @@ use agent_common::{
         CONFIG_MAP,
     },
     counters::COUNTERS_MAP,
-    drops::{DROP_DEVICES_MAP, DROP_REASONS_MAP, DropDeviceKey, DropDeviceStats},
     events::{RING_STATS_MAP, RINGS, RingStats},
     net::{
         BLOCKLIST_MAP, BLOCKLIST_STATS_MAP, BlocklistEntry, BlocklistKey, BlocklistStats,
@@ -201,8 +200,6 @@ pub struct KernelMaps {
     pub flows: aya::maps::HashMap<MapData, FlowKey, FlowStats>,
     pub tcp_stats: PerCpuArray<MapData, TcpStats>,
     pub tcp_transitions: PerCpuArray<MapData, u64>,
-    pub drop_reasons: PerCpuArray<MapData, u64>,
-    pub drop_devices: PerCpuHashMap<MapData, DropDeviceKey, DropDeviceStats>,
     pub runq_stats: PerCpuArray<MapData, RunqStats>,
     pub runq_cgroups: PerCpuHashMap<MapData, u64, RunqStats>,
     /// The maps of each signal in [`signals::ALL`], in that order.
@@ -222,8 +219,6 @@ pub struct Probes {
     pub interfaces: BTreeMap<u32, String>,
     /// ifindex → what to detach when the interface goes away.
     links: BTreeMap<u32, Vec<LinkHandle>>,
-    /// This kernel's names of the skb drop reasons, by value.
-    pub drop_reasons: Vec<(u32, String)>,
     /// What attached hooks cannot see on this kernel ("program hook: why").
     pub limitations: Vec<String>,
     /// Rings, by (ring id, label), handed to the event readers.
@@ -254,7 +249,6 @@ impl Probes {
         // raw tracepoint cannot be used.
         let need_tracefs = config.tcp.enabled
             || signals::ALL.iter().any(|s| (s.enabled)(config))
-            || config.drops.enabled
             || config.process.enabled
             || config.runqueue.enabled
             || (config.syscalls.enabled
@@ -335,10 +329,6 @@ impl Probes {
             btf_offsets.push((global, value));
         }
         let mut loader = EbpfLoader::new();
-        let reason_offset = tracefs
-            .and_then(|t| capabilities::tracepoint_field_offset(t, "skb", "kfree_skb", "reason"))
-            .unwrap_or(u32::MAX);
-        loader.override_global("TP_KFREE_SKB_REASON", &reason_offset, true);
         for (global, offset) in tp_offsets.iter().chain(&btf_offsets) {
             // TP_WAKEUP_NEW_PID is a check only (see above), not a global.
             if let (Some(offset), false) = (offset, *global == "TP_WAKEUP_NEW_PID") {
@@ -381,13 +371,11 @@ impl Probes {
             flows: take(&mut ebpf, FLOWS_MAP)?,
             tcp_stats: take(&mut ebpf, TCP_STATS_MAP)?,
             tcp_transitions: take(&mut ebpf, TCP_TRANSITIONS_MAP)?,
-            drop_reasons: take(&mut ebpf, DROP_REASONS_MAP)?,
-            drop_devices: take(&mut ebpf, DROP_DEVICES_MAP)?,
             runq_stats: take(&mut ebpf, RUNQ_STATS_MAP)?,
             runq_cgroups: take(&mut ebpf, RUNQ_CGROUPS_MAP)?,
             signals: signals::ALL
                 .iter()
-                .map(|&signal| Ok((signal, (signal.open)(&mut ebpf)?)))
+                .map(|&signal| Ok((signal, (signal.open)(&mut ebpf, config)?)))
                 .collect::<Result<_, ProbeError>>()?,
             tcp_peers: take(&mut ebpf, TCP_PEERS_MAP)?,
             blocklist: take(&mut ebpf, BLOCKLIST_MAP)?,
@@ -425,7 +413,6 @@ impl Probes {
             attachments: Vec::new(),
             interfaces: BTreeMap::new(),
             links: BTreeMap::new(),
-            drop_reasons: Vec::new(),
             limitations: Vec::new(),
             rings,
             event_transport,
@@ -439,17 +426,6 @@ impl Probes {
             for (name, ifindex) in interfaces {
                 probes.attach_interface(name, *ifindex, config.network.xdp_mode, caps)?;
             }
-        }
-        if config.drops.enabled {
-            probes.drop_reasons = tracefs
-                .map(|t| capabilities::tracepoint_symbols(t, "skb", "kfree_skb", "reason"))
-                .unwrap_or_default();
-            if reason_offset == u32::MAX {
-                warn!(
-                    "skb:kfree_skb has no drop reason on this kernel (< 5.17): drops counted as reason \"unknown\""
-                );
-            }
-            probes.attach_optional_tracepoint("sonde_kfree_skb", "skb", "kfree_skb", None);
         }
         if config.tcp.enabled {
             let forced = match config.tcp.hook {
@@ -1020,7 +996,6 @@ const TRACEPOINT_FIELDS: &[(&str, &str, &str, &str)] = &[
     ("TP_SSS_NEWSTATE", "sock", "inet_sock_set_state", "newstate"),
     ("TP_SSS_PROTOCOL", "sock", "inet_sock_set_state", "protocol"),
     ("TP_PROBE_SRTT", "tcp", "tcp_probe", "srtt"),
-    ("TP_KFREE_SKB_SKBADDR", "skb", "kfree_skb", "skbaddr"),
 ];
 
 /// Struct members the BTF-based tiers read: (global, struct, member names
@@ -1038,13 +1013,6 @@ const BTF_FIELDS: &[(&str, &str, &[&str])] = &[
     ("SK_V6_DADDR_OFFSET", "sock_common", &["skc_v6_daddr"]),
     ("TASK_TGID_OFFSET", "task_struct", &["tgid"]),
     ("TASK_EXIT_CODE_OFFSET", "task_struct", &["exit_code"]),
-    // Drops by interface and network namespace.
-    ("SKB_DEV_OFFSET", "sk_buff", &["dev"]),
-    ("NETDEV_IFINDEX_OFFSET", "net_device", &["ifindex"]),
-    ("NETDEV_NAME_OFFSET", "net_device", &["name"]),
-    ("NETDEV_ND_NET_OFFSET", "net_device", &["nd_net"]),
-    ("NET_NS_OFFSET", "net", &["ns"]),
-    ("NS_COMMON_INUM_OFFSET", "ns_common", &["inum"]),
     // Run-queue waits by cgroup: task → css_set → default cgroup → its
     // kernfs node's id.
     ("TASK_CGROUPS_OFFSET", "task_struct", &["cgroups"]),

@@ -17,6 +17,7 @@ use prometheus::proto::{MetricFamily, MetricType};
 
 use super::{OpenError, Reading, Signal, Source, TracepointField, take};
 use crate::{
+    config::Config,
     family::{Family, log2_buckets},
     probes::tiers::{self, Hook, Requires, Tier, TierProgram},
 };
@@ -71,7 +72,7 @@ const TRACEPOINT_FIELDS: &[TracepointField] = &[
     ("TP_BLK_DONE_ERROR", "block", "block_rq_complete", "error"),
 ];
 
-fn open(ebpf: &mut Ebpf) -> Result<Box<dyn Source>, OpenError> {
+fn open(ebpf: &mut Ebpf, _: &Config) -> Result<Box<dyn Source>, OpenError> {
     Ok(Box::new(Maps {
         stats: take(ebpf, BLOCK_STATS_MAP)?,
     }))

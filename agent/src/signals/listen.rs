@@ -25,6 +25,7 @@ use prometheus::proto::{MetricFamily, MetricType};
 
 use super::{OpenError, Reading, Signal, Source, take};
 use crate::{
+    config::Config,
     family::Family,
     probes::tiers::{self, Hook, Requires, Tier, TierProgram},
 };
@@ -75,7 +76,7 @@ const TIERS: tiers::Signal = tiers::Signal {
     }],
 };
 
-fn open(ebpf: &mut Ebpf) -> Result<Box<dyn Source>, OpenError> {
+fn open(ebpf: &mut Ebpf, _: &Config) -> Result<Box<dyn Source>, OpenError> {
     Ok(Box::new(Maps {
         ports: take(ebpf, LISTEN_OVERFLOWS_MAP)?,
         other: take(ebpf, LISTEN_OVERFLOWS_OTHER_MAP)?,

@@ -7,11 +7,11 @@
 //! declares every `signals/*.rs` as a module and lists its `SIGNAL` in
 //! [`ALL`] (by file name, the order the loader attaches them).
 //!
-//! Block I/O is the first signal in this shape; the others (syscalls,
-//! packets, TCP, drops, run queue, processes) still live in the loader,
-//! collector and metrics modules.
+//! Block I/O, listen-queue overflows and packet drops are in this shape;
+//! the others (syscalls, packets, TCP, run queue, processes) still live in
+//! the loader, collector and metrics modules.
 
-use std::{fmt, sync::Arc};
+use std::{any::Any, fmt, sync::Arc};
 
 use aya::{
     Ebpf,
@@ -48,6 +48,9 @@ pub type TracepointSymbol = (
     &'static str,
 );
 
+/// How a signal takes its maps from the loaded object.
+pub type Open = fn(&mut Ebpf, &Config) -> Result<Box<dyn Source>, OpenError>;
+
 /// One kernel signal, as the loader, collector and exposition see it.
 pub struct Signal {
     /// Its tier options (the name is the signal's, as attachments and
@@ -68,8 +71,9 @@ pub struct Signal {
     /// {reads}: …").
     pub reads: &'static str,
     /// Takes its maps from the loaded object (always, even when off: its
-    /// families then stay empty).
-    pub open: fn(&mut Ebpf) -> Result<Box<dyn Source>, OpenError>,
+    /// families then stay empty), with what it needs of the running
+    /// kernel when the configuration turns it on.
+    pub open: Open,
 }
 
 impl Signal {
@@ -91,10 +95,15 @@ pub trait Source: Send {
     /// What the maps hold now; on a read error, what was read before it
     /// and the error.
     fn collect(&self) -> (Arc<dyn Reading>, Option<MapError>);
+    /// Every few cycles: removes what the maps keep of things gone (the
+    /// collector's garbage collection).
+    fn remove_stale(&mut self) {}
 }
 
-/// A signal's part of a collector snapshot.
-pub trait Reading: fmt::Debug + Send + Sync {
+/// A signal's part of a collector snapshot. Its concrete type is the
+/// signal module's (`Any`), so a reader below the exposition (MAPE-K) can
+/// ask a snapshot for it typed.
+pub trait Reading: Any + fmt::Debug + Send + Sync {
     /// Its metric families.
     fn families(&self, out: &mut Vec<MetricFamily>);
     /// For `sonde_data_completeness_ratio`: the observations counted, and the

@@ -1,0 +1,324 @@
+//! Packets the kernel dropped, by its own drop reason and by interface and
+//! network namespace: skb:kfree_skb (kernel side: agent-ebpf's drops
+//! module, `sonde_kfree_skb`; types in agent-common's `drops`).
+//! `[drops] enabled` turns it on.
+//!
+//! Reasons are named as this kernel's tracepoint format names them (the
+//! `skb_drop_reason` values move between kernels); before 5.17 the
+//! tracepoint has no reason and every drop is "unknown". Drops of packets
+//! that had a device are also counted per (namespace, interface, reason),
+//! at most 4,096 keys: series of interfaces or namespaces gone are removed
+//! every few cycles, and counted.
+
+use std::{collections::HashMap, sync::Arc};
+
+use agent_common::{
+    drops::{
+        DROP_DEVICES_MAP, DROP_REASON_OTHER, DROP_REASONS_MAP, DropDeviceKey, DropDeviceStats,
+        MAX_DROP_REASONS,
+    },
+    merge::Merge,
+};
+use aya::{
+    Ebpf,
+    maps::{MapData, MapError, PerCpuArray, PerCpuHashMap},
+};
+use prometheus::proto::{MetricFamily, MetricType};
+use tracing::warn;
+
+use super::{BtfField, OpenError, Reading, Signal, Source, TracepointField, take};
+use crate::{
+    config::Config,
+    family::Family,
+    probes::{
+        capabilities,
+        tiers::{self, Hook, Requires, Tier, TierProgram},
+    },
+};
+
+/// The program counting drops: attached means drops are counted (MAPE-K
+/// watches `packet_drops_per_second` only then).
+pub const PROGRAM: &str = "sonde_kfree_skb";
+
+pub const SIGNAL: Signal = Signal {
+    tiers: &TIERS,
+    tracepoint_fields: TRACEPOINT_FIELDS,
+    btf_fields: BTF_FIELDS,
+    symbols: &[],
+    enabled: |config| config.drops.enabled,
+    forced_tier: |_| None,
+    reads: "drop reasons",
+    open,
+};
+
+/// One tier: skb:kfree_skb (old as tracepoints go). Nothing it reads is
+/// required: without the reason field every drop is "unknown", without
+/// the device offsets drops are counted by reason only.
+const TIERS: tiers::Signal = tiers::Signal {
+    name: "drops",
+    tiers: &[Tier {
+        mode: "tracepoint",
+        min_kernel: (2, 6),
+        requires: Requires::Tracefs,
+        programs: &[TierProgram {
+            program: PROGRAM,
+            hook: Hook::Tracepoint("skb", "kfree_skb"),
+            needs: &[],
+            partial_before: None,
+        }],
+    }],
+};
+
+const TRACEPOINT_FIELDS: &[TracepointField] = &[
+    ("TP_KFREE_SKB_REASON", "skb", "kfree_skb", "reason"),
+    ("TP_KFREE_SKB_SKBADDR", "skb", "kfree_skb", "skbaddr"),
+];
+
+/// Drops by interface and network namespace: skb → device → its ifindex,
+/// name and namespace's inode.
+const BTF_FIELDS: &[BtfField] = &[
+    ("SKB_DEV_OFFSET", "sk_buff", &["dev"]),
+    ("NETDEV_IFINDEX_OFFSET", "net_device", &["ifindex"]),
+    ("NETDEV_NAME_OFFSET", "net_device", &["name"]),
+    ("NETDEV_ND_NET_OFFSET", "net_device", &["nd_net"]),
+    ("NET_NS_OFFSET", "net", &["ns"]),
+    ("NS_COMMON_INUM_OFFSET", "ns_common", &["inum"]),
+];
+
+fn open(ebpf: &mut Ebpf, config: &Config) -> Result<Box<dyn Source>, OpenError> {
+    let mut reason_names = HashMap::new();
+    if (SIGNAL.enabled)(config) {
+        let tracefs = capabilities::tracefs_dir();
+        reason_names = tracefs
+            .map(|t| capabilities::tracepoint_symbols(t, "skb", "kfree_skb", "reason"))
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let reason = tracefs
+            .and_then(|t| capabilities::tracepoint_field_offset(t, "skb", "kfree_skb", "reason"));
+        if reason.is_none() {
+            warn!(
+                "skb:kfree_skb has no drop reason on this kernel (< 5.17): drops counted as reason \"unknown\""
+            );
+        }
+    }
+    Ok(Box::new(Maps {
+        reasons: take(ebpf, DROP_REASONS_MAP)?,
+        devices: take(ebpf, DROP_DEVICES_MAP)?,
+        reason_names,
+        own_netns: std::fs::metadata("/proc/self/ns/net")
+            .ok()
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m) as u32),
+        removed: 0,
+    }))
+}
+
+struct Maps {
+    reasons: PerCpuArray<MapData, u64>,
+    devices: PerCpuHashMap<MapData, DropDeviceKey, DropDeviceStats>,
+    /// This kernel's names of the skb drop reasons, by value.
+    reason_names: HashMap<u32, String>,
+    /// Inode of the agent's own network namespace: drops there are
+    /// labelled `netns="host"`.
+    own_netns: Option<u32>,
+    /// Interface drop series removed so far.
+    removed: u64,
+}
+
+impl Maps {
+    /// The running kernel's name for a drop reason slot, lower-cased.
+    fn reason_name(&self, reason: u32) -> String {
+        match self.reason_names.get(&reason) {
+            Some(name) => name.to_ascii_lowercase(),
+            None if reason == DROP_REASON_OTHER => "other".to_owned(),
+            None if reason == 0 => "unknown".to_owned(),
+            None => format!("reason_{reason}"),
+        }
+    }
+
+    fn read(&self, drops: &mut Drops) -> Result<(), MapError> {
+        for reason in 0..MAX_DROP_REASONS {
+            let n = u64::sum(self.reasons.get(&reason, 0)?.iter());
+            if n == 0 {
+                continue;
+            }
+            drops.reasons.push((self.reason_name(reason), n));
+        }
+        for entry in self.devices.iter() {
+            let (key, values) = entry?;
+            let stats = DropDeviceStats::sum(values.iter());
+            if stats.drops == 0 {
+                continue;
+            }
+            let name = crate::events::c_string(&stats.name);
+            drops.devices.push(DeviceDrops {
+                netns: match key.netns {
+                    0 => "unknown".to_owned(),
+                    ns if Some(ns) == self.own_netns => "host".to_owned(),
+                    ns => ns.to_string(),
+                },
+                interface: if name.is_empty() {
+                    format!("ifindex_{}", key.ifindex)
+                } else {
+                    name
+                },
+                reason: self.reason_name(key.reason),
+                drops: stats.drops,
+            });
+        }
+        drops.devices.sort_by(|a, b| {
+            (&a.netns, &a.interface, &a.reason).cmp(&(&b.netns, &b.interface, &b.reason))
+        });
+        Ok(())
+    }
+}
+
+impl Source for Maps {
+    fn collect(&self) -> (Arc<dyn Reading>, Option<MapError>) {
+        let mut drops = Drops {
+            series_removed: self.removed,
+            ..Default::default()
+        };
+        let error = self.read(&mut drops).err();
+        (Arc::new(drops), error)
+    }
+
+    /// Drop counts of interfaces or namespaces that no longer exist (a
+    /// node's pods come and go, each with its own namespace and veth)
+    /// would fill the map's 4,096 keys over weeks and linger in /metrics:
+    /// remove them. A namespace lives while a process is in it or a bind
+    /// mount (`ip netns`, container runtimes) holds it; entries of unknown
+    /// namespace (0) are kept.
+    fn remove_stale(&mut self) {
+        let keys: Vec<DropDeviceKey> = self
+            .devices
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.netns != 0)
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        let namespaces = crate::netif::live_namespaces();
+        let own_interfaces = crate::netif::own_ifindexes();
+        for key in keys {
+            let gone = if Some(key.netns) == self.own_netns {
+                own_interfaces
+                    .as_ref()
+                    .is_some_and(|live| !live.contains(&key.ifindex))
+            } else {
+                namespaces
+                    .as_ref()
+                    .is_some_and(|live| !live.contains(&key.netns))
+            };
+            if gone && self.devices.remove(&key).is_ok() {
+                self.removed += 1;
+            }
+        }
+    }
+}
+
+/// Drops of packets that had a network device, per device and reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceDrops {
+    /// "host" (the agent's namespace), the namespace inode, or "unknown".
+    pub netns: String,
+    pub interface: String,
+    pub reason: String,
+    pub drops: u64,
+}
+
+/// Drops by reason and by device, summed over CPUs, non-zero only.
+#[derive(Debug, Clone, Default)]
+pub struct Drops {
+    /// (drop reason name, drops).
+    pub reasons: Vec<(String, u64)>,
+    pub devices: Vec<DeviceDrops>,
+    /// Interface drop series removed because their interface or network
+    /// namespace no longer exists.
+    pub series_removed: u64,
+}
+
+impl Drops {
+    /// Every drop counted, whatever its reason.
+    pub fn total(&self) -> u64 {
+        self.reasons.iter().map(|(_, n)| *n).sum()
+    }
+}
+
+impl Reading for Drops {
+    fn families(&self, out: &mut Vec<MetricFamily>) {
+        let mut drops = Family::new(
+            "sonde_packet_drops_total",
+            "Packets the kernel dropped, by the kernel's own drop reason (skb:kfree_skb)",
+            MetricType::COUNTER,
+        );
+        for (reason, n) in &self.reasons {
+            drops.sample(&[("reason", reason)], *n as f64);
+        }
+        drops.done(out);
+        let mut device_drops = Family::new(
+            "sonde_interface_packet_drops_total",
+            "Packets the kernel dropped while they had a network device, by namespace (\"host\": the agent's), interface and drop reason (skb:kfree_skb)",
+            MetricType::COUNTER,
+        );
+        for d in &self.devices {
+            device_drops.sample(
+                &[
+                    ("netns", &d.netns),
+                    ("interface", &d.interface),
+                    ("reason", &d.reason),
+                ],
+                d.drops as f64,
+            );
+        }
+        device_drops.done(out);
+        let mut removed = Family::new(
+            "sonde_interface_drop_series_removed_total",
+            "Interface drop series (sonde_interface_packet_drops_total) removed because their interface or network namespace no longer exists",
+            MetricType::COUNTER,
+        );
+        removed.sample(&[], self.series_removed as f64);
+        removed.done(out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_from_reasons_and_devices() {
+        let reading = Drops {
+            reasons: vec![("no_socket".to_owned(), 4), ("other".to_owned(), 1)],
+            devices: vec![DeviceDrops {
+                netns: "host".to_owned(),
+                interface: "lo".to_owned(),
+                reason: "no_socket".to_owned(),
+                drops: 4,
+            }],
+            series_removed: 2,
+        };
+        assert_eq!(reading.total(), 5);
+        let mut out = Vec::new();
+        reading.families(&mut out);
+        let names: Vec<&str> = out.iter().map(|f| f.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "sonde_packet_drops_total",
+                "sonde_interface_packet_drops_total",
+                "sonde_interface_drop_series_removed_total"
+            ]
+        );
+        assert_eq!(reading.completeness(), None);
+        let mut quiet = Vec::new();
+        Drops::default().families(&mut quiet);
+        let names: Vec<&str> = quiet.iter().map(|f| f.name()).collect();
+        assert_eq!(
+            names,
+            ["sonde_interface_drop_series_removed_total"],
+            "no drop, only the removal counter"
+        );
+    }
+}
