@@ -54,7 +54,7 @@ use super::{
 use crate::{
     config::{Config, EventTransport, SyscallHook, TcpHook, XdpModeConfig},
     events::EventSource,
-    signals::{self, OpenError, Signal, Source},
+    signals::{self, OpenError, Signal, Source, take},
     syscall_table,
 };
 
@@ -113,8 +113,6 @@ pub enum ProbeError {
         #[source]
         source: MapError,
     },
-    #[error("map {0} is missing from the eBPF object")]
-    MissingMap(&'static str),
     #[error(transparent)]
     Signal(#[from] OpenError),
     #[error("{signal}: this kernel offers no usable hook: {reasons}")]
@@ -1173,14 +1171,6 @@ fn open_perf_buffers(
                 })
         })
         .collect()
-}
-
-fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
-where
-    T: TryFrom<aya::maps::Map, Error = MapError>,
-{
-    let map = ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
-    T::try_from(map).map_err(|source| ProbeError::Map { name, source })
 }
 
 pub(crate) fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, AttachError>
