@@ -8,7 +8,7 @@
 
 use anyhow::{Context as _, bail};
 
-use crate::util;
+use crate::{toolchain::RUST_TARGETS, util};
 
 /// A Debian package the suite needs, the commands it is needed for (looked
 /// up on PATH to decide whether it is present when dpkg cannot say), and why.
@@ -166,12 +166,6 @@ const OPTIONAL_COMMANDS: &[(&str, &str)] = &[
     ),
     ("sudo", "runs the privileged steps when not root"),
 ];
-
-/// Rust targets besides the host's.
-pub const RUST_TARGETS: &[(&str, &str)] = &[(
-    "x86_64-unknown-linux-musl",
-    "static binaries: the FROM-scratch container image and the VM guest",
-)];
 
 /// Tools from PyPI, by package name (its command has the same name).
 pub const PIP_TOOLS: &[(&str, &str)] = &[(

@@ -13,6 +13,15 @@ pub const NIGHTLY: &str = "nightly-2026-05-19";
 pub const BPF_LINKER_VERSION: &str = "0.10.3";
 /// The kernel programs' target.
 pub const BPF_TARGET: &str = "bpfel-unknown-none";
+/// Static binaries (no C library): the FROM-scratch container image and
+/// the VM guest's payload.
+pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+/// Rust targets besides the host's, which `cargo xtask test` adds before
+/// its first build (bootstrap.rs).
+pub const RUST_TARGETS: &[(&str, &str)] = &[(
+    MUSL_TARGET,
+    "static binaries: the FROM-scratch container image and the VM guest",
+)];
 
 /// What the toolchain is needed for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,12 +15,9 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    toolchain::{self, Purpose},
+    toolchain::{self, MUSL_TARGET, Purpose},
     util,
 };
-
-/// Static binaries: no dynamic loader, no C library needed in the guest.
-pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 
 #[derive(Debug)]
 pub struct Payload {
