@@ -28,7 +28,7 @@ const ALPHA: f64 = 0.05;
 const RELATIVE_DEVIATION: f64 = 0.25;
 /// CUSUM slack (in deviations) and alarm level.
 const CUSUM_SLACK: f64 = 1.0;
-const CUSUM_ALARM: f64 = 12.0;
+pub const CUSUM_ALARM: f64 = 12.0;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Baseline {
@@ -213,9 +213,10 @@ pub enum FeedbackError {
     AlreadyJudged(u64),
 }
 
-/// Bounds and steps of the per-kind threshold scale.
-const SCALE_MIN: f64 = 0.5;
-const SCALE_MAX: f64 = 4.0;
+/// Bounds and steps of the per-kind threshold scale (the bounds are also
+/// the range a stored scale must lie in: knowledge.rs).
+pub const SCALE_MIN: f64 = 0.5;
+pub const SCALE_MAX: f64 = 4.0;
 const SCALE_WIDEN: f64 = 1.25;
 const SCALE_TIGHTEN: f64 = 0.95;
 
