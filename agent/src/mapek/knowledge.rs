@@ -122,6 +122,16 @@ pub fn mean_limit(feature: &str) -> Option<f64> {
     }
 }
 
+/// A value for a log line: plain unless very large or small (1e300, not
+/// 301 digits).
+fn num(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() || (1e-6..1e15).contains(&v.abs()) {
+        format!("{v}")
+    } else {
+        format!("{v:e}")
+    }
+}
+
 /// Drops the entries outside their range (see the module header) and
 /// clamps a CUSUM above [`CUSUM_CAP`]; returns what was kept and one line
 /// per entry dropped or clamped, naming the field and its range.
@@ -141,13 +151,21 @@ pub fn validate(learned: Learned) -> (Learned, Vec<String>) {
             continue;
         };
         let bad = if !(b.mean.is_finite() && (0.0..=limit).contains(&b.mean)) {
-            Some(format!("mean = {} is outside [0, {limit}]", b.mean))
+            Some(format!(
+                "mean = {} is outside [0, {}]",
+                num(b.mean),
+                num(limit)
+            ))
         } else if !(b.var.is_finite() && (0.0..=limit * limit).contains(&b.var)) {
-            Some(format!("var = {} is outside [0, {}]", b.var, limit * limit))
+            Some(format!(
+                "var = {} is outside [0, {}]",
+                num(b.var),
+                num(limit * limit)
+            ))
         } else if b.samples > MAX_SAMPLES {
             Some(format!("samples = {} is over {MAX_SAMPLES}", b.samples))
         } else if !(b.cusum.is_finite() && b.cusum >= 0.0) {
-            Some(format!("cusum = {} is not finite and >= 0", b.cusum))
+            Some(format!("cusum = {} is not finite and >= 0", num(b.cusum)))
         } else {
             None
         };
@@ -160,7 +178,7 @@ pub fn validate(learned: Learned) -> (Learned, Vec<String>) {
         if b.cusum > CUSUM_CAP {
             problems.push(format!(
                 "baselines.{feature}.cusum = {} is above {CUSUM_CAP}; clamped to {CUSUM_CAP}",
-                b.cusum
+                num(b.cusum)
             ));
             b.cusum = CUSUM_CAP;
         }
@@ -173,8 +191,9 @@ pub fn validate(learned: Learned) -> (Learned, Vec<String>) {
             ));
         } else if !(scale.is_finite() && (SCALE_MIN..=SCALE_MAX).contains(&scale)) {
             problems.push(format!(
-                "threshold_scale.{kind} = {scale} is outside [{SCALE_MIN}, {SCALE_MAX}]; \
-                 dropped (the kind's threshold is as configured, scale 1)"
+                "threshold_scale.{kind} = {} is outside [{SCALE_MIN}, {SCALE_MAX}]; \
+                 dropped (the kind's threshold is as configured, scale 1)",
+                num(scale)
             ));
         } else {
             kept.threshold_scale.insert(kind, scale);
@@ -756,7 +775,7 @@ mod tests {
         for line in [
             "baselines.syscall_error_share.mean = 2 is outside [0, 1]",
             "baselines.tcp_rtt_mean_seconds.mean = -1 is outside [0, 3600]",
-            "baselines.packet_drops_per_second.mean = 1000000000",
+            "baselines.packet_drops_per_second.mean = 1e300 is outside [0, 1000000000]",
             "baselines.tcp_resets_sent_per_second.var = inf is outside",
             "baselines.process_exits_per_second.samples = 18446744073709551615 is over",
             "baselines.process_execs_per_second.cusum = NaN",
