@@ -5,13 +5,15 @@
 //! the directory keeps its mode); hostile values (a threshold scale of 0 or
 //! 1e9, a baseline of 1e300, an absurd verdict count) are dropped with a
 //! log line naming the field and its range, and /api/v1/anomalies and
-//! /metrics show the kind back at scale 1; NaN, a 5 MiB file, a FIFO and a
-//! foreign version are set aside with their reason, and however many
-//! starts meet an unusable file, at most three set-aside copies remain.
+//! /metrics show the kind back at scale 1; NaN, a 5 MiB file, a FIFO, a
+//! foreign version, a hard link and a file of another owner are set aside
+//! with their reason, and however many starts meet an unusable file, at
+//! most three set-aside copies remain; a state directory others may write
+//! is warned about.
 
 use std::{
     fs,
-    os::unix::fs::{FileTypeExt, PermissionsExt, symlink},
+    os::unix::fs::{MetadataExt, PermissionsExt, symlink},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -257,7 +259,7 @@ fn unusable_files_are_set_aside_with_a_reason_and_at_most_three_kept() {
     // Valid JSON padded to 5 MiB: refused for its size alone.
     let mut big = r#"{"version": 1, "baselines": {}}"#.to_owned();
     big.push_str(&" ".repeat(5 << 20));
-    let cases: [(&str, &Plant, &str); 5] = [
+    let cases: [(&str, &Plant, &str); 7] = [
         (
             "NaN",
             &|p| {
@@ -292,12 +294,39 @@ fn unusable_files_are_set_aside_with_a_reason_and_at_most_three_kept() {
             &|p| fs::write(p, "{garbage").unwrap(),
             "key must be a string",
         ),
+        (
+            "a hard link",
+            &|p| {
+                fs::write(p, r#"{"version": 1, "baselines": {}}"#).unwrap();
+                fs::hard_link(p, p.with_extension("elsewhere")).unwrap();
+            },
+            "it has 2 hard links",
+        ),
+        (
+            "another owner",
+            &|p| {
+                fs::write(p, r#"{"version": 1, "baselines": {}}"#).unwrap();
+                std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
+            },
+            "owned by uid 65534, not the agent's uid 0",
+        ),
     ];
+    // A state directory others may write is named at start.
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
     for (i, (what, plant, reason)) in cases.iter().enumerate() {
         let path = dir.join(FILE);
         let _ = fs::remove_file(&path);
         plant(&path);
         let log = start_and_stop(&dir);
+        if i == 0 {
+            assert!(
+                log.contains("is writable by others (owner uid 0, mode 0777)"),
+                "no warning about the directory:\n{log}"
+            );
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        } else {
+            assert!(!log.contains("writable by others"), "{log}");
+        }
         assert!(
             log.contains("is unusable") && log.contains(reason),
             "{what}: no warning with {reason:?}:\n{log}"
@@ -314,13 +343,10 @@ fn unusable_files_are_set_aside_with_a_reason_and_at_most_three_kept() {
         // Every start leaves a fresh, usable file.
         saved(&dir);
     }
-    // The newest three are the ones kept: the FIFO, the version, the garbage.
+    // The newest three are the ones kept: the garbage, the hard link, the
+    // file of another owner.
     let copies = set_aside(&dir);
-    assert!(
-        fs::symlink_metadata(&copies[0])
-            .unwrap()
-            .file_type()
-            .is_fifo()
-    );
-    assert_eq!(fs::read_to_string(&copies[2]).unwrap(), "{garbage");
+    assert_eq!(fs::read_to_string(&copies[0]).unwrap(), "{garbage");
+    assert_eq!(fs::metadata(&copies[1]).unwrap().nlink(), 2);
+    assert_eq!(fs::metadata(&copies[2]).unwrap().uid(), 65534);
 }

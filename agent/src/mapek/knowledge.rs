@@ -13,11 +13,14 @@
 //!   file is 0600 whatever the umask; a directory Sonde creates is 0700, an
 //!   existing one keeps its mode.
 //! - **Read**: opened `O_NOFOLLOW|O_NONBLOCK`; it must be a regular file of
-//!   at most [`MAX_BYTES`] (1 MiB; a full file is about 3 KiB). A symlink, a
-//!   non-regular or larger file, unparsable JSON or a foreign version is set
+//!   at most [`MAX_BYTES`] (1 MiB; a full file is about 3 KiB), owned by the
+//!   agent's user, with one name. A symlink, a non-regular or larger file,
+//!   another owner, a hard link, unparsable JSON or a foreign version is set
 //!   aside (renamed `mapek-knowledge.json.corrupt-SECS.NANOS`) with a warning
 //!   and learning starts over: never a crash, never silent. At most
 //!   [`KEEP_SET_ASIDE`] set-aside copies are kept, the oldest are removed.
+//!   A state directory others may write (another owner, or group/world
+//!   writable) is warned about at start.
 //! - **Values**: each entry is checked against its range on load. An entry
 //!   out of range, or naming a feature or kind this agent does not know, is
 //!   dropped with a warning naming the field and the range, and the rest of
@@ -44,7 +47,7 @@ use std::{
     ffi::OsString,
     fs,
     io::{self, Read, Write},
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -106,6 +109,12 @@ enum Unread {
     Unreadable(io::Error),
     /// Not something Sonde wrote: set aside.
     Unusable(String),
+}
+
+/// The agent's effective uid.
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 /// The largest plausible baseline mean of a feature, by the unit its name
@@ -228,6 +237,7 @@ impl Knowledge {
     /// nothing or it cannot be used (set aside, with a warning, when it is
     /// not what Sonde writes).
     pub fn load(&self) -> Learned {
+        self.check_directory();
         self.remove_stale_temp_files();
         let bytes = match self.read() {
             Ok(bytes) => bytes,
@@ -283,6 +293,22 @@ impl Knowledge {
         let meta = file.metadata().map_err(Unread::Unreadable)?;
         if !meta.is_file() {
             return Err(Unread::Unusable("not a regular file".to_owned()));
+        }
+        // Sonde writes a file of its own with one name; another owner or a
+        // second name (a hard link to a file elsewhere) means someone else
+        // put it there.
+        if meta.uid() != euid() {
+            return Err(Unread::Unusable(format!(
+                "owned by uid {}, not the agent's uid {}",
+                meta.uid(),
+                euid()
+            )));
+        }
+        if meta.nlink() > 1 {
+            return Err(Unread::Unusable(format!(
+                "it has {} hard links; Sonde's file has one",
+                meta.nlink()
+            )));
         }
         let too_big = || {
             Unread::Unusable(format!(
@@ -376,6 +402,30 @@ impl Knowledge {
             .filter(|(_, name)| fs::remove_file(dir.join(name)).is_ok())
             .map(|(_, name)| name)
             .collect()
+    }
+
+    /// Warns when others may write the state directory: they could not
+    /// make Sonde follow a link or read a huge file, but they could reset or
+    /// (within the ranges) steer what it learned.
+    fn check_directory(&self) {
+        let Some(dir) = self.path.parent() else {
+            return;
+        };
+        let Ok(meta) = fs::metadata(dir) else {
+            return;
+        };
+        let mode = meta.permissions().mode();
+        if meta.uid() != euid() || mode & 0o022 != 0 {
+            warn!(
+                "MAPE-K state directory {} is writable by others (owner uid {}, mode {:04o}): \
+                 whoever can write it can reset or steer what Sonde learned; give it to uid \
+                 {} with mode 0700",
+                dir.display(),
+                meta.uid(),
+                mode & 0o7777,
+                euid()
+            );
+        }
     }
 
     /// Removes temp files a save killed mid-way left behind.
@@ -653,6 +703,29 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
         assert_eq!(k.load(), Learned::default());
         assert_eq!(dir.set_aside().len(), 2);
+    }
+
+    #[test]
+    fn a_file_with_another_owner_or_a_second_name_is_set_aside() {
+        let dir = Dir::new("owner");
+        let k = Knowledge::new(&dir.0);
+        k.save(&sample()).unwrap();
+        let path = dir.0.join(FILE);
+        // Hard-linked from elsewhere.
+        let other = dir.0.join("elsewhere");
+        fs::hard_link(&path, &other).unwrap();
+        assert_eq!(k.load(), Learned::default());
+        assert_eq!(dir.set_aside().len(), 1);
+        assert!(fs::read_to_string(&other).unwrap().contains("version"));
+        // Owned by someone else (needs root to chown: skipped otherwise).
+        k.save(&sample()).unwrap();
+        if std::os::unix::fs::chown(&path, Some(euid() + 1), None).is_ok() {
+            assert_eq!(k.load(), Learned::default());
+            assert_eq!(dir.set_aside().len(), 2);
+        }
+        // The file Sonde wrote itself loads.
+        k.save(&sample()).unwrap();
+        assert_eq!(k.load(), sample());
     }
 
     #[test]
