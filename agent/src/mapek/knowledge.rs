@@ -13,7 +13,7 @@
 //!   file is 0600 whatever the umask; a directory Sonde creates is 0700, an
 //!   existing one keeps its mode.
 //! - **Read**: opened `O_NOFOLLOW|O_NONBLOCK`; it must be a regular file of
-//!   at most [`MAX_BYTES`] (1 MiB; a full file is about 3 KiB), owned by the
+//!   at most [`MAX_BYTES`] (1 MiB; a full file is a few KiB), owned by the
 //!   agent's user, with one name. A symlink, a non-regular or larger file,
 //!   another owner, a hard link, unparsable JSON or a foreign version is set
 //!   aside (renamed `mapek-knowledge.json.corrupt-SECS.NANOS`) with a warning
@@ -29,7 +29,7 @@
 //!   value, so it came from elsewhere and is not worth keeping; dropping it
 //!   rather than clamping it means a hostile scale of 1e9 does not leave the
 //!   kind at the widest allowed threshold. The ranges:
-//!   - `threshold_scale.KIND`: within [`SCALE_MIN`, `SCALE_MAX`] = [0.5, 4],
+//!   - `threshold_scale.KIND`: within [0.5, 4] ([`SCALE_MIN`], [`SCALE_MAX`]),
 //!     what verdicts can reach (a false positive widens ×1.25 up to 4, a
 //!     confirmation tightens ×0.95 down to 0.5).
 //!   - `baselines.FEATURE.mean`: finite, within [0, limit] by the feature's
@@ -61,7 +61,7 @@ use super::analyze::{
 
 const VERSION: u32 = 1;
 const FILE: &str = "mapek-knowledge.json";
-/// The largest knowledge file read (a full one is about 3 KiB).
+/// The largest knowledge file read (a full one is a few KiB).
 pub const MAX_BYTES: u64 = 1 << 20;
 /// Set-aside copies of unusable files kept; older ones are removed.
 pub const KEEP_SET_ASIDE: usize = 3;
