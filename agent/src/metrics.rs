@@ -8,7 +8,6 @@ use std::{collections::BTreeMap, sync::atomic::Ordering};
 use agent_common::{
     counters::CounterKind,
     net::{IPPROTO_TCP, direction_name, family_name, protocol_name},
-    tcp::TCP_STATE_NAMES,
 };
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
@@ -192,139 +191,11 @@ fn blocklist_families(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
     }
 }
 
-fn tcp_families(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
-    let tcp = &snapshot.tcp;
-    let mut connect = Family::new(
-        "sonde_tcp_connect_duration_seconds",
-        "Active TCP opens: SYN sent to ESTABLISHED",
-        MetricType::HISTOGRAM,
-    );
-    connect.histogram(
-        &[],
-        &log2_buckets(&tcp.connect_latency_slots),
-        tcp.connects,
-        tcp.connect_latency_sum_ns as f64 / 1e9,
-    );
-    connect.done(out);
-    let mut rtt = Family::new(
-        "sonde_tcp_rtt_seconds",
-        "Smoothed round-trip time samples of established TCP connections (one per ACK processed)",
-        MetricType::HISTOGRAM,
-    );
-    rtt.histogram(
-        &[],
-        &log2_buckets(&tcp.rtt_slots),
-        tcp.rtt_samples,
-        tcp.rtt_sum_us as f64 / 1e6,
-    );
-    rtt.done(out);
-    for (name, help, value) in [
-        (
-            "sonde_tcp_connect_failures_total",
-            "Active TCP opens that failed (SYN_SENT to CLOSE: refused, unreachable, timed out)",
-            tcp.connect_failures,
-        ),
-        (
-            "sonde_tcp_accepts_total",
-            "Passive TCP opens (SYN_RECV to ESTABLISHED)",
-            tcp.accepts,
-        ),
-        (
-            "sonde_tcp_retransmits_total",
-            "TCP segments retransmitted",
-            tcp.retransmits,
-        ),
-    ] {
-        let mut f = Family::new(name, help, MetricType::COUNTER);
-        f.sample(&[], value as f64);
-        f.done(out);
-    }
-    if let Some(listen) = snapshot.listen {
-        for (name, help, value) in [
-            (
-                "sonde_tcp_listen_overflows_total",
-                "Connections refused because a listener's accept queue was full (the kernel's TcpExt ListenOverflows, in the agent's network namespace)",
-                listen.overflows,
-            ),
-            (
-                "sonde_tcp_listen_drops_total",
-                "SYNs and handshake ACKs dropped on listeners, overflows included (the kernel's TcpExt ListenDrops, in the agent's network namespace)",
-                listen.drops,
-            ),
-        ] {
-            let mut f = Family::new(name, help, MetricType::COUNTER);
-            f.sample(&[], value as f64);
-            f.done(out);
-        }
-    }
-    let mut resets = Family::new(
-        "sonde_tcp_resets_total",
-        "TCP resets, by direction (sent, received)",
-        MetricType::COUNTER,
-    );
-    resets.sample(&[("direction", "sent")], tcp.resets_sent as f64);
-    resets.sample(&[("direction", "received")], tcp.resets_received as f64);
-    resets.done(out);
-    let mut transitions = Family::new(
-        "sonde_tcp_state_transitions_total",
-        "TCP socket state changes, by old and new state",
-        MetricType::COUNTER,
-    );
-    let name = |state: u32| {
-        TCP_STATE_NAMES
-            .get(state as usize)
-            .copied()
-            .unwrap_or("unknown")
-    };
-    for &(from, to, n) in &snapshot.tcp_transitions {
-        transitions.sample(&[("from", name(from)), ("to", name(to))], n as f64);
-    }
-    transitions.done(out);
-
-    let mut peer_connect = Family::new(
-        "sonde_peer_tcp_connect_duration_seconds",
-        "TCP handshake latency to the most active remote peers (passive mesh view)",
-        MetricType::HISTOGRAM,
-    );
-    let mut peer_failures = Family::new(
-        "sonde_peer_tcp_connect_failures_total",
-        "Failed TCP handshakes to the most active remote peers",
-        MetricType::COUNTER,
-    );
-    let mut peer_retransmits = Family::new(
-        "sonde_peer_tcp_retransmits_total",
-        "TCP retransmissions to the most active remote peers",
-        MetricType::COUNTER,
-    );
-    let mut peer_rtt = Family::new(
-        "sonde_peer_tcp_rtt_seconds",
-        "Smoothed RTT samples to the most active remote peers (summary: _sum / _count is the mean)",
-        MetricType::SUMMARY,
-    );
-    for (addr, stats) in &snapshot.tcp_peers {
-        let peer = addr.to_string();
-        let labels = [("peer", peer.as_str())];
-        peer_connect.histogram(
-            &labels,
-            &log2_buckets(&stats.connect_latency_slots),
-            stats.connects,
-            stats.connect_latency_sum_ns as f64 / 1e9,
-        );
-        peer_failures.sample(&labels, stats.connect_failures as f64);
-        peer_retransmits.sample(&labels, stats.retransmits as f64);
-        peer_rtt.summary(&labels, stats.rtt_samples, stats.rtt_sum_us as f64 / 1e6);
-    }
-    peer_connect.done(out);
-    peer_failures.done(out);
-    peer_retransmits.done(out);
-    peer_rtt.done(out);
-}
-
 /// `sonde_data_completeness_ratio{signal}`: the share of what the kernel saw that
 /// made it into the numbers (1 = nothing lost), so a dashboard can tell
 /// missing data from a quiet system.
 fn completeness(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
-    use agent_common::counters::{RUNQ_MAP_FULL, SYSCALL_START_MAP_FULL, TCP_CONNECT_MAP_FULL};
+    use agent_common::counters::{RUNQ_MAP_FULL, SYSCALL_START_MAP_FULL};
     let ratio = |kept: u64, lost: u64| {
         if kept + lost == 0 {
             1.0
@@ -353,22 +224,15 @@ fn completeness(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
         &[("signal", "syscall_latency")],
         ratio(calls.saturating_sub(syscall_lost), syscall_lost),
     );
-    let tcp = &snapshot.tcp;
-    family.sample(
-        &[("signal", "tcp_connect")],
-        ratio(
-            tcp.connects + tcp.connect_failures,
-            snapshot.counter(TCP_CONNECT_MAP_FULL),
-        ),
-    );
     family.sample(
         &[("signal", "runqueue")],
         ratio(snapshot.runqueue.samples, snapshot.counter(RUNQ_MAP_FULL)),
     );
     for (name, reading) in &snapshot.signals {
         if let Some((kept, lost_slot)) = reading.completeness() {
+            let signal = reading.completeness_signal().unwrap_or(name);
             family.sample(
-                &[("signal", name)],
+                &[("signal", signal)],
                 ratio(kept, snapshot.counter(lost_slot)),
             );
         }
@@ -467,7 +331,6 @@ fn kernel_families(
         );
     }
     tcp_flags.done(&mut out);
-    tcp_families(snapshot, &mut out);
     for (_, reading) in &snapshot.signals {
         reading.families(&mut out);
     }

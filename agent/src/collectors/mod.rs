@@ -33,7 +33,6 @@ use agent_common::{
     },
     sched::RunqStats,
     syscalls::{MAX_SYSCALLS, SyscallStats},
-    tcp::{PEER_FAMILY_IPV4, TCP_STATES, TcpPeerStats, TcpStats},
 };
 use aya::maps::MapError;
 pub use peers::{PeerKey, PeerRow, PeerTracker};
@@ -74,32 +73,6 @@ pub struct ProgramStats {
     pub missed_runs: u64,
 }
 
-/// Accept-queue overflows: SYNs and handshake-completing ACKs a listener
-/// dropped because its accept queue was full (`ListenOverflows`), and all
-/// drops on listeners, overflows included (`ListenDrops`). The kernel keeps
-/// no drop reason for the SYNs it refuses this way, so these come from its
-/// SNMP counters, not from `skb:kfree_skb`.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct ListenCounters {
-    pub overflows: u64,
-    pub drops: u64,
-}
-
-/// Reads `TcpExt: ListenOverflows ListenDrops` from /proc/net/netstat.
-pub fn read_listen_counters(netstat: &str) -> Option<ListenCounters> {
-    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
-    let names: Vec<&str> = lines.next()?.split_whitespace().collect();
-    let values: Vec<&str> = lines.next()?.split_whitespace().collect();
-    let get = |name: &str| -> Option<u64> {
-        let i = names.iter().position(|n| *n == name)?;
-        values.get(i)?.parse().ok()
-    };
-    Some(ListenCounters {
-        overflows: get("ListenOverflows")?,
-        drops: get("ListenDrops")?,
-    })
-}
-
 /// Everything read from the kernel in one cycle.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -120,13 +93,6 @@ pub struct Snapshot {
     pub stale_starts_removed: u64,
     pub peers: Vec<PeerRow>,
     pub programs: Vec<ProgramStats>,
-    /// TCP lifecycle totals, summed over CPUs.
-    pub tcp: TcpStats,
-    /// (old state, new state, transitions), non-zero only.
-    pub tcp_transitions: Vec<(u32, u32, u64)>,
-    /// The kernel's own listen-queue counters for this network namespace
-    /// (TcpExt ListenOverflows, ListenDrops), where it exposes them.
-    pub listen: Option<ListenCounters>,
     /// Run-queue latency, summed over CPUs.
     pub runqueue: RunqStats,
     /// The cgroups that waited longest in all (cumulative), longest
@@ -138,8 +104,6 @@ pub struct Snapshot {
     pub runqueue_cgroup_totals: Vec<(u64, u64, u64)>,
     /// Each signal's reading (signals::ALL), by signal name.
     pub signals: Vec<(&'static str, Arc<dyn Reading>)>,
-    /// The most active TCP peers (passive mesh view).
-    pub tcp_peers: Vec<(IpAddr, TcpPeerStats)>,
     /// The remote peer that opened new flows to the most distinct local
     /// ports since the previous snapshot, and how many (scan evidence).
     pub widest_peer: Option<(IpAddr, u64)>,
@@ -242,7 +206,6 @@ pub struct Collector {
     flow_evictions: u64,
     program_ids: Vec<(String, u32)>,
     rings: Vec<Arc<RingState>>,
-    tcp_top_peers: usize,
     cycles: u64,
     stale_starts_removed: u64,
     /// cgroup id → path (None: not found by the last walk, retried at the
@@ -269,7 +232,9 @@ impl Collector {
             Err(err) => warn!("applying runtime settings failed: {err}"),
         }
         self.peers.set_k(config.network.top_peers);
-        self.tcp_top_peers = config.tcp.top_peers;
+        for (_, source) in &mut self.maps.signals {
+            source.reconfigure(&config);
+        }
         self.reconcile_blocklist();
     }
 
@@ -372,7 +337,6 @@ impl Collector {
     ) -> Self {
         Self {
             rings,
-            tcp_top_peers: config.tcp.top_peers,
             configured: config.clone(),
             overlay: Default::default(),
             blocklist_written: HashMap::new(),
@@ -459,9 +423,6 @@ impl Collector {
         if let Err(err) = self.read_packets(&mut snapshot) {
             warn!("reading packet counters: {err}");
         }
-        snapshot.listen = std::fs::read_to_string("/proc/net/netstat")
-            .ok()
-            .and_then(|text| read_listen_counters(&text));
         self.cycles += 1;
         if self.cycles.is_multiple_of(START_GC_EVERY) {
             self.remove_stale_starts();
@@ -511,10 +472,6 @@ impl Collector {
             }
             snapshot.signals.push((signal.name(), reading));
         }
-        if let Err(err) = self.read_tcp(&mut snapshot) {
-            warn!("reading TCP statistics: {err}");
-        }
-        self.read_tcp_peers(&mut snapshot);
         if let Err(err) = self.read_flows(&mut snapshot) {
             warn!("reading the flow table: {err}");
         }
@@ -568,33 +525,6 @@ impl Collector {
         Ok(())
     }
 
-    /// The `tcp_top_peers` most active peers of the kernel's peer table.
-    fn read_tcp_peers(&self, snapshot: &mut Snapshot) {
-        let mut peers: Vec<(IpAddr, TcpPeerStats)> = self
-            .maps
-            .tcp_peers
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(key, stats)| {
-                let addr = if key.family == PEER_FAMILY_IPV4 {
-                    IpAddr::V4(Ipv4Addr::new(
-                        key.addr[0],
-                        key.addr[1],
-                        key.addr[2],
-                        key.addr[3],
-                    ))
-                } else {
-                    IpAddr::V6(Ipv6Addr::from(key.addr))
-                };
-                (addr, stats)
-            })
-            .collect();
-        let activity = |s: &TcpPeerStats| s.connects + s.connect_failures + s.retransmits;
-        peers.sort_by(|a, b| activity(&b.1).cmp(&activity(&a.1)).then(a.0.cmp(&b.0)));
-        peers.truncate(self.tcp_top_peers);
-        snapshot.tcp_peers = peers;
-    }
-
     /// The `runqueue.top_cgroups` cgroups with the most waiting in all,
     /// named by path (one walk of /sys/fs/cgroup for ids not seen yet).
     fn read_runqueue_cgroups(&mut self, snapshot: &mut Snapshot) {
@@ -635,19 +565,6 @@ impl Collector {
                 (crate::cgroup::describe(id, path), stats)
             })
             .collect();
-    }
-
-    fn read_tcp(&self, snapshot: &mut Snapshot) -> Result<(), MapError> {
-        snapshot.tcp = TcpStats::sum(self.maps.tcp_stats.get(&0, 0)?.iter());
-        for index in 0..TCP_STATES * TCP_STATES {
-            let n = u64::sum(self.maps.tcp_transitions.get(&index, 0)?.iter());
-            if n > 0 {
-                snapshot
-                    .tcp_transitions
-                    .push((index / TCP_STATES, index % TCP_STATES, n));
-            }
-        }
-        Ok(())
     }
 
     fn read_packets(&self, snapshot: &mut Snapshot) -> Result<(), MapError> {
@@ -874,24 +791,4 @@ pub fn remote_addr(key: &FlowKey) -> IpAddr {
 /// Label of a diagnostic counter slot, for metrics.
 pub fn counter_slots() -> &'static [(u32, &'static str, agent_common::counters::CounterKind)] {
     COUNTER_SLOTS
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn listen_counters_come_from_the_tcpext_lines() {
-        let netstat = "TcpExt: SyncookiesSent ListenOverflows ListenDrops TCPHPHits\n\
-                       TcpExt: 0 56 57 9\n\
-                       IpExt: InNoRoutes\nIpExt: 0\n";
-        assert_eq!(
-            read_listen_counters(netstat),
-            Some(ListenCounters {
-                overflows: 56,
-                drops: 57
-            })
-        );
-        assert_eq!(read_listen_counters("IpExt: A\nIpExt: 1\n"), None);
-    }
 }

@@ -30,7 +30,6 @@ use agent_common::{
         MAX_SYSCALLS, ProcessSyscalls, SLOW_SYSCALL_IGNORE_MAP, SYSCALL_PROCESSES_MAP,
         SYSCALL_START_MAP, SYSCALL_STATS_MAP, SyscallStart, SyscallStats,
     },
-    tcp::{TCP_PEERS_MAP, TCP_STATS_MAP, TCP_TRANSITIONS_MAP, TcpPeerKey, TcpPeerStats, TcpStats},
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -52,7 +51,7 @@ use super::{
     tiers,
 };
 use crate::{
-    config::{Config, EventTransport, SyscallHook, TcpHook, XdpModeConfig},
+    config::{Config, EventTransport, SyscallHook, XdpModeConfig},
     events::EventSource,
     signals::{self, OpenError, Signal, Source, take},
     syscall_table,
@@ -196,13 +195,10 @@ pub struct KernelMaps {
     pub syscall_processes: PerCpuHashMap<MapData, u32, ProcessSyscalls>,
     pub packet_counters: PerCpuHashMap<MapData, PacketKey, PacketCounters>,
     pub flows: aya::maps::HashMap<MapData, FlowKey, FlowStats>,
-    pub tcp_stats: PerCpuArray<MapData, TcpStats>,
-    pub tcp_transitions: PerCpuArray<MapData, u64>,
     pub runq_stats: PerCpuArray<MapData, RunqStats>,
     pub runq_cgroups: PerCpuHashMap<MapData, u64, RunqStats>,
     /// The maps of each signal in [`signals::ALL`], in that order.
     pub signals: Vec<(&'static Signal, Box<dyn Source>)>,
-    pub tcp_peers: aya::maps::HashMap<MapData, TcpPeerKey, TcpPeerStats>,
     /// Enforce mode's blocked sources (the collector keeps it in step
     /// with the MAPE-K overlay).
     pub blocklist: aya::maps::HashMap<MapData, BlocklistKey, BlocklistEntry>,
@@ -245,8 +241,7 @@ impl Probes {
         // Classic-tracepoint field offsets come from this kernel's format
         // files; they are only needed (and tracefs only mounted) when the
         // raw tracepoint cannot be used.
-        let need_tracefs = config.tcp.enabled
-            || signals::ALL.iter().any(|s| (s.enabled)(config))
+        let need_tracefs = signals::ALL.iter().any(|s| (s.enabled)(config))
             || config.process.enabled
             || config.runqueue.enabled
             || (config.syscalls.enabled
@@ -273,8 +268,8 @@ impl Probes {
             })
             .unwrap_or(16);
 
-        // Classic-tracepoint fields the TCP programs read, from this
-        // kernel's formats (None: that program cannot be attached here).
+        // Classic-tracepoint fields the programs read, from this kernel's
+        // formats (None: that program cannot be attached here).
         let mut tp_offsets: Vec<(&'static str, Option<u32>)> = TRACEPOINT_FIELDS
             .iter()
             .chain(signals::ALL.iter().flat_map(|s| s.tracepoint_fields))
@@ -295,8 +290,7 @@ impl Probes {
                 *offset = None;
             }
         }
-        // Struct offsets the fentry and kprobe tiers read, from this
-        // kernel's BTF.
+        // Struct offsets the programs read, from this kernel's BTF.
         let btf_fields = || {
             BTF_FIELDS
                 .iter()
@@ -367,15 +361,12 @@ impl Probes {
             syscall_processes: take(&mut ebpf, SYSCALL_PROCESSES_MAP)?,
             packet_counters: take(&mut ebpf, PACKET_COUNTERS_MAP)?,
             flows: take(&mut ebpf, FLOWS_MAP)?,
-            tcp_stats: take(&mut ebpf, TCP_STATS_MAP)?,
-            tcp_transitions: take(&mut ebpf, TCP_TRANSITIONS_MAP)?,
             runq_stats: take(&mut ebpf, RUNQ_STATS_MAP)?,
             runq_cgroups: take(&mut ebpf, RUNQ_CGROUPS_MAP)?,
             signals: signals::ALL
                 .iter()
                 .map(|&signal| Ok((signal, (signal.open)(&mut ebpf, config)?)))
                 .collect::<Result<_, ProbeError>>()?,
-            tcp_peers: take(&mut ebpf, TCP_PEERS_MAP)?,
             blocklist: take(&mut ebpf, BLOCKLIST_MAP)?,
             blocklist_stats: take(&mut ebpf, BLOCKLIST_STATS_MAP)?,
         };
@@ -424,15 +415,6 @@ impl Probes {
             for (name, ifindex) in interfaces {
                 probes.attach_interface(name, *ifindex, config.network.xdp_mode, caps)?;
             }
-        }
-        if config.tcp.enabled {
-            let forced = match config.tcp.hook {
-                TcpHook::Auto => None,
-                TcpHook::Fentry => Some("fentry"),
-                TcpHook::Kprobe => Some("kprobe"),
-                TcpHook::Tracepoint => Some("tracepoint"),
-            };
-            probes.attach_signal(&tiers::TCP, forced, caps, &resolved);
         }
         if config.process.enabled {
             let unusable = (!resolved.contains(&"TP_EXEC_FILENAME"))
@@ -966,13 +948,6 @@ impl Probes {
 /// Tracepoint record fields the programs read: (global, category,
 /// tracepoint, field), resolved from the kernel's format files.
 const TRACEPOINT_FIELDS: &[(&str, &str, &str, &str)] = &[
-    ("TP_SSS_FAMILY", "sock", "inet_sock_set_state", "family"),
-    ("TP_SSS_DADDR", "sock", "inet_sock_set_state", "daddr"),
-    ("TP_SSS_DADDR_V6", "sock", "inet_sock_set_state", "daddr_v6"),
-    ("TP_RETX_FAMILY", "tcp", "tcp_retransmit_skb", "family"),
-    ("TP_RETX_DADDR", "tcp", "tcp_retransmit_skb", "daddr"),
-    ("TP_RETX_DADDR_V6", "tcp", "tcp_retransmit_skb", "daddr_v6"),
-    ("TP_PROBE_DADDR", "tcp", "tcp_probe", "daddr"),
     (
         "TP_EXEC_FILENAME",
         "sched",
@@ -989,26 +964,16 @@ const TRACEPOINT_FIELDS: &[(&str, &str, &str, &str)] = &[
         "prev_state",
     ),
     ("TP_SWITCH_NEXT_PID", "sched", "sched_switch", "next_pid"),
-    ("TP_SSS_SKADDR", "sock", "inet_sock_set_state", "skaddr"),
-    ("TP_SSS_OLDSTATE", "sock", "inet_sock_set_state", "oldstate"),
-    ("TP_SSS_NEWSTATE", "sock", "inet_sock_set_state", "newstate"),
-    ("TP_SSS_PROTOCOL", "sock", "inet_sock_set_state", "protocol"),
-    ("TP_PROBE_SRTT", "tcp", "tcp_probe", "srtt"),
 ];
 
 /// Struct members the BTF-based tiers read: (global, struct, member names
 /// in order of preference — members get renamed across kernels), resolved
 /// from the kernel's BTF.
 const BTF_FIELDS: &[(&str, &str, &[&str])] = &[
-    ("SK_STATE_OFFSET", "sock_common", &["skc_state"]),
-    ("TCP_SRTT_OFFSET", "tcp_sock", &["srtt_us"]),
     ("TASK_PID_OFFSET", "task_struct", &["pid"]),
     // `state` became `__state` in 5.14.
     ("TASK_STATE_OFFSET", "task_struct", &["__state", "state"]),
     ("TASK_REAL_PARENT_OFFSET", "task_struct", &["real_parent"]),
-    ("SK_FAMILY_OFFSET", "sock_common", &["skc_family"]),
-    ("SK_DADDR_OFFSET", "sock_common", &["skc_daddr"]),
-    ("SK_V6_DADDR_OFFSET", "sock_common", &["skc_v6_daddr"]),
     ("TASK_TGID_OFFSET", "task_struct", &["tgid"]),
     ("TASK_EXIT_CODE_OFFSET", "task_struct", &["exit_code"]),
     // Run-queue waits by cgroup: task → css_set → default cgroup → its

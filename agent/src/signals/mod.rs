@@ -7,9 +7,9 @@
 //! declares every `signals/*.rs` as a module and lists its `SIGNAL` in
 //! [`ALL`] (by file name, the order the loader attaches them).
 //!
-//! Block I/O, listen-queue overflows and packet drops are in this shape;
-//! the others (syscalls, packets, TCP, run queue, processes) still live in
-//! the loader, collector and metrics modules.
+//! Block I/O, listen-queue overflows, packet drops and TCP are in this
+//! shape; the others (syscalls, packets, run queue, processes) still live
+//! in the loader, collector and metrics modules.
 
 use std::{any::Any, fmt, sync::Arc};
 
@@ -98,6 +98,9 @@ pub trait Source: Send {
     /// Every few cycles: removes what the maps keep of things gone (the
     /// collector's garbage collection).
     fn remove_stale(&mut self) {}
+    /// The runtime settings changed (SIGHUP, the MAPE-K overlay): takes
+    /// what it reads of them.
+    fn reconfigure(&mut self, _config: &Config) {}
 }
 
 /// A signal's part of a collector snapshot. Its concrete type is the
@@ -110,6 +113,10 @@ pub trait Reading: Any + fmt::Debug + Send + Sync {
     /// diagnostic counter slot of those lost (a full map), if the signal
     /// can lose any.
     fn completeness(&self) -> Option<(u64, u32)> {
+        None
+    }
+    /// The `signal` label of that ratio, when not the signal's name.
+    fn completeness_signal(&self) -> Option<&'static str> {
         None
     }
 }
