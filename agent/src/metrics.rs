@@ -3,12 +3,9 @@
 //! that mirror kernel state are rendered from the latest collector snapshot
 //! on each scrape, so /metrics never touches a kernel map.
 
-use std::{collections::BTreeMap, sync::atomic::Ordering};
+use std::sync::atomic::Ordering;
 
-use agent_common::{
-    counters::CounterKind,
-    net::{IPPROTO_TCP, direction_name, family_name, protocol_name},
-};
+use agent_common::counters::CounterKind;
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -129,11 +126,10 @@ impl Metrics {
         &self,
         snapshot: &Snapshot,
         events: &Events,
-        interfaces: &BTreeMap<u32, String>,
         extra: Vec<MetricFamily>,
     ) -> Vec<MetricFamily> {
         let mut families = self.registry.gather();
-        families.extend(kernel_families(snapshot, events, interfaces));
+        families.extend(kernel_families(snapshot, events));
         families.extend(extra);
         families.sort_by(|a, b| a.name().cmp(b.name()));
         families
@@ -144,21 +140,13 @@ impl Metrics {
         &self,
         snapshot: &Snapshot,
         events: &Events,
-        interfaces: &BTreeMap<u32, String>,
         extra: Vec<MetricFamily>,
     ) -> Result<String, prometheus::Error> {
-        let families = self.gather(snapshot, events, interfaces, extra);
+        let families = self.gather(snapshot, events, extra);
         let mut out = Vec::with_capacity(64 * 1024);
         TextEncoder::new().encode(&families, &mut out)?;
         Ok(String::from_utf8(out).unwrap_or_default())
     }
-}
-
-fn interface_name(interfaces: &BTreeMap<u32, String>, ifindex: u32) -> String {
-    interfaces
-        .get(&ifindex)
-        .cloned()
-        .unwrap_or_else(|| format!("if{ifindex}"))
 }
 
 /// Enforce mode's blocklist. The drop totals carry no peer label: they come
@@ -240,11 +228,7 @@ fn completeness(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
     family.done(out);
 }
 
-fn kernel_families(
-    snapshot: &Snapshot,
-    events: &Events,
-    interfaces: &BTreeMap<u32, String>,
-) -> Vec<MetricFamily> {
+fn kernel_families(snapshot: &Snapshot, events: &Events) -> Vec<MetricFamily> {
     let mut out = Vec::new();
 
     let mut calls = Family::new(
@@ -278,59 +262,7 @@ fn kernel_families(
     errors.done(&mut out);
     latency.done(&mut out);
 
-    let mut packets = Family::new(
-        "sonde_packets_total",
-        "Packets seen, by interface, direction, address family and IP protocol",
-        MetricType::COUNTER,
-    );
-    let mut bytes = Family::new(
-        "sonde_bytes_total",
-        "L2 frame bytes seen, by interface, direction, address family and IP protocol",
-        MetricType::COUNTER,
-    );
-    let mut flags: BTreeMap<(String, &str, &str), u64> = BTreeMap::new();
-    for (key, c) in &snapshot.packets {
-        let iface = interface_name(interfaces, key.ifindex);
-        let direction = direction_name(key.direction);
-        let protocol = protocol_name(key.family, key.protocol);
-        let labels = [
-            ("interface", iface.as_str()),
-            ("direction", direction),
-            ("family", family_name(key.family)),
-            ("protocol", protocol),
-        ];
-        packets.sample(&labels, c.packets as f64);
-        bytes.sample(&labels, c.bytes as f64);
-        if key.protocol == IPPROTO_TCP {
-            for (flag, n) in [
-                ("syn", c.tcp_syn),
-                ("synack", c.tcp_synack),
-                ("rst", c.tcp_rst),
-                ("fin", c.tcp_fin),
-            ] {
-                *flags.entry((iface.clone(), direction, flag)).or_default() += n;
-            }
-        }
-    }
-    packets.done(&mut out);
-    bytes.done(&mut out);
     blocklist_families(snapshot, &mut out);
-    let mut tcp_flags = Family::new(
-        "sonde_tcp_flags_total",
-        "TCP segments with a flag set (syn: SYN without ACK), by interface and direction",
-        MetricType::COUNTER,
-    );
-    for ((iface, direction, flag), n) in &flags {
-        tcp_flags.sample(
-            &[
-                ("interface", iface),
-                ("direction", direction),
-                ("flag", flag),
-            ],
-            *n as f64,
-        );
-    }
-    tcp_flags.done(&mut out);
     for (_, reading) in &snapshot.signals {
         reading.families(&mut out);
     }
@@ -361,39 +293,11 @@ fn kernel_families(
         );
     }
     runq_cgroups.done(&mut out);
-    let mut active = Family::new(
-        "sonde_flows_active",
-        "Flows currently in the kernel flow table, by interface",
-        MetricType::GAUGE,
-    );
-    for (&ifindex, name) in interfaces {
-        let n = snapshot.flows_active.get(&ifindex).copied().unwrap_or(0);
-        active.sample(&[("interface", name)], n as f64);
-    }
-    active.done(&mut out);
     let mut simple = |name: &str, help: &str, kind: MetricType, value: f64| {
         let mut f = Family::new(name, help, kind);
         f.sample(&[], value);
         f.done(&mut out);
     };
-    simple(
-        "sonde_flows_created_total",
-        "Flows inserted in the kernel flow table",
-        MetricType::COUNTER,
-        snapshot.counter(agent_common::counters::FLOW_CREATED) as f64,
-    );
-    simple(
-        "sonde_flow_evictions_total",
-        "Flows evicted by the kernel's LRU because the flow table was full",
-        MetricType::COUNTER,
-        snapshot.flow_evictions as f64,
-    );
-    simple(
-        "sonde_flows_expired_total",
-        "Idle flows removed from the flow table by the agent",
-        MetricType::COUNTER,
-        snapshot.flows_expired as f64,
-    );
     simple(
         "sonde_syscall_starts_stale_removed_total",
         "In-flight syscall records dropped because their thread had exited without returning",
@@ -406,33 +310,6 @@ fn kernel_families(
         MetricType::GAUGE,
         snapshot.duration.as_secs_f64(),
     );
-
-    let mut peer_bytes = Family::new(
-        "sonde_peer_bytes_total",
-        "L2 bytes exchanged with the top remote peers (peer=\"other\": all the rest), by interface and direction",
-        MetricType::COUNTER,
-    );
-    let mut peer_packets = Family::new(
-        "sonde_peer_packets_total",
-        "Packets exchanged with the top remote peers (peer=\"other\": all the rest), by interface and direction",
-        MetricType::COUNTER,
-    );
-    for row in &snapshot.peers {
-        let iface = interface_name(interfaces, row.ifindex);
-        let peer = row
-            .peer
-            .map(|p| p.to_string())
-            .unwrap_or_else(|| "other".into());
-        let labels = [
-            ("interface", iface.as_str()),
-            ("peer", peer.as_str()),
-            ("direction", direction_name(row.direction)),
-        ];
-        peer_bytes.sample(&labels, row.bytes as f64);
-        peer_packets.sample(&labels, row.packets as f64);
-    }
-    peer_bytes.done(&mut out);
-    peer_packets.done(&mut out);
 
     let mut received = Family::new(
         "sonde_events_total",

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use crate::{
     collectors::Snapshot,
-    signals::{drops::Drops, tcp::Tcp},
+    signals::{drops::Drops, packets::Packets, tcp::Tcp},
 };
 
 /// Feature name → value for one cycle.
@@ -116,20 +116,15 @@ pub fn features(
             f.insert("syscall_error_share", failed / calls);
         }
     }
+    let widest_peer = now.reading::<Packets>().and_then(|p| p.flows.widest_peer);
     if signals.network {
-        let fan_out = now.widest_peer.map_or(0, |(_, n)| n);
+        let fan_out = widest_peer.map_or(0, |(_, n)| n);
         f.insert("peer_ports_per_cycle", fan_out as f64);
     }
     if signals.network && signals.tcp {
         // SYNs that did not become a connection: a flood's signature. A
         // burst of real connections raises SYNs and accepts together.
-        let syn_in = |s: &Snapshot| {
-            s.packets
-                .iter()
-                .filter(|(k, _)| k.direction == agent_common::net::DIRECTION_INGRESS)
-                .map(|(_, c)| c.tcp_syn)
-                .sum::<u64>()
-        };
+        let syn_in = |s: &Snapshot| s.reading::<Packets>().map_or(0, Packets::syns_received);
         let syns = rate(syn_in(prev), syn_in(now));
         let accepts = rate(tcp_prev.accepts, tcp_now.accepts);
         f.insert("half_open_syn_per_second", (syns - accepts).max(0.0));
@@ -193,7 +188,7 @@ pub fn features(
         );
     }
     let subjects = Subjects {
-        widest_peer: now.widest_peer.map(|(peer, _)| peer),
+        widest_peer: widest_peer.map(|(peer, _)| peer),
         busiest_parent: None,
         syscall_processes: now.syscall_processes.clone(),
         most_waiting_cgroup: most_waiting_cgroup(prev, now, dt),

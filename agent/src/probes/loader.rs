@@ -21,10 +21,7 @@ use agent_common::{
     },
     counters::COUNTERS_MAP,
     events::{RING_STATS_MAP, RINGS, RingStats},
-    net::{
-        BLOCKLIST_MAP, BLOCKLIST_STATS_MAP, BlocklistEntry, BlocklistKey, BlocklistStats,
-        FLOWS_MAP, FlowKey, FlowStats, PACKET_COUNTERS_MAP, PacketCounters, PacketKey,
-    },
+    net::{BLOCKLIST_MAP, BLOCKLIST_STATS_MAP, BlocklistEntry, BlocklistKey, BlocklistStats},
     sched::{RUNQ_CGROUPS_MAP, RUNQ_STATS_MAP, RunqStats},
     syscalls::{
         MAX_SYSCALLS, ProcessSyscalls, SLOW_SYSCALL_IGNORE_MAP, SYSCALL_PROCESSES_MAP,
@@ -177,9 +174,9 @@ pub struct Attachment {
     pub interface: Option<String>,
 }
 
-/// What detaches one interface attachment.
+/// What detaches one interface attachment: the program and its link.
 enum LinkHandle {
-    Xdp(XdpLinkId),
+    Xdp(&'static str, XdpLinkId),
     Tc(&'static str, SchedClassifierLinkId),
 }
 
@@ -193,8 +190,6 @@ pub struct KernelMaps {
     pub slow_ignore: Array<MapData, u32>,
     /// Syscalls per process while counted (read and cleared each cycle).
     pub syscall_processes: PerCpuHashMap<MapData, u32, ProcessSyscalls>,
-    pub packet_counters: PerCpuHashMap<MapData, PacketKey, PacketCounters>,
-    pub flows: aya::maps::HashMap<MapData, FlowKey, FlowStats>,
     pub runq_stats: PerCpuArray<MapData, RunqStats>,
     pub runq_cgroups: PerCpuHashMap<MapData, u64, RunqStats>,
     /// The maps of each signal in [`signals::ALL`], in that order.
@@ -241,7 +236,9 @@ impl Probes {
         // Classic-tracepoint field offsets come from this kernel's format
         // files; they are only needed (and tracefs only mounted) when the
         // raw tracepoint cannot be used.
-        let need_tracefs = signals::ALL.iter().any(|s| (s.enabled)(config))
+        let need_tracefs = signals::ALL
+            .iter()
+            .any(|s| (s.enabled)(config) && !s.per_interface())
             || config.process.enabled
             || config.runqueue.enabled
             || (config.syscalls.enabled
@@ -337,8 +334,10 @@ impl Probes {
             .override_global("SYSCALL_NR_EXIT", &exit, true)
             .override_global("SYSCALL_NR_EXIT_GROUP", &exit_group, true)
             .override_global("TP_SYS_ENTER_ID_OFFSET", &enter_id_offset, true)
-            .override_global("TP_SYS_EXIT_RET_OFFSET", &exit_ret_offset, true)
-            .map_max_entries(FLOWS_MAP, config.network.max_flows);
+            .override_global("TP_SYS_EXIT_RET_OFFSET", &exit_ret_offset, true);
+        for &(map, entries) in signals::MAP_SIZES.iter().copied().flatten() {
+            loader.map_max_entries(map, entries(config));
+        }
         let (transport, event_transport) = event_transport(config.events.transport);
         let object = match transport {
             EventTransport::PerfEventArray => EBPF_OBJECT_PERF,
@@ -359,8 +358,6 @@ impl Probes {
             syscall_start: take(&mut ebpf, SYSCALL_START_MAP)?,
             slow_ignore: take(&mut ebpf, SLOW_SYSCALL_IGNORE_MAP)?,
             syscall_processes: take(&mut ebpf, SYSCALL_PROCESSES_MAP)?,
-            packet_counters: take(&mut ebpf, PACKET_COUNTERS_MAP)?,
-            flows: take(&mut ebpf, FLOWS_MAP)?,
             runq_stats: take(&mut ebpf, RUNQ_STATS_MAP)?,
             runq_cgroups: take(&mut ebpf, RUNQ_CGROUPS_MAP)?,
             signals: signals::ALL
@@ -411,9 +408,12 @@ impl Probes {
         if config.syscalls.enabled {
             probes.attach_syscalls(config.syscalls.hook, caps)?;
         }
-        if config.network.enabled {
+        if signals::ALL
+            .iter()
+            .any(|s| (s.enabled)(config) && s.per_interface())
+        {
             for (name, ifindex) in interfaces {
-                probes.attach_interface(name, *ifindex, config.network.xdp_mode, caps)?;
+                probes.attach_interface(name, *ifindex, config, caps)?;
             }
         }
         if config.process.enabled {
@@ -433,7 +433,7 @@ impl Probes {
             );
         }
         for signal in signals::ALL {
-            if (signal.enabled)(config) {
+            if (signal.enabled)(config) && !signal.per_interface() {
                 probes.attach_signal(signal.tiers, (signal.forced_tier)(config), caps, &resolved);
             }
         }
@@ -580,6 +580,9 @@ impl Probes {
                     .map(drop)
                     .map_err(AttachError::Program)
             }
+            tiers::Hook::XdpOrTc(_) | tiers::Hook::TcEgress => Err(AttachError::Unavailable(
+                format!("{}: attached per interface", program.hook.describe()),
+            )),
         }
     }
 
@@ -635,9 +638,14 @@ impl Probes {
         let Some(name) = self.interfaces.remove(&ifindex) else {
             return;
         };
+        if let Some(maps) = &mut self.maps {
+            for (_, source) in &mut maps.signals {
+                source.interface_removed(ifindex);
+            }
+        }
         for link in self.links.remove(&ifindex).unwrap_or_default() {
             let result = match link {
-                LinkHandle::Xdp(id) => program_mut::<Xdp>(&mut self.ebpf, "sonde_xdp_ingress")
+                LinkHandle::Xdp(program, id) => program_mut::<Xdp>(&mut self.ebpf, program)
                     .and_then(|p| p.detach(id).map_err(AttachError::Detach)),
                 LinkHandle::Tc(program, id) => {
                     program_mut::<SchedClassifier>(&mut self.ebpf, program)
@@ -750,44 +758,61 @@ impl Probes {
         Ok("tracepoint")
     }
 
-    /// Attaches ingress and egress accounting to one interface. On error
+    /// Attaches the per-interface programs of every signal `config` turns
+    /// on (their ingress and egress accounting) to one interface, and tells
+    /// the signals' maps while the loader still holds them. On error
     /// nothing of this interface stays attached.
     pub fn attach_interface(
         &mut self,
         iface: &str,
         ifindex: u32,
-        xdp_mode: XdpModeConfig,
+        config: &Config,
         caps: &Capabilities,
     ) -> Result<(), ProbeError> {
         self.interfaces.insert(ifindex, iface.to_owned());
-        let (ingress, link) = match self.attach_ingress(iface, xdp_mode, caps) {
-            Ok(attached) => attached,
-            Err(err) => {
-                self.forget_interface(ifindex);
-                return Err(err);
-            }
-        };
-        self.attachments.push(ingress);
-        self.links.entry(ifindex).or_default().push(link);
-        match self.attach_tc(iface, "sonde_tc_egress", TcAttachType::Egress, caps) {
-            Ok((egress, link)) => {
-                self.attachments.push(egress);
-                self.links.entry(ifindex).or_default().push(link);
-                Ok(())
-            }
-            Err(reason) => {
-                self.forget_interface(ifindex);
-                Err(ProbeError::Interface {
-                    interface: iface.to_owned(),
-                    reason: format!("TC egress: {reason}"),
-                })
+        let programs = signals::ALL
+            .iter()
+            .filter(|s| (s.enabled)(config))
+            .flat_map(|s| s.tiers.tiers.iter().flat_map(|t| t.programs));
+        for program in programs {
+            let attached = match program.hook {
+                tiers::Hook::XdpOrTc(tc) => {
+                    self.attach_ingress(iface, program.program, tc, config.network.xdp_mode, caps)
+                }
+                tiers::Hook::TcEgress => self
+                    .attach_tc(iface, program.program, TcAttachType::Egress, caps)
+                    .map_err(|reason| ProbeError::Interface {
+                        interface: iface.to_owned(),
+                        reason: format!("TC egress: {reason}"),
+                    }),
+                _ => continue,
+            };
+            match attached {
+                Ok((attachment, link)) => {
+                    self.attachments.push(attachment);
+                    self.links.entry(ifindex).or_default().push(link);
+                }
+                Err(err) => {
+                    self.forget_interface(ifindex);
+                    return Err(err);
+                }
             }
         }
+        if let Some(maps) = &mut self.maps {
+            for (_, source) in &mut maps.signals {
+                source.interface_added(ifindex, iface);
+            }
+        }
+        Ok(())
     }
 
+    /// `xdp` on the interface's ingress where it is the cheap path (see
+    /// below), else `tc`.
     fn attach_ingress(
         &mut self,
         iface: &str,
+        xdp: &'static str,
+        tc: &'static str,
         xdp_mode: XdpModeConfig,
         caps: &Capabilities,
     ) -> Result<(Attachment, LinkHandle), ProbeError> {
@@ -819,11 +844,9 @@ impl Probes {
         }
         if !modes.is_empty() && xdp_links {
             let prog: &mut Xdp =
-                program_mut(&mut self.ebpf, "sonde_xdp_ingress").map_err(|reason| {
-                    ProbeError::Interface {
-                        interface: iface.to_owned(),
-                        reason: reason.to_string(),
-                    }
+                program_mut(&mut self.ebpf, xdp).map_err(|reason| ProbeError::Interface {
+                    interface: iface.to_owned(),
+                    reason: reason.to_string(),
                 })?;
             if prog.fd().is_err()
                 && let Err(e) = prog.load()
@@ -840,7 +863,7 @@ impl Probes {
                                 "ingress accounted with XDP"
                             );
                             let attachment = Attachment {
-                                program: "sonde_xdp_ingress",
+                                program: xdp,
                                 hook: format!("xdp:{iface}"),
                                 mode: label.to_owned(),
                                 attached: true,
@@ -848,7 +871,7 @@ impl Probes {
                                 error: None,
                                 interface: Some(iface.to_owned()),
                             };
-                            return Ok((attachment, LinkHandle::Xdp(id)));
+                            return Ok((attachment, LinkHandle::Xdp(xdp, id)));
                         }
                         Err(e) => {
                             // EBUSY: a program is attached; EEXIST: one is
@@ -869,7 +892,7 @@ impl Probes {
             }
         }
         let attachment = self
-            .attach_tc(iface, "sonde_tc_ingress", TcAttachType::Ingress, caps)
+            .attach_tc(iface, tc, TcAttachType::Ingress, caps)
             .map_err(|reason| {
                 reasons.push(format!("TC ingress: {reason}"));
                 ProbeError::Interface {

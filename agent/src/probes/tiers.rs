@@ -20,6 +20,12 @@ pub enum Hook {
     Tracepoint(&'static str, &'static str),
     /// A raw tracepoint: the tracepoint's own arguments, no record.
     RawTracepoint(&'static str),
+    /// Each accounted network interface's ingress: XDP where the interface
+    /// and the configuration make it the cheap path (and no other program
+    /// owns the hook), else the TC ingress program named here.
+    XdpOrTc(&'static str),
+    /// Each accounted network interface's egress, with TC.
+    TcEgress,
 }
 
 impl Hook {
@@ -31,7 +37,14 @@ impl Hook {
             Hook::Kretprobe(f) => format!("kretprobe:{f}"),
             Hook::Tracepoint(c, n) => format!("tracepoint:{c}:{n}"),
             Hook::RawTracepoint(n) => format!("raw_tracepoint:{n}"),
+            Hook::XdpOrTc(_) => "xdp".to_owned(),
+            Hook::TcEgress => "tc_egress".to_owned(),
         }
+    }
+
+    /// Attached to each accounted network interface rather than once.
+    pub fn per_interface(&self) -> bool {
+        matches!(self, Hook::XdpOrTc(_) | Hook::TcEgress)
     }
 }
 
@@ -46,6 +59,9 @@ pub enum Requires {
     Tracefs,
     /// Raw tracepoints, and kernel BTF for the struct offsets.
     RawTracepointsAndBtf,
+    /// TC classifier programs on network interfaces (each interface is
+    /// tried as it is attached; see the loader).
+    SchedCls,
 }
 
 #[derive(Debug)]
