@@ -10,20 +10,26 @@ use aya_build::{Package, Toolchain};
 const EBPF_TOOLCHAIN: &str = "nightly-2026-05-19";
 
 /// Writes OUT_DIR/signals.rs, which agent/src/signals/mod.rs includes: a
-/// `pub mod` for every other file in that directory and `ALL`, their
-/// `SIGNAL`s by file name. A new signal is then one new file there, not
-/// also a line in a list.
+/// `pub mod` for every other file in that directory (or directory with a
+/// mod.rs, for a signal in several files) and `ALL`, their `SIGNAL`s by
+/// name. A new signal is then one new file there, not also a line in a
+/// list.
 fn list_signals() -> anyhow::Result<()> {
     let dir = std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR")?).join("src/signals");
     println!("cargo:rerun-if-changed={}", dir.display());
     let mut names = Vec::new();
     for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
-        let path = entry?.path();
-        let Some(name) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".rs"))
-        else {
+        let mut path = entry?.path();
+        let Some(file_name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+            continue;
+        };
+        let name = if path.join("mod.rs").is_file() {
+            println!("cargo:rerun-if-changed={}", path.display());
+            path = path.join("mod.rs");
+            file_name.as_str()
+        } else if let Some(name) = file_name.strip_suffix(".rs") {
+            name
+        } else {
             continue;
         };
         if name != "mod" {

@@ -85,12 +85,10 @@ async fn index() -> &'static str {
 async fn metrics(State(server): State<Server>) -> Response {
     let state = running!(server);
     let snapshot = state.snapshot();
-    match state.metrics.render(
-        &snapshot,
-        &state.events,
-        &state.interfaces(),
-        state.mapek_families(),
-    ) {
+    match state
+        .metrics
+        .render(&snapshot, &state.events, state.mapek_families())
+    {
         Ok(body) => (
             [(
                 header::CONTENT_TYPE,

@@ -3,13 +3,9 @@
 //! that mirror kernel state are rendered from the latest collector snapshot
 //! on each scrape, so /metrics never touches a kernel map.
 
-use std::{collections::BTreeMap, sync::atomic::Ordering};
+use std::sync::atomic::Ordering;
 
-use agent_common::{
-    counters::CounterKind,
-    net::{IPPROTO_TCP, direction_name, family_name, protocol_name},
-    tcp::TCP_STATE_NAMES,
-};
+use agent_common::counters::CounterKind;
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -130,11 +126,10 @@ impl Metrics {
         &self,
         snapshot: &Snapshot,
         events: &Events,
-        interfaces: &BTreeMap<u32, String>,
         extra: Vec<MetricFamily>,
     ) -> Vec<MetricFamily> {
         let mut families = self.registry.gather();
-        families.extend(kernel_families(snapshot, events, interfaces));
+        families.extend(kernel_families(snapshot, events));
         families.extend(extra);
         families.sort_by(|a, b| a.name().cmp(b.name()));
         families
@@ -145,21 +140,13 @@ impl Metrics {
         &self,
         snapshot: &Snapshot,
         events: &Events,
-        interfaces: &BTreeMap<u32, String>,
         extra: Vec<MetricFamily>,
     ) -> Result<String, prometheus::Error> {
-        let families = self.gather(snapshot, events, interfaces, extra);
+        let families = self.gather(snapshot, events, extra);
         let mut out = Vec::with_capacity(64 * 1024);
         TextEncoder::new().encode(&families, &mut out)?;
         Ok(String::from_utf8(out).unwrap_or_default())
     }
-}
-
-fn interface_name(interfaces: &BTreeMap<u32, String>, ifindex: u32) -> String {
-    interfaces
-        .get(&ifindex)
-        .cloned()
-        .unwrap_or_else(|| format!("if{ifindex}"))
 }
 
 /// Enforce mode's blocklist. The drop totals carry no peer label: they come
@@ -192,139 +179,11 @@ fn blocklist_families(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
     }
 }
 
-fn tcp_families(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
-    let tcp = &snapshot.tcp;
-    let mut connect = Family::new(
-        "sonde_tcp_connect_duration_seconds",
-        "Active TCP opens: SYN sent to ESTABLISHED",
-        MetricType::HISTOGRAM,
-    );
-    connect.histogram(
-        &[],
-        &log2_buckets(&tcp.connect_latency_slots),
-        tcp.connects,
-        tcp.connect_latency_sum_ns as f64 / 1e9,
-    );
-    connect.done(out);
-    let mut rtt = Family::new(
-        "sonde_tcp_rtt_seconds",
-        "Smoothed round-trip time samples of established TCP connections (one per ACK processed)",
-        MetricType::HISTOGRAM,
-    );
-    rtt.histogram(
-        &[],
-        &log2_buckets(&tcp.rtt_slots),
-        tcp.rtt_samples,
-        tcp.rtt_sum_us as f64 / 1e6,
-    );
-    rtt.done(out);
-    for (name, help, value) in [
-        (
-            "sonde_tcp_connect_failures_total",
-            "Active TCP opens that failed (SYN_SENT to CLOSE: refused, unreachable, timed out)",
-            tcp.connect_failures,
-        ),
-        (
-            "sonde_tcp_accepts_total",
-            "Passive TCP opens (SYN_RECV to ESTABLISHED)",
-            tcp.accepts,
-        ),
-        (
-            "sonde_tcp_retransmits_total",
-            "TCP segments retransmitted",
-            tcp.retransmits,
-        ),
-    ] {
-        let mut f = Family::new(name, help, MetricType::COUNTER);
-        f.sample(&[], value as f64);
-        f.done(out);
-    }
-    if let Some(listen) = snapshot.listen {
-        for (name, help, value) in [
-            (
-                "sonde_tcp_listen_overflows_total",
-                "Connections refused because a listener's accept queue was full (the kernel's TcpExt ListenOverflows, in the agent's network namespace)",
-                listen.overflows,
-            ),
-            (
-                "sonde_tcp_listen_drops_total",
-                "SYNs and handshake ACKs dropped on listeners, overflows included (the kernel's TcpExt ListenDrops, in the agent's network namespace)",
-                listen.drops,
-            ),
-        ] {
-            let mut f = Family::new(name, help, MetricType::COUNTER);
-            f.sample(&[], value as f64);
-            f.done(out);
-        }
-    }
-    let mut resets = Family::new(
-        "sonde_tcp_resets_total",
-        "TCP resets, by direction (sent, received)",
-        MetricType::COUNTER,
-    );
-    resets.sample(&[("direction", "sent")], tcp.resets_sent as f64);
-    resets.sample(&[("direction", "received")], tcp.resets_received as f64);
-    resets.done(out);
-    let mut transitions = Family::new(
-        "sonde_tcp_state_transitions_total",
-        "TCP socket state changes, by old and new state",
-        MetricType::COUNTER,
-    );
-    let name = |state: u32| {
-        TCP_STATE_NAMES
-            .get(state as usize)
-            .copied()
-            .unwrap_or("unknown")
-    };
-    for &(from, to, n) in &snapshot.tcp_transitions {
-        transitions.sample(&[("from", name(from)), ("to", name(to))], n as f64);
-    }
-    transitions.done(out);
-
-    let mut peer_connect = Family::new(
-        "sonde_peer_tcp_connect_duration_seconds",
-        "TCP handshake latency to the most active remote peers (passive mesh view)",
-        MetricType::HISTOGRAM,
-    );
-    let mut peer_failures = Family::new(
-        "sonde_peer_tcp_connect_failures_total",
-        "Failed TCP handshakes to the most active remote peers",
-        MetricType::COUNTER,
-    );
-    let mut peer_retransmits = Family::new(
-        "sonde_peer_tcp_retransmits_total",
-        "TCP retransmissions to the most active remote peers",
-        MetricType::COUNTER,
-    );
-    let mut peer_rtt = Family::new(
-        "sonde_peer_tcp_rtt_seconds",
-        "Smoothed RTT samples to the most active remote peers (summary: _sum / _count is the mean)",
-        MetricType::SUMMARY,
-    );
-    for (addr, stats) in &snapshot.tcp_peers {
-        let peer = addr.to_string();
-        let labels = [("peer", peer.as_str())];
-        peer_connect.histogram(
-            &labels,
-            &log2_buckets(&stats.connect_latency_slots),
-            stats.connects,
-            stats.connect_latency_sum_ns as f64 / 1e9,
-        );
-        peer_failures.sample(&labels, stats.connect_failures as f64);
-        peer_retransmits.sample(&labels, stats.retransmits as f64);
-        peer_rtt.summary(&labels, stats.rtt_samples, stats.rtt_sum_us as f64 / 1e6);
-    }
-    peer_connect.done(out);
-    peer_failures.done(out);
-    peer_retransmits.done(out);
-    peer_rtt.done(out);
-}
-
 /// `sonde_data_completeness_ratio{signal}`: the share of what the kernel saw that
 /// made it into the numbers (1 = nothing lost), so a dashboard can tell
 /// missing data from a quiet system.
 fn completeness(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
-    use agent_common::counters::{RUNQ_MAP_FULL, SYSCALL_START_MAP_FULL, TCP_CONNECT_MAP_FULL};
+    use agent_common::counters::{RUNQ_MAP_FULL, SYSCALL_START_MAP_FULL};
     let ratio = |kept: u64, lost: u64| {
         if kept + lost == 0 {
             1.0
@@ -353,22 +212,15 @@ fn completeness(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
         &[("signal", "syscall_latency")],
         ratio(calls.saturating_sub(syscall_lost), syscall_lost),
     );
-    let tcp = &snapshot.tcp;
-    family.sample(
-        &[("signal", "tcp_connect")],
-        ratio(
-            tcp.connects + tcp.connect_failures,
-            snapshot.counter(TCP_CONNECT_MAP_FULL),
-        ),
-    );
     family.sample(
         &[("signal", "runqueue")],
         ratio(snapshot.runqueue.samples, snapshot.counter(RUNQ_MAP_FULL)),
     );
     for (name, reading) in &snapshot.signals {
         if let Some((kept, lost_slot)) = reading.completeness() {
+            let signal = reading.completeness_signal().unwrap_or(name);
             family.sample(
-                &[("signal", name)],
+                &[("signal", signal)],
                 ratio(kept, snapshot.counter(lost_slot)),
             );
         }
@@ -376,11 +228,7 @@ fn completeness(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
     family.done(out);
 }
 
-fn kernel_families(
-    snapshot: &Snapshot,
-    events: &Events,
-    interfaces: &BTreeMap<u32, String>,
-) -> Vec<MetricFamily> {
+fn kernel_families(snapshot: &Snapshot, events: &Events) -> Vec<MetricFamily> {
     let mut out = Vec::new();
 
     let mut calls = Family::new(
@@ -414,60 +262,7 @@ fn kernel_families(
     errors.done(&mut out);
     latency.done(&mut out);
 
-    let mut packets = Family::new(
-        "sonde_packets_total",
-        "Packets seen, by interface, direction, address family and IP protocol",
-        MetricType::COUNTER,
-    );
-    let mut bytes = Family::new(
-        "sonde_bytes_total",
-        "L2 frame bytes seen, by interface, direction, address family and IP protocol",
-        MetricType::COUNTER,
-    );
-    let mut flags: BTreeMap<(String, &str, &str), u64> = BTreeMap::new();
-    for (key, c) in &snapshot.packets {
-        let iface = interface_name(interfaces, key.ifindex);
-        let direction = direction_name(key.direction);
-        let protocol = protocol_name(key.family, key.protocol);
-        let labels = [
-            ("interface", iface.as_str()),
-            ("direction", direction),
-            ("family", family_name(key.family)),
-            ("protocol", protocol),
-        ];
-        packets.sample(&labels, c.packets as f64);
-        bytes.sample(&labels, c.bytes as f64);
-        if key.protocol == IPPROTO_TCP {
-            for (flag, n) in [
-                ("syn", c.tcp_syn),
-                ("synack", c.tcp_synack),
-                ("rst", c.tcp_rst),
-                ("fin", c.tcp_fin),
-            ] {
-                *flags.entry((iface.clone(), direction, flag)).or_default() += n;
-            }
-        }
-    }
-    packets.done(&mut out);
-    bytes.done(&mut out);
     blocklist_families(snapshot, &mut out);
-    let mut tcp_flags = Family::new(
-        "sonde_tcp_flags_total",
-        "TCP segments with a flag set (syn: SYN without ACK), by interface and direction",
-        MetricType::COUNTER,
-    );
-    for ((iface, direction, flag), n) in &flags {
-        tcp_flags.sample(
-            &[
-                ("interface", iface),
-                ("direction", direction),
-                ("flag", flag),
-            ],
-            *n as f64,
-        );
-    }
-    tcp_flags.done(&mut out);
-    tcp_families(snapshot, &mut out);
     for (_, reading) in &snapshot.signals {
         reading.families(&mut out);
     }
@@ -498,39 +293,11 @@ fn kernel_families(
         );
     }
     runq_cgroups.done(&mut out);
-    let mut active = Family::new(
-        "sonde_flows_active",
-        "Flows currently in the kernel flow table, by interface",
-        MetricType::GAUGE,
-    );
-    for (&ifindex, name) in interfaces {
-        let n = snapshot.flows_active.get(&ifindex).copied().unwrap_or(0);
-        active.sample(&[("interface", name)], n as f64);
-    }
-    active.done(&mut out);
     let mut simple = |name: &str, help: &str, kind: MetricType, value: f64| {
         let mut f = Family::new(name, help, kind);
         f.sample(&[], value);
         f.done(&mut out);
     };
-    simple(
-        "sonde_flows_created_total",
-        "Flows inserted in the kernel flow table",
-        MetricType::COUNTER,
-        snapshot.counter(agent_common::counters::FLOW_CREATED) as f64,
-    );
-    simple(
-        "sonde_flow_evictions_total",
-        "Flows evicted by the kernel's LRU because the flow table was full",
-        MetricType::COUNTER,
-        snapshot.flow_evictions as f64,
-    );
-    simple(
-        "sonde_flows_expired_total",
-        "Idle flows removed from the flow table by the agent",
-        MetricType::COUNTER,
-        snapshot.flows_expired as f64,
-    );
     simple(
         "sonde_syscall_starts_stale_removed_total",
         "In-flight syscall records dropped because their thread had exited without returning",
@@ -543,33 +310,6 @@ fn kernel_families(
         MetricType::GAUGE,
         snapshot.duration.as_secs_f64(),
     );
-
-    let mut peer_bytes = Family::new(
-        "sonde_peer_bytes_total",
-        "L2 bytes exchanged with the top remote peers (peer=\"other\": all the rest), by interface and direction",
-        MetricType::COUNTER,
-    );
-    let mut peer_packets = Family::new(
-        "sonde_peer_packets_total",
-        "Packets exchanged with the top remote peers (peer=\"other\": all the rest), by interface and direction",
-        MetricType::COUNTER,
-    );
-    for row in &snapshot.peers {
-        let iface = interface_name(interfaces, row.ifindex);
-        let peer = row
-            .peer
-            .map(|p| p.to_string())
-            .unwrap_or_else(|| "other".into());
-        let labels = [
-            ("interface", iface.as_str()),
-            ("peer", peer.as_str()),
-            ("direction", direction_name(row.direction)),
-        ];
-        peer_bytes.sample(&labels, row.bytes as f64);
-        peer_packets.sample(&labels, row.packets as f64);
-    }
-    peer_bytes.done(&mut out);
-    peer_packets.done(&mut out);
 
     let mut received = Family::new(
         "sonde_events_total",

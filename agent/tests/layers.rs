@@ -42,14 +42,14 @@ const LAYERS: &[(&str, u8)] = &[
     ("signals", 1),
     // Every signal module (one file each, found by agent/build.rs).
     ("signals::*", 1),
+    // A signal's own submodules (signals/<name>/*.rs).
+    ("signals::packets::*", 1),
     // 2. Loading and attaching the kernel programs.
     ("probes", 2),
     ("probes::loader", 2),
     ("probes::baseline", 2),
     // 3. Reading the kernel's maps.
     ("collectors", 3),
-    ("collectors::batch", 3),
-    ("collectors::peers", 3),
     // 4. Exposition.
     ("metrics", 4),
     // 5. Analysis: the MAPE-K loop over snapshots, config, a collector.

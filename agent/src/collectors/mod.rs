@@ -1,18 +1,14 @@
 //! Collectors: read the kernel's per-CPU maps on a fixed interval, sum the
 //! CPUs, and publish one immutable [`Snapshot`] that /metrics, health and
 //! status read. Kernel-side counters only grow, so totals are exported as
-//! they are; flow-table traffic (whose entries come and go) is turned into
-//! per-peer deltas here, so an evicted flow never makes a counter go back.
+//! they are.
 //!
 //! The collector runs on its own thread (map reads are blocking syscalls) and
 //! owns the maps; runtime reconfiguration (SIGHUP) reaches it as a message.
 
-mod batch;
-mod peers;
-
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::IpAddr,
     sync::{
         Arc, RwLock,
         atomic::Ordering,
@@ -27,16 +23,11 @@ use agent_common::{
     counters::{COUNTER_SLOTS, COUNTERS_LEN},
     events::RINGS,
     merge::Merge,
-    net::{
-        BlocklistEntry, BlocklistKey, BlocklistStats, FAMILY_IPV4, FlowKey, PacketCounters,
-        PacketKey,
-    },
+    net::{BlocklistEntry, BlocklistKey, BlocklistStats},
     sched::RunqStats,
     syscalls::{MAX_SYSCALLS, SyscallStats},
-    tcp::{PEER_FAMILY_IPV4, TCP_STATES, TcpPeerStats, TcpStats},
 };
 use aya::maps::MapError;
-pub use peers::{PeerKey, PeerRow, PeerTracker};
 use tracing::{debug, warn};
 
 use crate::{
@@ -74,32 +65,6 @@ pub struct ProgramStats {
     pub missed_runs: u64,
 }
 
-/// Accept-queue overflows: SYNs and handshake-completing ACKs a listener
-/// dropped because its accept queue was full (`ListenOverflows`), and all
-/// drops on listeners, overflows included (`ListenDrops`). The kernel keeps
-/// no drop reason for the SYNs it refuses this way, so these come from its
-/// SNMP counters, not from `skb:kfree_skb`.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct ListenCounters {
-    pub overflows: u64,
-    pub drops: u64,
-}
-
-/// Reads `TcpExt: ListenOverflows ListenDrops` from /proc/net/netstat.
-pub fn read_listen_counters(netstat: &str) -> Option<ListenCounters> {
-    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
-    let names: Vec<&str> = lines.next()?.split_whitespace().collect();
-    let values: Vec<&str> = lines.next()?.split_whitespace().collect();
-    let get = |name: &str| -> Option<u64> {
-        let i = names.iter().position(|n| *n == name)?;
-        values.get(i)?.parse().ok()
-    };
-    Some(ListenCounters {
-        overflows: get("ListenOverflows")?,
-        drops: get("ListenDrops")?,
-    })
-}
-
 /// Everything read from the kernel in one cycle.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -107,26 +72,13 @@ pub struct Snapshot {
     pub taken_at: Option<Instant>,
     pub duration: Duration,
     pub syscalls: Vec<SyscallRow>,
-    pub packets: Vec<(PacketKey, PacketCounters)>,
     /// Diagnostic counters, indexed like `COUNTERS`.
     pub counters: Vec<u64>,
     /// By ring label.
     pub rings: BTreeMap<&'static str, RingCounters>,
-    /// Live flows per ifindex.
-    pub flows_active: BTreeMap<u32, u64>,
-    pub flows_expired: u64,
-    pub flow_evictions: u64,
     /// Parked syscall starts removed because their thread was gone.
     pub stale_starts_removed: u64,
-    pub peers: Vec<PeerRow>,
     pub programs: Vec<ProgramStats>,
-    /// TCP lifecycle totals, summed over CPUs.
-    pub tcp: TcpStats,
-    /// (old state, new state, transitions), non-zero only.
-    pub tcp_transitions: Vec<(u32, u32, u64)>,
-    /// The kernel's own listen-queue counters for this network namespace
-    /// (TcpExt ListenOverflows, ListenDrops), where it exposes them.
-    pub listen: Option<ListenCounters>,
     /// Run-queue latency, summed over CPUs.
     pub runqueue: RunqStats,
     /// The cgroups that waited longest in all (cumulative), longest
@@ -138,11 +90,6 @@ pub struct Snapshot {
     pub runqueue_cgroup_totals: Vec<(u64, u64, u64)>,
     /// Each signal's reading (signals::ALL), by signal name.
     pub signals: Vec<(&'static str, Arc<dyn Reading>)>,
-    /// The most active TCP peers (passive mesh view).
-    pub tcp_peers: Vec<(IpAddr, TcpPeerStats)>,
-    /// The remote peer that opened new flows to the most distinct local
-    /// ports since the previous snapshot, and how many (scan evidence).
-    pub widest_peer: Option<(IpAddr, u64)>,
     /// Enforce mode's blocked sources, with what each entry dropped.
     pub blocklist: Vec<(IpAddr, BlocklistEntry)>,
     /// Everything the blocklist ever dropped, summed over CPUs.
@@ -186,6 +133,8 @@ pub enum Command {
     Reconfigure(Box<Config>),
     /// The MAPE-K loop's changes on top of them (zoom, cost ladder).
     Adjust(Overlay),
+    /// An interface is now accounted: (ifindex, name).
+    InterfaceAdded(u32, String),
     /// An interface went away: drop its counters.
     ForgetInterface(u32),
     /// Stop the loop (the agent is exiting).
@@ -208,6 +157,12 @@ impl CollectorHandle {
         let _ = self.commands.send(Command::Adjust(overlay));
     }
 
+    pub fn interface_added(&self, ifindex: u32, name: &str) {
+        let _ = self
+            .commands
+            .send(Command::InterfaceAdded(ifindex, name.to_owned()));
+    }
+
     pub fn forget_interface(&self, ifindex: u32) {
         let _ = self.commands.send(Command::ForgetInterface(ifindex));
     }
@@ -226,23 +181,11 @@ impl Drop for CollectorHandle {
     }
 }
 
-struct FlowState {
-    packets: u64,
-    bytes: u64,
-    first_seen_ns: u64,
-}
-
 pub struct Collector {
     maps: KernelMaps,
     interval: Duration,
-    flow_idle_timeout_ns: u64,
-    peers: PeerTracker,
-    flows: HashMap<FlowKey, FlowState>,
-    flows_expired: u64,
-    flow_evictions: u64,
     program_ids: Vec<(String, u32)>,
     rings: Vec<Arc<RingState>>,
-    tcp_top_peers: usize,
     cycles: u64,
     stale_starts_removed: u64,
     /// cgroup id → path (None: not found by the last walk, retried at the
@@ -268,8 +211,9 @@ impl Collector {
             Ok(()) => tracing::info!("runtime settings applied to the kernel programs"),
             Err(err) => warn!("applying runtime settings failed: {err}"),
         }
-        self.peers.set_k(config.network.top_peers);
-        self.tcp_top_peers = config.tcp.top_peers;
+        for (_, source) in &mut self.maps.signals {
+            source.reconfigure(&config);
+        }
         self.reconcile_blocklist();
     }
 
@@ -372,7 +316,6 @@ impl Collector {
     ) -> Self {
         Self {
             rings,
-            tcp_top_peers: config.tcp.top_peers,
             configured: config.clone(),
             overlay: Default::default(),
             blocklist_written: HashMap::new(),
@@ -382,14 +325,6 @@ impl Collector {
             cgroup_paths: HashMap::new(),
             maps,
             interval: Duration::from_millis(config.collector.interval_ms),
-            flow_idle_timeout_ns: config
-                .network
-                .flow_idle_timeout_s
-                .saturating_mul(1_000_000_000),
-            peers: PeerTracker::new(config.network.top_peers),
-            flows: HashMap::new(),
-            flows_expired: 0,
-            flow_evictions: 0,
             program_ids,
         }
     }
@@ -425,6 +360,12 @@ impl Collector {
                     self.apply_runtime();
                     continue;
                 }
+                Ok(Command::InterfaceAdded(ifindex, name)) => {
+                    for (_, source) in &mut self.maps.signals {
+                        source.interface_added(ifindex, &name);
+                    }
+                    continue;
+                }
                 Ok(Command::ForgetInterface(ifindex)) => {
                     self.forget_interface(ifindex);
                     continue;
@@ -456,12 +397,6 @@ impl Collector {
         }
         // Empty unless per-process counting is on: one failed key lookup.
         self.take_syscall_processes(&mut snapshot);
-        if let Err(err) = self.read_packets(&mut snapshot) {
-            warn!("reading packet counters: {err}");
-        }
-        snapshot.listen = std::fs::read_to_string("/proc/net/netstat")
-            .ok()
-            .and_then(|text| read_listen_counters(&text));
         self.cycles += 1;
         if self.cycles.is_multiple_of(START_GC_EVERY) {
             self.remove_stale_starts();
@@ -504,19 +439,15 @@ impl Collector {
             Err(err) => warn!("reading run-queue latency: {err}"),
         }
         self.read_runqueue_cgroups(&mut snapshot);
-        for (signal, source) in &self.maps.signals {
+        for (signal, source) in &mut self.maps.signals {
+            if let Err(err) = source.advance(&snapshot.counters) {
+                warn!("reading {}: {err}", signal.reads);
+            }
             let (reading, error) = source.collect();
             if let Some(err) = error {
                 warn!("reading {}: {err}", signal.reads);
             }
             snapshot.signals.push((signal.name(), reading));
-        }
-        if let Err(err) = self.read_tcp(&mut snapshot) {
-            warn!("reading TCP statistics: {err}");
-        }
-        self.read_tcp_peers(&mut snapshot);
-        if let Err(err) = self.read_flows(&mut snapshot) {
-            warn!("reading the flow table: {err}");
         }
         self.reconcile_blocklist();
         if let Err(err) = self.read_blocklist(&mut snapshot) {
@@ -568,33 +499,6 @@ impl Collector {
         Ok(())
     }
 
-    /// The `tcp_top_peers` most active peers of the kernel's peer table.
-    fn read_tcp_peers(&self, snapshot: &mut Snapshot) {
-        let mut peers: Vec<(IpAddr, TcpPeerStats)> = self
-            .maps
-            .tcp_peers
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(key, stats)| {
-                let addr = if key.family == PEER_FAMILY_IPV4 {
-                    IpAddr::V4(Ipv4Addr::new(
-                        key.addr[0],
-                        key.addr[1],
-                        key.addr[2],
-                        key.addr[3],
-                    ))
-                } else {
-                    IpAddr::V6(Ipv6Addr::from(key.addr))
-                };
-                (addr, stats)
-            })
-            .collect();
-        let activity = |s: &TcpPeerStats| s.connects + s.connect_failures + s.retransmits;
-        peers.sort_by(|a, b| activity(&b.1).cmp(&activity(&a.1)).then(a.0.cmp(&b.0)));
-        peers.truncate(self.tcp_top_peers);
-        snapshot.tcp_peers = peers;
-    }
-
     /// The `runqueue.top_cgroups` cgroups with the most waiting in all,
     /// named by path (one walk of /sys/fs/cgroup for ids not seen yet).
     fn read_runqueue_cgroups(&mut self, snapshot: &mut Snapshot) {
@@ -637,147 +541,11 @@ impl Collector {
             .collect();
     }
 
-    fn read_tcp(&self, snapshot: &mut Snapshot) -> Result<(), MapError> {
-        snapshot.tcp = TcpStats::sum(self.maps.tcp_stats.get(&0, 0)?.iter());
-        for index in 0..TCP_STATES * TCP_STATES {
-            let n = u64::sum(self.maps.tcp_transitions.get(&index, 0)?.iter());
-            if n > 0 {
-                snapshot
-                    .tcp_transitions
-                    .push((index / TCP_STATES, index % TCP_STATES, n));
-            }
-        }
-        Ok(())
-    }
-
-    fn read_packets(&self, snapshot: &mut Snapshot) -> Result<(), MapError> {
-        for entry in self.maps.packet_counters.iter() {
-            let (key, values) = entry?;
-            snapshot
-                .packets
-                .push((key, PacketCounters::sum(values.iter())));
-        }
-        snapshot
-            .packets
-            .sort_by_key(|(k, _)| (k.ifindex, k.direction, k.family, k.protocol));
-        Ok(())
-    }
-
-    /// Every flow in the kernel's table: in a few batched syscalls where
-    /// the kernel can, else walking it entry by entry.
-    fn flow_entries(&self) -> Result<Vec<(FlowKey, agent_common::net::FlowStats)>, MapError> {
-        use aya::maps::IterableMap as _;
-        match batch::lookup_all(self.maps.flows.map()) {
-            Ok(Some(entries)) => return Ok(entries),
-            Ok(None) => {}
-            Err(err) => debug!("batched flow-table read failed ({err}); walking it"),
-        }
-        let mut entries = Vec::new();
-        for entry in self.maps.flows.iter() {
-            match entry {
-                Ok(entry) => entries.push(entry),
-                // The kernel evicted the entry while we walked the table.
-                Err(MapError::KeyNotFound) => continue,
-                Err(err) => return Err(err),
-            }
-        }
-        Ok(entries)
-    }
-
-    fn read_flows(&mut self, snapshot: &mut Snapshot) -> Result<(), MapError> {
-        let now = monotonic_ns();
-        let mut seen: HashMap<FlowKey, FlowState> = HashMap::with_capacity(self.flows.len());
-        let mut deltas: HashMap<PeerKey, (u64, u64)> = HashMap::new();
-        // Distinct local ports each remote peer opened new flows to.
-        let mut fan_out: HashMap<IpAddr, HashSet<u16>> = HashMap::new();
-        let mut idle = Vec::new();
-        for (key, flow) in self.flow_entries()? {
-            let (dp, db) = match self.flows.get(&key) {
-                // Same incarnation: count what is new since last cycle.
-                Some(prev)
-                    if prev.first_seen_ns == flow.first_seen_ns && flow.bytes >= prev.bytes =>
-                {
-                    (flow.packets - prev.packets, flow.bytes - prev.bytes)
-                }
-                // New flow, or evicted and re-created since: all of it is new.
-                _ => {
-                    if key.direction == agent_common::net::DIRECTION_INGRESS {
-                        fan_out
-                            .entry(remote_addr(&key))
-                            .or_default()
-                            .insert(key.dst_port);
-                    }
-                    (flow.packets, flow.bytes)
-                }
-            };
-            if db > 0 || dp > 0 {
-                let peer = PeerKey {
-                    ifindex: key.ifindex,
-                    direction: key.direction,
-                    addr: remote_addr(&key),
-                };
-                let d = deltas.entry(peer).or_default();
-                d.0 += db;
-                d.1 += dp;
-            }
-            *snapshot.flows_active.entry(key.ifindex).or_default() += 1;
-            if self.flow_idle_timeout_ns > 0
-                && now.saturating_sub(flow.last_seen_ns) > self.flow_idle_timeout_ns
-            {
-                idle.push(key);
-            }
-            seen.insert(
-                key,
-                FlowState {
-                    packets: flow.packets,
-                    bytes: flow.bytes,
-                    first_seen_ns: flow.first_seen_ns,
-                },
-            );
-        }
-        for key in idle {
-            if self.maps.flows.remove(&key).is_ok() {
-                self.flows_expired += 1;
-                seen.remove(&key);
-                if let Some(n) = snapshot.flows_active.get_mut(&key.ifindex) {
-                    *n = n.saturating_sub(1);
-                }
-            }
-        }
-        self.flows = seen;
-        self.peers.observe(&deltas);
-        snapshot.widest_peer = fan_out
-            .into_iter()
-            .map(|(peer, ports)| (peer, ports.len() as u64))
-            .max_by_key(|(_, n)| *n);
-
-        // Whatever was created and is neither live nor expired by us was
-        // evicted by the kernel's LRU.
-        let created = snapshot.counter(agent_common::counters::FLOW_CREATED);
-        let live: u64 = snapshot.flows_active.values().sum();
-        let evicted = created.saturating_sub(live + self.flows_expired);
-        self.flow_evictions = self.flow_evictions.max(evicted);
-        snapshot.flows_expired = self.flows_expired;
-        snapshot.flow_evictions = self.flow_evictions;
-        snapshot.peers = self.peers.rows();
-        Ok(())
-    }
-
-    /// Drops what the kernel and we keep for a removed interface, so dead
-    /// interfaces neither fill the counter map nor linger in /metrics (an
-    /// ifindex can be reused by a new interface).
+    /// An interface went away: each signal forgets what it keeps of it.
     fn forget_interface(&mut self, ifindex: u32) {
-        let keys: Vec<PacketKey> = self
-            .maps
-            .packet_counters
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.ifindex == ifindex)
-            .collect();
-        for key in keys {
-            let _ = self.maps.packet_counters.remove(&key);
+        for (_, source) in &mut self.maps.signals {
+            source.interface_removed(ifindex);
         }
-        self.peers.forget_interface(ifindex);
     }
 
     /// Parked syscall starts whose thread no longer exists (it died in a
@@ -856,42 +624,7 @@ fn recursion_misses(info: &aya::programs::ProgramInfo) -> Option<u64> {
     (ret == 0).then_some(prog_info.recursion_misses)
 }
 
-/// The remote end of a flow: the source of what we receive, the destination
-/// of what we send.
-pub fn remote_addr(key: &FlowKey) -> IpAddr {
-    let addr = if key.direction == agent_common::net::DIRECTION_INGRESS {
-        key.src_addr
-    } else {
-        key.dst_addr
-    };
-    if key.family == FAMILY_IPV4 {
-        IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(addr))
-    }
-}
-
 /// Label of a diagnostic counter slot, for metrics.
 pub fn counter_slots() -> &'static [(u32, &'static str, agent_common::counters::CounterKind)] {
     COUNTER_SLOTS
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn listen_counters_come_from_the_tcpext_lines() {
-        let netstat = "TcpExt: SyncookiesSent ListenOverflows ListenDrops TCPHPHits\n\
-                       TcpExt: 0 56 57 9\n\
-                       IpExt: InNoRoutes\nIpExt: 0\n";
-        assert_eq!(
-            read_listen_counters(netstat),
-            Some(ListenCounters {
-                overflows: 56,
-                drops: 57
-            })
-        );
-        assert_eq!(read_listen_counters("IpExt: A\nIpExt: 1\n"), None);
-    }
 }

@@ -53,9 +53,9 @@ pub(super) async fn watch(
                 if known.contains_key(&ifindex) || still_failed.contains(&ifindex) {
                     continue;
                 }
-                match probes.attach_interface(&name, ifindex, config.network.xdp_mode, &state.caps)
-                {
+                match probes.attach_interface(&name, ifindex, &config, &state.caps) {
                     Ok(()) => {
+                        state.collector.interface_added(ifindex, &name);
                         tracing::info!(target: LOG_TARGET, interface = name, "new interface: accounting its packets");
                         changed = true;
                     }

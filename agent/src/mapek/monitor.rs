@@ -4,7 +4,10 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use crate::{collectors::Snapshot, signals::drops::Drops};
+use crate::{
+    collectors::Snapshot,
+    signals::{drops::Drops, packets::Packets, tcp::Tcp},
+};
 
 /// Feature name → value for one cycle.
 pub type Features = BTreeMap<&'static str, f64>;
@@ -97,6 +100,9 @@ pub fn features(
     let dt = now.seconds_since(prev)?;
     let rate = |a: u64, b: u64| b.saturating_sub(a) as f64 / dt;
     let mut f = Features::new();
+    // TCP totals, from the signal's reading (zero without one).
+    let tcp = |s: &Snapshot| s.reading::<Tcp>().map(|t| t.stats).unwrap_or_default();
+    let (tcp_prev, tcp_now) = (tcp(prev), tcp(now));
 
     if signals.syscalls {
         let total = |s: &Snapshot| s.syscalls.iter().map(|r| r.stats.count).sum::<u64>();
@@ -110,53 +116,49 @@ pub fn features(
             f.insert("syscall_error_share", failed / calls);
         }
     }
+    let widest_peer = now.reading::<Packets>().and_then(|p| p.flows.widest_peer);
     if signals.network {
-        let fan_out = now.widest_peer.map_or(0, |(_, n)| n);
+        let fan_out = widest_peer.map_or(0, |(_, n)| n);
         f.insert("peer_ports_per_cycle", fan_out as f64);
     }
     if signals.network && signals.tcp {
         // SYNs that did not become a connection: a flood's signature. A
         // burst of real connections raises SYNs and accepts together.
-        let syn_in = |s: &Snapshot| {
-            s.packets
-                .iter()
-                .filter(|(k, _)| k.direction == agent_common::net::DIRECTION_INGRESS)
-                .map(|(_, c)| c.tcp_syn)
-                .sum::<u64>()
-        };
+        let syn_in = |s: &Snapshot| s.reading::<Packets>().map_or(0, Packets::syns_received);
         let syns = rate(syn_in(prev), syn_in(now));
-        let accepts = rate(prev.tcp.accepts, now.tcp.accepts);
+        let accepts = rate(tcp_prev.accepts, tcp_now.accepts);
         f.insert("half_open_syn_per_second", (syns - accepts).max(0.0));
     }
     if signals.tcp {
-        let handshakes = |s: &Snapshot| s.tcp.accepts + s.tcp.connects;
         f.insert(
             "tcp_handshakes_per_second",
-            rate(handshakes(prev), handshakes(now)),
+            rate(
+                tcp_prev.accepts + tcp_prev.connects,
+                tcp_now.accepts + tcp_now.connects,
+            ),
         );
         f.insert(
             "tcp_retransmits_per_second",
-            rate(prev.tcp.retransmits, now.tcp.retransmits),
+            rate(tcp_prev.retransmits, tcp_now.retransmits),
         );
         f.insert(
             "tcp_resets_sent_per_second",
-            rate(prev.tcp.resets_sent, now.tcp.resets_sent),
+            rate(tcp_prev.resets_sent, tcp_now.resets_sent),
         );
         // Means over the cycle's samples; no samples, no feature.
-        let connects = now.tcp.connects.saturating_sub(prev.tcp.connects);
+        let connects = tcp_now.connects.saturating_sub(tcp_prev.connects);
         if connects > 0 {
-            let sum = now
-                .tcp
+            let sum = tcp_now
                 .connect_latency_sum_ns
-                .saturating_sub(prev.tcp.connect_latency_sum_ns);
+                .saturating_sub(tcp_prev.connect_latency_sum_ns);
             f.insert(
                 "tcp_connect_mean_seconds",
                 sum as f64 / connects as f64 / 1e9,
             );
         }
-        let rtts = now.tcp.rtt_samples.saturating_sub(prev.tcp.rtt_samples);
+        let rtts = tcp_now.rtt_samples.saturating_sub(tcp_prev.rtt_samples);
         if rtts > 0 {
-            let sum = now.tcp.rtt_sum_us.saturating_sub(prev.tcp.rtt_sum_us);
+            let sum = tcp_now.rtt_sum_us.saturating_sub(tcp_prev.rtt_sum_us);
             f.insert("tcp_rtt_mean_seconds", sum as f64 / rtts as f64 / 1e6);
         }
     }
@@ -186,7 +188,7 @@ pub fn features(
         );
     }
     let subjects = Subjects {
-        widest_peer: now.widest_peer.map(|(peer, _)| peer),
+        widest_peer: widest_peer.map(|(peer, _)| peer),
         busiest_parent: None,
         syscall_processes: now.syscall_processes.clone(),
         most_waiting_cgroup: most_waiting_cgroup(prev, now, dt),

@@ -133,12 +133,9 @@ impl Exporter {
     async fn cycle(&mut self) {
         let families = {
             let state = &self.state;
-            state.metrics.gather(
-                &state.snapshot(),
-                &state.events,
-                &state.interfaces(),
-                state.mapek_families(),
-            )
+            state
+                .metrics
+                .gather(&state.snapshot(), &state.events, state.mapek_families())
         };
         let now = unix_nanos(SystemTime::now());
         if self.transport.url(Signal::Metrics).is_some() {

@@ -21,16 +21,12 @@ use agent_common::{
     },
     counters::COUNTERS_MAP,
     events::{RING_STATS_MAP, RINGS, RingStats},
-    net::{
-        BLOCKLIST_MAP, BLOCKLIST_STATS_MAP, BlocklistEntry, BlocklistKey, BlocklistStats,
-        FLOWS_MAP, FlowKey, FlowStats, PACKET_COUNTERS_MAP, PacketCounters, PacketKey,
-    },
+    net::{BLOCKLIST_MAP, BLOCKLIST_STATS_MAP, BlocklistEntry, BlocklistKey, BlocklistStats},
     sched::{RUNQ_CGROUPS_MAP, RUNQ_STATS_MAP, RunqStats},
     syscalls::{
         MAX_SYSCALLS, ProcessSyscalls, SLOW_SYSCALL_IGNORE_MAP, SYSCALL_PROCESSES_MAP,
         SYSCALL_START_MAP, SYSCALL_STATS_MAP, SyscallStart, SyscallStats,
     },
-    tcp::{TCP_PEERS_MAP, TCP_STATS_MAP, TCP_TRANSITIONS_MAP, TcpPeerKey, TcpPeerStats, TcpStats},
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -52,7 +48,7 @@ use super::{
     tiers,
 };
 use crate::{
-    config::{Config, EventTransport, SyscallHook, TcpHook, XdpModeConfig},
+    config::{Config, EventTransport, SyscallHook, XdpModeConfig},
     events::EventSource,
     signals::{self, OpenError, Signal, Source, take},
     syscall_table,
@@ -178,9 +174,9 @@ pub struct Attachment {
     pub interface: Option<String>,
 }
 
-/// What detaches one interface attachment.
+/// What detaches one interface attachment: the program and its link.
 enum LinkHandle {
-    Xdp(XdpLinkId),
+    Xdp(&'static str, XdpLinkId),
     Tc(&'static str, SchedClassifierLinkId),
 }
 
@@ -194,15 +190,10 @@ pub struct KernelMaps {
     pub slow_ignore: Array<MapData, u32>,
     /// Syscalls per process while counted (read and cleared each cycle).
     pub syscall_processes: PerCpuHashMap<MapData, u32, ProcessSyscalls>,
-    pub packet_counters: PerCpuHashMap<MapData, PacketKey, PacketCounters>,
-    pub flows: aya::maps::HashMap<MapData, FlowKey, FlowStats>,
-    pub tcp_stats: PerCpuArray<MapData, TcpStats>,
-    pub tcp_transitions: PerCpuArray<MapData, u64>,
     pub runq_stats: PerCpuArray<MapData, RunqStats>,
     pub runq_cgroups: PerCpuHashMap<MapData, u64, RunqStats>,
     /// The maps of each signal in [`signals::ALL`], in that order.
     pub signals: Vec<(&'static Signal, Box<dyn Source>)>,
-    pub tcp_peers: aya::maps::HashMap<MapData, TcpPeerKey, TcpPeerStats>,
     /// Enforce mode's blocked sources (the collector keeps it in step
     /// with the MAPE-K overlay).
     pub blocklist: aya::maps::HashMap<MapData, BlocklistKey, BlocklistEntry>,
@@ -245,8 +236,9 @@ impl Probes {
         // Classic-tracepoint field offsets come from this kernel's format
         // files; they are only needed (and tracefs only mounted) when the
         // raw tracepoint cannot be used.
-        let need_tracefs = config.tcp.enabled
-            || signals::ALL.iter().any(|s| (s.enabled)(config))
+        let need_tracefs = signals::ALL
+            .iter()
+            .any(|s| (s.enabled)(config) && !s.per_interface())
             || config.process.enabled
             || config.runqueue.enabled
             || (config.syscalls.enabled
@@ -273,8 +265,8 @@ impl Probes {
             })
             .unwrap_or(16);
 
-        // Classic-tracepoint fields the TCP programs read, from this
-        // kernel's formats (None: that program cannot be attached here).
+        // Classic-tracepoint fields the programs read, from this kernel's
+        // formats (None: that program cannot be attached here).
         let mut tp_offsets: Vec<(&'static str, Option<u32>)> = TRACEPOINT_FIELDS
             .iter()
             .chain(signals::ALL.iter().flat_map(|s| s.tracepoint_fields))
@@ -295,8 +287,7 @@ impl Probes {
                 *offset = None;
             }
         }
-        // Struct offsets the fentry and kprobe tiers read, from this
-        // kernel's BTF.
+        // Struct offsets the programs read, from this kernel's BTF.
         let btf_fields = || {
             BTF_FIELDS
                 .iter()
@@ -343,8 +334,10 @@ impl Probes {
             .override_global("SYSCALL_NR_EXIT", &exit, true)
             .override_global("SYSCALL_NR_EXIT_GROUP", &exit_group, true)
             .override_global("TP_SYS_ENTER_ID_OFFSET", &enter_id_offset, true)
-            .override_global("TP_SYS_EXIT_RET_OFFSET", &exit_ret_offset, true)
-            .map_max_entries(FLOWS_MAP, config.network.max_flows);
+            .override_global("TP_SYS_EXIT_RET_OFFSET", &exit_ret_offset, true);
+        for &(map, entries) in signals::MAP_SIZES.iter().copied().flatten() {
+            loader.map_max_entries(map, entries(config));
+        }
         let (transport, event_transport) = event_transport(config.events.transport);
         let object = match transport {
             EventTransport::PerfEventArray => EBPF_OBJECT_PERF,
@@ -365,17 +358,12 @@ impl Probes {
             syscall_start: take(&mut ebpf, SYSCALL_START_MAP)?,
             slow_ignore: take(&mut ebpf, SLOW_SYSCALL_IGNORE_MAP)?,
             syscall_processes: take(&mut ebpf, SYSCALL_PROCESSES_MAP)?,
-            packet_counters: take(&mut ebpf, PACKET_COUNTERS_MAP)?,
-            flows: take(&mut ebpf, FLOWS_MAP)?,
-            tcp_stats: take(&mut ebpf, TCP_STATS_MAP)?,
-            tcp_transitions: take(&mut ebpf, TCP_TRANSITIONS_MAP)?,
             runq_stats: take(&mut ebpf, RUNQ_STATS_MAP)?,
             runq_cgroups: take(&mut ebpf, RUNQ_CGROUPS_MAP)?,
             signals: signals::ALL
                 .iter()
                 .map(|&signal| Ok((signal, (signal.open)(&mut ebpf, config)?)))
                 .collect::<Result<_, ProbeError>>()?,
-            tcp_peers: take(&mut ebpf, TCP_PEERS_MAP)?,
             blocklist: take(&mut ebpf, BLOCKLIST_MAP)?,
             blocklist_stats: take(&mut ebpf, BLOCKLIST_STATS_MAP)?,
         };
@@ -420,19 +408,13 @@ impl Probes {
         if config.syscalls.enabled {
             probes.attach_syscalls(config.syscalls.hook, caps)?;
         }
-        if config.network.enabled {
+        if signals::ALL
+            .iter()
+            .any(|s| (s.enabled)(config) && s.per_interface())
+        {
             for (name, ifindex) in interfaces {
-                probes.attach_interface(name, *ifindex, config.network.xdp_mode, caps)?;
+                probes.attach_interface(name, *ifindex, config, caps)?;
             }
-        }
-        if config.tcp.enabled {
-            let forced = match config.tcp.hook {
-                TcpHook::Auto => None,
-                TcpHook::Fentry => Some("fentry"),
-                TcpHook::Kprobe => Some("kprobe"),
-                TcpHook::Tracepoint => Some("tracepoint"),
-            };
-            probes.attach_signal(&tiers::TCP, forced, caps, &resolved);
         }
         if config.process.enabled {
             let unusable = (!resolved.contains(&"TP_EXEC_FILENAME"))
@@ -451,7 +433,7 @@ impl Probes {
             );
         }
         for signal in signals::ALL {
-            if (signal.enabled)(config) {
+            if (signal.enabled)(config) && !signal.per_interface() {
                 probes.attach_signal(signal.tiers, (signal.forced_tier)(config), caps, &resolved);
             }
         }
@@ -598,6 +580,9 @@ impl Probes {
                     .map(drop)
                     .map_err(AttachError::Program)
             }
+            tiers::Hook::XdpOrTc(_) | tiers::Hook::TcEgress => Err(AttachError::Unavailable(
+                format!("{}: attached per interface", program.hook.describe()),
+            )),
         }
     }
 
@@ -653,9 +638,14 @@ impl Probes {
         let Some(name) = self.interfaces.remove(&ifindex) else {
             return;
         };
+        if let Some(maps) = &mut self.maps {
+            for (_, source) in &mut maps.signals {
+                source.interface_removed(ifindex);
+            }
+        }
         for link in self.links.remove(&ifindex).unwrap_or_default() {
             let result = match link {
-                LinkHandle::Xdp(id) => program_mut::<Xdp>(&mut self.ebpf, "sonde_xdp_ingress")
+                LinkHandle::Xdp(program, id) => program_mut::<Xdp>(&mut self.ebpf, program)
                     .and_then(|p| p.detach(id).map_err(AttachError::Detach)),
                 LinkHandle::Tc(program, id) => {
                     program_mut::<SchedClassifier>(&mut self.ebpf, program)
@@ -768,44 +758,61 @@ impl Probes {
         Ok("tracepoint")
     }
 
-    /// Attaches ingress and egress accounting to one interface. On error
+    /// Attaches the per-interface programs of every signal `config` turns
+    /// on (their ingress and egress accounting) to one interface, and tells
+    /// the signals' maps while the loader still holds them. On error
     /// nothing of this interface stays attached.
     pub fn attach_interface(
         &mut self,
         iface: &str,
         ifindex: u32,
-        xdp_mode: XdpModeConfig,
+        config: &Config,
         caps: &Capabilities,
     ) -> Result<(), ProbeError> {
         self.interfaces.insert(ifindex, iface.to_owned());
-        let (ingress, link) = match self.attach_ingress(iface, xdp_mode, caps) {
-            Ok(attached) => attached,
-            Err(err) => {
-                self.forget_interface(ifindex);
-                return Err(err);
-            }
-        };
-        self.attachments.push(ingress);
-        self.links.entry(ifindex).or_default().push(link);
-        match self.attach_tc(iface, "sonde_tc_egress", TcAttachType::Egress, caps) {
-            Ok((egress, link)) => {
-                self.attachments.push(egress);
-                self.links.entry(ifindex).or_default().push(link);
-                Ok(())
-            }
-            Err(reason) => {
-                self.forget_interface(ifindex);
-                Err(ProbeError::Interface {
-                    interface: iface.to_owned(),
-                    reason: format!("TC egress: {reason}"),
-                })
+        let programs = signals::ALL
+            .iter()
+            .filter(|s| (s.enabled)(config))
+            .flat_map(|s| s.tiers.tiers.iter().flat_map(|t| t.programs));
+        for program in programs {
+            let attached = match program.hook {
+                tiers::Hook::XdpOrTc(tc) => {
+                    self.attach_ingress(iface, program.program, tc, config.network.xdp_mode, caps)
+                }
+                tiers::Hook::TcEgress => self
+                    .attach_tc(iface, program.program, TcAttachType::Egress, caps)
+                    .map_err(|reason| ProbeError::Interface {
+                        interface: iface.to_owned(),
+                        reason: format!("TC egress: {reason}"),
+                    }),
+                _ => continue,
+            };
+            match attached {
+                Ok((attachment, link)) => {
+                    self.attachments.push(attachment);
+                    self.links.entry(ifindex).or_default().push(link);
+                }
+                Err(err) => {
+                    self.forget_interface(ifindex);
+                    return Err(err);
+                }
             }
         }
+        if let Some(maps) = &mut self.maps {
+            for (_, source) in &mut maps.signals {
+                source.interface_added(ifindex, iface);
+            }
+        }
+        Ok(())
     }
 
+    /// `xdp` on the interface's ingress where it is the cheap path (see
+    /// below), else `tc`.
     fn attach_ingress(
         &mut self,
         iface: &str,
+        xdp: &'static str,
+        tc: &'static str,
         xdp_mode: XdpModeConfig,
         caps: &Capabilities,
     ) -> Result<(Attachment, LinkHandle), ProbeError> {
@@ -837,11 +844,9 @@ impl Probes {
         }
         if !modes.is_empty() && xdp_links {
             let prog: &mut Xdp =
-                program_mut(&mut self.ebpf, "sonde_xdp_ingress").map_err(|reason| {
-                    ProbeError::Interface {
-                        interface: iface.to_owned(),
-                        reason: reason.to_string(),
-                    }
+                program_mut(&mut self.ebpf, xdp).map_err(|reason| ProbeError::Interface {
+                    interface: iface.to_owned(),
+                    reason: reason.to_string(),
                 })?;
             if prog.fd().is_err()
                 && let Err(e) = prog.load()
@@ -858,7 +863,7 @@ impl Probes {
                                 "ingress accounted with XDP"
                             );
                             let attachment = Attachment {
-                                program: "sonde_xdp_ingress",
+                                program: xdp,
                                 hook: format!("xdp:{iface}"),
                                 mode: label.to_owned(),
                                 attached: true,
@@ -866,7 +871,7 @@ impl Probes {
                                 error: None,
                                 interface: Some(iface.to_owned()),
                             };
-                            return Ok((attachment, LinkHandle::Xdp(id)));
+                            return Ok((attachment, LinkHandle::Xdp(xdp, id)));
                         }
                         Err(e) => {
                             // EBUSY: a program is attached; EEXIST: one is
@@ -887,7 +892,7 @@ impl Probes {
             }
         }
         let attachment = self
-            .attach_tc(iface, "sonde_tc_ingress", TcAttachType::Ingress, caps)
+            .attach_tc(iface, tc, TcAttachType::Ingress, caps)
             .map_err(|reason| {
                 reasons.push(format!("TC ingress: {reason}"));
                 ProbeError::Interface {
@@ -966,13 +971,6 @@ impl Probes {
 /// Tracepoint record fields the programs read: (global, category,
 /// tracepoint, field), resolved from the kernel's format files.
 const TRACEPOINT_FIELDS: &[(&str, &str, &str, &str)] = &[
-    ("TP_SSS_FAMILY", "sock", "inet_sock_set_state", "family"),
-    ("TP_SSS_DADDR", "sock", "inet_sock_set_state", "daddr"),
-    ("TP_SSS_DADDR_V6", "sock", "inet_sock_set_state", "daddr_v6"),
-    ("TP_RETX_FAMILY", "tcp", "tcp_retransmit_skb", "family"),
-    ("TP_RETX_DADDR", "tcp", "tcp_retransmit_skb", "daddr"),
-    ("TP_RETX_DADDR_V6", "tcp", "tcp_retransmit_skb", "daddr_v6"),
-    ("TP_PROBE_DADDR", "tcp", "tcp_probe", "daddr"),
     (
         "TP_EXEC_FILENAME",
         "sched",
@@ -989,26 +987,16 @@ const TRACEPOINT_FIELDS: &[(&str, &str, &str, &str)] = &[
         "prev_state",
     ),
     ("TP_SWITCH_NEXT_PID", "sched", "sched_switch", "next_pid"),
-    ("TP_SSS_SKADDR", "sock", "inet_sock_set_state", "skaddr"),
-    ("TP_SSS_OLDSTATE", "sock", "inet_sock_set_state", "oldstate"),
-    ("TP_SSS_NEWSTATE", "sock", "inet_sock_set_state", "newstate"),
-    ("TP_SSS_PROTOCOL", "sock", "inet_sock_set_state", "protocol"),
-    ("TP_PROBE_SRTT", "tcp", "tcp_probe", "srtt"),
 ];
 
 /// Struct members the BTF-based tiers read: (global, struct, member names
 /// in order of preference — members get renamed across kernels), resolved
 /// from the kernel's BTF.
 const BTF_FIELDS: &[(&str, &str, &[&str])] = &[
-    ("SK_STATE_OFFSET", "sock_common", &["skc_state"]),
-    ("TCP_SRTT_OFFSET", "tcp_sock", &["srtt_us"]),
     ("TASK_PID_OFFSET", "task_struct", &["pid"]),
     // `state` became `__state` in 5.14.
     ("TASK_STATE_OFFSET", "task_struct", &["__state", "state"]),
     ("TASK_REAL_PARENT_OFFSET", "task_struct", &["real_parent"]),
-    ("SK_FAMILY_OFFSET", "sock_common", &["skc_family"]),
-    ("SK_DADDR_OFFSET", "sock_common", &["skc_daddr"]),
-    ("SK_V6_DADDR_OFFSET", "sock_common", &["skc_v6_daddr"]),
     ("TASK_TGID_OFFSET", "task_struct", &["tgid"]),
     ("TASK_EXIT_CODE_OFFSET", "task_struct", &["exit_code"]),
     // Run-queue waits by cgroup: task → css_set → default cgroup → its

@@ -20,6 +20,12 @@ pub enum Hook {
     Tracepoint(&'static str, &'static str),
     /// A raw tracepoint: the tracepoint's own arguments, no record.
     RawTracepoint(&'static str),
+    /// Each accounted network interface's ingress: XDP where the interface
+    /// and the configuration make it the cheap path (and no other program
+    /// owns the hook), else the TC ingress program named here.
+    XdpOrTc(&'static str),
+    /// Each accounted network interface's egress, with TC.
+    TcEgress,
 }
 
 impl Hook {
@@ -31,7 +37,14 @@ impl Hook {
             Hook::Kretprobe(f) => format!("kretprobe:{f}"),
             Hook::Tracepoint(c, n) => format!("tracepoint:{c}:{n}"),
             Hook::RawTracepoint(n) => format!("raw_tracepoint:{n}"),
+            Hook::XdpOrTc(_) => "xdp".to_owned(),
+            Hook::TcEgress => "tc_egress".to_owned(),
         }
+    }
+
+    /// Attached to each accounted network interface rather than once.
+    pub fn per_interface(&self) -> bool {
+        matches!(self, Hook::XdpOrTc(_) | Hook::TcEgress)
     }
 }
 
@@ -46,6 +59,9 @@ pub enum Requires {
     Tracefs,
     /// Raw tracepoints, and kernel BTF for the struct offsets.
     RawTracepointsAndBtf,
+    /// TC classifier programs on network interfaces (each interface is
+    /// tried as it is attached; see the loader).
+    SchedCls,
 }
 
 #[derive(Debug)]
@@ -77,7 +93,8 @@ pub struct Signal {
     pub tiers: &'static [Tier],
 }
 
-const fn program(program: &'static str, hook: Hook) -> TierProgram {
+/// A program that needs nothing resolved and sees all of its signal.
+pub const fn program(program: &'static str, hook: Hook) -> TierProgram {
     TierProgram {
         program,
         hook,
@@ -85,144 +102,6 @@ const fn program(program: &'static str, hook: Hook) -> TierProgram {
         partial_before: None,
     }
 }
-
-/// TCP lifecycle: handshakes, transitions, retransmits, resets, RTT.
-pub const TCP: Signal = Signal {
-    name: "tcp",
-    tiers: &[
-        Tier {
-            mode: "fentry",
-            min_kernel: (5, 5),
-            requires: Requires::Trampolines,
-            programs: &[
-                TierProgram {
-                    program: "sonde_tcp_state_fentry",
-                    hook: Hook::Fentry("tcp_set_state"),
-                    needs: &["SK_STATE_OFFSET"],
-                    partial_before: None,
-                },
-                // Retransmissions sent: tcp_retransmit_skb's entry and exit
-                // and __tcp_retransmit_skb's exit (tail-loss probes call it
-                // directly; some kernels inline it into tcp_retransmit_skb),
-                // each counted once (agent-ebpf/src/tcp.rs).
-                program(
-                    "sonde_tcp_retransmit_fentry",
-                    Hook::Fentry("tcp_retransmit_skb"),
-                ),
-                program(
-                    "sonde_tcp_retransmit_fexit",
-                    Hook::Fexit("tcp_retransmit_skb"),
-                ),
-                program(
-                    "sonde_tcp_retransmit_inner_fexit",
-                    Hook::Fexit("__tcp_retransmit_skb"),
-                ),
-                program("sonde_tcp_receive_reset_fentry", Hook::Fentry("tcp_reset")),
-                program(
-                    "sonde_tcp_send_reset_fentry",
-                    Hook::Fentry("tcp_v4_send_reset"),
-                ),
-                program(
-                    "sonde_tcp_send_active_reset_fentry",
-                    Hook::Fentry("tcp_send_active_reset"),
-                ),
-                TierProgram {
-                    program: "sonde_tcp_rtt_fentry",
-                    hook: Hook::Fentry("tcp_rcv_established"),
-                    needs: &["TCP_SRTT_OFFSET"],
-                    partial_before: None,
-                },
-            ],
-        },
-        Tier {
-            mode: "kprobe",
-            min_kernel: (4, 1),
-            requires: Requires::Kprobes,
-            programs: &[
-                TierProgram {
-                    program: "sonde_tcp_state_kprobe",
-                    hook: Hook::Kprobe("tcp_set_state"),
-                    needs: &["SK_STATE_OFFSET"],
-                    partial_before: None,
-                },
-                // The same two functions, each retransmission counted once
-                // (attempts: a kprobe sees no return value).
-                program(
-                    "sonde_tcp_retransmit_kprobe",
-                    Hook::Kprobe("tcp_retransmit_skb"),
-                ),
-                program(
-                    "sonde_tcp_retransmit_kretprobe",
-                    Hook::Kretprobe("tcp_retransmit_skb"),
-                ),
-                program(
-                    "sonde_tcp_retransmit_inner_kprobe",
-                    Hook::Kprobe("__tcp_retransmit_skb"),
-                ),
-                program("sonde_tcp_receive_reset_kprobe", Hook::Kprobe("tcp_reset")),
-                program(
-                    "sonde_tcp_send_reset_kprobe",
-                    Hook::Kprobe("tcp_v4_send_reset"),
-                ),
-                program(
-                    "sonde_tcp_send_reset_kprobe",
-                    Hook::Kprobe("tcp_send_active_reset"),
-                ),
-                TierProgram {
-                    program: "sonde_tcp_rtt_kprobe",
-                    hook: Hook::Kprobe("tcp_rcv_established"),
-                    needs: &["TCP_SRTT_OFFSET"],
-                    partial_before: None,
-                },
-            ],
-        },
-        Tier {
-            mode: "tracepoint",
-            min_kernel: (4, 16),
-            requires: Requires::Tracefs,
-            programs: &[
-                TierProgram {
-                    program: "sonde_tcp_state",
-                    hook: Hook::Tracepoint("sock", "inet_sock_set_state"),
-                    needs: &[
-                        "TP_SSS_SKADDR",
-                        "TP_SSS_OLDSTATE",
-                        "TP_SSS_NEWSTATE",
-                        "TP_SSS_PROTOCOL",
-                    ],
-                    partial_before: None,
-                },
-                program(
-                    "sonde_tcp_retransmit",
-                    Hook::Tracepoint("tcp", "tcp_retransmit_skb"),
-                ),
-                program(
-                    "sonde_tcp_receive_reset",
-                    Hook::Tracepoint("tcp", "tcp_receive_reset"),
-                ),
-                TierProgram {
-                    // Linux 6.10 (19822a980e19) made it fire without a socket.
-                    partial_before: Some((
-                        (6, 10),
-                        "resets sent without a socket (a SYN to a closed port, a stray \
-                         segment) are not seen: the tcp_send_reset tracepoint fires for \
-                         them from Linux 6.10",
-                    )),
-                    ..program(
-                        "sonde_tcp_send_reset",
-                        Hook::Tracepoint("tcp", "tcp_send_reset"),
-                    )
-                },
-                TierProgram {
-                    program: "sonde_tcp_probe",
-                    hook: Hook::Tracepoint("tcp", "tcp_probe"),
-                    needs: &["TP_PROBE_SRTT"],
-                    partial_before: None,
-                },
-            ],
-        },
-    ],
-};
 
 /// Run-queue latency: wakeup or preemption → running.
 pub const RUNQUEUE: Signal = Signal {
@@ -304,8 +183,6 @@ mod tests {
 
     #[test]
     fn every_tier_has_a_core_program_and_modes_are_unique() {
-        for signal in [&TCP, &RUNQUEUE] {
-            assert_well_formed(signal);
-        }
+        assert_well_formed(&RUNQUEUE);
     }
 }

@@ -7,8 +7,10 @@
 //! declares every `signals/*.rs` as a module and lists its `SIGNAL` in
 //! [`ALL`] (by file name, the order the loader attaches them).
 //!
-//! Block I/O, listen-queue overflows and packet drops are in this shape;
-//! the others (syscalls, packets, TCP, run queue, processes) still live in
+//! A signal in several files is a directory with a mod.rs.
+//!
+//! Block I/O, listen-queue overflows, packet drops, packets and TCP are in
+//! this shape; the others (syscalls, run queue, processes) still live in
 //! the loader, collector and metrics modules.
 
 use std::{any::Any, fmt, sync::Arc};
@@ -51,6 +53,14 @@ pub type TracepointSymbol = (
 /// How a signal takes its maps from the loaded object.
 pub type Open = fn(&mut Ebpf, &Config) -> Result<Box<dyn Source>, OpenError>;
 
+/// A map whose size the configuration sets before the object is loaded:
+/// (map, entries).
+pub type MapSize = (&'static str, fn(&Config) -> u32);
+
+/// The maps of every signal sized by the configuration (most keep the
+/// size their kernel module declares, and have none here).
+pub const MAP_SIZES: &[&[MapSize]] = &[packets::MAP_SIZES];
+
 /// One kernel signal, as the loader, collector and exposition see it.
 pub struct Signal {
     /// Its tier options (the name is the signal's, as attachments and
@@ -80,6 +90,16 @@ impl Signal {
     pub fn name(&self) -> &'static str {
         self.tiers.name
     }
+
+    /// Whether its programs attach to each accounted network interface
+    /// (the loader's interface machinery) rather than once.
+    pub fn per_interface(&self) -> bool {
+        self.tiers
+            .tiers
+            .iter()
+            .flat_map(|t| t.programs)
+            .any(|p| p.hook.per_interface())
+    }
 }
 
 impl fmt::Debug for Signal {
@@ -98,6 +118,20 @@ pub trait Source: Send {
     /// Every few cycles: removes what the maps keep of things gone (the
     /// collector's garbage collection).
     fn remove_stale(&mut self) {}
+    /// The runtime settings changed (SIGHUP, the MAPE-K overlay): takes
+    /// what it reads of them.
+    fn reconfigure(&mut self, _config: &Config) {}
+    /// Every cycle, before `collect`, with the diagnostic counters just
+    /// read: moves on what the source keeps between cycles (a flow
+    /// table's per-peer deltas, its idle entries).
+    fn advance(&mut self, _counters: &[u64]) -> Result<(), MapError> {
+        Ok(())
+    }
+    /// A network interface is now accounted (its programs attached).
+    fn interface_added(&mut self, _ifindex: u32, _name: &str) {}
+    /// A network interface went away: forgets what is kept of it (an
+    /// ifindex can be reused by a new interface).
+    fn interface_removed(&mut self, _ifindex: u32) {}
 }
 
 /// A signal's part of a collector snapshot. Its concrete type is the
@@ -110,6 +144,10 @@ pub trait Reading: Any + fmt::Debug + Send + Sync {
     /// diagnostic counter slot of those lost (a full map), if the signal
     /// can lose any.
     fn completeness(&self) -> Option<(u64, u32)> {
+        None
+    }
+    /// The `signal` label of that ratio, when not the signal's name.
+    fn completeness_signal(&self) -> Option<&'static str> {
         None
     }
 }

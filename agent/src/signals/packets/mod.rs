@@ -1,0 +1,500 @@
+//! Packets and bytes per interface, direction, address family and IP
+//! protocol, TCP flags, the flow table and the top remote peers (kernel
+//! side: agent-ebpf's net module, XDP or TC on ingress and TC on egress of
+//! every accounted interface; types in agent-common's `net`). `[network]
+//! enabled` turns it on; `[network] xdp_mode`, `max_flows`,
+//! `flow_idle_timeout_s` and `top_peers` tune it.
+//!
+//! The flow table's entries come and go (idle ones removed here, the
+//! kernel's LRU evicting others when it is full), so its traffic is turned
+//! into per-peer deltas, and an evicted flow never makes a counter go
+//! back. The interfaces accounted come and go too: the collector is told
+//! ([`Source::interface_added`], [`Source::interface_removed`]), and each
+//! reading names them as they were when it was taken.
+
+mod batch;
+mod peers;
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+};
+
+use agent_common::{
+    counters::FLOW_CREATED,
+    merge::Merge,
+    net::{
+        DIRECTION_INGRESS, FAMILY_IPV4, FLOWS_MAP, FlowKey, FlowStats, IPPROTO_TCP,
+        PACKET_COUNTERS_MAP, PacketCounters, PacketKey, direction_name, family_name,
+        protocol_name,
+    },
+};
+use aya::{
+    Ebpf,
+    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuHashMap},
+};
+pub use peers::{PeerKey, PeerRow, PeerTracker};
+use prometheus::proto::{MetricFamily, MetricType};
+use tracing::debug;
+
+use super::{MapSize, OpenError, Reading, Signal, Source, take};
+use crate::{
+    config::Config,
+    family::Family,
+    probes::tiers::{self, Hook, Requires, Tier, program},
+    time::monotonic_ns,
+};
+
+pub const SIGNAL: Signal = Signal {
+    tiers: &TIERS,
+    tracepoint_fields: &[],
+    btf_fields: &[],
+    symbols: &[],
+    enabled: |config| config.network.enabled,
+    forced_tier: |_| None,
+    reads: "packet counters and the flow table",
+    open,
+};
+
+/// The flow table holds `[network] max_flows` entries.
+pub const MAP_SIZES: &[MapSize] = &[(FLOWS_MAP, |config| config.network.max_flows)];
+
+/// Attached to every accounted interface rather than once: ingress with
+/// XDP where the interface and `[network] xdp_mode` make it the cheap path,
+/// else TC; egress with TC. The loader's interface machinery chooses the
+/// ingress hook and the link type, and says why.
+const TIERS: tiers::Signal = tiers::Signal {
+    name: "packets",
+    tiers: &[Tier {
+        mode: "interface",
+        min_kernel: (4, 5),
+        requires: Requires::SchedCls,
+        programs: &[
+            program("sonde_xdp_ingress", Hook::XdpOrTc("sonde_tc_ingress")),
+            program("sonde_tc_egress", Hook::TcEgress),
+        ],
+    }],
+};
+
+fn open(ebpf: &mut Ebpf, config: &Config) -> Result<Box<dyn Source>, OpenError> {
+    Ok(Box::new(Maps {
+        counters: take(ebpf, PACKET_COUNTERS_MAP)?,
+        flows: take(ebpf, FLOWS_MAP)?,
+        interfaces: BTreeMap::new(),
+        flow_idle_timeout_ns: config
+            .network
+            .flow_idle_timeout_s
+            .saturating_mul(1_000_000_000),
+        peers: PeerTracker::new(config.network.top_peers),
+        seen: HashMap::new(),
+        flows_expired: 0,
+        flow_evictions: 0,
+        flow_view: FlowView::default(),
+    }))
+}
+
+/// What the previous cycle saw of one flow.
+struct FlowState {
+    packets: u64,
+    bytes: u64,
+    first_seen_ns: u64,
+}
+
+struct Maps {
+    counters: PerCpuHashMap<MapData, PacketKey, PacketCounters>,
+    flows: BpfHashMap<MapData, FlowKey, FlowStats>,
+    /// ifindex → name of the interfaces accounted.
+    interfaces: BTreeMap<u32, String>,
+    flow_idle_timeout_ns: u64,
+    peers: PeerTracker,
+    seen: HashMap<FlowKey, FlowState>,
+    flows_expired: u64,
+    flow_evictions: u64,
+    /// The flow table as the last cycle left it.
+    flow_view: FlowView,
+}
+
+/// The flow table's part of a reading.
+#[derive(Debug, Clone, Default)]
+pub struct FlowView {
+    /// Live flows per ifindex.
+    pub active: BTreeMap<u32, u64>,
+    /// Flows the kernel created (its diagnostic counter).
+    pub created: u64,
+    /// Idle flows removed by the agent.
+    pub expired: u64,
+    /// Flows evicted by the kernel's LRU.
+    pub evictions: u64,
+    pub peers: Vec<PeerRow>,
+    /// The remote peer that opened new flows to the most distinct local
+    /// ports since the previous cycle, and how many (scan evidence).
+    pub widest_peer: Option<(IpAddr, u64)>,
+}
+
+impl Maps {
+    fn read_counters(&self, out: &mut Vec<(PacketKey, PacketCounters)>) -> Result<(), MapError> {
+        for entry in self.counters.iter() {
+            let (key, values) = entry?;
+            out.push((key, PacketCounters::sum(values.iter())));
+        }
+        out.sort_by_key(|(k, _)| (k.ifindex, k.direction, k.family, k.protocol));
+        Ok(())
+    }
+
+    /// Every flow in the kernel's table: in a few batched syscalls where
+    /// the kernel can, else walking it entry by entry.
+    fn flow_entries(&self) -> Result<Vec<(FlowKey, FlowStats)>, MapError> {
+        use aya::maps::IterableMap as _;
+        match batch::lookup_all(self.flows.map()) {
+            Ok(Some(entries)) => return Ok(entries),
+            Ok(None) => {}
+            Err(err) => debug!("batched flow-table read failed ({err}); walking it"),
+        }
+        let mut entries = Vec::new();
+        for entry in self.flows.iter() {
+            match entry {
+                Ok(entry) => entries.push(entry),
+                // The kernel evicted the entry while we walked the table.
+                Err(MapError::KeyNotFound) => continue,
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(entries)
+    }
+
+    fn read_flows(&mut self, created: u64) -> Result<FlowView, MapError> {
+        let now = monotonic_ns();
+        let mut view = FlowView {
+            created,
+            ..Default::default()
+        };
+        let mut seen: HashMap<FlowKey, FlowState> = HashMap::with_capacity(self.seen.len());
+        let mut deltas: HashMap<PeerKey, (u64, u64)> = HashMap::new();
+        // Distinct local ports each remote peer opened new flows to.
+        let mut fan_out: HashMap<IpAddr, HashSet<u16>> = HashMap::new();
+        let mut idle = Vec::new();
+        for (key, flow) in self.flow_entries()? {
+            let (dp, db) = match self.seen.get(&key) {
+                // Same incarnation: count what is new since last cycle.
+                Some(prev)
+                    if prev.first_seen_ns == flow.first_seen_ns && flow.bytes >= prev.bytes =>
+                {
+                    (flow.packets - prev.packets, flow.bytes - prev.bytes)
+                }
+                // New flow, or evicted and re-created since: all of it is new.
+                _ => {
+                    if key.direction == DIRECTION_INGRESS {
+                        fan_out
+                            .entry(remote_addr(&key))
+                            .or_default()
+                            .insert(key.dst_port);
+                    }
+                    (flow.packets, flow.bytes)
+                }
+            };
+            if db > 0 || dp > 0 {
+                let peer = PeerKey {
+                    ifindex: key.ifindex,
+                    direction: key.direction,
+                    addr: remote_addr(&key),
+                };
+                let d = deltas.entry(peer).or_default();
+                d.0 += db;
+                d.1 += dp;
+            }
+            *view.active.entry(key.ifindex).or_default() += 1;
+            if self.flow_idle_timeout_ns > 0
+                && now.saturating_sub(flow.last_seen_ns) > self.flow_idle_timeout_ns
+            {
+                idle.push(key);
+            }
+            seen.insert(
+                key,
+                FlowState {
+                    packets: flow.packets,
+                    bytes: flow.bytes,
+                    first_seen_ns: flow.first_seen_ns,
+                },
+            );
+        }
+        for key in idle {
+            if self.flows.remove(&key).is_ok() {
+                self.flows_expired += 1;
+                seen.remove(&key);
+                if let Some(n) = view.active.get_mut(&key.ifindex) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+        }
+        self.seen = seen;
+        self.peers.observe(&deltas);
+        view.widest_peer = fan_out
+            .into_iter()
+            .map(|(peer, ports)| (peer, ports.len() as u64))
+            .max_by_key(|(_, n)| *n);
+
+        // Whatever was created and is neither live nor expired by us was
+        // evicted by the kernel's LRU.
+        let live: u64 = view.active.values().sum();
+        let evicted = created.saturating_sub(live + self.flows_expired);
+        self.flow_evictions = self.flow_evictions.max(evicted);
+        view.expired = self.flows_expired;
+        view.evictions = self.flow_evictions;
+        view.peers = self.peers.rows();
+        Ok(view)
+    }
+}
+
+impl Source for Maps {
+    fn collect(&self) -> (Arc<dyn Reading>, Option<MapError>) {
+        let mut packets = Packets {
+            interfaces: self.interfaces.clone(),
+            flows: self.flow_view.clone(),
+            ..Default::default()
+        };
+        let error = self.read_counters(&mut packets.counters).err();
+        (Arc::new(packets), error)
+    }
+
+    fn advance(&mut self, counters: &[u64]) -> Result<(), MapError> {
+        let created = counters.get(FLOW_CREATED as usize).copied().unwrap_or(0);
+        // A failed read leaves the flow families empty this cycle.
+        self.flow_view = FlowView::default();
+        self.flow_view = self.read_flows(created)?;
+        Ok(())
+    }
+
+    fn reconfigure(&mut self, config: &Config) {
+        self.peers.set_k(config.network.top_peers);
+    }
+
+    fn interface_added(&mut self, ifindex: u32, name: &str) {
+        self.interfaces.insert(ifindex, name.to_owned());
+    }
+
+    /// Drops what the kernel and we keep of a removed interface, so dead
+    /// interfaces neither fill the counter map nor linger in /metrics (an
+    /// ifindex can be reused by a new interface).
+    fn interface_removed(&mut self, ifindex: u32) {
+        self.interfaces.remove(&ifindex);
+        let keys: Vec<PacketKey> = self
+            .counters
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.ifindex == ifindex)
+            .collect();
+        for key in keys {
+            let _ = self.counters.remove(&key);
+        }
+        self.peers.forget_interface(ifindex);
+    }
+}
+
+/// The remote end of a flow: the source of what we receive, the destination
+/// of what we send.
+pub fn remote_addr(key: &FlowKey) -> IpAddr {
+    let addr = if key.direction == DIRECTION_INGRESS {
+        key.src_addr
+    } else {
+        key.dst_addr
+    };
+    if key.family == FAMILY_IPV4 {
+        IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(addr))
+    }
+}
+
+/// Packet counters summed over CPUs, the flow table's view and the
+/// interfaces' names as of one cycle.
+#[derive(Debug, Clone, Default)]
+pub struct Packets {
+    /// By (ifindex, direction, family, protocol).
+    pub counters: Vec<(PacketKey, PacketCounters)>,
+    pub flows: FlowView,
+    /// ifindex → name of the interfaces accounted.
+    pub interfaces: BTreeMap<u32, String>,
+}
+
+impl Packets {
+    /// TCP SYNs (without ACK) received, on every interface.
+    pub fn syns_received(&self) -> u64 {
+        self.counters
+            .iter()
+            .filter(|(k, _)| k.direction == DIRECTION_INGRESS)
+            .map(|(_, c)| c.tcp_syn)
+            .sum()
+    }
+
+    fn interface_name(&self, ifindex: u32) -> String {
+        self.interfaces
+            .get(&ifindex)
+            .cloned()
+            .unwrap_or_else(|| format!("if{ifindex}"))
+    }
+}
+
+impl Reading for Packets {
+    fn families(&self, out: &mut Vec<MetricFamily>) {
+        let mut packets = Family::new(
+            "sonde_packets_total",
+            "Packets seen, by interface, direction, address family and IP protocol",
+            MetricType::COUNTER,
+        );
+        let mut bytes = Family::new(
+            "sonde_bytes_total",
+            "L2 frame bytes seen, by interface, direction, address family and IP protocol",
+            MetricType::COUNTER,
+        );
+        let mut flags: BTreeMap<(String, &str, &str), u64> = BTreeMap::new();
+        for (key, c) in &self.counters {
+            let iface = self.interface_name(key.ifindex);
+            let direction = direction_name(key.direction);
+            let protocol = protocol_name(key.family, key.protocol);
+            let labels = [
+                ("interface", iface.as_str()),
+                ("direction", direction),
+                ("family", family_name(key.family)),
+                ("protocol", protocol),
+            ];
+            packets.sample(&labels, c.packets as f64);
+            bytes.sample(&labels, c.bytes as f64);
+            if key.protocol == IPPROTO_TCP {
+                for (flag, n) in [
+                    ("syn", c.tcp_syn),
+                    ("synack", c.tcp_synack),
+                    ("rst", c.tcp_rst),
+                    ("fin", c.tcp_fin),
+                ] {
+                    *flags.entry((iface.clone(), direction, flag)).or_default() += n;
+                }
+            }
+        }
+        packets.done(out);
+        bytes.done(out);
+        let mut tcp_flags = Family::new(
+            "sonde_tcp_flags_total",
+            "TCP segments with a flag set (syn: SYN without ACK), by interface and direction",
+            MetricType::COUNTER,
+        );
+        for ((iface, direction, flag), n) in &flags {
+            tcp_flags.sample(
+                &[
+                    ("interface", iface),
+                    ("direction", direction),
+                    ("flag", flag),
+                ],
+                *n as f64,
+            );
+        }
+        tcp_flags.done(out);
+
+        let flows = &self.flows;
+        let mut active = Family::new(
+            "sonde_flows_active",
+            "Flows currently in the kernel flow table, by interface",
+            MetricType::GAUGE,
+        );
+        for (&ifindex, name) in &self.interfaces {
+            let n = flows.active.get(&ifindex).copied().unwrap_or(0);
+            active.sample(&[("interface", name)], n as f64);
+        }
+        active.done(out);
+        for (name, help, value) in [
+            (
+                "sonde_flows_created_total",
+                "Flows inserted in the kernel flow table",
+                flows.created,
+            ),
+            (
+                "sonde_flow_evictions_total",
+                "Flows evicted by the kernel's LRU because the flow table was full",
+                flows.evictions,
+            ),
+            (
+                "sonde_flows_expired_total",
+                "Idle flows removed from the flow table by the agent",
+                flows.expired,
+            ),
+        ] {
+            let mut f = Family::new(name, help, MetricType::COUNTER);
+            f.sample(&[], value as f64);
+            f.done(out);
+        }
+
+        let mut peer_bytes = Family::new(
+            "sonde_peer_bytes_total",
+            "L2 bytes exchanged with the top remote peers (peer=\"other\": all the rest), by interface and direction",
+            MetricType::COUNTER,
+        );
+        let mut peer_packets = Family::new(
+            "sonde_peer_packets_total",
+            "Packets exchanged with the top remote peers (peer=\"other\": all the rest), by interface and direction",
+            MetricType::COUNTER,
+        );
+        for row in &flows.peers {
+            let iface = self.interface_name(row.ifindex);
+            let peer = row
+                .peer
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "other".into());
+            let labels = [
+                ("interface", iface.as_str()),
+                ("peer", peer.as_str()),
+                ("direction", direction_name(row.direction)),
+            ];
+            peer_bytes.sample(&labels, row.bytes as f64);
+            peer_packets.sample(&labels, row.packets as f64);
+        }
+        peer_bytes.done(out);
+        peer_packets.done(out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_name_interfaces_as_the_reading_knew_them() {
+        let key = PacketKey {
+            ifindex: 7,
+            direction: DIRECTION_INGRESS,
+            family: FAMILY_IPV4,
+            protocol: IPPROTO_TCP,
+            ..Default::default()
+        };
+        let reading = Packets {
+            counters: vec![(
+                key,
+                PacketCounters {
+                    packets: 3,
+                    tcp_syn: 2,
+                    ..Default::default()
+                },
+            )],
+            flows: FlowView {
+                active: BTreeMap::from([(7, 1)]),
+                ..Default::default()
+            },
+            interfaces: BTreeMap::from([(7, "veth7".to_owned()), (8, "veth8".to_owned())]),
+        };
+        assert_eq!(reading.syns_received(), 2);
+        let mut out = Vec::new();
+        reading.families(&mut out);
+        let family = |name: &str| out.iter().find(|f| f.name() == name).unwrap();
+        let labels = |f: &MetricFamily| -> Vec<String> {
+            f.get_metric()
+                .iter()
+                .flat_map(|m| m.get_label().iter())
+                .filter(|l| l.name() == "interface")
+                .map(|l| l.value().to_owned())
+                .collect()
+        };
+        assert_eq!(labels(family("sonde_packets_total")), ["veth7"]);
+        // Every accounted interface has a flow gauge, zero or not.
+        assert_eq!(labels(family("sonde_flows_active")), ["veth7", "veth8"]);
+        assert!(out.iter().any(|f| f.name() == "sonde_tcp_flags_total"));
+    }
+}
