@@ -108,16 +108,14 @@ impl Link {
         }
     }
 
-    /// netem with `netem` on both ends' egress; where the kernel has no
-    /// netem, the iptables `rules` (appended in their side's namespace).
-    fn impair(&self, netem: &[&str], rules: &[(Side, Vec<&str>)]) -> Impairment {
+    /// netem with `netem` (its arguments) on both ends' egress; where the
+    /// kernel has no netem, the iptables `rules` (each appended in its
+    /// side's namespace).
+    fn impair(&self, netem: &str, rules: &[(Side, String)]) -> Impairment {
         let mut tc_error = None;
         for (ns, dev) in self.ends() {
-            let tc = [
-                &["tc", "qdisc", "replace", "dev", dev, "root", "netem"],
-                netem,
-            ]
-            .concat();
+            let mut tc = vec!["tc", "qdisc", "replace", "dev", dev, "root", "netem"];
+            tc.extend(netem.split_whitespace());
             if let Err(e) = sys::output(&mut ns.exec(&tc)) {
                 // The command's last line is tc's own message.
                 let e = e.to_string();
@@ -133,7 +131,8 @@ impl Link {
             return Impairment::Neither(format!("no sch_netem ({tc_error}) and no iptables"));
         }
         for (side, rule) in rules {
-            let args = [&["iptables", "-A"][..], rule].concat();
+            let mut args = vec!["iptables", "-A"];
+            args.extend(rule.split_whitespace());
             sys::must(&mut self.ns(*side).exec(&args));
         }
         Impairment::Iptables(tc_error)
@@ -342,30 +341,15 @@ fn delayed_handshakes_and_rtts_move_past_the_delay() {
     let link = Link::new();
     let agent = Agent::start(&Config::new().render(), &[]);
     let (_listener, at) = listen(&link, 40310);
-    let port = at.rsplit(':').next().unwrap_or_default().to_owned();
-    let delay = format!("{DELAY_MS}ms");
+    let port = at.rsplit(':').next().unwrap_or_default();
     let how = link.impair(
-        &["delay", &delay],
+        &format!("delay {DELAY_MS}ms"),
         &[(
             Side::Server,
-            vec![
-                "INPUT",
-                "-p",
-                "tcp",
-                "--syn",
-                "--dport",
-                &port,
-                "-m",
-                "statistic",
-                "--mode",
-                "nth",
-                "--every",
-                "2",
-                "--packet",
-                "0",
-                "-j",
-                "DROP",
-            ],
+            format!(
+                "INPUT -p tcp --syn --dport {port} -m statistic --mode nth --every 2 --packet 0 \
+                 -j DROP"
+            ),
         )],
     );
     let rtt_count = |s: &Scrape| link_sum(s, "sonde_peer_tcp_rtt_seconds_count");
@@ -479,27 +463,16 @@ fn retransmits_under_loss_match_the_kernels_retranssegs() {
         &["tcp-send", &at, LOSS_MESSAGES, "1000", "1000"],
     );
     sender.expect_line("connected", scaled(Duration::from_secs(10)));
-    let loss = format!("{LOSS_PCT}%");
-    let probability = format!("{}", LOSS_PCT as f64 / 100.0);
-    // iptables drops on arrival: a packet dropped on its way out fails
-    // the send, which the kernel does not count as a retransmission.
+    // iptables drops on arrival, as a lossy wire would (a packet dropped
+    // on its way out would fail the local send instead).
     let random_drop = |dev| {
-        vec![
-            "INPUT",
-            "-i",
-            dev,
-            "-m",
-            "statistic",
-            "--mode",
-            "random",
-            "--probability",
-            &probability,
-            "-j",
-            "DROP",
-        ]
+        format!(
+            "INPUT -i {dev} -m statistic --mode random --probability {} -j DROP",
+            LOSS_PCT as f64 / 100.0
+        )
     };
     let how = link.impair(
-        &["loss", &loss],
+        &format!("loss {LOSS_PCT}%"),
         &[
             (Side::Server, random_drop(SERVER_IF)),
             (Side::Client, random_drop(CLIENT_IF)),
