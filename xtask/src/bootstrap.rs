@@ -139,6 +139,7 @@ const BASE_COMMANDS: &[&str] = &[
     "apt-cache",
     "apt-get",
     "cargo",
+    "cat",
     "dd",
     "dpkg-deb",
     "git",

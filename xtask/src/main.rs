@@ -39,7 +39,7 @@ enum Command {
     Bench(bench::Options),
     /// Score the anomaly detector on injected incidents against a 3-sigma detector (root); writes docs/eval.md.
     Eval(eval::Options),
-    /// Boot Debian kernels in qemu and run sonde check and counting runs inside; writes docs/kernels.md.
+    /// Boot Debian kernels in qemu and run sonde check and the integration tests inside; writes docs/kernels.md.
     VmTest(vm::Options),
 }
 

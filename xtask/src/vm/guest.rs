@@ -1,9 +1,8 @@
 //! What the guest runs: the profiles (one configuration each, checked with
-//! `sonde check`; some run integration-test binaries of tests/tests/ with
-//! the profile's settings forced on every agent they start, others are
-//! measured with `sonde run` under a known workload), and the root file
-//! system that carries them: busybox, the static binaries, the kernel's
-//! modules, `/init` (init.sh) and its parameters.
+//! `sonde check`; most then run integration-test binaries of tests/tests/
+//! with the profile's settings forced on every agent they start), and the
+//! root file system that carries them: busybox, the static binaries, the
+//! kernel's modules, `/init` (init.sh) and its parameters.
 
 use std::path::Path;
 
@@ -11,21 +10,6 @@ use anyhow::Context as _;
 
 use super::{initramfs::Archive, kernels::Kernel, payload::Payload};
 
-/// TCP connects per TCP count.
-pub const TCP_M: u64 = 20;
-/// netem's delay on every packet over lo: a handshake (two trips) then takes
-/// ≥ 100 ms, past the 67 ms log2 bucket.
-pub const NETEM_DELAY_MS: u64 = 50;
-/// netem's loss on lo while the retransmit count's stream runs.
-pub const NETEM_LOSS_PCT: u64 = 20;
-/// Segments of that stream (1000 bytes each, 10 ms apart).
-pub const LOSS_MESSAGES: u64 = 50;
-
-/// Bounds inside the guest (seconds): the agent's start, a counter reaching
-/// its target and settling, the agent's exit after SIGTERM.
-const START_TIMEOUT_S: u32 = 90;
-const SETTLE_TIMEOUT_S: u32 = 30;
-const STOP_TIMEOUT_S: u32 = 20;
 /// One integration-test binary's whole run in the guest (seconds).
 const TEST_TIMEOUT_S: u32 = 900;
 /// The factor on the test harness's agent start and stop timeouts
@@ -47,41 +31,10 @@ pub const EXCLUDED: &[(&str, &str)] = &[
     ),
 ];
 
-/// Every profile's base: loopback only (the guest has no other interface),
-/// a fast collector so counts settle quickly, and no cost governor: under
-/// software emulation the agent's share of a CPU is tens of times a real
-/// host's, and the governor would shed the RTT samples the counts check.
-const BASE: &[(&str, &str, &str)] = &[
-    ("network", "interfaces", r#"["lo"]"#),
-    ("collector", "interval_ms", "200"),
-    ("mapek", "govern_cost", "false"),
-];
-
-/// A counting check run under `sonde run`. Several may share one workload
-/// (the init script's `count_NAME` function), which reports a value for each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Count {
-    /// `sonde_tcp_connect_duration_seconds_count` rises by at least TCP_M.
-    TcpConnects,
-    /// Under netem delay (NETEM_DELAY_MS on every packet over lo), TCP_M
-    /// connects: connect-latency samples above 67 ms rise by at least TCP_M ...
-    DelayedConnectsSlow,
-    /// ... and none at or under 67 ms.
-    DelayedConnectsFast,
-    /// RTT samples (the connects' and the scrapes') above 67 ms rise ...
-    DelayedRttSlow,
-    /// ... and none at or under 67 ms.
-    DelayedRttFast,
-    /// Under netem loss (NETEM_LOSS_PCT over lo), an established connection
-    /// sends LOSS_MESSAGES segments: `sonde_tcp_retransmits_total` rises by
-    /// at least 1, and by exactly as much as the kernel's own RetransSegs.
-    LossRetransmits,
-    /// The same on the kprobe and tracepoint tiers, whose programs the kernel
-    /// skips while the CPU already runs such a program (a timer softirq on
-    /// the way out of an interrupt that came during one): at most the
-    /// kernel's count, and short of it by at most a tenth (or 1).
-    LossRetransmitsSkippable,
-}
+/// Every profile's `sonde check` configuration starts from this: loopback
+/// only (the guest has no other interface). Its tests start from the
+/// harness's own configuration (`Config` in tests/src/lib.rs).
+const BASE: &[(&str, &str, &str)] = &[("network", "interfaces", r#"["lo"]"#)];
 
 /// Exact UDP packet and byte counts into a veth pair, against the
 /// interface's own statistics; the ingress profiles force its hook.
@@ -89,129 +42,13 @@ const INGRESS_UDP: &str = "packets::ingress_udp_is_counted_exactly_and_matches_k
 /// Refused connections into a veth pair: failures and resets sent and
 /// received; the TCP profiles force its tier.
 const TCP_RESETS: &str = "tcp::refused_connections_count_failures_and_resets";
-
-/// Every TCP signal's count, for the profiles that force a TCP tier, with
-/// the retransmit check that tier can be held to.
-const fn tcp_signals(retransmits: Count) -> [Count; 6] {
-    [
-        Count::TcpConnects,
-        Count::DelayedConnectsSlow,
-        Count::DelayedConnectsFast,
-        Count::DelayedRttSlow,
-        Count::DelayedRttFast,
-        retransmits,
-    ]
-}
-
-/// fentry: exact.
-const TCP_SIGNALS: [Count; 6] = tcp_signals(Count::LossRetransmits);
-/// kprobe and tracepoint: runs the kernel skips are allowed for.
-const TCP_SIGNALS_SKIPPABLE: [Count; 6] = tcp_signals(Count::LossRetransmitsSkippable);
-
-impl Count {
-    /// The init script's function (`count_NAME`).
-    fn function(self) -> &'static str {
-        match self {
-            Count::TcpConnects => "tcp",
-            Count::DelayedConnectsSlow
-            | Count::DelayedConnectsFast
-            | Count::DelayedRttSlow
-            | Count::DelayedRttFast => "delay",
-            Count::LossRetransmits | Count::LossRetransmitsSkippable => "loss",
-        }
-    }
-
-    /// The key of the `value` line the guest reports.
-    pub fn key(self) -> &'static str {
-        match self {
-            Count::TcpConnects => "tcp_connects",
-            Count::DelayedConnectsSlow => "connects_slow",
-            Count::DelayedConnectsFast => "connects_fast",
-            Count::DelayedRttSlow => "rtt_slow",
-            Count::DelayedRttFast => "rtt_fast",
-            Count::LossRetransmits | Count::LossRetransmitsSkippable => "retransmits",
-        }
-    }
-
-    /// The key of an independent counter the guest reports beside this one,
-    /// which the judgement compares with.
-    pub fn reference_key(self) -> Option<&'static str> {
-        match self {
-            Count::LossRetransmits | Count::LossRetransmitsSkippable => Some("kernel_retrans_segs"),
-            _ => None,
-        }
-    }
-
-    /// The key of Sonde's own count of the runs the kernel skipped for the
-    /// programs behind this count (sonde_bpf_program_missed_runs_total):
-    /// the reference minus these is what the count must reach.
-    pub fn missed_key(self) -> Option<&'static str> {
-        match self {
-            Count::LossRetransmits | Count::LossRetransmitsSkippable => {
-                Some("retransmit_runs_missed")
-            }
-            _ => None,
-        }
-    }
-
-    /// What the check asserts, for the report.
-    pub fn describe(self) -> String {
-        match self {
-            Count::TcpConnects => {
-                format!(
-                    "{TCP_M} TCP connects → connect latency samples ≥ +{TCP_M} \
-                     (the guest's scrapes of /metrics are connects too)"
-                )
-            }
-            Count::DelayedConnectsSlow => format!(
-                "netem delay {NETEM_DELAY_MS} ms on lo, {TCP_M} connects → connect \
-                 latency samples > 67 ms ≥ +{TCP_M}"
-            ),
-            Count::DelayedConnectsFast => format!(
-                "netem delay {NETEM_DELAY_MS} ms on lo → connect latency samples ≤ 67 ms +0"
-            ),
-            Count::DelayedRttSlow => {
-                format!("netem delay {NETEM_DELAY_MS} ms on lo → RTT samples > 67 ms ≥ +1")
-            }
-            Count::DelayedRttFast => {
-                format!("netem delay {NETEM_DELAY_MS} ms on lo → RTT samples ≤ 67 ms +0")
-            }
-            Count::LossRetransmits => format!(
-                "netem loss {NETEM_LOSS_PCT} % on lo under {LOSS_MESSAGES} segments of an \
-                 established connection → retransmits ≥ +1 and = the kernel's RetransSegs"
-            ),
-            Count::LossRetransmitsSkippable => format!(
-                "netem loss {NETEM_LOSS_PCT} % on lo under {LOSS_MESSAGES} segments of an \
-                 established connection → retransmits ≥ +1, ≤ the kernel's RetransSegs and \
-                 short of it, beyond the runs the kernel skipped and counted, by ≤ max(1, \
-                 10 %) (it skips a kprobe or tracepoint program while the CPU is in another; \
-                 it counts those skips from Linux 6.7)"
-            ),
-        }
-    }
-
-    /// Whether `delta` (after − before) is right, given the reference
-    /// counter's delta where the count has one, and the runs of the count's
-    /// programs the kernel skipped and said so (`missed`). A skipped run
-    /// may or may not have lost a count (a skipped nested call would not
-    /// have counted anyway), so the skips bound the shortfall rather than
-    /// equal it: the count never exceeds the kernel's, and the kernel's
-    /// never exceeds the count plus the skips.
-    pub fn judge(self, delta: f64, reference: Option<f64>, missed: f64) -> bool {
-        match self {
-            Count::TcpConnects | Count::DelayedConnectsSlow => delta >= TCP_M as f64,
-            Count::DelayedConnectsFast | Count::DelayedRttFast => delta == 0.0,
-            Count::DelayedRttSlow => delta >= 1.0,
-            Count::LossRetransmits => reference
-                .is_some_and(|kernel| delta >= 1.0 && delta <= kernel && delta + missed >= kernel),
-            Count::LossRetransmitsSkippable => reference.is_some_and(|kernel| {
-                delta >= 1.0
-                    && delta <= kernel
-                    && kernel - (delta + missed) <= (kernel * 0.1).max(1.0)
-            }),
-        }
-    }
-}
+/// N connects across a veth pair: the peer's connect-latency count rises
+/// by exactly N.
+const TCP_CONNECTS: &str = "tcp_link::connects_are_counted_exactly_per_peer";
+/// The link tests, for the profiles that force a TCP tier: exact connect
+/// counts, handshakes and RTTs past a netem delay, and retransmits under
+/// netem loss against the kernel's RetransSegs (bounds by tier).
+const TCP_LINK: &str = "tcp_link";
 
 /// What a profile's `sonde check` must show: an attachment whose hook
 /// contains `hook` (and, if given, in `mode`).
@@ -232,7 +69,6 @@ pub struct Profile {
     /// say yes for the profile to apply; where it says no, a refusal is
     /// the right answer and is reported as n/a.
     pub needs: Option<&'static str>,
-    pub counts: &'static [Count],
     /// Integration tests run in the guest with `settings` forced
     /// (`SONDE_TEST_CONFIG`), the same code that checks these counts on
     /// the host: `BINARY` (tests/tests/BINARY.rs, all its tests but
@@ -249,12 +85,11 @@ pub const PROFILES: &[Profile] = &[
         settings: &[],
         expect: None,
         needs: None,
-        counts: &[Count::TcpConnects],
         // Their tests pick what they test themselves: syscalls on raw
         // tracepoints by default and on the classic tracepoint forced,
         // process events through the ring buffer and through perf event
         // arrays (so `events-perf` only checks).
-        tests: &["syscalls", "process", INGRESS_UDP],
+        tests: &["syscalls", "process", INGRESS_UDP, TCP_CONNECTS],
     },
     Profile {
         name: "events-perf",
@@ -263,7 +98,6 @@ pub const PROFILES: &[Profile] = &[
         settings: &[("events", "transport", r#""perf_event_array""#)],
         expect: None,
         needs: None,
-        counts: &[],
         tests: &[],
     },
     Profile {
@@ -275,7 +109,6 @@ pub const PROFILES: &[Profile] = &[
             mode: Some("raw_tracepoint"),
         }),
         needs: None,
-        counts: &[],
         tests: &[],
     },
     Profile {
@@ -287,7 +120,6 @@ pub const PROFILES: &[Profile] = &[
             mode: Some("tracepoint"),
         }),
         needs: None,
-        counts: &[],
         tests: &[],
     },
     Profile {
@@ -299,7 +131,6 @@ pub const PROFILES: &[Profile] = &[
             mode: Some("generic"),
         }),
         needs: None,
-        counts: &[],
         tests: &[INGRESS_UDP],
     },
     Profile {
@@ -311,7 +142,6 @@ pub const PROFILES: &[Profile] = &[
             mode: None,
         }),
         needs: None,
-        counts: &[],
         tests: &[INGRESS_UDP],
     },
     Profile {
@@ -323,8 +153,7 @@ pub const PROFILES: &[Profile] = &[
             mode: Some("fentry"),
         }),
         needs: Some("fentry/fexit"),
-        counts: &TCP_SIGNALS,
-        tests: &[TCP_RESETS],
+        tests: &[TCP_RESETS, TCP_LINK],
     },
     Profile {
         name: "tcp-kprobe",
@@ -335,8 +164,7 @@ pub const PROFILES: &[Profile] = &[
             mode: Some("kprobe"),
         }),
         needs: Some("kprobes"),
-        counts: &TCP_SIGNALS_SKIPPABLE,
-        tests: &[TCP_RESETS],
+        tests: &[TCP_RESETS, TCP_LINK],
     },
     Profile {
         name: "tcp-tracepoint",
@@ -347,8 +175,7 @@ pub const PROFILES: &[Profile] = &[
             mode: Some("tracepoint"),
         }),
         needs: None,
-        counts: &TCP_SIGNALS_SKIPPABLE,
-        tests: &[TCP_RESETS],
+        tests: &[TCP_RESETS, TCP_LINK],
     },
 ];
 
@@ -455,13 +282,6 @@ pub fn build_initramfs(
             0o644,
             p.config_toml().into_bytes(),
         )?;
-        let mut counts: Vec<&str> = p.counts.iter().map(|c| c.function()).collect();
-        counts.dedup(); // a workload's counts are listed together
-        a.file(
-            &format!("vm/profiles/{}.counts", p.name),
-            0o644,
-            format!("{}\n", counts.join(" ")).into_bytes(),
-        )?;
         a.file(
             &format!("vm/profiles/{}.tests", p.name),
             0o644,
@@ -491,11 +311,7 @@ pub fn build_initramfs(
 fn params(profiles: &[&Profile]) -> String {
     let names: Vec<&str> = profiles.iter().map(|p| p.name).collect();
     format!(
-        "PROFILES=\"{}\"\nTCP_M={TCP_M}\n\
-         NETEM_DELAY_MS={NETEM_DELAY_MS}\nNETEM_LOSS_PCT={NETEM_LOSS_PCT}\n\
-         LOSS_MESSAGES={LOSS_MESSAGES}\n\
-         START_TIMEOUT_S={START_TIMEOUT_S}\nSETTLE_TIMEOUT_S={SETTLE_TIMEOUT_S}\n\
-         STOP_TIMEOUT_S={STOP_TIMEOUT_S}\nTEST_TIMEOUT_S={TEST_TIMEOUT_S}\n\
+        "PROFILES=\"{}\"\nTEST_TIMEOUT_S={TEST_TIMEOUT_S}\n\
          TIMEOUT_SCALE={TIMEOUT_SCALE}\n",
         names.join(" ")
     )
@@ -518,7 +334,7 @@ mod tests {
             profile("auto")
                 .unwrap()
                 .config_toml()
-                .contains("[collector]\ninterval_ms = 200\n")
+                .ends_with("\n[network]\ninterfaces = [\"lo\"]\n")
         );
     }
 
@@ -544,25 +360,5 @@ mod tests {
             r#"tcp.hook = "kprobe""#
         );
         assert_eq!(profile("auto").unwrap().forced_settings(), "");
-    }
-
-    #[test]
-    fn counts_judge_their_bounds() {
-        assert!(Count::TcpConnects.judge(TCP_M as f64 * 2.0, None, 0.0));
-        assert!(!Count::TcpConnects.judge(TCP_M as f64 - 1.0, None, 0.0));
-        assert!(Count::DelayedRttFast.judge(0.0, None, 0.0));
-        assert!(!Count::DelayedRttFast.judge(1.0, None, 0.0));
-        assert!(Count::LossRetransmits.judge(5.0, Some(5.0), 0.0));
-        assert!(!Count::LossRetransmits.judge(4.0, Some(5.0), 0.0));
-        assert!(!Count::LossRetransmits.judge(6.0, Some(5.0), 0.0));
-        assert!(!Count::LossRetransmits.judge(0.0, Some(0.0), 0.0));
-        assert!(!Count::LossRetransmits.judge(3.0, None, 0.0));
-        assert!(Count::LossRetransmitsSkippable.judge(9.0, Some(10.0), 0.0));
-        assert!(!Count::LossRetransmitsSkippable.judge(8.0, Some(10.0), 0.0));
-        assert!(!Count::LossRetransmitsSkippable.judge(11.0, Some(10.0), 0.0));
-        // Seen on 6.12: 3 skipped kprobe runs, of which 1 lost a count.
-        assert!(Count::LossRetransmitsSkippable.judge(9.0, Some(10.0), 3.0));
-        assert!(Count::LossRetransmits.judge(9.0, Some(10.0), 1.0));
-        assert!(!Count::LossRetransmits.judge(9.0, Some(10.0), 0.0));
     }
 }

@@ -1,8 +1,8 @@
 //! `cargo xtask vm-test [KERNEL…]`: the kernel matrix. Boots stock Debian
 //! kernels under qemu (software emulation) from an initramfs around the
-//! static agent and integration-test binaries, runs `sonde check`, the
-//! profile's integration tests (with its settings forced) and counting runs
-//! per profile inside, judges what the guest reports, adds a `sonde check`
+//! static agent and integration-test binaries, runs `sonde check` and the
+//! profile's integration tests (with its settings forced) per profile
+//! inside, judges what the guest reports, adds a `sonde check`
 //! row for the host's own kernel, and regenerates docs/kernels.md.
 //!
 //! - `kernels`: which kernels, download and unpack (cached under target/vm/)
@@ -295,7 +295,6 @@ fn progress(tag: &str, at: Duration, line: &str, console: bool) {
     let what = match (words.next(), words.next(), words.next()) {
         (Some("kernel"), Some(k), _) => format!("guest up: {k}"),
         (Some("exit"), Some(step), Some(code)) => format!("{step}: exit {code}"),
-        (Some("value"), Some(step), Some(v)) => format!("{step}: {v}"),
         (Some("error"), Some(step), Some(msg)) => format!("{step}: ERROR {msg}"),
         (Some("done"), ..) => "guest done".to_owned(),
         _ => return,

@@ -125,15 +125,15 @@ pub fn markdown(runs: &[KernelRun], profiles: &[&Profile], info: &RunInfo) -> St
         "Generated on {} from {} by `cargo xtask vm-test`. Each Debian kernel below was \
          booted under qemu (software emulation, no KVM) from an initramfs holding busybox \
          and the statically linked (musl) `sonde`, `sonde-workload` and integration-test \
-         binaries. Inside, `sonde check` ran once per profile (a configuration, below); \
-         profiles with tests ran those integration-test binaries of `tests/tests/` (the same \
-         code `cargo xtask test` runs on the host, the profile's settings forced on every \
-         agent they start, rows `BINARY::TEST`); for profiles with counts, `sonde run` was \
-         measured against a known workload over loopback: the counter must rise by what \
-         the workload did. For the TCP tiers, loopback is also slowed and made \
-         lossy with netem (the host's iproute2 `tc`, with its libraries, in the guest). The host row is `sonde check` on the development \
-         machine's own kernel (no kprobes, no fentry there); its counts are covered by the \
-         integration tests of `cargo xtask test`.\n",
+         binaries. Inside, `sonde check` ran once per profile (a configuration, below), \
+         then the profile's integration tests of `tests/tests/` (the same code `cargo xtask \
+         test` runs on the host, the profile's settings forced on every agent they start, \
+         rows `BINARY::TEST`): each test runs a known workload and asserts the counter rose \
+         by what it did, against the kernel's own counter where there is one. For the TCP \
+         tiers, the link tests slow and thin a veth pair between two namespaces with netem \
+         (the host's iproute2 `tc`, with its libraries, in the guest). The host row is \
+         `sonde check` on the development machine's own kernel (no kprobes, no fentry \
+         there); its counts are covered by the integration tests of `cargo xtask test`.\n",
         today(),
         info.revision
     );
@@ -267,9 +267,7 @@ pub fn markdown(runs: &[KernelRun], profiles: &[&Profile], info: &RunInfo) -> St
     let _ = writeln!(
         s,
         "pass / **FAIL** / n/a (the kernel lacks what the profile forces, and the agent \
-         refused it) / — (not run). Counts show the measured rise, and the kernel's own \
-         counter beside it where the check compares with one; tests show the `measured:` \
-         lines they print (a test that finds its hook declared partial on this kernel says \
+         refused it) / — (not run). Tests show the `measured:` lines they print (a test that finds its hook declared partial on this kernel says \
          so there rather than failing).\n"
     );
     let mut head = vec!["profile".to_owned(), "check".to_owned()];
@@ -316,36 +314,33 @@ pub fn markdown(runs: &[KernelRun], profiles: &[&Profile], info: &RunInfo) -> St
     let _ = writeln!(s, "\n## Profiles\n");
     let _ = writeln!(
         s,
-        "Every profile's `sonde check` and `sonde run` attach to loopback only \
-         (`[network] interfaces = [\"lo\"]`) with `[collector] interval_ms = 200` and \
-         `[mapek] govern_cost = false` (under emulation the agent's CPU share is tens of \
-         times a host's; the governor would shed RTT samples). Its tests start from the \
+        "Every profile's `sonde check` attaches to loopback only \
+         (`[network] interfaces = [\"lo\"]`). Its tests start from the \
          test harness's configuration (`Config` in tests/src/lib.rs), with the profile's \
          settings on top (`SONDE_TEST_CONFIG`) unless a test sets that key itself.\n"
     );
     table_head(
         &mut s,
-        &["profile", "configuration", "counts"].map(String::from),
+        &["profile", "configuration", "tests"].map(String::from),
     );
     for p in profiles {
-        let counts: Vec<String> = p
+        let tests: Vec<String> = p
             .tests
             .iter()
             .map(|t| match t.split_once("::") {
                 Some((binary, test)) => format!("`{test}` of `tests/tests/{binary}.rs`"),
                 None => format!("the tests of `tests/tests/{t}.rs`"),
             })
-            .chain(p.counts.iter().map(|c| c.describe()))
             .collect();
         table_row(
             &mut s,
             &[
                 format!("`{}`", p.name),
                 p.about.to_owned(),
-                if counts.is_empty() {
+                if tests.is_empty() {
                     "—".into()
                 } else {
-                    counts.join("<br>")
+                    tests.join("<br>")
                 },
             ],
         );

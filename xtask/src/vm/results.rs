@@ -8,14 +8,12 @@ use super::guest::{self, Profile};
 
 const MARKER: &str = "SONDE-VM: ";
 
-/// One step's report (`setup`, `check:PROFILE`, `run:PROFILE`).
+/// One step's report (`setup`, `check:PROFILE`, `test:PROFILE:BINARY`).
 #[derive(Debug, Default)]
 pub struct Step {
     pub out: Vec<String>,
     pub err: Vec<String>,
     pub exit: Option<i32>,
-    /// key → (before, after)
-    pub values: BTreeMap<String, (f64, f64)>,
     pub errors: Vec<String>,
 }
 
@@ -40,22 +38,14 @@ pub fn parse_console(text: &str) -> Console {
         match kind {
             "kernel" => c.kernel = Some(rest.trim().to_owned()),
             "done" => c.done = true,
-            "out" | "err" | "exit" | "value" | "error" => {
+            "out" | "err" | "exit" | "error" => {
                 let (step, rest) = rest.split_once(' ').unwrap_or((rest, ""));
                 let s = c.steps.entry(step.to_owned()).or_default();
                 match kind {
                     "out" => s.out.push(rest.to_owned()),
                     "err" => s.err.push(rest.to_owned()),
                     "exit" => s.exit = rest.trim().parse().ok(),
-                    "error" => s.errors.push(rest.to_owned()),
-                    _ => {
-                        let f: Vec<&str> = rest.split_whitespace().collect();
-                        if let [key, before, after] = f[..]
-                            && let (Ok(b), Ok(a)) = (before.parse(), after.parse())
-                        {
-                            s.values.insert(key.to_owned(), (b, a));
-                        }
-                    }
+                    _ => s.errors.push(rest.to_owned()),
                 }
             }
             _ => {}
@@ -159,7 +149,7 @@ pub enum Status {
 #[derive(Debug)]
 pub struct Row {
     pub profile: &'static str,
-    /// `sonde check`, a count key, or `exit after SIGTERM`.
+    /// `sonde check`, `preferred tier`, or a test (`BINARY::TEST`).
     pub what: String,
     pub status: Status,
     /// For table cells, after the status word: the measured rise, `degraded`.
@@ -169,7 +159,6 @@ pub struct Row {
 
 pub const CHECK: &str = "sonde check";
 pub const PREFERRED: &str = "preferred tier";
-pub const EXIT: &str = "clean exit on SIGTERM";
 
 /// Everything known about one kernel after its run.
 #[derive(Debug)]
@@ -251,14 +240,6 @@ pub fn judge_vm(
         let check = &run.checks[p.name];
         let caps = auto_caps.as_deref().unwrap_or(&check.capabilities);
         let status = push_check_rows(&mut run.rows, p, check, caps);
-        let check_ok = status == Status::Pass;
-        if !p.counts.is_empty() {
-            let step = console
-                .steps
-                .get(&format!("run:{}", p.name))
-                .unwrap_or(&empty);
-            run.rows.extend(judge_run(p, step, check_ok, status));
-        }
         for entry in p.tests {
             let step = console
                 .steps
@@ -427,8 +408,8 @@ fn push_check_rows(
     status
 }
 
-/// The host's own kernel: `sonde check` per profile, counts left to the
-/// integration tests.
+/// The host's own kernel: `sonde check` per profile (the integration tests
+/// of `cargo xtask test` run here on their own).
 pub fn judge_host(release: &str, checks: Vec<(&'static Profile, CheckOutput)>) -> KernelRun {
     let mut run = KernelRun {
         release: release.to_owned(),
@@ -447,15 +428,6 @@ pub fn judge_host(release: &str, checks: Vec<(&'static Profile, CheckOutput)>) -
             .clone()
             .unwrap_or_else(|| check.capabilities.clone());
         push_check_rows(&mut run.rows, p, &check, &caps);
-        for c in p.counts {
-            run.rows.push(Row {
-                profile: p.name,
-                what: c.key().to_owned(),
-                status: Status::NotRun,
-                short: None,
-                detail: "host kernel: covered by `cargo xtask test`".into(),
-            });
-        }
         run.checks.insert(p.name, check);
     }
     run
@@ -588,110 +560,8 @@ fn judge_preferred(
     }
 }
 
-/// The counts the guest measured under `sonde run`, and the agent's exit.
-fn judge_run(p: &Profile, step: &Step, check_ok: bool, check_status: Status) -> Vec<Row> {
-    let mut rows = Vec::new();
-    let not_run = |what: &str, status: Status, detail: &str| Row {
-        profile: p.name,
-        what: what.to_owned(),
-        status,
-        short: None,
-        detail: detail.to_owned(),
-    };
-    if !check_ok && step.exit.is_none() {
-        // The guest skips the run when `sonde check` failed.
-        let status = if check_status == Status::NotApplicable {
-            Status::NotApplicable
-        } else {
-            Status::NotRun
-        };
-        for c in p.counts {
-            rows.push(not_run(
-                c.key(),
-                status,
-                "skipped: `sonde check` did not pass",
-            ));
-        }
-        return rows;
-    }
-    let errors = step.errors.join("; ");
-    for &c in p.counts {
-        rows.push(match step.values.get(c.key()) {
-            Some(&(before, after)) => {
-                let delta = after - before;
-                let reference = c.reference_key().map(|key| {
-                    let d = step.values.get(key).map(|&(b, a)| a - b);
-                    (key, d)
-                });
-                let missed = c.missed_key().map(|key| {
-                    let d = step.values.get(key).map(|&(b, a)| a - b);
-                    (key, d)
-                });
-                let mut measured = match reference {
-                    Some((key, Some(d))) => format!("+{delta}, {key} +{d}"),
-                    Some((key, None)) => format!("+{delta}, no {key}"),
-                    None => format!("+{delta}"),
-                };
-                if let Some((key, Some(m))) = missed
-                    && m > 0.0
-                {
-                    measured.push_str(&format!(", {key} +{m}"));
-                }
-                let missed = missed.and_then(|(_, m)| m).unwrap_or(0.0);
-                Row {
-                    profile: p.name,
-                    what: c.key().to_owned(),
-                    status: if c.judge(delta, reference.and_then(|(_, d)| d), missed) {
-                        Status::Pass
-                    } else {
-                        Status::Fail
-                    },
-                    short: Some(measured.clone()),
-                    detail: format!("{measured} ({})", c.describe()),
-                }
-            }
-            None => not_run(
-                c.key(),
-                Status::Fail,
-                &format!(
-                    "no measurement{}",
-                    if errors.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {errors}")
-                    }
-                ),
-            ),
-        });
-    }
-    let (status, detail) = match step.exit {
-        Some(0) if step.errors.is_empty() => (Status::Pass, "exit 0".to_owned()),
-        Some(0) => (Status::Fail, format!("exit 0, but: {errors}")),
-        Some(code) => {
-            let last = step
-                .err
-                .iter()
-                .rev()
-                .find(|l| l.contains("ERROR") || l.contains("error"))
-                .map(|l| format!(": {}", l.trim()))
-                .unwrap_or_default();
-            (Status::Fail, format!("exit {code}{last}"))
-        }
-        None => (Status::Fail, "not reached".to_owned()),
-    };
-    rows.push(Row {
-        profile: p.name,
-        what: EXIT.to_owned(),
-        status,
-        short: None,
-        detail,
-    });
-    rows
-}
-
 #[cfg(test)]
 mod tests {
-    use super::super::guest::{Count, TCP_M};
     use super::*;
 
     const CHECK_OUT: &str = "\
@@ -762,94 +632,13 @@ result            ok (degraded): 1 optional program(s) unavailable";
                 }
                 s.push_str(&format!("SONDE-VM: exit {step} {exit}\n"));
             }
-            if p.counts.is_empty() {
-                continue;
-            }
-            for c in p.counts {
-                // The smallest passing rise, and one that fails.
-                let n = match c {
-                    Count::DelayedConnectsFast | Count::DelayedRttFast => 0.0,
-                    Count::DelayedRttSlow
-                    | Count::LossRetransmits
-                    | Count::LossRetransmitsSkippable => 1.0,
-                    _ => TCP_M as f64,
-                };
-                let after = match (good, c) {
-                    (true, _) => 100.0 + n,
-                    (false, Count::DelayedConnectsFast | Count::DelayedRttFast) => 101.0,
-                    (false, _) => 100.0 + n - 1.0,
-                };
-                s.push_str(&format!(
-                    "SONDE-VM: value run:{} {} 100 {after}\n",
-                    p.name,
-                    c.key()
-                ));
-                if let Some(key) = c.reference_key() {
-                    s.push_str(&format!("SONDE-VM: value run:{} {key} 0 {n}\n", p.name));
-                }
-            }
-            s.push_str(&format!("SONDE-VM: err run:{} INFO ready\n", p.name));
-            s.push_str(&format!("SONDE-VM: exit run:{} 0\n", p.name));
         }
         s.push_str("SONDE-VM: done\n");
         s
     }
 
     #[test]
-    fn tcp_signal_counts_pass_at_their_bounds_and_fail_past_them() {
-        let profiles = [guest::profile("tcp-fentry").unwrap()];
-        let run = judge_vm(
-            "6.1.0-1-cloud-amd64",
-            &parse_console(&console(&profiles, true)),
-            &profiles,
-            Duration::from_secs(5),
-        );
-        assert!(run.passed(), "{:?}", run.failures().collect::<Vec<_>>());
-        let retransmits = run.rows.iter().find(|r| r.what == "retransmits").unwrap();
-        assert_eq!(
-            retransmits.short.as_deref(),
-            Some("+1, kernel_retrans_segs +1")
-        );
-        let run = judge_vm(
-            "6.1.0-1-cloud-amd64",
-            &parse_console(&console(&profiles, false)),
-            &profiles,
-            Duration::from_secs(5),
-        );
-        // Every count and test fails; the check and the exit pass.
-        let p = guest::profile("tcp-fentry").unwrap();
-        assert_eq!(run.failures().count(), p.counts.len() + p.tests.len());
-    }
-
-    #[test]
-    fn skipped_runs_the_kernel_counted_are_taken_off_the_reference() {
-        let p = guest::profile("tcp-fentry").unwrap();
-        let mut step = Step {
-            exit: Some(0),
-            ..Step::default()
-        };
-        step.values.insert("retransmits".into(), (0.0, 11.0));
-        step.values
-            .insert("kernel_retrans_segs".into(), (100.0, 112.0));
-        let row = |step: &Step| {
-            judge_run(p, step, true, Status::Pass)
-                .into_iter()
-                .find(|r| r.what == "retransmits")
-                .unwrap()
-        };
-        assert_eq!(row(&step).status, Status::Fail);
-        step.values
-            .insert("retransmit_runs_missed".into(), (2.0, 3.0));
-        let r = row(&step);
-        assert_eq!(r.status, Status::Pass, "{}", r.detail);
-        assert_eq!(
-            r.short.as_deref(),
-            Some("+11, kernel_retrans_segs +12, retransmit_runs_missed +1")
-        );
-    }
-
-    #[test]
-    fn a_good_console_passes_and_a_short_count_fails() {
+    fn a_good_console_passes_and_a_failing_test_fails() {
         let profiles = [
             guest::profile("auto").unwrap(),
             guest::profile("syscalls-raw_tracepoint").unwrap(),
@@ -859,8 +648,9 @@ result            ok (degraded): 1 optional program(s) unavailable";
         assert!(run.passed(), "{:?}", run.failures().collect::<Vec<_>>());
         // An unavailable optional program: passes, marked degraded.
         assert_eq!(run.rows[0].short.as_deref(), Some("degraded"));
-        // auto: check, preferred tier, 3 counts, exit, 1 test; raw_tracepoint: check
-        assert_eq!(run.rows.len(), 8);
+        // auto: check, preferred tier, a row per test entry; raw_tracepoint: check
+        let auto = guest::profile("auto").unwrap();
+        assert_eq!(run.rows.len(), 2 + auto.tests.len() + 1);
         let test = run.rows.iter().find(|r| r.what.contains("::")).unwrap();
         assert_eq!(test.what, "syscalls::counts_exactly");
         assert_eq!(test.short.as_deref(), Some("+7 of 7"));
@@ -868,7 +658,7 @@ result            ok (degraded): 1 optional program(s) unavailable";
         let c = parse_console(&console(&profiles, false));
         let run = judge_vm("6.1.0-1-cloud-amd64", &c, &profiles, Duration::from_secs(5));
         let failures: Vec<String> = run.failures().collect();
-        assert_eq!(failures.len(), 4, "{failures:?}");
+        assert_eq!(failures.len(), auto.tests.len(), "{failures:?}");
         assert!(
             failures
                 .iter()
