@@ -324,7 +324,7 @@ fn tcp_families(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
 /// made it into the numbers (1 = nothing lost), so a dashboard can tell
 /// missing data from a quiet system.
 fn completeness(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
-    use agent_common::counters::{RUNQ_MAP_FULL, SYSCALL_START_MAP_FULL, TCP_CONNECT_MAP_FULL};
+    use agent_common::counters::{SYSCALL_START_MAP_FULL, TCP_CONNECT_MAP_FULL};
     let ratio = |kept: u64, lost: u64| {
         if kept + lost == 0 {
             1.0
@@ -360,10 +360,6 @@ fn completeness(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
             tcp.connects + tcp.connect_failures,
             snapshot.counter(TCP_CONNECT_MAP_FULL),
         ),
-    );
-    family.sample(
-        &[("signal", "runqueue")],
-        ratio(snapshot.runqueue.samples, snapshot.counter(RUNQ_MAP_FULL)),
     );
     for (name, reading) in &snapshot.signals {
         if let Some((kept, lost_slot)) = reading.completeness() {
@@ -471,33 +467,6 @@ fn kernel_families(
     for (_, reading) in &snapshot.signals {
         reading.families(&mut out);
     }
-    let mut runq = Family::new(
-        "sonde_runqueue_latency_seconds",
-        "Time runnable tasks waited for a CPU (woken or preempted → running)",
-        MetricType::HISTOGRAM,
-    );
-    let rq = &snapshot.runqueue;
-    runq.histogram(
-        &[],
-        &log2_buckets(&rq.slots),
-        rq.samples,
-        rq.sum_ns as f64 / 1e9,
-    );
-    runq.done(&mut out);
-    let mut runq_cgroups = Family::new(
-        "sonde_runqueue_cgroup_latency_seconds",
-        "Time runnable tasks waited for a CPU, by the task's cgroup (v2 path), for the runqueue.top_cgroups cgroups that waited longest in all",
-        MetricType::HISTOGRAM,
-    );
-    for (cgroup, rq) in &snapshot.runqueue_cgroups {
-        runq_cgroups.histogram(
-            &[("cgroup", cgroup)],
-            &log2_buckets(&rq.slots),
-            rq.samples,
-            rq.sum_ns as f64 / 1e9,
-        );
-    }
-    runq_cgroups.done(&mut out);
     let mut active = Family::new(
         "sonde_flows_active",
         "Flows currently in the kernel flow table, by interface",

@@ -31,7 +31,6 @@ use agent_common::{
         BlocklistEntry, BlocklistKey, BlocklistStats, FAMILY_IPV4, FlowKey, PacketCounters,
         PacketKey,
     },
-    sched::RunqStats,
     syscalls::{MAX_SYSCALLS, SyscallStats},
     tcp::{PEER_FAMILY_IPV4, TCP_STATES, TcpPeerStats, TcpStats},
 };
@@ -127,15 +126,6 @@ pub struct Snapshot {
     /// The kernel's own listen-queue counters for this network namespace
     /// (TcpExt ListenOverflows, ListenDrops), where it exposes them.
     pub listen: Option<ListenCounters>,
-    /// Run-queue latency, summed over CPUs.
-    pub runqueue: RunqStats,
-    /// The cgroups that waited longest in all (cumulative), longest
-    /// first, at most `runqueue.top_cgroups`: (path, waits).
-    pub runqueue_cgroups: Vec<(String, RunqStats)>,
-    /// Every cgroup in the kernel's per-cgroup map: (id, summed wait ns,
-    /// waits), cumulative; what the MAPE-K loop names a CPU-starved
-    /// cgroup from.
-    pub runqueue_cgroup_totals: Vec<(u64, u64, u64)>,
     /// Each signal's reading (signals::ALL), by signal name.
     pub signals: Vec<(&'static str, Arc<dyn Reading>)>,
     /// The most active TCP peers (passive mesh view).
@@ -245,9 +235,6 @@ pub struct Collector {
     tcp_top_peers: usize,
     cycles: u64,
     stale_starts_removed: u64,
-    /// cgroup id → path (None: not found by the last walk, retried at the
-    /// next sweep), for the ids in the per-cgroup run-queue map.
-    cgroup_paths: HashMap<u64, Option<String>>,
     /// Runtime settings as configured (start, SIGHUP) and the MAPE-K
     /// loop's changes on top; the kernel programs get the combination.
     configured: Config,
@@ -379,7 +366,6 @@ impl Collector {
             blocklist_active: false,
             cycles: 0,
             stale_starts_removed: 0,
-            cgroup_paths: HashMap::new(),
             maps,
             interval: Duration::from_millis(config.collector.interval_ms),
             flow_idle_timeout_ns: config
@@ -468,7 +454,6 @@ impl Collector {
             for (_, source) in &mut self.maps.signals {
                 source.remove_stale();
             }
-            self.cgroup_paths.retain(|_, path| path.is_some());
         }
         snapshot.stale_starts_removed = self.stale_starts_removed;
         snapshot.counters = (0..COUNTERS_LEN)
@@ -499,11 +484,6 @@ impl Collector {
             }
             snapshot.rings.insert(label, counters);
         }
-        match self.maps.runq_stats.get(&0, 0) {
-            Ok(values) => snapshot.runqueue = RunqStats::sum(values.iter()),
-            Err(err) => warn!("reading run-queue latency: {err}"),
-        }
-        self.read_runqueue_cgroups(&mut snapshot);
         for (signal, source) in &self.maps.signals {
             let (reading, error) = source.collect();
             if let Some(err) = error {
@@ -593,48 +573,6 @@ impl Collector {
         peers.sort_by(|a, b| activity(&b.1).cmp(&activity(&a.1)).then(a.0.cmp(&b.0)));
         peers.truncate(self.tcp_top_peers);
         snapshot.tcp_peers = peers;
-    }
-
-    /// The `runqueue.top_cgroups` cgroups with the most waiting in all,
-    /// named by path (one walk of /sys/fs/cgroup for ids not seen yet).
-    fn read_runqueue_cgroups(&mut self, snapshot: &mut Snapshot) {
-        let top = self.configured.runqueue.top_cgroups;
-        if top == 0 || !self.configured.runqueue.enabled {
-            return;
-        }
-        let mut rows: Vec<(u64, RunqStats)> = self
-            .maps
-            .runq_cgroups
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(id, values)| (id, RunqStats::sum(values.iter())))
-            .collect();
-        let live: HashSet<u64> = rows.iter().map(|(id, _)| *id).collect();
-        self.cgroup_paths.retain(|id, _| live.contains(id));
-        snapshot.runqueue_cgroup_totals = rows
-            .iter()
-            .map(|(id, stats)| (*id, stats.sum_ns, stats.samples))
-            .collect();
-        rows.sort_by(|a, b| b.1.sum_ns.cmp(&a.1.sum_ns).then(a.0.cmp(&b.0)));
-        rows.truncate(top);
-        let unknown: HashSet<u64> = rows
-            .iter()
-            .map(|(id, _)| *id)
-            .filter(|id| !self.cgroup_paths.contains_key(id))
-            .collect();
-        if !unknown.is_empty() {
-            let mut found = crate::cgroup::paths(&unknown);
-            for id in unknown {
-                self.cgroup_paths.insert(id, found.remove(&id));
-            }
-        }
-        snapshot.runqueue_cgroups = rows
-            .into_iter()
-            .map(|(id, stats)| {
-                let path = self.cgroup_paths.get(&id).and_then(Option::as_ref);
-                (crate::cgroup::describe(id, path), stats)
-            })
-            .collect();
     }
 
     fn read_tcp(&self, snapshot: &mut Snapshot) -> Result<(), MapError> {

@@ -104,7 +104,7 @@ impl Mapek {
                 network: has("sonde_xdp") || has("sonde_tc"),
                 tcp: has("sonde_tcp"),
                 drops: has(signals::drops::PROGRAM),
-                runqueue: has("sonde_runq"),
+                runqueue: has(signals::runqueue::PROGRAM_PREFIX),
                 processes: has("sonde_process"),
             },
             cycles: 0,

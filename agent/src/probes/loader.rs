@@ -15,9 +15,8 @@ use std::{collections::BTreeMap, os::fd::OwnedFd, path::Path};
 
 use agent_common::{
     config::{
-        CFG_FLOW_EVENTS_BURST, CFG_FLOW_EVENTS_PER_SEC, CFG_IGNORE_TGID, CFG_RUNQ_PER_CGROUP,
-        CFG_SLOW_SYSCALL_NS, CFG_SYSCALL_SAMPLE_EVERY, CFG_SYSCALLS_PER_PROCESS, CFG_TCP_RTT,
-        CONFIG_MAP,
+        CFG_FLOW_EVENTS_BURST, CFG_FLOW_EVENTS_PER_SEC, CFG_IGNORE_TGID, CFG_SLOW_SYSCALL_NS,
+        CFG_SYSCALL_SAMPLE_EVERY, CFG_SYSCALLS_PER_PROCESS, CFG_TCP_RTT, CONFIG_MAP,
     },
     counters::COUNTERS_MAP,
     events::{RING_STATS_MAP, RINGS, RingStats},
@@ -25,7 +24,6 @@ use agent_common::{
         BLOCKLIST_MAP, BLOCKLIST_STATS_MAP, BlocklistEntry, BlocklistKey, BlocklistStats,
         FLOWS_MAP, FlowKey, FlowStats, PACKET_COUNTERS_MAP, PacketCounters, PacketKey,
     },
-    sched::{RUNQ_CGROUPS_MAP, RUNQ_STATS_MAP, RunqStats},
     syscalls::{
         MAX_SYSCALLS, ProcessSyscalls, SLOW_SYSCALL_IGNORE_MAP, SYSCALL_PROCESSES_MAP,
         SYSCALL_START_MAP, SYSCALL_STATS_MAP, SyscallStart, SyscallStats,
@@ -198,8 +196,6 @@ pub struct KernelMaps {
     pub flows: aya::maps::HashMap<MapData, FlowKey, FlowStats>,
     pub tcp_stats: PerCpuArray<MapData, TcpStats>,
     pub tcp_transitions: PerCpuArray<MapData, u64>,
-    pub runq_stats: PerCpuArray<MapData, RunqStats>,
-    pub runq_cgroups: PerCpuHashMap<MapData, u64, RunqStats>,
     /// The maps of each signal in [`signals::ALL`], in that order.
     pub signals: Vec<(&'static Signal, Box<dyn Source>)>,
     pub tcp_peers: aya::maps::HashMap<MapData, TcpPeerKey, TcpPeerStats>,
@@ -219,6 +215,9 @@ pub struct Probes {
     links: BTreeMap<u32, Vec<LinkHandle>>,
     /// What attached hooks cannot see on this kernel ("program hook: why").
     pub limitations: Vec<String>,
+    /// (global, category, tracepoint): a tracepoint field listed again for
+    /// another tracepoint whose record has it elsewhere (see `load`).
+    misplaced: Vec<(&'static str, &'static str, &'static str)>,
     /// Rings, by (ring id, label), handed to the event readers.
     pub rings: Vec<(u32, &'static str, EventSource)>,
     /// How events reach user space, as `sonde check` says it.
@@ -248,7 +247,6 @@ impl Probes {
         let need_tracefs = config.tcp.enabled
             || signals::ALL.iter().any(|s| (s.enabled)(config))
             || config.process.enabled
-            || config.runqueue.enabled
             || (config.syscalls.enabled
                 && (config.syscalls.hook == SyscallHook::Tracepoint || !caps.raw_tracepoint));
         let tracefs = if need_tracefs {
@@ -273,26 +271,24 @@ impl Probes {
             })
             .unwrap_or(16);
 
-        // Classic-tracepoint fields the TCP programs read, from this
-        // kernel's formats (None: that program cannot be attached here).
-        let mut tp_offsets: Vec<(&'static str, Option<u32>)> = TRACEPOINT_FIELDS
+        // Classic-tracepoint fields the programs read, from this kernel's
+        // formats (None: that program cannot be attached here).
+        let mut tp_offsets: Vec<(&'static str, Option<u32>)> = Vec::new();
+        // A global listed for several tracepoints is read by one program
+        // on each (one wakeup program serves sched_wakeup and
+        // sched_wakeup_new): it takes the first listing's offset, and a
+        // tracepoint whose record puts the field elsewhere cannot have it.
+        let mut misplaced = Vec::new();
+        for &(global, category, tp, field) in TRACEPOINT_FIELDS
             .iter()
             .chain(signals::ALL.iter().flat_map(|s| s.tracepoint_fields))
-            .map(|&(global, category, tp, field)| {
-                let offset = tracefs
-                    .and_then(|t| capabilities::tracepoint_field_offset(t, category, tp, field));
-                (global, offset)
-            })
-            .collect();
-        // One wakeup program serves sched_wakeup and sched_wakeup_new: only
-        // where both records put `pid` at the same offset.
-        let wakeup = tp_offsets
-            .iter()
-            .find(|(g, _)| *g == "TP_WAKEUP_PID")
-            .and_then(|(_, o)| *o);
-        for (global, offset) in &mut tp_offsets {
-            if *global == "TP_WAKEUP_NEW_PID" && *offset != wakeup {
-                *offset = None;
+        {
+            let offset =
+                tracefs.and_then(|t| capabilities::tracepoint_field_offset(t, category, tp, field));
+            match tp_offsets.iter().find(|(g, _)| *g == global) {
+                Some((_, first)) if *first != offset => misplaced.push((global, category, tp)),
+                Some(_) => {}
+                None => tp_offsets.push((global, offset)),
             }
         }
         // Struct offsets the fentry and kprobe tiers read, from this
@@ -328,8 +324,7 @@ impl Probes {
         }
         let mut loader = EbpfLoader::new();
         for (global, offset) in tp_offsets.iter().chain(&btf_offsets) {
-            // TP_WAKEUP_NEW_PID is a check only (see above), not a global.
-            if let (Some(offset), false) = (offset, *global == "TP_WAKEUP_NEW_PID") {
+            if let Some(offset) = offset {
                 loader.override_global(global, offset, true);
             }
         }
@@ -369,8 +364,6 @@ impl Probes {
             flows: take(&mut ebpf, FLOWS_MAP)?,
             tcp_stats: take(&mut ebpf, TCP_STATS_MAP)?,
             tcp_transitions: take(&mut ebpf, TCP_TRANSITIONS_MAP)?,
-            runq_stats: take(&mut ebpf, RUNQ_STATS_MAP)?,
-            runq_cgroups: take(&mut ebpf, RUNQ_CGROUPS_MAP)?,
             signals: signals::ALL
                 .iter()
                 .map(|&signal| Ok((signal, (signal.open)(&mut ebpf, config)?)))
@@ -412,6 +405,7 @@ impl Probes {
             interfaces: BTreeMap::new(),
             links: BTreeMap::new(),
             limitations: Vec::new(),
+            misplaced,
             rings,
             event_transport,
             maps: Some(maps),
@@ -454,10 +448,6 @@ impl Probes {
             if (signal.enabled)(config) {
                 probes.attach_signal(signal.tiers, (signal.forced_tier)(config), caps, &resolved);
             }
-        }
-        if config.runqueue.enabled {
-            let forced = (config.runqueue.hook != "auto").then_some(config.runqueue.hook.as_str());
-            probes.attach_signal(&tiers::RUNQUEUE, forced, caps, &resolved);
         }
         Ok(probes)
     }
@@ -553,6 +543,14 @@ impl Probes {
     ) -> Result<(), AttachError> {
         if let Some(missing) = program.needs.iter().find(|g| !resolved.contains(g)) {
             return Err(AttachError::Unresolved(missing));
+        }
+        if let tiers::Hook::Tracepoint(category, tp) = program.hook
+            && let Some(&(global, ..)) = self
+                .misplaced
+                .iter()
+                .find(|m| (m.1, m.2) == (category, tp) && program.needs.contains(&m.0))
+        {
+            return Err(AttachError::Unresolved(global));
         }
         let name = program.program;
         match program.hook {
@@ -979,16 +977,6 @@ const TRACEPOINT_FIELDS: &[(&str, &str, &str, &str)] = &[
         "sched_process_exec",
         "filename",
     ),
-    ("TP_WAKEUP_PID", "sched", "sched_wakeup", "pid"),
-    ("TP_WAKEUP_NEW_PID", "sched", "sched_wakeup_new", "pid"),
-    ("TP_SWITCH_PREV_PID", "sched", "sched_switch", "prev_pid"),
-    (
-        "TP_SWITCH_PREV_STATE",
-        "sched",
-        "sched_switch",
-        "prev_state",
-    ),
-    ("TP_SWITCH_NEXT_PID", "sched", "sched_switch", "next_pid"),
     ("TP_SSS_SKADDR", "sock", "inet_sock_set_state", "skaddr"),
     ("TP_SSS_OLDSTATE", "sock", "inet_sock_set_state", "oldstate"),
     ("TP_SSS_NEWSTATE", "sock", "inet_sock_set_state", "newstate"),
@@ -1002,21 +990,12 @@ const TRACEPOINT_FIELDS: &[(&str, &str, &str, &str)] = &[
 const BTF_FIELDS: &[(&str, &str, &[&str])] = &[
     ("SK_STATE_OFFSET", "sock_common", &["skc_state"]),
     ("TCP_SRTT_OFFSET", "tcp_sock", &["srtt_us"]),
-    ("TASK_PID_OFFSET", "task_struct", &["pid"]),
-    // `state` became `__state` in 5.14.
-    ("TASK_STATE_OFFSET", "task_struct", &["__state", "state"]),
     ("TASK_REAL_PARENT_OFFSET", "task_struct", &["real_parent"]),
     ("SK_FAMILY_OFFSET", "sock_common", &["skc_family"]),
     ("SK_DADDR_OFFSET", "sock_common", &["skc_daddr"]),
     ("SK_V6_DADDR_OFFSET", "sock_common", &["skc_v6_daddr"]),
     ("TASK_TGID_OFFSET", "task_struct", &["tgid"]),
     ("TASK_EXIT_CODE_OFFSET", "task_struct", &["exit_code"]),
-    // Run-queue waits by cgroup: task → css_set → default cgroup → its
-    // kernfs node's id.
-    ("TASK_CGROUPS_OFFSET", "task_struct", &["cgroups"]),
-    ("CSS_SET_DFL_CGRP_OFFSET", "css_set", &["dfl_cgrp"]),
-    ("CGROUP_KN_OFFSET", "cgroup", &["kn"]),
-    ("KERNFS_NODE_ID_OFFSET", "kernfs_node", &["id"]),
 ];
 
 /// Why a tier cannot be tried on this kernel, if it cannot.
@@ -1096,13 +1075,14 @@ pub fn apply_runtime_config(maps: &mut KernelMaps, config: &Config) -> Result<()
             CFG_SYSCALLS_PER_PROCESS,
             u64::from(config.syscalls.enabled && config.syscalls.per_process),
         ),
-        (
-            CFG_RUNQ_PER_CGROUP,
-            u64::from(config.runqueue.enabled && config.runqueue.top_cgroups > 0),
-        ),
     ];
     for (index, value) in values {
         maps.config.set(index, value, 0).map_err(map_err)?;
+    }
+    for (_, source) in &mut maps.signals {
+        for (index, value) in source.reconfigure(config)? {
+            maps.config.set(index, value, 0).map_err(map_err)?;
+        }
     }
     let ignored: Vec<u32> = config
         .syscalls

@@ -7,9 +7,9 @@
 //! declares every `signals/*.rs` as a module and lists its `SIGNAL` in
 //! [`ALL`] (by file name, the order the loader attaches them).
 //!
-//! Block I/O, listen-queue overflows and packet drops are in this shape;
-//! the others (syscalls, packets, TCP, run queue, processes) still live in
-//! the loader, collector and metrics modules.
+//! Block I/O, listen-queue overflows, packet drops and run-queue latency
+//! are in this shape; the others (syscalls, packets, TCP, processes) still
+//! live in the loader, collector and metrics modules.
 
 use std::{any::Any, fmt, sync::Arc};
 
@@ -98,6 +98,13 @@ pub trait Source: Send {
     /// Every few cycles: removes what the maps keep of things gone (the
     /// collector's garbage collection).
     fn remove_stale(&mut self) {}
+    /// At start and whenever runtime settings change (SIGHUP, the MAPE-K
+    /// loop's overlay): takes the settings it keeps (in user space or in
+    /// its own maps) and returns the slots of the programs' shared config
+    /// map (agent-common's `CFG_*`) to set, with their values.
+    fn reconfigure(&mut self, _config: &Config) -> Result<Vec<(u32, u64)>, OpenError> {
+        Ok(Vec::new())
+    }
 }
 
 /// A signal's part of a collector snapshot. Its concrete type is the
@@ -114,7 +121,8 @@ pub trait Reading: Any + fmt::Debug + Send + Sync {
     }
 }
 
-/// Why a signal's maps could not be taken from the object.
+/// Why a signal's maps could not be taken from the object (or, when
+/// reconfiguring, written).
 #[derive(Debug, Error)]
 pub enum OpenError {
     #[error("map {name}: {source}")]
