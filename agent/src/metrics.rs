@@ -596,15 +596,11 @@ fn kernel_families(
         "Non-first IP fragments seen by the packet programs (counted; they carry no ports)",
         MetricType::COUNTER,
     );
-    let mut process = Family::new(
-        "sonde_process_events_total",
-        "Process lifecycle events seen in the kernel (exec, exit of a process)",
-        MetricType::COUNTER,
-    );
     for &(slot, label, kind) in counter_slots() {
         let value = snapshot.counter(slot) as f64;
         match kind {
-            CounterKind::Process => process.sample(&[("event", label)], value),
+            // signals::process exports its own.
+            CounterKind::Process => {}
             CounterKind::Error => kernel_errors.sample(&[("kind", label)], value),
             CounterKind::Malformed => malformed.sample(&[("reason", label)], value),
             CounterKind::Activity => match slot {
@@ -618,7 +614,6 @@ fn kernel_families(
     malformed.done(&mut out);
     rate_limited.done(&mut out);
     fragments.done(&mut out);
-    process.done(&mut out);
 
     completeness(snapshot, &mut out);
 

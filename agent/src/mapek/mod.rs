@@ -105,7 +105,7 @@ impl Mapek {
                 tcp: has("sonde_tcp"),
                 drops: has(signals::drops::PROGRAM),
                 runqueue: has(signals::runqueue::PROGRAM_PREFIX),
-                processes: has("sonde_process"),
+                processes: has(signals::process::PROGRAM_PREFIX),
             },
             cycles: 0,
             last_cycle: Duration::ZERO,

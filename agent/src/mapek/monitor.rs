@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use crate::{
     collectors::Snapshot,
-    signals::{drops::Drops, runqueue::RunQueue},
+    signals::{drops::Drops, process::Processes, runqueue::RunQueue},
 };
 
 /// Feature name → value for one cycle.
@@ -180,15 +180,10 @@ pub fn features(
         }
     }
     if signals.processes {
-        use agent_common::counters::{PROCESS_EXEC, PROCESS_EXIT};
-        f.insert(
-            "process_exits_per_second",
-            rate(prev.counter(PROCESS_EXIT), now.counter(PROCESS_EXIT)),
-        );
-        f.insert(
-            "process_execs_per_second",
-            rate(prev.counter(PROCESS_EXEC), now.counter(PROCESS_EXEC)),
-        );
+        let processes = |s: &Snapshot| s.reading::<Processes>().cloned().unwrap_or_default();
+        let (prev_p, now_p) = (processes(prev), processes(now));
+        f.insert("process_exits_per_second", rate(prev_p.exits, now_p.exits));
+        f.insert("process_execs_per_second", rate(prev_p.execs, now_p.execs));
     }
     let subjects = Subjects {
         widest_peer: now.widest_peer.map(|(peer, _)| peer),

@@ -246,7 +246,6 @@ impl Probes {
         // raw tracepoint cannot be used.
         let need_tracefs = config.tcp.enabled
             || signals::ALL.iter().any(|s| (s.enabled)(config))
-            || config.process.enabled
             || (config.syscalls.enabled
                 && (config.syscalls.hook == SyscallHook::Tracepoint || !caps.raw_tracepoint));
         let tracefs = if need_tracefs {
@@ -353,6 +352,12 @@ impl Probes {
         let mut ebpf = loader.load(object)?;
 
         let mut maps = KernelMaps {
+            // First, while the object still holds every map: a signal may
+            // open its own handle on a shared one (processes: COUNTERS).
+            signals: signals::ALL
+                .iter()
+                .map(|&signal| Ok((signal, (signal.open)(&mut ebpf, config)?)))
+                .collect::<Result<_, ProbeError>>()?,
             config: take(&mut ebpf, CONFIG_MAP)?,
             counters: take(&mut ebpf, COUNTERS_MAP)?,
             ring_stats: take(&mut ebpf, RING_STATS_MAP)?,
@@ -364,10 +369,6 @@ impl Probes {
             flows: take(&mut ebpf, FLOWS_MAP)?,
             tcp_stats: take(&mut ebpf, TCP_STATS_MAP)?,
             tcp_transitions: take(&mut ebpf, TCP_TRANSITIONS_MAP)?,
-            signals: signals::ALL
-                .iter()
-                .map(|&signal| Ok((signal, (signal.open)(&mut ebpf, config)?)))
-                .collect::<Result<_, ProbeError>>()?,
             tcp_peers: take(&mut ebpf, TCP_PEERS_MAP)?,
             blocklist: take(&mut ebpf, BLOCKLIST_MAP)?,
             blocklist_stats: take(&mut ebpf, BLOCKLIST_STATS_MAP)?,
@@ -427,22 +428,6 @@ impl Probes {
                 TcpHook::Tracepoint => Some("tracepoint"),
             };
             probes.attach_signal(&tiers::TCP, forced, caps, &resolved);
-        }
-        if config.process.enabled {
-            let unusable = (!resolved.contains(&"TP_EXEC_FILENAME"))
-                .then(|| "no filename field in sched:sched_process_exec's format".to_owned());
-            probes.attach_optional_tracepoint(
-                "sonde_process_exec",
-                "sched",
-                "sched_process_exec",
-                unusable,
-            );
-            probes.attach_optional_tracepoint(
-                "sonde_process_exit",
-                "sched",
-                "sched_process_exit",
-                None,
-            );
         }
         for signal in signals::ALL {
             if (signal.enabled)(config) {
@@ -597,38 +582,6 @@ impl Probes {
                     .map_err(AttachError::Program)
             }
         }
-    }
-
-    /// Attaches an optional signal's tracepoint program. One this kernel
-    /// cannot take (`unusable` says why, when known in advance) is reported
-    /// and makes health `degraded`; it is never fatal.
-    fn attach_optional_tracepoint(
-        &mut self,
-        program: &'static str,
-        category: &str,
-        tp: &str,
-        unusable: Option<String>,
-    ) {
-        let result = match unusable {
-            Some(reason) => Err(AttachError::Unavailable(reason)),
-            None => program_mut::<TracePoint>(&mut self.ebpf, program).and_then(|prog| {
-                prog.load()
-                    .and_then(|()| prog.attach(category, tp).map(drop))
-                    .map_err(AttachError::Program)
-            }),
-        };
-        if let Err(err) = &result {
-            warn!("signal {category}:{tp} unavailable: {err}");
-        }
-        self.attachments.push(Attachment {
-            program,
-            hook: format!("tracepoint:{category}:{tp}"),
-            mode: "tracepoint".to_owned(),
-            attached: result.is_ok(),
-            required: false,
-            error: result.err().map(|e| e.to_string()),
-            interface: None,
-        });
     }
 
     /// Detaches everything now (dropping the programs closes every link),
@@ -971,12 +924,6 @@ const TRACEPOINT_FIELDS: &[(&str, &str, &str, &str)] = &[
     ("TP_RETX_DADDR", "tcp", "tcp_retransmit_skb", "daddr"),
     ("TP_RETX_DADDR_V6", "tcp", "tcp_retransmit_skb", "daddr_v6"),
     ("TP_PROBE_DADDR", "tcp", "tcp_probe", "daddr"),
-    (
-        "TP_EXEC_FILENAME",
-        "sched",
-        "sched_process_exec",
-        "filename",
-    ),
     ("TP_SSS_SKADDR", "sock", "inet_sock_set_state", "skaddr"),
     ("TP_SSS_OLDSTATE", "sock", "inet_sock_set_state", "oldstate"),
     ("TP_SSS_NEWSTATE", "sock", "inet_sock_set_state", "newstate"),
@@ -990,12 +937,9 @@ const TRACEPOINT_FIELDS: &[(&str, &str, &str, &str)] = &[
 const BTF_FIELDS: &[(&str, &str, &[&str])] = &[
     ("SK_STATE_OFFSET", "sock_common", &["skc_state"]),
     ("TCP_SRTT_OFFSET", "tcp_sock", &["srtt_us"]),
-    ("TASK_REAL_PARENT_OFFSET", "task_struct", &["real_parent"]),
     ("SK_FAMILY_OFFSET", "sock_common", &["skc_family"]),
     ("SK_DADDR_OFFSET", "sock_common", &["skc_daddr"]),
     ("SK_V6_DADDR_OFFSET", "sock_common", &["skc_v6_daddr"]),
-    ("TASK_TGID_OFFSET", "task_struct", &["tgid"]),
-    ("TASK_EXIT_CODE_OFFSET", "task_struct", &["exit_code"]),
 ];
 
 /// Why a tier cannot be tried on this kernel, if it cannot.

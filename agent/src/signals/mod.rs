@@ -7,9 +7,9 @@
 //! declares every `signals/*.rs` as a module and lists its `SIGNAL` in
 //! [`ALL`] (by file name, the order the loader attaches them).
 //!
-//! Block I/O, listen-queue overflows, packet drops and run-queue latency
-//! are in this shape; the others (syscalls, packets, TCP, processes) still
-//! live in the loader, collector and metrics modules.
+//! Block I/O, listen-queue overflows, packet drops, processes and
+//! run-queue latency are in this shape; the others (syscalls, packets,
+//! TCP) still live in the loader, collector and metrics modules.
 
 use std::{any::Any, fmt, sync::Arc};
 
