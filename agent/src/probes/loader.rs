@@ -215,9 +215,9 @@ pub struct Probes {
     links: BTreeMap<u32, Vec<LinkHandle>>,
     /// What attached hooks cannot see on this kernel ("program hook: why").
     pub limitations: Vec<String>,
-    /// (global, category, tracepoint): a tracepoint field listed again for
-    /// another tracepoint whose record has it elsewhere (see `load`).
-    misplaced: Vec<(&'static str, &'static str, &'static str)>,
+    /// Tracepoint fields listed again for a tracepoint whose record has
+    /// them elsewhere (see [`resolve_tracepoint_fields`]).
+    misplaced: Vec<Misplaced>,
     /// Rings, by (ring id, label), handed to the event readers.
     pub rings: Vec<(u32, &'static str, EventSource)>,
     /// How events reach user space, as `sonde check` says it.
@@ -272,24 +272,14 @@ impl Probes {
 
         // Classic-tracepoint fields the programs read, from this kernel's
         // formats (None: that program cannot be attached here).
-        let mut tp_offsets: Vec<(&'static str, Option<u32>)> = Vec::new();
-        // A global listed for several tracepoints is read by one program
-        // on each (one wakeup program serves sched_wakeup and
-        // sched_wakeup_new): it takes the first listing's offset, and a
-        // tracepoint whose record puts the field elsewhere cannot have it.
-        let mut misplaced = Vec::new();
-        for &(global, category, tp, field) in TRACEPOINT_FIELDS
-            .iter()
-            .chain(signals::ALL.iter().flat_map(|s| s.tracepoint_fields))
-        {
-            let offset =
-                tracefs.and_then(|t| capabilities::tracepoint_field_offset(t, category, tp, field));
-            match tp_offsets.iter().find(|(g, _)| *g == global) {
-                Some((_, first)) if *first != offset => misplaced.push((global, category, tp)),
-                Some(_) => {}
-                None => tp_offsets.push((global, offset)),
-            }
-        }
+        let (tp_offsets, misplaced) = resolve_tracepoint_fields(
+            TRACEPOINT_FIELDS
+                .iter()
+                .chain(signals::ALL.iter().flat_map(|s| s.tracepoint_fields)),
+            |category, tp, field| {
+                tracefs.and_then(|t| capabilities::tracepoint_field_offset(t, category, tp, field))
+            },
+        );
         // Struct offsets the fentry and kprobe tiers read, from this
         // kernel's BTF.
         let btf_fields = || {
@@ -942,6 +932,35 @@ const BTF_FIELDS: &[(&str, &str, &[&str])] = &[
     ("SK_V6_DADDR_OFFSET", "sock_common", &["skc_v6_daddr"]),
 ];
 
+/// A tracepoint field's global listed for a tracepoint whose record has
+/// the field elsewhere than the first listing's: (global, category,
+/// tracepoint).
+type Misplaced = (&'static str, &'static str, &'static str);
+
+/// The offset of each tracepoint field's global (None: unresolved), in
+/// order, and the listings whose tracepoint has the field elsewhere:
+/// (global, category, tracepoint). A global listed for several
+/// tracepoints is read by one program on each (one wakeup program serves
+/// sched_wakeup and sched_wakeup_new): it takes the first listing's
+/// offset, and a tracepoint whose record puts the field elsewhere cannot
+/// have that program.
+fn resolve_tracepoint_fields<'a>(
+    fields: impl Iterator<Item = &'a signals::TracepointField>,
+    offset: impl Fn(&str, &str, &str) -> Option<u32>,
+) -> (Vec<(&'static str, Option<u32>)>, Vec<Misplaced>) {
+    let mut offsets: Vec<(&'static str, Option<u32>)> = Vec::new();
+    let mut misplaced = Vec::new();
+    for &(global, category, tp, field) in fields {
+        let found = offset(category, tp, field);
+        match offsets.iter().find(|(g, _)| *g == global) {
+            Some((_, first)) if *first != found => misplaced.push((global, category, tp)),
+            Some(_) => {}
+            None => offsets.push((global, found)),
+        }
+    }
+    (offsets, misplaced)
+}
+
 /// Why a tier cannot be tried on this kernel, if it cannot.
 fn tier_unavailable(tier: &tiers::Tier, caps: &Capabilities) -> Option<String> {
     let (major, minor) = tier.min_kernel;
@@ -1152,7 +1171,26 @@ fn raise_memlock_limit() {
 
 #[cfg(test)]
 mod tests {
-    use super::{AttachError, perf_pages_per_cpu};
+    use super::{AttachError, perf_pages_per_cpu, resolve_tracepoint_fields};
+
+    #[test]
+    fn a_global_listed_twice_is_resolved_once_and_checked_on_the_other_hook() {
+        let fields = [
+            ("TP_WAKEUP_PID", "sched", "sched_wakeup", "pid"),
+            ("TP_WAKEUP_PID", "sched", "sched_wakeup_new", "pid"),
+            ("TP_A", "c", "a", "x"),
+            ("TP_A", "c", "a", "x"),
+        ];
+        let agree = |_: &str, _: &str, _: &str| Some(24);
+        let (offsets, misplaced) = resolve_tracepoint_fields(fields.iter(), agree);
+        assert_eq!(offsets, [("TP_WAKEUP_PID", Some(24)), ("TP_A", Some(24))]);
+        assert!(misplaced.is_empty());
+        let apart =
+            |_: &str, tp: &str, _: &str| Some(if tp == "sched_wakeup_new" { 32 } else { 24 });
+        let (offsets, misplaced) = resolve_tracepoint_fields(fields.iter(), apart);
+        assert_eq!(offsets[0], ("TP_WAKEUP_PID", Some(24)));
+        assert_eq!(misplaced, [("TP_WAKEUP_PID", "sched", "sched_wakeup_new")]);
+    }
 
     #[test]
     fn attach_errors_name_what_failed() {
