@@ -183,7 +183,7 @@ fn blocklist_families(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
 /// made it into the numbers (1 = nothing lost), so a dashboard can tell
 /// missing data from a quiet system.
 fn completeness(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
-    use agent_common::counters::{RUNQ_MAP_FULL, SYSCALL_START_MAP_FULL};
+    use agent_common::counters::SYSCALL_START_MAP_FULL;
     let ratio = |kept: u64, lost: u64| {
         if kept + lost == 0 {
             1.0
@@ -211,10 +211,6 @@ fn completeness(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
     family.sample(
         &[("signal", "syscall_latency")],
         ratio(calls.saturating_sub(syscall_lost), syscall_lost),
-    );
-    family.sample(
-        &[("signal", "runqueue")],
-        ratio(snapshot.runqueue.samples, snapshot.counter(RUNQ_MAP_FULL)),
     );
     for (name, reading) in &snapshot.signals {
         if let Some((kept, lost_slot)) = reading.completeness() {
@@ -266,33 +262,6 @@ fn kernel_families(snapshot: &Snapshot, events: &Events) -> Vec<MetricFamily> {
     for (_, reading) in &snapshot.signals {
         reading.families(&mut out);
     }
-    let mut runq = Family::new(
-        "sonde_runqueue_latency_seconds",
-        "Time runnable tasks waited for a CPU (woken or preempted → running)",
-        MetricType::HISTOGRAM,
-    );
-    let rq = &snapshot.runqueue;
-    runq.histogram(
-        &[],
-        &log2_buckets(&rq.slots),
-        rq.samples,
-        rq.sum_ns as f64 / 1e9,
-    );
-    runq.done(&mut out);
-    let mut runq_cgroups = Family::new(
-        "sonde_runqueue_cgroup_latency_seconds",
-        "Time runnable tasks waited for a CPU, by the task's cgroup (v2 path), for the runqueue.top_cgroups cgroups that waited longest in all",
-        MetricType::HISTOGRAM,
-    );
-    for (cgroup, rq) in &snapshot.runqueue_cgroups {
-        runq_cgroups.histogram(
-            &[("cgroup", cgroup)],
-            &log2_buckets(&rq.slots),
-            rq.samples,
-            rq.sum_ns as f64 / 1e9,
-        );
-    }
-    runq_cgroups.done(&mut out);
     let mut simple = |name: &str, help: &str, kind: MetricType, value: f64| {
         let mut f = Family::new(name, help, kind);
         f.sample(&[], value);
@@ -367,15 +336,11 @@ fn kernel_families(snapshot: &Snapshot, events: &Events) -> Vec<MetricFamily> {
         "Non-first IP fragments seen by the packet programs (counted; they carry no ports)",
         MetricType::COUNTER,
     );
-    let mut process = Family::new(
-        "sonde_process_events_total",
-        "Process lifecycle events seen in the kernel (exec, exit of a process)",
-        MetricType::COUNTER,
-    );
     for &(slot, label, kind) in counter_slots() {
         let value = snapshot.counter(slot) as f64;
         match kind {
-            CounterKind::Process => process.sample(&[("event", label)], value),
+            // signals::process exports its own.
+            CounterKind::Process => {}
             CounterKind::Error => kernel_errors.sample(&[("kind", label)], value),
             CounterKind::Malformed => malformed.sample(&[("reason", label)], value),
             CounterKind::Activity => match slot {
@@ -389,7 +354,6 @@ fn kernel_families(snapshot: &Snapshot, events: &Events) -> Vec<MetricFamily> {
     malformed.done(&mut out);
     rate_limited.done(&mut out);
     fragments.done(&mut out);
-    process.done(&mut out);
 
     completeness(snapshot, &mut out);
 

@@ -7,7 +7,7 @@
 //! owns the maps; runtime reconfiguration (SIGHUP) reaches it as a message.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     net::IpAddr,
     sync::{
         Arc, RwLock,
@@ -24,7 +24,6 @@ use agent_common::{
     events::RINGS,
     merge::Merge,
     net::{BlocklistEntry, BlocklistKey, BlocklistStats},
-    sched::RunqStats,
     syscalls::{MAX_SYSCALLS, SyscallStats},
 };
 use aya::maps::MapError;
@@ -79,15 +78,6 @@ pub struct Snapshot {
     /// Parked syscall starts removed because their thread was gone.
     pub stale_starts_removed: u64,
     pub programs: Vec<ProgramStats>,
-    /// Run-queue latency, summed over CPUs.
-    pub runqueue: RunqStats,
-    /// The cgroups that waited longest in all (cumulative), longest
-    /// first, at most `runqueue.top_cgroups`: (path, waits).
-    pub runqueue_cgroups: Vec<(String, RunqStats)>,
-    /// Every cgroup in the kernel's per-cgroup map: (id, summed wait ns,
-    /// waits), cumulative; what the MAPE-K loop names a CPU-starved
-    /// cgroup from.
-    pub runqueue_cgroup_totals: Vec<(u64, u64, u64)>,
     /// Each signal's reading (signals::ALL), by signal name.
     pub signals: Vec<(&'static str, Arc<dyn Reading>)>,
     /// Enforce mode's blocked sources, with what each entry dropped.
@@ -188,9 +178,6 @@ pub struct Collector {
     rings: Vec<Arc<RingState>>,
     cycles: u64,
     stale_starts_removed: u64,
-    /// cgroup id → path (None: not found by the last walk, retried at the
-    /// next sweep), for the ids in the per-cgroup run-queue map.
-    cgroup_paths: HashMap<u64, Option<String>>,
     /// Runtime settings as configured (start, SIGHUP) and the MAPE-K
     /// loop's changes on top; the kernel programs get the combination.
     configured: Config,
@@ -210,9 +197,6 @@ impl Collector {
         match apply_runtime_config(&mut self.maps, &config) {
             Ok(()) => tracing::info!("runtime settings applied to the kernel programs"),
             Err(err) => warn!("applying runtime settings failed: {err}"),
-        }
-        for (_, source) in &mut self.maps.signals {
-            source.reconfigure(&config);
         }
         self.reconcile_blocklist();
     }
@@ -322,7 +306,6 @@ impl Collector {
             blocklist_active: false,
             cycles: 0,
             stale_starts_removed: 0,
-            cgroup_paths: HashMap::new(),
             maps,
             interval: Duration::from_millis(config.collector.interval_ms),
             program_ids,
@@ -403,7 +386,6 @@ impl Collector {
             for (_, source) in &mut self.maps.signals {
                 source.remove_stale();
             }
-            self.cgroup_paths.retain(|_, path| path.is_some());
         }
         snapshot.stale_starts_removed = self.stale_starts_removed;
         snapshot.counters = (0..COUNTERS_LEN)
@@ -434,11 +416,6 @@ impl Collector {
             }
             snapshot.rings.insert(label, counters);
         }
-        match self.maps.runq_stats.get(&0, 0) {
-            Ok(values) => snapshot.runqueue = RunqStats::sum(values.iter()),
-            Err(err) => warn!("reading run-queue latency: {err}"),
-        }
-        self.read_runqueue_cgroups(&mut snapshot);
         for (signal, source) in &mut self.maps.signals {
             if let Err(err) = source.advance(&snapshot.counters) {
                 warn!("reading {}: {err}", signal.reads);
@@ -497,48 +474,6 @@ impl Collector {
             }
         }
         Ok(())
-    }
-
-    /// The `runqueue.top_cgroups` cgroups with the most waiting in all,
-    /// named by path (one walk of /sys/fs/cgroup for ids not seen yet).
-    fn read_runqueue_cgroups(&mut self, snapshot: &mut Snapshot) {
-        let top = self.configured.runqueue.top_cgroups;
-        if top == 0 || !self.configured.runqueue.enabled {
-            return;
-        }
-        let mut rows: Vec<(u64, RunqStats)> = self
-            .maps
-            .runq_cgroups
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(id, values)| (id, RunqStats::sum(values.iter())))
-            .collect();
-        let live: HashSet<u64> = rows.iter().map(|(id, _)| *id).collect();
-        self.cgroup_paths.retain(|id, _| live.contains(id));
-        snapshot.runqueue_cgroup_totals = rows
-            .iter()
-            .map(|(id, stats)| (*id, stats.sum_ns, stats.samples))
-            .collect();
-        rows.sort_by(|a, b| b.1.sum_ns.cmp(&a.1.sum_ns).then(a.0.cmp(&b.0)));
-        rows.truncate(top);
-        let unknown: HashSet<u64> = rows
-            .iter()
-            .map(|(id, _)| *id)
-            .filter(|id| !self.cgroup_paths.contains_key(id))
-            .collect();
-        if !unknown.is_empty() {
-            let mut found = crate::cgroup::paths(&unknown);
-            for id in unknown {
-                self.cgroup_paths.insert(id, found.remove(&id));
-            }
-        }
-        snapshot.runqueue_cgroups = rows
-            .into_iter()
-            .map(|(id, stats)| {
-                let path = self.cgroup_paths.get(&id).and_then(Option::as_ref);
-                (crate::cgroup::describe(id, path), stats)
-            })
-            .collect();
     }
 
     /// An interface went away: each signal forgets what it keeps of it.

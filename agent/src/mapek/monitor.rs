@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use crate::{
     collectors::Snapshot,
-    signals::{drops::Drops, packets::Packets, tcp::Tcp},
+    signals::{drops::Drops, packets::Packets, process::Processes, runqueue::RunQueue, tcp::Tcp},
 };
 
 /// Feature name → value for one cycle.
@@ -167,9 +167,11 @@ pub fn features(
         f.insert("packet_drops_per_second", rate(drops(prev), drops(now)));
     }
     if signals.runqueue {
-        let samples = now.runqueue.samples.saturating_sub(prev.runqueue.samples);
+        let total = |s: &Snapshot| s.reading::<RunQueue>().map(|r| r.total).unwrap_or_default();
+        let (now_rq, prev_rq) = (total(now), total(prev));
+        let samples = now_rq.samples.saturating_sub(prev_rq.samples);
         if samples > 0 {
-            let sum = now.runqueue.sum_ns.saturating_sub(prev.runqueue.sum_ns);
+            let sum = now_rq.sum_ns.saturating_sub(prev_rq.sum_ns);
             f.insert(
                 "runqueue_mean_wait_seconds",
                 sum as f64 / samples as f64 / 1e9,
@@ -177,15 +179,10 @@ pub fn features(
         }
     }
     if signals.processes {
-        use agent_common::counters::{PROCESS_EXEC, PROCESS_EXIT};
-        f.insert(
-            "process_exits_per_second",
-            rate(prev.counter(PROCESS_EXIT), now.counter(PROCESS_EXIT)),
-        );
-        f.insert(
-            "process_execs_per_second",
-            rate(prev.counter(PROCESS_EXEC), now.counter(PROCESS_EXEC)),
-        );
+        let processes = |s: &Snapshot| s.reading::<Processes>().cloned().unwrap_or_default();
+        let (prev_p, now_p) = (processes(prev), processes(now));
+        f.insert("process_exits_per_second", rate(prev_p.exits, now_p.exits));
+        f.insert("process_execs_per_second", rate(prev_p.execs, now_p.execs));
     }
     let subjects = Subjects {
         widest_peer: widest_peer.map(|(peer, _)| peer),
@@ -200,12 +197,15 @@ pub fn features(
 /// The cgroup whose summed run-queue wait grew most between the two
 /// snapshots (a cgroup new in `now` counts from zero).
 fn most_waiting_cgroup(prev: &Snapshot, now: &Snapshot, dt: f64) -> Option<(u64, f64, f64)> {
-    let before: std::collections::HashMap<u64, (u64, u64)> = prev
-        .runqueue_cgroup_totals
+    fn totals(s: &Snapshot) -> &[(u64, u64, u64)] {
+        s.reading::<RunQueue>()
+            .map_or(&[], |r| r.cgroup_totals.as_slice())
+    }
+    let before: std::collections::HashMap<u64, (u64, u64)> = totals(prev)
         .iter()
         .map(|&(id, sum, n)| (id, (sum, n)))
         .collect();
-    now.runqueue_cgroup_totals
+    totals(now)
         .iter()
         .map(|&(id, sum, n)| {
             let (sum0, n0) = before.get(&id).copied().unwrap_or((0, 0));
@@ -238,8 +238,12 @@ mod tests {
     use super::*;
 
     fn with_totals(totals: &[(u64, u64, u64)]) -> Snapshot {
+        let reading = RunQueue {
+            cgroup_totals: totals.to_vec(),
+            ..Default::default()
+        };
         Snapshot {
-            runqueue_cgroup_totals: totals.to_vec(),
+            signals: vec![("runqueue", std::sync::Arc::new(reading))],
             ..Default::default()
         }
     }

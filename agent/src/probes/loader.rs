@@ -15,14 +15,12 @@ use std::{collections::BTreeMap, os::fd::OwnedFd, path::Path};
 
 use agent_common::{
     config::{
-        CFG_FLOW_EVENTS_BURST, CFG_FLOW_EVENTS_PER_SEC, CFG_IGNORE_TGID, CFG_RUNQ_PER_CGROUP,
-        CFG_SLOW_SYSCALL_NS, CFG_SYSCALL_SAMPLE_EVERY, CFG_SYSCALLS_PER_PROCESS, CFG_TCP_RTT,
-        CONFIG_MAP,
+        CFG_FLOW_EVENTS_BURST, CFG_FLOW_EVENTS_PER_SEC, CFG_IGNORE_TGID, CFG_SLOW_SYSCALL_NS,
+        CFG_SYSCALL_SAMPLE_EVERY, CFG_SYSCALLS_PER_PROCESS, CFG_TCP_RTT, CONFIG_MAP,
     },
     counters::COUNTERS_MAP,
     events::{RING_STATS_MAP, RINGS, RingStats},
     net::{BLOCKLIST_MAP, BLOCKLIST_STATS_MAP, BlocklistEntry, BlocklistKey, BlocklistStats},
-    sched::{RUNQ_CGROUPS_MAP, RUNQ_STATS_MAP, RunqStats},
     syscalls::{
         MAX_SYSCALLS, ProcessSyscalls, SLOW_SYSCALL_IGNORE_MAP, SYSCALL_PROCESSES_MAP,
         SYSCALL_START_MAP, SYSCALL_STATS_MAP, SyscallStart, SyscallStats,
@@ -190,8 +188,6 @@ pub struct KernelMaps {
     pub slow_ignore: Array<MapData, u32>,
     /// Syscalls per process while counted (read and cleared each cycle).
     pub syscall_processes: PerCpuHashMap<MapData, u32, ProcessSyscalls>,
-    pub runq_stats: PerCpuArray<MapData, RunqStats>,
-    pub runq_cgroups: PerCpuHashMap<MapData, u64, RunqStats>,
     /// The maps of each signal in [`signals::ALL`], in that order.
     pub signals: Vec<(&'static Signal, Box<dyn Source>)>,
     /// Enforce mode's blocked sources (the collector keeps it in step
@@ -210,6 +206,9 @@ pub struct Probes {
     links: BTreeMap<u32, Vec<LinkHandle>>,
     /// What attached hooks cannot see on this kernel ("program hook: why").
     pub limitations: Vec<String>,
+    /// Tracepoint fields listed again for a tracepoint whose record has
+    /// them elsewhere (see [`resolve_tracepoint_fields`]).
+    misplaced: Vec<Misplaced>,
     /// Rings, by (ring id, label), handed to the event readers.
     pub rings: Vec<(u32, &'static str, EventSource)>,
     /// How events reach user space, as `sonde check` says it.
@@ -239,8 +238,6 @@ impl Probes {
         let need_tracefs = signals::ALL
             .iter()
             .any(|s| (s.enabled)(config) && !s.per_interface())
-            || config.process.enabled
-            || config.runqueue.enabled
             || (config.syscalls.enabled
                 && (config.syscalls.hook == SyscallHook::Tracepoint || !caps.raw_tracepoint));
         let tracefs = if need_tracefs {
@@ -267,26 +264,14 @@ impl Probes {
 
         // Classic-tracepoint fields the programs read, from this kernel's
         // formats (None: that program cannot be attached here).
-        let mut tp_offsets: Vec<(&'static str, Option<u32>)> = TRACEPOINT_FIELDS
-            .iter()
-            .chain(signals::ALL.iter().flat_map(|s| s.tracepoint_fields))
-            .map(|&(global, category, tp, field)| {
-                let offset = tracefs
-                    .and_then(|t| capabilities::tracepoint_field_offset(t, category, tp, field));
-                (global, offset)
-            })
-            .collect();
-        // One wakeup program serves sched_wakeup and sched_wakeup_new: only
-        // where both records put `pid` at the same offset.
-        let wakeup = tp_offsets
-            .iter()
-            .find(|(g, _)| *g == "TP_WAKEUP_PID")
-            .and_then(|(_, o)| *o);
-        for (global, offset) in &mut tp_offsets {
-            if *global == "TP_WAKEUP_NEW_PID" && *offset != wakeup {
-                *offset = None;
-            }
-        }
+        let (tp_offsets, misplaced) = resolve_tracepoint_fields(
+            TRACEPOINT_FIELDS
+                .iter()
+                .chain(signals::ALL.iter().flat_map(|s| s.tracepoint_fields)),
+            |category, tp, field| {
+                tracefs.and_then(|t| capabilities::tracepoint_field_offset(t, category, tp, field))
+            },
+        );
         // Struct offsets the programs read, from this kernel's BTF.
         let btf_fields = || {
             BTF_FIELDS
@@ -319,8 +304,7 @@ impl Probes {
         }
         let mut loader = EbpfLoader::new();
         for (global, offset) in tp_offsets.iter().chain(&btf_offsets) {
-            // TP_WAKEUP_NEW_PID is a check only (see above), not a global.
-            if let (Some(offset), false) = (offset, *global == "TP_WAKEUP_NEW_PID") {
+            if let Some(offset) = offset {
                 loader.override_global(global, offset, true);
             }
         }
@@ -351,6 +335,12 @@ impl Probes {
         let mut ebpf = loader.load(object)?;
 
         let mut maps = KernelMaps {
+            // First, while the object still holds every map: a signal may
+            // open its own handle on a shared one (processes: COUNTERS).
+            signals: signals::ALL
+                .iter()
+                .map(|&signal| Ok((signal, (signal.open)(&mut ebpf, config)?)))
+                .collect::<Result<_, ProbeError>>()?,
             config: take(&mut ebpf, CONFIG_MAP)?,
             counters: take(&mut ebpf, COUNTERS_MAP)?,
             ring_stats: take(&mut ebpf, RING_STATS_MAP)?,
@@ -358,12 +348,6 @@ impl Probes {
             syscall_start: take(&mut ebpf, SYSCALL_START_MAP)?,
             slow_ignore: take(&mut ebpf, SLOW_SYSCALL_IGNORE_MAP)?,
             syscall_processes: take(&mut ebpf, SYSCALL_PROCESSES_MAP)?,
-            runq_stats: take(&mut ebpf, RUNQ_STATS_MAP)?,
-            runq_cgroups: take(&mut ebpf, RUNQ_CGROUPS_MAP)?,
-            signals: signals::ALL
-                .iter()
-                .map(|&signal| Ok((signal, (signal.open)(&mut ebpf, config)?)))
-                .collect::<Result<_, ProbeError>>()?,
             blocklist: take(&mut ebpf, BLOCKLIST_MAP)?,
             blocklist_stats: take(&mut ebpf, BLOCKLIST_STATS_MAP)?,
         };
@@ -400,6 +384,7 @@ impl Probes {
             interfaces: BTreeMap::new(),
             links: BTreeMap::new(),
             limitations: Vec::new(),
+            misplaced,
             rings,
             event_transport,
             maps: Some(maps),
@@ -416,30 +401,10 @@ impl Probes {
                 probes.attach_interface(name, *ifindex, config, caps)?;
             }
         }
-        if config.process.enabled {
-            let unusable = (!resolved.contains(&"TP_EXEC_FILENAME"))
-                .then(|| "no filename field in sched:sched_process_exec's format".to_owned());
-            probes.attach_optional_tracepoint(
-                "sonde_process_exec",
-                "sched",
-                "sched_process_exec",
-                unusable,
-            );
-            probes.attach_optional_tracepoint(
-                "sonde_process_exit",
-                "sched",
-                "sched_process_exit",
-                None,
-            );
-        }
         for signal in signals::ALL {
             if (signal.enabled)(config) && !signal.per_interface() {
                 probes.attach_signal(signal.tiers, (signal.forced_tier)(config), caps, &resolved);
             }
-        }
-        if config.runqueue.enabled {
-            let forced = (config.runqueue.hook != "auto").then_some(config.runqueue.hook.as_str());
-            probes.attach_signal(&tiers::RUNQUEUE, forced, caps, &resolved);
         }
         Ok(probes)
     }
@@ -536,6 +501,14 @@ impl Probes {
         if let Some(missing) = program.needs.iter().find(|g| !resolved.contains(g)) {
             return Err(AttachError::Unresolved(missing));
         }
+        if let tiers::Hook::Tracepoint(category, tp) = program.hook
+            && let Some(&(global, ..)) = self
+                .misplaced
+                .iter()
+                .find(|m| (m.1, m.2) == (category, tp) && program.needs.contains(&m.0))
+        {
+            return Err(AttachError::Unresolved(global));
+        }
         let name = program.program;
         match program.hook {
             tiers::Hook::Fentry(function) => {
@@ -584,38 +557,6 @@ impl Probes {
                 format!("{}: attached per interface", program.hook.describe()),
             )),
         }
-    }
-
-    /// Attaches an optional signal's tracepoint program. One this kernel
-    /// cannot take (`unusable` says why, when known in advance) is reported
-    /// and makes health `degraded`; it is never fatal.
-    fn attach_optional_tracepoint(
-        &mut self,
-        program: &'static str,
-        category: &str,
-        tp: &str,
-        unusable: Option<String>,
-    ) {
-        let result = match unusable {
-            Some(reason) => Err(AttachError::Unavailable(reason)),
-            None => program_mut::<TracePoint>(&mut self.ebpf, program).and_then(|prog| {
-                prog.load()
-                    .and_then(|()| prog.attach(category, tp).map(drop))
-                    .map_err(AttachError::Program)
-            }),
-        };
-        if let Err(err) = &result {
-            warn!("signal {category}:{tp} unavailable: {err}");
-        }
-        self.attachments.push(Attachment {
-            program,
-            hook: format!("tracepoint:{category}:{tp}"),
-            mode: "tracepoint".to_owned(),
-            attached: result.is_ok(),
-            required: false,
-            error: result.err().map(|e| e.to_string()),
-            interface: None,
-        });
     }
 
     /// Detaches everything now (dropping the programs closes every link),
@@ -970,42 +911,41 @@ impl Probes {
 
 /// Tracepoint record fields the programs read: (global, category,
 /// tracepoint, field), resolved from the kernel's format files.
-const TRACEPOINT_FIELDS: &[(&str, &str, &str, &str)] = &[
-    (
-        "TP_EXEC_FILENAME",
-        "sched",
-        "sched_process_exec",
-        "filename",
-    ),
-    ("TP_WAKEUP_PID", "sched", "sched_wakeup", "pid"),
-    ("TP_WAKEUP_NEW_PID", "sched", "sched_wakeup_new", "pid"),
-    ("TP_SWITCH_PREV_PID", "sched", "sched_switch", "prev_pid"),
-    (
-        "TP_SWITCH_PREV_STATE",
-        "sched",
-        "sched_switch",
-        "prev_state",
-    ),
-    ("TP_SWITCH_NEXT_PID", "sched", "sched_switch", "next_pid"),
-];
+const TRACEPOINT_FIELDS: &[(&str, &str, &str, &str)] = &[];
 
 /// Struct members the BTF-based tiers read: (global, struct, member names
 /// in order of preference — members get renamed across kernels), resolved
 /// from the kernel's BTF.
-const BTF_FIELDS: &[(&str, &str, &[&str])] = &[
-    ("TASK_PID_OFFSET", "task_struct", &["pid"]),
-    // `state` became `__state` in 5.14.
-    ("TASK_STATE_OFFSET", "task_struct", &["__state", "state"]),
-    ("TASK_REAL_PARENT_OFFSET", "task_struct", &["real_parent"]),
-    ("TASK_TGID_OFFSET", "task_struct", &["tgid"]),
-    ("TASK_EXIT_CODE_OFFSET", "task_struct", &["exit_code"]),
-    // Run-queue waits by cgroup: task → css_set → default cgroup → its
-    // kernfs node's id.
-    ("TASK_CGROUPS_OFFSET", "task_struct", &["cgroups"]),
-    ("CSS_SET_DFL_CGRP_OFFSET", "css_set", &["dfl_cgrp"]),
-    ("CGROUP_KN_OFFSET", "cgroup", &["kn"]),
-    ("KERNFS_NODE_ID_OFFSET", "kernfs_node", &["id"]),
-];
+const BTF_FIELDS: &[(&str, &str, &[&str])] = &[];
+
+/// A tracepoint field's global listed for a tracepoint whose record has
+/// the field elsewhere than the first listing's: (global, category,
+/// tracepoint).
+type Misplaced = (&'static str, &'static str, &'static str);
+
+/// The offset of each tracepoint field's global (None: unresolved), in
+/// order, and the listings whose tracepoint has the field elsewhere:
+/// (global, category, tracepoint). A global listed for several
+/// tracepoints is read by one program on each (one wakeup program serves
+/// sched_wakeup and sched_wakeup_new): it takes the first listing's
+/// offset, and a tracepoint whose record puts the field elsewhere cannot
+/// have that program.
+fn resolve_tracepoint_fields<'a>(
+    fields: impl Iterator<Item = &'a signals::TracepointField>,
+    offset: impl Fn(&str, &str, &str) -> Option<u32>,
+) -> (Vec<(&'static str, Option<u32>)>, Vec<Misplaced>) {
+    let mut offsets: Vec<(&'static str, Option<u32>)> = Vec::new();
+    let mut misplaced = Vec::new();
+    for &(global, category, tp, field) in fields {
+        let found = offset(category, tp, field);
+        match offsets.iter().find(|(g, _)| *g == global) {
+            Some((_, first)) if *first != found => misplaced.push((global, category, tp)),
+            Some(_) => {}
+            None => offsets.push((global, found)),
+        }
+    }
+    (offsets, misplaced)
+}
 
 /// Why a tier cannot be tried on this kernel, if it cannot.
 fn tier_unavailable(tier: &tiers::Tier, caps: &Capabilities) -> Option<String> {
@@ -1084,13 +1024,14 @@ pub fn apply_runtime_config(maps: &mut KernelMaps, config: &Config) -> Result<()
             CFG_SYSCALLS_PER_PROCESS,
             u64::from(config.syscalls.enabled && config.syscalls.per_process),
         ),
-        (
-            CFG_RUNQ_PER_CGROUP,
-            u64::from(config.runqueue.enabled && config.runqueue.top_cgroups > 0),
-        ),
     ];
     for (index, value) in values {
         maps.config.set(index, value, 0).map_err(map_err)?;
+    }
+    for (_, source) in &mut maps.signals {
+        for (index, value) in source.reconfigure(config)? {
+            maps.config.set(index, value, 0).map_err(map_err)?;
+        }
     }
     let ignored: Vec<u32> = config
         .syscalls
@@ -1216,7 +1157,26 @@ fn raise_memlock_limit() {
 
 #[cfg(test)]
 mod tests {
-    use super::{AttachError, perf_pages_per_cpu};
+    use super::{AttachError, perf_pages_per_cpu, resolve_tracepoint_fields};
+
+    #[test]
+    fn a_global_listed_twice_is_resolved_once_and_checked_on_the_other_hook() {
+        let fields = [
+            ("TP_WAKEUP_PID", "sched", "sched_wakeup", "pid"),
+            ("TP_WAKEUP_PID", "sched", "sched_wakeup_new", "pid"),
+            ("TP_A", "c", "a", "x"),
+            ("TP_A", "c", "a", "x"),
+        ];
+        let agree = |_: &str, _: &str, _: &str| Some(24);
+        let (offsets, misplaced) = resolve_tracepoint_fields(fields.iter(), agree);
+        assert_eq!(offsets, [("TP_WAKEUP_PID", Some(24)), ("TP_A", Some(24))]);
+        assert!(misplaced.is_empty());
+        let apart =
+            |_: &str, tp: &str, _: &str| Some(if tp == "sched_wakeup_new" { 32 } else { 24 });
+        let (offsets, misplaced) = resolve_tracepoint_fields(fields.iter(), apart);
+        assert_eq!(offsets[0], ("TP_WAKEUP_PID", Some(24)));
+        assert_eq!(misplaced, [("TP_WAKEUP_PID", "sched", "sched_wakeup_new")]);
+    }
 
     #[test]
     fn attach_errors_name_what_failed() {

@@ -103,67 +103,6 @@ pub const fn program(program: &'static str, hook: Hook) -> TierProgram {
     }
 }
 
-/// Run-queue latency: wakeup or preemption → running.
-pub const RUNQUEUE: Signal = Signal {
-    name: "runqueue",
-    tiers: &[
-        Tier {
-            mode: "raw_tracepoint",
-            min_kernel: (4, 17),
-            requires: Requires::RawTracepointsAndBtf,
-            programs: &[
-                TierProgram {
-                    program: "sonde_runq_switch_raw",
-                    hook: Hook::RawTracepoint("sched_switch"),
-                    needs: &["TASK_PID_OFFSET", "TASK_STATE_OFFSET"],
-                    partial_before: None,
-                },
-                TierProgram {
-                    program: "sonde_runq_wakeup_raw",
-                    hook: Hook::RawTracepoint("sched_wakeup"),
-                    needs: &["TASK_PID_OFFSET"],
-                    partial_before: None,
-                },
-                TierProgram {
-                    program: "sonde_runq_wakeup_raw",
-                    hook: Hook::RawTracepoint("sched_wakeup_new"),
-                    needs: &["TASK_PID_OFFSET"],
-                    partial_before: None,
-                },
-            ],
-        },
-        Tier {
-            mode: "tracepoint",
-            min_kernel: (4, 7),
-            requires: Requires::Tracefs,
-            programs: &[
-                TierProgram {
-                    program: "sonde_runq_switch_tp",
-                    hook: Hook::Tracepoint("sched", "sched_switch"),
-                    needs: &[
-                        "TP_SWITCH_PREV_PID",
-                        "TP_SWITCH_PREV_STATE",
-                        "TP_SWITCH_NEXT_PID",
-                    ],
-                    partial_before: None,
-                },
-                TierProgram {
-                    program: "sonde_runq_wakeup_tp",
-                    hook: Hook::Tracepoint("sched", "sched_wakeup"),
-                    needs: &["TP_WAKEUP_PID"],
-                    partial_before: None,
-                },
-                TierProgram {
-                    program: "sonde_runq_wakeup_tp",
-                    hook: Hook::Tracepoint("sched", "sched_wakeup_new"),
-                    needs: &["TP_WAKEUP_NEW_PID"],
-                    partial_before: None,
-                },
-            ],
-        },
-    ],
-};
-
 /// Every tier has a core program, and no two tiers share a mode (the
 /// name that forces it). For the signals' own tests too.
 #[cfg(test)]
@@ -174,15 +113,5 @@ pub fn assert_well_formed(signal: &Signal) {
     assert_eq!(modes.len(), signal.tiers.len(), "{}", signal.name);
     for tier in signal.tiers {
         assert!(!tier.programs.is_empty(), "{} {}", signal.name, tier.mode);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_tier_has_a_core_program_and_modes_are_unique() {
-        assert_well_formed(&RUNQUEUE);
     }
 }

@@ -9,9 +9,9 @@
 //!
 //! A signal in several files is a directory with a mod.rs.
 //!
-//! Block I/O, listen-queue overflows, packet drops, packets and TCP are in
-//! this shape; the others (syscalls, run queue, processes) still live in
-//! the loader, collector and metrics modules.
+//! Block I/O, listen-queue overflows, packet drops, packets, processes,
+//! run-queue latency and TCP are in this shape; syscalls still live in the
+//! loader, collector and metrics modules.
 
 use std::{any::Any, fmt, sync::Arc};
 
@@ -118,9 +118,13 @@ pub trait Source: Send {
     /// Every few cycles: removes what the maps keep of things gone (the
     /// collector's garbage collection).
     fn remove_stale(&mut self) {}
-    /// The runtime settings changed (SIGHUP, the MAPE-K overlay): takes
-    /// what it reads of them.
-    fn reconfigure(&mut self, _config: &Config) {}
+    /// At start and whenever runtime settings change (SIGHUP, the MAPE-K
+    /// loop's overlay): takes the settings it keeps (in user space or in
+    /// its own maps) and returns the slots of the programs' shared config
+    /// map (agent-common's `CFG_*`) to set, with their values.
+    fn reconfigure(&mut self, _config: &Config) -> Result<Vec<(u32, u64)>, OpenError> {
+        Ok(Vec::new())
+    }
     /// Every cycle, before `collect`, with the diagnostic counters just
     /// read: moves on what the source keeps between cycles (a flow
     /// table's per-peer deltas, its idle entries).
@@ -152,7 +156,8 @@ pub trait Reading: Any + fmt::Debug + Send + Sync {
     }
 }
 
-/// Why a signal's maps could not be taken from the object.
+/// Why a signal's maps could not be taken from the object (or, when
+/// reconfiguring, written).
 #[derive(Debug, Error)]
 pub enum OpenError {
     #[error("map {name}: {source}")]

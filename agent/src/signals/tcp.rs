@@ -289,8 +289,9 @@ impl Source for Maps {
         (Arc::new(tcp), error)
     }
 
-    fn reconfigure(&mut self, config: &Config) {
+    fn reconfigure(&mut self, config: &Config) -> Result<Vec<(u32, u64)>, OpenError> {
         self.top_peers = config.tcp.top_peers;
+        Ok(Vec::new())
     }
 }
 

@@ -265,8 +265,9 @@ impl Source for Maps {
         Ok(())
     }
 
-    fn reconfigure(&mut self, config: &Config) {
+    fn reconfigure(&mut self, config: &Config) -> Result<Vec<(u32, u64)>, OpenError> {
         self.peers.set_k(config.network.top_peers);
+        Ok(Vec::new())
     }
 
     fn interface_added(&mut self, ifindex: u32, name: &str) {

@@ -1,0 +1,165 @@
+//! Process lifecycle: execs and exits of processes, on
+//! sched:sched_process_exec and sched:sched_process_exit (kernel side:
+//! agent-ebpf's process module). `[process] enabled` turns it on.
+//!
+//! Each exec and exit is an event (pid, parent, cgroup, comm, file name
+//! or exit code) on the process ring, decoded with the other rings'
+//! events in `events` (shared: one reader, one decoder per ring, and the
+//! churn per parent MAPE-K names a fork storm's parent by). The kernel
+//! also counts them in two slots of the shared diagnostic counters
+//! (agent-common's `PROCESS_EXEC`, `PROCESS_EXIT`): this module reads
+//! those through a handle of its own and exports them.
+
+use std::sync::Arc;
+
+use agent_common::counters::{COUNTERS_MAP, PROCESS_EXEC, PROCESS_EXIT};
+use aya::{
+    Ebpf,
+    maps::{Map, MapData, MapError, PerCpuArray},
+};
+use prometheus::proto::{MetricFamily, MetricType};
+
+use super::{BtfField, OpenError, Reading, Signal, Source, TracepointField};
+use crate::{
+    config::Config,
+    family::Family,
+    probes::tiers::{self, Hook, Requires, Tier, TierProgram},
+};
+
+/// What its programs' names start with: one of them attached means
+/// execs and exits are counted (MAPE-K watches them only then).
+pub const PROGRAM_PREFIX: &str = "sonde_process";
+
+pub const SIGNAL: Signal = Signal {
+    tiers: &TIERS,
+    tracepoint_fields: TRACEPOINT_FIELDS,
+    btf_fields: BTF_FIELDS,
+    symbols: &[],
+    enabled: |config| config.process.enabled,
+    forced_tier: |_| None,
+    reads: "process counters",
+    open,
+};
+
+/// One tier: the sched tracepoints (BPF on tracepoints: 4.7). Exit is its
+/// core, so exits are counted whatever the exec program could do; the
+/// parent and the exit code need their BTF offsets (0 without them).
+const TIERS: tiers::Signal = tiers::Signal {
+    name: "processes",
+    tiers: &[Tier {
+        mode: "tracepoint",
+        min_kernel: (4, 7),
+        requires: Requires::Tracefs,
+        programs: &[
+            TierProgram {
+                program: "sonde_process_exit",
+                hook: Hook::Tracepoint("sched", "sched_process_exit"),
+                needs: &[],
+                partial_before: None,
+            },
+            TierProgram {
+                program: "sonde_process_exec",
+                hook: Hook::Tracepoint("sched", "sched_process_exec"),
+                needs: &["TP_EXEC_FILENAME"],
+                partial_before: None,
+            },
+        ],
+    }],
+};
+
+const TRACEPOINT_FIELDS: &[TracepointField] = &[(
+    "TP_EXEC_FILENAME",
+    "sched",
+    "sched_process_exec",
+    "filename",
+)];
+
+/// Parent (task → real_parent → tgid) and exit code.
+const BTF_FIELDS: &[BtfField] = &[
+    ("TASK_REAL_PARENT_OFFSET", "task_struct", &["real_parent"]),
+    ("TASK_TGID_OFFSET", "task_struct", &["tgid"]),
+    ("TASK_EXIT_CODE_OFFSET", "task_struct", &["exit_code"]),
+];
+
+fn open(ebpf: &mut Ebpf, _: &Config) -> Result<Box<dyn Source>, OpenError> {
+    let map_err = |source| OpenError::Map {
+        name: COUNTERS_MAP,
+        source,
+    };
+    // A second handle on the shared counters (the collector takes the
+    // object's own): opened by id, so the object keeps the map.
+    let Some(Map::PerCpuArray(shared)) = ebpf.map(COUNTERS_MAP) else {
+        return Err(OpenError::MissingMap(COUNTERS_MAP));
+    };
+    let id = shared.info().map_err(map_err)?.id();
+    let data = MapData::from_id(id).map_err(map_err)?;
+    Ok(Box::new(Maps {
+        counters: PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(map_err)?,
+    }))
+}
+
+struct Maps {
+    counters: PerCpuArray<MapData, u64>,
+}
+
+impl Maps {
+    fn count(&self, slot: u32) -> Result<u64, MapError> {
+        Ok(self.counters.get(&slot, 0)?.iter().sum())
+    }
+}
+
+impl Source for Maps {
+    fn collect(&self) -> (Arc<dyn Reading>, Option<MapError>) {
+        let mut reading = Processes::default();
+        let error = self
+            .count(PROCESS_EXEC)
+            .map(|n| reading.execs = n)
+            .and_then(|()| self.count(PROCESS_EXIT).map(|n| reading.exits = n))
+            .err();
+        (Arc::new(reading), error)
+    }
+}
+
+/// Execs and exits seen in the kernel, summed over CPUs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Processes {
+    pub execs: u64,
+    /// Exits of processes (thread-group leaders).
+    pub exits: u64,
+}
+
+impl Reading for Processes {
+    fn families(&self, out: &mut Vec<MetricFamily>) {
+        let mut events = Family::new(
+            "sonde_process_events_total",
+            "Process lifecycle events seen in the kernel (exec, exit of a process)",
+            MetricType::COUNTER,
+        );
+        events.sample(&[("event", "exec")], self.execs as f64);
+        events.sample(&[("event", "exit")], self.exits as f64);
+        events.done(out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_family_with_both_events_even_when_none() {
+        for reading in [
+            Processes::default(),
+            Processes {
+                execs: 50,
+                exits: 49,
+            },
+        ] {
+            let mut out = Vec::new();
+            reading.families(&mut out);
+            let names: Vec<&str> = out.iter().map(|f| f.name()).collect();
+            assert_eq!(names, ["sonde_process_events_total"]);
+            assert_eq!(out[0].get_metric().len(), 2);
+        }
+        assert_eq!(Processes::default().completeness(), None);
+    }
+}
