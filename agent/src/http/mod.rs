@@ -1,10 +1,17 @@
 //! HTTP server: /metrics, health endpoints, status and recent events, and
 //! (only with `debug.fault_injection`) endpoints that break things on
-//! purpose for tests and alert drills.
+//! purpose for tests and alert drills. Who may reach what is
+//! [`access`]'s; TLS and basic auth come from the [`web_config`] file;
+//! the connections, limits and threads are [`serve`]'s.
+
+pub mod access;
+pub mod serve;
+pub mod web_config;
 
 use std::{
     collections::HashMap,
     sync::{Arc, OnceLock, atomic::Ordering},
+    time::Duration,
 };
 
 use axum::{
@@ -54,7 +61,36 @@ fn starting() -> Response {
     })
 }
 
-pub fn router(server: Server, fault_injection: bool) -> Router {
+/// Limits on each request (`[http]`).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// 408 after it.
+    pub timeout: Duration,
+    /// 413 above it.
+    pub max_body_bytes: usize,
+}
+
+/// Every route behind the access policy, the request timeout and the body
+/// limit.
+pub fn router(
+    server: Server,
+    fault_injection: bool,
+    access: Arc<access::Access>,
+    limits: RequestLimits,
+) -> Router {
+    routes(server, fault_injection)
+        .layer(axum::middleware::from_fn_with_state(access, access::guard))
+        .layer(axum::extract::DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            limits.max_body_bytes,
+        ))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            limits.timeout,
+        ))
+}
+
+fn routes(server: Server, fault_injection: bool) -> Router {
     let mut router = Router::new()
         .route("/", get(index))
         .route("/metrics", get(metrics))
