@@ -3,7 +3,8 @@
 //! `openssl` made), mTLS, which endpoints a client outside the node may
 //! change (from a test namespace over a veth pair, against loopback and
 //! the admin socket), the server's limits (header-read timeout,
-//! connection cap, body limit, request timeout).
+//! connection cap, body limit, request timeout) and that an HTTP flood
+//! (`wrk`) does not count against the telemetry cost budget.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -556,6 +557,67 @@ fn limits_close_idle_connections_cap_connections_and_refuse_big_bodies() {
     assert_eq!(n, 0, "answered beyond cap and overflow");
     assert!(t0.elapsed() < Duration::from_secs(1), "not closed at once");
     drop(held);
+}
+
+/// A bounded HTTP flood (wrk on /metrics for 5 s) costs CPU, but it is the
+/// HTTP server's, reported apart and outside the budget: the governor
+/// sheds nothing.
+#[test]
+fn an_http_flood_does_not_make_the_governor_shed() {
+    if !require_root() {
+        return;
+    }
+    sys::need_tool("wrk", "wrk");
+    let config =
+        Config::new()
+            .set("mapek", "govern_cost", "true")
+            .set("mapek", "cpu_budget", "0.2");
+    let agent = Agent::start(&config.render(), &[]);
+    std::thread::sleep(Duration::from_secs(2));
+    let url = format!("http://{}/metrics", agent.addr());
+    let mut wrk = Command::new("wrk");
+    wrk.args(["-t", "2", "-c", "16", "-d", "6s", "--timeout", "5s", &url]);
+    let flood = std::thread::spawn(move || run_with_timeout(&mut wrk, Duration::from_secs(30)));
+    let mut max_serving: f64 = 0.0;
+    let mut max_level: f64 = 0.0;
+    let mut max_user: f64 = 0.0;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(8) {
+        std::thread::sleep(Duration::from_millis(500));
+        if let Ok(s) = agent.try_metrics() {
+            max_serving = max_serving
+                .max(s.value_or_zero("sonde_overhead_cpu_ratio", &[("side", "http_server")]));
+            max_user = max_user
+                .max(s.value_or_zero("sonde_overhead_cpu_ratio", &[("side", "user_space")]));
+            max_level = max_level.max(s.value_or_zero("sonde_overhead_shed_level", &[]));
+        }
+    }
+    let out = flood.join().expect("wrk thread");
+    let wrk_out = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "wrk failed: {wrk_out}");
+    let s = agent.metrics();
+    max_level = max_level.max(s.value_or_zero("sonde_overhead_shed_level", &[]));
+    let requests = wrk_out
+        .lines()
+        .find(|l| l.contains("Requests/sec"))
+        .unwrap_or("?")
+        .to_owned();
+    eprintln!(
+        "flood: {requests}; HTTP server CPU up to {:.0}% of a core, telemetry up to {:.1}%, \
+         shed level up to {max_level}",
+        max_serving * 100.0,
+        max_user * 100.0
+    );
+    assert!(
+        max_serving > 0.2,
+        "the flood should cost the server more than the whole budget: {max_serving}\n{wrk_out}"
+    );
+    assert_eq!(
+        max_level,
+        0.0,
+        "the governor shed during an HTTP flood:\n{}",
+        s.grep("sonde_overhead")
+    );
 }
 
 #[test]

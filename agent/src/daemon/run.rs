@@ -106,7 +106,7 @@ async fn serve(
         return Err(Failure::runtime("agent state set twice"));
     }
     let probes = Arc::new(Mutex::new(probes));
-    let mapek = spawn_mapek(&config, &state, &shutdown_rx);
+    let mapek = spawn_mapek(&config, &state, &serving, &shutdown_rx);
     let watcher = spawn_watcher(&config, &state, &probes, &shutdown_rx);
     info!(
         target: LOG_TARGET,
@@ -255,7 +255,12 @@ fn start_pipeline(
 }
 
 /// The MAPE-K loop, when enabled; shared with the HTTP handlers.
-fn spawn_mapek(config: &Config, state: &AppState, shutdown: &Shutdown) -> Option<JoinHandle<()>> {
+fn spawn_mapek(
+    config: &Config,
+    state: &AppState,
+    serving: &http::serve::Serving,
+    shutdown: &Shutdown,
+) -> Option<JoinHandle<()>> {
     config.mapek.enabled.then(|| {
         let mapek = Arc::new(Mutex::new(mapek::Mapek::new(
             &state.config_snapshot(),
@@ -266,6 +271,7 @@ fn spawn_mapek(config: &Config, state: &AppState, shutdown: &Shutdown) -> Option
             config: state.config.clone(),
             collector: state.collector.clone(),
             events: state.events.clone(),
+            serving_cpu: serving.cpu.clone(),
         };
         tokio::spawn(mapek::run(inputs, mapek, shutdown.clone()))
     })
