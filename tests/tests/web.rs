@@ -407,6 +407,12 @@ fn state_changes_need_loopback_the_admin_socket_or_credentials() {
         1.0,
         "a refused verdict changed the threshold"
     );
+    assert_eq!(
+        agent
+            .metrics()
+            .value_or_zero("sonde_http_requests_refused_total", &[("code", "403")]),
+        2.0
+    );
     assert!(!agent.get("/health/ready").1.contains("fault injection"));
 
     // Over the admin socket: accepted, and it widens the threshold.
@@ -557,6 +563,32 @@ fn limits_close_idle_connections_cap_connections_and_refuse_big_bodies() {
     assert_eq!(n, 0, "answered beyond cap and overflow");
     assert!(t0.elapsed() < Duration::from_secs(1), "not closed at once");
     drop(held);
+
+    // What was refused, as /metrics counts it.
+    std::thread::sleep(Duration::from_millis(1500));
+    let s = agent.metrics();
+    let refused =
+        |code: &str| s.value_or_zero("sonde_http_requests_refused_total", &[("code", code)]);
+    assert!(refused("503") >= 1.0, "{}", s.grep("sonde_http"));
+    assert!(refused("413") >= 2.0, "{}", s.grep("sonde_http"));
+    assert!(refused("408") >= 1.0, "{}", s.grep("sonde_http"));
+    let over = |outcome: &str| {
+        s.value_or_zero(
+            "sonde_http_connections_over_cap_total",
+            &[("outcome", outcome)],
+        )
+    };
+    assert!(
+        over("health_only") >= 8.0 && over("closed") >= 1.0,
+        "{}",
+        s.grep("sonde_http")
+    );
+    assert_eq!(
+        s.value_or_zero("sonde_http_connections_open", &[]),
+        1.0,
+        "only the scrape's own connection: {}",
+        s.grep("sonde_http")
+    );
 }
 
 /// A bounded HTTP flood (wrk on /metrics for 5 s) costs CPU, but it is the

@@ -155,6 +155,7 @@ fn start_server(
         web_config,
         h.admin_socket.clone(),
         h.max_connections,
+        server.stats.clone(),
     ));
     let app = http::router(
         server.clone(),

@@ -22,7 +22,10 @@ use std::{
     collections::HashSet,
     net::SocketAddr,
     path::PathBuf,
-    sync::{Arc, Mutex, OnceLock, RwLock},
+    sync::{
+        Arc, Mutex, OnceLock, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use axum::{
@@ -100,6 +103,39 @@ impl Active {
     }
 }
 
+/// What the server refused and why, for /metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// TCP connections open now (beyond the cap included).
+    pub connections_open: AtomicU64,
+    /// Connections taken beyond the cap (health only).
+    pub connections_over_cap: AtomicU64,
+    /// Connections closed as soon as accepted (cap and overflow full).
+    pub connections_closed_at_once: AtomicU64,
+    /// Answers 401, 403, 408, 413 and 503 (connection cap), by code.
+    refused: [AtomicU64; REFUSED_CODES.len()],
+}
+
+/// The refusals [`Stats`] counts.
+pub const REFUSED_CODES: [u16; 5] = [401, 403, 408, 413, 503];
+
+impl Stats {
+    /// Counts a refusal with this code (others are not refusals).
+    pub fn refused(&self, code: StatusCode) {
+        if let Some(i) = REFUSED_CODES.iter().position(|c| *c == code.as_u16()) {
+            self.refused[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// (code, count) of every refusal kind.
+    pub fn refusals(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        REFUSED_CODES
+            .iter()
+            .zip(&self.refused)
+            .map(|(code, n)| (*code, n.load(Ordering::Relaxed)))
+    }
+}
+
 /// The access policy the middleware applies; shared with the server (TLS)
 /// and SIGHUP (reload).
 pub struct Access {
@@ -107,15 +143,22 @@ pub struct Access {
     admin_socket: Option<PathBuf>,
     max_connections: usize,
     bcrypt: Semaphore,
+    pub stats: Arc<Stats>,
 }
 
 impl Access {
-    pub fn new(config: WebConfig, admin_socket: Option<PathBuf>, max_connections: usize) -> Self {
+    pub fn new(
+        config: WebConfig,
+        admin_socket: Option<PathBuf>,
+        max_connections: usize,
+        stats: Arc<Stats>,
+    ) -> Self {
         Self {
             active: RwLock::new(Active::new(config)),
             admin_socket,
             max_connections,
             bcrypt: Semaphore::new(BCRYPT_AT_ONCE),
+            stats,
         }
     }
 
@@ -254,6 +297,7 @@ pub async fn guard(State(access): State<Arc<Access>>, request: Request, next: Ne
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        access.stats.refused(StatusCode::SERVICE_UNAVAILABLE);
         return response;
     }
     let active = access.current();
@@ -274,6 +318,7 @@ pub async fn guard(State(access): State<Arc<Access>>, request: Request, next: Ne
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"sonde\", charset=\"UTF-8\""),
             );
+            access.stats.refused(StatusCode::UNAUTHORIZED);
             return response;
         }
     }
@@ -282,6 +327,7 @@ pub async fn guard(State(access): State<Arc<Access>>, request: Request, next: Ne
         .is_some_and(|a| a.ip().to_canonical().is_loopback());
     if exposure == Exposure::Admin && !(authenticated || loopback || local_socket) {
         let ways = access.would_accept(&active.config);
+        access.stats.refused(StatusCode::FORBIDDEN);
         return answer(
             StatusCode::FORBIDDEN,
             format!(
@@ -332,7 +378,7 @@ mod tests {
         config
             .users
             .insert("prom".into(), bcrypt::hash("secret", 4).unwrap());
-        let access = Access::new(config, None, 1);
+        let access = Access::new(config, None, 1, Arc::default());
         let active = access.current();
         let basic = |s: &str| {
             HeaderValue::try_from(format!(

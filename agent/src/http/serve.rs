@@ -21,10 +21,7 @@ use std::{
     io,
     os::unix::fs::{DirBuilderExt, PermissionsExt},
     path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
@@ -71,7 +68,6 @@ struct Context {
     connections: Arc<Semaphore>,
     overflow: Arc<Semaphore>,
     admin: Arc<Semaphore>,
-    refused: AtomicU64,
 }
 
 /// The running server. Dropping it does not stop it: send the shutdown
@@ -82,7 +78,6 @@ pub struct Serving {
     access: Arc<Access>,
     web_config_file: Option<PathBuf>,
     thread: Option<std::thread::JoinHandle<()>>,
-    context: Arc<Context>,
 }
 
 impl Serving {
@@ -119,9 +114,8 @@ impl Serving {
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             overflow: Arc::new(Semaphore::new(OVERFLOW_CONNECTIONS)),
             admin: Arc::new(Semaphore::new(ADMIN_CONNECTIONS)),
-            refused: AtomicU64::new(0),
         });
-        let ctx = context.clone();
+        let ctx = context;
         let thread_cpu = cpu.clone();
         let thread = std::thread::Builder::new()
             .name("sonde-http".into())
@@ -163,7 +157,6 @@ impl Serving {
             access,
             web_config_file,
             thread: Some(thread),
-            context,
         })
     }
 
@@ -187,11 +180,6 @@ impl Serving {
                 error!("SIGHUP: keeping the current web configuration: {err}");
             }
         }
-    }
-
-    /// Connections closed at once because even the overflow was full.
-    pub fn refused(&self) -> u64 {
-        self.context.refused.load(Ordering::Relaxed)
     }
 
     /// Waits (up to `timeout`) for the server's thread after shutdown.
@@ -270,16 +258,25 @@ async fn accept_tcp(listener: TcpListener, ctx: Arc<Context>, mut shutdown: watc
             Err(_) => match ctx.overflow.clone().try_acquire_owned() {
                 Ok(permit) => (permit, true),
                 Err(_) => {
-                    ctx.refused.fetch_add(1, Ordering::Relaxed);
+                    ctx.access
+                        .stats
+                        .connections_closed_at_once
+                        .fetch_add(1, Ordering::Relaxed);
                     drop(stream);
                     continue;
                 }
             },
         };
+        let stats = ctx.access.stats.clone();
+        if overflow {
+            stats.connections_over_cap.fetch_add(1, Ordering::Relaxed);
+        }
+        stats.connections_open.fetch_add(1, Ordering::Relaxed);
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _open = Open(stats);
             let _ = stream.set_nodelay(true);
             let header_timeout = if overflow {
                 OVERFLOW_HEADER_TIMEOUT.min(ctx.limits.header_read_timeout)
@@ -315,6 +312,15 @@ async fn accept_tcp(listener: TcpListener, ctx: Arc<Context>, mut shutdown: watc
                 }
             }
         });
+    }
+}
+
+/// Counts a TCP connection open while it lives.
+struct Open(Arc<super::access::Stats>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.connections_open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
