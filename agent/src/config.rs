@@ -412,8 +412,9 @@ pub struct MapekConfig {
     /// Shed detail when over the cost budget below (off: measure and
     /// report the cost only).
     pub govern_cost: bool,
-    /// Share of one CPU Sonde may use: its threads plus, when `[collector]
-    /// bpf_stats` is on, its kernel programs. Above it, detail is shed.
+    /// Share of one CPU Sonde may use: its threads (the HTTP server's
+    /// excepted) plus, when `[collector] bpf_stats` is on, its kernel
+    /// programs. Above it, detail is shed.
     pub cpu_budget: f64,
     /// Lost events per second tolerated before detail is shed (0: none).
     pub lost_events_budget: f64,

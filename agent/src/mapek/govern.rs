@@ -1,5 +1,7 @@
 //! Cost governance: the same loop watches what Sonde itself costs — its
-//! user-space CPU, its kernel programs' CPU (from the kernel's bpf_stats,
+//! user-space CPU (the HTTP server's threads excepted: they are measured
+//! apart, so a flood of requests cannot make Sonde shed its telemetry),
+//! its kernel programs' CPU (from the kernel's bpf_stats,
 //! when `[collector] bpf_stats` is on) and lost events — against a budget,
 //! and sheds detail in a fixed order while over it, restoring it in the
 //! reverse order once well under it. Steps are bounded (a ladder), move one
@@ -60,7 +62,8 @@ impl Cost {
 pub struct Governor {
     /// false: measure and report only, never shed.
     pub enabled: bool,
-    /// Share of one CPU (user space + kernel programs) Sonde may use.
+    /// Share of one CPU (user space but the HTTP server, kernel programs)
+    /// Sonde may use.
     pub cpu_budget: f64,
     /// Lost events per second tolerated (0: none).
     pub lost_events_budget: f64,
