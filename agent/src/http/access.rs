@@ -372,6 +372,116 @@ mod tests {
         assert_eq!(credentials(&HeaderValue::from_static("Basic !!")), None);
     }
 
+    /// What the policy answers `method path` from `peer` (with `auth` as
+    /// the Authorization header), on a router whose every route says 200.
+    async fn status(
+        access: &Arc<Access>,
+        peer: Option<Peer>,
+        method: Method,
+        path: &str,
+        auth: Option<&str>,
+    ) -> StatusCode {
+        use tower::ServiceExt;
+        let router = axum::Router::new()
+            .fallback(|| async { "ok" })
+            .layer(axum::middleware::from_fn_with_state(access.clone(), guard));
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(auth) = auth {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(auth);
+            request = request.header(header::AUTHORIZATION, format!("Basic {encoded}"));
+        }
+        let mut request = request.body(axum::body::Body::empty()).unwrap();
+        if let Some(peer) = peer {
+            request.extensions_mut().insert(peer);
+        }
+        router.oneshot(request).await.unwrap().status()
+    }
+
+    fn peer(addr: &str, verified_cert: bool) -> Option<Peer> {
+        Some(Peer {
+            addr: Some(addr.parse().unwrap()),
+            verified_cert,
+            overflow: false,
+        })
+    }
+
+    #[tokio::test]
+    async fn state_changes_need_auth_loopback_or_the_socket() {
+        let feedback = "/api/v1/anomalies/1/feedback";
+        let remote = || peer("192.0.2.7:40000", false);
+        // No web config: reads open, changes from loopback or the socket.
+        let open = Arc::new(Access::new(WebConfig::none(), None, 1, Arc::default()));
+        let socket = Some(Peer {
+            addr: None,
+            verified_cert: false,
+            overflow: false,
+        });
+        for (who, want) in [
+            (remote(), StatusCode::FORBIDDEN),
+            (None, StatusCode::FORBIDDEN),
+            (peer("127.0.0.1:1", false), StatusCode::OK),
+            (peer("[::1]:1", false), StatusCode::OK),
+            (peer("[::ffff:127.0.0.1]:1", false), StatusCode::OK),
+            (socket.clone(), StatusCode::OK),
+            (peer("192.0.2.7:40000", true), StatusCode::OK),
+        ] {
+            let got = status(&open, who.clone(), Method::POST, feedback, None).await;
+            assert_eq!(got, want, "{who:?}");
+        }
+        assert_eq!(
+            status(&open, remote(), Method::GET, "/metrics", None).await,
+            StatusCode::OK
+        );
+        assert_eq!(open.stats.refusals().find(|(c, _)| *c == 403).unwrap().1, 2);
+        // Basic auth: reads need it (but health), and it lets a remote
+        // client change state.
+        let mut config = WebConfig::none();
+        config
+            .users
+            .insert("op".into(), bcrypt::hash("pw", 4).unwrap());
+        let auth = Arc::new(Access::new(config, None, 1, Arc::default()));
+        let get = |who, path: &'static str, creds| status(&auth, who, Method::GET, path, creds);
+        assert_eq!(
+            get(remote(), "/metrics", None).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            get(remote(), "/metrics", Some("op:no")).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            get(remote(), "/metrics", Some("op:pw")).await,
+            StatusCode::OK
+        );
+        assert_eq!(get(remote(), "/health/ready", None).await, StatusCode::OK);
+        assert_eq!(
+            get(socket.clone(), "/api/v1/status", None).await,
+            StatusCode::OK
+        );
+        let post = |who, creds| status(&auth, who, Method::POST, feedback, creds);
+        assert_eq!(post(remote(), Some("op:pw")).await, StatusCode::OK);
+        assert_eq!(post(remote(), None).await, StatusCode::UNAUTHORIZED);
+        // Loopback does not skip the credentials reads need.
+        assert_eq!(
+            post(peer("127.0.0.1:1", false), None).await,
+            StatusCode::UNAUTHORIZED
+        );
+        // Beyond the connection cap: health only.
+        let over = Some(Peer {
+            addr: Some("127.0.0.1:1".parse().unwrap()),
+            verified_cert: false,
+            overflow: true,
+        });
+        assert_eq!(
+            get(over.clone(), "/health/live", None).await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            get(over, "/metrics", Some("op:pw")).await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
     #[tokio::test]
     async fn right_passwords_are_remembered_wrong_ones_are_not() {
         let mut config = WebConfig::none();
