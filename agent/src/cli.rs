@@ -103,4 +103,9 @@ pub struct RunArgs {
     /// Address for the HTTP server (metrics, health, status).
     #[arg(long, short = 'l', value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// TLS and basic auth for the HTTP server, in the web configuration
+    /// format of Prometheus exporters (exporter-toolkit); overrides
+    /// `[http] web_config_file`.
+    #[arg(long = "web.config.file", value_name = "PATH")]
+    pub web_config_file: Option<PathBuf>,
 }

@@ -63,6 +63,7 @@ pub struct Config {
     pub log_level: String,
     /// Log lines as text, or one JSON object per line.
     pub log_format: LogFormat,
+    pub http: HttpConfig,
     pub syscalls: SyscallsConfig,
     pub network: NetworkConfig,
     pub tcp: TcpConfig,
@@ -84,6 +85,7 @@ impl Default for Config {
             listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
             log_level: "info".into(),
             log_format: LogFormat::Text,
+            http: HttpConfig::default(),
             syscalls: SyscallsConfig::default(),
             network: NetworkConfig::default(),
             tcp: TcpConfig::default(),
@@ -109,6 +111,43 @@ pub enum LogFormat {
     /// One JSON object per line: timestamp, level, target and the event's
     /// fields (message included) at the top level.
     Json,
+}
+
+/// The HTTP server's access and limits (`[http]`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// TLS and basic auth in exporter-toolkit's web configuration format
+    /// (the file node_exporter takes with --web.config.file); re-read on
+    /// SIGHUP. Unset: plain HTTP, no authentication.
+    pub web_config_file: Option<PathBuf>,
+    /// A unix socket (mode 0600) that serves the same endpoints, the
+    /// state-changing ones included, to local root without credentials.
+    pub admin_socket: Option<PathBuf>,
+    /// A client must send a request's headers (and finish the TLS
+    /// handshake) within this time, or the connection is closed; also
+    /// how long an idle keep-alive connection is kept.
+    pub header_read_timeout_ms: u64,
+    /// Whole request, body and answer included; 408 after it.
+    pub request_timeout_ms: u64,
+    /// Open TCP connections at most. Beyond it a few more are taken for
+    /// /health/* only (everything else answers 503), then refused.
+    pub max_connections: usize,
+    /// Largest request body; 413 above it.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            web_config_file: None,
+            admin_socket: None,
+            header_read_timeout_ms: 10_000,
+            request_timeout_ms: 30_000,
+            max_connections: 128,
+            max_body_bytes: 64 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -373,8 +412,9 @@ pub struct MapekConfig {
     /// Shed detail when over the cost budget below (off: measure and
     /// report the cost only).
     pub govern_cost: bool,
-    /// Share of one CPU Sonde may use: its threads plus, when `[collector]
-    /// bpf_stats` is on, its kernel programs. Above it, detail is shed.
+    /// Share of one CPU Sonde may use: its threads (the HTTP server's
+    /// excepted) plus, when `[collector] bpf_stats` is on, its kernel
+    /// programs. Above it, detail is shed.
     pub cpu_budget: f64,
     /// Lost events per second tolerated before detail is shed (0: none).
     pub lost_events_budget: f64,
@@ -618,6 +658,46 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, ms) in [
+            (
+                "http.header_read_timeout_ms",
+                self.http.header_read_timeout_ms,
+            ),
+            ("http.request_timeout_ms", self.http.request_timeout_ms),
+        ] {
+            if !(100..=3_600_000).contains(&ms) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("{ms} must be between 100 and 3600000 (an hour)"),
+                });
+            }
+        }
+        if !(1..=65_536).contains(&self.http.max_connections) {
+            return Err(ConfigError::Invalid {
+                key: "http.max_connections",
+                message: format!("{} must be between 1 and 65536", self.http.max_connections),
+            });
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.http.max_body_bytes) {
+            return Err(ConfigError::Invalid {
+                key: "http.max_body_bytes",
+                message: format!(
+                    "{} must be between 1024 and 67108864 (64 MiB)",
+                    self.http.max_body_bytes
+                ),
+            });
+        }
+        for (key, path) in [
+            ("http.web_config_file", &self.http.web_config_file),
+            ("http.admin_socket", &self.http.admin_socket),
+        ] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: "must be a path (leave the key out for none)".into(),
+                });
+            }
+        }
         for (key, bytes) in [
             ("events.syscall_ring_bytes", self.events.syscall_ring_bytes),
             ("events.flow_ring_bytes", self.events.flow_ring_bytes),
@@ -757,6 +837,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "listen",
     "log_level",
     "log_format",
+    "http",
     "syscalls",
     "network",
     "tcp",
@@ -1152,6 +1233,34 @@ mod tests {
             err.contains("\"10.0.0.x\" is not an IP address or network"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn http_settings_are_checked() {
+        let config = load(
+            "[http]\nweb_config_file = \"/etc/sonde/web.yml\"\nadmin_socket = \"/run/sonde/admin.sock\"\nmax_connections = 4",
+            &[("SONDE_HTTP__MAX_BODY_BYTES", "2048")],
+        )
+        .unwrap();
+        assert_eq!(
+            config.http.web_config_file.as_deref(),
+            Some(Path::new("/etc/sonde/web.yml"))
+        );
+        assert_eq!(config.http.max_connections, 4);
+        assert_eq!(config.http.max_body_bytes, 2048);
+        for (text, key) in [
+            ("max_connections = 0", "http.max_connections"),
+            ("max_body_bytes = 1", "http.max_body_bytes"),
+            ("header_read_timeout_ms = 0", "http.header_read_timeout_ms"),
+            ("request_timeout_ms = 99", "http.request_timeout_ms"),
+            ("admin_socket = \"\"", "http.admin_socket"),
+            ("tls = true", "tls"),
+        ] {
+            let err = load(&format!("[http]\n{text}"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -68,6 +68,9 @@ const LAYERS: &[(&str, u8)] = &[
     ("otlp::transport", 7),
     // 8. Serving.
     ("http", 8),
+    ("http::access", 8),
+    ("http::serve", 8),
+    ("http::web_config", 8),
     // 9. Commands and wiring.
     ("daemon", 9),
     ("daemon::check", 9),

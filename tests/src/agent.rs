@@ -116,18 +116,48 @@ impl Agent {
         extra_args: &[&str],
         env: &[(&str, &str)],
     ) -> io::Result<Agent> {
+        Agent::launch_on(bin, free_addr()?, config_toml, extra_args, env)
+    }
+
+    /// [`Agent::spawn`] listening on every address (`0.0.0.0:PORT`), so
+    /// that test namespaces reach it; the helpers still ask 127.0.0.1.
+    pub fn spawn_on_all_addresses(config_toml: &str, extra_args: &[&str]) -> Agent {
+        let port = free_port();
+        Agent::launch_on(
+            &sys::sonde_bin(),
+            SocketAddr::from(([0, 0, 0, 0], port)),
+            config_toml,
+            extra_args,
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`Agent::launch`], listening on `listen` (the helpers ask
+    /// 127.0.0.1 on its port when it is the unspecified address).
+    pub fn launch_on(
+        bin: &Path,
+        listen: SocketAddr,
+        config_toml: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> io::Result<Agent> {
         let dir = TempDir::new("agent");
         let config_path = dir.write("sonde.toml", config_toml);
         let log_path = dir.path().join("agent.log");
         let (log, log2) = sys::log_file(&log_path)?;
-        let addr = free_addr()?;
+        let addr = if listen.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], listen.port()))
+        } else {
+            listen
+        };
         let mut cmd = Command::new(bin);
         sys::clear_sonde_env(&mut cmd);
         cmd.arg("run")
             .arg("--config")
             .arg(&config_path)
             .arg("--listen")
-            .arg(addr.to_string())
+            .arg(listen.to_string())
             .args(extra_args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())

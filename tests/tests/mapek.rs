@@ -327,8 +327,15 @@ fn over_its_cost_budget_sonde_sheds_detail_then_restores_it() {
         Workload::spawn(&["getppid", "15000000"]),
         Workload::spawn(&["getppid", "15000000"]),
     ];
+    // The ratio over budget is seen before the step: once shed, the next
+    // cycle may already be under it (scrapes, served on the HTTP server's
+    // threads, are outside the budget).
+    let mut max_ratio: f64 = 0.0;
     let shed = agent
-        .try_wait_for(Duration::from_secs(10), |s| level(s) >= 1.0)
+        .try_wait_for(Duration::from_secs(10), |s| {
+            max_ratio = max_ratio.max(s.value_or_zero("sonde_overhead_budget_ratio", &[]));
+            level(s) >= 1.0
+        })
         .unwrap_or_else(|last| {
             panic!(
                 "no detail shed within 10 s of a syscall storm over a 20% budget:\n{}",
@@ -336,8 +343,8 @@ fn over_its_cost_budget_sonde_sheds_detail_then_restores_it() {
             )
         });
     assert!(
-        shed.value_or_zero("sonde_overhead_budget_ratio", &[]) > 1.0,
-        "{}",
+        max_ratio > 1.0,
+        "shed without a cycle seen over budget (max ratio {max_ratio}):\n{}",
         shed.grep("sonde_overhead")
     );
     assert!(

@@ -65,7 +65,17 @@ pub const PACKAGES: &[Package] = &[
     Package {
         name: "wrk",
         commands: &["wrk"],
-        why: "scrape latency in bench",
+        why: "scrape latency in bench; the HTTP flood of the web tests",
+    },
+    Package {
+        name: "openssl",
+        commands: &["openssl"],
+        why: "certificates (server, CA, client) of the TLS and mTLS tests",
+    },
+    Package {
+        name: "curl",
+        commands: &["curl"],
+        why: "the TLS client of the web tests, and over the admin socket",
     },
     Package {
         name: "hping3",

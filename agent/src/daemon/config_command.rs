@@ -18,7 +18,10 @@ pub fn config(command: ConfigCommand) -> Result<(), Failure> {
                     .filter(|(k, _)| Config::is_override(k))
                     .collect()
             };
-            Config::load(Some(&file), overrides.clone()).map_err(Failure::usage)?;
+            let config = Config::load(Some(&file), overrides.clone()).map_err(Failure::usage)?;
+            if let Some(web) = &config.http.web_config_file {
+                crate::http::web_config::WebConfig::load(web).map_err(Failure::usage)?;
+            }
             let names: Vec<&str> = overrides.iter().map(|(k, _)| k.as_str()).collect();
             if names.is_empty() {
                 println!("{}: valid", file.display());

@@ -20,6 +20,13 @@ pub(super) fn reload(state: &AppState, path: Option<&std::path::Path>) {
     if new.listen != current.listen {
         restart_needed.push("listen");
     }
+    // The web configuration file's contents are re-read on SIGHUP; which
+    // file, the socket and the limits need a restart.
+    let mut new_http = new.http.clone();
+    new_http.web_config_file = current.http.web_config_file.clone();
+    if new_http != current.http {
+        restart_needed.push("http");
+    }
     if new.log_format != current.log_format {
         restart_needed.push("log_format");
     }

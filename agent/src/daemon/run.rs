@@ -12,7 +12,6 @@ use std::{
 };
 
 use tokio::{
-    net::TcpListener,
     signal::unix::{SignalKind, signal},
     sync::watch,
     task::JoinHandle,
@@ -43,6 +42,16 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
+    if let Some(path) = args.web_config_file {
+        config.http.web_config_file = Some(path);
+    }
+    // An unreadable or invalid web configuration stops the agent here (exit
+    // 2, naming the key): serving without the TLS or auth it asks for
+    // would be worse than not serving.
+    let web_config = match &config.http.web_config_file {
+        Some(path) => http::web_config::WebConfig::load(path).map_err(Failure::usage)?,
+        None => http::web_config::WebConfig::none(),
+    };
     init_logging(&config);
     let interfaces = if config.network.enabled {
         netif::resolve(&config.network.interfaces).map_err(Failure::usage)?
@@ -59,7 +68,7 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
         .thread_name("sonde")
         .build()
         .map_err(|e| Failure::runtime(format!("starting the async runtime: {e}")))?;
-    runtime.block_on(serve(config, args.common.config, interfaces))
+    runtime.block_on(serve(config, web_config, args.common.config, interfaces))
 }
 
 /// The tasks that run beside the HTTP server until shutdown.
@@ -72,15 +81,17 @@ struct Tasks {
 
 async fn serve(
     config: Config,
+    web_config: http::web_config::WebConfig,
     config_path: Option<PathBuf>,
     interfaces: Vec<(String, u32)>,
 ) -> Result<(), Failure> {
     let started_at = Instant::now();
     // Bind first: a port in use is reported before touching the kernel.
-    let listener = bind(config.listen).await?;
+    let listener = bind(config.listen)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let server = http::Server::default();
-    let server_task = spawn_server(listener, &server, &config, shutdown_rx.clone());
+    let tls = web_config.tls.is_some();
+    let serving = start_server(listener, &server, &config, web_config, shutdown_rx.clone())?;
 
     if config.network.enabled && interfaces.is_empty() {
         warn!(
@@ -95,12 +106,13 @@ async fn serve(
         return Err(Failure::runtime("agent state set twice"));
     }
     let probes = Arc::new(Mutex::new(probes));
-    let mapek = spawn_mapek(&config, &state, &shutdown_rx);
+    let mapek = spawn_mapek(&config, &state, &serving, &shutdown_rx);
     let watcher = spawn_watcher(&config, &state, &probes, &shutdown_rx);
     info!(
         target: LOG_TARGET,
-        "ready in {} ms; listening on http://{} (/metrics, /health/ready, /api/v1/status)",
+        "ready in {} ms; listening on {}://{} (/metrics, /health/ready, /api/v1/status)",
         started_at.elapsed().as_millis(),
+        if tls { "https" } else { "http" },
         config.listen
     );
     let tasks = Tasks {
@@ -110,16 +122,16 @@ async fn serve(
         otlp: spawn_otlp(&config, &state, &shutdown_rx),
     };
 
-    wait_for_signals(&state, config_path.as_deref()).await?;
+    wait_for_signals(&state, &serving, config_path.as_deref()).await?;
     let _ = shutdown_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_millis(1500), server_task).await;
+    let _ = tokio::task::spawn_blocking(move || serving.join(Duration::from_millis(1500))).await;
     stop(tasks, &state, &probes).await;
     info!(target: LOG_TARGET, "detached; bye");
     Ok(())
 }
 
-async fn bind(listen: SocketAddr) -> Result<TcpListener, Failure> {
-    TcpListener::bind(listen).await.map_err(|e| {
+fn bind(listen: SocketAddr) -> Result<std::net::TcpListener, Failure> {
+    std::net::TcpListener::bind(listen).map_err(|e| {
         let why = if e.kind() == std::io::ErrorKind::AddrInUse {
             "address already in use".to_owned()
         } else {
@@ -129,21 +141,44 @@ async fn bind(listen: SocketAddr) -> Result<TcpListener, Failure> {
     })
 }
 
-/// The HTTP server answers "starting" until the state is published.
-fn spawn_server(
-    listener: TcpListener,
+/// The HTTP server, on its own threads; it answers "starting" until the
+/// state is published.
+fn start_server(
+    listener: std::net::TcpListener,
     server: &http::Server,
     config: &Config,
-    mut shutdown: Shutdown,
-) -> JoinHandle<std::io::Result<()>> {
-    let app = http::router(server.clone(), config.debug.fault_injection);
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = shutdown.changed().await;
-            })
-            .await
-    })
+    web_config: http::web_config::WebConfig,
+    shutdown: Shutdown,
+) -> Result<http::serve::Serving, Failure> {
+    let h = &config.http;
+    let access = Arc::new(http::access::Access::new(
+        web_config,
+        h.admin_socket.clone(),
+        h.max_connections,
+        server.stats.clone(),
+    ));
+    let app = http::router(
+        server.clone(),
+        config.debug.fault_injection,
+        access.clone(),
+        http::RequestLimits {
+            timeout: Duration::from_millis(h.request_timeout_ms),
+            max_body_bytes: h.max_body_bytes,
+        },
+    );
+    http::serve::Serving::start(
+        listener,
+        app,
+        access,
+        h.web_config_file.clone(),
+        h.admin_socket.as_deref(),
+        http::serve::Limits {
+            header_read_timeout: Duration::from_millis(h.header_read_timeout_ms),
+            max_connections: h.max_connections,
+        },
+        shutdown,
+    )
+    .map_err(|e| Failure::runtime(format!("starting the HTTP server: {e}")))
 }
 
 /// Loading blocks on the verifier; keep it off the async workers so the
@@ -221,7 +256,12 @@ fn start_pipeline(
 }
 
 /// The MAPE-K loop, when enabled; shared with the HTTP handlers.
-fn spawn_mapek(config: &Config, state: &AppState, shutdown: &Shutdown) -> Option<JoinHandle<()>> {
+fn spawn_mapek(
+    config: &Config,
+    state: &AppState,
+    serving: &http::serve::Serving,
+    shutdown: &Shutdown,
+) -> Option<JoinHandle<()>> {
     config.mapek.enabled.then(|| {
         let mapek = Arc::new(Mutex::new(mapek::Mapek::new(
             &state.config_snapshot(),
@@ -232,6 +272,7 @@ fn spawn_mapek(config: &Config, state: &AppState, shutdown: &Shutdown) -> Option
             config: state.config.clone(),
             collector: state.collector.clone(),
             events: state.events.clone(),
+            serving_cpu: serving.cpu.clone(),
         };
         tokio::spawn(mapek::run(inputs, mapek, shutdown.clone()))
     })
@@ -285,8 +326,13 @@ fn spawn_otlp(config: &Config, state: &AppState, shutdown: &Shutdown) -> Option<
     })
 }
 
-/// Until SIGTERM or SIGINT; SIGHUP reloads the configuration.
-async fn wait_for_signals(state: &AppState, config_path: Option<&Path>) -> Result<(), Failure> {
+/// Until SIGTERM or SIGINT; SIGHUP reloads the configuration and the web
+/// configuration file.
+async fn wait_for_signals(
+    state: &AppState,
+    serving: &http::serve::Serving,
+    config_path: Option<&Path>,
+) -> Result<(), Failure> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(Failure::runtime)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(Failure::runtime)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(Failure::runtime)?;
@@ -294,7 +340,10 @@ async fn wait_for_signals(state: &AppState, config_path: Option<&Path>) -> Resul
         tokio::select! {
             _ = sigterm.recv() => { info!(target: LOG_TARGET, "SIGTERM: shutting down"); return Ok(()); }
             _ = sigint.recv() => { info!(target: LOG_TARGET, "SIGINT: shutting down"); return Ok(()); }
-            _ = sighup.recv() => reload::reload(state, config_path),
+            _ = sighup.recv() => {
+                reload::reload(state, config_path);
+                serving.reload_web_config();
+            }
         }
     }
 }

@@ -1,5 +1,7 @@
 //! Cost governance: the same loop watches what Sonde itself costs — its
-//! user-space CPU, its kernel programs' CPU (from the kernel's bpf_stats,
+//! user-space CPU (the HTTP server's threads excepted: they are measured
+//! apart, so a flood of requests cannot make Sonde shed its telemetry),
+//! its kernel programs' CPU (from the kernel's bpf_stats,
 //! when `[collector] bpf_stats` is on) and lost events — against a budget,
 //! and sheds detail in a fixed order while over it, restoring it in the
 //! reverse order once well under it. Steps are bounded (a ladder), move one
@@ -24,16 +26,21 @@ const LOSING_EVENTS_RATIO: f64 = 2.0;
 /// What Sonde cost over one cycle.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Cost {
-    /// Share of one CPU the agent's threads used.
+    /// Share of one CPU the agent's threads used, the HTTP server's
+    /// excepted.
     pub user_cpu_share: f64,
+    /// Share of one CPU the HTTP server's threads used: reported, not
+    /// counted against the budget (serving requests is not telemetry, and
+    /// whoever floods the port must not make Sonde shed signals).
+    pub serving_cpu_share: f64,
     /// Share of one CPU its kernel programs used (None: bpf_stats off).
     pub kernel_cpu_share: Option<f64>,
     pub lost_events_per_second: f64,
 }
 
 impl Cost {
-    /// The cost between two snapshots; `cpu` is (before, after) of
-    /// [`crate::time::process_cpu_seconds`].
+    /// The cost between two snapshots; `cpu` is (before, after) of the
+    /// agent's CPU seconds (the HTTP server's excepted).
     pub fn between(prev: &Snapshot, now: &Snapshot, cpu: (f64, f64)) -> Option<Cost> {
         let dt = now.seconds_since(prev)?;
         let kernel_ns = |s: &Snapshot| s.programs.iter().map(|p| p.run_time_ns).sum::<u64>();
@@ -44,6 +51,7 @@ impl Cost {
         let lost = |s: &Snapshot| s.rings.values().map(|r| r.lost).sum::<u64>();
         Some(Cost {
             user_cpu_share: (cpu.1 - cpu.0).max(0.0) / dt,
+            serving_cpu_share: 0.0,
             kernel_cpu_share,
             lost_events_per_second: lost(now).saturating_sub(lost(prev)) as f64 / dt,
         })
@@ -54,7 +62,8 @@ impl Cost {
 pub struct Governor {
     /// false: measure and report only, never shed.
     pub enabled: bool,
-    /// Share of one CPU (user space + kernel programs) Sonde may use.
+    /// Share of one CPU (user space but the HTTP server, kernel programs)
+    /// Sonde may use.
     pub cpu_budget: f64,
     /// Lost events per second tolerated (0: none).
     pub lost_events_budget: f64,
@@ -161,6 +170,7 @@ mod tests {
     fn cpu(share: f64) -> Cost {
         Cost {
             user_cpu_share: share,
+            serving_cpu_share: 0.0,
             kernel_cpu_share: Some(0.0),
             lost_events_per_second: 0.0,
         }
@@ -198,6 +208,7 @@ mod tests {
         let mut g = Governor::new(1.0, 0.0);
         let losing = Cost {
             user_cpu_share: 0.0,
+            serving_cpu_share: 0.0,
             kernel_cpu_share: None,
             lost_events_per_second: 5.0,
         };

@@ -52,8 +52,11 @@ pub struct Mapek {
     /// The latest verdicts and what they changed.
     feedback_log: Vec<analyze::FeedbackOutcome>,
     governor: govern::Governor,
-    /// The agent's CPU seconds at the last cycle.
+    /// The agent's CPU seconds at the last cycle, the HTTP server's
+    /// excepted.
     cpu_seconds: Option<f64>,
+    /// The HTTP server's CPU seconds at the last cycle.
+    serving_seconds: f64,
     /// The latest cycles' (cycle, time, features), oldest first.
     history: std::collections::VecDeque<(u64, f64, monitor::Features)>,
     /// Learned baselines came from the state directory (no warm-up).
@@ -114,6 +117,7 @@ impl Mapek {
             feedback_log: Vec::new(),
             governor,
             cpu_seconds: process_cpu_seconds(),
+            serving_seconds: 0.0,
             history: Default::default(),
             baselines_reloaded,
         }
@@ -346,10 +350,14 @@ impl Mapek {
         ratio.done(&mut out);
         let mut share = Family::new(
             "sonde_overhead_cpu_ratio",
-            "Share of one CPU Sonde used over the last cycle: its threads (user_space) and its kernel programs (kernel_programs, with bpf_stats on)",
+            "Share of one CPU Sonde used over the last cycle: its threads but the HTTP server's (user_space), its kernel programs (kernel_programs, with bpf_stats on), and the HTTP server's threads (http_server, outside the budget)",
             MetricType::GAUGE,
         );
         share.sample(&[("side", "user_space")], self.governor.last.user_cpu_share);
+        share.sample(
+            &[("side", "http_server")],
+            self.governor.last.serving_cpu_share,
+        );
         if let Some(k) = self.governor.last.kernel_cpu_share {
             share.sample(&[("side", "kernel_programs")], k);
         }
@@ -380,9 +388,18 @@ pub struct Inputs {
     pub config: Arc<RwLock<Config>>,
     pub collector: Arc<CollectorHandle>,
     pub events: Arc<Events>,
+    /// CPU time of the HTTP server's threads: serving is not telemetry,
+    /// and a flood of requests must not make the governor shed signals.
+    pub serving_cpu: Arc<crate::time::ThreadCpu>,
 }
 
 impl Inputs {
+    /// The agent's CPU seconds without the HTTP server's.
+    fn telemetry_cpu_seconds(&self) -> Option<(f64, f64)> {
+        let serving = self.serving_cpu.seconds();
+        process_cpu_seconds().map(|all| ((all - serving).max(0.0), serving))
+    }
+
     fn config(&self) -> Config {
         self.config
             .read()
@@ -409,6 +426,12 @@ pub async fn run(
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut prev = inputs.snapshot();
+    {
+        let mut m = mapek.lock().unwrap_or_else(|e| e.into_inner());
+        let cpu = inputs.telemetry_cpu_seconds();
+        m.cpu_seconds = cpu.map(|c| c.0);
+        m.serving_seconds = cpu.map_or(0.0, |c| c.1);
+    }
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -420,12 +443,20 @@ pub async fn run(
         }
         let started = Instant::now();
         let mut m = mapek.lock().unwrap_or_else(|e| e.into_inner());
-        let cpu_now = process_cpu_seconds();
+        let cpu_now = inputs.telemetry_cpu_seconds();
         let cost = match (m.cpu_seconds, cpu_now) {
-            (Some(before), Some(after)) => govern::Cost::between(&prev, &now, (before, after)),
+            (Some(before), Some((after, serving))) => {
+                govern::Cost::between(&prev, &now, (before, after)).map(|mut cost| {
+                    cost.serving_cpu_share = now
+                        .seconds_since(&prev)
+                        .map_or(0.0, |dt| (serving - m.serving_seconds).max(0.0) / dt);
+                    cost
+                })
+            }
             _ => None,
         };
-        m.cpu_seconds = cpu_now;
+        m.cpu_seconds = cpu_now.map(|c| c.0);
+        m.serving_seconds = cpu_now.map_or(m.serving_seconds, |c| c.1);
         let cost_action = cost.and_then(|c| m.governor.observe(c));
         let churn = inputs.events.take_churn();
         if let Some((features, mut subjects)) = monitor::features(&prev, &now, &m.signals) {

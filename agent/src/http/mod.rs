@@ -1,10 +1,17 @@
 //! HTTP server: /metrics, health endpoints, status and recent events, and
 //! (only with `debug.fault_injection`) endpoints that break things on
-//! purpose for tests and alert drills.
+//! purpose for tests and alert drills. Who may reach what is
+//! [`access`]'s; TLS and basic auth come from the [`web_config`] file;
+//! the connections, limits and threads are [`serve`]'s.
+
+pub mod access;
+pub mod serve;
+pub mod web_config;
 
 use std::{
     collections::HashMap,
     sync::{Arc, OnceLock, atomic::Ordering},
+    time::Duration,
 };
 
 use axum::{
@@ -18,6 +25,7 @@ use axum::{
 use serde_json::json;
 
 use crate::{
+    family::Family,
     health::{self, CheckResult, Report, Status},
     state::AppState,
     time::now_ms,
@@ -30,6 +38,8 @@ use crate::{
 #[derive(Clone, Default)]
 pub struct Server {
     pub app: Arc<OnceLock<AppState>>,
+    /// What the server refused (exported with /metrics).
+    pub stats: Arc<access::Stats>,
 }
 
 /// Resolves to the running agent's state, or answers 503 while starting.
@@ -54,7 +64,83 @@ fn starting() -> Response {
     })
 }
 
-pub fn router(server: Server, fault_injection: bool) -> Router {
+/// Limits on each request (`[http]`).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// 408 after it.
+    pub timeout: Duration,
+    /// 413 above it.
+    pub max_body_bytes: usize,
+}
+
+/// Every route behind the access policy, the request timeout and the body
+/// limit.
+pub fn router(
+    server: Server,
+    fault_injection: bool,
+    access: Arc<access::Access>,
+    limits: RequestLimits,
+) -> Router {
+    let stats = server.stats.clone();
+    routes(server, fault_injection)
+        .layer(axum::middleware::from_fn_with_state(access, access::guard))
+        .layer(axum::extract::DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            limits.max_body_bytes,
+        ))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            limits.timeout,
+        ))
+        // Outermost: the limits' refusals, counted (the policy counts its
+        // own).
+        .layer(axum::middleware::map_response(move |response: Response| {
+            let code = response.status();
+            if code == StatusCode::REQUEST_TIMEOUT || code == StatusCode::PAYLOAD_TOO_LARGE {
+                stats.refused(code);
+            }
+            async move { response }
+        }))
+}
+
+/// The server's own families: connections and refusals.
+fn http_families(stats: &access::Stats) -> Vec<prometheus::proto::MetricFamily> {
+    use prometheus::proto::MetricType;
+    let mut out = Vec::new();
+    let mut open = Family::new(
+        "sonde_http_connections_open",
+        "TCP connections open to the HTTP server now ([http] max_connections, plus a few beyond it for /health/*)",
+        MetricType::GAUGE,
+    );
+    open.sample(&[], stats.connections_open.load(Ordering::Relaxed) as f64);
+    open.done(&mut out);
+    let mut over = Family::new(
+        "sonde_http_connections_over_cap_total",
+        "Connections beyond [http] max_connections: served /health/* only (health_only), or closed as soon as accepted (closed)",
+        MetricType::COUNTER,
+    );
+    over.sample(
+        &[("outcome", "health_only")],
+        stats.connections_over_cap.load(Ordering::Relaxed) as f64,
+    );
+    over.sample(
+        &[("outcome", "closed")],
+        stats.connections_closed_at_once.load(Ordering::Relaxed) as f64,
+    );
+    over.done(&mut out);
+    let mut refused = Family::new(
+        "sonde_http_requests_refused_total",
+        "Requests the HTTP server refused, by status code: 401 no valid credentials, 403 a state change from outside, 408 request timeout, 413 body too large, 503 beyond the connection cap",
+        MetricType::COUNTER,
+    );
+    for (code, n) in stats.refusals() {
+        refused.sample(&[("code", &code.to_string())], n as f64);
+    }
+    refused.done(&mut out);
+    out
+}
+
+fn routes(server: Server, fault_injection: bool) -> Router {
     let mut router = Router::new()
         .route("/", get(index))
         .route("/metrics", get(metrics))
@@ -85,10 +171,9 @@ async fn index() -> &'static str {
 async fn metrics(State(server): State<Server>) -> Response {
     let state = running!(server);
     let snapshot = state.snapshot();
-    match state
-        .metrics
-        .render(&snapshot, &state.events, state.mapek_families())
-    {
+    let mut extra = state.mapek_families();
+    extra.extend(http_families(&server.stats));
+    match state.metrics.render(&snapshot, &state.events, extra) {
         Ok(body) => (
             [(
                 header::CONTENT_TYPE,
