@@ -413,7 +413,8 @@ impl Planner {
                 ttl_seconds: ttl,
                 until,
                 reason: format!(
-                    "anomaly #{} {} (score {:.1}) from {peer}: its packets dropped for {ttl} s",
+                    "anomaly #{} {} (score {:.1}) from {peer}: its new inbound TCP connections \
+                     dropped for {ttl} s",
                     o.anomaly, o.kind, o.score
                 ),
             });
