@@ -537,8 +537,12 @@ pub async fn run(
 
 /// A SYN flood blocks nobody (its sources are unproven); what the kernel
 /// does about it instead, SYN cookies, joins the anomaly's notes, updated
-/// every cycle while it lasts.
+/// every cycle while it lasts (/proc/net/netstat is read only then).
 fn note_syn_cookies(m: &mut Mapek) {
+    if !m.analyzer.active.iter().any(|a| a.kind == "syn_flood") {
+        m.syn_cookies = None;
+        return;
+    }
     let before = m.syn_cookies;
     m.syn_cookies = guard::SynCookies::read();
     let Some(now) = m.syn_cookies else { return };
