@@ -856,15 +856,22 @@ fn enforce_mode_blocks_only_a_proven_source_and_only_its_new_connections() {
         "{gateway}"
     );
     let report = lab.agent.get_json("/api/v1/anomalies");
-    assert!(
-        report["protected"]
-            .as_array()
-            .is_some_and(|p| p.iter().any(|p| {
-                p["net"] == format!("{GATEWAY_IP}/32")
-                    && p["reason"].as_str().is_some_and(|r| r.contains("gateway"))
-            })),
-        "{report}"
-    );
+    for (net, why) in [
+        (format!("{GATEWAY_IP}/32"), "gateway"),
+        (format!("{LAB_HOST_IP}/32"), "own addresses"),
+        ("169.254.169.254/32".to_owned(), "metadata"),
+        ("fe80::/10".to_owned(), "link-local"),
+    ] {
+        assert!(
+            report["protected"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|p| {
+                    p["net"] == net.as_str()
+                        && p["reason"].as_str().is_some_and(|r| r.contains(why))
+                })),
+            "{net} ({why}) not in the protected set: {report}"
+        );
+    }
     quiet(&lab.agent);
 
     // 2. A third party's address, forged: never completed a handshake.
