@@ -5,10 +5,25 @@
 //! complete a handshake without receiving the node's SYN-ACK, so MAPE-K's
 //! enforce mode blocks only sources found here.
 
-/// `LruHashMap<TcpPeerKey, HandshakePeer>` (key: `tcp::TcpPeerKey`).
+/// `LruHashMap<HandshakeKey, HandshakePeer>`.
 pub const HANDSHAKE_PEERS_MAP: &str = "HANDSHAKE_PEERS";
 /// Peers remembered (least recently seen ones make room).
 pub const MAX_HANDSHAKE_PEERS: u32 = 8192;
+
+/// A peer, in the network namespace of the socket that completed the
+/// handshake: user space trusts only its own namespace's (in another, an
+/// unprivileged user namespace can hold any address and connect to
+/// itself).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HandshakeKey {
+    /// AF_INET or AF_INET6 (`tcp::PEER_FAMILY_*`).
+    pub family: u32,
+    /// The socket's network namespace (its inode number).
+    pub netns: u32,
+    /// IPv4 in the first 4 bytes.
+    pub addr: [u8; 16],
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

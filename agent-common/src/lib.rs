@@ -60,5 +60,6 @@ impl_pod!(
     block::BlockStats,
     drops::DropDeviceKey,
     drops::DropDeviceStats,
+    handshakes::HandshakeKey,
     handshakes::HandshakePeer,
 );

@@ -4,17 +4,18 @@
 //! (it answered one of ours) records the peer's address and the time in
 //! `HANDSHAKE_PEERS`. A program of its own rather than a branch of the TCP
 //! signal's, so the proof does not depend on which TCP tier is attached
-//! (or on the TCP signal being on); it leaves after two 4-byte reads of
-//! the record unless the new state is ESTABLISHED.
+//! (or on the TCP signal being on); it leaves after one 4-byte read of
+//! the record unless the new state is ESTABLISHED. Each peer is keyed by
+//! the socket's network namespace too: user space trusts only its own.
 
 use agent_common::{
-    handshakes::{HandshakePeer, MAX_HANDSHAKE_PEERS},
-    tcp::{PEER_FAMILY_IPV4, PEER_FAMILY_IPV6, TcpPeerKey},
+    handshakes::{HandshakeKey, HandshakePeer, MAX_HANDSHAKE_PEERS},
+    tcp::{PEER_FAMILY_IPV4, PEER_FAMILY_IPV6},
 };
 use aya_ebpf::{
     Global,
     bindings::BPF_NOEXIST,
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{map, tracepoint},
     maps::LruHashMap,
     programs::TracePointContext,
@@ -24,7 +25,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use crate::addr::Addr;
 
 #[map(name = "HANDSHAKE_PEERS")]
-static HANDSHAKE_PEERS: LruHashMap<TcpPeerKey, HandshakePeer> =
+static HANDSHAKE_PEERS: LruHashMap<HandshakeKey, HandshakePeer> =
     LruHashMap::with_max_entries(MAX_HANDSHAKE_PEERS, 0);
 
 // Offsets in the inet_sock_set_state record, from this kernel's format
@@ -41,6 +42,17 @@ static TP_HS_FAMILY: Global<u32> = Global::new(u32::MAX);
 static TP_HS_DADDR: Global<u32> = Global::new(u32::MAX);
 #[unsafe(no_mangle)]
 static TP_HS_DADDR_V6: Global<u32> = Global::new(u32::MAX);
+#[unsafe(no_mangle)]
+static TP_HS_SKADDR: Global<u32> = Global::new(u32::MAX);
+// The socket's network namespace: `sock_common.skc_net` (a possible_net_t,
+// whose only member is the `struct net *`), `net.ns`, `ns_common.inum`,
+// from this kernel's BTF.
+#[unsafe(no_mangle)]
+static HS_SK_NET_OFFSET: Global<u32> = Global::new(u32::MAX);
+#[unsafe(no_mangle)]
+static HS_NET_NS_OFFSET: Global<u32> = Global::new(u32::MAX);
+#[unsafe(no_mangle)]
+static HS_NS_INUM_OFFSET: Global<u32> = Global::new(u32::MAX);
 
 const IPPROTO_TCP: u16 = 6;
 const TCP_ESTABLISHED: i32 = 1;
@@ -78,8 +90,10 @@ fn try_handshakes(ctx: &TracePointContext) -> Result<(), i32> {
     } else {
         return Ok(());
     };
-    let key = TcpPeerKey {
+    let skaddr: u64 = unsafe { ctx.read_at(TP_HS_SKADDR.load() as usize)? };
+    let key = HandshakeKey {
         family,
+        netns: netns(skaddr)?,
         addr: addr.bytes(),
     };
     // SAFETY: helper without preconditions.
@@ -105,4 +119,22 @@ fn try_handshakes(ctx: &TracePointContext) -> Result<(), i32> {
         }
     }
     Ok(())
+}
+
+/// The inode number of `sk`'s network namespace.
+#[inline(always)]
+fn netns(sk: u64) -> Result<u32, i32> {
+    let (sk_net, ns, inum) = (
+        HS_SK_NET_OFFSET.load(),
+        HS_NET_NS_OFFSET.load(),
+        HS_NS_INUM_OFFSET.load(),
+    );
+    if sk_net == u32::MAX || ns == u32::MAX || inum == u32::MAX {
+        return Err(0);
+    }
+    // SAFETY (both reads): kernel pointers read with the probe helper, at
+    // offsets from this kernel's BTF.
+    let net =
+        unsafe { bpf_probe_read_kernel((sk + u64::from(sk_net)) as *const u64) }.map_err(|_| 0)?;
+    unsafe { bpf_probe_read_kernel((net + u64::from(ns + inum)) as *const u32) }.map_err(|_| 0)
 }

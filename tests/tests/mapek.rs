@@ -789,8 +789,9 @@ fn blocks(agent: &Agent) -> f64 {
 /// gateway's address, then a third party's (hping3 -a), blocks neither
 /// (refused: protected gateway; never completed a handshake); a
 /// random-source SYN flood blocks nobody (its anomaly reports the kernel's
-/// SYN cookies instead); a real connect scan (nmap -sT) from a peer that
-/// completed a handshake blocks that peer. While it is blocked, this
+/// SYN cookies instead); a handshake the peer makes with itself in its own
+/// namespace proves nothing to this node; a real connect scan (nmap -sT)
+/// from a peer that completed a handshake with it blocks that peer. While it is blocked, this
 /// node's own TCP connections to it work, its new inbound SYNs are
 /// dropped (and counted), and its UDP passes (only new TCP connections
 /// are blocked).
@@ -878,6 +879,28 @@ fn enforce_mode_blocks_only_a_proven_source_and_only_its_new_connections() {
     scan_from_peer(&lab, Some(THIRD_PARTY_IP));
     let third = refusal_of(&lab.agent, THIRD_PARTY_IP);
     assert!(third.contains("never completed a TCP handshake"), "{third}");
+    quiet(&lab.agent);
+
+    // 2b. The peer's own address, after a handshake inside its own
+    // namespace only (a connection to itself): not proof to this node.
+    let own = listen_in(sonde_tests::LAB_NS, LAB_PEER_IP);
+    let own_port = own.local_addr().expect("listener address").port();
+    let script = format!("echo sonde > /dev/tcp/{LAB_PEER_IP}/{own_port}");
+    let status = lab
+        .ns
+        .exec(&["timeout", "3", "bash", "-c", &script])
+        .status()
+        .expect("running bash in the test namespace");
+    assert!(
+        status.success(),
+        "the namespace's connection to itself failed"
+    );
+    scan_from_peer(&lab, None);
+    let elsewhere = refusal_of(&lab.agent, LAB_PEER_IP);
+    assert!(
+        elsewhere.contains("never completed a TCP handshake"),
+        "{elsewhere}"
+    );
     quiet(&lab.agent);
 
     // 3. A SYN flood from random sources at the listener: nobody blocked.
@@ -990,7 +1013,8 @@ fn enforce_mode_blocks_only_a_proven_source_and_only_its_new_connections() {
     let datagrams = udp_from_peer(&lab, &udp, N);
     assert_eq!(datagrams, N, "datagrams of a blocked peer lost");
     println!(
-        "enforce (spoof): refused {GATEWAY_IP} ({gateway}) and {THIRD_PARTY_IP} ({third}); \
+        "enforce (spoof): refused {GATEWAY_IP} ({gateway}), {THIRD_PARTY_IP} ({third}) and \
+         {LAB_PEER_IP} after a handshake in its own namespace only ({elsewhere}); \
          random flood: 0 blocks; nmap -sT from {LAB_PEER_IP}: blocked \
          (sonde_blocked_packets_total {}); while blocked: {outbound}/5 outbound connections \
          to it worked, {answered}/{N} inbound SYNs answered ({dropped} dropped), \

@@ -4,7 +4,10 @@
 //! `sonde_handshakes` on sock:inet_sock_set_state; types in agent-common's
 //! `handshakes`). A forged source address can send SYNs, UDP or ICMP but
 //! cannot complete a handshake, so enforce mode blocks only a source found
-//! here (recently: see `mapek::guard`). Attached when `[mapek] mode` is
+//! here (recently: see `mapek::guard`), and only for a handshake in the
+//! agent's own network namespace: in another one, a process may hold any
+//! address (an unprivileged user namespace can make a network namespace,
+//! give it an address and connect to itself). Attached when `[mapek] mode` is
 //! `enforce` at start; no metric families of its own.
 //!
 //! The map is not copied each cycle (up to 8,192 peers): the reading
@@ -18,8 +21,8 @@ use std::{
 };
 
 use agent_common::{
-    handshakes::{HANDSHAKE_PEERS_MAP, HandshakePeer},
-    tcp::{PEER_FAMILY_IPV4, PEER_FAMILY_IPV6, TcpPeerKey},
+    handshakes::{HANDSHAKE_PEERS_MAP, HandshakeKey, HandshakePeer},
+    tcp::{PEER_FAMILY_IPV4, PEER_FAMILY_IPV6},
 };
 use aya::{
     Ebpf,
@@ -27,7 +30,7 @@ use aya::{
 };
 use prometheus::proto::MetricFamily;
 
-use super::{OpenError, Reading, Signal, Source, TracepointField, take};
+use super::{BtfField, OpenError, Reading, Signal, Source, TracepointField, take};
 use crate::{
     config::{Config, Mode},
     probes::tiers::{self, Hook, Requires, Tier, TierProgram},
@@ -39,7 +42,7 @@ pub const PROGRAM: &str = "sonde_handshakes";
 pub const SIGNAL: Signal = Signal {
     tiers: &TIERS,
     tracepoint_fields: TRACEPOINT_FIELDS,
-    btf_fields: &[],
+    btf_fields: BTF_FIELDS,
     symbols: &[],
     enabled: |config| config.mapek.enabled && config.mapek.mode == Mode::Enforce,
     forced_tier: |_| None,
@@ -65,6 +68,10 @@ const TIERS: tiers::Signal = tiers::Signal {
                 "TP_HS_FAMILY",
                 "TP_HS_DADDR",
                 "TP_HS_DADDR_V6",
+                "TP_HS_SKADDR",
+                "HS_SK_NET_OFFSET",
+                "HS_NET_NS_OFFSET",
+                "HS_NS_INUM_OFFSET",
             ],
             partial_before: None,
         }],
@@ -78,18 +85,35 @@ const TRACEPOINT_FIELDS: &[TracepointField] = &[
     ("TP_HS_FAMILY", "sock", "inet_sock_set_state", "family"),
     ("TP_HS_DADDR", "sock", "inet_sock_set_state", "daddr"),
     ("TP_HS_DADDR_V6", "sock", "inet_sock_set_state", "daddr_v6"),
+    ("TP_HS_SKADDR", "sock", "inet_sock_set_state", "skaddr"),
 ];
 
-type PeersMap = HashMap<MapData, TcpPeerKey, HandshakePeer>;
+/// The socket's network namespace: sock → net → its inode number.
+const BTF_FIELDS: &[BtfField] = &[
+    ("HS_SK_NET_OFFSET", "sock_common", &["skc_net"]),
+    ("HS_NET_NS_OFFSET", "net", &["ns"]),
+    ("HS_NS_INUM_OFFSET", "ns_common", &["inum"]),
+];
+
+type PeersMap = HashMap<MapData, HandshakeKey, HandshakePeer>;
 
 fn open(ebpf: &mut Ebpf, _: &Config) -> Result<Box<dyn Source>, OpenError> {
     Ok(Box::new(Maps {
         peers: Arc::new(Mutex::new(take(ebpf, HANDSHAKE_PEERS_MAP)?)),
+        netns: own_netns(),
     }))
+}
+
+/// The inode number of this process's network namespace (0: unknown, and
+/// then no handshake proves anything).
+fn own_netns() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino() as u32)
 }
 
 struct Maps {
     peers: Arc<Mutex<PeersMap>>,
+    netns: u32,
 }
 
 impl Source for Maps {
@@ -97,6 +121,7 @@ impl Source for Maps {
         (
             Arc::new(Handshakes {
                 peers: Some(self.peers.clone()),
+                netns: self.netns,
             }),
             None,
         )
@@ -108,6 +133,8 @@ impl Source for Maps {
 #[derive(Clone, Default)]
 pub struct Handshakes {
     peers: Option<Arc<Mutex<PeersMap>>>,
+    /// Only handshakes in this network namespace (the agent's) count.
+    netns: u32,
 }
 
 impl fmt::Debug for Handshakes {
@@ -117,14 +144,15 @@ impl fmt::Debug for Handshakes {
 }
 
 impl Handshakes {
-    /// What the kernel recorded of `peer`'s handshakes (an IPv4 peer also
-    /// as the IPv4-mapped IPv6 address a dual-stack socket sees); None:
-    /// none recorded, or the map could not be read.
+    /// What the kernel recorded of `peer`'s handshakes in the agent's
+    /// network namespace (an IPv4 peer also as the IPv4-mapped IPv6
+    /// address a dual-stack socket sees); None: none recorded, or the map
+    /// could not be read.
     pub fn proof(&self, peer: IpAddr) -> Option<HandshakePeer> {
         let map = self.peers.as_ref()?;
         let map = map.lock().unwrap_or_else(|e| e.into_inner());
         let mut found: Option<HandshakePeer> = None;
-        for key in keys(peer) {
+        for key in keys(peer, self.netns) {
             if let Ok(p) = map.get(&key, 0) {
                 found = Some(match found {
                     None => p,
@@ -136,9 +164,13 @@ impl Handshakes {
     }
 }
 
-/// The keys the kernel may have recorded `peer` under.
-fn keys(peer: IpAddr) -> Vec<TcpPeerKey> {
-    let key = |family, addr| TcpPeerKey { family, addr };
+/// The keys the kernel may have recorded `peer` under in `netns`.
+fn keys(peer: IpAddr, netns: u32) -> Vec<HandshakeKey> {
+    let key = |family, addr| HandshakeKey {
+        family,
+        netns,
+        addr,
+    };
     match peer.to_canonical() {
         IpAddr::V4(v4) => {
             let mut addr = [0u8; 16];
@@ -171,7 +203,8 @@ mod tests {
 
     #[test]
     fn an_ipv4_peer_is_looked_up_as_itself_and_as_mapped() {
-        let keys = keys("10.213.0.2".parse().unwrap());
+        let keys = keys("10.213.0.2".parse().unwrap(), 7);
+        assert!(keys.iter().all(|k| k.netns == 7));
         assert_eq!(keys.len(), 2);
         assert_eq!(keys[0].family, PEER_FAMILY_IPV4);
         assert_eq!(keys[0].addr[..4], [10, 213, 0, 2]);
@@ -182,8 +215,8 @@ mod tests {
         assert_eq!(Handshakes::default().proof("fd00::2".parse().unwrap()), None);
     }
 
-    fn keys_of(s: &str) -> Vec<TcpPeerKey> {
-        keys(s.parse().unwrap())
+    fn keys_of(s: &str) -> Vec<HandshakeKey> {
+        keys(s.parse().unwrap(), 7)
     }
 
     #[test]
