@@ -375,13 +375,14 @@ impl Planner {
                 }
                 continue;
             }
+            // Protection and proof first: their reason says more.
             let full = (self.blocked.len() >= m.max_blocked).then(|| {
                 format!(
                     "{} sources already blocked ([mapek] max_blocked)",
                     self.blocked.len()
                 )
             });
-            if let Some(reason) = full.or_else(|| guard(peer)) {
+            if let Some(reason) = guard(peer).or(full) {
                 warn!(
                     anomaly = o.anomaly,
                     kind = o.kind,
