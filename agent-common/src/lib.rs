@@ -15,6 +15,7 @@ pub mod config;
 pub mod counters;
 pub mod drops;
 pub mod events;
+pub mod handshakes;
 #[cfg(feature = "user")]
 pub mod merge;
 pub mod net;
@@ -59,4 +60,6 @@ impl_pod!(
     block::BlockStats,
     drops::DropDeviceKey,
     drops::DropDeviceStats,
+    handshakes::HandshakeKey,
+    handshakes::HandshakePeer,
 );

@@ -14,6 +14,7 @@ mod baseline;
 mod block;
 mod drops;
 mod events;
+mod handshakes;
 mod maps;
 mod net;
 mod process;

@@ -14,6 +14,7 @@ mod block;
 mod drops;
 #[path = "events_perf.rs"]
 mod events;
+mod handshakes;
 mod maps;
 mod net;
 mod process;

@@ -377,8 +377,9 @@ pub enum Mode {
     DryRun,
     /// Apply the decisions to the kernel programs.
     Act,
-    /// Act, and drop the packets of a source named by a network attack for
-    /// a while (the blocklist).
+    /// Act, and drop the new inbound TCP connections of a port scan's
+    /// source for a while (the blocklist), if it proved its address real
+    /// and is not protected (mapek::guard).
     Enforce,
 }
 
@@ -418,13 +419,13 @@ pub struct MapekConfig {
     pub cpu_budget: f64,
     /// Lost events per second tolerated before detail is shed (0: none).
     pub lost_events_budget: f64,
-    /// Runtime. Enforce mode: how long a source named by a network attack
-    /// (port scan, SYN flood) stays blocked.
+    /// Runtime. Enforce mode: how long a port scan's (proven) source
+    /// stays blocked.
     pub block_ttl_seconds: u64,
     /// Runtime. Enforce mode: sources blocked at once, at most.
     pub max_blocked: usize,
     /// Runtime. Enforce mode: addresses and networks never blocked (on top
-    /// of loopback, unspecified and the node's own addresses).
+    /// of the automatic protected set: mapek::guard).
     pub never_block: Vec<Cidr>,
 }
 

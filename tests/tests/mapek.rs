@@ -429,27 +429,80 @@ fn udp_from_peer(lab: &Lab, listener: &std::net::UdpSocket, n: usize) -> usize {
 }
 
 /// A port scan from the namespace (150 SYNs to ports 20000..20149, bounded
-/// by count): hping3, unlike connects, does not wait for replies, which
-/// stop once the scanner is blocked.
-fn scan_from_peer(lab: &Lab) {
+/// by count), with `source` as their source address (None: the peer's
+/// own): hping3, unlike connects, does not wait for replies.
+fn scan_from_peer(lab: &Lab, source: Option<&str>) {
+    let mut args = vec!["hping3", "-q", "-S", "-p", "++20000", "-c", "150"];
+    args.extend(["-i", "u2000"]);
+    if let Some(source) = source {
+        args.extend(["-a", source]);
+    }
+    args.push(LAB_HOST_IP);
     let _ = lab
         .ns
-        .exec(&[
-            "hping3",
-            "-q",
-            "-S",
-            "-p",
-            "++20000",
-            "-c",
-            "150",
-            "-i",
-            "u2000",
-            LAB_HOST_IP,
-        ])
+        .exec(&args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
         .expect("running hping3 in the test namespace");
+}
+
+/// A TCP connection from the namespace to `port` on the host end (bash's
+/// /dev/tcp, at most 3 s): whether it was established. A completed
+/// handshake is what proves the peer's address real to enforce mode.
+fn connect_from_peer(lab: &Lab, port: u16) -> bool {
+    let script = format!("echo sonde > /dev/tcp/{LAB_HOST_IP}/{port}");
+    lab.ns
+        .exec(&["timeout", "3", "bash", "-c", &script])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("running bash in the test namespace")
+        .success()
+}
+
+/// `n` SYNs from the namespace to `port` on the host end (hping3, 20 ms
+/// apart): how many the host answered, as hping3 counted the replies.
+fn syns_answered(lab: &Lab, port: u16, n: usize) -> usize {
+    let out = lab
+        .ns
+        .exec(&[
+            "hping3",
+            "-S",
+            "-p",
+            &port.to_string(),
+            "-c",
+            &n.to_string(),
+            "-i",
+            "u20000",
+            LAB_HOST_IP,
+        ])
+        .output()
+        .expect("running hping3 in the test namespace");
+    // "N packets transmitted, M packets received, …" on stderr.
+    let stats = String::from_utf8_lossy(&out.stderr);
+    stats
+        .lines()
+        .find_map(|l| {
+            let (_, rest) = l.split_once("transmitted, ")?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no hping3 statistics in {stats:?}"))
+}
+
+/// A TCP listener in namespace `ns`: bound from a thread that joined it
+/// (a socket stays in the namespace it was made in).
+fn listen_in(ns: &str, ip: &str) -> std::net::TcpListener {
+    use std::os::fd::AsRawFd;
+    let (path, ip) = (format!("/run/netns/{ns}"), ip.to_owned());
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("opening the namespace");
+        // SAFETY: a valid namespace fd; only this thread moves.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        std::net::TcpListener::bind((ip.as_str(), 0)).expect("listener in the namespace")
+    })
+    .join()
+    .expect("binding in the namespace")
 }
 
 fn enforce_config(dir: &std::path::Path, ttl: u64) -> Config {
@@ -462,12 +515,25 @@ fn enforce_config(dir: &std::path::Path, ttl: u64) -> Config {
 
 /// Waits for the scanner's block: anomaly, `block` action, kernel entry.
 fn scanner_blocked(lab: &Lab) -> sonde_tests::Scrape {
-    let anomaly = wait_for_kind(&lab.agent, "port_scan");
-    assert_eq!(
-        anomaly["subject"],
-        format!("peer {LAB_PEER_IP}"),
-        "the scan's source should be named: {anomaly}"
-    );
+    // The scan's anomaly, naming its source (an earlier scan's anomaly
+    // may name another).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !["active", "recent"].iter().any(|list| {
+        lab.agent.get_json("/api/v1/anomalies")[*list]
+            .as_array()
+            .is_some_and(|a| {
+                a.iter().any(|a| {
+                    a["kind"] == "port_scan" && a["subject"] == format!("peer {LAB_PEER_IP}")
+                })
+            })
+    }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no port_scan naming peer {LAB_PEER_IP} within 10 s: {}",
+            lab.agent.get_json("/api/v1/anomalies")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let blocked = lab.agent.wait_for(
         "the scanner's block in the kernel",
         Duration::from_secs(5),
@@ -488,7 +554,7 @@ fn scanner_blocked(lab: &Lab) -> sonde_tests::Scrape {
     assert!(
         entry["reason"]
             .as_str()
-            .is_some_and(|r| r.contains("port_scan")),
+            .is_some_and(|r| r.contains("port_scan") && r.contains("proven real")),
         "{report}"
     );
     blocked
@@ -498,9 +564,10 @@ fn blocked_packets(s: &sonde_tests::Scrape) -> f64 {
     s.value_or_zero("sonde_blocked_packets_total", &[])
 }
 
-/// Enforce mode, TC ingress (the veth's default): the scanner is blocked,
-/// its UDP datagrams are dropped (and counted) until the 4 s block ends by
-/// itself; then they flow again.
+/// Enforce mode, TC ingress (the veth's default): a scanner that completed
+/// a handshake first (proven real) is blocked; its new connections (SYNs
+/// to a listening port) are dropped, and counted, until the 4 s block ends
+/// by itself; then they are answered again.
 #[test]
 fn enforce_mode_blocks_a_scanner_until_its_ttl() {
     if !require_root() {
@@ -509,30 +576,30 @@ fn enforce_mode_blocks_a_scanner_until_its_ttl() {
     if Command::new("hping3").arg("--version").output().is_err() {
         panic!("hping3 is missing (apt-get install hping3)");
     }
-    const N: usize = 50;
+    const N: usize = 20;
     const TTL: u64 = 4;
     let dir = state_dir("enforce-tc");
     let lab = Lab::start(enforce_config(&dir, TTL));
     warmed_up(&lab.agent);
-    let listener = std::net::UdpSocket::bind((LAB_HOST_IP, 0)).expect("UDP listener");
-    let before = udp_from_peer(&lab, &listener, N);
-    assert_eq!(before, N, "datagrams lost before any block");
+    let listener = std::net::TcpListener::bind((LAB_HOST_IP, 0)).expect("TCP listener");
+    let port = listener.local_addr().expect("listener address").port();
+    let before = syns_answered(&lab, port, N);
+    assert_eq!(before, N, "SYNs unanswered before any block");
 
-    scan_from_peer(&lab);
+    assert!(connect_from_peer(&lab, port), "the peer's handshake failed");
+    scan_from_peer(&lab, None);
     let blocked = scanner_blocked(&lab);
     let dropped_from = blocked_packets(&blocked);
-    let during = udp_from_peer(&lab, &listener, N);
-    assert_eq!(
-        during, 0,
-        "datagrams from a blocked source reached the host"
-    );
+    let during = syns_answered(&lab, port, N);
+    assert_eq!(during, 0, "SYNs from a blocked source were answered");
     let s = lab.agent.wait_for(
-        "the dropped datagrams in sonde_blocked_packets_total",
+        "the dropped SYNs in sonde_blocked_packets_total",
         Duration::from_secs(3),
         |s| blocked_packets(s) - dropped_from >= N as f64,
     );
     let dropped = blocked_packets(&s);
-    assert!(s.value_or_zero("sonde_blocked_bytes_total", &[]) >= (N * 42) as f64);
+    // Ethernet + IPv4 + TCP headers, no options: 54 bytes a SYN.
+    assert!(s.value_or_zero("sonde_blocked_bytes_total", &[]) >= (N * 54) as f64);
     // Still within the TTL: the report shows what the entry dropped.
     let report = lab.agent.get_json("/api/v1/anomalies");
     assert!(
@@ -551,8 +618,8 @@ fn enforce_mode_blocks_a_scanner_until_its_ttl() {
                     &[("action", "unblock"), ("mode", "enforce")],
                 ) == 1.0
         });
-    let after = udp_from_peer(&lab, &listener, N);
-    assert_eq!(after, N, "datagrams lost after the block ended");
+    let after = syns_answered(&lab, port, N);
+    assert_eq!(after, N, "SYNs unanswered after the block ended");
     let s = lab.agent.metrics();
     assert_eq!(
         blocked_packets(&s),
@@ -578,16 +645,16 @@ fn enforce_mode_blocks_a_scanner_until_its_ttl() {
         "{report}"
     );
     println!(
-        "enforce (tc): received {before}/{N} before the block, {during}/{N} during it \
+        "enforce (tc): {before}/{N} SYNs answered before the block, {during}/{N} during it \
          (sonde_blocked_packets_total {dropped_from} -> {dropped}), {after}/{N} after it"
     );
     drop(lab);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Enforce mode with native XDP on the veth: the scanner's datagrams are
-/// dropped by XDP; a SIGHUP reload to `act` lifts the block at once (long
-/// before its TTL) and they flow again.
+/// Enforce mode with native XDP on the veth: the proven scanner's SYNs
+/// are dropped by XDP; a SIGHUP reload to `act` lifts the block at once
+/// (long before its TTL) and they are answered again.
 #[test]
 fn enforce_mode_drops_with_xdp_and_a_reload_to_act_lifts_the_block() {
     if !require_root() {
@@ -596,7 +663,7 @@ fn enforce_mode_drops_with_xdp_and_a_reload_to_act_lifts_the_block() {
     if Command::new("hping3").arg("--version").output().is_err() {
         panic!("hping3 is missing (apt-get install hping3)");
     }
-    const N: usize = 50;
+    const N: usize = 20;
     let dir = state_dir("enforce-xdp");
     let config = enforce_config(&dir, 300).set("network", "xdp_mode", "\"native\"");
     let lab = Lab::start(config.clone());
@@ -611,22 +678,21 @@ fn enforce_mode_drops_with_xdp_and_a_reload_to_act_lifts_the_block() {
         s.grep("sonde_probe_attached")
     );
     warmed_up(&lab.agent);
-    let listener = std::net::UdpSocket::bind((LAB_HOST_IP, 0)).expect("UDP listener");
+    let listener = std::net::TcpListener::bind((LAB_HOST_IP, 0)).expect("TCP listener");
+    let port = listener.local_addr().expect("listener address").port();
     assert_eq!(
-        udp_from_peer(&lab, &listener, N),
+        syns_answered(&lab, port, N),
         N,
-        "lost before any block"
+        "unanswered before any block"
     );
 
-    scan_from_peer(&lab);
+    assert!(connect_from_peer(&lab, port), "the peer's handshake failed");
+    scan_from_peer(&lab, None);
     let blocked = scanner_blocked(&lab);
-    let during = udp_from_peer(&lab, &listener, N);
-    assert_eq!(
-        during, 0,
-        "datagrams from a blocked source reached the host"
-    );
+    let during = syns_answered(&lab, port, N);
+    assert_eq!(during, 0, "SYNs from a blocked source were answered");
     let s = lab.agent.wait_for(
-        "the dropped datagrams in sonde_blocked_packets_total",
+        "the dropped SYNs in sonde_blocked_packets_total",
         Duration::from_secs(3),
         |s| blocked_packets(s) - blocked_packets(&blocked) >= N as f64,
     );
@@ -650,8 +716,8 @@ fn enforce_mode_drops_with_xdp_and_a_reload_to_act_lifts_the_block() {
                 ) == 1.0
         },
     );
-    let after = udp_from_peer(&lab, &listener, N);
-    assert_eq!(after, N, "datagrams lost after the reload to act");
+    let after = syns_answered(&lab, port, N);
+    assert_eq!(after, N, "SYNs unanswered after the reload to act");
     assert_eq!(
         blocked_packets(&lab.agent.metrics()),
         blocked_packets(&lifted)
@@ -664,8 +730,302 @@ fn enforce_mode_drops_with_xdp_and_a_reload_to_act_lifts_the_block() {
         "{report}"
     );
     println!(
-        "enforce (xdp): received {during}/{N} while blocked (sonde_blocked_packets_total {} -> \
-         {dropped}), {after}/{N} after the reload to act",
+        "enforce (xdp): {during}/{N} SYNs answered while blocked (sonde_blocked_packets_total \
+         {} -> {dropped}), {after}/{N} after the reload to act",
+        blocked_packets(&blocked)
+    );
+    drop(lab);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The "gateway" of the spoofing test: an address of the namespace's end
+/// on a second subnet, through which the host routes a documentation
+/// prefix, so the agent finds it in /proc/net/route.
+const GATEWAY_IP: &str = "10.213.1.3";
+/// An address nobody holds on that subnet: a third party.
+const THIRD_PARTY_IP: &str = "10.213.1.4";
+
+/// Waits for a refused block of `peer`; returns its reason.
+fn refusal_of(agent: &Agent, peer: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let report = agent.get_json("/api/v1/anomalies");
+        let found = report["block_refused"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["peer"] == peer))
+            .and_then(|r| r["reason"].as_str().map(str::to_owned));
+        if let Some(reason) = found {
+            return reason;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refused block of {peer} within 10 s: {report}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until no network attack is active (the next one opens afresh;
+/// other kinds, which the loaded test machine makes too, do not matter).
+fn quiet(agent: &Agent) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let report = agent.get_json("/api/v1/anomalies");
+        if report["active"].as_array().is_some_and(|a| {
+            !a.iter()
+                .any(|a| a["kind"] == "port_scan" || a["kind"] == "syn_flood")
+        }) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a network attack still active after 20 s: {report}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn blocks(agent: &Agent) -> f64 {
+    agent.metrics().value_or_zero(
+        "sonde_mapek_actions_total",
+        &[("action", "block"), ("mode", "enforce")],
+    )
+}
+
+/// Enforce mode cannot be aimed by a spoofer: a scan whose SYNs carry the
+/// gateway's address, then a third party's (hping3 -a), blocks neither
+/// (refused: protected gateway; never completed a handshake); a
+/// random-source SYN flood blocks nobody (its anomaly reports the kernel's
+/// SYN cookies instead); a handshake the peer makes with itself in its own
+/// namespace proves nothing to this node; a real connect scan (nmap -sT)
+/// from a peer that completed a handshake with it blocks that peer. While it is blocked, this
+/// node's own TCP connections to it work, its new inbound SYNs are
+/// dropped (and counted), and its UDP passes (only new TCP connections
+/// are blocked).
+#[test]
+fn enforce_mode_blocks_only_a_proven_source_and_only_its_new_connections() {
+    if !require_root() {
+        return;
+    }
+    for tool in ["hping3", "nmap"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            panic!("{tool} is missing (apt-get install {tool})");
+        }
+    }
+    const N: usize = 20;
+    let dir = state_dir("enforce-spoof");
+    let lab = Lab::start(enforce_config(&dir, 120));
+    // The gateway: 10.213.1.3 on the namespace's end, a route through it.
+    let run = |c: &mut Command| {
+        let out = c.output().expect("running ip");
+        assert!(out.status.success(), "{c:?}: {out:?}");
+    };
+    run(Command::new("ip").args(["addr", "add", "10.213.1.1/24", "dev", sonde_tests::LAB_IF]));
+    run(&mut lab.ns.exec(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{GATEWAY_IP}/24"),
+        "dev",
+        sonde_tests::LAB_PEER_IF,
+    ]));
+    run(Command::new("ip").args([
+        "route",
+        "add",
+        "198.51.100.0/24",
+        "via",
+        GATEWAY_IP,
+        "dev",
+        sonde_tests::LAB_IF,
+    ]));
+    // Strict reverse-path filtering on the host end: random sources are
+    // dropped after the agent's TC program saw them, so the host never
+    // answers (never sends) to addresses outside the test's veth.
+    std::fs::write(
+        format!("/proc/sys/net/ipv4/conf/{}/rp_filter", sonde_tests::LAB_IF),
+        "1",
+    )
+    .expect("setting rp_filter on the host end");
+    warmed_up(&lab.agent);
+    let listener = std::net::TcpListener::bind((LAB_HOST_IP, 0)).expect("TCP listener");
+    let port = listener.local_addr().expect("listener address").port();
+
+    // 1. The gateway's address, forged: protected.
+    scan_from_peer(&lab, Some(GATEWAY_IP));
+    let anomaly = wait_for_kind(&lab.agent, "port_scan");
+    assert_eq!(
+        anomaly["subject"],
+        format!("peer {GATEWAY_IP}"),
+        "{anomaly}"
+    );
+    let gateway = refusal_of(&lab.agent, GATEWAY_IP);
+    assert!(
+        gateway.contains("protected: a gateway of this node (route 198.51.100.0/24"),
+        "{gateway}"
+    );
+    let report = lab.agent.get_json("/api/v1/anomalies");
+    for (net, why) in [
+        (format!("{GATEWAY_IP}/32"), "gateway"),
+        (format!("{LAB_HOST_IP}/32"), "own addresses"),
+        ("169.254.169.254/32".to_owned(), "metadata"),
+        ("fe80::/10".to_owned(), "link-local"),
+    ] {
+        assert!(
+            report["protected"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|p| {
+                    p["net"] == net.as_str()
+                        && p["reason"].as_str().is_some_and(|r| r.contains(why))
+                })),
+            "{net} ({why}) not in the protected set: {report}"
+        );
+    }
+    quiet(&lab.agent);
+
+    // 2. A third party's address, forged: never completed a handshake.
+    scan_from_peer(&lab, Some(THIRD_PARTY_IP));
+    let third = refusal_of(&lab.agent, THIRD_PARTY_IP);
+    assert!(third.contains("never completed a TCP handshake"), "{third}");
+    quiet(&lab.agent);
+
+    // 2b. The peer's own address, after a handshake inside its own
+    // namespace only (a connection to itself): not proof to this node.
+    let own = listen_in(sonde_tests::LAB_NS, LAB_PEER_IP);
+    let own_port = own.local_addr().expect("listener address").port();
+    let script = format!("echo sonde > /dev/tcp/{LAB_PEER_IP}/{own_port}");
+    let status = lab
+        .ns
+        .exec(&["timeout", "3", "bash", "-c", &script])
+        .status()
+        .expect("running bash in the test namespace");
+    assert!(
+        status.success(),
+        "the namespace's connection to itself failed"
+    );
+    scan_from_peer(&lab, None);
+    let elsewhere = refusal_of(&lab.agent, LAB_PEER_IP);
+    assert!(
+        elsewhere.contains("never completed a TCP handshake"),
+        "{elsewhere}"
+    );
+    quiet(&lab.agent);
+
+    // 3. A SYN flood from random sources at the listener: nobody blocked.
+    let _ = lab
+        .ns
+        .exec(&[
+            "hping3",
+            "-q",
+            "-S",
+            "--rand-source",
+            "-p",
+            &port.to_string(),
+            "-c",
+            "20000",
+            "--faster",
+            LAB_HOST_IP,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("running hping3 in the test namespace");
+    let flood = wait_for_kind(&lab.agent, "syn_flood");
+    // The note comes with the cycle after the flood opened.
+    std::thread::sleep(Duration::from_secs(1));
+    let report = lab.agent.get_json("/api/v1/anomalies");
+    let notes = ["active", "recent"]
+        .iter()
+        .filter_map(|l| report[*l].as_array())
+        .flatten()
+        .find(|a| a["id"] == flood["id"])
+        .map(|a| a["notes"].to_string())
+        .unwrap_or_default();
+    assert!(notes.contains("TcpExtSyncookiesSent"), "{report}");
+    assert_eq!(blocks(&lab.agent), 0.0, "{report}");
+    quiet(&lab.agent);
+    assert_eq!(blocks(&lab.agent), 0.0, "a block after the random flood");
+
+    // 4. A real connect scan (500 ports, at least 2,000 a second) from a
+    // peer that completed a handshake.
+    assert!(connect_from_peer(&lab, port), "the peer's handshake failed");
+    let _ = lab
+        .ns
+        .exec(&[
+            "nmap",
+            "-sT",
+            "-Pn",
+            "-n",
+            "--max-retries",
+            "0",
+            "-T5",
+            "--min-rate",
+            "2000",
+            "-p",
+            "20000-20499",
+            LAB_HOST_IP,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("running nmap in the test namespace");
+    let blocked = scanner_blocked(&lab);
+    assert_eq!(blocks(&lab.agent), 1.0);
+
+    // 5. While it is blocked: this node's connections to it work...
+    let remote = listen_in(sonde_tests::LAB_NS, LAB_PEER_IP);
+    let remote_addr = remote.local_addr().expect("remote listener address");
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut served = 0;
+        for _ in 0..5 {
+            let (mut conn, _) = remote.accept().expect("accepting in the namespace");
+            let mut buf = [0u8; 4];
+            conn.read_exact(&mut buf).expect("reading the request");
+            conn.write_all(b"pong").expect("answering");
+            served += 1;
+        }
+        served
+    });
+    let mut outbound = 0;
+    for _ in 0..5 {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect_timeout(&remote_addr, Duration::from_secs(2))
+            .expect("this node's connection to the blocked peer");
+        conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        conn.write_all(b"ping")
+            .expect("sending to the blocked peer");
+        let mut buf = [0u8; 4];
+        conn.read_exact(&mut buf)
+            .expect("the blocked peer's answer");
+        assert_eq!(&buf, b"pong");
+        outbound += 1;
+    }
+    assert_eq!(server.join().expect("the namespace's server"), 5);
+    // ...its new connections do not...
+    let before = blocked_packets(&lab.agent.metrics());
+    let answered = syns_answered(&lab, port, N);
+    assert_eq!(answered, 0, "SYNs from the blocked peer were answered");
+    let s = lab.agent.wait_for(
+        "the dropped SYNs in sonde_blocked_packets_total",
+        Duration::from_secs(3),
+        |s| blocked_packets(s) - before >= N as f64,
+    );
+    let dropped = blocked_packets(&s) - before;
+    assert!(
+        !connect_from_peer(&lab, port),
+        "the blocked peer opened a connection"
+    );
+    // ...and its UDP passes.
+    let udp = std::net::UdpSocket::bind((LAB_HOST_IP, 0)).expect("UDP listener");
+    let datagrams = udp_from_peer(&lab, &udp, N);
+    assert_eq!(datagrams, N, "datagrams of a blocked peer lost");
+    println!(
+        "enforce (spoof): refused {GATEWAY_IP} ({gateway}), {THIRD_PARTY_IP} ({third}) and \
+         {LAB_PEER_IP} after a handshake in its own namespace only ({elsewhere}); \
+         random flood: 0 blocks; nmap -sT from {LAB_PEER_IP}: blocked \
+         (sonde_blocked_packets_total {}); while blocked: {outbound}/5 outbound connections \
+         to it worked, {answered}/{N} inbound SYNs answered ({dropped} dropped), \
+         {datagrams}/{N} datagrams passed",
         blocked_packets(&blocked)
     );
     drop(lab);

@@ -5,9 +5,9 @@
 //! The programs observe: XDP passes, TC hands the packet on to whatever
 //! comes next (TC_ACT_UNSPEC), so Sonde does not change the fate of a packet
 //! or of another program's verdict — with one exception, off by default:
-//! in MAPE-K enforce mode, ingress packets from a source on the blocklist
-//! are dropped until the entry's expiry ([`ingress`]). Egress is never
-//! blocked.
+//! in MAPE-K enforce mode, ingress TCP SYNs (without ACK) from a source on
+//! the blocklist are dropped until the entry's expiry ([`ingress`]): new
+//! inbound connections only. Egress is never blocked.
 
 mod parse;
 mod tc;
@@ -46,7 +46,8 @@ static PACKET_COUNTERS: PerCpuHashMap<PacketKey, PacketCounters> =
 #[map(name = "FLOWS")]
 static FLOWS: LruHashMap<FlowKey, FlowStats> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
-/// Sources whose ingress packets are dropped until their entry expires.
+/// Sources whose new inbound TCP connections (SYNs) are dropped until their
+/// entry expires.
 /// Shared, small (user space holds at most `[mapek] max_blocked` entries).
 #[map(name = "BLOCKLIST")]
 static BLOCKLIST: HashMap<BlocklistKey, BlocklistEntry> =
@@ -93,12 +94,25 @@ pub fn ingress<P: PacketSource>(packet: &P) -> Verdict {
     }
 }
 
-/// Whether the packet's source is blocked now: an unexpired entry, whose
-/// counters then take the packet. Nothing is looked up while the blocklist
-/// is empty; non-IP packets (ARP) always pass.
+/// Whether the packet opens a new connection from a blocked source: a TCP
+/// SYN without ACK from an unexpired entry, whose counters then take the
+/// packet. Everything else passes: the rest of TCP (so a blocked peer's
+/// replies to connections this node opened, SYN-ACK included, still
+/// arrive, and so do its established connections until they end), and
+/// every non-TCP packet. UDP and ICMP carry no "new connection" mark a
+/// program can read without connection tracking, so dropping them would
+/// also drop a blocked peer's answers to this node (DNS replies, ICMP
+/// errors); enforce mode blocks new TCP connections only (docs/deploy.md).
+/// Nothing is looked up while the blocklist is empty.
 #[inline(always)]
 fn blocked(parsed: &parse::Parsed, bytes: u64) -> bool {
     if !parsed.is_ip() || config(CFG_BLOCKLIST_ACTIVE) == 0 {
+        return false;
+    }
+    if parsed.protocol != IPPROTO_TCP
+        || !parsed.has_ports
+        || parsed.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN
+    {
         return false;
     }
     let key = BlocklistKey {

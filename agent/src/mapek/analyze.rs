@@ -65,6 +65,10 @@ pub struct Anomaly {
     pub evidence: Vec<Evidence>,
     /// The peer, process or cgroup the evidence names, if any.
     pub subject: Option<String>,
+    /// What else the loop found about it (a SYN flood: the kernel's SYN
+    /// cookies, and why nobody is blocked).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     #[serde(skip)]
     quiet: u32,
 }
@@ -82,6 +86,7 @@ impl Anomaly {
             end: None,
             evidence: Vec::new(),
             subject: None,
+            notes: Vec::new(),
             quiet: 0,
         }
     }
@@ -413,7 +418,9 @@ impl Analyzer {
         for (kind, evidence) in firing {
             let score = evidence.iter().map(|e| e.score).fold(0.0, f64::max);
             let subject = match kind {
-                "port_scan" | "syn_flood" => subjects.widest_peer.map(|p| format!("peer {p}")),
+                // Not syn_flood: the peer with the widest fan-out is not
+                // the SYN source, and a flood's sources are often forged.
+                "port_scan" => subjects.widest_peer.map(|p| format!("peer {p}")),
                 "fork_storm" => subjects.describe_parent(),
                 "cpu_saturation" => subjects.describe_waiting_cgroup(),
                 "syscall_storm" => super::monitor::describe_syscall_process(subjects, false),
@@ -429,6 +436,7 @@ impl Analyzer {
                 end: None,
                 evidence,
                 subject,
+                notes: Vec::new(),
                 quiet: 0,
             };
             self.next_id += 1;

@@ -8,6 +8,7 @@
 pub mod analyze;
 pub mod execute;
 pub mod govern;
+pub mod guard;
 pub mod knowledge;
 pub mod monitor;
 pub mod plan;
@@ -33,6 +34,9 @@ use crate::{
     time::{process_cpu_seconds, unix_seconds},
 };
 
+/// Cycles between two reads of enforce mode's protected set (for the
+/// report; a block always reads it afresh).
+const PROTECTED_EVERY: u64 = 10;
 /// Cycles between two saves of the knowledge.
 const SAVE_EVERY: u64 = 30;
 /// Feature vectors kept for /api/v1/features (15 minutes at 1 s).
@@ -61,6 +65,15 @@ pub struct Mapek {
     history: std::collections::VecDeque<(u64, f64, monitor::Features)>,
     /// Learned baselines came from the state directory (no warm-up).
     baselines_reloaded: bool,
+    /// Enforce mode: the handshake record is attached (sources can be
+    /// proven real).
+    proof_attached: bool,
+    /// Enforce mode: the protected set as last read, for the report.
+    protected: Vec<guard::Protected>,
+    /// Peers that scraped /metrics lately (filled by the HTTP layer).
+    scrapers: guard::Scrapers,
+    /// The kernel's SYN-cookie counters at the previous cycle.
+    syn_cookies: Option<guard::SynCookies>,
 }
 
 pub type SharedMapek = Arc<Mutex<Mapek>>;
@@ -120,7 +133,17 @@ impl Mapek {
             serving_seconds: 0.0,
             history: Default::default(),
             baselines_reloaded,
+            proof_attached: has(signals::handshakes::PROGRAM),
+            protected: Vec::new(),
+            scrapers: guard::Scrapers::default(),
+            syn_cookies: None,
         }
+    }
+
+    /// The record of recent /metrics scrapers, which enforce mode never
+    /// blocks: the HTTP layer notes each scraper's address in it.
+    pub fn scrapers(&self) -> guard::Scrapers {
+        self.scrapers.clone()
     }
 
     /// Saves the baselines; a failure is logged once (a read-only state
@@ -194,6 +217,20 @@ impl Mapek {
             // Enforce mode: sources dropped now, and blocks refused (why).
             "blocked": self.executor.blocked.values().collect::<Vec<_>>(),
             "block_refused": self.planner.refused,
+            // What enforce mode never blocks (with why), and how a source
+            // proves it is real.
+            "protected": self.protected,
+            "proof": {
+                "attached": self.proof_attached,
+                "program": signals::handshakes::PROGRAM,
+                "window_seconds": guard::PROOF_SECONDS,
+                "rule": "block only a source that completed a TCP handshake with this node \
+                         (or answered one of its own) within the window; a SYN flood is never \
+                         blocked",
+            },
+            "blocks": "new inbound TCP connections (SYN without ACK) from a blocked source \
+                       are dropped; its replies to this node's connections and its non-TCP \
+                       packets pass",
             "mode": self.executor.mode.label(),
             "warmup_cycles": self.analyzer.warmup,
             "baselines_reloaded": self.baselines_reloaded,
@@ -487,8 +524,34 @@ pub async fn run(
             }
             let config = inputs.config();
             m.executor.set_mode(config.mapek.mode, &inputs.collector);
+            note_syn_cookies(&mut m);
             let active = m.analyzer.active.clone();
-            let mut actions = m.planner.plan(&opened, &active, t, &config);
+            let m = &mut *m;
+            let handshakes = now
+                .reading::<signals::handshakes::Handshakes>()
+                .filter(|_| m.proof_attached);
+            let now_ns = crate::time::monotonic_ns();
+            let enforcing = config.mapek.mode == crate::config::Mode::Enforce;
+            // The protected set, read when a source is about to be blocked
+            // (and every few cycles in enforce mode, for the report).
+            let mut protected = (enforcing && m.cycles.is_multiple_of(PROTECTED_EVERY))
+                .then(|| guard::protected(&config.mapek, &guard::System::read(&m.scrapers)));
+            let mut actions = m.planner.plan(&opened, &active, t, &config, |peer| {
+                let set = protected.get_or_insert_with(|| {
+                    guard::protected(&config.mapek, &guard::System::read(&m.scrapers))
+                });
+                guard::refusal(peer, set, handshakes, now_ns)
+            });
+            for action in &mut actions {
+                if let plan::Action::Block { peer, reason, .. } = action {
+                    reason.push_str(&guard::proof_text(*peer, handshakes, now_ns));
+                }
+            }
+            if let Some((set, _)) = protected {
+                m.protected = set;
+            } else if !enforcing {
+                m.protected.clear();
+            }
             actions.extend(cost_action);
             m.executor.execute(actions, t, &inputs.collector);
             m.cycles += 1;
@@ -501,4 +564,22 @@ pub async fn run(
         prev = now;
     }
     mapek.lock().unwrap_or_else(|e| e.into_inner()).save();
+}
+
+/// A SYN flood blocks nobody (its sources are unproven); what the kernel
+/// does about it instead, SYN cookies, joins the anomaly's notes, updated
+/// every cycle while it lasts (/proc/net/netstat is read only then).
+fn note_syn_cookies(m: &mut Mapek) {
+    if !m.analyzer.active.iter().any(|a| a.kind == "syn_flood") {
+        m.syn_cookies = None;
+        return;
+    }
+    let before = m.syn_cookies;
+    m.syn_cookies = guard::SynCookies::read();
+    let Some(now) = m.syn_cookies else { return };
+    for anomaly in &mut m.analyzer.active {
+        if anomaly.kind == "syn_flood" {
+            anomaly.notes = vec![now.note(before)];
+        }
+    }
 }

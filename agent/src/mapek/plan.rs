@@ -5,14 +5,15 @@
 //! reason; at most one zoom is in force, so the loop cannot run away.
 //! Cost governance (see `govern`) adds its own two actions.
 //!
-//! In enforce mode only, a network attack that names its source (a port
-//! scan, a SYN flood) gets that source blocked for `block_ttl_seconds`, and
-//! unblocked when the time is up. Bounded: at most `max_blocked` sources at
-//! once; never loopback, unspecified or multicast addresses, the node's own
-//! addresses or `never_block`'s (a refusal is logged and reported with its
-//! reason); a source already blocked is not blocked twice, and its block is
-//! extended at most once per anomaly (when a new anomaly names it, or when
-//! its anomaly is still active as the block ends), so every block ends.
+//! In enforce mode only, a port scan gets its source's new inbound TCP
+//! connections blocked for `block_ttl_seconds`, and unblocked when the
+//! time is up — only a source that proved it is real and is not protected
+//! (see `guard`: a refusal is logged and reported with its reason). A SYN
+//! flood is never blocked (its sources are unproven by nature). Bounded:
+//! at most `max_blocked` sources at once; a source already blocked is not
+//! blocked twice, and its block is extended at most once per anomaly (when
+//! a new anomaly names it, or when its anomaly is still active as the
+//! block ends), so every block ends.
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -125,8 +126,10 @@ pub const ATTRIBUTE_KINDS: [&str; 2] = ["syscall_storm", "syscall_error_spike"];
 const ATTRIBUTE_SECONDS: f64 = 10.0;
 
 /// Anomaly kinds whose evidence names one attacking source: enforce mode
-/// blocks it.
-pub const BLOCK_KINDS: [&str; 2] = ["port_scan", "syn_flood"];
+/// blocks it (once proven real). Not `syn_flood`: its subject is the peer
+/// that opened the most flows, not a SYN source, and a flood's sources are
+/// half-open, unproven and often forged.
+pub const BLOCK_KINDS: [&str; 1] = ["port_scan"];
 
 /// Refused blocks kept for /api/v1/anomalies.
 const REFUSALS_KEPT: usize = 32;
@@ -202,12 +205,15 @@ impl Planner {
         }
     }
 
+    /// `guard`: why a source must not be blocked, if it must not
+    /// (protected, or not proven real; see [`super::guard`]).
     pub fn plan(
         &mut self,
         opened: &[Anomaly],
         active: &[Anomaly],
         now: f64,
         config: &Config,
+        guard: impl FnMut(IpAddr) -> Option<String>,
     ) -> Vec<Action> {
         let mut actions = Vec::new();
         if let Some(first) = opened.first() {
@@ -240,13 +246,7 @@ impl Planner {
         actions.extend(self.plan_attribution(opened, now));
         let offenders: Vec<Offender> = opened.iter().filter_map(Offender::of).collect();
         let active: Vec<u64> = active.iter().map(|a| a.id).collect();
-        actions.extend(self.plan_blocks(
-            &offenders,
-            &active,
-            now,
-            &config.mapek,
-            crate::netif::own_addresses,
-        ));
+        actions.extend(self.plan_blocks(&offenders, &active, now, &config.mapek, guard));
         actions
     }
 
@@ -282,15 +282,16 @@ impl Planner {
     }
 
     /// The blocklist's decisions for this cycle: blocks that end (or are
-    /// extended once), and sources to block. `own_addresses` is only read
-    /// when a source is about to be blocked.
+    /// extended once), and sources to block. `guard` is only asked when a
+    /// source is about to be blocked; it returns why not, or, for a source
+    /// it allows, None.
     pub fn plan_blocks(
         &mut self,
         offenders: &[Offender],
         active: &[u64],
         now: f64,
         m: &MapekConfig,
-        own_addresses: impl Fn() -> std::io::Result<Vec<IpAddr>>,
+        mut guard: impl FnMut(IpAddr) -> Option<String>,
     ) -> Vec<Action> {
         let mut actions = Vec::new();
         if m.mode != Mode::Enforce {
@@ -349,7 +350,6 @@ impl Planner {
             actions.push(Action::Unblock { peer, reason });
         }
 
-        let mut own: Option<Result<Vec<IpAddr>, String>> = None;
         for o in offenders {
             let peer = o.peer;
             if let Some(block) = self.blocked.get_mut(&peer) {
@@ -375,8 +375,14 @@ impl Planner {
                 }
                 continue;
             }
-            let own = own.get_or_insert_with(|| own_addresses().map_err(|e| e.to_string()));
-            if let Some(reason) = self.refusal(peer, m, own) {
+            // Protection and proof first: their reason says more.
+            let full = (self.blocked.len() >= m.max_blocked).then(|| {
+                format!(
+                    "{} sources already blocked ([mapek] max_blocked)",
+                    self.blocked.len()
+                )
+            });
+            if let Some(reason) = guard(peer).or(full) {
                 warn!(
                     anomaly = o.anomaly,
                     kind = o.kind,
@@ -408,52 +414,13 @@ impl Planner {
                 ttl_seconds: ttl,
                 until,
                 reason: format!(
-                    "anomaly #{} {} (score {:.1}) from {peer}: its packets dropped for {ttl} s",
+                    "anomaly #{} {} (score {:.1}) from {peer}: its new inbound TCP connections \
+                     dropped for {ttl} s",
                     o.anomaly, o.kind, o.score
                 ),
             });
         }
         actions
-    }
-
-    /// Why `peer` must not be blocked, if it must not.
-    fn refusal(
-        &self,
-        peer: IpAddr,
-        m: &MapekConfig,
-        own: &Result<Vec<IpAddr>, String>,
-    ) -> Option<String> {
-        let broadcast = matches!(peer, IpAddr::V4(v4) if v4.is_broadcast());
-        if peer.is_loopback() {
-            return Some("a loopback address".into());
-        }
-        if peer.is_unspecified() {
-            return Some("the unspecified address".into());
-        }
-        if peer.is_multicast() || broadcast {
-            return Some("a multicast or broadcast address".into());
-        }
-        if let Some(net) = m.never_block.iter().find(|net| net.contains(peer)) {
-            return Some(format!("in [mapek] never_block ({})", String::from(*net)));
-        }
-        match own {
-            Ok(own) if own.contains(&peer) => {
-                return Some("one of this node's own addresses".into());
-            }
-            Ok(_) => {}
-            Err(err) => {
-                return Some(format!(
-                    "this node's own addresses could not be read ({err}), so none is blocked"
-                ));
-            }
-        }
-        if self.blocked.len() >= m.max_blocked {
-            return Some(format!(
-                "{} sources already blocked ([mapek] max_blocked)",
-                self.blocked.len()
-            ));
-        }
-        None
     }
 }
 
@@ -486,8 +453,9 @@ mod tests {
         }
     }
 
-    fn own() -> std::io::Result<Vec<IpAddr>> {
-        Ok(vec![ip("127.0.0.1"), ip("10.213.0.1"), ip("fd00::1")])
+    /// A guard that lets every source be blocked.
+    fn allow(_: IpAddr) -> Option<String> {
+        None
     }
 
     fn names(actions: &[Action]) -> Vec<&'static str> {
@@ -507,8 +475,13 @@ mod tests {
     fn dry_run_and_act_never_block() {
         for mode in [Mode::DryRun, Mode::Act] {
             let mut planner = Planner::new(60.0);
-            let actions =
-                planner.plan_blocks(&[offender(1, ATTACKER)], &[1], 100.0, &settings(mode), own);
+            let actions = planner.plan_blocks(
+                &[offender(1, ATTACKER)],
+                &[1],
+                100.0,
+                &settings(mode),
+                allow,
+            );
             assert!(actions.is_empty(), "{mode:?}: {actions:?}");
             assert!(planner.blocked.is_empty() && planner.refused.is_empty());
         }
@@ -524,7 +497,7 @@ mod tests {
             &[1],
             100.0,
             &m,
-            own,
+            allow,
         );
         assert_eq!(actions.len(), 1, "{actions:?}");
         let Action::Block {
@@ -539,9 +512,9 @@ mod tests {
         assert_eq!((*peer, *ttl_seconds, *until), (ip(ATTACKER), 4, 104.0));
         assert!(reason.contains("anomaly #1 port_scan"), "{reason}");
         // Nothing more while it lasts, the same anomaly or not.
-        assert!(planner.plan_blocks(&[], &[1], 102.0, &m, own).is_empty());
+        assert!(planner.plan_blocks(&[], &[1], 102.0, &m, allow).is_empty());
         // The anomaly is over when the time is up: unblocked.
-        let actions = planner.plan_blocks(&[], &[], 104.0, &m, own);
+        let actions = planner.plan_blocks(&[], &[], 104.0, &m, allow);
         assert_eq!(names(&actions), ["unblock"]);
         let Action::Unblock { reason, .. } = &actions[0] else {
             unreachable!()
@@ -554,57 +527,62 @@ mod tests {
     fn a_block_is_extended_at_most_once_per_anomaly() {
         let m = settings(Mode::Enforce);
         let mut planner = Planner::new(60.0);
-        planner.plan_blocks(&[offender(1, ATTACKER)], &[1], 100.0, &m, own);
+        planner.plan_blocks(&[offender(1, ATTACKER)], &[1], 100.0, &m, allow);
         // Its anomaly still active at the deadline: extended, once.
-        let actions = planner.plan_blocks(&[], &[1], 104.0, &m, own);
+        let actions = planner.plan_blocks(&[], &[1], 104.0, &m, allow);
         assert_eq!(names(&actions), ["block"]);
         assert!(matches!(actions[0], Action::Block { until, .. } if until == 108.0));
-        let actions = planner.plan_blocks(&[], &[1], 108.0, &m, own);
+        let actions = planner.plan_blocks(&[], &[1], 108.0, &m, allow);
         assert_eq!(names(&actions), ["unblock"], "a second extension");
         // A new anomaly naming a blocked source: a fresh TTL, no new entry.
-        planner.plan_blocks(&[offender(2, ATTACKER)], &[2], 200.0, &m, own);
-        let actions = planner.plan_blocks(&[offender(3, ATTACKER)], &[3], 202.0, &m, own);
+        planner.plan_blocks(&[offender(2, ATTACKER)], &[2], 200.0, &m, allow);
+        let actions = planner.plan_blocks(&[offender(3, ATTACKER)], &[3], 202.0, &m, allow);
         assert_eq!(names(&actions), ["block"]);
         assert!(matches!(actions[0], Action::Block { until, .. } if until == 206.0));
         assert_eq!(planner.blocked.len(), 1);
         // The same anomaly again: nothing.
-        let actions = planner.plan_blocks(&[offender(3, ATTACKER)], &[3], 203.0, &m, own);
+        let actions = planner.plan_blocks(&[offender(3, ATTACKER)], &[3], 203.0, &m, allow);
         assert!(actions.is_empty(), "{actions:?}");
     }
 
     #[test]
-    fn protected_addresses_are_refused_with_a_reason() {
-        let mut m = settings(Mode::Enforce);
-        m.never_block = vec![Cidr::try_from("192.0.2.0/24".to_owned()).unwrap()];
+    fn a_source_the_guard_refuses_is_not_blocked_and_the_reason_is_kept() {
+        let m = settings(Mode::Enforce);
         let mut planner = Planner::new(60.0);
-        let refused = [
-            ("127.0.0.1", "loopback"),
-            ("::1", "loopback"),
-            ("0.0.0.0", "unspecified"),
-            ("224.0.0.1", "multicast"),
-            ("192.0.2.9", "never_block (192.0.2.0/24)"),
-            ("10.213.0.1", "this node's own addresses"),
-            ("fd00::1", "this node's own addresses"),
-        ];
-        let offenders: Vec<Offender> = refused
-            .iter()
-            .enumerate()
-            .map(|(i, (peer, _))| offender(i as u64, peer))
-            .collect();
-        let actions = planner.plan_blocks(&offenders, &[], 100.0, &m, own);
-        assert!(actions.is_empty(), "{actions:?}");
-        assert_eq!(planner.refused.len(), refused.len());
-        for (refusal, (peer, why)) in planner.refused.iter().zip(refused) {
-            assert_eq!(refusal.peer, ip(peer));
-            assert!(refusal.reason.contains(why), "{peer}: {}", refusal.reason);
-        }
-        // Own addresses unknown: nothing is blocked.
-        let mut planner = Planner::new(60.0);
-        let actions = planner.plan_blocks(&[offender(1, ATTACKER)], &[], 100.0, &m, || {
-            Err(std::io::Error::other("no getifaddrs"))
+        let mut asked = Vec::new();
+        let actions = planner.plan_blocks(
+            &[offender(1, "10.213.0.3"), offender(2, ATTACKER)],
+            &[],
+            100.0,
+            &m,
+            |peer| {
+                asked.push(peer);
+                (peer == ip("10.213.0.3")).then(|| "protected: a gateway".to_owned())
+            },
+        );
+        assert_eq!(asked, [ip("10.213.0.3"), ip(ATTACKER)]);
+        assert!(
+            matches!(&actions[..], [Action::Block { peer, .. }] if *peer == ip(ATTACKER)),
+            "{actions:?}"
+        );
+        assert_eq!(planner.refused.len(), 1);
+        assert_eq!(planner.refused[0].peer, ip("10.213.0.3"));
+        assert_eq!(planner.refused[0].anomaly, 1);
+        assert!(planner.refused[0].reason.contains("gateway"));
+        // A blocked source named again is not asked about again.
+        planner.plan_blocks(&[offender(3, ATTACKER)], &[3], 101.0, &m, |_| {
+            panic!("asked about a source already blocked")
         });
-        assert!(actions.is_empty());
-        assert!(planner.refused[0].reason.contains("could not be read"));
+    }
+
+    #[test]
+    fn a_syn_flood_names_no_source_to_block() {
+        let mut flood = Anomaly::of_kind("syn_flood");
+        flood.subject = Some(format!("peer {ATTACKER}"));
+        assert!(Offender::of(&flood).is_none());
+        let mut scan = Anomaly::of_kind("port_scan");
+        scan.subject = Some(format!("peer {ATTACKER}"));
+        assert_eq!(Offender::of(&scan).map(|o| o.peer), Some(ip(ATTACKER)));
     }
 
     #[test]
@@ -616,7 +594,7 @@ mod tests {
             offender(2, "10.213.0.3"),
             offender(3, "10.213.0.4"),
         ];
-        let actions = planner.plan_blocks(&offenders, &[], 100.0, &m, own);
+        let actions = planner.plan_blocks(&offenders, &[], 100.0, &m, allow);
         assert_eq!(names(&actions), ["block", "block"]);
         assert_eq!(planner.refused.len(), 1);
         assert_eq!(planner.refused[0].peer, ip("10.213.0.4"));
@@ -632,23 +610,23 @@ mod tests {
             &[],
             100.0,
             &m,
-            own,
+            allow,
         );
         m.never_block = vec![Cidr::try_from("10.213.0.3".to_owned()).unwrap()];
-        let actions = planner.plan_blocks(&[], &[], 101.0, &m, own);
+        let actions = planner.plan_blocks(&[], &[], 101.0, &m, allow);
         assert!(
             matches!(&actions[..], [Action::Unblock { peer, reason }]
                 if *peer == ip("10.213.0.3") && reason.contains("never_block")),
             "{actions:?}"
         );
         m.mode = Mode::Act;
-        let actions = planner.plan_blocks(&[], &[], 102.0, &m, own);
+        let actions = planner.plan_blocks(&[], &[], 102.0, &m, allow);
         assert!(
             matches!(&actions[..], [Action::Unblock { peer, reason }]
                 if *peer == ip("10.213.0.2") && reason.contains("mode is now act")),
             "{actions:?}"
         );
-        assert!(planner.plan_blocks(&[], &[], 103.0, &m, own).is_empty());
+        assert!(planner.plan_blocks(&[], &[], 103.0, &m, allow).is_empty());
     }
 
     #[test]
