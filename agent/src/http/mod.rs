@@ -168,8 +168,19 @@ async fn index() -> &'static str {
     "Sonde: /metrics /health/live /health/ready /health/startup /api/v1/status /api/v1/events /api/v1/anomalies /api/v1/features\n"
 }
 
-async fn metrics(State(server): State<Server>) -> Response {
+async fn metrics(
+    State(server): State<Server>,
+    peer: Option<axum::Extension<access::Peer>>,
+) -> Response {
     let state = running!(server);
+    // A scrape that passed the guard (authenticated where the web config
+    // asks for it): enforce mode never blocks the monitoring system.
+    if let Some(addr) = peer.and_then(|p| p.addr)
+        && let Some(mapek) = &*state.mapek.lock().unwrap_or_else(|e| e.into_inner())
+    {
+        let scrapers = mapek.lock().unwrap_or_else(|e| e.into_inner()).scrapers();
+        scrapers.note(addr.ip());
+    }
     let snapshot = state.snapshot();
     let mut extra = state.mapek_families();
     extra.extend(http_families(&server.stats));
