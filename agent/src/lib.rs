@@ -37,6 +37,7 @@ pub mod metrics;
 pub mod netif;
 pub mod otlp;
 pub mod probes;
+pub mod serving;
 pub mod signals;
 pub mod state;
 pub mod syscall_table;

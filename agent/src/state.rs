@@ -46,6 +46,8 @@ pub struct AppState {
     pub readers: Arc<Mutex<Readers>>,
     /// The MAPE-K loop, once started (None: disabled).
     pub mapek: Arc<Mutex<Option<crate::mapek::SharedMapek>>>,
+    /// The HTTP server's own counters (the server's, shared).
+    pub serving: Arc<crate::serving::Stats>,
 }
 
 impl AppState {
@@ -92,6 +94,14 @@ impl AppState {
             .as_ref()
             .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).families())
             .unwrap_or_default()
+    }
+
+    /// What /metrics and the OTLP export add to the kernel's families:
+    /// the MAPE-K loop's and the HTTP server's own.
+    pub fn extra_families(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let mut out = self.mapek_families();
+        out.extend(crate::serving::families(&self.serving));
+        out
     }
 
     /// Whether the reader thread (which serves every ring) has exited.

@@ -101,7 +101,8 @@ async fn serve(
     }
     let (caps, mut probes) = load_probes(&config, &interfaces).await?;
     give_back_heap();
-    let state = start_pipeline(&config, caps, &mut probes, started_at)?;
+    let mut state = start_pipeline(&config, caps, &mut probes, started_at)?;
+    state.serving = server.stats.clone();
     if server.app.set(state.clone()).is_err() {
         return Err(Failure::runtime("agent state set twice"));
     }
@@ -250,6 +251,7 @@ fn start_pipeline(
         started_at,
         readers: Arc::new(Mutex::new(Some(reader))),
         mapek: Arc::default(),
+        serving: Arc::default(),
     };
     state.publish(probes);
     Ok(state)

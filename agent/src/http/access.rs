@@ -22,10 +22,7 @@ use std::{
     collections::HashSet,
     net::SocketAddr,
     path::PathBuf,
-    sync::{
-        Arc, Mutex, OnceLock, RwLock,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex, OnceLock, RwLock},
 };
 
 use axum::{
@@ -103,39 +100,6 @@ impl Active {
     }
 }
 
-/// What the server refused and why, for /metrics.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// TCP connections open now (beyond the cap included).
-    pub connections_open: AtomicU64,
-    /// Connections taken beyond the cap (health only).
-    pub connections_over_cap: AtomicU64,
-    /// Connections closed as soon as accepted (cap and overflow full).
-    pub connections_closed_at_once: AtomicU64,
-    /// Answers 401, 403, 408, 413 and 503 (connection cap), by code.
-    refused: [AtomicU64; REFUSED_CODES.len()],
-}
-
-/// The refusals [`Stats`] counts.
-pub const REFUSED_CODES: [u16; 5] = [401, 403, 408, 413, 503];
-
-impl Stats {
-    /// Counts a refusal with this code (others are not refusals).
-    pub fn refused(&self, code: StatusCode) {
-        if let Some(i) = REFUSED_CODES.iter().position(|c| *c == code.as_u16()) {
-            self.refused[i].fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// (code, count) of every refusal kind.
-    pub fn refusals(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
-        REFUSED_CODES
-            .iter()
-            .zip(&self.refused)
-            .map(|(code, n)| (*code, n.load(Ordering::Relaxed)))
-    }
-}
-
 /// The access policy the middleware applies; shared with the server (TLS)
 /// and SIGHUP (reload).
 pub struct Access {
@@ -143,7 +107,7 @@ pub struct Access {
     admin_socket: Option<PathBuf>,
     max_connections: usize,
     bcrypt: Semaphore,
-    pub stats: Arc<Stats>,
+    pub stats: Arc<crate::serving::Stats>,
 }
 
 impl Access {
@@ -151,7 +115,7 @@ impl Access {
         config: WebConfig,
         admin_socket: Option<PathBuf>,
         max_connections: usize,
-        stats: Arc<Stats>,
+        stats: Arc<crate::serving::Stats>,
     ) -> Self {
         Self {
             active: RwLock::new(Active::new(config)),

@@ -25,7 +25,6 @@ use axum::{
 use serde_json::json;
 
 use crate::{
-    family::Family,
     health::{self, CheckResult, Report, Status},
     state::AppState,
     time::now_ms,
@@ -39,7 +38,7 @@ use crate::{
 pub struct Server {
     pub app: Arc<OnceLock<AppState>>,
     /// What the server refused (exported with /metrics).
-    pub stats: Arc<access::Stats>,
+    pub stats: Arc<crate::serving::Stats>,
 }
 
 /// Resolves to the running agent's state, or answers 503 while starting.
@@ -103,43 +102,6 @@ pub fn router(
         }))
 }
 
-/// The server's own families: connections and refusals.
-fn http_families(stats: &access::Stats) -> Vec<prometheus::proto::MetricFamily> {
-    use prometheus::proto::MetricType;
-    let mut out = Vec::new();
-    let mut open = Family::new(
-        "sonde_http_connections_open",
-        "TCP connections open to the HTTP server now ([http] max_connections, plus a few beyond it for /health/*)",
-        MetricType::GAUGE,
-    );
-    open.sample(&[], stats.connections_open.load(Ordering::Relaxed) as f64);
-    open.done(&mut out);
-    let mut over = Family::new(
-        "sonde_http_connections_over_cap_total",
-        "Connections beyond [http] max_connections: served /health/* only (health_only), or closed as soon as accepted (closed)",
-        MetricType::COUNTER,
-    );
-    over.sample(
-        &[("outcome", "health_only")],
-        stats.connections_over_cap.load(Ordering::Relaxed) as f64,
-    );
-    over.sample(
-        &[("outcome", "closed")],
-        stats.connections_closed_at_once.load(Ordering::Relaxed) as f64,
-    );
-    over.done(&mut out);
-    let mut refused = Family::new(
-        "sonde_http_requests_refused_total",
-        "Requests the HTTP server refused, by status code: 401 no valid credentials, 403 a state change from outside, 408 request timeout, 413 body too large, 503 beyond the connection cap",
-        MetricType::COUNTER,
-    );
-    for (code, n) in stats.refusals() {
-        refused.sample(&[("code", &code.to_string())], n as f64);
-    }
-    refused.done(&mut out);
-    out
-}
-
 fn routes(server: Server, fault_injection: bool) -> Router {
     let mut router = Router::new()
         .route("/", get(index))
@@ -182,9 +144,10 @@ async fn metrics(
         scrapers.note(addr.ip());
     }
     let snapshot = state.snapshot();
-    let mut extra = state.mapek_families();
-    extra.extend(http_families(&server.stats));
-    match state.metrics.render(&snapshot, &state.events, extra) {
+    match state
+        .metrics
+        .render(&snapshot, &state.events, state.extra_families())
+    {
         Ok(body) => (
             [(
                 header::CONTENT_TYPE,

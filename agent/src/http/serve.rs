@@ -316,7 +316,7 @@ async fn accept_tcp(listener: TcpListener, ctx: Arc<Context>, mut shutdown: watc
 }
 
 /// Counts a TCP connection open while it lives.
-struct Open(Arc<super::access::Stats>);
+struct Open(Arc<crate::serving::Stats>);
 
 impl Drop for Open {
     fn drop(&mut self) {

@@ -135,7 +135,7 @@ impl Exporter {
             let state = &self.state;
             state
                 .metrics
-                .gather(&state.snapshot(), &state.events, state.mapek_families())
+                .gather(&state.snapshot(), &state.events, state.extra_families())
         };
         let now = unix_nanos(SystemTime::now());
         if self.transport.url(Signal::Metrics).is_some() {

@@ -335,8 +335,6 @@ impl Probes {
         let mut ebpf = loader.load(object)?;
 
         let mut maps = KernelMaps {
-            // First, while the object still holds every map: a signal may
-            // open its own handle on a shared one (processes: COUNTERS).
             signals: signals::ALL
                 .iter()
                 .map(|&signal| Ok((signal, (signal.open)(&mut ebpf, config)?)))

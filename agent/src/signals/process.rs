@@ -7,16 +7,13 @@
 //! events in `events` (shared: one reader, one decoder per ring, and the
 //! churn per parent MAPE-K names a fork storm's parent by). The kernel
 //! also counts them in two slots of the shared diagnostic counters
-//! (agent-common's `PROCESS_EXEC`, `PROCESS_EXIT`): this module reads
-//! those through a handle of its own and exports them.
+//! (agent-common's `PROCESS_EXEC`, `PROCESS_EXIT`): this module exports
+//! them from the collector's read of those counters.
 
 use std::sync::Arc;
 
-use agent_common::counters::{COUNTERS_MAP, PROCESS_EXEC, PROCESS_EXIT};
-use aya::{
-    Ebpf,
-    maps::{Map, MapData, MapError, PerCpuArray},
-};
+use agent_common::counters::{PROCESS_EXEC, PROCESS_EXIT};
+use aya::{Ebpf, maps::MapError};
 use prometheus::proto::{MetricFamily, MetricType};
 
 use super::{BtfField, OpenError, Reading, Signal, Source, TracepointField};
@@ -81,42 +78,28 @@ const BTF_FIELDS: &[BtfField] = &[
     ("TASK_EXIT_CODE_OFFSET", "task_struct", &["exit_code"]),
 ];
 
-fn open(ebpf: &mut Ebpf, _: &Config) -> Result<Box<dyn Source>, OpenError> {
-    let map_err = |source| OpenError::Map {
-        name: COUNTERS_MAP,
-        source,
-    };
-    // A second handle on the shared counters (the collector takes the
-    // object's own): opened by id, so the object keeps the map.
-    let Some(Map::PerCpuArray(shared)) = ebpf.map(COUNTERS_MAP) else {
-        return Err(OpenError::MissingMap(COUNTERS_MAP));
-    };
-    let id = shared.info().map_err(map_err)?.id();
-    let data = MapData::from_id(id).map_err(map_err)?;
-    Ok(Box::new(Maps {
-        counters: PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(map_err)?,
-    }))
+/// The counts live in the shared diagnostic counters, which the collector
+/// reads every cycle and hands to [`Source::advance`]: no map of its own
+/// (a second handle by map id would need CAP_SYS_ADMIN).
+fn open(_: &mut Ebpf, _: &Config) -> Result<Box<dyn Source>, OpenError> {
+    Ok(Box::new(Counts::default()))
 }
 
-struct Maps {
-    counters: PerCpuArray<MapData, u64>,
-}
+#[derive(Default)]
+struct Counts(Processes);
 
-impl Maps {
-    fn count(&self, slot: u32) -> Result<u64, MapError> {
-        Ok(self.counters.get(&slot, 0)?.iter().sum())
+impl Source for Counts {
+    fn advance(&mut self, counters: &[u64]) -> Result<(), MapError> {
+        let slot = |i: u32| counters.get(i as usize).copied().unwrap_or(0);
+        self.0 = Processes {
+            execs: slot(PROCESS_EXEC),
+            exits: slot(PROCESS_EXIT),
+        };
+        Ok(())
     }
-}
 
-impl Source for Maps {
     fn collect(&self) -> (Arc<dyn Reading>, Option<MapError>) {
-        let mut reading = Processes::default();
-        let error = self
-            .count(PROCESS_EXEC)
-            .map(|n| reading.execs = n)
-            .and_then(|()| self.count(PROCESS_EXIT).map(|n| reading.exits = n))
-            .err();
-        (Arc::new(reading), error)
+        (Arc::new(self.0.clone()), None)
     }
 }
 
