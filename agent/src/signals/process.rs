@@ -35,6 +35,7 @@ pub const SIGNAL: Signal = Signal {
     tracepoint_fields: TRACEPOINT_FIELDS,
     btf_fields: BTF_FIELDS,
     symbols: &[],
+    constants: &[],
     enabled: |config| config.process.enabled,
     forced_tier: |_| None,
     reads: "process counters",
@@ -46,6 +47,7 @@ pub const SIGNAL: Signal = Signal {
 /// parent and the exit code need their BTF offsets (0 without them).
 const TIERS: tiers::Signal = tiers::Signal {
     name: "processes",
+    required: false,
     tiers: &[Tier {
         mode: "tracepoint",
         min_kernel: (4, 7),
