@@ -1067,7 +1067,42 @@ fn raise_memlock_limit() {
 
 #[cfg(test)]
 mod tests {
-    use super::{AttachError, perf_pages_per_cpu, resolve_tracepoint_fields};
+    use super::{AttachError, needs_tracefs, perf_pages_per_cpu, resolve_tracepoint_fields};
+    use crate::{
+        config::{Config, SyscallHook},
+        probes::capabilities::Capabilities,
+        signals,
+    };
+
+    #[test]
+    fn tracefs_is_needed_by_optional_signals_and_a_required_one_on_tracepoints() {
+        let mut caps = Capabilities {
+            kernel_release: "6.18.0".into(),
+            kernel_version: Some((6, 18, 0)),
+            btf: true,
+            raw_tracepoint: true,
+            tracepoint: true,
+            xdp: true,
+            tc: true,
+            kprobes: false,
+            fentry: false,
+            ringbuf_map: true,
+            tracefs_mounted: true,
+            bpffs_mounted: false,
+            bpf_stats_enabled: false,
+            missing_caps: Vec::new(),
+        };
+        let mut config = Config::default();
+        let syscalls = &signals::syscalls::SIGNAL;
+        assert!(!needs_tracefs(syscalls, &config, &caps));
+        assert!(needs_tracefs(&signals::block::SIGNAL, &config, &caps));
+        assert!(!needs_tracefs(&signals::packets::SIGNAL, &config, &caps));
+        config.syscalls.hook = SyscallHook::Tracepoint;
+        assert!(needs_tracefs(syscalls, &config, &caps));
+        config.syscalls.hook = SyscallHook::Auto;
+        caps.raw_tracepoint = false;
+        assert!(needs_tracefs(syscalls, &config, &caps));
+    }
 
     #[test]
     fn a_global_listed_twice_is_resolved_once_and_checked_on_the_other_hook() {
