@@ -15,7 +15,7 @@ use prometheus::{
 use crate::{
     collectors::{Snapshot, counter_slots},
     events::Events,
-    family::{Family, log2_buckets},
+    family::Family,
     probes::Attachment,
     version,
 };
@@ -183,7 +183,6 @@ fn blocklist_families(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
 /// made it into the numbers (1 = nothing lost), so a dashboard can tell
 /// missing data from a quiet system.
 fn completeness(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
-    use agent_common::counters::SYSCALL_START_MAP_FULL;
     let ratio = |kept: u64, lost: u64| {
         if kept + lost == 0 {
             1.0
@@ -206,12 +205,6 @@ fn completeness(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
             ),
         );
     }
-    let calls: u64 = snapshot.syscalls.iter().map(|r| r.stats.count).sum();
-    let syscall_lost = snapshot.counter(SYSCALL_START_MAP_FULL);
-    family.sample(
-        &[("signal", "syscall_latency")],
-        ratio(calls.saturating_sub(syscall_lost), syscall_lost),
-    );
     for (name, reading) in &snapshot.signals {
         if let Some((kept, lost_slot)) = reading.completeness() {
             let signal = reading.completeness_signal().unwrap_or(name);
@@ -227,37 +220,6 @@ fn completeness(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
 fn kernel_families(snapshot: &Snapshot, events: &Events) -> Vec<MetricFamily> {
     let mut out = Vec::new();
 
-    let mut calls = Family::new(
-        "sonde_syscalls_total",
-        "System calls made, by syscall (counted as they return; exit and exit_group at entry)",
-        MetricType::COUNTER,
-    );
-    let mut errors = Family::new(
-        "sonde_syscall_errors_total",
-        "System calls that returned an error (negative return value), by syscall",
-        MetricType::COUNTER,
-    );
-    let mut latency = Family::new(
-        "sonde_syscall_duration_seconds",
-        "Time from syscall entry to exit, by syscall (log2 buckets aggregated in the kernel)",
-        MetricType::HISTOGRAM,
-    );
-    for row in &snapshot.syscalls {
-        let labels = [("syscall", row.name.as_str())];
-        calls.sample(&labels, row.stats.count as f64);
-        errors.sample(&labels, row.stats.errors as f64);
-        let buckets = log2_buckets(&row.stats.latency_slots);
-        latency.histogram(
-            &labels,
-            &buckets,
-            row.stats.timed(),
-            row.stats.latency_sum_ns as f64 / 1e9,
-        );
-    }
-    calls.done(&mut out);
-    errors.done(&mut out);
-    latency.done(&mut out);
-
     blocklist_families(snapshot, &mut out);
     for (_, reading) in &snapshot.signals {
         reading.families(&mut out);
@@ -267,12 +229,6 @@ fn kernel_families(snapshot: &Snapshot, events: &Events) -> Vec<MetricFamily> {
         f.sample(&[], value);
         f.done(&mut out);
     };
-    simple(
-        "sonde_syscall_starts_stale_removed_total",
-        "In-flight syscall records dropped because their thread had exited without returning",
-        MetricType::COUNTER,
-        snapshot.stale_starts_removed as f64,
-    );
     simple(
         "sonde_collector_duration_seconds",
         "Time the last collection of kernel maps took",

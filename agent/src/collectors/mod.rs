@@ -24,7 +24,6 @@ use agent_common::{
     events::RINGS,
     merge::Merge,
     net::{BlocklistEntry, BlocklistKey, BlocklistStats},
-    syscalls::{MAX_SYSCALLS, SyscallStats},
 };
 use aya::maps::MapError;
 use tracing::{debug, warn};
@@ -34,16 +33,8 @@ use crate::{
     events::RingState,
     probes::{KernelMaps, loader::apply_runtime_config},
     signals::Reading,
-    syscall_table,
     time::{monotonic_ns, unix_seconds},
 };
-
-/// Per-syscall totals, summed over CPUs.
-#[derive(Debug, Clone)]
-pub struct SyscallRow {
-    pub name: String,
-    pub stats: SyscallStats,
-}
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RingCounters {
@@ -70,13 +61,10 @@ pub struct Snapshot {
     /// When this snapshot was taken (None: not yet).
     pub taken_at: Option<Instant>,
     pub duration: Duration,
-    pub syscalls: Vec<SyscallRow>,
     /// Diagnostic counters, indexed like `COUNTERS`.
     pub counters: Vec<u64>,
     /// By ring label.
     pub rings: BTreeMap<&'static str, RingCounters>,
-    /// Parked syscall starts removed because their thread was gone.
-    pub stale_starts_removed: u64,
     pub programs: Vec<ProgramStats>,
     /// Each signal's reading (signals::ALL), by signal name.
     pub signals: Vec<(&'static str, Arc<dyn Reading>)>,
@@ -84,9 +72,6 @@ pub struct Snapshot {
     pub blocklist: Vec<(IpAddr, BlocklistEntry)>,
     /// Everything the blocklist ever dropped, summed over CPUs.
     pub blocked: BlocklistStats,
-    /// While syscalls are counted per process: the processes that made the
-    /// most since the previous snapshot (pid, calls, failed), busiest first.
-    pub syscall_processes: Vec<(u32, agent_common::syscalls::ProcessSyscalls)>,
 }
 
 impl Snapshot {
@@ -177,7 +162,6 @@ pub struct Collector {
     program_ids: Vec<(String, u32)>,
     rings: Vec<Arc<RingState>>,
     cycles: u64,
-    stale_starts_removed: u64,
     /// Runtime settings as configured (start, SIGHUP) and the MAPE-K
     /// loop's changes on top; the kernel programs get the combination.
     configured: Config,
@@ -288,8 +272,9 @@ impl Collector {
     }
 }
 
-/// Collection cycles between sweeps of the parked-syscall map.
-const START_GC_EVERY: u64 = 60;
+/// Collection cycles between the signals' sweeps of what is gone
+/// ([`crate::signals::Source::remove_stale`]).
+const GC_EVERY: u64 = 60;
 
 impl Collector {
     pub fn new(
@@ -305,7 +290,6 @@ impl Collector {
             blocklist_written: HashMap::new(),
             blocklist_active: false,
             cycles: 0,
-            stale_starts_removed: 0,
             maps,
             interval: Duration::from_millis(config.collector.interval_ms),
             program_ids,
@@ -375,19 +359,12 @@ impl Collector {
             taken_at: Some(started),
             ..Default::default()
         };
-        if let Err(err) = self.read_syscalls(&mut snapshot) {
-            warn!("reading syscall statistics: {err}");
-        }
-        // Empty unless per-process counting is on: one failed key lookup.
-        self.take_syscall_processes(&mut snapshot);
         self.cycles += 1;
-        if self.cycles.is_multiple_of(START_GC_EVERY) {
-            self.remove_stale_starts();
+        if self.cycles.is_multiple_of(GC_EVERY) {
             for (_, source) in &mut self.maps.signals {
                 source.remove_stale();
             }
         }
-        snapshot.stale_starts_removed = self.stale_starts_removed;
         snapshot.counters = (0..COUNTERS_LEN)
             .map(|i| {
                 self.maps
@@ -436,67 +413,10 @@ impl Collector {
         snapshot
     }
 
-    /// Takes the per-process syscall counts gathered since the last cycle
-    /// (read, then removed: each cycle sees its own), keeping the top few.
-    /// Calls made between a read and its removal are not counted; this
-    /// names processes, it does not account for every call.
-    fn take_syscall_processes(&mut self, snapshot: &mut Snapshot) {
-        const KEEP: usize = 8;
-        let keys: Vec<u32> = self
-            .maps
-            .syscall_processes
-            .keys()
-            .filter_map(Result::ok)
-            .collect();
-        let mut rows = Vec::with_capacity(keys.len());
-        for tgid in keys {
-            if let Ok(values) = self.maps.syscall_processes.get(&tgid, 0) {
-                rows.push((
-                    tgid,
-                    agent_common::syscalls::ProcessSyscalls::sum(values.iter()),
-                ));
-            }
-            let _ = self.maps.syscall_processes.remove(&tgid);
-        }
-        rows.sort_by(|a, b| b.1.calls.cmp(&a.1.calls).then(a.0.cmp(&b.0)));
-        rows.truncate(KEEP);
-        snapshot.syscall_processes = rows;
-    }
-
-    fn read_syscalls(&self, snapshot: &mut Snapshot) -> Result<(), MapError> {
-        for id in 0..MAX_SYSCALLS {
-            let stats = SyscallStats::sum(self.maps.syscall_stats.get(&id, 0)?.iter());
-            if stats.count > 0 || stats.timed() > 0 {
-                snapshot.syscalls.push(SyscallRow {
-                    name: syscall_table::name(id),
-                    stats,
-                });
-            }
-        }
-        Ok(())
-    }
-
     /// An interface went away: each signal forgets what it keeps of it.
     fn forget_interface(&mut self, ifindex: u32) {
         for (_, source) in &mut self.maps.signals {
             source.interface_removed(ifindex);
-        }
-    }
-
-    /// Parked syscall starts whose thread no longer exists (it died in a
-    /// way that skipped sys_exit) would fill the map over months: drop them.
-    fn remove_stale_starts(&mut self) {
-        let stale: Vec<u32> = self
-            .maps
-            .syscall_start
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|tid| !std::path::Path::new(&format!("/proc/{tid}")).exists())
-            .collect();
-        for tid in stale {
-            if self.maps.syscall_start.remove(&tid).is_ok() {
-                self.stale_starts_removed += 1;
-            }
         }
     }
 

@@ -6,7 +6,10 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use crate::{
     collectors::Snapshot,
-    signals::{drops::Drops, packets::Packets, process::Processes, runqueue::RunQueue, tcp::Tcp},
+    signals::{
+        drops::Drops, packets::Packets, process::Processes, runqueue::RunQueue, syscalls::Syscalls,
+        tcp::Tcp,
+    },
 };
 
 /// Feature name → value for one cycle.
@@ -105,8 +108,8 @@ pub fn features(
     let (tcp_prev, tcp_now) = (tcp(prev), tcp(now));
 
     if signals.syscalls {
-        let total = |s: &Snapshot| s.syscalls.iter().map(|r| r.stats.count).sum::<u64>();
-        let errors = |s: &Snapshot| s.syscalls.iter().map(|r| r.stats.errors).sum::<u64>();
+        let total = |s: &Snapshot| s.reading::<Syscalls>().map_or(0, Syscalls::calls);
+        let errors = |s: &Snapshot| s.reading::<Syscalls>().map_or(0, Syscalls::errors);
         let calls = rate(total(prev), total(now));
         let failed = rate(errors(prev), errors(now));
         f.insert("syscalls_per_second", calls);
@@ -187,7 +190,10 @@ pub fn features(
     let subjects = Subjects {
         widest_peer: widest_peer.map(|(peer, _)| peer),
         busiest_parent: None,
-        syscall_processes: now.syscall_processes.clone(),
+        syscall_processes: now
+            .reading::<Syscalls>()
+            .map(|s| s.processes.clone())
+            .unwrap_or_default(),
         most_waiting_cgroup: most_waiting_cgroup(prev, now, dt),
         seconds: dt,
     };

@@ -1,34 +1,28 @@
 //! Loads Sonde's kernel programs and attaches them, choosing at run time the
 //! best hook this kernel offers and saying what it chose (or could not do):
 //!
-//! | signal   | preferred                  | fallback                          |
+//! | hook     | preferred                  | fallback                          |
 //! |----------|----------------------------|-----------------------------------|
-//! | syscalls | raw tracepoint sys_enter/exit | classic tracepoint (tracefs)   |
 //! | ingress  | XDP native (link)          | XDP generic → TC ingress          |
 //! | egress   | TC (tcx link ≥ 6.6)        | TC clsact (netlink)               |
 //!
-//! An interface whose XDP hook is already owned by another program (a CNI's,
-//! say) is never touched: its ingress is accounted with TC instead.
+//! The other hooks are each signal's tiers (agent/src/signals/), tried in
+//! their order. An interface whose XDP hook is already owned by another
+//! program (a CNI's, say) is never touched: its ingress is accounted with
+//! TC instead.
 //! Everything attached here is owned by [`Probes`]; dropping it detaches all.
 
 use std::{collections::BTreeMap, os::fd::OwnedFd, path::Path};
 
 use agent_common::{
-    config::{
-        CFG_FLOW_EVENTS_BURST, CFG_FLOW_EVENTS_PER_SEC, CFG_IGNORE_TGID, CFG_SLOW_SYSCALL_NS,
-        CFG_SYSCALL_SAMPLE_EVERY, CFG_SYSCALLS_PER_PROCESS, CFG_TCP_RTT, CONFIG_MAP,
-    },
+    config::{CFG_IGNORE_TGID, CONFIG_MAP},
     counters::COUNTERS_MAP,
     events::{RING_STATS_MAP, RINGS, RingStats},
     net::{BLOCKLIST_MAP, BLOCKLIST_STATS_MAP, BlocklistEntry, BlocklistKey, BlocklistStats},
-    syscalls::{
-        MAX_SYSCALLS, ProcessSyscalls, SLOW_SYSCALL_IGNORE_MAP, SYSCALL_PROCESSES_MAP,
-        SYSCALL_START_MAP, SYSCALL_STATS_MAP, SyscallStart, SyscallStats,
-    },
 };
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{Array, MapData, MapError, PerCpuArray},
     programs::{
         LinkOrder, ProgramError, RawTracePoint, SchedClassifier, TcAttachType, TracePoint, Xdp,
         XdpMode,
@@ -46,10 +40,9 @@ use super::{
     tiers,
 };
 use crate::{
-    config::{Config, EventTransport, SyscallHook, XdpModeConfig},
+    config::{Config, EventTransport, XdpModeConfig},
     events::EventSource,
     signals::{self, OpenError, Signal, Source, take},
-    syscall_table,
 };
 
 pub(crate) static EBPF_OBJECT: &[u8] =
@@ -137,18 +130,9 @@ pub enum AttachError {
     /// Loading (the verifier's last lines) or attaching failed.
     #[error("{}", describe(.0))]
     Program(#[source] ProgramError),
-    /// The same, on a hook the message names.
-    #[error("{hook}: {}", describe(.source))]
-    Hook {
-        hook: String,
-        #[source]
-        source: ProgramError,
-    },
     /// Closing a link failed.
     #[error("{0}")]
     Detach(#[source] ProgramError),
-    #[error("{0}")]
-    Tracefs(#[source] std::io::Error),
     #[error("adding clsact qdisc: {0}")]
     Qdisc(#[source] tc::TcError),
     /// Known before trying: the kernel lacks what the program needs.
@@ -183,11 +167,6 @@ pub struct KernelMaps {
     pub config: Array<MapData, u64>,
     pub counters: PerCpuArray<MapData, u64>,
     pub ring_stats: PerCpuArray<MapData, RingStats>,
-    pub syscall_stats: PerCpuArray<MapData, SyscallStats>,
-    pub syscall_start: aya::maps::HashMap<MapData, u32, SyscallStart>,
-    pub slow_ignore: Array<MapData, u32>,
-    /// Syscalls per process while counted (read and cleared each cycle).
-    pub syscall_processes: PerCpuHashMap<MapData, u32, ProcessSyscalls>,
     /// The maps of each signal in [`signals::ALL`], in that order.
     pub signals: Vec<(&'static Signal, Box<dyn Source>)>,
     /// Enforce mode's blocked sources (the collector keeps it in step
@@ -231,15 +210,12 @@ impl Probes {
         }
         raise_memlock_limit();
 
-        let (exit, exit_group) = syscall_table::never_returning();
         // Classic-tracepoint field offsets come from this kernel's format
-        // files; they are only needed (and tracefs only mounted) when the
-        // raw tracepoint cannot be used.
+        // files; they are only needed (and tracefs only mounted) when a
+        // signal may attach to tracepoints.
         let need_tracefs = signals::ALL
             .iter()
-            .any(|s| (s.enabled)(config) && !s.per_interface())
-            || (config.syscalls.enabled
-                && (config.syscalls.hook == SyscallHook::Tracepoint || !caps.raw_tracepoint));
+            .any(|s| (s.enabled)(config) && needs_tracefs(s, config, caps));
         let tracefs = if need_tracefs {
             match capabilities::ensure_tracefs() {
                 Ok(dir) => Some(dir),
@@ -251,33 +227,17 @@ impl Probes {
         } else {
             capabilities::tracefs_dir()
         };
-        let enter_id_offset = tracefs
-            .and_then(|t| {
-                capabilities::tracepoint_field_offset(t, "raw_syscalls", "sys_enter", "id")
-            })
-            .unwrap_or(8);
-        let exit_ret_offset = tracefs
-            .and_then(|t| {
-                capabilities::tracepoint_field_offset(t, "raw_syscalls", "sys_exit", "ret")
-            })
-            .unwrap_or(16);
 
         // Classic-tracepoint fields the programs read, from this kernel's
         // formats (None: that program cannot be attached here).
         let (tp_offsets, misplaced) = resolve_tracepoint_fields(
-            TRACEPOINT_FIELDS
-                .iter()
-                .chain(signals::ALL.iter().flat_map(|s| s.tracepoint_fields)),
+            signals::ALL.iter().flat_map(|s| s.tracepoint_fields),
             |category, tp, field| {
                 tracefs.and_then(|t| capabilities::tracepoint_field_offset(t, category, tp, field))
             },
         );
         // Struct offsets the programs read, from this kernel's BTF.
-        let btf_fields = || {
-            BTF_FIELDS
-                .iter()
-                .chain(signals::ALL.iter().flat_map(|s| s.btf_fields))
-        };
+        let btf_fields = || signals::ALL.iter().flat_map(|s| s.btf_fields);
         let mut btf_offsets: Vec<(&'static str, Option<u32>)> = match super::btf::Btf::from_sys_fs()
         {
             Ok(btf) => btf_fields()
@@ -314,11 +274,14 @@ impl Probes {
             .filter(|(_, o)| o.is_some())
             .map(|(g, _)| *g)
             .collect();
-        loader
-            .override_global("SYSCALL_NR_EXIT", &exit, true)
-            .override_global("SYSCALL_NR_EXIT_GROUP", &exit_group, true)
-            .override_global("TP_SYS_ENTER_ID_OFFSET", &enter_id_offset, true)
-            .override_global("TP_SYS_EXIT_RET_OFFSET", &exit_ret_offset, true);
+        let constants: Vec<(&str, u32)> = signals::ALL
+            .iter()
+            .flat_map(|s| s.constants)
+            .map(|&(global, value)| (global, value()))
+            .collect();
+        for (global, value) in &constants {
+            loader.override_global(global, value, true);
+        }
         for &(map, entries) in signals::MAP_SIZES.iter().copied().flatten() {
             loader.map_max_entries(map, entries(config));
         }
@@ -342,10 +305,6 @@ impl Probes {
             config: take(&mut ebpf, CONFIG_MAP)?,
             counters: take(&mut ebpf, COUNTERS_MAP)?,
             ring_stats: take(&mut ebpf, RING_STATS_MAP)?,
-            syscall_stats: take(&mut ebpf, SYSCALL_STATS_MAP)?,
-            syscall_start: take(&mut ebpf, SYSCALL_START_MAP)?,
-            slow_ignore: take(&mut ebpf, SLOW_SYSCALL_IGNORE_MAP)?,
-            syscall_processes: take(&mut ebpf, SYSCALL_PROCESSES_MAP)?,
             blocklist: take(&mut ebpf, BLOCKLIST_MAP)?,
             blocklist_stats: take(&mut ebpf, BLOCKLIST_STATS_MAP)?,
         };
@@ -388,8 +347,17 @@ impl Probes {
             maps: Some(maps),
             _bpf_stats: bpf_stats,
         };
-        if config.syscalls.enabled {
-            probes.attach_syscalls(config.syscalls.hook, caps)?;
+        // Required signals first: without them nothing else is attached.
+        let attached_once = |s: &&&Signal| (s.enabled)(config) && !s.per_interface();
+        for signal in signals::ALL.iter().filter(attached_once) {
+            if signal.tiers.required {
+                probes.attach_signal(
+                    signal.tiers,
+                    (signal.forced_tier)(config),
+                    caps,
+                    &resolved,
+                )?;
+            }
         }
         if signals::ALL
             .iter()
@@ -399,9 +367,14 @@ impl Probes {
                 probes.attach_interface(name, *ifindex, config, caps)?;
             }
         }
-        for signal in signals::ALL {
-            if (signal.enabled)(config) && !signal.per_interface() {
-                probes.attach_signal(signal.tiers, (signal.forced_tier)(config), caps, &resolved);
+        for signal in signals::ALL.iter().filter(attached_once) {
+            if !signal.tiers.required {
+                probes.attach_signal(
+                    signal.tiers,
+                    (signal.forced_tier)(config),
+                    caps,
+                    &resolved,
+                )?;
             }
         }
         Ok(probes)
@@ -409,14 +382,18 @@ impl Probes {
 
     /// Attaches the first tier of `signal` this kernel offers (or only the
     /// `forced` one) and records what was chosen, or why nothing was: an
-    /// optional signal never stops the agent; it makes health `degraded`.
+    /// optional signal never stops the agent, it makes health `degraded`;
+    /// a required one with no tier does ([`ProbeError::NoHook`]).
     fn attach_signal(
         &mut self,
         signal: &tiers::Signal,
         forced: Option<&str>,
         caps: &Capabilities,
         resolved: &[&str],
-    ) {
+    ) -> Result<(), ProbeError> {
+        if signal.required {
+            return self.attach_required(signal, forced, caps, resolved);
+        }
         let mut reasons = Vec::new();
         for tier in signal.tiers {
             if forced.is_some_and(|f| f != tier.mode) {
@@ -469,7 +446,7 @@ impl Probes {
                 );
             }
             self.attachments.extend(attachments);
-            return;
+            return Ok(());
         }
         let why = if reasons.is_empty() {
             format!("no tier named {forced:?}")
@@ -489,6 +466,77 @@ impl Probes {
             error: Some(why),
             interface: None,
         });
+        Ok(())
+    }
+
+    /// A required signal: the first tier whose every program attaches (in
+    /// order; a tier that fails half way is unloaded again), or
+    /// [`ProbeError::NoHook`].
+    fn attach_required(
+        &mut self,
+        signal: &tiers::Signal,
+        forced: Option<&str>,
+        caps: &Capabilities,
+        resolved: &[&str],
+    ) -> Result<(), ProbeError> {
+        let mut reasons = Vec::new();
+        for tier in signal.tiers {
+            if forced.is_some_and(|f| f != tier.mode) {
+                continue;
+            }
+            if let Some(why) = tier_unavailable(tier, caps) {
+                reasons.push(format!("{}: {why}", tier.mode));
+                continue;
+            }
+            let failed = tier.programs.iter().enumerate().find_map(|(i, program)| {
+                let result = self.attach_tier_program(program, resolved);
+                result.err().map(|err| (i, program, err))
+            });
+            if let Some((attached, program, err)) = failed {
+                reasons.push(format!("{}: {}: {err}", tier.mode, program.hook.describe()));
+                for program in &tier.programs[..attached] {
+                    if let Some(p) = self.ebpf.program_mut(program.program) {
+                        let _ = program_unload(p);
+                    }
+                }
+                continue;
+            }
+            info!(
+                signal = signal.name,
+                tier = tier.mode,
+                "signal attached: every program of the tier"
+            );
+            if !reasons.is_empty() {
+                warn!(
+                    signal = signal.name,
+                    tier = tier.mode,
+                    "signal attached through a fallback tier: {}",
+                    reasons.join("; ")
+                );
+            }
+            for program in tier.programs {
+                let mut attachment = tier_attachment(program, tier.mode, None);
+                // Labelled as before tiers: `tracepoint:sys_exit`.
+                let name = match program.hook {
+                    tiers::Hook::Tracepoint(_, name) | tiers::Hook::RawTracepoint(name) => name,
+                    _ => "",
+                };
+                if !name.is_empty() {
+                    attachment.hook = format!("{}:{name}", tier.mode);
+                }
+                attachment.required = true;
+                self.attachments.push(attachment);
+            }
+            return Ok(());
+        }
+        Err(ProbeError::NoHook {
+            signal: signal.name,
+            reasons: if reasons.is_empty() {
+                format!("no tier named {forced:?}")
+            } else {
+                reasons.join("; ")
+            },
+        })
     }
 
     fn attach_tier_program(
@@ -605,96 +653,6 @@ impl Probes {
             .programs()
             .filter_map(|(name, prog)| prog.info().ok().map(|info| (name.to_owned(), info)))
             .collect()
-    }
-
-    fn attach_syscalls(
-        &mut self,
-        hook: SyscallHook,
-        caps: &Capabilities,
-    ) -> Result<(), ProbeError> {
-        let mut reasons = Vec::new();
-        let tiers: &[SyscallHook] = match hook {
-            SyscallHook::Auto => &[SyscallHook::RawTracepoint, SyscallHook::Tracepoint],
-            SyscallHook::RawTracepoint => &[SyscallHook::RawTracepoint],
-            SyscallHook::Tracepoint => &[SyscallHook::Tracepoint],
-        };
-        for tier in tiers {
-            let result = match tier {
-                SyscallHook::RawTracepoint if !caps.raw_tracepoint => {
-                    Err(AttachError::Unavailable(
-                        "raw tracepoints are not supported by this kernel".to_owned(),
-                    ))
-                }
-                SyscallHook::RawTracepoint => self.attach_syscalls_raw(),
-                SyscallHook::Tracepoint => self.attach_syscalls_tracepoint(),
-                SyscallHook::Auto => unreachable!("not a tier"),
-            };
-            match result {
-                Ok(mode) => {
-                    info!(
-                        mode,
-                        "syscall telemetry attached to sys_enter, sys_exit and sched_switch"
-                    );
-                    for (program, name) in syscall_programs(mode) {
-                        self.attachments.push(Attachment {
-                            program,
-                            hook: format!("{mode}:{name}"),
-                            mode: mode.to_owned(),
-                            attached: true,
-                            required: true,
-                            error: None,
-                            interface: None,
-                        });
-                    }
-                    if !reasons.is_empty() {
-                        warn!(
-                            "syscall telemetry fell back to {mode}: {}",
-                            reasons.join("; ")
-                        );
-                    }
-                    return Ok(());
-                }
-                Err(reason) => reasons.push(reason.to_string()),
-            }
-        }
-        Err(ProbeError::NoHook {
-            signal: "syscalls",
-            reasons: reasons.join("; "),
-        })
-    }
-
-    fn attach_syscalls_raw(&mut self) -> Result<&'static str, AttachError> {
-        for (program, tp) in syscall_programs("raw_tracepoint") {
-            let prog: &mut RawTracePoint = program_mut(&mut self.ebpf, program)?;
-            prog.load()
-                .and_then(|()| prog.attach(tp).map(drop))
-                .map_err(|source| AttachError::Hook {
-                    hook: format!("raw tracepoint {tp}"),
-                    source,
-                })?;
-        }
-        Ok("raw_tracepoint")
-    }
-
-    fn attach_syscalls_tracepoint(&mut self) -> Result<&'static str, AttachError> {
-        if capabilities::tracefs_dir().is_none() {
-            capabilities::ensure_tracefs().map_err(AttachError::Tracefs)?;
-        }
-        for (program, tp) in syscall_programs("tracepoint") {
-            let category = if tp == "sched_switch" {
-                "sched"
-            } else {
-                "raw_syscalls"
-            };
-            let prog: &mut TracePoint = program_mut(&mut self.ebpf, program)?;
-            prog.load()
-                .and_then(|()| prog.attach(category, tp).map(drop))
-                .map_err(|source| AttachError::Hook {
-                    hook: format!("tracepoint {category}:{tp}"),
-                    source,
-                })?;
-        }
-        Ok("tracepoint")
     }
 
     /// Attaches the per-interface programs of every signal `config` turns
@@ -907,15 +865,6 @@ impl Probes {
     }
 }
 
-/// Tracepoint record fields the programs read: (global, category,
-/// tracepoint, field), resolved from the kernel's format files.
-const TRACEPOINT_FIELDS: &[(&str, &str, &str, &str)] = &[];
-
-/// Struct members the BTF-based tiers read: (global, struct, member names
-/// in order of preference — members get renamed across kernels), resolved
-/// from the kernel's BTF.
-const BTF_FIELDS: &[(&str, &str, &[&str])] = &[];
-
 /// A tracepoint field's global listed for a tracepoint whose record has
 /// the field elsewhere than the first listing's: (global, category,
 /// tracepoint).
@@ -945,6 +894,27 @@ fn resolve_tracepoint_fields<'a>(
     (offsets, misplaced)
 }
 
+/// Whether an enabled signal may need tracefs: an optional one attached
+/// once always may (its formats name its fields); a required one only if
+/// the first tier it would try that this kernel offers (tracefs aside)
+/// is on classic tracepoints.
+fn needs_tracefs(signal: &Signal, config: &Config, caps: &Capabilities) -> bool {
+    if signal.per_interface() {
+        return false;
+    }
+    if !signal.tiers.required {
+        return true;
+    }
+    let forced = (signal.forced_tier)(config);
+    signal
+        .tiers
+        .tiers
+        .iter()
+        .filter(|t| forced.is_none_or(|f| f == t.mode))
+        .find(|t| t.requires == tiers::Requires::Tracefs || tier_unavailable(t, caps).is_none())
+        .is_some_and(|t| t.requires == tiers::Requires::Tracefs)
+}
+
 /// Why a tier cannot be tried on this kernel, if it cannot.
 fn tier_unavailable(tier: &tiers::Tier, caps: &Capabilities) -> Option<String> {
     let (major, minor) = tier.min_kernel;
@@ -962,7 +932,9 @@ fn tier_unavailable(tier: &tiers::Tier, caps: &Capabilities) -> Option<String> {
         tiers::Requires::Tracefs if capabilities::tracefs_dir().is_none() => {
             Some("tracefs is not mounted".into())
         }
-        tiers::Requires::RawTracepointsAndBtf if !caps.raw_tracepoint => {
+        tiers::Requires::RawTracepoints | tiers::Requires::RawTracepointsAndBtf
+            if !caps.raw_tracepoint =>
+        {
             Some("no raw tracepoints on this kernel".into())
         }
         tiers::Requires::RawTracepointsAndBtf if !caps.btf => Some("no kernel BTF".into()),
@@ -1000,78 +972,16 @@ pub fn apply_runtime_config(maps: &mut KernelMaps, config: &Config) -> Result<()
         name: CONFIG_MAP,
         source,
     };
-    let threshold = if config.syscalls.enabled {
-        config.slow_threshold_ns()
-    } else {
-        0
-    };
-    let values = [
-        (CFG_SLOW_SYSCALL_NS, threshold),
-        (
-            CFG_SYSCALL_SAMPLE_EVERY,
-            config.syscalls.latency_sample_every,
-        ),
-        (
-            CFG_FLOW_EVENTS_PER_SEC,
-            config.network.flow_events_per_second,
-        ),
-        (CFG_FLOW_EVENTS_BURST, config.network.flow_events_burst),
-        (CFG_IGNORE_TGID, u64::from(std::process::id())),
-        (CFG_TCP_RTT, u64::from(config.tcp.enabled && config.tcp.rtt)),
-        (
-            CFG_SYSCALLS_PER_PROCESS,
-            u64::from(config.syscalls.enabled && config.syscalls.per_process),
-        ),
-    ];
-    for (index, value) in values {
-        maps.config.set(index, value, 0).map_err(map_err)?;
-    }
+    // Shared: every program skips the agent's own process.
+    maps.config
+        .set(CFG_IGNORE_TGID, u64::from(std::process::id()), 0)
+        .map_err(map_err)?;
     for (_, source) in &mut maps.signals {
         for (index, value) in source.reconfigure(config)? {
             maps.config.set(index, value, 0).map_err(map_err)?;
         }
     }
-    let ignored: Vec<u32> = config
-        .syscalls
-        .slow_ignore
-        .iter()
-        .filter_map(|name| {
-            let id = syscall_table::id(name);
-            if id.is_none() {
-                warn!("syscalls.slow_ignore: {name} is not a syscall on this architecture");
-            }
-            id
-        })
-        .collect();
-    for id in 0..MAX_SYSCALLS {
-        let flag = u32::from(ignored.contains(&id));
-        maps.slow_ignore
-            .set(id, flag, 0)
-            .map_err(|source| ProbeError::Map {
-                name: SLOW_SYSCALL_IGNORE_MAP,
-                source,
-            })?;
-    }
     Ok(())
-}
-
-/// The syscall programs of a tier with their tracepoints, in attach order:
-/// exits first and entries last, so that no start is recorded before the
-/// programs that consume it are in place.
-fn syscall_programs(mode: &str) -> [(&'static str, &'static str); 3] {
-    if mode == "raw_tracepoint" {
-        [
-            ("sonde_sys_exit_raw", "sys_exit"),
-            ("sonde_sched_switch_raw", "sched_switch"),
-            ("sonde_sys_enter_raw", "sys_enter"),
-        ]
-    } else {
-        [
-            ("sonde_sys_exit_tp", "sys_exit"),
-            ("sonde_sched_switch_tp", "sched_switch"),
-            ("sonde_sys_enter_tp", "sys_enter"),
-        ]
-    }
 }
 
 /// One perf buffer per online CPU of the perf event array `name`.
@@ -1155,7 +1065,42 @@ fn raise_memlock_limit() {
 
 #[cfg(test)]
 mod tests {
-    use super::{AttachError, perf_pages_per_cpu, resolve_tracepoint_fields};
+    use super::{AttachError, needs_tracefs, perf_pages_per_cpu, resolve_tracepoint_fields};
+    use crate::{
+        config::{Config, SyscallHook},
+        probes::capabilities::Capabilities,
+        signals,
+    };
+
+    #[test]
+    fn tracefs_is_needed_by_optional_signals_and_a_required_one_on_tracepoints() {
+        let mut caps = Capabilities {
+            kernel_release: "6.18.0".into(),
+            kernel_version: Some((6, 18, 0)),
+            btf: true,
+            raw_tracepoint: true,
+            tracepoint: true,
+            xdp: true,
+            tc: true,
+            kprobes: false,
+            fentry: false,
+            ringbuf_map: true,
+            tracefs_mounted: true,
+            bpffs_mounted: false,
+            bpf_stats_enabled: false,
+            missing_caps: Vec::new(),
+        };
+        let mut config = Config::default();
+        let syscalls = &signals::syscalls::SIGNAL;
+        assert!(!needs_tracefs(syscalls, &config, &caps));
+        assert!(needs_tracefs(&signals::block::SIGNAL, &config, &caps));
+        assert!(!needs_tracefs(&signals::packets::SIGNAL, &config, &caps));
+        config.syscalls.hook = SyscallHook::Tracepoint;
+        assert!(needs_tracefs(syscalls, &config, &caps));
+        config.syscalls.hook = SyscallHook::Auto;
+        caps.raw_tracepoint = false;
+        assert!(needs_tracefs(syscalls, &config, &caps));
+    }
 
     #[test]
     fn a_global_listed_twice_is_resolved_once_and_checked_on_the_other_hook() {
@@ -1185,20 +1130,6 @@ mod tests {
         assert_eq!(
             AttachError::MissingProgram("sonde_tc_egress".into()).to_string(),
             "program sonde_tc_egress missing from the eBPF object"
-        );
-        let io = std::io::Error::from_raw_os_error(libc::ENOENT);
-        let err = AttachError::Hook {
-            hook: "tracepoint raw_syscalls:sys_enter".into(),
-            source: aya::programs::ProgramError::NotLoaded,
-        };
-        assert_eq!(
-            err.to_string(),
-            "tracepoint raw_syscalls:sys_enter: the program is not loaded"
-        );
-        assert!(
-            AttachError::Tracefs(io)
-                .to_string()
-                .contains("No such file")
         );
     }
 

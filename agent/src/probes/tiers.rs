@@ -1,8 +1,8 @@
 //! Hook tiers: for each signal, the ordered ways this agent can observe it,
 //! cheapest first. The loader attaches the first tier this kernel offers
 //! (or the one the configuration forces) and reports what it chose and why
-//! the others were passed over. Keep every signal's choices in this one
-//! table rather than in scattered conditions.
+//! the others were passed over. These are the types of those choices; each
+//! signal's own table is in its module (agent/src/signals/).
 
 /// Where a program attaches.
 #[derive(Debug, Clone, Copy)]
@@ -57,6 +57,8 @@ pub enum Requires {
     Kprobes,
     /// A mounted tracefs (tracepoint ids and formats).
     Tracefs,
+    /// Raw tracepoints (their arguments only: no struct offsets).
+    RawTracepoints,
     /// Raw tracepoints, and kernel BTF for the struct offsets.
     RawTracepointsAndBtf,
     /// TC classifier programs on network interfaces (each interface is
@@ -83,13 +85,20 @@ pub struct Tier {
     pub requires: Requires,
     /// The first program is the tier's core: the tier is chosen only if it
     /// attaches. The others are attached one by one; one that fails is
-    /// reported (health: degraded) without giving up the tier.
+    /// reported (health: degraded) without giving up the tier — unless the
+    /// signal is required, where every program is.
     pub programs: &'static [TierProgram],
 }
 
 #[derive(Debug)]
 pub struct Signal {
     pub name: &'static str,
+    /// The agent cannot run without it (syscalls): every program of a tier
+    /// must attach or the next tier is tried (what attached of it is
+    /// unloaded), no usable tier stops the agent, and its attachments
+    /// count for readiness. Their hooks are labelled `mode:tracepoint`
+    /// (`tracepoint:sys_exit`), as they were before tiers.
+    pub required: bool,
     pub tiers: &'static [Tier],
 }
 

@@ -27,6 +27,7 @@ pub const SIGNAL: Signal = Signal {
     tracepoint_fields: TRACEPOINT_FIELDS,
     btf_fields: &[],
     symbols: &[],
+    constants: &[],
     enabled: |config| config.block.enabled,
     forced_tier: |_| None,
     reads: "block I/O statistics",
@@ -36,6 +37,7 @@ pub const SIGNAL: Signal = Signal {
 /// One tier: the block tracepoints (stable since 4.7).
 const TIERS: tiers::Signal = tiers::Signal {
     name: "block",
+    required: false,
     tiers: &[Tier {
         mode: "tracepoint",
         min_kernel: (4, 7),

@@ -45,6 +45,7 @@ pub const SIGNAL: Signal = Signal {
     tracepoint_fields: TRACEPOINT_FIELDS,
     btf_fields: BTF_FIELDS,
     symbols: &[],
+    constants: &[],
     enabled: |config| config.drops.enabled,
     forced_tier: |_| None,
     reads: "drop reasons",
@@ -56,6 +57,7 @@ pub const SIGNAL: Signal = Signal {
 /// the device offsets drops are counted by reason only.
 const TIERS: tiers::Signal = tiers::Signal {
     name: "drops",
+    required: false,
     tiers: &[Tier {
         mode: "tracepoint",
         min_kernel: (2, 6),

@@ -44,6 +44,7 @@ pub const SIGNAL: Signal = Signal {
     tracepoint_fields: TRACEPOINT_FIELDS,
     btf_fields: BTF_FIELDS,
     symbols: &[],
+    constants: &[],
     enabled: |config| config.mapek.enabled && config.mapek.mode == Mode::Enforce,
     forced_tier: |_| None,
     reads: "handshake proofs",
@@ -54,6 +55,7 @@ pub const SIGNAL: Signal = Signal {
 /// and addresses since 4.16.
 const TIERS: tiers::Signal = tiers::Signal {
     name: "handshakes",
+    required: false,
     tiers: &[Tier {
         mode: "tracepoint",
         min_kernel: (4, 16),

@@ -47,6 +47,7 @@ pub const SIGNAL: Signal = Signal {
         "reason",
         "TCP_LISTEN_OVERFLOW",
     )],
+    constants: &[],
     enabled: |config| config.tcp.listen_overflows,
     forced_tier: |_| None,
     reads: "TCP listen overflows",
@@ -57,6 +58,7 @@ pub const SIGNAL: Signal = Signal {
 /// has no TCP_LISTEN_OVERFLOW leave it unattached, saying so.
 const TIERS: tiers::Signal = tiers::Signal {
     name: "listen_overflows",
+    required: false,
     tiers: &[Tier {
         mode: "tracepoint",
         min_kernel: (5, 17),

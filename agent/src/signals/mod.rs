@@ -9,9 +9,11 @@
 //!
 //! A signal in several files is a directory with a mod.rs.
 //!
-//! Block I/O, listen-queue overflows, packet drops, packets, processes,
-//! run-queue latency and TCP are in this shape; syscalls still live in the
-//! loader, collector and metrics modules.
+//! Every kernel signal is in this shape (block I/O, listen-queue
+//! overflows, packet drops, handshakes, packets, processes, run-queue
+//! latency, syscalls, TCP); the loader, collector and exposition keep only
+//! what the signals share: the config map, the diagnostic counters, the
+//! event rings and enforce mode's blocklist.
 
 use std::{any::Any, fmt, sync::Arc};
 
@@ -50,6 +52,11 @@ pub type TracepointSymbol = (
     &'static str,
 );
 
+/// A global of the object whose value the agent knows before loading it,
+/// from nothing of the kernel's tracepoints or BTF (a syscall number of
+/// this architecture): (global, value).
+pub type Constant = (&'static str, fn() -> u32);
+
 /// How a signal takes its maps from the loaded object.
 pub type Open = fn(&mut Ebpf, &Config) -> Result<Box<dyn Source>, OpenError>;
 
@@ -73,6 +80,8 @@ pub struct Signal {
     pub btf_fields: &'static [BtfField],
     /// The enum values its programs compare with, from tracepoint formats.
     pub symbols: &'static [TracepointSymbol],
+    /// Globals its programs read that the agent sets from what it knows.
+    pub constants: &'static [Constant],
     /// Whether the configuration turns it on (its programs attached).
     pub enabled: fn(&Config) -> bool,
     /// The tier the configuration forces, if any.
@@ -191,13 +200,12 @@ mod tests {
         assert_eq!(names.len(), ALL.len(), "signal names are unique");
         for signal in ALL {
             tiers::assert_well_formed(signal.tiers);
-            // Every global a program needs is one the signal resolves (or
-            // a BTF offset of the loader's shared table).
+            // Every global a program needs is one the signal resolves.
             for tier in signal.tiers.tiers {
                 for program in tier.programs {
                     for need in program.needs {
                         assert!(
-                            need.ends_with("_OFFSET")
+                            signal.btf_fields.iter().any(|f| f.0 == *need)
                                 || signal.tracepoint_fields.iter().any(|f| f.0 == *need)
                                 || signal.symbols.iter().any(|f| f.0 == *need),
                             "{}: {} needs {need}, which it does not resolve",

@@ -32,6 +32,7 @@ pub const SIGNAL: Signal = Signal {
     tracepoint_fields: TRACEPOINT_FIELDS,
     btf_fields: BTF_FIELDS,
     symbols: &[],
+    constants: &[],
     enabled: |config| config.process.enabled,
     forced_tier: |_| None,
     reads: "process counters",
@@ -43,6 +44,7 @@ pub const SIGNAL: Signal = Signal {
 /// parent and the exit code need their BTF offsets (0 without them).
 const TIERS: tiers::Signal = tiers::Signal {
     name: "processes",
+    required: false,
     tiers: &[Tier {
         mode: "tracepoint",
         min_kernel: (4, 7),

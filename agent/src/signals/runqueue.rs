@@ -43,6 +43,7 @@ pub const SIGNAL: Signal = Signal {
     tracepoint_fields: TRACEPOINT_FIELDS,
     btf_fields: BTF_FIELDS,
     symbols: &[],
+    constants: &[],
     enabled: |config| config.runqueue.enabled,
     forced_tier: |config| (config.runqueue.hook != "auto").then_some(config.runqueue.hook.as_str()),
     reads: "run-queue latency",
@@ -52,6 +53,7 @@ pub const SIGNAL: Signal = Signal {
 /// Wakeup or preemption → running.
 const TIERS: tiers::Signal = tiers::Signal {
     name: "runqueue",
+    required: false,
     tiers: &[
         Tier {
             mode: "raw_tracepoint",

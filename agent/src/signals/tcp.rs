@@ -18,6 +18,7 @@ use std::{
 };
 
 use agent_common::{
+    config::CFG_TCP_RTT,
     counters::TCP_CONNECT_MAP_FULL,
     merge::Merge,
     tcp::{
@@ -43,6 +44,7 @@ pub const SIGNAL: Signal = Signal {
     tracepoint_fields: TRACEPOINT_FIELDS,
     btf_fields: BTF_FIELDS,
     symbols: &[],
+    constants: &[],
     enabled: |config| config.tcp.enabled,
     forced_tier: |config| match config.tcp.hook {
         TcpHook::Auto => None,
@@ -57,6 +59,7 @@ pub const SIGNAL: Signal = Signal {
 /// fentry, kprobe, tracepoint: the same numbers, cheapest first.
 const TIERS: tiers::Signal = tiers::Signal {
     name: "tcp",
+    required: false,
     tiers: &[
         Tier {
             mode: "fentry",
@@ -291,7 +294,10 @@ impl Source for Maps {
 
     fn reconfigure(&mut self, config: &Config) -> Result<Vec<(u32, u64)>, OpenError> {
         self.top_peers = config.tcp.top_peers;
-        Ok(Vec::new())
+        Ok(vec![(
+            CFG_TCP_RTT,
+            u64::from(config.tcp.enabled && config.tcp.rtt),
+        )])
     }
 }
 

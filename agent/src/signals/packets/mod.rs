@@ -22,6 +22,7 @@ use std::{
 };
 
 use agent_common::{
+    config::{CFG_FLOW_EVENTS_BURST, CFG_FLOW_EVENTS_PER_SEC},
     counters::FLOW_CREATED,
     merge::Merge,
     net::{
@@ -51,6 +52,7 @@ pub const SIGNAL: Signal = Signal {
     tracepoint_fields: &[],
     btf_fields: &[],
     symbols: &[],
+    constants: &[],
     enabled: |config| config.network.enabled,
     forced_tier: |_| None,
     reads: "packet counters and the flow table",
@@ -66,6 +68,7 @@ pub const MAP_SIZES: &[MapSize] = &[(FLOWS_MAP, |config| config.network.max_flow
 /// ingress hook and the link type, and says why.
 const TIERS: tiers::Signal = tiers::Signal {
     name: "packets",
+    required: false,
     tiers: &[Tier {
         mode: "interface",
         min_kernel: (4, 5),
@@ -267,7 +270,13 @@ impl Source for Maps {
 
     fn reconfigure(&mut self, config: &Config) -> Result<Vec<(u32, u64)>, OpenError> {
         self.peers.set_k(config.network.top_peers);
-        Ok(Vec::new())
+        Ok(vec![
+            (
+                CFG_FLOW_EVENTS_PER_SEC,
+                config.network.flow_events_per_second,
+            ),
+            (CFG_FLOW_EVENTS_BURST, config.network.flow_events_burst),
+        ])
     }
 
     fn interface_added(&mut self, ifindex: u32, name: &str) {
