@@ -9,7 +9,7 @@
 //!
 //! 0. leaves: [`time`], [`version`], [`syscall_table`], [`cgroup`],
 //!    [`netif`], [`config`] (with `Mode` and the MAPE-K `Overlay`), [`cli`],
-//!    [`family`] (metric family builder)
+//!    [`family`] (metric family builder), [`notify`] (systemd's protocol)
 //! 1. probe helpers, signals and events: `probes::{btf, capabilities,
 //!    tiers}`, [`signals`] (each signal's tiers, maps and families),
 //!    [`events`]
@@ -35,6 +35,7 @@ pub mod http;
 pub mod mapek;
 pub mod metrics;
 pub mod netif;
+pub mod notify;
 pub mod otlp;
 pub mod probes;
 pub mod signals;

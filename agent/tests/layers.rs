@@ -34,6 +34,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("config::overlay", 0),
     ("cli", 0),
     ("family", 0),
+    ("notify", 0),
     // 1. What the kernel offers, each signal's pieces, the event reader.
     ("probes::btf", 1),
     ("probes::capabilities", 1),

@@ -331,8 +331,13 @@ impl Collector {
 
     fn run(&mut self, shared: &SharedSnapshot, commands: &Receiver<Command>) {
         let mut next = Instant::now() + self.interval;
+        // systemd's watchdog is fed from here: a stuck collector is a
+        // stuck agent, and the service manager restarts it.
+        let mut watchdog = crate::notify::Watchdog::from_env();
         loop {
-            match commands.recv_timeout(next.saturating_duration_since(Instant::now())) {
+            watchdog.tick();
+            let wake = watchdog.due().map_or(next, |due| due.min(next));
+            match commands.recv_timeout(wake.saturating_duration_since(Instant::now())) {
                 Ok(Command::Reconfigure(config)) => {
                     self.configured = *config;
                     self.apply_runtime();
@@ -355,6 +360,9 @@ impl Collector {
                 }
                 Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => return,
                 Err(RecvTimeoutError::Timeout) => {}
+            }
+            if Instant::now() < next {
+                continue;
             }
             let snapshot = self.collect();
             *shared.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);

@@ -29,7 +29,7 @@ use crate::{
     config::Config,
     events, http, mapek,
     metrics::Metrics,
-    netif, otlp,
+    netif, notify, otlp,
     probes::{self, Probes, capabilities::Capabilities},
     state::{AppState, HealthState},
 };
@@ -121,8 +121,17 @@ async fn serve(
         refresher: spawn_refresher(&state, &shutdown_rx),
         otlp: spawn_otlp(&config, &state, &shutdown_rx),
     };
+    // The programs are attached and /health/startup answers 200: tell the
+    // service manager (Type=notify), so `systemctl start` returns now.
+    let attached = state.attachments().iter().filter(|a| a.attached).count();
+    notify::ready(&format!(
+        "ready: {attached} hooks attached; listening on {}",
+        config.listen
+    ));
 
-    wait_for_signals(&state, &serving, config_path.as_deref()).await?;
+    let waited = wait_for_signals(&state, &serving, config_path.as_deref()).await;
+    notify::stopping();
+    waited?;
     let _ = shutdown_tx.send(true);
     let _ = tokio::task::spawn_blocking(move || serving.join(Duration::from_millis(1500))).await;
     stop(tasks, &state, &probes).await;

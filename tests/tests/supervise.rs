@@ -1,0 +1,165 @@
+//! Supervision: the systemd notification protocol spoken to a socket the
+//! test binds (PID 1 here is not systemd, so this socket is the real peer):
+//! `READY=1` only once `/health/startup` answers 200, `WATCHDOG=1` every
+//! half of `WATCHDOG_USEC`, `STOPPING=1` on SIGTERM.
+
+use std::{
+    os::unix::net::UnixDatagram,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use sonde_tests::{
+    Agent, Config,
+    agent::{STARTUP_TIMEOUT, STOP_TIMEOUT},
+    require_root,
+    sys::TempDir,
+};
+
+/// Every datagram the agent sent, with when it arrived.
+type Received = Arc<Mutex<Vec<(Instant, String)>>>;
+
+/// Reads datagrams until `done` is set.
+fn listen(socket: UnixDatagram, done: Arc<AtomicBool>, ready: Arc<AtomicBool>) -> Received {
+    let received: Received = Arc::default();
+    let out = received.clone();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("read timeout");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while !done.load(Ordering::Relaxed) {
+            if let Ok(n) = socket.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if text.lines().any(|l| l == "READY=1") {
+                    ready.store(true, Ordering::SeqCst);
+                }
+                out.lock().unwrap().push((Instant::now(), text));
+            }
+        }
+    });
+    received
+}
+
+fn with_line(received: &Received, line: &str) -> Vec<(Instant, String)> {
+    received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, m)| m.lines().any(|l| l == line))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn notify_ready_after_attach_watchdog_and_stopping() {
+    if !require_root() {
+        return;
+    }
+    let dir = TempDir::new("notify");
+    let path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
+    let done = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(AtomicBool::new(false));
+    let received = listen(socket, done.clone(), ready.clone());
+    let path_s = path.display().to_string();
+    // WATCHDOG_USEC = 2 s: a ping every second.
+    let mut agent = Agent::spawn_with_env(
+        &Config::new().render(),
+        &[],
+        &[("NOTIFY_SOCKET", &path_s), ("WATCHDOG_USEC", "2000000")],
+    );
+
+    // Until startup answers 200, READY=1 must not have arrived: read the
+    // flag before each request, so a READY that raced the answer counts
+    // for the answer after it.
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    let mut not_started = 0;
+    loop {
+        let ready_before = ready.load(Ordering::SeqCst);
+        match agent.try_request("GET", "/health/startup") {
+            Ok(r) if r.status == 200 => break,
+            _ => {
+                not_started += 1;
+                assert!(
+                    !ready_before,
+                    "READY=1 arrived while /health/startup did not answer 200; log:\n{}",
+                    agent.log()
+                );
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never started; log:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let started = Instant::now();
+    // READY=1 comes right after; by then startup is 200 (asked above).
+    while !ready.load(Ordering::SeqCst) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no READY=1 within 10 s of startup; got {:?}; log:\n{}",
+            received.lock().unwrap(),
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let readies = with_line(&received, "READY=1");
+    assert_eq!(readies.len(), 1, "one READY=1: {readies:?}");
+    assert!(
+        readies[0]
+            .1
+            .lines()
+            .any(|l| l.starts_with("STATUS=ready: ")),
+        "READY=1 carries a STATUS line: {:?}",
+        readies[0].1
+    );
+    assert_eq!(agent.get("/health/startup").0, 200, "startup after READY=1");
+    println!(
+        "{not_started} startup polls answered not-200 before READY=1; ready message {:?}",
+        readies[0].1
+    );
+
+    // Watchdog: every second for 5.5 s (at least 4 pings, none more than
+    // 1.8 s apart).
+    let watch_from = Instant::now();
+    std::thread::sleep(Duration::from_millis(5500));
+    let pings: Vec<Instant> = with_line(&received, "WATCHDOG=1")
+        .into_iter()
+        .map(|(at, _)| at)
+        .filter(|at| *at >= watch_from)
+        .collect();
+    let gaps: Vec<f64> = pings
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64())
+        .collect();
+    println!("{} WATCHDOG=1 in 5.5 s, gaps {gaps:.2?} s", pings.len());
+    assert!(
+        pings.len() >= 4,
+        "WATCHDOG=1 every second expected: {} in 5.5 s",
+        pings.len()
+    );
+    assert!(
+        gaps.iter().all(|g| *g < 1.8),
+        "WATCHDOG=1 gaps under 1.8 s (half of WATCHDOG_USEC plus slack): {gaps:?}"
+    );
+
+    let sent = Instant::now();
+    let (status, took) = agent.terminate(STOP_TIMEOUT).expect("exits on SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    std::thread::sleep(Duration::from_millis(200));
+    done.store(true, Ordering::Relaxed);
+    let stopping = with_line(&received, "STOPPING=1");
+    assert_eq!(stopping.len(), 1, "one STOPPING=1: {stopping:?}");
+    assert!(stopping[0].0 >= sent, "STOPPING=1 came after SIGTERM");
+    println!(
+        "STOPPING=1 {} ms after SIGTERM; exit after {} ms",
+        (stopping[0].0 - sent).as_millis(),
+        took.as_millis()
+    );
+}
