@@ -46,6 +46,8 @@ pub struct AppState {
     pub readers: Arc<Mutex<Readers>>,
     /// The MAPE-K loop, once started (None: disabled).
     pub mapek: Arc<Mutex<Option<crate::mapek::SharedMapek>>>,
+    /// The supervised long-running tasks.
+    pub tasks: Arc<crate::tasks::Tasks>,
 }
 
 impl AppState {

@@ -1,7 +1,11 @@
 //! Supervision: the systemd notification protocol spoken to a socket the
 //! test binds (PID 1 here is not systemd, so this socket is the real peer):
 //! `READY=1` only once `/health/startup` answers 200, `WATCHDOG=1` every
-//! half of `WATCHDOG_USEC`, `STOPPING=1` on SIGTERM.
+//! half of `WATCHDOG_USEC`, `STOPPING=1` on SIGTERM. And the supervised
+//! tasks, broken through `POST /debug/task` (fault injection): a panicking
+//! collector is restarted with its counter and counts keep flowing, the
+//! fourth panic makes the agent exit with code 3; a stalled or dead MAPE-K
+//! loop or OTLP exporter fails readiness under its own name.
 
 use std::{
     os::unix::net::UnixDatagram,
@@ -162,4 +166,175 @@ fn notify_ready_after_attach_watchdog_and_stopping() {
         (stopping[0].0 - sent).as_millis(),
         took.as_millis()
     );
+}
+
+/// `POST /debug/task?task=TASK&fault=FAULT`.
+fn inject(agent: &Agent, task: &str, fault: &str) {
+    let (status, body) = agent.post(&format!("/debug/task?task={task}&fault={fault}"));
+    assert_eq!(status, 200, "inject {fault} into {task}: {body}");
+}
+
+fn restarts(s: &sonde_tests::Scrape, task: &str) -> f64 {
+    s.value_or_zero("sonde_task_restarts_total", &[("task", task)])
+}
+
+fn syscalls(s: &sonde_tests::Scrape) -> f64 {
+    s.sum("sonde_syscalls_total", &[])
+}
+
+#[test]
+fn a_panicking_collector_restarts_then_the_agent_gives_up_with_code_3() {
+    if !require_root() {
+        return;
+    }
+    let config = Config::new().set("debug", "fault_injection", "true");
+    let mut agent = Agent::start(&config.render(), &[]);
+    let s = agent.wait_for("the collector task up", Duration::from_secs(10), |s| {
+        s.value("sonde_task_up", &[("task", "collector")]) == Some(1.0)
+    });
+    assert_eq!(restarts(&s, "collector"), 0.0);
+    for n in 1..=3 {
+        inject(&agent, "collector", "panic");
+        let s = agent.wait_for(
+            &format!("collector restart {n}"),
+            Duration::from_secs(10),
+            |s| restarts(s, "collector") >= f64::from(n),
+        );
+        assert_eq!(
+            restarts(&s, "collector"),
+            f64::from(n),
+            "one restart per panic"
+        );
+        // Counts still flow: the machine's syscalls keep being collected.
+        let before = syscalls(&s);
+        let after = agent.wait_for(
+            "syscall counts rising after the restart",
+            Duration::from_secs(5),
+            |s| syscalls(s) > before,
+        );
+        assert_eq!(
+            after.value("sonde_task_up", &[("task", "collector")]),
+            Some(1.0)
+        );
+        assert_eq!(agent.get("/health/live").0, 200, "live after restart {n}");
+        println!(
+            "restart {n}: sonde_task_restarts_total{{task=\"collector\"}} = {}, syscalls {before} -> {}",
+            restarts(&after, "collector"),
+            syscalls(&after)
+        );
+    }
+    // The fourth panic within ten minutes exceeds the budget.
+    let sent = Instant::now();
+    inject(&agent, "collector", "panic");
+    let status = agent
+        .wait_exit(Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("still running after the 4th panic; log:\n{}", agent.log()));
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "exit code after the budget; log:\n{}",
+        agent.log_tail(20)
+    );
+    assert!(agent.log().contains("giving up"), "log says it gave up");
+    println!(
+        "4th panic: exit code 3 after {} ms",
+        sent.elapsed().as_millis()
+    );
+}
+
+/// Polls `/health/ready` until `pred(status, body)` or 20 s.
+fn ready_until(
+    agent: &Agent,
+    what: &str,
+    pred: impl Fn(u16, &serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = agent.get("/health/ready");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if pred(status, &v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: last /health/ready {status} {body}; log:\n{}",
+            agent.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn check<'a>(v: &'a serde_json::Value, component: &str) -> Option<&'a serde_json::Value> {
+    v["checks"]
+        .as_array()?
+        .iter()
+        .find(|c| c["component"] == component)
+}
+
+#[test]
+fn a_stalled_or_dead_mapek_loop_or_otlp_exporter_fails_readiness_by_name() {
+    if !require_root() {
+        return;
+    }
+    let config = Config::new()
+        .set("debug", "fault_injection", "true")
+        .set("otlp", "endpoint", "\"http://127.0.0.1:1\"")
+        .set("otlp", "interval_ms", "500")
+        .set("otlp", "timeout_ms", "500");
+    let agent = Agent::start(&config.render(), &[]);
+    ready_until(&agent, "ready with both tasks ok", |st, v| {
+        st == 200
+            && ["task.mapek", "task.otlp"]
+                .iter()
+                .all(|c| check(v, c).is_some_and(|c| c["status"] == "ok"))
+    });
+    for task in ["mapek", "otlp"] {
+        let component = format!("task.{task}");
+        let t0 = Instant::now();
+        inject(&agent, task, "stall");
+        let v = ready_until(&agent, &format!("{task} stalled"), |st, v| {
+            st == 503 && check(v, &component).is_some_and(|c| c["status"] == "failed")
+        });
+        let c = check(&v, &component).unwrap();
+        assert!(
+            c["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("stalled")),
+            "{c}"
+        );
+        let s = agent.wait_for(
+            &format!("sonde_task_up{{{task}}} = 0"),
+            Duration::from_secs(5),
+            |s| s.value("sonde_task_up", &[("task", task)]) == Some(0.0),
+        );
+        assert_eq!(
+            s.value("sonde_task_up", &[("task", "collector")]),
+            Some(1.0)
+        );
+        assert_eq!(agent.get("/health/live").0, 200, "liveness stays green");
+        println!(
+            "{task} stalled: readiness 503 after {} ms: {c}",
+            t0.elapsed().as_millis()
+        );
+        inject(&agent, task, "resume");
+        ready_until(&agent, &format!("{task} resumed"), |st, v| {
+            st == 200 && check(v, &component).is_some_and(|c| c["status"] == "ok")
+        });
+    }
+    // Dead: a panic ends an async task for good (no restart); both stay
+    // red by name.
+    for task in ["mapek", "otlp"] {
+        let component = format!("task.{task}");
+        inject(&agent, task, "panic");
+        let v = ready_until(&agent, &format!("{task} dead"), |st, v| {
+            st == 503 && check(v, &component).is_some_and(|c| c["status"] == "failed")
+        });
+        let c = check(&v, &component).unwrap();
+        assert!(
+            c["error"].as_str().is_some_and(|e| e.starts_with("exited")),
+            "{c}"
+        );
+        println!("{task} panicked: {c}");
+    }
+    agent.stop().expect("clean stop");
 }
