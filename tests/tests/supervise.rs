@@ -338,3 +338,45 @@ fn a_stalled_or_dead_mapek_loop_or_otlp_exporter_fails_readiness_by_name() {
     }
     agent.stop().expect("clean stop");
 }
+
+#[test]
+fn a_panicking_ring_reader_restarts_and_events_keep_arriving() {
+    if !require_root() {
+        return;
+    }
+    // Every syscall slower than 20 ms is an event: `sleep 0.05` makes one.
+    let config = Config::new()
+        .set("debug", "fault_injection", "true")
+        .set("syscalls", "slow_threshold_ms", "20")
+        .set("syscalls", "slow_ignore", "[]");
+    let agent = Agent::start(&config.render(), &[]);
+    let events =
+        |s: &sonde_tests::Scrape| s.value_or_zero("sonde_events_total", &[("ring", "syscall")]);
+    let slow_sleeps = || {
+        for _ in 0..5 {
+            let _ = std::process::Command::new("sleep").arg("0.05").status();
+        }
+    };
+    inject(&agent, "reader", "panic");
+    let s = agent.wait_for("reader restart", Duration::from_secs(10), |s| {
+        restarts(s, "reader") >= 1.0
+    });
+    assert_eq!(restarts(&s, "reader"), 1.0);
+    let before = events(&s);
+    slow_sleeps();
+    let after = agent.wait_for(
+        "syscall events after the reader restart",
+        Duration::from_secs(10),
+        |s| events(s) >= before + 5.0,
+    );
+    assert_eq!(
+        after.value("sonde_task_up", &[("task", "reader")]),
+        Some(1.0)
+    );
+    assert_eq!(agent.get("/health/ready").0, 200, "ready after the restart");
+    println!(
+        "reader restarted once; syscall ring events {before} -> {}",
+        events(&after)
+    );
+    agent.stop().expect("clean stop");
+}
