@@ -2,7 +2,8 @@
 //! run with their own timeout. A failing optional component makes the status
 //! `degraded` (HTTP 200); a failing required one makes it `failed` (503).
 //! Results are also exported as metrics, and refreshed in the background so
-//! alerts work even when nothing polls the endpoints.
+//! alerts work even when nothing polls the endpoints. Every supervised task
+//! (`tasks`) is a check named `task.NAME` on the endpoint its role names.
 
 use std::{
     sync::atomic::Ordering,
