@@ -380,3 +380,76 @@ fn a_panicking_ring_reader_restarts_and_events_keep_arriving() {
     );
     agent.stop().expect("clean stop");
 }
+
+#[test]
+fn a_stalled_collector_fails_liveness_and_starves_the_watchdog() {
+    if !require_root() {
+        return;
+    }
+    let dir = TempDir::new("notify-stall");
+    let path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
+    let done = Arc::new(AtomicBool::new(false));
+    let received = listen(socket, done.clone(), Arc::default());
+    let path_s = path.display().to_string();
+    let config = Config::new().set("debug", "fault_injection", "true");
+    let agent = Agent::start_with_env(
+        &config.render(),
+        &[],
+        &[("NOTIFY_SOCKET", &path_s), ("WATCHDOG_USEC", "2000000")],
+    );
+    let pings_since = |t: Instant| {
+        with_line(&received, "WATCHDOG=1")
+            .iter()
+            .filter(|(at, _)| *at >= t)
+            .count()
+    };
+    assert_eq!(agent.get("/health/live").0, 200);
+    let t0 = Instant::now();
+    inject(&agent, "collector", "stall");
+    // 200 ms interval: stalled after 3 x 200 ms + 1 s.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let body = loop {
+        let (status, body) = agent.get("/health/live");
+        if status == 503 {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "liveness still {status}: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let c = check(&v, "task.collector").unwrap_or_else(|| panic!("no task.collector: {v}"));
+    assert_eq!(c["status"], "failed", "{c}");
+    assert!(
+        c["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("stalled")),
+        "{c}"
+    );
+    println!(
+        "collector stalled: /health/live 503 after {} ms: {c}",
+        t0.elapsed().as_millis()
+    );
+    // No keep-alive while stalled: systemd would kill the agent after
+    // WATCHDOG_USEC.
+    let quiet_from = Instant::now();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        pings_since(quiet_from),
+        0,
+        "WATCHDOG=1 while the collector is stuck"
+    );
+    inject(&agent, "collector", "resume");
+    let resumed = Instant::now();
+    let deadline = resumed + Duration::from_secs(10);
+    while agent.get("/health/live").0 != 200 {
+        assert!(Instant::now() < deadline, "liveness not back after resume");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    let back = pings_since(resumed);
+    assert!(back >= 2, "WATCHDOG=1 resumes: {back} in 2.5 s");
+    println!("resumed: live 200, {back} WATCHDOG=1 in 2.5 s; none in 2.5 s while stalled");
+    done.store(true, Ordering::Relaxed);
+    agent.stop().expect("clean stop");
+}
