@@ -13,7 +13,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use agent_common::{
@@ -32,6 +32,7 @@ use tracing::{debug, warn};
 
 use crate::{
     syscall_table,
+    tasks::{Role, Task, Tasks},
     time::{monotonic_ns, now_ms, unix_seconds},
 };
 
@@ -220,10 +221,15 @@ impl EventSource {
 /// Starts the reader: one thread for every ring. A dedicated thread, not a
 /// runtime task: it must react to a filling ring however busy the HTTP
 /// server, collector and MAPE-K loop keep the runtime's workers.
+///
+/// The thread is the supervised task `reader` (readiness): it beats at
+/// every wake (at least every poll timeout), and a panic restarts its loop
+/// within the restart budget of [`Tasks`].
 pub fn spawn_readers(
     rings: Vec<(u32, &'static str, EventSource)>,
     transport: &'static str,
     keep: usize,
+    tasks: Arc<Tasks>,
 ) -> std::io::Result<(Arc<Events>, RingReader)> {
     let events = Arc::new(Events {
         transport,
@@ -235,13 +241,20 @@ pub fn spawn_readers(
         keep: keep.max(1),
         churn: Mutex::new(std::collections::HashMap::new()),
     });
-    let rings: Vec<EventSource> = rings.into_iter().map(|(_, _, ring)| ring).collect();
+    let mut rings: Vec<EventSource> = rings.into_iter().map(|(_, _, ring)| ring).collect();
     let shared = events.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let stop_flag = stop.clone();
+    // The poll timeout is 50 ms; 5 s without coming round (the backlog
+    // check's limit) is a stuck reader.
+    let task = tasks.register("reader", Role::Readiness, Duration::from_secs(5));
     let thread = std::thread::Builder::new()
         .name("ring-reader".into())
-        .spawn(move || read_rings(rings, &shared, &stop_flag))?;
+        .spawn(move || {
+            tasks.run_restarting(&task, || {
+                read_rings(&mut rings, &shared, &stop_flag, &task);
+            });
+        })?;
     debug!("ring reader started");
     Ok((events, RingReader { stop, thread }))
 }
@@ -254,7 +267,7 @@ pub fn spawn_readers(
 /// overload, 204,000 poll() calls a second for ~6 events each, 46% of a
 /// CPU, 28% of events lost, where a reader woken by the kernel's signal
 /// lost 1% on 21%.
-fn read_rings(mut rings: Vec<EventSource>, events: &Events, stop: &AtomicBool) {
+fn read_rings(rings: &mut [EventSource], events: &Events, stop: &AtomicBool, task: &Task) {
     // SAFETY: plain syscall; the fd is closed below.
     let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     if epoll < 0 {
@@ -264,6 +277,9 @@ fn read_rings(mut rings: Vec<EventSource>, events: &Events, stop: &AtomicBool) {
         );
         return;
     }
+    // Closed however the loop ends (a panic restarts it with a new one).
+    // SAFETY: a fresh fd that nothing else owns.
+    let _owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(epoll) };
     let mut waited_on = 0;
     for (index, ring) in rings.iter().enumerate() {
         for fd in ring.fds() {
@@ -283,6 +299,7 @@ fn read_rings(mut rings: Vec<EventSource>, events: &Events, stop: &AtomicBool) {
     }
     let mut ready = vec![libc::epoll_event { events: 0, u64: 0 }; waited_on.max(1)];
     while !stop.load(Ordering::Relaxed) {
+        task.beat();
         let now = now_ms();
         for (ring, state) in rings.iter_mut().zip(&events.rings) {
             // A stalled ring (fault injection) is not drained.
@@ -310,8 +327,6 @@ fn read_rings(mut rings: Vec<EventSource>, events: &Events, stop: &AtomicBool) {
             }
         }
     }
-    // SAFETY: our own fd, closed once.
-    unsafe { libc::close(epoll) };
 }
 
 /// What one drain took in, under one hold of the recent-events lock.

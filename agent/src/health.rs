@@ -2,7 +2,8 @@
 //! run with their own timeout. A failing optional component makes the status
 //! `degraded` (HTTP 200); a failing required one makes it `failed` (503).
 //! Results are also exported as metrics, and refreshed in the background so
-//! alerts work even when nothing polls the endpoints.
+//! alerts work even when nothing polls the endpoints. Every supervised task
+//! (`tasks`) is a check named `task.NAME` on the endpoint its role names.
 
 use std::{
     sync::atomic::Ordering,
@@ -11,7 +12,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::{state::AppState, time::now_ms};
+use crate::{state::AppState, tasks::Role, time::now_ms};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -65,12 +66,36 @@ pub async fn readiness(state: &AppState) -> Report {
             Box::new(move |s: &AppState| check_ring(s, label)),
         ));
     }
+    push_tasks(state, &mut components, &[Role::Readiness, Role::Degraded]);
     run(state, components).await
 }
 
-/// Liveness: the process answers and its collector thread is running.
+/// A check per supervised task with one of `roles`, named `task.NAME`:
+/// failed when the task is down (degraded for [`Role::Degraded`]).
+fn push_tasks(state: &AppState, components: &mut Components, roles: &[Role]) {
+    for task in state.tasks.all() {
+        if !roles.contains(&task.role) {
+            continue;
+        }
+        let down = if task.role == Role::Degraded {
+            Status::Degraded
+        } else {
+            Status::Failed
+        };
+        components.push((
+            format!("task.{}", task.name),
+            Box::new(move |_: &AppState| match task.problem() {
+                None => (Status::Ok, None),
+                Some(why) => (down, Some(why)),
+            }),
+        ));
+    }
+}
+
+/// Liveness: the process answers, its collector thread is running and
+/// every liveness task (the collector) beats.
 pub async fn liveness(state: &AppState) -> Report {
-    let components: Components = vec![(
+    let mut components: Components = vec![(
         "process".into(),
         Box::new(|s: &AppState| {
             if s.collector.is_alive() {
@@ -80,6 +105,7 @@ pub async fn liveness(state: &AppState) -> Report {
             }
         }),
     )];
+    push_tasks(state, &mut components, &[Role::Liveness]);
     run(state, components).await
 }
 

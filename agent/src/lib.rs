@@ -9,7 +9,8 @@
 //!
 //! 0. leaves: [`time`], [`version`], [`syscall_table`], [`cgroup`],
 //!    [`netif`], [`config`] (with `Mode` and the MAPE-K `Overlay`), [`cli`],
-//!    [`family`] (metric family builder)
+//!    [`family`] (metric family builder), [`notify`] (systemd's protocol),
+//!    [`tasks`] (supervision)
 //! 1. probe helpers, signals and events: `probes::{btf, capabilities,
 //!    tiers}`, [`signals`] (each signal's tiers, maps and families),
 //!    [`events`]
@@ -35,11 +36,13 @@ pub mod http;
 pub mod mapek;
 pub mod metrics;
 pub mod netif;
+pub mod notify;
 pub mod otlp;
 pub mod probes;
 pub mod serving;
 pub mod signals;
 pub mod state;
 pub mod syscall_table;
+pub mod tasks;
 pub mod time;
 pub mod version;

@@ -33,6 +33,7 @@ fn main() -> ExitCode {
             ExitCode::from(match failure {
                 Failure::Usage(_) => 2,
                 Failure::Runtime(_) => 1,
+                Failure::GaveUp(_) => sonde::tasks::EXIT_GAVE_UP,
             })
         }
     }

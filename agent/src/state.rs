@@ -48,6 +48,8 @@ pub struct AppState {
     pub mapek: Arc<Mutex<Option<crate::mapek::SharedMapek>>>,
     /// The HTTP server's own counters (the server's, shared).
     pub serving: Arc<crate::serving::Stats>,
+    /// The supervised long-running tasks.
+    pub tasks: Arc<crate::tasks::Tasks>,
 }
 
 impl AppState {
@@ -97,9 +99,10 @@ impl AppState {
     }
 
     /// What /metrics and the OTLP export add to the kernel's families:
-    /// the MAPE-K loop's and the HTTP server's own.
+    /// the MAPE-K loop's, the supervised tasks' and the HTTP server's own.
     pub fn extra_families(&self) -> Vec<prometheus::proto::MetricFamily> {
         let mut out = self.mapek_families();
+        out.extend(self.tasks.families());
         out.extend(crate::serving::families(&self.serving));
         out
     }

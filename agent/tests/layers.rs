@@ -34,7 +34,9 @@ const LAYERS: &[(&str, u8)] = &[
     ("config::overlay", 0),
     ("cli", 0),
     ("family", 0),
+    ("notify", 0),
     ("serving", 0),
+    ("tasks", 0),
     // 1. What the kernel offers, each signal's pieces, the event reader.
     ("probes::btf", 1),
     ("probes::capabilities", 1),

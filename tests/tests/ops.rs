@@ -1236,6 +1236,9 @@ fn systemd_unit_verifies_and_its_capabilities_suffice() {
     for line in [
         "ExecStart=/usr/local/bin/sonde run --config /etc/sonde/sonde.toml",
         "ExecReload=/bin/kill -HUP $MAINPID",
+        "Type=notify",
+        "NotifyAccess=main",
+        "WatchdogSec=30s",
         "Restart=on-failure",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",

@@ -33,6 +33,7 @@ use crate::{
     events::RingState,
     probes::{KernelMaps, loader::apply_runtime_config},
     signals::Reading,
+    tasks::{Role, Task, Tasks},
     time::{monotonic_ns, unix_seconds},
 };
 
@@ -298,14 +299,27 @@ impl Collector {
 
     /// Starts the collection loop on its own thread; the first snapshot is
     /// taken before this returns, so metrics are never empty once ready.
-    pub fn spawn(mut self) -> std::io::Result<CollectorHandle> {
+    ///
+    /// The loop is the supervised task `collector` (liveness): it beats
+    /// every time round, and a panic restarts it in place (the maps and
+    /// state survive) within the restart budget of [`Tasks`].
+    pub fn spawn(mut self, tasks: Arc<Tasks>) -> std::io::Result<CollectorHandle> {
         let first = self.collect();
         let snapshot: SharedSnapshot = Arc::new(RwLock::new(Arc::new(first)));
         let (commands, receiver) = mpsc::channel();
         let shared = snapshot.clone();
+        // Three missed collections (the readiness check's limit) and a
+        // second of slack.
+        let task = tasks.register(
+            "collector",
+            Role::Liveness,
+            self.interval * 3 + Duration::from_secs(1),
+        );
         let thread = thread::Builder::new()
             .name("sonde-collector".into())
-            .spawn(move || self.run(&shared, &receiver))?;
+            .spawn(move || {
+                tasks.run_restarting(&task, || self.run(&shared, &receiver, &task));
+            })?;
         Ok(CollectorHandle {
             snapshot,
             commands,
@@ -313,10 +327,16 @@ impl Collector {
         })
     }
 
-    fn run(&mut self, shared: &SharedSnapshot, commands: &Receiver<Command>) {
+    fn run(&mut self, shared: &SharedSnapshot, commands: &Receiver<Command>, task: &Task) {
         let mut next = Instant::now() + self.interval;
+        // systemd's watchdog is fed from here: a stuck collector is a
+        // stuck agent, and the service manager restarts it.
+        let mut watchdog = crate::notify::Watchdog::from_env();
         loop {
-            match commands.recv_timeout(next.saturating_duration_since(Instant::now())) {
+            task.beat();
+            watchdog.tick();
+            let wake = watchdog.due().map_or(next, |due| due.min(next));
+            match commands.recv_timeout(wake.saturating_duration_since(Instant::now())) {
                 Ok(Command::Reconfigure(config)) => {
                     self.configured = *config;
                     self.apply_runtime();
@@ -339,6 +359,9 @@ impl Collector {
                 }
                 Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => return,
                 Err(RecvTimeoutError::Timeout) => {}
+            }
+            if Instant::now() < next {
+                continue;
             }
             let snapshot = self.collect();
             *shared.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);

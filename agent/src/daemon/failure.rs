@@ -13,6 +13,11 @@ pub enum Failure {
     /// without a hook, a port in use (exit code 1).
     #[error("{0}")]
     Runtime(String),
+    /// A supervised task panicked more often than its restart budget
+    /// allows (exit code 3, `tasks::EXIT_GAVE_UP`): a fresh process may
+    /// fare better, so the orchestrator should restart it.
+    #[error("{0}")]
+    GaveUp(String),
 }
 
 impl Failure {

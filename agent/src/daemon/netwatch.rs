@@ -21,6 +21,7 @@ pub(super) async fn watch(
     state: AppState,
     probes: Arc<Mutex<Probes>>,
     every: Duration,
+    task: Arc<crate::tasks::Task>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut failed: BTreeSet<u32> = Default::default();
@@ -31,6 +32,7 @@ pub(super) async fn watch(
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
+        task.beat_async().await;
         let state = state.clone();
         let probes = probes.clone();
         let mut still_failed = std::mem::take(&mut failed);

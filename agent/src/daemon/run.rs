@@ -29,9 +29,10 @@ use crate::{
     config::Config,
     events, http, mapek,
     metrics::Metrics,
-    netif, otlp,
+    netif, notify, otlp,
     probes::{self, Probes, capabilities::Capabilities},
     state::{AppState, HealthState},
+    tasks::{self, RESTART_BUDGET, RESTART_WINDOW, Role},
 };
 
 /// Flips to `true` once, on SIGTERM or SIGINT.
@@ -122,13 +123,22 @@ async fn serve(
         refresher: spawn_refresher(&state, &shutdown_rx),
         otlp: spawn_otlp(&config, &state, &shutdown_rx),
     };
+    // The programs are attached and /health/startup answers 200: tell the
+    // service manager (Type=notify), so `systemctl start` returns now.
+    let attached = state.attachments().iter().filter(|a| a.attached).count();
+    notify::ready(&format!(
+        "ready: {attached} hooks attached; listening on {}",
+        config.listen
+    ));
 
-    wait_for_signals(&state, &serving, config_path.as_deref()).await?;
+    let waited = wait_for_signals(&state, &serving, config_path.as_deref()).await;
+    notify::stopping();
+    state.tasks.shutting_down();
     let _ = shutdown_tx.send(true);
     let _ = tokio::task::spawn_blocking(move || serving.join(Duration::from_millis(1500))).await;
     stop(tasks, &state, &probes).await;
     info!(target: LOG_TARGET, "detached; bye");
-    Ok(())
+    waited
 }
 
 fn bind(listen: SocketAddr) -> Result<std::net::TcpListener, Failure> {
@@ -228,15 +238,20 @@ fn start_pipeline(
         .collect();
     let rings = std::mem::take(&mut probes.rings);
     info!(target: LOG_TARGET, "events arrive through {}", probes.event_transport);
-    let (events, reader) =
-        events::spawn_readers(rings, probes.event_transport, config.events.keep_recent)
-            .map_err(|e| Failure::runtime(format!("starting the ring reader: {e}")))?;
+    let tasks = tasks::Tasks::new();
+    let (events, reader) = events::spawn_readers(
+        rings,
+        probes.event_transport,
+        config.events.keep_recent,
+        tasks.clone(),
+    )
+    .map_err(|e| Failure::runtime(format!("starting the ring reader: {e}")))?;
     let maps = probes
         .maps
         .take()
         .ok_or_else(|| Failure::runtime("kernel maps already taken"))?;
     let collector = Collector::new(maps, config, program_ids, events.rings.clone())
-        .spawn()
+        .spawn(tasks.clone())
         .map_err(|e| Failure::runtime(format!("starting the collector: {e}")))?;
 
     let state = AppState {
@@ -252,6 +267,7 @@ fn start_pipeline(
         readers: Arc::new(Mutex::new(Some(reader))),
         mapek: Arc::default(),
         serving: Arc::default(),
+        tasks,
     };
     state.publish(probes);
     Ok(state)
@@ -270,13 +286,23 @@ fn spawn_mapek(
             &state.attachments(),
         )));
         *state.mapek.lock().unwrap_or_else(|e| e.into_inner()) = Some(mapek.clone());
+        // Three cycles and five seconds of slack (a cycle holds the loop's
+        // lock while it plans).
+        let interval = Duration::from_millis(config.collector.interval_ms);
+        let task = state.tasks.register(
+            "mapek",
+            Role::Readiness,
+            interval * 3 + Duration::from_secs(5),
+        );
         let inputs = mapek::Inputs {
             config: state.config.clone(),
             collector: state.collector.clone(),
             events: state.events.clone(),
             serving_cpu: serving.cpu.clone(),
+            task: task.clone(),
         };
-        tokio::spawn(mapek::run(inputs, mapek, shutdown.clone()))
+        let body = mapek::run(inputs, mapek, shutdown.clone());
+        tokio::spawn(state.tasks.clone().run_async(task, body))
     })
 }
 
@@ -292,43 +318,68 @@ fn spawn_watcher(
         && config.network.interfaces.is_empty()
         && config.network.rescan_interval_s > 0)
         .then(|| {
-            tokio::spawn(netwatch::watch(
+            let every = Duration::from_secs(config.network.rescan_interval_s);
+            // A rescan attaches programs (netlink, the verifier): allow two
+            // periods and half a minute.
+            let task = state.tasks.register(
+                "netwatch",
+                Role::Degraded,
+                every * 2 + Duration::from_secs(30),
+            );
+            let body = netwatch::watch(
                 state.clone(),
                 probes.clone(),
-                Duration::from_secs(config.network.rescan_interval_s),
+                every,
+                task.clone(),
                 shutdown.clone(),
-            ))
+            );
+            tokio::spawn(state.tasks.clone().run_async(task, body))
         })
 }
 
 /// Keeps health metrics current even when nothing polls the endpoints.
 fn spawn_refresher(state: &AppState, shutdown: &Shutdown) -> JoinHandle<()> {
+    let task = state
+        .tasks
+        .register("refresher", Role::Degraded, Duration::from_secs(30));
+    let tasks = state.tasks.clone();
     let state = state.clone();
     let mut rx = shutdown.clone();
-    tokio::spawn(async move {
+    let beat = task.clone();
+    tokio::spawn(tasks.run_async(task, async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tokio::select! {
-                _ = tick.tick() => { let _ = crate::health::readiness(&state).await; }
+                _ = tick.tick() => {
+                    beat.beat_async().await;
+                    let _ = crate::health::readiness(&state).await;
+                    let _ = crate::health::liveness(&state).await;
+                }
                 _ = rx.changed() => return,
             }
         }
-    })
+    }))
 }
 
 /// OTLP export, when an endpoint is configured: its own task, so a slow
 /// collector never holds up the readers or the collector.
 fn spawn_otlp(config: &Config, state: &AppState, shutdown: &Shutdown) -> Option<JoinHandle<()>> {
     config.otlp.enabled().then(|| {
-        tokio::spawn(otlp::run(
-            state.clone(),
-            config.otlp.clone(),
-            shutdown.clone(),
-        ))
+        let o = &config.otlp;
+        // An export may take its timeout per signal: two intervals, three
+        // timeouts and five seconds.
+        let task = state.tasks.register(
+            "otlp",
+            Role::Readiness,
+            Duration::from_millis(2 * o.interval_ms + 3 * o.timeout_ms) + Duration::from_secs(5),
+        );
+        let body = otlp::run(state.clone(), o.clone(), task.clone(), shutdown.clone());
+        tokio::spawn(state.tasks.clone().run_async(task, body))
     })
 }
 
-/// Until SIGTERM or SIGINT; SIGHUP reloads the configuration and the web
+/// Until SIGTERM or SIGINT, or a supervised task gave up (the agent then
+/// shuts down in order and exits with code 3); SIGHUP reloads the configuration and the web
 /// configuration file.
 async fn wait_for_signals(
     state: &AppState,
@@ -345,6 +396,12 @@ async fn wait_for_signals(
             _ = sighup.recv() => {
                 reload::reload(state, config_path);
                 serving.reload_web_config();
+            }
+            task = state.tasks.wait_gave_up() => {
+                return Err(Failure::GaveUp(format!(
+                    "task {task} panicked more than {RESTART_BUDGET} times in {} s",
+                    RESTART_WINDOW.as_secs()
+                )));
             }
         }
     }

@@ -121,7 +121,8 @@ fn routes(server: Server, fault_injection: bool) -> Router {
         router = router
             .route("/debug/fail", post(debug_fail))
             .route("/debug/recover", post(debug_recover))
-            .route("/debug/stall-reader", post(debug_stall));
+            .route("/debug/stall-reader", post(debug_stall))
+            .route("/debug/task", post(debug_task));
     }
     router.with_state(server)
 }
@@ -352,6 +353,36 @@ fn set_forced(server: &Server, query: &HashMap<String, String>, failed: bool) ->
         forced.remove(component);
         (StatusCode::OK, format!("{component} recovered\n")).into_response()
     }
+}
+
+/// `POST /debug/task?task=NAME&fault=panic|stall|resume`: the supervised
+/// task panics at its next heartbeat, or blocks there until resumed.
+async fn debug_task(
+    State(server): State<Server>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let state = running!(server);
+    let Some(name) = query.get("task") else {
+        return (StatusCode::BAD_REQUEST, "task=NAME is required\n").into_response();
+    };
+    let Some(task) = state.tasks.get(name) else {
+        return (StatusCode::NOT_FOUND, format!("no task {name}\n")).into_response();
+    };
+    match query.get("fault").map(String::as_str) {
+        Some("panic") => task.inject_panic(),
+        Some("stall") => task.inject_stall(true),
+        Some("resume") => task.inject_stall(false),
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "fault=panic|stall|resume is required\n",
+            )
+                .into_response();
+        }
+    }
+    let fault = &query["fault"];
+    tracing::warn!(task = name, fault, "fault injection: task");
+    (StatusCode::OK, format!("{name}: {fault}\n")).into_response()
 }
 
 async fn debug_stall(

@@ -428,6 +428,8 @@ pub struct Inputs {
     /// CPU time of the HTTP server's threads: serving is not telemetry,
     /// and a flood of requests must not make the governor shed signals.
     pub serving_cpu: Arc<crate::time::ThreadCpu>,
+    /// The loop's supervised task (`mapek`): beaten every cycle.
+    pub task: Arc<crate::tasks::Task>,
 }
 
 impl Inputs {
@@ -474,6 +476,7 @@ pub async fn run(
             _ = tick.tick() => {}
             _ = shutdown.changed() => break,
         }
+        inputs.task.beat_async().await;
         let now = inputs.snapshot();
         if Arc::ptr_eq(&now, &prev) {
             continue; // no new snapshot yet

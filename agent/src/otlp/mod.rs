@@ -18,6 +18,7 @@
 
 use std::{
     collections::BTreeSet,
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -76,7 +77,14 @@ struct Exporter {
 
 /// The exporter task: returns at once when no endpoint is configured, and
 /// when `shutdown` changes.
-pub async fn run(state: AppState, config: OtlpConfig, mut shutdown: watch::Receiver<bool>) {
+///
+/// `task` is the exporter's supervised task (`otlp`), beaten every cycle.
+pub async fn run(
+    state: AppState,
+    config: OtlpConfig,
+    task: Arc<crate::tasks::Task>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     if !config.enabled() {
         return;
     }
@@ -122,6 +130,7 @@ pub async fn run(state: AppState, config: OtlpConfig, mut shutdown: watch::Recei
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
+        task.beat_async().await;
         tokio::select! {
             _ = exporter.cycle() => {}
             _ = shutdown.changed() => return,
