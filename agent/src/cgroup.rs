@@ -17,6 +17,11 @@ const MAX_DIRS: usize = 20_000;
 /// Where cgroup2 is mounted, from /proc/self/mounts; None: not mounted.
 pub fn v2_root() -> Option<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    v2_root_in(&mounts)
+}
+
+/// Where cgroup2 is mounted, from the text of a /proc/PID/mounts.
+pub fn v2_root_in(mounts: &str) -> Option<PathBuf> {
     mounts.lines().find_map(|line| {
         let mut fields = line.split_whitespace();
         let (_, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);

@@ -619,6 +619,15 @@ impl Config {
             })?,
             None => String::new(),
         };
+        Self::parse(&text, path, env)
+    }
+
+    /// [`Config::load`] of a file's text (`path` only names it in errors).
+    pub fn parse(
+        text: &str,
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let mut table: toml::Table =
             text.parse()
                 .map_err(|e: toml::de::Error| ConfigError::Parse {

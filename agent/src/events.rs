@@ -447,6 +447,22 @@ fn drain(ring: &mut EventSource, state: &RingState, events: &Events) {
     state.last_drain_ms.store(now_ms(), Ordering::Relaxed);
 }
 
+/// The parent pid and cgroup a process event names (churn).
+pub type Parent = (u32, u64);
+
+/// One record as it left the kernel, through every step the reader and
+/// /api/v1/events take: the reader's check (`Err` for an unknown kind or
+/// a record shorter than its struct, counted as a decode error), the
+/// churn it records, and the decoded event.
+pub fn decode_record(bytes: &[u8]) -> Result<(Option<Parent>, EventRecord), &'static str> {
+    if !well_formed(bytes) {
+        return Err("unknown kind or short record");
+    }
+    let churn = process_parent(bytes);
+    let record = decode(bytes, &WallClock::now()).ok_or("undecodable record")?;
+    Ok((churn, record))
+}
+
 /// (parent, cgroup) of a process exec or exit event.
 fn process_parent(bytes: &[u8]) -> Option<(u32, u64)> {
     let header = read::<EventHeader>(bytes)?;
@@ -568,4 +584,121 @@ fn decode(bytes: &[u8], clock: &WallClock) -> Option<EventRecord> {
 pub fn c_string(bytes: &[u8]) -> String {
     let len = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..len]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use agent_common::{
+        events::{COMM_LEN, FILENAME_LEN},
+        net::FlowKey,
+    };
+
+    use super::*;
+
+    fn bytes_of<T: Copy>(value: &T) -> Vec<u8> {
+        // SAFETY: T is a plain #[repr(C)] struct of integers and arrays.
+        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
+            .to_vec()
+    }
+
+    fn header(kind: u32) -> EventHeader {
+        EventHeader {
+            kind,
+            cpu: 1,
+            ts_ns: monotonic_ns(),
+        }
+    }
+
+    fn exec() -> ProcessEvent {
+        let mut comm = [0u8; COMM_LEN];
+        comm[..4].copy_from_slice(b"true");
+        let mut filename = [0u8; FILENAME_LEN];
+        filename[..13].copy_from_slice(b"/usr/bin/true");
+        ProcessEvent {
+            header: header(EVENT_PROCESS_EXEC),
+            pid: 5000,
+            ppid: 1,
+            cgroup_id: 77,
+            exit_code: 0,
+            _pad: 0,
+            comm,
+            filename,
+        }
+    }
+
+    #[test]
+    fn decodes_every_kind() {
+        let (parent, record) = decode_record(&bytes_of(&exec())).unwrap();
+        assert_eq!(parent, Some((1, 77)));
+        assert!(
+            matches!(record, EventRecord::ProcessExec { pid: 5000, ref filename, .. } if filename == "/usr/bin/true")
+        );
+
+        let slow = SlowSyscallEvent {
+            header: header(EVENT_SLOW_SYSCALL),
+            pid: 1,
+            tid: 2,
+            cgroup_id: 3,
+            syscall_id: 39,
+            _pad: 0,
+            latency_ns: 5,
+            ret: -11,
+            comm: [b'x'; COMM_LEN],
+        };
+        let (parent, record) = decode_record(&bytes_of(&slow)).unwrap();
+        assert_eq!(parent, None);
+        assert!(
+            matches!(record, EventRecord::SlowSyscall { ret: -11, ref comm, .. } if comm == "xxxxxxxxxxxxxxxx")
+        );
+
+        let mut src_addr = [0u8; 16];
+        src_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        // Zeroed first: FlowEvent ends in padding, which bytes_of reads.
+        // SAFETY: all-zero bytes are a valid FlowEvent (integers only).
+        let mut flow: FlowEvent = unsafe { std::mem::zeroed() };
+        flow.header = header(EVENT_NEW_FLOW);
+        flow.key = FlowKey {
+            ifindex: 1,
+            direction: 0,
+            family: FAMILY_IPV4,
+            protocol: 6,
+            _pad: 0,
+            src_addr,
+            dst_addr: src_addr,
+            src_port: 40000,
+            dst_port: 8080,
+        };
+        flow.bytes = 60;
+        let (_, record) = decode_record(&bytes_of(&flow)).unwrap();
+        assert!(
+            matches!(record, EventRecord::NewFlow { ref src, dst_port: 8080, .. } if src == "127.0.0.1")
+        );
+    }
+
+    /// Short, garbage and oversized records: an error or a decoded event,
+    /// never a panic or a read past the record.
+    #[test]
+    fn short_garbage_and_oversized_records() {
+        let full = bytes_of(&exec());
+        for len in 0..full.len() {
+            assert!(decode_record(&full[..len]).is_err(), "{len} bytes accepted");
+        }
+        let mut unknown = bytes_of(&header(99));
+        unknown.extend_from_slice(&[0xff; 200]);
+        assert!(decode_record(&unknown).is_err());
+        assert!(decode_record(&[0xff; 4096]).is_err());
+        // Longer than its struct (a perf sample's padding): the struct is
+        // read, the rest ignored.
+        let mut oversized = full.clone();
+        oversized.extend_from_slice(&[0xff; 64]);
+        assert!(decode_record(&oversized).is_ok());
+        // Names without a NUL and not UTF-8 are read lossily.
+        let mut garbage = exec();
+        garbage.comm = [0xff; COMM_LEN];
+        garbage.filename = [0xc3; FILENAME_LEN];
+        let (_, record) = decode_record(&bytes_of(&garbage)).unwrap();
+        assert!(
+            matches!(record, EventRecord::ProcessExec { ref comm, .. } if comm.chars().count() == COMM_LEN)
+        );
+    }
 }

@@ -4,6 +4,7 @@
 mod bench;
 mod bootstrap;
 mod eval;
+mod fuzz;
 mod run;
 mod stack;
 mod test;
@@ -30,7 +31,7 @@ struct Cli {
 enum Command {
     /// Build the agent (installing the eBPF toolchain if needed) and run it as root.
     Run(run::Options),
-    /// Install what the suite needs, then format check, both clippy passes, unit tests,
+    /// Install what the suite needs, then format check, both clippy passes, unit tests, fuzz smoke,
     /// the privileged integration tests, kernel matrix, stack, bench and eval smoke runs.
     Test(test::Options),
     /// The agent plus a real Prometheus and Alertmanager on loopback, to see it all working.
@@ -39,6 +40,8 @@ enum Command {
     Bench(bench::Options),
     /// Score the anomaly detector on injected incidents against a 3-sigma detector (root); writes docs/eval.md.
     Eval(eval::Options),
+    /// Build the cargo-fuzz targets (agent/fuzz) and run each for N seconds; fails on a crash.
+    Fuzz(fuzz::Options),
     /// Boot Debian kernels in qemu and run sonde check and the integration tests inside; writes docs/kernels.md.
     VmTest(vm::Options),
 }
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
         Command::Stack(opts) => stack::run(opts).map(|()| ExitCode::SUCCESS),
         Command::Bench(opts) => bench::run(opts).map(|()| ExitCode::SUCCESS),
         Command::Eval(opts) => eval::run(opts).map(|()| ExitCode::SUCCESS),
+        Command::Fuzz(opts) => fuzz::run(opts).map(|()| ExitCode::SUCCESS),
         Command::VmTest(opts) => vm::run(opts).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {

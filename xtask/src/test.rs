@@ -38,6 +38,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         ("clippy: user space", clippy_user),
         ("clippy: kernel programs", clippy_ebpf),
         ("unit tests", unit_tests),
+        // Every fuzz target for 5 s from its seeds: the targets build and
+        // nothing in the corpus crashes (~2 minutes warm).
+        ("fuzz smoke (5 s per target)", crate::fuzz::smoke),
     ];
     if !opts.no_integration {
         steps.push(("integration tests (root)", integration_tests));

@@ -11,6 +11,9 @@ use crate::util;
 pub const NIGHTLY: &str = "nightly-2026-05-19";
 /// bpf-linker, installed with `cargo install --locked`.
 pub const BPF_LINKER_VERSION: &str = "0.10.3";
+/// cargo-fuzz (`cargo xtask fuzz`, and its smoke in `cargo xtask test`),
+/// installed with `cargo install --locked`; it runs on [`NIGHTLY`].
+pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// The kernel programs' target.
 pub const BPF_TARGET: &str = "bpfel-unknown-none";
 /// Static binaries (no C library): the FROM-scratch container image and
@@ -47,8 +50,13 @@ pub fn ensure(purpose: Purpose) -> anyhow::Result<()> {
     }
     ensure_nightly(&nightly_components)?;
     ensure_bpf_linker()?;
+    let mut extra = String::new();
+    if purpose == Purpose::Lint {
+        ensure_cargo_fuzz()?;
+        extra = format!(", cargo-fuzz {CARGO_FUZZ_VERSION}");
+    }
     println!(
-        "toolchain ok: {NIGHTLY} ({}), bpf-linker {BPF_LINKER_VERSION}",
+        "toolchain ok: {NIGHTLY} ({}), bpf-linker {BPF_LINKER_VERSION}{extra}",
         nightly_components.join(", ")
     );
     Ok(())
@@ -118,6 +126,41 @@ fn bpf_linker_version() -> Option<String> {
     let out = util::stdout_of(util::command("bpf-linker").arg("--version"))?;
     // `bpf-linker 0.10.3`
     out.split_whitespace().nth(1).map(str::to_owned)
+}
+
+/// The version `cargo fuzz --version` reports, if it runs.
+fn cargo_fuzz_version() -> Option<String> {
+    let out = util::stdout_of(util::cargo().args(["fuzz", "--version"]))?;
+    // `cargo-fuzz 0.13.2`
+    out.split_whitespace().nth(1).map(str::to_owned)
+}
+
+/// Installs the pinned cargo-fuzz unless it is there, as bpf-linker is.
+pub fn ensure_cargo_fuzz() -> anyhow::Result<()> {
+    let found = cargo_fuzz_version();
+    if found.as_deref() == Some(CARGO_FUZZ_VERSION) {
+        return Ok(());
+    }
+    let mut install = util::cargo();
+    install.args([
+        "install",
+        &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
+        "--locked",
+    ]);
+    match &found {
+        Some(v) => {
+            println!("cargo-fuzz {v} found, {CARGO_FUZZ_VERSION} is pinned: reinstalling");
+            install.arg("--force");
+        }
+        None => println!("cargo-fuzz not found: installing {CARGO_FUZZ_VERSION} (a few minutes)"),
+    }
+    util::run(&mut install)?;
+    match cargo_fuzz_version() {
+        Some(v) if v == CARGO_FUZZ_VERSION => Ok(()),
+        other => bail!(
+            "installed cargo-fuzz {CARGO_FUZZ_VERSION}, but `cargo fuzz --version` says {other:?}: put cargo's bin directory (usually ~/.cargo/bin) first on PATH"
+        ),
+    }
 }
 
 fn ensure_bpf_linker() -> anyhow::Result<()> {

@@ -226,6 +226,17 @@ pub fn validate(learned: Learned) -> (Learned, Vec<String>) {
     (kept, problems)
 }
 
+/// A knowledge file's bytes as [`Knowledge::load`] takes them: what was
+/// learned, each value in its range, and what was dropped; `Err` (why)
+/// when the file is not Sonde's JSON of this version.
+pub fn parse(bytes: &[u8]) -> Result<(Learned, Vec<String>), String> {
+    match serde_json::from_slice::<Stored>(bytes) {
+        Ok(stored) if stored.version == VERSION => Ok(validate(stored.learned)),
+        Ok(stored) => Err(format!("version {} (expected {VERSION})", stored.version)),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
 impl Knowledge {
     pub fn new(dir: &Path) -> Self {
         Self {
@@ -254,18 +265,13 @@ impl Knowledge {
                 return Learned::default();
             }
         };
-        let learned = match serde_json::from_slice::<Stored>(&bytes) {
-            Ok(stored) if stored.version == VERSION => stored.learned,
-            Ok(stored) => {
-                self.set_aside(&format!("version {} (expected {VERSION})", stored.version));
-                return Learned::default();
-            }
-            Err(err) => {
-                self.set_aside(&err.to_string());
+        let (learned, problems) = match parse(&bytes) {
+            Ok(parsed) => parsed,
+            Err(why) => {
+                self.set_aside(&why);
                 return Learned::default();
             }
         };
-        let (learned, problems) = validate(learned);
         for problem in problems {
             warn!("MAPE-K knowledge {}: {problem}", self.path.display());
         }

@@ -79,19 +79,21 @@ pub fn describe_syscall_process(subjects: &Subjects, by_errors: bool) -> Option<
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|c| c.trim().to_owned())
         .unwrap_or_else(|_| "exited".into());
-    // cgroup v2: the one "0::PATH" line.
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
-        })
+        .and_then(|t| proc_cgroup_v2(&t))
         .unwrap_or_else(|| "unknown".into());
     Some(format!(
         "process {pid} ({comm}): {:.0} syscalls/s, {:.0} failed/s, cgroup {cgroup}",
         counts.calls as f64 / subjects.seconds,
         counts.errors as f64 / subjects.seconds
     ))
+}
+
+/// The cgroup v2 path in a /proc/PID/cgroup text: its one "0::PATH" line.
+pub fn proc_cgroup_v2(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
 }
 
 /// Rates between `prev` and `now`; None until two snapshots exist.

@@ -41,7 +41,7 @@ use crate::{config::OtlpConfig, state::AppState, version};
 
 mod transport;
 
-pub use transport::{ExportError, Signal, signal_url};
+pub use transport::{ExportError, Signal, http_response, signal_url};
 use transport::{Payload, Transport};
 
 /// Attempts per export (the first one and its retries).

@@ -20,8 +20,13 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 use opentelemetry_proto::tonic::collector::{
-    logs::v1::{ExportLogsServiceRequest, logs_service_client::LogsServiceClient},
-    metrics::v1::{ExportMetricsServiceRequest, metrics_service_client::MetricsServiceClient},
+    logs::v1::{
+        ExportLogsServiceRequest, ExportLogsServiceResponse, logs_service_client::LogsServiceClient,
+    },
+    metrics::v1::{
+        ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+        metrics_service_client::MetricsServiceClient,
+    },
 };
 use prost::Message;
 use thiserror::Error;
@@ -316,14 +321,7 @@ impl Transport {
                 let response = client.request(request).await?;
                 let status = response.status();
                 let body = response.into_body().collect().await?.to_bytes();
-                if status.is_success() {
-                    Ok(())
-                } else {
-                    Err(ExportError::HttpStatus {
-                        status: status.as_u16(),
-                        body: String::from_utf8_lossy(&body[..body.len().min(256)]).into_owned(),
-                    })
-                }
+                http_response(payload.signal(), status.as_u16(), &body)
             }
             // Built per signal in `new`: a gRPC sender only ever gets its
             // own signal.
@@ -331,6 +329,36 @@ impl Transport {
             | (Sender::GrpcLogs(_), Payload::Metrics(_)) => Ok(()),
         }
     }
+}
+
+/// What an OTLP/HTTP collector's answer means: a 2xx is accepted (its
+/// body, an Export*ServiceResponse, may report rejected points, logged;
+/// an empty or undecodable one is not an error), anything else an error
+/// carrying the start of the body.
+pub fn http_response(signal: Signal, status: u16, body: &[u8]) -> Result<(), ExportError> {
+    if !(200..300).contains(&status) {
+        return Err(ExportError::HttpStatus {
+            status,
+            body: String::from_utf8_lossy(&body[..body.len().min(256)]).into_owned(),
+        });
+    }
+    let rejected = match signal {
+        Signal::Metrics => ExportMetricsServiceResponse::decode(body)
+            .ok()
+            .and_then(|r| r.partial_success)
+            .map(|p| (p.rejected_data_points, p.error_message)),
+        Signal::Logs => ExportLogsServiceResponse::decode(body)
+            .ok()
+            .and_then(|r| r.partial_success)
+            .map(|p| (p.rejected_log_records, p.error_message)),
+    };
+    if let Some((rejected, message)) = rejected.filter(|(n, _)| *n > 0) {
+        debug!(
+            "OTLP: collector rejected {rejected} {}: {message}",
+            signal.label()
+        );
+    }
+    Ok(())
 }
 
 fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {

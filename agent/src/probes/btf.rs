@@ -15,6 +15,10 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 const BTF_MAGIC: u16 = 0xeb9f;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
+/// Structs and unions one member lookup visits at most: anonymous members
+/// that name their own struct (a malformed blob) would otherwise make the
+/// search exponential in its depth.
+const MAX_VISITS: u32 = 10_000;
 
 #[derive(Debug, Error)]
 pub enum BtfError {
@@ -80,13 +84,14 @@ impl Btf {
         if types + type_len > data.len() || strings + str_len > data.len() {
             return Err(BtfError::Malformed("sections past the end"));
         }
-        let name = |off: u32| -> String {
-            let start = strings + off as usize;
-            let end = data[start..strings + str_len]
-                .iter()
-                .position(|&b| b == 0)
-                .map_or(strings + str_len, |p| start + p);
-            String::from_utf8_lossy(&data[start..end]).into_owned()
+        // In bounds: checked just above.
+        let string_section = &data[strings..strings + str_len];
+        let name = |off: u32| -> Result<String, BtfError> {
+            let rest = string_section
+                .get(off as usize..)
+                .ok_or(BtfError::Malformed("name offset past the string section"))?;
+            let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+            Ok(String::from_utf8_lossy(&rest[..end]).into_owned())
         };
 
         let mut composites = HashMap::new();
@@ -119,7 +124,7 @@ impl Btf {
                         return Err(BtfError::Malformed("truncated member"));
                     };
                     members.push(Member {
-                        name: name(m_name),
+                        name: name(m_name)?,
                         type_id: m_type,
                         // With kind_flag the top 8 bits are a bitfield size.
                         bit_offset: if kind_flag {
@@ -129,7 +134,7 @@ impl Btf {
                         },
                     });
                 }
-                let type_name = name(name_off);
+                let type_name = name(name_off)?;
                 if kind == KIND_STRUCT && !type_name.is_empty() {
                     by_name.entry(type_name).or_insert(id);
                 }
@@ -151,12 +156,14 @@ impl Btf {
             .by_name
             .get(name)
             .ok_or_else(|| BtfError::NoStruct(name.to_owned()))?;
-        self.find(id, member, 0)
+        let mut budget = MAX_VISITS;
+        self.find(id, member, 0, &mut budget)
             .map(|bits| bits / 8)
             .ok_or_else(|| BtfError::NoMember(name.to_owned(), member.to_owned()))
     }
 
-    fn find(&self, id: u32, member: &str, depth: u32) -> Option<u32> {
+    fn find(&self, id: u32, member: &str, depth: u32, budget: &mut u32) -> Option<u32> {
+        *budget = budget.checked_sub(1)?;
         let composite = self.composites.get(&id)?;
         for m in &composite.members {
             if m.name == member {
@@ -172,8 +179,8 @@ impl Btf {
             .filter(|m| m.name.is_empty())
             .find_map(|m| {
                 let inner = self.resolve(m.type_id)?;
-                self.find(inner, member, depth + 1)
-                    .map(|o| o + m.bit_offset)
+                self.find(inner, member, depth + 1, budget)
+                    .map(|o| o.saturating_add(m.bit_offset))
             })
     }
 
@@ -211,5 +218,64 @@ mod tests {
     #[test]
     fn rejects_garbage() {
         assert!(Btf::parse(b"not btf at all").is_err());
+    }
+
+    /// A header, then `types`, then `strings`.
+    fn blob(types: &[u32], strings: &[u8]) -> Vec<u8> {
+        let type_len = (types.len() * 4) as u32;
+        let mut b = Vec::new();
+        b.extend_from_slice(&BTF_MAGIC.to_le_bytes());
+        b.extend_from_slice(&[1, 0]); // version, flags
+        for word in [24, 0, type_len, type_len, strings.len() as u32] {
+            b.extend_from_slice(&word.to_le_bytes());
+        }
+        for word in types {
+            b.extend_from_slice(&word.to_le_bytes());
+        }
+        b.extend_from_slice(strings);
+        b
+    }
+
+    #[test]
+    fn reads_a_struct_member() {
+        // struct s { int m at byte 4 }: one member, kind struct.
+        let btf = Btf::parse(&blob(
+            &[1, (KIND_STRUCT << 24) | 1, 8, 3, 0, 32],
+            b"\0s\0m\0",
+        ))
+        .unwrap();
+        assert_eq!(btf.member_offset("s", "m").unwrap(), 4);
+    }
+
+    /// Anonymous members that are their own struct, many times over: the
+    /// lookup ends (not found), it does not search 1000^8 paths.
+    #[test]
+    fn self_referencing_anonymous_members_end() {
+        let mut types = vec![1, (KIND_STRUCT << 24) | 1000, 8];
+        for _ in 0..1000 {
+            types.extend_from_slice(&[0, 1, 0]); // anonymous, type 1 (itself)
+        }
+        let btf = Btf::parse(&blob(&types, b"\0s\0")).unwrap();
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            btf.member_offset("s", "nothing"),
+            Err(BtfError::NoMember(..))
+        ));
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    /// Found by the `btf` fuzz target: a name offset past the string
+    /// section panicked (slice out of range); now a clear error.
+    #[test]
+    fn name_offset_past_the_strings_is_an_error() {
+        for (type_name, member_name) in [(0x6f69_6e67, 3), (1, 0x6f69_6e67), (u32::MAX, 0)] {
+            let err = Btf::parse(&blob(
+                &[type_name, (KIND_STRUCT << 24) | 1, 8, member_name, 0, 32],
+                b"\0s\0m\0",
+            ))
+            .err()
+            .expect("rejected");
+            assert!(err.to_string().contains("name offset"), "{err}");
+        }
     }
 }

@@ -91,13 +91,16 @@ pub fn kernel_release() -> String {
 fn effective_caps() -> u64 {
     fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        })
+        .and_then(|status| status_cap_eff(&status))
         .unwrap_or(0)
+}
+
+/// The `CapEff:` mask of a /proc/PID/status text.
+pub fn status_cap_eff(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
 }
 
 /// The required capabilities this process lacks (none when it has
@@ -172,6 +175,12 @@ pub fn tracepoint_field_offset(
     field: &str,
 ) -> Option<u32> {
     let format = fs::read_to_string(format!("{tracefs}/events/{category}/{name}/format")).ok()?;
+    format_field_offset(&format, field)
+}
+
+/// Offset of `field` in a tracepoint's record, from the text of its
+/// format file.
+pub fn format_field_offset(format: &str, field: &str) -> Option<u32> {
     format.lines().find_map(|line| {
         let line = line.trim();
         let decl = line.strip_prefix("field:")?;
@@ -208,6 +217,12 @@ pub fn tracepoint_symbols(
     else {
         return Vec::new();
     };
+    format_symbols(&format, field)
+}
+
+/// `value → NAME` pairs of `field`'s `__print_symbolic` in the text of a
+/// tracepoint's format file.
+pub fn format_symbols(format: &str, field: &str) -> Vec<(u32, String)> {
     let marker = format!("__print_symbolic(REC->{field},");
     let Some(start) = format.find(&marker) else {
         return Vec::new();
