@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
-    let _ = sonde::collectors::read_listen_counters(&text);
+    let _ = sonde::signals::tcp::read_listen_counters(&text);
     let _ = sonde::cgroup::v2_root_in(&text);
     let _ = sonde::probes::capabilities::status_cap_eff(&text);
     let _ = sonde::mapek::monitor::proc_cgroup_v2(&text);

@@ -313,7 +313,7 @@ pub struct ListenCounters {
 }
 
 /// Reads `TcpExt: ListenOverflows ListenDrops` from /proc/net/netstat.
-fn read_listen_counters(netstat: &str) -> Option<ListenCounters> {
+pub fn read_listen_counters(netstat: &str) -> Option<ListenCounters> {
     let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
     let names: Vec<&str> = lines.next()?.split_whitespace().collect();
     let values: Vec<&str> = lines.next()?.split_whitespace().collect();
