@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use sonde_tests::{
     Agent, Config, LAB_HOST_IP, LAB_IF, Lab, Scrape, Workload,
+    agent::scaled,
     bpf::{BPF_PROG_TYPE_SCHED_CLS, BPF_PROG_TYPE_XDP, Pinned},
     net::iface_stat,
     require_root,
@@ -156,13 +157,18 @@ fn a_killed_agents_filters_are_removed_at_restart_and_no_others() {
     // 1. An agent, killed under traffic: its netlink filters stay.
     let mut first = start(&config);
     assert_eq!(sonde_filters(), (1, 1), "{}", hooks());
-    let sender = Workload::spawn_in(&ns, &["udp-send", &sink_addr, "200000", "100"]);
-    std::thread::sleep(Duration::from_millis(300));
+    // A flood bounded in time; the kill lands once the agent counts it.
+    let flood = Workload::spawn_in(&ns, &["udp-flood", &sink_addr, "3", "100"]);
+    first.wait_for(
+        "the flood's packets counted",
+        scaled(Duration::from_secs(10)),
+        |s| all_packets(s, "ingress") > 100.0,
+    );
     first.signal(libc::SIGKILL);
     first
         .wait_exit(Duration::from_secs(10))
         .expect("the agent dies on SIGKILL");
-    sender.wait_success(SEND_TIMEOUT);
+    flood.wait_success(scaled(SEND_TIMEOUT));
     assert_eq!(
         sonde_filters(),
         (1, 1),
@@ -217,7 +223,7 @@ fn a_killed_agents_filters_are_removed_at_restart_and_no_others() {
     Workload::run_in(
         &ns,
         &["udp-send", &sink_addr, &n.to_string(), "100"],
-        SEND_TIMEOUT,
+        scaled(SEND_TIMEOUT),
     );
     let after = second.wait_stable(
         "ingress packets after",
