@@ -224,6 +224,17 @@ pub enum XdpModeConfig {
     Off,
 }
 
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TcAttachConfig {
+    /// tcx links where the kernel has them (6.6+), netlink cls_bpf before.
+    Auto,
+    /// clsact + cls_bpf filters through netlink, on any kernel (these
+    /// outlive a killed agent; the next start removes them).
+    Netlink,
+    Tcx,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct NetworkConfig {
@@ -232,6 +243,12 @@ pub struct NetworkConfig {
     /// that is up when the agent starts.
     pub interfaces: Vec<String>,
     pub xdp_mode: XdpModeConfig,
+    /// How TC programs are attached: auto, netlink or tcx.
+    pub tc_attach: TcAttachConfig,
+    /// Holds the lock (one file per network namespace) by which a starting
+    /// agent knows that no other live Sonde owns this namespace's TC
+    /// filters before it removes a crashed one's (probes::leftovers).
+    pub lock_dir: PathBuf,
     /// Size of the kernel flow table (LRU: the oldest flows are evicted).
     pub max_flows: u32,
     /// Runtime. New-flow events per second per CPU (0: none).
@@ -254,6 +271,8 @@ impl Default for NetworkConfig {
             enabled: true,
             interfaces: Vec::new(),
             xdp_mode: XdpModeConfig::Auto,
+            tc_attach: TcAttachConfig::Auto,
+            lock_dir: PathBuf::from("/run/sonde"),
             max_flows: agent_common::net::DEFAULT_MAX_FLOWS,
             flow_events_per_second: 100,
             flow_events_burst: 200,

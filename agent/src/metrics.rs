@@ -29,6 +29,8 @@ pub struct Metrics {
     /// OTLP exports by signal and result (only when `[otlp]` is on).
     pub otlp_exports: IntCounterVec,
     pub otlp_duration: HistogramVec,
+    /// TC filters a killed Sonde left attached, removed at start, by kind.
+    pub leftovers_removed: IntCounterVec,
 }
 
 impl Metrics {
@@ -88,7 +90,15 @@ impl Metrics {
             .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0]),
             &["signal"],
         )?;
+        let leftovers_removed = IntCounterVec::new(
+            Opts::new(
+                "sonde_leftover_programs_removed_total",
+                "Kernel programs a previous Sonde left attached (killed before it could detach) and this one removed at start, by kind (tc_ingress, tc_egress: one per interface and program)",
+            ),
+            &["kind"],
+        )?;
         registry.register(Box::new(build_info))?;
+        registry.register(Box::new(leftovers_removed.clone()))?;
         registry.register(Box::new(probe_attached.clone()))?;
         registry.register(Box::new(health_status.clone()))?;
         registry.register(Box::new(health_duration.clone()))?;
@@ -106,6 +116,7 @@ impl Metrics {
             health_total,
             otlp_exports,
             otlp_duration,
+            leftovers_removed,
         })
     }
 

@@ -50,6 +50,7 @@ const LAYERS: &[(&str, u8)] = &[
     // 2. Loading and attaching the kernel programs.
     ("probes", 2),
     ("probes::loader", 2),
+    ("probes::leftovers", 2),
     ("probes::baseline", 2),
     // 3. Reading the kernel's maps.
     ("collectors", 3),

@@ -18,6 +18,7 @@
 //! (for tests) and a `try_` one that returns the error (for xtask).
 
 pub mod agent;
+pub mod bpf;
 pub mod cgroup;
 pub mod http;
 pub mod net;

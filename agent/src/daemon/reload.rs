@@ -34,6 +34,8 @@ pub(super) fn reload(state: &AppState, path: Option<&std::path::Path>) {
         || new.network.enabled != current.network.enabled
         || new.network.max_flows != current.network.max_flows
         || new.network.xdp_mode != current.network.xdp_mode
+        || new.network.tc_attach != current.network.tc_attach
+        || new.network.lock_dir != current.network.lock_dir
     {
         restart_needed.push("network");
     }

@@ -100,10 +100,17 @@ async fn serve(
             "network accounting enabled but no interface is up (besides loopback)"
         );
     }
-    let (caps, mut probes) = load_probes(&config, &interfaces).await?;
+    let (caps, mut probes, leftovers) = load_probes(&config, &interfaces).await?;
     give_back_heap();
     let mut state = start_pipeline(&config, caps, &mut probes, started_at)?;
     state.serving = server.stats.clone();
+    for &(kind, n) in &leftovers.removed {
+        state
+            .metrics
+            .leftovers_removed
+            .with_label_values(&[kind])
+            .inc_by(n);
+    }
     if server.app.set(state.clone()).is_err() {
         return Err(Failure::runtime("agent state set twice"));
     }
@@ -137,6 +144,8 @@ async fn serve(
     let _ = shutdown_tx.send(true);
     let _ = tokio::task::spawn_blocking(move || serving.join(Duration::from_millis(1500))).await;
     stop(tasks, &state, &probes).await;
+    // This namespace's Sonde lock, held until every filter is detached.
+    drop(leftovers);
     info!(target: LOG_TARGET, "detached; bye");
     waited
 }
@@ -193,21 +202,24 @@ fn start_server(
 }
 
 /// Loading blocks on the verifier; keep it off the async workers so the
-/// server answers "starting" meanwhile.
+/// server answers "starting" meanwhile. First, what a killed Sonde left
+/// attached is removed; the returned value holds this namespace's Sonde
+/// lock, to be kept until exit.
 async fn load_probes(
     config: &Config,
     interfaces: &[(String, u32)],
-) -> Result<(Capabilities, Probes), Failure> {
+) -> Result<(Capabilities, Probes, probes::leftovers::Leftovers), Failure> {
     let config = config.clone();
     let interfaces = interfaces.to_vec();
-    let (caps, probes) = tokio::task::spawn_blocking(move || {
+    let (caps, probes, leftovers) = tokio::task::spawn_blocking(move || {
+        let leftovers = probes::leftovers::clean(&config.network.lock_dir);
         let caps = Capabilities::detect();
         let probes = Probes::load(&config, &interfaces, &caps, config.collector.bpf_stats);
-        (caps, probes)
+        (caps, probes, leftovers)
     })
     .await
     .map_err(|e| Failure::runtime(format!("loading task failed: {e}")))?;
-    Ok((caps, probes.map_err(Failure::runtime)?))
+    Ok((caps, probes.map_err(Failure::runtime)?, leftovers))
 }
 
 /// Loading parsed the kernel's BTF (megabytes) and the object; give the

@@ -40,7 +40,7 @@ use super::{
     tiers,
 };
 use crate::{
-    config::{Config, EventTransport, XdpModeConfig},
+    config::{Config, EventTransport, TcAttachConfig, XdpModeConfig},
     events::EventSource,
     signals::{self, OpenError, Signal, Source, take},
 };
@@ -193,6 +193,8 @@ pub struct Probes {
     /// How events reach user space, as `sonde check` says it.
     pub event_transport: &'static str,
     pub maps: Option<KernelMaps>,
+    /// `[network] tc_attach` (a restart setting).
+    tc_attach: TcAttachConfig,
     _bpf_stats: Option<OwnedFd>,
 }
 
@@ -345,6 +347,7 @@ impl Probes {
             rings,
             event_transport,
             maps: Some(maps),
+            tc_attach: config.network.tc_attach,
             _bpf_stats: bpf_stats,
         };
         // Required signals first: without them nothing else is attached.
@@ -822,7 +825,11 @@ impl Probes {
         attach_type: TcAttachType,
         caps: &Capabilities,
     ) -> Result<(Attachment, LinkHandle), AttachError> {
-        let tcx = caps.at_least(6, 6);
+        let tcx = match self.tc_attach {
+            TcAttachConfig::Auto => caps.at_least(6, 6),
+            TcAttachConfig::Netlink => false,
+            TcAttachConfig::Tcx => true,
+        };
         if !tcx {
             // Netlink attachment needs the clsact qdisc; it may already be
             // there (ours from a previous attach, or someone else's).

@@ -89,7 +89,15 @@ pub const PROFILES: &[Profile] = &[
         // tracepoints by default and on the classic tracepoint forced,
         // process events through the ring buffer and through perf event
         // arrays (so `events-perf` only checks).
-        tests: &["syscalls", "process", INGRESS_UDP, TCP_CONNECTS],
+        // `leftovers` forces netlink TC itself: on 6.1 that is the
+        // default path, the one whose filters outlive a killed agent.
+        tests: &[
+            "syscalls",
+            "process",
+            INGRESS_UDP,
+            TCP_CONNECTS,
+            "leftovers",
+        ],
     },
     Profile {
         name: "events-perf",
