@@ -36,6 +36,7 @@ pub mod http;
 pub mod mapek;
 pub mod metrics;
 pub mod netif;
+pub mod netstat;
 pub mod notify;
 pub mod otlp;
 pub mod probes;

@@ -36,6 +36,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("family", 0),
     ("notify", 0),
     ("serving", 0),
+    ("netstat", 0),
     ("tasks", 0),
     // 1. What the kernel offers, each signal's pieces, the event reader.
     ("probes::btf", 1),

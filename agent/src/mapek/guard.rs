@@ -332,17 +332,11 @@ impl SynCookies {
 
     /// From /proc/net/netstat's two `TcpExt:` lines (names, then values).
     pub fn parse(netstat: &str) -> Option<SynCookies> {
-        let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
-        let names: Vec<&str> = lines.next()?.split_whitespace().collect();
-        let values: Vec<&str> = lines.next()?.split_whitespace().collect();
-        let get = |name: &str| -> Option<u64> {
-            let i = names.iter().position(|n| *n == name)?;
-            values.get(i)?.parse().ok()
-        };
+        let tcp_ext = crate::netstat::TcpExt::parse(netstat)?;
         Some(SynCookies {
-            sent: get("SyncookiesSent")?,
-            received: get("SyncookiesRecv")?,
-            failed: get("SyncookiesFailed")?,
+            sent: tcp_ext.get("SyncookiesSent")?,
+            received: tcp_ext.get("SyncookiesRecv")?,
+            failed: tcp_ext.get("SyncookiesFailed")?,
         })
     }
 

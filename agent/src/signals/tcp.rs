@@ -314,16 +314,10 @@ pub struct ListenCounters {
 
 /// Reads `TcpExt: ListenOverflows ListenDrops` from /proc/net/netstat.
 pub fn read_listen_counters(netstat: &str) -> Option<ListenCounters> {
-    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
-    let names: Vec<&str> = lines.next()?.split_whitespace().collect();
-    let values: Vec<&str> = lines.next()?.split_whitespace().collect();
-    let get = |name: &str| -> Option<u64> {
-        let i = names.iter().position(|n| *n == name)?;
-        values.get(i)?.parse().ok()
-    };
+    let tcp_ext = crate::netstat::TcpExt::parse(netstat)?;
     Some(ListenCounters {
-        overflows: get("ListenOverflows")?,
-        drops: get("ListenDrops")?,
+        overflows: tcp_ext.get("ListenOverflows")?,
+        drops: tcp_ext.get("ListenDrops")?,
     })
 }
 
