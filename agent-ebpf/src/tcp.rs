@@ -2,11 +2,18 @@
 //! handshakes, passive opens, state transitions, retransmits, resets sent
 //! and received, and smoothed-RTT samples.
 //!
-//! Three tiers compute the same numbers; the loader attaches the cheapest
-//! this kernel offers: fentry (BTF trampolines), kprobes, then the `sock` and
-//! `tcp` tracepoints. Tracepoint field offsets come from this kernel's
-//! tracepoint formats; the struct offsets the fentry and kprobe tiers read
-//! (`sock_common.skc_state`, `tcp_sock.srtt_us`) from its BTF.
+//! Four tiers compute the same numbers; the loader attaches the cheapest
+//! this kernel offers: fentry (BTF trampolines), raw tracepoints, kprobes,
+//! then the classic `sock` and `tcp` tracepoints. Tracepoint field offsets
+//! come from this kernel's tracepoint formats; the struct offsets the other
+//! tiers read (`sock_common.skc_state`, `sock.sk_protocol`,
+//! `tcp_sock.srtt_us`, the peer's address) from its BTF.
+//!
+//! Why raw tracepoints come before kprobes: kprobe and classic tracepoint
+//! programs share one per-CPU guard (bpf_prog_active), so a state change
+//! processed in a softirq that interrupted any other such program on that
+//! CPU is skipped by the kernel. fentry and raw tracepoint programs only
+//! skip a run that nests in the same program.
 
 use agent_common::{
     config::CFG_TCP_RTT,
@@ -21,9 +28,12 @@ use aya_ebpf::{
     Global,
     bindings::BPF_NOEXIST,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
-    macros::{fentry, fexit, kprobe, kretprobe, map, tracepoint},
+    macros::{fentry, fexit, kprobe, kretprobe, map, raw_tracepoint, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray},
-    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
+    programs::{
+        FEntryContext, FExitContext, ProbeContext, RawTracePointContext, RetProbeContext,
+        TracePointContext,
+    },
 };
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
@@ -85,6 +95,11 @@ static SK_V6_DADDR_OFFSET: Global<u32> = Global::new(u32::MAX);
 static SK_STATE_OFFSET: Global<u32> = Global::new(18);
 #[unsafe(no_mangle)]
 static TCP_SRTT_OFFSET: Global<u32> = Global::new(0);
+/// `sock.sk_protocol` (raw tracepoint tier: inet_sock_set_state also fires
+/// for SCTP and DCCP sockets). Read as its low byte: a u16 from Linux 5.6,
+/// a byte-aligned 8-bit bitfield before.
+#[unsafe(no_mangle)]
+static SK_PROTOCOL_OFFSET: Global<u32> = Global::new(u32::MAX);
 
 const IPPROTO_TCP: u16 = 6;
 const TCP_ESTABLISHED: i32 = 1;
@@ -251,6 +266,25 @@ pub fn sonde_tcp_state_kprobe(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// `inet_sock_set_state(const struct sock *sk, int oldstate, int newstate)`.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn sonde_tcp_state_raw(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let at = SK_PROTOCOL_OFFSET.load();
+    if at == u32::MAX {
+        return 0;
+    }
+    // SAFETY: a kernel pointer read with the probe helper; offset from BTF.
+    let protocol = unsafe { bpf_probe_read_kernel((sk + u64::from(at)) as *const u8) };
+    if protocol != Ok(IPPROTO_TCP as u8) {
+        return 0;
+    }
+    let old: u64 = ctx.arg(1);
+    let new: u64 = ctx.arg(2);
+    on_transition(sk, old as i32, new as i32, &PeerSource::Sock(sk));
+    0
+}
+
 #[inline(always)]
 fn on_transition(skaddr: u64, old: i32, new: i32, source: &PeerSource) {
     if (0..TCP_STATES as i32).contains(&old) && (0..TCP_STATES as i32).contains(&new) {
@@ -412,6 +446,14 @@ pub fn sonde_tcp_retransmit_inner_fexit(ctx: FExitContext) -> u32 {
     0
 }
 
+/// `tcp_retransmit_skb(const struct sock *sk, const struct sk_buff *skb, …)`:
+/// the tracepoint the classic tier uses, with the socket's own fields.
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn sonde_tcp_retransmit_raw(ctx: RawTracePointContext) -> i32 {
+    on_retransmit(&PeerSource::Sock(ctx.arg(0)));
+    0
+}
+
 /// The kprobe tier's answer to the same two shapes: the skb whose
 /// `tcp_retransmit_skb` this CPU is inside, so that the nested
 /// `__tcp_retransmit_skb` (where it is a function of its own) is not counted
@@ -474,6 +516,20 @@ counting_programs!(
     sonde_tcp_send_reset_kprobe
 );
 
+/// `tcp_receive_reset(struct sock *sk)`.
+#[raw_tracepoint(tracepoint = "tcp_receive_reset")]
+pub fn sonde_tcp_receive_reset_raw(_ctx: RawTracePointContext) -> i32 {
+    bump(|s| s.resets_received += 1);
+    0
+}
+
+/// `tcp_send_reset(const struct sock *sk, const struct sk_buff *skb, …)`.
+#[raw_tracepoint(tracepoint = "tcp_send_reset")]
+pub fn sonde_tcp_send_reset_raw(_ctx: RawTracePointContext) -> i32 {
+    bump(|s| s.resets_sent += 1);
+    0
+}
+
 /// Resets sent on established connections (`tcp_send_active_reset`); the
 /// tracepoint tier sees them through `tcp:tcp_send_reset`.
 #[fentry(function = "tcp_send_active_reset")]
@@ -522,6 +578,14 @@ pub fn sonde_tcp_rtt_kprobe(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg::<u64>(0) {
         on_rcv_established(sk);
     }
+    0
+}
+
+/// `tcp_probe(struct sock *sk, struct sk_buff *skb)`, fired from
+/// `tcp_rcv_established`.
+#[raw_tracepoint(tracepoint = "tcp_probe")]
+pub fn sonde_tcp_rtt_raw(ctx: RawTracePointContext) -> i32 {
+    on_rcv_established(ctx.arg(0));
     0
 }
 

@@ -286,9 +286,11 @@ impl Default for NetworkConfig {
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum TcpHook {
-    /// fentry where the kernel allows it, then kprobes, then tracepoints.
+    /// fentry where the kernel allows it, then raw tracepoints, then
+    /// kprobes, then classic tracepoints.
     Auto,
     Fentry,
+    RawTracepoint,
     Kprobe,
     Tracepoint,
 }

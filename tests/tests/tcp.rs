@@ -188,9 +188,10 @@ fn refused_connections_count_failures_and_resets() {
         "peer {LAB_PEER_IP} should show the {N} failed handshakes, shows {peer_failures}"
     );
     // A hook the kernel lets see only part of the signal is declared at
-    // startup: the tcp_send_reset tracepoint misses socketless resets (this
-    // test's) before Linux 6.10. The kernel matrix forces that tier.
-    let partial = agent_declares_partial(&lab, "sonde_tcp_send_reset ");
+    // startup: the tcp_send_reset tracepoint (classic or raw) misses
+    // socketless resets (this test's) before Linux 6.10. The kernel matrix
+    // forces those tiers.
+    let partial = agent_declares_partial(&lab, "sonde_tcp_send_reset");
     for direction in ["sent", "received"] {
         let d = resets(&after, direction) - resets(&before, direction);
         // The kernel matrix shows `measured:` lines beside the test's result.
@@ -221,9 +222,9 @@ fn agent_declares_partial(lab: &Lab, program: &str) -> Option<String> {
 }
 
 /// The TCP signal is attached through the cheapest tier this kernel offers
-/// (fentry, then kprobe, then tracepoint), as `sonde check` reports the
-/// kernel's capabilities; a forced tier the kernel lacks is reported and
-/// leaves the agent running, ready but degraded.
+/// (fentry, raw tracepoint, kprobe, then tracepoint), as `sonde check`
+/// reports the kernel's capabilities; a forced tier the kernel lacks is
+/// reported and leaves the agent running, ready but degraded.
 #[test]
 fn tcp_tier_follows_the_kernel_and_a_missing_forced_tier_is_reported() {
     if !require_root() {
@@ -241,6 +242,8 @@ fn tcp_tier_follows_the_kernel_and_a_missing_forced_tier_is_reported() {
     };
     let expected = if has("fentry/fexit") && has("BTF") {
         "fentry"
+    } else if has("raw tracepoints") && has("BTF") {
+        "raw_tracepoint"
     } else if has("kprobes") {
         "kprobe"
     } else {

@@ -6,9 +6,10 @@
 //! forces a tier, `[tcp] rtt` (a runtime switch in the config map) the
 //! RTT programs' counting, `[tcp] top_peers` how many peers are exported.
 //!
-//! Three tiers count the same numbers; the cheapest this kernel offers is
-//! attached: fentry (BTF trampolines), kprobes, then the `sock` and `tcp`
-//! tracepoints. The kernel's own listen-queue counters (TcpExt
+//! Four tiers count the same numbers; the cheapest this kernel offers is
+//! attached: fentry (BTF trampolines), raw tracepoints, kprobes, then the
+//! classic `sock` and `tcp` tracepoints (kernel side: why raw tracepoints
+//! beat kprobes). The kernel's own listen-queue counters (TcpExt
 //! ListenOverflows and ListenDrops in /proc/net/netstat) are read with
 //! them, whether or not the programs are attached: they need none.
 
@@ -49,6 +50,7 @@ pub const SIGNAL: Signal = Signal {
     forced_tier: |config| match config.tcp.hook {
         TcpHook::Auto => None,
         TcpHook::Fentry => Some("fentry"),
+        TcpHook::RawTracepoint => Some("raw_tracepoint"),
         TcpHook::Kprobe => Some("kprobe"),
         TcpHook::Tracepoint => Some("tracepoint"),
     },
@@ -56,7 +58,8 @@ pub const SIGNAL: Signal = Signal {
     open,
 };
 
-/// fentry, kprobe, tracepoint: the same numbers, cheapest first.
+/// fentry, raw tracepoint, kprobe, tracepoint: the same numbers, cheapest
+/// first.
 const TIERS: tiers::Signal = tiers::Signal {
     name: "tcp",
     required: false,
@@ -100,6 +103,45 @@ const TIERS: tiers::Signal = tiers::Signal {
                 TierProgram {
                     program: "sonde_tcp_rtt_fentry",
                     hook: Hook::Fentry("tcp_rcv_established"),
+                    needs: &["TCP_SRTT_OFFSET"],
+                    partial_before: None,
+                },
+            ],
+        },
+        Tier {
+            mode: "raw_tracepoint",
+            min_kernel: (4, 17),
+            requires: Requires::RawTracepointsAndBtf,
+            programs: &[
+                TierProgram {
+                    program: "sonde_tcp_state_raw",
+                    hook: Hook::RawTracepoint("inet_sock_set_state"),
+                    needs: &["SK_PROTOCOL_OFFSET"],
+                    partial_before: None,
+                },
+                program(
+                    "sonde_tcp_retransmit_raw",
+                    Hook::RawTracepoint("tcp_retransmit_skb"),
+                ),
+                program(
+                    "sonde_tcp_receive_reset_raw",
+                    Hook::RawTracepoint("tcp_receive_reset"),
+                ),
+                TierProgram {
+                    partial_before: Some((
+                        (6, 10),
+                        "resets sent without a socket (a SYN to a closed port, a stray \
+                         segment) are not seen: the tcp_send_reset tracepoint fires for \
+                         them from Linux 6.10",
+                    )),
+                    ..program(
+                        "sonde_tcp_send_reset_raw",
+                        Hook::RawTracepoint("tcp_send_reset"),
+                    )
+                },
+                TierProgram {
+                    program: "sonde_tcp_rtt_raw",
+                    hook: Hook::RawTracepoint("tcp_probe"),
                     needs: &["TCP_SRTT_OFFSET"],
                     partial_before: None,
                 },
@@ -212,10 +254,11 @@ const TRACEPOINT_FIELDS: &[TracepointField] = &[
     ("TP_PROBE_SRTT", "tcp", "tcp_probe", "srtt"),
 ];
 
-/// The fentry and kprobe tiers' struct members: the socket's state, its
-/// smoothed RTT and its peer's address.
+/// The fentry, raw tracepoint and kprobe tiers' struct members: the
+/// socket's state and protocol, its smoothed RTT and its peer's address.
 const BTF_FIELDS: &[BtfField] = &[
     ("SK_STATE_OFFSET", "sock_common", &["skc_state"]),
+    ("SK_PROTOCOL_OFFSET", "sock", &["sk_protocol"]),
     ("TCP_SRTT_OFFSET", "tcp_sock", &["srtt_us"]),
     ("SK_FAMILY_OFFSET", "sock_common", &["skc_family"]),
     ("SK_DADDR_OFFSET", "sock_common", &["skc_daddr"]),

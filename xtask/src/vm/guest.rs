@@ -164,6 +164,17 @@ pub const PROFILES: &[Profile] = &[
         tests: &[TCP_RESETS, TCP_LINK],
     },
     Profile {
+        name: "tcp-raw_tracepoint",
+        about: "`[tcp] hook = \"raw_tracepoint\"`",
+        settings: &[("tcp", "hook", r#""raw_tracepoint""#)],
+        expect: Some(Expect {
+            hook: "inet_sock_set_state",
+            mode: Some("raw_tracepoint"),
+        }),
+        needs: None,
+        tests: &[TCP_RESETS, TCP_LINK],
+    },
+    Profile {
         name: "tcp-kprobe",
         about: "`[tcp] hook = \"kprobe\"`",
         settings: &[("tcp", "hook", r#""kprobe""#)],
