@@ -51,6 +51,35 @@ fn list_signals() -> anyhow::Result<()> {
     std::fs::write(&target, out).with_context(|| format!("writing {}", target.display()))
 }
 
+/// `git ARGS` in this crate's directory, its trimmed output if it succeeded.
+fn git(args: &[&str]) -> Option<String> {
+    std::process::Command::new("git")
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+}
+
+/// Rebuilds when HEAD moves: HEAD itself (a checkout) and the branch it
+/// names (a commit), wherever git keeps them — in a worktree `.git` is a
+/// file and HEAD lives under the main repository's `worktrees/`. Only
+/// existing files are watched: cargo reruns every time for a missing one.
+fn watch_head() {
+    let branch = git(&["symbolic-ref", "-q", "HEAD"]);
+    for name in ["HEAD", "packed-refs"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(branch)
+    {
+        if let Some(path) = git(&["rev-parse", "--path-format=absolute", "--git-path", &name])
+            && std::path::Path::new(&path).is_file()
+        {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let metadata = cargo_metadata::MetadataCommand::new()
         .no_deps()
@@ -69,15 +98,9 @@ fn main() -> anyhow::Result<()> {
         .to_owned();
     println!("cargo:rerun-if-changed=../agent-common/src");
     list_signals()?;
-    let sha = std::process::Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_else(|| "unknown".to_owned());
+    let sha = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=SONDE_GIT_SHA={sha}");
-    println!("cargo:rerun-if-changed=../.git/HEAD");
+    watch_head();
     aya_build::build_ebpf(
         [Package {
             name: "agent-ebpf",
