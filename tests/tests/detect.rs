@@ -1,9 +1,10 @@
 //! Detection names the culprit: after a warm-up, each incident shape made
 //! by a real tool from a namespace of the test's own (hping3 floods of
 //! UDP and ICMP, SYNs refused by a closed port and by an iptables REJECT
-//! rule, an exec loop) is detected within two collection cycles as its own
-//! kind, and the anomaly names who moved it: the source peer (unproven:
-//! addresses can be forged) or the parent process, with its share.
+//! rule, an exec loop, iptables loss and a tbf queue under an iperf3
+//! stream) is detected within two collection cycles as its own kind, and
+//! the anomaly names who moved it: the source peer (unproven: addresses
+//! can be forged) or the parent process, with its share.
 
 use std::{
     process::{Command, Stdio},
@@ -193,34 +194,28 @@ fn refused_connections_are_refusals_not_a_syn_flood() {
         let _listener = std::net::TcpListener::bind(format!("{HOST_IP}:20201"))
             .expect("listening on the host's veth address");
         let rule = |op: &str| {
-            Command::new("iptables")
-                .args([
-                    op,
-                    "INPUT",
-                    "-i",
-                    HOST_IF,
-                    "-p",
-                    "tcp",
-                    "--dport",
-                    "20201",
-                    "-j",
-                    "REJECT",
-                    "--reject-with",
-                    "tcp-reset",
-                ])
-                .status()
-                .expect("running iptables")
+            let mut c = Command::new("iptables");
+            c.args([
+                op,
+                "INPUT",
+                "-i",
+                HOST_IF,
+                "-p",
+                "tcp",
+                "--dport",
+                "20201",
+                "-j",
+                "REJECT",
+                "--reject-with",
+                "tcp-reset",
+            ]);
+            c
         };
-        assert!(rule("-I").success(), "iptables -I failed");
-        struct Undo<F: Fn()>(F);
-        impl<F: Fn()> Drop for Undo<F> {
-            fn drop(&mut self) {
-                (self.0)()
-            }
-        }
-        let _undo = Undo(|| {
-            rule("-D");
-        });
+        assert!(
+            rule("-I").status().expect("iptables").success(),
+            "iptables -I failed"
+        );
+        let _undo = Undo(rule("-D"));
         let t0 = unix_now();
         lab.hping3(&["-S", "-p", port, "--faster", "-c", "20000"]);
         let anomaly = wait_for_kind(&lab.agent, "connection_refusals");
@@ -294,4 +289,167 @@ fn exec_storm_names_its_parent() {
     );
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An iperf3 stream from the host to the namespace (server in the
+/// namespace), for `seconds`; both ends are killed on drop.
+struct Stream {
+    server: std::process::Child,
+    client: std::process::Child,
+}
+
+impl Stream {
+    fn start(lab: &Lab, seconds: u32) -> Stream {
+        let server = lab
+            .ns
+            .exec(&["iperf3", "-s", "-1", "-p", "5299"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting iperf3 -s in the test namespace");
+        std::thread::sleep(Duration::from_millis(500));
+        let client = Command::new("iperf3")
+            .args(["-c", PEER_IP, "-p", "5299", "-b", "20M", "-t"])
+            .arg(seconds.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting iperf3 -c");
+        Stream { server, client }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        for child in [&mut self.client, &mut self.server] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs a command when dropped (undoes an injected fault).
+struct Undo(Command);
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        let _ = self.0.status();
+    }
+}
+
+/// A 20 Mbit/s stream to the peer, then the peer's iptables drops 5% of
+/// the TCP packets it receives: this node retransmits to that peer, which
+/// the TCP peer map names. (Dropped in the namespace: a drop in this
+/// node's OUTPUT chain is a local error to TCP, hardly a retransmission.)
+#[test]
+fn retransmissions_name_the_peer() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::start("loss");
+    let _stream = Stream::start(&lab, 12);
+    std::thread::sleep(Duration::from_secs(3));
+    let t0 = unix_now();
+    let status = lab
+        .ns
+        .exec(&[
+            "iptables",
+            "-I",
+            "INPUT",
+            "-p",
+            "tcp",
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            "0.05",
+            "-j",
+            "DROP",
+        ])
+        .status()
+        .expect("running iptables in the test namespace");
+    assert!(status.success(), "iptables in the namespace failed");
+    // Retransmissions are counted machine-wide, so other traffic on a
+    // shared machine can open packet_loss first; the culprits follow the
+    // evidence cycle by cycle. What must happen: a packet_loss anomaly
+    // names the namespace's peer as its top culprit, soon after the fault.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (anomaly, seen) = loop {
+        let report = lab.agent.get_json("/api/v1/anomalies");
+        let named = ["active", "recent"]
+            .iter()
+            .filter_map(|l| report[*l].as_array())
+            .flatten()
+            .find(|a| a["kind"] == "packet_loss" && a["culprits"][0]["peer"] == PEER_IP)
+            .cloned();
+        if let Some(a) = named {
+            break (a, unix_now());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no packet_loss naming {PEER_IP} within 10 s: {report}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let delay = seen - t0;
+    assert!(
+        delay <= 1.5 + 0.1,
+        "{PEER_IP} named {delay:.2} s after the fault (TCP retransmits after dup ACKs or an RTO; \
+         allowed 1.5 s): {anomaly}"
+    );
+    println!(
+        "named {delay:.2} s after the fault (anomaly opened {:.2} s after it)",
+        anomaly["start"].as_f64().unwrap_or(0.0) - t0
+    );
+    let top = &anomaly["culprits"][0];
+    assert_eq!(top["protocol"], "tcp", "{anomaly}");
+    assert_eq!(top["proven"], false, "{anomaly}");
+    assert_eq!(
+        anomaly["culprits"][0]["measure"], "tcp_retransmits_per_second",
+        "{anomaly}"
+    );
+}
+
+/// The same stream, then a 5 Mbit/s token bucket with 300 ms of queue on
+/// the host's veth end: the RTT to that peer rises.
+#[test]
+fn rtt_regression_names_the_peer() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::start("rtt");
+    let _stream = Stream::start(&lab, 12);
+    // RTT samples for WARMUP cycles and more, so its baseline is warm.
+    std::thread::sleep(Duration::from_secs(4));
+    let t0 = unix_now();
+    let status = Command::new("tc")
+        .args([
+            "qdisc", "add", "dev", HOST_IF, "root", "tbf", "rate", "5mbit", "burst", "32kb",
+            "latency", "300ms",
+        ])
+        .status()
+        .expect("running tc");
+    assert!(status.success(), "tc qdisc add failed");
+    let _undo = Undo({
+        let mut c = Command::new("tc");
+        c.args(["qdisc", "del", "dev", HOST_IF, "root"]);
+        c
+    });
+    let anomaly = wait_for_kind(&lab.agent, "latency_regression");
+    // RTT builds up as the queue fills: a regression is seen once the
+    // queue is deep, so the bound here is on the anomaly, not on t0.
+    let _ = t0;
+    let top = &anomaly["culprits"][0];
+    assert_eq!(top["peer"], PEER_IP, "{anomaly}");
+    assert_eq!(top["measure"], "tcp_rtt_mean_seconds", "{anomaly}");
+    assert!(top["amount"].as_f64().unwrap_or(0.0) > 0.01, "{anomaly}");
+    assert_eq!(top["proven"], false, "{anomaly}");
+    println!(
+        "latency_regression {:.2} s after the qdisc: top culprit {} share {:.2}; subject {}",
+        anomaly["start"].as_f64().unwrap_or(0.0) - t0,
+        top["peer"],
+        top["share"].as_f64().unwrap_or(0.0),
+        anomaly["subject"]
+    );
 }

@@ -77,6 +77,9 @@ pub struct Anomaly {
     pub notes: Vec<String>,
     #[serde(skip)]
     quiet: u32,
+    /// `subject` is the top culprit's description (so it follows them).
+    #[serde(skip)]
+    subject_from_culprit: bool,
 }
 
 #[cfg(test)]
@@ -95,6 +98,7 @@ impl Anomaly {
             culprits: Vec::new(),
             notes: Vec::new(),
             quiet: 0,
+            subject_from_culprit: false,
         }
     }
 }
@@ -454,11 +458,19 @@ impl Analyzer {
                     _ => None,
                 };
             }
-            if anomaly.culprits.is_empty() {
-                anomaly.culprits = super::monitor::culprits(anomaly.kind, subjects);
-            }
-            if anomaly.subject.is_none() {
-                anomaly.subject = anomaly.culprits.first().map(Culprit::describe);
+            let fired = firing.contains_key(anomaly.kind);
+            // The culprits of the latest cycle the evidence fired in (or
+            // the first that names any): an incident builds up, and the
+            // first cycle may see only its edge.
+            if fired || anomaly.culprits.is_empty() {
+                let now = super::monitor::culprits(anomaly.kind, subjects);
+                if !now.is_empty() {
+                    anomaly.culprits = now;
+                    if anomaly.subject.is_none() || anomaly.subject_from_culprit {
+                        anomaly.subject = anomaly.culprits.first().map(Culprit::describe);
+                        anomaly.subject_from_culprit = true;
+                    }
+                }
             }
             if let Some(evidence) = firing.remove(anomaly.kind) {
                 anomaly.quiet = 0;
@@ -486,6 +498,7 @@ impl Analyzer {
                 _ => None,
             };
             let culprits = super::monitor::culprits(kind, subjects);
+            let subject_from_culprit = subject.is_none() && !culprits.is_empty();
             let subject = subject.or_else(|| culprits.first().map(Culprit::describe));
             let anomaly = Anomaly {
                 id: self.next_id,
@@ -499,6 +512,7 @@ impl Analyzer {
                 culprits,
                 notes: Vec::new(),
                 quiet: 0,
+                subject_from_culprit,
             };
             self.next_id += 1;
             opened.push(anomaly.clone());

@@ -91,13 +91,26 @@ impl Culprit {
     pub fn describe(&self) -> String {
         let share = self.share * 100.0;
         match self.kind {
-            CulpritKind::Peer => format!(
+            CulpritKind::Peer if self.measure == "inbound_packets_per_second" => format!(
                 "peer {} sent {:.0}% of inbound {} packets ({:.0}/s, {:.0} B/s; source address unproven)",
                 self.name(),
                 share,
                 self.protocol.unwrap_or("IP"),
                 self.amount,
                 self.bytes_per_second.unwrap_or(0.0)
+            ),
+            CulpritKind::Peer if self.measure == "tcp_rtt_mean_seconds" => format!(
+                "peer {}: {:.0}% of the TCP round-trip time measured, mean {:.1} ms",
+                self.name(),
+                share,
+                self.amount * 1e3
+            ),
+            CulpritKind::Peer => format!(
+                "peer {}: {:.0}% of {} ({:.1}/s)",
+                self.name(),
+                share,
+                self.measure.replace('_', " "),
+                self.amount
             ),
             CulpritKind::Process => format!(
                 "process {}: {:.0}% of {} ({:.0}/s){}",
@@ -370,6 +383,8 @@ fn tcp_peer_deltas(prev: &Snapshot, now: &Snapshot) -> Vec<(IpAddr, TcpPeerDelta
         .into_iter()
         .filter_map(|(peer, n)| {
             let p = before.get(&peer).copied().unwrap_or_default();
+            // A dual-stack socket's IPv4 peer is named as IPv4.
+            let peer = peer.to_canonical();
             let d = TcpPeerDelta {
                 retransmits: n.retransmits.saturating_sub(p.retransmits),
                 connect_failures: n.connect_failures.saturating_sub(p.connect_failures),
@@ -436,16 +451,26 @@ pub fn culprits(kind: &str, s: &Subjects) -> Vec<Culprit> {
         "icmp_flood" => peers_of(s, &[IPPROTO_ICMP, IPPROTO_ICMPV6]),
         "traffic_surge" => peers_of(s, &[]),
         "packet_loss" => {
-            let lossy = tcp_peers_by(s, "tcp_retransmits_per_second", |d| d.retransmits as f64);
+            let lossy = tcp_peers_by(
+                s,
+                "tcp_retransmits_per_second",
+                |d| d.retransmits as f64,
+                |d, dt| d.retransmits as f64 / dt,
+            );
             if lossy.is_empty() {
                 peers_of(s, &[])
             } else {
                 lossy
             }
         }
-        "latency_regression" => tcp_peers_by(s, "tcp_rtt_microseconds_summed_per_second", |d| {
-            d.rtt_sum_us as f64
-        }),
+        // Weighted by RTT summed: a peer with many slow samples moved the
+        // mean most. Its amount is its own mean RTT.
+        "latency_regression" => tcp_peers_by(
+            s,
+            "tcp_rtt_mean_seconds",
+            |d| d.rtt_sum_us as f64,
+            |d, _| d.rtt_sum_us as f64 / d.rtt_samples.max(1) as f64 / 1e6,
+        ),
         "fork_storm" | "exec_storm" => parents(s),
         "syscall_storm" => syscall_processes(s, false),
         "syscall_error_spike" => syscall_processes(s, true),
@@ -519,22 +544,25 @@ fn share(part: f64, total: f64) -> f64 {
     }
 }
 
+/// TCP peers ranked by `weight` (their share is of its total), each
+/// measured by `amount` (given the cycle's seconds).
 fn tcp_peers_by(
     s: &Subjects,
     measure: &'static str,
-    value: impl Fn(&TcpPeerDelta) -> f64,
+    weight: impl Fn(&TcpPeerDelta) -> f64,
+    amount: impl Fn(&TcpPeerDelta, f64) -> f64,
 ) -> Vec<Culprit> {
     let dt = s.seconds.max(1e-9);
-    let total: f64 = s.tcp_peers.iter().map(|(_, d)| value(d)).sum();
-    let mut rows: Vec<(IpAddr, f64)> = s
+    let total: f64 = s.tcp_peers.iter().map(|(_, d)| weight(d)).sum();
+    let mut rows: Vec<(IpAddr, f64, &TcpPeerDelta)> = s
         .tcp_peers
         .iter()
-        .map(|(p, d)| (*p, value(d)))
-        .filter(|(_, v)| *v > 0.0)
+        .map(|(p, d)| (*p, weight(d), d))
+        .filter(|(_, v, _)| *v > 0.0)
         .collect();
     rows.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     rows.into_iter()
-        .map(|(peer, v)| Culprit {
+        .map(|(peer, v, d)| Culprit {
             kind: CulpritKind::Peer,
             peer: Some(peer),
             protocol: Some("tcp"),
@@ -542,7 +570,7 @@ fn tcp_peers_by(
             comm: None,
             cgroup: None,
             measure,
-            amount: v / dt,
+            amount: amount(d, dt),
             bytes_per_second: None,
             share: share(v, total),
             // Retransmits count SYNs too: a handshake is not implied.
