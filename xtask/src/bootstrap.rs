@@ -148,6 +148,7 @@ pub const PACKAGES: &[Package] = &[
 const BASE_COMMANDS: &[&str] = &[
     "apt-cache",
     "apt-get",
+    "bash",
     "cargo",
     "cat",
     "dd",

@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+pub use super::monitor::{Culprit, CulpritKind};
 use super::monitor::{Features, Subjects};
 
 /// EWMA weight of a new observation.
@@ -63,14 +64,22 @@ pub struct Anomaly {
     pub start: f64,
     pub end: Option<f64>,
     pub evidence: Vec<Evidence>,
-    /// The peer, process or cgroup the evidence names, if any.
+    /// The peer, process or cgroup the evidence names, if any: the top
+    /// culprit's description unless the kind names its subject itself.
     pub subject: Option<String>,
+    /// Who moved the evidence, heaviest first, with their shares. Named
+    /// for reading: a culprit is not proven for blocking (plan.rs and
+    /// guard.rs decide that on their own evidence).
+    pub culprits: Vec<Culprit>,
     /// What else the loop found about it (a SYN flood: the kernel's SYN
     /// cookies, and why nobody is blocked).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
     #[serde(skip)]
     quiet: u32,
+    /// `subject` is the top culprit's description (so it follows them).
+    #[serde(skip)]
+    subject_from_culprit: bool,
 }
 
 #[cfg(test)]
@@ -86,8 +95,10 @@ impl Anomaly {
             end: None,
             evidence: Vec::new(),
             subject: None,
+            culprits: Vec::new(),
             notes: Vec::new(),
             quiet: 0,
+            subject_from_culprit: false,
         }
     }
 }
@@ -98,6 +109,10 @@ pub const FEATURES: &[(&str, &str, f64)] = &[
     ("syscalls_per_second", "syscall_storm", 20_000.0),
     ("syscall_error_share", "syscall_error_spike", 0.25),
     ("half_open_syn_per_second", "syn_flood", 200.0),
+    ("refused_syn_per_second", "connection_refusals", 200.0),
+    ("udp_in_packets_per_second", "udp_flood", 2_000.0),
+    ("icmp_in_packets_per_second", "icmp_flood", 500.0),
+    ("inbound_packets_per_second", "traffic_surge", 20_000.0),
     ("peer_ports_per_cycle", "port_scan", 20.0),
     ("tcp_handshakes_per_second", "connection_storm", 200.0),
     ("tcp_retransmits_per_second", "packet_loss", 5.0),
@@ -107,7 +122,7 @@ pub const FEATURES: &[(&str, &str, f64)] = &[
     ("tcp_connect_mean_seconds", "latency_regression", 0.02),
     ("runqueue_mean_wait_seconds", "cpu_saturation", 0.0005),
     ("process_exits_per_second", "fork_storm", 200.0),
-    ("process_execs_per_second", "fork_storm", 200.0),
+    ("process_execs_per_second", "exec_storm", 200.0),
 ];
 
 /// Causes and the symptoms they explain, most specific cause first: when a
@@ -128,6 +143,7 @@ pub const EXPLAINS: &[(&str, &[&str])] = &[
             "packet_loss",
             "syscall_storm",
             "cpu_saturation",
+            "traffic_surge",
         ],
     ),
     (
@@ -137,6 +153,7 @@ pub const EXPLAINS: &[(&str, &[&str])] = &[
             "packet_loss",
             "syscall_storm",
             "cpu_saturation",
+            "traffic_surge",
         ],
     ),
     (
@@ -144,6 +161,44 @@ pub const EXPLAINS: &[(&str, &[&str])] = &[
         &[
             "connection_refusals",
             "packet_loss",
+            "syscall_storm",
+            "syscall_error_spike",
+            "cpu_saturation",
+            "traffic_surge",
+        ],
+    ),
+    (
+        "connection_refusals",
+        &[
+            "packet_loss",
+            "syscall_storm",
+            "cpu_saturation",
+            "traffic_surge",
+        ],
+    ),
+    (
+        "udp_flood",
+        &[
+            "icmp_flood",
+            "packet_loss",
+            "syscall_storm",
+            "cpu_saturation",
+            "traffic_surge",
+        ],
+    ),
+    (
+        "icmp_flood",
+        &[
+            "packet_loss",
+            "syscall_storm",
+            "cpu_saturation",
+            "traffic_surge",
+        ],
+    ),
+    (
+        "exec_storm",
+        &[
+            "fork_storm",
             "syscall_storm",
             "syscall_error_spike",
             "cpu_saturation",
@@ -156,6 +211,7 @@ pub const EXPLAINS: &[(&str, &[&str])] = &[
     ("syscall_error_spike", &["syscall_storm", "cpu_saturation"]),
     ("syscall_storm", &["cpu_saturation"]),
     ("latency_regression", &["packet_loss"]),
+    ("traffic_surge", &["packet_loss", "cpu_saturation"]),
 ];
 
 /// The cause among `kinds` that explains `symptom`, if any.
@@ -402,6 +458,20 @@ impl Analyzer {
                     _ => None,
                 };
             }
+            let fired = firing.contains_key(anomaly.kind);
+            // The culprits of the latest cycle the evidence fired in (or
+            // the first that names any): an incident builds up, and the
+            // first cycle may see only its edge.
+            if fired || anomaly.culprits.is_empty() {
+                let now = super::monitor::culprits(anomaly.kind, subjects);
+                if !now.is_empty() {
+                    anomaly.culprits = now;
+                    if anomaly.subject.is_none() || anomaly.subject_from_culprit {
+                        anomaly.subject = anomaly.culprits.first().map(Culprit::describe);
+                        anomaly.subject_from_culprit = true;
+                    }
+                }
+            }
             if let Some(evidence) = firing.remove(anomaly.kind) {
                 anomaly.quiet = 0;
                 anomaly.score = evidence
@@ -427,6 +497,9 @@ impl Analyzer {
                 "syscall_error_spike" => super::monitor::describe_syscall_process(subjects, true),
                 _ => None,
             };
+            let culprits = super::monitor::culprits(kind, subjects);
+            let subject_from_culprit = subject.is_none() && !culprits.is_empty();
+            let subject = subject.or_else(|| culprits.first().map(Culprit::describe));
             let anomaly = Anomaly {
                 id: self.next_id,
                 kind,
@@ -436,8 +509,10 @@ impl Analyzer {
                 end: None,
                 evidence,
                 subject,
+                culprits,
                 notes: Vec::new(),
                 quiet: 0,
+                subject_from_culprit,
             };
             self.next_id += 1;
             opened.push(anomaly.clone());
@@ -642,5 +717,55 @@ mod tests {
         let opened = a.observe(&bloat, &Subjects::default(), 40.0);
         assert_eq!(opened.len(), 1, "{opened:?}");
         assert_eq!(opened[0].kind, "latency_regression");
+    }
+
+    #[test]
+    fn a_flood_names_its_source_peers_with_their_shares_unproven() {
+        use crate::signals::packets::InboundPeer;
+        let mut a = Analyzer::new(6.0, 10, 3);
+        let normal = |i: u32| {
+            let mut f = Features::new();
+            f.insert("udp_in_packets_per_second", 100.0 + f64::from(i % 3));
+            f.insert("inbound_packets_per_second", 1_000.0 + f64::from(i % 3));
+            f
+        };
+        for i in 0..30 {
+            assert!(
+                a.observe(&normal(i), &Subjects::default(), f64::from(i))
+                    .is_empty()
+            );
+        }
+        let attacker: std::net::IpAddr = "10.9.0.2".parse().unwrap();
+        let bystander: std::net::IpAddr = "10.9.0.3".parse().unwrap();
+        let row = |peer, protocol, packets| InboundPeer {
+            peer,
+            protocol,
+            packets,
+            bytes: packets * 100,
+            new_flows: 1,
+        };
+        let subjects = Subjects {
+            inbound: vec![row(attacker, 17, 45_000), row(bystander, 17, 5_000)],
+            inbound_totals: [(17, (50_000, 5_000_000)), (6, (1_000, 60_000))].into(),
+            seconds: 1.0,
+            ..Default::default()
+        };
+        let mut flood = normal(30);
+        flood.insert("udp_in_packets_per_second", 50_000.0);
+        flood.insert("inbound_packets_per_second", 51_000.0);
+        let opened = a.observe(&flood, &subjects, 30.0);
+        assert_eq!(opened.len(), 1, "{opened:?}");
+        assert_eq!(opened[0].kind, "udp_flood");
+        let top = &opened[0].culprits[0];
+        assert_eq!(top.kind, CulpritKind::Peer);
+        assert_eq!(top.peer, Some(attacker));
+        assert_eq!(top.protocol, Some("udp"));
+        assert!((top.share - 0.9).abs() < 1e-9, "{top:?}");
+        assert!(!top.proven, "a source address is never proven by traffic");
+        assert_eq!(opened[0].culprits.len(), 2);
+        let subject = opened[0].subject.as_deref().unwrap();
+        assert!(subject.starts_with("peer 10.9.0.2 sent 90%"), "{subject}");
+        // Not a blockable subject: enforcement parses only "peer ADDR".
+        assert!(subject.contains("unproven"), "{subject}");
     }
 }

@@ -308,6 +308,35 @@ impl Mapek {
             }
         }
         active.done(&mut out);
+        // The top culprit of each kind's latest active anomaly: one series
+        // per kind (bounded), labelled with that culprit while one is
+        // named, so the alert can carry it; 0 and no culprit labels else.
+        let mut culprit = Family::new(
+            "sonde_anomaly_culprit",
+            "Share (0..1) of an active anomaly's evidence its top culprit accounts for, by kind, culprit kind and culprit (one series per kind; 0 without a named culprit)",
+            MetricType::GAUGE,
+        );
+        for kind in analyze::kinds() {
+            let top = self
+                .analyzer
+                .active
+                .iter()
+                .rev()
+                .filter(|a| a.kind == kind)
+                .find_map(|a| a.culprits.first());
+            match top {
+                Some(top) => culprit.sample(
+                    &[
+                        ("kind", kind),
+                        ("culprit_kind", top.kind.label()),
+                        ("culprit", &top.name()),
+                    ],
+                    top.share,
+                ),
+                None => culprit.sample(&[("kind", kind)], 0.0),
+            }
+        }
+        culprit.done(&mut out);
         let mut score = Family::new(
             "sonde_anomaly_score",
             "Last score of each feature: its distance from its learned baseline in deviations (dimensionless; compare with sonde_anomaly_score_threshold)",
@@ -501,6 +530,7 @@ pub async fn run(
         let churn = inputs.events.take_churn();
         if let Some((features, mut subjects)) = monitor::features(&prev, &now, &m.signals) {
             subjects.busiest_parent = churn.first().copied();
+            subjects.parents = churn;
             let t = unix_seconds(SystemTime::now());
             let opened = m.analyzer.observe(&features, &subjects, t);
             let cycle = m.cycles;

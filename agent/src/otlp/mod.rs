@@ -325,6 +325,31 @@ fn anomaly_record(a: &serde_json::Value, end: bool, now: u64) -> LogRecord {
     if let Some(subject) = subject {
         attributes.push(kv_str("sonde.anomaly.subject", subject));
     }
+    // The top culprit, typed (the others are in /api/v1/anomalies).
+    if let Some(top) = a["culprits"].as_array().and_then(|c| c.first()) {
+        for key in ["kind", "peer", "protocol", "comm", "cgroup", "measure"] {
+            if let Some(v) = top[key].as_str() {
+                attributes.push(kv_str(&format!("sonde.anomaly.culprit.{key}"), v));
+            }
+        }
+        if let Some(pid) = top["pid"].as_i64() {
+            attributes.push(kv_int("sonde.anomaly.culprit.pid", pid));
+        }
+        for key in ["share", "amount"] {
+            if let Some(v) = top[key].as_f64() {
+                attributes.push(kv_double(&format!("sonde.anomaly.culprit.{key}"), v));
+            }
+        }
+        if let Some(proven) = top["proven"].as_bool() {
+            attributes.push(KeyValue {
+                key: "sonde.anomaly.culprit.proven".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::BoolValue(proven)),
+                }),
+                ..Default::default()
+            });
+        }
+    }
     LogRecord {
         time_unix_nano: time,
         observed_time_unix_nano: now,
@@ -757,8 +782,23 @@ mod tests {
             "start": 1700000000.5, "end": null, "subject": "pid 42",
             "evidence": [{"feature": "syscalls_per_second", "baseline": 100.0,
                           "observed": 90000.0, "score": 12.5}],
+            "culprits": [{"kind": "process", "pid": 42, "comm": "stress-ng",
+                          "measure": "syscalls_per_second", "amount": 88000.0,
+                          "share": 0.97, "proven": true}],
         });
         let r = anomaly_record(&a, false, 7);
+        assert!(
+            r.attributes
+                .contains(&kv_str("sonde.anomaly.culprit.comm", "stress-ng"))
+        );
+        assert!(
+            r.attributes
+                .contains(&kv_int("sonde.anomaly.culprit.pid", 42))
+        );
+        assert!(
+            r.attributes
+                .contains(&kv_double("sonde.anomaly.culprit.share", 0.97))
+        );
         assert_eq!(r.time_unix_nano, 1_700_000_000_500_000_000);
         assert_eq!(r.severity_number, SeverityNumber::Error as i32);
         assert_eq!(r.event_name, "sonde.anomaly.start");

@@ -133,6 +133,27 @@ pub struct FlowView {
     /// The remote peer that opened new flows to the most distinct local
     /// ports since the previous cycle, and how many (scan evidence).
     pub widest_peer: Option<(IpAddr, u64)>,
+    /// What each remote peer sent this node since the previous cycle, per
+    /// IP protocol, heaviest by packets first (at most
+    /// [`CYCLE_PEERS_KEPT`]): who is behind a traffic feature's move.
+    pub inbound: Vec<InboundPeer>,
+    /// Packets and bytes of all inbound flows since the previous cycle,
+    /// per IP protocol (the denominators of the peers' shares).
+    pub inbound_totals: BTreeMap<u8, (u64, u64)>,
+}
+
+/// Inbound peers kept per cycle for attribution.
+pub const CYCLE_PEERS_KEPT: usize = 16;
+
+/// One remote peer's inbound traffic of one IP protocol in one cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboundPeer {
+    pub peer: IpAddr,
+    pub protocol: u8,
+    pub packets: u64,
+    pub bytes: u64,
+    /// New flows it opened (distinct 5-tuples first seen this cycle).
+    pub new_flows: u64,
 }
 
 impl Maps {
@@ -176,6 +197,8 @@ impl Maps {
         let mut deltas: HashMap<PeerKey, (u64, u64)> = HashMap::new();
         // Distinct local ports each remote peer opened new flows to.
         let mut fan_out: HashMap<IpAddr, HashSet<u16>> = HashMap::new();
+        // Inbound packets, bytes and new flows per (peer, protocol).
+        let mut inbound: HashMap<(IpAddr, u8), (u64, u64, u64)> = HashMap::new();
         let mut idle = Vec::new();
         for (key, flow) in self.flow_entries()? {
             let (dp, db) = match self.seen.get(&key) {
@@ -192,10 +215,24 @@ impl Maps {
                             .entry(remote_addr(&key))
                             .or_default()
                             .insert(key.dst_port);
+                        inbound
+                            .entry((remote_addr(&key), key.protocol))
+                            .or_default()
+                            .2 += 1;
                     }
                     (flow.packets, flow.bytes)
                 }
             };
+            if key.direction == DIRECTION_INGRESS && dp > 0 {
+                let e = inbound
+                    .entry((remote_addr(&key), key.protocol))
+                    .or_default();
+                e.0 += dp;
+                e.1 += db;
+                let t = view.inbound_totals.entry(key.protocol).or_default();
+                t.0 += dp;
+                t.1 += db;
+            }
             if db > 0 || dp > 0 {
                 let peer = PeerKey {
                     ifindex: key.ifindex,
@@ -236,6 +273,7 @@ impl Maps {
             .into_iter()
             .map(|(peer, ports)| (peer, ports.len() as u64))
             .max_by_key(|(_, n)| *n);
+        view.inbound = heaviest_inbound(inbound);
 
         // Whatever was created and is neither live nor expired by us was
         // evicted by the kernel's LRU.
@@ -301,6 +339,29 @@ impl Source for Maps {
     }
 }
 
+/// The [`CYCLE_PEERS_KEPT`] heaviest (peer, protocol) rows by packets,
+/// ties broken by address so the order is stable.
+fn heaviest_inbound(rows: HashMap<(IpAddr, u8), (u64, u64, u64)>) -> Vec<InboundPeer> {
+    let mut rows: Vec<InboundPeer> = rows
+        .into_iter()
+        .map(|((peer, protocol), (packets, bytes, new_flows))| InboundPeer {
+            peer,
+            protocol,
+            packets,
+            bytes,
+            new_flows,
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        b.packets
+            .cmp(&a.packets)
+            .then(b.new_flows.cmp(&a.new_flows))
+            .then((a.peer, a.protocol).cmp(&(b.peer, b.protocol)))
+    });
+    rows.truncate(CYCLE_PEERS_KEPT);
+    rows
+}
+
 /// The remote end of a flow: the source of what we receive, the destination
 /// of what we send.
 pub fn remote_addr(key: &FlowKey) -> IpAddr {
@@ -334,6 +395,28 @@ impl Packets {
             .iter()
             .filter(|(k, _)| k.direction == DIRECTION_INGRESS)
             .map(|(_, c)| c.tcp_syn)
+            .sum()
+    }
+
+    /// TCP RSTs this node sent, on every interface (refusals: a closed
+    /// port's or a REJECT rule's answer to a SYN).
+    pub fn resets_sent(&self) -> u64 {
+        self.counters
+            .iter()
+            .filter(|(k, _)| k.direction != DIRECTION_INGRESS)
+            .map(|(_, c)| c.tcp_rst)
+            .sum()
+    }
+
+    /// Packets received of IP protocol `protocol` (all protocols: None),
+    /// on every interface.
+    pub fn received(&self, protocol: Option<u8>) -> u64 {
+        self.counters
+            .iter()
+            .filter(|(k, _)| {
+                k.direction == DIRECTION_INGRESS && protocol.is_none_or(|p| k.protocol == p)
+            })
+            .map(|(_, c)| c.packets)
             .sum()
     }
 
