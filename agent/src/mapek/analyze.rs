@@ -69,8 +69,31 @@ pub struct Anomaly {
     /// cookies, and why nobody is blocked).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// The subject's pod, namespace and container, when the container
+    /// runtime names them (`[kubernetes]`, see `crate::pods`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
     #[serde(skip)]
     quiet: u32,
+}
+
+impl Anomaly {
+    /// Names the subject's pod, namespace and container (once found,
+    /// kept).
+    fn set_pod(&mut self, subjects: &Subjects) {
+        if self.pod.is_some() {
+            return;
+        }
+        if let Some(who) = super::monitor::subject_pod(self.kind, subjects) {
+            self.pod = Some(who.pod);
+            self.namespace = Some(who.namespace);
+            self.container = who.container;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -87,6 +110,9 @@ impl Anomaly {
             evidence: Vec::new(),
             subject: None,
             notes: Vec::new(),
+            pod: None,
+            namespace: None,
+            container: None,
             quiet: 0,
         }
     }
@@ -402,6 +428,7 @@ impl Analyzer {
                     _ => None,
                 };
             }
+            anomaly.set_pod(subjects);
             if let Some(evidence) = firing.remove(anomaly.kind) {
                 anomaly.quiet = 0;
                 anomaly.score = evidence
@@ -427,7 +454,7 @@ impl Analyzer {
                 "syscall_error_spike" => super::monitor::describe_syscall_process(subjects, true),
                 _ => None,
             };
-            let anomaly = Anomaly {
+            let mut anomaly = Anomaly {
                 id: self.next_id,
                 kind,
                 severity: severity(score, self.k * self.scale(kind)),
@@ -437,8 +464,12 @@ impl Analyzer {
                 evidence,
                 subject,
                 notes: Vec::new(),
+                pod: None,
+                namespace: None,
+                container: None,
                 quiet: 0,
             };
+            anomaly.set_pod(subjects);
             self.next_id += 1;
             opened.push(anomaly.clone());
             self.active.push(anomaly);
