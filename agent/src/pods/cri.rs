@@ -127,8 +127,7 @@ pub async fn list(socket: &str, timeout: Duration, known: &View) -> Result<View,
                 .map_err(call("PodSandboxStatus"))?
                 .into_inner()
                 .status
-                .and_then(|s| s.network)
-                .map(|n| n.ip)
+                .map(|s| sandbox_ip(&s))
                 .unwrap_or_default(),
         };
         view.pods.insert(
@@ -174,8 +173,53 @@ pub async fn list(socket: &str, timeout: Duration, known: &View) -> Result<View,
     Ok(view)
 }
 
+/// A sandbox's own IP; empty for a host-network pod (its IP is the
+/// node's, shared by every such pod: no key to join a peer on).
+fn sandbox_ip(status: &k8s_cri::v1::PodSandboxStatus) -> String {
+    let host_network = status
+        .linux
+        .as_ref()
+        .and_then(|l| l.namespaces.as_ref())
+        .and_then(|n| n.options.as_ref())
+        .is_some_and(|o| o.network == k8s_cri::v1::NamespaceMode::Node as i32);
+    if host_network {
+        return String::new();
+    }
+    status
+        .network
+        .as_ref()
+        .map(|n| n.ip.clone())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
+    use k8s_cri::v1::{
+        LinuxPodSandboxStatus, Namespace, NamespaceMode, NamespaceOption, PodSandboxNetworkStatus,
+        PodSandboxStatus,
+    };
+
+    #[test]
+    fn host_network_pods_have_no_ip_of_their_own() {
+        let status = |mode: NamespaceMode| PodSandboxStatus {
+            network: Some(PodSandboxNetworkStatus {
+                ip: "10.0.0.7".into(),
+                ..Default::default()
+            }),
+            linux: Some(LinuxPodSandboxStatus {
+                namespaces: Some(Namespace {
+                    options: Some(NamespaceOption {
+                        network: mode as i32,
+                        ..Default::default()
+                    }),
+                }),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(sandbox_ip(&status(NamespaceMode::Pod)), "10.0.0.7");
+        assert_eq!(sandbox_ip(&status(NamespaceMode::Node)), "");
+    }
+
     use super::*;
 
     #[test]
