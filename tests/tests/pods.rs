@@ -330,3 +330,96 @@ fn a_syscall_storm_in_a_pod_names_the_pod() {
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Traffic to a pod, joined in Prometheus (a real one, scraping the agent)
+/// to the pod's name through `sonde_pod_info{pod_ip}`, by the mesh
+/// dashboard's own "Traffic by peer pod" query: the pod's bytes are the
+/// peer series' bytes, under its namespace and name.
+#[test]
+fn the_mesh_dashboard_names_peer_pods_through_the_pod_info_join() {
+    use sonde_tests::ops::{
+        dashboards::{self, substitute},
+        servers::Prometheus,
+    };
+    if !require_root() {
+        return;
+    }
+    let ctd = Containerd::start("sp-ctd-join");
+    let pod = ctd.run_pod(NS, "sp-api", "8c3d4e5f-6a7b-4c8d-9e0f-1a2b3c4d5e6f");
+    // The host reaches the pod over the CNI bridge, where the agent counts
+    // per peer (the bridge exists once a pod runs).
+    let config = agent_config(&ctd).set("network", "enabled", "true").set(
+        "network",
+        "interfaces",
+        &format!("[{:?}]", sonde_tests::cri::BRIDGE),
+    );
+    let agent = Agent::start(&config.render(), &[]);
+    let prom = Prometheus::start(&[agent.addr()], None, None);
+    // Scraped before, during and after the traffic: rate() sees it rise.
+    prom.wait_scraped(1, 2, Duration::from_secs(30));
+    let to = format!("{}:9", pod.ip);
+    for _ in 0..5 {
+        sonde_tests::Workload::run(&["udp-send", &to, "2000", "512"], Duration::from_secs(30));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    prom.wait_scraped(1, 10, Duration::from_secs(30));
+    let dashboard = dashboards::load_all()
+        .into_iter()
+        .find(|d| d.file.contains("mesh"))
+        .expect("the mesh dashboard");
+    let target = dashboard
+        .targets()
+        .into_iter()
+        .find(|t| t.panel == "Traffic by peer pod")
+        .expect("panel Traffic by peer pod");
+    let values = [
+        ("job", dashboards::DEFAULT_JOB),
+        ("cluster", ".*"),
+        ("node", ".*"),
+        ("interface", ".*"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .into_iter()
+    .collect();
+    let joined = substitute(&target.expr, &values);
+    let plain = format!(
+        r#"sum by (direction) (rate(sonde_peer_bytes_total{{peer="{}"}}[30s]))"#,
+        pod.ip
+    );
+    let value = |r: &serde_json::Value| {
+        r["value"][1]
+            .as_str()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let rows = prom
+        .query(&joined)
+        .unwrap_or_else(|e| panic!("{e} in {joined}"));
+    let egress = rows
+        .iter()
+        .find(|r| r["metric"]["pod"] == "sp-api" && r["metric"]["direction"] == "egress")
+        .unwrap_or_else(|| panic!("no egress row for sp-api in {rows:?}\nfrom {joined}"));
+    assert_eq!(egress["metric"]["namespace"], NS, "{egress}");
+    let by_ip = prom
+        .query(&plain)
+        .unwrap_or_else(|e| panic!("{e} in {plain}"));
+    let want = by_ip
+        .iter()
+        .find(|r| r["metric"]["direction"] == "egress")
+        .map(value)
+        .unwrap_or_else(|| panic!("no egress bytes to {} in {by_ip:?}", pod.ip));
+    let got = value(egress);
+    assert!(want > 0.0, "no bytes to the pod: {by_ip:?}");
+    // Two queries, evaluated a moment apart: the same rate within 2 %.
+    assert!(
+        (got - want).abs() <= 0.02 * want,
+        "joined {got} B/s for sp-api, {want} B/s to {} unjoined",
+        pod.ip
+    );
+    println!(
+        "Prometheus join: {got:.0} B/s to {NS}/sp-api ({}), the same as peer {} unjoined",
+        pod.ip, pod.ip
+    );
+    drop(prom);
+    drop(agent);
+}
