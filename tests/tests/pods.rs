@@ -193,6 +193,8 @@ fn cpu_contention_in_a_pod_is_named_by_pod() {
             &[("namespace", NS), ("pod", "sp-busy")],
         )
     };
+    let prom = sonde_tests::ops::servers::Prometheus::start(&[agent.addr()], None, None);
+    prom.wait_scraped(1, 2, Duration::from_secs(30));
     let before = agent.metrics();
     let psi_before = cpu_pressure_some_us(&pod.cgroup());
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -241,10 +243,35 @@ fn cpu_contention_in_a_pod_is_named_by_pod() {
             "pod sp-busy: waits sum to {d_sum:.3} s; its cgroup's PSI says {psi:.3} s"
         );
     }
+    // The node dashboard's "Run-queue wait by pod", through Prometheus.
+    prom.wait_scraped(1, 8, Duration::from_secs(30));
+    let target = sonde_tests::ops::dashboards::load_all()
+        .into_iter()
+        .flat_map(|d| d.targets())
+        .find(|t| t.panel == "Run-queue wait by pod")
+        .expect("panel Run-queue wait by pod");
+    let values = [("job", "sonde"), ("cluster", ".*"), ("node", ".*")]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .into_iter()
+        .collect();
+    let q = sonde_tests::ops::dashboards::substitute(&target.expr, &values);
+    let rows = prom.query(&q).unwrap_or_else(|e| panic!("{e} in {q}"));
+    let busy = rows
+        .iter()
+        .find(|r| r["metric"]["pod"] == "sp-busy" && r["metric"]["namespace"] == NS)
+        .unwrap_or_else(|| panic!("no sp-busy row from the dashboard's query {q}: {rows:?}"));
+    let per_second: f64 = busy["value"][1]
+        .as_str()
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or(0.0);
+    assert!(per_second > 0.0, "{busy}");
     println!(
-        "pod sp-busy: {} containers named {containers:?}, waits {d_sum:.3} s; PSI cpu some {psi:?} s",
+        "pod sp-busy: {} containers named {containers:?}, waits {d_sum:.3} s; PSI cpu some \
+         {psi:?} s; dashboard: {per_second:.3} s/s waited",
         named.len()
     );
+    drop(prom);
     drop(agent);
 }
 

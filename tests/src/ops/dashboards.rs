@@ -23,6 +23,12 @@ pub const FILTERS: [&str; 3] = ["job", "cluster", "node"];
 /// from every node, so it is not filtered on `node`.
 pub const NEEDS_PODS: &[&str] = &["sonde_pod_info"];
 
+/// A query that returns data only where pods run: it reads a
+/// [`NEEDS_PODS`] family, or selects series by their pod (`pod!=""`).
+pub fn needs_pods(expr: &str) -> bool {
+    NEEDS_PODS.iter().any(|m| expr.contains(m)) || expr.contains(r#"pod!="""#)
+}
+
 /// The job the scrape configs in this repository name (the alerts select
 /// on it); the `job` variable's default.
 pub const DEFAULT_JOB: &str = "sonde";
