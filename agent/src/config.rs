@@ -76,6 +76,7 @@ pub struct Config {
     pub collector: CollectorConfig,
     pub health: HealthConfig,
     pub otlp: OtlpConfig,
+    pub kubernetes: KubernetesConfig,
     pub debug: DebugConfig,
 }
 
@@ -98,6 +99,7 @@ impl Default for Config {
             collector: CollectorConfig::default(),
             health: HealthConfig::default(),
             otlp: OtlpConfig::default(),
+            kubernetes: KubernetesConfig::default(),
             debug: DebugConfig::default(),
         }
     }
@@ -359,6 +361,41 @@ impl Default for RunqueueConfig {
             enabled: true,
             hook: "auto".into(),
             top_cgroups: 10,
+        }
+    }
+}
+
+/// Pod identity from the node's container runtime over CRI (see
+/// `crate::pods`): names cgroups, processes and anomalies by pod,
+/// namespace and container, and exports `sonde_pod_info`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// Ask the runtime; off: cgroup paths only, no `sonde_pod_info`.
+    pub enabled: bool,
+    /// The CRI socket; empty: the first of the usual paths that exists
+    /// (containerd, CRI-O, cri-dockerd), looked for again at each refresh.
+    pub socket: String,
+    /// Seconds between two listings of pods and containers.
+    pub refresh_interval_s: u64,
+    /// A listing that takes longer fails (the runtime counts as down).
+    pub timeout_ms: u64,
+    /// The `node` label of `sonde_pod_info`; empty: $NODE_NAME (the
+    /// DaemonSet sets it from spec.nodeName), else the host name.
+    pub node_name: String,
+    /// At most this many pods (and 8 containers each) are kept.
+    pub max_pods: usize,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            socket: String::new(),
+            refresh_interval_s: 10,
+            timeout_ms: 2_000,
+            node_name: String::new(),
+            max_pods: 1_000,
         }
     }
 }
@@ -830,6 +867,30 @@ impl Config {
                 ),
             });
         }
+        if !(1..=3_600).contains(&self.kubernetes.refresh_interval_s) {
+            return Err(ConfigError::Invalid {
+                key: "kubernetes.refresh_interval_s",
+                message: format!(
+                    "{} must be between 1 and 3600",
+                    self.kubernetes.refresh_interval_s
+                ),
+            });
+        }
+        if !(100..=60_000).contains(&self.kubernetes.timeout_ms) {
+            return Err(ConfigError::Invalid {
+                key: "kubernetes.timeout_ms",
+                message: format!(
+                    "{} must be between 100 and 60000",
+                    self.kubernetes.timeout_ms
+                ),
+            });
+        }
+        if !(1..=100_000).contains(&self.kubernetes.max_pods) {
+            return Err(ConfigError::Invalid {
+                key: "kubernetes.max_pods",
+                message: format!("{} must be between 1 and 100000", self.kubernetes.max_pods),
+            });
+        }
         if !(self.mapek.sensitivity.is_finite() && self.mapek.sensitivity > 0.0) {
             return Err(ConfigError::Invalid {
                 key: "mapek.sensitivity",
@@ -881,6 +942,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "collector",
     "health",
     "otlp",
+    "kubernetes",
     "debug",
 ];
 

@@ -12,7 +12,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::{state::AppState, tasks::Role, time::now_ms};
+use crate::{pods::Runtime, state::AppState, tasks::Role, time::now_ms};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -66,8 +66,26 @@ pub async fn readiness(state: &AppState) -> Report {
             Box::new(move |s: &AppState| check_ring(s, label)),
         ));
     }
+    if state.config_snapshot().kubernetes.enabled {
+        components.push(("kubernetes".into(), Box::new(check_kubernetes)));
+    }
     push_tasks(state, &mut components, &[Role::Readiness, Role::Degraded]);
     run(state, components).await
+}
+
+/// The container runtime that names pods: down is degraded (names fall
+/// back to cgroup paths); no runtime socket at all is a node without
+/// Kubernetes, fine.
+fn check_kubernetes(_: &AppState) -> Verdict {
+    match crate::pods::cache().runtime() {
+        Runtime::Down { socket, error } => (
+            Status::Degraded,
+            Some(format!(
+                "container runtime at {socket} unreachable, pods named by cgroup path only: {error}"
+            )),
+        ),
+        Runtime::Off | Runtime::NotFound | Runtime::Up { .. } => (Status::Ok, None),
+    }
 }
 
 /// A check per supervised task with one of `roles`, named `task.NAME`:

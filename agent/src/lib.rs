@@ -10,7 +10,7 @@
 //! 0. leaves: [`time`], [`version`], [`syscall_table`], [`cgroup`],
 //!    [`netif`], [`config`] (with `Mode` and the MAPE-K `Overlay`), [`cli`],
 //!    [`family`] (metric family builder), [`notify`] (systemd's protocol),
-//!    [`tasks`] (supervision)
+//!    [`tasks`] (supervision), [`pods`] (pod identity over CRI)
 //! 1. probe helpers, signals and events: `probes::{btf, capabilities,
 //!    tiers}`, [`signals`] (each signal's tiers, maps and families),
 //!    [`events`]
@@ -39,6 +39,7 @@ pub mod netif;
 pub mod netstat;
 pub mod notify;
 pub mod otlp;
+pub mod pods;
 pub mod probes;
 pub mod serving;
 pub mod signals;

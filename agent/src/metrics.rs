@@ -232,6 +232,7 @@ fn kernel_families(snapshot: &Snapshot, events: &Events) -> Vec<MetricFamily> {
     let mut out = Vec::new();
 
     blocklist_families(snapshot, &mut out);
+    crate::pods::cache().families(&mut out);
     for (_, reading) in &snapshot.signals {
         reading.families(&mut out);
     }

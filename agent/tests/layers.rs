@@ -38,6 +38,10 @@ const LAYERS: &[(&str, u8)] = &[
     ("serving", 0),
     ("netstat", 0),
     ("tasks", 0),
+    // Pod identity: cgroup paths and the runtime over CRI, a cache.
+    ("pods", 0),
+    ("pods::cgroup_path", 0),
+    ("pods::cri", 0),
     // 1. What the kernel offers, each signal's pieces, the event reader.
     ("probes::btf", 1),
     ("probes::capabilities", 1),

@@ -20,6 +20,8 @@
 pub mod agent;
 pub mod bpf;
 pub mod cgroup;
+#[cfg(feature = "cri")]
+pub mod cri;
 pub mod http;
 pub mod net;
 pub mod ops;

@@ -98,6 +98,21 @@ pub const PACKAGES: &[Package] = &[
         why: "builds and runs the container image",
     },
     Package {
+        name: "protobuf-compiler",
+        commands: &[],
+        why: "protoc, run by k8s-cri's build script (the agent's CRI client)",
+    },
+    Package {
+        name: "containerd",
+        commands: &["containerd", "ctr"],
+        why: "the real container runtime the pod identity tests drive over CRI",
+    },
+    Package {
+        name: "containernetworking-plugins",
+        commands: &[],
+        why: "CNI bridge, host-local and loopback for the pods containerd runs",
+    },
+    Package {
         name: "runc",
         commands: &["runc"],
         why: "podman's runtime here: crun refuses hybrid cgroups",

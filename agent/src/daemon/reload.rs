@@ -45,6 +45,9 @@ pub(super) fn reload(state: &AppState, path: Option<&std::path::Path>) {
     if new.otlp != current.otlp {
         restart_needed.push("otlp");
     }
+    if new.kubernetes != current.kubernetes {
+        restart_needed.push("kubernetes");
+    }
     if new.tcp.enabled != current.tcp.enabled {
         restart_needed.push("tcp.enabled");
     }

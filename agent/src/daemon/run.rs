@@ -78,6 +78,7 @@ struct Tasks {
     watcher: Option<JoinHandle<()>>,
     refresher: JoinHandle<()>,
     otlp: Option<JoinHandle<()>>,
+    pods: Option<JoinHandle<()>>,
 }
 
 async fn serve(
@@ -129,6 +130,7 @@ async fn serve(
         watcher,
         refresher: spawn_refresher(&state, &shutdown_rx),
         otlp: spawn_otlp(&config, &state, &shutdown_rx),
+        pods: spawn_pods(&config, &state, &shutdown_rx),
     };
     // The programs are attached and /health/startup answers 200: tell the
     // service manager (Type=notify), so `systemctl start` returns now.
@@ -390,6 +392,26 @@ fn spawn_otlp(config: &Config, state: &AppState, shutdown: &Shutdown) -> Option<
     })
 }
 
+/// Pod identity, when `[kubernetes] enabled`: lists the runtime's pods
+/// and containers on a bounded poll (its own task: a slow runtime never
+/// holds up a collection).
+fn spawn_pods(config: &Config, state: &AppState, shutdown: &Shutdown) -> Option<JoinHandle<()>> {
+    let k = &config.kubernetes;
+    k.enabled.then(|| {
+        // A refresh may take four timeouts: two periods, four timeouts and
+        // ten seconds.
+        let task = state.tasks.register(
+            "kubernetes",
+            Role::Degraded,
+            Duration::from_secs(2 * k.refresh_interval_s)
+                + Duration::from_millis(4 * k.timeout_ms)
+                + Duration::from_secs(10),
+        );
+        let body = crate::pods::run(k.clone(), task.clone(), shutdown.clone());
+        tokio::spawn(state.tasks.clone().run_async(task, body))
+    })
+}
+
 /// Until SIGTERM or SIGINT, or a supervised task gave up (the agent then
 /// shuts down in order and exits with code 3); SIGHUP reloads the configuration and the web
 /// configuration file.
@@ -423,6 +445,9 @@ async fn wait_for_signals(
 /// detaches every program.
 async fn stop(tasks: Tasks, state: &AppState, probes: &Arc<Mutex<Probes>>) {
     tasks.refresher.abort();
+    if let Some(task) = tasks.pods {
+        task.abort();
+    }
     if let Some(task) = tasks.otlp {
         // It returns on the shutdown signal, even mid-export.
         let abort = task.abort_handle();

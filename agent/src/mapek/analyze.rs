@@ -75,11 +75,34 @@ pub struct Anomaly {
     /// cookies, and why nobody is blocked).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// The subject's pod, namespace and container, when the container
+    /// runtime names them (`[kubernetes]`, see `crate::pods`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
     #[serde(skip)]
     quiet: u32,
     /// `subject` is the top culprit's description (so it follows them).
     #[serde(skip)]
     subject_from_culprit: bool,
+}
+
+impl Anomaly {
+    /// Names the subject's pod, namespace and container (once found,
+    /// kept).
+    fn set_pod(&mut self, subjects: &Subjects) {
+        if self.pod.is_some() {
+            return;
+        }
+        if let Some(who) = super::monitor::subject_pod(self.kind, subjects) {
+            self.pod = Some(who.pod);
+            self.namespace = Some(who.namespace);
+            self.container = who.container;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -97,6 +120,9 @@ impl Anomaly {
             subject: None,
             culprits: Vec::new(),
             notes: Vec::new(),
+            pod: None,
+            namespace: None,
+            container: None,
             quiet: 0,
             subject_from_culprit: false,
         }
@@ -472,6 +498,7 @@ impl Analyzer {
                     }
                 }
             }
+            anomaly.set_pod(subjects);
             if let Some(evidence) = firing.remove(anomaly.kind) {
                 anomaly.quiet = 0;
                 anomaly.score = evidence
@@ -500,7 +527,7 @@ impl Analyzer {
             let culprits = super::monitor::culprits(kind, subjects);
             let subject_from_culprit = subject.is_none() && !culprits.is_empty();
             let subject = subject.or_else(|| culprits.first().map(Culprit::describe));
-            let anomaly = Anomaly {
+            let mut anomaly = Anomaly {
                 id: self.next_id,
                 kind,
                 severity: severity(score, self.k * self.scale(kind)),
@@ -511,9 +538,13 @@ impl Analyzer {
                 subject,
                 culprits,
                 notes: Vec::new(),
+                pod: None,
+                namespace: None,
+                container: None,
                 quiet: 0,
                 subject_from_culprit,
             };
+            anomaly.set_pod(subjects);
             self.next_id += 1;
             opened.push(anomaly.clone());
             self.active.push(anomaly);

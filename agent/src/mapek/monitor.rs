@@ -205,6 +205,35 @@ impl Subjects {
     }
 }
 
+/// The pod, namespace and container of what an anomaly of `kind` names
+/// (its process or cgroup), when the container runtime knows it.
+pub fn subject_pod(kind: &str, subjects: &Subjects) -> Option<crate::pods::Identity> {
+    let pods = crate::pods::cache();
+    match kind {
+        "syscall_storm" => pods.resolve_pid(syscall_pid(subjects, false)?),
+        "syscall_error_spike" => pods.resolve_pid(syscall_pid(subjects, true)?),
+        "fork_storm" => {
+            let (pid, churn) = subjects.busiest_parent?;
+            pods.resolve_pid(pid)
+                .or_else(|| pods.resolve(&crate::cgroup::name(churn.cgroup_id)))
+        }
+        "cpu_saturation" => {
+            let (id, _, _) = subjects.most_waiting_cgroup?;
+            pods.resolve(&crate::cgroup::name(id))
+        }
+        _ => None,
+    }
+}
+
+/// The process that made the most syscalls (`by_errors`: failed ones).
+fn syscall_pid(subjects: &Subjects, by_errors: bool) -> Option<u32> {
+    let (pid, counts) = subjects
+        .syscall_processes
+        .iter()
+        .max_by_key(|(_, c)| if by_errors { c.errors } else { c.calls })?;
+    (!by_errors || counts.errors > 0).then_some(*pid)
+}
+
 /// "process PID (COMM): N syscalls/s, F failed/s, cgroup PATH" for the
 /// process that made the most syscalls (`by_errors`: failed ones) while
 /// they were counted per process; None when they were not.

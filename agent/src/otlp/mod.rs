@@ -158,15 +158,7 @@ impl Exporter {
         let (records, started, ended) = self.anomaly_records(now);
         if !records.is_empty() {
             let request = ExportLogsServiceRequest {
-                resource_logs: vec![ResourceLogs {
-                    resource: Some(self.resource.clone()),
-                    scope_logs: vec![ScopeLogs {
-                        scope: Some(scope()),
-                        log_records: records,
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }],
+                resource_logs: by_pod(&self.resource, records),
             };
             if self.export(Signal::Logs, Payload::Logs(request)).await {
                 self.started_sent.extend(started);
@@ -281,6 +273,48 @@ impl Exporter {
     }
 }
 
+/// An anomaly's pod fields and the OpenTelemetry semantic conventions'
+/// resource attributes for them.
+const K8S_ATTRIBUTES: [(&str, &str); 3] = [
+    ("namespace", "k8s.namespace.name"),
+    ("pod", "k8s.pod.name"),
+    ("container", "k8s.container.name"),
+];
+
+/// Log records grouped by the pod they name: the `k8s.*` attributes move
+/// from each record into its group's resource (the agent's own resource
+/// plus them), as the semantic conventions place them.
+fn by_pod(base: &Resource, records: Vec<LogRecord>) -> Vec<ResourceLogs> {
+    let mut groups: Vec<(Vec<KeyValue>, Vec<LogRecord>)> = Vec::new();
+    for mut record in records {
+        let (k8s, rest): (Vec<KeyValue>, Vec<KeyValue>) = record
+            .attributes
+            .into_iter()
+            .partition(|kv| kv.key.starts_with("k8s."));
+        record.attributes = rest;
+        match groups.iter_mut().find(|(key, _)| *key == k8s) {
+            Some((_, group)) => group.push(record),
+            None => groups.push((k8s, vec![record])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(k8s, log_records)| {
+            let mut resource = base.clone();
+            resource.attributes.extend(k8s);
+            ResourceLogs {
+                resource: Some(resource),
+                scope_logs: vec![ScopeLogs {
+                    scope: Some(scope()),
+                    log_records,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
 /// One anomaly (as in /api/v1/anomalies) starting or ending, as a log record.
 fn anomaly_record(a: &serde_json::Value, end: bool, now: u64) -> LogRecord {
     let kind = a["kind"].as_str().unwrap_or("unknown");
@@ -348,6 +382,12 @@ fn anomaly_record(a: &serde_json::Value, end: bool, now: u64) -> LogRecord {
                 }),
                 ..Default::default()
             });
+        }
+    }
+    // The subject's pod: moved into the resource by `by_pod`.
+    for (field, key) in K8S_ATTRIBUTES {
+        if let Some(value) = a[field].as_str() {
+            attributes.push(kv_str(key, value));
         }
     }
     LogRecord {
@@ -813,5 +853,43 @@ mod tests {
         let r = anomaly_record(&a, true, 7);
         assert_eq!(r.severity_number, SeverityNumber::Info as i32);
         assert_eq!(r.time_unix_nano, 7, "no end time: observed time");
+    }
+
+    #[test]
+    fn a_pods_anomalies_carry_its_k8s_resource_attributes() {
+        let plain = serde_json::json!({"id": 1, "kind": "fork_storm", "start": 1.0});
+        let in_pod = serde_json::json!({
+            "id": 2, "kind": "syscall_storm", "start": 1.0,
+            "pod": "cart-1", "namespace": "shop", "container": "cart",
+        });
+        let records = vec![
+            anomaly_record(&plain, false, 7),
+            anomaly_record(&in_pod, false, 7),
+        ];
+        let base = Resource {
+            attributes: vec![kv_str("host.name", "n1")],
+            ..Default::default()
+        };
+        let logs = by_pod(&base, records);
+        assert_eq!(logs.len(), 2, "one resource per pod, one without");
+        assert_eq!(
+            logs[0].resource.as_ref().unwrap().attributes,
+            base.attributes
+        );
+        let attrs = &logs[1].resource.as_ref().unwrap().attributes;
+        for kv in [
+            kv_str("k8s.namespace.name", "shop"),
+            kv_str("k8s.pod.name", "cart-1"),
+            kv_str("k8s.container.name", "cart"),
+        ] {
+            assert!(attrs.contains(&kv), "{kv:?} missing from {attrs:?}");
+        }
+        let record = &logs[1].scope_logs[0].log_records[0];
+        assert!(
+            !record
+                .attributes
+                .iter()
+                .any(|kv| kv.key.starts_with("k8s."))
+        );
     }
 }

@@ -265,12 +265,24 @@ impl Reading for RunQueue {
         runq.done(out);
         let mut cgroups = Family::new(
             "sonde_runqueue_cgroup_latency_seconds",
-            "Time runnable tasks waited for a CPU, by the task's cgroup (v2 path), for the runqueue.top_cgroups cgroups that waited longest in all",
+            "Time runnable tasks waited for a CPU, by the task's cgroup (v2 path; with its namespace, pod and container when the container runtime names them), for the runqueue.top_cgroups cgroups that waited longest in all",
             MetricType::HISTOGRAM,
         );
+        let pods = crate::pods::cache().view();
         for (cgroup, rq) in &self.cgroups {
+            // A pod's cgroup also carries its pod, namespace and container
+            // (when the runtime named them: `[kubernetes]`).
+            let who = pods.resolve(cgroup);
+            let mut labels = vec![("cgroup", cgroup.as_str())];
+            if let Some(who) = &who {
+                labels.push(("namespace", &who.namespace));
+                labels.push(("pod", &who.pod));
+                if let Some(container) = &who.container {
+                    labels.push(("container", container));
+                }
+            }
             cgroups.histogram(
-                &[("cgroup", cgroup)],
+                &labels,
                 &log2_buckets(&rq.slots),
                 rq.samples,
                 rq.sum_ns as f64 / 1e9,

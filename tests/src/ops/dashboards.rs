@@ -16,6 +16,19 @@ pub const MIN_SCHEMA_VERSION: u64 = 36;
 /// `job`, `cluster` and `node`, each as `label=~"$label"`.
 pub const FILTERS: [&str; 3] = ["job", "cluster", "node"];
 
+/// Families exported only where the container runtime reports pods
+/// (`[kubernetes]`): absent from the ops tests' scrapes, proven by
+/// tests/tests/pods.rs against a real containerd and Prometheus instead.
+/// `sonde_pod_info` is also the cluster-wide IP → pod map: a join reads it
+/// from every node, so it is not filtered on `node`.
+pub const NEEDS_PODS: &[&str] = &["sonde_pod_info"];
+
+/// A query that returns data only where pods run: it reads a
+/// [`NEEDS_PODS`] family, or selects series by their pod (`pod!=""`).
+pub fn needs_pods(expr: &str) -> bool {
+    NEEDS_PODS.iter().any(|m| expr.contains(m)) || expr.contains(r#"pod!="""#)
+}
+
 /// The job the scrape configs in this repository name (the alerts select
 /// on it); the `job` variable's default.
 pub const DEFAULT_JOB: &str = "sonde";
@@ -509,6 +522,7 @@ pub fn unfiltered(expr: &str) -> Vec<String> {
             let missing: Vec<&str> = FILTERS
                 .iter()
                 .copied()
+                .filter(|f| !(*f == "node" && NEEDS_PODS.contains(&s.metric.as_str())))
                 .filter(|f| {
                     !s.matchers
                         .iter()

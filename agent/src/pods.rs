@@ -1,0 +1,401 @@
+//! Pod identity, from the node itself (no API server): a task's cgroup
+//! path names its container ([`cgroup_path`]); the container runtime,
+//! asked over its CRI socket as kubelet asks it ([`cri`]), names the
+//! container's pod, namespace and container as kubelet labelled them, and
+//! the pod's IP. [`Cache`] holds the last listing; one supervised task
+//! refreshes it ([`run`]) on a bounded poll, so a collection cycle only
+//! reads a map and never waits on the runtime. The runtime absent or down
+//! leaves cgroup paths as they are and says so in the health checks.
+
+pub mod cgroup_path;
+pub mod cri;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, LazyLock, Mutex, RwLock},
+    time::Duration,
+};
+
+use prometheus::proto::{MetricFamily, MetricType};
+
+use crate::{config::KubernetesConfig, family::Family, tasks::Task};
+
+/// Which pod (and container) a cgroup or a process belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Identity {
+    pub namespace: String,
+    pub pod: String,
+    /// None: the pod's own cgroup, or its sandbox (pause) container.
+    pub container: Option<String>,
+}
+
+/// One pod sandbox on the node, as its runtime describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    pub sandbox_id: String,
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// The sandbox's IP (empty: host network or none yet).
+    pub ip: String,
+}
+
+/// One container of a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    pub id: String,
+    pub name: String,
+    pub sandbox_id: String,
+}
+
+/// What the runtime said at the last refresh.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    /// By sandbox id.
+    pub pods: BTreeMap<String, Pod>,
+    /// By container id.
+    pub containers: HashMap<String, Container>,
+}
+
+impl View {
+    /// Keeps at most `max_pods` pods (by sandbox id) and 8 containers per
+    /// kept pod: the cache's memory is bounded whatever the runtime says.
+    pub fn bounded(mut self, max_pods: usize) -> View {
+        while self.pods.len() > max_pods {
+            self.pods.pop_last();
+        }
+        let mut per_pod: HashMap<String, usize> = HashMap::new();
+        let mut ids: Vec<String> = self.containers.keys().cloned().collect();
+        ids.sort();
+        for id in ids {
+            let sandbox = &self.containers[&id].sandbox_id;
+            let n = per_pod.entry(sandbox.clone()).or_default();
+            if !self.pods.contains_key(sandbox) || *n >= MAX_CONTAINERS_PER_POD {
+                self.containers.remove(&id);
+            } else {
+                *n += 1;
+            }
+        }
+        self
+    }
+
+    /// The pod and container of the task in the cgroup at `path` (any
+    /// hierarchy, any of the drivers and runtimes [`cgroup_path`] knows).
+    pub fn resolve(&self, path: &str) -> Option<Identity> {
+        let pod_identity = |pod: &Pod, container: Option<String>| Identity {
+            namespace: pod.namespace.clone(),
+            pod: pod.name.clone(),
+            container,
+        };
+        if let Some(found) = cgroup_path::container_id(path) {
+            if let Some(c) = self.containers.get(&found.id)
+                && let Some(pod) = self.pods.get(&c.sandbox_id)
+            {
+                return Some(pod_identity(pod, Some(c.name.clone())));
+            }
+            if let Some(pod) = self.pods.get(&found.id) {
+                return Some(pod_identity(pod, None));
+            }
+        }
+        let uid = cgroup_path::pod_uid(path)?;
+        self.pods
+            .values()
+            .find(|p| p.uid == uid)
+            .map(|p| pod_identity(p, None))
+    }
+}
+
+/// Containers kept per pod at most (see [`View::bounded`]).
+pub const MAX_CONTAINERS_PER_POD: usize = 8;
+
+/// Where the runtime stands, for the health checks.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Runtime {
+    /// `[kubernetes] enabled = false`, or not started yet.
+    #[default]
+    Off,
+    /// No socket at any of the usual paths: not a Kubernetes node.
+    NotFound,
+    /// The last listing worked.
+    Up { socket: String, pods: usize },
+    /// The last listing failed: names fall back to cgroup paths.
+    Down { socket: String, error: String },
+}
+
+/// The last listing and the runtime's state, shared by the refresh task
+/// (writer) and the collector, exposition and analysis (readers).
+#[derive(Debug, Default)]
+pub struct Cache {
+    view: RwLock<Arc<View>>,
+    runtime: Mutex<Runtime>,
+    node: Mutex<String>,
+}
+
+static CACHE: LazyLock<Cache> = LazyLock::new(Cache::default);
+
+/// The agent's one cache (a process has one runtime to ask).
+pub fn cache() -> &'static Cache {
+    &CACHE
+}
+
+impl Cache {
+    /// The last listing (a cheap clone of a shared pointer).
+    pub fn view(&self) -> Arc<View> {
+        self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn runtime(&self) -> Runtime {
+        self.runtime
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The pod and container of the cgroup at `path`; None when unknown.
+    pub fn resolve(&self, path: &str) -> Option<Identity> {
+        self.view().resolve(path)
+    }
+
+    /// The pod and container of process `pid`, from /proc/PID/cgroup.
+    pub fn resolve_pid(&self, pid: u32) -> Option<Identity> {
+        let view = self.view();
+        if view.pods.is_empty() {
+            return None;
+        }
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        cgroup_path::proc_cgroup_paths(&text).find_map(|p| view.resolve(p))
+    }
+
+    fn set(&self, view: View, runtime: Runtime) {
+        *self.view.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(view);
+        *self.runtime.lock().unwrap_or_else(|e| e.into_inner()) = runtime;
+    }
+
+    /// `sonde_pod_info{namespace,pod,uid,pod_ip,node} 1` per pod.
+    pub fn families(&self, out: &mut Vec<MetricFamily>) {
+        let view = self.view();
+        if view.pods.is_empty() {
+            return;
+        }
+        let node = self.node.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut family = Family::new(
+            "sonde_pod_info",
+            "1 per pod on this node, as its container runtime reports it over CRI (join on pod_ip or namespace/pod)",
+            MetricType::GAUGE,
+        );
+        for pod in view.pods.values() {
+            family.sample(
+                &[
+                    ("namespace", &pod.namespace),
+                    ("pod", &pod.name),
+                    ("uid", &pod.uid),
+                    ("pod_ip", &pod.ip),
+                    ("node", &node),
+                ],
+                1.0,
+            );
+        }
+        family.done(out);
+    }
+}
+
+/// The node's name: configured, else $NODE_NAME, else the host name.
+pub fn node_name(config: &KubernetesConfig) -> String {
+    if !config.node_name.is_empty() {
+        return config.node_name.clone();
+    }
+    std::env::var("NODE_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .unwrap_or_default()
+}
+
+/// Refreshes [`cache`] every `refresh_interval_s` until `shutdown`
+/// changes: one listing of sandboxes and containers, and the status of
+/// each sandbox not seen before (for its IP), each bounded by
+/// `timeout_ms`. A failure empties the cache (names fall back to cgroup
+/// paths) and is retried at the next tick.
+pub async fn run(
+    config: KubernetesConfig,
+    task: Arc<Task>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let cache = cache();
+    *cache.node.lock().unwrap_or_else(|e| e.into_inner()) = node_name(&config);
+    let mut tick = tokio::time::interval(Duration::from_secs(config.refresh_interval_s));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let timeout = Duration::from_millis(config.timeout_ms);
+    let mut was = Runtime::Off;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        task.beat_async().await;
+        let Some(socket) = cri::socket(&config.socket) else {
+            cache.set(View::default(), Runtime::NotFound);
+            continue;
+        };
+        let known = cache.view();
+        let listed = tokio::time::timeout(timeout * 4, cri::list(&socket, timeout, &known)).await;
+        let runtime = match listed {
+            Ok(Ok(view)) => {
+                let view = view.bounded(config.max_pods);
+                let runtime = Runtime::Up {
+                    socket: socket.clone(),
+                    pods: view.pods.len(),
+                };
+                cache.set(view, runtime.clone());
+                runtime
+            }
+            Ok(Err(err)) => down(cache, &socket, err.to_string()),
+            Err(_) => down(
+                cache,
+                &socket,
+                format!("no answer in {} ms", timeout.as_millis() * 4),
+            ),
+        };
+        if std::mem::discriminant(&runtime) != std::mem::discriminant(&was) {
+            match &runtime {
+                Runtime::Up { socket, pods } => {
+                    tracing::info!(target: "sonde::pods", "container runtime at {socket}: {pods} pods")
+                }
+                Runtime::Down { socket, error } => tracing::warn!(
+                    target: "sonde::pods",
+                    "container runtime at {socket} unreachable ({error}): cgroup paths only"
+                ),
+                _ => {}
+            }
+        }
+        was = runtime;
+    }
+}
+
+fn down(cache: &Cache, socket: &str, error: String) -> Runtime {
+    let runtime = Runtime::Down {
+        socket: socket.to_owned(),
+        error,
+    };
+    cache.set(View::default(), runtime.clone());
+    runtime
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CID: &str = "0f5d1a6e4c3b2a19081716151413121110f0e0d0c0b0a0908070605040302010";
+    const SID: &str = "aa5d1a6e4c3b2a19081716151413121110f0e0d0c0b0a0908070605040302010";
+    const UID: &str = "6b2c9a4e-1f3d-4c5b-9e8a-7d6c5b4a3f21";
+
+    fn view() -> View {
+        let mut v = View::default();
+        v.pods.insert(
+            SID.into(),
+            Pod {
+                sandbox_id: SID.into(),
+                namespace: "shop".into(),
+                name: "cart-7d9f".into(),
+                uid: UID.into(),
+                ip: "10.88.0.5".into(),
+            },
+        );
+        v.containers.insert(
+            CID.into(),
+            Container {
+                id: CID.into(),
+                name: "cart".into(),
+                sandbox_id: SID.into(),
+            },
+        );
+        v
+    }
+
+    #[test]
+    fn resolves_containers_sandboxes_and_pod_cgroups() {
+        let v = view();
+        let cart = Identity {
+            namespace: "shop".into(),
+            pod: "cart-7d9f".into(),
+            container: Some("cart".into()),
+        };
+        assert_eq!(
+            v.resolve(&format!("/kubepods/burstable/pod{UID}/{CID}")),
+            Some(cart.clone())
+        );
+        let systemd = format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{CID}.scope",
+            UID.replace('-', "_")
+        );
+        assert_eq!(v.resolve(&systemd), Some(cart));
+        let pod_only = Identity {
+            container: None,
+            ..v.resolve(&format!("/kubepods/pod{UID}/{CID}")).unwrap()
+        };
+        assert_eq!(
+            v.resolve(&format!("/kubepods/pod{UID}/{SID}")),
+            Some(pod_only.clone())
+        );
+        assert_eq!(v.resolve(&format!("/kubepods/pod{UID}")), Some(pod_only));
+        assert_eq!(v.resolve("/system.slice/sshd.service"), None);
+        assert_eq!(v.resolve("/"), None);
+    }
+
+    #[test]
+    fn the_view_is_bounded() {
+        let mut v = view();
+        for i in 0..20 {
+            v.containers.insert(
+                format!("{i:064x}"),
+                Container {
+                    id: format!("{i:064x}"),
+                    name: format!("c{i}"),
+                    sandbox_id: SID.into(),
+                },
+            );
+            v.pods.insert(
+                format!("p{i}"),
+                Pod {
+                    sandbox_id: format!("p{i}"),
+                    namespace: "n".into(),
+                    name: format!("p{i}"),
+                    uid: String::new(),
+                    ip: String::new(),
+                },
+            );
+        }
+        let v = v.bounded(5);
+        assert_eq!(v.pods.len(), 5);
+        assert!(v.containers.len() <= MAX_CONTAINERS_PER_POD);
+    }
+
+    #[test]
+    fn pod_info_has_one_series_per_pod() {
+        let cache = Cache::default();
+        let mut out = Vec::new();
+        cache.families(&mut out);
+        assert!(out.is_empty(), "no pods, no family");
+        cache.set(
+            view(),
+            Runtime::Up {
+                socket: "s".into(),
+                pods: 1,
+            },
+        );
+        cache.families(&mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].name(), "sonde_pod_info");
+        let labels: Vec<(&str, &str)> = out[0].get_metric()[0]
+            .get_label()
+            .iter()
+            .map(|l| (l.name(), l.value()))
+            .collect();
+        assert!(labels.contains(&("pod_ip", "10.88.0.5")), "{labels:?}");
+        assert!(labels.contains(&("uid", UID)), "{labels:?}");
+    }
+}

@@ -1,0 +1,452 @@
+//! Pod identity against a real container runtime: containerd started by
+//! the harness ([`Containerd`]), driven over CRI as kubelet drives it, with
+//! pods on a CNI bridge and containers of an image built from the workload
+//! binary. The agent finds pod, namespace and container names over the same
+//! socket: `sonde_pod_info`, labels on run-queue waits by cgroup, and the
+//! anomaly's pod fields.
+
+use std::time::{Duration, Instant};
+
+use sonde_tests::{Agent, Config, Scrape, cri::Containerd, require_root};
+
+const NS: &str = "sp-shop";
+
+fn agent_config(ctd: &Containerd) -> Config {
+    Config::new()
+        .set("kubernetes", "socket", &format!("{:?}", ctd.socket()))
+        .set("kubernetes", "refresh_interval_s", "1")
+        .set("runqueue", "top_cgroups", "100")
+}
+
+fn pod_info(s: &Scrape, pod: &str) -> f64 {
+    s.value_or_zero("sonde_pod_info", &[("namespace", NS), ("pod", pod)])
+}
+
+/// Waits up to `secs` for `ok`; the scrape that satisfied it, or panics
+/// with `what` and the last scrape's lines matching `grep`.
+fn wait(agent: &Agent, secs: u64, what: &str, grep: &str, ok: impl Fn(&Scrape) -> bool) -> Scrape {
+    agent
+        .try_wait_for(Duration::from_secs(secs), ok)
+        .unwrap_or_else(|last| panic!("{what} within {secs} s:\n{}", last.grep(grep)))
+}
+
+fn kubernetes_check(agent: &Agent) -> serde_json::Value {
+    let report = agent.get_json("/health/ready");
+    report["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["component"] == "kubernetes").cloned())
+        .unwrap_or_else(|| panic!("no kubernetes check in /health/ready: {report}"))
+}
+
+/// The pod's info series comes with the runtime's pod IP and goes with the
+/// pod; containerd stopped: health degraded, cgroup names kept; restarted:
+/// names back.
+#[test]
+fn pod_info_follows_the_pod_and_the_runtime() {
+    if !require_root() {
+        return;
+    }
+    let mut ctd = Containerd::start("sp-ctd-info");
+    let uid = "5f0c1d2e-3a4b-4c5d-8e6f-7a8b9c0d1e2f";
+    let pod = ctd.run_pod(NS, "sp-web", uid);
+    assert!(pod.ip.starts_with("10.231.77."), "pod IP {:?}", pod.ip);
+    // Wakes often: its cgroup has run-queue waits to name.
+    ctd.start_container(&pod, "ticker", &["getppid-rate", "20000", "120"]);
+    let agent = Agent::start(&agent_config(&ctd).render(), &[]);
+    let t0 = Instant::now();
+    let s = wait(
+        &agent,
+        10,
+        "no sonde_pod_info for sp-web",
+        "sonde_pod_info",
+        |s| pod_info(s, "sp-web") == 1.0,
+    );
+    let info = &s.series("sonde_pod_info", &[("pod", "sp-web")])[0];
+    assert_eq!(info.label("uid"), Some(uid), "{info}");
+    assert_eq!(info.label("pod_ip"), Some(pod.ip.as_str()), "{info}");
+    assert!(info.label("node").is_some_and(|n| !n.is_empty()), "{info}");
+    println!(
+        "sonde_pod_info after {:.1} s: {info}",
+        t0.elapsed().as_secs_f64()
+    );
+
+    let runq = "sonde_runqueue_cgroup_latency_seconds_count";
+    let named = [
+        ("namespace", NS),
+        ("pod", "sp-web"),
+        ("container", "ticker"),
+    ];
+    let s = wait(
+        &agent,
+        15,
+        "no run-queue waits named by pod",
+        "sonde_runqueue_cgroup_latency_seconds_count",
+        |s| !s.series(runq, &named).is_empty(),
+    );
+    let cgroup = s.series(runq, &named)[0]
+        .label("cgroup")
+        .unwrap()
+        .to_owned();
+    assert!(cgroup.starts_with(&pod.cgroup()), "{cgroup}");
+
+    // The runtime goes away: degraded, pods unnamed, cgroups still named.
+    ctd.stop();
+    let t1 = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let check = loop {
+        let check = kubernetes_check(&agent);
+        if check["status"] == "degraded" {
+            break check;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not degraded within 10 s: {check}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!(
+        "containerd stopped: degraded after {:.1} s: {check}",
+        t1.elapsed().as_secs_f64()
+    );
+    let s = wait(
+        &agent,
+        5,
+        "pod names kept while the runtime is down",
+        "sonde_runqueue_cgroup",
+        |s| pod_info(s, "sp-web") == 0.0 && !s.series(runq, &[("cgroup", &cgroup)]).is_empty(),
+    );
+    let plain = &s.series(runq, &[("cgroup", &cgroup)])[0];
+    assert_eq!(plain.label("pod"), None, "{plain}");
+    assert!(
+        agent.get("/health/ready").0 == 200,
+        "degraded is still ready"
+    );
+
+    // Back: names back.
+    ctd.restart();
+    let t2 = Instant::now();
+    wait(
+        &agent,
+        10,
+        "pod names not back after the restart",
+        "sonde_runqueue_cgroup",
+        |s| pod_info(s, "sp-web") == 1.0 && !s.series(runq, &named).is_empty(),
+    );
+    println!(
+        "containerd restarted: names back after {:.1} s",
+        t2.elapsed().as_secs_f64()
+    );
+    assert_eq!(kubernetes_check(&agent)["status"], "ok");
+
+    // The pod goes: its info goes.
+    ctd.remove_pod(&pod.id);
+    let t3 = Instant::now();
+    wait(
+        &agent,
+        5,
+        "sonde_pod_info still there after the pod was removed",
+        "sonde_pod_info",
+        |s| pod_info(s, "sp-web") == 0.0,
+    );
+    println!(
+        "pod removed: info gone after {:.1} s",
+        t3.elapsed().as_secs_f64()
+    );
+    drop(agent);
+}
+
+/// `some total` (µs) of a cgroup v2 directory's cpu.pressure.
+fn cpu_pressure_some_us(cgroup: &str) -> Option<f64> {
+    let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .into_iter()
+        .find(|r| std::path::Path::new(r).join("cgroup.controllers").exists())?;
+    let text = std::fs::read_to_string(format!("{root}{cgroup}/cpu.pressure")).ok()?;
+    text.lines()
+        .find(|l| l.starts_with("some"))?
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("total="))?
+        .parse()
+        .ok()
+}
+
+/// CPU-bound containers in one pod on a small machine: their run-queue
+/// waits carry the pod's namespace, name and container, and sum to at
+/// least the time PSI says a task of the pod waited.
+#[test]
+fn cpu_contention_in_a_pod_is_named_by_pod() {
+    if !require_root() {
+        return;
+    }
+    let ctd = Containerd::start("sp-ctd-cpu");
+    let pod = ctd.run_pod(NS, "sp-busy", "6a1b2c3d-4e5f-4a6b-9c7d-8e9f0a1b2c3d");
+    let agent = Agent::start(&agent_config(&ctd).render(), &[]);
+    wait(
+        &agent,
+        10,
+        "no sonde_pod_info for sp-busy",
+        "sonde_pod_info",
+        |s| pod_info(s, "sp-busy") == 1.0,
+    );
+    let sum = |s: &Scrape| {
+        s.sum(
+            "sonde_runqueue_cgroup_latency_seconds_sum",
+            &[("namespace", NS), ("pod", "sp-busy")],
+        )
+    };
+    let prom = sonde_tests::ops::servers::Prometheus::start(&[agent.addr()], None, None);
+    prom.wait_scraped(1, 2, Duration::from_secs(30));
+    let before = agent.metrics();
+    let psi_before = cpu_pressure_some_us(&pod.cgroup());
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let workers = cpus * 2;
+    let started = Instant::now();
+    for i in 0..workers {
+        ctd.start_container(
+            &pod,
+            &format!("burn{i}"),
+            &["getppid-rate", "100000000", "8"],
+        );
+    }
+    // Read while they run: a container's cgroup goes when it exits. PSI
+    // first, the scrape after a few collections, so the waits counted
+    // cover at least the time PSI covers.
+    std::thread::sleep(Duration::from_secs(4));
+    let psi_after = cpu_pressure_some_us(&pod.cgroup());
+    let ran = started.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(600));
+    let after = wait(&agent, 2, "no waits named by pod sp-busy", "sp-busy", |s| {
+        sum(s) > sum(&before)
+    });
+    let named = after.series(
+        "sonde_runqueue_cgroup_latency_seconds_count",
+        &[("namespace", NS), ("pod", "sp-busy")],
+    );
+    let containers: Vec<&str> = named.iter().filter_map(|s| s.label("container")).collect();
+    assert!(
+        containers.iter().any(|c| c.starts_with("burn")),
+        "{}",
+        after.grep("sp-busy")
+    );
+    let d_sum = sum(&after) - sum(&before);
+    let most = (workers + 1) as f64 * (ran + 1.0);
+    assert!(
+        d_sum <= most,
+        "pod sp-busy waited {d_sum:.3} s, more than {most:.1} s"
+    );
+    let psi = match (psi_before, psi_after) {
+        (Some(b), Some(a)) => Some((a - b) / 1e6),
+        _ => None,
+    };
+    if let Some(psi) = psi {
+        assert!(
+            d_sum >= 0.9 * psi && psi > 0.0,
+            "pod sp-busy: waits sum to {d_sum:.3} s; its cgroup's PSI says {psi:.3} s"
+        );
+    }
+    // The node dashboard's "Run-queue wait by pod", through Prometheus.
+    prom.wait_scraped(1, 8, Duration::from_secs(30));
+    let target = sonde_tests::ops::dashboards::load_all()
+        .into_iter()
+        .flat_map(|d| d.targets())
+        .find(|t| t.panel == "Run-queue wait by pod")
+        .expect("panel Run-queue wait by pod");
+    let values = [("job", "sonde"), ("cluster", ".*"), ("node", ".*")]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .into_iter()
+        .collect();
+    let q = sonde_tests::ops::dashboards::substitute(&target.expr, &values);
+    let rows = prom.query(&q).unwrap_or_else(|e| panic!("{e} in {q}"));
+    let busy = rows
+        .iter()
+        .find(|r| r["metric"]["pod"] == "sp-busy" && r["metric"]["namespace"] == NS)
+        .unwrap_or_else(|| panic!("no sp-busy row from the dashboard's query {q}: {rows:?}"));
+    let per_second: f64 = busy["value"][1]
+        .as_str()
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or(0.0);
+    assert!(per_second > 0.0, "{busy}");
+    println!(
+        "pod sp-busy: {} containers named {containers:?}, waits {d_sum:.3} s; PSI cpu some \
+         {psi:?} s; dashboard: {per_second:.3} s/s waited",
+        named.len()
+    );
+    drop(prom);
+    drop(agent);
+}
+
+/// A failing-syscall storm in a pod's container: the anomaly names the
+/// pod, namespace and container (typed fields) by the cycle it names the
+/// process.
+#[test]
+fn a_syscall_storm_in_a_pod_names_the_pod() {
+    if !require_root() {
+        return;
+    }
+    let ctd = Containerd::start("sp-ctd-storm");
+    let pod = ctd.run_pod(NS, "sp-storm", "7b2c3d4e-5f6a-4b7c-8d9e-0f1a2b3c4d5e");
+    let dir = std::env::temp_dir().join(format!("sp-mapek-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = agent_config(&ctd).set("mapek", "warmup_cycles", "10").set(
+        "mapek",
+        "state_dir",
+        &format!("{:?}", dir.display().to_string()),
+    );
+    let agent = Agent::start(&config.render(), &[]);
+    // Past the warm-up.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while agent.get_json("/api/v1/anomalies")["cycles"]
+        .as_u64()
+        .unwrap_or(0)
+        <= 10
+    {
+        assert!(Instant::now() < deadline, "MAPE-K never warmed up");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let started = Instant::now();
+    ctd.start_container(&pod, "storm", &["close-bad", "40000000"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut seen, mut named) = (None, None);
+    while named.is_none() {
+        let report = agent.get_json("/api/v1/anomalies");
+        let ours = ["active", "recent"]
+            .iter()
+            .filter_map(|l| report[*l].as_array())
+            .flatten()
+            .filter(|a| a["kind"] == "syscall_storm" || a["kind"] == "syscall_error_spike")
+            .cloned()
+            .collect::<Vec<_>>();
+        if seen.is_none() && !ours.is_empty() {
+            seen = Some((started.elapsed(), report["cycles"].as_u64().unwrap_or(0)));
+        }
+        named = ours.into_iter().find(|a| a["pod"] == "sp-storm");
+        if let Some(a) = &named {
+            // The subject and the pod come from the same process.
+            assert_eq!(a["namespace"], NS, "{a}");
+            assert_eq!(a["container"], "storm", "{a}");
+            assert!(
+                a["subject"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("sonde-workload")),
+                "{a}"
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no syscall anomaly naming pod sp-storm within 20 s: {report}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cycles = agent.get_json("/api/v1/anomalies")["cycles"]
+        .as_u64()
+        .unwrap_or(0);
+    let (at, first_cycle) = seen.unwrap();
+    // A cycle to open it, one to count syscalls per process, one to name
+    // the process (and with it the pod): the subject's own pace.
+    assert!(
+        cycles.saturating_sub(first_cycle) <= 5,
+        "named {} cycles after the anomaly opened",
+        cycles - first_cycle
+    );
+    println!(
+        "anomaly after {:.1} s, named by pod {} cycles later: {}",
+        at.as_secs_f64(),
+        cycles - first_cycle,
+        named.unwrap()
+    );
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Traffic to a pod, joined in Prometheus (a real one, scraping the agent)
+/// to the pod's name through `sonde_pod_info{pod_ip}`, by the mesh
+/// dashboard's own "Traffic by peer pod" query: the pod's bytes are the
+/// peer series' bytes, under its namespace and name.
+#[test]
+fn the_mesh_dashboard_names_peer_pods_through_the_pod_info_join() {
+    use sonde_tests::ops::{
+        dashboards::{self, substitute},
+        servers::Prometheus,
+    };
+    if !require_root() {
+        return;
+    }
+    let ctd = Containerd::start("sp-ctd-join");
+    let pod = ctd.run_pod(NS, "sp-api", "8c3d4e5f-6a7b-4c8d-9e0f-1a2b3c4d5e6f");
+    // The host reaches the pod over the CNI bridge, where the agent counts
+    // per peer (the bridge exists once a pod runs).
+    let config = agent_config(&ctd).set("network", "enabled", "true").set(
+        "network",
+        "interfaces",
+        &format!("[{:?}]", sonde_tests::cri::BRIDGE),
+    );
+    let agent = Agent::start(&config.render(), &[]);
+    let prom = Prometheus::start(&[agent.addr()], None, None);
+    // Scraped before, during and after the traffic: rate() sees it rise.
+    prom.wait_scraped(1, 2, Duration::from_secs(30));
+    let to = format!("{}:9", pod.ip);
+    for _ in 0..5 {
+        sonde_tests::Workload::run(&["udp-send", &to, "2000", "512"], Duration::from_secs(30));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    prom.wait_scraped(1, 10, Duration::from_secs(30));
+    let dashboard = dashboards::load_all()
+        .into_iter()
+        .find(|d| d.file.contains("mesh"))
+        .expect("the mesh dashboard");
+    let target = dashboard
+        .targets()
+        .into_iter()
+        .find(|t| t.panel == "Traffic by peer pod")
+        .expect("panel Traffic by peer pod");
+    let values = [
+        ("job", dashboards::DEFAULT_JOB),
+        ("cluster", ".*"),
+        ("node", ".*"),
+        ("interface", ".*"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .into_iter()
+    .collect();
+    let joined = substitute(&target.expr, &values);
+    let plain = format!(
+        r#"sum by (direction) (rate(sonde_peer_bytes_total{{peer="{}"}}[30s]))"#,
+        pod.ip
+    );
+    let value = |r: &serde_json::Value| {
+        r["value"][1]
+            .as_str()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let rows = prom
+        .query(&joined)
+        .unwrap_or_else(|e| panic!("{e} in {joined}"));
+    let egress = rows
+        .iter()
+        .find(|r| r["metric"]["pod"] == "sp-api" && r["metric"]["direction"] == "egress")
+        .unwrap_or_else(|| panic!("no egress row for sp-api in {rows:?}\nfrom {joined}"));
+    assert_eq!(egress["metric"]["namespace"], NS, "{egress}");
+    let by_ip = prom
+        .query(&plain)
+        .unwrap_or_else(|e| panic!("{e} in {plain}"));
+    let want = by_ip
+        .iter()
+        .find(|r| r["metric"]["direction"] == "egress")
+        .map(value)
+        .unwrap_or_else(|| panic!("no egress bytes to {} in {by_ip:?}", pod.ip));
+    let got = value(egress);
+    assert!(want > 0.0, "no bytes to the pod: {by_ip:?}");
+    // Two queries, evaluated a moment apart: the same rate within 2 %.
+    assert!(
+        (got - want).abs() <= 0.02 * want,
+        "joined {got} B/s for sp-api, {want} B/s to {} unjoined",
+        pod.ip
+    );
+    println!(
+        "Prometheus join: {got:.0} B/s to {NS}/sp-api ({}), the same as peer {} unjoined",
+        pod.ip, pod.ip
+    );
+    drop(prom);
+    drop(agent);
+}
