@@ -21,7 +21,7 @@ use prometheus::proto::{MetricFamily, MetricType};
 use crate::{config::KubernetesConfig, family::Family, tasks::Task};
 
 /// Which pod (and container) a cgroup or a process belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct Identity {
     pub namespace: String,
     pub pod: String,

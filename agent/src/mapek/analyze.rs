@@ -92,12 +92,13 @@ pub struct Anomaly {
 
 impl Anomaly {
     /// Names the subject's pod, namespace and container (once found,
-    /// kept).
+    /// kept): the subject's own, else the top culprit's.
     fn set_pod(&mut self, subjects: &Subjects) {
         if self.pod.is_some() {
             return;
         }
-        if let Some(who) = super::monitor::subject_pod(self.kind, subjects) {
+        let top_culprits = || self.culprits.first().and_then(|c| c.pod.clone());
+        if let Some(who) = super::monitor::subject_pod(self.kind, subjects).or_else(top_culprits) {
             self.pod = Some(who.pod);
             self.namespace = Some(who.namespace);
             self.container = who.container;

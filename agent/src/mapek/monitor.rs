@@ -70,6 +70,10 @@ pub struct Culprit {
     /// process or cgroup is; a remote address is not (sources can be
     /// forged).
     pub proven: bool,
+    /// A process's or cgroup's pod, namespace and container, where the
+    /// container runtime names them (`crate::pods`).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<crate::pods::Identity>,
 }
 
 impl Culprit {
@@ -87,8 +91,25 @@ impl Culprit {
         }
     }
 
-    /// One line an operator reads: what it is, how much, what share.
+    /// One line an operator reads: what it is, how much, what share, and
+    /// its pod where there is one.
     pub fn describe(&self) -> String {
+        let line = self.describe_subject();
+        match &self.pod {
+            Some(p) => format!(
+                "{line}, pod {}/{}{}",
+                p.namespace,
+                p.pod,
+                p.container
+                    .as_deref()
+                    .map(|c| format!(" container {c}"))
+                    .unwrap_or_default()
+            ),
+            None => line,
+        }
+    }
+
+    fn describe_subject(&self) -> String {
         let share = self.share * 100.0;
         match self.kind {
             CulpritKind::Peer if self.measure == "inbound_packets_per_second" => format!(
@@ -507,6 +528,14 @@ pub fn culprits(kind: &str, s: &Subjects) -> Vec<Culprit> {
         _ => Vec::new(),
     };
     out.truncate(CULPRITS_KEPT);
+    let pods = crate::pods::cache();
+    for c in &mut out {
+        c.pod = match c.kind {
+            CulpritKind::Process => c.pid.and_then(|pid| pods.resolve_pid(pid)),
+            CulpritKind::Cgroup => c.cgroup.as_deref().and_then(|path| pods.resolve(path)),
+            CulpritKind::Peer => None,
+        };
+    }
     out
 }
 
@@ -561,6 +590,7 @@ fn peers_of(s: &Subjects, protocols: &[u8]) -> Vec<Culprit> {
             bytes_per_second: Some(bytes as f64 / dt),
             share: share(packets as f64, total as f64),
             proven: false,
+            pod: None,
         })
         .collect()
 }
@@ -604,6 +634,7 @@ fn tcp_peers_by(
             share: share(v, total),
             // Retransmits count SYNs too: a handshake is not implied.
             proven: false,
+            pod: None,
         })
         .collect()
 }
@@ -632,6 +663,7 @@ fn parents(s: &Subjects) -> Vec<Culprit> {
             bytes_per_second: None,
             share: share(churn.events as f64, total as f64),
             proven: true,
+            pod: None,
         })
         .collect()
 }
@@ -668,6 +700,7 @@ fn syscall_processes(s: &Subjects, by_errors: bool) -> Vec<Culprit> {
             bytes_per_second: None,
             share: share(value(c) as f64, total as f64),
             proven: true,
+            pod: None,
         })
         .collect()
 }
@@ -689,6 +722,7 @@ fn waiting_cgroups_of(s: &Subjects) -> Vec<Culprit> {
             bytes_per_second: None,
             share: share(waited, total),
             proven: true,
+            pod: None,
         })
         .collect()
 }
