@@ -82,10 +82,12 @@ pub struct Anomaly {
 }
 
 impl Anomaly {
-    /// Names the subject's pod, namespace and container (once found,
-    /// kept).
+    /// Names the subject's pod, namespace and container; once the
+    /// container is known, kept. (A container that started a moment ago
+    /// may not be in the runtime's last listing yet: its pod is known from
+    /// its cgroup path, its name at a later cycle.)
     fn set_pod(&mut self, subjects: &Subjects) {
-        if self.pod.is_some() {
+        if self.container.is_some() {
             return;
         }
         if let Some(who) = super::monitor::subject_pod(self.kind, subjects) {
