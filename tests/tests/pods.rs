@@ -7,7 +7,12 @@
 
 use std::time::{Duration, Instant};
 
-use sonde_tests::{Agent, Config, Scrape, cri::Containerd, require_root};
+use sonde_tests::{
+    Agent, Config, Scrape,
+    cri::Containerd,
+    otlp::{Protocol, Receiver, attr},
+    require_root,
+};
 
 const NS: &str = "sp-shop";
 
@@ -287,11 +292,17 @@ fn a_syscall_storm_in_a_pod_names_the_pod() {
     let pod = ctd.run_pod(NS, "sp-storm", "7b2c3d4e-5f6a-4b7c-8d9e-0f1a2b3c4d5e");
     let dir = std::env::temp_dir().join(format!("sp-mapek-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let config = agent_config(&ctd).set("mapek", "warmup_cycles", "10").set(
-        "mapek",
-        "state_dir",
-        &format!("{:?}", dir.display().to_string()),
-    );
+    let receiver = Receiver::start(Protocol::Grpc);
+    let config = agent_config(&ctd)
+        .set("otlp", "endpoint", &format!("{:?}", receiver.endpoint()))
+        .set("otlp", "protocol", Protocol::Grpc.config_value())
+        .set("otlp", "interval_ms", "500")
+        .set("mapek", "warmup_cycles", "10")
+        .set(
+            "mapek",
+            "state_dir",
+            &format!("{:?}", dir.display().to_string()),
+        );
     let agent = Agent::start(&config.render(), &[]);
     // Past the warm-up.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -304,7 +315,9 @@ fn a_syscall_storm_in_a_pod_names_the_pod() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let started = Instant::now();
-    ctd.start_container(&pod, "storm", &["close-bad", "40000000"]);
+    // A few seconds of failing close(): long enough to be named, short
+    // enough that the anomaly ends (its end record goes out over OTLP).
+    ctd.start_container(&pod, "storm", &["close-bad", "8000000"]);
     let deadline = Instant::now() + Duration::from_secs(20);
     let (mut seen, mut named) = (None, None);
     while named.is_none() {
@@ -319,7 +332,11 @@ fn a_syscall_storm_in_a_pod_names_the_pod() {
         if seen.is_none() && !ours.is_empty() {
             seen = Some((started.elapsed(), report["cycles"].as_u64().unwrap_or(0)));
         }
-        named = ours.into_iter().find(|a| a["pod"] == "sp-storm");
+        // Named when the pod and its container are (a container started
+        // a moment ago may be in the runtime's listing a refresh later).
+        named = ours
+            .into_iter()
+            .find(|a| a["pod"] == "sp-storm" && a["container"] == "storm");
         if let Some(a) = &named {
             // The subject and the pod come from the same process.
             assert_eq!(a["namespace"], NS, "{a}");
@@ -353,6 +370,35 @@ fn a_syscall_storm_in_a_pod_names_the_pod() {
         at.as_secs_f64(),
         cycles - first_cycle,
         named.unwrap()
+    );
+    // Over OTLP: the anomaly's records under a resource with the pod's
+    // k8s.* attributes (the end record at the latest: the start one goes
+    // out as the anomaly opens, before the process is named).
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let resource = loop {
+        let found = receiver
+            .resource_log_records()
+            .into_iter()
+            .find(|(res, r)| {
+                attr(res, "k8s.pod.name") == Some("sp-storm")
+                    && attr(&r.attributes, "sonde.anomaly.kind")
+                        .is_some_and(|k| k.starts_with("syscall_"))
+            });
+        if let Some((res, _)) = found {
+            break res;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no OTLP anomaly record with k8s.pod.name=sp-storm within 40 s: {} records",
+            receiver.log_records().len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(attr(&resource, "k8s.namespace.name"), Some(NS));
+    assert_eq!(attr(&resource, "k8s.container.name"), Some("storm"));
+    println!(
+        "OTLP: anomaly record under k8s.namespace.name={NS}, k8s.pod.name=sp-storm, \
+         k8s.container.name=storm"
     );
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);

@@ -518,6 +518,19 @@ impl Receiver {
             .collect()
     }
 
+    /// Log records received so far, each with its resource's attributes.
+    pub fn resource_log_records(&self) -> Vec<(Vec<KeyValue>, LogRecord)> {
+        let received = self.shared.received.lock().unwrap();
+        let mut out = Vec::new();
+        for r in received.logs.iter().flat_map(|r| &r.resource_logs) {
+            let attrs = r.resource.clone().unwrap_or_default().attributes;
+            for record in r.scope_logs.iter().flat_map(|s| &s.log_records) {
+                out.push((attrs.clone(), record.clone()));
+            }
+        }
+        out
+    }
+
     /// Polls every 50 ms until `pred` holds for the metrics requests seen
     /// so far; returns them, or panics with `what` after `timeout`.
     pub fn wait_for(
