@@ -92,10 +92,10 @@ pub struct Anomaly {
 
 impl Anomaly {
     /// Names the subject's pod, namespace and container (the subject's
-    /// own, else the top culprit's); once the
-    /// container is known, kept. (A container that started a moment ago
-    /// may not be in the runtime's last listing yet: its pod is known from
-    /// its cgroup path, its name at a later cycle.)
+    /// own, else the top culprit's); once the container is known, kept.
+    /// (A container that started a moment ago may not be in the runtime's
+    /// last listing yet: its pod is known from its cgroup path, its name at
+    /// a later cycle.)
     fn set_pod(&mut self, subjects: &Subjects) {
         if self.container.is_some() {
             return;
