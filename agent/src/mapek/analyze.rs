@@ -466,7 +466,15 @@ impl Analyzer {
             // Measures compare only among themselves; a kind's own measure
             // (retransmits of packet loss) beats its fallback (inbound
             // packets, when no TCP peer retransmitted).
-            let now = super::monitor::culprits(anomaly.kind, subjects);
+            let mut now = super::monitor::culprits(anomaly.kind, subjects);
+            // A process that exited since keeps the name it had.
+            for c in &mut now {
+                if c.comm.as_deref() == Some("exited")
+                    && let Some(old) = anomaly.culprits.iter().find(|o| o.pid == c.pid)
+                {
+                    c.comm.clone_from(&old.comm);
+                }
+            }
             let better = match (now.first(), anomaly.culprits.first()) {
                 (None, _) => false,
                 (Some(_), None) => true,
