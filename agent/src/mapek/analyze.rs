@@ -488,18 +488,34 @@ impl Analyzer {
                     _ => None,
                 };
             }
-            let fired = firing.contains_key(anomaly.kind);
-            // The culprits of the latest cycle the evidence fired in (or
-            // the first that names any): an incident builds up, and the
-            // first cycle may see only its edge.
-            if fired || anomaly.culprits.is_empty() {
-                let now = super::monitor::culprits(anomaly.kind, subjects);
-                if !now.is_empty() {
-                    anomaly.culprits = now;
-                    if anomaly.subject.is_none() || anomaly.subject_from_culprit {
-                        anomaly.subject = anomaly.culprits.first().map(Culprit::describe);
-                        anomaly.subject_from_culprit = true;
-                    }
+            // The culprits of the cycle whose top culprit weighed most
+            // while the anomaly is open: an incident builds up, its first
+            // cycle may see only its edge (or, on a shared machine,
+            // someone else's), and per-process events can arrive a cycle
+            // late on a loaded machine.
+            // Measures compare only among themselves; a kind's own measure
+            // (retransmits of packet loss) beats its fallback (inbound
+            // packets, when no TCP peer retransmitted).
+            let mut now = super::monitor::culprits(anomaly.kind, subjects);
+            // A process that exited since keeps the name it had.
+            for c in &mut now {
+                if c.comm.as_deref() == Some("exited")
+                    && let Some(old) = anomaly.culprits.iter().find(|o| o.pid == c.pid)
+                {
+                    c.comm.clone_from(&old.comm);
+                }
+            }
+            let better = match (now.first(), anomaly.culprits.first()) {
+                (None, _) => false,
+                (Some(_), None) => true,
+                (Some(n), Some(c)) if n.measure == c.measure => n.amount > c.amount,
+                (Some(n), Some(_)) => n.measure != "inbound_packets_per_second",
+            };
+            if better {
+                anomaly.culprits = now;
+                if anomaly.subject.is_none() || anomaly.subject_from_culprit {
+                    anomaly.subject = anomaly.culprits.first().map(Culprit::describe);
+                    anomaly.subject_from_culprit = true;
                 }
             }
             anomaly.set_pod(subjects);

@@ -83,7 +83,14 @@ struct Plan {
 impl Plan {
     fn new(opts: &Options) -> Plan {
         if opts.smoke {
-            let pick = ["syscall-storm", "syn-flood", "connection-storm"];
+            let pick = [
+                "syscall-storm",
+                "syn-flood",
+                "connection-storm",
+                "udp-flood",
+                "refused-closed-port",
+                "exec-storm",
+            ];
             Plan {
                 interval_ms: 500,
                 warmup_cycles: 30,
@@ -193,8 +200,14 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         md_path.display(),
         util::human(started.elapsed())
     );
+    let sonde = &report.detectors[0];
+    if !sonde.detected_without_subject.is_empty() {
+        bail!(
+            "evaluation: incidents detected without a subject (an alarm that names nobody): {}",
+            sonde.detected_without_subject.join(", ")
+        );
+    }
     if opts.smoke {
-        let sonde = &report.detectors[0];
         let wrong: Vec<String> = sonde
             .incidents
             .iter()
@@ -274,6 +287,7 @@ impl Recorder {
                     kind: kind.to_owned(),
                     start,
                     subject: a["subject"].as_str().map(str::to_owned),
+                    culprit: top_culprit(&a["culprits"][0]),
                 },
             );
         }
@@ -334,6 +348,20 @@ impl Recorder {
         let v: Value = serde_json::from_str(&body).context("parsing /api/v1/anomalies")?;
         Ok(v["active"].as_array().map_or(0, Vec::len))
     }
+}
+
+/// A culprit's typed names (address, or pid, comm and cgroup), space
+/// separated, for scoring.
+fn top_culprit(c: &Value) -> Option<String> {
+    let names: Vec<String> = ["peer", "pid", "comm", "cgroup"]
+        .iter()
+        .filter_map(|k| match &c[*k] {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
+        .collect();
+    (!names.is_empty()).then(|| names.join(" "))
 }
 
 fn now() -> f64 {
@@ -559,10 +587,26 @@ fn markdown(r: &Report) -> String {
     );
     row(
         &mut md,
-        "culprit named (source peer, parent process)",
+        "culprit named in the subject (source peer, parent process, cgroup)",
         "",
         &|d| format!("{}/{}", d.subjects_named.0, d.subjects_named.1),
     );
+    row(
+        &mut md,
+        "culprit accuracy (top typed culprit is the right peer/process/cgroup)",
+        "≥ 0.95",
+        &|d| {
+            format!(
+                "{} ({}/{})",
+                pct(d.culprit_accuracy),
+                d.culprits_right.0,
+                d.culprits_right.1
+            )
+        },
+    );
+    row(&mut md, "detected without a subject", "0", &|d| {
+        d.detected_without_subject.len().to_string()
+    });
     let fp_minutes = r
         .phases
         .iter()
@@ -622,6 +666,13 @@ fn markdown(r: &Report) -> String {
                 .as_ref()
                 .map(|s| format!("; subject: {s}"))
                 .unwrap_or_default();
+            let subject = match (&o.culprit, o.culprit_correct) {
+                (Some(c), Some(right)) => format!(
+                    "{subject}; top culprit {c} ({})",
+                    if right { "right" } else { "wrong" }
+                ),
+                _ => subject,
+            };
             md.push_str(&format!(" {cell}{named}{subject} |"));
         }
         md.push('\n');

@@ -157,7 +157,7 @@ pub const INCIDENTS: &[Incident] = &[
         id: "connection-storm",
         kind: "connection_storm",
         how: "2,000 TCP connects/s from the peer to a listener (sonde-workload connect-rate)",
-        subject: None,
+        subject: Some(PEER_IP),
         run: |bins, d| {
             run_for(
                 command(Some(NETNS), &bins.workload).args([
@@ -174,7 +174,7 @@ pub const INCIDENTS: &[Incident] = &[
         id: "latency",
         kind: "latency_regression",
         how: "tc tbf rate 5mbit latency 300ms on the host's veth end (a queue the 20 Mbit/s stream fills)",
-        subject: None,
+        subject: Some(PEER_IP),
         run: |_, d| {
             let add = [
                 "qdisc", "add", "dev", HOST_IF, "root", "tbf", "rate", "5mbit", "burst", "32kb",
@@ -189,7 +189,7 @@ pub const INCIDENTS: &[Incident] = &[
         id: "packet-loss",
         kind: "packet_loss",
         how: "iptables: drop 10% of the host's TCP packets to the peer (statistic match)",
-        subject: None,
+        subject: Some(PEER_IP),
         run: |_, d| with_undo(&mut loss_rule("-I"), loss_rule("-D"), d),
     },
     Incident {
@@ -202,7 +202,118 @@ pub const INCIDENTS: &[Incident] = &[
             run_for(&mut cgroup.command("stress-ng", &stress("cpu", "8", d)), d)
         },
     },
+    Incident {
+        id: "udp-flood",
+        kind: "udp_flood",
+        how: "hping3 --udp --faster from the peer to a closed port (blatant)",
+        subject: Some(PEER_IP),
+        run: |_, d| hping3(&["--udp", "-p", "20300", "--faster"], 200_000, d),
+    },
+    Incident {
+        id: "udp-flood-low",
+        kind: "udp_flood",
+        how: "hping3 --udp at ~2,500 packets/s from the peer (near the 2,000/s floor)",
+        subject: Some(PEER_IP),
+        run: |_, d| hping3(&["--udp", "-p", "20300", "-i", "u400"], rate(2_500, d), d),
+    },
+    Incident {
+        id: "icmp-flood",
+        kind: "icmp_flood",
+        how: "hping3 --icmp --faster (echo requests) from the peer (blatant)",
+        subject: Some(PEER_IP),
+        run: |_, d| hping3(&["--icmp", "--faster"], 200_000, d),
+    },
+    Incident {
+        id: "icmp-flood-low",
+        kind: "icmp_flood",
+        how: "hping3 --icmp at ~700 echo requests/s from the peer (near the 500/s floor)",
+        subject: Some(PEER_IP),
+        run: |_, d| hping3(&["--icmp", "-i", "u1400"], rate(700, d), d),
+    },
+    Incident {
+        id: "refused-closed-port",
+        kind: "connection_refusals",
+        how: "hping3 -S --faster from the peer to a closed port: every SYN answered with a RST",
+        subject: Some(PEER_IP),
+        run: |_, d| hping3(&["-S", "-p", "20301", "--faster"], 200_000, d),
+    },
+    Incident {
+        id: "refused-reject-low",
+        kind: "connection_refusals",
+        how: "~400 SYN/s from the peer to the listener behind iptables REJECT --reject-with tcp-reset",
+        subject: Some(PEER_IP),
+        run: |_, d| {
+            output(&mut reject_rule("-I")).context("inserting the REJECT rule")?;
+            let _undo = Undo(reject_rule("-D"));
+            hping3(
+                &["-S", "-p", &LISTEN_PORT.to_string(), "-i", "u2500"],
+                rate(400, d),
+                d,
+            )
+        },
+    },
+    Incident {
+        id: "exec-storm",
+        kind: "exec_storm",
+        how: "bash running /bin/true in a loop (about 1,000 short-lived processes/s)",
+        subject: Some("bash"),
+        run: |_, d| {
+            run_for(
+                Command::new("bash").args(["-c", "for i in $(seq 100000); do /bin/true; done"]),
+                d,
+            )
+        },
+    },
+    Incident {
+        id: "exec-storm-low",
+        kind: "exec_storm",
+        how: "bash running /bin/true then sleep 0.004 in a loop (~300 execs/s, near the 200/s floor)",
+        subject: Some("bash"),
+        run: |_, d| {
+            run_for(
+                Command::new("bash").args([
+                    "-c",
+                    "for i in $(seq 100000); do /bin/true; sleep 0.004; done",
+                ]),
+                d,
+            )
+        },
+    },
 ];
+
+/// `count` packets/s × the incident's length.
+fn rate(per_second: u64, d: Duration) -> u64 {
+    (per_second as f64 * d.as_secs_f64()) as u64
+}
+
+/// hping3 from the peer to the host, at most `count` packets and `d`.
+fn hping3(args: &[&str], count: u64, d: Duration) -> anyhow::Result<()> {
+    let count = count.to_string();
+    let mut all = vec!["-q"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["-c", &count, HOST_IP]);
+    run_for(command(Some(NETNS), "hping3").args(all), d)
+}
+
+/// The refusal incident's iptables rule, inserted (-I) or deleted (-D).
+fn reject_rule(op: &str) -> Command {
+    let mut c = Command::new("iptables");
+    c.args([
+        op,
+        "INPUT",
+        "-i",
+        HOST_IF,
+        "-p",
+        "tcp",
+        "--dport",
+        &LISTEN_PORT.to_string(),
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+    ]);
+    c
+}
 
 /// The cgroup the CPU-saturation incident runs in (what its anomaly must
 /// name).
@@ -262,6 +373,7 @@ fn loss_rule(op: &str) -> Command {
 /// qdisc went with the veth pair; the iptables rule did not).
 pub fn remove_leftovers() {
     while output(&mut loss_rule("-D")).is_ok() {}
+    while output(&mut reject_rule("-D")).is_ok() {}
 }
 
 /// Runs a command when dropped: an incident is undone even when the run

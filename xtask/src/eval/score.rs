@@ -15,6 +15,10 @@ pub struct Record {
     pub kind: String,
     pub start: f64,
     pub subject: Option<String>,
+    /// The top culprit's typed names (address, or pid, comm and cgroup),
+    /// space-separated.
+    #[serde(default)]
+    pub culprit: Option<String>,
 }
 
 /// A stretch of the run: normal load, or an incident expected to be named
@@ -105,6 +109,7 @@ pub fn three_sigma(cycles: &[Cycle], naming: &Naming, window: usize) -> Vec<Reco
                     kind,
                     start: cycle.time,
                     subject: None,
+                    culprit: None,
                 });
             }
         }
@@ -129,6 +134,12 @@ pub struct IncidentOutcome {
     /// it names the culprit (None: nothing to name).
     pub subject: Option<String>,
     pub subject_correct: Option<bool>,
+    /// The top culprit of that record, and whether it is the one the
+    /// incident was made by (None: the incident names none).
+    pub culprit: Option<String>,
+    pub culprit_correct: Option<bool>,
+    /// Detected, but the record names no subject at all.
+    pub detected_without_subject: bool,
 }
 
 /// The figures for one detector.
@@ -142,6 +153,12 @@ pub struct Score {
     pub kind_accuracy: f64,
     /// Incidents whose culprit was named right, of those with one.
     pub subjects_named: (usize, usize),
+    /// Incidents whose top typed culprit is the right peer, process or
+    /// cgroup, of those with one (a missed incident counts as wrong).
+    pub culprits_right: (usize, usize),
+    pub culprit_accuracy: f64,
+    /// Incidents detected but reported without a subject.
+    pub detected_without_subject: Vec<String>,
     pub max_cycles_to_detect: Option<u32>,
     pub mean_cycles_to_detect: Option<f64>,
     /// Records opened under normal load only, and that load's length.
@@ -151,6 +168,17 @@ pub struct Score {
     pub fp_run_false_positives: usize,
     pub false_positive_kinds: BTreeMap<String, usize>,
     pub incidents: Vec<IncidentOutcome>,
+}
+
+/// Whether a culprit's `name` is the `want`ed one: an address exactly
+/// (10.0.0.1 is not 10.0.0.10), a comm or cgroup path by containment
+/// (stress-ng's workers are "stress-ng-fork", cgroups are paths).
+fn names(name: &str, want: &str) -> bool {
+    if want.parse::<std::net::IpAddr>().is_ok() {
+        name == want
+    } else {
+        name.contains(want)
+    }
 }
 
 /// Matches `records` to `phases`: a record belongs to the incident whose
@@ -211,6 +239,12 @@ pub fn score(
                 hit.and_then(|r| r.subject.as_ref())
                     .is_some_and(|got| got.contains(want.as_str()))
             }),
+            culprit: hit.and_then(|r| r.culprit.clone()),
+            culprit_correct: p.subject.as_ref().map(|want| {
+                hit.and_then(|r| r.culprit.as_ref())
+                    .is_some_and(|got| got.split(' ').any(|name| names(name, want)))
+            }),
+            detected_without_subject: hit.is_some_and(|r| r.subject.is_none()),
         });
     }
     let n = incidents.len().max(1) as f64;
@@ -220,6 +254,16 @@ pub fn score(
         .iter()
         .filter_map(|i| i.cycles_to_detect)
         .collect();
+    let culprits_right = (
+        incidents
+            .iter()
+            .filter(|i| i.culprit_correct == Some(true))
+            .count(),
+        incidents
+            .iter()
+            .filter(|i| i.culprit_correct.is_some())
+            .count(),
+    );
     let normal_seconds = phases
         .iter()
         .filter(|p| p.expected.is_none())
@@ -250,6 +294,17 @@ pub fn score(
                 .filter(|i| i.subject_correct.is_some())
                 .count(),
         ),
+        culprits_right,
+        culprit_accuracy: if culprits_right.1 == 0 {
+            0.0
+        } else {
+            culprits_right.0 as f64 / culprits_right.1 as f64
+        },
+        detected_without_subject: incidents
+            .iter()
+            .filter(|i| i.detected_without_subject)
+            .map(|i| i.incident.clone())
+            .collect(),
         max_cycles_to_detect: ttd.iter().copied().max(),
         mean_cycles_to_detect: (!ttd.is_empty())
             .then(|| ttd.iter().map(|&c| f64::from(c)).sum::<f64>() / ttd.len() as f64),
@@ -327,6 +382,7 @@ mod tests {
             kind: kind.into(),
             start,
             subject: None,
+            culprit: None,
         };
         let records = vec![r("spike", 5.0), r("storm", 11.5), r("storm", 21.0)];
         let s = score("t", &records, &phases, 1.0, 2.0, "normal");
@@ -337,5 +393,39 @@ mod tests {
         assert_eq!(s.recall, 0.5);
         assert_eq!(s.incidents[0].cycles_to_detect, Some(2));
         assert!(!s.incidents[1].kind_correct);
+    }
+
+    #[test]
+    fn culprits_are_scored_and_a_detection_without_subject_is_reported() {
+        let phase = |name: &str, subject: &str, start: f64| Phase {
+            name: name.into(),
+            expected: Some("flood".into()),
+            subject: Some(subject.into()),
+            start,
+            end: start + 5.0,
+        };
+        let phases = vec![
+            phase("right", "10.0.0.1", 0.0),
+            phase("near miss", "10.0.0.1", 10.0),
+            phase("unnamed", "stress-ng", 20.0),
+            phase("by comm", "stress-ng", 30.0),
+        ];
+        let r = |start: f64, subject: Option<&str>, culprit: Option<&str>| Record {
+            kind: "flood".into(),
+            start,
+            subject: subject.map(str::to_owned),
+            culprit: culprit.map(str::to_owned),
+        };
+        let records = vec![
+            r(1.0, Some("peer 10.0.0.1 sent"), Some("10.0.0.1")),
+            r(11.0, Some("peer 10.0.0.10 sent"), Some("10.0.0.10")),
+            r(21.0, None, None),
+            r(31.0, Some("process 7"), Some("7 stress-ng-fork /x")),
+        ];
+        let s = score("t", &records, &phases, 1.0, 2.0, "none");
+        assert_eq!(s.culprits_right, (2, 4));
+        assert_eq!(s.culprit_accuracy, 0.5);
+        assert_eq!(s.incidents[1].culprit_correct, Some(false));
+        assert_eq!(s.detected_without_subject, vec!["unnamed".to_owned()]);
     }
 }
