@@ -354,6 +354,41 @@ fn a_syscall_storm_in_a_pod_names_the_pod() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The alert's labels: the top culprit's pod on sonde_anomaly_culprit
+    // (SondeAnomalyDetected joins it), while the anomaly is active.
+    let scrape = agent.metrics();
+    let culprit = scrape
+        .series("sonde_anomaly_culprit", &[])
+        .into_iter()
+        .find(|x| x.label("culprit_pod") == Some("sp-storm"));
+    if let Some(c) = &culprit {
+        assert_eq!(
+            c.label("culprit_namespace"),
+            Some(NS),
+            "{}",
+            scrape.grep("culprit")
+        );
+        assert_eq!(
+            c.label("culprit_container"),
+            Some("storm"),
+            "{}",
+            scrape.grep("culprit")
+        );
+        println!(
+            "alert labels: {}",
+            scrape.grep("sonde_anomaly_culprit{kind=\"syscall")
+        );
+    } else {
+        let still_active = agent.get_json("/api/v1/anomalies")["active"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|a| a["pod"] == "sp-storm"));
+        assert!(
+            !still_active,
+            "the active anomaly names pod sp-storm, but no sonde_anomaly_culprit series does:\n{}",
+            scrape.grep("sonde_anomaly_culprit")
+        );
+        println!("alert labels not checked: the anomaly ended before the scrape");
+    }
     let cycles = agent.get_json("/api/v1/anomalies")["cycles"]
         .as_u64()
         .unwrap_or(0);

@@ -313,7 +313,7 @@ impl Mapek {
         // named, so the alert can carry it; 0 and no culprit labels else.
         let mut culprit = Family::new(
             "sonde_anomaly_culprit",
-            "Share (0..1) of an active anomaly's evidence its top culprit accounts for, by kind, culprit kind and culprit (one series per kind; 0 without a named culprit)",
+            "Share (0..1) of an active anomaly's evidence its top culprit accounts for, by kind, culprit kind and culprit, with the culprit's pod, namespace and container where the runtime names them (one series per kind; 0 without a named culprit)",
             MetricType::GAUGE,
         );
         for kind in analyze::kinds() {
@@ -325,14 +325,23 @@ impl Mapek {
                 .filter(|a| a.kind == kind)
                 .find_map(|a| a.culprits.first());
             match top {
-                Some(top) => culprit.sample(
-                    &[
+                Some(top) => {
+                    let name = top.name();
+                    let mut labels = vec![
                         ("kind", kind),
                         ("culprit_kind", top.kind.label()),
-                        ("culprit", &top.name()),
-                    ],
-                    top.share,
-                ),
+                        ("culprit", name.as_str()),
+                    ];
+                    // Its pod, for an alert an SRE reads in cluster terms.
+                    if let Some(p) = &top.pod {
+                        labels.push(("culprit_namespace", p.namespace.as_str()));
+                        labels.push(("culprit_pod", p.pod.as_str()));
+                        if let Some(c) = &p.container {
+                            labels.push(("culprit_container", c.as_str()));
+                        }
+                    }
+                    culprit.sample(&labels, top.share)
+                }
                 None => culprit.sample(&[("kind", kind)], 0.0),
             }
         }
