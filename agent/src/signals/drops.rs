@@ -168,11 +168,29 @@ impl Maps {
                 drops: stats.drops,
             });
         }
-        drops.devices.sort_by(|a, b| {
-            (&a.netns, &a.interface, &a.reason).cmp(&(&b.netns, &b.interface, &b.reason))
-        });
+        merge_devices(&mut drops.devices);
         Ok(())
     }
+}
+
+/// Sorts the device drops and sums those that share a series: inside a
+/// namespace the agent cannot look into, a deleted interface's entry stays
+/// until the namespace goes, and a new interface of the same name (another
+/// ifindex) must not print a second series with the same labels (a scrape
+/// with duplicate series is rejected). The sum only falls when an entry is
+/// removed, which Prometheus reads as a counter reset.
+fn merge_devices(devices: &mut Vec<DeviceDrops>) {
+    devices.sort_by(|a, b| {
+        (&a.netns, &a.interface, &a.reason).cmp(&(&b.netns, &b.interface, &b.reason))
+    });
+    devices.dedup_by(|later, kept| {
+        let same = (&later.netns, &later.interface, &later.reason)
+            == (&kept.netns, &kept.interface, &kept.reason);
+        if same {
+            kept.drops += later.drops;
+        }
+        same
+    });
 }
 
 impl Source for Maps {
@@ -288,6 +306,34 @@ impl Reading for Drops {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interfaces_of_one_name_make_one_series() {
+        let d = |netns: &str, interface: &str, reason: &str, drops| DeviceDrops {
+            netns: netns.to_owned(),
+            interface: interface.to_owned(),
+            reason: reason.to_owned(),
+            drops,
+        };
+        // Three veths called skv0 (three ifindexes) in one namespace, as
+        // `cargo xtask soak`'s churn makes them.
+        let mut devices = vec![
+            d("4026532310", "skv0", "not_specified", 3),
+            d("host", "lo", "no_socket", 1),
+            d("4026532310", "skv0", "not_specified", 2),
+            d("4026532310", "skv0", "no_socket", 1),
+            d("4026532310", "skv0", "not_specified", 4),
+        ];
+        merge_devices(&mut devices);
+        assert_eq!(
+            devices,
+            [
+                d("4026532310", "skv0", "no_socket", 1),
+                d("4026532310", "skv0", "not_specified", 9),
+                d("host", "lo", "no_socket", 1),
+            ]
+        );
+    }
 
     #[test]
     fn families_from_reasons_and_devices() {
