@@ -701,6 +701,17 @@ fn sample(
     obs: &mut Observed,
 ) -> anyhow::Result<Sample> {
     let t = now() - t0;
+    // The load's network has a fixed name (the eval's): another eval,
+    // bench or test run that makes it deletes this one's first.
+    if !Path::new("/sys/class/net").join(HOST_IF).exists()
+        && !obs.failures.iter().any(|f| f.contains("vanished"))
+    {
+        obs.fail(format!(
+            "{HOST_IF} vanished at {t:.0} s: something else deleted the namespace {} \
+             (an eval or bench run beside the soak?); the normal load stopped",
+            crate::bench::common::NETNS
+        ));
+    }
     let rss_kib = proc_status_kib(pid, "VmRSS:")?;
     let fds = fs::read_dir(format!("/proc/{pid}/fd"))?.count() as f64;
     let (maps, map_memlock_bytes, hashes) = maps(pid);
