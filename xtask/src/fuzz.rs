@@ -227,7 +227,7 @@ mod tests {
         let dir = fuzz_dir();
         let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
         let all = targets(&manifest);
-        assert_eq!(all.len(), 8, "{all:?}");
+        assert_eq!(all.len(), 9, "{all:?}");
         for t in &all {
             assert!(dir.join(format!("fuzz_targets/{t}.rs")).exists(), "{t}");
             let seeds = std::fs::read_dir(dir.join("seeds").join(t))

@@ -56,6 +56,10 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         // Smoke run of the detector evaluation: three injected incidents
         // must each be detected and named right (~2 minutes).
         steps.push(("eval --smoke (root)", eval_smoke));
+        // Two minutes of the soak: churn, reloads, a collector outage and
+        // an incident; memory, fds and series flat, rings balanced, no
+        // restart.
+        steps.push(("soak --duration 2m (root)", soak_smoke));
     }
 
     let start = Instant::now();
@@ -176,6 +180,12 @@ fn bench_quick() -> anyhow::Result<()> {
 fn eval_smoke() -> anyhow::Result<()> {
     as_root(&["eval", "--smoke"], || {
         crate::eval::run(crate::eval::Options::smoke())
+    })
+}
+
+fn soak_smoke() -> anyhow::Result<()> {
+    as_root(&["soak", "--duration", "2m"], || {
+        crate::soak::run(crate::soak::Options::smoke())
     })
 }
 

@@ -147,6 +147,13 @@ impl WebConfig {
             path: path.to_owned(),
             source,
         })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates `text`, the contents of `path` (relative certificate
+    /// paths are resolved against its directory); what `load` does after
+    /// reading the file, and what the `web_config` fuzz target calls.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, WebConfigError> {
         let invalid = |key: &str, message: String| WebConfigError::Invalid {
             path: path.to_owned(),
             key: key.to_owned(),
@@ -156,7 +163,7 @@ impl WebConfig {
         let file: File = if text.trim().is_empty() {
             File::default()
         } else {
-            serde_path_to_error::deserialize(serde_norway::Deserializer::from_str(&text)).map_err(
+            serde_path_to_error::deserialize(serde_norway::Deserializer::from_str(text)).map_err(
                 |e: serde_path_to_error::Error<serde_norway::Error>| {
                     let key = e.path().to_string();
                     let inner = e.into_inner().to_string();

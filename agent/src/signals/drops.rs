@@ -8,7 +8,8 @@
 //! tracepoint has no reason and every drop is "unknown". Drops of packets
 //! that had a device are also counted per (namespace, interface, reason),
 //! at most 4,096 keys: series of interfaces or namespaces gone are removed
-//! every few cycles, and counted.
+//! every few cycles, and counted (in a namespace the agent cannot look
+//! into, an interface is gone once a newer one took its name).
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -168,11 +169,29 @@ impl Maps {
                 drops: stats.drops,
             });
         }
-        drops.devices.sort_by(|a, b| {
-            (&a.netns, &a.interface, &a.reason).cmp(&(&b.netns, &b.interface, &b.reason))
-        });
+        merge_devices(&mut drops.devices);
         Ok(())
     }
+}
+
+/// Sorts the device drops and sums those that share a series: inside a
+/// namespace the agent cannot look into, a deleted interface's entry stays
+/// until the namespace goes, and a new interface of the same name (another
+/// ifindex) must not print a second series with the same labels (a scrape
+/// with duplicate series is rejected). The sum only falls when an entry is
+/// removed, which Prometheus reads as a counter reset.
+fn merge_devices(devices: &mut Vec<DeviceDrops>) {
+    devices.sort_by(|a, b| {
+        (&a.netns, &a.interface, &a.reason).cmp(&(&b.netns, &b.interface, &b.reason))
+    });
+    devices.dedup_by(|later, kept| {
+        let same = (&later.netns, &later.interface, &later.reason)
+            == (&kept.netns, &kept.interface, &kept.reason);
+        if same {
+            kept.drops += later.drops;
+        }
+        same
+    });
 }
 
 impl Source for Maps {
@@ -203,6 +222,8 @@ impl Source for Maps {
         }
         let namespaces = crate::netif::live_namespaces();
         let own_interfaces = crate::netif::own_ifindexes();
+        let mut stale = Vec::new();
+        let mut foreign = Vec::new();
         for key in keys {
             let gone = if Some(key.netns) == self.own_netns {
                 own_interfaces
@@ -213,11 +234,52 @@ impl Source for Maps {
                     .as_ref()
                     .is_some_and(|live| !live.contains(&key.netns))
             };
-            if gone && self.devices.remove(&key).is_ok() {
+            if gone {
+                stale.push(key);
+            } else if Some(key.netns) != self.own_netns {
+                foreign.push(key);
+            }
+        }
+        // In a namespace that lives on, the agent cannot list the
+        // interfaces; an entry whose name a newer interface took is stale.
+        let named: Vec<(DropDeviceKey, String)> = foreign
+            .into_iter()
+            .filter_map(|key| {
+                let values = self.devices.get(&key, 0).ok()?;
+                let stats = DropDeviceStats::sum(values.iter());
+                Some((key, crate::events::c_string(&stats.name)))
+            })
+            .collect();
+        stale.extend(superseded(&named));
+        for key in stale {
+            if self.devices.remove(&key).is_ok() {
                 self.removed += 1;
             }
         }
     }
+}
+
+/// Entries of interfaces a newer one of the same name replaced, in the
+/// same namespace: two live interfaces of a namespace never share a name,
+/// and a namespace hands out growing ifindexes, so of the entries sharing
+/// a (namespace, name) only those of the highest ifindex can be live
+/// (an interface moved in with a lower ifindex than a dead namesake loses
+/// its count so far: a counter reset). Unnamed entries are kept.
+fn superseded(entries: &[(DropDeviceKey, String)]) -> Vec<DropDeviceKey> {
+    let mut newest: HashMap<(u32, &str), u32> = HashMap::new();
+    for (key, name) in entries.iter().filter(|(_, n)| !n.is_empty()) {
+        let top = newest.entry((key.netns, name)).or_insert(key.ifindex);
+        *top = (*top).max(key.ifindex);
+    }
+    entries
+        .iter()
+        .filter(|(key, name)| {
+            newest
+                .get(&(key.netns, name.as_str()))
+                .is_some_and(|top| *top > key.ifindex)
+        })
+        .map(|(key, _)| *key)
+        .collect()
 }
 
 /// Drops of packets that had a network device, per device and reason.
@@ -288,6 +350,58 @@ impl Reading for Drops {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn older_interfaces_of_a_name_are_superseded() {
+        let key = |netns, ifindex, reason| DropDeviceKey {
+            netns,
+            ifindex,
+            reason,
+            _pad: 0,
+        };
+        let entries = [
+            (key(7, 10, 2), "skv0".to_owned()),
+            (key(7, 12, 2), "skv0".to_owned()),
+            (key(7, 12, 3), "skv0".to_owned()),
+            (key(7, 11, 2), "skw0".to_owned()),
+            // Same name, another namespace: its own newest.
+            (key(8, 5, 2), "skv0".to_owned()),
+            // Unnamed: kept.
+            (key(7, 3, 2), String::new()),
+        ];
+        let mut gone = superseded(&entries);
+        gone.sort_by_key(|k| (k.netns, k.ifindex, k.reason));
+        assert_eq!(gone, [key(7, 10, 2)]);
+        assert!(superseded(&[]).is_empty());
+    }
+
+    #[test]
+    fn interfaces_of_one_name_make_one_series() {
+        let d = |netns: &str, interface: &str, reason: &str, drops| DeviceDrops {
+            netns: netns.to_owned(),
+            interface: interface.to_owned(),
+            reason: reason.to_owned(),
+            drops,
+        };
+        // Three veths called skv0 (three ifindexes) in one namespace, as
+        // `cargo xtask soak`'s churn makes them.
+        let mut devices = vec![
+            d("4026532310", "skv0", "not_specified", 3),
+            d("host", "lo", "no_socket", 1),
+            d("4026532310", "skv0", "not_specified", 2),
+            d("4026532310", "skv0", "no_socket", 1),
+            d("4026532310", "skv0", "not_specified", 4),
+        ];
+        merge_devices(&mut devices);
+        assert_eq!(
+            devices,
+            [
+                d("4026532310", "skv0", "no_socket", 1),
+                d("4026532310", "skv0", "not_specified", 9),
+                d("host", "lo", "no_socket", 1),
+            ]
+        );
+    }
 
     #[test]
     fn families_from_reasons_and_devices() {

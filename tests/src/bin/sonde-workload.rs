@@ -37,6 +37,14 @@
 //! sonde-workload mix SECONDS                  a compiler-like mix: stat, open/read/close, exec
 //! sonde-workload connect-rate ADDR:PORT RATE SECONDS   TCP connects paced at RATE per second
 //! ```
+//!
+//! A collector for `cargo xtask soak`, which stops it and starts it again
+//! on the same port (an OTLP endpoint going away and coming back):
+//!
+//! ```text
+//! sonde-workload otlp-receive ADDR:PORT SECONDS   OTLP/gRPC receiver (tests/src/otlp); says
+//!                                             `ready`, then `received N` every 10 s
+//! ```
 
 use std::io::{ErrorKind, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
@@ -45,8 +53,9 @@ use std::time::{Duration, Instant};
 
 /// Upper bound on any repetition count, so a typo cannot spin forever.
 const MAX_COUNT: u64 = 100_000_000;
-/// Upper bound on any duration argument.
-const MAX_SECONDS: u64 = 3600;
+/// Upper bound on any duration argument (a day: the soak's load runs for
+/// its whole duration).
+const MAX_SECONDS: u64 = 86_400;
 
 fn usage() -> ExitCode {
     eprintln!(
@@ -56,7 +65,8 @@ fn usage() -> ExitCode {
          tcp-send ADDR:PORT N SIZE PAUSE_MS | \
          nanosleep MS N | syscall-loop K N | getppid-rate RATE SECONDS | \
          udp-flood ADDR:PORT SECONDS SIZE | udp-flows SRC COUNT ADDR:PORT FLOWS | \
-         http-serve ADDR:PORT SECONDS DELAY_US | mix SECONDS | connect-rate ADDR:PORT RATE SECONDS>"
+         http-serve ADDR:PORT SECONDS DELAY_US | mix SECONDS | connect-rate ADDR:PORT RATE SECONDS | \
+         otlp-receive ADDR:PORT SECONDS>"
     );
     ExitCode::from(2)
 }
@@ -887,8 +897,29 @@ fn run(args: &[String]) -> Result<(), String> {
             num(rate, "RATE", 100_000)?.max(1),
             num(secs, "SECONDS", MAX_SECONDS)?,
         ),
+        ["otlp-receive", at, secs] => otlp_receive(addr(at)?, num(secs, "SECONDS", MAX_SECONDS)?),
         _ => Err("unknown subcommand or wrong number of arguments".to_string()),
     }
+}
+
+/// The harness's OTLP/gRPC receiver on `at` for `secs`, reporting how
+/// many metrics requests it took every 10 s.
+#[cfg(feature = "otlp")]
+fn otlp_receive(at: SocketAddr, secs: u64) -> Result<(), String> {
+    use sonde_tests::otlp::{Protocol, Receiver};
+    let receiver = Receiver::start_on(Protocol::Grpc, at);
+    say("ready");
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        std::thread::sleep((end - Instant::now()).min(Duration::from_secs(10)));
+        say(&format!("received {}", receiver.metrics_request_count()));
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "otlp"))]
+fn otlp_receive(_: SocketAddr, _: u64) -> Result<(), String> {
+    Err("otlp-receive needs sonde-tests' otlp feature (on by default)".to_string())
 }
 
 fn main() -> ExitCode {

@@ -367,15 +367,31 @@ impl Receiver {
         Receiver::start_with(protocol, Options::default())
     }
 
+    /// Listens on `addr` (port 0: a free one), plain; for a receiver in a
+    /// process of its own that a soak run stops and starts again on the
+    /// same port (`sonde-workload otlp-receive`).
+    pub fn start_on(protocol: Protocol, addr: SocketAddr) -> Receiver {
+        let mut r = Receiver::unstarted(protocol, Options::default());
+        r.addr = addr;
+        r.serve();
+        r
+    }
+
     /// Listens on 127.0.0.1 on a free port, with TLS or a required header
     /// as `options` say.
     pub fn start_with(protocol: Protocol, options: Options) -> Receiver {
+        let mut r = Receiver::unstarted(protocol, options);
+        r.serve();
+        r
+    }
+
+    fn unstarted(protocol: Protocol, options: Options) -> Receiver {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("tokio runtime");
-        let mut r = Receiver {
+        Receiver {
             protocol,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             shared: Shared {
@@ -387,9 +403,7 @@ impl Receiver {
                 .then(|| Tls::generate(options.require_client_cert)),
             server: None,
             runtime,
-        };
-        r.serve();
-        r
+        }
     }
 
     fn serve(&mut self) {
@@ -497,6 +511,11 @@ impl Receiver {
     pub fn restart(&mut self) {
         self.stop();
         self.serve();
+    }
+
+    /// How many metrics requests arrived so far (without copying them).
+    pub fn metrics_request_count(&self) -> usize {
+        self.shared.received.lock().unwrap().metrics.len()
     }
 
     /// Metrics requests received so far, with when they arrived.

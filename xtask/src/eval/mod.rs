@@ -12,7 +12,7 @@
 //! seconds each, in `cargo xtask test`) writes target/eval/ and fails
 //! unless every smoke incident is detected and named right.
 
-mod scenarios;
+pub mod scenarios;
 mod score;
 
 use std::{
@@ -132,7 +132,8 @@ impl Plan {
     }
 }
 
-const TOOLS: [(&str, &str); 8] = [
+/// The tools the normal load and the incidents run (the soak's too).
+pub const TOOLS: [(&str, &str); 8] = [
     ("ip", "iproute2"),
     ("tc", "iproute2"),
     ("iptables", "iptables"),
