@@ -231,12 +231,17 @@ fn package_installed(name: &str) -> bool {
         .is_some_and(|status| status.contains("install ok installed"))
 }
 
-/// The packages this machine lacks: by dpkg where there is one, else by
-/// their commands on PATH.
-fn missing_packages() -> Vec<&'static Package> {
+/// What building the agent itself needs beyond Rust (`cargo xtask run`
+/// on a machine with only rustup installs these, not the whole suite's).
+pub const BUILD_PACKAGES: &[&str] = &["protobuf-compiler"];
+
+/// The packages of `wanted` (None: all) this machine lacks: by dpkg where
+/// there is one, else by their commands on PATH.
+fn missing_packages(wanted: Option<&[&str]>) -> Vec<&'static Package> {
     let dpkg = util::which("dpkg-query").is_some();
     PACKAGES
         .iter()
+        .filter(|p| wanted.is_none_or(|w| w.contains(&p.name)))
         .filter(|p| {
             if dpkg {
                 !package_installed(p.name)
@@ -250,9 +255,19 @@ fn missing_packages() -> Vec<&'static Package> {
 /// Installs the missing Debian packages with apt-get (through sudo when not
 /// root), saying which and why.
 pub fn ensure_packages() -> anyhow::Result<()> {
-    let missing = missing_packages();
+    install_missing(None)
+}
+
+/// Installs what building the agent needs ([`BUILD_PACKAGES`]), if missing.
+pub fn ensure_build_packages() -> anyhow::Result<()> {
+    install_missing(Some(BUILD_PACKAGES))
+}
+
+fn install_missing(wanted: Option<&[&str]>) -> anyhow::Result<()> {
+    let missing = missing_packages(wanted);
     if missing.is_empty() {
-        println!("system packages: all {} present", PACKAGES.len());
+        let n = wanted.map_or(PACKAGES.len(), <[&str]>::len);
+        println!("system packages: all {n} present");
         return Ok(());
     }
     let names: Vec<&str> = missing.iter().map(|p| p.name).collect();
@@ -290,7 +305,7 @@ pub fn ensure_packages() -> anyhow::Result<()> {
     util::run(&mut apt(&["update", "-q"]))?;
     let mut install = apt(&["install", "-y", "-q", "--no-install-recommends"]);
     util::run(install.args(&names))?;
-    let still: Vec<&str> = missing_packages().iter().map(|p| p.name).collect();
+    let still: Vec<&str> = missing_packages(wanted).iter().map(|p| p.name).collect();
     if !still.is_empty() {
         bail!(
             "apt-get ran, but these are still missing: {}",

@@ -11,6 +11,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
+    bootstrap,
     toolchain::{self, Purpose},
     util,
 };
@@ -29,6 +30,8 @@ pub struct Options {
 pub fn run(opts: Options) -> anyhow::Result<ExitCode> {
     util::header("toolchain");
     toolchain::ensure(Purpose::Build)?;
+    // protoc, for the CRI client's generated code.
+    bootstrap::ensure_build_packages()?;
 
     util::header("build");
     util::run(util::cargo().args(["build", "--release", "-p", "sonde"]))?;
