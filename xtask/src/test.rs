@@ -25,7 +25,10 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     // machine with only rustup gets through (and a missing package is named
     // now, not after minutes of building).
     let bootstrap: Step = if opts.no_integration {
-        ("bootstrap: toolchain", || toolchain::ensure(Purpose::Lint))
+        ("bootstrap: toolchain, build packages", || {
+            toolchain::ensure(Purpose::Lint)?;
+            bootstrap::ensure_build_packages()
+        })
     } else {
         ("bootstrap: toolchain, targets, system packages", || {
             toolchain::ensure(Purpose::Lint)?;
