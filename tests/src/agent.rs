@@ -335,6 +335,30 @@ impl Agent {
         parse_json(path, &body)
     }
 
+    /// The first anomaly of `kind` in /api/v1/anomalies (active or
+    /// recent), waiting up to 10 s for it.
+    pub fn wait_for_anomaly(&self, kind: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let report = self.get_json("/api/v1/anomalies");
+            let found = ["active", "recent"].iter().find_map(|list| {
+                report[*list]
+                    .as_array()?
+                    .iter()
+                    .find(|a| a["kind"] == kind)
+                    .cloned()
+            });
+            if let Some(anomaly) = found {
+                return anomaly;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {kind} anomaly within 10 s: {report}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// `GET /api/v1/status` as JSON.
     pub fn status_json(&self) -> serde_json::Value {
         self.get_json("/api/v1/status")

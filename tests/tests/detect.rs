@@ -103,29 +103,6 @@ fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// The first anomaly of `kind` (active or recent), waiting up to 10 s.
-fn wait_for_kind(agent: &Agent, kind: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let report = agent.get_json("/api/v1/anomalies");
-        let found = ["active", "recent"].iter().find_map(|list| {
-            report[*list]
-                .as_array()?
-                .iter()
-                .find(|a| a["kind"] == kind)
-                .cloned()
-        });
-        if let Some(anomaly) = found {
-            return anomaly;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {kind} anomaly within 10 s: {report}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// The time of the first cycle after `t0` in which `feature` reached
 /// `at_least`, from the agent's own feature history: when the incident
 /// showed in the kernel's counters (a tool's own start-up on a loaded
@@ -201,7 +178,7 @@ fn udp_flood_names_its_source() {
     let lab = Lab::start("udp");
     let t0 = unix_now();
     lab.hping3(&["--udp", "-p", "20300", "--faster", "-c", "20000"]);
-    let anomaly = wait_for_kind(&lab.agent, "udp_flood");
+    let anomaly = lab.agent.wait_for_anomaly("udp_flood");
     assert_peer_culprit(
         &lab.agent,
         &anomaly,
@@ -220,7 +197,7 @@ fn icmp_flood_names_its_source() {
     let lab = Lab::start("icmp");
     let t0 = unix_now();
     lab.hping3(&["--icmp", "--faster", "-c", "20000"]);
-    let anomaly = wait_for_kind(&lab.agent, "icmp_flood");
+    let anomaly = lab.agent.wait_for_anomaly("icmp_flood");
     assert_peer_culprit(
         &lab.agent,
         &anomaly,
@@ -268,7 +245,7 @@ fn refused_connections_are_refusals_not_a_syn_flood() {
         let _undo = Undo(rule("-D"));
         let t0 = unix_now();
         lab.hping3(&["-S", "-p", port, "--faster", "-c", "20000"]);
-        let anomaly = wait_for_kind(&lab.agent, "connection_refusals");
+        let anomaly = lab.agent.wait_for_anomaly("connection_refusals");
         println!("{case}:");
         assert_peer_culprit(
             &lab.agent,
@@ -325,7 +302,7 @@ fn exec_storm_names_its_parent() {
         .spawn()
         .expect("starting bash");
     let pid = shell.id();
-    let anomaly = wait_for_kind(&agent, "exec_storm");
+    let anomaly = agent.wait_for_anomaly("exec_storm");
     let _ = shell.wait();
     let delay = cycles_to_detect(&agent, &anomaly, "process_execs_per_second", 100.0, t0);
     let top = &anomaly["culprits"][0];
@@ -515,7 +492,7 @@ fn rtt_regression_names_the_peer() {
         c.args(["qdisc", "del", "dev", HOST_IF, "root"]);
         c
     });
-    let anomaly = wait_for_kind(&lab.agent, "latency_regression");
+    let anomaly = lab.agent.wait_for_anomaly("latency_regression");
     // RTT builds up as the queue fills: a regression is seen once the
     // queue is deep, so the bound here is on the anomaly, not on t0.
     let _ = t0;

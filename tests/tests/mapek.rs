@@ -43,28 +43,6 @@ fn warmed_up(agent: &Agent) -> serde_json::Value {
     }
 }
 
-fn wait_for_kind(agent: &Agent, kind: &str) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let report = agent.get_json("/api/v1/anomalies");
-        let found = ["active", "recent"].iter().find_map(|list| {
-            report[*list]
-                .as_array()?
-                .iter()
-                .find(|a| a["kind"] == kind)
-                .cloned()
-        });
-        if let Some(anomaly) = found {
-            return anomaly;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no {kind} anomaly within 10 s: {report}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn syscall_storm_is_detected_answered_and_learning_survives_a_restart() {
     if !require_root() {
@@ -83,7 +61,7 @@ fn syscall_storm_is_detected_answered_and_learning_survives_a_restart() {
     // A storm that lasts a few seconds whatever the machine's speed, so it
     // is still on when the loop counts syscalls per process to name it.
     let storm = Workload::spawn(&["getppid-rate", "5000000", "4"]);
-    let anomaly = wait_for_kind(&agent, "syscall_storm");
+    let anomaly = agent.wait_for_anomaly("syscall_storm");
     // Named a cycle or two later: the process behind it.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let subject = loop {
@@ -211,7 +189,7 @@ fn port_scan_is_detected_and_names_its_source() {
         .status()
         .expect("running bash in the test namespace");
     assert!(status.success());
-    let anomaly = wait_for_kind(&lab.agent, "port_scan");
+    let anomaly = lab.agent.wait_for_anomaly("port_scan");
     assert_eq!(
         anomaly["subject"],
         format!("peer {LAB_PEER_IP}"),
@@ -240,7 +218,7 @@ fn cpu_saturation_is_detected_and_names_its_cgroup() {
         &["--cpu", &workers, "--timeout", "4s", "--quiet"],
     );
     assert!(status.success(), "stress-ng in {} failed", cgroup.label());
-    let anomaly = wait_for_kind(&agent, "cpu_saturation");
+    let anomaly = agent.wait_for_anomaly("cpu_saturation");
     let subject = anomaly["subject"].as_str().unwrap_or_default();
     assert!(
         subject.starts_with(&format!("cgroup {}:", cgroup.label())),
@@ -290,7 +268,7 @@ fn syn_flood_is_detected() {
         .expect("running hping3 in the test namespace");
     // hping3 exits non-zero when replies are missing; the flood happened.
     let _ = status;
-    let anomaly = wait_for_kind(&lab.agent, "syn_flood");
+    let anomaly = lab.agent.wait_for_anomaly("syn_flood");
     assert!(
         anomaly["evidence"]
             .as_array()
@@ -860,7 +838,7 @@ fn enforce_mode_blocks_only_a_proven_source_and_only_its_new_connections() {
 
     // 1. The gateway's address, forged: protected.
     scan_from_peer(&lab, Some(GATEWAY_IP));
-    let anomaly = wait_for_kind(&lab.agent, "port_scan");
+    let anomaly = lab.agent.wait_for_anomaly("port_scan");
     assert_eq!(
         anomaly["subject"],
         format!("peer {GATEWAY_IP}"),
@@ -937,7 +915,7 @@ fn enforce_mode_blocks_only_a_proven_source_and_only_its_new_connections() {
         .stderr(std::process::Stdio::null())
         .status()
         .expect("running hping3 in the test namespace");
-    let flood = wait_for_kind(&lab.agent, "syn_flood");
+    let flood = lab.agent.wait_for_anomaly("syn_flood");
     // The note comes with the cycle after the flood opened.
     std::thread::sleep(Duration::from_secs(1));
     let report = lab.agent.get_json("/api/v1/anomalies");
