@@ -10,14 +10,28 @@ use std::{
 /// The cgroup2 mount (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid
 /// hosts).
 pub fn v2_root() -> PathBuf {
+    v2_mount().expect("cgroup2 is not mounted")
+}
+
+/// The cgroup2 mount, if there is one.
+pub fn v2_mount() -> Option<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").expect("reading /proc/self/mounts");
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-        })
-        .expect("cgroup2 is not mounted")
+    mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+    })
+}
+
+/// `some total` (µs) of a cgroup v2 directory's cpu.pressure: the time at
+/// least one of its tasks was runnable but waiting for a CPU.
+pub fn cpu_pressure_some_us(dir: &Path) -> Option<f64> {
+    let text = std::fs::read_to_string(dir.join("cpu.pressure")).ok()?;
+    text.lines()
+        .find(|l| l.starts_with("some"))?
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))?
+        .parse()
+        .ok()
 }
 
 /// A child of the cgroup2 root, removed on drop (once its processes are

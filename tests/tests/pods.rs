@@ -160,18 +160,11 @@ fn pod_info_follows_the_pod_and_the_runtime() {
     drop(agent);
 }
 
-/// `some total` (µs) of a cgroup v2 directory's cpu.pressure.
-fn cpu_pressure_some_us(cgroup: &str) -> Option<f64> {
-    let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
-        .into_iter()
-        .find(|r| std::path::Path::new(r).join("cgroup.controllers").exists())?;
-    let text = std::fs::read_to_string(format!("{root}{cgroup}/cpu.pressure")).ok()?;
-    text.lines()
-        .find(|l| l.starts_with("some"))?
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("total="))?
-        .parse()
-        .ok()
+/// `some total` (µs) of the pod cgroup `path`'s cpu.pressure, where the
+/// host has a cgroup2 mount.
+fn cpu_pressure_some_us(path: &str) -> Option<f64> {
+    let dir = sonde_tests::cgroup::v2_mount()?.join(path.trim_start_matches('/'));
+    sonde_tests::cgroup::cpu_pressure_some_us(&dir)
 }
 
 /// CPU-bound containers in one pod on a small machine: their run-queue

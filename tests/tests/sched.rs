@@ -75,18 +75,6 @@ fn cpu_contention_shows_up_through_the_tracepoint_tier() {
     cpu_contention_shows_up("tracepoint");
 }
 
-/// `some total` (µs) of a cgroup's cpu.pressure: the time at least one of
-/// its tasks was runnable but waiting for a CPU.
-fn cpu_pressure_some_us(cgroup: &std::path::Path) -> Option<f64> {
-    let text = std::fs::read_to_string(cgroup.join("cpu.pressure")).ok()?;
-    text.lines()
-        .find(|l| l.starts_with("some"))?
-        .split_whitespace()
-        .find_map(|f| f.strip_prefix("total="))?
-        .parse()
-        .ok()
-}
-
 /// Six CPU-bound workers in a cgroup of their own on two CPUs: that cgroup
 /// appears in `sonde_runqueue_cgroup_latency_seconds` under its path, its
 /// samples are part of the overall histogram's, and its summed wait is at
@@ -114,7 +102,7 @@ fn a_contended_cgroup_is_named_with_its_waits() {
         )
     };
     let before = agent.metrics();
-    let psi_before = cpu_pressure_some_us(cgroup.dir());
+    let psi_before = sonde_tests::cgroup::cpu_pressure_some_us(cgroup.dir());
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let workers = (cpus * 3).to_string();
     let started = std::time::Instant::now();
@@ -124,7 +112,7 @@ fn a_contended_cgroup_is_named_with_its_waits() {
     );
     let ran = started.elapsed().as_secs_f64();
     assert!(status.success(), "stress-ng in {label} failed");
-    let psi_after = cpu_pressure_some_us(cgroup.dir());
+    let psi_after = sonde_tests::cgroup::cpu_pressure_some_us(cgroup.dir());
     let after = agent
         .try_wait_for(Duration::from_secs(5), |s| count(s) > count(&before))
         .unwrap_or_else(|last| {
