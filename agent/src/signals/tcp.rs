@@ -58,6 +58,14 @@ pub const SIGNAL: Signal = Signal {
     open,
 };
 
+/// What the `tcp_send_reset` tracepoint (classic or raw) misses before
+/// Linux 6.10 (19822a980e19 made it fire without a socket).
+const SEND_RESET_PARTIAL: Option<((u8, u8), &str)> = Some((
+    (6, 10),
+    "resets sent without a socket (a SYN to a closed port, a stray segment) are not \
+     seen: the tcp_send_reset tracepoint fires for them from Linux 6.10",
+));
+
 /// fentry, raw tracepoint, kprobe, tracepoint: the same numbers, cheapest
 /// first.
 const TIERS: tiers::Signal = tiers::Signal {
@@ -128,12 +136,7 @@ const TIERS: tiers::Signal = tiers::Signal {
                     Hook::RawTracepoint("tcp_receive_reset"),
                 ),
                 TierProgram {
-                    partial_before: Some((
-                        (6, 10),
-                        "resets sent without a socket (a SYN to a closed port, a stray \
-                         segment) are not seen: the tcp_send_reset tracepoint fires for \
-                         them from Linux 6.10",
-                    )),
+                    partial_before: SEND_RESET_PARTIAL,
                     ..program(
                         "sonde_tcp_send_reset_raw",
                         Hook::RawTracepoint("tcp_send_reset"),
@@ -214,13 +217,7 @@ const TIERS: tiers::Signal = tiers::Signal {
                     Hook::Tracepoint("tcp", "tcp_receive_reset"),
                 ),
                 TierProgram {
-                    // Linux 6.10 (19822a980e19) made it fire without a socket.
-                    partial_before: Some((
-                        (6, 10),
-                        "resets sent without a socket (a SYN to a closed port, a stray \
-                         segment) are not seen: the tcp_send_reset tracepoint fires for \
-                         them from Linux 6.10",
-                    )),
+                    partial_before: SEND_RESET_PARTIAL,
                     ..program(
                         "sonde_tcp_send_reset",
                         Hook::Tracepoint("tcp", "tcp_send_reset"),
