@@ -541,7 +541,7 @@ mod tests {
         let src = r#"
             Command::new("ip").args(["netns"]);
             util::command("rustup");
-            command(Some(NETNS), "nmap");
+            command(Some(net().netns), "nmap");
             which("bpf-linker");
             pub fn command(program: &str) {}
             Command::new(format!("{x}"));

@@ -9,10 +9,10 @@ use std::{
 use super::{
     Ctx, Def,
     common::{
-        BenchNet, HOST_IF,
+        BenchNet,
         bins::{BPFTRACE_SYSCALLS, Running, bpftrace, start_ready, workload},
         kernel::{Mem, proc_cpu, proc_mem},
-        start_agent,
+        net, start_agent,
         stats::{median, round_robin},
     },
     report::{Op, Scenario},
@@ -102,7 +102,7 @@ fn run(ctx: &Ctx, s: &mut Scenario) -> anyhow::Result<()> {
                     } else {
                         "[syscalls]\nslow_threshold_ms = 0.000001\nslow_ignore = []\n"
                     };
-                    let agent = start_agent(&ctx.bins, config, &[HOST_IF])?;
+                    let agent = start_agent(&ctx.bins, config, &[net().host_if])?;
                     let ready = agent.startup().unwrap_or_default();
                     (Running::Agent(agent), ready)
                 }

@@ -96,6 +96,7 @@ const TOOLS: [(&str, &str); 7] = [
 ];
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
+    crate::bench::common::use_net(&crate::bench::common::BENCH);
     if !util::is_root() {
         bail!(
             "cargo xtask bench loads eBPF programs, creates a network namespace and sets \

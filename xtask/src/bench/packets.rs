@@ -16,10 +16,10 @@ use sonde_tests::{
 use super::{
     Ctx, Def,
     common::{
-        BenchNet, Bins, HOST_IF, HOST_IP, NETNS, Proc,
+        BenchNet, Bins, Proc,
         bins::{self, Running, spawn_workload},
         kernel::{self, CpuTimes},
-        start_agent,
+        net, start_agent,
         stats::{Summary, median, per_round, ratio, round_robin},
     },
     report::{Op, Scenario, num},
@@ -115,21 +115,21 @@ impl Variant {
             Variant::None => Running::Nothing,
             Variant::EmptyTc => Running::Proc(bins::baseline(
                 bins,
-                &["packets", "--interface", HOST_IF, "--ingress", "tc"],
+                &["packets", "--interface", net().host_if, "--ingress", "tc"],
             )?),
             Variant::EmptyXdp => Running::Proc(bins::baseline(
                 bins,
-                &["packets", "--interface", HOST_IF, "--ingress", "xdp"],
+                &["packets", "--interface", net().host_if, "--ingress", "xdp"],
             )?),
             Variant::Sonde => Running::Agent(start_agent(
                 bins,
                 "[syscalls]\nenabled = false\n[mapek]\ngovern_cost = false\n",
-                &[HOST_IF],
+                &[net().host_if],
             )?),
             Variant::SondeXdp => Running::Agent(start_agent(
                 bins,
                 "[syscalls]\nenabled = false\n[network]\nxdp_mode = \"native\"\n[mapek]\ngovern_cost = false\n",
-                &[HOST_IF],
+                &[net().host_if],
             )?),
         })
     }
@@ -160,8 +160,8 @@ fn run(ctx: &Ctx, s: &mut Scenario) -> anyhow::Result<()> {
         |&v| {
             let _running = v.start(&ctx.bins)?;
             if links.len() < VARIANTS.len() {
-                let link =
-                    output(&mut cmd("ip", &["link", "show", "dev", HOST_IF])).unwrap_or_default();
+                let link = output(&mut cmd("ip", &["link", "show", "dev", net().host_if]))
+                    .unwrap_or_default();
                 let mode = if link.contains("xdpgeneric") {
                     "generic XDP"
                 } else if link.contains("xdp") {
@@ -310,10 +310,11 @@ fn run(ctx: &Ctx, s: &mut Scenario) -> anyhow::Result<()> {
     }
     let sonde_vs_empty = ratio(&col(Variant::Sonde, pps), &col(Variant::EmptyTc, pps));
     s.note(format!(
-        "Attach mode on {HOST_IF}: {}. The empty TC+TC pair alone moves {:.2}× the \
+        "Attach mode on {}: {}. The empty TC+TC pair alone moves {:.2}× the \
          no-program UDP packets/s and {:.2}× its TCP throughput (the empty XDP+TC pair: {:.2}× \
          and {:.2}×); Sonde moves {:.2}× the empty TC+TC pair's packets/s. With XDP on ingress \
          instead of TC, Sonde moves {:.2}× (UDP) and {:.2}× (TCP) of no program.",
+        net().host_if,
         links.join(", "),
         median(&of_none(Variant::EmptyTc, pps)),
         median(&of_none(Variant::EmptyTc, gbps)),
@@ -445,7 +446,7 @@ fn bpf_stats_pass(
 
 /// One UDP flood window; fills in the UDP fields.
 fn udp(ctx: &Ctx, secs: u64) -> anyhow::Result<Sample> {
-    let to = format!("{HOST_IP}:{UDP_PORT}");
+    let to = format!("{}:{UDP_PORT}", net().host_ip);
     let mut sink = spawn_workload(
         &ctx.bins,
         None,
@@ -456,7 +457,7 @@ fn udp(ctx: &Ctx, secs: u64) -> anyhow::Result<Sample> {
     let w = Window::open()?;
     bins::workload(
         &ctx.bins,
-        Some(NETNS),
+        Some(net().netns),
         &[1],
         &["udp-flood", &to, &secs.to_string(), DATAGRAM],
         Duration::from_secs(secs + 30),
@@ -479,17 +480,17 @@ fn tcp(secs: u64) -> anyhow::Result<Sample> {
         "-1",
         "--forceflush",
         "-B",
-        HOST_IP,
+        net().host_ip,
         "-p",
         &TCP_PORT.to_string(),
     ]);
     let mut server = Proc::spawn_on("iperf3-server", server, &[0])?;
     server.wait_line("listening", Duration::from_secs(5))?;
     let w = Window::open()?;
-    let mut client = command(Some(NETNS), "iperf3");
+    let mut client = command(Some(net().netns), "iperf3");
     client.args([
         "-c",
-        HOST_IP,
+        net().host_ip,
         "-p",
         &TCP_PORT.to_string(),
         "-t",
@@ -520,19 +521,19 @@ impl Window {
     fn open() -> anyhow::Result<Window> {
         Ok(Window {
             t: Instant::now(),
-            packets: try_iface_stat(HOST_IF, "rx_packets")?,
-            bytes: try_iface_stat(HOST_IF, "rx_bytes")?,
+            packets: try_iface_stat(net().host_if, "rx_packets")?,
+            bytes: try_iface_stat(net().host_if, "rx_bytes")?,
             cpu: CpuTimes::now()?,
         })
     }
 
     /// (seconds, packets, bytes, CPU time) since `open`.
     fn close(self) -> anyhow::Result<(f64, f64, f64, CpuTimes)> {
-        let packets = try_iface_stat(HOST_IF, "rx_packets")? - self.packets;
-        let bytes = try_iface_stat(HOST_IF, "rx_bytes")? - self.bytes;
+        let packets = try_iface_stat(net().host_if, "rx_packets")? - self.packets;
+        let bytes = try_iface_stat(net().host_if, "rx_bytes")? - self.bytes;
         let cpu = CpuTimes::now()?.since(&self.cpu);
         if packets == 0 {
-            anyhow::bail!("no packets arrived on {HOST_IF}");
+            anyhow::bail!("no packets arrived on {}", net().host_if);
         }
         Ok((
             self.t.elapsed().as_secs_f64(),

@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 use super::{
     Ctx, Def,
     common::{
-        BenchNet, HOST_IF, HOST_IP, NETNS, PEERS_FIRST,
+        BenchNet,
         bins::{spawn_workload, workload},
         kernel::{QuietGate, proc_cpu, proc_mem},
-        start_agent,
+        net, start_agent,
         stats::{median, per_round, round_robin},
         tracer::{Tracer, ns_per_call},
     },
@@ -135,7 +135,7 @@ fn flows(ctx: &Ctx, s: &mut Scenario) -> anyhow::Result<()> {
     let counts: &[u64] = ctx.pick(&[1, 100, 1_000, 10_000, 100_000], &[1, 1_000]);
     let window = ctx.pick(5, 2);
     let _net = BenchNet::create()?;
-    let to = format!("{HOST_IP}:{SINK_PORT}");
+    let to = format!("{}:{SINK_PORT}", net().host_ip);
     let mut sink = spawn_workload(&ctx.bins, None, &[0], &["udp-sink", &to, "600"])?;
     sink.wait_line("ready", Duration::from_secs(5))?;
     let mut duration_line = Vec::new();
@@ -145,16 +145,16 @@ fn flows(ctx: &Ctx, s: &mut Scenario) -> anyhow::Result<()> {
         let agent = start_agent(
             &ctx.bins,
             "[syscalls]\nenabled = false\n[network]\nmax_flows = 131072\n[mapek]\ngovern_cost = false\n",
-            &[HOST_IF],
+            &[net().host_if],
         )?;
         let addresses = flows.div_ceil(PORTS_PER_ADDRESS).max(1);
         workload(
             &ctx.bins,
-            Some(NETNS),
+            Some(net().netns),
             &[1],
             &[
                 "udp-flows",
-                PEERS_FIRST,
+                net().peers_first,
                 &addresses.to_string(),
                 &to,
                 &flows.to_string(),

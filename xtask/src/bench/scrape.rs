@@ -14,9 +14,9 @@ use sonde_tests::{
 use super::{
     Ctx, Def,
     common::{
-        Agent, BenchNet, HOST_IF, HOST_IP, NETNS, PEERS_FIRST, Proc, Scrape,
+        Agent, BenchNet, Proc, Scrape,
         bins::{spawn_workload, workload},
-        start_agent,
+        net, start_agent,
     },
     report::{Op, Scenario},
 };
@@ -42,20 +42,20 @@ fn run(ctx: &Ctx, s: &mut Scenario) -> anyhow::Result<()> {
     let wrk_secs: u64 = ctx.pick(10, 2);
     let scrapes: u64 = ctx.pick(20, 3);
     let _net = BenchNet::create()?;
-    let to = format!("{HOST_IP}:{SINK_PORT}");
+    let to = format!("{}:{SINK_PORT}", net().host_ip);
     let mut sink = spawn_workload(&ctx.bins, None, &[0], &["udp-sink", &to, "600"])?;
     sink.wait_line("ready", Duration::from_secs(5))?;
     let agent = start_agent(
         &ctx.bins,
         &format!("[network]\ntop_peers = {peers}\n"),
-        &[HOST_IF],
+        &[net().host_if],
     )?;
     let peers_s = peers.to_string();
     workload(
         &ctx.bins,
-        Some(NETNS),
+        Some(net().netns),
         &[1],
-        &["udp-flows", PEERS_FIRST, &peers_s, &to, &peers_s],
+        &["udp-flows", net().peers_first, &peers_s, &to, &peers_s],
         Duration::from_secs(60),
     )?;
     let m = wait_for_peers(&agent, peers as usize)?;

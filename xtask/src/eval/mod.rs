@@ -27,7 +27,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
-    bench::common::{Agent, BenchNet, Bins, HOST_IF, start_agent},
+    bench::common::{Agent, BenchNet, Bins, net, start_agent},
     util,
 };
 use scenarios::{INCIDENTS, Incident, NormalLoad};
@@ -145,6 +145,7 @@ pub const TOOLS: [(&str, &str); 8] = [
 ];
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
+    crate::bench::common::use_net(&crate::bench::common::BENCH);
     if !util::is_root() {
         bail!(
             "cargo xtask eval loads eBPF programs, creates a network namespace and injects \
@@ -387,7 +388,7 @@ fn evaluate(plan: &Plan, bins: &Bins) -> anyhow::Result<Report> {
     let config = agent_config(plan, &state_dir);
     util::header("eval: normal load and calibration");
     let _load = NormalLoad::start(bins, plan.bound().as_secs())?;
-    let mut agent = start_agent(bins, &config, &[HOST_IF])?;
+    let mut agent = start_agent(bins, &config, &[net().host_if])?;
     let mut rec = Recorder::default();
     let mut phases = Vec::new();
     let mut phase = |name: &str, expected: Option<(&str, Option<&str>)>, start: f64, end: f64| {
@@ -417,7 +418,7 @@ fn evaluate(plan: &Plan, bins: &Bins) -> anyhow::Result<Report> {
             rec.poll(&agent)?;
             agent.stop()?;
             rec.run += 1;
-            agent = start_agent(bins, &config, &[HOST_IF])?;
+            agent = start_agent(bins, &config, &[net().host_if])?;
             let t = now();
             restart.baselines_reloaded = reloaded(&agent);
             let settle = plan.interval() * 20;

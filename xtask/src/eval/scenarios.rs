@@ -13,7 +13,7 @@ use std::{
 use anyhow::Context as _;
 use sonde_tests::{cgroup::TestCgroup, process::command, sys::output};
 
-use crate::bench::common::{Bins, HOST_IF, HOST_IP, NETNS, PEER_IP, Proc};
+use crate::bench::common::{BENCH, Bins, Proc, net};
 
 /// The HTTP service (in the namespace) and the host's listener that the
 /// floods and connection storms aim at.
@@ -33,17 +33,21 @@ impl NormalLoad {
         let mut procs = Vec::new();
         // A service answering after 2 ms, under 4 wrk connections: about
         // 2,000 requests/s over the veth pair.
-        let mut cmd = command(Some(NETNS), &bins.workload);
+        let mut cmd = command(Some(net().netns), &bins.workload);
         cmd.args(["http-serve", &format!("0.0.0.0:{HTTP_PORT}"), &secs, "2000"]);
         let mut server = Proc::spawn("http-serve", cmd)?;
         server.wait_line("ready", Duration::from_secs(10))?;
         procs.push(server);
-        let mut cmd = command(Some(NETNS), "iperf3");
+        let mut cmd = command(Some(net().netns), "iperf3");
         cmd.args(["-s", "-p", &IPERF_PORT.to_string()]);
         procs.push(Proc::spawn("iperf3-server", cmd)?);
         // The host's listener the floods and storms aim at.
         let mut cmd = command(None, &bins.workload);
-        cmd.args(["tcp-listen", &format!("{HOST_IP}:{LISTEN_PORT}"), &secs]);
+        cmd.args([
+            "tcp-listen",
+            &format!("{}:{LISTEN_PORT}", net().host_ip),
+            &secs,
+        ]);
         let mut listener = Proc::spawn("tcp-listen", cmd)?;
         listener.wait_line("ready", Duration::from_secs(10))?;
         procs.push(listener);
@@ -54,14 +58,14 @@ impl NormalLoad {
             "-c4",
             "-d",
             &format!("{secs}s"),
-            &format!("http://{PEER_IP}:{HTTP_PORT}/"),
+            &format!("http://{}:{HTTP_PORT}/", net().peer_ip),
         ]);
         procs.push(Proc::spawn("wrk", cmd)?);
         // A steady 20 Mbit/s stream, host to namespace.
         let mut cmd = command(None, "iperf3");
         cmd.args([
             "-c",
-            PEER_IP,
+            net().peer_ip,
             "-p",
             &IPERF_PORT.to_string(),
             "-b",
@@ -121,11 +125,11 @@ pub const INCIDENTS: &[Incident] = &[
         id: "syn-flood",
         kind: "syn_flood",
         how: "hping3 -S at ~3,300 SYN/s from the peer to a listening port",
-        subject: Some(PEER_IP),
+        subject: Some(BENCH.peer_ip),
         run: |_, d| {
             let count = (3_300.0 * d.as_secs_f64()) as u64;
             run_for(
-                command(Some(NETNS), "hping3").args([
+                command(Some(net().netns), "hping3").args([
                     "-q",
                     "-S",
                     "-p",
@@ -134,7 +138,7 @@ pub const INCIDENTS: &[Incident] = &[
                     "u300",
                     "-c",
                     &count.to_string(),
-                    HOST_IP,
+                    net().host_ip,
                 ]),
                 d,
             )
@@ -144,11 +148,18 @@ pub const INCIDENTS: &[Incident] = &[
         id: "port-scan",
         kind: "port_scan",
         how: "nmap -sS -T4 -p 1-3000 from the peer",
-        subject: Some(PEER_IP),
+        subject: Some(BENCH.peer_ip),
         run: |_, d| {
             run_for(
-                command(Some(NETNS), "nmap")
-                    .args(["-sS", "-T4", "-n", "-Pn", "-p", "1-3000", HOST_IP]),
+                command(Some(net().netns), "nmap").args([
+                    "-sS",
+                    "-T4",
+                    "-n",
+                    "-Pn",
+                    "-p",
+                    "1-3000",
+                    net().host_ip,
+                ]),
                 d,
             )
         },
@@ -157,12 +168,12 @@ pub const INCIDENTS: &[Incident] = &[
         id: "connection-storm",
         kind: "connection_storm",
         how: "2,000 TCP connects/s from the peer to a listener (sonde-workload connect-rate)",
-        subject: Some(PEER_IP),
+        subject: Some(BENCH.peer_ip),
         run: |bins, d| {
             run_for(
-                command(Some(NETNS), &bins.workload).args([
+                command(Some(net().netns), &bins.workload).args([
                     "connect-rate",
-                    &format!("{HOST_IP}:{LISTEN_PORT}"),
+                    &format!("{}:{LISTEN_PORT}", net().host_ip),
                     "2000",
                     &d.as_secs().max(1).to_string(),
                 ]),
@@ -174,14 +185,24 @@ pub const INCIDENTS: &[Incident] = &[
         id: "latency",
         kind: "latency_regression",
         how: "tc tbf rate 5mbit latency 300ms on the host's veth end (a queue the 20 Mbit/s stream fills)",
-        subject: Some(PEER_IP),
+        subject: Some(BENCH.peer_ip),
         run: |_, d| {
             let add = [
-                "qdisc", "add", "dev", HOST_IF, "root", "tbf", "rate", "5mbit", "burst", "32kb",
-                "latency", "300ms",
+                "qdisc",
+                "add",
+                "dev",
+                net().host_if,
+                "root",
+                "tbf",
+                "rate",
+                "5mbit",
+                "burst",
+                "32kb",
+                "latency",
+                "300ms",
             ];
             let mut del = Command::new("tc");
-            del.args(["qdisc", "del", "dev", HOST_IF, "root"]);
+            del.args(["qdisc", "del", "dev", net().host_if, "root"]);
             with_undo(Command::new("tc").args(add), del, d)
         },
     },
@@ -189,7 +210,7 @@ pub const INCIDENTS: &[Incident] = &[
         id: "packet-loss",
         kind: "packet_loss",
         how: "iptables: drop 10% of the host's TCP packets to the peer (statistic match)",
-        subject: Some(PEER_IP),
+        subject: Some(BENCH.peer_ip),
         run: |_, d| with_undo(&mut loss_rule("-I"), loss_rule("-D"), d),
     },
     Incident {
@@ -206,42 +227,42 @@ pub const INCIDENTS: &[Incident] = &[
         id: "udp-flood",
         kind: "udp_flood",
         how: "hping3 --udp --faster from the peer to a closed port (blatant)",
-        subject: Some(PEER_IP),
+        subject: Some(BENCH.peer_ip),
         run: |_, d| hping3(&["--udp", "-p", "20300", "--faster"], 200_000, d),
     },
     Incident {
         id: "udp-flood-low",
         kind: "udp_flood",
         how: "hping3 --udp at ~2,500 packets/s from the peer (near the 2,000/s floor)",
-        subject: Some(PEER_IP),
+        subject: Some(BENCH.peer_ip),
         run: |_, d| hping3(&["--udp", "-p", "20300", "-i", "u400"], rate(2_500, d), d),
     },
     Incident {
         id: "icmp-flood",
         kind: "icmp_flood",
         how: "hping3 --icmp --faster (echo requests) from the peer (blatant)",
-        subject: Some(PEER_IP),
+        subject: Some(BENCH.peer_ip),
         run: |_, d| hping3(&["--icmp", "--faster"], 200_000, d),
     },
     Incident {
         id: "icmp-flood-low",
         kind: "icmp_flood",
         how: "hping3 --icmp at ~700 echo requests/s from the peer (near the 500/s floor)",
-        subject: Some(PEER_IP),
+        subject: Some(BENCH.peer_ip),
         run: |_, d| hping3(&["--icmp", "-i", "u1400"], rate(700, d), d),
     },
     Incident {
         id: "refused-closed-port",
         kind: "connection_refusals",
         how: "hping3 -S --faster from the peer to a closed port: every SYN answered with a RST",
-        subject: Some(PEER_IP),
+        subject: Some(BENCH.peer_ip),
         run: |_, d| hping3(&["-S", "-p", "20301", "--faster"], 200_000, d),
     },
     Incident {
         id: "refused-reject-low",
         kind: "connection_refusals",
         how: "~400 SYN/s from the peer to the listener behind iptables REJECT --reject-with tcp-reset",
-        subject: Some(PEER_IP),
+        subject: Some(BENCH.peer_ip),
         run: |_, d| {
             output(&mut reject_rule("-I")).context("inserting the REJECT rule")?;
             let _undo = Undo(reject_rule("-D"));
@@ -291,8 +312,8 @@ fn hping3(args: &[&str], count: u64, d: Duration) -> anyhow::Result<()> {
     let count = count.to_string();
     let mut all = vec!["-q"];
     all.extend_from_slice(args);
-    all.extend_from_slice(&["-c", &count, HOST_IP]);
-    run_for(command(Some(NETNS), "hping3").args(all), d)
+    all.extend_from_slice(&["-c", &count, net().host_ip]);
+    run_for(command(Some(net().netns), "hping3").args(all), d)
 }
 
 /// The refusal incident's iptables rule, inserted (-I) or deleted (-D).
@@ -302,7 +323,7 @@ fn reject_rule(op: &str) -> Command {
         op,
         "INPUT",
         "-i",
-        HOST_IF,
+        net().host_if,
         "-p",
         "tcp",
         "--dport",
@@ -354,7 +375,7 @@ fn loss_rule(op: &str) -> Command {
         op,
         "OUTPUT",
         "-o",
-        HOST_IF,
+        net().host_if,
         "-p",
         "tcp",
         "-m",

@@ -51,7 +51,7 @@ use sonde_tests::{
 };
 
 use crate::{
-    bench::common::{Agent, BenchNet, Bins, HOST_IF, start_agent},
+    bench::common::{Agent, BenchNet, Bins, net, start_agent},
     eval::scenarios::{self, INCIDENTS, Incident, NormalLoad},
     util,
 };
@@ -199,6 +199,7 @@ impl Plan {
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
+    crate::bench::common::use_net(&crate::bench::common::SOAK);
     if !util::is_root() {
         bail!(
             "cargo xtask soak loads eBPF programs and makes namespaces and cgroups: \
@@ -347,7 +348,7 @@ fn soak(plan: &Plan, bins: &Bins, out: &Path) -> anyhow::Result<Vec<String>> {
     let mut agent = start_agent(
         bins,
         &config(plan, &state_dir, otlp_port, Some(THRESHOLDS[threshold])),
-        &[HOST_IF],
+        &[net().host_if],
     )?;
     let pid = agent.pid();
     let started = Instant::now();
@@ -708,15 +709,16 @@ fn sample(
     obs: &mut Observed,
 ) -> anyhow::Result<Sample> {
     let t = now() - t0;
-    // The load's network has a fixed name (the eval's): another eval,
-    // bench or test run that makes it deletes this one's first.
-    if !Path::new("/sys/class/net").join(HOST_IF).exists()
+    // The soak's network has names of its own, but a second soak (or a
+    // stray `ip netns del`) would still delete it.
+    let plan = net();
+    if !Path::new("/sys/class/net").join(plan.host_if).exists()
         && !obs.failures.iter().any(|f| f.contains("vanished"))
     {
         obs.fail(format!(
-            "{HOST_IF} vanished at {t:.0} s: something else deleted the namespace {} \
-             (an eval or bench run beside the soak?); the normal load stopped",
-            crate::bench::common::NETNS
+            "{} vanished at {t:.0} s: something else deleted the namespace {} \
+             (a second soak beside this one?); the normal load stopped",
+            plan.host_if, plan.netns
         ));
     }
     let rss_kib = proc_status_kib(pid, "VmRSS:")?;

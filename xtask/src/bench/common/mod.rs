@@ -13,24 +13,67 @@ pub use bins::Bins;
 pub use sonde_tests::{Agent, Scrape, process::Proc};
 pub use stats::Summary;
 
-use std::{io, time::Duration};
+use std::{io, sync::RwLock, time::Duration};
 
 use sonde_tests::{NetNs, VethPair};
 
-/// The benchmark's network: one namespace with a veth pair into it, both
-/// removed on drop. The host end stays in the root namespace, where the
-/// agent attaches; traffic flows only over this pair. Addresses come from
-/// 198.18.0.0/15, the range reserved for benchmarking (RFC 2544).
-pub const NETNS: &str = "sonde-bench";
-/// Host end (root namespace) and namespace end of the veth pair.
-pub const HOST_IF: &str = "sbench0";
-pub const PEER_IF: &str = "sbench1";
-pub const HOST_IP: &str = "198.18.0.1";
-pub const PEER_IP: &str = "198.18.0.2";
-/// Extra source addresses (peers) live behind the namespace end:
-/// `PEERS_FIRST` onwards, routed from the host via `PEER_IP`.
-pub const PEERS_FIRST: &str = "198.19.0.1";
-const PEERS_NET: &str = "198.19.0.0/16";
+/// A lab network: one namespace with a veth pair into it, both removed on
+/// drop. The host end stays in the root namespace, where the agent
+/// attaches; traffic flows only over this pair. Addresses come from
+/// 198.18.0.0/15, the range reserved for benchmarking (RFC 2544). Each
+/// command that makes one has a plan of its own (names and subnets), so a
+/// soak can run beside a benchmark or an evaluation without either
+/// deleting the other's namespace.
+#[derive(Debug)]
+pub struct NetPlan {
+    pub netns: &'static str,
+    /// Host end (root namespace) and namespace end of the veth pair.
+    pub host_if: &'static str,
+    pub peer_if: &'static str,
+    pub host_ip: &'static str,
+    pub peer_ip: &'static str,
+    /// Extra source addresses (peers) live behind the namespace end:
+    /// `peers_first` onwards, within `peers_net`, routed from the host via
+    /// `peer_ip`.
+    pub peers_first: &'static str,
+    pub peers_net: &'static str,
+}
+
+/// The benchmark's and the evaluation's network.
+pub const BENCH: NetPlan = NetPlan {
+    netns: "sonde-bench",
+    host_if: "sbench0",
+    peer_if: "sbench1",
+    host_ip: "198.18.0.1",
+    peer_ip: "198.18.0.2",
+    peers_first: "198.19.0.1",
+    peers_net: "198.19.0.0/17",
+};
+
+/// The soak's network.
+pub const SOAK: NetPlan = NetPlan {
+    netns: "sonde-soak",
+    host_if: "ssoak0",
+    peer_if: "ssoak1",
+    host_ip: "198.18.1.1",
+    peer_ip: "198.18.1.2",
+    peers_first: "198.19.128.1",
+    peers_net: "198.19.128.0/17",
+};
+
+static NET: RwLock<&'static NetPlan> = RwLock::new(&BENCH);
+
+/// The network plan of the command running: [`BENCH`] unless it chose
+/// another with [`use_net`].
+pub fn net() -> &'static NetPlan {
+    *NET.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Chooses the network plan of the command about to run (the steps of
+/// `cargo xtask test` run one after another in one process).
+pub fn use_net(plan: &'static NetPlan) {
+    *NET.write().unwrap_or_else(|e| e.into_inner()) = plan;
+}
 
 /// How long an agent may take to start before the scenario fails.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -43,15 +86,16 @@ pub struct BenchNet {
 
 impl BenchNet {
     pub fn create() -> io::Result<BenchNet> {
-        let ns = NetNs::try_new(NETNS)?;
+        let plan = net();
+        let ns = NetNs::try_new(plan.netns)?;
         let veth = VethPair::try_new(
-            HOST_IF,
-            PEER_IF,
+            plan.host_if,
+            plan.peer_if,
             &ns,
-            &format!("{HOST_IP}/24"),
-            &format!("{PEER_IP}/24"),
+            &format!("{}/24", plan.host_ip),
+            &format!("{}/24", plan.peer_ip),
         )?;
-        veth.route_via_peer(PEERS_NET)?;
+        veth.route_via_peer(plan.peers_net)?;
         Ok(BenchNet {
             _veth: veth,
             _ns: ns,
