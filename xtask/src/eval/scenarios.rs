@@ -13,7 +13,7 @@ use std::{
 use anyhow::Context as _;
 use sonde_tests::{cgroup::TestCgroup, process::command, sys::output};
 
-use crate::bench::common::{BENCH, Bins, Proc, net};
+use crate::bench::common::{Bins, EVAL, Proc, net};
 
 /// The HTTP service (in the namespace) and the host's listener that the
 /// floods and connection storms aim at.
@@ -125,7 +125,7 @@ pub const INCIDENTS: &[Incident] = &[
         id: "syn-flood",
         kind: "syn_flood",
         how: "hping3 -S at ~3,300 SYN/s from the peer to a listening port",
-        subject: Some(BENCH.peer_ip),
+        subject: Some(EVAL.peer_ip),
         run: |_, d| {
             let count = (3_300.0 * d.as_secs_f64()) as u64;
             run_for(
@@ -148,7 +148,7 @@ pub const INCIDENTS: &[Incident] = &[
         id: "port-scan",
         kind: "port_scan",
         how: "nmap -sS -T4 -p 1-3000 from the peer",
-        subject: Some(BENCH.peer_ip),
+        subject: Some(EVAL.peer_ip),
         run: |_, d| {
             run_for(
                 command(Some(net().netns), "nmap").args([
@@ -168,7 +168,7 @@ pub const INCIDENTS: &[Incident] = &[
         id: "connection-storm",
         kind: "connection_storm",
         how: "2,000 TCP connects/s from the peer to a listener (sonde-workload connect-rate)",
-        subject: Some(BENCH.peer_ip),
+        subject: Some(EVAL.peer_ip),
         run: |bins, d| {
             run_for(
                 command(Some(net().netns), &bins.workload).args([
@@ -185,7 +185,7 @@ pub const INCIDENTS: &[Incident] = &[
         id: "latency",
         kind: "latency_regression",
         how: "tc tbf rate 5mbit latency 300ms on the host's veth end (a queue the 20 Mbit/s stream fills)",
-        subject: Some(BENCH.peer_ip),
+        subject: Some(EVAL.peer_ip),
         run: |_, d| {
             let add = [
                 "qdisc",
@@ -210,7 +210,7 @@ pub const INCIDENTS: &[Incident] = &[
         id: "packet-loss",
         kind: "packet_loss",
         how: "iptables: drop 10% of the host's TCP packets to the peer (statistic match)",
-        subject: Some(BENCH.peer_ip),
+        subject: Some(EVAL.peer_ip),
         run: |_, d| with_undo(&mut loss_rule("-I"), loss_rule("-D"), d),
     },
     Incident {
@@ -227,42 +227,42 @@ pub const INCIDENTS: &[Incident] = &[
         id: "udp-flood",
         kind: "udp_flood",
         how: "hping3 --udp --faster from the peer to a closed port (blatant)",
-        subject: Some(BENCH.peer_ip),
+        subject: Some(EVAL.peer_ip),
         run: |_, d| hping3(&["--udp", "-p", "20300", "--faster"], 200_000, d),
     },
     Incident {
         id: "udp-flood-low",
         kind: "udp_flood",
         how: "hping3 --udp at ~2,500 packets/s from the peer (near the 2,000/s floor)",
-        subject: Some(BENCH.peer_ip),
+        subject: Some(EVAL.peer_ip),
         run: |_, d| hping3(&["--udp", "-p", "20300", "-i", "u400"], rate(2_500, d), d),
     },
     Incident {
         id: "icmp-flood",
         kind: "icmp_flood",
         how: "hping3 --icmp --faster (echo requests) from the peer (blatant)",
-        subject: Some(BENCH.peer_ip),
+        subject: Some(EVAL.peer_ip),
         run: |_, d| hping3(&["--icmp", "--faster"], 200_000, d),
     },
     Incident {
         id: "icmp-flood-low",
         kind: "icmp_flood",
         how: "hping3 --icmp at ~700 echo requests/s from the peer (near the 500/s floor)",
-        subject: Some(BENCH.peer_ip),
+        subject: Some(EVAL.peer_ip),
         run: |_, d| hping3(&["--icmp", "-i", "u1400"], rate(700, d), d),
     },
     Incident {
         id: "refused-closed-port",
         kind: "connection_refusals",
         how: "hping3 -S --faster from the peer to a closed port: every SYN answered with a RST",
-        subject: Some(BENCH.peer_ip),
+        subject: Some(EVAL.peer_ip),
         run: |_, d| hping3(&["-S", "-p", "20301", "--faster"], 200_000, d),
     },
     Incident {
         id: "refused-reject-low",
         kind: "connection_refusals",
         how: "~400 SYN/s from the peer to the listener behind iptables REJECT --reject-with tcp-reset",
-        subject: Some(BENCH.peer_ip),
+        subject: Some(EVAL.peer_ip),
         run: |_, d| {
             output(&mut reject_rule("-I")).context("inserting the REJECT rule")?;
             let _undo = Undo(reject_rule("-D"));

@@ -1,11 +1,10 @@
 //! Scoring: which anomaly records match which injected incident, and the
 //! figures the issue asks for (precision, recall, time to detect, false
-//! positives under normal load, kind accuracy), for Sonde's detector and
-//! for a plain 3-sigma fixed-window detector replayed on the same feature
-//! vectors with the same naming rules — so the two differ only in how they
-//! decide that a value is abnormal.
+//! positives under normal load, kind accuracy, F1), for Sonde's detector
+//! and for the comparators replayed on its feature vectors
+//! ([`super::comparators`]).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
@@ -51,7 +50,7 @@ pub struct Naming {
 impl Naming {
     /// Kinds firing in a cycle, after the causes absorb their symptoms
     /// (in this cycle, or because the cause is already in progress).
-    fn name(&self, firing: BTreeSet<String>, active: &BTreeSet<String>) -> BTreeSet<String> {
+    pub fn name(&self, firing: BTreeSet<String>, active: &BTreeSet<String>) -> BTreeSet<String> {
         let mut firing = firing;
         for (cause, symptoms) in &self.explains {
             if firing.contains(cause) {
@@ -70,52 +69,6 @@ impl Naming {
             })
             .collect()
     }
-}
-
-/// The comparison detector: per feature, the last `window` values (every
-/// value, incidents included, as a fixed window does); a value above
-/// mean + 3 standard deviations fires. Records open and close like
-/// Sonde's (closed after `quiet_cycles` quiet cycles).
-pub fn three_sigma(cycles: &[Cycle], naming: &Naming, window: usize) -> Vec<Record> {
-    let mut history: BTreeMap<&str, VecDeque<f64>> = BTreeMap::new();
-    let mut active: BTreeMap<String, u32> = BTreeMap::new();
-    let mut records = Vec::new();
-    for cycle in cycles {
-        let mut firing = BTreeSet::new();
-        for (feature, &x) in &cycle.features {
-            let Some(kind) = naming.kinds.get(feature) else {
-                continue;
-            };
-            let h = history.entry(feature).or_default();
-            if h.len() == window {
-                let n = h.len() as f64;
-                let mean = h.iter().sum::<f64>() / n;
-                let var = h.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
-                if x > mean + 3.0 * var.sqrt() {
-                    firing.insert(kind.clone());
-                }
-                h.pop_front();
-            }
-            h.push_back(x);
-        }
-        let active_kinds: BTreeSet<String> = active.keys().cloned().collect();
-        let named = naming.name(firing, &active_kinds);
-        for quiet in active.values_mut() {
-            *quiet += 1;
-        }
-        for kind in named {
-            if active.insert(kind.clone(), 0).is_none() {
-                records.push(Record {
-                    kind,
-                    start: cycle.time,
-                    subject: None,
-                    culprit: None,
-                });
-            }
-        }
-        active.retain(|_, quiet| *quiet < naming.quiet_cycles);
-    }
-    records
 }
 
 /// What became of one incident.
@@ -150,6 +103,8 @@ pub struct Score {
     pub true_positives: usize,
     pub precision: f64,
     pub recall: f64,
+    /// The harmonic mean of precision and recall.
+    pub f1: f64,
     pub kind_accuracy: f64,
     /// Incidents whose culprit was named right, of those with one.
     pub subjects_named: (usize, usize),
@@ -269,16 +224,23 @@ pub fn score(
         .filter(|p| p.expected.is_none())
         .map(|p| p.end - p.start)
         .sum();
+    let precision = if records.is_empty() {
+        0.0
+    } else {
+        tp as f64 / records.len() as f64
+    };
+    let recall = detected as f64 / n;
     Score {
         detector: detector.to_owned(),
         records: records.len(),
         true_positives: tp,
-        precision: if records.is_empty() {
+        precision,
+        recall,
+        f1: if precision + recall == 0.0 {
             0.0
         } else {
-            tp as f64 / records.len() as f64
+            2.0 * precision * recall / (precision + recall)
         },
-        recall: detected as f64 / n,
         kind_accuracy: if with_records == 0 {
             0.0
         } else {
@@ -319,39 +281,6 @@ pub fn score(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn naming() -> Naming {
-        Naming {
-            kinds: [("a", "storm"), ("b", "spike")]
-                .iter()
-                .map(|(f, k)| ((*f).to_owned(), (*k).to_owned()))
-                .collect(),
-            explains: vec![("storm".into(), vec!["spike".into()])],
-            quiet_cycles: 2,
-        }
-    }
-
-    #[test]
-    fn three_sigma_fires_on_a_jump_and_names_the_cause() {
-        let mut cycles = Vec::new();
-        for i in 0..20 {
-            let mut f = BTreeMap::new();
-            f.insert("a".to_owned(), 100.0 + f64::from(i % 2));
-            f.insert("b".to_owned(), 10.0 + f64::from(i % 2));
-            if i == 15 {
-                f.insert("a".to_owned(), 1000.0);
-                f.insert("b".to_owned(), 1000.0);
-            }
-            cycles.push(Cycle {
-                time: f64::from(i),
-                features: f,
-            });
-        }
-        let records = three_sigma(&cycles, &naming(), 10);
-        assert_eq!(records.len(), 1, "{records:?}");
-        assert_eq!(records[0].kind, "storm");
-        assert_eq!(records[0].start, 15.0);
-    }
 
     #[test]
     fn scoring_counts_hits_misses_and_false_positives() {

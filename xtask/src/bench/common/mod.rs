@@ -21,9 +21,9 @@ use sonde_tests::{NetNs, VethPair};
 /// drop. The host end stays in the root namespace, where the agent
 /// attaches; traffic flows only over this pair. Addresses come from
 /// 198.18.0.0/15, the range reserved for benchmarking (RFC 2544). Each
-/// command that makes one has a plan of its own (names and subnets), so a
-/// soak can run beside a benchmark or an evaluation without either
-/// deleting the other's namespace.
+/// command that makes one has a plan of its own (names and subnets), so
+/// the soak, the benchmark and the evaluation can run side by side without
+/// one deleting another's namespace.
 #[derive(Debug)]
 pub struct NetPlan {
     pub netns: &'static str,
@@ -39,7 +39,7 @@ pub struct NetPlan {
     pub peers_net: &'static str,
 }
 
-/// The benchmark's and the evaluation's network.
+/// The benchmark's network.
 pub const BENCH: NetPlan = NetPlan {
     netns: "sonde-bench",
     host_if: "sbench0",
@@ -47,7 +47,18 @@ pub const BENCH: NetPlan = NetPlan {
     host_ip: "198.18.0.1",
     peer_ip: "198.18.0.2",
     peers_first: "198.19.0.1",
-    peers_net: "198.19.0.0/17",
+    peers_net: "198.19.0.0/18",
+};
+
+/// The evaluation's network.
+pub const EVAL: NetPlan = NetPlan {
+    netns: "sonde-eval",
+    host_if: "seval0",
+    peer_if: "seval1",
+    host_ip: "198.18.2.1",
+    peer_ip: "198.18.2.2",
+    peers_first: "198.19.64.1",
+    peers_net: "198.19.64.0/18",
 };
 
 /// The soak's network.
