@@ -277,6 +277,23 @@ impl Agent {
         }
     }
 
+    /// Waits up to 10 s for `needle` in the agent's log and returns the log;
+    /// panics with the log if it never comes.
+    pub fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + scaled(Duration::from_secs(10));
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent never logged {needle:?}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The last `n` lines the agent wrote, for error messages.
     pub fn log_tail(&self, n: usize) -> String {
         let s = std::fs::read_to_string(&self.log_path).unwrap_or_default();

@@ -229,23 +229,8 @@ fn tls_and_basic_auth_protect_the_api_and_reload_on_sighup() {
     assert_eq!(get(Some("prometheus:s3cret"), "/metrics").0, 401);
     write_web_config(dir.path(), "basic_auth_users:\n  prometheus: not-a-hash\n");
     agent.sighup();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !agent
-        .log()
-        .contains("keeping the current web configuration")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no error logged:\n{}",
-            agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(
-        agent.log().contains("basic_auth_users.prometheus"),
-        "{}",
-        agent.log()
-    );
+    let log = agent.wait_log("keeping the current web configuration");
+    assert!(log.contains("basic_auth_users.prometheus"), "{log}");
     assert_eq!(get(Some("prometheus:n3w"), "/metrics").0, 200);
 }
 

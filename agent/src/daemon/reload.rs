@@ -3,12 +3,13 @@
 
 use tracing::{error, info, warn};
 
-use super::setup::LOG_TARGET;
-use crate::{config::Config, state::AppState};
+use super::setup::{LOG_TARGET, Sources};
+use crate::state::AppState;
 
-/// SIGHUP: re-read the config file and apply what can change at run time.
-pub(super) fn reload(state: &AppState, path: Option<&std::path::Path>) {
-    let new = match Config::load(path, std::env::vars()) {
+/// SIGHUP: re-read the config file (under the same flags) and apply what
+/// can change at run time.
+pub(super) fn reload(state: &AppState, sources: &Sources) {
+    let new = match sources.load() {
         Ok(new) => new,
         Err(err) => {
             error!(target: LOG_TARGET, "SIGHUP: keeping the current configuration: {err}");
@@ -67,6 +68,7 @@ pub(super) fn reload(state: &AppState, path: Option<&std::path::Path>) {
     current.syscalls.slow_threshold_ms = new.syscalls.slow_threshold_ms;
     current.syscalls.slow_ignore = new.syscalls.slow_ignore.clone();
     current.syscalls.latency_sample_every = new.syscalls.latency_sample_every;
+    current.syscalls.per_process = new.syscalls.per_process;
     current.network.flow_events_per_second = new.network.flow_events_per_second;
     current.network.flow_events_burst = new.network.flow_events_burst;
     current.network.top_peers = new.network.top_peers;
@@ -83,6 +85,7 @@ pub(super) fn reload(state: &AppState, path: Option<&std::path::Path>) {
     info!(
         target: LOG_TARGET,
         slow_threshold_ms = current.syscalls.slow_threshold_ms,
+        per_process = current.syscalls.per_process,
         mapek_mode = current.mapek.mode.label(),
         "SIGHUP: runtime settings reloaded"
     );

@@ -6,7 +6,6 @@
 
 use std::{
     net::SocketAddr,
-    path::{Path, PathBuf},
     sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
@@ -21,7 +20,7 @@ use tracing::{info, warn};
 use super::{
     failure::Failure,
     netwatch, reload,
-    setup::{LOG_TARGET, init_logging, load_config},
+    setup::{LOG_TARGET, Sources, init_logging},
 };
 use crate::{
     cli::RunArgs,
@@ -39,13 +38,12 @@ use crate::{
 type Shutdown = watch::Receiver<bool>;
 
 pub fn run(args: RunArgs) -> Result<(), Failure> {
-    let mut config = load_config(&args.common)?;
-    if let Some(listen) = args.listen {
-        config.listen = listen;
-    }
-    if let Some(path) = args.web_config_file {
-        config.http.web_config_file = Some(path);
-    }
+    let sources = Sources {
+        listen: args.listen,
+        web_config_file: args.web_config_file,
+        ..Sources::of(&args.common)
+    };
+    let config = sources.load().map_err(Failure::usage)?;
     // An unreadable or invalid web configuration stops the agent here (exit
     // 2, naming the key): serving without the TLS or auth it asks for
     // would be worse than not serving.
@@ -69,7 +67,7 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
         .thread_name("sonde")
         .build()
         .map_err(|e| Failure::runtime(format!("starting the async runtime: {e}")))?;
-    runtime.block_on(serve(config, web_config, args.common.config, interfaces))
+    runtime.block_on(serve(config, web_config, sources, interfaces))
 }
 
 /// The tasks that run beside the HTTP server until shutdown.
@@ -84,7 +82,7 @@ struct Tasks {
 async fn serve(
     config: Config,
     web_config: http::web_config::WebConfig,
-    config_path: Option<PathBuf>,
+    sources: Sources,
     interfaces: Vec<(String, u32)>,
 ) -> Result<(), Failure> {
     let started_at = Instant::now();
@@ -140,7 +138,7 @@ async fn serve(
         config.listen
     ));
 
-    let waited = wait_for_signals(&state, &serving, config_path.as_deref()).await;
+    let waited = wait_for_signals(&state, &serving, &sources).await;
     notify::stopping();
     state.tasks.shutting_down();
     let _ = shutdown_tx.send(true);
@@ -418,7 +416,7 @@ fn spawn_pods(config: &Config, state: &AppState, shutdown: &Shutdown) -> Option<
 async fn wait_for_signals(
     state: &AppState,
     serving: &http::serve::Serving,
-    config_path: Option<&Path>,
+    sources: &Sources,
 ) -> Result<(), Failure> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(Failure::runtime)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(Failure::runtime)?;
@@ -428,7 +426,7 @@ async fn wait_for_signals(
             _ = sigterm.recv() => { info!(target: LOG_TARGET, "SIGTERM: shutting down"); return Ok(()); }
             _ = sigint.recv() => { info!(target: LOG_TARGET, "SIGINT: shutting down"); return Ok(()); }
             _ = sighup.recv() => {
-                reload::reload(state, config_path);
+                reload::reload(state, sources);
                 serving.reload_web_config();
             }
             task = state.tasks.wait_gave_up() => {
