@@ -57,7 +57,7 @@ pub fn replay(cycles: &[Cycle], naming: &Naming, judge: &mut dyn Judge) -> Vec<R
 pub fn all() -> Vec<Box<dyn Judge>> {
     vec![
         Box::new(ThreeSigma::new(60)),
-        Box::new(MedianMad::new(300, 3.5)),
+        Box::new(MedianMad::new(60, 3.5)),
         Box::new(KMeans::netdata()),
     ]
 }
