@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use sonde_tests::{Agent, Config, NetNs, VethPair, require_root};
+use sonde_tests::{Agent, Config, NetNs, VethPair, require_root, workload::Workload};
 
 const WARMUP: u64 = 10;
 const NS: &str = "sd-detect";
@@ -163,7 +163,7 @@ fn assert_peer_culprit(
     let subject = anomaly["subject"].as_str().unwrap_or_default();
     assert!(subject.contains(PEER_IP), "{anomaly}");
     println!(
-        "{} {delay:.1} cycles after the onset: top culprit {} ({protocol}) share {share:.2}, {:.0} packets/s; subject {subject:?}",
+        "{} {delay:.1} cycles after the onset: top culprit {} ({protocol}) share {share:.2}, {:.0}/s; subject {subject:?}",
         anomaly["kind"],
         top["peer"],
         top["amount"].as_f64().unwrap_or(0.0)
@@ -267,6 +267,71 @@ fn refused_connections_are_refusals_not_a_syn_flood() {
             "{case}: refusals called a SYN flood: {flood:?}"
         );
     }
+}
+
+/// A connection storm between this node and a namespace on an interface
+/// the agent does not watch, while the watched interface's peer streams
+/// bulk TCP: the storm is seen (the TCP tracepoints count the whole node),
+/// but the bystander, which carries the watched interface's packets and
+/// opened no connection, is not named as its culprit.
+#[test]
+fn a_storm_elsewhere_does_not_blame_a_bystander() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::start("elsewhere");
+    let other = NetNs::new("sd-elsewhere");
+    let _veth = VethPair::new(
+        "sd-els0",
+        "sd-elsp0",
+        &other,
+        "10.231.8.1/30",
+        "10.231.8.2/30",
+    );
+    let mut sink = Workload::spawn(&["tcp-sink", &format!("{HOST_IP}:20210"), "60"]);
+    sink.expect_line("ready", Duration::from_secs(10));
+    let mut bulk = Workload::spawn_in(
+        &lab.ns,
+        &[
+            "tcp-send",
+            &format!("{HOST_IP}:20210"),
+            "1500",
+            "60000",
+            "0",
+        ],
+    );
+    bulk.expect_line("connected", Duration::from_secs(10));
+    let mut listener = Workload::spawn(&["tcp-listen", "10.231.8.1:20211", "60"]);
+    listener.expect_line("ready", Duration::from_secs(10));
+    // The stream's first cycles are behind us before the storm.
+    std::thread::sleep(Duration::from_secs(2));
+    let storm = Workload::spawn_in(&other, &["connect-rate", "10.231.8.1:20211", "1000", "4"]);
+    let anomaly = lab.agent.wait_for_anomaly("connection_storm");
+    drop(storm);
+    // Its culprits over the incident's cycles (they follow it).
+    std::thread::sleep(Duration::from_secs(2));
+    let report = lab.agent.get_json("/api/v1/anomalies");
+    let anomaly = ["active", "recent"]
+        .iter()
+        .filter_map(|l| report[*l].as_array())
+        .flatten()
+        .find(|a| a["id"] == anomaly["id"])
+        .cloned()
+        .unwrap_or(anomaly);
+    let blamed: Vec<&serde_json::Value> = anomaly["culprits"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["peer"] == PEER_IP)
+        .collect();
+    assert!(
+        blamed.is_empty(),
+        "the bystander {PEER_IP}, which opened no connection, was named: {anomaly}"
+    );
+    println!(
+        "connection_storm elsewhere: subject {:?}, culprits {}",
+        anomaly["subject"], anomaly["culprits"]
+    );
 }
 
 /// A shell that runs /bin/true 3,000 times: an exec storm of short-lived

@@ -120,6 +120,14 @@ impl Culprit {
                 self.amount,
                 self.bytes_per_second.unwrap_or(0.0)
             ),
+            CulpritKind::Peer if self.measure == "inbound_new_flows_per_second" => format!(
+                "peer {} opened {:.0}% of new inbound {} flows ({:.0}/s, {:.0} B/s; source address unproven)",
+                self.name(),
+                share,
+                self.protocol.unwrap_or("IP"),
+                self.amount,
+                self.bytes_per_second.unwrap_or(0.0)
+            ),
             CulpritKind::Peer if self.measure == "tcp_rtt_mean_seconds" => format!(
                 "peer {}: {:.0}% of the TCP round-trip time measured, mean {:.1} ms",
                 self.name(),
@@ -179,6 +187,8 @@ pub struct Subjects {
     pub inbound: Vec<crate::signals::packets::InboundPeer>,
     /// Inbound packets and bytes per protocol this cycle.
     pub inbound_totals: BTreeMap<u8, (u64, u64)>,
+    /// Inbound flows opened per protocol this cycle.
+    pub inbound_new_flows: BTreeMap<u8, u64>,
     /// TCP peers' retransmits and RTT samples this cycle.
     pub tcp_peers: Vec<(IpAddr, TcpPeerDelta)>,
     /// Every cgroup that waited for a CPU this cycle: (id, seconds waited
@@ -407,6 +417,9 @@ pub fn features(
         parents: Vec::new(),
         inbound: flows.map(|f| f.inbound.clone()).unwrap_or_default(),
         inbound_totals: flows.map(|f| f.inbound_totals.clone()).unwrap_or_default(),
+        inbound_new_flows: flows
+            .map(|f| f.inbound_new_flows.clone())
+            .unwrap_or_default(),
         tcp_peers: tcp_peer_deltas(prev, now),
         syscall_processes: now
             .reading::<Syscalls>()
@@ -494,8 +507,11 @@ pub const CULPRITS_KEPT: usize = 3;
 /// storm, the processes of a syscall storm, the cgroups of CPU saturation.
 pub fn culprits(kind: &str, s: &Subjects) -> Vec<Culprit> {
     let mut out = match kind {
+        // Who opened the connections (or tried to): a peer's bulk stream
+        // on the same interface carries more packets but opens none, and
+        // a storm elsewhere (an interface not watched) has no opener here.
         "syn_flood" | "port_scan" | "connection_storm" | "connection_refusals" => {
-            peers_of(s, &[IPPROTO_TCP])
+            flow_openers(s, IPPROTO_TCP)
         }
         "udp_flood" => peers_of(s, &[IPPROTO_UDP]),
         "icmp_flood" => peers_of(s, &[IPPROTO_ICMP, IPPROTO_ICMPV6]),
@@ -589,6 +605,35 @@ fn peers_of(s: &Subjects, protocols: &[u8]) -> Vec<Culprit> {
             amount: packets as f64 / dt,
             bytes_per_second: Some(bytes as f64 / dt),
             share: share(packets as f64, total as f64),
+            proven: false,
+            pod: None,
+        })
+        .collect()
+}
+
+/// Inbound peers of `protocol` by the flows they opened this cycle (none
+/// opened, not named).
+fn flow_openers(s: &Subjects, protocol: u8) -> Vec<Culprit> {
+    let dt = s.seconds.max(1e-9);
+    let total = s.inbound_new_flows.get(&protocol).copied().unwrap_or(0);
+    let mut rows: Vec<_> = s
+        .inbound
+        .iter()
+        .filter(|r| r.protocol == protocol && r.new_flows > 0)
+        .collect();
+    rows.sort_by(|a, b| b.new_flows.cmp(&a.new_flows).then(a.peer.cmp(&b.peer)));
+    rows.into_iter()
+        .map(|r| Culprit {
+            kind: CulpritKind::Peer,
+            peer: Some(r.peer),
+            protocol: Some(protocol_name(protocol)),
+            pid: None,
+            comm: None,
+            cgroup: None,
+            measure: "inbound_new_flows_per_second",
+            amount: r.new_flows as f64 / dt,
+            bytes_per_second: Some(r.bytes as f64 / dt),
+            share: share(r.new_flows as f64, total as f64),
             proven: false,
             pod: None,
         })
@@ -774,5 +819,54 @@ mod tests {
         let now = with_totals(&[(7, 2_000_000_000, 20)]);
         assert_eq!(most_waiting_cgroup(&prev, &now, 1.0), Some((7, 2.0, 20.0)));
         assert_eq!(most_waiting_cgroup(&now, &now, 1.0), None);
+    }
+
+    /// A connection storm's culprit is who opened the connections: not the
+    /// peer whose bulk stream carries more packets, and nobody when the
+    /// watched interfaces saw no new flows (the storm was elsewhere).
+    #[test]
+    fn handshake_kinds_name_the_peers_that_opened_flows() {
+        use crate::signals::packets::InboundPeer;
+        let bulk: IpAddr = "10.9.0.3".parse().unwrap();
+        let storm: IpAddr = "10.9.0.2".parse().unwrap();
+        let row = |peer, packets, new_flows| InboundPeer {
+            peer,
+            protocol: IPPROTO_TCP,
+            packets,
+            bytes: packets * 100,
+            new_flows,
+        };
+        let subjects = Subjects {
+            inbound: vec![row(bulk, 9_000, 0), row(storm, 3_000, 1_000)],
+            inbound_totals: [(IPPROTO_TCP, (12_000, 1_200_000))].into(),
+            inbound_new_flows: [(IPPROTO_TCP, 1_000)].into(),
+            seconds: 1.0,
+            ..Default::default()
+        };
+        for kind in [
+            "connection_storm",
+            "syn_flood",
+            "connection_refusals",
+            "port_scan",
+        ] {
+            let c = culprits(kind, &subjects);
+            assert_eq!(c.len(), 1, "{kind}: {c:?}");
+            assert_eq!(c[0].peer, Some(storm), "{kind}");
+            assert_eq!(c[0].share, 1.0);
+            assert!(
+                c[0].describe()
+                    .starts_with("peer 10.9.0.2 opened 100% of new inbound tcp flows"),
+                "{}",
+                c[0].describe()
+            );
+        }
+        // The bulk peer alone: it opened nothing, so it is not named.
+        let quiet = Subjects {
+            inbound: vec![row(bulk, 9_000, 0)],
+            ..subjects.clone()
+        };
+        assert!(culprits("connection_storm", &quiet).is_empty());
+        // Traffic kinds still go by packets.
+        assert_eq!(culprits("traffic_surge", &subjects)[0].peer, Some(bulk));
     }
 }

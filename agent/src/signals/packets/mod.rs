@@ -140,6 +140,9 @@ pub struct FlowView {
     /// Packets and bytes of all inbound flows since the previous cycle,
     /// per IP protocol (the denominators of the peers' shares).
     pub inbound_totals: BTreeMap<u8, (u64, u64)>,
+    /// Inbound flows first seen since the previous cycle, per IP protocol
+    /// (the denominator of the flow openers' shares).
+    pub inbound_new_flows: BTreeMap<u8, u64>,
 }
 
 /// Inbound peers kept per cycle for attribution.
@@ -219,6 +222,7 @@ impl Maps {
                             .entry((remote_addr(&key), key.protocol))
                             .or_default()
                             .2 += 1;
+                        *view.inbound_new_flows.entry(key.protocol).or_default() += 1;
                     }
                     (flow.packets, flow.bytes)
                 }
