@@ -328,6 +328,14 @@ fn a_storm_elsewhere_does_not_blame_a_bystander() {
         blamed.is_empty(),
         "the bystander {PEER_IP}, which opened no connection, was named: {anomaly}"
     );
+    // Named nobody, it says where to look instead.
+    if anomaly["culprits"].as_array().is_none_or(Vec::is_empty) {
+        let notes = anomaly["notes"].to_string();
+        assert!(
+            notes.contains("interface Sonde does not watch"),
+            "{anomaly}"
+        );
+    }
     println!(
         "connection_storm elsewhere: subject {:?}, culprits {}",
         anomaly["subject"], anomaly["culprits"]

@@ -513,6 +513,9 @@ impl Analyzer {
             };
             if better {
                 anomaly.culprits = now;
+                if let Some(note) = super::monitor::unattributed_note(anomaly.kind) {
+                    anomaly.notes.retain(|n| n != note);
+                }
                 if anomaly.subject.is_none() || anomaly.subject_from_culprit {
                     anomaly.subject = anomaly.culprits.first().map(Culprit::describe);
                     anomaly.subject_from_culprit = true;
@@ -547,6 +550,10 @@ impl Analyzer {
             let culprits = super::monitor::culprits(kind, subjects);
             let subject_from_culprit = subject.is_none() && !culprits.is_empty();
             let subject = subject.or_else(|| culprits.first().map(Culprit::describe));
+            let notes = super::monitor::unattributed_note(kind)
+                .filter(|_| subject.is_none())
+                .map(|n| vec![n.to_owned()])
+                .unwrap_or_default();
             let mut anomaly = Anomaly {
                 id: self.next_id,
                 kind,
@@ -557,7 +564,7 @@ impl Analyzer {
                 evidence,
                 subject,
                 culprits,
-                notes: Vec::new(),
+                notes,
                 pod: None,
                 namespace: None,
                 container: None,

@@ -621,7 +621,9 @@ fn note_syn_cookies(m: &mut Mapek) {
     let Some(now) = m.syn_cookies else { return };
     for anomaly in &mut m.analyzer.active {
         if anomaly.kind == "syn_flood" {
-            anomaly.notes = vec![now.note(before)];
+            let unattributed = monitor::unattributed_note("syn_flood");
+            anomaly.notes.retain(|n| Some(n.as_str()) == unattributed);
+            anomaly.notes.push(now.note(before));
         }
     }
 }

@@ -611,6 +611,25 @@ fn peers_of(s: &Subjects, protocols: &[u8]) -> Vec<Culprit> {
         .collect()
 }
 
+/// Why a traffic kind names no peer: its culprits come from the watched
+/// interfaces' flows, while the TCP features count the whole node.
+pub fn unattributed_note(kind: &str) -> Option<&'static str> {
+    matches!(
+        kind,
+        "syn_flood"
+            | "port_scan"
+            | "connection_storm"
+            | "connection_refusals"
+            | "udp_flood"
+            | "icmp_flood"
+            | "traffic_surge"
+    )
+    .then_some(
+        "no watched interface saw who sent this traffic: it crossed an interface Sonde \
+         does not watch ([network] interfaces), or stayed on this node",
+    )
+}
+
 /// Inbound peers of `protocol` by the flows they opened this cycle (none
 /// opened, not named).
 fn flow_openers(s: &Subjects, protocol: u8) -> Vec<Culprit> {
