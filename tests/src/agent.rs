@@ -355,6 +355,13 @@ impl Agent {
     /// The first anomaly of `kind` in /api/v1/anomalies (active or
     /// recent), waiting up to 10 s for it.
     pub fn wait_for_anomaly(&self, kind: &str) -> serde_json::Value {
+        self.wait_for_anomaly_since(kind, 0.0)
+    }
+
+    /// [`Agent::wait_for_anomaly`], among anomalies that started at or
+    /// after `since` (Unix seconds): not one the shared machine's other
+    /// activity opened before the test's incident.
+    pub fn wait_for_anomaly_since(&self, kind: &str, since: f64) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let report = self.get_json("/api/v1/anomalies");
@@ -362,7 +369,7 @@ impl Agent {
                 report[*list]
                     .as_array()?
                     .iter()
-                    .find(|a| a["kind"] == kind)
+                    .find(|a| a["kind"] == kind && a["start"].as_f64().unwrap_or(0.0) >= since)
                     .cloned()
             });
             if let Some(anomaly) = found {

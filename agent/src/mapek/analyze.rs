@@ -244,6 +244,13 @@ pub const EXPLAINS: &[(&str, &[&str])] = &[
     ("traffic_surge", &["packet_loss", "cpu_saturation"]),
 ];
 
+/// The features of `evidence`, the one that moved most first.
+fn moved_most_first(evidence: &[Evidence]) -> Vec<&'static str> {
+    let mut e: Vec<&Evidence> = evidence.iter().collect();
+    e.sort_by(|a, b| b.score.total_cmp(&a.score));
+    e.into_iter().map(|e| e.feature).collect()
+}
+
 /// The cause among `kinds` that explains `symptom`, if any.
 fn explained_by<'a>(symptom: &str, mut kinds: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     kinds.find(|cause| {
@@ -493,10 +500,9 @@ impl Analyzer {
             // cycle may see only its edge (or, on a shared machine,
             // someone else's), and per-process events can arrive a cycle
             // late on a loaded machine.
-            // Measures compare only among themselves; a kind's own measure
-            // (retransmits of packet loss) beats its fallback (inbound
-            // packets, when no TCP peer retransmitted).
-            let mut now = super::monitor::culprits(anomaly.kind, subjects);
+            // Measures compare only among themselves.
+            let moved = moved_most_first(firing.get(anomaly.kind).unwrap_or(&anomaly.evidence));
+            let mut now = super::monitor::culprits(anomaly.kind, &moved, subjects);
             // A process that exited since keeps the name it had.
             for c in &mut now {
                 if c.comm.as_deref() == Some("exited")
@@ -509,7 +515,27 @@ impl Analyzer {
                 (None, _) => false,
                 (Some(_), None) => true,
                 (Some(n), Some(c)) if n.measure == c.measure => n.amount > c.amount,
-                (Some(n), Some(_)) => n.measure != "inbound_packets_per_second",
+                // Another measure: a generic fallback (a peer's packets)
+                // gives way to a kind's own measure; between two of a
+                // kind's own (retransmits, drops), the one whose feature
+                // moved more this cycle names the culprits, so a blip
+                // elsewhere on the node does not take over.
+                (Some(n), Some(c)) => {
+                    let moved = |measure: &str| {
+                        firing
+                            .get(anomaly.kind)
+                            .into_iter()
+                            .flatten()
+                            .filter(|e| e.feature == measure)
+                            .map(|e| e.score)
+                            .fold(0.0, f64::max)
+                    };
+                    let (rn, rc) = (
+                        super::monitor::measure_rank(n.measure),
+                        super::monitor::measure_rank(c.measure),
+                    );
+                    rn > rc && (rc == 0 || moved(n.measure) > moved(c.measure))
+                }
             };
             if better {
                 anomaly.culprits = now;
@@ -547,7 +573,8 @@ impl Analyzer {
                 "syscall_error_spike" => super::monitor::describe_syscall_process(subjects, true),
                 _ => None,
             };
-            let culprits = super::monitor::culprits(kind, subjects);
+            let moved = moved_most_first(&evidence);
+            let culprits = super::monitor::culprits(kind, &moved, subjects);
             let subject_from_culprit = subject.is_none() && !culprits.is_empty();
             let subject = subject.or_else(|| culprits.first().map(Culprit::describe));
             let notes = super::monitor::unattributed_note(kind)

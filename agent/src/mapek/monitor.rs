@@ -10,7 +10,11 @@ use serde::Serialize;
 use crate::{
     collectors::Snapshot,
     signals::{
-        drops::Drops, packets::Packets, process::Processes, runqueue::RunQueue, syscalls::Syscalls,
+        drops::{Drops, is_loss},
+        packets::Packets,
+        process::Processes,
+        runqueue::RunQueue,
+        syscalls::Syscalls,
         tcp::Tcp,
     },
 };
@@ -25,6 +29,8 @@ pub enum CulpritKind {
     Peer,
     Process,
     Cgroup,
+    /// A kernel drop reason, on the interface the packets had.
+    Drop,
 }
 
 impl CulpritKind {
@@ -33,6 +39,7 @@ impl CulpritKind {
             CulpritKind::Peer => "peer",
             CulpritKind::Process => "process",
             CulpritKind::Cgroup => "cgroup",
+            CulpritKind::Drop => "drop",
         }
     }
 }
@@ -57,6 +64,15 @@ pub struct Culprit {
     pub comm: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
+    /// A drop's reason (the kernel's name, e.g. NETFILTER_DROP), and the
+    /// interface and network namespace ("host": the agent's) the packets
+    /// had, if they had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
     /// What `amount` measures, per second over the cycle
     /// ("inbound_packets_per_second", "child_execs_and_exits_per_second", …).
     pub measure: &'static str,
@@ -88,6 +104,14 @@ impl Culprit {
                 self.comm.as_deref().unwrap_or("?")
             ),
             CulpritKind::Cgroup => self.cgroup.clone().unwrap_or_default(),
+            CulpritKind::Drop => {
+                let reason = self.reason.as_deref().unwrap_or("?");
+                match (&self.interface, self.netns.as_deref()) {
+                    (Some(i), None | Some("host")) => format!("{reason} on {i}"),
+                    (Some(i), Some(ns)) => format!("{reason} on {i} (netns {ns})"),
+                    (None, _) => reason.to_owned(),
+                }
+            }
         }
     }
 
@@ -152,6 +176,12 @@ impl Culprit {
                     .map(|c| format!(", cgroup {c}"))
                     .unwrap_or_default()
             ),
+            CulpritKind::Drop => format!(
+                "drop reason {}: {:.0}% of packet drops ({:.0}/s)",
+                self.name(),
+                share,
+                self.amount
+            ),
             CulpritKind::Cgroup => format!(
                 "cgroup {}: {:.0}% of {} ({:.3}/s)",
                 self.name(),
@@ -191,6 +221,8 @@ pub struct Subjects {
     pub inbound_new_flows: BTreeMap<u8, u64>,
     /// TCP peers' retransmits and RTT samples this cycle.
     pub tcp_peers: Vec<(IpAddr, TcpPeerDelta)>,
+    /// Packet drops this cycle by reason and device, most first.
+    pub drops: Vec<DropDelta>,
     /// Every cgroup that waited for a CPU this cycle: (id, seconds waited
     /// per second, waits per second), longest first.
     pub waiting_cgroups: Vec<(u64, f64, f64)>,
@@ -388,7 +420,8 @@ pub fn features(
         }
     }
     if signals.drops {
-        let drops = |s: &Snapshot| s.reading::<Drops>().map_or(0, Drops::total);
+        // Teardown (a veth deleted, a socket closed) is not loss.
+        let drops = |s: &Snapshot| s.reading::<Drops>().map_or(0, Drops::loss);
         f.insert("packet_drops_per_second", rate(drops(prev), drops(now)));
     }
     if signals.runqueue {
@@ -421,6 +454,7 @@ pub fn features(
             .map(|f| f.inbound_new_flows.clone())
             .unwrap_or_default(),
         tcp_peers: tcp_peer_deltas(prev, now),
+        drops: drop_deltas(prev, now),
         syscall_processes: now
             .reading::<Syscalls>()
             .map(|s| s.processes.clone())
@@ -455,6 +489,102 @@ fn tcp_peer_deltas(prev: &Snapshot, now: &Snapshot) -> Vec<(IpAddr, TcpPeerDelta
                 rtt_sum_us: n.rtt_sum_us.saturating_sub(p.rtt_sum_us),
             };
             (d != TcpPeerDelta::default()).then_some((peer, d))
+        })
+        .collect()
+}
+
+/// How specific a culprit's measure is, for an anomaly whose culprits
+/// come from a fallback in some cycles: retransmits to a peer beat drop
+/// reasons, which beat a peer's mere packets.
+pub fn measure_rank(measure: &str) -> u8 {
+    match measure {
+        "inbound_packets_per_second" => 0,
+        "packet_drops_per_second" => 1,
+        _ => 2,
+    }
+}
+
+/// Drops of one reason on one device (or with none) in a cycle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DropDelta {
+    pub reason: String,
+    /// The interface and its namespace; None for packets without a
+    /// device (dropped before routing gave them one, or by a socket).
+    pub device: Option<(String, String)>,
+    pub drops: u64,
+}
+
+/// What each (reason, device) dropped between the two snapshots, most
+/// first, teardown's reasons left out; drops of a reason beyond its
+/// devices' count as device-less.
+fn drop_deltas(prev: &Snapshot, now: &Snapshot) -> Vec<DropDelta> {
+    let (Some(p), Some(n)) = (prev.reading::<Drops>(), now.reading::<Drops>()) else {
+        return Vec::new();
+    };
+    // Counters restart below their old value when a series is removed.
+    let delta = |now: u64, before: Option<u64>| match before {
+        Some(b) if now >= b => now - b,
+        _ => now,
+    };
+    let mut rows: Vec<DropDelta> = Vec::new();
+    for d in n.devices.iter().filter(|d| is_loss(&d.reason)) {
+        let before = p
+            .devices
+            .iter()
+            .find(|o| o.netns == d.netns && o.interface == d.interface && o.reason == d.reason)
+            .map(|o| o.drops);
+        let drops = delta(d.drops, before);
+        if drops > 0 {
+            rows.push(DropDelta {
+                reason: d.reason.clone(),
+                device: Some((d.interface.clone(), d.netns.clone())),
+                drops,
+            });
+        }
+    }
+    for (reason, total) in n.reasons.iter().filter(|(r, _)| is_loss(r)) {
+        let before = p.reasons.iter().find(|(r, _)| r == reason).map(|(_, v)| *v);
+        let on_devices: u64 = rows
+            .iter()
+            .filter(|r| &r.reason == reason)
+            .map(|r| r.drops)
+            .sum();
+        let rest = delta(*total, before).saturating_sub(on_devices);
+        if rest > 0 {
+            rows.push(DropDelta {
+                reason: reason.clone(),
+                device: None,
+                drops: rest,
+            });
+        }
+    }
+    rows.sort_by(|a, b| b.drops.cmp(&a.drops).then(a.reason.cmp(&b.reason)));
+    rows
+}
+
+/// The drop reasons (and devices) behind a cycle's drops.
+fn drop_reasons(s: &Subjects) -> Vec<Culprit> {
+    let dt = s.seconds.max(1e-9);
+    let total: u64 = s.drops.iter().map(|d| d.drops).sum();
+    s.drops
+        .iter()
+        .map(|d| Culprit {
+            kind: CulpritKind::Drop,
+            peer: None,
+            protocol: None,
+            pid: None,
+            comm: None,
+            cgroup: None,
+            reason: Some(d.reason.clone()),
+            interface: d.device.as_ref().map(|(i, _)| i.clone()),
+            netns: d.device.as_ref().map(|(_, ns)| ns.clone()),
+            measure: "packet_drops_per_second",
+            amount: d.drops as f64 / dt,
+            bytes_per_second: None,
+            share: share(d.drops as f64, total as f64),
+            // The kernel's own reason: nothing to forge.
+            proven: true,
+            pod: None,
         })
         .collect()
 }
@@ -505,7 +635,9 @@ pub const CULPRITS_KEPT: usize = 3;
 /// of the cycle's total of what it is measured by: the source peers of a
 /// traffic feature (of the kind's protocol), the parents of an exec or fork
 /// storm, the processes of a syscall storm, the cgroups of CPU saturation.
-pub fn culprits(kind: &str, s: &Subjects) -> Vec<Culprit> {
+/// `moved`: the features that evidence it this cycle, where a kind has
+/// more than one (packet loss: retransmits name peers, drops reasons).
+pub fn culprits(kind: &str, moved: &[&str], s: &Subjects) -> Vec<Culprit> {
     let mut out = match kind {
         // Who opened the connections (or tried to): a peer's bulk stream
         // on the same interface carries more packets but opens none, and
@@ -516,18 +648,34 @@ pub fn culprits(kind: &str, s: &Subjects) -> Vec<Culprit> {
         "udp_flood" => peers_of(s, &[IPPROTO_UDP]),
         "icmp_flood" => peers_of(s, &[IPPROTO_ICMP, IPPROTO_ICMPV6]),
         "traffic_surge" => peers_of(s, &[]),
+        // The peers this node retransmitted to when retransmits moved,
+        // else the kernel's drop reasons (a drop names its reason and
+        // interface, not a sender: the heaviest sender is a guess).
         "packet_loss" => {
-            let lossy = tcp_peers_by(
-                s,
-                "tcp_retransmits_per_second",
-                |d| d.retransmits as f64,
-                |d, dt| d.retransmits as f64 / dt,
-            );
-            if lossy.is_empty() {
-                peers_of(s, &[])
-            } else {
-                lossy
+            let retransmits = || {
+                tcp_peers_by(
+                    s,
+                    "tcp_retransmits_per_second",
+                    |d| d.retransmits as f64,
+                    |d, dt| d.retransmits as f64 / dt,
+                )
+            };
+            // Each moved feature's culprits, the feature that moved most
+            // first; two causes at once (a drop rule here, retransmits to
+            // a peer there) both stay in the list.
+            let mut lists: Vec<Vec<Culprit>> = moved
+                .iter()
+                .filter_map(|&f| match f {
+                    "tcp_retransmits_per_second" => Some(retransmits()),
+                    "packet_drops_per_second" => Some(drop_reasons(s)),
+                    _ => None,
+                })
+                .filter(|l| !l.is_empty())
+                .collect();
+            if lists.is_empty() {
+                lists.push(drop_reasons(s));
             }
+            merge_culprits(lists)
         }
         // Weighted by RTT summed: a peer with many slow samples moved the
         // mean most. Its amount is its own mean RTT.
@@ -549,9 +697,28 @@ pub fn culprits(kind: &str, s: &Subjects) -> Vec<Culprit> {
         c.pod = match c.kind {
             CulpritKind::Process => c.pid.and_then(|pid| pods.resolve_pid(pid)),
             CulpritKind::Cgroup => c.cgroup.as_deref().and_then(|path| pods.resolve(path)),
-            CulpritKind::Peer => None,
+            CulpritKind::Peer | CulpritKind::Drop => None,
         };
     }
+    out
+}
+
+/// The lists' culprits in one: the first list's heaviest two, then the
+/// next lists' heaviest, then the rest, at most [`CULPRITS_KEPT`].
+fn merge_culprits(lists: Vec<Vec<Culprit>>) -> Vec<Culprit> {
+    let mut lists: Vec<std::vec::IntoIter<Culprit>> =
+        lists.into_iter().map(Vec::into_iter).collect();
+    let mut out = Vec::new();
+    if let Some(first) = lists.first_mut() {
+        out.extend(first.by_ref().take(CULPRITS_KEPT - 1));
+    }
+    for list in lists.iter_mut().skip(1) {
+        out.extend(list.next());
+    }
+    for list in &mut lists {
+        out.extend(list.by_ref());
+    }
+    out.truncate(CULPRITS_KEPT);
     out
 }
 
@@ -601,6 +768,9 @@ fn peers_of(s: &Subjects, protocols: &[u8]) -> Vec<Culprit> {
             pid: None,
             comm: None,
             cgroup: None,
+            reason: None,
+            interface: None,
+            netns: None,
             measure: "inbound_packets_per_second",
             amount: packets as f64 / dt,
             bytes_per_second: Some(bytes as f64 / dt),
@@ -649,6 +819,9 @@ fn flow_openers(s: &Subjects, protocol: u8) -> Vec<Culprit> {
             pid: None,
             comm: None,
             cgroup: None,
+            reason: None,
+            interface: None,
+            netns: None,
             measure: "inbound_new_flows_per_second",
             amount: r.new_flows as f64 / dt,
             bytes_per_second: Some(r.bytes as f64 / dt),
@@ -692,6 +865,9 @@ fn tcp_peers_by(
             pid: None,
             comm: None,
             cgroup: None,
+            reason: None,
+            interface: None,
+            netns: None,
             measure,
             amount: amount(d, dt),
             bytes_per_second: None,
@@ -722,6 +898,9 @@ fn parents(s: &Subjects) -> Vec<Culprit> {
             pid: Some(*pid),
             comm: Some(comm_of(*pid)),
             cgroup: Some(crate::cgroup::name(churn.cgroup_id)),
+            reason: None,
+            interface: None,
+            netns: None,
             measure: "child_execs_and_exits_per_second",
             amount: churn.events as f64 / dt,
             bytes_per_second: None,
@@ -755,6 +934,9 @@ fn syscall_processes(s: &Subjects, by_errors: bool) -> Vec<Culprit> {
             cgroup: std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
                 .ok()
                 .and_then(|t| proc_cgroup_v2(&t)),
+            reason: None,
+            interface: None,
+            netns: None,
             measure: if by_errors {
                 "failed_syscalls_per_second"
             } else {
@@ -781,6 +963,9 @@ fn waiting_cgroups_of(s: &Subjects) -> Vec<Culprit> {
             pid: None,
             comm: None,
             cgroup: Some(crate::cgroup::name(id)),
+            reason: None,
+            interface: None,
+            netns: None,
             measure: "cpu_wait_seconds_per_second",
             amount: waited,
             bytes_per_second: None,
@@ -868,7 +1053,7 @@ mod tests {
             "connection_refusals",
             "port_scan",
         ] {
-            let c = culprits(kind, &subjects);
+            let c = culprits(kind, &[], &subjects);
             assert_eq!(c.len(), 1, "{kind}: {c:?}");
             assert_eq!(c[0].peer, Some(storm), "{kind}");
             assert_eq!(c[0].share, 1.0);
@@ -884,8 +1069,121 @@ mod tests {
             inbound: vec![row(bulk, 9_000, 0)],
             ..subjects.clone()
         };
-        assert!(culprits("connection_storm", &quiet).is_empty());
+        assert!(culprits("connection_storm", &[], &quiet).is_empty());
         // Traffic kinds still go by packets.
-        assert_eq!(culprits("traffic_surge", &subjects)[0].peer, Some(bulk));
+        assert_eq!(
+            culprits("traffic_surge", &[], &subjects)[0].peer,
+            Some(bulk)
+        );
+    }
+
+    /// Packet loss without retransmitting peers is named by the kernel's
+    /// drop reasons, with the interface; drops of a reason beyond its
+    /// devices' count as device-less; a series removed and re-added
+    /// restarts from zero; teardown is not named.
+    #[test]
+    fn drops_are_named_by_reason_and_interface() {
+        use crate::signals::drops::DeviceDrops;
+        let drops = |devices: &[(&str, &str, u64)], reasons: &[(&str, u64)]| {
+            let reading = Drops {
+                reasons: reasons.iter().map(|(r, n)| ((*r).to_owned(), *n)).collect(),
+                devices: devices
+                    .iter()
+                    .map(|(i, r, n)| DeviceDrops {
+                        netns: "host".into(),
+                        interface: (*i).to_owned(),
+                        reason: (*r).to_owned(),
+                        drops: *n,
+                    })
+                    .collect(),
+                series_removed: 0,
+            };
+            Snapshot {
+                signals: vec![("drops", std::sync::Arc::new(reading))],
+                ..Default::default()
+            }
+        };
+        let prev = drops(
+            &[("eth0", "NETFILTER_DROP", 100), ("eth1", "NO_SOCKET", 50)],
+            &[("NETFILTER_DROP", 100), ("NO_SOCKET", 70)],
+        );
+        // A veth deleted meanwhile purged its queue: teardown, not loss.
+        let now = drops(
+            &[
+                ("eth0", "NETFILTER_DROP", 1_000),
+                ("eth1", "NO_SOCKET", 5),
+                ("veth9", "queue_purge", 500),
+            ],
+            &[
+                ("NETFILTER_DROP", 1_000),
+                ("NO_SOCKET", 125),
+                ("queue_purge", 500),
+            ],
+        );
+        let d = drop_deltas(&prev, &now);
+        assert_eq!(
+            d,
+            vec![
+                DropDelta {
+                    reason: "NETFILTER_DROP".into(),
+                    device: Some(("eth0".into(), "host".into())),
+                    drops: 900,
+                },
+                DropDelta {
+                    reason: "NO_SOCKET".into(),
+                    device: None,
+                    drops: 50,
+                },
+                DropDelta {
+                    reason: "NO_SOCKET".into(),
+                    device: Some(("eth1".into(), "host".into())),
+                    drops: 5,
+                },
+            ]
+        );
+        let subjects = Subjects {
+            drops: d,
+            seconds: 1.0,
+            ..Default::default()
+        };
+        let c = culprits("packet_loss", &["packet_drops_per_second"], &subjects);
+        assert_eq!(c[0].kind, CulpritKind::Drop);
+        assert_eq!(c[0].name(), "NETFILTER_DROP on eth0");
+        assert!((c[0].share - 900.0 / 955.0).abs() < 1e-9);
+        assert_eq!(c[1].name(), "NO_SOCKET");
+        assert!(
+            c[0].describe()
+                .starts_with("drop reason NETFILTER_DROP on eth0: 94% of packet drops"),
+            "{}",
+            c[0].describe()
+        );
+        // Retransmits elsewhere on the node name their peer only when
+        // retransmits are what moved.
+        let peer: IpAddr = "10.9.0.3".parse().unwrap();
+        let busy = Subjects {
+            tcp_peers: vec![(
+                peer,
+                TcpPeerDelta {
+                    retransmits: 4,
+                    ..Default::default()
+                },
+            )],
+            ..subjects.clone()
+        };
+        let by_drops = culprits("packet_loss", &["packet_drops_per_second"], &busy);
+        assert_eq!(by_drops[0].kind, CulpritKind::Drop);
+        let by_retransmits = culprits("packet_loss", &["tcp_retransmits_per_second"], &busy);
+        assert_eq!(by_retransmits[0].peer, Some(peer));
+        // Both moved: both causes listed, the one that moved most first.
+        let both = culprits(
+            "packet_loss",
+            &["packet_drops_per_second", "tcp_retransmits_per_second"],
+            &busy,
+        );
+        let names: Vec<String> = both.iter().map(Culprit::name).collect();
+        assert_eq!(names, ["NETFILTER_DROP on eth0", "NO_SOCKET", "10.9.0.3"]);
+        // A retransmitting peer outranks them, and they outrank packets.
+        assert!(measure_rank("tcp_retransmits_per_second") > measure_rank(c[0].measure));
+        assert!(measure_rank(c[0].measure) > measure_rank("inbound_packets_per_second"));
     }
 }

@@ -361,7 +361,17 @@ fn anomaly_record(a: &serde_json::Value, end: bool, now: u64) -> LogRecord {
     }
     // The top culprit, typed (the others are in /api/v1/anomalies).
     if let Some(top) = a["culprits"].as_array().and_then(|c| c.first()) {
-        for key in ["kind", "peer", "protocol", "comm", "cgroup", "measure"] {
+        for key in [
+            "kind",
+            "peer",
+            "protocol",
+            "comm",
+            "cgroup",
+            "reason",
+            "interface",
+            "netns",
+            "measure",
+        ] {
             if let Some(v) = top[key].as_str() {
                 attributes.push(kv_str(&format!("sonde.anomaly.culprit.{key}"), v));
             }

@@ -303,10 +303,37 @@ pub struct Drops {
     pub series_removed: u64,
 }
 
+/// Drop reasons that are teardown, not loss on a live path: a deleted or
+/// downed interface's queue, its dead neighbour entries, a socket closed
+/// with data unread. A node that churns pods and veths drops these all day;
+/// they are exported like any other, but are not packet loss.
+pub const TEARDOWN_REASONS: &[&str] = &[
+    "queue_purge",
+    "dev_ready",
+    "neigh_dead",
+    "socket_close",
+    "unix_disconnect",
+    "unix_skip_oob",
+];
+
+/// Whether drops of `reason` are loss (not [`TEARDOWN_REASONS`]).
+pub fn is_loss(reason: &str) -> bool {
+    !TEARDOWN_REASONS.contains(&reason)
+}
+
 impl Drops {
     /// Every drop counted, whatever its reason.
     pub fn total(&self) -> u64 {
         self.reasons.iter().map(|(_, n)| *n).sum()
+    }
+
+    /// Drops of every reason but teardown's.
+    pub fn loss(&self) -> u64 {
+        self.reasons
+            .iter()
+            .filter(|(r, _)| is_loss(r))
+            .map(|(_, n)| *n)
+            .sum()
     }
 }
 

@@ -356,7 +356,7 @@ impl Recorder {
 /// A culprit's typed names (address, or pid, comm and cgroup), space
 /// separated, for scoring.
 fn top_culprit(c: &Value) -> Option<String> {
-    let names: Vec<String> = ["peer", "pid", "comm", "cgroup"]
+    let names: Vec<String> = ["peer", "pid", "comm", "cgroup", "reason", "interface"]
         .iter()
         .filter_map(|k| match &c[*k] {
             Value::String(s) => Some(s.clone()),
