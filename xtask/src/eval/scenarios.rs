@@ -214,6 +214,32 @@ pub const INCIDENTS: &[Incident] = &[
         run: |_, d| with_undo(&mut loss_rule("-I"), loss_rule("-D"), d),
     },
     Incident {
+        id: "drop-rule",
+        kind: "packet_loss",
+        how: "~1,000 UDP datagrams/s from the peer to a port behind an iptables DROP rule on the host's veth end",
+        subject: Some("netfilter_drop"),
+        run: |_, d| {
+            output(&mut drop_rule("-I")).context("inserting the DROP rule")?;
+            let _undo = Undo(drop_rule("-D"));
+            hping3(
+                &["--udp", "-p", DROP_PORT, "-i", "u1000"],
+                rate(1_000, d),
+                d,
+            )
+        },
+    },
+    Incident {
+        id: "drop-rule-low",
+        kind: "packet_loss",
+        how: "~100 UDP datagrams/s into the same DROP rule (near the 20/s floor)",
+        subject: Some("netfilter_drop"),
+        run: |_, d| {
+            output(&mut drop_rule("-I")).context("inserting the DROP rule")?;
+            let _undo = Undo(drop_rule("-D"));
+            hping3(&["--udp", "-p", DROP_PORT, "-i", "u10000"], rate(100, d), d)
+        },
+    },
+    Incident {
         id: "cpu-saturation",
         kind: "cpu_saturation",
         how: "stress-ng --cpu 8 (four runnable tasks per core) in a cgroup of its own",
@@ -336,6 +362,27 @@ fn reject_rule(op: &str) -> Command {
     c
 }
 
+/// The UDP port the drop incidents' rule drops on the host's veth end.
+const DROP_PORT: &str = "20400";
+
+/// The drop incidents' iptables rule, inserted (-I) or deleted (-D).
+fn drop_rule(op: &str) -> Command {
+    let mut c = Command::new("iptables");
+    c.args([
+        op,
+        "INPUT",
+        "-i",
+        net().host_if,
+        "-p",
+        "udp",
+        "--dport",
+        DROP_PORT,
+        "-j",
+        "DROP",
+    ]);
+    c
+}
+
 /// The cgroup the CPU-saturation incident runs in (what its anomaly must
 /// name).
 const CPU_CGROUP: &str = "sonde-eval-cpu";
@@ -395,6 +442,7 @@ fn loss_rule(op: &str) -> Command {
 pub fn remove_leftovers() {
     while output(&mut loss_rule("-D")).is_ok() {}
     while output(&mut reject_rule("-D")).is_ok() {}
+    while output(&mut drop_rule("-D")).is_ok() {}
 }
 
 /// Runs a command when dropped: an incident is undone even when the run
