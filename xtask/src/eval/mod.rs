@@ -32,7 +32,7 @@ use crate::{
     util,
 };
 use scenarios::{INCIDENTS, Incident, NormalLoad};
-use score::{Cycle, Naming, Phase, Record, Score};
+use score::{Cycle, Naming, Phase, Record, Scope, Score};
 use sonde_tests::{
     http::Response,
     process::{Scratch, scratch_path},
@@ -238,6 +238,9 @@ struct Report {
     phases: Vec<Phase>,
     incidents: Vec<IncidentRow>,
     detectors: Vec<Score>,
+    /// The same, for the tuned incidents and for the held-out set
+    /// (empty when the run had no held-out incident).
+    split: Vec<Vec<Score>>,
     /// Anomalies Sonde opened in the first cycles after the restart.
     restart: RestartCheck,
     duration_s: f64,
@@ -248,6 +251,7 @@ struct IncidentRow {
     id: &'static str,
     kind: &'static str,
     how: &'static str,
+    held_out: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -392,11 +396,12 @@ fn evaluate(plan: &Plan, bins: &Bins) -> anyhow::Result<Report> {
     let mut agent = start_agent(bins, &config, &[net().host_if])?;
     let mut rec = Recorder::default();
     let mut phases = Vec::new();
-    let mut phase = |name: &str, expected: Option<(&str, Option<&str>)>, start: f64, end: f64| {
+    let mut phase = |name: &str, incident: Option<&Incident>, start: f64, end: f64| {
         phases.push(Phase {
             name: name.to_owned(),
-            expected: expected.map(|(kind, _)| kind.to_owned()),
-            subject: expected.and_then(|(_, subject)| subject.map(str::to_owned)),
+            held_out: incident.is_some_and(|i| i.held_out),
+            expected: incident.map(|i| i.kind.to_owned()),
+            subject: incident.and_then(|i| i.subject.map(str::to_owned)),
             start,
             end,
         });
@@ -436,7 +441,7 @@ fn evaluate(plan: &Plan, bins: &Bins) -> anyhow::Result<Report> {
         let t0 = now();
         (incident.run)(bins, plan.incident).with_context(|| format!("incident {}", incident.id))?;
         let t1 = now();
-        phase(incident.id, Some((incident.kind, incident.subject)), t0, t1);
+        phase(incident.id, Some(incident), t0, t1);
         // Recovery: until the anomalies are over (then a few more cycles),
         // within the bound. Scored as normal load.
         let r0 = now();
@@ -466,7 +471,7 @@ fn evaluate(plan: &Plan, bins: &Bins) -> anyhow::Result<Report> {
     let mut sonde: Vec<Record> = rec.records.values().cloned().collect();
     sonde.sort_by(|a, b| a.start.total_cmp(&b.start));
     let cycles: Vec<Cycle> = rec.cycles.values().cloned().collect();
-    let score = |name: &str, records: &[Record]| {
+    let score = |name: &str, records: &[Record], scope: Scope| {
         score::score(
             name,
             records,
@@ -474,13 +479,31 @@ fn evaluate(plan: &Plan, bins: &Bins) -> anyhow::Result<Report> {
             interval,
             grace,
             "false-positive run",
+            scope,
         )
     };
-    let mut detectors = vec![score("sonde", &sonde)];
+    let mut runs = vec![("sonde".to_owned(), sonde)];
     for mut judge in comparators::all() {
         let records = comparators::replay(&cycles, &rec.naming, judge.as_mut());
-        detectors.push(score(&judge.name(), &records));
+        runs.push((judge.name(), records));
     }
+    let detectors = runs
+        .iter()
+        .map(|(name, records)| score(name, records, Scope::All))
+        .collect();
+    // The tuned and held-out sets apart, when the run has both.
+    let split = if plan.incidents.iter().any(|i| i.held_out) {
+        [Scope::Tuned, Scope::HeldOut]
+            .iter()
+            .map(|&scope| {
+                runs.iter()
+                    .map(|(name, records)| score(name, records, scope))
+                    .collect()
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     Ok(Report {
         date: util::today(),
         smoke: plan.incidents.len() < INCIDENTS.len(),
@@ -498,9 +521,11 @@ fn evaluate(plan: &Plan, bins: &Bins) -> anyhow::Result<Report> {
                 id: i.id,
                 kind: i.kind,
                 how: i.how,
+                held_out: i.held_out,
             })
             .collect(),
         detectors,
+        split,
         restart,
         duration_s: started.elapsed().as_secs_f64(),
     })
@@ -656,10 +681,43 @@ fn markdown(r: &Report) -> String {
         "\nRestart half-way with the same state directory: baselines reloaded = {}, anomalies in the next 20 cycles = {} (target 0: no re-warm-up alarm storm).\n",
         r.restart.baselines_reloaded, r.restart.anomalies_in_first_minute
     ));
+    if let [tuned, held_out] = r.split.as_slice() {
+        let n = |scores: &[Score]| scores.first().map_or(0, |s| s.incidents.len());
+        md.push_str(&format!(
+            "\n## Tuned and held-out incidents\n\n\
+             The held-out set ({} incidents, marked below) was written before any tuning and never \
+             tuned on; the tuned set ({} incidents) is the rest. Both share the normal load, so \
+             their false positives are the same.\n\n\
+             | detector | set | precision | recall | F1 | culprit accuracy |\n|---|---|---|---|---|---|\n",
+            n(held_out),
+            n(tuned)
+        ));
+        for (t, h) in tuned.iter().zip(held_out) {
+            for (set, d) in [("tuned", t), ("held out", h)] {
+                md.push_str(&format!(
+                    "| {} | {set} | {} ({}/{}) | {} | {} | {} ({}/{}) |\n",
+                    d.detector,
+                    pct(d.precision),
+                    d.true_positives,
+                    d.records,
+                    pct(d.recall),
+                    pct(d.f1),
+                    pct(d.culprit_accuracy),
+                    d.culprits_right.0,
+                    d.culprits_right.1
+                ));
+            }
+        }
+    }
     md.push_str("\n## Incidents\n\n");
     header(&mut md, &["incident", "how", "expected kind"], &r.detectors);
     for (i, inc) in r.incidents.iter().enumerate() {
-        md.push_str(&format!("| {} | {} | {} |", inc.id, inc.how, inc.kind));
+        let id = if inc.held_out {
+            format!("{} (held out)", inc.id)
+        } else {
+            inc.id.to_owned()
+        };
+        md.push_str(&format!("| {id} | {} | {} |", inc.how, inc.kind));
         for d in &r.detectors {
             let o = &d.incidents[i];
             let cell = match (o.detected, o.cycles_to_detect) {

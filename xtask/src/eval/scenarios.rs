@@ -91,6 +91,9 @@ pub struct Incident {
     /// What the anomaly's subject must contain, when the evidence can
     /// name a culprit (the source peer, the parent process).
     pub subject: Option<&'static str>,
+    /// Written before any tuning and never tuned on: scored apart, so the
+    /// report shows how detection does on incidents it was not fitted to.
+    pub held_out: bool,
     pub run: fn(&Bins, Duration) -> anyhow::Result<()>,
 }
 
@@ -100,6 +103,7 @@ pub const INCIDENTS: &[Incident] = &[
         kind: "syscall_storm",
         how: "stress-ng --get 1 (get* syscalls as fast as one worker goes)",
         subject: Some("stress-ng"),
+        held_out: false,
         run: |_, d| run_for(command(None, "stress-ng").args(stress("get", "1", d)), d),
     },
     Incident {
@@ -107,6 +111,7 @@ pub const INCIDENTS: &[Incident] = &[
         kind: "syscall_error_spike",
         how: "close(-1) in a loop (sonde-workload close-bad), EBADF each",
         subject: Some("sonde-workload"),
+        held_out: false,
         run: |bins, d| {
             run_for(
                 command(None, &bins.workload).args(["close-bad", "100000000"]),
@@ -119,6 +124,7 @@ pub const INCIDENTS: &[Incident] = &[
         kind: "fork_storm",
         how: "stress-ng --fork 1 (fork and exit as fast as one worker goes)",
         subject: Some("stress-ng"),
+        held_out: false,
         run: |_, d| run_for(command(None, "stress-ng").args(stress("fork", "1", d)), d),
     },
     Incident {
@@ -126,6 +132,7 @@ pub const INCIDENTS: &[Incident] = &[
         kind: "syn_flood",
         how: "hping3 -S at ~3,300 SYN/s from the peer to a listening port",
         subject: Some(EVAL.peer_ip),
+        held_out: false,
         run: |_, d| {
             let count = (3_300.0 * d.as_secs_f64()) as u64;
             run_for(
@@ -149,6 +156,7 @@ pub const INCIDENTS: &[Incident] = &[
         kind: "port_scan",
         how: "nmap -sS -T4 -p 1-3000 from the peer",
         subject: Some(EVAL.peer_ip),
+        held_out: false,
         run: |_, d| {
             run_for(
                 command(Some(net().netns), "nmap").args([
@@ -169,6 +177,7 @@ pub const INCIDENTS: &[Incident] = &[
         kind: "connection_storm",
         how: "2,000 TCP connects/s from the peer to a listener (sonde-workload connect-rate)",
         subject: Some(EVAL.peer_ip),
+        held_out: false,
         run: |bins, d| {
             run_for(
                 command(Some(net().netns), &bins.workload).args([
@@ -186,6 +195,7 @@ pub const INCIDENTS: &[Incident] = &[
         kind: "latency_regression",
         how: "tc tbf rate 5mbit latency 300ms on the host's veth end (a queue the 20 Mbit/s stream fills)",
         subject: Some(EVAL.peer_ip),
+        held_out: false,
         run: |_, d| {
             let add = [
                 "qdisc",
@@ -211,13 +221,15 @@ pub const INCIDENTS: &[Incident] = &[
         kind: "packet_loss",
         how: "iptables: drop 10% of the host's TCP packets to the peer (statistic match)",
         subject: Some(EVAL.peer_ip),
-        run: |_, d| with_undo(&mut loss_rule("-I"), loss_rule("-D"), d),
+        held_out: false,
+        run: |_, d| with_undo(&mut loss_rule("-I", "0.1"), loss_rule("-D", "0.1"), d),
     },
     Incident {
         id: "drop-rule",
         kind: "packet_loss",
         how: "~1,000 UDP datagrams/s from the peer to a port behind an iptables DROP rule on the host's veth end",
         subject: Some("netfilter_drop"),
+        held_out: false,
         run: |_, d| {
             output(&mut drop_rule("-I")).context("inserting the DROP rule")?;
             let _undo = Undo(drop_rule("-D"));
@@ -233,6 +245,7 @@ pub const INCIDENTS: &[Incident] = &[
         kind: "packet_loss",
         how: "~100 UDP datagrams/s into the same DROP rule (near the 20/s floor)",
         subject: Some("netfilter_drop"),
+        held_out: false,
         run: |_, d| {
             output(&mut drop_rule("-I")).context("inserting the DROP rule")?;
             let _undo = Undo(drop_rule("-D"));
@@ -244,6 +257,7 @@ pub const INCIDENTS: &[Incident] = &[
         kind: "cpu_saturation",
         how: "stress-ng --cpu 8 (four runnable tasks per core) in a cgroup of its own",
         subject: Some(CPU_CGROUP),
+        held_out: false,
         run: |_, d| {
             let cgroup = TestCgroup::named(CPU_CGROUP)?;
             run_for(&mut cgroup.command("stress-ng", &stress("cpu", "8", d)), d)
@@ -254,6 +268,7 @@ pub const INCIDENTS: &[Incident] = &[
         kind: "udp_flood",
         how: "hping3 --udp --faster from the peer to a closed port (blatant)",
         subject: Some(EVAL.peer_ip),
+        held_out: false,
         run: |_, d| hping3(&["--udp", "-p", "20300", "--faster"], 200_000, d),
     },
     Incident {
@@ -261,6 +276,7 @@ pub const INCIDENTS: &[Incident] = &[
         kind: "udp_flood",
         how: "hping3 --udp at ~2,500 packets/s from the peer (near the 2,000/s floor)",
         subject: Some(EVAL.peer_ip),
+        held_out: false,
         run: |_, d| hping3(&["--udp", "-p", "20300", "-i", "u400"], rate(2_500, d), d),
     },
     Incident {
@@ -268,6 +284,7 @@ pub const INCIDENTS: &[Incident] = &[
         kind: "icmp_flood",
         how: "hping3 --icmp --faster (echo requests) from the peer (blatant)",
         subject: Some(EVAL.peer_ip),
+        held_out: false,
         run: |_, d| hping3(&["--icmp", "--faster"], 200_000, d),
     },
     Incident {
@@ -275,6 +292,7 @@ pub const INCIDENTS: &[Incident] = &[
         kind: "icmp_flood",
         how: "hping3 --icmp at ~700 echo requests/s from the peer (near the 500/s floor)",
         subject: Some(EVAL.peer_ip),
+        held_out: false,
         run: |_, d| hping3(&["--icmp", "-i", "u1400"], rate(700, d), d),
     },
     Incident {
@@ -282,6 +300,7 @@ pub const INCIDENTS: &[Incident] = &[
         kind: "connection_refusals",
         how: "hping3 -S --faster from the peer to a closed port: every SYN answered with a RST",
         subject: Some(EVAL.peer_ip),
+        held_out: false,
         run: |_, d| hping3(&["-S", "-p", "20301", "--faster"], 200_000, d),
     },
     Incident {
@@ -289,6 +308,7 @@ pub const INCIDENTS: &[Incident] = &[
         kind: "connection_refusals",
         how: "~400 SYN/s from the peer to the listener behind iptables REJECT --reject-with tcp-reset",
         subject: Some(EVAL.peer_ip),
+        held_out: false,
         run: |_, d| {
             output(&mut reject_rule("-I")).context("inserting the REJECT rule")?;
             let _undo = Undo(reject_rule("-D"));
@@ -304,6 +324,7 @@ pub const INCIDENTS: &[Incident] = &[
         kind: "exec_storm",
         how: "bash running /bin/true in a loop (about 1,000 short-lived processes/s)",
         subject: Some("bash"),
+        held_out: false,
         run: |_, d| {
             run_for(
                 Command::new("bash").args(["-c", "for i in $(seq 100000); do /bin/true; done"]),
@@ -316,6 +337,7 @@ pub const INCIDENTS: &[Incident] = &[
         kind: "exec_storm",
         how: "bash running /bin/true then sleep 0.004 in a loop (~300 execs/s, near the 200/s floor)",
         subject: Some("bash"),
+        held_out: false,
         run: |_, d| {
             run_for(
                 Command::new("bash").args([
@@ -325,6 +347,128 @@ pub const INCIDENTS: &[Incident] = &[
                 d,
             )
         },
+    },
+    // The held-out set (written 2026-12-05, before tuning on it): the
+    // shapes above at intensities nearer the floors, and a scan of
+    // another protocol.
+    Incident {
+        id: "syn-flood-low",
+        kind: "syn_flood",
+        how: "hping3 -S at ~400 SYN/s from the peer to the listening port (floor 200/s)",
+        subject: Some(EVAL.peer_ip),
+        held_out: true,
+        run: |_, d| {
+            hping3(
+                &["-S", "-p", &LISTEN_PORT.to_string(), "-i", "u2500"],
+                rate(400, d),
+                d,
+            )
+        },
+    },
+    Incident {
+        id: "port-scan-slow",
+        kind: "port_scan",
+        how: "nmap -sS -T3 -p 1-400 from the peer",
+        subject: Some(EVAL.peer_ip),
+        held_out: true,
+        run: |_, d| {
+            run_for(
+                command(Some(net().netns), "nmap").args([
+                    "-sS",
+                    "-T3",
+                    "-n",
+                    "-Pn",
+                    "-p",
+                    "1-400",
+                    net().host_ip,
+                ]),
+                d,
+            )
+        },
+    },
+    Incident {
+        id: "udp-scan",
+        kind: "port_scan",
+        how: "nmap -sU -T4 -p 1-300 from the peer (closed UDP ports)",
+        subject: Some(EVAL.peer_ip),
+        held_out: true,
+        run: |_, d| {
+            run_for(
+                command(Some(net().netns), "nmap").args([
+                    "-sU",
+                    "-T4",
+                    "-n",
+                    "-Pn",
+                    "-p",
+                    "1-300",
+                    net().host_ip,
+                ]),
+                d,
+            )
+        },
+    },
+    Incident {
+        id: "connection-storm-low",
+        kind: "connection_storm",
+        how: "400 TCP connects/s from the peer to a listener (floor 200/s)",
+        subject: Some(EVAL.peer_ip),
+        held_out: true,
+        run: |bins, d| {
+            run_for(
+                command(Some(net().netns), &bins.workload).args([
+                    "connect-rate",
+                    &format!("{}:{LISTEN_PORT}", net().host_ip),
+                    "400",
+                    &d.as_secs().max(1).to_string(),
+                ]),
+                d,
+            )
+        },
+    },
+    Incident {
+        id: "cpu-saturation-low",
+        kind: "cpu_saturation",
+        how: "stress-ng --cpu 3 (1.5 runnable tasks per core) in a cgroup of its own",
+        subject: Some(CPU_CGROUP),
+        held_out: true,
+        run: |_, d| {
+            let cgroup = TestCgroup::named(CPU_CGROUP)?;
+            run_for(&mut cgroup.command("stress-ng", &stress("cpu", "3", d)), d)
+        },
+    },
+    Incident {
+        id: "latency-low",
+        kind: "latency_regression",
+        how: "tc tbf rate 12mbit latency 100ms on the host's veth end (the 20 Mbit/s stream queues)",
+        subject: Some(EVAL.peer_ip),
+        held_out: true,
+        run: |_, d| {
+            let add = [
+                "qdisc",
+                "add",
+                "dev",
+                net().host_if,
+                "root",
+                "tbf",
+                "rate",
+                "12mbit",
+                "burst",
+                "32kb",
+                "latency",
+                "100ms",
+            ];
+            let mut del = Command::new("tc");
+            del.args(["qdisc", "del", "dev", net().host_if, "root"]);
+            with_undo(Command::new("tc").args(add), del, d)
+        },
+    },
+    Incident {
+        id: "packet-loss-low",
+        kind: "packet_loss",
+        how: "iptables: drop 3% of the host's TCP packets to the peer (statistic match)",
+        subject: Some(EVAL.peer_ip),
+        held_out: true,
+        run: |_, d| with_undo(&mut loss_rule("-I", "0.03"), loss_rule("-D", "0.03"), d),
     },
 ];
 
@@ -415,8 +559,9 @@ fn run_for(cmd: &mut Command, d: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The packet-loss incident's iptables rule, inserted (-I) or deleted (-D).
-fn loss_rule(op: &str) -> Command {
+/// The packet-loss incidents' iptables rule, dropping `probability` of
+/// the packets, inserted (-I) or deleted (-D).
+fn loss_rule(op: &str, probability: &str) -> Command {
     let mut c = Command::new("iptables");
     c.args([
         op,
@@ -430,7 +575,7 @@ fn loss_rule(op: &str) -> Command {
         "--mode",
         "random",
         "--probability",
-        "0.1",
+        probability,
         "-j",
         "DROP",
     ]);
@@ -440,7 +585,9 @@ fn loss_rule(op: &str) -> Command {
 /// Removes what a killed run may have left outside the namespace (the
 /// qdisc went with the veth pair; the iptables rule did not).
 pub fn remove_leftovers() {
-    while output(&mut loss_rule("-D")).is_ok() {}
+    for p in ["0.1", "0.03"] {
+        while output(&mut loss_rule("-D", p)).is_ok() {}
+    }
     while output(&mut reject_rule("-D")).is_ok() {}
     while output(&mut drop_rule("-D")).is_ok() {}
 }

@@ -28,8 +28,30 @@ pub struct Phase {
     pub expected: Option<String>,
     /// What the matching anomaly's subject must contain, if anything.
     pub subject: Option<String>,
+    /// An incident of the held-out set.
+    #[serde(default)]
+    pub held_out: bool,
     pub start: f64,
     pub end: f64,
+}
+
+/// Which incidents a score covers; records in the others' windows count
+/// neither way. Normal load is in every scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    Tuned,
+    HeldOut,
+}
+
+impl Scope {
+    fn covers(self, p: &Phase) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Tuned => !p.held_out,
+            Scope::HeldOut => p.held_out,
+        }
+    }
 }
 
 /// One cycle's feature vector, as the agent's Monitor produced it.
@@ -146,6 +168,7 @@ pub fn score(
     interval: f64,
     grace: f64,
     fp_run: &str,
+    scope: Scope,
 ) -> Score {
     let window_of = |t: f64| {
         phases
@@ -157,7 +180,12 @@ pub fn score(
     let mut normal_fp = 0;
     let mut fp_run_fp = 0;
     let mut fp_kinds: BTreeMap<String, usize> = BTreeMap::new();
-    for r in records {
+    // Only the scope's records are scored.
+    let records: Vec<&Record> = records
+        .iter()
+        .filter(|r| window_of(r.start).is_none_or(|p| scope.covers(p)))
+        .collect();
+    for r in records.iter().copied() {
         match window_of(r.start) {
             Some(p) if p.expected.as_deref() == Some(r.kind.as_str()) => tp += 1,
             Some(_) => *fp_kinds.entry(r.kind.clone()).or_default() += 1,
@@ -174,10 +202,14 @@ pub fn score(
         }
     }
     let mut incidents = Vec::new();
-    for p in phases.iter().filter(|p| p.expected.is_some()) {
+    for p in phases
+        .iter()
+        .filter(|p| p.expected.is_some() && scope.covers(p))
+    {
         let expected = p.expected.clone().unwrap_or_default();
         let mut mine: Vec<&Record> = records
             .iter()
+            .copied()
             .filter(|r| r.start >= p.start && r.start <= p.end + grace)
             .collect();
         mine.sort_by(|a, b| a.start.total_cmp(&b.start));
@@ -286,6 +318,7 @@ mod tests {
     fn scoring_counts_hits_misses_and_false_positives() {
         let phases = vec![
             Phase {
+                held_out: false,
                 name: "normal".into(),
                 expected: None,
                 subject: None,
@@ -293,6 +326,7 @@ mod tests {
                 end: 10.0,
             },
             Phase {
+                held_out: false,
                 name: "x".into(),
                 expected: Some("storm".into()),
                 subject: None,
@@ -300,6 +334,7 @@ mod tests {
                 end: 15.0,
             },
             Phase {
+                held_out: false,
                 name: "y".into(),
                 expected: Some("spike".into()),
                 subject: None,
@@ -314,7 +349,7 @@ mod tests {
             culprit: None,
         };
         let records = vec![r("spike", 5.0), r("storm", 11.5), r("storm", 21.0)];
-        let s = score("t", &records, &phases, 1.0, 2.0, "normal");
+        let s = score("t", &records, &phases, 1.0, 2.0, "normal", Scope::All);
         assert_eq!(s.true_positives, 1);
         assert_eq!(s.normal_false_positives, 1);
         assert_eq!(s.fp_run_false_positives, 1);
@@ -322,11 +357,26 @@ mod tests {
         assert_eq!(s.recall, 0.5);
         assert_eq!(s.incidents[0].cycles_to_detect, Some(2));
         assert!(!s.incidents[1].kind_correct);
+        assert!((s.f1 - 2.0 * (1.0 / 3.0) * 0.5 / (1.0 / 3.0 + 0.5)).abs() < 1e-9);
+
+        // "y" held out: the tuned score leaves its record out entirely,
+        // the held-out one keeps only it (and the normal load's).
+        let mut phases = phases;
+        phases[2].held_out = true;
+        let tuned = score("t", &records, &phases, 1.0, 2.0, "normal", Scope::Tuned);
+        assert_eq!((tuned.records, tuned.true_positives), (2, 1));
+        assert_eq!(tuned.incidents.len(), 1);
+        assert_eq!(tuned.recall, 1.0);
+        let held = score("t", &records, &phases, 1.0, 2.0, "normal", Scope::HeldOut);
+        assert_eq!((held.records, held.true_positives), (2, 0));
+        assert_eq!(held.incidents.len(), 1);
+        assert_eq!(held.recall, 0.0);
     }
 
     #[test]
     fn culprits_are_scored_and_a_detection_without_subject_is_reported() {
         let phase = |name: &str, subject: &str, start: f64| Phase {
+            held_out: false,
             name: name.into(),
             expected: Some("flood".into()),
             subject: Some(subject.into()),
@@ -351,7 +401,7 @@ mod tests {
             r(21.0, None, None),
             r(31.0, Some("process 7"), Some("7 stress-ng-fork /x")),
         ];
-        let s = score("t", &records, &phases, 1.0, 2.0, "none");
+        let s = score("t", &records, &phases, 1.0, 2.0, "none", Scope::All);
         assert_eq!(s.culprits_right, (2, 4));
         assert_eq!(s.culprit_accuracy, 0.5);
         assert_eq!(s.incidents[1].culprit_correct, Some(false));
