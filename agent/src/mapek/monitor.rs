@@ -136,22 +136,25 @@ impl Culprit {
     fn describe_subject(&self) -> String {
         let share = self.share * 100.0;
         match self.kind {
-            CulpritKind::Peer if self.measure == "inbound_packets_per_second" => format!(
-                "peer {} sent {:.0}% of inbound {} packets ({:.0}/s, {:.0} B/s; source address unproven)",
-                self.name(),
-                share,
-                self.protocol.unwrap_or("IP"),
-                self.amount,
-                self.bytes_per_second.unwrap_or(0.0)
-            ),
-            CulpritKind::Peer if self.measure == "inbound_new_flows_per_second" => format!(
-                "peer {} opened {:.0}% of new inbound {} flows ({:.0}/s, {:.0} B/s; source address unproven)",
-                self.name(),
-                share,
-                self.protocol.unwrap_or("IP"),
-                self.amount,
-                self.bytes_per_second.unwrap_or(0.0)
-            ),
+            CulpritKind::Peer
+                if matches!(
+                    self.measure,
+                    "inbound_packets_per_second" | "inbound_new_flows_per_second"
+                ) =>
+            {
+                let (verb, of, unit) = if self.measure == "inbound_packets_per_second" {
+                    ("sent", "inbound", "packets")
+                } else {
+                    ("opened", "new inbound", "flows")
+                };
+                format!(
+                    "peer {} {verb} {share:.0}% of {of} {} {unit} ({:.0}/s, {:.0} B/s; source address unproven)",
+                    self.name(),
+                    self.protocol.unwrap_or("IP"),
+                    self.amount,
+                    self.bytes_per_second.unwrap_or(0.0)
+                )
+            }
             CulpritKind::Peer if self.measure == "tcp_rtt_mean_seconds" => format!(
                 "peer {}: {:.0}% of the TCP round-trip time measured, mean {:.1} ms",
                 self.name(),

@@ -178,17 +178,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "2,000 TCP connects/s from the peer to a listener (sonde-workload connect-rate)",
         subject: Some(EVAL.peer_ip),
         held_out: false,
-        run: |bins, d| {
-            run_for(
-                command(Some(net().netns), &bins.workload).args([
-                    "connect-rate",
-                    &format!("{}:{LISTEN_PORT}", net().host_ip),
-                    "2000",
-                    &d.as_secs().max(1).to_string(),
-                ]),
-                d,
-            )
-        },
+        run: |bins, d| connect_rate(bins, 2000, d),
     },
     Incident {
         id: "latency",
@@ -196,25 +186,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "tc tbf rate 5mbit latency 300ms on the host's veth end (a queue the 20 Mbit/s stream fills)",
         subject: Some(EVAL.peer_ip),
         held_out: false,
-        run: |_, d| {
-            let add = [
-                "qdisc",
-                "add",
-                "dev",
-                net().host_if,
-                "root",
-                "tbf",
-                "rate",
-                "5mbit",
-                "burst",
-                "32kb",
-                "latency",
-                "300ms",
-            ];
-            let mut del = Command::new("tc");
-            del.args(["qdisc", "del", "dev", net().host_if, "root"]);
-            with_undo(Command::new("tc").args(add), del, d)
-        },
+        run: |_, d| tbf_queue("5mbit", "300ms", d),
     },
     Incident {
         id: "packet-loss",
@@ -413,17 +385,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "400 TCP connects/s from the peer to a listener (floor 200/s)",
         subject: Some(EVAL.peer_ip),
         held_out: true,
-        run: |bins, d| {
-            run_for(
-                command(Some(net().netns), &bins.workload).args([
-                    "connect-rate",
-                    &format!("{}:{LISTEN_PORT}", net().host_ip),
-                    "400",
-                    &d.as_secs().max(1).to_string(),
-                ]),
-                d,
-            )
-        },
+        run: |bins, d| connect_rate(bins, 400, d),
     },
     Incident {
         id: "cpu-saturation-low",
@@ -442,25 +404,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "tc tbf rate 12mbit latency 100ms on the host's veth end (the 20 Mbit/s stream queues)",
         subject: Some(EVAL.peer_ip),
         held_out: true,
-        run: |_, d| {
-            let add = [
-                "qdisc",
-                "add",
-                "dev",
-                net().host_if,
-                "root",
-                "tbf",
-                "rate",
-                "12mbit",
-                "burst",
-                "32kb",
-                "latency",
-                "100ms",
-            ];
-            let mut del = Command::new("tc");
-            del.args(["qdisc", "del", "dev", net().host_if, "root"]);
-            with_undo(Command::new("tc").args(add), del, d)
-        },
+        run: |_, d| tbf_queue("12mbit", "100ms", d),
     },
     Incident {
         id: "packet-loss-low",
@@ -471,6 +415,35 @@ pub const INCIDENTS: &[Incident] = &[
         run: |_, d| with_undo(&mut loss_rule("-I", "0.03"), loss_rule("-D", "0.03"), d),
     },
 ];
+
+/// `per_second` TCP connects from the peer to the host's listener for `d`.
+fn connect_rate(bins: &Bins, per_second: u32, d: Duration) -> anyhow::Result<()> {
+    run_for(
+        command(Some(net().netns), &bins.workload).args([
+            "connect-rate",
+            &format!("{}:{LISTEN_PORT}", net().host_ip),
+            &per_second.to_string(),
+            &d.as_secs().max(1).to_string(),
+        ]),
+        d,
+    )
+}
+
+/// A tbf queue of `rate` holding up to `latency` on the host's veth end
+/// for `d` (the normal load's 20 Mbit/s stream fills it).
+fn tbf_queue(rate: &str, latency: &str, d: Duration) -> anyhow::Result<()> {
+    let dev = net().host_if;
+    let mut del = Command::new("tc");
+    del.args(["qdisc", "del", "dev", dev, "root"]);
+    with_undo(
+        Command::new("tc").args([
+            "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", "32kb", "latency",
+            latency,
+        ]),
+        del,
+        d,
+    )
+}
 
 /// `count` packets/s × the incident's length.
 fn rate(per_second: u64, d: Duration) -> u64 {
