@@ -226,6 +226,9 @@ pub struct Subjects {
     pub tcp_peers: Vec<(IpAddr, TcpPeerDelta)>,
     /// Packet drops this cycle by reason and device, most first.
     pub drops: Vec<DropDelta>,
+    /// The agent's network namespace's own addresses: a TCP "peer" that is
+    /// one of them is this node seen from another namespace on it.
+    pub own_addresses: Vec<IpAddr>,
     /// Every cgroup that waited for a CPU this cycle: (id, seconds waited
     /// per second, waits per second), longest first.
     pub waiting_cgroups: Vec<(u64, f64, f64)>,
@@ -458,6 +461,7 @@ pub fn features(
             .unwrap_or_default(),
         tcp_peers: tcp_peer_deltas(prev, now),
         drops: drop_deltas(prev, now),
+        own_addresses: crate::netif::own_addresses().unwrap_or_default(),
         syscall_processes: now
             .reading::<Syscalls>()
             .map(|s| s.processes.clone())
@@ -852,10 +856,22 @@ fn tcp_peers_by(
     amount: impl Fn(&TcpPeerDelta, f64) -> f64,
 ) -> Vec<Culprit> {
     let dt = s.seconds.max(1e-9);
-    let total: f64 = s.tcp_peers.iter().map(|(_, d)| weight(d)).sum();
-    let mut rows: Vec<(IpAddr, f64, &TcpPeerDelta)> = s
+    // The TCP tracepoints see every namespace: a socket in a pod or test
+    // namespace on this node names this node's own address as its peer.
+    // Those rows name the culprit only when no other peer moved.
+    let remote: Vec<&(IpAddr, TcpPeerDelta)> = s
         .tcp_peers
         .iter()
+        .filter(|(p, d)| !s.own_addresses.contains(p) && weight(d) > 0.0)
+        .collect();
+    let peers: Vec<&(IpAddr, TcpPeerDelta)> = if remote.is_empty() {
+        s.tcp_peers.iter().collect()
+    } else {
+        remote
+    };
+    let total: f64 = peers.iter().map(|(_, d)| weight(d)).sum();
+    let mut rows: Vec<(IpAddr, f64, &TcpPeerDelta)> = peers
+        .into_iter()
         .map(|(p, d)| (*p, weight(d), d))
         .filter(|(_, v, _)| *v > 0.0)
         .collect();
@@ -1185,6 +1201,24 @@ mod tests {
         );
         let names: Vec<String> = both.iter().map(Culprit::name).collect();
         assert_eq!(names, ["NETFILTER_DROP on eth0", "NO_SOCKET", "10.9.0.3"]);
+        // This node's own address, retransmitted to from a namespace on it,
+        // is named only when no other peer retransmitted.
+        let own: IpAddr = "10.9.0.1".parse().unwrap();
+        let mut both_ways = busy.clone();
+        both_ways.tcp_peers.push((
+            own,
+            TcpPeerDelta {
+                retransmits: 40,
+                ..Default::default()
+            },
+        ));
+        both_ways.own_addresses = vec![own];
+        let named = culprits("packet_loss", &["tcp_retransmits_per_second"], &both_ways);
+        assert_eq!(named[0].peer, Some(peer));
+        assert_eq!(named[0].share, 1.0);
+        both_ways.tcp_peers.retain(|(p, _)| *p == own);
+        let named = culprits("packet_loss", &["tcp_retransmits_per_second"], &both_ways);
+        assert_eq!(named[0].peer, Some(own));
         // A retransmitting peer outranks them, and they outrank packets.
         assert!(measure_rank("tcp_retransmits_per_second") > measure_rank(c[0].measure));
         assert!(measure_rank(c[0].measure) > measure_rank("inbound_packets_per_second"));
