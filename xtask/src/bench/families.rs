@@ -579,7 +579,7 @@ fn load(ctx: &Ctx, load: Load, setup: &Setup, sizes: &Sizes) -> anyhow::Result<(
             )?;
             listener.wait_line("ready", Duration::from_secs(5))?;
             let rate = sizes.connects_per_s.to_string();
-            bins::workload(
+            let result = bins::workload(
                 &ctx.bins,
                 Some(net().netns),
                 &[1],
@@ -587,6 +587,7 @@ fn load(ctx: &Ctx, load: Load, setup: &Setup, sizes: &Sizes) -> anyhow::Result<(
                 timeout,
             )?;
             drop(listener);
+            println!("connect-rate: {result}");
             Ok(())
         }
         Load::Drops => {

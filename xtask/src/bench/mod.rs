@@ -29,7 +29,7 @@ use sonde_tests::{process::Scratch, sys};
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
-    /// Short run (about 2 minutes): every scenario, fewer rounds, shorter
+    /// Short run (about 4 minutes): every scenario, fewer rounds, shorter
     /// windows. Checks that each produces sane numbers; writes to target/bench.
     #[arg(long)]
     quick: bool,
