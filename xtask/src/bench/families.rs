@@ -481,9 +481,23 @@ fn window(v: Variant, f: &Family, before: &[kernel::Prog], after: &[kernel::Prog
         if v != Variant::Sonde || f.job_programs.contains(&a.name.as_str()) {
             w.events += runs;
         }
+        // The kernel keeps 15 characters of a name without BTF: bpftrace's
+        // sched_process_exec and _exit are both `sched_process_e`. Numbered
+        // in load (id) order, which is the script's order.
+        let same: Vec<u64> = after
+            .iter()
+            .filter(|p| p.name == a.name)
+            .map(|p| p.id)
+            .collect();
+        let key = if same.len() > 1 {
+            let k = same.iter().filter(|&&id| id < a.id).count() + 1;
+            format!("{}#{k}", a.name)
+        } else {
+            a.name.clone()
+        };
         let e = w
             .programs
-            .entry(a.name.clone())
+            .entry(key)
             .or_insert((0.0, 0.0, a.xlated_bytes / 8));
         e.0 += ns;
         e.1 += runs;
@@ -736,5 +750,17 @@ mod tests {
         assert_eq!(w.programs["sonde_tcp_rtt_raw"], (1000.0, 90.0, 10));
         // Every run of the floor's or bpftrace's programs is an event.
         assert_eq!(window(Variant::Empty, tcp, &before, &after).events, 100.0);
+        // Programs sharing a truncated name stay apart.
+        let before = [
+            prog(7, "sched_process_e", 0, 0),
+            prog(8, "sched_process_e", 0, 0),
+        ];
+        let after = [
+            prog(7, "sched_process_e", 100, 1),
+            prog(8, "sched_process_e", 300, 1),
+        ];
+        let w = window(Variant::Bpftrace, tcp, &before, &after);
+        assert_eq!(w.programs["sched_process_e#1"].0, 100.0);
+        assert_eq!(w.programs["sched_process_e#2"].0, 300.0);
     }
 }
