@@ -72,6 +72,17 @@ pub enum BaselineCommand {
         #[arg(long, value_enum, default_value = "xdp")]
         ingress: BaselineIngress,
     },
+    /// Empty programs on any tracepoints: the floor of a hook family
+    /// (block, run queue, process, TCP, drops), on the hooks and of the
+    /// kind (classic or raw) Sonde takes there.
+    Hooks {
+        /// A classic tracepoint, CATEGORY:NAME (repeatable).
+        #[arg(long = "tracepoint", value_name = "CATEGORY:NAME")]
+        tracepoints: Vec<String>,
+        /// A raw tracepoint, NAME (repeatable).
+        #[arg(long = "raw-tracepoint", value_name = "NAME")]
+        raw_tracepoints: Vec<String>,
+    },
     /// Sonde's syscall programs, every syscall reported, minimal reader.
     RingReader {
         #[arg(long, default_value_t = 262144)]

@@ -117,6 +117,35 @@ pub fn baseline(cmd: BaselineCommand) -> Result<(), Failure> {
             interfaces,
             ingress,
         },
+        BaselineCommand::Hooks {
+            tracepoints,
+            raw_tracepoints,
+        } => {
+            if tracepoints.is_empty() && raw_tracepoints.is_empty() {
+                return Err(Failure::usage(
+                    "baseline hooks: name at least one --tracepoint CATEGORY:NAME or \
+                     --raw-tracepoint NAME"
+                        .to_owned(),
+                ));
+            }
+            let mut classic = Vec::new();
+            for tp in tracepoints {
+                match tp.split_once(':') {
+                    Some((category, name)) if !category.is_empty() && !name.is_empty() => {
+                        classic.push((category.to_owned(), name.to_owned()));
+                    }
+                    _ => {
+                        return Err(Failure::usage(format!(
+                            "--tracepoint {tp}: expected CATEGORY:NAME, e.g. block:block_rq_issue"
+                        )));
+                    }
+                }
+            }
+            Baseline::Hooks {
+                tracepoints: classic,
+                raw_tracepoints,
+            }
+        }
         BaselineCommand::RingReader { ring_bytes } => Baseline::RingReader { ring_bytes },
     };
     probes::baseline::run(baseline).map_err(Failure::runtime)

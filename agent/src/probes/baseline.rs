@@ -9,6 +9,10 @@
 //! - `packets`: an empty program on ingress (TC, or XDP_PASS with
 //!   `--ingress xdp`) and an empty TC program on egress of the given
 //!   interfaces.
+//! - `hooks`: an empty classic tracepoint program and an empty raw
+//!   tracepoint program (the syscall floor's, which read nothing of their
+//!   context, so they attach anywhere) on the tracepoints named: the floor
+//!   of a hook family, of the same kind as Sonde's programs there.
 //! - `ring-reader`: Sonde's real syscall programs with every syscall made
 //!   "slow", drained by the most minimal reader possible (no decoding, no
 //!   bookkeeping), to compare the agent's reader against.
@@ -47,6 +51,11 @@ pub enum Baseline {
     Packets {
         interfaces: Vec<String>,
         ingress: BaselineIngress,
+    },
+    Hooks {
+        /// (category, name) of each classic tracepoint.
+        tracepoints: Vec<(String, String)>,
+        raw_tracepoints: Vec<String>,
     },
     RingReader {
         ring_bytes: u32,
@@ -119,6 +128,36 @@ pub fn run(baseline: Baseline) -> Result<(), String> {
                     for &direction in &directions {
                         tc.attach(iface, direction)
                             .map_err(|e| format!("TC {direction:?} on {iface}: {e}"))?;
+                    }
+                }
+                println!("ready");
+                wait_for_signal().await;
+                drop(ebpf);
+                Ok(())
+            }
+            Baseline::Hooks {
+                tracepoints,
+                raw_tracepoints,
+            } => {
+                let mut ebpf = EbpfLoader::new()
+                    .load(EBPF_OBJECT)
+                    .map_err(|e| e.to_string())?;
+                if !tracepoints.is_empty() {
+                    let prog: &mut TracePoint = program_mut(&mut ebpf, "baseline_sys_enter_tp")
+                        .map_err(|e| e.to_string())?;
+                    prog.load().map_err(|e| e.to_string())?;
+                    for (category, name) in &tracepoints {
+                        prog.attach(category, name)
+                            .map_err(|e| format!("tracepoint {category}:{name}: {e}"))?;
+                    }
+                }
+                if !raw_tracepoints.is_empty() {
+                    let prog: &mut RawTracePoint = program_mut(&mut ebpf, "baseline_sys_enter_raw")
+                        .map_err(|e| e.to_string())?;
+                    prog.load().map_err(|e| e.to_string())?;
+                    for name in &raw_tracepoints {
+                        prog.attach(name)
+                            .map_err(|e| format!("raw tracepoint {name}: {e}"))?;
                     }
                 }
                 println!("ready");

@@ -9,6 +9,7 @@
 
 mod chart;
 pub(crate) mod common;
+mod families;
 mod footprint;
 mod packets;
 mod report;
@@ -28,12 +29,13 @@ use sonde_tests::{process::Scratch, sys};
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
-    /// Short run (about 2 minutes): every scenario, fewer rounds, shorter
+    /// Short run (about 4 minutes): every scenario, fewer rounds, shorter
     /// windows. Checks that each produces sane numbers; writes to target/bench.
     #[arg(long)]
     quick: bool,
     /// Run only these scenarios (comma-separated ids: syscalls, packets,
-    /// ring, scrape, footprint, scaling); results go to target/bench.
+    /// families, ring, scrape, footprint, scaling); results go to
+    /// target/bench.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Measure the release binaries already in target/release instead of
@@ -75,9 +77,10 @@ pub struct Def {
     pub run: fn(&Ctx, &mut Scenario) -> anyhow::Result<()>,
 }
 
-const SCENARIOS: [Def; 6] = [
+const SCENARIOS: [Def; 7] = [
     syscalls::DEF,
     packets::DEF,
+    families::DEF,
     ring::DEF,
     scrape::DEF,
     footprint::DEF,
@@ -85,7 +88,7 @@ const SCENARIOS: [Def; 6] = [
 ];
 
 /// Tools the scenarios run, and the Debian package of each.
-const TOOLS: [(&str, &str); 7] = [
+const TOOLS: [(&str, &str); 10] = [
     ("bpftrace", "bpftrace"),
     ("bpftool", "bpftool"),
     ("ip", "iproute2"),
@@ -93,6 +96,9 @@ const TOOLS: [(&str, &str); 7] = [
     ("wrk", "wrk"),
     ("prometheus", "prometheus"),
     ("taskset", "util-linux"),
+    ("stress-ng", "stress-ng"),
+    ("iptables", "iptables"),
+    ("losetup", "mount"),
 ];
 
 pub fn run(opts: Options) -> anyhow::Result<()> {

@@ -318,8 +318,8 @@ pub fn performance_doc(r: &Report, results_md: &str, chart: &str) -> String {
     let _ = writeln!(
         doc,
         "# Performance\n\n\
-         What Sonde costs, measured by `cargo xtask bench` (root; about 10 minutes on 2 cores; \
-         `--quick` is the 2-minute smoke run that `cargo xtask test` does). Every scenario \
+         What Sonde costs, measured by `cargo xtask bench` (root; about 15 minutes on 2 cores; \
+         `--quick` is the 4-minute smoke run that `cargo xtask test` does). Every scenario \
          measures Sonde side by side with its own baselines in the same run: the kernel's floor \
          (empty programs on the same hooks, `sonde baseline`), no program at all, and bpftrace \
          doing the same job. Variants alternate round-robin across repetitions so drift on the \

@@ -45,6 +45,9 @@ pub struct Prog {
     pub name: String,
     pub run_time_ns: u64,
     pub run_cnt: u64,
+    /// Size of the program as the verifier left it (8 bytes an
+    /// instruction).
+    pub xlated_bytes: u64,
 }
 
 /// Every loaded program.
@@ -60,6 +63,7 @@ pub fn progs() -> anyhow::Result<Vec<Prog>> {
             name: p["name"].as_str().unwrap_or_default().to_owned(),
             run_time_ns: p["run_time_ns"].as_u64().unwrap_or_default(),
             run_cnt: p["run_cnt"].as_u64().unwrap_or_default(),
+            xlated_bytes: p["bytes_xlated"].as_u64().unwrap_or_default(),
         })
         .collect())
 }
