@@ -263,7 +263,8 @@ pub struct NetworkConfig {
     /// With no `interfaces` list: how often to look for interfaces that
     /// appeared or went away (0: only at start).
     pub rescan_interval_s: u64,
-    /// Runtime. Remote peers exported individually; the rest are "other".
+    /// Runtime. (remote peer, local address) pairs exported individually;
+    /// the rest are "other".
     pub top_peers: usize,
 }
 
