@@ -459,6 +459,21 @@ fn conflist(dir: &Path) -> String {
 /// (the sandbox's entry point too: it sleeps), built by podman and saved
 /// as an archive `ctr images import` reads.
 fn build_image(dir: &Path) -> PathBuf {
+    podman_build(dir, IMAGE);
+    let tar = dir.join("image.tar");
+    must(
+        Command::new("podman")
+            .args(["save", "-o"])
+            .arg(&tar)
+            .arg(IMAGE),
+    );
+    let _ = Command::new("podman").args(["rmi", "-f", IMAGE]).status();
+    tar
+}
+
+/// Builds `tag` in podman's storage: FROM scratch, the workload binary
+/// (the entry point) and the libraries it links, from a context in `dir`.
+pub fn podman_build(dir: &Path, tag: &str) {
     let ctx = dir.join("image");
     let root = ctx.join("root");
     let bin = workload_bin();
@@ -486,16 +501,7 @@ fn build_image(dir: &Path) -> PathBuf {
     .unwrap();
     must(
         Command::new("podman")
-            .args(["build", "-q", "-t", IMAGE])
+            .args(["build", "-q", "-t", tag])
             .arg(&ctx),
     );
-    let tar = dir.join("image.tar");
-    must(
-        Command::new("podman")
-            .args(["save", "-o"])
-            .arg(&tar)
-            .arg(IMAGE),
-    );
-    let _ = Command::new("podman").args(["rmi", "-f", IMAGE]).status();
-    tar
 }

@@ -774,3 +774,103 @@ fn unix_now() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
 }
+
+/// Podman containers outside any pod, started with `podman run`: named by
+/// their container name and id (from podman's own storage, no daemon) on
+/// their run-queue waits and in the anomaly a failing-syscall storm in one
+/// of them raises; no pod, no namespace. Referee: podman's own account of
+/// each container (its id, and its process's cgroup in /proc).
+#[test]
+fn podman_containers_are_named_by_name_and_id() {
+    use sonde_tests::podman::Podman;
+    if !require_root() {
+        return;
+    }
+    let mut podman = Podman::start("sq-podman-img");
+    let ticker = podman.run("sq-ticker", &["getppid-rate", "20000", "120"]);
+    assert_eq!(ticker.len(), 64, "podman run said {ticker:?}");
+    let pid = podman.pid("sq-ticker");
+    let proc_cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    assert!(
+        proc_cgroup.contains(&format!("libpod-{ticker}")),
+        "pid {pid} of sq-ticker: /proc/{pid}/cgroup\n{proc_cgroup}"
+    );
+    let dir = std::env::temp_dir().join(format!("sq-mapek-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = Config::new()
+        .set("kubernetes", "refresh_interval_s", "1")
+        .set("runqueue", "top_cgroups", "100")
+        .set("mapek", "warmup_cycles", "10")
+        .set(
+            "mapek",
+            "state_dir",
+            &format!("{:?}", dir.display().to_string()),
+        );
+    let agent = Agent::start(&config.render(), &[]);
+    let runq = "sonde_runqueue_cgroup_latency_seconds_count";
+    let s = wait(
+        &agent,
+        20,
+        "no run-queue waits named by container sq-ticker",
+        "libpod",
+        |s| !s.series(runq, &[("container", "sq-ticker")]).is_empty(),
+    );
+    let named = s.series(runq, &[("container", "sq-ticker")])[0];
+    let cgroup = named.label("cgroup").unwrap_or_default();
+    assert!(cgroup.contains(&format!("libpod-{ticker}")), "{named}");
+    assert_eq!(named.label("pod"), None, "{named}");
+    assert_eq!(named.label("namespace"), None, "{named}");
+    println!("run-queue: {named}");
+
+    // Past the warm-up, a storm of failing close() in a second container.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while agent.get_json("/api/v1/anomalies")["cycles"]
+        .as_u64()
+        .unwrap_or(0)
+        <= 10
+    {
+        assert!(Instant::now() < deadline, "MAPE-K never warmed up");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let storm = podman.run("sq-storm", &["close-bad", "8000000"]);
+    let started = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let named = loop {
+        let report = agent.get_json("/api/v1/anomalies");
+        let found = ["active", "recent"]
+            .iter()
+            .filter_map(|l| report[*l].as_array())
+            .flatten()
+            .find(|a| {
+                (a["kind"] == "syscall_storm" || a["kind"] == "syscall_error_spike")
+                    && a["container"] == "sq-storm"
+            })
+            .cloned();
+        if let Some(a) = found {
+            break a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no syscall anomaly naming container sq-storm within 30 s: {report}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(named["container_id"], storm.as_str(), "{named}");
+    assert!(
+        named["pod"].as_str().is_none_or(str::is_empty)
+            && named["namespace"].as_str().is_none_or(str::is_empty),
+        "{named}"
+    );
+    assert!(
+        named["subject"]
+            .as_str()
+            .is_some_and(|s| s.contains("sonde-workload")),
+        "{named}"
+    );
+    println!(
+        "anomaly {:.1} s after podman run: {named}",
+        started.elapsed().as_secs_f64()
+    );
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
