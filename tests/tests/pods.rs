@@ -874,3 +874,72 @@ fn podman_containers_are_named_by_name_and_id() {
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Syscalls counted per process (`[syscalls] per_process`) are summed by
+/// pod and container: a container making a known number of getppid()
+/// calls shows them under its pod, namespace and container. Referee: the
+/// count the workload made (its own loop), plus the few calls any process
+/// makes to start and exit.
+#[test]
+fn per_process_syscalls_are_summed_by_pod() {
+    if !require_root() {
+        return;
+    }
+    const N: f64 = 2_000_000.0;
+    let ctd = Containerd::start("sq-ctd-sys");
+    let pod = ctd.run_pod("sq-shop", "sq-sys", "1f6a7b8c-9d0e-4f1a-8b2c-3d4e5f6a7b8c");
+    let config = agent_config(&ctd).set("syscalls", "per_process", "true");
+    let agent = Agent::start(&config.render(), &[]);
+    wait(
+        &agent,
+        10,
+        "no sonde_pod_info for sq-sys",
+        "sonde_pod_info",
+        |s| {
+            s.value_or_zero(
+                "sonde_pod_info",
+                &[("namespace", "sq-shop"), ("pod", "sq-sys")],
+            ) == 1.0
+        },
+    );
+    let labels = [
+        ("namespace", "sq-shop"),
+        ("pod", "sq-sys"),
+        ("container", "getppid"),
+    ];
+    // The pod's sum: a container's first calls, made before the runtime's
+    // next listing names it, count for its pod alone.
+    let calls = |s: &Scrape| s.sum("sonde_pod_syscalls_total", &labels[..2]);
+    let started = Instant::now();
+    ctd.start_container(&pod, "getppid", &["getppid", &(N as u64).to_string()]);
+    wait(
+        &agent,
+        60,
+        "getppid's calls under its pod",
+        "sonde_pod_syscall",
+        |s| calls(s) >= 0.99 * N,
+    );
+    // Its last cycle's count, and no more.
+    std::thread::sleep(Duration::from_secs(3));
+    let s = agent.metrics();
+    let got = calls(&s);
+    let errors = s.sum("sonde_pod_syscall_errors_total", &labels[..2]);
+    let in_container = s.value_or_zero("sonde_pod_syscalls_total", &labels);
+    assert!(in_container >= 0.5 * N, "{}", s.grep("sonde_pod_syscall"));
+    // Calls made between a cycle's read of a process's count and its
+    // removal are not counted (a few per cycle); starting and exiting a
+    // process takes a few hundred more calls.
+    assert!(
+        (0.999 * N..=N + 2000.0).contains(&got),
+        "sonde_pod_syscalls_total of sq-shop/sq-sys is {got} for {N} getppid() calls:\n{}",
+        s.grep("sonde_pod_syscall")
+    );
+    assert!(errors < 1000.0, "{}", s.grep("sonde_pod_syscall"));
+    println!(
+        "measured: sq-shop/sq-sys/getppid made {N} getppid(); sonde_pod_syscalls_total {got} \
+         for the pod, {in_container} of them under container getppid; errors {errors}; \
+         {:.1} s after the start",
+        started.elapsed().as_secs_f64()
+    );
+    drop(agent);
+}
