@@ -263,7 +263,8 @@ pub struct NetworkConfig {
     /// With no `interfaces` list: how often to look for interfaces that
     /// appeared or went away (0: only at start).
     pub rescan_interval_s: u64,
-    /// Runtime. Remote peers exported individually; the rest are "other".
+    /// Runtime. (remote peer, local address) pairs exported individually;
+    /// the rest are "other".
     pub top_peers: usize,
 }
 
@@ -383,8 +384,12 @@ pub struct KubernetesConfig {
     /// The `node` label of `sonde_pod_info`; empty: $NODE_NAME (the
     /// DaemonSet sets it from spec.nodeName), else the host name.
     pub node_name: String,
-    /// At most this many pods (and 8 containers each) are kept.
+    /// At most this many pods (and 8 containers each) are kept, and this
+    /// many podman containers.
     pub max_pods: usize,
+    /// Podman's storage root (graphroot): containers outside any pod are
+    /// named from its `*-containers/containers.json`; empty: not read.
+    pub podman_storage: PathBuf,
 }
 
 impl Default for KubernetesConfig {
@@ -396,6 +401,7 @@ impl Default for KubernetesConfig {
             timeout_ms: 2_000,
             node_name: String::new(),
             max_pods: 1_000,
+            podman_storage: PathBuf::from("/var/lib/containers/storage"),
         }
     }
 }

@@ -2,13 +2,15 @@
 //! path names its container ([`cgroup_path`]); the container runtime,
 //! asked over its CRI socket as kubelet asks it ([`cri`]), names the
 //! container's pod, namespace and container as kubelet labelled them, and
-//! the pod's IP. [`Cache`] holds the last listing; one supervised task
+//! the pod's IP; podman's storage names containers outside any pod
+//! ([`podman`]). [`Cache`] holds the last listing; one supervised task
 //! refreshes it ([`run`]) on a bounded poll, so a collection cycle only
 //! reads a map and never waits on the runtime. The runtime absent or down
 //! leaves cgroup paths as they are and says so in the health checks.
 
 pub mod cgroup_path;
 pub mod cri;
+pub mod podman;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -23,10 +25,16 @@ use crate::{config::KubernetesConfig, family::Family, tasks::Task};
 /// Which pod (and container) a cgroup or a process belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct Identity {
+    /// Empty (and not serialized) for a container outside any pod.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub namespace: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub pod: String,
     /// None: the pod's own cgroup, or its sandbox (pause) container.
     pub container: Option<String>,
+    /// The container's id (64 hex digits), where one is named.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
 }
 
 /// One pod sandbox on the node, as its runtime describes it.
@@ -55,14 +63,24 @@ pub struct View {
     pub pods: BTreeMap<String, Pod>,
     /// By container id.
     pub containers: HashMap<String, Container>,
+    /// Podman's containers (outside any pod): id → name.
+    pub podman: HashMap<String, String>,
 }
 
 impl View {
-    /// Keeps at most `max_pods` pods (by sandbox id) and 8 containers per
-    /// kept pod: the cache's memory is bounded whatever the runtime says.
+    /// Keeps at most `max_pods` pods (by sandbox id), 8 containers per
+    /// kept pod and `max_pods` podman containers: the cache's memory is
+    /// bounded whatever the runtime says.
     pub fn bounded(mut self, max_pods: usize) -> View {
         while self.pods.len() > max_pods {
             self.pods.pop_last();
+        }
+        if self.podman.len() > max_pods {
+            let mut ids: Vec<String> = self.podman.keys().cloned().collect();
+            ids.sort();
+            for id in &ids[max_pods..] {
+                self.podman.remove(id);
+            }
         }
         let mut per_pod: HashMap<String, usize> = HashMap::new();
         let mut ids: Vec<String> = self.containers.keys().cloned().collect();
@@ -82,19 +100,28 @@ impl View {
     /// The pod and container of the task in the cgroup at `path` (any
     /// hierarchy, any of the drivers and runtimes [`cgroup_path`] knows).
     pub fn resolve(&self, path: &str) -> Option<Identity> {
-        let pod_identity = |pod: &Pod, container: Option<String>| Identity {
+        let pod_identity = |pod: &Pod, container: Option<(&str, &str)>| Identity {
             namespace: pod.namespace.clone(),
             pod: pod.name.clone(),
-            container,
+            container: container.map(|(name, _)| name.to_owned()),
+            container_id: container.map(|(_, id)| id.to_owned()),
         };
         if let Some(found) = cgroup_path::container_id(path) {
             if let Some(c) = self.containers.get(&found.id)
                 && let Some(pod) = self.pods.get(&c.sandbox_id)
             {
-                return Some(pod_identity(pod, Some(c.name.clone())));
+                return Some(pod_identity(pod, Some((&c.name, &found.id))));
             }
             if let Some(pod) = self.pods.get(&found.id) {
                 return Some(pod_identity(pod, None));
+            }
+            // A podman container: no pod, no namespace.
+            if let Some(name) = self.podman.get(&found.id) {
+                return Some(Identity {
+                    container: Some(name.clone()),
+                    container_id: Some(found.id),
+                    ..Identity::default()
+                });
             }
         }
         let uid = cgroup_path::pod_uid(path)?;
@@ -159,7 +186,7 @@ impl Cache {
     /// The pod and container of process `pid`, from /proc/PID/cgroup.
     pub fn resolve_pid(&self, pid: u32) -> Option<Identity> {
         let view = self.view();
-        if view.pods.is_empty() {
+        if view.pods.is_empty() && view.podman.is_empty() {
             return None;
         }
         let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
@@ -231,21 +258,27 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let timeout = Duration::from_millis(config.timeout_ms);
     let mut was = Runtime::Off;
+    let mut podman_error = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
         task.beat_async().await;
+        let podman = podman_view(&config, &mut podman_error);
         let Some(socket) = cri::socket(&config.socket) else {
-            cache.set(View::default(), Runtime::NotFound);
+            cache.set(podman, Runtime::NotFound);
             continue;
         };
         let known = cache.view();
         let listed = tokio::time::timeout(timeout * 4, cri::list(&socket, timeout, &known)).await;
         let runtime = match listed {
             Ok(Ok(view)) => {
-                let view = view.bounded(config.max_pods);
+                let view = View {
+                    podman: podman.podman,
+                    ..view
+                }
+                .bounded(config.max_pods);
                 let runtime = Runtime::Up {
                     socket: socket.clone(),
                     pods: view.pods.len(),
@@ -253,9 +286,10 @@ pub async fn run(
                 cache.set(view, runtime.clone());
                 runtime
             }
-            Ok(Err(err)) => down(cache, &socket, err.to_string()),
+            Ok(Err(err)) => down(cache, podman, &socket, err.to_string()),
             Err(_) => down(
                 cache,
+                podman,
                 &socket,
                 format!("no answer in {} ms", timeout.as_millis() * 4),
             ),
@@ -276,13 +310,38 @@ pub async fn run(
     }
 }
 
-fn down(cache: &Cache, socket: &str, error: String) -> Runtime {
+fn down(cache: &Cache, podman: View, socket: &str, error: String) -> Runtime {
     let runtime = Runtime::Down {
         socket: socket.to_owned(),
         error,
     };
-    cache.set(View::default(), runtime.clone());
+    cache.set(podman, runtime.clone());
     runtime
+}
+
+/// A view of podman's containers alone (none when `podman_storage` is
+/// empty or unreadable: a failure is logged once, until it reads again).
+fn podman_view(config: &KubernetesConfig, last_error: &mut Option<String>) -> View {
+    if config.podman_storage.as_os_str().is_empty() {
+        return View::default();
+    }
+    match podman::list(&config.podman_storage, config.max_pods) {
+        Ok(podman) => {
+            *last_error = None;
+            View {
+                podman,
+                ..View::default()
+            }
+        }
+        Err(err) => {
+            let err = err.to_string();
+            if last_error.as_ref() != Some(&err) {
+                tracing::warn!(target: "sonde::pods", "{err}: podman containers unnamed");
+            }
+            *last_error = Some(err);
+            View::default()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -323,6 +382,7 @@ mod tests {
             namespace: "shop".into(),
             pod: "cart-7d9f".into(),
             container: Some("cart".into()),
+            container_id: Some(CID.into()),
         };
         assert_eq!(
             v.resolve(&format!("/kubepods/burstable/pod{UID}/{CID}")),
@@ -335,6 +395,7 @@ mod tests {
         assert_eq!(v.resolve(&systemd), Some(cart));
         let pod_only = Identity {
             container: None,
+            container_id: None,
             ..v.resolve(&format!("/kubepods/pod{UID}/{CID}")).unwrap()
         };
         assert_eq!(
@@ -344,6 +405,32 @@ mod tests {
         assert_eq!(v.resolve(&format!("/kubepods/pod{UID}")), Some(pod_only));
         assert_eq!(v.resolve("/system.slice/sshd.service"), None);
         assert_eq!(v.resolve("/"), None);
+    }
+
+    #[test]
+    fn podman_containers_are_named_without_a_pod() {
+        let mut v = view();
+        let id = "516e9279b2544effa3fdae56e0f1be2ea2e40feda0f087bf589c57c4908d9236";
+        v.podman.insert(id.into(), "web".into());
+        let web = Identity {
+            container: Some("web".into()),
+            container_id: Some(id.into()),
+            ..Identity::default()
+        };
+        for path in [
+            format!("/libpod_parent/libpod-{id}"),
+            format!("/machine.slice/libpod-{id}.scope/container"),
+        ] {
+            assert_eq!(v.resolve(&path), Some(web.clone()), "{path}");
+        }
+        assert_eq!(
+            v.resolve(&format!("/machine.slice/libpod-conmon-{id}.scope")),
+            None
+        );
+        for i in 0..20 {
+            v.podman.insert(format!("{i:064x}"), format!("c{i}"));
+        }
+        assert_eq!(v.bounded(5).podman.len(), 5);
     }
 
     #[test]

@@ -25,11 +25,12 @@ use tonic::transport::{Channel, Endpoint};
 use crate::sys::{must, workload_bin};
 
 /// The image every pod runs (its entry point is the workload binary).
-pub const IMAGE: &str = "localhost/sp-workload:local";
+pub const IMAGE: &str = "localhost/sq-workload:local";
 /// The CNI bridge, its subnet, and the cgroup kubelet's pods go under.
-pub const BRIDGE: &str = "sp-cni0";
-const SUBNET: &str = "10.231.77.0/24";
-pub const CGROUP_ROOT: &str = "sp-kubepods";
+pub const BRIDGE: &str = "sq-cni0";
+pub const SUBNET_PREFIX: &str = "10.231.78.";
+const SUBNET: &str = "10.231.78.0/24";
+pub const CGROUP_ROOT: &str = "sq-kubepods";
 
 /// One pod sandbox the runtime runs.
 #[derive(Debug, Clone)]
@@ -39,6 +40,8 @@ pub struct Pod {
     pub name: String,
     pub uid: String,
     pub ip: String,
+    /// The host side of the pod's veth (a port of [`BRIDGE`]).
+    pub veth: String,
     config: PodSandboxConfig,
 }
 
@@ -190,6 +193,7 @@ impl Containerd {
             ..Default::default()
         };
         let mut client = self.client();
+        let ports = bridge_ports();
         let id = self
             .rt
             .block_on(client.run_pod_sandbox(RunPodSandboxRequest {
@@ -211,12 +215,21 @@ impl Containerd {
             .and_then(|s| s.network)
             .map(|n| n.ip)
             .unwrap_or_default();
+        // The CNI plugin plugged one new veth into the bridge: the pod's.
+        let new: Vec<String> = bridge_ports()
+            .into_iter()
+            .filter(|p| !ports.contains(p))
+            .collect();
+        let [veth] = &new[..] else {
+            panic!("pod {namespace}/{name}: {new:?} new ports on {BRIDGE}, want one");
+        };
         Pod {
             id,
             namespace: namespace.into(),
             name: name.into(),
             uid: uid.into(),
             ip,
+            veth: veth.clone(),
             config,
         }
     }
@@ -256,6 +269,36 @@ impl Containerd {
             }))
             .unwrap_or_else(|e| panic!("StartContainer {name}: {e}"));
         id
+    }
+
+    /// What container `name` of `pod` wrote (CRI's log format: a time,
+    /// the stream and a tag before each line).
+    pub fn log(&self, pod: &Pod, name: &str) -> String {
+        std::fs::read_to_string(
+            self.dir
+                .join("logs")
+                .join(&pod.uid)
+                .join(format!("{name}.log")),
+        )
+        .unwrap_or_default()
+    }
+
+    /// Waits up to `timeout` for container `name` of `pod` to write a line
+    /// containing `text`; that line.
+    pub fn wait_log(&self, pod: &Pod, name: &str, text: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log(pod, name);
+            if let Some(line) = log.lines().find(|l| l.contains(text)) {
+                return line.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "container {name} of pod {}: no {text:?} in its log within {timeout:?}:\n{log}",
+                pod.name
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// StopPodSandbox + RemovePodSandbox (its containers with it).
@@ -334,6 +377,20 @@ impl Containerd {
     }
 }
 
+/// The interfaces plugged into [`BRIDGE`] (none while it does not exist).
+fn bridge_ports() -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-j", "link", "show", "master", BRIDGE])
+        .output()
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    serde_json::from_slice::<Vec<serde_json::Value>>(&out)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// Removes [`CGROUP_ROOT`] (deepest first) from every hierarchy.
 fn remove_cgroups() {
     let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
@@ -389,7 +446,7 @@ state = "{d}/state"
 fn conflist(dir: &Path) -> String {
     let d = dir.display();
     format!(
-        r#"{{"cniVersion": "0.4.0", "name": "sp-pods", "plugins": [
+        r#"{{"cniVersion": "0.4.0", "name": "sq-pods", "plugins": [
   {{"type": "bridge", "bridge": "{BRIDGE}", "isGateway": true, "ipMasq": false,
     "ipam": {{"type": "host-local", "dataDir": "{d}/ipam",
       "ranges": [[{{"subnet": "{SUBNET}"}}]]}}}},
@@ -402,6 +459,21 @@ fn conflist(dir: &Path) -> String {
 /// (the sandbox's entry point too: it sleeps), built by podman and saved
 /// as an archive `ctr images import` reads.
 fn build_image(dir: &Path) -> PathBuf {
+    podman_build(dir, IMAGE);
+    let tar = dir.join("image.tar");
+    must(
+        Command::new("podman")
+            .args(["save", "-o"])
+            .arg(&tar)
+            .arg(IMAGE),
+    );
+    let _ = Command::new("podman").args(["rmi", "-f", IMAGE]).status();
+    tar
+}
+
+/// Builds `tag` in podman's storage: FROM scratch, the workload binary
+/// (the entry point) and the libraries it links, from a context in `dir`.
+pub fn podman_build(dir: &Path, tag: &str) {
     let ctx = dir.join("image");
     let root = ctx.join("root");
     let bin = workload_bin();
@@ -429,16 +501,7 @@ fn build_image(dir: &Path) -> PathBuf {
     .unwrap();
     must(
         Command::new("podman")
-            .args(["build", "-q", "-t", IMAGE])
+            .args(["build", "-q", "-t", tag])
             .arg(&ctx),
     );
-    let tar = dir.join("image.tar");
-    must(
-        Command::new("podman")
-            .args(["save", "-o"])
-            .arg(&tar)
-            .arg(IMAGE),
-    );
-    let _ = Command::new("podman").args(["rmi", "-f", IMAGE]).status();
-    tar
 }

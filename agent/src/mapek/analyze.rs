@@ -83,6 +83,10 @@ pub struct Anomaly {
     pub namespace: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
+    /// The container's id, with its name (a podman container outside any
+    /// pod has these two alone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
     #[serde(skip)]
     quiet: u32,
     /// `subject` is the top culprit's description (so it follows them).
@@ -102,9 +106,10 @@ impl Anomaly {
         }
         let top_culprits = || self.culprits.first().and_then(|c| c.pod.clone());
         if let Some(who) = super::monitor::subject_pod(self.kind, subjects).or_else(top_culprits) {
-            self.pod = Some(who.pod);
-            self.namespace = Some(who.namespace);
+            self.pod = Some(who.pod).filter(|p| !p.is_empty());
+            self.namespace = Some(who.namespace).filter(|n| !n.is_empty());
             self.container = who.container;
+            self.container_id = who.container_id;
         }
     }
 }
@@ -127,6 +132,7 @@ impl Anomaly {
             pod: None,
             namespace: None,
             container: None,
+            container_id: None,
             quiet: 0,
             subject_from_culprit: false,
         }
@@ -595,6 +601,7 @@ impl Analyzer {
                 pod: None,
                 namespace: None,
                 container: None,
+                container_id: None,
                 quiet: 0,
                 subject_from_culprit,
             };

@@ -323,9 +323,9 @@ impl Mapek {
                 .iter()
                 .rev()
                 .filter(|a| a.kind == kind)
-                .find_map(|a| a.culprits.first());
+                .find_map(|a| a.culprits.first().map(|c| (a, c)));
             match top {
-                Some(top) => {
+                Some((anomaly, top)) => {
                     let name = top.name();
                     let mut labels = vec![
                         ("kind", kind),
@@ -334,10 +334,22 @@ impl Mapek {
                     ];
                     // Its pod, for an alert an SRE reads in cluster terms.
                     if let Some(p) = &top.pod {
-                        labels.push(("culprit_namespace", p.namespace.as_str()));
-                        labels.push(("culprit_pod", p.pod.as_str()));
-                        if let Some(c) = &p.container {
-                            labels.push(("culprit_container", c.as_str()));
+                        if !p.pod.is_empty() {
+                            labels.push(("culprit_namespace", p.namespace.as_str()));
+                            labels.push(("culprit_pod", p.pod.as_str()));
+                        }
+                        // Culprits kept from an early cycle may predate the
+                        // runtime's listing of their container; the
+                        // anomaly, named since, knows it.
+                        let container = p.container.as_deref().or(
+                            if anomaly.pod.as_deref() == Some(p.pod.as_str()) {
+                                anomaly.container.as_deref()
+                            } else {
+                                None
+                            },
+                        );
+                        if let Some(c) = container {
+                            labels.push(("culprit_container", c));
                         }
                     }
                     culprit.sample(&labels, top.share)

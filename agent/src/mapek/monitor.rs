@@ -120,6 +120,10 @@ impl Culprit {
     pub fn describe(&self) -> String {
         let line = self.describe_subject();
         match &self.pod {
+            Some(p) if p.pod.is_empty() => match &p.container {
+                Some(c) => format!("{line}, container {c}"),
+                None => line,
+            },
             Some(p) => format!(
                 "{line}, pod {}/{}{}",
                 p.namespace,

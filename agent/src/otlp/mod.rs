@@ -394,10 +394,24 @@ fn anomaly_record(a: &serde_json::Value, end: bool, now: u64) -> LogRecord {
             });
         }
     }
-    // The subject's pod: moved into the resource by `by_pod`.
-    for (field, key) in K8S_ATTRIBUTES {
-        if let Some(value) = a[field].as_str() {
-            attributes.push(kv_str(key, value));
+    // The subject's pod: moved into the resource by `by_pod`. A container
+    // outside any pod (podman) is no k8s.* container: its name and id go
+    // as the semantic conventions' container.* record attributes.
+    let in_pod = a["pod"].as_str().is_some_and(|p| !p.is_empty());
+    if in_pod {
+        for (field, key) in K8S_ATTRIBUTES {
+            if let Some(value) = a[field].as_str().filter(|v| !v.is_empty()) {
+                attributes.push(kv_str(key, value));
+            }
+        }
+    } else {
+        for (field, key) in [
+            ("container", "container.name"),
+            ("container_id", "container.id"),
+        ] {
+            if let Some(value) = a[field].as_str().filter(|v| !v.is_empty()) {
+                attributes.push(kv_str(key, value));
+            }
         }
     }
     LogRecord {

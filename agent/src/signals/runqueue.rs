@@ -271,12 +271,15 @@ impl Reading for RunQueue {
         let pods = crate::pods::cache().view();
         for (cgroup, rq) in &self.cgroups {
             // A pod's cgroup also carries its pod, namespace and container
-            // (when the runtime named them: `[kubernetes]`).
+            // (when the runtime named them: `[kubernetes]`); a podman
+            // container outside any pod, its container alone.
             let who = pods.resolve(cgroup);
             let mut labels = vec![("cgroup", cgroup.as_str())];
             if let Some(who) = &who {
-                labels.push(("namespace", &who.namespace));
-                labels.push(("pod", &who.pod));
+                if !who.pod.is_empty() {
+                    labels.push(("namespace", &who.namespace));
+                    labels.push(("pod", &who.pod));
+                }
                 if let Some(container) = &who.container {
                     labels.push(("container", container));
                 }

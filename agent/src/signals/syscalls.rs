@@ -9,14 +9,20 @@
 //! `slow_threshold_ms` (not in `slow_ignore`) leave the kernel as events on
 //! the syscall ring, decoded in `events`. While MAPE-K asks who is behind a
 //! storm (`per_process`, a runtime setting) the kernel also counts per
-//! process; each cycle takes and clears those counts.
+//! process; each cycle takes and clears those counts, and adds those of
+//! the busiest processes that belong to a pod or container (`crate::pods`)
+//! to that pod's or container's totals (`sonde_pod_syscalls_total`).
 //!
 //! A thread that dies without returning from a syscall leaves its start
 //! parked in SYSCALL_START; every few cycles those of threads gone are
 //! removed (`sonde_syscall_starts_stale_removed_total`). Starts the full map
 //! could not keep are the `syscall_latency` completeness.
 
-use std::{cell::RefCell, sync::Arc};
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, HashMap as StdHashMap},
+    sync::Arc,
+};
 
 use agent_common::{
     config::{CFG_SLOW_SYSCALL_NS, CFG_SYSCALL_SAMPLE_EVERY, CFG_SYSCALLS_PER_PROCESS},
@@ -120,6 +126,7 @@ fn open(ebpf: &mut Ebpf, _: &Config) -> Result<Box<dyn Source>, OpenError> {
         starts: take(ebpf, SYSCALL_START_MAP)?,
         slow_ignore: take(ebpf, SLOW_SYSCALL_IGNORE_MAP)?,
         processes: RefCell::new(take(ebpf, SYSCALL_PROCESSES_MAP)?),
+        by_pod: RefCell::default(),
         stale_starts_removed: 0,
         starts_lost: 0,
     }))
@@ -131,6 +138,8 @@ struct Maps {
     slow_ignore: Array<MapData, u32>,
     /// Syscalls per process while counted (read and cleared each cycle).
     processes: RefCell<PerCpuHashMap<MapData, u32, ProcessSyscalls>>,
+    /// Per-process counts summed by pod and container.
+    by_pod: RefCell<ByPod>,
     /// Parked starts removed because their thread was gone.
     stale_starts_removed: u64,
     /// The diagnostic counter of starts the full map could not keep, as
@@ -140,6 +149,61 @@ struct Maps {
 
 /// Processes kept per cycle while counted per process.
 const TOP_PROCESSES: usize = 8;
+
+/// Pods and containers whose syscalls are summed at most (beyond it, new
+/// ones are not counted until one goes).
+pub const MAX_POD_ROWS: usize = 256;
+
+/// (namespace, pod, container): empty namespace and pod for a container
+/// outside any pod, empty container for a pod's own cgroup.
+pub type PodKey = (String, String, String);
+
+/// The busiest processes' counts, summed by their pod and container.
+#[derive(Debug, Default)]
+struct ByPod {
+    totals: BTreeMap<PodKey, ProcessSyscalls>,
+    /// Whom each process counted last cycle belonged to (a process that
+    /// exited after its calls is still named by its pid).
+    seen: StdHashMap<u32, Option<PodKey>>,
+}
+
+impl ByPod {
+    fn add(&mut self, rows: &[(u32, ProcessSyscalls)]) {
+        let pods = crate::pods::cache();
+        let mut seen = StdHashMap::with_capacity(rows.len());
+        for (tgid, counts) in rows {
+            // Asked each cycle: a container started a moment ago is named
+            // by its pod alone until the runtime's next listing.
+            let key = pods
+                .resolve_pid(*tgid)
+                .map(|who| (who.namespace, who.pod, who.container.unwrap_or_default()))
+                .or_else(|| self.seen.get(tgid).cloned().flatten());
+            if let Some(key) = &key
+                && (self.totals.contains_key(key) || self.totals.len() < MAX_POD_ROWS)
+            {
+                let total = self.totals.entry(key.clone()).or_default();
+                total.calls += counts.calls;
+                total.errors += counts.errors;
+            }
+            seen.insert(*tgid, key);
+        }
+        self.seen = seen;
+        // A pod or container the runtime no longer lists goes (its series
+        // with it); while it lists nothing (down, or no runtime), all stay.
+        let view = pods.view();
+        if !view.pods.is_empty() || !view.podman.is_empty() {
+            self.totals.retain(|(namespace, pod, container), _| {
+                if pod.is_empty() {
+                    view.podman.values().any(|c| c == container)
+                } else {
+                    view.pods
+                        .values()
+                        .any(|p| &p.namespace == namespace && &p.name == pod)
+                }
+            });
+        }
+    }
+}
 
 impl Maps {
     fn read_rows(&self, rows: &mut Vec<SyscallRow>) -> Result<(), MapError> {
@@ -172,6 +236,9 @@ impl Maps {
         }
         rows.sort_by(|a, b| b.1.calls.cmp(&a.1.calls).then(a.0.cmp(&b.0)));
         rows.truncate(TOP_PROCESSES);
+        if !rows.is_empty() {
+            self.by_pod.borrow_mut().add(&rows);
+        }
         rows
     }
 }
@@ -185,6 +252,13 @@ impl Source for Maps {
         };
         let error = self.read_rows(&mut reading.rows).err();
         reading.processes = self.take_processes();
+        reading.by_pod = self
+            .by_pod
+            .borrow()
+            .totals
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
         (Arc::new(reading), error)
     }
 
@@ -265,6 +339,9 @@ pub struct Syscalls {
     /// While syscalls are counted per process: the processes that made the
     /// most since the previous cycle (pid, calls, failed), busiest first.
     pub processes: Vec<(u32, ProcessSyscalls)>,
+    /// Syscalls of the busiest processes by pod and container, summed
+    /// since counting per process began (at most [`MAX_POD_ROWS`]).
+    pub by_pod: Vec<(PodKey, ProcessSyscalls)>,
     /// Parked starts removed because their thread had exited.
     pub stale_starts_removed: u64,
     /// Starts the full map could not keep (`SYSCALL_START_MAP_FULL`).
@@ -315,6 +392,30 @@ impl Reading for Syscalls {
         calls.done(out);
         errors.done(out);
         latency.done(out);
+        let mut pod_calls = Family::new(
+            "sonde_pod_syscalls_total",
+            "System calls made by a pod's or container's processes while counted per process (syscalls.per_process), from the 8 busiest processes of each cycle",
+            MetricType::COUNTER,
+        );
+        let mut pod_errors = Family::new(
+            "sonde_pod_syscall_errors_total",
+            "System calls that failed, of a pod's or container's processes, counted as sonde_pod_syscalls_total",
+            MetricType::COUNTER,
+        );
+        for ((namespace, pod, container), counts) in &self.by_pod {
+            let mut labels = Vec::with_capacity(3);
+            if !pod.is_empty() {
+                labels.push(("namespace", namespace.as_str()));
+                labels.push(("pod", pod.as_str()));
+            }
+            if !container.is_empty() {
+                labels.push(("container", container.as_str()));
+            }
+            pod_calls.sample(&labels, counts.calls as f64);
+            pod_errors.sample(&labels, counts.errors as f64);
+        }
+        pod_calls.done(out);
+        pod_errors.done(out);
         let mut stale = Family::new(
             "sonde_syscall_starts_stale_removed_total",
             "In-flight syscall records dropped because their thread had exited without returning",
@@ -340,6 +441,40 @@ impl Reading for Syscalls {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_rows_name_pods_and_lone_containers() {
+        let counts = ProcessSyscalls {
+            calls: 7,
+            errors: 2,
+        };
+        let reading = Syscalls {
+            by_pod: vec![
+                (("shop".into(), "cart".into(), "app".into()), counts),
+                ((String::new(), String::new(), "web".into()), counts),
+            ],
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        reading.families(&mut out);
+        let family = out
+            .iter()
+            .find(|f| f.name() == "sonde_pod_syscalls_total")
+            .unwrap();
+        let labels: Vec<Vec<(&str, &str)>> = family
+            .get_metric()
+            .iter()
+            .map(|m| m.get_label().iter().map(|l| (l.name(), l.value())).collect())
+            .collect();
+        assert!(
+            labels
+                .iter()
+                .any(|l| l.contains(&("pod", "cart")) && l.contains(&("container", "app"))),
+            "{labels:?}"
+        );
+        assert!(labels.contains(&vec![("container", "web")]), "{labels:?}");
+        assert!(out.iter().any(|f| f.name() == "sonde_pod_syscall_errors_total"));
+    }
 
     #[test]
     fn families_and_completeness_even_when_nothing_was_called() {

@@ -335,9 +335,19 @@ impl Prometheus {
     /// An instant query through `/api/v1/query`: the `result` array, or the
     /// API's error (`errorType: error`).
     pub fn query(&self, expr: &str) -> Result<Vec<Value>, String> {
-        let (status, v) = self
-            .server
-            .get_json(&format!("/api/v1/query?query={}", urlencode(expr)));
+        self.query_path(&format!("/api/v1/query?query={}", urlencode(expr)))
+    }
+
+    /// [`Prometheus::query`] evaluated at `time` (Unix seconds).
+    pub fn query_at(&self, expr: &str, time: f64) -> Result<Vec<Value>, String> {
+        self.query_path(&format!(
+            "/api/v1/query?query={}&time={time:.3}",
+            urlencode(expr)
+        ))
+    }
+
+    fn query_path(&self, path: &str) -> Result<Vec<Value>, String> {
+        let (status, v) = self.server.get_json(path);
         if v["status"] != "success" {
             return Err(format!(
                 "HTTP {status}, {}: {}",

@@ -242,6 +242,7 @@ impl Maps {
                     ifindex: key.ifindex,
                     direction: key.direction,
                     addr: remote_addr(&key),
+                    local: local_addr(&key),
                 };
                 let d = deltas.entry(peer).or_default();
                 d.0 += db;
@@ -369,12 +370,25 @@ fn heaviest_inbound(rows: HashMap<(IpAddr, u8), (u64, u64, u64)>) -> Vec<Inbound
 /// The remote end of a flow: the source of what we receive, the destination
 /// of what we send.
 pub fn remote_addr(key: &FlowKey) -> IpAddr {
-    let addr = if key.direction == DIRECTION_INGRESS {
-        key.src_addr
+    if key.direction == DIRECTION_INGRESS {
+        ip(key.family, key.src_addr)
     } else {
-        key.dst_addr
-    };
-    if key.family == FAMILY_IPV4 {
+        ip(key.family, key.dst_addr)
+    }
+}
+
+/// The local end of a flow (this side of the interface): the destination
+/// of what we receive, the source of what we send.
+pub fn local_addr(key: &FlowKey) -> IpAddr {
+    if key.direction == DIRECTION_INGRESS {
+        ip(key.family, key.dst_addr)
+    } else {
+        ip(key.family, key.src_addr)
+    }
+}
+
+fn ip(family: u8, addr: [u8; 16]) -> IpAddr {
+    if family == FAMILY_IPV4 {
         IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
     } else {
         IpAddr::V6(Ipv6Addr::from(addr))
@@ -522,12 +536,12 @@ impl Reading for Packets {
 
         let mut peer_bytes = Family::new(
             "sonde_peer_bytes_total",
-            "L2 bytes exchanged with the top remote peers (peer=\"other\": all the rest), by interface and direction",
+            "L2 bytes exchanged with the top remote peers (peer=\"other\": all the rest), by interface, direction and the local address (ingress: peer sent to local)",
             MetricType::COUNTER,
         );
         let mut peer_packets = Family::new(
             "sonde_peer_packets_total",
-            "Packets exchanged with the top remote peers (peer=\"other\": all the rest), by interface and direction",
+            "Packets exchanged with the top remote peers (peer=\"other\": all the rest), by interface, direction and the local address (ingress: peer sent to local)",
             MetricType::COUNTER,
         );
         for row in &flows.peers {
@@ -536,9 +550,14 @@ impl Reading for Packets {
                 .peer
                 .map(|p| p.to_string())
                 .unwrap_or_else(|| "other".into());
+            let local = row
+                .local
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "other".into());
             let labels = [
                 ("interface", iface.as_str()),
                 ("peer", peer.as_str()),
+                ("local", local.as_str()),
                 ("direction", direction_name(row.direction)),
             ];
             peer_bytes.sample(&labels, row.bytes as f64);

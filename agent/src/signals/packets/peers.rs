@@ -1,8 +1,12 @@
 //! Top-K remote peers by traffic, with bounded cardinality and counters that
 //! never go backwards.
 //!
-//! K peers are exported under their own address; every other peer's bytes
-//! go to `peer="other"` of the same interface and direction. A peer keeps its
+//! A peer is the address across the interface, paired with the address on
+//! this side of it (`local`): on a NIC the node's own, on a pod's host-side
+//! veth the pod's peer in the mesh, so pod-to-pod traffic can be named at
+//! both ends. K (peer, local) pairs are exported under their own addresses;
+//! every other pair's bytes go to `peer="other"` of the same interface and
+//! direction. A peer keeps its
 //! slot until a newcomer's recent traffic (EWMA per cycle) is more than 1.5 times
 //! that of the quietest exported peer; the demoted peer's series disappears
 //! (Prometheus treats it as stale) rather than being folded back, so no
@@ -22,7 +26,11 @@ pub struct PeerKey {
     pub ifindex: u32,
     /// `agent_common::net::DIRECTION_*`.
     pub direction: u8,
+    /// Across the interface: the source of what it receives, the
+    /// destination of what it sends.
     pub addr: IpAddr,
+    /// This side of the interface: the other end of the same packets.
+    pub local: IpAddr,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -40,12 +48,13 @@ pub struct PeerTracker {
     other: HashMap<(u32, u8), Exported>,
 }
 
-/// One exported row: `peer` is `None` for "other".
+/// One exported row: `peer` and `local` are `None` for "other".
 #[derive(Debug, Clone, PartialEq)]
 pub struct PeerRow {
     pub ifindex: u32,
     pub direction: u8,
     pub peer: Option<IpAddr>,
+    pub local: Option<IpAddr>,
     pub bytes: u64,
     pub packets: u64,
 }
@@ -158,6 +167,7 @@ impl PeerTracker {
                 ifindex: key.ifindex,
                 direction: key.direction,
                 peer: Some(key.addr),
+                local: Some(key.local),
                 bytes: e.bytes,
                 packets: e.packets,
             })
@@ -165,12 +175,18 @@ impl PeerTracker {
                 ifindex,
                 direction,
                 peer: None,
+                local: None,
                 bytes: e.bytes,
                 packets: e.packets,
             }))
             .collect();
         rows.sort_by(|a, b| {
-            (a.ifindex, a.direction, a.peer).cmp(&(b.ifindex, b.direction, b.peer))
+            (a.ifindex, a.direction, a.peer, a.local).cmp(&(
+                b.ifindex,
+                b.direction,
+                b.peer,
+                b.local,
+            ))
         });
         rows
     }
@@ -185,6 +201,7 @@ mod tests {
             ifindex: 1,
             direction: 0,
             addr: IpAddr::from([10, 0, 0, last]),
+            local: IpAddr::from([10, 0, 1, 1]),
         }
     }
 
