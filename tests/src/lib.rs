@@ -27,6 +27,7 @@ pub mod net;
 pub mod ops;
 #[cfg(feature = "otlp")]
 pub mod otlp;
+#[cfg(feature = "cri")]
 pub mod podman;
 pub mod process;
 pub mod referee;
