@@ -5,7 +5,8 @@ use crate::syscalls::LATENCY_SLOTS;
 
 /// `PerCpuArray<RunqStats>`, one slot.
 pub const RUNQ_STATS_MAP: &str = "RUNQ_STATS";
-/// `HashMap<u32 pid, u64 ns>`: tasks waiting for a CPU since when.
+/// `HashMap<u64, u64 ns>`: tasks waiting for a CPU since when, by
+/// `task_struct` pointer (raw tracepoints) or pid (classic ones).
 pub const RUNQ_START_MAP: &str = "RUNQ_START";
 /// Runnable-but-waiting tasks tracked at once.
 pub const MAX_RUNNABLE: u32 = 32768;

@@ -24,10 +24,11 @@ use agent_common::{
 use aya::{
     Ebpf,
     maps::{MapData, MapError, PerCpuArray, PerCpuHashMap},
+    util::KernelVersion,
 };
 use prometheus::proto::{MetricFamily, MetricType};
 
-use super::{BtfField, OpenError, Reading, Signal, Source, TracepointField, take};
+use super::{BtfField, Constant, OpenError, Reading, Signal, Source, TracepointField, take};
 use crate::{
     config::Config,
     family::{Family, log2_buckets},
@@ -43,7 +44,7 @@ pub const SIGNAL: Signal = Signal {
     tracepoint_fields: TRACEPOINT_FIELDS,
     btf_fields: BTF_FIELDS,
     symbols: &[],
-    constants: &[],
+    constants: CONSTANTS,
     enabled: |config| config.runqueue.enabled,
     forced_tier: |config| (config.runqueue.hook != "auto").then_some(config.runqueue.hook.as_str()),
     reads: "run-queue latency",
@@ -63,19 +64,19 @@ const TIERS: tiers::Signal = tiers::Signal {
                 TierProgram {
                     program: "sonde_runq_switch_raw",
                     hook: Hook::RawTracepoint("sched_switch"),
-                    needs: &["TASK_PID_OFFSET", "TASK_STATE_OFFSET"],
+                    needs: &["TASK_STATE_OFFSET"],
                     partial_before: None,
                 },
                 TierProgram {
                     program: "sonde_runq_wakeup_raw",
                     hook: Hook::RawTracepoint("sched_wakeup"),
-                    needs: &["TASK_PID_OFFSET"],
+                    needs: &[],
                     partial_before: None,
                 },
                 TierProgram {
                     program: "sonde_runq_wakeup_raw",
                     hook: Hook::RawTracepoint("sched_wakeup_new"),
-                    needs: &["TASK_PID_OFFSET"],
+                    needs: &[],
                     partial_before: None,
                 },
             ],
@@ -129,16 +130,18 @@ const TRACEPOINT_FIELDS: &[TracepointField] = &[
 ];
 
 const BTF_FIELDS: &[BtfField] = &[
-    ("TASK_PID_OFFSET", "task_struct", &["pid"]),
-    // `state` became `__state` in 5.14.
+    // Read only before 5.18 (SWITCH_STATE_ARG); `state` became `__state`
+    // in 5.14.
     ("TASK_STATE_OFFSET", "task_struct", &["__state", "state"]),
-    // Waits by cgroup: task → css_set → default cgroup → its kernfs
-    // node's id.
-    ("TASK_CGROUPS_OFFSET", "task_struct", &["cgroups"]),
-    ("CSS_SET_DFL_CGRP_OFFSET", "css_set", &["dfl_cgrp"]),
-    ("CGROUP_KN_OFFSET", "cgroup", &["kn"]),
-    ("KERNFS_NODE_ID_OFFSET", "kernfs_node", &["id"]),
 ];
+
+/// sched_switch passes `prev_state` as an argument since 5.18; before,
+/// the program reads it from the task.
+const CONSTANTS: &[Constant] = &[("SWITCH_STATE_ARG", || {
+    u32::from(
+        KernelVersion::current().is_ok_and(|version| version >= KernelVersion::new(5, 18, 0)),
+    )
+})];
 
 fn open(ebpf: &mut Ebpf, config: &Config) -> Result<Box<dyn Source>, OpenError> {
     Ok(Box::new(Maps {
