@@ -21,7 +21,7 @@ use aya_ebpf::{
         generated::bpf_get_current_cgroup_id,
     },
     macros::{map, raw_tracepoint, tracepoint},
-    maps::{HashMap, LruPerCpuHashMap, PerCpuArray},
+    maps::{LruHashMap, LruPerCpuHashMap, PerCpuArray},
     programs::{RawTracePointContext, TracePointContext},
 };
 
@@ -33,10 +33,15 @@ use crate::{
 #[map(name = "RUNQ_STATS")]
 static RUNQ_STATS: PerCpuArray<RunqStats> = PerCpuArray::with_max_entries(1, 0);
 
-/// Since when each waiting task waits: by `task_struct` pointer (raw
-/// tier) or pid (tracepoint tier).
+/// Since when each waiting task waits (0: it is not waiting), by
+/// `task_struct` pointer (raw tier) or pid (tracepoint tier). A task's
+/// entry stays while it lives and is rewritten in place: a wait costs two
+/// stores, not a hash update and a delete (each a bucket lock and a
+/// free-list operation). It goes when the task exits; the LRU makes room
+/// for new tasks from those not seen for longest (sleeping ones: an entry
+/// in use was touched at the task's wakeup), so an insert does not fail.
 #[map(name = "RUNQ_START")]
-static RUNQ_START: HashMap<u64, u64> = HashMap::with_max_entries(MAX_RUNNABLE, 0);
+static RUNQ_START: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_RUNNABLE, 0);
 
 /// The wait (ns + 1; 0: none) of the task running on this CPU, added to
 /// its cgroup's histogram when it leaves the CPU (raw tier).
@@ -69,23 +74,37 @@ static TP_SWITCH_NEXT_PID: Global<u32> = Global::new(56);
 /// reported as TASK_REPORT_MAX (0x100). Either way the task is still
 /// runnable; any bit in the low byte means it went to sleep or exited.
 const SLEEPING_STATES: i64 = 0xff;
+/// The same for a task that exits: EXIT_DEAD or EXIT_ZOMBIE.
+const EXITING_STATES: i64 = 0x30;
 
 /// The task (`key`: pointer or pid) became runnable at `now`.
 #[inline(always)]
 fn runnable(key: u64, now: u64) {
-    if RUNQ_START.insert(key, now, 0).is_err() {
+    if let Some(start) = RUNQ_START.get_ptr_mut(key) {
+        // SAFETY: the entry's value; the task's run queue lock orders its
+        // wakeup, its switches and so every access to its entry.
+        unsafe { *start = now };
+    } else if RUNQ_START.insert(key, now, 0).is_err() {
         count(RUNQ_MAP_FULL);
     }
+}
+
+/// The task left the CPU for the last time.
+#[inline(always)]
+fn exited(key: u64) {
+    let _ = RUNQ_START.remove(key);
 }
 
 /// The task got a CPU at `now`: records its wait, if it was waiting;
 /// returns the wait (ns).
 #[inline(always)]
 fn running(key: u64, now: u64) -> Option<u64> {
-    let start = RUNQ_START.get_ptr(key)?;
-    // SAFETY: from a successful lookup, copied before the delete.
-    let start = unsafe { *start };
-    let _ = RUNQ_START.remove(key);
+    let entry = RUNQ_START.get_ptr_mut(key)?;
+    // SAFETY: the entry's value (see `runnable`).
+    let start = unsafe { core::mem::replace(&mut *entry, 0) };
+    if start == 0 {
+        return None;
+    }
     let latency = now.saturating_sub(start);
     if let Some(stats) = RUNQ_STATS.get_ptr_mut(0) {
         // SAFETY: this CPU's slot.
@@ -141,9 +160,12 @@ fn leaving_cpu() {
     }
 }
 
-/// Whether `prev` is still runnable as it leaves the CPU (TASK_RUNNING).
+/// `task_struct.__state` of a task that exits (TASK_DEAD).
+const TASK_DEAD: u32 = 0x80;
+
+/// `prev`'s state as it leaves the CPU (0: TASK_RUNNING, still runnable).
 #[inline(always)]
-fn still_running(ctx: &RawTracePointContext, prev: u64) -> bool {
+fn prev_state(ctx: &RawTracePointContext, prev: u64) -> u32 {
     let state: u64 = if SWITCH_STATE_ARG.load() != 0 {
         ctx.arg(3)
     } else {
@@ -151,7 +173,7 @@ fn still_running(ctx: &RawTracePointContext, prev: u64) -> bool {
         unsafe { bpf_probe_read_kernel((prev + u64::from(TASK_STATE_OFFSET.load())) as *const u32) }
             .map_or(1, u64::from)
     };
-    state as u32 == 0
+    state as u32
 }
 
 #[raw_tracepoint(tracepoint = "sched_wakeup")]
@@ -170,9 +192,13 @@ pub fn sonde_runq_switch_raw(ctx: RawTracePointContext) -> i32 {
     leaving_cpu();
     let now = now();
     // The idle task (pid 0) is never waited for.
-    let idle = bpf_get_current_pid_tgid() as u32 == 0;
-    if !idle && (preempt & 1 != 0 || still_running(&ctx, prev)) {
-        runnable(prev, now);
+    if bpf_get_current_pid_tgid() as u32 != 0 {
+        let state = prev_state(&ctx, prev);
+        if preempt & 1 != 0 || state == 0 {
+            runnable(prev, now);
+        } else if state & TASK_DEAD != 0 {
+            exited(prev);
+        }
     }
     if let Some(latency) = running(next, now)
         && let Some(pending) = RUNQ_PENDING.get_ptr_mut(0)
@@ -208,8 +234,12 @@ pub fn sonde_runq_switch_tp(ctx: TracePointContext) -> u32 {
     };
     let now = now();
     // The idle task (pid 0) is never waited for.
-    if prev != 0 && state & SLEEPING_STATES == 0 {
-        runnable(u64::from(prev as u32), now);
+    if prev != 0 {
+        if state & SLEEPING_STATES == 0 {
+            runnable(u64::from(prev as u32), now);
+        } else if state & EXITING_STATES != 0 {
+            exited(u64::from(prev as u32));
+        }
     }
     let _ = running(u64::from(next as u32), now);
     0
