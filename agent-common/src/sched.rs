@@ -17,6 +17,23 @@ pub const RUNQ_CGROUPS_MAP: &str = "RUNQ_CGROUPS";
 /// Cgroups tracked at once.
 pub const MAX_RUNQ_CGROUPS: u32 = 1024;
 
+/// `PerCpuArray<RunqCgroupSlot>`: the same waits, for the cgroups that
+/// first claimed a slot (slot: the id's low bits) on a CPU, without a
+/// hash lookup per wait; a cgroup finding its slot taken by another goes
+/// to `RUNQ_CGROUPS`. A cgroup's waits are its sum over both maps (a
+/// claimed slot is never given to another cgroup: ids are not reused).
+pub const RUNQ_CGROUP_SLOTS_MAP: &str = "RUNQ_CGROUP_SLOTS";
+/// Slots per CPU (a power of two).
+pub const RUNQ_CGROUP_SLOTS: u32 = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunqCgroupSlot {
+    /// The cgroup's id (0: free).
+    pub id: u64,
+    pub stats: RunqStats,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RunqStats {

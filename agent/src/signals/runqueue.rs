@@ -19,7 +19,7 @@ use agent_common::{
     config::CFG_RUNQ_PER_CGROUP,
     counters::RUNQ_MAP_FULL,
     merge::Merge,
-    sched::{RUNQ_CGROUPS_MAP, RUNQ_STATS_MAP, RunqStats},
+    sched::{RUNQ_CGROUP_SLOTS_MAP, RUNQ_CGROUPS_MAP, RUNQ_STATS_MAP, RunqCgroupSlot, RunqStats},
 };
 use aya::{
     Ebpf,
@@ -147,6 +147,7 @@ fn open(ebpf: &mut Ebpf, config: &Config) -> Result<Box<dyn Source>, OpenError> 
     Ok(Box::new(Maps {
         stats: take(ebpf, RUNQ_STATS_MAP)?,
         cgroups: take(ebpf, RUNQ_CGROUPS_MAP)?,
+        slots: take(ebpf, RUNQ_CGROUP_SLOTS_MAP)?,
         // Not reloadable: what the agent started with.
         top_cgroups: if config.runqueue.enabled {
             config.runqueue.top_cgroups
@@ -160,6 +161,8 @@ fn open(ebpf: &mut Ebpf, config: &Config) -> Result<Box<dyn Source>, OpenError> 
 struct Maps {
     stats: PerCpuArray<MapData, RunqStats>,
     cgroups: PerCpuHashMap<MapData, u64, RunqStats>,
+    /// The same, for the cgroups holding a slot of a CPU.
+    slots: PerCpuArray<MapData, RunqCgroupSlot>,
     /// Cgroups exported (0: none, and none read).
     top_cgroups: usize,
     /// cgroup id → path (None: not found by the last walk, retried at
@@ -174,12 +177,16 @@ impl Maps {
         if self.top_cgroups == 0 {
             return;
         }
-        let mut rows: Vec<(u64, RunqStats)> = self
-            .cgroups
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(id, values)| (id, RunqStats::sum(values.iter())))
-            .collect();
+        let mut by_id: HashMap<u64, RunqStats> = HashMap::new();
+        for (id, values) in self.cgroups.iter().filter_map(Result::ok) {
+            by_id.entry(id).or_default().merge(&RunqStats::sum(values.iter()));
+        }
+        for values in self.slots.iter().filter_map(Result::ok) {
+            for slot in values.iter().filter(|slot| slot.id != 0) {
+                by_id.entry(slot.id).or_default().merge(&slot.stats);
+            }
+        }
+        let mut rows: Vec<(u64, RunqStats)> = by_id.into_iter().collect();
         let live: HashSet<u64> = rows.iter().map(|(id, _)| *id).collect();
         let mut paths = self.paths.borrow_mut();
         paths.retain(|id, _| live.contains(id));
