@@ -54,6 +54,7 @@ impl_pod!(
     tcp::TcpPeerKey,
     tcp::TcpPeerStats,
     sched::RunqStats,
+    sched::RunqCgroupSlot,
     block::BlockKey,
     block::BlockRequest,
     block::BlockStart,

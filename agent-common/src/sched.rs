@@ -5,7 +5,8 @@ use crate::syscalls::LATENCY_SLOTS;
 
 /// `PerCpuArray<RunqStats>`, one slot.
 pub const RUNQ_STATS_MAP: &str = "RUNQ_STATS";
-/// `HashMap<u32 pid, u64 ns>`: tasks waiting for a CPU since when.
+/// `HashMap<u64, u64 ns>`: tasks waiting for a CPU since when, by
+/// `task_struct` pointer (raw tracepoints) or pid (classic ones).
 pub const RUNQ_START_MAP: &str = "RUNQ_START";
 /// Runnable-but-waiting tasks tracked at once.
 pub const MAX_RUNNABLE: u32 = 32768;
@@ -15,6 +16,23 @@ pub const MAX_RUNNABLE: u32 = 32768;
 pub const RUNQ_CGROUPS_MAP: &str = "RUNQ_CGROUPS";
 /// Cgroups tracked at once.
 pub const MAX_RUNQ_CGROUPS: u32 = 1024;
+
+/// `PerCpuArray<RunqCgroupSlot>`: the same waits, for the cgroups that
+/// first claimed a slot (slot: the id's low bits) on a CPU, without a
+/// hash lookup per wait; a cgroup finding its slot taken by another goes
+/// to `RUNQ_CGROUPS`. A cgroup's waits are its sum over both maps (a
+/// claimed slot is never given to another cgroup: ids are not reused).
+pub const RUNQ_CGROUP_SLOTS_MAP: &str = "RUNQ_CGROUP_SLOTS";
+/// Slots per CPU (a power of two).
+pub const RUNQ_CGROUP_SLOTS: u32 = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunqCgroupSlot {
+    /// The cgroup's id (0: free).
+    pub id: u64,
+    pub stats: RunqStats,
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]

@@ -19,7 +19,10 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use crate::maps::count;
+use crate::{
+    maps::count,
+    record::{field, load_at, probe},
+};
 
 #[map(name = "BLOCK_STATS")]
 static BLOCK_STATS: PerCpuHashMap<BlockKey, BlockStats> =
@@ -58,17 +61,33 @@ fn op(rwbs: [u8; 2]) -> u32 {
     }
 }
 
+/// The first two letters of rwbs, at `offset` in the issue record: 32
+/// before ioprio was added in front of it (6.5), 34 since. Both from one
+/// load of the word at 32 (two loads at either offset would be merged by
+/// LLVM into one at a variable offset, which the verifier refuses).
+#[inline(always)]
+fn rwbs(ctx: &TracePointContext, offset: u32) -> Result<[u8; 2], i32> {
+    if offset == 32 || offset == 34 {
+        // SAFETY: rwbs lies at 32..40 or 34..44 in the record.
+        let word: u64 = unsafe { load_at::<u64, 32>(ctx) };
+        let shift = (offset - 32) * 8;
+        Ok([(word >> shift) as u8, (word >> (shift + 8)) as u8])
+    } else {
+        // SAFETY: the offset this kernel's format file gave.
+        unsafe { probe::<[u8; 2]>(ctx, offset as usize) }
+    }
+}
+
 #[tracepoint(category = "block", name = "block_rq_issue")]
 pub fn sonde_block_issue(ctx: TracePointContext) -> u32 {
-    // SAFETY (all reads): offsets from this kernel's format file.
-    let fields = unsafe {
-        (
-            ctx.read_at::<u32>(TP_BLK_ISSUE_DEV.load() as usize),
-            ctx.read_at::<u64>(TP_BLK_ISSUE_SECTOR.load() as usize),
-            ctx.read_at::<u32>(TP_BLK_ISSUE_BYTES.load() as usize),
-            ctx.read_at::<[u8; 2]>(TP_BLK_ISSUE_RWBS.load() as usize),
-        )
-    };
+    // Offsets from this kernel's format file; the known ones are those
+    // of every kernel since 4.x.
+    let fields = (
+        field!(&ctx, u32, TP_BLK_ISSUE_DEV.load(), 8),
+        field!(&ctx, u64, TP_BLK_ISSUE_SECTOR.load(), 16),
+        field!(&ctx, u32, TP_BLK_ISSUE_BYTES.load(), 28),
+        rwbs(&ctx, TP_BLK_ISSUE_RWBS.load()),
+    );
     let (Ok(dev), Ok(sector), Ok(bytes), Ok(rwbs)) = fields else {
         return 0;
     };
@@ -91,14 +110,12 @@ pub fn sonde_block_issue(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "block", name = "block_rq_complete")]
 pub fn sonde_block_complete(ctx: TracePointContext) -> u32 {
-    // SAFETY (all reads): offsets from this kernel's format file.
-    let fields = unsafe {
-        (
-            ctx.read_at::<u32>(TP_BLK_DONE_DEV.load() as usize),
-            ctx.read_at::<u64>(TP_BLK_DONE_SECTOR.load() as usize),
-            ctx.read_at::<i32>(TP_BLK_DONE_ERROR.load() as usize),
-        )
-    };
+    // Offsets from this kernel's format file (see the issue side).
+    let fields = (
+        field!(&ctx, u32, TP_BLK_DONE_DEV.load(), 8),
+        field!(&ctx, u64, TP_BLK_DONE_SECTOR.load(), 16),
+        field!(&ctx, i32, TP_BLK_DONE_ERROR.load(), 28),
+    );
     let (Ok(dev), Ok(sector), Ok(error)) = fields else {
         return 0;
     };

@@ -18,6 +18,7 @@ mod handshakes;
 mod maps;
 mod net;
 mod process;
+mod record;
 mod runtime;
 mod sched;
 mod syscalls;

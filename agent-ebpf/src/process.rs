@@ -24,6 +24,7 @@ use aya_ebpf::{
 use crate::{
     events::{emit, flush},
     maps::count,
+    record::field,
 };
 
 /// `task_struct.real_parent`, `.tgid`, `.exit_code` (u32::MAX: unknown).
@@ -91,8 +92,8 @@ pub fn current_comm(out: &mut [u8; COMM_LEN]) {
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn sonde_process_exec(ctx: TracePointContext) -> u32 {
     count(PROCESS_EXEC);
-    // SAFETY: offset from this kernel's format file.
-    let data_loc = unsafe { ctx.read_at::<u32>(TP_EXEC_FILENAME.load() as usize) }.unwrap_or(0);
+    // Offset from this kernel's format file (8 since 3.4).
+    let data_loc = field!(&ctx, u32, TP_EXEC_FILENAME.load(), 8).unwrap_or(0);
     emit::<ProcessEvent>(RING_PROCESS, |event| {
         fill(event, EVENT_PROCESS_EXEC);
         // __data_loc: low 16 bits are the offset of the string in the

@@ -1,6 +1,5 @@
-//! cgroup v2 paths from cgroup ids. A cgroup's id (what the kernel
-//! programs read from `kernfs_node.id`, and bpf_get_current_cgroup_id
-//! returns) is the inode of its directory in the cgroup2 mount
+//! cgroup v2 paths from cgroup ids. A cgroup's id (its `kernfs_node.id`,
+//! what bpf_get_current_cgroup_id returns to the kernel programs) is the inode of its directory in the cgroup2 mount
 //! (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts), so names
 //! are found by walking that tree: once per batch of unknown ids, bounded.
 //! Never a v1 hierarchy: its inode numbers are another space.

@@ -19,15 +19,16 @@ use agent_common::{
     config::CFG_RUNQ_PER_CGROUP,
     counters::RUNQ_MAP_FULL,
     merge::Merge,
-    sched::{RUNQ_CGROUPS_MAP, RUNQ_STATS_MAP, RunqStats},
+    sched::{RUNQ_CGROUP_SLOTS_MAP, RUNQ_CGROUPS_MAP, RUNQ_STATS_MAP, RunqCgroupSlot, RunqStats},
 };
 use aya::{
     Ebpf,
     maps::{MapData, MapError, PerCpuArray, PerCpuHashMap},
+    util::KernelVersion,
 };
 use prometheus::proto::{MetricFamily, MetricType};
 
-use super::{BtfField, OpenError, Reading, Signal, Source, TracepointField, take};
+use super::{BtfField, Constant, OpenError, Reading, Signal, Source, TracepointField, take};
 use crate::{
     config::Config,
     family::{Family, log2_buckets},
@@ -43,7 +44,7 @@ pub const SIGNAL: Signal = Signal {
     tracepoint_fields: TRACEPOINT_FIELDS,
     btf_fields: BTF_FIELDS,
     symbols: &[],
-    constants: &[],
+    constants: CONSTANTS,
     enabled: |config| config.runqueue.enabled,
     forced_tier: |config| (config.runqueue.hook != "auto").then_some(config.runqueue.hook.as_str()),
     reads: "run-queue latency",
@@ -63,19 +64,19 @@ const TIERS: tiers::Signal = tiers::Signal {
                 TierProgram {
                     program: "sonde_runq_switch_raw",
                     hook: Hook::RawTracepoint("sched_switch"),
-                    needs: &["TASK_PID_OFFSET", "TASK_STATE_OFFSET"],
+                    needs: &["TASK_STATE_OFFSET"],
                     partial_before: None,
                 },
                 TierProgram {
                     program: "sonde_runq_wakeup_raw",
                     hook: Hook::RawTracepoint("sched_wakeup"),
-                    needs: &["TASK_PID_OFFSET"],
+                    needs: &[],
                     partial_before: None,
                 },
                 TierProgram {
                     program: "sonde_runq_wakeup_raw",
                     hook: Hook::RawTracepoint("sched_wakeup_new"),
-                    needs: &["TASK_PID_OFFSET"],
+                    needs: &[],
                     partial_before: None,
                 },
             ],
@@ -129,21 +130,24 @@ const TRACEPOINT_FIELDS: &[TracepointField] = &[
 ];
 
 const BTF_FIELDS: &[BtfField] = &[
-    ("TASK_PID_OFFSET", "task_struct", &["pid"]),
-    // `state` became `__state` in 5.14.
+    // Read only before 5.18 (SWITCH_STATE_ARG); `state` became `__state`
+    // in 5.14.
     ("TASK_STATE_OFFSET", "task_struct", &["__state", "state"]),
-    // Waits by cgroup: task → css_set → default cgroup → its kernfs
-    // node's id.
-    ("TASK_CGROUPS_OFFSET", "task_struct", &["cgroups"]),
-    ("CSS_SET_DFL_CGRP_OFFSET", "css_set", &["dfl_cgrp"]),
-    ("CGROUP_KN_OFFSET", "cgroup", &["kn"]),
-    ("KERNFS_NODE_ID_OFFSET", "kernfs_node", &["id"]),
 ];
+
+/// sched_switch passes `prev_state` as an argument since 5.18; before,
+/// the program reads it from the task.
+const CONSTANTS: &[Constant] = &[("SWITCH_STATE_ARG", || {
+    u32::from(
+        KernelVersion::current().is_ok_and(|version| version >= KernelVersion::new(5, 18, 0)),
+    )
+})];
 
 fn open(ebpf: &mut Ebpf, config: &Config) -> Result<Box<dyn Source>, OpenError> {
     Ok(Box::new(Maps {
         stats: take(ebpf, RUNQ_STATS_MAP)?,
         cgroups: take(ebpf, RUNQ_CGROUPS_MAP)?,
+        slots: take(ebpf, RUNQ_CGROUP_SLOTS_MAP)?,
         // Not reloadable: what the agent started with.
         top_cgroups: if config.runqueue.enabled {
             config.runqueue.top_cgroups
@@ -157,6 +161,8 @@ fn open(ebpf: &mut Ebpf, config: &Config) -> Result<Box<dyn Source>, OpenError> 
 struct Maps {
     stats: PerCpuArray<MapData, RunqStats>,
     cgroups: PerCpuHashMap<MapData, u64, RunqStats>,
+    /// The same, for the cgroups holding a slot of a CPU.
+    slots: PerCpuArray<MapData, RunqCgroupSlot>,
     /// Cgroups exported (0: none, and none read).
     top_cgroups: usize,
     /// cgroup id → path (None: not found by the last walk, retried at
@@ -171,12 +177,16 @@ impl Maps {
         if self.top_cgroups == 0 {
             return;
         }
-        let mut rows: Vec<(u64, RunqStats)> = self
-            .cgroups
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(id, values)| (id, RunqStats::sum(values.iter())))
-            .collect();
+        let mut by_id: HashMap<u64, RunqStats> = HashMap::new();
+        for (id, values) in self.cgroups.iter().filter_map(Result::ok) {
+            by_id.entry(id).or_default().merge(&RunqStats::sum(values.iter()));
+        }
+        for values in self.slots.iter().filter_map(Result::ok) {
+            for slot in values.iter().filter(|slot| slot.id != 0) {
+                by_id.entry(slot.id).or_default().merge(&slot.stats);
+            }
+        }
+        let mut rows: Vec<(u64, RunqStats)> = by_id.into_iter().collect();
         let live: HashSet<u64> = rows.iter().map(|(id, _)| *id).collect();
         let mut paths = self.paths.borrow_mut();
         paths.retain(|id, _| live.contains(id));
