@@ -653,9 +653,11 @@ pub fn culprits(kind: &str, moved: &[&str], s: &Subjects) -> Vec<Culprit> {
         // Who opened the connections (or tried to): a peer's bulk stream
         // on the same interface carries more packets but opens none, and
         // a storm elsewhere (an interface not watched) has no opener here.
-        "syn_flood" | "port_scan" | "connection_storm" | "connection_refusals" => {
-            flow_openers(s, IPPROTO_TCP)
+        "syn_flood" | "connection_storm" | "connection_refusals" => {
+            flow_openers(s, Some(IPPROTO_TCP))
         }
+        // A scan probes with whatever protocol it scans (SYN, UDP, ...).
+        "port_scan" => flow_openers(s, None),
         "udp_flood" => peers_of(s, &[IPPROTO_UDP]),
         "icmp_flood" => peers_of(s, &[IPPROTO_ICMP, IPPROTO_ICMPV6]),
         "traffic_surge" => peers_of(s, &[]),
@@ -811,22 +813,39 @@ pub fn unattributed_note(kind: &str) -> Option<&'static str> {
     )
 }
 
-/// Inbound peers of `protocol` by the flows they opened this cycle (none
-/// opened, not named).
-fn flow_openers(s: &Subjects, protocol: u8) -> Vec<Culprit> {
+/// Inbound peers by the flows they opened this cycle, of `protocol` or
+/// (None) of every protocol, summed per peer (none opened, not named).
+fn flow_openers(s: &Subjects, protocol: Option<u8>) -> Vec<Culprit> {
     let dt = s.seconds.max(1e-9);
-    let total = s.inbound_new_flows.get(&protocol).copied().unwrap_or(0);
-    let mut rows: Vec<_> = s
+    let wanted = |p: u8| protocol.is_none_or(|want| want == p);
+    let total: u64 = s
+        .inbound_new_flows
+        .iter()
+        .filter(|(p, _)| wanted(**p))
+        .map(|(_, n)| n)
+        .sum();
+    // (peer, its protocol if only one, new flows, bytes)
+    let mut rows: Vec<(IpAddr, Option<u8>, u64, u64)> = Vec::new();
+    for r in s
         .inbound
         .iter()
-        .filter(|r| r.protocol == protocol && r.new_flows > 0)
-        .collect();
-    rows.sort_by(|a, b| b.new_flows.cmp(&a.new_flows).then(a.peer.cmp(&b.peer)));
+        .filter(|r| wanted(r.protocol) && r.new_flows > 0)
+    {
+        match rows.iter_mut().find(|e| e.0 == r.peer) {
+            Some(e) => {
+                e.1 = None;
+                e.2 += r.new_flows;
+                e.3 += r.bytes;
+            }
+            None => rows.push((r.peer, Some(r.protocol), r.new_flows, r.bytes)),
+        }
+    }
+    rows.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
     rows.into_iter()
-        .map(|r| Culprit {
+        .map(|(peer, proto, new_flows, bytes)| Culprit {
             kind: CulpritKind::Peer,
-            peer: Some(r.peer),
-            protocol: Some(protocol_name(protocol)),
+            peer: Some(peer),
+            protocol: Some(proto.map_or("ip", protocol_name)),
             pid: None,
             comm: None,
             cgroup: None,
@@ -834,9 +853,9 @@ fn flow_openers(s: &Subjects, protocol: u8) -> Vec<Culprit> {
             interface: None,
             netns: None,
             measure: "inbound_new_flows_per_second",
-            amount: r.new_flows as f64 / dt,
-            bytes_per_second: Some(r.bytes as f64 / dt),
-            share: share(r.new_flows as f64, total as f64),
+            amount: new_flows as f64 / dt,
+            bytes_per_second: Some(bytes as f64 / dt),
+            share: share(new_flows as f64, total as f64),
             proven: false,
             pod: None,
         })
@@ -861,18 +880,13 @@ fn tcp_peers_by(
 ) -> Vec<Culprit> {
     let dt = s.seconds.max(1e-9);
     // The TCP tracepoints see every namespace: a socket in a pod or test
-    // namespace on this node names this node's own address as its peer.
-    // Those rows name the culprit only when no other peer moved.
-    let remote: Vec<&(IpAddr, TcpPeerDelta)> = s
+    // namespace on this node names this node's own address as its peer,
+    // which says nothing about where the trouble is. Never named.
+    let peers: Vec<&(IpAddr, TcpPeerDelta)> = s
         .tcp_peers
         .iter()
-        .filter(|(p, d)| !s.own_addresses.contains(p) && weight(d) > 0.0)
+        .filter(|(p, _)| !s.own_addresses.contains(p))
         .collect();
-    let peers: Vec<&(IpAddr, TcpPeerDelta)> = if remote.is_empty() {
-        s.tcp_peers.iter().collect()
-    } else {
-        remote
-    };
     let total: f64 = peers.iter().map(|(_, d)| weight(d)).sum();
     let mut rows: Vec<(IpAddr, f64, &TcpPeerDelta)> = peers
         .into_iter()
@@ -1093,6 +1107,18 @@ mod tests {
             ..subjects.clone()
         };
         assert!(culprits("connection_storm", &[], &quiet).is_empty());
+        // A scan names its prober whatever the protocol it probes with.
+        let udp_scan = Subjects {
+            inbound: vec![InboundPeer {
+                protocol: IPPROTO_UDP,
+                ..row(storm, 300, 300)
+            }],
+            inbound_new_flows: [(IPPROTO_UDP, 300)].into(),
+            ..subjects.clone()
+        };
+        let c = culprits("port_scan", &[], &udp_scan);
+        assert_eq!((c[0].peer, c[0].protocol), (Some(storm), Some("udp")));
+        assert!(culprits("syn_flood", &[], &udp_scan).is_empty());
         // Traffic kinds still go by packets.
         assert_eq!(
             culprits("traffic_surge", &[], &subjects)[0].peer,
@@ -1206,7 +1232,7 @@ mod tests {
         let names: Vec<String> = both.iter().map(Culprit::name).collect();
         assert_eq!(names, ["NETFILTER_DROP on eth0", "NO_SOCKET", "10.9.0.3"]);
         // This node's own address, retransmitted to from a namespace on it,
-        // is named only when no other peer retransmitted.
+        // is never named: alone, the drop reasons name the loss.
         let own: IpAddr = "10.9.0.1".parse().unwrap();
         let mut both_ways = busy.clone();
         both_ways.tcp_peers.push((
@@ -1222,7 +1248,7 @@ mod tests {
         assert_eq!(named[0].share, 1.0);
         both_ways.tcp_peers.retain(|(p, _)| *p == own);
         let named = culprits("packet_loss", &["tcp_retransmits_per_second"], &both_ways);
-        assert_eq!(named[0].peer, Some(own));
+        assert_eq!(named[0].kind, CulpritKind::Drop);
         // A retransmitting peer outranks them, and they outrank packets.
         assert!(measure_rank("tcp_retransmits_per_second") > measure_rank(c[0].measure));
         assert!(measure_rank(c[0].measure) > measure_rank("inbound_packets_per_second"));

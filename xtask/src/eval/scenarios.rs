@@ -322,7 +322,9 @@ pub const INCIDENTS: &[Incident] = &[
     },
     // The held-out set (written 2026-12-05, before tuning on it): the
     // shapes above at intensities nearer the floors, and a scan of
-    // another protocol.
+    // another protocol. udp-scan and packet-loss-low left it after its
+    // first run: their misses (no culprit for a UDP scan; this node named
+    // as its own lossy peer) led to fixes, so they are tuned now.
     Incident {
         id: "syn-flood-low",
         kind: "syn_flood",
@@ -363,7 +365,7 @@ pub const INCIDENTS: &[Incident] = &[
         kind: "port_scan",
         how: "nmap -sU -T4 -p 1-300 from the peer (closed UDP ports)",
         subject: Some(EVAL.peer_ip),
-        held_out: true,
+        held_out: false,
         run: |_, d| {
             run_for(
                 command(Some(net().netns), "nmap").args([
@@ -411,7 +413,7 @@ pub const INCIDENTS: &[Incident] = &[
         kind: "packet_loss",
         how: "iptables: drop 3% of the host's TCP packets to the peer (statistic match)",
         subject: Some(EVAL.peer_ip),
-        held_out: true,
+        held_out: false,
         run: |_, d| with_undo(&mut loss_rule("-I", "0.03"), loss_rule("-D", "0.03"), d),
     },
 ];
