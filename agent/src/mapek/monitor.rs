@@ -751,7 +751,6 @@ fn protocol_name(p: u8) -> &'static str {
 /// Inbound peers of `protocols` (empty: every protocol, rows summed per
 /// peer) by packets.
 fn peers_of(s: &Subjects, protocols: &[u8]) -> Vec<Culprit> {
-    let dt = s.seconds.max(1e-9);
     let wanted = |p: u8| protocols.is_empty() || protocols.contains(&p);
     let total: u64 = s
         .inbound_totals
@@ -759,39 +758,13 @@ fn peers_of(s: &Subjects, protocols: &[u8]) -> Vec<Culprit> {
         .filter(|(p, _)| wanted(**p))
         .map(|(_, t)| t.0)
         .sum();
-    let mut per_peer: Vec<(IpAddr, Option<u8>, u64, u64)> = Vec::new();
-    for row in s.inbound.iter().filter(|r| wanted(r.protocol)) {
-        match per_peer.iter_mut().find(|e| e.0 == row.peer) {
-            Some(e) => {
-                e.1 = None;
-                e.2 += row.packets;
-                e.3 += row.bytes;
-            }
-            None => per_peer.push((row.peer, Some(row.protocol), row.packets, row.bytes)),
-        }
-    }
-    per_peer.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
-    per_peer
-        .into_iter()
-        .filter(|e| e.2 > 0)
-        .map(|(peer, protocol, packets, bytes)| Culprit {
-            kind: CulpritKind::Peer,
-            peer: Some(peer),
-            protocol: Some(protocol.map_or("ip", protocol_name)),
-            pid: None,
-            comm: None,
-            cgroup: None,
-            reason: None,
-            interface: None,
-            netns: None,
-            measure: "inbound_packets_per_second",
-            amount: packets as f64 / dt,
-            bytes_per_second: Some(bytes as f64 / dt),
-            share: share(packets as f64, total as f64),
-            proven: false,
-            pod: None,
-        })
-        .collect()
+    inbound_peers_by(
+        s,
+        wanted,
+        "inbound_packets_per_second",
+        |r| r.packets,
+        total,
+    )
 }
 
 /// Why a traffic kind names no peer: its culprits come from the watched
@@ -816,7 +789,6 @@ pub fn unattributed_note(kind: &str) -> Option<&'static str> {
 /// Inbound peers by the flows they opened this cycle, of `protocol` or
 /// (None) of every protocol, summed per peer (none opened, not named).
 fn flow_openers(s: &Subjects, protocol: Option<u8>) -> Vec<Culprit> {
-    let dt = s.seconds.max(1e-9);
     let wanted = |p: u8| protocol.is_none_or(|want| want == p);
     let total: u64 = s
         .inbound_new_flows
@@ -824,38 +796,58 @@ fn flow_openers(s: &Subjects, protocol: Option<u8>) -> Vec<Culprit> {
         .filter(|(p, _)| wanted(**p))
         .map(|(_, n)| n)
         .sum();
-    // (peer, its protocol if only one, new flows, bytes)
+    inbound_peers_by(
+        s,
+        wanted,
+        "inbound_new_flows_per_second",
+        |r| r.new_flows,
+        total,
+    )
+}
+
+/// The cycle's inbound peers of the `wanted` protocols by `weight` (rows
+/// that weigh something, summed per peer, whose protocol is then "ip"),
+/// heaviest first, each with its share of `total`.
+fn inbound_peers_by(
+    s: &Subjects,
+    wanted: impl Fn(u8) -> bool,
+    measure: &'static str,
+    weight: impl Fn(&crate::signals::packets::InboundPeer) -> u64,
+    total: u64,
+) -> Vec<Culprit> {
+    let dt = s.seconds.max(1e-9);
+    // (peer, its protocol if only one, weight, bytes)
     let mut rows: Vec<(IpAddr, Option<u8>, u64, u64)> = Vec::new();
     for r in s
         .inbound
         .iter()
-        .filter(|r| wanted(r.protocol) && r.new_flows > 0)
+        .filter(|r| wanted(r.protocol) && weight(r) > 0)
     {
         match rows.iter_mut().find(|e| e.0 == r.peer) {
             Some(e) => {
                 e.1 = None;
-                e.2 += r.new_flows;
+                e.2 += weight(r);
                 e.3 += r.bytes;
             }
-            None => rows.push((r.peer, Some(r.protocol), r.new_flows, r.bytes)),
+            None => rows.push((r.peer, Some(r.protocol), weight(r), r.bytes)),
         }
     }
     rows.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
     rows.into_iter()
-        .map(|(peer, proto, new_flows, bytes)| Culprit {
+        .map(|(peer, protocol, amount, bytes)| Culprit {
             kind: CulpritKind::Peer,
             peer: Some(peer),
-            protocol: Some(proto.map_or("ip", protocol_name)),
+            protocol: Some(protocol.map_or("ip", protocol_name)),
             pid: None,
             comm: None,
             cgroup: None,
             reason: None,
             interface: None,
             netns: None,
-            measure: "inbound_new_flows_per_second",
-            amount: new_flows as f64 / dt,
+            measure,
+            amount: amount as f64 / dt,
             bytes_per_second: Some(bytes as f64 / dt),
-            share: share(new_flows as f64, total as f64),
+            share: share(amount as f64, total as f64),
             proven: false,
             pod: None,
         })
