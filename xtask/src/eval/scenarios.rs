@@ -202,15 +202,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "~1,000 UDP datagrams/s from the peer to a port behind an iptables DROP rule on the host's veth end",
         subject: Some("netfilter_drop"),
         held_out: false,
-        run: |_, d| {
-            output(&mut drop_rule("-I")).context("inserting the DROP rule")?;
-            let _undo = Undo(drop_rule("-D"));
-            hping3(
-                &["--udp", "-p", DROP_PORT, "-i", "u1000"],
-                rate(1_000, d),
-                d,
-            )
-        },
+        run: |_, d| into_drop_rule("u1000", 1_000, d),
     },
     Incident {
         id: "drop-rule-low",
@@ -218,11 +210,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "~100 UDP datagrams/s into the same DROP rule (near the 20/s floor)",
         subject: Some("netfilter_drop"),
         held_out: false,
-        run: |_, d| {
-            output(&mut drop_rule("-I")).context("inserting the DROP rule")?;
-            let _undo = Undo(drop_rule("-D"));
-            hping3(&["--udp", "-p", DROP_PORT, "-i", "u10000"], rate(100, d), d)
-        },
+        run: |_, d| into_drop_rule("u10000", 100, d),
     },
     Incident {
         id: "cpu-saturation",
@@ -230,10 +218,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "stress-ng --cpu 8 (four runnable tasks per core) in a cgroup of its own",
         subject: Some(CPU_CGROUP),
         held_out: false,
-        run: |_, d| {
-            let cgroup = TestCgroup::named(CPU_CGROUP)?;
-            run_for(&mut cgroup.command("stress-ng", &stress("cpu", "8", d)), d)
-        },
+        run: |_, d| cpu_hogs("8", d),
     },
     Incident {
         id: "udp-flood",
@@ -395,10 +380,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "stress-ng --cpu 3 (1.5 runnable tasks per core) in a cgroup of its own",
         subject: Some(CPU_CGROUP),
         held_out: true,
-        run: |_, d| {
-            let cgroup = TestCgroup::named(CPU_CGROUP)?;
-            run_for(&mut cgroup.command("stress-ng", &stress("cpu", "3", d)), d)
-        },
+        run: |_, d| cpu_hogs("3", d),
     },
     Incident {
         id: "latency-low",
@@ -483,6 +465,27 @@ fn reject_rule(op: &str) -> Command {
 
 /// The UDP port the drop incidents' rule drops on the host's veth end.
 const DROP_PORT: &str = "20400";
+
+/// `workers` CPU-bound stress-ng workers in the CPU incidents' cgroup.
+fn cpu_hogs(workers: &str, d: Duration) -> anyhow::Result<()> {
+    let cgroup = TestCgroup::named(CPU_CGROUP)?;
+    run_for(
+        &mut cgroup.command("stress-ng", &stress("cpu", workers, d)),
+        d,
+    )
+}
+
+/// `per_second` UDP datagrams from the peer, one every `interval` (hping3's
+/// `-i`), into the drop rule for `d`.
+fn into_drop_rule(interval: &str, per_second: u64, d: Duration) -> anyhow::Result<()> {
+    output(&mut drop_rule("-I")).context("inserting the DROP rule")?;
+    let _undo = Undo(drop_rule("-D"));
+    hping3(
+        &["--udp", "-p", DROP_PORT, "-i", interval],
+        rate(per_second, d),
+        d,
+    )
+}
 
 /// The drop incidents' iptables rule, inserted (-I) or deleted (-D).
 fn drop_rule(op: &str) -> Command {
