@@ -454,6 +454,13 @@ pub fn features(
     }
     let waiting_cgroups = waiting_cgroups(prev, now, dt);
     let flows = now.reading::<Packets>().map(|p| &p.flows);
+    let tcp_peers = tcp_peer_deltas(prev, now);
+    // Read only when a TCP peer moved: that is all they sort out.
+    let own_addresses = if tcp_peers.is_empty() {
+        Vec::new()
+    } else {
+        crate::netif::own_addresses().unwrap_or_default()
+    };
     let subjects = Subjects {
         widest_peer: widest_peer.map(|(peer, _)| peer),
         busiest_parent: None,
@@ -463,9 +470,9 @@ pub fn features(
         inbound_new_flows: flows
             .map(|f| f.inbound_new_flows.clone())
             .unwrap_or_default(),
-        tcp_peers: tcp_peer_deltas(prev, now),
+        tcp_peers,
         drops: drop_deltas(prev, now),
-        own_addresses: crate::netif::own_addresses().unwrap_or_default(),
+        own_addresses,
         syscall_processes: now
             .reading::<Syscalls>()
             .map(|s| s.processes.clone())
