@@ -3,7 +3,8 @@
 //! asked over its CRI socket as kubelet asks it ([`cri`]), names the
 //! container's pod, namespace and container as kubelet labelled them, and
 //! the pod's IP; podman's storage names containers outside any pod
-//! ([`podman`]). [`Cache`] holds the last listing; one supervised task
+//! ([`podman`]); rtnetlink names the host end of each pod's veth
+//! ([`veth`]). [`Cache`] holds the last listing; one supervised task
 //! refreshes it ([`run`]) on a bounded poll, so a collection cycle only
 //! reads a map and never waits on the runtime. The runtime absent or down
 //! leaves cgroup paths as they are and says so in the health checks.
@@ -11,6 +12,7 @@
 pub mod cgroup_path;
 pub mod cri;
 pub mod podman;
+pub mod veth;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -37,6 +39,17 @@ pub struct Identity {
     pub container_id: Option<String>,
 }
 
+impl Identity {
+    /// A pod as a whole (no container).
+    fn of_pod(pod: &Pod) -> Identity {
+        Identity {
+            namespace: pod.namespace.clone(),
+            pod: pod.name.clone(),
+            ..Identity::default()
+        }
+    }
+}
+
 /// One pod sandbox on the node, as its runtime describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pod {
@@ -46,6 +59,9 @@ pub struct Pod {
     pub uid: String,
     /// The sandbox's IP (empty: host network or none yet).
     pub ip: String,
+    /// The sandbox's process (its network namespace's), as the runtime
+    /// reports it; 0 when it does not.
+    pub pid: u32,
 }
 
 /// One container of a pod.
@@ -65,6 +81,8 @@ pub struct View {
     pub containers: HashMap<String, Container>,
     /// Podman's containers (outside any pod): id → name.
     pub podman: HashMap<String, String>,
+    /// Host interface (a pod's veth, host end) → sandbox id ([`veth`]).
+    pub interfaces: HashMap<String, String>,
 }
 
 impl View {
@@ -82,6 +100,9 @@ impl View {
                 self.podman.remove(id);
             }
         }
+        let pods = &self.pods;
+        self.interfaces
+            .retain(|_, sandbox| pods.contains_key(sandbox));
         let mut per_pod: HashMap<String, usize> = HashMap::new();
         let mut ids: Vec<String> = self.containers.keys().cloned().collect();
         ids.sort();
@@ -95,6 +116,21 @@ impl View {
             }
         }
         self
+    }
+
+    /// The pod whose network namespace the host interface `name` leads
+    /// into (the host end of its veth).
+    pub fn interface_pod(&self, name: &str) -> Option<&Pod> {
+        self.pods.get(self.interfaces.get(name)?)
+    }
+
+    /// `namespace` and `pod` labels for a series of the host interface
+    /// `name`, added to `labels` when it is a pod's veth.
+    pub fn label_interface<'a>(&'a self, name: &str, labels: &mut Vec<(&'a str, &'a str)>) {
+        if let Some(pod) = self.interface_pod(name) {
+            labels.push(("namespace", &pod.namespace));
+            labels.push(("pod", &pod.name));
+        }
     }
 
     /// The pod and container of the task in the cgroup at `path` (any
@@ -183,6 +219,20 @@ impl Cache {
         self.view().resolve(path)
     }
 
+    /// The pod on this node whose IP is `ip` (host-network pods have none).
+    pub fn resolve_ip(&self, ip: &str) -> Option<Identity> {
+        let view = self.view();
+        view.pods
+            .values()
+            .find(|p| !p.ip.is_empty() && p.ip == ip)
+            .map(Identity::of_pod)
+    }
+
+    /// The pod whose veth has its host end at interface `name`.
+    pub fn resolve_interface(&self, name: &str) -> Option<Identity> {
+        self.view().interface_pod(name).map(Identity::of_pod)
+    }
+
     /// The pod and container of process `pid`, from /proc/PID/cgroup.
     pub fn resolve_pid(&self, pid: u32) -> Option<Identity> {
         let view = self.view();
@@ -259,6 +309,7 @@ pub async fn run(
     let timeout = Duration::from_millis(config.timeout_ms);
     let mut was = Runtime::Off;
     let mut podman_error = None;
+    let mut veth_error = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -274,11 +325,12 @@ pub async fn run(
         let listed = tokio::time::timeout(timeout * 4, cri::list(&socket, timeout, &known)).await;
         let runtime = match listed {
             Ok(Ok(view)) => {
-                let view = View {
+                let mut view = View {
                     podman: podman.podman,
                     ..view
-                }
-                .bounded(config.max_pods);
+                };
+                view.interfaces = pod_veths(&view, &mut veth_error);
+                let view = view.bounded(config.max_pods);
                 let runtime = Runtime::Up {
                     socket: socket.clone(),
                     pods: view.pods.len(),
@@ -317,6 +369,25 @@ fn down(cache: &Cache, podman: View, socket: &str, error: String) -> Runtime {
     };
     cache.set(podman, runtime.clone());
     runtime
+}
+
+/// The host ends of the pods' veths ([`veth`]); none when rtnetlink
+/// fails (logged once, until it works again).
+fn pod_veths(view: &View, last_error: &mut Option<String>) -> HashMap<String, String> {
+    match veth::pod_interfaces(view.pods.values()) {
+        Ok(found) => {
+            *last_error = None;
+            found
+        }
+        Err(err) => {
+            let err = format!("cannot map interfaces to pods over rtnetlink: {err}");
+            if last_error.as_ref() != Some(&err) {
+                tracing::warn!(target: "sonde::pods", "{err}: pod veths unnamed");
+            }
+            *last_error = Some(err);
+            HashMap::new()
+        }
+    }
 }
 
 /// A view of podman's containers alone (none when `podman_storage` is
@@ -362,6 +433,7 @@ mod tests {
                 name: "cart-7d9f".into(),
                 uid: UID.into(),
                 ip: "10.88.0.5".into(),
+                pid: 0,
             },
         );
         v.containers.insert(
@@ -453,6 +525,7 @@ mod tests {
                     name: format!("p{i}"),
                     uid: String::new(),
                     ip: String::new(),
+                    pid: 0,
                 },
             );
         }

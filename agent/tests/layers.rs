@@ -43,6 +43,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("pods::cgroup_path", 0),
     ("pods::cri", 0),
     ("pods::podman", 0),
+    ("pods::veth", 0),
     // 1. What the kernel offers, each signal's pieces, the event reader.
     ("probes::btf", 1),
     ("probes::capabilities", 1),

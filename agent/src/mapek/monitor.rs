@@ -86,8 +86,9 @@ pub struct Culprit {
     /// process or cgroup is; a remote address is not (sources can be
     /// forged).
     pub proven: bool,
-    /// A process's or cgroup's pod, namespace and container, where the
-    /// container runtime names them (`crate::pods`).
+    /// A process's or cgroup's pod, namespace and container, a peer's pod
+    /// (a pod of this node with that IP) or a drop interface's (a pod's
+    /// veth), where the container runtime names them (`crate::pods`).
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub pod: Option<crate::pods::Identity>,
 }
@@ -717,7 +718,12 @@ pub fn culprits(kind: &str, moved: &[&str], s: &Subjects) -> Vec<Culprit> {
         c.pod = match c.kind {
             CulpritKind::Process => c.pid.and_then(|pid| pods.resolve_pid(pid)),
             CulpritKind::Cgroup => c.cgroup.as_deref().and_then(|path| pods.resolve(path)),
-            CulpritKind::Peer | CulpritKind::Drop => None,
+            // A peer that is a pod of this node; drops on a pod's veth.
+            CulpritKind::Peer => c.peer.and_then(|ip| pods.resolve_ip(&ip.to_string())),
+            CulpritKind::Drop => match (c.netns.as_deref(), c.interface.as_deref()) {
+                (Some("host") | None, Some(interface)) => pods.resolve_interface(interface),
+                _ => None,
+            },
         };
     }
     out

@@ -116,19 +116,24 @@ pub async fn list(socket: &str, timeout: Duration, known: &View) -> Result<View,
                 .cloned()
                 .unwrap_or_else(|| fallback.to_owned())
         };
-        let ip = match known.pods.get(&sandbox.id) {
-            Some(pod) if !pod.ip.is_empty() => pod.ip.clone(),
-            _ => client
-                .pod_sandbox_status(PodSandboxStatusRequest {
-                    pod_sandbox_id: sandbox.id.clone(),
-                    verbose: false,
-                })
-                .await
-                .map_err(call("PodSandboxStatus"))?
-                .into_inner()
-                .status
-                .map(|s| sandbox_ip(&s))
-                .unwrap_or_default(),
+        // A sandbox's IP and process do not change: asked once (again
+        // while the runtime has not given either yet).
+        let (ip, pid) = match known.pods.get(&sandbox.id) {
+            Some(pod) if !pod.ip.is_empty() || pod.pid != 0 => (pod.ip.clone(), pod.pid),
+            _ => {
+                let status = client
+                    .pod_sandbox_status(PodSandboxStatusRequest {
+                        pod_sandbox_id: sandbox.id.clone(),
+                        verbose: true,
+                    })
+                    .await
+                    .map_err(call("PodSandboxStatus"))?
+                    .into_inner();
+                (
+                    status.status.as_ref().map(sandbox_ip).unwrap_or_default(),
+                    sandbox_pid(&status.info),
+                )
+            }
         };
         view.pods.insert(
             sandbox.id.clone(),
@@ -137,6 +142,7 @@ pub async fn list(socket: &str, timeout: Duration, known: &View) -> Result<View,
                 name: label(POD_NAME, &meta.name),
                 uid: label(POD_UID, &meta.uid),
                 ip,
+                pid,
                 sandbox_id: sandbox.id,
             },
         );
@@ -171,6 +177,16 @@ pub async fn list(socket: &str, timeout: Duration, known: &View) -> Result<View,
         );
     }
     Ok(view)
+}
+
+/// The sandbox's process from a verbose status's `info` JSON (`pid`, as
+/// containerd gives it); 0 when absent (then its veth is not named).
+fn sandbox_pid(info: &std::collections::HashMap<String, String>) -> u32 {
+    info.get("info")
+        .and_then(|json| serde_json::from_str::<serde_json::Value>(json).ok())
+        .and_then(|v| v.get("pid").and_then(|p| p.as_u64()))
+        .and_then(|p| u32::try_from(p).ok())
+        .unwrap_or(0)
 }
 
 /// A sandbox's own IP; empty for a host-network pod (its IP is the
@@ -221,6 +237,15 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn the_sandbox_pid_comes_from_the_verbose_info() {
+        let info = |json: &str| [("info".to_owned(), json.to_owned())].into_iter().collect();
+        assert_eq!(sandbox_pid(&info(r#"{"pid":4242,"runtimeSpec":{}}"#)), 4242);
+        assert_eq!(sandbox_pid(&info(r#"{"runtimeSpec":{}}"#)), 0);
+        assert_eq!(sandbox_pid(&info("not json")), 0);
+        assert_eq!(sandbox_pid(&Default::default()), 0);
+    }
 
     #[test]
     fn a_configured_socket_wins() {

@@ -350,18 +350,22 @@ impl Reading for Drops {
         drops.done(out);
         let mut device_drops = Family::new(
             "sonde_interface_packet_drops_total",
-            "Packets the kernel dropped while they had a network device, by namespace (\"host\": the agent's), interface and drop reason (skb:kfree_skb)",
+            "Packets the kernel dropped while they had a network device, by namespace (\"host\": the agent's), interface (with its Kubernetes namespace and pod on a pod's veth) and drop reason (skb:kfree_skb)",
             MetricType::COUNTER,
         );
+        // A pod's veth (host end, in the agent's namespace) also carries
+        // its pod and namespace (`[kubernetes]`).
+        let pods = crate::pods::cache().view();
         for d in &self.devices {
-            device_drops.sample(
-                &[
-                    ("netns", &d.netns),
-                    ("interface", &d.interface),
-                    ("reason", &d.reason),
-                ],
-                d.drops as f64,
-            );
+            let mut labels = vec![
+                ("netns", d.netns.as_str()),
+                ("interface", d.interface.as_str()),
+                ("reason", d.reason.as_str()),
+            ];
+            if d.netns == "host" {
+                pods.label_interface(&d.interface, &mut labels);
+            }
+            device_drops.sample(&labels, d.drops as f64);
         }
         device_drops.done(out);
         let mut removed = Family::new(

@@ -450,25 +450,28 @@ impl Reading for Packets {
     fn families(&self, out: &mut Vec<MetricFamily>) {
         let mut packets = Family::new(
             "sonde_packets_total",
-            "Packets seen, by interface, direction, address family and IP protocol",
+            "Packets seen, by interface (with its namespace and pod on a pod's veth), direction, address family and IP protocol",
             MetricType::COUNTER,
         );
         let mut bytes = Family::new(
             "sonde_bytes_total",
-            "L2 frame bytes seen, by interface, direction, address family and IP protocol",
+            "L2 frame bytes seen, by interface (with its namespace and pod on a pod's veth), direction, address family and IP protocol",
             MetricType::COUNTER,
         );
+        // A pod's veth also carries its pod and namespace (`[kubernetes]`).
+        let pods = crate::pods::cache().view();
         let mut flags: BTreeMap<(String, &str, &str), u64> = BTreeMap::new();
         for (key, c) in &self.counters {
             let iface = self.interface_name(key.ifindex);
             let direction = direction_name(key.direction);
             let protocol = protocol_name(key.family, key.protocol);
-            let labels = [
+            let mut labels = vec![
                 ("interface", iface.as_str()),
                 ("direction", direction),
                 ("family", family_name(key.family)),
                 ("protocol", protocol),
             ];
+            pods.label_interface(&iface, &mut labels);
             packets.sample(&labels, c.packets as f64);
             bytes.sample(&labels, c.bytes as f64);
             if key.protocol == IPPROTO_TCP {
@@ -486,30 +489,31 @@ impl Reading for Packets {
         bytes.done(out);
         let mut tcp_flags = Family::new(
             "sonde_tcp_flags_total",
-            "TCP segments with a flag set (syn: SYN without ACK), by interface and direction",
+            "TCP segments with a flag set (syn: SYN without ACK), by interface (with its namespace and pod on a pod's veth) and direction",
             MetricType::COUNTER,
         );
         for ((iface, direction, flag), n) in &flags {
-            tcp_flags.sample(
-                &[
-                    ("interface", iface),
-                    ("direction", direction),
-                    ("flag", flag),
-                ],
-                *n as f64,
-            );
+            let mut labels = vec![
+                ("interface", iface.as_str()),
+                ("direction", *direction),
+                ("flag", *flag),
+            ];
+            pods.label_interface(iface, &mut labels);
+            tcp_flags.sample(&labels, *n as f64);
         }
         tcp_flags.done(out);
 
         let flows = &self.flows;
         let mut active = Family::new(
             "sonde_flows_active",
-            "Flows currently in the kernel flow table, by interface",
+            "Flows currently in the kernel flow table, by interface (with its namespace and pod on a pod's veth)",
             MetricType::GAUGE,
         );
         for (&ifindex, name) in &self.interfaces {
             let n = flows.active.get(&ifindex).copied().unwrap_or(0);
-            active.sample(&[("interface", name)], n as f64);
+            let mut labels = vec![("interface", name.as_str())];
+            pods.label_interface(name, &mut labels);
+            active.sample(&labels, n as f64);
         }
         active.done(out);
         for (name, help, value) in [
@@ -554,6 +558,7 @@ impl Reading for Packets {
                 .local
                 .map(|p| p.to_string())
                 .unwrap_or_else(|| "other".into());
+            // No pod labels here: `local` and `peer` join sonde_pod_info.
             let labels = [
                 ("interface", iface.as_str()),
                 ("peer", peer.as_str()),
