@@ -644,12 +644,26 @@ fn traffic_between_two_pods_is_named_at_both_ends_in_prometheus() {
         "{said}"
     );
     let want = ((WARM + N) * FRAME) as f64;
+    // The client's veth's own series name its pod (found through the
+    // veth's peer namespace, not the traffic).
+    let pod_udp_in = |s: &Scrape| {
+        s.sum(
+            "sonde_packets_total",
+            &[
+                ("interface", &client.veth),
+                ("namespace", "sq-shop"),
+                ("pod", "sq-client"),
+                ("direction", "ingress"),
+                ("protocol", "udp"),
+            ],
+        )
+    };
     let after = wait(
         &agent,
         10,
-        "sq-client's bytes to sq-server",
+        "sq-client's bytes to sq-server, and its veth's packets by pod",
         "sonde_peer_bytes",
-        |s| sent(s) >= want,
+        |s| sent(s) >= want && pod_udp_in(s) - pod_udp_in(&before) >= N as f64,
     );
     let d_rx = sonde_tests::net::iface_stat(&client.veth, "rx_bytes") - rx_bytes;
     let d_rx_packets = sonde_tests::net::iface_stat(&client.veth, "rx_packets") - rx_packets;
@@ -662,6 +676,33 @@ fn traffic_between_two_pods_is_named_at_both_ends_in_prometheus() {
         server.ip,
         client.veth,
         after.grep("sonde_peer_bytes")
+    );
+    // Every series of the client's veth carries its pod; its datagrams in
+    // are the sender's, exactly, and all it counted in is at most what
+    // the veth's own counters saw (plus an ARP frame or two in between).
+    let veth_series = after.series("sonde_packets_total", &[("interface", &client.veth)]);
+    assert!(!veth_series.is_empty(), "{}", after.grep(&client.veth));
+    for series in &veth_series {
+        assert_eq!(
+            (series.label("namespace"), series.label("pod")),
+            (Some("sq-shop"), Some("sq-client")),
+            "{}",
+            after.grep(&client.veth)
+        );
+    }
+    let d_udp_in = pod_udp_in(&after) - pod_udp_in(&before);
+    assert_eq!(d_udp_in, N as f64, "{}", after.grep(&client.veth));
+    let all_in = |s: &Scrape| {
+        s.sum(
+            "sonde_packets_total",
+            &[("pod", "sq-client"), ("direction", "ingress")],
+        )
+    };
+    let d_all_in = all_in(&after) - all_in(&before);
+    assert!(
+        d_all_in >= N as f64 && d_all_in <= (d_rx_packets + 2) as f64,
+        "{}: rx_packets +{d_rx_packets}; the agent counted {d_all_in} packets in for pod sq-client",
+        client.veth
     );
     // The same datagrams, where they leave the bridge for the server.
     assert_eq!(received(&after), want, "{}", after.grep("sonde_peer_bytes"));
@@ -757,13 +798,239 @@ fn traffic_between_two_pods_is_named_at_both_ends_in_prometheus() {
     assert!(value(ns) > 0.0, "{ns}");
     println!(
         "measured: sq-client → sq-server: sent {N} × {PAYLOAD} B; agent {d_sent} B on {} \
-         ingress and {} B on {} egress (warm-up included); veth rx_bytes +{d_rx}, \
+         ingress and {} B on {} egress (warm-up included); pod sq-client's veth: \
+         {d_udp_in} UDP packets in, {d_all_in} in all; veth rx_bytes +{d_rx}, \
          rx_packets +{d_rx_packets}; Prometheus (dashboard, {range} s range) {got:.0} B; \
          namespaces sq-shop → sq-store {:.0} B/s",
         client.veth,
         received(&after),
         server.veth,
         value(ns)
+    );
+    drop(prom);
+    drop(agent);
+}
+
+/// The packets `dev`'s root qdisc dropped (tc's own count, the referee),
+/// from tc's JSON.
+fn qdisc_drops(dev: &str) -> u64 {
+    fn drops(v: &serde_json::Value) -> u64 {
+        match v {
+            serde_json::Value::Object(m) => m
+                .iter()
+                .map(|(k, v)| match (k.as_str(), v.as_u64()) {
+                    ("drops", Some(n)) => n,
+                    _ => drops(v),
+                })
+                .sum(),
+            serde_json::Value::Array(a) => a.iter().map(drops).sum(),
+            _ => 0,
+        }
+    }
+    let out = sonde_tests::sys::must(&mut sonde_tests::sys::cmd(
+        "tc",
+        &["-s", "-j", "qdisc", "show", "dev", dev, "root"],
+    ));
+    let json: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("tc's JSON for {dev}: {e}\n{out}"));
+    drops(&json)
+}
+
+/// Latency and loss between two pods, named by pod: a TCP stream from
+/// sq-web to sq-db twice as fast as a tbf qdisc on sq-db's veth (host end)
+/// lets through, so its short queue overflows. The agent's drops on
+/// that veth carry sq-db's namespace and pod and equal bpftrace's count
+/// of the same frees (tc's own count within a packet or two); in
+/// real Prometheus, the mesh dashboard's RTT, retransmit and drop panels
+/// name sq-db through the sonde_pod_info join.
+#[test]
+fn latency_and_loss_between_pods_are_named_by_pod() {
+    use sonde_tests::ops::{
+        dashboards::{self, substitute},
+        servers::Prometheus,
+    };
+    if !require_root() {
+        return;
+    }
+    const MESSAGES: u64 = 300;
+    const SIZE: u64 = 1000;
+    let ctd = Containerd::start("sq-ctd-loss");
+    let web = ctd.run_pod("sq-front", "sq-web", "1f6a7b8c-9d0e-4f1a-8b2c-3d4e5f6a7b8c");
+    let db = ctd.run_pod("sq-data", "sq-db", "2a7b8c9d-0e1f-4a2b-9c3d-4e5f6a7b8c9d");
+    ctd.start_container(&db, "sink", &["tcp-sink", "0.0.0.0:7100", "240"]);
+    ctd.wait_log(&db, "sink", "ready", Duration::from_secs(20));
+    let ifaces = [
+        web.veth.as_str(),
+        db.veth.as_str(),
+        sonde_tests::cri::BRIDGE,
+    ];
+    let config = agent_config(&ctd).set("network", "enabled", "true").set(
+        "network",
+        "interfaces",
+        &format!("{ifaces:?}"),
+    );
+    let agent = Agent::start(&config.render(), &[]);
+    let prom = Prometheus::start(&[agent.addr()], None, None);
+    // A slow link into sq-db with a short queue (sch_netem is not built
+    // on every kernel; tbf is): a stream faster than the rate overflows
+    // it. The qdisc goes with the pod's veth.
+    sonde_tests::sys::must(&mut sonde_tests::sys::cmd(
+        "tc",
+        &[
+            "qdisc", "add", "dev", &db.veth, "root", "tbf", "rate", "400kbit", "burst", "4kb",
+            "limit", "6000",
+        ],
+    ));
+    // The referee: bpftrace counting the same tracepoint's frees of
+    // packets whose device is sq-db's veth in this namespace.
+    let ifindex = std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", db.veth))
+        .expect("the veth's ifindex")
+        .trim()
+        .to_owned();
+    let host_netns = {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata("/proc/self/ns/net")
+            .expect("our netns")
+            .ino()
+    };
+    let bpftrace = sonde_tests::referee::Bpftrace::start(
+        &format!(
+            "BEGIN {{ printf(\"ready\\n\"); }} \
+             tracepoint:skb:kfree_skb {{ $skb = (struct sk_buff *)args->skbaddr; \
+             if ($skb->dev != 0 && $skb->dev->ifindex == {ifindex} && \
+             $skb->dev->nd_net.net->ns.inum == {host_netns}) {{ @drops = count(); }} }}"
+        ),
+        "ready",
+    );
+    let pod_drops = |s: &Scrape| {
+        s.sum(
+            "sonde_interface_packet_drops_total",
+            &[
+                ("netns", "host"),
+                ("interface", &db.veth),
+                ("namespace", "sq-data"),
+                ("pod", "sq-db"),
+            ],
+        )
+    };
+    let to = format!("{}:7100", db.ip);
+    // A first short stream: the pair's series exist in Prometheus before
+    // the measured one (rate() cannot see what a series' first sample holds).
+    ctd.start_container(
+        &web,
+        "warm",
+        &["tcp-send", &to, "30", &SIZE.to_string(), "0"],
+    );
+    ctd.wait_log(&web, "warm", "sent", Duration::from_secs(60));
+    wait(
+        &agent,
+        10,
+        "the warm-up's drops and retransmits",
+        "sonde_interface_packet_drops",
+        |s| {
+            pod_drops(s) > 0.0
+                && s.sum("sonde_peer_tcp_retransmits_total", &[("peer", &db.ip)]) > 0.0
+        },
+    );
+    prom.wait_scraped(1, 3, Duration::from_secs(30));
+    // Scraped every second: two more carry the warm-up's series.
+    std::thread::sleep(Duration::from_secs(3));
+    ctd.start_container(
+        &web,
+        "client",
+        &[
+            "tcp-send",
+            &to,
+            &MESSAGES.to_string(),
+            &SIZE.to_string(),
+            "0",
+        ],
+    );
+    let said = ctd.wait_log(&web, "client", "sent", Duration::from_secs(120));
+    assert!(
+        said.contains(&format!("sent {}", MESSAGES * SIZE)),
+        "{said}"
+    );
+    let tc_drops = qdisc_drops(&db.veth);
+    assert!(
+        tc_drops >= 20,
+        "tc dropped only {tc_drops} packets into sq-db"
+    );
+    // Up to tc's count (or 10 s), then a second more.
+    let _ = agent.try_wait_for(Duration::from_secs(10), |s| pod_drops(s) >= tc_drops as f64);
+    // A second later, what bpftrace counted up to then.
+    std::thread::sleep(Duration::from_secs(1));
+    let s = agent.metrics();
+    let referee = sonde_tests::referee::scalar(&bpftrace.stop(), "@drops");
+    assert_eq!(
+        pod_drops(&s),
+        referee as f64,
+        "bpftrace counted {referee} frees of packets on {} (tc: {tc_drops} drops); the agent {} as sq-data/sq-db:\n{}",
+        db.veth,
+        pod_drops(&s),
+        s.grep(&db.veth)
+    );
+    // tc's own count of what it dropped is not quite the kernel's count
+    // of frees (seen: one apart, either way, in a few runs of ten).
+    assert!(
+        (pod_drops(&s) - tc_drops as f64).abs() <= 2.0,
+        "tc dropped {tc_drops} on {}, the agent counted {}",
+        db.veth,
+        pod_drops(&s)
+    );
+    let retransmits = s.sum("sonde_peer_tcp_retransmits_total", &[("peer", &db.ip)]);
+    assert!(retransmits > 0.0, "{}", s.grep("sonde_peer_tcp"));
+
+    // Prometheus: the dashboard's panels, a few scrapes on.
+    std::thread::sleep(Duration::from_secs(5));
+    let dashboard = dashboards::load_all()
+        .into_iter()
+        .find(|d| d.file.contains("mesh"))
+        .expect("the mesh dashboard");
+    let values: std::collections::BTreeMap<String, String> = [
+        ("job", dashboards::DEFAULT_JOB),
+        ("cluster", ".*"),
+        ("node", ".*"),
+        ("interface", ".*"),
+        ("__rate_interval", "2m"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .into_iter()
+    .collect();
+    let panel = |title: &str| -> Vec<serde_json::Value> {
+        let target = dashboard
+            .targets()
+            .into_iter()
+            .find(|t| t.panel == title)
+            .unwrap_or_else(|| panic!("panel {title}"));
+        let q = substitute(&target.expr, &values);
+        prom.query(&q).unwrap_or_else(|e| panic!("{e} in {q}"))
+    };
+    let db_value = |title: &str| -> f64 {
+        let rows = panel(title);
+        rows.iter()
+            .find(|r| r["metric"]["namespace"] == "sq-data" && r["metric"]["pod"] == "sq-db")
+            .and_then(|r| r["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()))
+            .unwrap_or_else(|| panic!("no sq-data/sq-db row in {title}: {rows:?}"))
+    };
+    let rtt = db_value("TCP RTT to peer pods");
+    assert!(rtt > 0.0 && rtt < 1.0, "mean RTT to sq-db {rtt} s");
+    let retransmit_rate = db_value("TCP retransmits to peer pods");
+    assert!(
+        retransmit_rate > 0.0,
+        "retransmits to sq-db {retransmit_rate}/s"
+    );
+    let drop_rate = db_value("Packet drops on pods' veths");
+    assert!(drop_rate > 0.0, "drops on sq-db's veth {drop_rate}/s");
+    println!(
+        "measured: {MESSAGES} × {SIZE} B sq-web → sq-db through a 400 kbit/s tbf: \
+         tc dropped {tc_drops}, bpftrace and the agent counted {} on {} as sq-data/sq-db; {retransmits} \
+         retransmits to {}; dashboard: RTT {:.3} ms, {retransmit_rate:.3} retransmits/s, \
+         {drop_rate:.3} drops/s",
+        pod_drops(&s),
+        db.veth,
+        db.ip,
+        rtt * 1e3
     );
     drop(prom);
     drop(agent);
