@@ -445,10 +445,7 @@ fn a_syscall_storm_in_a_pod_names_the_pod() {
 /// peer series' bytes, under its namespace and name.
 #[test]
 fn the_mesh_dashboard_names_peer_pods_through_the_pod_info_join() {
-    use sonde_tests::ops::{
-        dashboards::{self, substitute},
-        servers::Prometheus,
-    };
+    use sonde_tests::ops::servers::Prometheus;
     if !require_root() {
         return;
     }
@@ -471,35 +468,11 @@ fn the_mesh_dashboard_names_peer_pods_through_the_pod_info_join() {
         std::thread::sleep(Duration::from_secs(1));
     }
     prom.wait_scraped(1, 10, Duration::from_secs(30));
-    let dashboard = dashboards::load_all()
-        .into_iter()
-        .find(|d| d.file.contains("mesh"))
-        .expect("the mesh dashboard");
-    let target = dashboard
-        .targets()
-        .into_iter()
-        .find(|t| t.panel == "Traffic by peer pod")
-        .expect("panel Traffic by peer pod");
-    let values = [
-        ("job", dashboards::DEFAULT_JOB),
-        ("cluster", ".*"),
-        ("node", ".*"),
-        ("interface", ".*"),
-    ]
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .into_iter()
-    .collect();
-    let joined = substitute(&target.expr, &values);
+    let joined = mesh_query("Traffic by peer pod", &[]);
     let plain = format!(
         r#"sum by (direction) (rate(sonde_peer_bytes_total{{peer="{}"}}[30s]))"#,
         pod.ip
     );
-    let value = |r: &serde_json::Value| {
-        r["value"][1]
-            .as_str()
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
     let rows = prom
         .query(&joined)
         .unwrap_or_else(|e| panic!("{e} in {joined}"));
@@ -514,9 +487,9 @@ fn the_mesh_dashboard_names_peer_pods_through_the_pod_info_join() {
     let want = by_ip
         .iter()
         .find(|r| r["metric"]["direction"] == "egress")
-        .map(value)
+        .map(row_value)
         .unwrap_or_else(|| panic!("no egress bytes to {} in {by_ip:?}", pod.ip));
-    let got = value(egress);
+    let got = row_value(egress);
     assert!(want > 0.0, "no bytes to the pod: {by_ip:?}");
     // Two queries, evaluated a moment apart: the same rate within 2 %.
     assert!(
@@ -532,6 +505,58 @@ fn the_mesh_dashboard_names_peer_pods_through_the_pod_info_join() {
     drop(agent);
 }
 
+/// The agent accounting `pods`' veths and the CNI bridge, and a real
+/// Prometheus scraping it every second.
+fn agent_on_pods(
+    ctd: &Containerd,
+    pods: &[&sonde_tests::cri::Pod],
+) -> (Agent, sonde_tests::ops::servers::Prometheus) {
+    let mut ifaces: Vec<&str> = pods.iter().map(|p| p.veth.as_str()).collect();
+    ifaces.push(sonde_tests::cri::BRIDGE);
+    let config = agent_config(ctd).set("network", "enabled", "true").set(
+        "network",
+        "interfaces",
+        &format!("{ifaces:?}"),
+    );
+    let agent = Agent::start(&config.render(), &[]);
+    let prom = sonde_tests::ops::servers::Prometheus::start(&[agent.addr()], None, None);
+    (agent, prom)
+}
+
+/// The mesh dashboard's query of panel `title`, its variables matching
+/// everything and `range` (`__range`, `__rate_interval`) as given.
+fn mesh_query(title: &str, range: &[(&str, &str)]) -> String {
+    use sonde_tests::ops::dashboards::{self, substitute};
+    let dashboard = dashboards::load_all()
+        .into_iter()
+        .find(|d| d.file.contains("mesh"))
+        .expect("the mesh dashboard");
+    let target = dashboard
+        .targets()
+        .into_iter()
+        .find(|t| t.panel == title)
+        .unwrap_or_else(|| panic!("panel {title}"));
+    let values = [
+        ("job", dashboards::DEFAULT_JOB),
+        ("cluster", ".*"),
+        ("node", ".*"),
+        ("interface", ".*"),
+    ]
+    .iter()
+    .chain(range)
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    substitute(&target.expr, &values)
+}
+
+/// The value of a Prometheus query result row.
+fn row_value(row: &serde_json::Value) -> f64 {
+    row["value"][1]
+        .as_str()
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
 /// Traffic from one pod to another on the CNI bridge, with the agent on
 /// both pods' host-side veths and the bridge (as a DaemonSet attaches to
 /// every interface of its node): the mesh dashboard's "Traffic between
@@ -541,10 +566,6 @@ fn the_mesh_dashboard_names_peer_pods_through_the_pod_info_join() {
 /// sender's veth.
 #[test]
 fn traffic_between_two_pods_is_named_at_both_ends_in_prometheus() {
-    use sonde_tests::ops::{
-        dashboards::{self, substitute},
-        servers::Prometheus,
-    };
     if !require_root() {
         return;
     }
@@ -566,18 +587,7 @@ fn traffic_between_two_pods_is_named_at_both_ends_in_prometheus() {
     );
     ctd.start_container(&server, "sink", &["udp-sink", "0.0.0.0:7000", "240"]);
     ctd.wait_log(&server, "sink", "ready", Duration::from_secs(20));
-    let ifaces = [
-        client.veth.as_str(),
-        server.veth.as_str(),
-        sonde_tests::cri::BRIDGE,
-    ];
-    let config = agent_config(&ctd).set("network", "enabled", "true").set(
-        "network",
-        "interfaces",
-        &format!("{ifaces:?}"),
-    );
-    let agent = Agent::start(&config.render(), &[]);
-    let prom = Prometheus::start(&[agent.addr()], None, None);
+    let (agent, prom) = agent_on_pods(&ctd, &[&client, &server]);
     let to = format!("{}:7000", server.ip);
     let sent = |s: &Scrape| {
         s.sum(
@@ -730,38 +740,12 @@ fn traffic_between_two_pods_is_named_at_both_ends_in_prometheus() {
         .unwrap_or_else(|| panic!("no sample of the pair in Prometheus: {last}"));
     // From a second before the transfer (the warm-up's samples are older).
     let range = (at - t0).ceil() as u64 + 1;
-    let dashboard = dashboards::load_all()
-        .into_iter()
-        .find(|d| d.file.contains("mesh"))
-        .expect("the mesh dashboard");
-    let expr = |panel: &str| {
-        let target = dashboard
-            .targets()
-            .into_iter()
-            .find(|t| t.panel == panel)
-            .unwrap_or_else(|| panic!("panel {panel}"));
-        let values = [
-            ("job", dashboards::DEFAULT_JOB),
-            ("cluster", ".*"),
-            ("node", ".*"),
-            ("interface", ".*"),
-            ("__range", &format!("{range}s")),
-        ]
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .into_iter()
-        .collect();
-        substitute(&target.expr, &values)
-    };
+    let range = format!("{range}s");
+    let expr = |panel: &str| mesh_query(panel, &[("__range", &range)]);
     let q = expr("Traffic between pods");
     let rows = prom
         .query_at(&q, at)
         .unwrap_or_else(|e| panic!("{e} in {q}"));
-    let value = |r: &serde_json::Value| {
-        r["value"][1]
-            .as_str()
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
     let row = rows
         .iter()
         .find(|r| r["metric"]["src_pod"] == "sq-client" && r["metric"]["dst_pod"] == "sq-server")
@@ -773,7 +757,7 @@ fn traffic_between_two_pods_is_named_at_both_ends_in_prometheus() {
         1,
         "one pair of pods talked, counted once: {rows:?}"
     );
-    let got = value(row);
+    let got = row_value(row);
     // The range ends on a sample, so increase() extrapolates only towards
     // its start: towards zero, by at most the first sample's count (the
     // warm-up's, which it then adds exactly).
@@ -795,7 +779,7 @@ fn traffic_between_two_pods_is_named_at_both_ends_in_prometheus() {
             r["metric"]["src_namespace"] == "sq-shop" && r["metric"]["dst_namespace"] == "sq-store"
         })
         .unwrap_or_else(|| panic!("no sq-shop → sq-store row in {rows:?}\nfrom {q}"));
-    assert!(value(ns) > 0.0, "{ns}");
+    assert!(row_value(ns) > 0.0, "{ns}");
     println!(
         "measured: sq-client → sq-server: sent {N} × {PAYLOAD} B; agent {d_sent} B on {} \
          ingress and {} B on {} egress (warm-up included); pod sq-client's veth: \
@@ -805,7 +789,7 @@ fn traffic_between_two_pods_is_named_at_both_ends_in_prometheus() {
         client.veth,
         received(&after),
         server.veth,
-        value(ns)
+        row_value(ns)
     );
     drop(prom);
     drop(agent);
@@ -845,10 +829,6 @@ fn qdisc_drops(dev: &str) -> u64 {
 /// name sq-db through the sonde_pod_info join.
 #[test]
 fn latency_and_loss_between_pods_are_named_by_pod() {
-    use sonde_tests::ops::{
-        dashboards::{self, substitute},
-        servers::Prometheus,
-    };
     if !require_root() {
         return;
     }
@@ -859,18 +839,7 @@ fn latency_and_loss_between_pods_are_named_by_pod() {
     let db = ctd.run_pod("sq-data", "sq-db", "2a7b8c9d-0e1f-4a2b-9c3d-4e5f6a7b8c9d");
     ctd.start_container(&db, "sink", &["tcp-sink", "0.0.0.0:7100", "240"]);
     ctd.wait_log(&db, "sink", "ready", Duration::from_secs(20));
-    let ifaces = [
-        web.veth.as_str(),
-        db.veth.as_str(),
-        sonde_tests::cri::BRIDGE,
-    ];
-    let config = agent_config(&ctd).set("network", "enabled", "true").set(
-        "network",
-        "interfaces",
-        &format!("{ifaces:?}"),
-    );
-    let agent = Agent::start(&config.render(), &[]);
-    let prom = Prometheus::start(&[agent.addr()], None, None);
+    let (agent, prom) = agent_on_pods(&ctd, &[&web, &db]);
     // A slow link into sq-db with a short queue (sch_netem is not built
     // on every kernel; tbf is): a stream faster than the rate overflows
     // it. The qdisc goes with the pod's veth.
@@ -983,34 +952,15 @@ fn latency_and_loss_between_pods_are_named_by_pod() {
 
     // Prometheus: the dashboard's panels, a few scrapes on.
     std::thread::sleep(Duration::from_secs(5));
-    let dashboard = dashboards::load_all()
-        .into_iter()
-        .find(|d| d.file.contains("mesh"))
-        .expect("the mesh dashboard");
-    let values: std::collections::BTreeMap<String, String> = [
-        ("job", dashboards::DEFAULT_JOB),
-        ("cluster", ".*"),
-        ("node", ".*"),
-        ("interface", ".*"),
-        ("__rate_interval", "2m"),
-    ]
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .into_iter()
-    .collect();
     let panel = |title: &str| -> Vec<serde_json::Value> {
-        let target = dashboard
-            .targets()
-            .into_iter()
-            .find(|t| t.panel == title)
-            .unwrap_or_else(|| panic!("panel {title}"));
-        let q = substitute(&target.expr, &values);
+        let q = mesh_query(title, &[("__rate_interval", "2m")]);
         prom.query(&q).unwrap_or_else(|e| panic!("{e} in {q}"))
     };
     let db_value = |title: &str| -> f64 {
         let rows = panel(title);
         rows.iter()
             .find(|r| r["metric"]["namespace"] == "sq-data" && r["metric"]["pod"] == "sq-db")
-            .and_then(|r| r["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()))
+            .map(row_value)
             .unwrap_or_else(|| panic!("no sq-data/sq-db row in {title}: {rows:?}"))
     };
     let rtt = db_value("TCP RTT to peer pods");
