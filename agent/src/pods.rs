@@ -62,6 +62,9 @@ pub struct Pod {
     /// The sandbox's process (its network namespace's), as the runtime
     /// reports it; 0 when it does not.
     pub pid: u32,
+    /// Its network namespace's inode (the drop series' `netns`); 0 when
+    /// unknown.
+    pub netns: u64,
 }
 
 /// One container of a pod.
@@ -83,6 +86,9 @@ pub struct View {
     pub podman: HashMap<String, String>,
     /// Host interface (a pod's veth, host end) → sandbox id ([`veth`]).
     pub interfaces: HashMap<String, String>,
+    /// Network namespace inode (as the `netns` labels write it) → sandbox
+    /// id, for pods with a namespace of their own.
+    pub namespaces: HashMap<String, String>,
 }
 
 impl View {
@@ -103,6 +109,12 @@ impl View {
         let pods = &self.pods;
         self.interfaces
             .retain(|_, sandbox| pods.contains_key(sandbox));
+        // Host-network pods share the node's namespace: not theirs.
+        self.namespaces = pods
+            .values()
+            .filter(|p| p.netns != 0 && !p.ip.is_empty())
+            .map(|p| (p.netns.to_string(), p.sandbox_id.clone()))
+            .collect();
         let mut per_pod: HashMap<String, usize> = HashMap::new();
         let mut ids: Vec<String> = self.containers.keys().cloned().collect();
         ids.sort();
@@ -124,12 +136,29 @@ impl View {
         self.pods.get(self.interfaces.get(name)?)
     }
 
-    /// `namespace` and `pod` labels for a series of the host interface
-    /// `name`, added to `labels` when it is a pod's veth.
-    pub fn label_interface<'a>(&'a self, name: &str, labels: &mut Vec<(&'a str, &'a str)>) {
-        if let Some(pod) = self.interface_pod(name) {
+    /// `namespace` and `pod` labels for a series of interface `name` in
+    /// network namespace `netns`, added to `labels` when it is a pod's
+    /// ([`View::interface_pod_in`]).
+    pub fn label_interface<'a>(
+        &'a self,
+        netns: &str,
+        name: &str,
+        labels: &mut Vec<(&'a str, &'a str)>,
+    ) {
+        if let Some(pod) = self.interface_pod_in(netns, name) {
             labels.push(("namespace", &pod.namespace));
             labels.push(("pod", &pod.name));
+        }
+    }
+
+    /// The pod of interface `name` in network namespace `netns` ("host":
+    /// the agent's): its veth's host end, or any interface inside the
+    /// pod's own namespace (inode as the `netns` labels write it).
+    pub fn interface_pod_in(&self, netns: &str, name: &str) -> Option<&Pod> {
+        if netns == "host" {
+            self.interface_pod(name)
+        } else {
+            self.pods.get(self.namespaces.get(netns)?)
         }
     }
 
@@ -228,9 +257,12 @@ impl Cache {
             .map(Identity::of_pod)
     }
 
-    /// The pod whose veth has its host end at interface `name`.
-    pub fn resolve_interface(&self, name: &str) -> Option<Identity> {
-        self.view().interface_pod(name).map(Identity::of_pod)
+    /// The pod of interface `name` in network namespace `netns`
+    /// ([`View::interface_pod_in`]).
+    pub fn resolve_interface(&self, netns: &str, name: &str) -> Option<Identity> {
+        self.view()
+            .interface_pod_in(netns, name)
+            .map(Identity::of_pod)
     }
 
     /// The pod and container of process `pid`, from /proc/PID/cgroup.
@@ -434,6 +466,7 @@ mod tests {
                 uid: UID.into(),
                 ip: "10.88.0.5".into(),
                 pid: 0,
+                netns: 0,
             },
         );
         v.containers.insert(
@@ -526,6 +559,7 @@ mod tests {
                     uid: String::new(),
                     ip: String::new(),
                     pid: 0,
+                    netns: 0,
                 },
             );
         }

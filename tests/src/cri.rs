@@ -50,6 +50,23 @@ impl Pod {
     pub fn cgroup(&self) -> String {
         format!("/{CGROUP_ROOT}/pod{}", self.uid)
     }
+
+    /// A process of the pod (any: they share the sandbox's network
+    /// namespace), from its cgroup tree (v2); None when it has none.
+    pub fn any_pid(&self) -> Option<u32> {
+        fn walk(dir: &Path) -> Option<u32> {
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            if let Some(pid) = procs.lines().find_map(|l| l.trim().parse().ok()) {
+                return Some(pid);
+            }
+            std::fs::read_dir(dir)
+                .ok()?
+                .filter_map(Result::ok)
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .find_map(|e| walk(&e.path()))
+        }
+        walk(&crate::cgroup::v2_mount()?.join(self.cgroup().trim_start_matches('/')))
+    }
 }
 
 pub struct Containerd {

@@ -190,3 +190,26 @@ pub fn try_iface_stat(iface: &str, name: &str) -> io::Result<u64> {
         .parse()
         .map_err(|e| io::Error::other(format!("{p} holds {s:?}, not a number: {e}")))
 }
+
+/// A field of /proc/net/snmp: the line of names after `prefix`, then the
+/// line of values (the kernel's fixed two-line layout, not worth a crate).
+pub fn snmp_field(text: &str, prefix: &str, name: &str) -> Option<f64> {
+    let mut lines = text.lines().filter(|l| l.starts_with(prefix));
+    let names = lines.next()?;
+    let values = lines.next()?;
+    let i = names.split_whitespace().position(|n| n == name)?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snmp_fields_parse() {
+        let text = "Ip: Forwarding DefaultTTL\nIp: 1 64\nTcp: RtoAlgorithm RetransSegs InErrs\n\
+                    Tcp: 1 17 0\n";
+        assert_eq!(snmp_field(text, "Tcp:", "RetransSegs"), Some(17.0));
+        assert_eq!(snmp_field(text, "Tcp:", "Nope"), None);
+    }
+}

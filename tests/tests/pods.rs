@@ -972,11 +972,66 @@ fn latency_and_loss_between_pods_are_named_by_pod() {
     );
     let drop_rate = db_value("Packet drops on pods' veths");
     assert!(drop_rate > 0.0, "drops on sq-db's veth {drop_rate}/s");
+
+    // Inside sq-db's own namespace: datagrams to a port nothing listens on
+    // are dropped there (no_socket, on its eth0), named by pod as well. The
+    // referee is that namespace's own Udp NoPorts, read through a process
+    // of the pod.
+    const CLOSED: u64 = 50;
+    let in_db = db.any_pid().expect("a process of sq-db");
+    let no_ports = || {
+        let snmp = std::fs::read_to_string(format!("/proc/{in_db}/net/snmp"))
+            .expect("sq-db's /proc/net/snmp");
+        sonde_tests::net::snmp_field(&snmp, "Udp:", "NoPorts").expect("Udp: NoPorts")
+    };
+    let in_pod_no_socket = |s: &Scrape| {
+        s.series(
+            "sonde_interface_packet_drops_total",
+            &[
+                ("namespace", "sq-data"),
+                ("pod", "sq-db"),
+                ("reason", "no_socket"),
+            ],
+        )
+        .iter()
+        .filter(|series| series.label("netns") != Some("host"))
+        .map(|series| series.value)
+        .sum::<f64>()
+    };
+    let (before, no_ports_before) = (agent.metrics(), no_ports());
+    sonde_tests::Workload::run(
+        &[
+            "udp-send",
+            &format!("{}:7999", db.ip),
+            &CLOSED.to_string(),
+            "64",
+        ],
+        Duration::from_secs(30),
+    );
+    let after = wait(
+        &agent,
+        10,
+        "sq-db's own no_socket drops, named by pod",
+        "no_socket",
+        |s| in_pod_no_socket(s) - in_pod_no_socket(&before) >= CLOSED as f64,
+    );
+    let d_no_ports = no_ports() - no_ports_before;
+    let d_in_pod = in_pod_no_socket(&after) - in_pod_no_socket(&before);
+    assert_eq!(d_no_ports, CLOSED as f64, "sq-db's Udp NoPorts");
+    assert_eq!(d_in_pod, d_no_ports, "{}", after.grep("no_socket"));
+
+    // The pod gone: nothing is named after it within a couple of refreshes.
+    ctd.remove_pod(&db.id);
+    wait(&agent, 10, "no series of sq-db", "sq-db", |s| {
+        !s.grep("pod=\"sq-db\"").contains("pod=\"sq-db\"")
+    });
+
     println!(
         "measured: {MESSAGES} × {SIZE} B sq-web → sq-db through a 400 kbit/s tbf: \
          tc dropped {tc_drops}, bpftrace and the agent counted {} on {} as sq-data/sq-db; {retransmits} \
          retransmits to {}; dashboard: RTT {:.3} ms, {retransmit_rate:.3} retransmits/s, \
-         {drop_rate:.3} drops/s",
+         {drop_rate:.3} drops/s; {CLOSED} datagrams to a closed port of sq-db: Udp NoPorts \
+         +{d_no_ports}, the agent +{d_in_pod} no_socket drops in sq-db's namespace",
         pod_drops(&s),
         db.veth,
         db.ip,

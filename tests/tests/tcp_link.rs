@@ -13,7 +13,9 @@
 
 use std::time::Duration;
 
-use sonde_tests::{Agent, Config, NetNs, Scrape, Workload, agent::scaled, require_root, sys};
+use sonde_tests::{
+    Agent, Config, NetNs, Scrape, Workload, agent::scaled, net::snmp_field, require_root, sys,
+};
 
 /// Namespace of the connecting side and of the listening side.
 const CLIENT_NS: &str = "sonde-link-c";
@@ -177,16 +179,6 @@ impl Link {
             })
             .sum()
     }
-}
-
-/// A field of /proc/net/snmp: the line of names after `prefix`, then the
-/// line of values (the kernel's fixed two-line layout, not worth a crate).
-fn snmp_field(text: &str, prefix: &str, name: &str) -> Option<f64> {
-    let mut lines = text.lines().filter(|l| l.starts_with(prefix));
-    let names = lines.next()?;
-    let values = lines.next()?;
-    let i = names.split_whitespace().position(|n| n == name)?;
-    values.split_whitespace().nth(i)?.parse().ok()
 }
 
 fn peer(ip: &str) -> [(&str, &str); 1] {
@@ -568,12 +560,4 @@ fn retransmits_under_loss_match_the_kernels_retranssegs() {
         "{tier} tier: Sonde counted {d} retransmits (+{missed} skipped runs), the kernels \
          {kernel}: short by {shortfall}, more than the {allowed} allowed"
     );
-}
-
-#[test]
-fn snmp_fields_parse() {
-    let text = "Ip: Forwarding DefaultTTL\nIp: 1 64\nTcp: RtoAlgorithm RetransSegs InErrs\n\
-                Tcp: 1 17 0\n";
-    assert_eq!(snmp_field(text, "Tcp:", "RetransSegs"), Some(17.0));
-    assert_eq!(snmp_field(text, "Tcp:", "Nope"), None);
 }

@@ -720,10 +720,9 @@ pub fn culprits(kind: &str, moved: &[&str], s: &Subjects) -> Vec<Culprit> {
             CulpritKind::Cgroup => c.cgroup.as_deref().and_then(|path| pods.resolve(path)),
             // A peer that is a pod of this node; drops on a pod's veth.
             CulpritKind::Peer => c.peer.and_then(|ip| pods.resolve_ip(&ip.to_string())),
-            CulpritKind::Drop => match (c.netns.as_deref(), c.interface.as_deref()) {
-                (Some("host") | None, Some(interface)) => pods.resolve_interface(interface),
-                _ => None,
-            },
+            CulpritKind::Drop => c.interface.as_deref().and_then(|interface| {
+                pods.resolve_interface(c.netns.as_deref().unwrap_or("host"), interface)
+            }),
         };
     }
     out

@@ -116,10 +116,12 @@ pub async fn list(socket: &str, timeout: Duration, known: &View) -> Result<View,
                 .cloned()
                 .unwrap_or_else(|| fallback.to_owned())
         };
-        // A sandbox's IP and process do not change: asked once (again
-        // while the runtime has not given either yet).
-        let (ip, pid) = match known.pods.get(&sandbox.id) {
-            Some(pod) if !pod.ip.is_empty() || pod.pid != 0 => (pod.ip.clone(), pod.pid),
+        // A sandbox's IP, process and network namespace do not change:
+        // asked once (again while the runtime has given none of them).
+        let (ip, pid, netns) = match known.pods.get(&sandbox.id) {
+            Some(pod) if !pod.ip.is_empty() || pod.pid != 0 || pod.netns != 0 => {
+                (pod.ip.clone(), pod.pid, pod.netns)
+            }
             _ => {
                 let status = client
                     .pod_sandbox_status(PodSandboxStatusRequest {
@@ -129,9 +131,11 @@ pub async fn list(socket: &str, timeout: Duration, known: &View) -> Result<View,
                     .await
                     .map_err(call("PodSandboxStatus"))?
                     .into_inner();
+                let info = SandboxInfo::parse(&status.info);
                 (
                     status.status.as_ref().map(sandbox_ip).unwrap_or_default(),
-                    sandbox_pid(&status.info),
+                    info.pid,
+                    info.netns_inode(),
                 )
             }
         };
@@ -143,6 +147,7 @@ pub async fn list(socket: &str, timeout: Duration, known: &View) -> Result<View,
                 uid: label(POD_UID, &meta.uid),
                 ip,
                 pid,
+                netns,
                 sandbox_id: sandbox.id,
             },
         );
@@ -179,14 +184,63 @@ pub async fn list(socket: &str, timeout: Duration, known: &View) -> Result<View,
     Ok(view)
 }
 
-/// The sandbox's process from a verbose status's `info` JSON (`pid`, as
-/// containerd gives it); 0 when absent (then its veth is not named).
-fn sandbox_pid(info: &std::collections::HashMap<String, String>) -> u32 {
-    info.get("info")
-        .and_then(|json| serde_json::from_str::<serde_json::Value>(json).ok())
-        .and_then(|v| v.get("pid").and_then(|p| p.as_u64()))
-        .and_then(|p| u32::try_from(p).ok())
-        .unwrap_or(0)
+/// What a verbose sandbox status's `info` JSON says of the sandbox's
+/// process and network namespace (containerd and CRI-O both give its OCI
+/// runtime spec; containerd also its `pid`).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct SandboxInfo {
+    /// 0 when absent.
+    pid: u32,
+    /// The network namespace's bind mount (e.g. /var/run/netns/cni-…).
+    netns_path: Option<String>,
+}
+
+impl SandboxInfo {
+    fn parse(info: &std::collections::HashMap<String, String>) -> SandboxInfo {
+        let Some(json) = info
+            .get("info")
+            .and_then(|json| serde_json::from_str::<serde_json::Value>(json).ok())
+        else {
+            return SandboxInfo::default();
+        };
+        let pid = json
+            .get("pid")
+            .and_then(|p| p.as_u64())
+            .and_then(|p| u32::try_from(p).ok())
+            .unwrap_or(0);
+        let netns_path = json
+            .pointer("/runtimeSpec/linux/namespaces")
+            .and_then(|n| n.as_array())
+            .and_then(|n| {
+                n.iter()
+                    .find(|ns| ns.get("type").and_then(|t| t.as_str()) == Some("network"))
+            })
+            .and_then(|ns| ns.get("path").and_then(|p| p.as_str()))
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned);
+        SandboxInfo { pid, netns_path }
+    }
+
+    /// The network namespace's inode (what the kernel's `netns` labels
+    /// carry): from its bind mount, which needs no access to the process,
+    /// else from the process; 0 when neither can be read.
+    fn netns_inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        // /var/run is /run on the host, not always in the agent's image.
+        let under_run = self
+            .netns_path
+            .as_deref()
+            .and_then(|p| p.strip_prefix("/var/run/"))
+            .map(|rest| format!("/run/{rest}"));
+        let from_pid = (self.pid != 0).then(|| format!("/proc/{}/ns/net", self.pid));
+        self.netns_path
+            .iter()
+            .chain(under_run.iter())
+            .chain(from_pid.iter())
+            .find_map(|path| std::fs::metadata(path).ok())
+            .map(|m| m.ino())
+            .unwrap_or(0)
+    }
 }
 
 /// A sandbox's own IP; empty for a host-network pod (its IP is the
@@ -239,12 +293,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_sandbox_pid_comes_from_the_verbose_info() {
+    fn the_sandbox_pid_and_netns_come_from_the_verbose_info() {
         let info = |json: &str| [("info".to_owned(), json.to_owned())].into_iter().collect();
-        assert_eq!(sandbox_pid(&info(r#"{"pid":4242,"runtimeSpec":{}}"#)), 4242);
-        assert_eq!(sandbox_pid(&info(r#"{"runtimeSpec":{}}"#)), 0);
-        assert_eq!(sandbox_pid(&info("not json")), 0);
-        assert_eq!(sandbox_pid(&Default::default()), 0);
+        let spec = r#"{"pid":4242,"runtimeSpec":{"linux":{"namespaces":[{"type":"pid"},
+            {"type":"network","path":"/var/run/netns/cni-1"}]}}}"#;
+        assert_eq!(
+            SandboxInfo::parse(&info(spec)),
+            SandboxInfo {
+                pid: 4242,
+                netns_path: Some("/var/run/netns/cni-1".into())
+            }
+        );
+        assert_eq!(
+            SandboxInfo::parse(&info(r#"{"runtimeSpec":{}}"#)),
+            SandboxInfo::default()
+        );
+        assert_eq!(
+            SandboxInfo::parse(&info("not json")),
+            SandboxInfo::default()
+        );
+        assert_eq!(
+            SandboxInfo::parse(&Default::default()),
+            SandboxInfo::default()
+        );
+        // Our own process's namespace, through /proc.
+        let ours = SandboxInfo {
+            pid: std::process::id(),
+            netns_path: Some("/nonexistent/netns".into()),
+        };
+        assert_ne!(ours.netns_inode(), 0);
+        assert_eq!(SandboxInfo::default().netns_inode(), 0);
     }
 
     #[test]

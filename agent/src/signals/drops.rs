@@ -350,11 +350,12 @@ impl Reading for Drops {
         drops.done(out);
         let mut device_drops = Family::new(
             "sonde_interface_packet_drops_total",
-            "Packets the kernel dropped while they had a network device, by namespace (\"host\": the agent's), interface (with its Kubernetes namespace and pod on a pod's veth) and drop reason (skb:kfree_skb)",
+            "Packets the kernel dropped while they had a network device, by namespace (\"host\": the agent's), interface (with the Kubernetes namespace and pod of a pod's veth or network namespace) and drop reason (skb:kfree_skb)",
             MetricType::COUNTER,
         );
-        // A pod's veth (host end, in the agent's namespace) also carries
-        // its pod and namespace (`[kubernetes]`).
+        // A pod's veth (host end, in the agent's namespace) and the
+        // interfaces in a pod's own namespace also carry its pod and
+        // namespace (`[kubernetes]`).
         let pods = crate::pods::cache().view();
         for d in &self.devices {
             let mut labels = vec![
@@ -362,9 +363,7 @@ impl Reading for Drops {
                 ("interface", d.interface.as_str()),
                 ("reason", d.reason.as_str()),
             ];
-            if d.netns == "host" {
-                pods.label_interface(&d.interface, &mut labels);
-            }
+            pods.label_interface(&d.netns, &d.interface, &mut labels);
             device_drops.sample(&labels, d.drops as f64);
         }
         device_drops.done(out);

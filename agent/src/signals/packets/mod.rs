@@ -471,7 +471,7 @@ impl Reading for Packets {
                 ("family", family_name(key.family)),
                 ("protocol", protocol),
             ];
-            pods.label_interface(&iface, &mut labels);
+            pods.label_interface("host", &iface, &mut labels);
             packets.sample(&labels, c.packets as f64);
             bytes.sample(&labels, c.bytes as f64);
             if key.protocol == IPPROTO_TCP {
@@ -498,7 +498,7 @@ impl Reading for Packets {
                 ("direction", *direction),
                 ("flag", *flag),
             ];
-            pods.label_interface(iface, &mut labels);
+            pods.label_interface("host", iface, &mut labels);
             tcp_flags.sample(&labels, *n as f64);
         }
         tcp_flags.done(out);
@@ -512,7 +512,7 @@ impl Reading for Packets {
         for (&ifindex, name) in &self.interfaces {
             let n = flows.active.get(&ifindex).copied().unwrap_or(0);
             let mut labels = vec![("interface", name.as_str())];
-            pods.label_interface(name, &mut labels);
+            pods.label_interface("host", name, &mut labels);
             active.sample(&labels, n as f64);
         }
         active.done(out);
