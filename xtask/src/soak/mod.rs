@@ -153,15 +153,23 @@ const SOAK_INCIDENTS: [&str; 5] = [
     "fork-storm",
 ];
 
+/// Feature vectors the agent keeps for /api/v1/features (the agent's
+/// `mapek::FEATURE_HISTORY`): bounded, but about 1 MiB that fills one
+/// vector per cycle, so RSS rises until it is full (15 minutes at the
+/// hour's 1 s cycle; an hour on 2026-12-05 grew until 940 s, then held).
+const AGENT_FEATURE_HISTORY: u64 = 900;
+
 impl Plan {
     fn new(duration: Duration) -> Plan {
         let s = Duration::from_secs;
         if duration >= s(30 * 60) {
+            let interval_ms = 1000;
             Plan {
                 duration,
-                interval_ms: 1000,
+                interval_ms,
                 warmup_cycles: 60,
-                warmup: s(10 * 60),
+                // Until the feature history is full, and a minute more.
+                warmup: s(AGENT_FEATURE_HISTORY * interval_ms / 1000 + 60),
                 sample: s(10),
                 hup: s(60),
                 outage_at: s(5 * 60),
@@ -1062,6 +1070,10 @@ mod tests {
         let h = Plan::new(Duration::from_secs(3600));
         assert_eq!(h.hup, Duration::from_secs(60));
         assert!(h.warmup_cycles * h.interval_ms / 1000 < h.warmup.as_secs());
+        // RSS is judged once the agent's bounded feature history is full,
+        // on at least 40 minutes.
+        assert!(AGENT_FEATURE_HISTORY * h.interval_ms / 1000 < h.warmup.as_secs());
+        assert!(h.duration - h.warmup >= Duration::from_secs(40 * 60));
     }
 
     #[test]
