@@ -109,12 +109,6 @@ impl View {
         let pods = &self.pods;
         self.interfaces
             .retain(|_, sandbox| pods.contains_key(sandbox));
-        // Host-network pods share the node's namespace: not theirs.
-        self.namespaces = pods
-            .values()
-            .filter(|p| p.netns != 0 && !p.ip.is_empty())
-            .map(|p| (p.netns.to_string(), p.sandbox_id.clone()))
-            .collect();
         let mut per_pod: HashMap<String, usize> = HashMap::new();
         let mut ids: Vec<String> = self.containers.keys().cloned().collect();
         ids.sort();
@@ -128,6 +122,17 @@ impl View {
             }
         }
         self
+    }
+
+    /// Indexes the pods' own network namespaces by inode, as the `netns`
+    /// labels write it (host-network pods share the node's: not theirs).
+    pub fn index_namespaces(&mut self) {
+        self.namespaces = self
+            .pods
+            .values()
+            .filter(|p| p.netns != 0 && !p.ip.is_empty())
+            .map(|p| (p.netns.to_string(), p.sandbox_id.clone()))
+            .collect();
     }
 
     /// The pod whose network namespace the host interface `name` leads
@@ -362,7 +367,8 @@ pub async fn run(
                     ..view
                 };
                 view.interfaces = pod_veths(&view, &mut veth_error);
-                let view = view.bounded(config.max_pods);
+                let mut view = view.bounded(config.max_pods);
+                view.index_namespaces();
                 let runtime = Runtime::Up {
                     socket: socket.clone(),
                     pods: view.pods.len(),
@@ -510,6 +516,40 @@ mod tests {
         assert_eq!(v.resolve(&format!("/kubepods/pod{UID}")), Some(pod_only));
         assert_eq!(v.resolve("/system.slice/sshd.service"), None);
         assert_eq!(v.resolve("/"), None);
+    }
+
+    #[test]
+    fn a_pods_veth_and_namespace_name_the_pod() {
+        let mut v = view();
+        v.pods.get_mut(SID).unwrap().netns = 4026532308;
+        v.interfaces.insert("veth1a2b".into(), SID.into());
+        v.interfaces
+            .insert("vethgone".into(), "no-such-sandbox".into());
+        let mut v = v.bounded(10);
+        v.index_namespaces();
+        assert_eq!(v.interfaces.len(), 1, "a gone sandbox's veth is dropped");
+        fn pod<'v>(v: &'v View, netns: &str, name: &str) -> Option<&'v str> {
+            v.interface_pod_in(netns, name).map(|p| p.name.as_str())
+        }
+        assert_eq!(pod(&v, "host", "veth1a2b"), Some("cart-7d9f"));
+        assert_eq!(pod(&v, "4026532308", "eth0"), Some("cart-7d9f"));
+        // The host end's name means nothing inside another namespace.
+        assert_eq!(pod(&v, "4026532999", "veth1a2b"), None);
+        assert_eq!(pod(&v, "host", "eth0"), None);
+        let mut labels = vec![("interface", "veth1a2b")];
+        v.label_interface("host", "veth1a2b", &mut labels);
+        assert_eq!(
+            labels,
+            [
+                ("interface", "veth1a2b"),
+                ("namespace", "shop"),
+                ("pod", "cart-7d9f")
+            ]
+        );
+        // A host-network pod has no namespace of its own to index.
+        v.pods.get_mut(SID).unwrap().ip.clear();
+        v.index_namespaces();
+        assert_eq!(pod(&v, "4026532308", "eth0"), None);
     }
 
     #[test]
