@@ -765,7 +765,7 @@ fn traffic_between_two_pods_is_named_at_both_ends_in_prometheus() {
     let most = ((N + WARM) * FRAME) as f64 * 1.001;
     assert!(
         got >= exact && got <= most,
-        "the dashboard says sq-client sent {got:.0} B to sq-server over {range} s; \
+        "the dashboard says sq-client sent {got:.0} B to sq-server over {range}; \
          the agent counted {exact} ({N} × {FRAME}) after a warm-up of {WARM}: at most \
          {most:.0} with increase()'s extrapolation"
     );
@@ -784,7 +784,7 @@ fn traffic_between_two_pods_is_named_at_both_ends_in_prometheus() {
         "measured: sq-client → sq-server: sent {N} × {PAYLOAD} B; agent {d_sent} B on {} \
          ingress and {} B on {} egress (warm-up included); pod sq-client's veth: \
          {d_udp_in} UDP packets in, {d_all_in} in all; veth rx_bytes +{d_rx}, \
-         rx_packets +{d_rx_packets}; Prometheus (dashboard, {range} s range) {got:.0} B; \
+         rx_packets +{d_rx_packets}; Prometheus (dashboard, {range} range) {got:.0} B; \
          namespaces sq-shop → sq-store {:.0} B/s",
         client.veth,
         received(&after),
