@@ -135,12 +135,6 @@ impl View {
             .collect();
     }
 
-    /// The pod whose network namespace the host interface `name` leads
-    /// into (the host end of its veth).
-    pub fn interface_pod(&self, name: &str) -> Option<&Pod> {
-        self.pods.get(self.interfaces.get(name)?)
-    }
-
     /// `namespace` and `pod` labels for a series of interface `name` in
     /// network namespace `netns`, added to `labels` when it is a pod's
     /// ([`View::interface_pod_in`]).
@@ -160,11 +154,12 @@ impl View {
     /// the agent's): its veth's host end, or any interface inside the
     /// pod's own namespace (inode as the `netns` labels write it).
     pub fn interface_pod_in(&self, netns: &str, name: &str) -> Option<&Pod> {
-        if netns == "host" {
-            self.interface_pod(name)
+        let sandbox = if netns == "host" {
+            self.interfaces.get(name)?
         } else {
-            self.pods.get(self.namespaces.get(netns)?)
-        }
+            self.namespaces.get(netns)?
+        };
+        self.pods.get(sandbox)
     }
 
     /// The pod and container of the task in the cgroup at `path` (any
