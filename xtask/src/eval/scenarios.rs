@@ -310,6 +310,10 @@ pub const INCIDENTS: &[Incident] = &[
     // another protocol. udp-scan and packet-loss-low left it after its
     // first run: their misses (no culprit for a UDP scan; this node named
     // as its own lossy peer) led to fixes, so they are tuned now.
+    // cpu-saturation-low left it on 2026-12-05 (its victims, the normal
+    // load in the root cgroup, were named instead of its hogs: CPU
+    // contention is now named by the CPU each cgroup added), and
+    // cpu-saturation-pinned took its place, written before that change.
     Incident {
         id: "syn-flood-low",
         kind: "syn_flood",
@@ -379,8 +383,21 @@ pub const INCIDENTS: &[Incident] = &[
         kind: "cpu_saturation",
         how: "stress-ng --cpu 3 (1.5 runnable tasks per core) in a cgroup of its own",
         subject: Some(CPU_CGROUP),
-        held_out: true,
+        held_out: false,
         run: |_, d| cpu_hogs("3", d),
+    },
+    Incident {
+        id: "cpu-saturation-pinned",
+        kind: "cpu_saturation",
+        how: "stress-ng --cpu 3 --taskset 0 (three hogs on one core, the other core free) in a cgroup of its own",
+        subject: Some(PINNED_CGROUP),
+        held_out: true,
+        run: |_, d| {
+            let cgroup = TestCgroup::named(PINNED_CGROUP)?;
+            let mut args = stress("cpu", "3", d);
+            args.extend(["--taskset".to_owned(), "0".to_owned()]);
+            run_for(&mut cgroup.command("stress-ng", &args), d)
+        },
     },
     Incident {
         id: "latency-low",
@@ -508,6 +525,8 @@ fn drop_rule(op: &str) -> Command {
 /// The cgroup the CPU-saturation incident runs in (what its anomaly must
 /// name).
 const CPU_CGROUP: &str = "sonde-eval-cpu";
+/// The cgroup of the incident that saturates one core only.
+const PINNED_CGROUP: &str = "sonde-eval-pinned";
 
 fn stress(stressor: &str, workers: &str, d: Duration) -> Vec<String> {
     vec![
