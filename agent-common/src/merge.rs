@@ -73,6 +73,7 @@ impl Merge for RunqStats {
         self.samples += o.samples;
         self.sum_ns += o.sum_ns;
         add_slots(&mut self.slots, &o.slots);
+        self.run_ns += o.run_ns;
     }
 }
 

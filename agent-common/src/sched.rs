@@ -40,4 +40,7 @@ pub struct RunqStats {
     pub samples: u64,
     pub sum_ns: u64,
     pub slots: [u64; LATENCY_SLOTS],
+    /// On-CPU time (ns) of the runs that followed these waits (per
+    /// cgroup only): what a cgroup took of the CPUs others waited for.
+    pub run_ns: u64,
 }

@@ -6,7 +6,9 @@
 //! offsets from this kernel's tracepoint formats). The raw tier also
 //! records the wait by the task's cgroup (the classic records carry no
 //! cgroup): when the task leaves the CPU again, as the current task, whose
-//! cgroup id one helper call gives.
+//! cgroup id one helper call gives; with it, how long that run held the
+//! CPU (what names the cgroup that takes the CPUs, not only those that
+//! wait for them).
 
 use agent_common::{
     config::CFG_RUNQ_PER_CGROUP,
@@ -43,10 +45,19 @@ static RUNQ_STATS: PerCpuArray<RunqStats> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "RUNQ_START")]
 static RUNQ_START: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_RUNNABLE, 0);
 
-/// The wait (ns + 1; 0: none) of the task running on this CPU, added to
-/// its cgroup's histogram when it leaves the CPU (raw tier).
+/// The task running on this CPU after a measured wait: the wait, added
+/// to its cgroup's histogram, and the run, added to its cgroup's CPU
+/// time, when it leaves the CPU (raw tier).
+#[derive(Clone, Copy)]
+struct Pending {
+    /// ns + 1; 0: none.
+    wait: u64,
+    /// When it got the CPU.
+    since: u64,
+}
+
 #[map(name = "RUNQ_PENDING")]
-static RUNQ_PENDING: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static RUNQ_PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "RUNQ_CGROUPS")]
 static RUNQ_CGROUPS: LruPerCpuHashMap<u64, RunqStats> =
@@ -133,22 +144,24 @@ fn record(stats: &mut RunqStats, latency: u64) {
     }
 }
 
-/// The current task leaves the CPU: adds the wait it had before it got
-/// the CPU, if any, to its cgroup's histogram (when turned on). The task
-/// is current now, so one helper gives its cgroup id; at the switch that
-/// gave it the CPU it was not, and its id took four probe reads.
+/// The current task leaves the CPU at `now`: adds the wait it had before
+/// it got the CPU, if any, to its cgroup's histogram, and the run since to
+/// its cgroup's CPU time (when turned on). The task is current now, so one
+/// helper gives its cgroup id; at the switch that gave it the CPU it was
+/// not, and its id took four probe reads.
 #[inline(always)]
-fn leaving_cpu() {
+fn leaving_cpu(now: u64) {
     let Some(pending) = RUNQ_PENDING.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: this CPU's slot; sched_switch does not nest on a CPU.
     let pending = unsafe { &mut *pending };
-    if *pending == 0 {
+    if pending.wait == 0 {
         return;
     }
-    let latency = *pending - 1;
-    *pending = 0;
+    let latency = pending.wait - 1;
+    let run = now.saturating_sub(pending.since);
+    pending.wait = 0;
     if config(CFG_RUNQ_PER_CGROUP) == 0 {
         return;
     }
@@ -156,6 +169,7 @@ fn leaving_cpu() {
     let id = unsafe { bpf_get_current_cgroup_id() };
     if let Some(stats) = cgroup_slot(id) {
         record(stats, latency);
+        stats.run_ns += run;
         return;
     }
     if RUNQ_CGROUPS.get_ptr_mut(id).is_none() {
@@ -164,7 +178,9 @@ fn leaving_cpu() {
     }
     if let Some(stats) = RUNQ_CGROUPS.get_ptr_mut(id) {
         // SAFETY: this CPU's copy of the value.
-        record(unsafe { &mut *stats }, latency);
+        let stats = unsafe { &mut *stats };
+        record(stats, latency);
+        stats.run_ns += run;
     }
 }
 
@@ -214,8 +230,8 @@ pub fn sonde_runq_switch_raw(ctx: RawTracePointContext) -> i32 {
     let preempt: u64 = ctx.arg(0);
     let prev: u64 = ctx.arg(1);
     let next: u64 = ctx.arg(2);
-    leaving_cpu();
     let now = now();
+    leaving_cpu(now);
     // The idle task (pid 0) is never waited for.
     if bpf_get_current_pid_tgid() as u32 != 0 {
         let state = prev_state(&ctx, prev);
@@ -229,7 +245,12 @@ pub fn sonde_runq_switch_raw(ctx: RawTracePointContext) -> i32 {
         && let Some(pending) = RUNQ_PENDING.get_ptr_mut(0)
     {
         // SAFETY: this CPU's slot.
-        unsafe { *pending = latency + 1 };
+        unsafe {
+            *pending = Pending {
+                wait: latency + 1,
+                since: now,
+            }
+        };
     }
     0
 }

@@ -34,6 +34,18 @@ pub fn cpu_pressure_some_us(dir: &Path) -> Option<f64> {
         .ok()
 }
 
+/// `usage_usec` of a cgroup v2 directory's cpu.stat: the CPU time its
+/// tasks used, by the kernel's own accounting (there without the cpu
+/// controller).
+pub fn cpu_usage_us(dir: &Path) -> Option<f64> {
+    let text = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// A child of the cgroup2 root, removed on drop (once its processes are
 /// gone).
 pub struct TestCgroup {

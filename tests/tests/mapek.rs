@@ -29,10 +29,15 @@ fn state_dir(name: &str) -> std::path::PathBuf {
 
 /// Waits until the loop has run past its warm-up.
 fn warmed_up(agent: &Agent) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    warmed_up_for(agent, WARMUP)
+}
+
+/// Waits until the loop has run more than `cycles` + 2 cycles.
+fn warmed_up_for(agent: &Agent, cycles: u64) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(cycles + 10);
     loop {
         let report = agent.get_json("/api/v1/anomalies");
-        if report["cycles"].as_u64().unwrap_or(0) > WARMUP + 2 {
+        if report["cycles"].as_u64().unwrap_or(0) > cycles + 2 {
             return report;
         }
         assert!(
@@ -201,31 +206,71 @@ fn port_scan_is_detected_and_names_its_source() {
 }
 
 /// CPU saturation from one cgroup (stress-ng, three CPU-bound workers
-/// per CPU, in a cgroup the test creates) is detected as `cpu_saturation`
-/// and the anomaly names that cgroup, from the per-cgroup run-queue waits.
+/// per CPU, in a cgroup the test creates), beside a steady bystander (two
+/// workers at 40 % load in another cgroup, running since before the agent
+/// started), is detected as `cpu_saturation` and named by the cgroup that
+/// took the CPUs, not by those whose tasks waited: its top culprit is the
+/// saturating cgroup, by the CPU it added to its usual, and that amount
+/// is within what the kernel's own accounting (its cpu.stat usage_usec
+/// over the run) says it used.
 #[test]
-fn cpu_saturation_is_detected_and_names_its_cgroup() {
+fn cpu_saturation_is_detected_and_names_the_cgroup_that_took_the_cpus() {
+    use sonde_tests::cgroup::{TestCgroup, cpu_usage_us};
     if !require_root() {
         return;
     }
     let dir = state_dir("cpu");
+    let bystander = TestCgroup::new("sonde-test-bystander");
+    let _steady = sonde_tests::process::Proc::spawn(
+        "stress-ng (bystander)",
+        bystander.command(
+            "stress-ng",
+            &[
+                "--cpu",
+                "2",
+                "--cpu-load",
+                "40",
+                "--timeout",
+                "120s",
+                "--quiet",
+            ],
+        ),
+    )
+    .expect("starting the bystander");
     let agent = Agent::start(&mapek_config(&dir).render(), &[]);
-    warmed_up(&agent);
-    let cgroup = sonde_tests::cgroup::TestCgroup::new("sonde-test-saturation");
+    // Long enough for the bystander's CPU to become its usual.
+    warmed_up_for(&agent, WARMUP + 25);
+    let cgroup = TestCgroup::new("sonde-test-saturation");
     let workers = (std::thread::available_parallelism().map_or(2, |n| n.get()) * 3).to_string();
+    let started = std::time::Instant::now();
     let status = cgroup.run(
         "stress-ng",
         &["--cpu", &workers, "--timeout", "4s", "--quiet"],
     );
+    let ran = started.elapsed().as_secs_f64();
     assert!(status.success(), "stress-ng in {} failed", cgroup.label());
+    let used = cpu_usage_us(cgroup.dir()).expect("the cgroup's cpu.stat") / 1e6 / ran;
     let anomaly = agent.wait_for_anomaly("cpu_saturation");
     let subject = anomaly["subject"].as_str().unwrap_or_default();
     assert!(
         subject.starts_with(&format!("cgroup {}:", cgroup.label())),
-        "the saturating cgroup {} should be named: {anomaly}",
+        "the saturating cgroup {} should be named, not the bystander {}: {anomaly}",
+        cgroup.label(),
+        bystander.label()
+    );
+    let top = &anomaly["culprits"][0];
+    assert_eq!(top["cgroup"], cgroup.label(), "{anomaly}");
+    assert_eq!(top["measure"], "cpu_seconds_added_per_second", "{anomaly}");
+    let added = top["amount"].as_f64().unwrap_or_default();
+    assert!(
+        (0.75 * used..=1.15 * used).contains(&added),
+        "{} added {added:.2} CPU s/s in its busiest cycle; cpu.stat says it used {used:.2} \
+         CPU s/s over its {ran:.1} s run: {anomaly}",
         cgroup.label()
     );
-    println!("cpu_saturation subject: {subject}");
+    println!(
+        "cpu_saturation subject: {subject}; added {added:.2} CPU s/s, cpu.stat {used:.2} CPU s/s"
+    );
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
 }

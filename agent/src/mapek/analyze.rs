@@ -574,7 +574,7 @@ impl Analyzer {
                 // the SYN source, and a flood's sources are often forged.
                 "port_scan" => subjects.widest_peer.map(|p| format!("peer {p}")),
                 "fork_storm" => subjects.describe_parent(),
-                "cpu_saturation" => subjects.describe_waiting_cgroup(),
+                "cpu_saturation" => subjects.describe_cpu_taker(),
                 "syscall_storm" => super::monitor::describe_syscall_process(subjects, false),
                 "syscall_error_spike" => super::monitor::describe_syscall_process(subjects, true),
                 _ => None,

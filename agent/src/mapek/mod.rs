@@ -63,6 +63,10 @@ pub struct Mapek {
     serving_seconds: f64,
     /// The latest cycles' (cycle, time, features), oldest first.
     history: std::collections::VecDeque<(u64, f64, monitor::Features)>,
+    /// Each cgroup's usual CPU, to name who takes the CPUs (not kept in
+    /// the state directory: after a restart the biggest consumers are
+    /// named until it is learned again, ~20 cycles).
+    cpu_usual: monitor::CpuUsual,
     /// Learned baselines came from the state directory (no warm-up).
     baselines_reloaded: bool,
     /// Enforce mode: the handshake record is attached (sources can be
@@ -132,6 +136,7 @@ impl Mapek {
             cpu_seconds: process_cpu_seconds(),
             serving_seconds: 0.0,
             history: Default::default(),
+            cpu_usual: Default::default(),
             baselines_reloaded,
             proof_attached: has(signals::handshakes::PROGRAM),
             protected: Vec::new(),
@@ -552,6 +557,8 @@ pub async fn run(
         if let Some((features, mut subjects)) = monitor::features(&prev, &now, &m.signals) {
             subjects.busiest_parent = churn.first().copied();
             subjects.parents = churn;
+            let contended = m.analyzer.active.iter().any(|a| a.kind == "cpu_saturation");
+            m.cpu_usual.observe(&mut subjects.cgroups, contended);
             let t = unix_seconds(SystemTime::now());
             let opened = m.analyzer.observe(&features, &subjects, t);
             let cycle = m.cycles;

@@ -2,7 +2,10 @@
 //! vector of per-second rates and ratios. A feature whose signal is missing
 //! (not attached on this kernel) is left out, never faked as zero.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
 
 use agent_common::net::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
 use serde::Serialize;
@@ -13,7 +16,7 @@ use crate::{
         drops::{Drops, is_loss},
         packets::Packets,
         process::Processes,
-        runqueue::RunQueue,
+        runqueue::{CgroupTotals, RunQueue},
         syscalls::Syscalls,
         tcp::Tcp,
     },
@@ -234,16 +237,65 @@ pub struct Subjects {
     /// The agent's network namespace's own addresses: a TCP "peer" that is
     /// one of them is this node seen from another namespace on it.
     pub own_addresses: Vec<IpAddr>,
-    /// Every cgroup that waited for a CPU this cycle: (id, seconds waited
-    /// per second, waits per second), longest first.
-    pub waiting_cgroups: Vec<(u64, f64, f64)>,
+    /// Every cgroup whose tasks waited for a CPU, or ran after a wait,
+    /// this cycle, longest wait first.
+    pub cgroups: Vec<CgroupCpu>,
     /// While syscalls are counted per process: the busiest processes
     /// (pid, calls, failed) and the seconds they were counted over.
     pub syscall_processes: Vec<(u32, agent_common::syscalls::ProcessSyscalls)>,
-    /// The cgroup whose tasks waited longest for a CPU this cycle: (id,
-    /// seconds waited per second, waits per second).
-    pub most_waiting_cgroup: Option<(u64, f64, f64)>,
     pub seconds: f64,
+}
+
+/// One cgroup's share of CPU contention in a cycle, per second.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CgroupCpu {
+    pub id: u64,
+    /// Seconds its tasks waited for a CPU, and their waits.
+    pub waited: f64,
+    pub waits: f64,
+    /// CPU seconds its tasks ran after those waits.
+    pub ran: f64,
+    /// How much of `ran` is above its usual ([`CpuUsual`]; 0 until then).
+    pub added: f64,
+}
+
+/// CPU seconds per second a cgroup must add to its usual to be named as
+/// taking the CPUs (a twentieth of a core: less is scheduling noise).
+const CPU_ADDED_MIN: f64 = 0.05;
+
+/// Each cgroup's usual CPU: a moving mean of what its tasks ran per
+/// second (weight 1/20 per cycle). CPU contention is named by who took
+/// more CPU than usual, not by who waited most: the waiters are often its
+/// victims (the node's steady load), the taker a newcomer.
+#[derive(Debug, Default)]
+pub struct CpuUsual {
+    usual: HashMap<u64, f64>,
+}
+
+impl CpuUsual {
+    const WEIGHT: f64 = 0.05;
+
+    /// Fills each cgroup's `added` from its usual, then learns this cycle
+    /// unless `hold` (CPU contention is open: its taker is not usual).
+    pub fn observe(&mut self, cgroups: &mut [CgroupCpu], hold: bool) {
+        for c in cgroups.iter_mut() {
+            let usual = self.usual.get(&c.id).copied().unwrap_or(0.0);
+            c.added = (c.ran - usual).max(0.0);
+        }
+        if hold {
+            return;
+        }
+        let ran: HashMap<u64, f64> = cgroups.iter().map(|c| (c.id, c.ran)).collect();
+        for c in cgroups.iter() {
+            self.usual.entry(c.id).or_insert(0.0);
+        }
+        // A cgroup that did not run is learned at 0, and forgotten once its
+        // usual is nothing (ids are never reused).
+        self.usual.retain(|id, usual| {
+            *usual += Self::WEIGHT * (ran.get(id).copied().unwrap_or(0.0) - *usual);
+            *usual > 1e-6 || ran.contains_key(id)
+        });
+    }
 }
 
 impl Subjects {
@@ -262,16 +314,36 @@ impl Subjects {
         ))
     }
 
-    /// "cgroup PATH: its tasks waited W s per second for a CPU (N waits/s,
-    /// mean M ms)" for the cgroup that waited longest this cycle.
-    pub fn describe_waiting_cgroup(&self) -> Option<String> {
-        let (id, waited, waits) = self.most_waiting_cgroup?;
-        let path = crate::cgroup::name(id);
+    /// The cgroup behind CPU contention this cycle: the one that took the
+    /// most CPU above its usual, else the one that waited longest.
+    pub fn cpu_taker(&self) -> Option<&CgroupCpu> {
+        self.cgroups
+            .iter()
+            .filter(|c| c.added >= CPU_ADDED_MIN)
+            .max_by(|a, b| a.added.total_cmp(&b.added).then(b.id.cmp(&a.id)))
+            .or_else(|| self.cgroups.first())
+    }
+
+    /// "cgroup PATH: ran R CPU s/s, A above its usual; its tasks waited W s
+    /// per second for a CPU (N waits/s, mean M ms)" for [`Self::cpu_taker`].
+    pub fn describe_cpu_taker(&self) -> Option<String> {
+        let c = self.cpu_taker()?;
+        let path = crate::cgroup::name(c.id);
+        let took = if c.added >= CPU_ADDED_MIN {
+            format!(
+                "ran {:.2} CPU s per second, {:.2} above its usual; ",
+                c.ran, c.added
+            )
+        } else {
+            String::new()
+        };
         Some(format!(
-            "cgroup {path}: its tasks waited {waited:.2} s per second for a CPU \
-             ({waits:.0} waits/s, mean {:.2} ms)",
-            if waits > 0.0 {
-                waited / waits * 1e3
+            "cgroup {path}: {took}its tasks waited {:.2} s per second for a CPU \
+             ({:.0} waits/s, mean {:.2} ms)",
+            c.waited,
+            c.waits,
+            if c.waits > 0.0 {
+                c.waited / c.waits * 1e3
             } else {
                 0.0
             }
@@ -291,10 +363,7 @@ pub fn subject_pod(kind: &str, subjects: &Subjects) -> Option<crate::pods::Ident
             pods.resolve_pid(pid)
                 .or_else(|| pods.resolve(&crate::cgroup::name(churn.cgroup_id)))
         }
-        "cpu_saturation" => {
-            let (id, _, _) = subjects.most_waiting_cgroup?;
-            pods.resolve(&crate::cgroup::name(id))
-        }
+        "cpu_saturation" => pods.resolve(&crate::cgroup::name(subjects.cpu_taker()?.id)),
         _ => None,
     }
 }
@@ -453,7 +522,7 @@ pub fn features(
         f.insert("process_exits_per_second", rate(prev_p.exits, now_p.exits));
         f.insert("process_execs_per_second", rate(prev_p.execs, now_p.execs));
     }
-    let waiting_cgroups = waiting_cgroups(prev, now, dt);
+    let cgroups = cgroup_cpu(prev, now, dt);
     let flows = now.reading::<Packets>().map(|p| &p.flows);
     let tcp_peers = tcp_peer_deltas(prev, now);
     // Read only when a TCP peer moved: that is all they sort out.
@@ -478,8 +547,7 @@ pub fn features(
             .reading::<Syscalls>()
             .map(|s| s.processes.clone())
             .unwrap_or_default(),
-        most_waiting_cgroup: waiting_cgroups.first().copied(),
-        waiting_cgroups,
+        cgroups,
         seconds: dt,
     };
     Some((f, subjects))
@@ -608,42 +676,43 @@ fn drop_reasons(s: &Subjects) -> Vec<Culprit> {
         .collect()
 }
 
-/// The cgroup whose summed run-queue wait grew most between the two
-/// snapshots (a cgroup new in `now` counts from zero).
-#[cfg(test)]
-fn most_waiting_cgroup(prev: &Snapshot, now: &Snapshot, dt: f64) -> Option<(u64, f64, f64)> {
-    waiting_cgroups(prev, now, dt).first().copied()
-}
-
-/// Every cgroup whose summed run-queue wait grew between the two
-/// snapshots, longest wait first (a cgroup new in `now` counts from zero).
-fn waiting_cgroups(prev: &Snapshot, now: &Snapshot, dt: f64) -> Vec<(u64, f64, f64)> {
-    fn totals(s: &Snapshot) -> &[(u64, u64, u64)] {
+/// Every cgroup whose run-queue totals grew between the two snapshots,
+/// per second, longest wait first (a cgroup new in `now`, or evicted and
+/// back, counts from zero); `added` is left for [`CpuUsual`].
+fn cgroup_cpu(prev: &Snapshot, now: &Snapshot, dt: f64) -> Vec<CgroupCpu> {
+    fn totals(s: &Snapshot) -> &[CgroupTotals] {
         s.reading::<RunQueue>()
             .map_or(&[], |r| r.cgroup_totals.as_slice())
     }
-    let before: std::collections::HashMap<u64, (u64, u64)> = totals(prev)
+    let before: HashMap<u64, CgroupTotals> = totals(prev).iter().map(|t| (t.id, *t)).collect();
+    let mut grown: Vec<CgroupTotals> = totals(now)
         .iter()
-        .map(|&(id, sum, n)| (id, (sum, n)))
-        .collect();
-    let mut grown: Vec<(u64, u64, u64)> = totals(now)
-        .iter()
-        .map(|&(id, sum, n)| {
-            let (sum0, n0) = before.get(&id).copied().unwrap_or((0, 0));
+        .map(|t| {
+            let t0 = before.get(&t.id).copied().unwrap_or_default();
             // A cgroup evicted and re-added restarts below its old total.
-            let (d_sum, d_n) = if sum >= sum0 {
-                (sum - sum0, n.saturating_sub(n0))
+            if t.wait_ns >= t0.wait_ns && t.run_ns >= t0.run_ns {
+                CgroupTotals {
+                    id: t.id,
+                    wait_ns: t.wait_ns - t0.wait_ns,
+                    waits: t.waits.saturating_sub(t0.waits),
+                    run_ns: t.run_ns - t0.run_ns,
+                }
             } else {
-                (sum, n)
-            };
-            (id, d_sum, d_n)
+                *t
+            }
         })
-        .filter(|&(_, d_sum, _)| d_sum > 0)
+        .filter(|d| d.wait_ns > 0 || d.run_ns > 0)
         .collect();
-    grown.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    grown.sort_by(|a, b| b.wait_ns.cmp(&a.wait_ns).then(a.id.cmp(&b.id)));
     grown
         .into_iter()
-        .map(|(id, d_sum, d_n)| (id, d_sum as f64 / 1e9 / dt, d_n as f64 / dt))
+        .map(|d| CgroupCpu {
+            id: d.id,
+            waited: d.wait_ns as f64 / 1e9 / dt,
+            waits: d.waits as f64 / dt,
+            ran: d.run_ns as f64 / 1e9 / dt,
+            added: 0.0,
+        })
         .collect()
 }
 
@@ -709,7 +778,7 @@ pub fn culprits(kind: &str, moved: &[&str], s: &Subjects) -> Vec<Culprit> {
         "fork_storm" | "exec_storm" => parents(s),
         "syscall_storm" => syscall_processes(s, false),
         "syscall_error_spike" => syscall_processes(s, true),
-        "cpu_saturation" => waiting_cgroups_of(s),
+        "cpu_saturation" => cpu_cgroups_of(s),
         _ => Vec::new(),
     };
     out.truncate(CULPRITS_KEPT);
@@ -992,25 +1061,40 @@ fn syscall_processes(s: &Subjects, by_errors: bool) -> Vec<Culprit> {
         .collect()
 }
 
-fn waiting_cgroups_of(s: &Subjects) -> Vec<Culprit> {
-    let total: f64 = s.waiting_cgroups.iter().map(|c| c.1).sum();
-    s.waiting_cgroups
+/// CPU contention's cgroups: those that took more CPU than usual, most
+/// first, else (nobody did: the contention is the node's usual load at a
+/// busier moment) those that waited longest.
+fn cpu_cgroups_of(s: &Subjects) -> Vec<Culprit> {
+    let mut takers: Vec<&CgroupCpu> = s
+        .cgroups
         .iter()
+        .filter(|c| c.added >= CPU_ADDED_MIN)
+        .collect();
+    let (measure, amount): (&'static str, fn(&CgroupCpu) -> f64) = if takers.is_empty() {
+        takers = s.cgroups.iter().collect();
+        ("cpu_wait_seconds_per_second", |c| c.waited)
+    } else {
+        ("cpu_seconds_added_per_second", |c| c.added)
+    };
+    takers.sort_by(|a, b| amount(b).total_cmp(&amount(a)).then(a.id.cmp(&b.id)));
+    let total: f64 = takers.iter().map(|c| amount(c)).sum();
+    takers
+        .into_iter()
         .take(CULPRITS_KEPT)
-        .map(|&(id, waited, _)| Culprit {
+        .map(|c| Culprit {
             kind: CulpritKind::Cgroup,
             peer: None,
             protocol: None,
             pid: None,
             comm: None,
-            cgroup: Some(crate::cgroup::name(id)),
+            cgroup: Some(crate::cgroup::name(c.id)),
             reason: None,
             interface: None,
             netns: None,
-            measure: "cpu_wait_seconds_per_second",
-            amount: waited,
+            measure,
+            amount: amount(c),
             bytes_per_second: None,
-            share: share(waited, total),
+            share: share(amount(c), total),
             proven: true,
             pod: None,
         })
@@ -1032,9 +1116,18 @@ pub struct Signals {
 mod tests {
     use super::*;
 
-    fn with_totals(totals: &[(u64, u64, u64)]) -> Snapshot {
+    /// (id, wait ns, waits, run ns) per cgroup, cumulative.
+    fn with_totals(totals: &[(u64, u64, u64, u64)]) -> Snapshot {
         let reading = RunQueue {
-            cgroup_totals: totals.to_vec(),
+            cgroup_totals: totals
+                .iter()
+                .map(|&(id, wait_ns, waits, run_ns)| CgroupTotals {
+                    id,
+                    wait_ns,
+                    waits,
+                    run_ns,
+                })
+                .collect(),
             ..Default::default()
         };
         Snapshot {
@@ -1044,26 +1137,108 @@ mod tests {
     }
 
     #[test]
-    fn the_cgroup_that_waited_most_this_cycle_is_named_not_the_oldest() {
+    fn the_cgroup_that_waited_most_this_cycle_comes_first_not_the_oldest() {
         // Cgroup 1 waited longest in all, cgroup 2 most this cycle; 3 is new.
-        let prev = with_totals(&[(1, 50_000_000_000, 900), (2, 1_000_000_000, 100)]);
+        let prev = with_totals(&[(1, 50_000_000_000, 900, 0), (2, 1_000_000_000, 100, 0)]);
         let now = with_totals(&[
-            (1, 50_100_000_000, 910),
-            (2, 4_000_000_000, 400),
-            (3, 500_000_000, 10),
+            (1, 50_100_000_000, 910, 0),
+            (2, 4_000_000_000, 400, 3_000_000_000),
+            (3, 500_000_000, 10, 0),
         ]);
-        let (id, waited, waits) = most_waiting_cgroup(&prev, &now, 2.0).unwrap();
-        assert_eq!(id, 2);
-        assert!((waited - 1.5).abs() < 1e-9, "{waited}");
-        assert!((waits - 150.0).abs() < 1e-9, "{waits}");
+        let c = cgroup_cpu(&prev, &now, 2.0);
+        assert_eq!(c.iter().map(|c| c.id).collect::<Vec<_>>(), [2, 3, 1]);
+        assert!((c[0].waited - 1.5).abs() < 1e-9, "{c:?}");
+        assert!((c[0].waits - 150.0).abs() < 1e-9, "{c:?}");
+        assert!((c[0].ran - 1.5).abs() < 1e-9, "{c:?}");
     }
 
     #[test]
     fn a_cgroup_evicted_and_back_counts_from_zero() {
-        let prev = with_totals(&[(7, 9_000_000_000, 90)]);
-        let now = with_totals(&[(7, 2_000_000_000, 20)]);
-        assert_eq!(most_waiting_cgroup(&prev, &now, 1.0), Some((7, 2.0, 20.0)));
-        assert_eq!(most_waiting_cgroup(&now, &now, 1.0), None);
+        let prev = with_totals(&[(7, 9_000_000_000, 90, 5_000)]);
+        let now = with_totals(&[(7, 2_000_000_000, 20, 1_000_000_000)]);
+        let c = cgroup_cpu(&prev, &now, 1.0);
+        assert_eq!(
+            (c[0].id, c[0].waited, c[0].waits, c[0].ran),
+            (7, 2.0, 20.0, 1.0)
+        );
+        assert!(cgroup_cpu(&now, &now, 1.0).is_empty());
+    }
+
+    /// CPU contention names who took the CPUs: a newcomer's hogs, not the
+    /// node's steady load in the root cgroup, whose many tasks wait longer
+    /// in all; with no newcomer, the longest waiters.
+    #[test]
+    fn cpu_contention_names_the_cgroup_that_took_more_than_usual() {
+        let (root, hogs) = (1, 9);
+        let mut usual = CpuUsual::default();
+        let cycle = |usual: &mut CpuUsual, rows: &[CgroupCpu], hold: bool| {
+            let mut rows = rows.to_vec();
+            usual.observe(&mut rows, hold);
+            Subjects {
+                cgroups: rows,
+                seconds: 1.0,
+                ..Default::default()
+            }
+        };
+        let cpu = |id, waited, ran| CgroupCpu {
+            id,
+            waited,
+            waits: waited * 1_000.0,
+            ran,
+            added: 0.0,
+        };
+        for _ in 0..100 {
+            cycle(&mut usual, &[cpu(root, 0.05, 0.6)], false);
+        }
+        let steady = cycle(&mut usual, &[cpu(root, 0.05, 0.6)], false);
+        assert_eq!(steady.cpu_taker().map(|c| c.id), Some(root));
+        assert_eq!(
+            cpu_cgroups_of(&steady)[0].measure,
+            "cpu_wait_seconds_per_second"
+        );
+        // The hogs start: the root's tasks now wait four times as long as
+        // the hogs', and run less.
+        let contended = [cpu(root, 4.0, 0.45), cpu(hogs, 1.0, 1.4)];
+        let s = cycle(&mut usual, &contended, false);
+        assert_eq!(s.cpu_taker().map(|c| c.id), Some(hogs));
+        let culprits = cpu_cgroups_of(&s);
+        assert_eq!(culprits.len(), 1, "{culprits:?}");
+        assert_eq!(culprits[0].measure, "cpu_seconds_added_per_second");
+        assert!((culprits[0].amount - 1.4).abs() < 1e-9, "{culprits:?}");
+        assert!((culprits[0].share - 1.0).abs() < 1e-9, "{culprits:?}");
+        let said = s.describe_cpu_taker().unwrap();
+        assert!(
+            said.contains("ran 1.40 CPU s per second, 1.40 above its usual"),
+            "{said}"
+        );
+        // Held while the anomaly is open: the hogs do not become usual.
+        for _ in 0..100 {
+            cycle(&mut usual, &contended, true);
+        }
+        let s = cycle(&mut usual, &contended, true);
+        assert_eq!(s.cpu_taker().map(|c| c.id), Some(hogs));
+        // Learned once it is over: they would be usual in time.
+        for _ in 0..200 {
+            cycle(&mut usual, &contended, false);
+        }
+        let s = cycle(&mut usual, &contended, false);
+        assert_eq!(s.cpu_taker().map(|c| c.id), Some(root));
+    }
+
+    #[test]
+    fn a_cgroup_gone_is_forgotten() {
+        let mut usual = CpuUsual::default();
+        let mut rows = vec![CgroupCpu {
+            id: 4,
+            ran: 1.0,
+            ..Default::default()
+        }];
+        usual.observe(&mut rows, false);
+        assert_eq!(usual.usual.len(), 1);
+        for _ in 0..1_000 {
+            usual.observe(&mut [], false);
+        }
+        assert!(usual.usual.is_empty(), "{:?}", usual.usual);
     }
 
     /// A connection storm's culprit is who opened the connections: not the

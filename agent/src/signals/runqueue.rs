@@ -192,7 +192,12 @@ impl Maps {
         paths.retain(|id, _| live.contains(id));
         reading.cgroup_totals = rows
             .iter()
-            .map(|(id, stats)| (*id, stats.sum_ns, stats.samples))
+            .map(|(id, stats)| CgroupTotals {
+                id: *id,
+                wait_ns: stats.sum_ns,
+                waits: stats.samples,
+                run_ns: stats.run_ns,
+            })
             .collect();
         rows.sort_by(|a, b| b.1.sum_ns.cmp(&a.1.sum_ns).then(a.0.cmp(&b.0)));
         rows.truncate(self.top_cgroups);
@@ -252,10 +257,20 @@ pub struct RunQueue {
     /// The cgroups that waited longest in all (cumulative), longest
     /// first, at most `runqueue.top_cgroups`: (path, waits).
     pub cgroups: Vec<(String, RunqStats)>,
-    /// Every cgroup in the kernel's per-cgroup map: (id, summed wait ns,
-    /// waits), cumulative; what the MAPE-K loop names a CPU-starved
-    /// cgroup from.
-    pub cgroup_totals: Vec<(u64, u64, u64)>,
+    /// Every cgroup in the kernel's per-cgroup map, cumulative; what the
+    /// MAPE-K loop names the cgroups of CPU contention from.
+    pub cgroup_totals: Vec<CgroupTotals>,
+}
+
+/// One cgroup's run-queue totals since it entered the kernel's map.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CgroupTotals {
+    pub id: u64,
+    /// Summed wait for a CPU (ns) and waits.
+    pub wait_ns: u64,
+    pub waits: u64,
+    /// CPU time (ns) of the runs that followed those waits.
+    pub run_ns: u64,
 }
 
 impl Reading for RunQueue {
@@ -324,7 +339,12 @@ mod tests {
         let reading = RunQueue {
             total: stats,
             cgroups: vec![("/system.slice".to_owned(), stats)],
-            cgroup_totals: vec![(7, 4_000, 4)],
+            cgroup_totals: vec![CgroupTotals {
+                id: 7,
+                wait_ns: 4_000,
+                waits: 4,
+                run_ns: 9_000,
+            }],
         };
         let mut out = Vec::new();
         reading.families(&mut out);
