@@ -314,14 +314,30 @@ impl Subjects {
         ))
     }
 
-    /// The cgroup behind CPU contention this cycle: the one that took the
-    /// most CPU above its usual, else the one that waited longest.
-    pub fn cpu_taker(&self) -> Option<&CgroupCpu> {
-        self.cgroups
+    /// CPU contention's cgroups this cycle, heaviest first, with the
+    /// measure that ranks them: those that took more CPU than usual, by
+    /// the CPU they added; else (nobody did: the contention is the node's
+    /// usual load at a busier moment) those that waited longest.
+    fn cpu_ranked(&self) -> (&'static str, fn(&CgroupCpu) -> f64, Vec<&CgroupCpu>) {
+        let mut ranked: Vec<&CgroupCpu> = self
+            .cgroups
             .iter()
             .filter(|c| c.added >= CPU_ADDED_MIN)
-            .max_by(|a, b| a.added.total_cmp(&b.added).then(b.id.cmp(&a.id)))
-            .or_else(|| self.cgroups.first())
+            .collect();
+        let (measure, amount): (&'static str, fn(&CgroupCpu) -> f64) = if ranked.is_empty() {
+            ranked = self.cgroups.iter().collect();
+            ("cpu_wait_seconds_per_second", |c| c.waited)
+        } else {
+            ("cpu_seconds_added_per_second", |c| c.added)
+        };
+        ranked.sort_by(|a, b| amount(b).total_cmp(&amount(a)).then(a.id.cmp(&b.id)));
+        (measure, amount, ranked)
+    }
+
+    /// The cgroup behind CPU contention this cycle: the first of
+    /// [`Self::cpu_ranked`].
+    pub fn cpu_taker(&self) -> Option<&CgroupCpu> {
+        self.cpu_ranked().2.first().copied()
     }
 
     /// "cgroup PATH: ran R CPU s/s, A above its usual; its tasks waited W s
@@ -1061,22 +1077,9 @@ fn syscall_processes(s: &Subjects, by_errors: bool) -> Vec<Culprit> {
         .collect()
 }
 
-/// CPU contention's cgroups: those that took more CPU than usual, most
-/// first, else (nobody did: the contention is the node's usual load at a
-/// busier moment) those that waited longest.
+/// CPU contention's cgroups ([`Subjects::cpu_ranked`]) as culprits.
 fn cpu_cgroups_of(s: &Subjects) -> Vec<Culprit> {
-    let mut takers: Vec<&CgroupCpu> = s
-        .cgroups
-        .iter()
-        .filter(|c| c.added >= CPU_ADDED_MIN)
-        .collect();
-    let (measure, amount): (&'static str, fn(&CgroupCpu) -> f64) = if takers.is_empty() {
-        takers = s.cgroups.iter().collect();
-        ("cpu_wait_seconds_per_second", |c| c.waited)
-    } else {
-        ("cpu_seconds_added_per_second", |c| c.added)
-    };
-    takers.sort_by(|a, b| amount(b).total_cmp(&amount(a)).then(a.id.cmp(&b.id)));
+    let (measure, amount, takers) = s.cpu_ranked();
     let total: f64 = takers.iter().map(|c| amount(c)).sum();
     takers
         .into_iter()
