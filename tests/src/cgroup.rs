@@ -46,6 +46,18 @@ pub fn cpu_usage_us(dir: &Path) -> Option<f64> {
         .ok()
 }
 
+/// How long a cgroup's threads have waited for a CPU (ns), by the
+/// scheduler's own accounting: `run_delay`, the second field of each
+/// thread's /proc/TID/schedstat, summed over the threads in it now.
+pub fn run_delay_ns(dir: &Path) -> u64 {
+    let threads = std::fs::read_to_string(dir.join("cgroup.threads")).unwrap_or_default();
+    threads
+        .lines()
+        .filter_map(|tid| std::fs::read_to_string(format!("/proc/{}/schedstat", tid.trim())).ok())
+        .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
 /// A child of the cgroup2 root, removed on drop (once its processes are
 /// gone).
 pub struct TestCgroup {

@@ -275,6 +275,75 @@ fn cpu_saturation_is_detected_and_names_the_cgroup_that_took_the_cpus() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Moderate contention, one and a half CPU hogs per core, keeps about one
+/// task waiting per two CPUs without stretching the mean wait per wait
+/// much: it is detected by the time tasks spent waiting, and that time is
+/// at least what the hogs alone waited by the kernel's own scheduler
+/// accounting (`run_delay` in /proc/TID/schedstat of each of their
+/// threads).
+#[test]
+fn moderate_cpu_contention_is_detected_by_the_time_tasks_wait() {
+    use sonde_tests::cgroup::{TestCgroup, run_delay_ns};
+    if !require_root() {
+        return;
+    }
+    let dir = state_dir("cpu-moderate");
+    let agent = Agent::start(&mapek_config(&dir).render(), &[]);
+    warmed_up(&agent);
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let cgroup = TestCgroup::new("sonde-test-moderate");
+    let hogs = sonde_tests::process::Proc::spawn(
+        "stress-ng (hogs)",
+        cgroup.command(
+            "stress-ng",
+            &[
+                "--cpu",
+                &(cpus * 3 / 2).to_string(),
+                "--timeout",
+                "8s",
+                "--quiet",
+            ],
+        ),
+    )
+    .expect("starting the hogs");
+    std::thread::sleep(Duration::from_secs(2));
+    let (waited_before, t0) = (run_delay_ns(cgroup.dir()), std::time::Instant::now());
+    let anomaly = agent.wait_for_anomaly("cpu_saturation");
+    std::thread::sleep(Duration::from_secs(2));
+    // The same anomaly, its evidence two cycles on.
+    let anomaly =
+        agent.wait_for_anomaly_since("cpu_saturation", anomaly["start"].as_f64().unwrap_or(0.0));
+    let hogs_waiting = run_delay_ns(cgroup.dir()).saturating_sub(waited_before) as f64
+        / 1e9
+        / t0.elapsed().as_secs_f64();
+    drop(hogs);
+    let observed = anomaly["evidence"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["feature"] == "runqueue_waiting_per_cpu")
+        .and_then(|e| e["observed"].as_f64())
+        .unwrap_or_else(|| panic!("no runqueue_waiting_per_cpu evidence: {anomaly}"));
+    println!(
+        "waiting per CPU {observed:.3} (node); the hogs alone waited {hogs_waiting:.3} s/s \
+         ({:.3} per CPU) by their schedstat",
+        hogs_waiting / cpus as f64
+    );
+    assert!(
+        hogs_waiting > 0.3,
+        "the hogs should have waited: {hogs_waiting:.3} s/s"
+    );
+    assert!(
+        observed >= 0.8 * hogs_waiting / cpus as f64,
+        "the node's waiting per CPU {observed:.3} is less than the hogs' own \
+         {hogs_waiting:.3} s/s over {cpus} CPUs: {anomaly}"
+    );
+    let top = &anomaly["culprits"][0];
+    assert_eq!(top["cgroup"], cgroup.label(), "{anomaly}");
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A SYN flood (hping3, bounded by count) from the test namespace at a
 /// listener's port is detected as `syn_flood`, its source named but not
 /// proven.

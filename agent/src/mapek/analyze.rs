@@ -157,6 +157,7 @@ pub const FEATURES: &[(&str, &str, f64)] = &[
     ("tcp_rtt_mean_seconds", "latency_regression", 0.02),
     ("tcp_connect_mean_seconds", "latency_regression", 0.02),
     ("runqueue_mean_wait_seconds", "cpu_saturation", 0.0005),
+    ("runqueue_waiting_per_cpu", "cpu_saturation", 0.25),
     ("process_exits_per_second", "fork_storm", 200.0),
     ("process_execs_per_second", "exec_storm", 200.0),
 ];

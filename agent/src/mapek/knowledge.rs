@@ -126,6 +126,9 @@ pub fn mean_limit(feature: &str) -> Option<f64> {
         Some(3600.0)
     } else if feature.ends_with("_per_second") || feature.ends_with("_per_cycle") {
         Some(1e9)
+    } else if feature.ends_with("_per_cpu") {
+        // Runnable tasks per CPU: a fork bomb's thousands, not billions.
+        Some(1e6)
     } else {
         None
     }

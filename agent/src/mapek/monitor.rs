@@ -524,13 +524,21 @@ pub fn features(
         let total = |s: &Snapshot| s.reading::<RunQueue>().map(|r| r.total).unwrap_or_default();
         let (now_rq, prev_rq) = (total(now), total(prev));
         let samples = now_rq.samples.saturating_sub(prev_rq.samples);
+        let sum = now_rq.sum_ns.saturating_sub(prev_rq.sum_ns);
         if samples > 0 {
-            let sum = now_rq.sum_ns.saturating_sub(prev_rq.sum_ns);
             f.insert(
                 "runqueue_mean_wait_seconds",
                 sum as f64 / samples as f64 / 1e9,
             );
         }
+        // Wait seconds per second is the mean number of tasks kept
+        // waiting: moderate contention shows here while the normal
+        // load's many short wakeups dilute the mean wait per wait.
+        let cpus = now.reading::<RunQueue>().map_or(1, |r| r.cpus.max(1));
+        f.insert(
+            "runqueue_waiting_per_cpu",
+            sum as f64 / 1e9 / dt / cpus as f64,
+        );
     }
     if signals.processes {
         let processes = |s: &Snapshot| s.reading::<Processes>().cloned().unwrap_or_default();

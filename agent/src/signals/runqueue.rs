@@ -155,6 +155,8 @@ fn open(ebpf: &mut Ebpf, config: &Config) -> Result<Box<dyn Source>, OpenError> 
             0
         },
         paths: RefCell::default(),
+        // Hotplug is rare and a wrong count only scales one feature.
+        cpus: aya::util::online_cpus().map_or(1, |c| c.len().max(1)),
     }))
 }
 
@@ -168,6 +170,7 @@ struct Maps {
     /// cgroup id → path (None: not found by the last walk, retried at
     /// the next sweep), for the ids in the per-cgroup map.
     paths: RefCell<HashMap<u64, Option<String>>>,
+    cpus: usize,
 }
 
 impl Maps {
@@ -224,7 +227,10 @@ impl Maps {
 
 impl Source for Maps {
     fn collect(&self) -> (Arc<dyn Reading>, Option<MapError>) {
-        let mut reading = RunQueue::default();
+        let mut reading = RunQueue {
+            cpus: self.cpus,
+            ..RunQueue::default()
+        };
         let error = match self.stats.get(&0, 0) {
             Ok(values) => {
                 reading.total = RunqStats::sum(values.iter());
@@ -254,6 +260,9 @@ impl Source for Maps {
 pub struct RunQueue {
     /// Every wait measured.
     pub total: RunqStats,
+    /// Online CPUs when the signal opened: what waits are shared among
+    /// (MAPE-K's waiting-per-CPU feature).
+    pub cpus: usize,
     /// The cgroups that waited longest in all (cumulative), longest
     /// first, at most `runqueue.top_cgroups`: (path, waits).
     pub cgroups: Vec<(String, RunqStats)>,
@@ -345,6 +354,7 @@ mod tests {
                 waits: 4,
                 run_ns: 9_000,
             }],
+            cpus: 2,
         };
         let mut out = Vec::new();
         reading.families(&mut out);
