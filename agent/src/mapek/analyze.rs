@@ -30,6 +30,10 @@ const RELATIVE_DEVIATION: f64 = 0.25;
 /// CUSUM slack (in deviations) and alarm level.
 const CUSUM_SLACK: f64 = 1.0;
 pub const CUSUM_ALARM: f64 = 12.0;
+/// How many cycles after it opened a symptom's anomaly is renamed for a
+/// cause that fires: a flood's drops cross their floor a cycle before its
+/// packets do, a queue drops before its delay reaches the RTT mean.
+const REFINE_CYCLES: u32 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Baseline {
@@ -89,6 +93,9 @@ pub struct Anomaly {
     pub container_id: Option<String>,
     #[serde(skip)]
     quiet: u32,
+    /// Cycles since it opened.
+    #[serde(skip)]
+    age: u32,
     /// `subject` is the top culprit's description (so it follows them).
     #[serde(skip)]
     subject_from_culprit: bool,
@@ -134,6 +141,7 @@ impl Anomaly {
             container: None,
             container_id: None,
             quiet: 0,
+            age: 0,
             subject_from_culprit: false,
         }
     }
@@ -250,6 +258,30 @@ pub const EXPLAINS: &[(&str, &[&str])] = &[
     ("latency_regression", &["packet_loss"]),
     ("traffic_surge", &["packet_loss", "cpu_saturation"]),
 ];
+
+/// An anomaly's subject, culprits, and whether the subject is the top
+/// culprit's description, when it is named `kind` on `evidence`.
+fn named(
+    kind: &str,
+    evidence: &[Evidence],
+    subjects: &Subjects,
+) -> (Option<String>, Vec<Culprit>, bool) {
+    let subject = match kind {
+        // Not syn_flood: the peer with the widest fan-out is not the SYN
+        // source, and a flood's sources are often forged.
+        "port_scan" => subjects.widest_peer.map(|p| format!("peer {p}")),
+        "fork_storm" => subjects.describe_parent(),
+        "cpu_saturation" => subjects.describe_cpu_taker(),
+        "syscall_storm" => super::monitor::describe_syscall_process(subjects, false),
+        "syscall_error_spike" => super::monitor::describe_syscall_process(subjects, true),
+        _ => None,
+    };
+    let moved = moved_most_first(evidence);
+    let culprits = super::monitor::culprits(kind, &moved, subjects);
+    let from_culprit = subject.is_none() && !culprits.is_empty();
+    let subject = subject.or_else(|| culprits.first().map(Culprit::describe));
+    (subject, culprits, from_culprit)
+}
 
 /// The features of `evidence`, the one that moved most first.
 fn moved_most_first(evidence: &[Evidence]) -> Vec<&'static str> {
@@ -489,6 +521,10 @@ impl Analyzer {
             }
         }
 
+        for anomaly in &mut self.active {
+            anomaly.age = anomaly.age.saturating_add(1);
+        }
+        let refined = self.refine(&firing, subjects);
         let mut opened = Vec::new();
         for anomaly in &mut self.active {
             // Named later: per-process counting starts when a syscall
@@ -570,20 +606,7 @@ impl Analyzer {
         }
         for (kind, evidence) in firing {
             let score = evidence.iter().map(|e| e.score).fold(0.0, f64::max);
-            let subject = match kind {
-                // Not syn_flood: the peer with the widest fan-out is not
-                // the SYN source, and a flood's sources are often forged.
-                "port_scan" => subjects.widest_peer.map(|p| format!("peer {p}")),
-                "fork_storm" => subjects.describe_parent(),
-                "cpu_saturation" => subjects.describe_cpu_taker(),
-                "syscall_storm" => super::monitor::describe_syscall_process(subjects, false),
-                "syscall_error_spike" => super::monitor::describe_syscall_process(subjects, true),
-                _ => None,
-            };
-            let moved = moved_most_first(&evidence);
-            let culprits = super::monitor::culprits(kind, &moved, subjects);
-            let subject_from_culprit = subject.is_none() && !culprits.is_empty();
-            let subject = subject.or_else(|| culprits.first().map(Culprit::describe));
+            let (subject, culprits, subject_from_culprit) = named(kind, &evidence, subjects);
             let notes = super::monitor::unattributed_note(kind)
                 .filter(|_| subject.is_none())
                 .map(|n| vec![n.to_owned()])
@@ -604,6 +627,7 @@ impl Analyzer {
                 container: None,
                 container_id: None,
                 quiet: 0,
+                age: 0,
                 subject_from_culprit,
             };
             anomaly.set_pod(subjects);
@@ -611,6 +635,12 @@ impl Analyzer {
             opened.push(anomaly.clone());
             self.active.push(anomaly);
         }
+        opened.extend(
+            self.active
+                .iter()
+                .filter(|a| refined.contains(&a.id))
+                .cloned(),
+        );
         let quiet_cycles = self.quiet_cycles;
         let (done, still): (Vec<Anomaly>, Vec<Anomaly>) =
             self.active.drain(..).partition(|a| a.quiet >= quiet_cycles);
@@ -624,6 +654,48 @@ impl Analyzer {
             self.closed.drain(..excess);
         }
         opened
+    }
+
+    /// Renames for its cause an anomaly opened as a symptom of it at most
+    /// `REFINE_CYCLES` ago, when that cause fires now: one incident, one
+    /// anomaly, named for what happened (and kept from its first cycle, so
+    /// the refinement costs no time to detect). Its culprits and subject
+    /// are the cause's; its first name stays in its notes. Returns the ids
+    /// renamed; the cause's evidence joins them in this cycle's update.
+    fn refine(
+        &mut self,
+        firing: &BTreeMap<&'static str, Vec<Evidence>>,
+        subjects: &Subjects,
+    ) -> Vec<u64> {
+        let mut refined = Vec::new();
+        for (&cause, evidence) in firing {
+            if self.active.iter().any(|a| a.kind == cause) {
+                continue;
+            }
+            let Some((_, symptoms)) = EXPLAINS.iter().find(|(c, _)| *c == cause) else {
+                continue;
+            };
+            let Some(anomaly) = self.active.iter_mut().find(|a| {
+                a.age <= REFINE_CYCLES && symptoms.contains(&a.kind) && !refined.contains(&a.id)
+            }) else {
+                continue;
+            };
+            let first = anomaly.kind;
+            anomaly.kind = cause;
+            let (subject, culprits, from_culprit) = named(cause, evidence, subjects);
+            anomaly.subject = subject;
+            anomaly.culprits = culprits;
+            anomaly.subject_from_culprit = from_culprit;
+            if let Some(note) = super::monitor::unattributed_note(first) {
+                anomaly.notes.retain(|n| n != note);
+            }
+            anomaly.notes.push(format!(
+                "opened as {first}; named {cause} when its cause showed {} cycle(s) later",
+                anomaly.age
+            ));
+            refined.push(anomaly.id);
+        }
+        refined
     }
 
     /// The deviation threshold per feature, in the feature's own units.
@@ -810,6 +882,68 @@ mod tests {
         let opened = a.observe(&bloat, &Subjects::default(), 40.0);
         assert_eq!(opened.len(), 1, "{opened:?}");
         assert_eq!(opened[0].kind, "latency_regression");
+    }
+
+    #[test]
+    fn a_symptom_seen_first_is_renamed_for_its_cause_within_two_cycles() {
+        let mut a = Analyzer::new(6.0, 10, 3);
+        let normal = |i: u32| {
+            let mut f = Features::new();
+            f.insert("tcp_retransmits_per_second", f64::from(i % 2));
+            f.insert("tcp_rtt_mean_seconds", 0.0001);
+            f.insert("syscalls_per_second", 30_000.0 + 1_000.0 * f64::from(i % 3));
+            f.insert("process_exits_per_second", 5.0 + f64::from(i % 3));
+            f
+        };
+        for i in 0..30 {
+            a.observe(&normal(i), &Subjects::default(), f64::from(i));
+        }
+        // A queue fills: it drops (retransmits) a cycle before the RTT
+        // mean shows its delay.
+        let mut loss = normal(30);
+        loss.insert("tcp_retransmits_per_second", 300.0);
+        let first = a.observe(&loss, &Subjects::default(), 30.0);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].kind, "packet_loss");
+        loss.insert("tcp_rtt_mean_seconds", 0.2);
+        let opened = a.observe(&loss, &Subjects::default(), 31.0);
+        assert_eq!(opened.len(), 1, "{opened:?}");
+        let renamed = &opened[0];
+        assert_eq!(
+            (renamed.id, renamed.kind),
+            (first[0].id, "latency_regression")
+        );
+        assert_eq!(renamed.start, 30.0, "it keeps its first cycle");
+        assert!(
+            renamed
+                .notes
+                .iter()
+                .any(|n| n.contains("opened as packet_loss"))
+        );
+        assert_eq!(a.active.len(), 1);
+        for i in 32..40 {
+            a.observe(&normal(i), &Subjects::default(), f64::from(i));
+        }
+        assert!(a.active.is_empty());
+        // Three cycles on, a symptom is its own anomaly: the cause opens
+        // beside it.
+        let storm = |i: u32| {
+            let mut f = normal(i);
+            f.insert("syscalls_per_second", 400_000.0);
+            f
+        };
+        a.observe(&storm(40), &Subjects::default(), 40.0);
+        for i in 41..43 {
+            a.observe(&storm(i), &Subjects::default(), f64::from(i));
+        }
+        let mut forks = storm(43);
+        forks.insert("process_exits_per_second", 5_000.0);
+        let opened = a.observe(&forks, &Subjects::default(), 43.0);
+        assert_eq!(opened.len(), 1);
+        assert_eq!(opened[0].kind, "fork_storm");
+        let mut kinds: Vec<&str> = a.active.iter().map(|a| a.kind).collect();
+        kinds.sort_unstable();
+        assert_eq!(kinds, ["fork_storm", "syscall_storm"]);
     }
 
     #[test]

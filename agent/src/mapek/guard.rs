@@ -315,6 +315,9 @@ fn nameservers(text: &str) -> Vec<IpAddr> {
         .collect()
 }
 
+/// How a SYN cookie note starts (replaced each cycle, other notes kept).
+const NOTE_START: &str = "not blocked: a SYN flood's sources are unproven";
+
 /// The kernel's SYN-cookie counters (TcpExt SyncookiesSent, Recv, Failed
 /// of /proc/net/netstat): how it answers a SYN flood without keeping
 /// state, whatever the sources.
@@ -340,6 +343,11 @@ impl SynCookies {
         })
     }
 
+    /// Whether `note` is one [`SynCookies::note`] wrote.
+    pub fn is_note(note: &str) -> bool {
+        note.starts_with(NOTE_START)
+    }
+
     /// What a syn_flood anomaly says about them: totals now, and since
     /// `before` (the previous cycle).
     pub fn note(self, before: Option<SynCookies>) -> String {
@@ -351,9 +359,8 @@ impl SynCookies {
             )
         });
         format!(
-            "not blocked: a SYN flood's sources are unproven (half-open, often forged); the \
-             kernel answers it with SYN cookies: TcpExtSyncookiesSent {}, SyncookiesRecv {}, \
-             SyncookiesFailed {}{since}",
+            "{NOTE_START} (half-open, often forged); the kernel answers it with SYN cookies: \
+             TcpExtSyncookiesSent {}, SyncookiesRecv {}, SyncookiesFailed {}{since}",
             self.sent, self.received, self.failed
         )
     }

@@ -640,8 +640,7 @@ fn note_syn_cookies(m: &mut Mapek) {
     let Some(now) = m.syn_cookies else { return };
     for anomaly in &mut m.analyzer.active {
         if anomaly.kind == "syn_flood" {
-            let unattributed = monitor::unattributed_note("syn_flood");
-            anomaly.notes.retain(|n| Some(n.as_str()) == unattributed);
+            anomaly.notes.retain(|n| !guard::SynCookies::is_note(n));
             anomaly.notes.push(now.note(before));
         }
     }
