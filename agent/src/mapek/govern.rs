@@ -15,9 +15,13 @@ use super::plan::Action;
 use crate::{collectors::Snapshot, config::overlay::SHED_STEPS as STEPS};
 
 /// Cycles over budget before the next step down; cycles under half the
-/// budget before the next step back up.
+/// budget before the first step back up, and between the next ones while
+/// the calm lasts: the first wait proves the spike is over, the rest
+/// restore the detail an incident's start needs (four steps in 19 cycles,
+/// not 40), and a step that costs too much is shed again.
 const CYCLES_OVER: u32 = 3;
 const CYCLES_UNDER: u32 = 10;
+const CYCLES_UNDER_NEXT: u32 = 3;
 /// Below this share of the budget, detail is restored.
 const RESTORE_BELOW: f64 = 0.5;
 /// The ratio reported while events are being lost with a zero-loss budget.
@@ -73,6 +77,8 @@ pub struct Governor {
     pub last: Cost,
     over: u32,
     under: u32,
+    /// A step was restored and the calm has lasted since.
+    restoring: bool,
 }
 
 impl Governor {
@@ -86,6 +92,7 @@ impl Governor {
             last: Cost::default(),
             over: 0,
             under: 0,
+            restoring: false,
         }
     }
 
@@ -110,6 +117,9 @@ impl Governor {
         self.ratio = self.ratio_of(&cost);
         if !self.enabled {
             return None;
+        }
+        if self.ratio >= RESTORE_BELOW {
+            self.restoring = false;
         }
         if self.ratio > 1.0 {
             self.under = 0;
@@ -140,12 +150,18 @@ impl Governor {
         } else if self.ratio < RESTORE_BELOW {
             self.over = 0;
             self.under += 1;
-            if self.under >= CYCLES_UNDER && self.level > 0 {
+            let wait = if self.restoring {
+                CYCLES_UNDER_NEXT
+            } else {
+                CYCLES_UNDER
+            };
+            if self.under >= wait && self.level > 0 {
                 self.under = 0;
+                self.restoring = true;
                 let step = STEPS[self.level - 1];
                 self.level -= 1;
                 let reason = format!(
-                    "under half the budget for {CYCLES_UNDER} cycles ({:.0}% of it)",
+                    "under half the budget for {wait} cycles ({:.0}% of it)",
                     self.ratio * 100.0
                 );
                 info!(level = self.level, step, "cost back under budget: {reason}");
@@ -201,6 +217,22 @@ mod tests {
             panic!("ten cycles well under budget should restore a step");
         };
         assert_eq!((level, step), (STEPS.len() - 1, STEPS[STEPS.len() - 1]));
+        // While the calm lasts, the next steps come back every 3 cycles.
+        for _ in 0..2 {
+            assert!(g.observe(cpu(0.001)).is_none());
+        }
+        assert!(matches!(
+            g.observe(cpu(0.001)),
+            Some(Action::RestoreCost { .. })
+        ));
+        assert_eq!(g.level, STEPS.len() - 2);
+        // A busier cycle ends the calm: the next restore waits 10 again.
+        assert!(g.observe(cpu(0.015)).is_none());
+        for _ in 0..9 {
+            assert!(g.observe(cpu(0.001)).is_none());
+        }
+        assert!(g.observe(cpu(0.001)).is_some());
+        assert_eq!(g.level, STEPS.len() - 3);
     }
 
     #[test]
