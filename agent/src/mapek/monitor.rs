@@ -1346,17 +1346,20 @@ mod tests {
             &[("eth0", "NETFILTER_DROP", 100), ("eth1", "NO_SOCKET", 50)],
             &[("NETFILTER_DROP", 100), ("NO_SOCKET", 70)],
         );
-        // A veth deleted meanwhile purged its queue: teardown, not loss.
+        // A veth deleted meanwhile purged its queue: teardown, not loss;
+        // a capture that fell behind lost its copies, not the packets.
         let now = drops(
             &[
                 ("eth0", "NETFILTER_DROP", 1_000),
                 ("eth1", "NO_SOCKET", 5),
                 ("veth9", "queue_purge", 500),
+                ("eth0", "packet_sock_error", 300),
             ],
             &[
                 ("NETFILTER_DROP", 1_000),
                 ("NO_SOCKET", 125),
                 ("queue_purge", 500),
+                ("packet_sock_error", 300),
             ],
         );
         let d = drop_deltas(&prev, &now);

@@ -303,22 +303,26 @@ pub struct Drops {
     pub series_removed: u64,
 }
 
-/// Drop reasons that are teardown, not loss on a live path: a deleted or
+/// Drop reasons that are not loss on a live path. Teardown: a deleted or
 /// downed interface's queue, its dead neighbour entries, a socket closed
-/// with data unread. A node that churns pods and veths drops these all day;
-/// they are exported like any other, but are not packet loss.
-pub const TEARDOWN_REASONS: &[&str] = &[
+/// with data unread; a node that churns pods and veths drops these all day.
+/// And a packet socket's copy (`packet_sock_error`): a capture (tcpdump,
+/// nmap's sniffer) that fell behind or closed loses its clone, while the
+/// packet itself went on. They are exported like any other, but are not
+/// packet loss.
+pub const NOT_LOSS_REASONS: &[&str] = &[
     "queue_purge",
     "dev_ready",
     "neigh_dead",
     "socket_close",
     "unix_disconnect",
     "unix_skip_oob",
+    "packet_sock_error",
 ];
 
-/// Whether drops of `reason` are loss (not [`TEARDOWN_REASONS`]).
+/// Whether drops of `reason` are loss (not [`NOT_LOSS_REASONS`]).
 pub fn is_loss(reason: &str) -> bool {
-    !TEARDOWN_REASONS.contains(&reason)
+    !NOT_LOSS_REASONS.contains(&reason)
 }
 
 impl Drops {
@@ -327,7 +331,7 @@ impl Drops {
         self.reasons.iter().map(|(_, n)| *n).sum()
     }
 
-    /// Drops of every reason but teardown's.
+    /// Drops of every reason that is loss ([`is_loss`]).
     pub fn loss(&self) -> u64 {
         self.reasons
             .iter()
