@@ -162,8 +162,7 @@ pub const FEATURES: &[(&str, &str, f64)] = &[
     ("tcp_retransmits_per_second", "packet_loss", 5.0),
     ("packet_drops_per_second", "packet_loss", 20.0),
     ("tcp_resets_sent_per_second", "connection_refusals", 50.0),
-    // 5 ms: a LAN's 1 ms growing tenfold is a regression its users feel.
-    ("tcp_rtt_mean_seconds", "latency_regression", 0.005),
+    ("tcp_rtt_mean_seconds", "latency_regression", 0.02),
     ("tcp_connect_mean_seconds", "latency_regression", 0.02),
     ("runqueue_mean_wait_seconds", "cpu_saturation", 0.0005),
     ("runqueue_waiting_per_cpu", "cpu_saturation", 0.25),
