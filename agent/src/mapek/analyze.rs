@@ -686,6 +686,11 @@ impl Analyzer {
             anomaly.subject = subject;
             anomaly.culprits = culprits;
             anomaly.subject_from_culprit = from_culprit;
+            // Named again for the cause's subject (this cycle's update).
+            anomaly.pod = None;
+            anomaly.namespace = None;
+            anomaly.container = None;
+            anomaly.container_id = None;
             if let Some(note) = super::monitor::unattributed_note(first) {
                 anomaly.notes.retain(|n| n != note);
             }
