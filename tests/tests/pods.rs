@@ -940,9 +940,11 @@ fn latency_and_loss_between_pods_are_named_by_pod() {
         s.grep(&db.veth)
     );
     // tc's own count of what it dropped is not quite the kernel's count
-    // of frees (seen: one apart, either way, in a few runs of ten).
+    // of frees (seen: one apart, either way, in a few runs of ten; three
+    // apart in 94 once, with the agent equal to bpftrace's count): a
+    // sanity check within 5 %, bpftrace is the referee.
     assert!(
-        (pod_drops(&s) - tc_drops as f64).abs() <= 2.0,
+        (pod_drops(&s) - tc_drops as f64).abs() <= (0.05 * tc_drops as f64).max(2.0),
         "tc dropped {tc_drops} on {}, the agent counted {}",
         db.veth,
         pod_drops(&s)
