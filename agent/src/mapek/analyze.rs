@@ -283,6 +283,14 @@ fn named(
     (subject, culprits, from_culprit)
 }
 
+/// Why an anomaly of `kind` names nobody, when it has no `subject`.
+fn unattributed_notes(kind: &str, subject: Option<&str>) -> Vec<String> {
+    super::monitor::unattributed_note(kind)
+        .filter(|_| subject.is_none())
+        .map(|n| vec![n.to_owned()])
+        .unwrap_or_default()
+}
+
 /// The features of `evidence`, the one that moved most first.
 fn moved_most_first(evidence: &[Evidence]) -> Vec<&'static str> {
     let mut e: Vec<&Evidence> = evidence.iter().collect();
@@ -607,10 +615,7 @@ impl Analyzer {
         for (kind, evidence) in firing {
             let score = evidence.iter().map(|e| e.score).fold(0.0, f64::max);
             let (subject, culprits, subject_from_culprit) = named(kind, &evidence, subjects);
-            let notes = super::monitor::unattributed_note(kind)
-                .filter(|_| subject.is_none())
-                .map(|n| vec![n.to_owned()])
-                .unwrap_or_default();
+            let notes = unattributed_notes(kind, subject.as_deref());
             let mut anomaly = Anomaly {
                 id: self.next_id,
                 kind,
@@ -694,6 +699,8 @@ impl Analyzer {
             if let Some(note) = super::monitor::unattributed_note(first) {
                 anomaly.notes.retain(|n| n != note);
             }
+            let unattributed = unattributed_notes(cause, anomaly.subject.as_deref());
+            anomaly.notes.extend(unattributed);
             anomaly.notes.push(format!(
                 "opened as {first}; named {cause} when its cause showed {} cycle(s) later",
                 anomaly.age
