@@ -183,3 +183,60 @@ mod bpffs {
         }
     }
 }
+
+/// The entries (key and value bytes) of the map named `name` that process
+/// `pid` holds, as the kernel lists them (`bpftool map dump`): the referee
+/// for what the agent says its tables hold.
+pub fn map_entries(pid: u32, name: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    use std::process::Command;
+    crate::sys::need_tool("bpftool", "bpftool");
+    // The maps the process holds, from its fds (bpftool's own pid column
+    // needs a bpftool built with it).
+    let mut ids: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/fdinfo: {e}"))
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("map_id:")?.trim().parse().ok())
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let id = ids
+        .into_iter()
+        .find(|id| {
+            crate::sys::output(Command::new("bpftool").args([
+                "-j",
+                "map",
+                "show",
+                "id",
+                &id.to_string(),
+            ]))
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .is_some_and(|m| m["name"].as_str() == Some(name))
+        })
+        .unwrap_or_else(|| panic!("process {pid} holds no map named {name}"));
+    let dump = crate::sys::output(Command::new("bpftool").args([
+        "-j",
+        "map",
+        "dump",
+        "id",
+        &id.to_string(),
+    ]))
+    .unwrap_or_else(|e| panic!("bpftool map dump id {id}: {e}"));
+    let entries: Vec<serde_json::Value> =
+        serde_json::from_str(&dump).unwrap_or_else(|e| panic!("bpftool map dump id {id}: {e}"));
+    // Without BTF for the map, bpftool gives each byte as "0x..".
+    let bytes = |v: &serde_json::Value| -> Vec<u8> {
+        v.as_array()
+            .unwrap_or_else(|| panic!("bpftool map dump id {id}: no byte array in {v}"))
+            .iter()
+            .filter_map(|b| u8::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok())
+            .collect()
+    };
+    entries
+        .iter()
+        .map(|e| (bytes(&e["key"]), bytes(&e["value"])))
+        .collect()
+}

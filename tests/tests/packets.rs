@@ -561,3 +561,88 @@ fn flow_table_is_bounded_and_evictions_are_counted() {
         FLOWS - MAX
     );
 }
+
+/// Flows of one or two packets (a probe, a refused SYN and its RST, a
+/// one-shot datagram) are removed after 10 s idle rather than the
+/// configured 300 s, and the kernel's own table agrees: a flood's
+/// leftovers must not keep every collection reading a full table for
+/// minutes. A flow that carried more stays.
+#[test]
+fn unreplied_flows_leave_the_table_in_seconds_and_others_stay() {
+    if !require_root() {
+        return;
+    }
+    const SHORT: u64 = 400;
+    let lab = Lab::start(Config::new().set("network", "flow_idle_timeout_s", "300"));
+    let sink_addr = format!("{LAB_HOST_IP}:40170");
+    let mut sink = Workload::spawn(&["udp-sink", &sink_addr, "90"]);
+    sink.expect_line("ready", Duration::from_secs(10));
+    let created = |s: &Scrape| s.value_or_zero("sonde_flows_created_total", &[]);
+    let expired = |s: &Scrape| s.value_or_zero("sonde_flows_expired_total", &[]);
+    let before = settle_for(&lab, "flows before", created);
+    // One flow of five datagrams, then SHORT flows of one datagram each
+    // (one source address, distinct source ports).
+    Workload::run_in(&lab.ns, &["udp-send", &sink_addr, "5", "10"], SEND_TIMEOUT);
+    Workload::run_in(
+        &lab.ns,
+        &[
+            "udp-flows",
+            LAB_PEER_IP,
+            "1",
+            &sink_addr,
+            &SHORT.to_string(),
+        ],
+        SEND_TIMEOUT,
+    );
+    let sent = lab
+        .agent
+        .try_wait_for(Duration::from_secs(5), |s| {
+            created(s) - created(&before) > SHORT as f64
+        })
+        .unwrap_or_else(|last| {
+            panic!(
+                "sonde_flows_created_total rose by {} for {} new flows",
+                created(&last) - created(&before),
+                SHORT + 1
+            )
+        });
+    // FlowKey: dst_port (host order) at bytes 42..44; FlowStats: packets
+    // (u64) first.
+    let ours = |entries: &[(Vec<u8>, Vec<u8>)]| -> Vec<u64> {
+        entries
+            .iter()
+            .filter(|(k, _)| k.get(42..44) == Some(&40170u16.to_ne_bytes()[..]))
+            .map(|(_, v)| u64::from_ne_bytes(v[..8].try_into().unwrap()))
+            .collect()
+    };
+    let table = sonde_tests::bpf::map_entries(lab.agent.pid(), "FLOWS");
+    assert_eq!(
+        ours(&table).len() as u64,
+        SHORT + 1,
+        "flows to the sink in the kernel's table"
+    );
+    let after = lab
+        .agent
+        .try_wait_for(Duration::from_secs(30), |s| {
+            expired(s) - expired(&sent) >= SHORT as f64
+        })
+        .unwrap_or_else(|last| {
+            panic!(
+                "{} flows expired in 30 s, {SHORT} of one datagram were idle:\n{}",
+                expired(&last) - expired(&sent),
+                last.grep("sonde_flow")
+            )
+        });
+    let table = sonde_tests::bpf::map_entries(lab.agent.pid(), "FLOWS");
+    assert_eq!(
+        ours(&table),
+        [5],
+        "the kernel's table must hold only the five-datagram flow to the sink"
+    );
+    let active = after.sum("sonde_flows_active", &[]);
+    assert!(
+        (active - table.len() as f64).abs() <= 2.0,
+        "sonde_flows_active says {active}, the kernel's table holds {}",
+        table.len()
+    );
+}

@@ -144,7 +144,7 @@ fn flows(ctx: &Ctx, s: &mut Scenario) -> anyhow::Result<()> {
     for &flows in counts {
         let agent = start_agent(
             &ctx.bins,
-            "[syscalls]\nenabled = false\n[network]\nmax_flows = 131072\n[mapek]\ngovern_cost = false\n",
+            "[syscalls]\nenabled = false\n[network]\nmax_flows = 131072\nflow_idle_timeout_s = 0\n[mapek]\ngovern_cost = false\n",
             &[net().host_if],
         )?;
         let addresses = flows.div_ceil(PORTS_PER_ADDRESS).max(1);

@@ -16,7 +16,7 @@ mod batch;
 mod peers;
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet, hash_map::Entry},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Arc,
 };
@@ -90,7 +90,8 @@ fn open(ebpf: &mut Ebpf, config: &Config) -> Result<Box<dyn Source>, OpenError> 
             .flow_idle_timeout_s
             .saturating_mul(1_000_000_000),
         peers: PeerTracker::new(config.network.top_peers),
-        seen: HashMap::new(),
+        seen: HashMap::default(),
+        generation: 0,
         flows_expired: 0,
         flow_evictions: 0,
         flow_view: FlowView::default(),
@@ -102,7 +103,18 @@ struct FlowState {
     packets: u64,
     bytes: u64,
     first_seen_ns: u64,
+    /// The read that last saw it.
+    generation: u32,
 }
+
+/// Flows of at most this many packets are expired after
+/// [`UNREPLIED_IDLE_NS`] idle rather than the configured timeout: a
+/// refused SYN, its RST, a probe or a one-shot datagram. A flood or a scan
+/// leaves tens of thousands of them, and holding them for the full timeout
+/// kept every collection reading a full table for minutes after it ended
+/// (conntrack, likewise, gives unreplied UDP 30 s, not its 180 s).
+const UNREPLIED_PACKETS: u64 = 2;
+const UNREPLIED_IDLE_NS: u64 = 10_000_000_000;
 
 struct Maps {
     counters: PerCpuHashMap<MapData, PacketKey, PacketCounters>,
@@ -111,7 +123,13 @@ struct Maps {
     interfaces: BTreeMap<u32, String>,
     flow_idle_timeout_ns: u64,
     peers: PeerTracker,
-    seen: HashMap<FlowKey, FlowState>,
+    /// Every flow of the last read. Its keys are whatever 5-tuples the
+    /// network sent, hashed with foldhash (seeded per process) rather than
+    /// SipHash: a few times cheaper per flow, and still not predictable
+    /// from outside.
+    seen: HashMap<FlowKey, FlowState, foldhash::fast::RandomState>,
+    /// Counts the reads of the flow table (marks the flows each saw).
+    generation: u32,
     flows_expired: u64,
     flow_evictions: u64,
     /// The flow table as the last cycle left it.
@@ -190,29 +208,104 @@ impl Maps {
         Ok(entries)
     }
 
+    /// Removes idle flows from the kernel's table and from `seen`, in a
+    /// few batched syscalls where the kernel can (a flood's flows go idle
+    /// together, tens of thousands in one cycle).
+    fn remove_idle(&mut self, idle: &[FlowKey], active: &mut BTreeMap<u32, u64>) {
+        use aya::maps::IterableMap as _;
+        if idle.is_empty() {
+            return;
+        }
+        let gone: Vec<&FlowKey> = match batch::delete_all(self.flows.map(), idle) {
+            Ok(Some(n)) => {
+                self.flows_expired += n as u64;
+                idle.iter().collect()
+            }
+            Ok(None) => idle
+                .iter()
+                .filter(|key| match self.flows.remove(key) {
+                    Ok(()) => {
+                        self.flows_expired += 1;
+                        true
+                    }
+                    Err(err) => matches!(err, MapError::KeyNotFound),
+                })
+                .collect(),
+            // Still in the table: `seen` keeps them, so their packets are
+            // not counted again next cycle.
+            Err(err) => {
+                debug!("removing idle flows failed ({err}); next cycle retries");
+                return;
+            }
+        };
+        // Removed here, or evicted by the kernel meanwhile.
+        for key in gone {
+            if self.seen.remove(key).is_some()
+                && let Some(n) = active.get_mut(&key.ifindex)
+            {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Idle long enough for user space to remove it (never with a 0
+    /// timeout: the LRU alone bounds the table then).
+    fn is_idle(&self, flow: &FlowStats, now: u64) -> bool {
+        let timeout = match self.flow_idle_timeout_ns {
+            0 => return false,
+            t if flow.packets <= UNREPLIED_PACKETS => t.min(UNREPLIED_IDLE_NS),
+            t => t,
+        };
+        now.saturating_sub(flow.last_seen_ns) > timeout
+    }
+
     fn read_flows(&mut self, created: u64) -> Result<FlowView, MapError> {
         let now = monotonic_ns();
+        self.generation = self.generation.wrapping_add(1);
+        let generation = self.generation;
         let mut view = FlowView {
             created,
             ..Default::default()
         };
-        let mut seen: HashMap<FlowKey, FlowState> = HashMap::with_capacity(self.seen.len());
         let mut deltas: HashMap<PeerKey, (u64, u64)> = HashMap::new();
         // Distinct local ports each remote peer opened new flows to.
         let mut fan_out: HashMap<IpAddr, HashSet<u16>> = HashMap::new();
         // Inbound packets, bytes and new flows per (peer, protocol).
         let mut inbound: HashMap<(IpAddr, u8), (u64, u64, u64)> = HashMap::new();
         let mut idle = Vec::new();
+        // Live flows per ifindex: a handful of interfaces, counted in a
+        // small list rather than hashed once per flow.
+        let mut active: Vec<(u32, u64)> = Vec::new();
         for (key, flow) in self.flow_entries()? {
-            let (dp, db) = match self.seen.get(&key) {
+            // Updated in place: a full table is tens of thousands of
+            // flows, most of them unchanged since last cycle, and
+            // rebuilding the table each cycle cost as much as reading it.
+            let (dp, db) = match self.seen.entry(key) {
                 // Same incarnation: count what is new since last cycle.
-                Some(prev)
-                    if prev.first_seen_ns == flow.first_seen_ns && flow.bytes >= prev.bytes =>
+                Entry::Occupied(mut e)
+                    if e.get().first_seen_ns == flow.first_seen_ns
+                        && flow.bytes >= e.get().bytes =>
                 {
-                    (flow.packets - prev.packets, flow.bytes - prev.bytes)
+                    let prev = e.get_mut();
+                    let delta = (flow.packets - prev.packets, flow.bytes - prev.bytes);
+                    (prev.packets, prev.bytes, prev.generation) =
+                        (flow.packets, flow.bytes, generation);
+                    delta
                 }
                 // New flow, or evicted and re-created since: all of it is new.
-                _ => {
+                e => {
+                    let state = FlowState {
+                        packets: flow.packets,
+                        bytes: flow.bytes,
+                        first_seen_ns: flow.first_seen_ns,
+                        generation,
+                    };
+                    match e {
+                        Entry::Occupied(mut e) => *e.get_mut() = state,
+                        Entry::Vacant(e) => {
+                            e.insert(state);
+                        }
+                    }
                     if key.direction == DIRECTION_INGRESS {
                         fan_out
                             .entry(remote_addr(&key))
@@ -248,31 +341,18 @@ impl Maps {
                 d.0 += db;
                 d.1 += dp;
             }
-            *view.active.entry(key.ifindex).or_default() += 1;
-            if self.flow_idle_timeout_ns > 0
-                && now.saturating_sub(flow.last_seen_ns) > self.flow_idle_timeout_ns
-            {
+            match active.iter_mut().find(|(i, _)| *i == key.ifindex) {
+                Some((_, n)) => *n += 1,
+                None => active.push((key.ifindex, 1)),
+            }
+            if self.is_idle(&flow, now) {
                 idle.push(key);
             }
-            seen.insert(
-                key,
-                FlowState {
-                    packets: flow.packets,
-                    bytes: flow.bytes,
-                    first_seen_ns: flow.first_seen_ns,
-                },
-            );
         }
-        for key in idle {
-            if self.flows.remove(&key).is_ok() {
-                self.flows_expired += 1;
-                seen.remove(&key);
-                if let Some(n) = view.active.get_mut(&key.ifindex) {
-                    *n = n.saturating_sub(1);
-                }
-            }
-        }
-        self.seen = seen;
+        // Flows not in this read were evicted by the kernel.
+        self.seen.retain(|_, s| s.generation == generation);
+        view.active = active.into_iter().collect();
+        self.remove_idle(&idle, &mut view.active);
         self.peers.observe(&deltas);
         view.widest_peer = fan_out
             .into_iter()
