@@ -5,7 +5,9 @@
 //! when `[collector] bpf_stats` is on) and lost events — against a budget,
 //! and sheds detail in a fixed order while over it, restoring it in the
 //! reverse order once well under it. Steps are bounded (a ladder), move one
-//! at a time with hysteresis, and each carries its reason.
+//! at a time with hysteresis, and each carries its reason. Held between
+//! half the budget and all of it, the governor probes a step back now and
+//! then: a cost no step touches must not keep detail shed for good.
 
 use serde::Serialize;
 
@@ -24,6 +26,14 @@ const CYCLES_UNDER: u32 = 10;
 const CYCLES_UNDER_NEXT: u32 = 3;
 /// Below this share of the budget, detail is restored.
 const RESTORE_BELOW: f64 = 0.5;
+/// Cycles held between half the budget and all of it before one step is
+/// restored to see whether it fits: a cost the ladder does not touch (a
+/// full flow table, a busy scrape) can keep the ratio there for minutes,
+/// and with it detail shed that costs nothing to have. A probed step that
+/// tips the cost over is shed again after [`CYCLES_OVER`] cycles, and
+/// the next probe waits twice as long (at most [`PROBE_AFTER_MAX`]).
+const PROBE_AFTER: u32 = 30;
+const PROBE_AFTER_MAX: u32 = 240;
 /// The ratio reported while events are being lost with a zero-loss budget.
 const LOSING_EVENTS_RATIO: f64 = 2.0;
 
@@ -79,6 +89,12 @@ pub struct Governor {
     under: u32,
     /// A step was restored and the calm has lasted since.
     restoring: bool,
+    /// Cycles held between half the budget and all of it, shed.
+    held: u32,
+    /// Held cycles before the next probe.
+    probe_after: u32,
+    /// The last restore was a probe, and nothing was shed since.
+    probing: bool,
 }
 
 impl Governor {
@@ -93,6 +109,9 @@ impl Governor {
             over: 0,
             under: 0,
             restoring: false,
+            held: 0,
+            probe_after: PROBE_AFTER,
+            probing: false,
         }
     }
 
@@ -123,9 +142,14 @@ impl Governor {
         }
         if self.ratio > 1.0 {
             self.under = 0;
+            self.held = 0;
             self.over += 1;
             if self.over >= CYCLES_OVER && self.level < STEPS.len() {
                 self.over = 0;
+                if std::mem::take(&mut self.probing) {
+                    // The probed step did not fit: wait longer next time.
+                    self.probe_after = (self.probe_after * 2).min(PROBE_AFTER_MAX);
+                }
                 self.level += 1;
                 let step = STEPS[self.level - 1];
                 let reason = format!(
@@ -149,6 +173,7 @@ impl Governor {
             }
         } else if self.ratio < RESTORE_BELOW {
             self.over = 0;
+            self.held = 0;
             self.under += 1;
             let wait = if self.restoring {
                 CYCLES_UNDER_NEXT
@@ -158,24 +183,50 @@ impl Governor {
             if self.under >= wait && self.level > 0 {
                 self.under = 0;
                 self.restoring = true;
-                let step = STEPS[self.level - 1];
-                self.level -= 1;
+                // Calm: whatever a probe found no longer holds.
+                self.probing = false;
+                self.probe_after = PROBE_AFTER;
                 let reason = format!(
                     "under half the budget for {wait} cycles ({:.0}% of it)",
                     self.ratio * 100.0
                 );
-                info!(level = self.level, step, "cost back under budget: {reason}");
-                return Some(Action::RestoreCost {
-                    level: self.level,
-                    step,
-                    reason,
-                });
+                return Some(self.restore(reason));
             }
         } else {
             self.over = 0;
             self.under = 0;
+            if self.level > 0 {
+                self.held += 1;
+                if self.held > 2 * CYCLES_OVER {
+                    // The probed step fitted.
+                    self.probing = false;
+                }
+                if self.held >= self.probe_after {
+                    self.held = 0;
+                    self.probing = true;
+                    let reason = format!(
+                        "held at {:.0}% of the budget for {} cycles: restored to see whether \
+                         it fits (shed again if the cost goes over)",
+                        self.ratio * 100.0,
+                        self.probe_after
+                    );
+                    return Some(self.restore(reason));
+                }
+            }
         }
         None
+    }
+
+    /// Restores the last step shed.
+    fn restore(&mut self, reason: String) -> Action {
+        let step = STEPS[self.level - 1];
+        self.level -= 1;
+        info!(level = self.level, step, "cost back under budget: {reason}");
+        Action::RestoreCost {
+            level: self.level,
+            step,
+            reason,
+        }
     }
 }
 
@@ -207,7 +258,7 @@ mod tests {
         }
         assert_eq!(g.level, STEPS.len(), "the ladder is bounded");
         // Between half and the whole budget: hold.
-        for _ in 0..30 {
+        for _ in 0..PROBE_AFTER - 1 {
             assert!(g.observe(cpu(0.015)).is_none());
         }
         for _ in 0..9 {
@@ -233,6 +284,49 @@ mod tests {
         }
         assert!(g.observe(cpu(0.001)).is_some());
         assert_eq!(g.level, STEPS.len() - 3);
+    }
+
+    #[test]
+    fn a_long_hold_probes_one_step_and_backs_off_if_it_does_not_fit() {
+        let mut g = Governor::new(0.02, 0.0);
+        for _ in 0..3 * 2 {
+            g.observe(cpu(0.05));
+        }
+        assert_eq!(g.level, 2);
+        // Held at 75 % of the budget by a cost no step touches.
+        for _ in 0..PROBE_AFTER - 1 {
+            assert!(g.observe(cpu(0.015)).is_none());
+        }
+        let Some(Action::RestoreCost { level, .. }) = g.observe(cpu(0.015)) else {
+            panic!("a hold of {PROBE_AFTER} cycles should probe a step");
+        };
+        assert_eq!(level, 1);
+        // The probed step tips the cost over: shed again after 3 cycles.
+        for _ in 0..CYCLES_OVER - 1 {
+            assert!(g.observe(cpu(0.03)).is_none());
+        }
+        assert!(matches!(
+            g.observe(cpu(0.03)),
+            Some(Action::LowerCost { level: 2, .. })
+        ));
+        // The next probe waits twice as long.
+        for _ in 0..2 * PROBE_AFTER - 1 {
+            assert!(g.observe(cpu(0.015)).is_none());
+        }
+        assert!(matches!(
+            g.observe(cpu(0.015)),
+            Some(Action::RestoreCost { level: 1, .. })
+        ));
+        // This one fits: the hold goes on, and the last step is probed
+        // after the same wait (no back-off without a failed probe).
+        for _ in 0..2 * PROBE_AFTER - 1 {
+            assert!(g.observe(cpu(0.015)).is_none());
+        }
+        assert!(matches!(
+            g.observe(cpu(0.015)),
+            Some(Action::RestoreCost { level: 0, .. })
+        ));
+        assert!(g.observe(cpu(0.015)).is_none(), "nothing left to restore");
     }
 
     #[test]
