@@ -3,15 +3,27 @@
 //! (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts), so names
 //! are found by walking that tree: once per batch of unknown ids, bounded.
 //! Never a v1 hierarchy: its inode numbers are another space.
+//!
+//! Found paths are remembered: a cgroup id is never reused while the
+//! kernel runs, and an incident's cgroup is often gone (its workload
+//! killed, the pod deleted) by the time its anomaly is last updated; it
+//! keeps the name it had rather than becoming `id N`.
 
 use std::{
     collections::{HashMap, HashSet},
     os::unix::fs::MetadataExt as _,
     path::PathBuf,
+    sync::{Mutex, PoisonError},
 };
 
 /// Directories visited per walk at most (a node has a few thousand).
 const MAX_DIRS: usize = 20_000;
+/// Paths remembered at most (emptied when full: a node has a few thousand
+/// cgroups, and a forgotten one costs only a walk).
+const MAX_KNOWN: usize = 16_384;
+
+/// id → path of every cgroup found so far.
+static KNOWN: Mutex<Option<HashMap<u64, String>>> = Mutex::new(None);
 
 /// Where cgroup2 is mounted, from /proc/self/mounts; None: not mounted.
 pub fn v2_root() -> Option<PathBuf> {
@@ -29,8 +41,31 @@ pub fn v2_root_in(mounts: &str) -> Option<PathBuf> {
 }
 
 /// The paths (relative to the cgroup2 root, starting with `/`) of the
-/// ids in `wanted` that exist; one walk for all of them.
+/// ids in `wanted` that exist or were seen before; one walk for all the
+/// ids not known yet.
 pub fn paths(wanted: &HashSet<u64>) -> HashMap<u64, String> {
+    let mut known = KNOWN.lock().unwrap_or_else(PoisonError::into_inner);
+    let known = known.get_or_insert_with(HashMap::new);
+    let mut found: HashMap<u64, String> = wanted
+        .iter()
+        .filter_map(|id| Some((*id, known.get(id)?.clone())))
+        .collect();
+    let unknown: HashSet<u64> = wanted
+        .iter()
+        .copied()
+        .filter(|id| !found.contains_key(id))
+        .collect();
+    let walked = walk(&unknown);
+    if known.len() + walked.len() > MAX_KNOWN {
+        known.clear();
+    }
+    known.extend(walked.iter().map(|(id, path)| (*id, path.clone())));
+    found.extend(walked);
+    found
+}
+
+/// One walk of the cgroup2 tree for the ids in `wanted`.
+fn walk(wanted: &HashSet<u64>) -> HashMap<u64, String> {
     let mut found = HashMap::new();
     let Some(root) = v2_root().filter(|_| !wanted.is_empty()) else {
         return found;
@@ -69,7 +104,27 @@ pub fn name(id: u64) -> String {
 }
 
 /// How a cgroup is named in labels and subjects: its path, or `id N`
-/// when it no longer exists (or lies outside this mount's view).
+/// when it was never seen (gone before it was looked up, or outside this
+/// mount's view).
 pub fn describe(id: u64, path: Option<&String>) -> String {
     path.cloned().unwrap_or_else(|| format!("id {id}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cgroup_seen_once_keeps_its_name_after_it_is_gone() {
+        // An id no cgroup has (ids count up from 1); as if a walk had
+        // found it before its directory was removed.
+        let id = u64::MAX - 7;
+        assert_eq!(name(id), format!("id {id}"), "never seen: no name");
+        KNOWN
+            .lock()
+            .unwrap()
+            .get_or_insert_with(HashMap::new)
+            .insert(id, "/gone.slice/job".into());
+        assert_eq!(name(id), "/gone.slice/job");
+    }
 }

@@ -340,6 +340,13 @@ fn moderate_cpu_contention_is_detected_by_the_time_tasks_wait() {
     );
     let top = &anomaly["culprits"][0];
     assert_eq!(top["cgroup"], cgroup.label(), "{anomaly}");
+    // The hogs' cgroup removed, the anomaly still names it by its path
+    // (its culprits are updated while it is open).
+    let (label, start) = (cgroup.label(), anomaly["start"].as_f64().unwrap_or(0.0));
+    drop(cgroup);
+    std::thread::sleep(Duration::from_secs(3));
+    let later = agent.wait_for_anomaly_since("cpu_saturation", start);
+    assert_eq!(later["culprits"][0]["cgroup"], label, "{later}");
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -275,7 +275,7 @@ impl Mapek {
         let mut out = Vec::new();
         let mut total = Family::new(
             "sonde_anomalies_total",
-            "Anomalies detected on this node, by kind and severity",
+            "Anomalies detected on this node, by kind and severity (one renamed for its cause counts under both kinds)",
             MetricType::COUNTER,
         );
         // Every kind and severity from zero: an alert or a rate() needs the
