@@ -382,12 +382,14 @@ fn delayed_handshakes_and_rtts_move_past_the_delay() {
     let d = connects(&after) - connects(&before);
     let d_fast = fast_connects(&after) - fast_connects(&before);
     println!("measured: {how}: peer {SERVER_IP} connects +{d} of {N}, ≤ 67 ms +{d_fast}");
-    assert_eq!(
-        d,
-        N as f64,
+    // Exact, but for runs of the state program the kernel skipped and
+    // counted (recursion misses: under emulation a softirq's program can
+    // land on a CPU already running one); an uncounted loss fails.
+    let skipped = missed_state_runs(&after) - missed_state_runs(&before);
+    assert!(
+        d <= N as f64 && d + skipped >= N as f64,
         "{N} connects under {how}: the peer's connect-latency count rose by {d} \
-         (runs of the state program the kernel skipped: +{}):\n{}",
-        missed_state_runs(&after) - missed_state_runs(&before),
+         (runs of the state program the kernel skipped: +{skipped}):\n{}",
         after.grep("sonde_peer_tcp_connect")
     );
     if let Impairment::Neither(why) = &how {
