@@ -9,7 +9,8 @@
 //! that had a device are also counted per (namespace, interface, reason),
 //! at most 4,096 keys: series of interfaces or namespaces gone are removed
 //! every few cycles, and counted (in a namespace the agent cannot look
-//! into, an interface is gone once a newer one took its name).
+//! into, an interface is gone once a newer one took its name); an
+//! accounted interface's go as soon as the agent sees it go.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -251,7 +252,30 @@ impl Source for Maps {
             })
             .collect();
         stale.extend(superseded(&named));
-        for key in stale {
+        self.remove(stale);
+    }
+
+    /// An accounted interface of the agent's namespace went away (a pod's
+    /// veth): its drop series go now, not at the next sweep. Drops its
+    /// teardown causes after this are swept later.
+    fn interface_removed(&mut self, ifindex: u32) {
+        let Some(own) = self.own_netns else {
+            return;
+        };
+        let keys = self
+            .devices
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.netns == own && k.ifindex == ifindex)
+            .collect();
+        self.remove(keys);
+    }
+}
+
+impl Maps {
+    /// Removes these device entries from the kernel map, counting each.
+    fn remove(&mut self, keys: Vec<DropDeviceKey>) {
+        for key in keys {
             if self.devices.remove(&key).is_ok() {
                 self.removed += 1;
             }
