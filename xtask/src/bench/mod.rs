@@ -11,6 +11,7 @@ mod chart;
 pub(crate) mod common;
 mod families;
 mod footprint;
+mod node;
 mod packets;
 mod report;
 mod ring;
@@ -34,7 +35,7 @@ pub struct Options {
     #[arg(long)]
     quick: bool,
     /// Run only these scenarios (comma-separated ids: syscalls, packets,
-    /// families, ring, scrape, footprint, scaling); results go to
+    /// families, ring, scrape, footprint, scaling, node); results go to
     /// target/bench.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -77,7 +78,7 @@ pub struct Def {
     pub run: fn(&Ctx, &mut Scenario) -> anyhow::Result<()>,
 }
 
-const SCENARIOS: [Def; 7] = [
+const SCENARIOS: [Def; 8] = [
     syscalls::DEF,
     packets::DEF,
     families::DEF,
@@ -85,6 +86,7 @@ const SCENARIOS: [Def; 7] = [
     scrape::DEF,
     footprint::DEF,
     scaling::DEF,
+    node::DEF,
 ];
 
 /// Tools the scenarios run, and the Debian package of each.

@@ -54,7 +54,7 @@ use sonde_tests::{
 };
 
 use crate::{
-    bench::common::{Agent, BenchNet, Bins, net, start_agent},
+    bench::common::{Agent, BenchNet, Bins, kernel::held_maps, net, start_agent},
     eval::scenarios::{self, INCIDENTS, Incident, NormalLoad},
     util,
 };
@@ -665,38 +665,6 @@ fn reload(
     }
 }
 
-/// The agent's maps: how many, their memlock bytes (/proc/PID/fdinfo),
-/// and the ids of its hash maps (for entry counts).
-fn maps(pid: u32) -> (f64, f64, Vec<u64>) {
-    let (mut n, mut bytes, mut hashes) = (0.0, 0.0, Vec::new());
-    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return (n, bytes, hashes);
-    };
-    let mut seen = std::collections::BTreeSet::new();
-    for e in dir.flatten() {
-        let Ok(info) = fs::read_to_string(e.path()) else {
-            continue;
-        };
-        let field = |k: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(k)?.trim().parse::<u64>().ok())
-        };
-        let (Some(id), Some(kind)) = (field("map_id:"), field("map_type:")) else {
-            continue;
-        };
-        if !seen.insert(id) {
-            continue;
-        }
-        n += 1.0;
-        bytes += field("memlock:").unwrap_or(0) as f64;
-        // hash, percpu_hash, lru_hash, lru_percpu_hash
-        if matches!(kind, 1 | 5 | 9 | 10) {
-            hashes.push(id);
-        }
-    }
-    (n, bytes, hashes)
-}
-
 fn map_entries(ids: &[u64]) -> Option<f64> {
     let mut total = 0.0;
     for id in ids {
@@ -748,7 +716,10 @@ fn sample(
     }
     let rss_kib = proc_status_kib(pid, "VmRSS:")?;
     let fds = fs::read_dir(format!("/proc/{pid}/fd"))?.count() as f64;
-    let (maps, map_memlock_bytes, hashes) = maps(pid);
+    let held = held_maps(pid);
+    let maps = held.len() as f64;
+    let map_memlock_bytes = held.iter().map(|m| m.memlock as f64).sum::<f64>();
+    let hashes: Vec<u64> = held.iter().filter(|m| m.is_hash()).map(|m| m.id).collect();
     let map_entries = if with_entries {
         let from = now();
         let entries = map_entries(&hashes);

@@ -255,3 +255,92 @@ pub fn proc_mem(pid: u32) -> anyhow::Result<Mem> {
         file: mb("RssFile:")?,
     })
 }
+
+/// One kernel map a process holds, as /proc/PID/fdinfo describes it.
+#[derive(Debug, Clone)]
+pub struct HeldMap {
+    pub id: u64,
+    pub map_type: u64,
+    pub value_size: u64,
+    pub max_entries: u64,
+    /// The kernel's own accounting of the map's memory.
+    pub memlock: u64,
+}
+
+impl HeldMap {
+    /// hash, percpu_hash, lru_hash, lru_percpu_hash: maps with entries
+    /// worth counting.
+    pub fn is_hash(&self) -> bool {
+        matches!(self.map_type, 1 | 5 | 9 | 10)
+    }
+
+    /// Bytes of this map that are one copy per possible CPU (the value
+    /// area of percpu_hash, percpu_array, lru_percpu_hash and
+    /// percpu_cgroup_storage: value size rounded up to 8, per entry).
+    pub fn per_cpu_bytes(&self, possible_cpus: u64) -> u64 {
+        if matches!(self.map_type, 5 | 6 | 10 | 20) {
+            self.value_size.div_ceil(8) * 8 * self.max_entries * possible_cpus
+        } else {
+            0
+        }
+    }
+}
+
+/// The kernel maps process `pid` holds (each once, however many fds), from
+/// its fds' fdinfo; empty when the process is gone.
+pub fn held_maps(pid: u32) -> Vec<HeldMap> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Vec::new();
+    };
+    let mut maps: Vec<HeldMap> = Vec::new();
+    for e in dir.flatten() {
+        let Ok(info) = fs::read_to_string(e.path()) else {
+            continue;
+        };
+        let field = |k: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(k)?.trim().parse::<u64>().ok())
+        };
+        let (Some(id), Some(map_type)) = (field("map_id:"), field("map_type:")) else {
+            continue;
+        };
+        if maps.iter().any(|m| m.id == id) {
+            continue;
+        }
+        maps.push(HeldMap {
+            id,
+            map_type,
+            value_size: field("value_size:").unwrap_or(0),
+            max_entries: field("max_entries:").unwrap_or(0),
+            memlock: field("memlock:").unwrap_or(0),
+        });
+    }
+    maps
+}
+
+/// How many BPF links process `pid` holds open (attachments it owns).
+pub fn held_links(pid: u32) -> usize {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return 0;
+    };
+    dir.flatten()
+        .filter_map(|e| fs::read_to_string(e.path()).ok())
+        .filter(|info| info.lines().any(|l| l.starts_with("link_id:")))
+        .count()
+}
+
+/// CPUs the kernel sizes per-CPU maps for (/sys/devices/system/cpu/possible).
+pub fn possible_cpus() -> anyhow::Result<u64> {
+    let p = "/sys/devices/system/cpu/possible";
+    let s = fs::read_to_string(p).with_context(|| format!("reading {p}"))?;
+    let mut n = 0;
+    for range in s.trim().split(',') {
+        let (a, b) = range.split_once('-').unwrap_or((range, range));
+        let (a, b): (u64, u64) = (
+            a.parse().with_context(|| format!("{p}: {s:?}"))?,
+            b.parse().with_context(|| format!("{p}: {s:?}"))?,
+        );
+        n += b - a + 1;
+    }
+    Ok(n)
+}
