@@ -10,7 +10,8 @@
 //! 0. leaves: [`time`], [`version`], [`syscall_table`], [`cgroup`],
 //!    [`netif`], [`config`] (with `Mode` and the MAPE-K `Overlay`), [`cli`],
 //!    [`family`] (metric family builder), [`notify`] (systemd's protocol),
-//!    [`tasks`] (supervision), [`pods`] (pod identity over CRI)
+//!    [`tasks`] (supervision), [`pods`] (pod identity over CRI),
+//!    [`map_batch`] (batched map reads)
 //! 1. probe helpers, signals and events: `probes::{btf, capabilities,
 //!    tiers}`, [`signals`] (each signal's tiers, maps and families),
 //!    [`events`]
@@ -33,6 +34,7 @@ pub mod events;
 pub mod family;
 pub mod health;
 pub mod http;
+pub mod map_batch;
 pub mod mapek;
 pub mod metrics;
 pub mod netif;

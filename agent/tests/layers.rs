@@ -38,6 +38,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("serving", 0),
     ("netstat", 0),
     ("tasks", 0),
+    ("map_batch", 0),
     // Pod identity: cgroup paths and the runtime over CRI, a cache.
     ("pods", 0),
     ("pods::cgroup_path", 0),

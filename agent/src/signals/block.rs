@@ -7,7 +7,6 @@ use std::sync::Arc;
 use agent_common::{
     block::{BLOCK_OP_NAMES, BLOCK_STATS_MAP, BlockKey, BlockStats},
     counters::BLOCK_START_MAP_FULL,
-    merge::Merge,
 };
 use aya::{
     Ebpf,
@@ -17,6 +16,7 @@ use prometheus::proto::{MetricFamily, MetricType};
 
 use super::{OpenError, Reading, Signal, Source, TracepointField, take};
 use crate::{
+    map_batch,
     config::Config,
     family::{Family, log2_buckets},
     probes::tiers::{self, Hook, Requires, Tier, TierProgram},
@@ -87,12 +87,11 @@ struct Maps {
 impl Source for Maps {
     fn collect(&self) -> (Arc<dyn Reading>, Option<MapError>) {
         let mut rows = Vec::new();
-        for entry in self.stats.iter() {
-            let (key, values) = match entry {
-                Ok(entry) => entry,
-                Err(err) => return (Arc::new(Block { rows }), Some(err)),
-            };
-            let total = BlockStats::sum(values.iter());
+        let entries = match map_batch::per_cpu_hash_summed(&self.stats) {
+            Ok(entries) => entries,
+            Err(err) => return (Arc::new(Block { rows }), Some(err)),
+        };
+        for (key, total) in entries {
             let op = BLOCK_OP_NAMES
                 .get(key.op as usize)
                 .copied()

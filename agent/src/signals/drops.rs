@@ -17,7 +17,6 @@ use std::{collections::HashMap, sync::Arc};
 use agent_common::{
     drops::{
         DROP_DEVICES_MAP, DROP_REASON_OTHER, DROP_REASONS_MAP, DropDeviceKey, DropDeviceStats,
-        MAX_DROP_REASONS,
     },
     merge::Merge,
 };
@@ -30,6 +29,7 @@ use tracing::warn;
 
 use super::{BtfField, OpenError, Reading, Signal, Source, TracepointField, take};
 use crate::{
+    map_batch,
     config::Config,
     family::Family,
     probes::{
@@ -141,16 +141,13 @@ impl Maps {
     }
 
     fn read(&self, drops: &mut Drops) -> Result<(), MapError> {
-        for reason in 0..MAX_DROP_REASONS {
-            let n = u64::sum(self.reasons.get(&reason, 0)?.iter());
+        for (reason, n) in (0..).zip(map_batch::per_cpu_array_summed(&self.reasons)?) {
             if n == 0 {
                 continue;
             }
             drops.reasons.push((self.reason_name(reason), n));
         }
-        for entry in self.devices.iter() {
-            let (key, values) = entry?;
-            let stats = DropDeviceStats::sum(values.iter());
+        for (key, stats) in map_batch::per_cpu_hash_summed(&self.devices)? {
             if stats.drops == 0 {
                 continue;
             }

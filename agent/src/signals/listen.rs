@@ -25,6 +25,7 @@ use prometheus::proto::{MetricFamily, MetricType};
 
 use super::{OpenError, Reading, Signal, Source, take};
 use crate::{
+    map_batch,
     config::Config,
     family::Family,
     probes::tiers::{self, Hook, Requires, Tier, TierProgram},
@@ -97,11 +98,9 @@ impl Source for Maps {
             Ok(values) => reading.other = values.iter().sum(),
             Err(err) => return (Arc::new(reading), Some(err)),
         }
-        for entry in self.ports.iter() {
-            match entry {
-                Ok((port, values)) => reading.ports.push((port, values.iter().sum())),
-                Err(err) => return (Arc::new(reading), Some(err)),
-            }
+        match map_batch::per_cpu_hash_summed(&self.ports) {
+            Ok(ports) => reading.ports = ports,
+            Err(err) => return (Arc::new(reading), Some(err)),
         }
         reading.ports.sort_unstable();
         (Arc::new(reading), None)

@@ -30,6 +30,7 @@ use prometheus::proto::{MetricFamily, MetricType};
 
 use super::{BtfField, Constant, OpenError, Reading, Signal, Source, TracepointField, take};
 use crate::{
+    map_batch,
     config::Config,
     family::{Family, log2_buckets},
     probes::tiers::{self, Hook, Requires, Tier, TierProgram},
@@ -181,8 +182,9 @@ impl Maps {
             return;
         }
         let mut by_id: HashMap<u64, RunqStats> = HashMap::new();
-        for (id, values) in self.cgroups.iter().filter_map(Result::ok) {
-            by_id.entry(id).or_default().merge(&RunqStats::sum(values.iter()));
+        // A read error leaves the slots' waits: this is the top few.
+        for (id, stats) in map_batch::per_cpu_hash_summed(&self.cgroups).unwrap_or_default() {
+            by_id.entry(id).or_default().merge(&stats);
         }
         for values in self.slots.iter().filter_map(Result::ok) {
             for slot in values.iter().filter(|slot| slot.id != 0) {

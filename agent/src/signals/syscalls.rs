@@ -42,6 +42,7 @@ use tracing::warn;
 
 use super::{Constant, OpenError, Reading, Signal, Source, TracepointField, take};
 use crate::{
+    map_batch,
     config::{Config, SyscallHook},
     family::{Family, log2_buckets},
     probes::tiers::{self, Hook, Requires, Tier, program},
@@ -207,8 +208,7 @@ impl ByPod {
 
 impl Maps {
     fn read_rows(&self, rows: &mut Vec<SyscallRow>) -> Result<(), MapError> {
-        for id in 0..MAX_SYSCALLS {
-            let stats = SyscallStats::sum(self.stats.get(&id, 0)?.iter());
+        for (id, stats) in (0..).zip(map_batch::per_cpu_array_summed(&self.stats)?) {
             if stats.count > 0 || stats.timed() > 0 {
                 rows.push(SyscallRow {
                     name: syscall_table::name(id),

@@ -35,6 +35,7 @@ use prometheus::proto::{MetricFamily, MetricType};
 
 use super::{BtfField, OpenError, Reading, Signal, Source, TracepointField, take};
 use crate::{
+    map_batch,
     config::{Config, TcpHook},
     family::{Family, log2_buckets},
     probes::tiers::{self, Hook, Requires, Tier, TierProgram, program},
@@ -282,8 +283,7 @@ struct Maps {
 impl Maps {
     fn read(&self, tcp: &mut Tcp) -> Result<(), MapError> {
         tcp.stats = TcpStats::sum(self.stats.get(&0, 0)?.iter());
-        for index in 0..TCP_STATES * TCP_STATES {
-            let n = u64::sum(self.transitions.get(&index, 0)?.iter());
+        for (index, n) in (0..).zip(map_batch::per_cpu_array_summed(&self.transitions)?) {
             if n > 0 {
                 tcp.transitions
                     .push((index / TCP_STATES, index % TCP_STATES, n));

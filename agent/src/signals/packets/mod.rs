@@ -12,7 +12,6 @@
 //! ([`Source::interface_added`], [`Source::interface_removed`]), and each
 //! reading names them as they were when it was taken.
 
-mod batch;
 mod peers;
 
 use std::{
@@ -24,7 +23,6 @@ use std::{
 use agent_common::{
     config::{CFG_FLOW_EVENTS_BURST, CFG_FLOW_EVENTS_PER_SEC},
     counters::FLOW_CREATED,
-    merge::Merge,
     net::{
         DIRECTION_INGRESS, FAMILY_IPV4, FLOWS_MAP, FlowKey, FlowStats, IPPROTO_TCP,
         PACKET_COUNTERS_MAP, PacketCounters, PacketKey, direction_name, family_name,
@@ -43,6 +41,7 @@ use super::{MapSize, OpenError, Reading, Signal, Source, take};
 use crate::{
     config::Config,
     family::Family,
+    map_batch,
     probes::tiers::{self, Hook, Requires, Tier, program},
     time::monotonic_ns,
 };
@@ -179,10 +178,7 @@ pub struct InboundPeer {
 
 impl Maps {
     fn read_counters(&self, out: &mut Vec<(PacketKey, PacketCounters)>) -> Result<(), MapError> {
-        for entry in self.counters.iter() {
-            let (key, values) = entry?;
-            out.push((key, PacketCounters::sum(values.iter())));
-        }
+        out.extend(map_batch::per_cpu_hash_summed(&self.counters)?);
         out.sort_by_key(|(k, _)| (k.ifindex, k.direction, k.family, k.protocol));
         Ok(())
     }
@@ -191,7 +187,7 @@ impl Maps {
     /// the kernel can, else walking it entry by entry.
     fn flow_entries(&self) -> Result<Vec<(FlowKey, FlowStats)>, MapError> {
         use aya::maps::IterableMap as _;
-        match batch::lookup_all(self.flows.map()) {
+        match map_batch::lookup_all(self.flows.map()) {
             Ok(Some(entries)) => return Ok(entries),
             Ok(None) => {}
             Err(err) => debug!("batched flow-table read failed ({err}); walking it"),
@@ -216,7 +212,7 @@ impl Maps {
         if idle.is_empty() {
             return;
         }
-        let gone: Vec<&FlowKey> = match batch::delete_all(self.flows.map(), idle) {
+        let gone: Vec<&FlowKey> = match map_batch::delete_all(self.flows.map(), idle) {
             Ok(Some(n)) => {
                 self.flows_expired += n as u64;
                 idle.iter().collect()
