@@ -178,7 +178,14 @@ pub struct SyscallsConfig {
     /// syscall). Off, the MAPE-K loop still turns it on for a few seconds
     /// when a syscall anomaly opens, to name the process behind it.
     pub per_process: bool,
+    /// Runtime. At most this many syscalls get a latency histogram (29
+    /// series each): the busiest when first seen, kept once chosen. Every
+    /// syscall still has its call and error counters. 0: no histograms.
+    pub latency_histograms: usize,
 }
+
+/// Bound on `syscalls.latency_histograms`: every syscall slot.
+pub const MAX_LATENCY_HISTOGRAMS: usize = agent_common::syscalls::MAX_SYSCALLS as usize;
 
 impl Default for SyscallsConfig {
     fn default() -> Self {
@@ -188,6 +195,7 @@ impl Default for SyscallsConfig {
             slow_threshold_ms: 100.0,
             latency_sample_every: 1,
             per_process: false,
+            latency_histograms: 128,
             slow_ignore: [
                 "epoll_wait",
                 "epoll_pwait",
@@ -819,6 +827,15 @@ impl Config {
                 ),
             });
         }
+        if self.syscalls.latency_histograms > MAX_LATENCY_HISTOGRAMS {
+            return Err(ConfigError::Invalid {
+                key: "syscalls.latency_histograms",
+                message: format!(
+                    "{} must be at most {MAX_LATENCY_HISTOGRAMS} (every syscall)",
+                    self.syscalls.latency_histograms
+                ),
+            });
+        }
         if !(1..=MAX_BLOCK_TTL_SECONDS).contains(&self.mapek.block_ttl_seconds) {
             return Err(ConfigError::Invalid {
                 key: "mapek.block_ttl_seconds",
@@ -1303,6 +1320,17 @@ mod tests {
         // From the environment, as a comma-separated list.
         let config = load("", &[("SONDE_MAPEK__NEVER_BLOCK", "10.0.0.0/8,192.0.2.7")]).unwrap();
         assert_eq!(config.mapek.never_block.len(), 2);
+    }
+
+    #[test]
+    fn latency_histograms_are_bounded_by_the_syscall_slots() {
+        let config = load("[syscalls]\nlatency_histograms = 512", &[]).unwrap();
+        assert_eq!(config.syscalls.latency_histograms, 512);
+        let err = load("[syscalls]\nlatency_histograms = 513", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("syscalls.latency_histograms"), "{err}");
+        assert_eq!(Config::default().syscalls.latency_histograms, 128);
     }
 
     #[test]

@@ -367,3 +367,60 @@ fn nanosleep_latency_lands_in_the_right_bucket() {
          {d_count} timed calls including {SLEEPS} sleeps of 50 ms"
     );
 }
+
+/// `latency_histograms` bounds the largest family: with room for 3, at
+/// most 3 syscalls have a latency histogram while every syscall made has
+/// its counters, and the 3 chosen stay the same as others get busier.
+#[test]
+fn latency_histograms_are_bounded_and_stay_with_the_syscalls_chosen() {
+    if !require_root() {
+        return;
+    }
+    let config = Config::new().set("syscalls", "latency_histograms", "3");
+    let agent = Agent::start(&config.render(), &[]);
+    let histogrammed = |s: &Scrape| -> Vec<String> {
+        let mut names: Vec<String> = s
+            .series("sonde_syscall_duration_seconds_count", &[])
+            .iter()
+            .filter_map(|x| x.label("syscall").map(String::from))
+            .collect();
+        names.sort();
+        names
+    };
+    let first = agent
+        .try_wait_for(Duration::from_secs(10), |s| {
+            s.series("sonde_syscalls_total", &[]).len() > 3 && histogrammed(s).len() == 3
+        })
+        .unwrap_or_else(|last| {
+            panic!(
+                "expected more than 3 syscalls counted and 3 with a histogram:\n{}",
+                last.grep("sonde_syscall")
+            )
+        });
+    // A syscall not chosen becomes the busiest of all.
+    let chosen = histogrammed(&first);
+    let busy = if chosen.iter().any(|c| c == "getppid") {
+        "close"
+    } else {
+        "getppid"
+    };
+    let workload = if busy == "getppid" {
+        ["getppid", "200000"]
+    } else {
+        ["close-bad", "200000"]
+    };
+    Workload::run(&workload, WORKLOAD_TIMEOUT);
+    let after = settle(&agent, busy, calls(&first, busy), 200_000.0, |s| {
+        calls(s, busy)
+    });
+    assert!(calls(&after, busy) >= 200_000.0, "{}", after.grep(busy));
+    assert_eq!(
+        histogrammed(&after),
+        chosen,
+        "the syscalls with a latency histogram changed after {busy} got busy"
+    );
+    println!(
+        "{} syscalls counted, histograms for {chosen:?}",
+        after.series("sonde_syscalls_total", &[]).len()
+    );
+}

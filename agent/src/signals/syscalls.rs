@@ -20,7 +20,7 @@
 
 use std::{
     cell::RefCell,
-    collections::{BTreeMap, HashMap as StdHashMap},
+    collections::{BTreeMap, BTreeSet, HashMap as StdHashMap},
     sync::Arc,
 };
 
@@ -130,6 +130,8 @@ fn open(ebpf: &mut Ebpf, _: &Config) -> Result<Box<dyn Source>, OpenError> {
         by_pod: RefCell::default(),
         stale_starts_removed: 0,
         starts_lost: 0,
+        latency_histograms: 0,
+        histograms: RefCell::default(),
     }))
 }
 
@@ -146,6 +148,10 @@ struct Maps {
     /// The diagnostic counter of starts the full map could not keep, as
     /// this cycle read it.
     starts_lost: u64,
+    /// `syscalls.latency_histograms`.
+    latency_histograms: usize,
+    /// The syscalls whose latency histogram is exported.
+    histograms: RefCell<BTreeSet<u32>>,
 }
 
 /// Processes kept per cycle while counted per process.
@@ -211,8 +217,10 @@ impl Maps {
         for (id, stats) in (0..).zip(map_batch::per_cpu_array_summed(&self.stats)?) {
             if stats.count > 0 || stats.timed() > 0 {
                 rows.push(SyscallRow {
+                    id,
                     name: syscall_table::name(id),
                     stats,
+                    histogram: false,
                 });
             }
         }
@@ -251,6 +259,11 @@ impl Source for Maps {
             ..Default::default()
         };
         let error = self.read_rows(&mut reading.rows).err();
+        choose_histograms(
+            &mut reading.rows,
+            &mut self.histograms.borrow_mut(),
+            self.latency_histograms,
+        );
         reading.processes = self.take_processes();
         reading.by_pod = self
             .by_pod
@@ -300,6 +313,11 @@ impl Source for Maps {
                     source,
                 })?;
         }
+        self.latency_histograms = config.syscalls.latency_histograms;
+        // Lowered at runtime: choose again, the busiest first.
+        if self.histograms.get_mut().len() > self.latency_histograms {
+            self.histograms.get_mut().clear();
+        }
         let on = config.syscalls.enabled;
         let threshold = if on { config.slow_threshold_ns() } else { 0 };
         Ok(vec![
@@ -327,8 +345,27 @@ impl Source for Maps {
 /// Per-syscall totals, summed over CPUs.
 #[derive(Debug, Clone)]
 pub struct SyscallRow {
+    pub id: u32,
     pub name: String,
     pub stats: SyscallStats,
+    /// Exported with its latency histogram (`syscalls.latency_histograms`).
+    pub histogram: bool,
+}
+
+/// Marks the rows whose latency histogram is exported: those `chosen`
+/// before, then, while fewer than `limit` are, the busiest of the rest by
+/// calls so far. A syscall once chosen stays (its series never come and
+/// go with its rank).
+fn choose_histograms(rows: &mut [SyscallRow], chosen: &mut BTreeSet<u32>, limit: usize) {
+    if chosen.len() < limit {
+        let mut rest: Vec<&SyscallRow> = rows.iter().filter(|r| !chosen.contains(&r.id)).collect();
+        rest.sort_by(|a, b| b.stats.count.cmp(&a.stats.count).then(a.id.cmp(&b.id)));
+        let room = limit - chosen.len();
+        chosen.extend(rest.iter().take(room).map(|r| r.id));
+    }
+    for row in rows {
+        row.histogram = chosen.contains(&row.id);
+    }
 }
 
 /// What the syscall maps held in one cycle.
@@ -374,13 +411,16 @@ impl Reading for Syscalls {
         );
         let mut latency = Family::new(
             "sonde_syscall_duration_seconds",
-            "Time from syscall entry to exit, by syscall (log2 buckets aggregated in the kernel)",
+            "Time from syscall entry to exit, by syscall (log2 buckets aggregated in the kernel), for the syscalls.latency_histograms busiest when first seen",
             MetricType::HISTOGRAM,
         );
         for row in &self.rows {
             let labels = [("syscall", row.name.as_str())];
             calls.sample(&labels, row.stats.count as f64);
             errors.sample(&labels, row.stats.errors as f64);
+            if !row.histogram {
+                continue;
+            }
             let buckets = log2_buckets(&row.stats.latency_slots);
             latency.histogram(
                 &labels,
@@ -477,6 +517,51 @@ mod tests {
     }
 
     #[test]
+    fn the_busiest_syscalls_get_histograms_and_keep_them() {
+        let row = |id: u32, count: u64| SyscallRow {
+            id,
+            name: syscall_table::name(id),
+            stats: SyscallStats {
+                count,
+                ..Default::default()
+            },
+            histogram: false,
+        };
+        let mut chosen = BTreeSet::new();
+        let mut rows = vec![row(0, 5), row(1, 50), row(2, 20)];
+        choose_histograms(&mut rows, &mut chosen, 2);
+        let marked = |rows: &[SyscallRow]| -> Vec<u32> {
+            rows.iter().filter(|r| r.histogram).map(|r| r.id).collect()
+        };
+        assert_eq!(marked(&rows), [1, 2]);
+        // Syscall 0 overtakes both, and a new one appears: the two chosen
+        // stay, nothing is added while the limit is reached.
+        let mut rows = vec![row(0, 500), row(1, 60), row(2, 21), row(3, 900)];
+        choose_histograms(&mut rows, &mut chosen, 2);
+        assert_eq!(marked(&rows), [1, 2]);
+        // Room for one more: the busiest of the rest.
+        choose_histograms(&mut rows, &mut chosen, 3);
+        assert_eq!(marked(&rows), [1, 2, 3]);
+        let mut out = Vec::new();
+        Syscalls {
+            rows,
+            ..Default::default()
+        }
+        .families(&mut out);
+        let latency = out
+            .iter()
+            .find(|f| f.name() == "sonde_syscall_duration_seconds")
+            .unwrap();
+        let calls = out.iter().find(|f| f.name() == "sonde_syscalls_total").unwrap();
+        assert_eq!(latency.get_metric().len(), 3);
+        assert_eq!(calls.get_metric().len(), 4);
+        // None.
+        let mut rows = vec![row(0, 5)];
+        choose_histograms(&mut rows, &mut BTreeSet::new(), 0);
+        assert_eq!(marked(&rows), Vec::<u32>::new());
+    }
+
+    #[test]
     fn families_and_completeness_even_when_nothing_was_called() {
         let mut out = Vec::new();
         Syscalls::default().families(&mut out);
@@ -488,11 +573,13 @@ mod tests {
         );
         let lost = Syscalls {
             rows: vec![SyscallRow {
+                id: 0,
                 name: "read".into(),
                 stats: SyscallStats {
                     count: 10,
                     ..Default::default()
                 },
+                histogram: true,
             }],
             starts_lost: 3,
             ..Default::default()
