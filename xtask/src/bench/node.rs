@@ -403,6 +403,26 @@ fn interfaces(ctx: &Ctx, s: &mut Scenario) -> anyhow::Result<Curve> {
         }
         std::thread::sleep(Duration::from_secs(2));
         let p = measure(&agent, window)?;
+        if Some(&n) == counts.last() {
+            // The referee for the series count: what Prometheus ingests.
+            let prom = super::scrape::prometheus(&agent, 5)?;
+            println!(
+                "{n} interfaces: Prometheus ingests {} samples per scrape ({} counted here), scrape {:.1} ms",
+                prom.samples_scraped,
+                p.series,
+                median(&prom.durations_ms)
+            );
+            s.figure(
+                format!("{n} interfaces: samples per scrape, by Prometheus"),
+                "samples",
+                &[prom.samples_scraped],
+            );
+            s.figure(
+                format!("{n} interfaces: Prometheus scrape duration"),
+                "ms",
+                &prom.durations_ms,
+            );
+        }
         record(s, &mut curve, "interfaces", n, p);
         if n > 0 {
             s.figure(

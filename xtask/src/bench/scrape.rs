@@ -184,13 +184,13 @@ fn parse_duration_ms(v: &str) -> Option<f64> {
     })
 }
 
-struct Prom {
-    durations_ms: Vec<f64>,
-    samples_scraped: f64,
+pub(super) struct Prom {
+    pub durations_ms: Vec<f64>,
+    pub samples_scraped: f64,
 }
 
 /// A Prometheus server scraping the agent every second, `scrapes` times.
-fn prometheus(agent: &Agent, scrapes: u64) -> anyhow::Result<Prom> {
+pub(super) fn prometheus(agent: &Agent, scrapes: u64) -> anyhow::Result<Prom> {
     let prom = Prometheus::launch(
         &PrometheusConfig {
             targets: &[agent.addr()],
