@@ -23,7 +23,7 @@ use agent_common::{
     },
 };
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
@@ -36,9 +36,13 @@ use crate::{
     maps::{config, count},
 };
 
+/// Entries are allocated as keys appear (`BPF_F_NO_PREALLOC`): preallocated,
+/// every possible key's per-CPU values would be reserved on every CPU
+/// (192 KiB per CPU, 48 MiB on a 256-CPU node) for the few keys most
+/// nodes use. Lookups cost the same; only a new key allocates.
 #[map(name = "PACKET_COUNTERS")]
 static PACKET_COUNTERS: PerCpuHashMap<PacketKey, PacketCounters> =
-    PerCpuHashMap::with_max_entries(MAX_PACKET_KEYS, 0);
+    PerCpuHashMap::with_max_entries(MAX_PACKET_KEYS, BPF_F_NO_PREALLOC);
 
 /// Resized by the loader from the configured flow-table size. Shared, not
 /// per-CPU: a per-CPU table costs max_flows × CPUs × 32 bytes (268 MB for

@@ -582,9 +582,25 @@ fn cpus(ctx: &Ctx, s: &mut Scenario) -> anyhow::Result<()> {
         .filter(|m| m.per_cpu_bytes(possible) > 0)
         .collect();
     biggest.sort_by_key(|m| std::cmp::Reverse(m.per_cpu_bytes(possible)));
+    let on_use: Vec<String> = maps
+        .iter()
+        .filter(|m| matches!(m.map_type, 5 | 10) && m.allocated_on_use())
+        .map(|m| {
+            format!(
+                "{} ({} B per key per CPU)",
+                name(m.id),
+                m.value_size.div_ceil(8) * 8
+            )
+        })
+        .collect();
+    s.note(format!(
+        "Per-CPU hash maps allocated as keys appear, whose memory grows with the keys in \
+         use times the CPUs rather than being reserved: {}.",
+        on_use.join(", ")
+    ));
     s.note(format!(
         "Kernel map memory: {:.1} MiB here ({possible} possible CPUs), of which {:.1} KiB per \
-         CPU in {} per-CPU maps; the largest per CPU: {}.",
+         CPU reserved in {} preallocated per-CPU maps; the largest per CPU: {}.",
         total as f64 / 1048576.0,
         one_cpu / 1024.0,
         biggest.len(),

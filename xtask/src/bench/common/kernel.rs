@@ -263,6 +263,7 @@ pub struct HeldMap {
     pub map_type: u64,
     pub value_size: u64,
     pub max_entries: u64,
+    pub flags: u64,
     /// The kernel's own accounting of the map's memory.
     pub memlock: u64,
 }
@@ -274,11 +275,17 @@ impl HeldMap {
         matches!(self.map_type, 1 | 5 | 9 | 10)
     }
 
-    /// Bytes of this map that are one copy per possible CPU (the value
-    /// area of percpu_hash, percpu_array, lru_percpu_hash and
+    /// Allocated as keys appear (BPF_F_NO_PREALLOC): its memlock is what
+    /// the keys in use take, each with one value per CPU.
+    pub fn allocated_on_use(&self) -> bool {
+        self.flags & 1 != 0
+    }
+
+    /// Bytes of this map reserved once per possible CPU (the value area of
+    /// a preallocated percpu_hash, percpu_array, lru_percpu_hash or
     /// percpu_cgroup_storage: value size rounded up to 8, per entry).
     pub fn per_cpu_bytes(&self, possible_cpus: u64) -> u64 {
-        if matches!(self.map_type, 5 | 6 | 10 | 20) {
+        if matches!(self.map_type, 5 | 6 | 10 | 20) && !self.allocated_on_use() {
             self.value_size.div_ceil(8) * 8 * self.max_entries * possible_cpus
         } else {
             0
@@ -312,6 +319,11 @@ pub fn held_maps(pid: u32) -> Vec<HeldMap> {
             map_type,
             value_size: field("value_size:").unwrap_or(0),
             max_entries: field("max_entries:").unwrap_or(0),
+            flags: info
+                .lines()
+                .find_map(|l| l.strip_prefix("map_flags:"))
+                .and_then(|v| u64::from_str_radix(v.trim().trim_start_matches("0x"), 16).ok())
+                .unwrap_or(0),
             memlock: field("memlock:").unwrap_or(0),
         });
     }
