@@ -184,6 +184,21 @@ mod bpffs {
     }
 }
 
+/// The name the kernel gives map `id` (`bpftool map show`), if it exists.
+pub fn map_name(id: u64) -> Option<String> {
+    use std::process::Command;
+    let out = crate::sys::output(Command::new("bpftool").args([
+        "-j",
+        "map",
+        "show",
+        "id",
+        &id.to_string(),
+    ]))
+    .ok()?;
+    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+    v["name"].as_str().map(String::from)
+}
+
 /// The entries (key and value bytes) of the map named `name` that process
 /// `pid` holds, as the kernel lists them (`bpftool map dump`): the referee
 /// for what the agent says its tables hold.
@@ -204,18 +219,7 @@ pub fn map_entries(pid: u32, name: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
     ids.dedup();
     let id = ids
         .into_iter()
-        .find(|id| {
-            crate::sys::output(Command::new("bpftool").args([
-                "-j",
-                "map",
-                "show",
-                "id",
-                &id.to_string(),
-            ]))
-            .ok()
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-            .is_some_and(|m| m["name"].as_str() == Some(name))
-        })
+        .find(|&id| map_name(id).as_deref() == Some(name))
         .unwrap_or_else(|| panic!("process {pid} holds no map named {name}"));
     let dump = crate::sys::output(Command::new("bpftool").args([
         "-j",

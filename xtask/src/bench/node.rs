@@ -17,7 +17,7 @@ use super::{
     Ctx, Def,
     common::{
         Agent, BenchNet,
-        bins::workload,
+        bins::udp_flows,
         kernel::{held_links, held_maps, possible_cpus, proc_cpu, proc_mem},
         net, start_agent,
         stats::median,
@@ -531,19 +531,7 @@ fn peers(ctx: &Ctx, s: &mut Scenario) -> anyhow::Result<Curve> {
     for &n in counts {
         // The same n source addresses each time, on a new source port:
         // every peer sends again, so all n are active in this window.
-        workload(
-            &ctx.bins,
-            Some(net().netns),
-            &[1],
-            &[
-                "udp-flows",
-                net().peers_first,
-                &n.to_string(),
-                &to,
-                &n.to_string(),
-            ],
-            Duration::from_secs(60),
-        )?;
+        udp_flows(&ctx.bins, n as u64, &to, n as u64)?;
         std::thread::sleep(Duration::from_secs(2));
         let p = measure(&agent, window)?;
         record(s, &mut curve, "peers", n, p);
@@ -632,15 +620,5 @@ fn cpus(ctx: &Ctx, s: &mut Scenario) -> anyhow::Result<()> {
 
 /// A map's name, by bpftool (fdinfo has none).
 fn map_name(id: u64) -> String {
-    sonde_tests::sys::output(Command::new("bpftool").args([
-        "-j",
-        "map",
-        "show",
-        "id",
-        &id.to_string(),
-    ]))
-    .ok()
-    .and_then(|out| serde_json::from_str::<serde_json::Value>(&out).ok())
-    .and_then(|v| v["name"].as_str().map(String::from))
-    .unwrap_or_else(|| format!("map {id}"))
+    sonde_tests::bpf::map_name(id).unwrap_or_else(|| format!("map {id}"))
 }

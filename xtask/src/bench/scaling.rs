@@ -7,7 +7,7 @@ use super::{
     Ctx, Def,
     common::{
         BenchNet,
-        bins::{spawn_workload, workload},
+        bins::{spawn_workload, udp_flows},
         kernel::{QuietGate, proc_cpu, proc_mem},
         net, start_agent,
         stats::{median, per_round, round_robin},
@@ -148,19 +148,7 @@ fn flows(ctx: &Ctx, s: &mut Scenario) -> anyhow::Result<()> {
             &[net().host_if],
         )?;
         let addresses = flows.div_ceil(PORTS_PER_ADDRESS).max(1);
-        workload(
-            &ctx.bins,
-            Some(net().netns),
-            &[1],
-            &[
-                "udp-flows",
-                net().peers_first,
-                &addresses.to_string(),
-                &to,
-                &flows.to_string(),
-            ],
-            Duration::from_secs(60),
-        )?;
+        udp_flows(&ctx.bins, addresses, &to, flows)?;
         // Wait for a collection that sees them all.
         let deadline = Instant::now() + Duration::from_secs(20);
         let active = loop {

@@ -122,6 +122,26 @@ pub fn workload(
     Ok(out.lines().last().unwrap_or_default().to_owned())
 }
 
+/// `flows` distinct UDP flows, one datagram each, from `peers` source
+/// addresses of the plan's peer range into `to`, sent from its namespace
+/// (`sonde-workload udp-flows`).
+pub fn udp_flows(bins: &Bins, peers: u64, to: &str, flows: u64) -> anyhow::Result<String> {
+    let net = super::net();
+    workload(
+        bins,
+        Some(net.netns),
+        &[1],
+        &[
+            "udp-flows",
+            net.peers_first,
+            &peers.to_string(),
+            to,
+            &flows.to_string(),
+        ],
+        Duration::from_secs(60),
+    )
+}
+
 /// `sonde-workload ARGS...` started, not waited for.
 pub fn spawn_workload(
     bins: &Bins,
