@@ -11,14 +11,19 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use sonde_tests::{NetNs, Scrape, cgroup::TestCgroup, http};
+use sonde_tests::{
+    NetNs, Scrape,
+    cgroup::TestCgroup,
+    http,
+    ops::footprint::{held_links, held_maps, possible_cpus},
+};
 
 use super::{
     Ctx, Def,
     common::{
         Agent, BenchNet,
         bins::udp_flows,
-        kernel::{held_links, held_maps, possible_cpus, proc_cpu, proc_mem},
+        kernel::{proc_cpu, proc_mem},
         net, start_agent,
         stats::median,
     },
@@ -553,7 +558,7 @@ fn cpus(ctx: &Ctx, s: &mut Scenario) -> anyhow::Result<()> {
             .find(|(i, _)| *i == id)
             .map_or_else(|| format!("map {id}"), |(_, n)| n.clone())
     };
-    let possible = possible_cpus()?;
+    let possible = possible_cpus();
     let total: u64 = maps.iter().map(|m| m.memlock).sum();
     let per_cpu: u64 = maps.iter().map(|m| m.per_cpu_bytes(possible)).sum();
     let fixed = total.saturating_sub(per_cpu) as f64;
@@ -572,7 +577,7 @@ fn cpus(ctx: &Ctx, s: &mut Scenario) -> anyhow::Result<()> {
     biggest.sort_by_key(|m| std::cmp::Reverse(m.per_cpu_bytes(possible)));
     let on_use: Vec<String> = maps
         .iter()
-        .filter(|m| matches!(m.map_type, 5 | 10) && m.allocated_on_use())
+        .filter(|m| m.is_per_cpu() && m.allocated_on_use())
         .map(|m| {
             format!(
                 "{} ({} B per key per CPU)",

@@ -49,12 +49,13 @@ use serde_json::Value;
 use sonde_tests::{
     Scrape,
     agent::try_free_port,
+    ops::footprint::held_maps,
     process::{Proc, Scratch, command, scratch_path},
     sys,
 };
 
 use crate::{
-    bench::common::{Agent, BenchNet, Bins, kernel::held_maps, net, start_agent},
+    bench::common::{Agent, BenchNet, Bins, net, start_agent},
     eval::scenarios::{self, INCIDENTS, Incident, NormalLoad},
     util,
 };
