@@ -103,7 +103,7 @@ pub fn lookup_all<K: Pod, V: Pod>(map: &MapData) -> io::Result<Option<Vec<(K, V)
 /// Every key of a per-CPU hash or array map with its values added up over
 /// the CPUs. `Ok(None)`: this kernel cannot batch this map, or `V`'s size
 /// is not a multiple of 8 (the kernel pads each CPU's copy to 8 bytes).
-pub fn lookup_all_summed<K: Pod, V: Pod + Merge>(map: &MapData) -> io::Result<Option<Vec<(K, V)>>> {
+fn lookup_all_summed<K: Pod, V: Pod + Merge>(map: &MapData) -> io::Result<Option<Vec<(K, V)>>> {
     if !size_of::<V>().is_multiple_of(8) {
         return Ok(None);
     }

@@ -130,6 +130,15 @@ struct Maps {
 }
 
 impl Maps {
+    /// Removes these device entries from the kernel map, counting each.
+    fn remove(&mut self, keys: Vec<DropDeviceKey>) {
+        for key in keys {
+            if self.devices.remove(&key).is_ok() {
+                self.removed += 1;
+            }
+        }
+    }
+
     /// The running kernel's name for a drop reason slot, lower-cased.
     fn reason_name(&self, reason: u32) -> String {
         match self.reason_names.get(&reason) {
@@ -259,26 +268,18 @@ impl Source for Maps {
         let Some(own) = self.own_netns else {
             return;
         };
-        let keys = self
-            .devices
-            .keys()
-            .filter_map(Result::ok)
+        // One batched read, not two syscalls per key: pods' veths go ten
+        // at a time in a rollout.
+        let keys = map_batch::per_cpu_hash_summed(&self.devices)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, _)| k)
             .filter(|k| k.netns == own && k.ifindex == ifindex)
             .collect();
         self.remove(keys);
     }
 }
 
-impl Maps {
-    /// Removes these device entries from the kernel map, counting each.
-    fn remove(&mut self, keys: Vec<DropDeviceKey>) {
-        for key in keys {
-            if self.devices.remove(&key).is_ok() {
-                self.removed += 1;
-            }
-        }
-    }
-}
 
 /// Entries of interfaces a newer one of the same name replaced, in the
 /// same namespace: two live interfaces of a namespace never share a name,

@@ -283,7 +283,9 @@ struct Maps {
 impl Maps {
     fn read(&self, tcp: &mut Tcp) -> Result<(), MapError> {
         tcp.stats = TcpStats::sum(self.stats.get(&0, 0)?.iter());
-        for (index, n) in (0..).zip(map_batch::per_cpu_array_summed(&self.transitions)?) {
+        let transitions = map_batch::per_cpu_array_summed(&self.transitions)?;
+        let states = (TCP_STATES * TCP_STATES) as usize;
+        for (index, n) in (0..).zip(transitions.into_iter().take(states)) {
             if n > 0 {
                 tcp.transitions
                     .push((index / TCP_STATES, index % TCP_STATES, n));

@@ -407,10 +407,12 @@ impl Source for Maps {
     /// ifindex can be reused by a new interface).
     fn interface_removed(&mut self, ifindex: u32) {
         self.interfaces.remove(&ifindex);
-        let keys: Vec<PacketKey> = self
-            .counters
-            .keys()
-            .filter_map(Result::ok)
+        // One batched read, not two syscalls per key: pods' veths go ten
+        // at a time in a rollout.
+        let keys: Vec<PacketKey> = map_batch::per_cpu_hash_summed(&self.counters)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, _)| k)
             .filter(|k| k.ifindex == ifindex)
             .collect();
         for key in keys {
