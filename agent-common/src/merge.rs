@@ -49,6 +49,7 @@ impl Merge for PacketCounters {
         self.tcp_synack += o.tcp_synack;
         self.tcp_rst += o.tcp_rst;
         self.tcp_fin += o.tcp_fin;
+        self.icmpv6_link_control += o.icmpv6_link_control;
     }
 }
 

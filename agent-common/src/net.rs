@@ -1,5 +1,6 @@
 //! Packet accounting shared types: per-(interface, direction, family,
-//! protocol) counters with TCP flag counts, and the flow table.
+//! protocol) counters with TCP flag and ICMPv6 link-control counts, and
+//! the flow table.
 
 /// `PerCpuHashMap<PacketKey, PacketCounters>`.
 pub const PACKET_COUNTERS_MAP: &str = "PACKET_COUNTERS";
@@ -94,6 +95,19 @@ pub struct PacketCounters {
     pub tcp_synack: u64,
     pub tcp_rst: u64,
     pub tcp_fin: u64,
+    /// ICMPv6 link control ([`is_icmpv6_link_control`]).
+    pub icmpv6_link_control: u64,
+}
+
+/// Whether an ICMPv6 message of `icmp_type` is link control: multicast
+/// listener discovery (130–132, 143), router and neighbour discovery and
+/// redirects (133–137), inverse ND (141, 142), SEND (148, 149), multicast
+/// router discovery (151–153). Hosts send these by themselves whenever an
+/// interface comes up or an address is added (duplicate address detection
+/// from `::`, listener reports), so a burst of pods starting makes a burst
+/// of them: link upkeep, not an ICMP flood.
+pub const fn is_icmpv6_link_control(icmp_type: u8) -> bool {
+    matches!(icmp_type, 130..=137 | 141..=143 | 148 | 149 | 151..=153)
 }
 
 /// A flow: 5-tuple plus interface and direction. Addresses are 16 bytes;
@@ -232,6 +246,14 @@ mod tests {
         assert_eq!(family_name(FAMILY_ARP), "arp");
         assert_eq!(family_name(FAMILY_OTHER), "other");
         assert_eq!(protocol_name(FAMILY_IPV6, IPPROTO_ICMPV6), "icmpv6");
+        // Echo, errors and node information are not link control.
+        for t in [1, 2, 3, 4, 128, 129, 139, 140] {
+            assert!(!is_icmpv6_link_control(t), "type {t}");
+        }
+        // Listener reports, RS, RA, NS, NA, redirect, MLDv2 report.
+        for t in [130, 131, 132, 133, 134, 135, 136, 137, 143] {
+            assert!(is_icmpv6_link_control(t), "type {t}");
+        }
         assert_eq!(protocol_name(FAMILY_IPV4, IPPROTO_SCTP), "sctp");
         assert_eq!(protocol_name(FAMILY_IPV4, 99), "other");
         assert_eq!(protocol_name(FAMILY_ARP, IPPROTO_TCP), "none");

@@ -1,6 +1,7 @@
 //! Packet accounting shared by the XDP and TC hooks: one parser over any
 //! packet source, per-(interface, direction, family, protocol) counters with
-//! TCP flags, and the flow table with rate-limited new-flow events.
+//! TCP flags and ICMPv6 link control, and the flow table with rate-limited
+//! new-flow events.
 //!
 //! The programs observe: XDP passes, TC hands the packet on to whatever
 //! comes next (TC_ACT_UNSPEC), so Sonde does not change the fate of a packet
@@ -19,7 +20,8 @@ use agent_common::{
     events::{EVENT_NEW_FLOW, EventHeader, FlowEvent, RING_FLOW, TokenBucket},
     net::{
         BlocklistEntry, BlocklistKey, BlocklistStats, DEFAULT_MAX_FLOWS, DIRECTION_INGRESS,
-        FlowKey, FlowStats, IPPROTO_TCP, MAX_BLOCKLIST, MAX_PACKET_KEYS, PacketCounters, PacketKey,
+        FAMILY_IPV6, FlowKey, FlowStats, IPPROTO_ICMPV6, IPPROTO_TCP, MAX_BLOCKLIST,
+        MAX_PACKET_KEYS, PacketCounters, PacketKey, is_icmpv6_link_control,
     },
 };
 use aya_ebpf::{
@@ -186,6 +188,13 @@ pub fn account<P: PacketSource>(packet: &P, direction: u8) -> parse::Parsed {
             if flags & TCP_FIN != 0 {
                 counters.tcp_fin += 1;
             }
+        } else if parsed.protocol == IPPROTO_ICMPV6
+            && parsed.family == FAMILY_IPV6
+            // The parser puts the ICMP type in `src_port` (0, not link
+            // control, when the header is short).
+            && is_icmpv6_link_control(parsed.src_port as u8)
+        {
+            counters.icmpv6_link_control += 1;
         }
     }
 

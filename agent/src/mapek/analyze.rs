@@ -979,6 +979,7 @@ mod tests {
         let row = |peer, protocol, packets| InboundPeer {
             peer,
             protocol,
+            link_control: false,
             packets,
             bytes: packets * 100,
             new_flows: 1,

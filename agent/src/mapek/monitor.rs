@@ -226,8 +226,10 @@ pub struct Subjects {
     pub parents: Vec<(u32, crate::events::Churn)>,
     /// Inbound traffic per (peer, protocol) this cycle, heaviest first.
     pub inbound: Vec<crate::signals::packets::InboundPeer>,
-    /// Inbound packets and bytes per protocol this cycle.
+    /// Inbound packets and bytes per protocol this cycle (ICMPv6 link
+    /// control apart, in `inbound_link_control`).
     pub inbound_totals: BTreeMap<u8, (u64, u64)>,
+    pub inbound_link_control: (u64, u64),
     /// Inbound flows opened per protocol this cycle.
     pub inbound_new_flows: BTreeMap<u8, u64>,
     /// TCP peers' retransmits and RTT samples this cycle.
@@ -477,9 +479,18 @@ pub fn features(
         let inbound = |p: Option<u8>| rate(received(prev, p), received(now, p));
         f.insert("inbound_packets_per_second", inbound(None));
         f.insert("udp_in_packets_per_second", inbound(Some(IPPROTO_UDP)));
+        // ICMPv6 link control (neighbour discovery, listener reports) is
+        // what every interface coming up sends: 300 pods' veths starting
+        // together made 330/s of it. Not a flood of ICMP.
+        let link_control = |s: &Snapshot| {
+            s.reading::<Packets>()
+                .map_or(0, Packets::link_control_received)
+        };
         f.insert(
             "icmp_in_packets_per_second",
-            inbound(Some(IPPROTO_ICMP)) + inbound(Some(IPPROTO_ICMPV6)),
+            (inbound(Some(IPPROTO_ICMP)) + inbound(Some(IPPROTO_ICMPV6))
+                - rate(link_control(prev), link_control(now)))
+            .max(0.0),
         );
     }
     if signals.tcp {
@@ -561,6 +572,7 @@ pub fn features(
         parents: Vec::new(),
         inbound: flows.map(|f| f.inbound.clone()).unwrap_or_default(),
         inbound_totals: flows.map(|f| f.inbound_totals.clone()).unwrap_or_default(),
+        inbound_link_control: flows.map(|f| f.inbound_link_control).unwrap_or_default(),
         inbound_new_flows: flows
             .map(|f| f.inbound_new_flows.clone())
             .unwrap_or_default(),
@@ -854,18 +866,21 @@ fn protocol_name(p: u8) -> &'static str {
 }
 
 /// Inbound peers of `protocols` (empty: every protocol, rows summed per
-/// peer) by packets.
+/// peer) by packets. ICMPv6 link control counts only with every protocol,
+/// as the ICMP feature leaves it out.
 fn peers_of(s: &Subjects, protocols: &[u8]) -> Vec<Culprit> {
-    let wanted = |p: u8| protocols.is_empty() || protocols.contains(&p);
+    let every = protocols.is_empty();
+    let wanted = |p: u8| every || protocols.contains(&p);
     let total: u64 = s
         .inbound_totals
         .iter()
         .filter(|(p, _)| wanted(**p))
         .map(|(_, t)| t.0)
-        .sum();
+        .sum::<u64>()
+        + if every { s.inbound_link_control.0 } else { 0 };
     inbound_peers_by(
         s,
-        wanted,
+        |r| wanted(r.protocol) && (every || !r.link_control),
         "inbound_packets_per_second",
         |r| r.packets,
         total,
@@ -903,19 +918,19 @@ fn flow_openers(s: &Subjects, protocol: Option<u8>) -> Vec<Culprit> {
         .sum();
     inbound_peers_by(
         s,
-        wanted,
+        |r| wanted(r.protocol),
         "inbound_new_flows_per_second",
         |r| r.new_flows,
         total,
     )
 }
 
-/// The cycle's inbound peers of the `wanted` protocols by `weight` (rows
-/// that weigh something, summed per peer, whose protocol is then "ip"),
-/// heaviest first, each with its share of `total`.
+/// The cycle's `wanted` inbound rows by `weight` (rows that weigh
+/// something, summed per peer, whose protocol is then "ip"), heaviest
+/// first, each with its share of `total`.
 fn inbound_peers_by(
     s: &Subjects,
-    wanted: impl Fn(u8) -> bool,
+    wanted: impl Fn(&crate::signals::packets::InboundPeer) -> bool,
     measure: &'static str,
     weight: impl Fn(&crate::signals::packets::InboundPeer) -> u64,
     total: u64,
@@ -923,11 +938,7 @@ fn inbound_peers_by(
     let dt = s.seconds.max(1e-9);
     // (peer, its protocol if only one, weight, bytes)
     let mut rows: Vec<(IpAddr, Option<u8>, u64, u64)> = Vec::new();
-    for r in s
-        .inbound
-        .iter()
-        .filter(|r| wanted(r.protocol) && weight(r) > 0)
-    {
+    for r in s.inbound.iter().filter(|r| wanted(r) && weight(r) > 0) {
         match rows.iter_mut().find(|e| e.0 == r.peer) {
             Some(e) => {
                 e.1 = None;
@@ -1263,6 +1274,7 @@ mod tests {
         let row = |peer, packets, new_flows| InboundPeer {
             peer,
             protocol: IPPROTO_TCP,
+            link_control: false,
             packets,
             bytes: packets * 100,
             new_flows,
@@ -1314,6 +1326,36 @@ mod tests {
             culprits("traffic_surge", &[], &subjects)[0].peer,
             Some(bulk)
         );
+    }
+
+    /// Pods' interfaces coming up send neighbour discovery from `::`: an
+    /// ICMP flood's culprits leave it out (as its feature does), its
+    /// shares are of ICMP without it, and a traffic surge still names it.
+    #[test]
+    fn icmpv6_link_control_is_no_icmp_floods_culprit() {
+        use crate::signals::packets::InboundPeer;
+        let dad: IpAddr = "::".parse().unwrap();
+        let pinger: IpAddr = "fd00::2".parse().unwrap();
+        let row = |peer, link_control, packets| InboundPeer {
+            peer,
+            protocol: IPPROTO_ICMPV6,
+            link_control,
+            packets,
+            bytes: packets * 90,
+            new_flows: 0,
+        };
+        let subjects = Subjects {
+            inbound: vec![row(dad, true, 6_000), row(pinger, false, 2_000)],
+            inbound_totals: [(IPPROTO_ICMPV6, (2_000, 180_000))].into(),
+            inbound_link_control: (6_000, 540_000),
+            seconds: 1.0,
+            ..Default::default()
+        };
+        let icmp = culprits("icmp_flood", &[], &subjects);
+        assert_eq!(icmp.len(), 1, "{icmp:?}");
+        assert_eq!((icmp[0].peer, icmp[0].share), (Some(pinger), 1.0));
+        let surge = culprits("traffic_surge", &[], &subjects);
+        assert_eq!((surge[0].peer, surge[0].share), (Some(dad), 0.75));
     }
 
     /// Packet loss without retransmitting peers is named by the kernel's

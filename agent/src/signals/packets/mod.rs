@@ -1,5 +1,6 @@
 //! Packets and bytes per interface, direction, address family and IP
-//! protocol, TCP flags, the flow table and the top remote peers (kernel
+//! protocol, TCP flags, ICMPv6 link control, the flow table and the top
+//! remote peers (kernel
 //! side: agent-ebpf's net module, XDP or TC on ingress and TC on egress of
 //! every accounted interface; types in agent-common's `net`). `[network]
 //! enabled` turns it on; `[network] xdp_mode`, `max_flows`,
@@ -24,9 +25,9 @@ use agent_common::{
     config::{CFG_FLOW_EVENTS_BURST, CFG_FLOW_EVENTS_PER_SEC},
     counters::FLOW_CREATED,
     net::{
-        DIRECTION_INGRESS, FAMILY_IPV4, FLOWS_MAP, FlowKey, FlowStats, IPPROTO_TCP,
-        PACKET_COUNTERS_MAP, PacketCounters, PacketKey, direction_name, family_name,
-        protocol_name,
+        DIRECTION_INGRESS, FAMILY_IPV4, FAMILY_IPV6, FLOWS_MAP, FlowKey, FlowStats,
+        IPPROTO_ICMPV6, IPPROTO_TCP, PACKET_COUNTERS_MAP, PacketCounters, PacketKey,
+        direction_name, family_name, is_icmpv6_link_control, protocol_name,
     },
 };
 use aya::{
@@ -151,14 +152,20 @@ pub struct FlowView {
     /// ports since the previous cycle, and how many (scan evidence).
     pub widest_peer: Option<(IpAddr, u64)>,
     /// What each remote peer sent this node since the previous cycle, per
-    /// IP protocol, heaviest by packets first (at most
-    /// [`CYCLE_PEERS_KEPT`]): who is behind a traffic feature's move.
+    /// IP protocol (ICMPv6 link control apart), heaviest by packets first
+    /// (at most [`CYCLE_PEERS_KEPT`]): who is behind a traffic feature's
+    /// move.
     pub inbound: Vec<InboundPeer>,
     /// Packets and bytes of all inbound flows since the previous cycle,
-    /// per IP protocol (the denominators of the peers' shares).
+    /// per IP protocol, ICMPv6 link control not included (the
+    /// denominators of the peers' shares).
     pub inbound_totals: BTreeMap<u8, (u64, u64)>,
-    /// Inbound flows first seen since the previous cycle, per IP protocol
-    /// (the denominator of the flow openers' shares).
+    /// Packets and bytes of inbound ICMPv6 link control since the
+    /// previous cycle.
+    pub inbound_link_control: (u64, u64),
+    /// Inbound flows first seen since the previous cycle, per IP protocol,
+    /// ICMPv6 link control not included: it opens nothing (the
+    /// denominator of the flow openers' shares).
     pub inbound_new_flows: BTreeMap<u8, u64>,
 }
 
@@ -170,6 +177,10 @@ pub const CYCLE_PEERS_KEPT: usize = 16;
 pub struct InboundPeer {
     pub peer: IpAddr,
     pub protocol: u8,
+    /// ICMPv6 link control ([`is_icmpv6_link_control`]): kept apart from
+    /// the rest of ICMPv6, so that pods coming up are no ICMP flood's
+    /// culprits, while a traffic surge of it still names its source.
+    pub link_control: bool,
     pub packets: u64,
     pub bytes: u64,
     /// New flows it opened (distinct 5-tuples first seen this cycle).
@@ -266,13 +277,15 @@ impl Maps {
         let mut deltas: HashMap<PeerKey, (u64, u64)> = HashMap::new();
         // Distinct local ports each remote peer opened new flows to.
         let mut fan_out: HashMap<IpAddr, HashSet<u16>> = HashMap::new();
-        // Inbound packets, bytes and new flows per (peer, protocol).
-        let mut inbound: HashMap<(IpAddr, u8), (u64, u64, u64)> = HashMap::new();
+        // Inbound packets, bytes and new flows per (peer, protocol, link
+        // control).
+        let mut inbound: HashMap<(IpAddr, u8, bool), (u64, u64, u64)> = HashMap::new();
         let mut idle = Vec::new();
         // Live flows per ifindex: a handful of interfaces, counted in a
         // small list rather than hashed once per flow.
         let mut active: Vec<(u32, u64)> = Vec::new();
         for (key, flow) in self.flow_entries()? {
+            let link_control = is_link_control(&key);
             // Updated in place: a full table is tens of thousands of
             // flows, most of them unchanged since last cycle, and
             // rebuilding the table each cycle cost as much as reading it.
@@ -302,13 +315,13 @@ impl Maps {
                             e.insert(state);
                         }
                     }
-                    if key.direction == DIRECTION_INGRESS {
+                    if key.direction == DIRECTION_INGRESS && !link_control {
                         fan_out
                             .entry(remote_addr(&key))
                             .or_default()
                             .insert(key.dst_port);
                         inbound
-                            .entry((remote_addr(&key), key.protocol))
+                            .entry((remote_addr(&key), key.protocol, false))
                             .or_default()
                             .2 += 1;
                         *view.inbound_new_flows.entry(key.protocol).or_default() += 1;
@@ -318,11 +331,15 @@ impl Maps {
             };
             if key.direction == DIRECTION_INGRESS && dp > 0 {
                 let e = inbound
-                    .entry((remote_addr(&key), key.protocol))
+                    .entry((remote_addr(&key), key.protocol, link_control))
                     .or_default();
                 e.0 += dp;
                 e.1 += db;
-                let t = view.inbound_totals.entry(key.protocol).or_default();
+                let t = if link_control {
+                    &mut view.inbound_link_control
+                } else {
+                    view.inbound_totals.entry(key.protocol).or_default()
+                };
                 t.0 += dp;
                 t.1 += db;
             }
@@ -424,12 +441,13 @@ impl Source for Maps {
 
 /// The [`CYCLE_PEERS_KEPT`] heaviest (peer, protocol) rows by packets,
 /// ties broken by address so the order is stable.
-fn heaviest_inbound(rows: HashMap<(IpAddr, u8), (u64, u64, u64)>) -> Vec<InboundPeer> {
+fn heaviest_inbound(rows: HashMap<(IpAddr, u8, bool), (u64, u64, u64)>) -> Vec<InboundPeer> {
     let mut rows: Vec<InboundPeer> = rows
         .into_iter()
-        .map(|((peer, protocol), (packets, bytes, new_flows))| InboundPeer {
+        .map(|((peer, protocol, link_control), (packets, bytes, new_flows))| InboundPeer {
             peer,
             protocol,
+            link_control,
             packets,
             bytes,
             new_flows,
@@ -439,10 +457,19 @@ fn heaviest_inbound(rows: HashMap<(IpAddr, u8), (u64, u64, u64)>) -> Vec<Inbound
         b.packets
             .cmp(&a.packets)
             .then(b.new_flows.cmp(&a.new_flows))
-            .then((a.peer, a.protocol).cmp(&(b.peer, b.protocol)))
+            .then(
+                (a.peer, a.protocol, a.link_control).cmp(&(b.peer, b.protocol, b.link_control)),
+            )
     });
     rows.truncate(CYCLE_PEERS_KEPT);
     rows
+}
+
+/// An ICMPv6 link-control flow (its "source port" is the ICMP type).
+fn is_link_control(key: &FlowKey) -> bool {
+    key.family == FAMILY_IPV6
+        && key.protocol == IPPROTO_ICMPV6
+        && u8::try_from(key.src_port).is_ok_and(is_icmpv6_link_control)
 }
 
 /// The remote end of a flow: the source of what we receive, the destination
@@ -516,6 +543,16 @@ impl Packets {
             .sum()
     }
 
+    /// ICMPv6 link control received ([`is_icmpv6_link_control`]), on
+    /// every interface: part of [`Self::received`]'s ICMPv6.
+    pub fn link_control_received(&self) -> u64 {
+        self.counters
+            .iter()
+            .filter(|(k, _)| k.direction == DIRECTION_INGRESS)
+            .map(|(_, c)| c.icmpv6_link_control)
+            .sum()
+    }
+
     fn interface_name(&self, ifindex: u32) -> String {
         self.interfaces
             .get(&ifindex)
@@ -539,6 +576,7 @@ impl Reading for Packets {
         // A pod's veth also carries its pod and namespace (`[kubernetes]`).
         let pods = crate::pods::cache().view();
         let mut flags: BTreeMap<(String, &str, &str), u64> = BTreeMap::new();
+        let mut link_control: BTreeMap<(String, &str), u64> = BTreeMap::new();
         for (key, c) in &self.counters {
             let iface = self.interface_name(key.ifindex);
             let direction = direction_name(key.direction);
@@ -562,6 +600,10 @@ impl Reading for Packets {
                     *flags.entry((iface.clone(), direction, flag)).or_default() += n;
                 }
             }
+            if key.protocol == IPPROTO_ICMPV6 && c.icmpv6_link_control > 0 {
+                *link_control.entry((iface.clone(), direction)).or_default() +=
+                    c.icmpv6_link_control;
+            }
         }
         packets.done(out);
         bytes.done(out);
@@ -580,6 +622,17 @@ impl Reading for Packets {
             tcp_flags.sample(&labels, *n as f64);
         }
         tcp_flags.done(out);
+        let mut link = Family::new(
+            "sonde_icmpv6_link_control_packets_total",
+            "ICMPv6 neighbour and router discovery, redirects and multicast listener reports (part of sonde_packets_total's icmpv6), by interface (with its namespace and pod on a pod's veth) and direction",
+            MetricType::COUNTER,
+        );
+        for ((iface, direction), n) in &link_control {
+            let mut labels = vec![("interface", iface.as_str()), ("direction", *direction)];
+            pods.label_interface("host", iface, &mut labels);
+            link.sample(&labels, *n as f64);
+        }
+        link.done(out);
 
         let flows = &self.flows;
         let mut active = Family::new(
