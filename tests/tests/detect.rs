@@ -1,11 +1,13 @@
 //! Detection names the culprit: after a warm-up, each incident shape made
 //! by a real tool from a namespace of the test's own (hping3 floods of
-//! UDP and ICMP, SYNs refused by a closed port and by an iptables REJECT
+//! UDP and ICMP, ping -f over IPv6, SYNs refused by a closed port and by an iptables REJECT
 //! rule, an exec loop, iptables loss and a tbf queue under an iperf3
 //! stream) is detected within two collection cycles of showing in the
 //! kernel's counters (the agent's own feature history) as its own kind, and
 //! the anomaly names who moved it: the source peer (unproven: addresses
-//! can be forged) or the parent process, with its share.
+//! can be forged) or the parent process, with its share. What interfaces
+//! coming up send (ICMPv6 neighbour discovery and listener reports) is
+//! counted, against the sender's own counters, and is no ICMP flood.
 
 use std::{
     process::{Command, Stdio},
@@ -145,6 +147,7 @@ fn assert_peer_culprit(
     agent: &Agent,
     anomaly: &serde_json::Value,
     t0: f64,
+    peer: &str,
     protocol: &str,
     feature: &str,
     at_least: f64,
@@ -152,7 +155,7 @@ fn assert_peer_culprit(
     let delay = cycles_to_detect(agent, anomaly, feature, at_least, t0);
     let top = &anomaly["culprits"][0];
     assert_eq!(top["kind"], "peer", "{anomaly}");
-    assert_eq!(top["peer"], PEER_IP, "{anomaly}");
+    assert_eq!(top["peer"], peer, "{anomaly}");
     assert_eq!(top["protocol"], protocol, "{anomaly}");
     assert_eq!(
         top["proven"], false,
@@ -161,7 +164,7 @@ fn assert_peer_culprit(
     let share = top["share"].as_f64().unwrap_or(0.0);
     assert!(share > 0.9, "the flood's source carries it all: {anomaly}");
     let subject = anomaly["subject"].as_str().unwrap_or_default();
-    assert!(subject.contains(PEER_IP), "{anomaly}");
+    assert!(subject.contains(peer), "{anomaly}");
     println!(
         "{} {delay:.1} cycles after the onset: top culprit {} ({protocol}) share {share:.2}, {:.0}/s; subject {subject:?}",
         anomaly["kind"],
@@ -183,6 +186,7 @@ fn udp_flood_names_its_source() {
         &lab.agent,
         &anomaly,
         t0,
+        PEER_IP,
         "udp",
         "udp_in_packets_per_second",
         500.0,
@@ -202,7 +206,200 @@ fn icmp_flood_names_its_source() {
         &lab.agent,
         &anomaly,
         t0,
+        PEER_IP,
         "icmp",
+        "icmp_in_packets_per_second",
+        200.0,
+    );
+}
+
+/// The ICMPv6 link control the namespace's end sent, from its own
+/// per-interface counters (/proc/net/dev_snmp6: the sender as referee).
+fn link_control_sent(ns: &NetNs) -> u64 {
+    let out = ns
+        .exec(&["cat", &format!("/proc/net/dev_snmp6/{PEER_IF}")])
+        .output()
+        .expect("reading the namespace's dev_snmp6");
+    assert!(out.status.success(), "cat dev_snmp6: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let t: u8 = f.next()?.strip_prefix("Icmp6OutType")?.parse().ok()?;
+            let n: u64 = f.next()?.parse().ok()?;
+            agent_common::net::is_icmpv6_link_control(t).then_some(n)
+        })
+        .sum()
+}
+
+/// `ip` with `args` in the lab's namespace (or the root one), which must
+/// succeed.
+fn ip(ns: Option<&NetNs>, args: &[&str]) {
+    let mut c = match ns {
+        Some(ns) => ns.exec(&[&["ip"], args].concat()),
+        None => {
+            let mut c = Command::new("ip");
+            c.args(args);
+            c
+        }
+    };
+    let out = c.output().expect("running ip");
+    assert!(out.status.success(), "{c:?}: {out:?}");
+}
+
+/// What pods coming up send is not an ICMP flood: addresses added and
+/// removed by the thousand in the namespace (duplicate address detection
+/// from `::`, listener reports: what 300 veths starting together made)
+/// are counted exactly as ICMPv6 link control against the sender's own
+/// counters, and move neither the ICMP feature nor open `icmp_flood`.
+#[test]
+fn interfaces_coming_up_are_not_an_icmp_flood() {
+    if !require_root() {
+        return;
+    }
+    const ADDRESSES: u32 = 1500;
+    let lab = Lab::start("linkctl");
+    let link = |s: &sonde_tests::Scrape| {
+        s.value_or_zero(
+            "sonde_icmpv6_link_control_packets_total",
+            &[("interface", HOST_IF), ("direction", "ingress")],
+        )
+    };
+    let sent0 = link_control_sent(&lab.ns);
+    let seen0 = link(&lab.agent.metrics());
+    let t0 = unix_now();
+    lab.ns
+        .write_sysctl(&format!("net/ipv6/conf/{PEER_IF}/disable_ipv6"), "0");
+    let batch = |verb: &str| {
+        let script: String = (1..=ADDRESSES)
+            .map(|i| format!("address {verb} fd00:5d::{:x}/64 dev {PEER_IF}\n", i + 16))
+            .collect();
+        let path = std::env::temp_dir().join(format!("sd-detect-{verb}-{}", std::process::id()));
+        std::fs::write(&path, script).expect("writing the ip batch");
+        ip(
+            Some(&lab.ns),
+            &["-6", "-batch", &path.display().to_string()],
+        );
+        let _ = std::fs::remove_file(&path);
+    };
+    batch("add");
+    // Each address's solicitation goes out within a second of its add.
+    std::thread::sleep(Duration::from_secs(2));
+    batch("del");
+    // Listener reports are repeated within a second; then the sender's
+    // counters rest, and the agent's must match them.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let sent = loop {
+        let sent = link_control_sent(&lab.ns) - sent0;
+        std::thread::sleep(Duration::from_millis(1500));
+        let seen = link(&lab.agent.metrics()) - seen0;
+        if sent == link_control_sent(&lab.ns) - sent0 && seen == sent as f64 {
+            break sent;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the namespace sent {sent} ICMPv6 link-control messages, \
+             sonde_icmpv6_link_control_packets_total rose by {seen}"
+        );
+    };
+    assert!(
+        sent >= u64::from(ADDRESSES),
+        "{ADDRESSES} addresses should make at least one solicitation each, sent {sent}"
+    );
+    let features = lab.agent.get_json("/api/v1/features");
+    let icmp_peak = features["cycles"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["time"].as_f64().unwrap_or(0.0) >= t0)
+        .filter_map(|c| c["features"]["icmp_in_packets_per_second"].as_f64())
+        .fold(0.0, f64::max);
+    assert!(
+        icmp_peak < 50.0,
+        "ICMPv6 link control moved icmp_in_packets_per_second to {icmp_peak}/s"
+    );
+    let report = lab.agent.get_json("/api/v1/anomalies");
+    let floods: Vec<&serde_json::Value> = ["active", "recent"]
+        .iter()
+        .filter_map(|l| report[*l].as_array())
+        .flatten()
+        .filter(|a| a["kind"] == "icmp_flood")
+        .collect();
+    assert!(floods.is_empty(), "link control opened {floods:?}");
+    println!(
+        "{sent} link-control messages in {:.1} s, counted exactly; ICMP feature peak {icmp_peak}/s",
+        unix_now() - t0
+    );
+}
+
+/// An ICMPv6 echo flood (ping -f, paced to about 5,000/s for 2 s) is
+/// still an ICMP flood, named by its source.
+#[test]
+fn icmpv6_echo_flood_names_its_source() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::start("icmp6");
+    std::fs::write(
+        format!("/proc/sys/net/ipv6/conf/{HOST_IF}/disable_ipv6"),
+        "0",
+    )
+    .expect("enabling IPv6 on the host end");
+    lab.ns
+        .write_sysctl(&format!("net/ipv6/conf/{PEER_IF}/disable_ipv6"), "0");
+    ip(
+        None,
+        &[
+            "-6",
+            "addr",
+            "add",
+            "fd00:5d::1/64",
+            "dev",
+            HOST_IF,
+            "nodad",
+        ],
+    );
+    ip(
+        Some(&lab.ns),
+        &[
+            "-6",
+            "addr",
+            "add",
+            "fd00:5d::2/64",
+            "dev",
+            PEER_IF,
+            "nodad",
+        ],
+    );
+    // The new addresses' own link control is behind us.
+    std::thread::sleep(Duration::from_secs(2));
+    let t0 = unix_now();
+    let _ = lab
+        .ns
+        .exec(&[
+            "ping",
+            "-6",
+            "-q",
+            "-f",
+            "-i",
+            "0.0002",
+            "-c",
+            "10000",
+            "-w",
+            "20",
+            "fd00:5d::1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("running ping in the test namespace");
+    let anomaly = lab.agent.wait_for_anomaly("icmp_flood");
+    assert_peer_culprit(
+        &lab.agent,
+        &anomaly,
+        t0,
+        "fd00:5d::2",
+        "icmpv6",
         "icmp_in_packets_per_second",
         200.0,
     );
@@ -251,6 +448,7 @@ fn refused_connections_are_refusals_not_a_syn_flood() {
             &lab.agent,
             &anomaly,
             t0,
+            PEER_IP,
             "tcp",
             "refused_syn_per_second",
             100.0,

@@ -88,6 +88,11 @@ pub const PACKAGES: &[Package] = &[
         why: "port scans in eval",
     },
     Package {
+        name: "iputils-ping",
+        commands: &["ping"],
+        why: "ICMPv6 echo floods (ping -f) in the detection tests",
+    },
+    Package {
         name: "systemd",
         commands: &["systemd-analyze"],
         why: "verifies the systemd unit",
