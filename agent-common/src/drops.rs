@@ -37,6 +37,27 @@ pub struct DropDeviceStats {
     pub name: [u8; IFNAME_LEN],
 }
 
+/// `LruHashMap<DropPeerKey, u64>` (shared; atomic adds): drops of IP
+/// packets by (reason, source, destination), so that an anomaly of packet
+/// loss can say whose packets were dropped. Least recently dropped pairs
+/// make room; user space reads deltas, never exports them as series.
+pub const DROP_PEERS_MAP: &str = "DROP_PEERS";
+/// (reason, source, destination) triples remembered.
+pub const MAX_DROP_PEER_KEYS: u32 = 4096;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DropPeerKey {
+    /// The drop reason slot, as in `DROP_REASONS`.
+    pub reason: u32,
+    /// `net::FAMILY_IPV4` or `net::FAMILY_IPV6`.
+    pub family: u8,
+    pub _pad: [u8; 3],
+    /// From the dropped packet's IP header; IPv4 in the first 4 bytes.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+
 /// `PerCpuHashMap<u32, u64>`: TCP connections a listener refused because
 /// its accept queue was full (`SKB_DROP_REASON_TCP_LISTEN_OVERFLOW`), by
 /// listening port (host order).

@@ -61,6 +61,7 @@ impl_pod!(
     block::BlockStats,
     drops::DropDeviceKey,
     drops::DropDeviceStats,
+    drops::DropPeerKey,
     handshakes::HandshakeKey,
     handshakes::HandshakePeer,
 );

@@ -30,6 +30,18 @@ pub const IPPROTO_GRE: u8 = 47;
 pub const IPPROTO_ESP: u8 = 50;
 pub const IPPROTO_SCTP: u8 = 132;
 
+/// The address a key holds in 16 bytes (IPv4 in the first 4 when `family`
+/// is `FAMILY_IPV4`).
+#[cfg(feature = "user")]
+pub fn ip_addr(family: u8, addr: [u8; 16]) -> core::net::IpAddr {
+    use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    if family == FAMILY_IPV4 {
+        IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(addr))
+    }
+}
+
 /// The `direction` label of a `DIRECTION_*` value.
 #[cfg(feature = "user")]
 pub fn direction_name(direction: u8) -> &'static str {

@@ -1,9 +1,10 @@
 //! Packet drops on `skb:kfree_skb`, counted per CPU by the kernel's drop
-//! reason, and by (network namespace, interface, reason) when the packet
-//! still had a device. The record's field offsets come from this kernel's
-//! tracepoint format, the `sk_buff` / `net_device` / `net` member offsets
-//! from its BTF; kernels before 5.17 have no reason, and every drop is
-//! counted under reason 0 ("unknown").
+//! reason, by (network namespace, interface, reason) when the packet
+//! still had a device, and by (reason, source, destination) from its IP
+//! header when it had one. The record's field offsets come from this
+//! kernel's tracepoint format, the `sk_buff` / `net_device` / `net` member
+//! offsets from its BTF; kernels before 5.17 have no reason, and every
+//! drop is counted under reason 0 ("unknown").
 //!
 //! `sonde_listen_overflow`, on the same tracepoint, counts one reason
 //! only, TCP_LISTEN_OVERFLOW (its value from this kernel's format file),
@@ -16,18 +17,20 @@
 use agent_common::{
     counters::DROP_DEVICE_MAP_FULL,
     drops::{
-        DROP_REASON_OTHER, DropDeviceKey, DropDeviceStats, IFNAME_LEN, MAX_DROP_DEVICE_KEYS,
-        MAX_DROP_REASONS, MAX_LISTEN_PORTS,
+        DROP_REASON_OTHER, DropDeviceKey, DropDeviceStats, DropPeerKey, IFNAME_LEN,
+        MAX_DROP_DEVICE_KEYS, MAX_DROP_PEER_KEYS, MAX_DROP_REASONS, MAX_LISTEN_PORTS,
     },
+    net::{FAMILY_IPV4, FAMILY_IPV6},
 };
 use aya_ebpf::{
     Global,
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{bpf_probe_read_kernel, generated::bpf_probe_read_kernel as gen_probe_read_kernel},
     macros::{map, tracepoint},
-    maps::{PerCpuArray, PerCpuHashMap},
+    maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::TracePointContext,
 };
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use crate::maps::count;
 
@@ -42,6 +45,12 @@ static DROP_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_DROP_R
 static DROP_DEVICES: PerCpuHashMap<DropDeviceKey, DropDeviceStats> =
     PerCpuHashMap::with_max_entries(MAX_DROP_DEVICE_KEYS, BPF_F_NO_PREALLOC);
 
+/// Shared, not per-CPU: 4,096 keys of 40 bytes on every CPU would cost
+/// far more than the atomic add on a drop (drops are the rare path).
+#[map(name = "DROP_PEERS")]
+static DROP_PEERS: LruHashMap<DropPeerKey, u64> =
+    LruHashMap::with_max_entries(MAX_DROP_PEER_KEYS, 0);
+
 #[map(name = "LISTEN_OVERFLOWS")]
 static LISTEN_OVERFLOWS: PerCpuHashMap<u32, u64> =
     PerCpuHashMap::with_max_entries(MAX_LISTEN_PORTS, 0);
@@ -52,11 +61,13 @@ static LISTEN_OVERFLOWS_OTHER: PerCpuArray<u64> = PerCpuArray::with_max_entries(
 /// `SKB_DROP_REASON_TCP_LISTEN_OVERFLOW` on this kernel (u32::MAX: none).
 #[unsafe(no_mangle)]
 static DROP_REASON_LISTEN_OVERFLOW: Global<u32> = Global::new(u32::MAX);
-/// `sk_buff.head` and `sk_buff.transport_header` (from BTF).
+/// `sk_buff.head`, `.transport_header` and `.network_header` (from BTF).
 #[unsafe(no_mangle)]
 static SKB_HEAD_OFFSET: Global<u32> = Global::new(u32::MAX);
 #[unsafe(no_mangle)]
 static SKB_TRANSPORT_HEADER_OFFSET: Global<u32> = Global::new(u32::MAX);
+#[unsafe(no_mangle)]
+static SKB_NETWORK_HEADER_OFFSET: Global<u32> = Global::new(u32::MAX);
 
 /// Offset of `reason` in the kfree_skb record; u32::MAX: no such field.
 #[unsafe(no_mangle)]
@@ -64,6 +75,10 @@ static TP_KFREE_SKB_REASON: Global<u32> = Global::new(u32::MAX);
 /// Offset of `skbaddr` in the kfree_skb record.
 #[unsafe(no_mangle)]
 static TP_KFREE_SKB_SKBADDR: Global<u32> = Global::new(u32::MAX);
+/// Offset of `protocol` (the skb's ethertype, which the tracepoint stores
+/// in host order).
+#[unsafe(no_mangle)]
+static TP_KFREE_SKB_PROTOCOL: Global<u32> = Global::new(u32::MAX);
 /// `sk_buff.dev`, `net_device.ifindex`, `net_device.nd_net` (a
 /// `possible_net_t`, whose only member is the `struct net *`), and
 /// `net.ns` + `ns_common.inum` (u32::MAX: unknown).
@@ -98,8 +113,88 @@ pub fn sonde_kfree_skb(ctx: TracePointContext) -> u32 {
         // SAFETY: this CPU's slot.
         unsafe { *n += 1 };
     }
-    count_by_device(&ctx, slot);
+    let at = TP_KFREE_SKB_SKBADDR.load();
+    if at == u32::MAX {
+        return 0;
+    }
+    // SAFETY: offset from this kernel's format file.
+    let Ok(skb) = (unsafe { ctx.read_at::<u64>(at as usize) }) else {
+        return 0;
+    };
+    count_by_device(skb, slot);
+    count_by_peer(&ctx, skb, slot);
     0
+}
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+
+/// Counts the drop by (reason, source, destination) from the packet's IP
+/// header, where the skb has one: its ethertype says IPv4 or IPv6, its
+/// network header is set, and the version nibble there agrees (an skb
+/// dropped before the stack parsed it can point anywhere in its buffer).
+#[inline(always)]
+fn count_by_peer(ctx: &TracePointContext, skb: u64, reason: u32) {
+    let at = TP_KFREE_SKB_PROTOCOL.load();
+    if at == u32::MAX {
+        return;
+    }
+    // SAFETY: offset from this kernel's format file.
+    let Ok(protocol) = (unsafe { ctx.read_at::<u16>(at as usize) }) else {
+        return;
+    };
+    let Some(head) = field::<u64>(skb, SKB_HEAD_OFFSET.load()) else {
+        return;
+    };
+    let Some(network) = field::<u16>(skb, SKB_NETWORK_HEADER_OFFSET.load()) else {
+        return;
+    };
+    // `(u16)~0U`: no network header set.
+    if network == u16::MAX {
+        return;
+    }
+    let mut key = DropPeerKey {
+        reason,
+        ..DropPeerKey::default()
+    };
+    match protocol {
+        ETH_P_IP => {
+            let Some(ip) = field::<[u8; 20]>(head, u32::from(network)) else {
+                return;
+            };
+            if ip[0] >> 4 != 4 {
+                return;
+            }
+            key.family = FAMILY_IPV4;
+            key.src[..4].copy_from_slice(&ip[12..16]);
+            key.dst[..4].copy_from_slice(&ip[16..20]);
+        }
+        ETH_P_IPV6 => {
+            let Some(ip) = field::<[u8; 40]>(head, u32::from(network)) else {
+                return;
+            };
+            if ip[0] >> 4 != 6 {
+                return;
+            }
+            key.family = FAMILY_IPV6;
+            key.src.copy_from_slice(&ip[8..24]);
+            key.dst.copy_from_slice(&ip[24..40]);
+        }
+        _ => return,
+    }
+    if let Some(n) = DROP_PEERS.get_ptr_mut(key) {
+        // SAFETY: a value from a successful lookup, only ever added to
+        // atomically (several CPUs may drop the same pair's packets).
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(n, 1) };
+        return;
+    }
+    // -EEXIST: another CPU created it meanwhile; add to its count.
+    if let Err(-17) = DROP_PEERS.insert(key, 1u64, u64::from(BPF_NOEXIST))
+        && let Some(n) = DROP_PEERS.get_ptr_mut(key)
+    {
+        // SAFETY: as above.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(n, 1) };
+    }
 }
 
 #[tracepoint(category = "skb", name = "kfree_skb")]
@@ -175,15 +270,7 @@ fn field<T: Copy>(base: u64, offset: u32) -> Option<T> {
 }
 
 #[inline(always)]
-fn count_by_device(ctx: &TracePointContext, reason: u32) {
-    let at = TP_KFREE_SKB_SKBADDR.load();
-    if at == u32::MAX {
-        return;
-    }
-    // SAFETY: offset from this kernel's format file.
-    let Ok(skb) = (unsafe { ctx.read_at::<u64>(at as usize) }) else {
-        return;
-    };
+fn count_by_device(skb: u64, reason: u32) {
     // Packets freed after leaving (or before reaching) a device have none:
     // they stay counted by reason only.
     let Some(dev) = field::<u64>(skb, SKB_DEV_OFFSET.load()).filter(|&d| d != 0) else {

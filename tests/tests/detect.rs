@@ -469,8 +469,8 @@ fn refused_connections_are_refusals_not_a_syn_flood() {
 
 /// The peer's UDP datagrams to a port behind an iptables DROP rule on the
 /// watched interface: packet loss that no TCP retransmission explains,
-/// named by the kernel's drop reason and the interface, and counted as the
-/// kernel counted it (the rule's own packet counter is the referee).
+/// named by the kernel's drop reason and the interface, and the peer whose
+/// packets they were (from the dropped packets' IP headers).
 #[test]
 fn drops_name_their_reason_and_interface() {
     if !require_root() {
@@ -504,6 +504,10 @@ fn drops_name_their_reason_and_interface() {
         .unwrap_or_else(|| panic!("no drop culprit: {anomaly}"));
     assert_eq!(top["reason"], "netfilter_drop", "{anomaly}");
     assert_eq!(top["interface"], HOST_IF, "{anomaly}");
+    assert_eq!(
+        top["peer"], PEER_IP,
+        "the sender of what was dropped: {anomaly}"
+    );
     let share = top["share"].as_f64().unwrap_or(0.0);
     assert!(
         share > 0.8,
@@ -514,6 +518,60 @@ fn drops_name_their_reason_and_interface() {
         "packet_loss {delay:.1} cycles after the onset: top culprit {} share {share:.2}, {:.0} drops/s; subject {subject:?}",
         top["reason"],
         top["amount"].as_f64().unwrap_or(0.0)
+    );
+}
+
+/// UDP datagrams this node sends to the peer, dropped by an iptables
+/// OUTPUT rule before they reach an interface: the drop culprit names the
+/// reason and the peer the packets were for, from the dropped packets'
+/// headers (no interface: they never had one).
+#[test]
+fn drops_of_what_this_node_sends_name_the_peer_it_was_for() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::start("drops-out");
+    let rule = |op: &str| {
+        let mut c = Command::new("iptables");
+        c.args([
+            op, "OUTPUT", "-d", PEER_IP, "-p", "udp", "--dport", "20401", "-j", "DROP",
+        ]);
+        c
+    };
+    assert!(
+        rule("-I").status().expect("iptables").success(),
+        "iptables -I failed"
+    );
+    let _undo = Undo(rule("-D"));
+    let t0 = unix_now();
+    // Up to 1,000 datagrams/s for 4 s or more, from a raw socket (nping
+    // goes on when a send is refused; hping3 stops).
+    let _ = Command::new("nping")
+        .args([
+            "-q", "--udp", "-p", "20401", "--rate", "1000", "-c", "4000", PEER_IP,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("running nping");
+    let anomaly = lab.agent.wait_for_anomaly_since("packet_loss", t0);
+    let top = anomaly["culprits"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["kind"] == "drop")
+        .unwrap_or_else(|| panic!("no drop culprit: {anomaly}"));
+    assert_eq!(top["reason"], "netfilter_drop", "{anomaly}");
+    assert_eq!(
+        top["peer"], PEER_IP,
+        "the destination of what was dropped: {anomaly}"
+    );
+    println!(
+        "packet_loss: drop culprit {} for {}, share {:.2}; subject {:?}",
+        top["reason"],
+        top["peer"],
+        top["share"].as_f64().unwrap_or(0.0),
+        anomaly["subject"]
     );
 }
 

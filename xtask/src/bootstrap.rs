@@ -84,8 +84,8 @@ pub const PACKAGES: &[Package] = &[
     },
     Package {
         name: "nmap",
-        commands: &["nmap"],
-        why: "port scans in eval",
+        commands: &["nmap", "nping"],
+        why: "port scans in eval; nping sends what an OUTPUT rule refuses in the detection tests",
     },
     Package {
         name: "iputils-ping",

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::{
     collectors::Snapshot,
     signals::{
-        drops::{Drops, is_loss},
+        drops::{Drops, PeerDrops, is_loss},
         packets::Packets,
         process::Processes,
         runqueue::{CgroupTotals, RunQueue},
@@ -188,10 +188,13 @@ impl Culprit {
                     .unwrap_or_default()
             ),
             CulpritKind::Drop => format!(
-                "drop reason {}: {:.0}% of packet drops ({:.0}/s)",
+                "drop reason {}: {:.0}% of packet drops ({:.0}/s){}",
                 self.name(),
                 share,
-                self.amount
+                self.amount,
+                self.peer
+                    .map(|p| format!(", most of them to or from {p}"))
+                    .unwrap_or_default()
             ),
             CulpritKind::Cgroup => format!(
                 "cgroup {}: {:.0}% of {} ({:.3}/s)",
@@ -236,6 +239,8 @@ pub struct Subjects {
     pub tcp_peers: Vec<(IpAddr, TcpPeerDelta)>,
     /// Packet drops this cycle by reason and device, most first.
     pub drops: Vec<DropDelta>,
+    /// Packet drops this cycle by reason and remote address, most first.
+    pub drop_peers: Vec<DropPeerDelta>,
     /// The agent's network namespace's own addresses: a TCP "peer" that is
     /// one of them is this node seen from another namespace on it.
     pub own_addresses: Vec<IpAddr>,
@@ -560,8 +565,10 @@ pub fn features(
     let cgroups = cgroup_cpu(prev, now, dt);
     let flows = now.reading::<Packets>().map(|p| &p.flows);
     let tcp_peers = tcp_peer_deltas(prev, now);
-    // Read only when a TCP peer moved: that is all they sort out.
-    let own_addresses = if tcp_peers.is_empty() {
+    let dropped_between = drop_peer_deltas(prev, now);
+    // Read only when a TCP peer moved or packets were dropped: that is all
+    // they sort out.
+    let own_addresses = if tcp_peers.is_empty() && dropped_between.is_empty() {
         Vec::new()
     } else {
         crate::netif::own_addresses().unwrap_or_default()
@@ -578,6 +585,7 @@ pub fn features(
             .unwrap_or_default(),
         tcp_peers,
         drops: drop_deltas(prev, now),
+        drop_peers: drop_peers(dropped_between, &own_addresses),
         own_addresses,
         syscall_processes: now
             .reading::<Syscalls>()
@@ -637,6 +645,75 @@ pub struct DropDelta {
     pub drops: u64,
 }
 
+/// What one reason dropped of the packets between this node and one
+/// remote address in a cycle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DropPeerDelta {
+    pub reason: String,
+    pub peer: IpAddr,
+    pub drops: u64,
+}
+
+/// What each (reason, source, destination) dropped between the two
+/// snapshots (a triple the kernel made room for and counted again starts
+/// from zero), teardown's reasons left out.
+fn drop_peer_deltas(prev: &Snapshot, now: &Snapshot) -> Vec<PeerDrops> {
+    let (Some(p), Some(n)) = (prev.reading::<Drops>(), now.reading::<Drops>()) else {
+        return Vec::new();
+    };
+    let before: HashMap<(&str, IpAddr, IpAddr), u64> = p
+        .peers
+        .iter()
+        .map(|d| ((d.reason.as_str(), d.src, d.dst), d.drops))
+        .collect();
+    n.peers
+        .iter()
+        .filter(|d| is_loss(&d.reason))
+        .filter_map(|d| {
+            let drops = match before.get(&(d.reason.as_str(), d.src, d.dst)) {
+                Some(&b) if d.drops >= b => d.drops - b,
+                _ => d.drops,
+            };
+            (drops > 0).then(|| PeerDrops { drops, ..d.clone() })
+        })
+        .collect()
+}
+
+/// The drops per (reason, remote address), most first: the remote end is
+/// the address that is not this node's (the destination of what it sent,
+/// the source of what it received); between two addresses that are not
+/// (forwarded, a pod's), the sender.
+fn drop_peers(deltas: Vec<PeerDrops>, own: &[IpAddr]) -> Vec<DropPeerDelta> {
+    let mut by_peer: HashMap<(String, IpAddr), u64> = HashMap::new();
+    for d in deltas {
+        let peer = if own.contains(&d.src) { d.dst } else { d.src };
+        *by_peer.entry((d.reason, peer)).or_default() += d.drops;
+    }
+    let mut rows: Vec<DropPeerDelta> = by_peer
+        .into_iter()
+        .map(|((reason, peer), drops)| DropPeerDelta {
+            reason,
+            peer,
+            drops,
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        b.drops
+            .cmp(&a.drops)
+            .then_with(|| (&a.reason, a.peer).cmp(&(&b.reason, b.peer)))
+    });
+    rows
+}
+
+/// The remote address behind most of `reason`'s drops this cycle, if one
+/// is (more than half of those whose packets had an IP header).
+fn main_drop_peer(s: &Subjects, reason: &str) -> Option<IpAddr> {
+    let mut of_reason = s.drop_peers.iter().filter(|d| d.reason == reason);
+    let top = of_reason.next()?;
+    let rest: u64 = of_reason.map(|d| d.drops).sum();
+    (top.drops > rest).then_some(top.peer)
+}
+
 /// What each (reason, device) dropped between the two snapshots, most
 /// first, teardown's reasons left out; drops of a reason beyond its
 /// devices' count as device-less.
@@ -693,7 +770,7 @@ fn drop_reasons(s: &Subjects) -> Vec<Culprit> {
         .iter()
         .map(|d| Culprit {
             kind: CulpritKind::Drop,
-            peer: None,
+            peer: main_drop_peer(s, &d.reason),
             protocol: None,
             pid: None,
             comm: None,
@@ -1358,6 +1435,98 @@ mod tests {
         assert_eq!((surge[0].peer, surge[0].share), (Some(dad), 0.75));
     }
 
+    /// A drop reason names the remote address most of its drops were
+    /// to or from: the destination of what this node sent, the source of
+    /// what it received; a triple the kernel made room for and counted
+    /// again starts from zero; a reason spread over peers names none.
+    #[test]
+    fn drop_culprits_name_the_peer_behind_most_drops() {
+        use crate::signals::drops::PeerDrops;
+        let own: IpAddr = "10.9.0.1".parse().unwrap();
+        let far: IpAddr = "10.9.0.2".parse().unwrap();
+        let other: IpAddr = "10.9.0.3".parse().unwrap();
+        let snapshot = |peers: &[(&str, IpAddr, IpAddr, u64)], total: u64| {
+            let reading = Drops {
+                reasons: vec![("netfilter_drop".into(), total)],
+                peers: peers
+                    .iter()
+                    .map(|&(reason, src, dst, drops)| PeerDrops {
+                        reason: reason.into(),
+                        src,
+                        dst,
+                        drops,
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            Snapshot {
+                signals: vec![("drops", std::sync::Arc::new(reading))],
+                ..Default::default()
+            }
+        };
+        let prev = snapshot(
+            &[
+                ("netfilter_drop", own, far, 100),
+                ("no_socket", other, own, 9),
+            ],
+            100,
+        );
+        let now = snapshot(
+            &[
+                // Sent to the far peer and dropped here (OUTPUT).
+                ("netfilter_drop", own, far, 160),
+                // Received from another, evicted and counted again.
+                ("netfilter_drop", other, own, 20),
+                ("queue_purge", own, other, 500),
+            ],
+            180,
+        );
+        let deltas = drop_peer_deltas(&prev, &now);
+        let rows = drop_peers(deltas, &[own]);
+        assert_eq!(
+            rows,
+            [
+                DropPeerDelta {
+                    reason: "netfilter_drop".into(),
+                    peer: far,
+                    drops: 60,
+                },
+                DropPeerDelta {
+                    reason: "netfilter_drop".into(),
+                    peer: other,
+                    drops: 20,
+                },
+            ],
+            "teardown (queue_purge) is no loss"
+        );
+        let subjects = Subjects {
+            drops: drop_deltas(&prev, &now),
+            drop_peers: rows.clone(),
+            seconds: 1.0,
+            ..Default::default()
+        };
+        let c = culprits("packet_loss", &["packet_drops_per_second"], &subjects);
+        assert_eq!((c[0].kind, c[0].peer), (CulpritKind::Drop, Some(far)));
+        assert!(
+            c[0].describe()
+                .ends_with("most of them to or from 10.9.0.2"),
+            "{}",
+            c[0].describe()
+        );
+        // Half and half: nobody is behind most of them.
+        let even = Subjects {
+            drop_peers: vec![
+                DropPeerDelta {
+                    drops: 20,
+                    ..rows[0].clone()
+                },
+                rows[1].clone(),
+            ],
+            ..subjects
+        };
+        assert_eq!(culprits("packet_loss", &[], &even)[0].peer, None);
+    }
+
     /// Packet loss without retransmitting peers is named by the kernel's
     /// drop reasons, with the interface; drops of a reason beyond its
     /// devices' count as device-less; a series removed and re-added
@@ -1377,6 +1546,7 @@ mod tests {
                         drops: *n,
                     })
                     .collect(),
+                peers: Vec::new(),
                 series_removed: 0,
             };
             Snapshot {

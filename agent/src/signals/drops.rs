@@ -10,22 +10,27 @@
 //! at most 4,096 keys: series of interfaces or namespaces gone are removed
 //! every few cycles, and counted (in a namespace the agent cannot look
 //! into, an interface is gone once a newer one took its name); an
-//! accounted interface's go as soon as the agent sees it go.
+//! accounted interface's go as soon as the agent sees it go. Drops of IP
+//! packets are also counted by (reason, source, destination), the 4,096
+//! most recent triples: not exported (an address per series has no
+//! bound), read by MAPE-K to say whose packets a loss dropped.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use agent_common::{
     drops::{
-        DROP_DEVICES_MAP, DROP_REASON_OTHER, DROP_REASONS_MAP, DropDeviceKey, DropDeviceStats,
+        DROP_DEVICES_MAP, DROP_PEERS_MAP, DROP_REASON_OTHER, DROP_REASONS_MAP, DropDeviceKey,
+        DropDeviceStats, DropPeerKey,
     },
     merge::Merge,
+    net::ip_addr,
 };
 use aya::{
     Ebpf,
-    maps::{MapData, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
 };
 use prometheus::proto::{MetricFamily, MetricType};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::{BtfField, OpenError, Reading, Signal, Source, TracepointField, take};
 use crate::{
@@ -76,11 +81,15 @@ const TIERS: tiers::Signal = tiers::Signal {
 const TRACEPOINT_FIELDS: &[TracepointField] = &[
     ("TP_KFREE_SKB_REASON", "skb", "kfree_skb", "reason"),
     ("TP_KFREE_SKB_SKBADDR", "skb", "kfree_skb", "skbaddr"),
+    ("TP_KFREE_SKB_PROTOCOL", "skb", "kfree_skb", "protocol"),
 ];
 
 /// Drops by interface and network namespace: skb → device → its ifindex,
-/// name and namespace's inode.
+/// name and namespace's inode; by source and destination: skb → its IP
+/// header.
 const BTF_FIELDS: &[BtfField] = &[
+    ("SKB_HEAD_OFFSET", "sk_buff", &["head"]),
+    ("SKB_NETWORK_HEADER_OFFSET", "sk_buff", &["network_header"]),
     ("SKB_DEV_OFFSET", "sk_buff", &["dev"]),
     ("NETDEV_IFINDEX_OFFSET", "net_device", &["ifindex"]),
     ("NETDEV_NAME_OFFSET", "net_device", &["name"]),
@@ -109,6 +118,7 @@ fn open(ebpf: &mut Ebpf, config: &Config) -> Result<Box<dyn Source>, OpenError> 
     Ok(Box::new(Maps {
         reasons: take(ebpf, DROP_REASONS_MAP)?,
         devices: take(ebpf, DROP_DEVICES_MAP)?,
+        peers: take(ebpf, DROP_PEERS_MAP)?,
         reason_names,
         own_netns: std::fs::metadata("/proc/self/ns/net")
             .ok()
@@ -120,6 +130,7 @@ fn open(ebpf: &mut Ebpf, config: &Config) -> Result<Box<dyn Source>, OpenError> 
 struct Maps {
     reasons: PerCpuArray<MapData, u64>,
     devices: PerCpuHashMap<MapData, DropDeviceKey, DropDeviceStats>,
+    peers: BpfHashMap<MapData, DropPeerKey, u64>,
     /// This kernel's names of the skb drop reasons, by value.
     reason_names: HashMap<u32, String>,
     /// Inode of the agent's own network namespace: drops there are
@@ -177,7 +188,30 @@ impl Maps {
             });
         }
         merge_devices(&mut drops.devices);
+        drops.peers = self
+            .peer_entries()
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(key, drops)| PeerDrops {
+                reason: self.reason_name(key.reason),
+                src: ip_addr(key.family, key.src),
+                dst: ip_addr(key.family, key.dst),
+                drops,
+            })
+            .collect();
         Ok(())
+    }
+
+    /// The (reason, source, destination) counts: attribution only, so a
+    /// failed read leaves them out rather than failing the reading.
+    fn peer_entries(&self) -> Vec<(DropPeerKey, u64)> {
+        use aya::maps::IterableMap as _;
+        match map_batch::lookup_all(self.peers.map()) {
+            Ok(Some(entries)) => return entries,
+            Ok(None) => {}
+            Err(err) => debug!("batched drop-peer read failed ({err}); walking it"),
+        }
+        self.peers.iter().filter_map(Result::ok).collect()
     }
 }
 
@@ -314,12 +348,24 @@ pub struct DeviceDrops {
     pub drops: u64,
 }
 
+/// Drops of IP packets between two addresses, of one reason (the count
+/// since the triple was last made room for).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerDrops {
+    pub reason: String,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub drops: u64,
+}
+
 /// Drops by reason and by device, summed over CPUs, non-zero only.
 #[derive(Debug, Clone, Default)]
 pub struct Drops {
     /// (drop reason name, drops).
     pub reasons: Vec<(String, u64)>,
     pub devices: Vec<DeviceDrops>,
+    /// By (reason, source, destination); not exported.
+    pub peers: Vec<PeerDrops>,
     /// Interface drop series removed because their interface or network
     /// namespace no longer exists.
     pub series_removed: u64,
@@ -469,6 +515,7 @@ mod tests {
                 reason: "no_socket".to_owned(),
                 drops: 4,
             }],
+            peers: Vec::new(),
             series_removed: 2,
         };
         assert_eq!(reading.total(), 5);

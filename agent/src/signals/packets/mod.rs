@@ -17,7 +17,7 @@ mod peers;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, hash_map::Entry},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::IpAddr,
     sync::Arc,
 };
 
@@ -25,9 +25,9 @@ use agent_common::{
     config::{CFG_FLOW_EVENTS_BURST, CFG_FLOW_EVENTS_PER_SEC},
     counters::FLOW_CREATED,
     net::{
-        DIRECTION_INGRESS, FAMILY_IPV4, FAMILY_IPV6, FLOWS_MAP, FlowKey, FlowStats,
+        DIRECTION_INGRESS, FAMILY_IPV6, FLOWS_MAP, FlowKey, FlowStats,
         IPPROTO_ICMPV6, IPPROTO_TCP, PACKET_COUNTERS_MAP, PacketCounters, PacketKey,
-        direction_name, family_name, is_icmpv6_link_control, protocol_name,
+        direction_name, family_name, ip_addr, is_icmpv6_link_control, protocol_name,
     },
 };
 use aya::{
@@ -476,9 +476,9 @@ fn is_link_control(key: &FlowKey) -> bool {
 /// of what we send.
 pub fn remote_addr(key: &FlowKey) -> IpAddr {
     if key.direction == DIRECTION_INGRESS {
-        ip(key.family, key.src_addr)
+        ip_addr(key.family, key.src_addr)
     } else {
-        ip(key.family, key.dst_addr)
+        ip_addr(key.family, key.dst_addr)
     }
 }
 
@@ -486,19 +486,12 @@ pub fn remote_addr(key: &FlowKey) -> IpAddr {
 /// of what we receive, the source of what we send.
 pub fn local_addr(key: &FlowKey) -> IpAddr {
     if key.direction == DIRECTION_INGRESS {
-        ip(key.family, key.dst_addr)
+        ip_addr(key.family, key.dst_addr)
     } else {
-        ip(key.family, key.src_addr)
+        ip_addr(key.family, key.src_addr)
     }
 }
 
-fn ip(family: u8, addr: [u8; 16]) -> IpAddr {
-    if family == FAMILY_IPV4 {
-        IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(addr))
-    }
-}
 
 /// Packet counters summed over CPUs, the flow table's view and the
 /// interfaces' names as of one cycle.
@@ -706,6 +699,8 @@ impl Reading for Packets {
 
 #[cfg(test)]
 mod tests {
+    use agent_common::net::FAMILY_IPV4;
+
     use super::*;
 
     #[test]
