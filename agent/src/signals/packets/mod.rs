@@ -1,10 +1,9 @@
 //! Packets and bytes per interface, direction, address family and IP
 //! protocol, TCP flags, ICMPv6 link control, the flow table and the top
-//! remote peers (kernel
-//! side: agent-ebpf's net module, XDP or TC on ingress and TC on egress of
-//! every accounted interface; types in agent-common's `net`). `[network]
-//! enabled` turns it on; `[network] xdp_mode`, `max_flows`,
-//! `flow_idle_timeout_s` and `top_peers` tune it.
+//! remote peers (kernel side: agent-ebpf's net module, XDP or TC on
+//! ingress and TC on egress of every accounted interface; types in
+//! agent-common's `net`). `[network] enabled` turns it on; `[network]
+//! xdp_mode`, `max_flows`, `flow_idle_timeout_s` and `top_peers` tune it.
 //!
 //! The flow table's entries come and go (idle ones removed here, the
 //! kernel's LRU evicting others when it is full), so its traffic is turned
