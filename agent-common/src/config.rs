@@ -39,5 +39,11 @@ pub const CFG_SYSCALLS_PER_PROCESS: u32 = 7;
 /// it costs one array read per switch.
 pub const CFG_RUNQ_PER_CGROUP: u32 = 8;
 
+/// Non-zero: also count drops of IP packets by (reason, source,
+/// destination) (`DROP_PEERS`). The MAPE-K loop turns it on for a few
+/// cycles when packet loss opens, to name whose packets were dropped; off,
+/// a drop costs one array read more.
+pub const CFG_DROP_PEERS: u32 = 9;
+
 /// Number of slots in `CONFIG`.
-pub const CONFIG_LEN: u32 = 9;
+pub const CONFIG_LEN: u32 = 10;

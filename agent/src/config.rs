@@ -341,11 +341,19 @@ impl Default for TcpConfig {
 pub struct DropsConfig {
     /// Packets the kernel dropped, by its drop reason (skb:kfree_skb).
     pub enabled: bool,
+    /// Runtime. Count drops of IP packets by (reason, source, destination)
+    /// too (the packet's header read, a hash update per drop). Off, the
+    /// MAPE-K loop still turns it on for a few seconds when packet loss
+    /// opens, to name whose packets were dropped.
+    pub per_peer: bool,
 }
 
 impl Default for DropsConfig {
     fn default() -> Self {
-        Self { enabled: true }
+        Self {
+            enabled: true,
+            per_peer: false,
+        }
     }
 }
 

@@ -19,6 +19,8 @@ pub struct Overlay {
     pub blocked: BTreeMap<IpAddr, f64>,
     /// Syscalls counted per process (attribution in progress).
     pub attribute: bool,
+    /// Drops counted per peer (attribution in progress).
+    pub attribute_drops: bool,
 }
 
 impl Overlay {
@@ -36,6 +38,9 @@ impl Overlay {
         }
         if self.attribute {
             config.syscalls.per_process = true;
+        }
+        if self.attribute_drops {
+            config.drops.per_peer = true;
         }
         shed(&mut config, self.shed_level);
         config

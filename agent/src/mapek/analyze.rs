@@ -259,6 +259,27 @@ pub const EXPLAINS: &[(&str, &[&str])] = &[
     ("traffic_surge", &["packet_loss", "cpu_saturation"]),
 ];
 
+/// Gives the kept drop culprits the peer a later cycle found for the same
+/// reason and interface: drops are counted per peer only from the cycle
+/// after packet loss opens (MAPE-K's attribution), so the cycle whose
+/// culprits were kept may have had none. Whether any was completed.
+fn complete_drop_peers(kept: &mut [Culprit], now: &[Culprit]) -> bool {
+    let mut completed = false;
+    for c in kept
+        .iter_mut()
+        .filter(|c| c.kind == CulpritKind::Drop && c.peer.is_none())
+    {
+        if let Some(n) = now
+            .iter()
+            .find(|n| n.kind == CulpritKind::Drop && n.peer.is_some() && n.name() == c.name())
+        {
+            c.peer = n.peer;
+            completed = true;
+        }
+    }
+    completed
+}
+
 /// An anomaly's subject, culprits, and whether the subject is the top
 /// culprit's description, when it is named `kind` on `evidence`.
 fn named(
@@ -597,6 +618,10 @@ impl Analyzer {
                     anomaly.subject = anomaly.culprits.first().map(Culprit::describe);
                     anomaly.subject_from_culprit = true;
                 }
+            } else if complete_drop_peers(&mut anomaly.culprits, &now)
+                && anomaly.subject_from_culprit
+            {
+                anomaly.subject = anomaly.culprits.first().map(Culprit::describe);
             }
             anomaly.set_pod(subjects);
             if let Some(evidence) = firing.remove(anomaly.kind) {

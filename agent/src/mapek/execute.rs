@@ -16,7 +16,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 use serde::Serialize;
 use tracing::info;
 
-use super::plan::Action;
+use super::plan::{Action, Attribution};
 use crate::{
     collectors::CollectorHandle,
     config::{Mode, overlay::Overlay},
@@ -132,8 +132,13 @@ impl Executor {
                         self.overlay.blocked.remove(peer);
                         self.blocked.remove(peer);
                     }
-                    Action::Attribute { .. } => self.overlay.attribute = true,
-                    Action::EndAttribution { .. } => self.overlay.attribute = false,
+                    Action::Attribute { what, .. } | Action::EndAttribution { what, .. } => {
+                        let on = matches!(action, Action::Attribute { .. });
+                        match what {
+                            Attribution::Processes => self.overlay.attribute = on,
+                            Attribution::DropPeers => self.overlay.attribute_drops = on,
+                        }
+                    }
                 }
                 if self.overlay != before {
                     collector.adjust(self.overlay.clone());

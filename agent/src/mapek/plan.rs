@@ -69,16 +69,54 @@ pub enum Action {
         peer: IpAddr,
         reason: String,
     },
-    /// Count syscalls per process until `until`, to name the process
-    /// behind a syscall anomaly (observation only: every mode).
+    /// Count syscalls per process, or drops per peer, until `until`, to
+    /// name who is behind an anomaly (observation only: every mode).
     Attribute {
+        what: Attribution,
         until: f64,
         reason: String,
     },
-    /// Per-process counting off again.
+    /// That counting off again.
     EndAttribution {
+        what: Attribution,
         reason: String,
     },
+}
+
+/// What an attribution counts, and which anomalies ask for it.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Attribution {
+    /// Syscalls per process: a syscall anomaly that names no process.
+    Processes,
+    /// Drops per (reason, source, destination): packet loss, to name
+    /// whose packets were dropped.
+    DropPeers,
+}
+
+impl Attribution {
+    const ALL: [Attribution; 2] = [Attribution::Processes, Attribution::DropPeers];
+
+    fn wanted_by(self, a: &Anomaly) -> bool {
+        match self {
+            Attribution::Processes => ATTRIBUTE_KINDS.contains(&a.kind) && a.subject.is_none(),
+            Attribution::DropPeers => a.kind == "packet_loss",
+        }
+    }
+
+    fn counts(self) -> &'static str {
+        match self {
+            Attribution::Processes => "count syscalls per process",
+            Attribution::DropPeers => "count drops per source and destination",
+        }
+    }
+
+    fn names(self) -> &'static str {
+        match self {
+            Attribution::Processes => "the process behind it",
+            Attribution::DropPeers => "whose packets were dropped",
+        }
+    }
 }
 
 impl Action {
@@ -122,7 +160,8 @@ impl Action {
 /// Anomaly kinds a process is behind: per-process syscall counting names
 /// it.
 pub const ATTRIBUTE_KINDS: [&str; 2] = ["syscall_storm", "syscall_error_spike"];
-/// How long per-process counting stays on after such an anomaly opens.
+/// How long an attribution stays on after an anomaly that asks for it
+/// opens.
 const ATTRIBUTE_SECONDS: f64 = 10.0;
 
 /// Anomaly kinds whose evidence names one attacking source: enforce mode
@@ -188,8 +227,8 @@ pub struct Planner {
     /// Until when the current zoom lasts (None: not zoomed).
     zoomed_until: Option<f64>,
     pub zoom_seconds: f64,
-    /// Until when syscalls are counted per process (None: not counted).
-    attributing_until: Option<f64>,
+    /// Until when each attribution in force counts.
+    attributing_until: BTreeMap<Attribution, f64>,
     /// Sources blocked now (enforce mode).
     blocked: BTreeMap<IpAddr, PlannedBlock>,
     /// The latest refused blocks, oldest first.
@@ -250,33 +289,39 @@ impl Planner {
         actions
     }
 
-    /// Per-process syscall counting: on for [`ATTRIBUTE_SECONDS`] when a
-    /// syscall anomaly opens without a process named, off when that time
-    /// is up. Only a newly opened anomaly starts (or prolongs) it.
+    /// Each attribution: on for [`ATTRIBUTE_SECONDS`] when an anomaly that
+    /// asks for it opens (a syscall anomaly without a process named,
+    /// packet loss), off when that time is up. Only a newly opened anomaly
+    /// starts (or prolongs) it.
     fn plan_attribution(&mut self, opened: &[Anomaly], now: f64) -> Vec<Action> {
         let mut actions = Vec::new();
-        let unnamed = opened
-            .iter()
-            .find(|a| ATTRIBUTE_KINDS.contains(&a.kind) && a.subject.is_none());
-        if let Some(a) = unnamed {
-            if self.attributing_until.is_none() {
-                actions.push(Action::Attribute {
-                    until: now + ATTRIBUTE_SECONDS,
-                    reason: format!(
-                        "anomaly #{} {}: count syscalls per process for {ATTRIBUTE_SECONDS} s \
-                         to name the process behind it",
-                        a.id, a.kind
-                    ),
+        for what in Attribution::ALL {
+            if let Some(a) = opened.iter().find(|a| what.wanted_by(a)) {
+                let until = now + ATTRIBUTE_SECONDS;
+                if self.attributing_until.insert(what, until).is_none() {
+                    actions.push(Action::Attribute {
+                        what,
+                        until,
+                        reason: format!(
+                            "anomaly #{} {}: {} for {ATTRIBUTE_SECONDS} s to name {}",
+                            a.id,
+                            a.kind,
+                            what.counts(),
+                            what.names()
+                        ),
+                    });
+                }
+            } else if self
+                .attributing_until
+                .get(&what)
+                .is_some_and(|until| now >= *until)
+            {
+                self.attributing_until.remove(&what);
+                actions.push(Action::EndAttribution {
+                    what,
+                    reason: "attribution time is up".into(),
                 });
             }
-            self.attributing_until = Some(now + ATTRIBUTE_SECONDS);
-        } else if let Some(until) = self.attributing_until
-            && now >= until
-        {
-            self.attributing_until = None;
-            actions.push(Action::EndAttribution {
-                reason: "attribution time is up".into(),
-            });
         }
         actions
     }
@@ -634,11 +679,20 @@ mod tests {
         let mut p = Planner::new(60.0);
         let mut storm = Anomaly::of_kind("syscall_storm");
         let on = p.plan_attribution(std::slice::from_ref(&storm), 100.0);
-        assert!(matches!(on[..], [Action::Attribute { until, .. }] if until == 110.0));
+        assert!(matches!(
+            on[..],
+            [Action::Attribute { what: Attribution::Processes, until, .. }] if until == 110.0
+        ));
         // Still on, nothing new to say.
         assert!(p.plan_attribution(&[], 105.0).is_empty());
         let off = p.plan_attribution(&[], 110.0);
-        assert!(matches!(off[..], [Action::EndAttribution { .. }]));
+        assert!(matches!(
+            off[..],
+            [Action::EndAttribution {
+                what: Attribution::Processes,
+                ..
+            }]
+        ));
         assert!(p.plan_attribution(&[], 111.0).is_empty());
         // A named anomaly, or another kind, needs no attribution.
         storm.subject = Some("process 1 (init)".into());
@@ -647,5 +701,20 @@ mod tests {
         assert!(p.plan_attribution(&[scan], 121.0).is_empty());
         // Observation only: applied (and counted as act) in dry_run too.
         assert!(on[0].is_on_sonde_itself());
+        // Packet loss counts drops per peer, on its own clock.
+        let loss = Anomaly::of_kind("packet_loss");
+        let on = p.plan_attribution(&[loss], 130.0);
+        assert!(
+            matches!(&on[..], [Action::Attribute { what: Attribution::DropPeers, until, reason }]
+                if *until == 140.0 && reason.contains("whose packets were dropped")),
+            "{on:?}"
+        );
+        assert!(matches!(
+            p.plan_attribution(&[], 140.0)[..],
+            [Action::EndAttribution {
+                what: Attribution::DropPeers,
+                ..
+            }]
+        ));
     }
 }

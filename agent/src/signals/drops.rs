@@ -10,14 +10,16 @@
 //! at most 4,096 keys: series of interfaces or namespaces gone are removed
 //! every few cycles, and counted (in a namespace the agent cannot look
 //! into, an interface is gone once a newer one took its name); an
-//! accounted interface's go as soon as the agent sees it go. Drops of IP
-//! packets are also counted by (reason, source, destination), the 4,096
+//! accounted interface's go as soon as the agent sees it go. While
+//! `[drops] per_peer` is on, or MAPE-K attributes a packet loss, drops of
+//! IP packets are also counted by (reason, source, destination), the 4,096
 //! most recent triples: not exported (an address per series has no
 //! bound), read by MAPE-K to say whose packets a loss dropped.
 
 use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use agent_common::{
+    config::CFG_DROP_PEERS,
     drops::{
         DROP_DEVICES_MAP, DROP_PEERS_MAP, DROP_REASON_OTHER, DROP_REASONS_MAP, DropDeviceKey,
         DropDeviceStats, DropPeerKey,
@@ -236,6 +238,13 @@ fn merge_devices(devices: &mut Vec<DeviceDrops>) {
 }
 
 impl Source for Maps {
+    fn reconfigure(&mut self, config: &Config) -> Result<Vec<(u32, u64)>, OpenError> {
+        Ok(vec![(
+            CFG_DROP_PEERS,
+            u64::from(config.drops.enabled && config.drops.per_peer),
+        )])
+    }
+
     fn collect(&self) -> (Arc<dyn Reading>, Option<MapError>) {
         let mut drops = Drops {
             series_removed: self.removed,
