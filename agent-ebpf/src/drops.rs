@@ -33,7 +33,10 @@ use aya_ebpf::{
 };
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use crate::maps::{config, count};
+use crate::{
+    addr::Addr,
+    maps::{config, count},
+};
 
 #[map(name = "DROP_REASONS")]
 static DROP_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_DROP_REASONS, 0);
@@ -158,11 +161,7 @@ fn count_by_peer(ctx: &TracePointContext, skb: u64, reason: u32) {
     if network == u16::MAX {
         return;
     }
-    let mut key = DropPeerKey {
-        reason,
-        ..DropPeerKey::default()
-    };
-    match protocol {
+    let (family, src, dst) = match protocol {
         ETH_P_IP => {
             let Some(ip) = field::<[u8; 20]>(head, u32::from(network)) else {
                 return;
@@ -170,9 +169,7 @@ fn count_by_peer(ctx: &TracePointContext, skb: u64, reason: u32) {
             if ip[0] >> 4 != 4 {
                 return;
             }
-            key.family = FAMILY_IPV4;
-            key.src[..4].copy_from_slice(&ip[12..16]);
-            key.dst[..4].copy_from_slice(&ip[16..20]);
+            (FAMILY_IPV4, Addr::v4(&ip[12..16]), Addr::v4(&ip[16..20]))
         }
         ETH_P_IPV6 => {
             let Some(ip) = field::<[u8; 40]>(head, u32::from(network)) else {
@@ -181,23 +178,25 @@ fn count_by_peer(ctx: &TracePointContext, skb: u64, reason: u32) {
             if ip[0] >> 4 != 6 {
                 return;
             }
-            key.family = FAMILY_IPV6;
-            key.src.copy_from_slice(&ip[8..24]);
-            key.dst.copy_from_slice(&ip[24..40]);
+            (FAMILY_IPV6, Addr::v6(&ip[8..24]), Addr::v6(&ip[24..40]))
         }
         _ => return,
+    };
+    let key = DropPeerKey {
+        reason,
+        family,
+        _pad: [0; 3],
+        src: src.bytes(),
+        dst: dst.bytes(),
+    };
+    if DROP_PEERS.get_ptr_mut(key).is_none() {
+        // BPF_NOEXIST: another CPU may have inserted it meanwhile; the
+        // lookup below finds either.
+        let _ = DROP_PEERS.insert(key, 0u64, u64::from(BPF_NOEXIST));
     }
     if let Some(n) = DROP_PEERS.get_ptr_mut(key) {
         // SAFETY: a value from a successful lookup, only ever added to
         // atomically (several CPUs may drop the same pair's packets).
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(n, 1) };
-        return;
-    }
-    // -EEXIST: another CPU created it meanwhile; add to its count.
-    if let Err(-17) = DROP_PEERS.insert(key, 1u64, u64::from(BPF_NOEXIST))
-        && let Some(n) = DROP_PEERS.get_ptr_mut(key)
-    {
-        // SAFETY: as above.
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(n, 1) };
     }
 }
