@@ -17,7 +17,7 @@ use std::{
 use agent_common::merge::Merge;
 use aya::{
     Pod,
-    maps::{IterableMap as _, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, IterableMap as _, MapData, MapError, PerCpuArray, PerCpuHashMap},
 };
 use tracing::debug;
 
@@ -114,6 +114,26 @@ fn lookup_all_summed<K: Pod, V: Pod + Merge>(map: &MapData) -> io::Result<Option
             .map(|(k, v)| (k, V::sum(v)))
             .collect()
     }))
+}
+
+/// A hash map's entries (values not per-CPU): in a few batched syscalls
+/// where the kernel can, else walking it entry by entry; an entry an LRU
+/// map evicted during the walk is skipped.
+pub fn hash_entries<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>) -> Result<Vec<(K, V)>, MapError> {
+    match lookup_all(map.map()) {
+        Ok(Some(entries)) => return Ok(entries),
+        Ok(None) => {}
+        Err(err) => debug!("batched map read failed ({err}); walking it"),
+    }
+    let mut entries = Vec::new();
+    for entry in map.iter() {
+        match entry {
+            Ok(entry) => entries.push(entry),
+            Err(MapError::KeyNotFound) => continue,
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(entries)
 }
 
 /// A per-CPU hash map's entries, summed over the CPUs: batched where the

@@ -193,26 +193,6 @@ impl Maps {
         Ok(())
     }
 
-    /// Every flow in the kernel's table: in a few batched syscalls where
-    /// the kernel can, else walking it entry by entry.
-    fn flow_entries(&self) -> Result<Vec<(FlowKey, FlowStats)>, MapError> {
-        use aya::maps::IterableMap as _;
-        match map_batch::lookup_all(self.flows.map()) {
-            Ok(Some(entries)) => return Ok(entries),
-            Ok(None) => {}
-            Err(err) => debug!("batched flow-table read failed ({err}); walking it"),
-        }
-        let mut entries = Vec::new();
-        for entry in self.flows.iter() {
-            match entry {
-                Ok(entry) => entries.push(entry),
-                // The kernel evicted the entry while we walked the table.
-                Err(MapError::KeyNotFound) => continue,
-                Err(err) => return Err(err),
-            }
-        }
-        Ok(entries)
-    }
 
     /// Removes idle flows from the kernel's table and from `seen`, in a
     /// few batched syscalls where the kernel can (a flood's flows go idle
@@ -283,7 +263,7 @@ impl Maps {
         // Live flows per ifindex: a handful of interfaces, counted in a
         // small list rather than hashed once per flow.
         let mut active: Vec<(u32, u64)> = Vec::new();
-        for (key, flow) in self.flow_entries()? {
+        for (key, flow) in map_batch::hash_entries(&self.flows)? {
             let link_control = is_link_control(&key);
             // Updated in place: a full table is tens of thousands of
             // flows, most of them unchanged since last cycle, and
