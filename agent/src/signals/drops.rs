@@ -121,6 +121,7 @@ fn open(ebpf: &mut Ebpf, config: &Config) -> Result<Box<dyn Source>, OpenError> 
         reasons: take(ebpf, DROP_REASONS_MAP)?,
         devices: take(ebpf, DROP_DEVICES_MAP)?,
         peers: take(ebpf, DROP_PEERS_MAP)?,
+        per_peer: false,
         reason_names,
         own_netns: std::fs::metadata("/proc/self/ns/net")
             .ok()
@@ -133,6 +134,11 @@ struct Maps {
     reasons: PerCpuArray<MapData, u64>,
     devices: PerCpuHashMap<MapData, DropDeviceKey, DropDeviceStats>,
     peers: BpfHashMap<MapData, DropPeerKey, u64>,
+    /// Whether the kernel counts drops per peer now: `peers` is read only
+    /// then, and emptied before counting starts, so that each counting
+    /// starts from zero (its first cycle has no earlier reading to
+    /// subtract).
+    per_peer: bool,
     /// This kernel's names of the skb drop reasons, by value.
     reason_names: HashMap<u32, String>,
     /// Inode of the agent's own network namespace: drops there are
@@ -190,30 +196,41 @@ impl Maps {
             });
         }
         merge_devices(&mut drops.devices);
-        drops.peers = self
-            .peer_entries()
-            .into_iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(key, drops)| PeerDrops {
-                reason: self.reason_name(key.reason),
-                src: ip_addr(key.family, key.src),
-                dst: ip_addr(key.family, key.dst),
-                drops,
-            })
-            .collect();
+        if self.per_peer {
+            // Attribution only: a failed read leaves the peers out rather
+            // than failing the reading.
+            let entries = map_batch::hash_entries(&self.peers).unwrap_or_else(|err| {
+                debug!("reading the drop peers failed: {err}");
+                Vec::new()
+            });
+            drops.peers = entries
+                .into_iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(key, drops)| PeerDrops {
+                    reason: self.reason_name(key.reason),
+                    src: ip_addr(key.family, key.src),
+                    dst: ip_addr(key.family, key.dst),
+                    drops,
+                })
+                .collect();
+        }
         Ok(())
     }
 
-    /// The (reason, source, destination) counts: attribution only, so a
-    /// failed read leaves them out rather than failing the reading.
-    fn peer_entries(&self) -> Vec<(DropPeerKey, u64)> {
+    /// Empties the drop-peer map (the kernel does not count into it now).
+    fn clear_peers(&mut self) {
         use aya::maps::IterableMap as _;
-        match map_batch::lookup_all(self.peers.map()) {
-            Ok(Some(entries)) => return entries,
-            Ok(None) => {}
-            Err(err) => debug!("batched drop-peer read failed ({err}); walking it"),
+        let keys: Vec<DropPeerKey> = map_batch::hash_entries(&self.peers)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        if let Ok(Some(_)) = map_batch::delete_all(self.peers.map(), &keys) {
+            return;
         }
-        self.peers.iter().filter_map(Result::ok).collect()
+        for key in keys {
+            let _ = self.peers.remove(&key);
+        }
     }
 }
 
@@ -239,10 +256,12 @@ fn merge_devices(devices: &mut Vec<DeviceDrops>) {
 
 impl Source for Maps {
     fn reconfigure(&mut self, config: &Config) -> Result<Vec<(u32, u64)>, OpenError> {
-        Ok(vec![(
-            CFG_DROP_PEERS,
-            u64::from(config.drops.enabled && config.drops.per_peer),
-        )])
+        let per_peer = config.drops.enabled && config.drops.per_peer;
+        if per_peer && !self.per_peer {
+            self.clear_peers();
+        }
+        self.per_peer = per_peer;
+        Ok(vec![(CFG_DROP_PEERS, u64::from(per_peer))])
     }
 
     fn collect(&self) -> (Arc<dyn Reading>, Option<MapError>) {
