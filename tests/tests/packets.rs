@@ -536,6 +536,16 @@ fn interfaces_that_appear_later_are_followed() {
     );
 }
 
+/// `flows` flows to `sink` from the namespace's peer, one datagram each
+/// from its own source port (`udp-flows` picks them, so none collide).
+fn one_datagram_flows(lab: &Lab, sink: &str, flows: u64) {
+    Workload::run_in(
+        &lab.ns,
+        &["udp-flows", LAB_PEER_IP, "1", sink, &flows.to_string()],
+        SEND_TIMEOUT,
+    );
+}
+
 /// The flow table is bounded: with room for 32 flows, 96 distinct flows
 /// (one datagram each from its own source port) are all created, the table
 /// holds at most 32, and every flow that is gone is counted as evicted.
@@ -560,17 +570,7 @@ fn flow_table_is_bounded_and_evictions_are_counted() {
     // Distinct source ports chosen by the workload, not the kernel: 96
     // ephemeral ports drawn at random collide about one run in six, and a
     // reused port whose flow is still in the table is rightly no new flow.
-    Workload::run_in(
-        &lab.ns,
-        &[
-            "udp-flows",
-            LAB_PEER_IP,
-            "1",
-            &sink_addr,
-            &FLOWS.to_string(),
-        ],
-        SEND_TIMEOUT,
-    );
+    one_datagram_flows(&lab, &sink_addr, FLOWS);
     let created = |s: &Scrape| s.value_or_zero("sonde_flows_created_total", &[]);
     let c0 = created(&before);
     lab.agent
@@ -624,17 +624,7 @@ fn unreplied_flows_leave_the_table_in_seconds_and_others_stay() {
     // One flow of five datagrams, then SHORT flows of one datagram each
     // (one source address, distinct source ports).
     Workload::run_in(&lab.ns, &["udp-send", &sink_addr, "5", "10"], SEND_TIMEOUT);
-    Workload::run_in(
-        &lab.ns,
-        &[
-            "udp-flows",
-            LAB_PEER_IP,
-            "1",
-            &sink_addr,
-            &SHORT.to_string(),
-        ],
-        SEND_TIMEOUT,
-    );
+    one_datagram_flows(&lab, &sink_addr, SHORT);
     let sent = lab
         .agent
         .try_wait_for(Duration::from_secs(5), |s| {
