@@ -48,6 +48,46 @@ fn warmed_up_for(agent: &Agent, cycles: u64) -> serde_json::Value {
     }
 }
 
+/// The loop analyses each kernel snapshot as soon as it is taken: on a
+/// tick of its own it ran up to a whole interval behind the kernel (its
+/// phase against the collector's, fixed per run), and every detection
+/// waited that long. Over several cycles at a 1 s interval, the snapshot a
+/// cycle began on is never a quarter of the interval old.
+#[test]
+fn each_cycle_analyses_the_snapshot_just_taken() {
+    if !require_root() {
+        return;
+    }
+    let dir = state_dir("age");
+    let config = mapek_config(&dir)
+        .set("collector", "interval_ms", "1000")
+        .render();
+    let agent = Agent::start(&config, &[]);
+    warmed_up_for(&agent, 1);
+    let mut ages = Vec::new();
+    let mut cycles_seen = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while cycles_seen.len() < 6 && std::time::Instant::now() < deadline {
+        let cycles = agent.get_json("/api/v1/anomalies")["cycles"].as_u64();
+        let age = agent
+            .metrics()
+            .value("sonde_mapek_snapshot_age_seconds", &[]);
+        if let (Some(c), Some(age)) = (cycles, age)
+            && cycles_seen.insert(c)
+        {
+            ages.push(age);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    eprintln!("snapshot ages at the start of each cycle (s): {ages:?}");
+    assert!(ages.len() >= 6, "too few cycles seen: {ages:?}");
+    assert!(
+        ages.iter().all(|&a| (0.0..0.25).contains(&a)),
+        "snapshot ages at the start of each cycle (s): {ages:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn syscall_storm_is_detected_answered_and_learning_survives_a_restart() {
     if !require_root() {

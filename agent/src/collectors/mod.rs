@@ -120,6 +120,11 @@ pub enum Command {
 /// Handle to the collector thread.
 pub struct CollectorHandle {
     pub snapshot: SharedSnapshot,
+    /// Signalled each time a new snapshot is published: the MAPE-K loop
+    /// analyses it at once rather than on a tick of its own, which could
+    /// trail the collection by up to a whole interval (a second's lag on
+    /// every detection).
+    pub published: Arc<tokio::sync::Notify>,
     commands: Sender<Command>,
     thread: Option<thread::JoinHandle<()>>,
 }
@@ -308,6 +313,8 @@ impl Collector {
         let snapshot: SharedSnapshot = Arc::new(RwLock::new(Arc::new(first)));
         let (commands, receiver) = mpsc::channel();
         let shared = snapshot.clone();
+        let published = Arc::new(tokio::sync::Notify::new());
+        let notify = published.clone();
         // Three missed collections (the readiness check's limit) and a
         // second of slack.
         let task = tasks.register(
@@ -318,16 +325,23 @@ impl Collector {
         let thread = thread::Builder::new()
             .name("sonde-collector".into())
             .spawn(move || {
-                tasks.run_restarting(&task, || self.run(&shared, &receiver, &task));
+                tasks.run_restarting(&task, || self.run(&shared, &notify, &receiver, &task));
             })?;
         Ok(CollectorHandle {
             snapshot,
+            published,
             commands,
             thread: Some(thread),
         })
     }
 
-    fn run(&mut self, shared: &SharedSnapshot, commands: &Receiver<Command>, task: &Task) {
+    fn run(
+        &mut self,
+        shared: &SharedSnapshot,
+        published: &tokio::sync::Notify,
+        commands: &Receiver<Command>,
+        task: &Task,
+    ) {
         let mut next = Instant::now() + self.interval;
         // systemd's watchdog is fed from here: a stuck collector is a
         // stuck agent, and the service manager restarts it.
@@ -365,6 +379,8 @@ impl Collector {
             }
             let snapshot = self.collect();
             *shared.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
+            // One waiter (the MAPE-K loop); a permit is kept if it is busy.
+            published.notify_one();
             next += self.interval;
             let now = Instant::now();
             if next < now {

@@ -51,6 +51,8 @@ pub struct Mapek {
     signals: Signals,
     cycles: u64,
     last_cycle: Duration,
+    /// How old the kernel snapshot was when the last cycle began on it.
+    snapshot_age: Duration,
     anomalies_total: std::collections::BTreeMap<(&'static str, &'static str), u64>,
     save_failing: bool,
     /// The latest verdicts and what they changed.
@@ -129,6 +131,7 @@ impl Mapek {
             },
             cycles: 0,
             last_cycle: Duration::ZERO,
+            snapshot_age: Duration::ZERO,
             anomalies_total: Default::default(),
             save_failing: false,
             feedback_log: Vec::new(),
@@ -468,6 +471,13 @@ impl Mapek {
         );
         cycle.sample(&[], self.last_cycle.as_secs_f64());
         cycle.done(&mut out);
+        let mut age = Family::new(
+            "sonde_mapek_snapshot_age_seconds",
+            "How old the kernel snapshot was when the last MAPE-K cycle began analysing it: what the loop decides on is this much behind the kernel",
+            MetricType::GAUGE,
+        );
+        age.sample(&[], self.snapshot_age.as_secs_f64());
+        age.done(&mut out);
         out
     }
 }
@@ -510,7 +520,8 @@ impl Inputs {
     }
 }
 
-/// Runs the loop until `shutdown` changes: one cycle per new snapshot.
+/// Runs the loop until `shutdown` changes: one cycle per new snapshot,
+/// started when the collector publishes it.
 pub async fn run(
     inputs: Inputs,
     mapek: SharedMapek,
@@ -527,7 +538,10 @@ pub async fn run(
         m.serving_seconds = cpu.map_or(0.0, |c| c.1);
     }
     loop {
+        // A cycle runs as soon as the collector publishes; the tick only
+        // keeps the task beating while the collector is slow.
         tokio::select! {
+            _ = inputs.collector.published.notified() => {}
             _ = tick.tick() => {}
             _ = shutdown.changed() => break,
         }
@@ -538,6 +552,9 @@ pub async fn run(
         }
         let started = Instant::now();
         let mut m = mapek.lock().unwrap_or_else(|e| e.into_inner());
+        m.snapshot_age = now.taken_at.map_or(Duration::ZERO, |taken| {
+            started.saturating_duration_since(taken)
+        });
         let cpu_now = inputs.telemetry_cpu_seconds();
         let cost = match (m.cpu_seconds, cpu_now) {
             (Some(before), Some((after, serving))) => {
