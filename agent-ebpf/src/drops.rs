@@ -4,7 +4,10 @@
 //! header when it had one. The record's field offsets come from this
 //! kernel's tracepoint format, the `sk_buff` / `net_device` / `net` member
 //! offsets from its BTF; kernels before 5.17 have no reason, and every
-//! drop is counted under reason 0 ("unknown").
+//! drop is counted under reason 0 ("unknown"). Since 5.17 the raw
+//! tracepoint programs (`_raw`) take the skb and the reason from the
+//! tracepoint's arguments instead: no record is built, and no helper call
+//! reads them.
 //!
 //! `sonde_listen_overflow`, on the same tracepoint, counts one reason
 //! only, TCP_LISTEN_OVERFLOW (its value from this kernel's format file),
@@ -27,9 +30,9 @@ use aya_ebpf::{
     Global,
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{bpf_probe_read_kernel, generated::bpf_probe_read_kernel as gen_probe_read_kernel},
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
@@ -65,13 +68,16 @@ static LISTEN_OVERFLOWS_OTHER: PerCpuArray<u64> = PerCpuArray::with_max_entries(
 /// `SKB_DROP_REASON_TCP_LISTEN_OVERFLOW` on this kernel (u32::MAX: none).
 #[unsafe(no_mangle)]
 static DROP_REASON_LISTEN_OVERFLOW: Global<u32> = Global::new(u32::MAX);
-/// `sk_buff.head`, `.transport_header` and `.network_header` (from BTF).
+/// `sk_buff.head`, `.transport_header`, `.network_header` and `.protocol`
+/// (from BTF).
 #[unsafe(no_mangle)]
 static SKB_HEAD_OFFSET: Global<u32> = Global::new(u32::MAX);
 #[unsafe(no_mangle)]
 static SKB_TRANSPORT_HEADER_OFFSET: Global<u32> = Global::new(u32::MAX);
 #[unsafe(no_mangle)]
 static SKB_NETWORK_HEADER_OFFSET: Global<u32> = Global::new(u32::MAX);
+#[unsafe(no_mangle)]
+static SKB_PROTOCOL_OFFSET: Global<u32> = Global::new(u32::MAX);
 
 /// Offset of `reason` in the kfree_skb record; u32::MAX: no such field.
 #[unsafe(no_mangle)]
@@ -108,6 +114,45 @@ pub fn sonde_kfree_skb(ctx: TracePointContext) -> u32 {
         // SAFETY: offset from this kernel's format file.
         unsafe { ctx.read_at::<u32>(offset as usize) }.unwrap_or(0)
     };
+    let at = TP_KFREE_SKB_SKBADDR.load();
+    let skb = if at == u32::MAX {
+        0
+    } else {
+        // SAFETY: offset from this kernel's format file.
+        unsafe { ctx.read_at::<u64>(at as usize) }.unwrap_or(0)
+    };
+    count_drop(reason, skb, || {
+        let at = TP_KFREE_SKB_PROTOCOL.load();
+        if at == u32::MAX {
+            return None;
+        }
+        // SAFETY: offset from this kernel's format file (host order).
+        unsafe { ctx.read_at::<u16>(at as usize) }.ok()
+    });
+    0
+}
+
+/// The same count from the tracepoint's arguments, `kfree_skb(skb,
+/// location, reason[, rx_sk])` since 5.17 (the tier needs the reason
+/// field): no record is built for it, and the skb and reason are plain
+/// loads where the classic program makes a probe-helper call for each.
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn sonde_kfree_skb_raw(ctx: RawTracePointContext) -> i32 {
+    let skb: u64 = ctx.arg(0);
+    let reason: u64 = ctx.arg(2);
+    count_drop(reason as u32, skb, || {
+        // `sk_buff.protocol` is big endian; the record holds it in host
+        // order.
+        field::<u16>(skb, SKB_PROTOCOL_OFFSET.load()).map(u16::from_be)
+    });
+    0
+}
+
+/// Counts a drop of `skb` (0: unknown) for `reason`: by reason, by the
+/// device it had, and by peer while `CFG_DROP_PEERS` is on (`ethertype`
+/// gives the packet's, in host order).
+#[inline(always)]
+fn count_drop(reason: u32, skb: u64, ethertype: impl FnOnce() -> Option<u16>) {
     let slot = if reason < DROP_REASON_OTHER {
         reason
     } else {
@@ -117,19 +162,15 @@ pub fn sonde_kfree_skb(ctx: TracePointContext) -> u32 {
         // SAFETY: this CPU's slot.
         unsafe { *n += 1 };
     }
-    let at = TP_KFREE_SKB_SKBADDR.load();
-    if at == u32::MAX {
-        return 0;
+    if skb == 0 {
+        return;
     }
-    // SAFETY: offset from this kernel's format file.
-    let Ok(skb) = (unsafe { ctx.read_at::<u64>(at as usize) }) else {
-        return 0;
-    };
     count_by_device(skb, slot);
-    if config(CFG_DROP_PEERS) != 0 {
-        count_by_peer(&ctx, skb, slot);
+    if config(CFG_DROP_PEERS) != 0
+        && let Some(protocol) = ethertype()
+    {
+        count_by_peer(protocol, skb, slot);
     }
-    0
 }
 
 const ETH_P_IP: u16 = 0x0800;
@@ -142,15 +183,7 @@ const ETH_P_IPV6: u16 = 0x86DD;
 /// network header is set, and the version nibble there agrees (an skb
 /// dropped before the stack parsed it can point anywhere in its buffer).
 #[inline(always)]
-fn count_by_peer(ctx: &TracePointContext, skb: u64, reason: u32) {
-    let at = TP_KFREE_SKB_PROTOCOL.load();
-    if at == u32::MAX {
-        return;
-    }
-    // SAFETY: offset from this kernel's format file.
-    let Ok(protocol) = (unsafe { ctx.read_at::<u16>(at as usize) }) else {
-        return;
-    };
+fn count_by_peer(protocol: u16, skb: u64, reason: u32) {
     let Some(head) = field::<u64>(skb, SKB_HEAD_OFFSET.load()) else {
         return;
     };
@@ -209,7 +242,28 @@ pub fn sonde_listen_overflow(ctx: TracePointContext) -> u32 {
     if reason != Ok(DROP_REASON_LISTEN_OVERFLOW.load()) {
         return 0;
     }
-    match listening_port(&ctx) {
+    // SAFETY: offset from this kernel's format file.
+    let skb = unsafe { ctx.read_at::<u64>(TP_KFREE_SKB_SKBADDR.load() as usize) }.unwrap_or(0);
+    listen_overflow(skb);
+    0
+}
+
+/// The same from the tracepoint's arguments (see `sonde_kfree_skb_raw`):
+/// a drop of another reason costs one load of the reason.
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn sonde_listen_overflow_raw(ctx: RawTracePointContext) -> i32 {
+    let reason: u64 = ctx.arg(2);
+    if reason as u32 != DROP_REASON_LISTEN_OVERFLOW.load() {
+        return 0;
+    }
+    listen_overflow(ctx.arg(0));
+    0
+}
+
+/// Counts a listen-queue overflow of `skb` by its listening port.
+#[inline(always)]
+fn listen_overflow(skb: u64) {
+    match listening_port(skb) {
         Some(port) => count_listen_overflow(port),
         None => {
             if let Some(n) = LISTEN_OVERFLOWS_OTHER.get_ptr_mut(0) {
@@ -218,15 +272,12 @@ pub fn sonde_listen_overflow(ctx: TracePointContext) -> u32 {
             }
         }
     }
-    0
 }
 
 /// The destination port of the dropped segment (the listener's), from the
 /// TCP header the receive path already located.
 #[inline(always)]
-fn listening_port(ctx: &TracePointContext) -> Option<u32> {
-    // SAFETY: offset from this kernel's format file.
-    let skb = unsafe { ctx.read_at::<u64>(TP_KFREE_SKB_SKBADDR.load() as usize) }.ok()?;
+fn listening_port(skb: u64) -> Option<u32> {
     let head = field::<u64>(skb, SKB_HEAD_OFFSET.load())?;
     let transport = field::<u16>(skb, SKB_TRANSPORT_HEADER_OFFSET.load())?;
     // `(u16)~0U`: no transport header set.

@@ -125,7 +125,7 @@ impl Mapek {
                 syscalls: has("sonde_sys_"),
                 network: has("sonde_xdp") || has("sonde_tc"),
                 tcp: has("sonde_tcp"),
-                drops: has(signals::drops::PROGRAM),
+                drops: has(signals::drops::PROGRAM_PREFIX),
                 runqueue: has(signals::runqueue::PROGRAM_PREFIX),
                 processes: has(signals::process::PROGRAM_PREFIX),
             },

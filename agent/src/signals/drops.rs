@@ -1,6 +1,8 @@
 //! Packets the kernel dropped, by its own drop reason and by interface and
 //! network namespace: skb:kfree_skb (kernel side: agent-ebpf's drops
-//! module, `sonde_kfree_skb`; types in agent-common's `drops`).
+//! module, `sonde_kfree_skb_raw` on the raw tracepoint where the kernel
+//! has drop reasons, `sonde_kfree_skb` on the record before; types in
+//! agent-common's `drops`).
 //! `[drops] enabled` turns it on.
 //!
 //! Reasons are named as this kernel's tracepoint format names them (the
@@ -45,9 +47,10 @@ use crate::{
     },
 };
 
-/// The program counting drops: attached means drops are counted (MAPE-K
-/// watches `packet_drops_per_second` only then).
-pub const PROGRAM: &str = "sonde_kfree_skb";
+/// What the names of the programs counting drops begin with (the classic
+/// tracepoint's and the raw one's): one attached means drops are counted
+/// (MAPE-K watches `packet_drops_per_second` only then).
+pub const PROGRAM_PREFIX: &str = "sonde_kfree_skb";
 
 pub const SIGNAL: Signal = Signal {
     tiers: &TIERS,
@@ -61,23 +64,38 @@ pub const SIGNAL: Signal = Signal {
     open,
 };
 
-/// One tier: skb:kfree_skb (old as tracepoints go). Nothing it reads is
+/// The raw tracepoint's arguments where the tracepoint has a drop reason
+/// (5.17: `kfree_skb(skb, location, reason, ...)`), the skb:kfree_skb
+/// record before (old as tracepoints go). Nothing else they read is
 /// required: without the reason field every drop is "unknown", without
 /// the device offsets drops are counted by reason only.
 const TIERS: tiers::Signal = tiers::Signal {
     name: "drops",
     required: false,
-    tiers: &[Tier {
-        mode: "tracepoint",
-        min_kernel: (2, 6),
-        requires: Requires::Tracefs,
-        programs: &[TierProgram {
-            program: PROGRAM,
-            hook: Hook::Tracepoint("skb", "kfree_skb"),
-            needs: &[],
-            partial_before: None,
-        }],
-    }],
+    tiers: &[
+        Tier {
+            mode: "raw_tracepoint",
+            min_kernel: (5, 17),
+            requires: Requires::RawTracepoints,
+            programs: &[TierProgram {
+                program: "sonde_kfree_skb_raw",
+                hook: Hook::RawTracepoint("kfree_skb"),
+                needs: &["TP_KFREE_SKB_REASON"],
+                partial_before: None,
+            }],
+        },
+        Tier {
+            mode: "tracepoint",
+            min_kernel: (2, 6),
+            requires: Requires::Tracefs,
+            programs: &[TierProgram {
+                program: "sonde_kfree_skb",
+                hook: Hook::Tracepoint("skb", "kfree_skb"),
+                needs: &[],
+                partial_before: None,
+            }],
+        },
+    ],
 };
 
 const TRACEPOINT_FIELDS: &[TracepointField] = &[
@@ -92,6 +110,7 @@ const TRACEPOINT_FIELDS: &[TracepointField] = &[
 const BTF_FIELDS: &[BtfField] = &[
     ("SKB_HEAD_OFFSET", "sk_buff", &["head"]),
     ("SKB_NETWORK_HEADER_OFFSET", "sk_buff", &["network_header"]),
+    ("SKB_PROTOCOL_OFFSET", "sk_buff", &["protocol"]),
     ("SKB_DEV_OFFSET", "sk_buff", &["dev"]),
     ("NETDEV_IFINDEX_OFFSET", "net_device", &["ifindex"]),
     ("NETDEV_NAME_OFFSET", "net_device", &["name"]),

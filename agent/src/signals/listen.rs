@@ -1,6 +1,6 @@
 //! TCP listen-queue overflows by listening port: connections a listener
 //! refused because its accept queue was full (kernel side: agent-ebpf's
-//! drops module, `sonde_listen_overflow` on skb:kfree_skb; map names in
+//! drops module, `sonde_listen_overflow` (`_raw`) on skb:kfree_skb; map names in
 //! agent-common's `drops`). `[tcp] listen_overflows` turns it on.
 //!
 //! What it sees: the segment completing a handshake (the client's ACK, or
@@ -55,28 +55,48 @@ pub const SIGNAL: Signal = Signal {
     open,
 };
 
-/// One tier: skb:kfree_skb with drop reasons (5.17); kernels whose format
-/// has no TCP_LISTEN_OVERFLOW leave it unattached, saying so.
+/// Drop reasons came with 5.17: the raw tracepoint's arguments there
+/// (`kfree_skb(skb, location, reason, ...)`), else the skb:kfree_skb
+/// record; kernels whose format has no TCP_LISTEN_OVERFLOW leave it
+/// unattached, saying so.
 const TIERS: tiers::Signal = tiers::Signal {
     name: "listen_overflows",
     required: false,
-    tiers: &[Tier {
-        mode: "tracepoint",
-        min_kernel: (5, 17),
-        requires: Requires::Tracefs,
-        programs: &[TierProgram {
-            program: "sonde_listen_overflow",
-            hook: Hook::Tracepoint("skb", "kfree_skb"),
-            needs: &[
-                "TP_KFREE_SKB_REASON",
-                "TP_KFREE_SKB_SKBADDR",
-                "DROP_REASON_LISTEN_OVERFLOW",
-                "SKB_HEAD_OFFSET",
-                "SKB_TRANSPORT_HEADER_OFFSET",
-            ],
-            partial_before: None,
-        }],
-    }],
+    tiers: &[
+        Tier {
+            mode: "raw_tracepoint",
+            min_kernel: (5, 17),
+            requires: Requires::RawTracepointsAndBtf,
+            programs: &[TierProgram {
+                program: "sonde_listen_overflow_raw",
+                hook: Hook::RawTracepoint("kfree_skb"),
+                needs: &[
+                    "TP_KFREE_SKB_REASON",
+                    "DROP_REASON_LISTEN_OVERFLOW",
+                    "SKB_HEAD_OFFSET",
+                    "SKB_TRANSPORT_HEADER_OFFSET",
+                ],
+                partial_before: None,
+            }],
+        },
+        Tier {
+            mode: "tracepoint",
+            min_kernel: (5, 17),
+            requires: Requires::Tracefs,
+            programs: &[TierProgram {
+                program: "sonde_listen_overflow",
+                hook: Hook::Tracepoint("skb", "kfree_skb"),
+                needs: &[
+                    "TP_KFREE_SKB_REASON",
+                    "TP_KFREE_SKB_SKBADDR",
+                    "DROP_REASON_LISTEN_OVERFLOW",
+                    "SKB_HEAD_OFFSET",
+                    "SKB_TRANSPORT_HEADER_OFFSET",
+                ],
+                partial_before: None,
+            }],
+        },
+    ],
 };
 
 fn open(ebpf: &mut Ebpf, _: &Config) -> Result<Box<dyn Source>, OpenError> {
