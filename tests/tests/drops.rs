@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use sonde_tests::{Config, LAB_PEER_IP, Lab, Scrape, Workload, require_root};
+use sonde_tests::{Config, LAB_PEER_IP, Lab, Scrape, Workload, net::snmp_field, require_root, sys};
 
 #[test]
 fn firewall_drops_are_counted_with_their_reason() {
@@ -104,5 +104,55 @@ fn firewall_drops_are_counted_with_their_reason() {
             .filter_map(|s| s.label("reason"))
             .collect::<Vec<_>>()
             .join(", ")
+    );
+}
+
+/// Datagrams to a port nobody listens on are freed with reason
+/// NO_SOCKET: counted under the interface and namespace they arrived in,
+/// exactly as many as the namespace's own `Udp: NoPorts` counts. Needs no
+/// firewall, so the kernel matrix (whose guests have no iptables) runs
+/// it on each kernel's own drop hook.
+#[test]
+fn datagrams_to_a_closed_port_are_counted_as_the_kernel_counts_them() {
+    if !require_root() {
+        return;
+    }
+    const N: f64 = 500.0;
+    let lab = Lab::start(Config::new());
+    let no_ports = || {
+        let snmp = sys::must(&mut lab.ns.exec(&["cat", "/proc/net/snmp"]));
+        snmp_field(&snmp, "Udp:", "NoPorts")
+            .unwrap_or_else(|| panic!("no Udp: NoPorts in /proc/net/snmp:\n{snmp}"))
+    };
+    let netns = lab.ns.inode().to_string();
+    let labels = [
+        ("netns", netns.as_str()),
+        ("interface", lab.veth.peer()),
+        ("reason", "no_socket"),
+    ];
+    let device_drops = |s: &Scrape| s.value_or_zero("sonde_interface_packet_drops_total", &labels);
+    let (before, kernel_before) = (lab.agent.metrics(), no_ports());
+    Workload::run(
+        &["udp-send", &format!("{LAB_PEER_IP}:40301"), "500", "64"],
+        Duration::from_secs(60),
+    );
+    let kernel = no_ports() - kernel_before;
+    assert_eq!(kernel, N, "the namespace's Udp NoPorts rose by {kernel}");
+    let after = lab
+        .agent
+        .try_wait_for(Duration::from_secs(5), |s| {
+            device_drops(s) - device_drops(&before) >= kernel
+        })
+        .unwrap_or_else(|last| last);
+    assert_eq!(
+        device_drops(&after) - device_drops(&before),
+        kernel,
+        "no_socket drops on {} in namespace {netns}, against the kernel's NoPorts:\n{}",
+        lab.veth.peer(),
+        after.grep("sonde_interface_packet_drops_total")
+    );
+    println!(
+        "no_socket drops on {} +{kernel}, Udp NoPorts +{kernel}",
+        lab.veth.peer()
     );
 }

@@ -45,6 +45,11 @@ const TCP_RESETS: &str = "tcp::refused_connections_count_failures_and_resets";
 /// N connects across a veth pair: the peer's connect-latency count rises
 /// by exactly N.
 const TCP_CONNECTS: &str = "tcp_link::connects_are_counted_exactly_per_peer";
+/// Datagrams to a closed port: drops with reason NO_SOCKET on the lab's
+/// interface, exactly the namespace's own Udp NoPorts (no iptables in the
+/// guest for the firewall test).
+const CLOSED_PORT_DROPS: &str =
+    "drops::datagrams_to_a_closed_port_are_counted_as_the_kernel_counts_them";
 /// The link tests, for the profiles that force a TCP tier: exact connect
 /// counts, handshakes and RTTs past a netem delay, and retransmits under
 /// netem loss against the kernel's RetransSegs (bounds by tier).
@@ -96,6 +101,7 @@ pub const PROFILES: &[Profile] = &[
             "process",
             INGRESS_UDP,
             TCP_CONNECTS,
+            CLOSED_PORT_DROPS,
             "leftovers",
         ],
     },
