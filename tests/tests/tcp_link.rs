@@ -344,7 +344,9 @@ fn connects_are_counted_exactly_per_peer() {
 }
 
 /// Every packet across the link delayed by DELAY_MS each way (netem): N
-/// handshakes all land above 67 ms in the peer's connect-latency histogram,
+/// handshakes (on the kprobe and tracepoint tiers, but for runs the kernel
+/// skipped, as the retransmit test allows) all land above 67 ms in the
+/// peer's connect-latency histogram,
 /// and the smoothed RTTs of connections across it (both ends') average
 /// above 67 ms, as do the machine-wide histogram's new slow samples. Without
 /// netem, iptables drops each handshake's first SYN instead (a ≥ 1 s
@@ -384,12 +386,22 @@ fn delayed_handshakes_and_rtts_move_past_the_delay() {
     println!("measured: {how}: peer {SERVER_IP} connects +{d} of {N}, ≤ 67 ms +{d_fast}");
     // Exact, but for runs of the state program the kernel skipped and
     // counted (recursion misses: under emulation a softirq's program can
-    // land on a CPU already running one); an uncounted loss fails.
+    // land on a CPU already running one). On the kprobe and classic
+    // tracepoint tiers, as for retransmits below, also by at most
+    // max(1, 10 %) it skipped without counting: before 6.7 the kernel
+    // counts none of their skips (one connect of ten went so on 6.1's
+    // kprobe tier in CI).
     let skipped = missed_state_runs(&after) - missed_state_runs(&before);
+    let tier = retransmit_tier(&after);
+    let uncounted = match tier.as_str() {
+        "kprobe" | "tracepoint" => (N as f64 * 0.1).max(1.0),
+        _ => 0.0,
+    };
     assert!(
-        d <= N as f64 && d + skipped >= N as f64,
-        "{N} connects under {how}: the peer's connect-latency count rose by {d} \
-         (runs of the state program the kernel skipped: +{skipped}):\n{}",
+        d <= N as f64 && d + skipped + uncounted >= N as f64,
+        "{N} connects under {how} ({tier} tier): the peer's connect-latency count rose by \
+         {d} (runs of the state program the kernel skipped: +{skipped}; uncounted skips \
+         allowed: {uncounted}):\n{}",
         after.grep("sonde_peer_tcp_connect")
     );
     if let Impairment::Neither(why) = &how {
