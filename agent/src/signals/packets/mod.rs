@@ -420,16 +420,15 @@ impl Source for Maps {
     }
 }
 
-/// The [`CYCLE_PEERS_KEPT`] heaviest (peer, protocol) rows by packets,
-/// ties broken by address so the order is stable.
+/// Below this many slots a map is not shrunk (a few tens of KiB, not
+/// worth a rehash).
+const MIN_SHRINK_CAPACITY: usize = 1024;
+
 /// A map keeps the capacity it grew to: after a flood's flows leave, the
 /// table that held them (about 80 bytes a flow, 5 MiB after a 40,000-flow
 /// SYN flood in the soak) would stay allocated for the agent's life.
 /// Shrunk once it is under a quarter full, to twice what it holds, so a
-/// table that only breathes is not reallocated every cycle; never below
-/// this many slots (a few tens of KiB, not worth a rehash).
-const MIN_SHRINK_CAPACITY: usize = 1024;
-
+/// table that only breathes is not reallocated every cycle.
 fn give_back_capacity<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(
     map: &mut HashMap<K, V, S>,
 ) {
@@ -438,6 +437,8 @@ fn give_back_capacity<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(
     }
 }
 
+/// The [`CYCLE_PEERS_KEPT`] heaviest (peer, protocol) rows by packets,
+/// ties broken by address so the order is stable.
 fn heaviest_inbound(rows: HashMap<(IpAddr, u8, bool), (u64, u64, u64)>) -> Vec<InboundPeer> {
     let mut rows: Vec<InboundPeer> = rows
         .into_iter()
