@@ -454,46 +454,84 @@ pub fn sonde_tcp_retransmit_raw(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// The kprobe tier's answer to the same two shapes: the skb whose
-/// `tcp_retransmit_skb` this CPU is inside, so that the nested
-/// `__tcp_retransmit_skb` (where it is a function of its own) is not counted
-/// twice. A kprobe cannot see return values: the kprobe tier counts attempts,
-/// including the rare one the stack refuses.
+/// A retransmission call a kprobe saw enter, for its kretprobe: the socket
+/// to count it on, and the skb that tells a nested `__tcp_retransmit_skb`
+/// from a direct one. The count waits for the return value, 0 being a
+/// retransmission sent, which is what the tracepoint, the fexit tier and the
+/// kernel's RetransSegs count: calls refused early (the original still in
+/// the host's queue, the socket's send memory full) are not retransmissions.
+/// Per CPU, because a kretprobe sees no arguments and these functions do
+/// not sleep; a softirq's retransmission nested in a process-context one on
+/// the same CPU overwrites the slot, and the outer call goes uncounted.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RetransmitCall {
+    sk: u64,
+    skb: u64,
+}
+
+/// `tcp_retransmit_skb`, the outer function on every kernel.
 #[map]
-static RETRANSMIT_OUTER_SKB: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static RETRANSMIT_OUTER_CALL: PerCpuArray<RetransmitCall> = PerCpuArray::with_max_entries(1, 0);
+/// `__tcp_retransmit_skb` where it is a function of its own and called
+/// directly (the tail-loss probe); `sk` 0 when it is the nested call.
+#[map]
+static RETRANSMIT_INNER_CALL: PerCpuArray<RetransmitCall> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn enter_retransmit(slot: &PerCpuArray<RetransmitCall>, call: RetransmitCall) {
+    if let Some(entry) = slot.get_ptr_mut(0) {
+        unsafe { *entry = call };
+    }
+}
+
+/// Counts the call `slot` holds if it returned 0, and empties the slot.
+#[inline(always)]
+fn return_from_retransmit(slot: &PerCpuArray<RetransmitCall>, ret: i32) {
+    if let Some(entry) = slot.get_ptr_mut(0) {
+        let call = unsafe { *entry };
+        unsafe { *entry = RetransmitCall { sk: 0, skb: 0 } };
+        if call.sk != 0 && ret == 0 {
+            on_retransmit(&PeerSource::Sock(call.sk));
+        }
+    }
+}
 
 #[kprobe]
 pub fn sonde_tcp_retransmit_kprobe(ctx: ProbeContext) -> u32 {
     if let (Some(sk), Some(skb)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) {
-        if let Some(outer) = RETRANSMIT_OUTER_SKB.get_ptr_mut(0) {
-            unsafe { *outer = skb };
-        }
-        on_retransmit(&PeerSource::Sock(sk));
+        enter_retransmit(&RETRANSMIT_OUTER_CALL, RetransmitCall { sk, skb });
     }
     0
 }
 
 #[kretprobe]
-pub fn sonde_tcp_retransmit_kretprobe(_ctx: RetProbeContext) -> u32 {
-    if let Some(outer) = RETRANSMIT_OUTER_SKB.get_ptr_mut(0) {
-        unsafe { *outer = 0 };
+pub fn sonde_tcp_retransmit_kretprobe(ctx: RetProbeContext) -> u32 {
+    return_from_retransmit(&RETRANSMIT_OUTER_CALL, ctx.ret());
+    0
+}
+
+/// `__tcp_retransmit_skb`: left to the outer call's return when it is the
+/// nested call of the `tcp_retransmit_skb` this CPU is inside.
+#[kprobe]
+pub fn sonde_tcp_retransmit_inner_kprobe(ctx: ProbeContext) -> u32 {
+    if let (Some(sk), Some(skb)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) {
+        let nested = RETRANSMIT_OUTER_CALL
+            .get(0)
+            .is_some_and(|outer| outer.sk != 0 && outer.skb == skb);
+        let call = if nested {
+            RetransmitCall { sk: 0, skb: 0 }
+        } else {
+            RetransmitCall { sk, skb }
+        };
+        enter_retransmit(&RETRANSMIT_INNER_CALL, call);
     }
     0
 }
 
-/// `__tcp_retransmit_skb`: counted unless it is the nested call of the
-/// `tcp_retransmit_skb` just counted (tail-loss probes come here directly).
-#[kprobe]
-pub fn sonde_tcp_retransmit_inner_kprobe(ctx: ProbeContext) -> u32 {
-    if let (Some(sk), Some(skb)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) {
-        if let Some(outer) = RETRANSMIT_OUTER_SKB.get_ptr_mut(0)
-            && unsafe { *outer } == skb
-        {
-            unsafe { *outer = 0 };
-            return 0;
-        }
-        on_retransmit(&PeerSource::Sock(sk));
-    }
+#[kretprobe]
+pub fn sonde_tcp_retransmit_inner_kretprobe(ctx: RetProbeContext) -> u32 {
+    return_from_retransmit(&RETRANSMIT_INNER_CALL, ctx.ret());
     0
 }
 

@@ -162,8 +162,8 @@ const TIERS: tiers::Signal = tiers::Signal {
                     needs: &["SK_STATE_OFFSET"],
                     partial_before: None,
                 },
-                // The same two functions, each retransmission counted once
-                // (attempts: a kprobe sees no return value).
+                // The same two functions, each retransmission counted once,
+                // at its return and only if it was sent.
                 program(
                     "sonde_tcp_retransmit_kprobe",
                     Hook::Kprobe("tcp_retransmit_skb"),
@@ -175,6 +175,10 @@ const TIERS: tiers::Signal = tiers::Signal {
                 program(
                     "sonde_tcp_retransmit_inner_kprobe",
                     Hook::Kprobe("__tcp_retransmit_skb"),
+                ),
+                program(
+                    "sonde_tcp_retransmit_inner_kretprobe",
+                    Hook::Kretprobe("__tcp_retransmit_skb"),
                 ),
                 program("sonde_tcp_receive_reset_kprobe", Hook::Kprobe("tcp_reset")),
                 program(

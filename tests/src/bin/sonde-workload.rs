@@ -15,8 +15,9 @@
 //! sonde-workload listen-overflow ADDR:PORT N  N connects to a backlog-1 listener that never accepts
 //! sonde-workload tcp-sink ADDR:PORT SECONDS   reads each connection to its end, then closes it
 //! sonde-workload tcp-send ADDR:PORT N SIZE PAUSE_MS   connects (says `connected`), waits PAUSE_MS,
-//!                                             sends N messages of SIZE bytes 10 ms apart, then
-//!                                             closes its side and waits for the peer's close
+//!                                             sends N messages of SIZE bytes 10 ms apart (says
+//!                                             `written`), then closes its side and waits for the
+//!                                             peer's close
 //! sonde-workload nanosleep MS N
 //! ```
 //!
@@ -239,6 +240,7 @@ fn tcp_send(to: SocketAddr, n: u64, size: usize, pause: Duration) -> Result<(), 
             .map_err(|e| format!("write {i} to {to}: {e}"))?;
         std::thread::sleep(Duration::from_millis(10));
     }
+    say("written");
     stream
         .shutdown(std::net::Shutdown::Write)
         .map_err(|e| format!("shutdown: {e}"))?;
