@@ -75,6 +75,7 @@ impl Merge for RunqStats {
         self.sum_ns += o.sum_ns;
         add_slots(&mut self.slots, &o.slots);
         self.run_ns += o.run_ns;
+        self.behind_ns += o.behind_ns;
     }
 }
 

@@ -8,7 +8,9 @@
 //! cgroup): when the task leaves the CPU again, as the current task, whose
 //! cgroup id one helper call gives; with it, how long that run held the
 //! CPU (what names the cgroup that takes the CPUs, not only those that
-//! wait for them).
+//! wait for them). Waits that end with the CPU switching from another task
+//! are also summed apart: those tasks queued behind others, where the rest
+//! waited for an idle CPU to wake.
 
 use agent_common::{
     config::CFG_RUNQ_PER_CGROUP,
@@ -54,6 +56,8 @@ struct Pending {
     wait: u64,
     /// When it got the CPU.
     since: u64,
+    /// 1: it got the CPU from another task (the wait was behind it).
+    behind: u64,
 }
 
 #[map(name = "RUNQ_PENDING")]
@@ -110,10 +114,10 @@ fn exited(key: u64) {
     let _ = RUNQ_START.remove(key);
 }
 
-/// The task got a CPU at `now`: records its wait, if it was waiting;
-/// returns the wait (ns).
+/// The task got a CPU at `now`, from another task (`behind`) or from the
+/// idle task: records its wait, if it was waiting; returns the wait (ns).
 #[inline(always)]
-fn running(key: u64, now: u64) -> Option<u64> {
+fn running(key: u64, now: u64, behind: bool) -> Option<u64> {
     let entry = RUNQ_START.get_ptr_mut(key)?;
     // SAFETY: the entry's value (see `runnable`).
     let start = unsafe { core::mem::replace(&mut *entry, 0) };
@@ -123,7 +127,7 @@ fn running(key: u64, now: u64) -> Option<u64> {
     let latency = now.saturating_sub(start);
     if let Some(stats) = RUNQ_STATS.get_ptr_mut(0) {
         // SAFETY: this CPU's slot.
-        record(unsafe { &mut *stats }, latency);
+        record(unsafe { &mut *stats }, latency, behind);
     }
     Some(latency)
 }
@@ -136,9 +140,12 @@ fn now() -> u64 {
 }
 
 #[inline(always)]
-fn record(stats: &mut RunqStats, latency: u64) {
+fn record(stats: &mut RunqStats, latency: u64, behind: bool) {
     stats.samples += 1;
     stats.sum_ns += latency;
+    if behind {
+        stats.behind_ns += latency;
+    }
     if let Some(slot) = stats.slots.get_mut(latency_slot(latency)) {
         *slot += 1;
     }
@@ -161,6 +168,7 @@ fn leaving_cpu(now: u64) {
     }
     let latency = pending.wait - 1;
     let run = now.saturating_sub(pending.since);
+    let behind = pending.behind != 0;
     pending.wait = 0;
     if config(CFG_RUNQ_PER_CGROUP) == 0 {
         return;
@@ -168,7 +176,7 @@ fn leaving_cpu(now: u64) {
     // SAFETY: helper without preconditions.
     let id = unsafe { bpf_get_current_cgroup_id() };
     if let Some(stats) = cgroup_slot(id) {
-        record(stats, latency);
+        record(stats, latency, behind);
         stats.run_ns += run;
         return;
     }
@@ -179,7 +187,7 @@ fn leaving_cpu(now: u64) {
     if let Some(stats) = RUNQ_CGROUPS.get_ptr_mut(id) {
         // SAFETY: this CPU's copy of the value.
         let stats = unsafe { &mut *stats };
-        record(stats, latency);
+        record(stats, latency, behind);
         stats.run_ns += run;
     }
 }
@@ -232,8 +240,10 @@ pub fn sonde_runq_switch_raw(ctx: RawTracePointContext) -> i32 {
     let next: u64 = ctx.arg(2);
     let now = now();
     leaving_cpu(now);
-    // The idle task (pid 0) is never waited for.
-    if bpf_get_current_pid_tgid() as u32 != 0 {
+    // The idle task (pid 0) is never waited for, and a task that gets the
+    // CPU from it did not wait behind another.
+    let from_task = bpf_get_current_pid_tgid() as u32 != 0;
+    if from_task {
         let state = prev_state(&ctx, prev);
         if preempt & 1 != 0 || state == 0 {
             runnable(prev, now);
@@ -241,7 +251,7 @@ pub fn sonde_runq_switch_raw(ctx: RawTracePointContext) -> i32 {
             exited(prev);
         }
     }
-    if let Some(latency) = running(next, now)
+    if let Some(latency) = running(next, now, from_task)
         && let Some(pending) = RUNQ_PENDING.get_ptr_mut(0)
     {
         // SAFETY: this CPU's slot.
@@ -249,6 +259,7 @@ pub fn sonde_runq_switch_raw(ctx: RawTracePointContext) -> i32 {
             *pending = Pending {
                 wait: latency + 1,
                 since: now,
+                behind: u64::from(from_task),
             }
         };
     }
@@ -287,6 +298,6 @@ pub fn sonde_runq_switch_tp(ctx: TracePointContext) -> u32 {
             exited(u64::from(prev as u32));
         }
     }
-    let _ = running(u64::from(next as u32), now);
+    let _ = running(u64::from(next as u32), now, prev != 0);
     0
 }

@@ -1,11 +1,18 @@
 //! Run-queue latency: CPU-bound stress-ng workers outnumbering the CPUs
 //! must wait for each other, so waits of a millisecond and more appear in
 //! `sonde_runqueue_latency_seconds`, through either tier, and, by cgroup,
-//! in `sonde_runqueue_cgroup_latency_seconds`.
+//! in `sonde_runqueue_cgroup_latency_seconds`; the part waited behind
+//! another task, apart from waits for an idle CPU to wake, matches
+//! bpftrace's split of the same waits.
 
 use std::{process::Command, time::Duration};
 
-use sonde_tests::{Agent, Config, Scrape, cgroup::TestCgroup, require_root};
+use sonde_tests::{
+    Agent, Config, Scrape, Workload,
+    cgroup::TestCgroup,
+    referee::{self, Bpftrace},
+    require_root,
+};
 
 fn samples(s: &Scrape) -> f64 {
     s.value_or_zero("sonde_runqueue_latency_seconds_count", &[])
@@ -170,4 +177,84 @@ fn a_contended_cgroup_is_named_with_its_waits() {
          PSI cpu some: {psi:?} s"
     );
     drop(agent);
+}
+
+/// The same waits as the agent's raw tier, split the same way: a wait ends
+/// with the CPU switching from the idle task (pid 0) or from another task.
+const WAIT_SPLIT: &str = r#"
+BEGIN { printf("ready\n"); }
+tracepoint:sched:sched_wakeup, tracepoint:sched:sched_wakeup_new { @start[args->pid] = nsecs; }
+tracepoint:sched:sched_switch {
+    if (args->prev_pid != 0 && (args->prev_state & 0xff) == 0) { @start[args->prev_pid] = nsecs; }
+    $s = @start[args->next_pid];
+    if ($s > 0) {
+        delete(@start[args->next_pid]);
+        if (args->prev_pid == 0) { @idle_ns = sum(nsecs - $s); }
+        else { @behind_ns = sum(nsecs - $s); }
+    }
+}
+END { clear(@start); }
+"#;
+
+/// A task waiting for a CPU waits either behind another task (contention)
+/// or for an idle CPU to wake; only the first is CPU saturation, and in a
+/// VM the second grows whenever the host is slow to run an idle vCPU. A
+/// sleep loop (2,000 sleeps of 1 ms, each woken on an idle CPU), then three
+/// CPU hogs pinned to one CPU in a cgroup of their own for 2 s: Sonde's
+/// `sonde_runqueue_wait_behind_task_seconds_total` and the rest of its
+/// waits match bpftrace's split of the same switches (Sonde's window lies
+/// inside bpftrace's), and the hogs' waits are behind tasks: at least the
+/// time the kernel's PSI says one of them waited.
+#[test]
+fn waits_behind_tasks_are_told_from_waits_for_an_idle_cpu() {
+    if !require_root() {
+        return;
+    }
+    let agent = Agent::start(&Config::new().render(), &[]);
+    let behind = |s: &Scrape| s.value_or_zero("sonde_runqueue_wait_behind_task_seconds_total", &[]);
+    let waited = |s: &Scrape| s.value_or_zero("sonde_runqueue_latency_seconds_sum", &[]);
+    let bt = Bpftrace::start(WAIT_SPLIT, "ready");
+    // A reading collected after bpftrace attached (a cycle is 1 s).
+    std::thread::sleep(Duration::from_millis(2_500));
+    let before = agent.metrics();
+    Workload::run(&["nanosleep", "1", "2000"], Duration::from_secs(60));
+    let cgroup = TestCgroup::new("sonde-test-runq-behind");
+    let psi_before = sonde_tests::cgroup::cpu_pressure_some_us(cgroup.dir());
+    let status = cgroup.run(
+        "stress-ng",
+        &["--cpu", "3", "--taskset", "0", "--timeout", "2s", "--quiet"],
+    );
+    assert!(status.success(), "stress-ng failed");
+    let psi = sonde_tests::cgroup::cpu_pressure_some_us(cgroup.dir())
+        .zip(psi_before)
+        .map(|(a, b)| (a - b) / 1e6);
+    // Two cycles, so the reading holds every switch of the load.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let after = agent.metrics();
+    let out = bt.stop();
+    let bt_behind = referee::scalar(&out, "@behind_ns") as f64 / 1e9;
+    let bt_idle = referee::scalar(&out, "@idle_ns") as f64 / 1e9;
+    let ours_behind = behind(&after) - behind(&before);
+    let ours_idle = waited(&after) - waited(&before) - ours_behind;
+    println!(
+        "behind a task: Sonde {ours_behind:.4} s, bpftrace {bt_behind:.4} s; for an idle CPU: \
+         Sonde {ours_idle:.4} s, bpftrace {bt_idle:.4} s; the hogs' PSI cpu some {psi:?} s"
+    );
+    // bpftrace watched longer (before and after Sonde's two readings).
+    let slack = 0.001;
+    assert!(
+        ours_behind <= bt_behind * 1.02 + slack && ours_behind >= bt_behind * 0.9,
+        "waits behind a task: Sonde {ours_behind:.4} s, bpftrace {bt_behind:.4} s"
+    );
+    assert!(
+        ours_idle <= bt_idle * 1.02 + slack && ours_idle >= bt_idle * 0.5,
+        "waits for an idle CPU: Sonde {ours_idle:.4} s, bpftrace {bt_idle:.4} s"
+    );
+    if let Some(psi) = psi {
+        assert!(
+            psi > 0.5 && ours_behind >= 0.9 * psi,
+            "three hogs on one CPU for 2 s: PSI says one waited {psi:.3} s, Sonde counted \
+             {ours_behind:.3} s of waits behind a task"
+        );
+    }
 }

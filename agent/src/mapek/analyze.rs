@@ -165,11 +165,10 @@ pub const FEATURES: &[(&str, &str, f64)] = &[
     ("tcp_rtt_mean_seconds", "latency_regression", 0.02),
     ("tcp_connect_mean_seconds", "latency_regression", 0.02),
     ("runqueue_mean_wait_seconds", "cpu_saturation", 0.0005),
-    // 0.4 tasks kept waiting per CPU over a whole cycle: the hour-long
-    // soak's churn alone (veth pairs, cgroups and processes made and
-    // removed every second) reached 0.26 in single cycles, three hogs on
-    // two CPUs hold about 0.8 (the eval's cpu-saturation-low, whose first,
-    // partial cycle is 0.33: at this floor it is named a cycle later).
+    // 0.4 tasks kept waiting behind another per CPU over a whole cycle:
+    // the eval's normal load holds 0.05 (0.31 at most, as an incident's
+    // hogs wind down), three hogs on two CPUs about 0.8 (the eval's
+    // cpu-saturation-low), three pinned to one of two CPUs about 1.1.
     ("runqueue_waiting_per_cpu", "cpu_saturation", 0.4),
     ("process_exits_per_second", "fork_storm", 200.0),
     ("process_execs_per_second", "exec_storm", 200.0),

@@ -299,6 +299,13 @@ impl Reading for RunQueue {
             rq.sum_ns as f64 / 1e9,
         );
         runq.done(out);
+        let mut behind = Family::new(
+            "sonde_runqueue_wait_behind_task_seconds_total",
+            "The part of sonde_runqueue_latency_seconds_sum that runnable tasks waited behind another task (the wait ended with the CPU switching from a task, not from idle): CPU contention among tasks, apart from idle CPUs slow to wake",
+            MetricType::COUNTER,
+        );
+        behind.sample(&[], rq.behind_ns as f64 / 1e9);
+        behind.done(out);
         let mut cgroups = Family::new(
             "sonde_runqueue_cgroup_latency_seconds",
             "Time runnable tasks waited for a CPU, by the task's cgroup (v2 path; with its namespace, pod and container when the container runtime names them), for the runqueue.top_cgroups cgroups that waited longest in all",
@@ -365,6 +372,7 @@ mod tests {
             names,
             [
                 "sonde_runqueue_latency_seconds",
+                "sonde_runqueue_wait_behind_task_seconds_total",
                 "sonde_runqueue_cgroup_latency_seconds"
             ]
         );
@@ -374,8 +382,11 @@ mod tests {
         let names: Vec<&str> = quiet.iter().map(|f| f.name()).collect();
         assert_eq!(
             names,
-            ["sonde_runqueue_latency_seconds"],
-            "the histogram always, cgroups only when there are some"
+            [
+                "sonde_runqueue_latency_seconds",
+                "sonde_runqueue_wait_behind_task_seconds_total"
+            ],
+            "the histogram and the part behind tasks always, cgroups only when there are some"
         );
     }
 }
