@@ -43,9 +43,9 @@ pub struct RunqStats {
     /// On-CPU time (ns) of the runs that followed these waits (per
     /// cgroup only): what a cgroup took of the CPUs others waited for.
     pub run_ns: u64,
-    /// The part of `sum_ns` waited behind another task: waits that ended
-    /// with the CPU switching from a task, not from idle. The others
-    /// waited for an idle CPU to wake (deep idle states, and in a VM the
-    /// hypervisor to run a halted vCPU), which is not tasks contending.
+    /// The part of `sum_ns` waited behind another task (node-wide only):
+    /// waits that ended with the CPU switching from a task, not from idle.
+    /// The others waited for an idle CPU to wake (deep idle states, and in
+    /// a VM the hypervisor to run a halted vCPU): not tasks contending.
     pub behind_ns: u64,
 }

@@ -9,8 +9,8 @@
 //! cgroup id one helper call gives; with it, how long that run held the
 //! CPU (what names the cgroup that takes the CPUs, not only those that
 //! wait for them). Waits that end with the CPU switching from another task
-//! are also summed apart: those tasks queued behind others, where the rest
-//! waited for an idle CPU to wake.
+//! are also summed apart, node-wide: those tasks queued behind others,
+//! where the rest waited for an idle CPU to wake.
 
 use agent_common::{
     config::CFG_RUNQ_PER_CGROUP,
@@ -56,8 +56,6 @@ struct Pending {
     wait: u64,
     /// When it got the CPU.
     since: u64,
-    /// 1: it got the CPU from another task (the wait was behind it).
-    behind: u64,
 }
 
 #[map(name = "RUNQ_PENDING")]
@@ -127,7 +125,11 @@ fn running(key: u64, now: u64, behind: bool) -> Option<u64> {
     let latency = now.saturating_sub(start);
     if let Some(stats) = RUNQ_STATS.get_ptr_mut(0) {
         // SAFETY: this CPU's slot.
-        record(unsafe { &mut *stats }, latency, behind);
+        let stats = unsafe { &mut *stats };
+        record(stats, latency);
+        if behind {
+            stats.behind_ns += latency;
+        }
     }
     Some(latency)
 }
@@ -140,12 +142,9 @@ fn now() -> u64 {
 }
 
 #[inline(always)]
-fn record(stats: &mut RunqStats, latency: u64, behind: bool) {
+fn record(stats: &mut RunqStats, latency: u64) {
     stats.samples += 1;
     stats.sum_ns += latency;
-    if behind {
-        stats.behind_ns += latency;
-    }
     if let Some(slot) = stats.slots.get_mut(latency_slot(latency)) {
         *slot += 1;
     }
@@ -168,7 +167,6 @@ fn leaving_cpu(now: u64) {
     }
     let latency = pending.wait - 1;
     let run = now.saturating_sub(pending.since);
-    let behind = pending.behind != 0;
     pending.wait = 0;
     if config(CFG_RUNQ_PER_CGROUP) == 0 {
         return;
@@ -176,7 +174,7 @@ fn leaving_cpu(now: u64) {
     // SAFETY: helper without preconditions.
     let id = unsafe { bpf_get_current_cgroup_id() };
     if let Some(stats) = cgroup_slot(id) {
-        record(stats, latency, behind);
+        record(stats, latency);
         stats.run_ns += run;
         return;
     }
@@ -187,7 +185,7 @@ fn leaving_cpu(now: u64) {
     if let Some(stats) = RUNQ_CGROUPS.get_ptr_mut(id) {
         // SAFETY: this CPU's copy of the value.
         let stats = unsafe { &mut *stats };
-        record(stats, latency, behind);
+        record(stats, latency);
         stats.run_ns += run;
     }
 }
@@ -259,7 +257,6 @@ pub fn sonde_runq_switch_raw(ctx: RawTracePointContext) -> i32 {
             *pending = Pending {
                 wait: latency + 1,
                 since: now,
-                behind: u64::from(from_task),
             }
         };
     }

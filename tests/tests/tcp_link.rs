@@ -524,8 +524,8 @@ fn retransmits_under_loss_match_the_kernels_retranssegs() {
     link.clear();
     sender.wait_success(scaled(Duration::from_secs(120)));
     drop(sink);
-    // A FIN lost several times is retransmitted seconds after the loss is
-    // gone (the timer backs off): wait until no socket is left in a state
+    // A segment lost several times is retransmitted seconds after the loss
+    // is gone (the timer backs off): wait until no socket is left in a state
     // that retransmits, then read the kernels, Sonde, and the kernels
     // again, until they agree they stood still.
     let deadline = std::time::Instant::now() + scaled(Duration::from_secs(60));
