@@ -508,6 +508,10 @@ impl Agent {
                 Some((s, t0.elapsed()))
             }
             None => {
+                eprintln!(
+                    "the agent did not exit within {timeout:?} of SIGTERM; its threads:\n{}",
+                    sys::where_threads_are(child.id())
+                );
                 let _ = child.kill();
                 if let Ok(s) = child.wait() {
                     self.exit = Some(s);

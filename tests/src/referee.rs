@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 use crate::agent::die_with_parent;
 use crate::sys;
 
+/// How long bpftrace gets to exit on SIGINT before the wait is reported
+/// (and, twice over, before it fails).
+const STOP_PATIENCE: Duration = Duration::from_secs(30);
+
 /// A running bpftrace script, stopped with SIGINT.
 pub struct Bpftrace {
     child: Child,
@@ -125,11 +129,26 @@ impl Bpftrace {
     /// Stops bpftrace with SIGINT and returns everything it printed.
     pub fn stop(mut self) -> String {
         sys::signal(self.child.id(), libc::SIGINT);
-        let status = sys::wait_timeout(&mut self.child, Duration::from_secs(30));
-        if status.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            panic!("bpftrace did not exit within 30 s of SIGINT");
+        if sys::wait_timeout(&mut self.child, STOP_PATIENCE).is_none() {
+            // Once, in CI, bpftrace sat past 30 s after SIGINT. Say where
+            // it was, and give a slow exit (its probes' detach waits for
+            // the kernel's grace periods) as long again before failing.
+            let threads = sys::where_threads_are(self.child.id());
+            let printed = self.seen.join("\n");
+            if sys::wait_timeout(&mut self.child, STOP_PATIENCE).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "bpftrace did not exit within {:?} of SIGINT; its threads at {STOP_PATIENCE:?}:\n\
+                     {threads}\nstdout so far: {printed}\nstderr: {}",
+                    STOP_PATIENCE * 2,
+                    self.stderr()
+                );
+            }
+            eprintln!(
+                "warning: bpftrace took over {STOP_PATIENCE:?} to exit on SIGINT; its threads \
+                 then:\n{threads}"
+            );
         }
         while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(2)) {
             self.seen.push(l);

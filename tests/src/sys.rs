@@ -238,6 +238,42 @@ pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> 
     }
 }
 
+/// Where each thread of `pid` is, for a process that did not exit in time:
+/// its state and wait channel from /proc, and its kernel stack (root only),
+/// so a hang names the syscall or kernel wait it sat in.
+pub fn where_threads_are(pid: u32) -> String {
+    let tasks = match std::fs::read_dir(format!("/proc/{pid}/task")) {
+        Ok(d) => d,
+        Err(e) => return format!("pid {pid}: cannot read /proc/{pid}/task: {e}"),
+    };
+    let mut out = String::new();
+    for t in tasks.flatten() {
+        let dir = t.path();
+        let read = |f: &str| {
+            std::fs::read_to_string(dir.join(f))
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_else(|e| format!("({f}: {e})"))
+        };
+        // stat's third field is the state; the comm before it may hold spaces.
+        let stat = read("stat");
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split(' ').next())
+            .unwrap_or("?")
+            .to_owned();
+        out.push_str(&format!(
+            "tid {} ({}) state {} wchan {} syscall {}\n{}\n",
+            t.file_name().to_string_lossy(),
+            read("comm"),
+            state,
+            read("wchan"),
+            read("syscall"),
+            read("stack")
+        ));
+    }
+    out
+}
+
 /// Sends `sig` to `pid`; panics if that fails for any reason but the process
 /// being gone already.
 pub fn signal(pid: u32, sig: libc::c_int) {
