@@ -11,7 +11,7 @@
 //!    [`netif`], [`config`] (with `Mode` and the MAPE-K `Overlay`), [`cli`],
 //!    [`family`] (metric family builder), [`notify`] (systemd's protocol),
 //!    [`tasks`] (supervision), [`pods`] (pod identity over CRI),
-//!    [`map_batch`] (batched map reads)
+//!    [`map_batch`] (batched map reads), [`heap`] (the allocator's policy)
 //! 1. probe helpers, signals and events: `probes::{btf, capabilities,
 //!    tiers}`, [`signals`] (each signal's tiers, maps and families),
 //!    [`events`]
@@ -33,6 +33,7 @@ pub mod daemon;
 pub mod events;
 pub mod family;
 pub mod health;
+pub mod heap;
 pub mod http;
 pub mod map_batch;
 pub mod mapek;

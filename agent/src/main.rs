@@ -11,25 +11,8 @@ use sonde::{
     daemon::{self, Failure},
 };
 
-/// glibc raises its mmap threshold to the size of each large buffer freed,
-/// so after one burst (a SYN flood filling the flow table) every later
-/// large buffer comes from the heap and its pages stay with the process:
-/// the agent's RSS keeps the burst's high-water mark for good (+9 MiB in a
-/// soak hour). A fixed threshold keeps large buffers in mmaps, returned
-/// when freed; two arenas bound per-thread heap fragmentation. (musl, the
-/// container build, returns large buffers anyway.)
-fn return_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; called before any
-    // thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
 fn main() -> ExitCode {
-    return_freed_memory();
+    sonde::heap::configure();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {

@@ -39,6 +39,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("netstat", 0),
     ("tasks", 0),
     ("map_batch", 0),
+    ("heap", 0),
     // Pod identity: cgroup paths and the runtime over CRI, a cache.
     ("pods", 0),
     ("pods::cgroup_path", 0),

@@ -100,7 +100,8 @@ async fn serve(
         );
     }
     let (caps, mut probes, leftovers) = load_probes(&config, &interfaces).await?;
-    give_back_heap();
+    // Loading parsed the kernel's BTF (megabytes) and the object.
+    crate::heap::give_back();
     let mut state = start_pipeline(&config, caps, &mut probes, started_at)?;
     state.serving = server.stats.clone();
     for &(kind, n) in &leftovers.removed {
@@ -220,18 +221,6 @@ async fn load_probes(
     .await
     .map_err(|e| Failure::runtime(format!("loading task failed: {e}")))?;
     Ok((caps, probes.map_err(Failure::runtime)?, leftovers))
-}
-
-/// Loading parsed the kernel's BTF (megabytes) and the object; give the
-/// freed heap back to the system rather than carry it for the agent's
-/// lifetime. (musl's allocator returns memory by itself and has no
-/// malloc_trim.)
-fn give_back_heap() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: plain libc call with no preconditions.
-    unsafe {
-        libc::malloc_trim(0)
-    };
 }
 
 /// Starts the ring reader and the collector over the loaded programs'
