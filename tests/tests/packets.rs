@@ -546,6 +546,45 @@ fn one_datagram_flows(lab: &Lab, sink: &str, flows: u64) {
     );
 }
 
+fn flows_created(s: &Scrape) -> f64 {
+    s.value_or_zero("sonde_flows_created_total", &[])
+}
+
+fn flows_expired(s: &Scrape) -> f64 {
+    s.value_or_zero("sonde_flows_expired_total", &[])
+}
+
+/// Waits (5 s) until more than `more_than` flows were created since
+/// `before`; the scrape that showed it.
+fn wait_flows_created(lab: &Lab, before: &Scrape, more_than: u64) -> Scrape {
+    lab.agent
+        .try_wait_for(Duration::from_secs(5), |s| {
+            flows_created(s) - flows_created(before) > more_than as f64
+        })
+        .unwrap_or_else(|last| {
+            panic!(
+                "sonde_flows_created_total rose by {} for more than {more_than} new flows",
+                flows_created(&last) - flows_created(before)
+            )
+        })
+}
+
+/// Waits up to `timeout` until `n` flows expired since `since`, all idle
+/// flows of one datagram; the scrape that showed it.
+fn wait_flows_expired(lab: &Lab, since: &Scrape, n: u64, timeout: Duration) -> Scrape {
+    lab.agent
+        .try_wait_for(timeout, |s| {
+            flows_expired(s) - flows_expired(since) >= n as f64
+        })
+        .unwrap_or_else(|last| {
+            panic!(
+                "{} flows expired in {timeout:?}, {n} of one datagram were idle:\n{}",
+                flows_expired(&last) - flows_expired(since),
+                last.grep("sonde_flow")
+            )
+        })
+}
+
 /// The flow table is bounded: with room for 32 flows, 96 distinct flows
 /// (one datagram each from its own source port) are all created, the table
 /// holds at most 32, and every flow that is gone is counted as evicted.
@@ -564,23 +603,12 @@ fn flow_table_is_bounded_and_evictions_are_counted() {
     let sink_addr = format!("{LAB_HOST_IP}:40160");
     let mut sink = Workload::spawn(&["udp-sink", &sink_addr, "60"]);
     sink.expect_line("ready", Duration::from_secs(10));
-    let before = settle_for(&lab, "flows before", |s| {
-        s.value_or_zero("sonde_flows_created_total", &[])
-    });
+    let before = settle_for(&lab, "flows before", flows_created);
     // Distinct source ports chosen by the workload, not the kernel: 96
     // ephemeral ports drawn at random collide about one run in six, and a
     // reused port whose flow is still in the table is rightly no new flow.
     one_datagram_flows(&lab, &sink_addr, FLOWS);
-    let created = |s: &Scrape| s.value_or_zero("sonde_flows_created_total", &[]);
-    let c0 = created(&before);
-    lab.agent
-        .try_wait_for(Duration::from_secs(5), |s| created(s) - c0 >= FLOWS as f64)
-        .unwrap_or_else(|last| {
-            panic!(
-                "sonde_flows_created_total rose by {} for {FLOWS} new flows",
-                created(&last) - c0
-            )
-        });
+    wait_flows_created(&lab, &before, FLOWS - 1);
     let after = settle_for(&lab, "flows after", |s| {
         s.value_or_zero("sonde_flow_evictions_total", &[])
     });
@@ -591,7 +619,7 @@ fn flow_table_is_bounded_and_evictions_are_counted() {
         "sonde_flows_active sums to {active}, above the table size {MAX}"
     );
     assert_eq!(
-        created(&after) - active - after.value_or_zero("sonde_flows_expired_total", &[]),
+        flows_created(&after) - active - flows_expired(&after),
         evicted,
         "created − active − expired must equal evicted:\n{}",
         after.grep("sonde_flow")
@@ -618,25 +646,12 @@ fn unreplied_flows_leave_the_table_in_seconds_and_others_stay() {
     let sink_addr = format!("{LAB_HOST_IP}:40170");
     let mut sink = Workload::spawn(&["udp-sink", &sink_addr, "90"]);
     sink.expect_line("ready", Duration::from_secs(10));
-    let created = |s: &Scrape| s.value_or_zero("sonde_flows_created_total", &[]);
-    let expired = |s: &Scrape| s.value_or_zero("sonde_flows_expired_total", &[]);
-    let before = settle_for(&lab, "flows before", created);
+    let before = settle_for(&lab, "flows before", flows_created);
     // One flow of five datagrams, then SHORT flows of one datagram each
     // (one source address, distinct source ports).
     Workload::run_in(&lab.ns, &["udp-send", &sink_addr, "5", "10"], SEND_TIMEOUT);
     one_datagram_flows(&lab, &sink_addr, SHORT);
-    let sent = lab
-        .agent
-        .try_wait_for(Duration::from_secs(5), |s| {
-            created(s) - created(&before) > SHORT as f64
-        })
-        .unwrap_or_else(|last| {
-            panic!(
-                "sonde_flows_created_total rose by {} for {} new flows",
-                created(&last) - created(&before),
-                SHORT + 1
-            )
-        });
+    let sent = wait_flows_created(&lab, &before, SHORT);
     // FlowKey: dst_port (host order) at bytes 42..44; FlowStats: packets
     // (u64) first.
     let ours = |entries: &[(Vec<u8>, Vec<u8>)]| -> Vec<u64> {
@@ -652,18 +667,7 @@ fn unreplied_flows_leave_the_table_in_seconds_and_others_stay() {
         SHORT + 1,
         "flows to the sink in the kernel's table"
     );
-    let after = lab
-        .agent
-        .try_wait_for(Duration::from_secs(30), |s| {
-            expired(s) - expired(&sent) >= SHORT as f64
-        })
-        .unwrap_or_else(|last| {
-            panic!(
-                "{} flows expired in 30 s, {SHORT} of one datagram were idle:\n{}",
-                expired(&last) - expired(&sent),
-                last.grep("sonde_flow")
-            )
-        });
+    let after = wait_flows_expired(&lab, &sent, SHORT, Duration::from_secs(30));
     let table = sonde_tests::bpf::map_entries(lab.agent.pid(), "FLOWS");
     assert_eq!(
         ours(&table),
@@ -675,5 +679,45 @@ fn unreplied_flows_leave_the_table_in_seconds_and_others_stay() {
         (active - table.len() as f64).abs() <= 2.0,
         "sonde_flows_active says {active}, the kernel's table holds {}",
         table.len()
+    );
+}
+
+/// What a flood held is given back once its flows have left the table: the
+/// agent's RSS returns to within a quarter of what the flood added (and
+/// 512 KiB), rather than keeping the burst's high-water mark. 20,000 flows
+/// of one datagram each leave after 10 s idle (the unreplied timeout).
+#[test]
+fn a_floods_memory_is_given_back_once_its_flows_leave() {
+    if !require_root() {
+        return;
+    }
+    const FLOWS: u64 = 20_000;
+    let lab = Lab::start(Config::new().set("network", "flow_idle_timeout_s", "300"));
+    let sink_addr = format!("{LAB_HOST_IP}:40180");
+    let mut sink = Workload::spawn(&["udp-sink", &sink_addr, "90"]);
+    sink.expect_line("ready", Duration::from_secs(10));
+    let before = settle_for(&lab, "flows before", flows_created);
+    let rss = || sonde_tests::ops::footprint::measure(lab.agent.pid()).rss_bytes as f64 / 1024.0;
+    let rss_before = rss();
+    one_datagram_flows(&lab, &sink_addr, FLOWS);
+    let sent = wait_flows_created(&lab, &before, FLOWS - 1);
+    let rss_held = rss();
+    wait_flows_expired(&lab, &sent, FLOWS, Duration::from_secs(40));
+    // A collection after the one that removed them.
+    std::thread::sleep(SPACING);
+    let rss_after = rss();
+    let burst = rss_held - rss_before;
+    println!(
+        "RSS: {rss_before:.0} KiB before, {rss_held:.0} KiB holding {FLOWS} flows, \
+         {rss_after:.0} KiB once they left"
+    );
+    assert!(
+        burst >= 1024.0,
+        "holding {FLOWS} flows added only {burst:.0} KiB: the flood did not reach the table"
+    );
+    assert!(
+        rss_after - rss_before <= (burst / 4.0).max(512.0),
+        "RSS {rss_before:.0} KiB before the flood, {rss_held:.0} KiB holding its {FLOWS} flows, \
+         {rss_after:.0} KiB once they left: more than a quarter of the burst (or 512 KiB) kept"
     );
 }

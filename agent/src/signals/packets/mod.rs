@@ -246,7 +246,9 @@ impl Maps {
         now.saturating_sub(flow.last_seen_ns) > timeout
     }
 
-    fn read_flows(&mut self, created: u64) -> Result<FlowView, MapError> {
+    /// The flow table's view this cycle, and whether a burst's flows left
+    /// it (`seen` shrank).
+    fn read_flows(&mut self, created: u64) -> Result<(FlowView, bool), MapError> {
         let now = monotonic_ns();
         self.generation = self.generation.wrapping_add(1);
         let generation = self.generation;
@@ -346,7 +348,7 @@ impl Maps {
         self.seen.retain(|_, s| s.generation == generation);
         view.active = active.into_iter().collect();
         self.remove_idle(&idle, &mut view.active);
-        give_back_capacity(&mut self.seen);
+        let shrunk = give_back_capacity(&mut self.seen);
         self.peers.observe(&deltas);
         view.widest_peer = fan_out
             .into_iter()
@@ -362,7 +364,7 @@ impl Maps {
         view.expired = self.flows_expired;
         view.evictions = self.flow_evictions;
         view.peers = self.peers.rows();
-        Ok(view)
+        Ok((view, shrunk))
     }
 }
 
@@ -381,7 +383,13 @@ impl Source for Maps {
         let created = counters.get(FLOW_CREATED as usize).copied().unwrap_or(0);
         // A failed read leaves the flow families empty this cycle.
         self.flow_view = FlowView::default();
-        self.flow_view = self.read_flows(created)?;
+        let (view, shrunk) = self.read_flows(created)?;
+        self.flow_view = view;
+        if shrunk {
+            // The burst's flows are gone and so is this cycle's reading of
+            // them (freed on return from read_flows): give the pages back.
+            crate::heap::give_back();
+        }
         Ok(())
     }
 
@@ -429,12 +437,15 @@ const MIN_SHRINK_CAPACITY: usize = 1024;
 /// SYN flood in the soak) would stay allocated for the agent's life.
 /// Shrunk once it is under a quarter full, to twice what it holds, so a
 /// table that only breathes is not reallocated every cycle.
+/// True when it shrank.
 fn give_back_capacity<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(
     map: &mut HashMap<K, V, S>,
-) {
+) -> bool {
     if map.capacity() > MIN_SHRINK_CAPACITY && map.len() < map.capacity() / 4 {
         map.shrink_to(map.len() * 2);
+        return true;
     }
+    false
 }
 
 /// The [`CYCLE_PEERS_KEPT`] heaviest (peer, protocol) rows by packets,
@@ -708,17 +719,17 @@ mod tests {
         // Breathing in the upper three quarters keeps the allocation
         // (`capacity` counts free slots, less those deletions left).
         seen.retain(|&i, _| i < 20_000);
-        give_back_capacity(&mut seen);
+        assert!(!give_back_capacity(&mut seen));
         assert!(seen.capacity() > 40_000, "kept {} slots", seen.capacity());
         // The flood's flows leave: a few hundred stay.
         seen.retain(|&i, _| i < 300);
-        give_back_capacity(&mut seen);
+        assert!(give_back_capacity(&mut seen));
         assert!(seen.capacity() < 2_048, "kept {} slots", seen.capacity());
         assert_eq!(seen.len(), 300);
         // Small tables are left alone.
         seen.retain(|&i, _| i < 3);
         let small = seen.capacity();
-        give_back_capacity(&mut seen);
+        assert!(!give_back_capacity(&mut seen));
         assert_eq!(seen.capacity(), small);
     }
 
