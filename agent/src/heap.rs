@@ -26,8 +26,8 @@ pub fn configure() {
 /// Returns the free pages inside glibc's arenas to the system, after the
 /// agent dropped what a burst held. The small allocations a burst made
 /// (below the mmap threshold) are freed into an arena, and a live chunk
-/// above them keeps the arena from shrinking: a soak's connection storm
-/// left 1.2 MiB resident that way after its 22,000 flows had expired.
+/// above them keeps the arena from shrinking: a connection storm's 22,000
+/// flows left about 1 MiB resident that way after they had expired.
 /// `malloc_trim` releases whole free pages anywhere in every arena. It
 /// walks the arenas' free lists, so it is for after a burst, not each
 /// cycle.

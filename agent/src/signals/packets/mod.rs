@@ -436,8 +436,8 @@ const MIN_SHRINK_CAPACITY: usize = 1024;
 /// table that held them (about 80 bytes a flow, 5 MiB after a 40,000-flow
 /// SYN flood in the soak) would stay allocated for the agent's life.
 /// Shrunk once it is under a quarter full, to twice what it holds, so a
-/// table that only breathes is not reallocated every cycle.
-/// True when it shrank.
+/// table that only breathes is not reallocated every cycle. True when it
+/// shrank.
 fn give_back_capacity<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(
     map: &mut HashMap<K, V, S>,
 ) -> bool {
