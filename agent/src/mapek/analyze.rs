@@ -93,6 +93,10 @@ pub struct Anomaly {
     pub container_id: Option<String>,
     #[serde(skip)]
     quiet: u32,
+    /// Cycles since a feature of its own kind fired (not a symptom's it
+    /// absorbed): a cause explains later symptoms only while it is current.
+    #[serde(skip)]
+    own_quiet: u32,
     /// Cycles since it opened.
     #[serde(skip)]
     age: u32,
@@ -141,6 +145,7 @@ impl Anomaly {
             container: None,
             container_id: None,
             quiet: 0,
+            own_quiet: 0,
             age: 0,
             subject_from_culprit: false,
         }
@@ -589,8 +594,17 @@ impl Analyzer {
                 }
             }
         }
-        // ... or of a cause already in progress.
-        let active_kinds: Vec<&'static str> = self.active.iter().map(|a| a.kind).collect();
+        // ... or of a cause in progress: one whose own features fired last
+        // cycle (a symptom may lag its cause by a cycle). A cause that has
+        // gone quiet explains nothing new: CPU saturation that outlasts a
+        // burst of failing calls at its start (stress-ng's workers starting
+        // up) is an incident of its own, not the burst's.
+        let active_kinds: Vec<&'static str> = self
+            .active
+            .iter()
+            .filter(|a| a.own_quiet == 0)
+            .map(|a| a.kind)
+            .collect();
         let symptoms: Vec<&'static str> = firing.keys().copied().collect();
         for symptom in symptoms {
             if let Some(cause) = explained_by(symptom, active_kinds.iter().copied()) {
@@ -675,6 +689,16 @@ impl Analyzer {
             anomaly.set_pod(subjects);
             if let Some(evidence) = firing.remove(anomaly.kind) {
                 anomaly.quiet = 0;
+                let own = evidence.iter().any(|e| {
+                    FEATURES
+                        .iter()
+                        .any(|f| f.0 == e.feature && f.1 == anomaly.kind)
+                });
+                anomaly.own_quiet = if own {
+                    0
+                } else {
+                    anomaly.own_quiet.saturating_add(1)
+                };
                 anomaly.score = evidence
                     .iter()
                     .map(|e| e.score)
@@ -684,6 +708,7 @@ impl Analyzer {
                 anomaly.evidence = evidence;
             } else {
                 anomaly.quiet += 1;
+                anomaly.own_quiet = anomaly.own_quiet.saturating_add(1);
             }
         }
         for (kind, evidence) in firing {
@@ -706,6 +731,7 @@ impl Analyzer {
                 container: None,
                 container_id: None,
                 quiet: 0,
+                own_quiet: 0,
                 age: 0,
                 subject_from_culprit,
             };
@@ -1065,6 +1091,62 @@ mod tests {
         let opened = a.observe(&bloat, &Subjects::default(), 40.0);
         assert_eq!(opened.len(), 1, "{opened:?}");
         assert_eq!(opened[0].kind, "latency_regression");
+    }
+
+    /// CPU hogs starting up: their first cycle has a burst of failing
+    /// calls (which explains the run queue's move in that cycle), and the
+    /// saturation then goes on without it. The burst explains the next
+    /// cycle still (a symptom may lag), but once it has been quiet for a
+    /// whole cycle, the saturation is an anomaly of its own.
+    #[test]
+    fn a_symptom_that_outlasts_its_cause_is_named_for_itself() {
+        let mut a = Analyzer::new(6.0, 10, 3);
+        let normal = |i: u32| {
+            let mut f = Features::new();
+            let wobble = f64::from(i % 3);
+            f.insert("syscalls_per_second", 3_000.0 + 100.0 * wobble);
+            f.insert("syscall_error_share", 0.04 + 0.005 * wobble);
+            f.insert("runqueue_mean_wait_seconds", 0.0002 + 0.00002 * wobble);
+            f.insert("runqueue_waiting_per_cpu", 0.05 + 0.01 * wobble);
+            f
+        };
+        for i in 0..30 {
+            assert!(
+                a.observe(&normal(i), &Subjects::default(), f64::from(i))
+                    .is_empty()
+            );
+        }
+        let mut start = normal(30);
+        start.insert("syscall_error_share", 0.26);
+        start.insert("runqueue_mean_wait_seconds", 0.0017);
+        let opened = a.observe(&start, &Subjects::default(), 30.0);
+        assert_eq!(opened.len(), 1, "{opened:?}");
+        assert_eq!(opened[0].kind, "syscall_error_spike");
+        assert_eq!(opened[0].evidence.len(), 2, "{opened:?}");
+        let saturated = |i: u32| {
+            let mut f = normal(i);
+            f.insert("runqueue_mean_wait_seconds", 0.004);
+            f.insert("runqueue_waiting_per_cpu", 2.0);
+            f
+        };
+        // The cycle after the burst: a symptom that lags its cause joins it.
+        assert!(
+            a.observe(&saturated(31), &Subjects::default(), 31.0)
+                .is_empty()
+        );
+        // The burst quiet a whole cycle: the saturation is its own.
+        let opened = a.observe(&saturated(32), &Subjects::default(), 32.0);
+        assert_eq!(opened.len(), 1, "{opened:?}");
+        assert_eq!(opened[0].kind, "cpu_saturation");
+        let kinds: Vec<&str> = a.active.iter().map(|x| x.kind).collect();
+        assert_eq!(kinds, ["syscall_error_spike", "cpu_saturation"]);
+        // The burst's anomaly closes on its own quiet cycles; the
+        // saturation's stays while the hogs run.
+        for i in 33..36 {
+            a.observe(&saturated(i), &Subjects::default(), f64::from(i));
+        }
+        let kinds: Vec<&str> = a.active.iter().map(|x| x.kind).collect();
+        assert_eq!(kinds, ["cpu_saturation"]);
     }
 
     #[test]
