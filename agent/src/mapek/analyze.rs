@@ -582,6 +582,8 @@ impl Analyzer {
             b.samples += 1;
         }
 
+        // The kinds whose own features fired, before symptoms join causes.
+        let fired_own: BTreeSet<&'static str> = firing.keys().copied().collect();
         // Symptoms join the evidence of a cause firing in the same cycle,
         // most specific cause first.
         for &(cause, symptoms) in EXPLAINS {
@@ -689,12 +691,7 @@ impl Analyzer {
             anomaly.set_pod(subjects);
             if let Some(evidence) = firing.remove(anomaly.kind) {
                 anomaly.quiet = 0;
-                let own = evidence.iter().any(|e| {
-                    FEATURES
-                        .iter()
-                        .any(|f| f.0 == e.feature && f.1 == anomaly.kind)
-                });
-                anomaly.own_quiet = if own {
+                anomaly.own_quiet = if fired_own.contains(anomaly.kind) {
                     0
                 } else {
                     anomaly.own_quiet.saturating_add(1)
