@@ -554,16 +554,16 @@ fn flows_expired(s: &Scrape) -> f64 {
     s.value_or_zero("sonde_flows_expired_total", &[])
 }
 
-/// Waits (5 s) until more than `more_than` flows were created since
-/// `before`; the scrape that showed it.
-fn wait_flows_created(lab: &Lab, before: &Scrape, more_than: u64) -> Scrape {
+/// Waits (5 s) until `n` flows were created since `before`; the scrape
+/// that showed it.
+fn wait_flows_created(lab: &Lab, before: &Scrape, n: u64) -> Scrape {
     lab.agent
         .try_wait_for(Duration::from_secs(5), |s| {
-            flows_created(s) - flows_created(before) > more_than as f64
+            flows_created(s) - flows_created(before) >= n as f64
         })
         .unwrap_or_else(|last| {
             panic!(
-                "sonde_flows_created_total rose by {} for more than {more_than} new flows",
+                "sonde_flows_created_total rose by {} for {n} new flows",
                 flows_created(&last) - flows_created(before)
             )
         })
@@ -608,7 +608,7 @@ fn flow_table_is_bounded_and_evictions_are_counted() {
     // ephemeral ports drawn at random collide about one run in six, and a
     // reused port whose flow is still in the table is rightly no new flow.
     one_datagram_flows(&lab, &sink_addr, FLOWS);
-    wait_flows_created(&lab, &before, FLOWS - 1);
+    wait_flows_created(&lab, &before, FLOWS);
     let after = settle_for(&lab, "flows after", |s| {
         s.value_or_zero("sonde_flow_evictions_total", &[])
     });
@@ -651,7 +651,7 @@ fn unreplied_flows_leave_the_table_in_seconds_and_others_stay() {
     // (one source address, distinct source ports).
     Workload::run_in(&lab.ns, &["udp-send", &sink_addr, "5", "10"], SEND_TIMEOUT);
     one_datagram_flows(&lab, &sink_addr, SHORT);
-    let sent = wait_flows_created(&lab, &before, SHORT);
+    let sent = wait_flows_created(&lab, &before, SHORT + 1);
     // FlowKey: dst_port (host order) at bytes 42..44; FlowStats: packets
     // (u64) first.
     let ours = |entries: &[(Vec<u8>, Vec<u8>)]| -> Vec<u64> {
@@ -700,7 +700,7 @@ fn a_floods_memory_is_given_back_once_its_flows_leave() {
     let rss = || sonde_tests::ops::footprint::measure(lab.agent.pid()).rss_bytes as f64 / 1024.0;
     let rss_before = rss();
     one_datagram_flows(&lab, &sink_addr, FLOWS);
-    let sent = wait_flows_created(&lab, &before, FLOWS - 1);
+    let sent = wait_flows_created(&lab, &before, FLOWS);
     let rss_held = rss();
     wait_flows_expired(&lab, &sent, FLOWS, Duration::from_secs(40));
     // A collection after the one that removed them.
