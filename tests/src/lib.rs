@@ -13,11 +13,13 @@
 //! This is Sonde's one harness: xtask's benchmark, evaluation and stack
 //! use the same agent launcher ([`Agent::launch`]), HTTP client ([`http`]),
 //! metrics parser ([`Scrape`]), namespaces and veth pairs, cgroups
-//! ([`cgroup`]), child processes ([`process`]) and tool checks ([`sys`]).
+//! ([`cgroup`]), loop devices ([`block`]), child processes ([`process`])
+//! and tool checks ([`sys`]).
 //! Most helpers come in two forms: one that panics with a clear message
 //! (for tests) and a `try_` one that returns the error (for xtask).
 
 pub mod agent;
+pub mod block;
 pub mod bpf;
 pub mod cgroup;
 #[cfg(feature = "cri")]

@@ -12,6 +12,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use sonde_tests::{
+    block::LoopDevice,
     process::command,
     sys::{cmd, output},
 };
@@ -521,7 +522,16 @@ impl Setup {
             _drop_rule: None,
         };
         match load {
-            Load::Block => setup.loopdev = Some(LoopDevice::create()?),
+            // On tmpfs: the load times the hooks, not a disk. 96 MiB:
+            // room for 20,000 writes of 4 KiB.
+            Load::Block => {
+                setup.loopdev = Some(LoopDevice::try_new(
+                    std::path::Path::new("/dev/shm/sb-families-block.img"),
+                    96 << 20,
+                    None,
+                    false,
+                )?)
+            }
             Load::Tcp => setup._net = Some(BenchNet::create()?),
             Load::Drops => {
                 setup._net = Some(BenchNet::create()?);
@@ -544,7 +554,7 @@ fn load(ctx: &Ctx, load: Load, setup: &Setup, sizes: &Sizes) -> anyhow::Result<(
     let timeout = Duration::from_secs(sizes.secs) + SLACK;
     match load {
         Load::Block => {
-            let dev = &setup.loopdev.as_ref().context("no loop device")?.device;
+            let dev = setup.loopdev.as_ref().context("no loop device")?.device();
             let (of, count) = (format!("of={dev}"), format!("count={}", sizes.block_writes));
             run_tool(
                 cmd(
@@ -624,40 +634,6 @@ fn run_tool(tool: Command, timeout: Duration) -> anyhow::Result<()> {
     let name = tool.get_program().to_string_lossy().into_owned();
     Proc::spawn(&name, tool)?.finish(timeout)?;
     Ok(())
-}
-
-/// A loop device on a tmpfs file (`/dev/shm/sb-families-block.img`), both
-/// removed on drop.
-struct LoopDevice {
-    device: String,
-    file: String,
-}
-
-impl LoopDevice {
-    fn create() -> anyhow::Result<LoopDevice> {
-        let file = "/dev/shm/sb-families-block.img".to_owned();
-        // 96 MiB: room for 20,000 writes of 4 KiB.
-        let f = fs::File::create(&file).with_context(|| format!("creating {file}"))?;
-        f.set_len(96 << 20)
-            .with_context(|| format!("sizing {file}"))?;
-        let device = match output(&mut cmd("losetup", &["--find", "--show", &file])) {
-            Ok(d) => d.trim().to_owned(),
-            Err(e) => {
-                let _ = fs::remove_file(&file);
-                bail!("losetup --find --show {file}: {e}");
-            }
-        };
-        Ok(LoopDevice { device, file })
-    }
-}
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        if let Err(e) = output(&mut cmd("losetup", &["-d", &self.device])) {
-            eprintln!("warning: losetup -d {}: {e}", self.device);
-        }
-        let _ = fs::remove_file(&self.file);
-    }
 }
 
 /// An iptables rule dropping UDP to [`DROP_PORT`] arriving on the bench

@@ -1,0 +1,280 @@
+//! Block devices a test makes and removes: a loop device over a file, and
+//! a slow one, whose requests wait on a write limit for its writer's
+//! cgroup on the disk under its file. The kernel's own per-device
+//! counters (/sys/block/NAME/stat) are the referee for what they did.
+
+use std::{
+    io,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use crate::sys::{cmd, output};
+
+/// A loop device over a file, detached and the file removed on drop.
+pub struct LoopDevice {
+    device: String,
+    file: PathBuf,
+}
+
+impl LoopDevice {
+    /// A loop device over a new sparse file of `size` bytes at `file`: the
+    /// first free one, or `at` ("/dev/loop57", made if missing) when
+    /// given; with `direct_io`, requests go straight to the file's own
+    /// disk, with no page cache between.
+    pub fn try_new(
+        file: &Path,
+        size: u64,
+        at: Option<&str>,
+        direct_io: bool,
+    ) -> io::Result<LoopDevice> {
+        let f = std::fs::File::create(file)
+            .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", file.display())))?;
+        f.set_len(size)?;
+        let file_arg = file.display().to_string();
+        let mut args = vec!["--direct-io=".to_owned() + if direct_io { "on" } else { "off" }];
+        match at {
+            Some(device) => args.extend([device.to_owned(), file_arg]),
+            None => args.extend(["--find".to_owned(), "--show".to_owned(), file_arg]),
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let device = match output(&mut cmd("losetup", &args)) {
+            Ok(out) => at.map_or_else(|| out.trim().to_owned(), str::to_owned),
+            Err(e) => {
+                let _ = std::fs::remove_file(file);
+                return Err(e);
+            }
+        };
+        let loop_device = LoopDevice {
+            device,
+            file: file.to_owned(),
+        };
+        if direct_io {
+            let dio =
+                std::fs::read_to_string(format!("/sys/block/{}/loop/dio", loop_device.name()))
+                    .unwrap_or_default();
+            if dio.trim() != "1" {
+                return Err(io::Error::other(format!(
+                    "{} over {}: the kernel refused direct I/O to the file (its file system \
+                     must support O_DIRECT)",
+                    loop_device.device,
+                    file.display()
+                )));
+            }
+        }
+        Ok(loop_device)
+    }
+
+    /// [`LoopDevice::try_new`] over an 8 MiB file in the temporary
+    /// directory, panicking on failure.
+    pub fn new(tag: &str) -> LoopDevice {
+        let file = std::env::temp_dir().join(format!("sonde-{tag}-{}.img", std::process::id()));
+        LoopDevice::try_new(&file, 8 << 20, None, false).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Its path, "/dev/loop3".
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    /// Its name as sysfs and the agent's metrics give it, "loop3".
+    pub fn name(&self) -> &str {
+        self.device.trim_start_matches("/dev/")
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        if let Err(e) = output(&mut cmd("losetup", &["-d", &self.device])) {
+            eprintln!("warning: losetup -d {}: {e}", self.device);
+        }
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// A loop device whose writes, made by [`SlowDevice::writers`], each wait
+/// on a write limit (bytes per second) the test's cgroup has on the disk
+/// under its backing file: the loop driver writes the file on the
+/// writer's behalf, charged to the writer's cgroup, so each request on the
+/// loop device takes its size over the limit. A slow disk the kernel times
+/// like any other, made from a loop device and the block throttle (this
+/// kernel has no null_blk or dm-delay).
+pub struct SlowDevice {
+    device: LoopDevice,
+    cgroup: PathBuf,
+    /// The cgroup file that takes a task's pid.
+    procs: PathBuf,
+}
+
+impl SlowDevice {
+    /// A slow device of 64 MiB over a file in `dir` (which must be on a
+    /// block device: a disk or a partition of one), at `at` when given,
+    /// its writes limited to `bytes_per_second`.
+    pub fn try_new(dir: &Path, at: Option<&str>, bytes_per_second: u64) -> io::Result<SlowDevice> {
+        let disk = disk_under(dir)?;
+        let tag = format!("sonde-slow-{}", std::process::id());
+        let (cgroup, procs) = throttled_cgroup(&tag, &disk, bytes_per_second)?;
+        let file = dir.join(format!("{tag}.img"));
+        let device = match LoopDevice::try_new(&file, 64 << 20, at, true) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = std::fs::remove_dir(&cgroup);
+                return Err(e);
+            }
+        };
+        Ok(SlowDevice {
+            device,
+            cgroup,
+            procs,
+        })
+    }
+
+    pub fn loop_device(&self) -> &LoopDevice {
+        &self.device
+    }
+
+    /// `writers` `dd`s, each writing `count` blocks of `block_size` bytes
+    /// with O_DIRECT to a region of the device its own, from inside the
+    /// throttled cgroup: each has one request in flight at a time, and a
+    /// request waits for the limit to pass the others' ahead of it, about
+    /// `writers` × `block_size` / the limit. Stopped (SIGTERM) it stops
+    /// its writers.
+    pub fn writers(&self, block_size: u64, count: u64, writers: u64) -> Command {
+        // Regions apart: the kernel tracks a request in flight by its
+        // device and first sector.
+        let script = format!(
+            "echo $$ > {procs} || exit 1; pids=''; \
+             trap 'kill $pids 2>/dev/null; exit 143' TERM INT; i=0; \
+             while [ $i -lt {writers} ]; do \
+             dd if=/dev/zero of={device} bs={block_size} count={count} seek=$((i * {count})) \
+             oflag=direct status=none & pids=\"$pids $!\"; i=$((i + 1)); done; \
+             status=0; for p in $pids; do wait $p || status=1; done; exit $status",
+            procs = self.procs.display(),
+            device = self.device.device()
+        );
+        let mut c = Command::new("sh");
+        c.args(["-c", &script]);
+        c
+    }
+}
+
+impl Drop for SlowDevice {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.cgroup).is_ok() || !self.cgroup.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("warning: could not remove {}", self.cgroup.display());
+    }
+}
+
+/// The whole disk ("MAJ:MIN") holding `dir`'s file system: the block
+/// throttle takes whole disks, not partitions.
+fn disk_under(dir: &Path) -> io::Result<String> {
+    let dev = std::fs::metadata(dir)?.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let sys = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    if !sys.exists() {
+        return Err(io::Error::other(format!(
+            "{} is not on a block device ({major}:{minor}: tmpfs, overlay or another \
+             virtual file system); a slow device needs a file on a disk",
+            dir.display()
+        )));
+    }
+    let whole = if sys.join("partition").exists() {
+        sys.join("..")
+    } else {
+        sys
+    };
+    Ok(std::fs::read_to_string(whole.join("dev"))?
+        .trim()
+        .to_owned())
+}
+
+/// A new cgroup whose writes to `disk` are limited to `bytes_per_second`,
+/// and its procs file: the v1 blkio controller where it is mounted, else
+/// cgroup2's io controller (enabled for the root's children if needed).
+fn throttled_cgroup(
+    tag: &str,
+    disk: &str,
+    bytes_per_second: u64,
+) -> io::Result<(PathBuf, PathBuf)> {
+    let v1 = Path::new("/sys/fs/cgroup/blkio");
+    let (dir, file, limit) = if v1.join("blkio.throttle.write_bps_device").exists() {
+        (
+            v1.join(tag),
+            "blkio.throttle.write_bps_device",
+            format!("{disk} {bytes_per_second}"),
+        )
+    } else {
+        let root = crate::cgroup::v2_mount()
+            .ok_or_else(|| io::Error::other("neither cgroup v1 blkio nor cgroup2 is mounted"))?;
+        std::fs::write(root.join("cgroup.subtree_control"), "+io").map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("enabling the io controller in {}: {e}", root.display()),
+            )
+        })?;
+        (
+            root.join(tag),
+            "io.max",
+            format!("{disk} wbps={bytes_per_second}"),
+        )
+    };
+    if !dir.exists() {
+        std::fs::create_dir(&dir)
+            .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", dir.display())))?;
+    }
+    if let Err(e) = std::fs::write(dir.join(file), &limit) {
+        let _ = std::fs::remove_dir(&dir);
+        return Err(io::Error::new(
+            e.kind(),
+            format!("writing {limit:?} to {}: {e}", dir.join(file).display()),
+        ));
+    }
+    let procs = dir.join("cgroup.procs");
+    Ok((dir, procs))
+}
+
+/// A block device's completed reads and writes and the milliseconds they
+/// took, by the kernel's own accounting (/sys/block/NAME/stat).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DiskStat {
+    pub reads: u64,
+    pub read_ms: u64,
+    pub writes: u64,
+    pub write_ms: u64,
+}
+
+impl DiskStat {
+    pub fn read(name: &str) -> io::Result<DiskStat> {
+        let text = std::fs::read_to_string(format!("/sys/block/{name}/stat"))?;
+        let f: Vec<u64> = text
+            .split_whitespace()
+            .map(|v| v.parse().unwrap_or(0))
+            .collect();
+        if f.len() < 8 {
+            return Err(io::Error::other(format!(
+                "/sys/block/{name}/stat: {text:?}"
+            )));
+        }
+        Ok(DiskStat {
+            reads: f[0],
+            read_ms: f[3],
+            writes: f[4],
+            write_ms: f[7],
+        })
+    }
+
+    /// The mean write latency between `before` and `self`, in seconds
+    /// (the kernel counts whole milliseconds per request).
+    pub fn mean_write_seconds_since(&self, before: &DiskStat) -> Option<f64> {
+        let writes = self.writes.checked_sub(before.writes).filter(|&w| w > 0)?;
+        let ms = self.write_ms.saturating_sub(before.write_ms);
+        Some(ms as f64 / 1e3 / writes as f64)
+    }
+}
