@@ -1,7 +1,8 @@
 //! MAPE-K on real incidents: after a warm-up on the quiet test machine, a
 //! syscall storm and a port scan from a test namespace are each detected,
 //! named from their evidence (the scan with its source peer), and answered
-//! with a recorded (dry-run) zoom; CPU saturation names its cgroup; an operator's verdict widens that kind's
+//! with a recorded (dry-run) zoom; CPU saturation names its cgroup, a slow
+//! disk its device; an operator's verdict widens that kind's
 //! threshold; what was learned (baselines, thresholds, verdicts) survives a
 //! restart.
 
@@ -387,6 +388,75 @@ fn moderate_cpu_contention_is_detected_by_the_time_tasks_wait() {
     std::thread::sleep(Duration::from_secs(3));
     let later = agent.wait_for_anomaly_since("cpu_saturation", start);
     assert_eq!(later["culprits"][0]["cgroup"], label, "{later}");
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A disk that slows down is named by its device: four writers of 16 KiB
+/// requests to a loop device whose writes wait on a 1 MiB/s limit of their
+/// cgroup (each request about 4 × 16 KiB / 1 MiB/s = 62 ms, where the
+/// machine's disks take a few ms at most) open `io_latency_regression`
+/// with that device as its top culprit. Its mean latency agrees with the
+/// kernel's own counters for the device (/sys/block/NAME/stat: writes
+/// and the milliseconds they took) over the same seconds.
+#[test]
+fn a_slow_disk_is_detected_and_named_by_its_device() {
+    use sonde_tests::block::{DiskStat, SlowDevice};
+    if !require_root() {
+        return;
+    }
+    let dir = state_dir("disk");
+    let agent = Agent::start(&mapek_config(&dir).render(), &[]);
+    warmed_up(&agent);
+    // On the disk under /var/tmp: the slowness is that disk's limit.
+    let slow = SlowDevice::try_new(std::path::Path::new("/var/tmp"), None, 1 << 20)
+        .unwrap_or_else(|e| panic!("making a slow device: {e}"));
+    let name = slow.loop_device().name().to_owned();
+    // 4 × 160 requests of 16 KiB: about 10 s at 1 MiB/s.
+    let mut writers =
+        sonde_tests::process::Proc::spawn("dd (slow writers)", slow.writers(16 << 10, 160, 4))
+            .expect("starting the writers");
+    let anomaly = agent.wait_for_anomaly("io_latency_regression");
+    let start = anomaly["start"].as_f64().unwrap_or(0.0);
+    // Both measured over the same seconds, all four writers busy.
+    let before = DiskStat::read(&name).expect("the device's stat");
+    std::thread::sleep(Duration::from_secs(3));
+    let after = DiskStat::read(&name).expect("the device's stat");
+    let anomaly = agent.wait_for_anomaly_since("io_latency_regression", start);
+    assert!(
+        writers.running(),
+        "the writers ended early: {}",
+        writers.stderr_tail()
+    );
+    drop(writers);
+    let kernel = after
+        .mean_write_seconds_since(&before)
+        .unwrap_or_else(|| panic!("no write completed on {name} in 3 s: {after:?}"));
+    let top = &anomaly["culprits"][0];
+    assert_eq!(top["kind"], "device", "{anomaly}");
+    assert_eq!(top["device"], name.as_str(), "{anomaly}");
+    let mean = top["amount"].as_f64().unwrap_or_default();
+    println!(
+        "{name}: Sonde's mean {:.1} ms per request in the last cycle, the kernel's {:.1} ms over \
+         {} writes in 3 s; subject: {}",
+        mean * 1e3,
+        kernel * 1e3,
+        after.writes - before.writes,
+        anomaly["subject"]
+    );
+    assert!(
+        (0.75 * kernel..=1.25 * kernel).contains(&mean),
+        "{name}: Sonde's mean {:.1} ms, the kernel's {:.1} ms: {anomaly}",
+        mean * 1e3,
+        kernel * 1e3
+    );
+    assert!(
+        anomaly["subject"]
+            .as_str()
+            .is_some_and(|s| s.starts_with(&format!("device {name}:"))),
+        "{anomaly}"
+    );
+    drop(slow);
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -177,6 +177,14 @@ pub const FEATURES: &[(&str, &str, f64)] = &[
     ("runqueue_waiting_per_cpu", "cpu_saturation", 0.4),
     ("process_exits_per_second", "fork_storm", 200.0),
     ("process_execs_per_second", "exec_storm", 200.0),
+    // The slowest block device's mean read or write (among devices that
+    // completed a few this cycle): an SSD's take well under 1 ms, a busy
+    // spinning disk's 5-15 ms; 20 ms each is a saturated or failing disk.
+    (
+        "block_io_mean_latency_seconds",
+        "io_latency_regression",
+        0.02,
+    ),
 ];
 
 /// The RTT mean's floor in a cycle that loses nothing; the table's 20 ms
@@ -958,6 +966,54 @@ mod tests {
         }
         // 30x the baseline, but far below the floor for a storm.
         assert!(cycle(&mut a, 3_000.0, 50.0).is_empty());
+    }
+
+    #[test]
+    fn a_slow_disk_is_named_by_its_device_and_a_busy_one_under_the_floor_is_not() {
+        use crate::mapek::monitor::BlockDelta;
+        let disk = |mean: f64| {
+            let mut f = Features::new();
+            f.insert("block_io_mean_latency_seconds", mean);
+            f
+        };
+        let mut a = Analyzer::new(6.0, 10, 3);
+        for i in 0..30 {
+            let mean = 0.0008 + 0.0002 * f64::from(i % 3);
+            assert!(
+                a.observe(&disk(mean), &Subjects::default(), f64::from(i))
+                    .is_empty()
+            );
+        }
+        // 15 times slower, still under 20 ms: a busy disk, not a broken one.
+        assert!(
+            a.observe(&disk(0.015), &Subjects::default(), 30.0)
+                .is_empty()
+        );
+        let subjects = Subjects {
+            block_devices: vec![
+                BlockDelta {
+                    device: "loop7".into(),
+                    requests: 20,
+                    sum_ns: 1_200_000_000,
+                },
+                BlockDelta {
+                    device: "vda".into(),
+                    requests: 100,
+                    sum_ns: 100_000_000,
+                },
+            ],
+            seconds: 1.0,
+            ..Default::default()
+        };
+        let opened = a.observe(&disk(0.06), &subjects, 31.0);
+        assert_eq!(opened.len(), 1, "{opened:?}");
+        assert_eq!(opened[0].kind, "io_latency_regression");
+        let subject = opened[0].subject.as_deref().unwrap_or_default();
+        assert!(
+            subject.starts_with("device loop7: requests took 60.0 ms"),
+            "{subject}"
+        );
+        assert_eq!(opened[0].culprits[0].device.as_deref(), Some("loop7"));
     }
 
     #[test]

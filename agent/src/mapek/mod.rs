@@ -128,6 +128,7 @@ impl Mapek {
                 drops: has(signals::drops::PROGRAM_PREFIX),
                 runqueue: has(signals::runqueue::PROGRAM_PREFIX),
                 processes: has(signals::process::PROGRAM_PREFIX),
+                block: has(signals::block::PROGRAM_PREFIX),
             },
             cycles: 0,
             last_cycle: Duration::ZERO,

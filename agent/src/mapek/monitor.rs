@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::{
     collectors::Snapshot,
     signals::{
+        block::Block,
         drops::{Drops, PeerDrops, is_loss},
         packets::Packets,
         process::Processes,
@@ -34,6 +35,8 @@ pub enum CulpritKind {
     Cgroup,
     /// A kernel drop reason, on the interface the packets had.
     Drop,
+    /// A block device.
+    Device,
 }
 
 impl CulpritKind {
@@ -43,6 +46,7 @@ impl CulpritKind {
             CulpritKind::Process => "process",
             CulpritKind::Cgroup => "cgroup",
             CulpritKind::Drop => "drop",
+            CulpritKind::Device => "device",
         }
     }
 }
@@ -76,6 +80,9 @@ pub struct Culprit {
     pub interface: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub netns: Option<String>,
+    /// A block device, as sysfs names it ("vda", "loop3").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     /// What `amount` measures, per second over the cycle
     /// ("inbound_packets_per_second", "child_execs_and_exits_per_second", …).
     pub measure: &'static str,
@@ -116,6 +123,7 @@ impl Culprit {
                     (None, _) => reason.to_owned(),
                 }
             }
+            CulpritKind::Device => self.device.clone().unwrap_or_default(),
         }
     }
 
@@ -203,6 +211,13 @@ impl Culprit {
                 self.measure.replace('_', " "),
                 self.amount
             ),
+            CulpritKind::Device => format!(
+                "device {}: requests took {:.1} ms each on average, {:.0}% of the time \
+                 block I/O took",
+                self.name(),
+                self.amount * 1e3,
+                share
+            ),
         }
     }
 }
@@ -247,6 +262,9 @@ pub struct Subjects {
     /// Every cgroup whose tasks waited for a CPU, or ran after a wait,
     /// this cycle, longest wait first.
     pub cgroups: Vec<CgroupCpu>,
+    /// Block devices' reads and writes completed this cycle, the most
+    /// time taken first.
+    pub block_devices: Vec<BlockDelta>,
     /// While syscalls are counted per process: the busiest processes
     /// (pid, calls, failed) and the seconds they were counted over.
     pub syscall_processes: Vec<(u32, agent_common::syscalls::ProcessSyscalls)>,
@@ -562,6 +580,19 @@ pub fn features(
             behind as f64 / 1e9 / dt / cpus as f64,
         );
     }
+    let block_devices = block_deltas(prev, now);
+    if signals.block {
+        // The slowest device's mean, over devices that did enough I/O for
+        // a mean to say something; no such device, no feature.
+        let slowest = block_devices
+            .iter()
+            .filter(|d| d.requests >= BLOCK_MIN_REQUESTS)
+            .map(BlockDelta::mean_seconds)
+            .reduce(f64::max);
+        if let Some(mean) = slowest {
+            f.insert("block_io_mean_latency_seconds", mean);
+        }
+    }
     if signals.processes {
         let processes = |s: &Snapshot| s.reading::<Processes>().cloned().unwrap_or_default();
         let (prev_p, now_p) = (processes(prev), processes(now));
@@ -598,9 +629,104 @@ pub fn features(
             .map(|s| s.processes.clone())
             .unwrap_or_default(),
         cgroups,
+        block_devices,
         seconds: dt,
     };
     Some((f, subjects))
+}
+
+/// Reads and writes a device must complete in a cycle for its mean
+/// latency to count: one slow request among two is not a slow device.
+pub const BLOCK_MIN_REQUESTS: u64 = 3;
+
+/// One block device's reads and writes completed in a cycle. Flushes and
+/// discards are left out: their time is the device's cache or its
+/// housekeeping, slow by nature, not a request's wait.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockDelta {
+    pub device: String,
+    pub requests: u64,
+    pub sum_ns: u64,
+}
+
+impl BlockDelta {
+    pub fn mean_seconds(&self) -> f64 {
+        self.sum_ns as f64 / self.requests.max(1) as f64 / 1e9
+    }
+}
+
+/// What each device's reads and writes took between the two snapshots,
+/// the most time first (a device new in `now` counts from zero).
+fn block_deltas(prev: &Snapshot, now: &Snapshot) -> Vec<BlockDelta> {
+    let Some(n) = now.reading::<Block>() else {
+        return Vec::new();
+    };
+    let totals = |b: &Block| {
+        let mut by_device: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for (device, op, stats) in &b.rows {
+            if matches!(*op, "read" | "write") {
+                let t = by_device.entry(device.clone()).or_default();
+                t.0 += stats.requests;
+                t.1 += stats.sum_ns;
+            }
+        }
+        by_device
+    };
+    let before = prev.reading::<Block>().map(totals).unwrap_or_default();
+    let mut rows: Vec<BlockDelta> = totals(n)
+        .into_iter()
+        .filter_map(|(device, (requests, sum_ns))| {
+            let (r0, s0) = before.get(&device).copied().unwrap_or_default();
+            // A device gone and back (its key evicted) restarts below.
+            let (requests, sum_ns) = if requests >= r0 && sum_ns >= s0 {
+                (requests - r0, sum_ns - s0)
+            } else {
+                (requests, sum_ns)
+            };
+            (requests > 0).then_some(BlockDelta {
+                device,
+                requests,
+                sum_ns,
+            })
+        })
+        .collect();
+    rows.sort_by(|a, b| b.sum_ns.cmp(&a.sum_ns).then(a.device.cmp(&b.device)));
+    rows
+}
+
+/// The devices whose reads and writes took the cycle's block I/O time,
+/// slowest per request among those that did enough I/O first; amount is
+/// the device's mean latency, share its part of the time all took.
+fn slow_devices(s: &Subjects) -> Vec<Culprit> {
+    let total: u64 = s.block_devices.iter().map(|d| d.sum_ns).sum();
+    let mut devices: Vec<&BlockDelta> = s
+        .block_devices
+        .iter()
+        .filter(|d| d.requests >= BLOCK_MIN_REQUESTS)
+        .collect();
+    devices.sort_by(|a, b| b.mean_seconds().total_cmp(&a.mean_seconds()));
+    devices
+        .into_iter()
+        .map(|d| Culprit {
+            kind: CulpritKind::Device,
+            peer: None,
+            protocol: None,
+            pid: None,
+            comm: None,
+            cgroup: None,
+            reason: None,
+            interface: None,
+            netns: None,
+            device: Some(d.device.clone()),
+            measure: "block_io_mean_latency_seconds",
+            amount: d.mean_seconds(),
+            bytes_per_second: None,
+            share: share(d.sum_ns as f64, total as f64),
+            // The kernel's own request completions: nothing to forge.
+            proven: true,
+            pod: None,
+        })
+        .collect()
 }
 
 /// The TCP peers' counters that moved between the two snapshots (a peer
@@ -784,6 +910,7 @@ fn drop_reasons(s: &Subjects) -> Vec<Culprit> {
             reason: Some(d.reason.clone()),
             interface: d.device.as_ref().map(|(i, _)| i.clone()),
             netns: d.device.as_ref().map(|(_, ns)| ns.clone()),
+            device: None,
             measure: "packet_drops_per_second",
             amount: d.drops as f64 / dt,
             bytes_per_second: None,
@@ -898,6 +1025,7 @@ pub fn culprits(kind: &str, moved: &[&str], s: &Subjects) -> Vec<Culprit> {
         "syscall_storm" => syscall_processes(s, false),
         "syscall_error_spike" => syscall_processes(s, true),
         "cpu_saturation" => cpu_cgroups_of(s),
+        "io_latency_regression" => slow_devices(s),
         _ => Vec::new(),
     };
     out.truncate(CULPRITS_KEPT);
@@ -911,6 +1039,8 @@ pub fn culprits(kind: &str, moved: &[&str], s: &Subjects) -> Vec<Culprit> {
             CulpritKind::Drop => c.interface.as_deref().and_then(|interface| {
                 pods.resolve_interface(c.netns.as_deref().unwrap_or("host"), interface)
             }),
+            // A node's disk is no pod's.
+            CulpritKind::Device => None,
         };
     }
     out
@@ -1043,6 +1173,7 @@ fn inbound_peers_by(
             reason: None,
             interface: None,
             netns: None,
+            device: None,
             measure,
             amount: amount as f64 / dt,
             bytes_per_second: Some(bytes as f64 / dt),
@@ -1096,6 +1227,7 @@ fn tcp_peers_by(
             reason: None,
             interface: None,
             netns: None,
+            device: None,
             measure,
             amount: amount(d, dt),
             bytes_per_second: None,
@@ -1129,6 +1261,7 @@ fn parents(s: &Subjects) -> Vec<Culprit> {
             reason: None,
             interface: None,
             netns: None,
+            device: None,
             measure: "child_execs_and_exits_per_second",
             amount: churn.events as f64 / dt,
             bytes_per_second: None,
@@ -1165,6 +1298,7 @@ fn syscall_processes(s: &Subjects, by_errors: bool) -> Vec<Culprit> {
             reason: None,
             interface: None,
             netns: None,
+            device: None,
             measure: if by_errors {
                 "failed_syscalls_per_second"
             } else {
@@ -1196,6 +1330,7 @@ fn cpu_cgroups_of(s: &Subjects) -> Vec<Culprit> {
             reason: None,
             interface: None,
             netns: None,
+            device: None,
             measure,
             amount: amount(c),
             bytes_per_second: None,
@@ -1215,6 +1350,7 @@ pub struct Signals {
     pub drops: bool,
     pub runqueue: bool,
     pub processes: bool,
+    pub block: bool,
 }
 
 #[cfg(test)]
@@ -1663,5 +1799,89 @@ mod tests {
         // A retransmitting peer outranks them, and they outrank packets.
         assert!(measure_rank("tcp_retransmits_per_second") > measure_rank(c[0].measure));
         assert!(measure_rank(c[0].measure) > measure_rank("inbound_packets_per_second"));
+    }
+
+    #[test]
+    fn io_latency_names_the_slowest_device_that_did_enough_io() {
+        use agent_common::block::BlockStats;
+        let t0 = std::time::Instant::now();
+        // (device, op, requests, total ns), cumulative.
+        let block = |at: f64, rows: &[(&str, &'static str, u64, u64)]| Snapshot {
+            taken_at: Some(t0 + std::time::Duration::from_secs_f64(at)),
+            signals: vec![(
+                "block",
+                std::sync::Arc::new(Block {
+                    rows: rows
+                        .iter()
+                        .map(|&(d, op, requests, sum_ns)| {
+                            let stats = BlockStats {
+                                requests,
+                                sum_ns,
+                                ..Default::default()
+                            };
+                            (d.to_owned(), op, stats)
+                        })
+                        .collect(),
+                }),
+            )],
+            ..Default::default()
+        };
+        let prev = block(
+            0.0,
+            &[
+                ("vda", "write", 1_000, 1_000_000_000),
+                ("loop7", "write", 10, 10_000_000),
+            ],
+        );
+        let now = block(
+            1.0,
+            &[
+                // 100 writes and reads of 1 ms on the busy disk, a
+                // flush of 400 ms (a cache drained, not a slow request).
+                ("vda", "write", 1_060, 1_060_000_000),
+                ("vda", "read", 40, 40_000_000),
+                ("vda", "flush", 1, 400_000_000),
+                // 20 writes of 60 ms on the slow one.
+                ("loop7", "write", 30, 1_210_000_000),
+                // Two slow reads on a third: too few for a mean.
+                ("sdb", "read", 2, 900_000_000),
+            ],
+        );
+        let signals = Signals {
+            block: true,
+            ..Default::default()
+        };
+        let (f, s) = features(&prev, &now, &signals).expect("a cycle");
+        let mean = f["block_io_mean_latency_seconds"];
+        assert!((mean - 0.06).abs() < 1e-9, "{f:?}");
+        let c = culprits(
+            "io_latency_regression",
+            &["block_io_mean_latency_seconds"],
+            &s,
+        );
+        let named: Vec<(String, f64)> = c.iter().map(|c| (c.name(), c.amount)).collect();
+        assert_eq!(named.len(), 2, "{named:?}");
+        assert_eq!(c[0].name(), "loop7", "{named:?}");
+        assert!((c[0].amount - 0.06).abs() < 1e-9, "{named:?}");
+        // 1.2 s of the 2.2 s reads and writes took (sdb's 0.9 s counts
+        // in the total, not as a culprit; flushes in neither).
+        assert!((c[0].share - 1.2 / 2.2).abs() < 1e-9, "{:?}", c[0]);
+        assert_eq!(c[1].name(), "vda");
+        assert_eq!(c[0].kind.label(), "device");
+        assert!(
+            c[0].describe()
+                .starts_with("device loop7: requests took 60.0 ms"),
+            "{}",
+            c[0].describe()
+        );
+        // Nothing but the too-few reads: no mean, no feature.
+        let quiet = block(2.0, &[("sdb", "read", 4, 1_800_000_000)]);
+        let (f, _) = features(
+            &block(1.0, &[("sdb", "read", 2, 900_000_000)]),
+            &quiet,
+            &signals,
+        )
+        .expect("a cycle");
+        assert!(!f.contains_key("block_io_mean_latency_seconds"), "{f:?}");
     }
 }

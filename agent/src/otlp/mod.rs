@@ -370,6 +370,7 @@ fn anomaly_record(a: &serde_json::Value, end: bool, now: u64) -> LogRecord {
             "reason",
             "interface",
             "netns",
+            "device",
             "measure",
         ] {
             if let Some(v) = top[key].as_str() {

@@ -22,6 +22,10 @@ use crate::{
     probes::tiers::{self, Hook, Requires, Tier, TierProgram},
 };
 
+/// What its programs' names start with: one of them attached means
+/// block I/O is timed (MAPE-K watches device latency only then).
+pub const PROGRAM_PREFIX: &str = "sonde_block_";
+
 pub const SIGNAL: Signal = Signal {
     tiers: &TIERS,
     tracepoint_fields: TRACEPOINT_FIELDS,
