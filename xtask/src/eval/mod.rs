@@ -380,14 +380,22 @@ impl AgentState {
 /// A culprit's typed names (address, or pid, comm and cgroup), space
 /// separated, for scoring.
 fn top_culprit(c: &Value) -> Option<String> {
-    let names: Vec<String> = ["peer", "pid", "comm", "cgroup", "reason", "interface"]
-        .iter()
-        .filter_map(|k| match &c[*k] {
-            Value::String(s) => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        })
-        .collect();
+    let names: Vec<String> = [
+        "peer",
+        "pid",
+        "comm",
+        "cgroup",
+        "reason",
+        "interface",
+        "device",
+    ]
+    .iter()
+    .filter_map(|k| match &c[*k] {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    })
+    .collect();
     (!names.is_empty()).then(|| names.join(" "))
 }
 
@@ -654,7 +662,7 @@ fn markdown(r: &Report) -> String {
     );
     row(
         &mut md,
-        "culprit named in the subject (source peer, parent process, cgroup)",
+        "culprit named in the subject (source peer, parent process, cgroup, device)",
         "",
         &|d| format!("{}/{}", d.subjects_named.0, d.subjects_named.1),
     );

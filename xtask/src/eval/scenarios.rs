@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use sonde_tests::{cgroup::TestCgroup, process::command, sys::output};
+use sonde_tests::{block::SlowDevice, cgroup::TestCgroup, process::command, sys::output};
 
 use crate::bench::common::{Bins, EVAL, Proc, net};
 
@@ -305,6 +305,22 @@ pub const INCIDENTS: &[Incident] = &[
             )
         },
     },
+    Incident {
+        id: "disk-latency",
+        kind: "io_latency_regression",
+        how: "4 dd writers of 16 KiB O_DIRECT requests to a loop device whose writes wait on a 1 MiB/s blkio limit of their cgroup (about 62 ms a request)",
+        subject: Some(SLOW_DISK_SUBJECT),
+        held_out: false,
+        run: |_, d| slow_disk(1 << 20, 16 << 10, 4, d),
+    },
+    Incident {
+        id: "disk-latency-low",
+        kind: "io_latency_regression",
+        how: "the same at a 2 MiB/s limit (about 31 ms a request, near the 20 ms floor)",
+        subject: Some(SLOW_DISK_SUBJECT),
+        held_out: false,
+        run: |_, d| slow_disk(2 << 20, 16 << 10, 4, d),
+    },
     // The held-out set (written 2026-12-05, before tuning on it): the
     // shapes above at intensities nearer the floors, and a scan of
     // another protocol. udp-scan and packet-loss-low left it after its
@@ -418,6 +434,17 @@ pub const INCIDENTS: &[Incident] = &[
         held_out: true,
         run: |_, d| tbf_queue("3mbit", "40ms", true, d),
     },
+    // Written 2026-12-06 with the disk kind, before any run of it: one
+    // writer of large requests, where the tuned disk incidents have four
+    // of small ones.
+    Incident {
+        id: "disk-latency-large-writes",
+        kind: "io_latency_regression",
+        how: "one dd writer of 512 KiB O_DIRECT requests to the slow loop device at a 4 MiB/s limit (about 125 ms a request, 8 a second)",
+        subject: Some(SLOW_DISK_SUBJECT),
+        held_out: true,
+        run: |_, d| slow_disk(4 << 20, 512 << 10, 1, d),
+    },
     Incident {
         id: "packet-loss-low",
         kind: "packet_loss",
@@ -499,6 +526,27 @@ fn reject_rule(op: &str) -> Command {
 
 /// The UDP port the drop incidents' rule drops on the host's veth end.
 const DROP_PORT: &str = "20400";
+
+/// The disk incidents' loop device, at a fixed name so that the anomaly
+/// can be checked for it, and that name.
+const SLOW_DISK: &str = "/dev/loop111";
+const SLOW_DISK_SUBJECT: &str = "loop111";
+
+/// `writers` writers of `block`-byte requests for `d` to a loop device
+/// over a file on the disk under /var/tmp, whose writes wait on a limit of
+/// `bytes_per_second` (each request about `writers` × `block` over the
+/// limit).
+fn slow_disk(bytes_per_second: u64, block: u64, writers: u64, d: Duration) -> anyhow::Result<()> {
+    let disk = SlowDevice::try_new(
+        std::path::Path::new("/var/tmp"),
+        Some(SLOW_DISK),
+        bytes_per_second,
+    )
+    .context("making the slow disk")?;
+    // What the limit lets through in `d`, and a second more.
+    let count = (bytes_per_second / block / writers).max(1) * (d.as_secs() + 1);
+    run_for(&mut disk.writers(block, count, writers), d)
+}
 
 /// `workers` CPU-bound stress-ng workers in the CPU incidents' cgroup.
 fn cpu_hogs(workers: &str, d: Duration) -> anyhow::Result<()> {
