@@ -29,8 +29,8 @@ pub fn configure() {
 /// above them keeps the arena from shrinking: a connection storm's 22,000
 /// flows left about 1 MiB resident that way after they had expired.
 /// `malloc_trim` releases whole free pages anywhere in every arena. It
-/// walks the arenas' free lists, so it is for after a burst, not each
-/// cycle.
+/// walks the arenas' free lists, so it is for after a burst and for the
+/// collector's sweep once a minute, not each cycle.
 pub fn give_back() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: plain libc call with no preconditions.

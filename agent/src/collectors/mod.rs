@@ -403,6 +403,13 @@ impl Collector {
             for (_, source) in &mut self.maps.signals {
                 source.remove_stale();
             }
+            // What anything freed since the last sweep (churn's
+            // interfaces, cgroups and series gone, a storm's per-process
+            // counts) goes back to the system here; only a flood's flows
+            // are given back at once. In a soak hour without it, the
+            // 1.3 MiB its first quarter hour of churn freed stayed
+            // resident until a flood's flows left and trimmed it.
+            crate::heap::give_back();
         }
         snapshot.counters = (0..COUNTERS_LEN)
             .map(|i| {
