@@ -8,10 +8,12 @@ use std::{
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     process::Command,
-    time::Duration,
 };
 
-use crate::sys::{cmd, output};
+use crate::{
+    cgroup::TestCgroup,
+    sys::{cmd, output},
+};
 
 /// A loop device over a file, detached and the file removed on drop.
 pub struct LoopDevice {
@@ -102,10 +104,9 @@ impl Drop for LoopDevice {
 /// like any other, made from a loop device and the block throttle (this
 /// kernel has no null_blk or dm-delay).
 pub struct SlowDevice {
+    // Declared first: detached before its writers' cgroup is removed.
     device: LoopDevice,
-    cgroup: PathBuf,
-    /// The cgroup file that takes a task's pid.
-    procs: PathBuf,
+    cgroup: TestCgroup,
 }
 
 impl SlowDevice {
@@ -115,20 +116,10 @@ impl SlowDevice {
     pub fn try_new(dir: &Path, at: Option<&str>, bytes_per_second: u64) -> io::Result<SlowDevice> {
         let disk = disk_under(dir)?;
         let tag = format!("sonde-slow-{}", std::process::id());
-        let (cgroup, procs) = throttled_cgroup(&tag, &disk, bytes_per_second)?;
+        let cgroup = throttled_cgroup(&tag, &disk, bytes_per_second)?;
         let file = dir.join(format!("{tag}.img"));
-        let device = match LoopDevice::try_new(&file, 64 << 20, at, true) {
-            Ok(d) => d,
-            Err(e) => {
-                let _ = std::fs::remove_dir(&cgroup);
-                return Err(e);
-            }
-        };
-        Ok(SlowDevice {
-            device,
-            cgroup,
-            procs,
-        })
+        let device = LoopDevice::try_new(&file, 64 << 20, at, true)?;
+        Ok(SlowDevice { device, cgroup })
     }
 
     pub fn loop_device(&self) -> &LoopDevice {
@@ -151,24 +142,12 @@ impl SlowDevice {
              dd if=/dev/zero of={device} bs={block_size} count={count} seek=$((i * {count})) \
              oflag=direct status=none & pids=\"$pids $!\"; i=$((i + 1)); done; \
              status=0; for p in $pids; do wait $p || status=1; done; exit $status",
-            procs = self.procs.display(),
+            procs = self.cgroup.dir().join("cgroup.procs").display(),
             device = self.device.device()
         );
         let mut c = Command::new("sh");
         c.args(["-c", &script]);
         c
-    }
-}
-
-impl Drop for SlowDevice {
-    fn drop(&mut self) {
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.cgroup).is_ok() || !self.cgroup.exists() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        eprintln!("warning: could not remove {}", self.cgroup.display());
     }
 }
 
@@ -195,14 +174,10 @@ fn disk_under(dir: &Path) -> io::Result<String> {
         .to_owned())
 }
 
-/// A new cgroup whose writes to `disk` are limited to `bytes_per_second`,
-/// and its procs file: the v1 blkio controller where it is mounted, else
+/// A new cgroup whose writes to `disk` are limited to `bytes_per_second`
+/// (removed on drop): the v1 blkio controller's where it is mounted, else
 /// cgroup2's io controller (enabled for the root's children if needed).
-fn throttled_cgroup(
-    tag: &str,
-    disk: &str,
-    bytes_per_second: u64,
-) -> io::Result<(PathBuf, PathBuf)> {
+fn throttled_cgroup(tag: &str, disk: &str, bytes_per_second: u64) -> io::Result<TestCgroup> {
     let v1 = Path::new("/sys/fs/cgroup/blkio");
     let (dir, file, limit) = if v1.join("blkio.throttle.write_bps_device").exists() {
         (
@@ -225,19 +200,15 @@ fn throttled_cgroup(
             format!("{disk} wbps={bytes_per_second}"),
         )
     };
-    if !dir.exists() {
-        std::fs::create_dir(&dir)
-            .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", dir.display())))?;
-    }
-    if let Err(e) = std::fs::write(dir.join(file), &limit) {
-        let _ = std::fs::remove_dir(&dir);
-        return Err(io::Error::new(
+    let cgroup = TestCgroup::at(dir)?;
+    let path = cgroup.dir().join(file);
+    std::fs::write(&path, &limit).map_err(|e| {
+        io::Error::new(
             e.kind(),
-            format!("writing {limit:?} to {}: {e}", dir.join(file).display()),
-        ));
-    }
-    let procs = dir.join("cgroup.procs");
-    Ok((dir, procs))
+            format!("writing {limit:?} to {}: {e}", path.display()),
+        )
+    })?;
+    Ok(cgroup)
 }
 
 /// A block device's completed reads and writes and the milliseconds they
@@ -271,7 +242,7 @@ impl DiskStat {
     }
 
     /// The mean write latency between `before` and `self`, in seconds
-    /// (the kernel counts whole milliseconds per request).
+    /// (the kernel gives the total in whole milliseconds).
     pub fn mean_write_seconds_since(&self, before: &DiskStat) -> Option<f64> {
         let writes = self.writes.checked_sub(before.writes).filter(|&w| w > 0)?;
         let ms = self.write_ms.saturating_sub(before.write_ms);

@@ -75,16 +75,23 @@ impl TestCgroup {
     /// Creates (or takes over) `/NAME` exactly, for a name that must be
     /// known in advance (the evaluation's anomalies must name it).
     pub fn named(name: &str) -> io::Result<TestCgroup> {
-        let dir = v2_root().join(name);
+        TestCgroup::at(v2_root().join(name))
+    }
+
+    /// Creates (or takes over) the cgroup directory `dir` in any
+    /// hierarchy (a cgroup v1 controller's too), named by its last
+    /// component.
+    pub fn at(dir: PathBuf) -> io::Result<TestCgroup> {
         if !dir.exists() {
             std::fs::create_dir(&dir).map_err(|e| {
                 io::Error::new(e.kind(), format!("creating cgroup {}: {e}", dir.display()))
             })?;
         }
-        Ok(TestCgroup {
-            dir,
-            name: name.to_string(),
-        })
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(TestCgroup { dir, name })
     }
 
     pub fn dir(&self) -> &Path {
