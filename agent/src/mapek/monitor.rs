@@ -104,6 +104,28 @@ pub struct Culprit {
 }
 
 impl Culprit {
+    /// Every optional field empty: what a culprit constructor starts from
+    /// (`..Culprit::NONE`), setting its kind, measure, amount, share,
+    /// proof and the fields its kind has.
+    const NONE: Culprit = Culprit {
+        kind: CulpritKind::Peer,
+        peer: None,
+        protocol: None,
+        pid: None,
+        comm: None,
+        cgroup: None,
+        reason: None,
+        interface: None,
+        netns: None,
+        device: None,
+        measure: "",
+        amount: 0.0,
+        bytes_per_second: None,
+        share: 0.0,
+        proven: false,
+        pod: None,
+    };
+
     /// The stable name of the culprit (an address, "PID (COMM)", a
     /// cgroup path): the alert label.
     pub fn name(&self) -> String {
@@ -709,22 +731,13 @@ fn slow_devices(s: &Subjects) -> Vec<Culprit> {
         .into_iter()
         .map(|d| Culprit {
             kind: CulpritKind::Device,
-            peer: None,
-            protocol: None,
-            pid: None,
-            comm: None,
-            cgroup: None,
-            reason: None,
-            interface: None,
-            netns: None,
             device: Some(d.device.clone()),
             measure: "block_io_mean_latency_seconds",
             amount: d.mean_seconds(),
-            bytes_per_second: None,
             share: share(d.sum_ns as f64, total as f64),
             // The kernel's own request completions: nothing to forge.
             proven: true,
-            pod: None,
+            ..Culprit::NONE
         })
         .collect()
 }
@@ -903,21 +916,15 @@ fn drop_reasons(s: &Subjects) -> Vec<Culprit> {
         .map(|d| Culprit {
             kind: CulpritKind::Drop,
             peer: main_drop_peer(s, &d.reason),
-            protocol: None,
-            pid: None,
-            comm: None,
-            cgroup: None,
             reason: Some(d.reason.clone()),
             interface: d.device.as_ref().map(|(i, _)| i.clone()),
             netns: d.device.as_ref().map(|(_, ns)| ns.clone()),
-            device: None,
             measure: "packet_drops_per_second",
             amount: d.drops as f64 / dt,
-            bytes_per_second: None,
             share: share(d.drops as f64, total as f64),
             // The kernel's own reason: nothing to forge.
             proven: true,
-            pod: None,
+            ..Culprit::NONE
         })
         .collect()
 }
@@ -1167,19 +1174,12 @@ fn inbound_peers_by(
             kind: CulpritKind::Peer,
             peer: Some(peer),
             protocol: Some(protocol.map_or("ip", protocol_name)),
-            pid: None,
-            comm: None,
-            cgroup: None,
-            reason: None,
-            interface: None,
-            netns: None,
-            device: None,
             measure,
             amount: amount as f64 / dt,
             bytes_per_second: Some(bytes as f64 / dt),
             share: share(amount as f64, total as f64),
             proven: false,
-            pod: None,
+            ..Culprit::NONE
         })
         .collect()
 }
@@ -1221,20 +1221,12 @@ fn tcp_peers_by(
             kind: CulpritKind::Peer,
             peer: Some(peer),
             protocol: Some("tcp"),
-            pid: None,
-            comm: None,
-            cgroup: None,
-            reason: None,
-            interface: None,
-            netns: None,
-            device: None,
             measure,
             amount: amount(d, dt),
-            bytes_per_second: None,
             share: share(v, total),
             // Retransmits count SYNs too: a handshake is not implied.
             proven: false,
-            pod: None,
+            ..Culprit::NONE
         })
         .collect()
 }
@@ -1253,21 +1245,14 @@ fn parents(s: &Subjects) -> Vec<Culprit> {
         .take(CULPRITS_KEPT)
         .map(|(pid, churn)| Culprit {
             kind: CulpritKind::Process,
-            peer: None,
-            protocol: None,
             pid: Some(*pid),
             comm: Some(comm_of(*pid)),
             cgroup: Some(crate::cgroup::name(churn.cgroup_id)),
-            reason: None,
-            interface: None,
-            netns: None,
-            device: None,
             measure: "child_execs_and_exits_per_second",
             amount: churn.events as f64 / dt,
-            bytes_per_second: None,
             share: share(churn.events as f64, total as f64),
             proven: true,
-            pod: None,
+            ..Culprit::NONE
         })
         .collect()
 }
@@ -1288,27 +1273,20 @@ fn syscall_processes(s: &Subjects, by_errors: bool) -> Vec<Culprit> {
         .take(CULPRITS_KEPT)
         .map(|(pid, c)| Culprit {
             kind: CulpritKind::Process,
-            peer: None,
-            protocol: None,
             pid: Some(*pid),
             comm: Some(comm_of(*pid)),
             cgroup: std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
                 .ok()
                 .and_then(|t| proc_cgroup_v2(&t)),
-            reason: None,
-            interface: None,
-            netns: None,
-            device: None,
             measure: if by_errors {
                 "failed_syscalls_per_second"
             } else {
                 "syscalls_per_second"
             },
             amount: value(c) as f64 / dt,
-            bytes_per_second: None,
             share: share(value(c) as f64, total as f64),
             proven: true,
-            pod: None,
+            ..Culprit::NONE
         })
         .collect()
 }
@@ -1322,21 +1300,12 @@ fn cpu_cgroups_of(s: &Subjects) -> Vec<Culprit> {
         .take(CULPRITS_KEPT)
         .map(|c| Culprit {
             kind: CulpritKind::Cgroup,
-            peer: None,
-            protocol: None,
-            pid: None,
-            comm: None,
             cgroup: Some(crate::cgroup::name(c.id)),
-            reason: None,
-            interface: None,
-            netns: None,
-            device: None,
             measure,
             amount: amount(c),
-            bytes_per_second: None,
             share: share(amount(c), total),
             proven: true,
-            pod: None,
+            ..Culprit::NONE
         })
         .collect()
 }
