@@ -445,6 +445,32 @@ pub const INCIDENTS: &[Incident] = &[
         held_out: true,
         run: |_, d| slow_disk(4 << 20, 512 << 10, 1, d),
     },
+    // Written 2026-12-06 before the fragment-flood kind existed (the
+    // tuned fragment incidents are UDP datagrams of 3,000 bytes): echo
+    // requests of 4,000 bytes, and UDP that hping3 cuts into 64-byte
+    // fragments itself.
+    Incident {
+        id: "fragment-flood-icmp",
+        kind: "fragment_flood",
+        how: "hping3 --icmp -d 4000 at ~400 echo requests/s from the peer (3 fragments each, ~1,200 fragments/s)",
+        subject: Some(EVAL.peer_ip),
+        held_out: true,
+        run: |_, d| hping3(&["--icmp", "-d", "4000", "-i", "u2500"], rate(400, d), d),
+    },
+    Incident {
+        id: "fragment-flood-tiny",
+        kind: "fragment_flood",
+        how: "hping3 --udp -f -m 64 -d 512 at ~150 datagrams/s from the peer (9 fragments each, ~1,350 fragments/s)",
+        subject: Some(EVAL.peer_ip),
+        held_out: true,
+        run: |_, d| {
+            hping3(
+                &["--udp", "-f", "-m", "64", "-d", "512", "-p", "20300", "-i", "u6600"],
+                rate(150, d),
+                d,
+            )
+        },
+    },
     Incident {
         id: "packet-loss-low",
         kind: "packet_loss",
