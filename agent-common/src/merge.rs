@@ -43,13 +43,26 @@ impl Merge for SyscallStats {
 
 impl Merge for PacketCounters {
     fn merge(&mut self, o: &Self) {
-        self.packets += o.packets;
-        self.bytes += o.bytes;
-        self.tcp_syn += o.tcp_syn;
-        self.tcp_synack += o.tcp_synack;
-        self.tcp_rst += o.tcp_rst;
-        self.tcp_fin += o.tcp_fin;
-        self.icmpv6_link_control += o.icmpv6_link_control;
+        // Destructured, so that a counter added to the struct and not
+        // summed here is a compile error, not a metric stuck at zero.
+        let PacketCounters {
+            packets,
+            bytes,
+            tcp_syn,
+            tcp_synack,
+            tcp_rst,
+            tcp_fin,
+            icmpv6_link_control,
+            ip_fragments,
+        } = *o;
+        self.packets += packets;
+        self.bytes += bytes;
+        self.tcp_syn += tcp_syn;
+        self.tcp_synack += tcp_synack;
+        self.tcp_rst += tcp_rst;
+        self.tcp_fin += tcp_fin;
+        self.icmpv6_link_control += icmpv6_link_control;
+        self.ip_fragments += ip_fragments;
     }
 }
 

@@ -109,6 +109,11 @@ pub struct PacketCounters {
     pub tcp_fin: u64,
     /// ICMPv6 link control ([`is_icmpv6_link_control`]).
     pub icmpv6_link_control: u64,
+    /// Fragments of IP datagrams, the first included: IPv4 packets with
+    /// More Fragments set or a fragment offset, IPv6 packets with a
+    /// Fragment header. What the kernel's `Ip: ReasmReqds` counts of
+    /// what it receives.
+    pub ip_fragments: u64,
 }
 
 /// Whether an ICMPv6 message of `icmp_type` is link control: multicast
@@ -122,6 +127,13 @@ pub const fn is_icmpv6_link_control(icmp_type: u8) -> bool {
     matches!(icmp_type, 130..=137 | 141..=143 | 148 | 149 | 151..=153)
 }
 
+/// [`FlowKey::flags`]: the flow's packets are fragments of datagrams
+/// ([`PacketCounters::ip_fragments`]). A non-first fragment carries no
+/// transport header, so its ports (ICMP type and code) are 0: without
+/// the mark, fragments would share a flow with real port-0 traffic
+/// (ICMP echo replies), and a fragment flood would not be told apart.
+pub const FLOW_FRAGMENTS: u8 = 1;
+
 /// A flow: 5-tuple plus interface and direction. Addresses are 16 bytes;
 /// IPv4 addresses occupy the first 4 bytes, the rest zero.
 #[repr(C)]
@@ -131,7 +143,8 @@ pub struct FlowKey {
     pub direction: u8,
     pub family: u8,
     pub protocol: u8,
-    pub _pad: u8,
+    /// `FLOW_*` marks.
+    pub flags: u8,
     pub src_addr: [u8; 16],
     pub dst_addr: [u8; 16],
     /// Host byte order.

@@ -662,7 +662,7 @@ mod tests {
             direction: 0,
             family: FAMILY_IPV4,
             protocol: 6,
-            _pad: 0,
+            flags: 0,
             src_addr,
             dst_addr: src_addr,
             src_port: 40000,

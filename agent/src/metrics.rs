@@ -299,11 +299,6 @@ fn kernel_families(snapshot: &Snapshot, events: &Events) -> Vec<MetricFamily> {
         "New-flow events the kernel did not emit because of its rate limit (the flow is still tracked)",
         MetricType::COUNTER,
     );
-    let mut fragments = Family::new(
-        "sonde_ip_fragments_total",
-        "Non-first IP fragments seen by the packet programs (counted; they carry no ports)",
-        MetricType::COUNTER,
-    );
     for &(slot, label, kind) in counter_slots() {
         let value = snapshot.counter(slot) as f64;
         match kind {
@@ -311,17 +306,15 @@ fn kernel_families(snapshot: &Snapshot, events: &Events) -> Vec<MetricFamily> {
             CounterKind::Process => {}
             CounterKind::Error => kernel_errors.sample(&[("kind", label)], value),
             CounterKind::Malformed => malformed.sample(&[("reason", label)], value),
-            CounterKind::Activity => match slot {
-                agent_common::counters::FLOW_EVENT_RATE_LIMITED => rate_limited.sample(&[], value),
-                agent_common::counters::PKT_IP_FRAGMENT => fragments.sample(&[], value),
-                _ => {}
-            },
+            CounterKind::Activity if slot == agent_common::counters::FLOW_EVENT_RATE_LIMITED => {
+                rate_limited.sample(&[], value)
+            }
+            CounterKind::Activity => {}
         }
     }
     kernel_errors.done(&mut out);
     malformed.done(&mut out);
     rate_limited.done(&mut out);
-    fragments.done(&mut out);
 
     completeness(snapshot, &mut out);
 

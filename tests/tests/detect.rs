@@ -193,6 +193,85 @@ fn udp_flood_names_its_source() {
     );
 }
 
+/// The host namespace's `Ip: ReasmReqds`: fragments the kernel received
+/// for reassembly (whatever the interface).
+fn fragments_to_reassemble() -> f64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").expect("reading /proc/net/snmp");
+    sonde_tests::net::snmp_field(&snmp, "Ip:", "ReasmReqds")
+        .unwrap_or_else(|| panic!("no Ip: ReasmReqds in /proc/net/snmp:\n{snmp}"))
+}
+
+/// A flood of UDP datagrams too large for the link's MTU (3,000 bytes
+/// over 1,500: three fragments each) is a fragment flood, not only a UDP
+/// flood; it names the sender, and Sonde's count of the fragments that
+/// arrived on the interface is the kernel's own count of fragments it
+/// had to reassemble, exactly.
+#[test]
+fn fragment_flood_names_its_source_and_counts_every_fragment() {
+    if !require_root() {
+        return;
+    }
+    const DATAGRAMS: u64 = 8_000;
+    let lab = Lab::start("frag");
+    let ingress = [("interface", HOST_IF), ("direction", "ingress")];
+    let sonde_before = lab
+        .agent
+        .metrics()
+        .sum("sonde_ip_fragments_total", &ingress);
+    let kernel_before = fragments_to_reassemble();
+    let t0 = unix_now();
+    // ~2,000 datagrams/s: ~6,000 fragments/s for 4 s.
+    lab.hping3(&[
+        "--udp",
+        "-p",
+        "20300",
+        "-d",
+        "3000",
+        "-i",
+        "u500",
+        "-c",
+        &DATAGRAMS.to_string(),
+    ]);
+    let anomaly = lab.agent.wait_for_anomaly("fragment_flood");
+    assert_peer_culprit(
+        &lab.agent,
+        &anomaly,
+        t0,
+        PEER_IP,
+        "udp",
+        "ip_fragments_in_per_second",
+        1_000.0,
+    );
+    let kernel = fragments_to_reassemble() - kernel_before;
+    // hping3 sends every datagram (no replies to wait for); each is cut
+    // into three.
+    assert_eq!(kernel, (3 * DATAGRAMS) as f64, "the kernel's ReasmReqds");
+    // Counters are read each cycle: settled once two scrapes a cycle
+    // apart agree.
+    let fragments = |m: &sonde_tests::Scrape, more: &[(&str, &str)]| {
+        let mut labels = ingress.to_vec();
+        labels.extend_from_slice(more);
+        m.sum("sonde_ip_fragments_total", &labels) - sonde_before
+    };
+    let reading = lab.agent.wait_stable(
+        "Sonde's fragment count",
+        Duration::from_secs(5),
+        Duration::from_millis(500),
+        |m| fragments(m, &[]) as u64,
+    );
+    let sonde = fragments(&reading, &[]);
+    assert_eq!(
+        sonde, kernel,
+        "Sonde's fragments on {HOST_IF} against ReasmReqds"
+    );
+    assert_eq!(
+        fragments(&reading, &[("protocol", "udp")]),
+        kernel,
+        "every fragment is of UDP"
+    );
+    println!("{sonde} fragments on {HOST_IF}, ReasmReqds {kernel}");
+}
+
 #[test]
 fn icmp_flood_names_its_source() {
     if !require_root() {

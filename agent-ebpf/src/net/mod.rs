@@ -20,8 +20,8 @@ use agent_common::{
     events::{EVENT_NEW_FLOW, EventHeader, FlowEvent, RING_FLOW, TokenBucket},
     net::{
         BlocklistEntry, BlocklistKey, BlocklistStats, DEFAULT_MAX_FLOWS, DIRECTION_INGRESS,
-        FAMILY_IPV6, FlowKey, FlowStats, IPPROTO_ICMPV6, IPPROTO_TCP, MAX_BLOCKLIST,
-        MAX_PACKET_KEYS, PacketCounters, PacketKey, is_icmpv6_link_control,
+        FAMILY_IPV6, FLOW_FRAGMENTS, FlowKey, FlowStats, IPPROTO_ICMPV6, IPPROTO_TCP,
+        MAX_BLOCKLIST, MAX_PACKET_KEYS, PacketCounters, PacketKey, is_icmpv6_link_control,
     },
 };
 use aya_ebpf::{
@@ -173,6 +173,9 @@ pub fn account<P: PacketSource>(packet: &P, direction: u8) -> parse::Parsed {
         let counters = unsafe { &mut *counters };
         counters.packets += 1;
         counters.bytes += bytes;
+        if parsed.fragment {
+            counters.ip_fragments += 1;
+        }
         if parsed.protocol == IPPROTO_TCP && parsed.has_ports {
             let flags = parsed.tcp_flags;
             if flags & TCP_SYN != 0 {
@@ -206,7 +209,7 @@ pub fn account<P: PacketSource>(packet: &P, direction: u8) -> parse::Parsed {
         direction,
         family: parsed.family,
         protocol: parsed.protocol,
-        _pad: 0,
+        flags: if parsed.fragment { FLOW_FRAGMENTS } else { 0 },
         src_addr: parsed.src.bytes(),
         dst_addr: parsed.dst.bytes(),
         src_port: parsed.src_port,

@@ -3,7 +3,7 @@
 //! accounted with whatever was read; nothing is ever dropped here.
 
 use agent_common::{
-    counters::{PKT_BAD_IP_HEADER, PKT_IP_FRAGMENT, PKT_SHORT_ETHERNET, PKT_SHORT_TRANSPORT},
+    counters::{PKT_BAD_IP_HEADER, PKT_SHORT_ETHERNET, PKT_SHORT_TRANSPORT},
     net::{
         FAMILY_ARP, FAMILY_IPV4, FAMILY_IPV6, FAMILY_OTHER, IPPROTO_ICMP, IPPROTO_ICMPV6,
         IPPROTO_TCP, IPPROTO_UDP, PROTO_NONE,
@@ -35,6 +35,8 @@ pub struct Parsed {
     pub family: u8,
     pub protocol: u8,
     pub has_ports: bool,
+    /// A fragment of a datagram, the first included.
+    pub fragment: bool,
     pub tcp_flags: u8,
     pub src: Addr,
     pub dst: Addr,
@@ -54,6 +56,7 @@ pub fn parse<P: PacketSource>(packet: &P) -> Parsed {
         family: FAMILY_OTHER,
         protocol: PROTO_NONE,
         has_ports: false,
+        fragment: false,
         tcp_flags: 0,
         src: Addr::ZERO,
         dst: Addr::ZERO,
@@ -112,8 +115,9 @@ fn parse_ipv4<P: PacketSource>(packet: &P, l3: usize, parsed: &mut Parsed) -> Op
     parsed.src = Addr::v4(&header[12..16]);
     parsed.dst = Addr::v4(&header[16..20]);
     let frag = u16::from_be_bytes([header[6], header[7]]);
+    // More Fragments, or an offset: a piece of a datagram.
+    parsed.fragment = frag & 0x3fff != 0;
     if frag & 0x1fff != 0 {
-        count(PKT_IP_FRAGMENT);
         return None;
     }
     Some(l3 + ihl)
@@ -144,11 +148,11 @@ fn parse_ipv6<P: PacketSource>(packet: &P, l3: usize, parsed: &mut Parsed) -> Op
         if next == 44 {
             // Fragment header: 8 bytes; only the first fragment has ports.
             let frag_offset = u16::from_be_bytes([ext[2], ext[3]]) & 0xfff8;
+            parsed.fragment = true;
             next = ext[0];
             offset += 8;
             if frag_offset != 0 {
                 parsed.protocol = next;
-                count(PKT_IP_FRAGMENT);
                 return None;
             }
         } else {

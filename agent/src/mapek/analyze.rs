@@ -161,6 +161,10 @@ pub const FEATURES: &[(&str, &str, f64)] = &[
     ("refused_syn_per_second", "connection_refusals", 200.0),
     ("udp_in_packets_per_second", "udp_flood", 2_000.0),
     ("icmp_in_packets_per_second", "icmp_flood", 500.0),
+    // Fragments of datagrams: a network whose path MTU is known sends
+    // almost none (an overlay or NFS over UDP some, which the baseline
+    // learns); the floor is the ICMP flood's.
+    ("ip_fragments_in_per_second", "fragment_flood", 500.0),
     ("inbound_packets_per_second", "traffic_surge", 20_000.0),
     ("peer_ports_per_cycle", "port_scan", 20.0),
     ("tcp_handshakes_per_second", "connection_storm", 200.0),
@@ -230,6 +234,7 @@ pub const EXPLAINS: &[(&str, &[&str])] = &[
             "syn_flood",
             "connection_refusals",
             "connection_storm",
+            "fragment_flood",
             "packet_loss",
             "syscall_storm",
             "cpu_saturation",
@@ -260,6 +265,20 @@ pub const EXPLAINS: &[(&str, &[&str])] = &[
     (
         "connection_refusals",
         &[
+            "packet_loss",
+            "syscall_storm",
+            "cpu_saturation",
+            "traffic_surge",
+        ],
+    ),
+    // Fragments are their datagrams' protocol's packets too: a flood of
+    // fragmented UDP or ICMP is named for its fragments, the more specific
+    // evidence (and the kernel's reassembly is what it loads).
+    (
+        "fragment_flood",
+        &[
+            "udp_flood",
+            "icmp_flood",
             "packet_loss",
             "syscall_storm",
             "cpu_saturation",
@@ -1286,6 +1305,7 @@ mod tests {
             peer,
             protocol,
             link_control: false,
+            fragments: false,
             packets,
             bytes: packets * 100,
             new_flows: 1,
@@ -1313,5 +1333,62 @@ mod tests {
         assert!(subject.starts_with("peer 10.9.0.2 sent 90%"), "{subject}");
         // Not a blockable subject: enforcement parses only "peer ADDR".
         assert!(subject.contains("unproven"), "{subject}");
+    }
+
+    /// A flood of fragmented UDP moves the UDP feature and the fragments'
+    /// together: it is one anomaly, named for the fragments, whose culprit
+    /// is who sent them (not a peer whose whole datagrams only add to the
+    /// UDP rate), with the datagrams' protocol.
+    #[test]
+    fn fragmented_udp_is_a_fragment_flood_of_its_sender() {
+        use crate::signals::packets::InboundPeer;
+        let mut a = Analyzer::new(6.0, 10, 3);
+        let normal = |i: u32| {
+            let mut f = Features::new();
+            f.insert("udp_in_packets_per_second", 100.0 + f64::from(i % 3));
+            f.insert("ip_fragments_in_per_second", f64::from(i % 2));
+            f.insert("inbound_packets_per_second", 1_000.0 + f64::from(i % 5));
+            f
+        };
+        for i in 0..30 {
+            assert!(
+                a.observe(&normal(i), &Subjects::default(), f64::from(i))
+                    .is_empty()
+            );
+        }
+        let sender: std::net::IpAddr = "10.9.0.2".parse().unwrap();
+        let bystander: std::net::IpAddr = "10.9.0.3".parse().unwrap();
+        let row = |peer, fragments, packets| InboundPeer {
+            peer,
+            protocol: 17,
+            link_control: false,
+            fragments,
+            packets,
+            bytes: packets * 1_000,
+            new_flows: 0,
+        };
+        let subjects = Subjects {
+            inbound: vec![row(bystander, false, 4_000), row(sender, true, 3_000)],
+            inbound_totals: [(17, (7_000, 7_000_000))].into(),
+            inbound_fragments: (3_000, 3_000_000),
+            seconds: 1.0,
+            ..Default::default()
+        };
+        let mut flood = normal(30);
+        flood.insert("udp_in_packets_per_second", 7_000.0);
+        flood.insert("ip_fragments_in_per_second", 3_000.0);
+        flood.insert("inbound_packets_per_second", 8_000.0);
+        let opened = a.observe(&flood, &subjects, 30.0);
+        assert_eq!(opened.len(), 1, "{opened:?}");
+        assert_eq!(opened[0].kind, "fragment_flood");
+        let top = &opened[0].culprits[0];
+        assert_eq!((top.peer, top.protocol), (Some(sender), Some("udp")));
+        assert_eq!(top.share, 1.0);
+        assert_eq!(opened[0].culprits.len(), 1, "{:?}", opened[0].culprits);
+        let subject = opened[0].subject.as_deref().unwrap();
+        assert!(
+            subject.starts_with("peer 10.9.0.2 sent 100% of inbound udp IP fragments (3000/s"),
+            "{subject}"
+        );
     }
 }

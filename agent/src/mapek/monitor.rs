@@ -177,13 +177,15 @@ impl Culprit {
             CulpritKind::Peer
                 if matches!(
                     self.measure,
-                    "inbound_packets_per_second" | "inbound_new_flows_per_second"
+                    "inbound_packets_per_second"
+                        | "inbound_new_flows_per_second"
+                        | "inbound_fragments_per_second"
                 ) =>
             {
-                let (verb, of, unit) = if self.measure == "inbound_packets_per_second" {
-                    ("sent", "inbound", "packets")
-                } else {
-                    ("opened", "new inbound", "flows")
+                let (verb, of, unit) = match self.measure {
+                    "inbound_packets_per_second" => ("sent", "inbound", "packets"),
+                    "inbound_fragments_per_second" => ("sent", "inbound", "IP fragments"),
+                    _ => ("opened", "new inbound", "flows"),
                 };
                 format!(
                     "peer {} {verb} {share:.0}% of {of} {} {unit} ({:.0}/s, {:.0} B/s; source address unproven)",
@@ -270,6 +272,9 @@ pub struct Subjects {
     /// control apart, in `inbound_link_control`).
     pub inbound_totals: BTreeMap<u8, (u64, u64)>,
     pub inbound_link_control: (u64, u64),
+    /// Inbound IP fragments' packets and bytes this cycle (part of
+    /// `inbound_totals`).
+    pub inbound_fragments: (u64, u64),
     /// Inbound flows opened per protocol this cycle.
     pub inbound_new_flows: BTreeMap<u8, u64>,
     /// TCP peers' retransmits and RTT samples this cycle.
@@ -537,6 +542,14 @@ pub fn features(
                 - rate(link_control(prev), link_control(now)))
             .max(0.0),
         );
+        let fragments = |s: &Snapshot| {
+            s.reading::<Packets>()
+                .map_or(0, Packets::fragments_received)
+        };
+        f.insert(
+            "ip_fragments_in_per_second",
+            rate(fragments(prev), fragments(now)),
+        );
     }
     if signals.tcp {
         f.insert(
@@ -639,6 +652,7 @@ pub fn features(
         inbound: flows.map(|f| f.inbound.clone()).unwrap_or_default(),
         inbound_totals: flows.map(|f| f.inbound_totals.clone()).unwrap_or_default(),
         inbound_link_control: flows.map(|f| f.inbound_link_control).unwrap_or_default(),
+        inbound_fragments: flows.map(|f| f.inbound_fragments).unwrap_or_default(),
         inbound_new_flows: flows
             .map(|f| f.inbound_new_flows.clone())
             .unwrap_or_default(),
@@ -990,6 +1004,7 @@ pub fn culprits(kind: &str, moved: &[&str], s: &Subjects) -> Vec<Culprit> {
         "port_scan" => flow_openers(s, None),
         "udp_flood" => peers_of(s, &[IPPROTO_UDP]),
         "icmp_flood" => peers_of(s, &[IPPROTO_ICMP, IPPROTO_ICMPV6]),
+        "fragment_flood" => fragment_senders(s),
         "traffic_surge" => peers_of(s, &[]),
         // The peers this node retransmitted to when retransmits moved,
         // else the kernel's drop reasons (a drop names its reason and
@@ -1107,6 +1122,18 @@ fn peers_of(s: &Subjects, protocols: &[u8]) -> Vec<Culprit> {
     )
 }
 
+/// Inbound peers by the IP fragments they sent (of whatever protocol the
+/// datagrams carry).
+fn fragment_senders(s: &Subjects) -> Vec<Culprit> {
+    inbound_peers_by(
+        s,
+        |r| r.fragments,
+        "inbound_fragments_per_second",
+        |r| r.packets,
+        s.inbound_fragments.0,
+    )
+}
+
 /// Why a traffic kind names no peer: its culprits come from the watched
 /// interfaces' flows, while the TCP features count the whole node.
 pub fn unattributed_note(kind: &str) -> Option<&'static str> {
@@ -1118,6 +1145,7 @@ pub fn unattributed_note(kind: &str) -> Option<&'static str> {
             | "connection_refusals"
             | "udp_flood"
             | "icmp_flood"
+            | "fragment_flood"
             | "traffic_surge"
     )
     .then_some(
@@ -1463,6 +1491,7 @@ mod tests {
             peer,
             protocol: IPPROTO_TCP,
             link_control: false,
+            fragments: false,
             packets,
             bytes: packets * 100,
             new_flows,
@@ -1528,6 +1557,7 @@ mod tests {
             peer,
             protocol: IPPROTO_ICMPV6,
             link_control,
+            fragments: false,
             packets,
             bytes: packets * 90,
             new_flows: 0,

@@ -122,7 +122,9 @@ pub const RENAMED: &[(&str, &str, &str)] = &[
     (
         "sonde_kernel_activity_total{kind=\"ip_fragment\"}",
         "sonde_ip_fragments_total",
-        "one counter per thing counted; same values",
+        "one counter per thing counted; since 2026-12-06 per interface, direction, family and \
+         protocol, first fragments included (was: non-first fragments, all interfaces and both \
+         directions together)",
     ),
     (
         "sonde_mapek_threshold{feature}",

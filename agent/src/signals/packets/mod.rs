@@ -24,7 +24,7 @@ use agent_common::{
     config::{CFG_FLOW_EVENTS_BURST, CFG_FLOW_EVENTS_PER_SEC},
     counters::FLOW_CREATED,
     net::{
-        DIRECTION_INGRESS, FAMILY_IPV6, FLOWS_MAP, FlowKey, FlowStats,
+        DIRECTION_INGRESS, FAMILY_IPV6, FLOW_FRAGMENTS, FLOWS_MAP, FlowKey, FlowStats,
         IPPROTO_ICMPV6, IPPROTO_TCP, PACKET_COUNTERS_MAP, PacketCounters, PacketKey,
         direction_name, family_name, ip_addr, is_icmpv6_link_control, protocol_name,
     },
@@ -163,6 +163,9 @@ pub struct FlowView {
     /// Packets and bytes of inbound ICMPv6 link control since the
     /// previous cycle.
     pub inbound_link_control: (u64, u64),
+    /// Packets and bytes of inbound IP fragments since the previous
+    /// cycle (part of `inbound_totals`: a fragment is its protocol's).
+    pub inbound_fragments: (u64, u64),
     /// Inbound flows first seen since the previous cycle, per IP protocol,
     /// ICMPv6 link control not included: it opens nothing (the
     /// denominator of the flow openers' shares).
@@ -181,6 +184,10 @@ pub struct InboundPeer {
     /// the rest of ICMPv6, so that pods coming up are no ICMP flood's
     /// culprits, while a traffic surge of it still names its source.
     pub link_control: bool,
+    /// Fragments of datagrams ([`FLOW_FRAGMENTS`]): kept apart so that a
+    /// fragment flood names who sent the fragments, while a flood of
+    /// their protocol still counts them as its own.
+    pub fragments: bool,
     pub packets: u64,
     pub bytes: u64,
     /// New flows it opened (distinct 5-tuples first seen this cycle).
@@ -260,14 +267,15 @@ impl Maps {
         // Distinct local ports each remote peer opened new flows to.
         let mut fan_out: HashMap<IpAddr, HashSet<u16>> = HashMap::new();
         // Inbound packets, bytes and new flows per (peer, protocol, link
-        // control).
-        let mut inbound: HashMap<(IpAddr, u8, bool), (u64, u64, u64)> = HashMap::new();
+        // control, fragments).
+        let mut inbound: HashMap<InboundKey, (u64, u64, u64)> = HashMap::new();
         let mut idle = Vec::new();
         // Live flows per ifindex: a handful of interfaces, counted in a
         // small list rather than hashed once per flow.
         let mut active: Vec<(u32, u64)> = Vec::new();
         for (key, flow) in map_batch::hash_entries(&self.flows)? {
             let link_control = is_link_control(&key);
+            let fragments = !link_control && key.flags & FLOW_FRAGMENTS != 0;
             // Updated in place: a full table is tens of thousands of
             // flows, most of them unchanged since last cycle, and
             // rebuilding the table each cycle cost as much as reading it.
@@ -297,13 +305,18 @@ impl Maps {
                             e.insert(state);
                         }
                     }
-                    if key.direction == DIRECTION_INGRESS && !link_control {
+                    // The rest of fragmented datagrams open nothing: their
+                    // first fragment (with the ports) is the flow.
+                    if key.direction == DIRECTION_INGRESS
+                        && !link_control
+                        && !is_fragments_rest(&key)
+                    {
                         fan_out
                             .entry(remote_addr(&key))
                             .or_default()
                             .insert(key.dst_port);
                         inbound
-                            .entry((remote_addr(&key), key.protocol, false))
+                            .entry((remote_addr(&key), key.protocol, false, fragments))
                             .or_default()
                             .2 += 1;
                         *view.inbound_new_flows.entry(key.protocol).or_default() += 1;
@@ -313,7 +326,7 @@ impl Maps {
             };
             if key.direction == DIRECTION_INGRESS && dp > 0 {
                 let e = inbound
-                    .entry((remote_addr(&key), key.protocol, link_control))
+                    .entry((remote_addr(&key), key.protocol, link_control, fragments))
                     .or_default();
                 e.0 += dp;
                 e.1 += db;
@@ -324,6 +337,10 @@ impl Maps {
                 };
                 t.0 += dp;
                 t.1 += db;
+                if fragments {
+                    view.inbound_fragments.0 += dp;
+                    view.inbound_fragments.1 += db;
+                }
             }
             if db > 0 || dp > 0 {
                 let peer = PeerKey {
@@ -448,27 +465,34 @@ fn give_back_capacity<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(
     false
 }
 
+/// An inbound row's key: (peer, protocol, link control, fragments).
+type InboundKey = (IpAddr, u8, bool, bool);
+
 /// The [`CYCLE_PEERS_KEPT`] heaviest (peer, protocol) rows by packets,
 /// ties broken by address so the order is stable.
-fn heaviest_inbound(rows: HashMap<(IpAddr, u8, bool), (u64, u64, u64)>) -> Vec<InboundPeer> {
+fn heaviest_inbound(rows: HashMap<InboundKey, (u64, u64, u64)>) -> Vec<InboundPeer> {
     let mut rows: Vec<InboundPeer> = rows
         .into_iter()
-        .map(|((peer, protocol, link_control), (packets, bytes, new_flows))| InboundPeer {
-            peer,
-            protocol,
-            link_control,
-            packets,
-            bytes,
-            new_flows,
-        })
+        .map(
+            |((peer, protocol, link_control, fragments), (packets, bytes, new_flows))| {
+                InboundPeer {
+                    peer,
+                    protocol,
+                    link_control,
+                    fragments,
+                    packets,
+                    bytes,
+                    new_flows,
+                }
+            },
+        )
         .collect();
+    let key = |r: &InboundPeer| (r.peer, r.protocol, r.link_control, r.fragments);
     rows.sort_by(|a, b| {
         b.packets
             .cmp(&a.packets)
             .then(b.new_flows.cmp(&a.new_flows))
-            .then(
-                (a.peer, a.protocol, a.link_control).cmp(&(b.peer, b.protocol, b.link_control)),
-            )
+            .then(key(a).cmp(&key(b)))
     });
     rows.truncate(CYCLE_PEERS_KEPT);
     rows
@@ -479,6 +503,12 @@ fn is_link_control(key: &FlowKey) -> bool {
     key.family == FAMILY_IPV6
         && key.protocol == IPPROTO_ICMPV6
         && u8::try_from(key.src_port).is_ok_and(is_icmpv6_link_control)
+}
+
+/// The fragments after the first of a flow's datagrams: marked, and
+/// without ports (they carry no transport header).
+fn is_fragments_rest(key: &FlowKey) -> bool {
+    key.flags & FLOW_FRAGMENTS != 0 && key.src_port == 0 && key.dst_port == 0
 }
 
 /// The remote end of a flow: the source of what we receive, the destination
@@ -545,6 +575,16 @@ impl Packets {
             .sum()
     }
 
+    /// IP fragments received ([`PacketCounters::ip_fragments`]), on
+    /// every interface.
+    pub fn fragments_received(&self) -> u64 {
+        self.counters
+            .iter()
+            .filter(|(k, _)| k.direction == DIRECTION_INGRESS)
+            .map(|(_, c)| c.ip_fragments)
+            .sum()
+    }
+
     /// ICMPv6 link control received ([`is_icmpv6_link_control`]), on
     /// every interface: part of [`Self::received`]'s ICMPv6.
     pub fn link_control_received(&self) -> u64 {
@@ -579,6 +619,11 @@ impl Reading for Packets {
         let pods = crate::pods::cache().view();
         let mut flags: BTreeMap<(String, &str, &str), u64> = BTreeMap::new();
         let mut link_control: BTreeMap<(String, &str), u64> = BTreeMap::new();
+        let mut fragments = Family::new(
+            "sonde_ip_fragments_total",
+            "Fragments of IP datagrams seen (the first included; part of sonde_packets_total), by interface (with its namespace and pod on a pod's veth), direction, address family and IP protocol",
+            MetricType::COUNTER,
+        );
         for (key, c) in &self.counters {
             let iface = self.interface_name(key.ifindex);
             let direction = direction_name(key.direction);
@@ -592,6 +637,9 @@ impl Reading for Packets {
             pods.label_interface("host", &iface, &mut labels);
             packets.sample(&labels, c.packets as f64);
             bytes.sample(&labels, c.bytes as f64);
+            if c.ip_fragments > 0 {
+                fragments.sample(&labels, c.ip_fragments as f64);
+            }
             if key.protocol == IPPROTO_TCP {
                 for (flag, n) in [
                     ("syn", c.tcp_syn),
@@ -609,6 +657,7 @@ impl Reading for Packets {
         }
         packets.done(out);
         bytes.done(out);
+        fragments.done(out);
         let mut tcp_flags = Family::new(
             "sonde_tcp_flags_total",
             "TCP segments with a flag set (syn: SYN without ACK), by interface (with its namespace and pod on a pod's veth) and direction",
