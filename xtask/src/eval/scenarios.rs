@@ -253,6 +253,34 @@ pub const INCIDENTS: &[Incident] = &[
         run: |_, d| hping3(&["--icmp", "-i", "u1400"], rate(700, d), d),
     },
     Incident {
+        id: "fragment-flood",
+        kind: "fragment_flood",
+        how: "hping3 --udp -d 3000 at ~5,000 datagrams/s from the peer (3 fragments each: ~15,000 fragments/s, blatant)",
+        subject: Some(EVAL.peer_ip),
+        held_out: false,
+        run: |_, d| {
+            hping3(
+                &["--udp", "-p", "20300", "-d", "3000", "-i", "u200"],
+                rate(5_000, d),
+                d,
+            )
+        },
+    },
+    Incident {
+        id: "fragment-flood-low",
+        kind: "fragment_flood",
+        how: "hping3 --udp -d 3000 at ~250 datagrams/s from the peer (~750 fragments/s, near the 500/s floor)",
+        subject: Some(EVAL.peer_ip),
+        held_out: false,
+        run: |_, d| {
+            hping3(
+                &["--udp", "-p", "20300", "-d", "3000", "-i", "u4000"],
+                rate(250, d),
+                d,
+            )
+        },
+    },
+    Incident {
         id: "refused-closed-port",
         kind: "connection_refusals",
         how: "hping3 -S --faster from the peer to a closed port: every SYN answered with a RST",
@@ -465,7 +493,9 @@ pub const INCIDENTS: &[Incident] = &[
         held_out: true,
         run: |_, d| {
             hping3(
-                &["--udp", "-f", "-m", "64", "-d", "512", "-p", "20300", "-i", "u6600"],
+                &[
+                    "--udp", "-f", "-m", "64", "-d", "512", "-p", "20300", "-i", "u6600",
+                ],
                 rate(150, d),
                 d,
             )
