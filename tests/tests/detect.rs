@@ -269,7 +269,41 @@ fn fragment_flood_names_its_source_and_counts_every_fragment() {
         kernel,
         "every fragment is of UDP"
     );
-    println!("{sonde} fragments on {HOST_IF}, ReasmReqds {kernel}");
+    // The anomaly's notes carry the kernel's reassembly counters (read
+    // each cycle it was open: a total between the flood's start and end).
+    let anomaly = lab
+        .agent
+        .wait_for_anomaly_since("fragment_flood", anomaly["start"].as_f64().unwrap_or(0.0));
+    let note = anomaly["notes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n.as_str())
+        .find(|n| n.starts_with("the kernel's IP reassembly"))
+        .unwrap_or_else(|| panic!("no reassembly note: {anomaly}"))
+        .to_owned();
+    let noted: f64 = note
+        .split(" fragments to reassemble")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no fragment total in the note: {note}"));
+    assert!(
+        noted > kernel_before && noted <= kernel_before + kernel,
+        "the note's total {noted} is not the kernel's during the flood ({kernel_before}..={}): {note}",
+        kernel_before + kernel
+    );
+    // The flood went on for seconds after the cycle it was detected in.
+    let during: f64 = note
+        .split('(')
+        .find_map(|part| part.split_once(" fragments in,"))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count since the anomaly opened in the note: {note}"));
+    assert!(
+        during > 0.0 && during < kernel,
+        "fragments after the opening cycle: {during} of {kernel}: {note}"
+    );
+    println!("{sonde} fragments on {HOST_IF}, ReasmReqds {kernel}; note: {note}");
 }
 
 #[test]

@@ -19,7 +19,7 @@
 //!   handshake needs the node's SYN-ACK, which goes to the real owner of
 //!   the address. A SYN flood is never blocked: its sources are half-open
 //!   by definition (the kernel's SYN cookies answer it; its anomaly
-//!   reports them, see [`SynCookies`]).
+//!   reports them, see `kernel_notes`).
 
 use std::{
     collections::BTreeMap,
@@ -315,57 +315,6 @@ fn nameservers(text: &str) -> Vec<IpAddr> {
         .collect()
 }
 
-/// How a SYN cookie note starts (replaced each cycle, other notes kept).
-const NOTE_START: &str = "not blocked: a SYN flood's sources are unproven";
-
-/// The kernel's SYN-cookie counters (TcpExt SyncookiesSent, Recv, Failed
-/// of /proc/net/netstat): how it answers a SYN flood without keeping
-/// state, whatever the sources.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct SynCookies {
-    pub sent: u64,
-    pub received: u64,
-    pub failed: u64,
-}
-
-impl SynCookies {
-    pub fn read() -> Option<SynCookies> {
-        Self::parse(&std::fs::read_to_string("/proc/net/netstat").ok()?)
-    }
-
-    /// From /proc/net/netstat's two `TcpExt:` lines (names, then values).
-    pub fn parse(netstat: &str) -> Option<SynCookies> {
-        let tcp_ext = crate::netstat::TcpExt::parse(netstat)?;
-        Some(SynCookies {
-            sent: tcp_ext.get("SyncookiesSent")?,
-            received: tcp_ext.get("SyncookiesRecv")?,
-            failed: tcp_ext.get("SyncookiesFailed")?,
-        })
-    }
-
-    /// Whether `note` is one [`SynCookies::note`] wrote.
-    pub fn is_note(note: &str) -> bool {
-        note.starts_with(NOTE_START)
-    }
-
-    /// What a syn_flood anomaly says about them: totals now, and since
-    /// `before` (the previous cycle).
-    pub fn note(self, before: Option<SynCookies>) -> String {
-        let since = before.map_or(String::new(), |b| {
-            format!(
-                " ({} sent, {} valid returned since the previous cycle)",
-                self.sent.saturating_sub(b.sent),
-                self.received.saturating_sub(b.received)
-            )
-        });
-        format!(
-            "{NOTE_START} (half-open, often forged); the kernel answers it with SYN cookies: \
-             TcpExtSyncookiesSent {}, SyncookiesRecv {}, SyncookiesFailed {}{since}",
-            self.sent, self.received, self.failed
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,28 +440,5 @@ mod tests {
                 .note(IpAddr::V4(Ipv4Addr::from(0x0a01_0000 + i)));
         }
         assert_eq!(scrapers.recent().len(), MAX_SCRAPERS);
-    }
-
-    #[test]
-    fn syn_cookies_come_from_the_tcpext_lines() {
-        let netstat = "TcpExt: SyncookiesSent SyncookiesRecv SyncookiesFailed ListenDrops\n\
-                       TcpExt: 120 7 2 0\nIpExt: A\nIpExt: 1\n";
-        let now = SynCookies::parse(netstat).unwrap();
-        assert_eq!(
-            now,
-            SynCookies {
-                sent: 120,
-                received: 7,
-                failed: 2
-            }
-        );
-        let note = now.note(Some(SynCookies {
-            sent: 20,
-            received: 7,
-            failed: 0,
-        }));
-        assert!(note.contains("TcpExtSyncookiesSent 120"), "{note}");
-        assert!(note.contains("100 sent, 0 valid returned"), "{note}");
-        assert_eq!(SynCookies::parse("IpExt: A\nIpExt: 1\n"), None);
     }
 }

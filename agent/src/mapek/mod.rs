@@ -9,6 +9,7 @@ pub mod analyze;
 pub mod execute;
 pub mod govern;
 pub mod guard;
+pub mod kernel_notes;
 pub mod knowledge;
 pub mod monitor;
 pub mod plan;
@@ -78,8 +79,10 @@ pub struct Mapek {
     protected: Vec<guard::Protected>,
     /// Peers that scraped /metrics lately (filled by the HTTP layer).
     scrapers: guard::Scrapers,
-    /// The kernel's SYN-cookie counters at the previous cycle.
-    syn_cookies: Option<guard::SynCookies>,
+    /// The kernel's SYN-cookie and reassembly counters as first read
+    /// while an anomaly they speak to is open.
+    syn_cookies: Option<kernel_notes::SynCookies>,
+    reassembly: Option<kernel_notes::Reassembly>,
 }
 
 pub type SharedMapek = Arc<Mutex<Mapek>>;
@@ -146,6 +149,7 @@ impl Mapek {
             protected: Vec::new(),
             scrapers: guard::Scrapers::default(),
             syn_cookies: None,
+            reassembly: None,
         }
     }
 
@@ -603,7 +607,11 @@ pub async fn run(
             }
             let config = inputs.config();
             m.executor.set_mode(config.mapek.mode, &inputs.collector);
-            note_syn_cookies(&mut m);
+            {
+                let m = &mut *m;
+                kernel_notes::update(&mut m.analyzer.active, &mut m.syn_cookies);
+                kernel_notes::update(&mut m.analyzer.active, &mut m.reassembly);
+            }
             let active = m.analyzer.active.clone();
             let m = &mut *m;
             let handshakes = now
@@ -643,23 +651,4 @@ pub async fn run(
         prev = now;
     }
     mapek.lock().unwrap_or_else(|e| e.into_inner()).save();
-}
-
-/// A SYN flood blocks nobody (its sources are unproven); what the kernel
-/// does about it instead, SYN cookies, joins the anomaly's notes, updated
-/// every cycle while it lasts (/proc/net/netstat is read only then).
-fn note_syn_cookies(m: &mut Mapek) {
-    if !m.analyzer.active.iter().any(|a| a.kind == "syn_flood") {
-        m.syn_cookies = None;
-        return;
-    }
-    let before = m.syn_cookies;
-    m.syn_cookies = guard::SynCookies::read();
-    let Some(now) = m.syn_cookies else { return };
-    for anomaly in &mut m.analyzer.active {
-        if anomaly.kind == "syn_flood" {
-            anomaly.notes.retain(|n| !guard::SynCookies::is_note(n));
-            anomaly.notes.push(now.note(before));
-        }
-    }
 }

@@ -360,7 +360,7 @@ pub struct ListenCounters {
 
 /// Reads `TcpExt: ListenOverflows ListenDrops` from /proc/net/netstat.
 pub fn read_listen_counters(netstat: &str) -> Option<ListenCounters> {
-    let tcp_ext = crate::netstat::TcpExt::parse(netstat)?;
+    let tcp_ext = crate::netstat::Group::parse(netstat, "TcpExt:")?;
     Some(ListenCounters {
         overflows: tcp_ext.get("ListenOverflows")?,
         drops: tcp_ext.get("ListenDrops")?,
