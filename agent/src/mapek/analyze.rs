@@ -1283,22 +1283,29 @@ mod tests {
         assert_eq!(kinds, ["fork_storm", "syscall_storm"]);
     }
 
-    #[test]
-    fn a_flood_names_its_source_peers_with_their_shares_unproven() {
-        use crate::signals::packets::InboundPeer;
+    /// An analyzer past its warm-up on 30 cycles of `normal`, which
+    /// opened nothing.
+    fn warmed_up(normal: impl Fn(u32) -> Features) -> Analyzer {
         let mut a = Analyzer::new(6.0, 10, 3);
-        let normal = |i: u32| {
-            let mut f = Features::new();
-            f.insert("udp_in_packets_per_second", 100.0 + f64::from(i % 3));
-            f.insert("inbound_packets_per_second", 1_000.0 + f64::from(i % 3));
-            f
-        };
         for i in 0..30 {
             assert!(
                 a.observe(&normal(i), &Subjects::default(), f64::from(i))
                     .is_empty()
             );
         }
+        a
+    }
+
+    #[test]
+    fn a_flood_names_its_source_peers_with_their_shares_unproven() {
+        use crate::signals::packets::InboundPeer;
+        let normal = |i: u32| {
+            let mut f = Features::new();
+            f.insert("udp_in_packets_per_second", 100.0 + f64::from(i % 3));
+            f.insert("inbound_packets_per_second", 1_000.0 + f64::from(i % 3));
+            f
+        };
+        let mut a = warmed_up(normal);
         let attacker: std::net::IpAddr = "10.9.0.2".parse().unwrap();
         let bystander: std::net::IpAddr = "10.9.0.3".parse().unwrap();
         let row = |peer, protocol, packets| InboundPeer {
@@ -1342,7 +1349,6 @@ mod tests {
     #[test]
     fn fragmented_udp_is_a_fragment_flood_of_its_sender() {
         use crate::signals::packets::InboundPeer;
-        let mut a = Analyzer::new(6.0, 10, 3);
         let normal = |i: u32| {
             let mut f = Features::new();
             f.insert("udp_in_packets_per_second", 100.0 + f64::from(i % 3));
@@ -1350,12 +1356,7 @@ mod tests {
             f.insert("inbound_packets_per_second", 1_000.0 + f64::from(i % 5));
             f
         };
-        for i in 0..30 {
-            assert!(
-                a.observe(&normal(i), &Subjects::default(), f64::from(i))
-                    .is_empty()
-            );
-        }
+        let mut a = warmed_up(normal);
         let sender: std::net::IpAddr = "10.9.0.2".parse().unwrap();
         let bystander: std::net::IpAddr = "10.9.0.3".parse().unwrap();
         let row = |peer, fragments, packets| InboundPeer {
