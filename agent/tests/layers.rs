@@ -71,6 +71,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("mapek::execute", 5),
     ("mapek::govern", 5),
     ("mapek::guard", 5),
+    ("mapek::kernel_notes", 5),
     ("mapek::knowledge", 5),
     ("mapek::monitor", 5),
     ("mapek::plan", 5),
