@@ -190,8 +190,8 @@ fn alert_rules_pass_promtool_and_link_the_runbook() {
 }
 
 /// Generates loopback traffic and syscall activity: TCP accepts and a
-/// refused connect, UDP datagrams, getppid calls, failing closes and a few
-/// slow nanosleeps. Bounded: a few seconds.
+/// refused connect, UDP datagrams (two of them in fragments), getppid
+/// calls, failing closes and a few slow nanosleeps. Bounded: a few seconds.
 fn loopback_traffic() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
@@ -207,6 +207,15 @@ fn loopback_traffic() {
     let mut sink = Workload::spawn(&["udp-sink", &udp, "2"]);
     sink.expect_line("ready", Duration::from_secs(5));
     Workload::run(&["udp-send", &udp, "50", "200"], Duration::from_secs(30));
+    // Two datagrams that hping3 cuts into fragments itself (lo's MTU
+    // fragments nothing): IP fragments are counted per interface, and a
+    // family appears once it has a series.
+    sonde_tests::sys::need_tool("hping3", "hping3");
+    let _ = Command::new("hping3")
+        .args(["-q", "--udp", "-f", "-m", "64", "-d", "200", "-p"])
+        .arg(free_port().to_string())
+        .args(["-i", "u10000", "-c", "2", "127.0.0.1"])
+        .output();
     Workload::run(&["getppid", "2000"], Duration::from_secs(30));
     Workload::run(&["close-bad", "200"], Duration::from_secs(30));
     Workload::run(&["nanosleep", "10", "3"], Duration::from_secs(30));
