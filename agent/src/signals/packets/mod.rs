@@ -544,23 +544,25 @@ pub struct Packets {
 }
 
 impl Packets {
-    /// TCP SYNs (without ACK) received, on every interface.
-    pub fn syns_received(&self) -> u64 {
+    /// `field` summed over every interface's counters of one direction
+    /// (received: ingress; else egress) and every protocol.
+    fn total(&self, received: bool, field: fn(&PacketCounters) -> u64) -> u64 {
         self.counters
             .iter()
-            .filter(|(k, _)| k.direction == DIRECTION_INGRESS)
-            .map(|(_, c)| c.tcp_syn)
+            .filter(|(k, _)| (k.direction == DIRECTION_INGRESS) == received)
+            .map(|(_, c)| field(c))
             .sum()
+    }
+
+    /// TCP SYNs (without ACK) received, on every interface.
+    pub fn syns_received(&self) -> u64 {
+        self.total(true, |c| c.tcp_syn)
     }
 
     /// TCP RSTs this node sent, on every interface (refusals: a closed
     /// port's or a REJECT rule's answer to a SYN).
     pub fn resets_sent(&self) -> u64 {
-        self.counters
-            .iter()
-            .filter(|(k, _)| k.direction != DIRECTION_INGRESS)
-            .map(|(_, c)| c.tcp_rst)
-            .sum()
+        self.total(false, |c| c.tcp_rst)
     }
 
     /// Packets received of IP protocol `protocol` (all protocols: None),
@@ -578,21 +580,13 @@ impl Packets {
     /// IP fragments received ([`PacketCounters::ip_fragments`]), on
     /// every interface.
     pub fn fragments_received(&self) -> u64 {
-        self.counters
-            .iter()
-            .filter(|(k, _)| k.direction == DIRECTION_INGRESS)
-            .map(|(_, c)| c.ip_fragments)
-            .sum()
+        self.total(true, |c| c.ip_fragments)
     }
 
     /// ICMPv6 link control received ([`is_icmpv6_link_control`]), on
     /// every interface: part of [`Self::received`]'s ICMPv6.
     pub fn link_control_received(&self) -> u64 {
-        self.counters
-            .iter()
-            .filter(|(k, _)| k.direction == DIRECTION_INGRESS)
-            .map(|(_, c)| c.icmpv6_link_control)
-            .sum()
+        self.total(true, |c| c.icmpv6_link_control)
     }
 
     fn interface_name(&self, ifindex: u32) -> String {
