@@ -939,15 +939,14 @@ fn retransmissions_name_the_peer() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    let delay = seen - t0;
-    assert!(
-        delay <= 1.5 + 0.1,
-        "{PEER_IP} named {delay:.2} s after the fault (TCP retransmits after dup ACKs or an RTO; \
-         allowed 1.5 s): {anomaly}"
-    );
+    // Timed from the first cycle with a retransmit in the counters (one
+    // is about 5/s at the 200 ms cycle), as every test here: how
+    // long iptables takes to start and TCP to lose a segment on a busy
+    // machine is not detection time (CI once saw 1.6 s of it).
+    let delay = cycles_to_detect(&lab.agent, &anomaly, "tcp_retransmits_per_second", 1.0, t0);
     println!(
-        "named {delay:.2} s after the fault (anomaly opened {:.2} s after it)",
-        anomaly["start"].as_f64().unwrap_or(0.0) - t0
+        "named {:.2} s after the fault was injected, {delay:.1} cycles after the first retransmit",
+        seen - t0
     );
     let top = &anomaly["culprits"][0];
     assert_eq!(top["protocol"], "tcp", "{anomaly}");
