@@ -1,4 +1,7 @@
 //! User space only: adding up the per-CPU copies of a map value.
+//!
+//! Every impl destructures the value, so that a field added to a struct
+//! and not summed here is a compile error, not a metric stuck at zero.
 
 use crate::{
     block::BlockStats,
@@ -34,17 +37,21 @@ fn add_slots<const N: usize>(total: &mut [u64; N], other: &[u64; N]) {
 
 impl Merge for SyscallStats {
     fn merge(&mut self, o: &Self) {
-        self.count += o.count;
-        self.errors += o.errors;
-        self.latency_sum_ns += o.latency_sum_ns;
-        add_slots(&mut self.latency_slots, &o.latency_slots);
+        let SyscallStats {
+            count,
+            errors,
+            latency_sum_ns,
+            latency_slots,
+        } = o;
+        self.count += count;
+        self.errors += errors;
+        self.latency_sum_ns += latency_sum_ns;
+        add_slots(&mut self.latency_slots, latency_slots);
     }
 }
 
 impl Merge for PacketCounters {
     fn merge(&mut self, o: &Self) {
-        // Destructured, so that a counter added to the struct and not
-        // summed here is a compile error, not a metric stuck at zero.
         let PacketCounters {
             packets,
             bytes,
@@ -54,7 +61,7 @@ impl Merge for PacketCounters {
             tcp_fin,
             icmpv6_link_control,
             ip_fragments,
-        } = *o;
+        } = o;
         self.packets += packets;
         self.bytes += bytes;
         self.tcp_syn += tcp_syn;
@@ -68,60 +75,91 @@ impl Merge for PacketCounters {
 
 impl Merge for TcpStats {
     fn merge(&mut self, o: &Self) {
-        self.connects += o.connects;
-        self.connect_failures += o.connect_failures;
-        self.accepts += o.accepts;
-        self.retransmits += o.retransmits;
-        self.resets_sent += o.resets_sent;
-        self.resets_received += o.resets_received;
-        self.connect_latency_sum_ns += o.connect_latency_sum_ns;
-        add_slots(&mut self.connect_latency_slots, &o.connect_latency_slots);
-        self.rtt_samples += o.rtt_samples;
-        self.rtt_sum_us += o.rtt_sum_us;
-        add_slots(&mut self.rtt_slots, &o.rtt_slots);
+        let TcpStats {
+            connects,
+            connect_failures,
+            accepts,
+            retransmits,
+            resets_sent,
+            resets_received,
+            connect_latency_sum_ns,
+            connect_latency_slots,
+            rtt_samples,
+            rtt_sum_us,
+            rtt_slots,
+        } = o;
+        self.connects += connects;
+        self.connect_failures += connect_failures;
+        self.accepts += accepts;
+        self.retransmits += retransmits;
+        self.resets_sent += resets_sent;
+        self.resets_received += resets_received;
+        self.connect_latency_sum_ns += connect_latency_sum_ns;
+        add_slots(&mut self.connect_latency_slots, connect_latency_slots);
+        self.rtt_samples += rtt_samples;
+        self.rtt_sum_us += rtt_sum_us;
+        add_slots(&mut self.rtt_slots, rtt_slots);
     }
 }
 
 impl Merge for RunqStats {
     fn merge(&mut self, o: &Self) {
-        self.samples += o.samples;
-        self.sum_ns += o.sum_ns;
-        add_slots(&mut self.slots, &o.slots);
-        self.run_ns += o.run_ns;
-        self.behind_ns += o.behind_ns;
+        let RunqStats {
+            samples,
+            sum_ns,
+            slots,
+            run_ns,
+            behind_ns,
+        } = o;
+        self.samples += samples;
+        self.sum_ns += sum_ns;
+        add_slots(&mut self.slots, slots);
+        self.run_ns += run_ns;
+        self.behind_ns += behind_ns;
     }
 }
 
 impl Merge for BlockStats {
     fn merge(&mut self, o: &Self) {
-        self.requests += o.requests;
-        self.bytes += o.bytes;
-        self.errors += o.errors;
-        self.sum_ns += o.sum_ns;
-        add_slots(&mut self.slots, &o.slots);
+        let BlockStats {
+            requests,
+            bytes,
+            errors,
+            sum_ns,
+            slots,
+        } = o;
+        self.requests += requests;
+        self.bytes += bytes;
+        self.errors += errors;
+        self.sum_ns += sum_ns;
+        add_slots(&mut self.slots, slots);
     }
 }
 
 impl Merge for DropDeviceStats {
     fn merge(&mut self, o: &Self) {
-        self.drops += o.drops;
+        let DropDeviceStats { drops, name } = o;
+        self.drops += drops;
+        // Not a count: the first copy that recorded a name gives it.
         if self.name[0] == 0 {
-            self.name = o.name;
+            self.name = *name;
         }
     }
 }
 
 impl Merge for BlocklistStats {
     fn merge(&mut self, o: &Self) {
-        self.packets += o.packets;
-        self.bytes += o.bytes;
+        let BlocklistStats { packets, bytes } = o;
+        self.packets += packets;
+        self.bytes += bytes;
     }
 }
 
 impl Merge for crate::syscalls::ProcessSyscalls {
     fn merge(&mut self, o: &Self) {
-        self.calls += o.calls;
-        self.errors += o.errors;
+        let crate::syscalls::ProcessSyscalls { calls, errors } = o;
+        self.calls += calls;
+        self.errors += errors;
     }
 }
 
