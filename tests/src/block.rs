@@ -107,6 +107,8 @@ pub struct SlowDevice {
     // Declared first: detached before its writers' cgroup is removed.
     device: LoopDevice,
     cgroup: TestCgroup,
+    /// The cgroup's limit file, and what lifts the limit.
+    limit: (PathBuf, String),
 }
 
 impl SlowDevice {
@@ -116,10 +118,36 @@ impl SlowDevice {
     pub fn try_new(dir: &Path, at: Option<&str>, bytes_per_second: u64) -> io::Result<SlowDevice> {
         let disk = disk_under(dir)?;
         let tag = format!("sonde-slow-{}", std::process::id());
-        let cgroup = throttled_cgroup(&tag, &disk, bytes_per_second)?;
+        let (cgroup, limit) = throttled_cgroup(&tag, &disk, bytes_per_second)?;
         let file = dir.join(format!("{tag}.img"));
         let device = LoopDevice::try_new(&file, 64 << 20, at, true)?;
-        Ok(SlowDevice { device, cgroup })
+        Ok(SlowDevice {
+            device,
+            cgroup,
+            limit,
+        })
+    }
+
+    /// Lifts the write limit: requests held by it go on at once. At a
+    /// limit of a few bytes a second a request of a MiB never completes
+    /// in a test's time (a hung disk); this ends the hang.
+    pub fn unthrottle(&self) -> io::Result<()> {
+        let (path, lifted) = &self.limit;
+        std::fs::write(path, lifted).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("writing {lifted:?} to {}: {e}", path.display()),
+            )
+        })
+    }
+
+    /// Its requests in flight, reads and writes, by the kernel's count
+    /// (/sys/block/NAME/inflight).
+    pub fn in_flight(&self) -> io::Result<(u64, u64)> {
+        let name = self.device.name();
+        let text = std::fs::read_to_string(format!("/sys/block/{name}/inflight"))?;
+        let mut counts = text.split_whitespace().map(|v| v.parse().unwrap_or(0));
+        Ok((counts.next().unwrap_or(0), counts.next().unwrap_or(0)))
     }
 
     pub fn loop_device(&self) -> &LoopDevice {
@@ -151,6 +179,22 @@ impl SlowDevice {
     }
 }
 
+impl Drop for SlowDevice {
+    /// Lifts the limit first, and waits (5 s at most) for what it held:
+    /// a writer stuck on it can neither exit its cgroup nor let the loop
+    /// device go, even killed.
+    fn drop(&mut self) {
+        if let Err(e) = self.unthrottle() {
+            eprintln!("warning: {e}");
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self.in_flight().is_ok_and(|(r, w)| r + w > 0) && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
 /// The whole disk ("MAJ:MIN") holding `dir`'s file system: the block
 /// throttle takes whole disks, not partitions.
 fn disk_under(dir: &Path) -> io::Result<String> {
@@ -177,13 +221,19 @@ fn disk_under(dir: &Path) -> io::Result<String> {
 /// A new cgroup whose writes to `disk` are limited to `bytes_per_second`
 /// (removed on drop): the v1 blkio controller's where it is mounted, else
 /// cgroup2's io controller (enabled for the root's children if needed).
-fn throttled_cgroup(tag: &str, disk: &str, bytes_per_second: u64) -> io::Result<TestCgroup> {
+/// With it, its limit file and what written there lifts the limit.
+fn throttled_cgroup(
+    tag: &str,
+    disk: &str,
+    bytes_per_second: u64,
+) -> io::Result<(TestCgroup, (PathBuf, String))> {
     let v1 = Path::new("/sys/fs/cgroup/blkio");
-    let (dir, file, limit) = if v1.join("blkio.throttle.write_bps_device").exists() {
+    let (dir, file, limit, lifted) = if v1.join("blkio.throttle.write_bps_device").exists() {
         (
             v1.join(tag),
             "blkio.throttle.write_bps_device",
             format!("{disk} {bytes_per_second}"),
+            format!("{disk} 0"),
         )
     } else {
         let root = crate::cgroup::v2_mount()
@@ -198,6 +248,7 @@ fn throttled_cgroup(tag: &str, disk: &str, bytes_per_second: u64) -> io::Result<
             root.join(tag),
             "io.max",
             format!("{disk} wbps={bytes_per_second}"),
+            format!("{disk} wbps=max"),
         )
     };
     let cgroup = TestCgroup::at(dir)?;
@@ -208,7 +259,7 @@ fn throttled_cgroup(tag: &str, disk: &str, bytes_per_second: u64) -> io::Result<
             format!("writing {limit:?} to {}: {e}", path.display()),
         )
     })?;
-    Ok(cgroup)
+    Ok((cgroup, (path, lifted)))
 }
 
 /// A block device's completed reads and writes and the milliseconds they

@@ -349,6 +349,17 @@ pub const INCIDENTS: &[Incident] = &[
         held_out: false,
         run: |_, d| slow_disk(2 << 20, 16 << 10, 4, d),
     },
+    // A hung disk: its one request of 1 MiB may pass at 4 KiB/s (256 s),
+    // so it completes nothing during the incident; the limit is lifted
+    // when the incident ends (SlowDevice's drop).
+    Incident {
+        id: "disk-hang",
+        kind: "io_stall",
+        how: "one dd O_DIRECT write of 1 MiB to the slow loop device at a 4 KiB/s limit: in flight all along, nothing completes",
+        subject: Some(SLOW_DISK_SUBJECT),
+        held_out: false,
+        run: |_, d| slow_disk(4 << 10, 1 << 20, 1, d),
+    },
     // The held-out set (written 2026-12-05, before tuning on it): the
     // shapes above at intensities nearer the floors, and a scan of
     // another protocol. udp-scan and packet-loss-low left it after its
@@ -472,6 +483,17 @@ pub const INCIDENTS: &[Incident] = &[
         subject: Some(SLOW_DISK_SUBJECT),
         held_out: true,
         run: |_, d| slow_disk(4 << 20, 512 << 10, 1, d),
+    },
+    // Written 2026-12-07 with the io_stall kind, before any run of it:
+    // a disk that does complete, one request every 2 s (near the 1 s
+    // floor, and too few completions for a mean latency).
+    Incident {
+        id: "disk-hang-slow-requests",
+        kind: "io_stall",
+        how: "one dd writer of 64 KiB O_DIRECT requests to the slow loop device at a 32 KiB/s limit (each request 2 s in flight)",
+        subject: Some(SLOW_DISK_SUBJECT),
+        held_out: true,
+        run: |_, d| slow_disk(32 << 10, 64 << 10, 1, d),
     },
     // Written 2026-12-06 before the fragment-flood kind existed (the
     // tuned fragment incidents are UDP datagrams of 3,000 bytes): echo
