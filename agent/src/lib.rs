@@ -30,6 +30,7 @@ pub mod cli;
 pub mod collectors;
 pub mod config;
 pub mod daemon;
+pub mod diskstats;
 pub mod events;
 pub mod family;
 pub mod health;

@@ -37,6 +37,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("notify", 0),
     ("serving", 0),
     ("netstat", 0),
+    ("diskstats", 0),
     ("tasks", 0),
     ("map_batch", 0),
     ("heap", 0),

@@ -104,9 +104,12 @@ impl Drop for LoopDevice {
 /// like any other, made from a loop device and the block throttle (this
 /// kernel has no null_blk or dm-delay).
 pub struct SlowDevice {
-    // Declared first: detached before its writers' cgroup is removed.
+    // Declared first: detached before its writers' cgroups are removed.
     device: LoopDevice,
     cgroup: TestCgroup,
+    /// Where the limit is cgroup v1's: a cgroup2 cgroup the writers join
+    /// too, for their I/O pressure.
+    pressure: Option<TestCgroup>,
     /// The cgroup's limit file, and what lifts the limit.
     limit: (PathBuf, String),
 }
@@ -119,13 +122,27 @@ impl SlowDevice {
         let disk = disk_under(dir)?;
         let tag = format!("sonde-slow-{}", std::process::id());
         let (cgroup, limit) = throttled_cgroup(&tag, &disk, bytes_per_second)?;
+        let pressure = match crate::cgroup::v2_mount() {
+            Some(root) if !cgroup.dir().starts_with(&root) => {
+                Some(TestCgroup::at(root.join(&tag))?)
+            }
+            _ => None,
+        };
         let file = dir.join(format!("{tag}.img"));
         let device = LoopDevice::try_new(&file, 64 << 20, at, true)?;
         Ok(SlowDevice {
             device,
             cgroup,
+            pressure,
             limit,
         })
+    }
+
+    /// How long its writers have waited on I/O, by the kernel's pressure
+    /// accounting of their cgroup (µs; None without cgroup2).
+    pub fn io_pressure_some_us(&self) -> Option<f64> {
+        let dir = self.pressure.as_ref().unwrap_or(&self.cgroup).dir();
+        crate::cgroup::io_pressure_some_us(dir)
     }
 
     /// Lifts the write limit: requests held by it go on at once. At a
@@ -163,8 +180,18 @@ impl SlowDevice {
     pub fn writers(&self, block_size: u64, count: u64, writers: u64) -> Command {
         // Regions apart: the kernel tracks a request in flight by its
         // device and first sector.
+        let also = self
+            .pressure
+            .as_ref()
+            .map(|c| {
+                format!(
+                    "echo $$ > {} || exit 1; ",
+                    c.dir().join("cgroup.procs").display()
+                )
+            })
+            .unwrap_or_default();
         let script = format!(
-            "echo $$ > {procs} || exit 1; pids=''; \
+            "echo $$ > {procs} || exit 1; {also}pids=''; \
              trap 'kill $pids 2>/dev/null; exit 143' TERM INT; i=0; \
              while [ $i -lt {writers} ]; do \
              dd if=/dev/zero of={device} bs={block_size} count={count} seek=$((i * {count})) \

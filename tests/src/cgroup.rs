@@ -25,7 +25,20 @@ pub fn v2_mount() -> Option<PathBuf> {
 /// `some total` (µs) of a cgroup v2 directory's cpu.pressure: the time at
 /// least one of its tasks was runnable but waiting for a CPU.
 pub fn cpu_pressure_some_us(dir: &Path) -> Option<f64> {
-    let text = std::fs::read_to_string(dir.join("cpu.pressure")).ok()?;
+    pressure_some_us(dir, "cpu")
+}
+
+/// `some total` (µs) of a cgroup v2 directory's io.pressure: the time at
+/// least one of its tasks waited on I/O. A cgroup's, not the machine's
+/// (/proc/pressure/io): the machine's averages the CPUs by their busy
+/// time, so a task stuck on I/O while other CPUs run other work counts
+/// for less than the wall time it waited.
+pub fn io_pressure_some_us(dir: &Path) -> Option<f64> {
+    pressure_some_us(dir, "io")
+}
+
+fn pressure_some_us(dir: &Path, resource: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(dir.join(format!("{resource}.pressure"))).ok()?;
     text.lines()
         .find(|l| l.starts_with("some"))?
         .split_whitespace()

@@ -461,6 +461,113 @@ fn a_slow_disk_is_detected_and_named_by_its_device() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A hung disk: one O_DIRECT write of 1 MiB to a loop device whose
+/// writes may pass at 4 KiB/s (256 s for the request) is in flight and
+/// completes nothing, so no latency is ever measured. It opens `io_stall`
+/// named by the device. How long Sonde says it has been stalled agrees
+/// with the kernel: the device's own counters show the write in flight
+/// and none completed, the writer's cgroup's I/O pressure (PSI: it waits
+/// on I/O all along) grew at least as much, and the stall is the time
+/// since the writer started, less a cycle and the writer's start-up.
+/// Lifting the limit ends it.
+#[test]
+fn a_hung_disk_is_an_io_stall_named_by_its_device() {
+    use sonde_tests::block::{DiskStat, SlowDevice};
+    if !require_root() {
+        return;
+    }
+    let dir = state_dir("hung");
+    let agent = Agent::start(&mapek_config(&dir).render(), &[]);
+    warmed_up(&agent);
+    let slow = SlowDevice::try_new(std::path::Path::new("/var/tmp"), None, 4 << 10)
+        .unwrap_or_else(|e| panic!("making a slow device: {e}"));
+    let name = slow.loop_device().name().to_owned();
+    let before = DiskStat::read(&name).expect("the device's stat");
+    let pressure_before = slow
+        .io_pressure_some_us()
+        .expect("the writers' io.pressure");
+    let started = std::time::Instant::now();
+    let mut writer =
+        sonde_tests::process::Proc::spawn("dd (hung writer)", slow.writers(1 << 20, 1, 1))
+            .expect("starting the writer");
+    let anomaly = agent.wait_for_anomaly("io_stall");
+    // A few seconds into the hang, everything read at once.
+    std::thread::sleep(Duration::from_secs(2));
+    let scrape = agent.metrics();
+    let elapsed = started.elapsed().as_secs_f64();
+    let pressure = (slow.io_pressure_some_us().unwrap_or(0.0) - pressure_before) / 1e6;
+    let in_flight = slow.in_flight().expect("the device's inflight");
+    let after = DiskStat::read(&name).expect("the device's stat");
+    let stalled = scrape
+        .value("sonde_block_io_stalled_seconds", &[("device", &name)])
+        .unwrap_or_else(|| panic!("no stall for {name}: {}", scrape.grep(&name)));
+    println!(
+        "{name}: stalled {stalled:.2} s by Sonde, {elapsed:.2} s since the writer started, \
+         {pressure:.2} s of I/O pressure; kernel: in flight {in_flight:?}, writes completed \
+         {} -> {}; subject: {}",
+        before.writes, after.writes, anomaly["subject"]
+    );
+    assert!(
+        writer.running(),
+        "the writer ended: {}",
+        writer.stderr_tail()
+    );
+    assert!(
+        in_flight.1 > 0,
+        "the kernel has no write in flight on {name}"
+    );
+    assert_eq!(after.writes, before.writes, "a write completed on {name}");
+    // One 200 ms cycle between readings, and the writer's own start-up
+    // (a shell, a cgroup join, dd) before its request is issued.
+    assert!(
+        stalled <= elapsed && stalled >= elapsed - 1.0,
+        "Sonde: stalled {stalled:.2} s; the writer started {elapsed:.2} s ago"
+    );
+    // Sonde's stall is a lower bound by up to a cycle, read up to a cycle
+    // before the scrape: within 3 cycles of what PSI counted.
+    assert!(
+        (stalled - 0.1..=stalled + 0.6).contains(&pressure),
+        "the writer's cgroup waited {pressure:.2} s on I/O (PSI); Sonde: stalled {stalled:.2} s"
+    );
+    let top = &anomaly["culprits"][0];
+    assert_eq!(top["kind"], "device", "{anomaly}");
+    assert_eq!(top["device"], name.as_str(), "{anomaly}");
+    assert_eq!(top["measure"], "block_io_stalled_seconds", "{anomaly}");
+    assert_eq!(top["proven"], true, "{anomaly}");
+    assert!(
+        anomaly["subject"]
+            .as_str()
+            .is_some_and(|s| s.starts_with(&format!(
+                "device {name}: requests in flight, none completed"
+            ))),
+        "{anomaly}"
+    );
+    // Lifted: the write completes, the writer exits, the stall ends.
+    slow.unthrottle().expect("lifting the limit");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while writer.running() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !writer.running(),
+        "the write did not complete once the limit was lifted"
+    );
+    let done = DiskStat::read(&name).expect("the device's stat");
+    assert!(done.writes > before.writes, "{done:?}");
+    std::thread::sleep(Duration::from_millis(600));
+    let scrape = agent.metrics();
+    assert_eq!(
+        scrape.value("sonde_block_io_stalled_seconds", &[("device", &name)]),
+        Some(0.0),
+        "{}",
+        scrape.grep(&name)
+    );
+    drop(writer);
+    drop(slow);
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A SYN flood (hping3, bounded by count) from the test namespace at a
 /// listener's port is detected as `syn_flood`, its source named but not
 /// proven.

@@ -189,6 +189,11 @@ pub const FEATURES: &[(&str, &str, f64)] = &[
         "io_latency_regression",
         0.02,
     ),
+    // How long a disk has had requests in flight and completed none: a
+    // busy disk completes some every few ms, so a whole second without
+    // one is a request stuck for a second at least, on any disk but a
+    // spinning one waking up.
+    ("block_io_stalled_seconds", "io_stall", 1.0),
 ];
 
 /// The RTT mean's floor in a cycle that loses nothing; the table's 20 ms
@@ -320,6 +325,9 @@ pub const EXPLAINS: &[(&str, &[&str])] = &[
     ("syscall_error_spike", &["syscall_storm", "cpu_saturation"]),
     ("syscall_storm", &["cpu_saturation"]),
     ("latency_regression", &["packet_loss"]),
+    // The stuck requests complete when the stall ends, each after
+    // seconds: the same incident's tail.
+    ("io_stall", &["io_latency_regression"]),
     ("traffic_surge", &["packet_loss", "cpu_saturation"]),
 ];
 
@@ -1033,6 +1041,75 @@ mod tests {
             "{subject}"
         );
         assert_eq!(opened[0].culprits[0].device.as_deref(), Some("loop7"));
+    }
+
+    #[test]
+    fn a_hung_disk_is_an_io_stall_named_by_its_device_and_its_tail_joins_it() {
+        use crate::{diskstats::Stall, mapek::monitor::BlockDelta};
+        let disk = |stalled: f64, mean: Option<f64>| {
+            let mut f = Features::new();
+            f.insert("block_io_stalled_seconds", stalled);
+            if let Some(mean) = mean {
+                f.insert("block_io_mean_latency_seconds", mean);
+            }
+            f
+        };
+        let mut a = Analyzer::new(6.0, 10, 3);
+        for i in 0..30 {
+            // A busy disk: requests in flight, completing.
+            let quiet = a.observe(&disk(0.0, Some(0.001)), &Subjects::default(), f64::from(i));
+            assert!(quiet.is_empty(), "{quiet:?}");
+        }
+        // Under a second without a completion: a slow request, not a hang.
+        let slow = a.observe(&disk(0.8, Some(0.001)), &Subjects::default(), 30.0);
+        assert!(slow.is_empty(), "{slow:?}");
+        let stalled = |seconds: f64| Subjects {
+            block_stalls: vec![
+                Stall {
+                    device: "vda".into(),
+                    in_flight: 1,
+                    seconds: 0.0,
+                },
+                Stall {
+                    device: "loop3".into(),
+                    in_flight: 3,
+                    seconds,
+                },
+            ],
+            seconds: 1.0,
+            ..Default::default()
+        };
+        // No completion on the stuck disk: no mean from it.
+        let opened = a.observe(&disk(2.0, Some(0.001)), &stalled(2.0), 31.0);
+        assert_eq!(opened.len(), 1, "{opened:?}");
+        assert_eq!(opened[0].kind, "io_stall");
+        let subject = opened[0].subject.as_deref().unwrap_or_default();
+        assert_eq!(
+            subject,
+            "device loop3: requests in flight, none completed for 2.0 s (100% of the \
+             requests stuck in flight)"
+        );
+        assert_eq!(
+            opened[0].culprits.len(),
+            1,
+            "a completing disk is no culprit"
+        );
+        assert!(opened[0].culprits[0].proven);
+        // The stall ends: its requests complete after seconds each, which
+        // joins the stall's anomaly instead of opening another.
+        let released = Subjects {
+            block_devices: vec![BlockDelta {
+                device: "loop3".into(),
+                requests: 3,
+                sum_ns: 9_000_000_000,
+            }],
+            seconds: 1.0,
+            ..Default::default()
+        };
+        let tail = a.observe(&disk(0.0, Some(3.0)), &released, 32.0);
+        assert!(tail.is_empty(), "{tail:?}");
+        assert_eq!(a.active.len(), 1);
+        assert_eq!(a.active[0].kind, "io_stall");
     }
 
     #[test]

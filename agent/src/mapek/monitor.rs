@@ -235,6 +235,13 @@ impl Culprit {
                 self.measure.replace('_', " "),
                 self.amount
             ),
+            CulpritKind::Device if self.measure == "block_io_stalled_seconds" => format!(
+                "device {}: requests in flight, none completed for {:.1} s ({:.0}% of the \
+                 requests stuck in flight)",
+                self.name(),
+                self.amount,
+                share
+            ),
             CulpritKind::Device => format!(
                 "device {}: requests took {:.1} ms each on average, {:.0}% of the time \
                  block I/O took",
@@ -292,6 +299,9 @@ pub struct Subjects {
     /// Block devices' reads and writes completed this cycle, the most
     /// time taken first.
     pub block_devices: Vec<BlockDelta>,
+    /// Whole disks with requests in flight now, and how long they have
+    /// completed none.
+    pub block_stalls: Vec<crate::diskstats::Stall>,
     /// While syscalls are counted per process: the busiest processes
     /// (pid, calls, failed) and the seconds they were counted over.
     pub syscall_processes: Vec<(u32, agent_common::syscalls::ProcessSyscalls)>,
@@ -627,6 +637,12 @@ pub fn features(
         if let Some(mean) = slowest {
             f.insert("block_io_mean_latency_seconds", mean);
         }
+        // A hung disk completes nothing, so no mean shows it; how long
+        // its requests have gone without one does.
+        f.insert(
+            "block_io_stalled_seconds",
+            now.reading::<Block>().map_or(0.0, Block::longest_stall),
+        );
     }
     if signals.processes {
         let processes = |s: &Snapshot| s.reading::<Processes>().cloned().unwrap_or_default();
@@ -666,6 +682,10 @@ pub fn features(
             .unwrap_or_default(),
         cgroups,
         block_devices,
+        block_stalls: now
+            .reading::<Block>()
+            .map(|b| b.stalls.clone())
+            .unwrap_or_default(),
         seconds: dt,
     };
     Some((f, subjects))
@@ -750,6 +770,29 @@ fn slow_devices(s: &Subjects) -> Vec<Culprit> {
             amount: d.mean_seconds(),
             share: share(d.sum_ns as f64, total as f64),
             // The kernel's own request completions: nothing to forge.
+            proven: true,
+            ..Culprit::NONE
+        })
+        .collect()
+}
+
+/// The disks whose requests in flight have completed none for a cycle or
+/// more, longest first; amount is how long, share the disk's part of the
+/// requests so stuck.
+fn stalled_devices(s: &Subjects) -> Vec<Culprit> {
+    let mut stalled: Vec<&crate::diskstats::Stall> =
+        s.block_stalls.iter().filter(|d| d.seconds > 0.0).collect();
+    let stuck: u64 = stalled.iter().map(|d| d.in_flight).sum();
+    stalled.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+    stalled
+        .into_iter()
+        .map(|d| Culprit {
+            kind: CulpritKind::Device,
+            device: Some(d.device.clone()),
+            measure: "block_io_stalled_seconds",
+            amount: d.seconds,
+            share: share(d.in_flight as f64, stuck as f64),
+            // The kernel's own request accounting: nothing to forge.
             proven: true,
             ..Culprit::NONE
         })
@@ -1048,6 +1091,7 @@ pub fn culprits(kind: &str, moved: &[&str], s: &Subjects) -> Vec<Culprit> {
         "syscall_error_spike" => syscall_processes(s, true),
         "cpu_saturation" => cpu_cgroups_of(s),
         "io_latency_regression" => slow_devices(s),
+        "io_stall" => stalled_devices(s),
         _ => Vec::new(),
     };
     out.truncate(CULPRITS_KEPT);
@@ -1821,6 +1865,7 @@ mod tests {
                             (d.to_owned(), op, stats)
                         })
                         .collect(),
+                    stalls: Vec::new(),
                 }),
             )],
             ..Default::default()

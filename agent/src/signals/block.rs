@@ -1,8 +1,10 @@
 //! Block I/O latency per device and operation: block_rq_issue →
 //! block_rq_complete (kernel side: agent-ebpf's block module, types in
-//! agent-common's `block`). `[block] enabled` turns it on.
+//! agent-common's `block`); and, from the kernel's own counters, devices
+//! whose requests in flight stopped completing (`crate::diskstats`),
+//! which no completion ever times. `[block] enabled` turns it on.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use agent_common::{
     block::{BLOCK_OP_NAMES, BLOCK_STATS_MAP, BlockKey, BlockStats},
@@ -16,8 +18,9 @@ use prometheus::proto::{MetricFamily, MetricType};
 
 use super::{OpenError, Reading, Signal, Source, TracepointField, take};
 use crate::{
-    map_batch,
     config::Config,
+    diskstats::{self, Stall, StallClock},
+    map_batch,
     family::{Family, log2_buckets},
     probes::tiers::{self, Hook, Requires, Tier, TierProgram},
 };
@@ -81,19 +84,41 @@ const TRACEPOINT_FIELDS: &[TracepointField] = &[
 fn open(ebpf: &mut Ebpf, _: &Config) -> Result<Box<dyn Source>, OpenError> {
     Ok(Box::new(Maps {
         stats: take(ebpf, BLOCK_STATS_MAP)?,
+        stalls: Mutex::default(),
     }))
 }
 
 struct Maps {
     stats: PerCpuHashMap<MapData, BlockKey, BlockStats>,
+    stalls: Mutex<StallClock>,
+}
+
+impl Maps {
+    /// Every whole disk that has done I/O since boot: its requests in
+    /// flight, and for how long they have completed none. Partitions are
+    /// left out (a disk's stall is its partitions' too), and devices that
+    /// never did I/O (unbound loop devices). Unreadable /proc/diskstats:
+    /// none.
+    fn stalls(&self) -> Vec<Stall> {
+        let text = std::fs::read_to_string("/proc/diskstats").unwrap_or_default();
+        let disks: Vec<diskstats::DiskStat> = diskstats::parse(&text)
+            .into_iter()
+            .filter(|d| d.completed > 0 || d.in_flight > 0)
+            .filter(|d| std::path::Path::new("/sys/block").join(&d.name).exists())
+            .collect();
+        let now = crate::time::monotonic_ns() as f64 / 1e9;
+        let mut clock = self.stalls.lock().unwrap_or_else(|e| e.into_inner());
+        clock.update(&disks, now)
+    }
 }
 
 impl Source for Maps {
     fn collect(&self) -> (Arc<dyn Reading>, Option<MapError>) {
         let mut rows = Vec::new();
+        let stalls = self.stalls();
         let entries = match map_batch::per_cpu_hash_summed(&self.stats) {
             Ok(entries) => entries,
-            Err(err) => return (Arc::new(Block { rows }), Some(err)),
+            Err(err) => return (Arc::new(Block { rows, stalls }), Some(err)),
         };
         for (key, total) in entries {
             let op = BLOCK_OP_NAMES
@@ -103,7 +128,7 @@ impl Source for Maps {
             rows.push((device_name(key.dev), op, total));
         }
         rows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
-        (Arc::new(Block { rows }), None)
+        (Arc::new(Block { rows, stalls }), None)
     }
 }
 
@@ -111,6 +136,17 @@ impl Source for Maps {
 #[derive(Debug, Clone, Default)]
 pub struct Block {
     pub rows: Vec<(String, &'static str, BlockStats)>,
+    /// Every whole disk that has done I/O: requests in flight, and how
+    /// long they have completed none (0 while idle or completing).
+    pub stalls: Vec<Stall>,
+}
+
+impl Block {
+    /// The longest any disk has had requests in flight and completed
+    /// none (0: none such).
+    pub fn longest_stall(&self) -> f64 {
+        self.stalls.iter().map(|s| s.seconds).fold(0.0, f64::max)
+    }
 }
 
 impl Reading for Block {
@@ -130,6 +166,12 @@ impl Reading for Block {
             "Block I/O requests that completed with an error, by device and operation",
             MetricType::COUNTER,
         );
+        let mut stalled = Family::new(
+            "sonde_block_io_stalled_seconds",
+            "How long the device has had requests in flight and completed none, from the kernel's \
+             per-device counters (0: idle or completing)",
+            MetricType::GAUGE,
+        );
         for (device, op, stats) in &self.rows {
             let labels = [("device", device.as_str()), ("op", *op)];
             latency.histogram(
@@ -141,9 +183,23 @@ impl Reading for Block {
             bytes.sample(&labels, stats.bytes as f64);
             errors.sample(&labels, stats.errors as f64);
         }
+        // Every disk that did I/O, 0 unless stalled, so that an alert on
+        // it has a series from before the stall.
+        let mut devices: std::collections::BTreeMap<&str, f64> = self
+            .rows
+            .iter()
+            .map(|(device, _, _)| (device.as_str(), 0.0))
+            .collect();
+        for stall in &self.stalls {
+            devices.insert(&stall.device, stall.seconds);
+        }
+        for (device, seconds) in devices {
+            stalled.sample(&[("device", device)], seconds);
+        }
         latency.done(out);
         bytes.done(out);
         errors.done(out);
+        stalled.done(out);
     }
 
     fn completeness(&self) -> Option<(u64, u32)> {
@@ -182,6 +238,11 @@ mod tests {
         stats.slots[10] = 3;
         let reading = Block {
             rows: vec![("vda".to_owned(), "write", stats)],
+            stalls: vec![Stall {
+                device: "loop4".to_owned(),
+                in_flight: 2,
+                seconds: 3.5,
+            }],
         };
         let mut out = Vec::new();
         reading.families(&mut out);
@@ -191,9 +252,18 @@ mod tests {
             [
                 "sonde_block_io_duration_seconds",
                 "sonde_block_io_bytes_total",
-                "sonde_block_io_errors_total"
+                "sonde_block_io_errors_total",
+                "sonde_block_io_stalled_seconds"
             ]
         );
+        // Every device that did I/O, and the stalled one that did not.
+        let stalled = out[3].get_metric();
+        assert_eq!(stalled.len(), 2);
+        assert_eq!(stalled[0].get_label()[0].value(), "loop4");
+        assert_eq!(stalled[0].get_gauge().value(), 3.5);
+        assert_eq!(stalled[1].get_label()[0].value(), "vda");
+        assert_eq!(stalled[1].get_gauge().value(), 0.0);
+        assert_eq!(reading.longest_stall(), 3.5);
         assert_eq!(reading.completeness(), Some((3, BLOCK_START_MAP_FULL)));
         let mut none = Vec::new();
         Block::default().families(&mut none);
