@@ -360,6 +360,18 @@ pub const INCIDENTS: &[Incident] = &[
         held_out: false,
         run: |_, d| slow_disk(4 << 10, 1 << 20, 1, d),
     },
+    // Written 2026-12-07 with the io_stall kind, held out until its first
+    // eval run led to a change that touches it: a disk that does
+    // complete, one request every 2 s (near the 1 s floor, and too few
+    // completions for a mean latency).
+    Incident {
+        id: "disk-hang-slow-requests",
+        kind: "io_stall",
+        how: "one dd writer of 64 KiB O_DIRECT requests to the slow loop device at a 32 KiB/s limit (each request 2 s in flight)",
+        subject: Some(SLOW_DISK_SUBJECT),
+        held_out: false,
+        run: |_, d| slow_disk(32 << 10, 64 << 10, 1, d),
+    },
     // The held-out set (written 2026-12-05, before tuning on it): the
     // shapes above at intensities nearer the floors, and a scan of
     // another protocol. udp-scan and packet-loss-low left it after its
@@ -484,16 +496,18 @@ pub const INCIDENTS: &[Incident] = &[
         held_out: true,
         run: |_, d| slow_disk(4 << 20, 512 << 10, 1, d),
     },
-    // Written 2026-12-07 with the io_stall kind, before any run of it:
-    // a disk that does complete, one request every 2 s (near the 1 s
-    // floor, and too few completions for a mean latency).
+    // Written 2026-12-07 after the io_stall kind's first eval run, before
+    // the change it led to (the stall's first reading, 3 and 4 cycles to
+    // detect): the hang beside a disk that is busy and completing. It
+    // replaces disk-hang-slow-requests in the held-out set, which that
+    // change also touches (it moved to the tuned set above).
     Incident {
-        id: "disk-hang-slow-requests",
+        id: "disk-hang-busy-neighbour",
         kind: "io_stall",
-        how: "one dd writer of 64 KiB O_DIRECT requests to the slow loop device at a 32 KiB/s limit (each request 2 s in flight)",
+        how: "the disk-hang write to the slow loop device while another loop device takes back-to-back 4 KiB O_DIRECT writes",
         subject: Some(SLOW_DISK_SUBJECT),
         held_out: true,
-        run: |_, d| slow_disk(32 << 10, 64 << 10, 1, d),
+        run: |_, d| hang_beside_a_busy_disk(d),
     },
     // Written 2026-12-06 before the fragment-flood kind existed (the
     // tuned fragment incidents are UDP datagrams of 3,000 bytes): echo
@@ -624,6 +638,29 @@ fn slow_disk(bytes_per_second: u64, block: u64, writers: u64, d: Duration) -> an
     // What the limit lets through in `d`, and a second more.
     let count = (bytes_per_second / block / writers).max(1) * (d.as_secs() + 1);
     run_for(&mut disk.writers(block, count, writers), d)
+}
+
+/// The disk-hang incident while another loop device (over a file on the
+/// same disk, no limit) takes back-to-back 4 KiB O_DIRECT writes: a busy
+/// disk that completes beside a hung one. Bounded: 64 passes over its
+/// 16 MiB, stopped after `d`.
+fn hang_beside_a_busy_disk(d: Duration) -> anyhow::Result<()> {
+    let file = std::path::Path::new("/var/tmp")
+        .join(format!("sonde-eval-busy-{}.img", std::process::id()));
+    let busy = sonde_tests::block::LoopDevice::try_new(&file, 16 << 20, None, true)
+        .context("making the busy loop device")?;
+    let script = format!(
+        "i=0; while [ $i -lt 64 ]; do dd if=/dev/zero of={} bs=4k count=4096 oflag=direct \
+         status=none || exit 1; i=$((i + 1)); done",
+        busy.device()
+    );
+    let mut c = Command::new("sh");
+    c.args(["-c", &script]);
+    let neighbour = Proc::spawn("dd (busy neighbour)", c)?;
+    let hang = slow_disk(4 << 10, 1 << 20, 1, d);
+    drop(neighbour);
+    drop(busy);
+    hang
 }
 
 /// `workers` CPU-bound stress-ng workers in the CPU incidents' cgroup.
