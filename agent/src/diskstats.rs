@@ -8,20 +8,25 @@
 
 use std::collections::HashMap;
 
-/// One device's line: its name, requests in flight now and requests
-/// completed so far (reads, writes, discards and flushes).
+/// One device's line: its name, requests in flight now, requests
+/// completed so far (reads, writes, discards and flushes), and the
+/// milliseconds it has had any in flight (io_ticks, %util's source; this
+/// 6.18 brings it up to date when the file is read while requests are in
+/// flight, older kernels only at each start and end of a request, which
+/// leaves the stall's lower bound as it is).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskStat {
     pub name: String,
     pub in_flight: u64,
     pub completed: u64,
+    pub busy_ms: u64,
 }
 
 /// Every device of a /proc/diskstats text. Columns (Documentation/
 /// admin-guide/iostats.rst): major, minor, name, then reads completed
-/// (1), writes completed (5), I/Os in progress (9), discards completed
-/// (12, since 4.18) and flushes completed (16, since 5.5), counted from
-/// the first after the name. Lines too short to hold a name and the
+/// (1), writes completed (5), I/Os in progress (9), ms doing I/O (10),
+/// discards completed (12, since 4.18) and flushes completed (16, since
+/// 5.5), counted from the first after the name. Lines too short to hold a name and the
 /// first 11 fields are skipped.
 pub fn parse(text: &str) -> Vec<DiskStat> {
     text.lines()
@@ -34,6 +39,7 @@ pub fn parse(text: &str) -> Vec<DiskStat> {
                 name,
                 in_flight: field(9),
                 completed: field(1) + field(5) + field(12) + field(16),
+                busy_ms: field(10),
             })
         })
         .collect()
@@ -53,26 +59,46 @@ pub struct Stall {
 /// readings is forgotten.
 #[derive(Debug, Default)]
 pub struct StallClock {
-    /// Completions at the last reading, and since when the requests then
-    /// in flight had been (None: nothing was in flight).
-    progress: HashMap<String, (u64, Option<f64>)>,
+    progress: HashMap<String, Progress>,
+}
+
+/// A device at the last reading.
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    at: f64,
+    completed: u64,
+    busy_ms: u64,
+    /// Since when the requests then in flight had been (None: nothing
+    /// was in flight).
+    since: Option<f64>,
 }
 
 impl StallClock {
     /// Takes a reading at `now` (seconds, monotonic) and returns, for
     /// each device, its requests in flight and how long they have
-    /// completed none: 0 while idle, and on the reading where it last
-    /// moved or was first seen busy. A stall is known only from one
-    /// reading to the next, so it is a lower bound, by up to the time
-    /// between readings.
+    /// completed none: 0 while idle, and on a reading where it completed
+    /// some or is first seen. A stall is known from one reading to the
+    /// next, a lower bound by up to the time between readings, except
+    /// where it began after an idle reading: then the kernel's own busy
+    /// time since says when.
     pub fn update(&mut self, disks: &[DiskStat], now: f64) -> Vec<Stall> {
         let mut progress = HashMap::with_capacity(disks.len());
         let mut stalls = Vec::with_capacity(disks.len());
         for disk in disks {
-            let since = (disk.in_flight > 0).then(|| match self.progress.get(&disk.name) {
-                // Busy at the last reading and nothing completed since:
-                // what was in flight then still is.
-                Some(&(completed, Some(since))) if completed == disk.completed => since,
+            let last = self.progress.get(&disk.name);
+            let since = (disk.in_flight > 0).then(|| match last {
+                Some(last) if last.completed == disk.completed => match last.since {
+                    // Busy at the last reading and nothing completed
+                    // since: what was in flight then still is.
+                    Some(since) => since,
+                    // Idle then, nothing completed since: all in flight
+                    // was issued after it, and has been in flight as
+                    // long as the device has been busy since.
+                    None => {
+                        let busy = disk.busy_ms.saturating_sub(last.busy_ms) as f64 / 1e3;
+                        now - busy.min(now - last.at)
+                    }
+                },
                 _ => now,
             });
             stalls.push(Stall {
@@ -80,7 +106,15 @@ impl StallClock {
                 in_flight: disk.in_flight,
                 seconds: since.map_or(0.0, |since| now - since),
             });
-            progress.insert(disk.name.clone(), (disk.completed, since));
+            progress.insert(
+                disk.name.clone(),
+                Progress {
+                    at: now,
+                    completed: disk.completed,
+                    busy_ms: disk.busy_ms,
+                    since,
+                },
+            );
         }
         self.progress = progress;
         stalls
@@ -109,26 +143,36 @@ mod tests {
                     name: "loop0".into(),
                     in_flight: 2,
                     completed: 10 + 77074 + 7 + 5,
+                    busy_ms: 111576,
                 },
                 DiskStat {
                     name: "vda".into(),
                     in_flight: 0,
                     completed: 9000 + 8000 + 3 + 400,
+                    busy_ms: 7000,
                 },
                 DiskStat {
                     name: "vda1".into(),
                     in_flight: 1,
                     completed: 8000 + 7000,
+                    busy_ms: 6000,
                 },
             ]
         );
     }
 
+    /// A device's reading; the kernel's busy time as on a kernel that
+    /// does not bring it up to date when read (0 throughout).
     fn disk(in_flight: u64, completed: u64) -> Vec<DiskStat> {
+        busy_disk(in_flight, completed, 0)
+    }
+
+    fn busy_disk(in_flight: u64, completed: u64, busy_ms: u64) -> Vec<DiskStat> {
         vec![DiskStat {
             name: "loop5".into(),
             in_flight,
             completed,
+            busy_ms,
         }]
     }
 
@@ -148,6 +192,26 @@ mod tests {
         assert_eq!(clock.update(&disk(4, 11), 5.0)[0].seconds, 0.0);
         assert_eq!(clock.update(&disk(4, 11), 6.0)[0].seconds, 1.0);
         assert_eq!(clock.update(&disk(0, 15), 7.0)[0].seconds, 0.0, "drained");
+    }
+
+    #[test]
+    fn a_stall_after_an_idle_reading_counts_from_when_the_kernel_saw_it_begin() {
+        let mut clock = StallClock::default();
+        clock.update(&busy_disk(0, 10, 5_000), 0.0);
+        // Issued 0.7 s into the second: busy 300 ms by the next reading.
+        let first = clock.update(&busy_disk(1, 10, 5_300), 1.0);
+        assert!((first[0].seconds - 0.3).abs() < 1e-9, "{first:?}");
+        let second = clock.update(&busy_disk(1, 10, 6_300), 2.0);
+        assert!((second[0].seconds - 1.3).abs() < 1e-9, "{second:?}");
+        // Never more than the time since the idle reading (jiffies round).
+        let mut clock = StallClock::default();
+        clock.update(&busy_disk(0, 10, 5_000), 0.0);
+        assert_eq!(clock.update(&busy_disk(1, 10, 6_004), 1.0)[0].seconds, 1.0);
+        // Something completed since the idle reading: when the rest began
+        // is unknown, the stall counts from this reading.
+        let mut clock = StallClock::default();
+        clock.update(&busy_disk(0, 10, 5_000), 0.0);
+        assert_eq!(clock.update(&busy_disk(1, 12, 5_900), 1.0)[0].seconds, 0.0);
     }
 
     #[test]
