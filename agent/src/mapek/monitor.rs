@@ -299,8 +299,8 @@ pub struct Subjects {
     /// Block devices' reads and writes completed this cycle, the most
     /// time taken first.
     pub block_devices: Vec<BlockDelta>,
-    /// Whole disks with requests in flight now, and how long they have
-    /// completed none.
+    /// Every whole disk that has done I/O: its requests in flight now,
+    /// and how long they have completed none.
     pub block_stalls: Vec<crate::diskstats::Stall>,
     /// While syscalls are counted per process: the busiest processes
     /// (pid, calls, failed) and the seconds they were counted over.
