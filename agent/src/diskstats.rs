@@ -26,8 +26,8 @@ pub struct DiskStat {
 /// admin-guide/iostats.rst): major, minor, name, then reads completed
 /// (1), writes completed (5), I/Os in progress (9), ms doing I/O (10),
 /// discards completed (12, since 4.18) and flushes completed (16, since
-/// 5.5), counted from the first after the name. Lines too short to hold a name and the
-/// first 11 fields are skipped.
+/// 5.5), counted from the first after the name. Lines too short to hold
+/// a name and the first 11 fields are skipped.
 pub fn parse(text: &str) -> Vec<DiskStat> {
     text.lines()
         .filter_map(|line| {

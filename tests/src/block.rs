@@ -150,12 +150,7 @@ impl SlowDevice {
     /// in a test's time (a hung disk); this ends the hang.
     pub fn unthrottle(&self) -> io::Result<()> {
         let (path, lifted) = &self.limit;
-        std::fs::write(path, lifted).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("writing {lifted:?} to {}: {e}", path.display()),
-            )
-        })
+        write_limit(path, lifted)
     }
 
     /// Its requests in flight, reads and writes, by the kernel's count
@@ -280,13 +275,18 @@ fn throttled_cgroup(
     };
     let cgroup = TestCgroup::at(dir)?;
     let path = cgroup.dir().join(file);
-    std::fs::write(&path, &limit).map_err(|e| {
+    write_limit(&path, &limit)?;
+    Ok((cgroup, (path, lifted)))
+}
+
+/// Writes `value` to a cgroup's limit file, the error naming both.
+fn write_limit(path: &Path, value: &str) -> io::Result<()> {
+    std::fs::write(path, value).map_err(|e| {
         io::Error::new(
             e.kind(),
-            format!("writing {limit:?} to {}: {e}", path.display()),
+            format!("writing {value:?} to {}: {e}", path.display()),
         )
-    })?;
-    Ok((cgroup, (path, lifted)))
+    })
 }
 
 /// A block device's completed reads and writes and the milliseconds they
