@@ -16,6 +16,7 @@
 //! directory is an RAII guard.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -219,8 +220,22 @@ fn loopback_traffic() {
     Workload::run(&["getppid", "2000"], Duration::from_secs(30));
     Workload::run(&["close-bad", "200"], Duration::from_secs(30));
     Workload::run(&["nanosleep", "10", "3"], Duration::from_secs(30));
+    synced_disk_writes();
     let _ = sink.wait(Duration::from_secs(10));
     let _ = listener.wait(Duration::from_secs(10));
+}
+
+/// A little block I/O, so that the block families have a row: 64 KiB
+/// written and synced four times to a file in the build directory (on a
+/// disk; /tmp may be a tmpfs, which does none).
+fn synced_disk_writes() {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ops-synced-writes");
+    for _ in 0..4 {
+        let mut file = std::fs::File::create(&path).expect("create the synced-writes file");
+        file.write_all(&[0x5a; 64 << 10]).expect("write 64 KiB");
+        file.sync_all().expect("sync the synced-writes file");
+    }
+    let _ = std::fs::remove_file(&path);
 }
 
 /// The agent with everything on that a scrape can show: network on `lo`,
