@@ -251,9 +251,24 @@ fn write_results(report: &Report, published: bool) -> anyhow::Result<()> {
         let doc = root.join("docs/performance.md");
         fs::create_dir_all(root.join("docs"))?;
         let png_name = format!("{stem}.png");
+        // The measured causes of the targets' misses: written by hand
+        // (they come from experiments beside the runs), kept on the page.
+        let analysis_path = root.join("bench/analysis.md");
+        let analysis = match fs::read_to_string(&analysis_path) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(e).with_context(|| format!("reading {}", analysis_path.display()));
+            }
+        };
         fs::write(
             &doc,
-            report::performance_doc(report, &report::markdown(report, "##"), &png_name),
+            report::performance_doc(
+                report,
+                &report::markdown(report, "##"),
+                &png_name,
+                analysis.as_deref(),
+            ),
         )
         .with_context(|| format!("writing {}", doc.display()))?;
         println!("updated: {}", doc.display());

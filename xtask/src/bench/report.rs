@@ -312,8 +312,14 @@ pub fn markdown(r: &Report, heading: &str) -> String {
     md
 }
 
-/// docs/performance.md: how to read the figures, then the latest tables.
-pub fn performance_doc(r: &Report, results_md: &str, chart: &str) -> String {
+/// docs/performance.md: how to read the figures, the hand-written
+/// analysis (bench/analysis.md) if there is one, then the latest tables.
+pub fn performance_doc(
+    r: &Report,
+    results_md: &str,
+    chart: &str,
+    analysis: Option<&str>,
+) -> String {
     let mut doc = String::new();
     let _ = writeln!(
         doc,
@@ -325,10 +331,16 @@ pub fn performance_doc(r: &Report, results_md: &str, chart: &str) -> String {
          doing the same job. Variants alternate round-robin across repetitions so drift on the \
          machine hits them all alike; figures are min/median/max over the rounds, and ratios are \
          computed within each round. Raw samples: `bench/results/{date}.json`.\n\n\
-         This page is generated from the latest full run ({date}); do not edit it by hand.\n\n\
+         This page is generated from the latest full run ({date}); do not edit it by hand: \
+         the analysis section comes from `bench/analysis.md`.\n\n\
          ![cost versus load](../bench/results/{chart})\n",
         date = r.date
     );
+    if let Some(analysis) = analysis {
+        doc.push('\n');
+        doc.push_str(analysis.trim_end());
+        doc.push('\n');
+    }
     // The run's tables, one heading level down.
     doc.push_str(results_md);
     doc

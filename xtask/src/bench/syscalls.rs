@@ -140,6 +140,14 @@ fn run(ctx: &Ctx, s: &mut Scenario) -> anyhow::Result<()> {
         Op::AtMost,
         1.5,
     );
+    // Issue 19's target: Sonde's own work on top of timing a call at all.
+    s.target(
+        "Sonde added / timing-floor pair added",
+        "×",
+        &sonde_vs_floor,
+        Op::AtMost,
+        1.1,
+    );
     s.target(
         "Sonde added / bpftrace added",
         "×",
