@@ -29,7 +29,7 @@ use agent_common::{
 use aya_ebpf::{
     Global,
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
-    helpers::{bpf_probe_read_kernel, generated::bpf_probe_read_kernel as gen_probe_read_kernel},
+    helpers::generated::bpf_probe_read_kernel as gen_probe_read_kernel,
     macros::{map, raw_tracepoint, tracepoint},
     maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::{RawTracePointContext, TracePointContext},
@@ -39,6 +39,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use crate::{
     addr::Addr,
     maps::{config, count},
+    member::member,
 };
 
 #[map(name = "DROP_REASONS")]
@@ -143,7 +144,7 @@ pub fn sonde_kfree_skb_raw(ctx: RawTracePointContext) -> i32 {
     count_drop(reason as u32, skb, || {
         // `sk_buff.protocol` is big endian; the record holds it in host
         // order.
-        field::<u16>(skb, SKB_PROTOCOL_OFFSET.load()).map(u16::from_be)
+        member::<u16>(skb, SKB_PROTOCOL_OFFSET.load()).map(u16::from_be)
     });
     0
 }
@@ -184,10 +185,10 @@ const ETH_P_IPV6: u16 = 0x86DD;
 /// dropped before the stack parsed it can point anywhere in its buffer).
 #[inline(always)]
 fn count_by_peer(protocol: u16, skb: u64, reason: u32) {
-    let Some(head) = field::<u64>(skb, SKB_HEAD_OFFSET.load()) else {
+    let Some(head) = member::<u64>(skb, SKB_HEAD_OFFSET.load()) else {
         return;
     };
-    let Some(network) = field::<u16>(skb, SKB_NETWORK_HEADER_OFFSET.load()) else {
+    let Some(network) = member::<u16>(skb, SKB_NETWORK_HEADER_OFFSET.load()) else {
         return;
     };
     // `(u16)~0U`: no network header set.
@@ -196,7 +197,7 @@ fn count_by_peer(protocol: u16, skb: u64, reason: u32) {
     }
     let (family, src, dst) = match protocol {
         ETH_P_IP => {
-            let Some(ip) = field::<[u8; 20]>(head, u32::from(network)) else {
+            let Some(ip) = member::<[u8; 20]>(head, u32::from(network)) else {
                 return;
             };
             if ip[0] >> 4 != 4 {
@@ -205,7 +206,7 @@ fn count_by_peer(protocol: u16, skb: u64, reason: u32) {
             (FAMILY_IPV4, Addr::v4(&ip[12..16]), Addr::v4(&ip[16..20]))
         }
         ETH_P_IPV6 => {
-            let Some(ip) = field::<[u8; 40]>(head, u32::from(network)) else {
+            let Some(ip) = member::<[u8; 40]>(head, u32::from(network)) else {
                 return;
             };
             if ip[0] >> 4 != 6 {
@@ -278,14 +279,14 @@ fn listen_overflow(skb: u64) {
 /// TCP header the receive path already located.
 #[inline(always)]
 fn listening_port(skb: u64) -> Option<u32> {
-    let head = field::<u64>(skb, SKB_HEAD_OFFSET.load())?;
-    let transport = field::<u16>(skb, SKB_TRANSPORT_HEADER_OFFSET.load())?;
+    let head = member::<u64>(skb, SKB_HEAD_OFFSET.load())?;
+    let transport = member::<u16>(skb, SKB_TRANSPORT_HEADER_OFFSET.load())?;
     // `(u16)~0U`: no transport header set.
     if transport == u16::MAX {
         return None;
     }
     // `struct tcphdr`: source port, then destination port (big endian).
-    let dest = field::<u16>(head, u32::from(transport) + 2)?;
+    let dest = member::<u16>(head, u32::from(transport) + 2)?;
     Some(u32::from(u16::from_be(dest)))
 }
 
@@ -314,24 +315,14 @@ fn count_listen_overflow(port: u32) {
     }
 }
 
-/// Reads a `T` at `offset` bytes into the kernel object at `base`.
-#[inline(always)]
-fn field<T: Copy>(base: u64, offset: u32) -> Option<T> {
-    if base == 0 || offset == u32::MAX {
-        return None;
-    }
-    // SAFETY: kernel memory through the probe helper; BTF offset.
-    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.ok()
-}
-
 #[inline(always)]
 fn count_by_device(skb: u64, reason: u32) {
     // Packets freed after leaving (or before reaching) a device have none:
     // they stay counted by reason only.
-    let Some(dev) = field::<u64>(skb, SKB_DEV_OFFSET.load()).filter(|&d| d != 0) else {
+    let Some(dev) = member::<u64>(skb, SKB_DEV_OFFSET.load()).filter(|&d| d != 0) else {
         return;
     };
-    let Some(ifindex) = field::<u32>(dev, NETDEV_IFINDEX_OFFSET.load()) else {
+    let Some(ifindex) = member::<u32>(dev, NETDEV_IFINDEX_OFFSET.load()) else {
         return;
     };
     let ns = NET_NS_OFFSET.load();
@@ -339,8 +330,8 @@ fn count_by_device(skb: u64, reason: u32) {
     let netns = if ns == u32::MAX || inum == u32::MAX {
         0
     } else {
-        field::<u64>(dev, NETDEV_ND_NET_OFFSET.load())
-            .and_then(|net| field::<u32>(net, ns + inum))
+        member::<u64>(dev, NETDEV_ND_NET_OFFSET.load())
+            .and_then(|net| member::<u32>(net, ns + inum))
             .unwrap_or(0)
     };
     let key = DropDeviceKey {

@@ -16,6 +16,7 @@ mod drops;
 mod events;
 mod handshakes;
 mod maps;
+mod member;
 mod net;
 mod process;
 mod record;

@@ -14,7 +14,7 @@ use aya_ebpf::{
     EbpfContext, Global,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
+        bpf_probe_read_kernel_str_bytes,
         generated::{bpf_get_current_cgroup_id, bpf_get_current_comm as gen_get_current_comm},
     },
     macros::tracepoint,
@@ -24,6 +24,7 @@ use aya_ebpf::{
 use crate::{
     events::{emit, flush},
     maps::count,
+    member::member,
     record::field,
 };
 
@@ -37,16 +38,6 @@ static TASK_EXIT_CODE_OFFSET: Global<u32> = Global::new(u32::MAX);
 /// Offset of the `filename` __data_loc field in sched_process_exec.
 #[unsafe(no_mangle)]
 static TP_EXEC_FILENAME: Global<u32> = Global::new(8);
-
-/// Reads a `T` at `offset` bytes into the task, if the offset is known.
-#[inline(always)]
-fn task_field<T: Copy>(task: u64, offset: u32) -> Option<T> {
-    if offset == u32::MAX || task == 0 {
-        return None;
-    }
-    // SAFETY: kernel pointer read with the probe helper; BTF offset.
-    unsafe { bpf_probe_read_kernel((task + u64::from(offset)) as *const T) }.ok()
-}
 
 #[inline(always)]
 fn fill(event: &mut ProcessEvent, kind: u32) {
@@ -65,8 +56,8 @@ fn fill(event: &mut ProcessEvent, kind: u32) {
         ts_ns: now,
     };
     event.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let parent = task_field::<u64>(task, TASK_REAL_PARENT_OFFSET.load()).unwrap_or(0);
-    event.ppid = task_field::<u32>(parent, TASK_TGID_OFFSET.load()).unwrap_or(0);
+    let parent = member::<u64>(task, TASK_REAL_PARENT_OFFSET.load()).unwrap_or(0);
+    event.ppid = member::<u32>(parent, TASK_TGID_OFFSET.load()).unwrap_or(0);
     event.cgroup_id = cgroup;
     event.exit_code = 0;
     event._pad = 0;
@@ -118,7 +109,7 @@ pub fn sonde_process_exit(ctx: TracePointContext) -> u32 {
         fill(event, EVENT_PROCESS_EXIT);
         // SAFETY: helper without preconditions.
         let task = unsafe { bpf_get_current_task() };
-        event.exit_code = task_field::<u32>(task, TASK_EXIT_CODE_OFFSET.load()).unwrap_or(0);
+        event.exit_code = member::<u32>(task, TASK_EXIT_CODE_OFFSET.load()).unwrap_or(0);
     });
     flush::<ProcessEvent, _>(&ctx, RING_PROCESS);
     0
