@@ -1,6 +1,15 @@
-//! Block I/O latency on `block:block_rq_issue` → `block:block_rq_complete`,
-//! per device and operation (from the request's rwbs flags), with bytes and
-//! errors. Record offsets come from this kernel's tracepoint formats.
+//! Block I/O latency on `block_rq_issue` → `block_rq_complete`, per device
+//! and operation, with bytes and errors. Two tiers:
+//! - raw tracepoints (5.16 and later: `request_queue.disk`), keyed by the
+//!   `struct request` pointer their first argument carries. Requests are
+//!   preallocated per tag and reused, so a request's entry is rewritten in
+//!   place at each issue: no hash insert or delete per I/O (each a bucket
+//!   lock and a free-list operation, the classic tier's issue-side cost
+//!   measured in `cargo xtask bench`). Device, operation and size are read
+//!   from the request at completion (struct offsets from this kernel's BTF);
+//! - classic tracepoints, keyed by (device, sector) from their records
+//!   (offsets from this kernel's tracepoint formats, the operation from
+//!   rwbs).
 
 use agent_common::{
     block::{
@@ -14,13 +23,14 @@ use aya_ebpf::{
     Global,
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::bpf_ktime_get_ns,
-    macros::{map, tracepoint},
-    maps::{HashMap, PerCpuHashMap},
-    programs::TracePointContext,
+    macros::{map, raw_tracepoint, tracepoint},
+    maps::{HashMap, LruHashMap, PerCpuHashMap},
+    programs::{RawTracePointContext, TracePointContext},
 };
 
 use crate::{
     maps::count,
+    member::member,
     record::{field, load_at, probe},
 };
 
@@ -35,6 +45,28 @@ static BLOCK_STATS: PerCpuHashMap<BlockKey, BlockStats> =
 #[map(name = "BLOCK_START")]
 static BLOCK_START: HashMap<BlockRequest, BlockStart> =
     HashMap::with_max_entries(MAX_BLOCK_INFLIGHT, 0);
+
+/// Raw tier: since when each request is in flight (0: not in flight), by
+/// `struct request` pointer. The LRU makes room for a request not seen
+/// before (a device added, a queue resized) from those unused longest, so
+/// an insert does not fail.
+#[map(name = "BLOCK_ISSUED")]
+static BLOCK_ISSUED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_BLOCK_INFLIGHT, 0);
+
+/// `request.q`, `.cmd_flags`, `.__data_len`, `request_queue.disk`,
+/// `gendisk.major`, `.first_minor` (from BTF; u32::MAX: unknown).
+#[unsafe(no_mangle)]
+static REQUEST_Q_OFFSET: Global<u32> = Global::new(u32::MAX);
+#[unsafe(no_mangle)]
+static REQUEST_CMD_FLAGS_OFFSET: Global<u32> = Global::new(u32::MAX);
+#[unsafe(no_mangle)]
+static REQUEST_DATA_LEN_OFFSET: Global<u32> = Global::new(u32::MAX);
+#[unsafe(no_mangle)]
+static QUEUE_DISK_OFFSET: Global<u32> = Global::new(u32::MAX);
+#[unsafe(no_mangle)]
+static GENDISK_MAJOR_OFFSET: Global<u32> = Global::new(u32::MAX);
+#[unsafe(no_mangle)]
+static GENDISK_FIRST_MINOR_OFFSET: Global<u32> = Global::new(u32::MAX);
 
 #[unsafe(no_mangle)]
 static TP_BLK_ISSUE_DEV: Global<u32> = Global::new(8);
@@ -61,6 +93,35 @@ fn op(rwbs: [u8; 2]) -> u32 {
         // A flush ahead of a write ("FWS") is a write.
         b'F' if rwbs[1] == b'W' => BLOCK_OP_WRITE,
         b'F' => BLOCK_OP_FLUSH,
+        _ => BLOCK_OP_OTHER,
+    }
+}
+
+/// `blk_opf_t`: the operation in the low 8 bits (REQ_OP_READ 0, WRITE 1,
+/// FLUSH 2, DISCARD 3, SECURE_ERASE 5) and `__REQ_PREFLUSH` as bit 18, as
+/// in every kernel since 4.10.
+const REQ_OP_MASK: u32 = 0xff;
+const REQ_PREFLUSH: u32 = 1 << 18;
+
+/// The operation from a request's flags, as `op` reads it from the rwbs
+/// the kernel writes from them (blk_fill_rwbs: "F" for a preflush, then
+/// the operation's letter).
+#[inline(always)]
+fn op_of_flags(flags: u32) -> u32 {
+    let op = flags & REQ_OP_MASK;
+    if flags & REQ_PREFLUSH != 0 {
+        // "FW…" is a write; "F" before anything else, a flush.
+        return if op == 1 {
+            BLOCK_OP_WRITE
+        } else {
+            BLOCK_OP_FLUSH
+        };
+    }
+    match op {
+        0 => BLOCK_OP_READ,
+        1 => BLOCK_OP_WRITE,
+        2 => BLOCK_OP_FLUSH,
+        3 | 5 => BLOCK_OP_DISCARD,
         _ => BLOCK_OP_OTHER,
     }
 }
@@ -136,7 +197,18 @@ pub fn sonde_block_complete(ctx: TracePointContext) -> u32 {
     let _ = BLOCK_START.remove(request);
     // SAFETY: helper without preconditions.
     let latency = unsafe { bpf_ktime_get_ns() }.saturating_sub(start.ts_ns);
-    let key = BlockKey { dev, op: start.op };
+    record(
+        BlockKey { dev, op: start.op },
+        start.bytes,
+        error != 0,
+        latency,
+    );
+    0
+}
+
+/// Adds a completed request to its (device, operation) statistics.
+#[inline(always)]
+fn record(key: BlockKey, bytes: u32, failed: bool, latency: u64) {
     let stats = match BLOCK_STATS.get_ptr_mut(key) {
         Some(stats) => stats,
         None => {
@@ -145,7 +217,7 @@ pub fn sonde_block_complete(ctx: TracePointContext) -> u32 {
                 Some(stats) => stats,
                 None => {
                     count(BLOCK_MAP_FULL);
-                    return 0;
+                    return;
                 }
             }
         }
@@ -153,13 +225,68 @@ pub fn sonde_block_complete(ctx: TracePointContext) -> u32 {
     // SAFETY: this CPU's value.
     let stats = unsafe { &mut *stats };
     stats.requests += 1;
-    stats.bytes += u64::from(start.bytes);
-    if error != 0 {
+    stats.bytes += u64::from(bytes);
+    if failed {
         stats.errors += 1;
     }
     stats.sum_ns += latency;
     if let Some(slot) = stats.slots.get_mut(latency_slot(latency)) {
         *slot += 1;
     }
+}
+
+/// block_rq_issue(struct request *rq) (5.11 and later).
+#[raw_tracepoint(tracepoint = "block_rq_issue")]
+pub fn sonde_block_issue_raw(ctx: RawTracePointContext) -> i32 {
+    let rq: u64 = ctx.arg(0);
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(start) = BLOCK_ISSUED.get_ptr_mut(rq) {
+        // SAFETY: the entry's value; a request is issued and completed
+        // one at a time, so nothing else writes it meanwhile.
+        unsafe { *start = now };
+    } else if BLOCK_ISSUED.insert(rq, now, 0).is_err() {
+        count(BLOCK_START_MAP_FULL);
+    }
+    0
+}
+
+/// block_rq_complete(struct request *rq, blk_status_t error, unsigned
+/// int nr_bytes); the request's device, flags and size are still its
+/// own here (the tracepoint runs before the completion updates them).
+#[raw_tracepoint(tracepoint = "block_rq_complete")]
+pub fn sonde_block_complete_raw(ctx: RawTracePointContext) -> i32 {
+    let rq: u64 = ctx.arg(0);
+    let error: u64 = ctx.arg(1);
+    let Some(entry) = BLOCK_ISSUED.get_ptr_mut(rq) else {
+        return 0;
+    };
+    // SAFETY: the entry's value (see the issue side). A partial
+    // completion takes it; the rest of the request is not timed again,
+    // as in the classic tier, whose sector key no longer matches then.
+    let start = unsafe { core::mem::replace(&mut *entry, 0) };
+    if start == 0 {
+        return 0;
+    }
+    // SAFETY: helper without preconditions.
+    let latency = unsafe { bpf_ktime_get_ns() }.saturating_sub(start);
+    // The whole disk's dev_t as the classic record has it (MKDEV: major
+    // << 20 | minor); 0 for a request without a disk, as there.
+    let disk = member::<u64>(rq, REQUEST_Q_OFFSET.load())
+        .and_then(|q| member::<u64>(q, QUEUE_DISK_OFFSET.load()))
+        .unwrap_or(0);
+    let major = member::<u32>(disk, GENDISK_MAJOR_OFFSET.load()).unwrap_or(0);
+    let minor = member::<u32>(disk, GENDISK_FIRST_MINOR_OFFSET.load()).unwrap_or(0);
+    let flags = member::<u32>(rq, REQUEST_CMD_FLAGS_OFFSET.load()).unwrap_or(0);
+    let bytes = member::<u32>(rq, REQUEST_DATA_LEN_OFFSET.load()).unwrap_or(0);
+    record(
+        BlockKey {
+            dev: (major << 20) | (minor & 0xf_ffff),
+            op: op_of_flags(flags),
+        },
+        bytes,
+        error as u8 != 0,
+        latency,
+    );
     0
 }

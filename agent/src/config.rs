@@ -441,11 +441,16 @@ impl Default for ProcessConfig {
 pub struct BlockConfig {
     /// Block I/O latency per device and operation (block_rq_issue/complete).
     pub enabled: bool,
+    /// auto, or force a tier: raw_tracepoint, tracepoint.
+    pub hook: String,
 }
 
 impl Default for BlockConfig {
     fn default() -> Self {
-        Self { enabled: true }
+        Self {
+            enabled: true,
+            hook: "auto".into(),
+        }
     }
 }
 
@@ -881,14 +886,16 @@ impl Config {
                 message: "must be at least 1".into(),
             });
         }
-        if !["auto", "raw_tracepoint", "tracepoint"].contains(&self.runqueue.hook.as_str()) {
-            return Err(ConfigError::Invalid {
-                key: "runqueue.hook",
-                message: format!(
-                    "{:?}: expected auto, raw_tracepoint or tracepoint",
-                    self.runqueue.hook
-                ),
-            });
+        for (key, hook) in [
+            ("runqueue.hook", &self.runqueue.hook),
+            ("block.hook", &self.block.hook),
+        ] {
+            if !["auto", "raw_tracepoint", "tracepoint"].contains(&hook.as_str()) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("{hook:?}: expected auto, raw_tracepoint or tracepoint"),
+                });
+            }
         }
         if self.runqueue.top_cgroups > MAX_TOP_CGROUPS {
             return Err(ConfigError::Invalid {
@@ -1396,6 +1403,28 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn forced_hooks_are_checked() {
+        for table in ["runqueue", "block"] {
+            for hook in ["auto", "raw_tracepoint", "tracepoint"] {
+                let config = load(&format!("[{table}]\nhook = \"{hook}\""), &[]).unwrap();
+                let got = if table == "block" {
+                    config.block.hook
+                } else {
+                    config.runqueue.hook
+                };
+                assert_eq!(got, hook);
+            }
+            let err = load(&format!("[{table}]\nhook = \"kprobe\""), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("{table}.hook")) && err.contains("\"kprobe\""),
+                "{err}"
+            );
         }
     }
 

@@ -1,57 +1,96 @@
 //! Block I/O latency: N direct (O_DIRECT) 4 KiB writes to a loop device the
-//! test creates are counted as N write requests of 4 KiB on that device.
+//! test creates, then N direct reads of it, are counted as N write and N
+//! read requests of 4 KiB on that device, by each tier (raw tracepoints
+//! keyed by request, classic tracepoints keyed by device and sector).
 
 use std::{process::Command, time::Duration};
 
 use sonde_tests::{Agent, Config, Scrape, block::LoopDevice, require_root};
 
 #[test]
-fn direct_writes_to_a_loop_device_are_timed_per_device_and_op() {
+fn direct_io_to_a_loop_device_is_timed_per_device_and_op_raw_tracepoint() {
+    direct_io_is_timed_per_device_and_op("raw_tracepoint");
+}
+
+#[test]
+fn direct_io_to_a_loop_device_is_timed_per_device_and_op_tracepoint() {
+    direct_io_is_timed_per_device_and_op("tracepoint");
+}
+
+fn direct_io_is_timed_per_device_and_op(hook: &str) {
     if !require_root() {
         return;
     }
     const N: u64 = 200;
-    let agent = Agent::start(&Config::new().render(), &[]);
+    let config = Config::new().set("block", "hook", &format!("{hook:?}"));
+    let agent = Agent::start(&config.render(), &[]);
+    let attached = agent.metrics();
+    assert!(
+        attached
+            .series("sonde_probe_attached", &[("mode", hook)])
+            .iter()
+            .any(|s| s
+                .label("program")
+                .is_some_and(|p| p.starts_with("sonde_block_issue"))),
+        "block tier {hook} not attached:\n{}",
+        attached.grep("sonde_probe_attached")
+    );
     let disk = LoopDevice::new("block");
-    let labels = [("device", disk.name()), ("op", "write")];
-    let requests = |s: &Scrape| s.value_or_zero("sonde_block_io_duration_seconds_count", &labels);
-    let bytes = |s: &Scrape| s.value_or_zero("sonde_block_io_bytes_total", &labels);
-    let before = agent.metrics();
-    let status = Command::new("dd")
-        .args([
-            "if=/dev/zero",
-            &format!("of={}", disk.device()),
-            "bs=4096",
-            &format!("count={N}"),
-            "oflag=direct",
-            "status=none",
-        ])
-        .status()
-        .expect("running dd");
-    assert!(status.success(), "dd failed");
-    agent
-        .try_wait_for(Duration::from_secs(5), |s| {
-            requests(s) - requests(&before) >= N as f64
-        })
-        .unwrap_or_else(|last| {
-            panic!(
-                "{N} direct 4 KiB writes to {}: write requests rose by {}:\n{}",
-                disk.device(),
-                requests(&last) - requests(&before),
-                last.grep("sonde_block_io")
-            )
-        });
-    let after = agent.wait_stable(
-        "block writes",
-        Duration::from_secs(5),
-        Duration::from_millis(500),
-        requests,
-    );
-    assert_eq!(
-        requests(&after) - requests(&before),
-        N as f64,
-        "each O_DIRECT write is one request on {}",
-        disk.device()
-    );
-    assert_eq!(bytes(&after) - bytes(&before), (N * 4096) as f64);
+    for (op, dd_file, dd_flag) in [
+        ("write", format!("of={}", disk.device()), "oflag=direct"),
+        ("read", format!("if={}", disk.device()), "iflag=direct"),
+    ] {
+        let labels = [("device", disk.name()), ("op", op)];
+        let requests =
+            |s: &Scrape| s.value_or_zero("sonde_block_io_duration_seconds_count", &labels);
+        let bytes = |s: &Scrape| s.value_or_zero("sonde_block_io_bytes_total", &labels);
+        let before = agent.metrics();
+        // Reads from the device, writes from /dev/zero, to /dev/null.
+        let (input, output) = if op == "write" {
+            ("if=/dev/zero".to_string(), dd_file)
+        } else {
+            (dd_file, "of=/dev/null".to_string())
+        };
+        let status = Command::new("dd")
+            .args([
+                input.as_str(),
+                output.as_str(),
+                "bs=4096",
+                &format!("count={N}"),
+                dd_flag,
+                "status=none",
+            ])
+            .status()
+            .expect("running dd");
+        assert!(status.success(), "dd ({op}) failed");
+        agent
+            .try_wait_for(Duration::from_secs(5), |s| {
+                requests(s) - requests(&before) >= N as f64
+            })
+            .unwrap_or_else(|last| {
+                panic!(
+                    "{hook}: {N} direct 4 KiB {op}s on {}: {op} requests rose by {}:\n{}",
+                    disk.device(),
+                    requests(&last) - requests(&before),
+                    last.grep("sonde_block_io")
+                )
+            });
+        let after = agent.wait_stable(
+            "block requests",
+            Duration::from_secs(5),
+            Duration::from_millis(500),
+            requests,
+        );
+        assert_eq!(
+            requests(&after) - requests(&before),
+            N as f64,
+            "{hook}: each O_DIRECT {op} is one request on {}",
+            disk.device()
+        );
+        assert_eq!(
+            bytes(&after) - bytes(&before),
+            (N * 4096) as f64,
+            "{hook}: bytes of the {op}s"
+        );
+    }
 }

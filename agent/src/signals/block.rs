@@ -16,7 +16,7 @@ use aya::{
 };
 use prometheus::proto::{MetricFamily, MetricType};
 
-use super::{OpenError, Reading, Signal, Source, TracepointField, take};
+use super::{BtfField, OpenError, Reading, Signal, Source, TracepointField, take};
 use crate::{
     config::Config,
     diskstats::{self, Stall, StallClock},
@@ -32,44 +32,83 @@ pub const PROGRAM_PREFIX: &str = "sonde_block_";
 pub const SIGNAL: Signal = Signal {
     tiers: &TIERS,
     tracepoint_fields: TRACEPOINT_FIELDS,
-    btf_fields: &[],
+    btf_fields: BTF_FIELDS,
     symbols: &[],
     constants: &[],
     enabled: |config| config.block.enabled,
-    forced_tier: |_| None,
+    forced_tier: |config| (config.block.hook != "auto").then_some(config.block.hook.as_str()),
     reads: "block I/O statistics",
     open,
 };
 
-/// One tier: the block tracepoints (stable since 4.7).
+/// Raw tracepoints keyed by request (cheaper: no hash insert and delete
+/// per I/O; 5.16 gave `request_queue` its `disk`), then the classic
+/// tracepoints keyed by (device, sector) (stable since 4.7).
 const TIERS: tiers::Signal = tiers::Signal {
     name: "block",
     required: false,
-    tiers: &[Tier {
-        mode: "tracepoint",
-        min_kernel: (4, 7),
-        requires: Requires::Tracefs,
-        programs: &[
-            TierProgram {
-                program: "sonde_block_complete",
-                hook: Hook::Tracepoint("block", "block_rq_complete"),
-                needs: &["TP_BLK_DONE_DEV", "TP_BLK_DONE_SECTOR", "TP_BLK_DONE_ERROR"],
-                partial_before: None,
-            },
-            TierProgram {
-                program: "sonde_block_issue",
-                hook: Hook::Tracepoint("block", "block_rq_issue"),
-                needs: &[
-                    "TP_BLK_ISSUE_DEV",
-                    "TP_BLK_ISSUE_SECTOR",
-                    "TP_BLK_ISSUE_BYTES",
-                    "TP_BLK_ISSUE_RWBS",
-                ],
-                partial_before: None,
-            },
-        ],
-    }],
+    tiers: &[
+        Tier {
+            mode: "raw_tracepoint",
+            min_kernel: (5, 16),
+            requires: Requires::RawTracepointsAndBtf,
+            programs: &[
+                TierProgram {
+                    program: "sonde_block_complete_raw",
+                    hook: Hook::RawTracepoint("block_rq_complete"),
+                    needs: &[
+                        "REQUEST_Q_OFFSET",
+                        "REQUEST_CMD_FLAGS_OFFSET",
+                        "REQUEST_DATA_LEN_OFFSET",
+                        "QUEUE_DISK_OFFSET",
+                        "GENDISK_MAJOR_OFFSET",
+                        "GENDISK_FIRST_MINOR_OFFSET",
+                    ],
+                    partial_before: None,
+                },
+                TierProgram {
+                    program: "sonde_block_issue_raw",
+                    hook: Hook::RawTracepoint("block_rq_issue"),
+                    needs: &[],
+                    partial_before: None,
+                },
+            ],
+        },
+        Tier {
+            mode: "tracepoint",
+            min_kernel: (4, 7),
+            requires: Requires::Tracefs,
+            programs: &[
+                TierProgram {
+                    program: "sonde_block_complete",
+                    hook: Hook::Tracepoint("block", "block_rq_complete"),
+                    needs: &["TP_BLK_DONE_DEV", "TP_BLK_DONE_SECTOR", "TP_BLK_DONE_ERROR"],
+                    partial_before: None,
+                },
+                TierProgram {
+                    program: "sonde_block_issue",
+                    hook: Hook::Tracepoint("block", "block_rq_issue"),
+                    needs: &[
+                        "TP_BLK_ISSUE_DEV",
+                        "TP_BLK_ISSUE_SECTOR",
+                        "TP_BLK_ISSUE_BYTES",
+                        "TP_BLK_ISSUE_RWBS",
+                    ],
+                    partial_before: None,
+                },
+            ],
+        },
+    ],
 };
+
+const BTF_FIELDS: &[BtfField] = &[
+    ("REQUEST_Q_OFFSET", "request", &["q"]),
+    ("REQUEST_CMD_FLAGS_OFFSET", "request", &["cmd_flags"]),
+    ("REQUEST_DATA_LEN_OFFSET", "request", &["__data_len"]),
+    ("QUEUE_DISK_OFFSET", "request_queue", &["disk"]),
+    ("GENDISK_MAJOR_OFFSET", "gendisk", &["major"]),
+    ("GENDISK_FIRST_MINOR_OFFSET", "gendisk", &["first_minor"]),
+];
 
 const TRACEPOINT_FIELDS: &[TracepointField] = &[
     ("TP_BLK_ISSUE_DEV", "block", "block_rq_issue", "dev"),

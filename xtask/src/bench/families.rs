@@ -95,9 +95,14 @@ const FAMILIES: [Family; 5] = [
         id: "block",
         name: "block I/O",
         table: "block",
-        job_programs: &["sonde_block_issue", "sonde_block_complete"],
-        empty_tracepoints: &["block:block_rq_issue", "block:block_rq_complete"],
-        empty_raw: &[],
+        job_programs: &[
+            "sonde_block_issue_raw",
+            "sonde_block_complete_raw",
+            "sonde_block_issue",
+            "sonde_block_complete",
+        ],
+        empty_tracepoints: &[],
+        empty_raw: &["block_rq_issue", "block_rq_complete"],
         peer: "biolatency",
         bpftrace: "tracepoint:block:block_rq_issue { @start[args->dev, args->sector] = nsecs; } \
                    tracepoint:block:block_rq_complete /@start[args->dev, args->sector]/ { \
