@@ -112,6 +112,20 @@ impl Scrape {
         self.series(name, labels).iter().map(|s| s.value).sum()
     }
 
+    /// Panics unless a program whose name starts with `program_prefix` is
+    /// attached in `mode` (a tier: "raw_tracepoint", "tracepoint", …).
+    pub fn assert_attached_in_mode(&self, program_prefix: &str, mode: &str) {
+        assert!(
+            self.series("sonde_probe_attached", &[("mode", mode)])
+                .iter()
+                .any(|s| s.value == 1.0
+                    && s.label("program")
+                        .is_some_and(|p| p.starts_with(program_prefix))),
+            "no {program_prefix}* program attached in mode {mode}:\n{}",
+            self.grep("sonde_probe_attached")
+        );
+    }
+
     /// Every line of the body that mentions `needle`, for failure messages.
     pub fn grep(&self, needle: &str) -> String {
         let lines: Vec<&str> = self.body.lines().filter(|l| l.contains(needle)).collect();

@@ -24,17 +24,9 @@ fn direct_io_is_timed_per_device_and_op(hook: &str) {
     const N: u64 = 200;
     let config = Config::new().set("block", "hook", &format!("{hook:?}"));
     let agent = Agent::start(&config.render(), &[]);
-    let attached = agent.metrics();
-    assert!(
-        attached
-            .series("sonde_probe_attached", &[("mode", hook)])
-            .iter()
-            .any(|s| s
-                .label("program")
-                .is_some_and(|p| p.starts_with("sonde_block_issue"))),
-        "block tier {hook} not attached:\n{}",
-        attached.grep("sonde_probe_attached")
-    );
+    agent
+        .metrics()
+        .assert_attached_in_mode("sonde_block_issue", hook);
     let disk = LoopDevice::new("block");
     for (op, dd_file, dd_flag) in [
         ("write", format!("of={}", disk.device()), "oflag=direct"),

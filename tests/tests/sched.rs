@@ -30,17 +30,9 @@ fn long_waits(s: &Scrape) -> f64 {
 fn cpu_contention_shows_up(hook: &str) {
     let config = Config::new().set("runqueue", "hook", &format!("{hook:?}"));
     let agent = Agent::start(&config.render(), &[]);
-    let scrape = agent.metrics();
-    assert!(
-        scrape
-            .series("sonde_probe_attached", &[("mode", hook)])
-            .iter()
-            .any(|s| s
-                .label("program")
-                .is_some_and(|p| p.starts_with("sonde_runq_switch"))),
-        "run-queue tier {hook} not attached:\n{}",
-        scrape.grep("sonde_probe_attached")
-    );
+    agent
+        .metrics()
+        .assert_attached_in_mode("sonde_runq_switch", hook);
     let before = agent.metrics();
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let workers = (cpus * 3).to_string();
