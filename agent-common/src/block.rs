@@ -8,7 +8,9 @@ pub const BLOCK_STATS_MAP: &str = "BLOCK_STATS";
 pub const BLOCK_START_MAP: &str = "BLOCK_START";
 /// (device, operation) pairs tracked.
 pub const MAX_BLOCK_KEYS: u32 = 1024;
-/// Requests in flight tracked at once.
+/// Requests in flight tracked at once by the classic tier; the raw tier's
+/// distinct requests (each device's preallocated tags, reused) before its
+/// LRU gives the longest unused entry's room to a new one.
 pub const MAX_BLOCK_INFLIGHT: u32 = 16384;
 
 pub const BLOCK_OP_OTHER: u32 = 0;

@@ -28,28 +28,33 @@ fn direct_io_is_timed_per_device_and_op(hook: &str) {
         .metrics()
         .assert_attached_in_mode("sonde_block_issue", hook);
     let disk = LoopDevice::new("block");
-    for (op, dd_file, dd_flag) in [
-        ("write", format!("of={}", disk.device()), "oflag=direct"),
-        ("read", format!("if={}", disk.device()), "iflag=direct"),
+    let device = disk.device();
+    for (op, input, output, direct) in [
+        (
+            "write",
+            "if=/dev/zero".to_string(),
+            format!("of={device}"),
+            "oflag=direct",
+        ),
+        (
+            "read",
+            format!("if={device}"),
+            "of=/dev/null".to_string(),
+            "iflag=direct",
+        ),
     ] {
         let labels = [("device", disk.name()), ("op", op)];
         let requests =
             |s: &Scrape| s.value_or_zero("sonde_block_io_duration_seconds_count", &labels);
         let bytes = |s: &Scrape| s.value_or_zero("sonde_block_io_bytes_total", &labels);
         let before = agent.metrics();
-        // Reads from the device, writes from /dev/zero, to /dev/null.
-        let (input, output) = if op == "write" {
-            ("if=/dev/zero".to_string(), dd_file)
-        } else {
-            (dd_file, "of=/dev/null".to_string())
-        };
         let status = Command::new("dd")
             .args([
                 input.as_str(),
                 output.as_str(),
                 "bs=4096",
                 &format!("count={N}"),
-                dd_flag,
+                direct,
                 "status=none",
             ])
             .status()
