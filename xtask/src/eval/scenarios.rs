@@ -537,6 +537,28 @@ pub const INCIDENTS: &[Incident] = &[
             )
         },
     },
+    // Written 2026-12-07, before any run of it: fragments that are never
+    // the first of their datagram (an offset, More Fragments set, a new
+    // IP id each), so nothing reassembles. They fill the reassembly
+    // queues until the kernel drops them (and, 30 s on, times the queues
+    // out): drops appear beside the fragments, and the kind must still
+    // say who sent what.
+    Incident {
+        id: "fragment-flood-orphans",
+        kind: "fragment_flood",
+        how: "hping3 --udp -x -g 1480 -d 1000 at ~1,500 packets/s from the peer: non-first fragments only, never reassembled",
+        subject: Some(EVAL.peer_ip),
+        held_out: true,
+        run: |_, d| {
+            hping3(
+                &[
+                    "--udp", "-x", "-g", "1480", "-d", "1000", "-p", "20300", "-i", "u666",
+                ],
+                rate(1_500, d),
+                d,
+            )
+        },
+    },
     Incident {
         id: "packet-loss-low",
         kind: "packet_loss",
