@@ -35,7 +35,7 @@ pub const CUSUM_ALARM: f64 = 12.0;
 /// packets do, a queue drops before its delay reaches the RTT mean.
 const REFINE_CYCLES: u32 = 2;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Baseline {
     pub mean: f64,
     pub var: f64,
@@ -195,6 +195,20 @@ pub const FEATURES: &[(&str, &str, f64)] = &[
     // spinning one waking up.
     ("block_io_stalled_seconds", "io_stall", 1.0),
 ];
+
+/// Means over events, absent in a cycle without events, whose absence
+/// (while the sibling feature shows their signal ran) is an idle cycle:
+/// it counts towards the warm-up of a baseline that starts at 0, so a
+/// node idle all through the warm-up judges the first value against the
+/// floor instead of learning it as normal. Without this, a disk that was
+/// idle during the warm-up and then came back slow (62 ms a request) set
+/// its own baseline and was never named (`cargo xtask eval --only` on the
+/// disk incidents, which start on an idle machine). Only where the floor
+/// means trouble on any node: a first TCP round trip of 30 ms is a far
+/// peer, not a regression, so the RTT and connect means still learn their
+/// first values.
+const IDLE_WHEN_ABSENT: &[(&str, &str)] =
+    &[("block_io_mean_latency_seconds", "block_io_stalled_seconds")];
 
 /// The RTT mean's floor in a cycle that loses nothing; the table's 20 ms
 /// is its floor while segments are lost. A LAN's 1 ms growing fivefold
@@ -565,6 +579,13 @@ impl Analyzer {
         self.scores.clear();
         for &(feature, kind, floor) in FEATURES {
             let Some(&x) = features.get(feature) else {
+                let idle = IDLE_WHEN_ABSENT
+                    .iter()
+                    .any(|&(f, ran)| f == feature && features.contains_key(ran));
+                if idle {
+                    let b = self.baselines.entry(feature.to_owned()).or_default();
+                    b.samples = b.samples.saturating_add(1);
+                }
                 continue;
             };
             let floor_now = floor_in(feature, floor, features);
@@ -1371,6 +1392,38 @@ mod tests {
             );
         }
         a
+    }
+
+    /// A disk idle all through the warm-up (the block signal ran, no
+    /// device completed enough requests for a mean) and slow when it is
+    /// first used: judged against the floor, not learned as its normal.
+    /// A healthy first use is not an anomaly; with the block signal off
+    /// (no stall feature either) no baseline is made.
+    #[test]
+    fn a_disk_idle_through_the_warm_up_is_judged_on_its_first_use() {
+        let idle = |_| Features::from([("block_io_stalled_seconds", 0.0)]);
+        let first_use = |mean: f64| {
+            Features::from([
+                ("block_io_stalled_seconds", 0.0),
+                ("block_io_mean_latency_seconds", mean),
+            ])
+        };
+        let mut a = warmed_up(idle);
+        assert!(
+            a.observe(&first_use(0.002), &Subjects::default(), 30.0)
+                .is_empty()
+        );
+        let mut a = warmed_up(idle);
+        let opened = a.observe(&first_use(0.062), &Subjects::default(), 30.0);
+        assert_eq!(opened.len(), 1, "{opened:?}");
+        assert_eq!(opened[0].kind, "io_latency_regression");
+
+        let mut off = warmed_up(|_| Features::new());
+        assert!(!off.baselines.contains_key("block_io_mean_latency_seconds"));
+        assert!(
+            off.observe(&first_use(0.062), &Subjects::default(), 30.0)
+                .is_empty()
+        );
     }
 
     #[test]
