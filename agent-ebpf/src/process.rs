@@ -7,7 +7,8 @@
 use agent_common::{
     counters::{PROCESS_EXEC, PROCESS_EXIT},
     events::{
-        COMM_LEN, EVENT_PROCESS_EXEC, EVENT_PROCESS_EXIT, EventHeader, ProcessEvent, RING_PROCESS,
+        COMM_LEN, EVENT_PROCESS_EXEC, EVENT_PROCESS_EXIT, EventHeader, ProcessExecEvent,
+        ProcessExitEvent, ProcessInfo, RING_PROCESS,
     },
 };
 use aya_ebpf::{
@@ -39,33 +40,27 @@ static TASK_EXIT_CODE_OFFSET: Global<u32> = Global::new(u32::MAX);
 #[unsafe(no_mangle)]
 static TP_EXEC_FILENAME: Global<u32> = Global::new(8);
 
+/// Who the current process is; `task` is the current task.
 #[inline(always)]
-fn fill(event: &mut ProcessEvent, kind: u32) {
+fn fill(info: &mut ProcessInfo, kind: u32, task: u64) {
     // SAFETY: helpers without preconditions.
-    let (task, now, cpu, cgroup) = unsafe {
+    let (now, cpu, cgroup) = unsafe {
         (
-            bpf_get_current_task(),
             bpf_ktime_get_ns(),
             bpf_get_smp_processor_id(),
             bpf_get_current_cgroup_id(),
         )
     };
-    event.header = EventHeader {
+    info.header = EventHeader {
         kind,
         cpu,
         ts_ns: now,
     };
-    event.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    info.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let parent = member::<u64>(task, TASK_REAL_PARENT_OFFSET.load()).unwrap_or(0);
-    event.ppid = member::<u32>(parent, TASK_TGID_OFFSET.load()).unwrap_or(0);
-    event.cgroup_id = cgroup;
-    event.exit_code = 0;
-    event._pad = 0;
-    current_comm(&mut event.comm);
-    // An empty string; exec events then write the path over it. The bytes
-    // after the NUL are never read (zeroing 128 bytes costs ~650
-    // instructions: byte stores in LLVM's memset for the BPF target).
-    event.filename[0] = 0;
+    info.ppid = member::<u32>(parent, TASK_TGID_OFFSET.load()).unwrap_or(0);
+    info.cgroup_id = cgroup;
+    current_comm(&mut info.comm);
 }
 
 /// The current task's comm, written in place (NUL-terminated; empty if
@@ -85,15 +80,22 @@ pub fn sonde_process_exec(ctx: TracePointContext) -> u32 {
     count(PROCESS_EXEC);
     // Offset from this kernel's format file (8 since 3.4).
     let data_loc = field!(&ctx, u32, TP_EXEC_FILENAME.load(), 8).unwrap_or(0);
-    emit::<ProcessEvent>(RING_PROCESS, |event| {
-        fill(event, EVENT_PROCESS_EXEC);
+    emit::<ProcessExecEvent>(RING_PROCESS, |event| {
+        // SAFETY: helper without preconditions.
+        fill(&mut event.info, EVENT_PROCESS_EXEC, unsafe {
+            bpf_get_current_task()
+        });
+        // The path's bytes after its NUL are never read (zeroing 128
+        // bytes costs ~650 instructions: byte stores in LLVM's memset for
+        // the BPF target); an empty string if the read fails.
+        event.filename[0] = 0;
         // __data_loc: low 16 bits are the offset of the string in the
         // record, high 16 bits its length.
         let src = (ctx.as_ptr() as u64 + u64::from(data_loc & 0xffff)) as *const u8;
         // SAFETY: a NUL-terminated string inside the tracepoint record.
         let _ = unsafe { bpf_probe_read_kernel_str_bytes(src, &mut event.filename) };
     });
-    flush::<ProcessEvent, _>(&ctx, RING_PROCESS);
+    flush::<ProcessExecEvent, _>(&ctx, RING_PROCESS);
     0
 }
 
@@ -105,12 +107,13 @@ pub fn sonde_process_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     count(PROCESS_EXIT);
-    emit::<ProcessEvent>(RING_PROCESS, |event| {
-        fill(event, EVENT_PROCESS_EXIT);
+    emit::<ProcessExitEvent>(RING_PROCESS, |event| {
         // SAFETY: helper without preconditions.
         let task = unsafe { bpf_get_current_task() };
+        fill(&mut event.info, EVENT_PROCESS_EXIT, task);
         event.exit_code = member::<u32>(task, TASK_EXIT_CODE_OFFSET.load()).unwrap_or(0);
+        event._pad = 0;
     });
-    flush::<ProcessEvent, _>(&ctx, RING_PROCESS);
+    flush::<ProcessExitEvent, _>(&ctx, RING_PROCESS);
     0
 }

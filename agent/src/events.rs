@@ -19,7 +19,7 @@ use std::{
 use agent_common::{
     events::{
         EVENT_NEW_FLOW, EVENT_PROCESS_EXEC, EVENT_PROCESS_EXIT, EVENT_SLOW_SYSCALL, EventHeader,
-        FlowEvent, ProcessEvent, SlowSyscallEvent,
+        FlowEvent, ProcessExecEvent, ProcessExitEvent, ProcessInfo, SlowSyscallEvent,
     },
     net::{FAMILY_IPV4, direction_name, protocol_name},
 };
@@ -469,8 +469,8 @@ fn process_parent(bytes: &[u8]) -> Option<(u32, u64)> {
     if !matches!(header.kind, EVENT_PROCESS_EXEC | EVENT_PROCESS_EXIT) {
         return None;
     }
-    let event = read::<ProcessEvent>(bytes)?;
-    (event.ppid != 0).then_some((event.ppid, event.cgroup_id))
+    let info = read::<ProcessInfo>(bytes)?;
+    (info.ppid != 0).then_some((info.ppid, info.cgroup_id))
 }
 
 /// A known kind, long enough for its struct: what `decode` will accept.
@@ -480,7 +480,8 @@ fn well_formed(bytes: &[u8]) -> bool {
     };
     let needed = match header.kind {
         EVENT_SLOW_SYSCALL => size_of::<SlowSyscallEvent>(),
-        EVENT_PROCESS_EXEC | EVENT_PROCESS_EXIT => size_of::<ProcessEvent>(),
+        EVENT_PROCESS_EXEC => size_of::<ProcessExecEvent>(),
+        EVENT_PROCESS_EXIT => size_of::<ProcessExitEvent>(),
         EVENT_NEW_FLOW => size_of::<FlowEvent>(),
         _ => return false,
     };
@@ -531,27 +532,26 @@ fn decode(bytes: &[u8], clock: &WallClock) -> Option<EventRecord> {
                 ret: e.ret,
             })
         }
-        EVENT_PROCESS_EXEC | EVENT_PROCESS_EXIT => {
-            let e: ProcessEvent = read(bytes)?;
-            let comm = c_string(&e.comm);
-            Some(if header.kind == EVENT_PROCESS_EXEC {
-                EventRecord::ProcessExec {
-                    time,
-                    pid: e.pid,
-                    ppid: e.ppid,
-                    cgroup_id: e.cgroup_id,
-                    comm,
-                    filename: c_string(&e.filename),
-                }
-            } else {
-                EventRecord::ProcessExit {
-                    time,
-                    pid: e.pid,
-                    ppid: e.ppid,
-                    cgroup_id: e.cgroup_id,
-                    comm,
-                    exit_code: e.exit_code,
-                }
+        EVENT_PROCESS_EXEC => {
+            let e: ProcessExecEvent = read(bytes)?;
+            Some(EventRecord::ProcessExec {
+                time,
+                pid: e.info.pid,
+                ppid: e.info.ppid,
+                cgroup_id: e.info.cgroup_id,
+                comm: c_string(&e.info.comm),
+                filename: c_string(&e.filename),
+            })
+        }
+        EVENT_PROCESS_EXIT => {
+            let e: ProcessExitEvent = read(bytes)?;
+            Some(EventRecord::ProcessExit {
+                time,
+                pid: e.info.pid,
+                ppid: e.info.ppid,
+                cgroup_id: e.info.cgroup_id,
+                comm: c_string(&e.info.comm),
+                exit_code: e.exit_code,
             })
         }
         EVENT_NEW_FLOW => {
@@ -609,19 +609,23 @@ mod tests {
         }
     }
 
-    fn exec() -> ProcessEvent {
+    fn process(kind: u32) -> ProcessInfo {
         let mut comm = [0u8; COMM_LEN];
         comm[..4].copy_from_slice(b"true");
-        let mut filename = [0u8; FILENAME_LEN];
-        filename[..13].copy_from_slice(b"/usr/bin/true");
-        ProcessEvent {
-            header: header(EVENT_PROCESS_EXEC),
+        ProcessInfo {
+            header: header(kind),
             pid: 5000,
             ppid: 1,
             cgroup_id: 77,
-            exit_code: 0,
-            _pad: 0,
             comm,
+        }
+    }
+
+    fn exec() -> ProcessExecEvent {
+        let mut filename = [0u8; FILENAME_LEN];
+        filename[..13].copy_from_slice(b"/usr/bin/true");
+        ProcessExecEvent {
+            info: process(EVENT_PROCESS_EXEC),
             filename,
         }
     }
@@ -633,6 +637,17 @@ mod tests {
         assert!(
             matches!(record, EventRecord::ProcessExec { pid: 5000, ref filename, .. } if filename == "/usr/bin/true")
         );
+        let exit = ProcessExitEvent {
+            info: process(EVENT_PROCESS_EXIT),
+            exit_code: 256,
+            _pad: 0,
+        };
+        let (parent, record) = decode_record(&bytes_of(&exit)).unwrap();
+        assert_eq!(parent, Some((1, 77)));
+        assert!(matches!(
+            record,
+            EventRecord::ProcessExit { pid: 5000, exit_code: 256, ref comm, .. } if comm == "true"
+        ));
 
         let slow = SlowSyscallEvent {
             header: header(EVENT_SLOW_SYSCALL),
@@ -683,6 +698,14 @@ mod tests {
         for len in 0..full.len() {
             assert!(decode_record(&full[..len]).is_err(), "{len} bytes accepted");
         }
+        let exit = bytes_of(&ProcessExitEvent {
+            info: process(EVENT_PROCESS_EXIT),
+            exit_code: 0,
+            _pad: 0,
+        });
+        for len in 0..exit.len() {
+            assert!(decode_record(&exit[..len]).is_err(), "{len} bytes accepted");
+        }
         let mut unknown = bytes_of(&header(99));
         unknown.extend_from_slice(&[0xff; 200]);
         assert!(decode_record(&unknown).is_err());
@@ -694,7 +717,7 @@ mod tests {
         assert!(decode_record(&oversized).is_ok());
         // Names without a NUL and not UTF-8 are read lossily.
         let mut garbage = exec();
-        garbage.comm = [0xff; COMM_LEN];
+        garbage.info.comm = [0xff; COMM_LEN];
         garbage.filename = [0xc3; FILENAME_LEN];
         let (_, record) = decode_record(&bytes_of(&garbage)).unwrap();
         assert!(
