@@ -45,5 +45,11 @@ pub const CFG_RUNQ_PER_CGROUP: u32 = 8;
 /// a drop costs one array read more.
 pub const CFG_DROP_PEERS: u32 = 9;
 
+/// Drops counted by interface: one in N, chosen at random, each counted N
+/// times (0 or 1: every drop, exactly). A power of two, which user space
+/// raises only while drops are many (`[drops] exact_device_drops_per_second`);
+/// the count by reason stays exact whatever it is.
+pub const CFG_DROP_DEVICE_SAMPLE_PERIOD: u32 = 10;
+
 /// Number of slots in `CONFIG`.
-pub const CONFIG_LEN: u32 = 10;
+pub const CONFIG_LEN: u32 = 11;

@@ -346,6 +346,11 @@ pub struct DropsConfig {
     /// MAPE-K loop still turns it on for a few seconds when packet loss
     /// opens, to name whose packets were dropped.
     pub per_peer: bool,
+    /// Runtime. Drops per second up to which every drop is counted by
+    /// interface, exactly. Above, one in N (a power of two) is, N times:
+    /// the count by interface costs about half a drop's kernel time, and a
+    /// flood of drops is where that counts. 0: always exact.
+    pub exact_device_drops_per_second: u64,
 }
 
 impl Default for DropsConfig {
@@ -353,6 +358,7 @@ impl Default for DropsConfig {
         Self {
             enabled: true,
             per_peer: false,
+            exact_device_drops_per_second: 10_000,
         }
     }
 }

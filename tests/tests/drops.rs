@@ -3,7 +3,9 @@
 //! under `netfilter_drop`, the name the running kernel gives that reason,
 //! and, exactly, under the interface and namespace they arrived in; once
 //! that namespace is deleted, its series is removed (a node's pods come
-//! and go: their drop series must not pile up).
+//! and go: their drop series must not pile up). A flood of drops is
+//! counted by interface one in N while it lasts, and by reason exactly,
+//! against the firewall rule's own counter.
 
 use std::time::Duration;
 
@@ -154,5 +156,150 @@ fn datagrams_to_a_closed_port_are_counted_as_the_kernel_counts_them() {
     println!(
         "no_socket drops on {} +{kernel}, Udp NoPorts +{kernel}",
         lab.veth.peer()
+    );
+}
+
+/// The packets the test namespace's INPUT rule for UDP port `port` has
+/// matched, from iptables' own counter (`-x`: exact, not rounded to K/M).
+fn rule_packets(lab: &Lab, port: &str) -> f64 {
+    let listing = sys::must(&mut lab.ns.exec(&["iptables", "-L", "INPUT", "-n", "-v", "-x"]));
+    let needle = format!("dpt:{port}");
+    listing
+        .lines()
+        .find(|l| l.contains(&needle))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no counter for {needle} in:\n{listing}"))
+}
+
+/// A flood of drops far past `[drops] exact_device_drops_per_second`
+/// (10,000/s by default): while it lasts one drop in N is counted by
+/// interface, N times, and `sonde_interface_drops_sample_period` says N;
+/// the count by reason stays exact to the packet against the firewall
+/// rule's own counter, the estimate by interface within 5% of it. Once
+/// drops are few again the period is back at 1, and a burst after it is
+/// counted by interface exactly.
+#[test]
+fn a_flood_of_drops_is_sampled_by_interface_and_exact_by_reason() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::start(Config::new());
+    let port = "40302";
+    let status = lab
+        .ns
+        .exec(&[
+            "iptables", "-A", "INPUT", "-p", "udp", "--dport", port, "-j", "DROP",
+        ])
+        .status()
+        .expect("running iptables in the test namespace");
+    assert!(status.success(), "iptables failed in the test namespace");
+    let to = format!("{LAB_PEER_IP}:{port}");
+    let reason_drops =
+        |s: &Scrape| s.value_or_zero("sonde_packet_drops_total", &[("reason", "netfilter_drop")]);
+    let netns = lab.ns.inode().to_string();
+    let device_labels = [
+        ("netns", netns.as_str()),
+        ("interface", lab.veth.peer()),
+        ("reason", "netfilter_drop"),
+    ];
+    let device_drops =
+        |s: &Scrape| s.value_or_zero("sonde_interface_packet_drops_total", &device_labels);
+    let period = |s: &Scrape| s.value_or_zero("sonde_interface_drops_sample_period", &[]);
+
+    let before = lab.agent.metrics();
+    assert_eq!(
+        period(&before),
+        1.0,
+        "no drops yet, yet sampled:\n{}",
+        before.grep("drops")
+    );
+    let rule_before = rule_packets(&lab, port);
+    let flood = Workload::spawn(&["udp-flood", &to, "4", "64"]);
+    // The highest period seen while the flood lasts.
+    let mut highest = 0.0f64;
+    let last = lab
+        .agent
+        .try_wait_for(Duration::from_millis(3500), |s| {
+            highest = highest.max(period(s));
+            false
+        })
+        .unwrap_or_else(|last| last);
+    flood.wait_success(Duration::from_secs(30));
+    let flooded = rule_packets(&lab, port) - rule_before;
+    assert!(
+        highest > 1.0,
+        "{flooded} datagrams dropped in 4 s ({:.0}/s), yet the count by interface stayed \
+         exact (sonde_interface_drops_sample_period {highest}):\n{}",
+        flooded / 4.0,
+        last.grep("drops")
+    );
+    let after = lab
+        .agent
+        .try_wait_for(Duration::from_secs(5), |s| {
+            reason_drops(s) - reason_drops(&before) >= flooded
+        })
+        .unwrap_or_else(|last| last);
+    let by_reason = reason_drops(&after) - reason_drops(&before);
+    let by_device = device_drops(&after) - device_drops(&before);
+    assert_eq!(
+        by_reason,
+        flooded,
+        "netfilter_drop by reason against the rule's counter (sampled by interface at \
+         one in {highest}):\n{}",
+        after.grep("drops")
+    );
+    let error = (by_device - flooded).abs() / flooded;
+    assert!(
+        error <= 0.05,
+        "estimated drops on {} {by_device} against the rule's {flooded} ({:.1}% off, \
+         sampled at up to one in {highest}):\n{}",
+        lab.veth.peer(),
+        error * 100.0,
+        after.grep("drops")
+    );
+
+    // Drops are few again: exact by interface.
+    let calm = lab
+        .agent
+        .try_wait_for(Duration::from_secs(5), |s| period(s) == 1.0)
+        .unwrap_or_else(|last| {
+            panic!(
+                "the flood ended 5 s ago; the count by interface is still sampled:\n{}",
+                last.grep("drops")
+            )
+        });
+    let rule_calm = rule_packets(&lab, port);
+    Workload::run(&["udp-send", &to, "500", "64"], Duration::from_secs(60));
+    let burst = rule_packets(&lab, port) - rule_calm;
+    assert_eq!(
+        burst, 500.0,
+        "the rule matched {burst} of the 500 datagrams"
+    );
+    let end = lab
+        .agent
+        .try_wait_for(Duration::from_secs(5), |s| {
+            device_drops(s) - device_drops(&calm) >= burst
+        })
+        .unwrap_or_else(|last| last);
+    assert_eq!(
+        device_drops(&end) - device_drops(&calm),
+        burst,
+        "after the flood, drops on {} against the rule's counter:\n{}",
+        lab.veth.peer(),
+        end.grep("drops")
+    );
+    assert_eq!(
+        period(&end),
+        1.0,
+        "500 drops set the period to {}",
+        period(&end)
+    );
+    println!(
+        "flood: {flooded} dropped ({:.0}/s), by reason +{by_reason}, by interface \
+         +{by_device} ({:+.2}%), sampled at up to one in {highest}; burst after: \
+         {burst} exact",
+        flooded / 4.0,
+        (by_device - flooded) / flooded * 100.0
     );
 }

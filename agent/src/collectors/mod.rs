@@ -440,8 +440,15 @@ impl Collector {
             snapshot.rings.insert(label, counters);
         }
         for (signal, source) in &mut self.maps.signals {
-            if let Err(err) = source.advance(&snapshot.counters) {
-                warn!("reading {}: {err}", signal.reads);
+            match source.advance(&snapshot.counters) {
+                Ok(settings) => {
+                    for (index, value) in settings {
+                        if let Err(err) = self.maps.config.set(index, value, 0) {
+                            warn!("setting config slot {index} for {}: {err}", signal.reads);
+                        }
+                    }
+                }
+                Err(err) => warn!("reading {}: {err}", signal.reads),
             }
             let (reading, error) = source.collect();
             if let Some(err) = error {

@@ -71,6 +71,7 @@ pub(super) fn reload(state: &AppState, sources: &Sources) {
     current.syscalls.per_process = new.syscalls.per_process;
     current.syscalls.latency_histograms = new.syscalls.latency_histograms;
     current.drops.per_peer = new.drops.per_peer;
+    current.drops.exact_device_drops_per_second = new.drops.exact_device_drops_per_second;
     current.network.flow_events_per_second = new.network.flow_events_per_second;
     current.network.flow_events_burst = new.network.flow_events_burst;
     current.network.top_peers = new.network.top_peers;

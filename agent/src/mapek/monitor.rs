@@ -1733,6 +1733,7 @@ mod tests {
                     .collect(),
                 peers: Vec::new(),
                 series_removed: 0,
+                device_sample_period: 1,
             };
             Snapshot {
                 signals: vec![("drops", std::sync::Arc::new(reading))],

@@ -17,11 +17,19 @@
 //! IP packets are also counted by (reason, source, destination), the 4,096
 //! most recent triples: not exported (an address per series has no
 //! bound), read by MAPE-K to say whose packets a loss dropped.
+//!
+//! The count by interface is most of what a drop costs the kernel. Up to
+//! `[drops] exact_device_drops_per_second` every drop is counted there;
+//! above, one drop in N (a power of two, at most 1,024), chosen at random,
+//! is counted N times, N the smallest that keeps the sampled rate under
+//! that: the per-interface split is then an estimate, and
+//! `sonde_interface_drops_sample_period` says so. The count by reason is
+//! exact at any rate.
 
-use std::{collections::HashMap, net::IpAddr, sync::Arc};
+use std::{borrow::Cow, collections::HashMap, net::IpAddr, sync::Arc, time::Instant};
 
 use agent_common::{
-    config::CFG_DROP_PEERS,
+    config::{CFG_DROP_DEVICE_SAMPLE_PERIOD, CFG_DROP_PEERS},
     drops::{
         DROP_DEVICES_MAP, DROP_PEERS_MAP, DROP_REASON_OTHER, DROP_REASONS_MAP, DropDeviceKey,
         DropDeviceStats, DropPeerKey,
@@ -34,7 +42,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
 };
 use prometheus::proto::{MetricFamily, MetricType};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{BtfField, OpenError, Reading, Signal, Source, TracepointField, take};
 use crate::{
@@ -141,6 +149,10 @@ fn open(ebpf: &mut Ebpf, config: &Config) -> Result<Box<dyn Source>, OpenError> 
         devices: take(ebpf, DROP_DEVICES_MAP)?,
         peers: take(ebpf, DROP_PEERS_MAP)?,
         per_peer: false,
+        exact_below: config.drops.exact_device_drops_per_second,
+        sample_period: 1,
+        last_total: None,
+        reason_counts: None,
         reason_names,
         own_netns: std::fs::metadata("/proc/self/ns/net")
             .ok()
@@ -158,6 +170,15 @@ struct Maps {
     /// starts from zero (its first cycle has no earlier reading to
     /// subtract).
     per_peer: bool,
+    /// `[drops] exact_device_drops_per_second`.
+    exact_below: u64,
+    /// The device sampling period written to the kernel (1: exact).
+    sample_period: u64,
+    /// When the drops by reason were last read, and their sum then.
+    last_total: Option<(Instant, u64)>,
+    /// This cycle's drops by reason slot (`advance` reads them for the
+    /// rate; `collect` exports them).
+    reason_counts: Option<Vec<u64>>,
     /// This kernel's names of the skb drop reasons, by value.
     reason_names: HashMap<u32, String>,
     /// Inode of the agent's own network namespace: drops there are
@@ -188,7 +209,11 @@ impl Maps {
     }
 
     fn read(&self, drops: &mut Drops) -> Result<(), MapError> {
-        for (reason, n) in (0..).zip(map_batch::per_cpu_array_summed(&self.reasons)?) {
+        let counts = match &self.reason_counts {
+            Some(counts) => Cow::Borrowed(counts),
+            None => Cow::Owned(map_batch::per_cpu_array_summed(&self.reasons)?),
+        };
+        for (reason, &n) in (0..).zip(counts.iter()) {
             if n == 0 {
                 continue;
             }
@@ -280,12 +305,50 @@ impl Source for Maps {
             self.clear_peers();
         }
         self.per_peer = per_peer;
-        Ok(vec![(CFG_DROP_PEERS, u64::from(per_peer))])
+        self.exact_below = config.drops.exact_device_drops_per_second;
+        if self.exact_below == 0 {
+            self.sample_period = 1;
+        }
+        Ok(vec![
+            (CFG_DROP_PEERS, u64::from(per_peer)),
+            (CFG_DROP_DEVICE_SAMPLE_PERIOD, self.sample_period),
+        ])
+    }
+
+    /// Reads the drops by reason, and from their rate since the last cycle
+    /// sets the device sampling period.
+    fn advance(&mut self, _counters: &[u64]) -> Result<Vec<(u32, u64)>, MapError> {
+        self.reason_counts = None;
+        let counts = map_batch::per_cpu_array_summed(&self.reasons)?;
+        let total: u64 = counts.iter().sum();
+        let now = Instant::now();
+        let mut settings = Vec::new();
+        if let Some((then, before)) = self.last_total {
+            let seconds = now.duration_since(then).as_secs_f64();
+            let rate = total.saturating_sub(before) as f64 / seconds;
+            let period = device_sample_period(self.sample_period, rate, self.exact_below);
+            if period != self.sample_period {
+                if period == 1 {
+                    info!("packet drops at {rate:.0}/s: every drop counted by interface again");
+                } else {
+                    info!(
+                        "packet drops at {rate:.0}/s: one drop in {period} counted by interface \
+                         (sonde_interface_packet_drops_total estimated; by reason still exact)"
+                    );
+                }
+                self.sample_period = period;
+                settings.push((CFG_DROP_DEVICE_SAMPLE_PERIOD, period));
+            }
+        }
+        self.last_total = Some((now, total));
+        self.reason_counts = Some(counts);
+        Ok(settings)
     }
 
     fn collect(&self) -> (Arc<dyn Reading>, Option<MapError>) {
         let mut drops = Drops {
             series_removed: self.removed,
+            device_sample_period: self.sample_period,
             ..Default::default()
         };
         let error = self.read(&mut drops).err();
@@ -362,6 +425,39 @@ impl Source for Maps {
 }
 
 
+/// The largest device sampling period: past 1,024 times the exact rate the
+/// count by device costs more again, but an estimate from fewer samples
+/// would be too coarse to name an interface by.
+const MAX_DEVICE_SAMPLE_PERIOD: u64 = 1024;
+
+/// The device sampling period for `rate` drops per second: 1 up to
+/// `exact_below` (0: always 1); above, the smallest power of two that
+/// brings the sampled rate down to it. Raised at once; lowered only once
+/// the rate is under half of what the lower period allows, so that a rate
+/// near an edge does not switch between two every cycle.
+fn device_sample_period(current: u64, rate: f64, exact_below: u64) -> u64 {
+    if exact_below == 0 {
+        return 1;
+    }
+    let wanted = |rate: f64| {
+        let ratio = (rate / exact_below as f64).ceil();
+        // NaN (no time between two reads) or at most the exact rate.
+        if ratio.is_nan() || ratio <= 1.0 {
+            1
+        } else {
+            (ratio.min(MAX_DEVICE_SAMPLE_PERIOD as f64) as u64)
+                .next_power_of_two()
+                .min(MAX_DEVICE_SAMPLE_PERIOD)
+        }
+    };
+    let up = wanted(rate);
+    if up >= current {
+        up
+    } else {
+        wanted(rate * 2.0).min(current)
+    }
+}
+
 /// Entries of interfaces a newer one of the same name replaced, in the
 /// same namespace: two live interfaces of a namespace never share a name,
 /// and a namespace hands out growing ifindexes, so of the entries sharing
@@ -416,6 +512,9 @@ pub struct Drops {
     /// Interface drop series removed because their interface or network
     /// namespace no longer exists.
     pub series_removed: u64,
+    /// One drop in this many is counted by device, weighted by it (1:
+    /// every drop, `devices` exact).
+    pub device_sample_period: u64,
 }
 
 /// Drop reasons that are not loss on a live path. Teardown: a deleted or
@@ -493,6 +592,13 @@ impl Reading for Drops {
         );
         removed.sample(&[], self.series_removed as f64);
         removed.done(out);
+        let mut period = Family::new(
+            "sonde_interface_drops_sample_period",
+            "Drops counted by interface: 1, every one; N > 1, one in N chosen at random and counted N times, while drops outrun [drops] exact_device_drops_per_second (sonde_interface_packet_drops_total is then an estimate; sonde_packet_drops_total stays exact)",
+            MetricType::GAUGE,
+        );
+        period.sample(&[], self.device_sample_period as f64);
+        period.done(out);
     }
 }
 
@@ -564,6 +670,7 @@ mod tests {
             }],
             peers: Vec::new(),
             series_removed: 2,
+            device_sample_period: 1,
         };
         assert_eq!(reading.total(), 5);
         let mut out = Vec::new();
@@ -574,7 +681,8 @@ mod tests {
             [
                 "sonde_packet_drops_total",
                 "sonde_interface_packet_drops_total",
-                "sonde_interface_drop_series_removed_total"
+                "sonde_interface_drop_series_removed_total",
+                "sonde_interface_drops_sample_period"
             ]
         );
         assert_eq!(reading.completeness(), None);
@@ -583,8 +691,38 @@ mod tests {
         let names: Vec<&str> = quiet.iter().map(|f| f.name()).collect();
         assert_eq!(
             names,
-            ["sonde_interface_drop_series_removed_total"],
-            "no drop, only the removal counter"
+            [
+                "sonde_interface_drop_series_removed_total",
+                "sonde_interface_drops_sample_period"
+            ],
+            "no drop, only the removal counter and the sampling period"
         );
+    }
+
+    #[test]
+    fn devices_are_sampled_only_while_drops_outrun_the_exact_rate() {
+        let exact = 10_000;
+        // Up to the exact rate, and whatever the rate with sampling off.
+        assert_eq!(device_sample_period(1, 0.0, exact), 1);
+        assert_eq!(device_sample_period(1, 10_000.0, exact), 1);
+        assert_eq!(device_sample_period(1, f64::NAN, exact), 1);
+        assert_eq!(device_sample_period(64, 5e6, 0), 1);
+        // Above: the smallest power of two that brings it down to 10,000/s.
+        assert_eq!(device_sample_period(1, 10_001.0, exact), 2);
+        assert_eq!(device_sample_period(1, 220_000.0, exact), 32);
+        assert_eq!(device_sample_period(1, 320_000.0, exact), 32);
+        assert_eq!(device_sample_period(2, 320_001.0, exact), 64);
+        assert_eq!(device_sample_period(1, 1e12, exact), 1024);
+        assert_eq!(device_sample_period(1, f64::INFINITY, exact), 1024);
+        // Lowered only under half of what the lower period allows.
+        assert_eq!(device_sample_period(32, 200_000.0, exact), 32);
+        assert_eq!(device_sample_period(32, 150_000.0, exact), 32);
+        assert_eq!(device_sample_period(32, 120_000.0, exact), 32);
+        assert_eq!(device_sample_period(32, 70_000.0, exact), 16);
+        assert_eq!(device_sample_period(16, 9_000.0, exact), 2);
+        assert_eq!(device_sample_period(2, 9_000.0, exact), 2);
+        assert_eq!(device_sample_period(2, 4_999.0, exact), 1);
+        // A flood that stops: exact at once.
+        assert_eq!(device_sample_period(1024, 0.0, exact), 1);
     }
 }

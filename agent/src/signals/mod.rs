@@ -136,9 +136,11 @@ pub trait Source: Send {
     }
     /// Every cycle, before `collect`, with the diagnostic counters just
     /// read: moves on what the source keeps between cycles (a flow
-    /// table's per-peer deltas, its idle entries).
-    fn advance(&mut self, _counters: &[u64]) -> Result<(), MapError> {
-        Ok(())
+    /// table's per-peer deltas, its idle entries), and returns the config
+    /// slots whose values follow what it measured (drops' sampling period),
+    /// with their values, when they change.
+    fn advance(&mut self, _counters: &[u64]) -> Result<Vec<(u32, u64)>, MapError> {
+        Ok(Vec::new())
     }
     /// A network interface is now accounted (its programs attached).
     fn interface_added(&mut self, _ifindex: u32, _name: &str) {}

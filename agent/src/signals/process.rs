@@ -91,13 +91,13 @@ fn open(_: &mut Ebpf, _: &Config) -> Result<Box<dyn Source>, OpenError> {
 struct Counts(Processes);
 
 impl Source for Counts {
-    fn advance(&mut self, counters: &[u64]) -> Result<(), MapError> {
+    fn advance(&mut self, counters: &[u64]) -> Result<Vec<(u32, u64)>, MapError> {
         let slot = |i: u32| counters.get(i as usize).copied().unwrap_or(0);
         self.0 = Processes {
             execs: slot(PROCESS_EXEC),
             exits: slot(PROCESS_EXIT),
         };
-        Ok(())
+        Ok(Vec::new())
     }
 
     fn collect(&self) -> (Arc<dyn Reading>, Option<MapError>) {

@@ -333,12 +333,12 @@ impl Source for Maps {
         ])
     }
 
-    fn advance(&mut self, counters: &[u64]) -> Result<(), MapError> {
+    fn advance(&mut self, counters: &[u64]) -> Result<Vec<(u32, u64)>, MapError> {
         self.starts_lost = counters
             .get(SYSCALL_START_MAP_FULL as usize)
             .copied()
             .unwrap_or(0);
-        Ok(())
+        Ok(Vec::new())
     }
 }
 

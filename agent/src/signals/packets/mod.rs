@@ -396,7 +396,7 @@ impl Source for Maps {
         (Arc::new(packets), error)
     }
 
-    fn advance(&mut self, counters: &[u64]) -> Result<(), MapError> {
+    fn advance(&mut self, counters: &[u64]) -> Result<Vec<(u32, u64)>, MapError> {
         let created = counters.get(FLOW_CREATED as usize).copied().unwrap_or(0);
         // A failed read leaves the flow families empty this cycle.
         self.flow_view = FlowView::default();
@@ -407,7 +407,7 @@ impl Source for Maps {
             // them (freed on return from read_flows): give the pages back.
             crate::heap::give_back();
         }
-        Ok(())
+        Ok(Vec::new())
     }
 
     fn reconfigure(&mut self, config: &Config) -> Result<Vec<(u32, u64)>, OpenError> {
