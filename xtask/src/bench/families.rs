@@ -52,7 +52,9 @@ pub const DEF: Def = Def {
             run queue, `stress-ng --cpu 4 --cpu-load 70`; exec/exit, a shell loop running \
             `/bin/true`; TCP, `sonde-workload connect-rate` from the bench namespace to a \
             listener on the host end of the veth; drops, `sonde-workload udp-flood` from the \
-            namespace into an iptables DROP rule on the host end. Targets (judged on the \
+            namespace into an iptables DROP rule on the host end, run once before each \
+            variant's window as well (Sonde samples its count by interface at a rate it \
+            measures a cycle or two into a flood; the window is its steady state). Targets (judged on the \
             median, reported, never failing the run): Sonde ≤ 0.7× bpftrace and ≤ 2× empty.",
     run,
 };
@@ -88,6 +90,11 @@ struct Family {
     peer: &'static str,
     bpftrace: &'static str,
     load: Load,
+    /// Sonde adapts to the load's rate (drops: the period of the count by
+    /// interface follows the drop rate, a cycle or two behind): the load
+    /// runs one window's length before every variant's window, so that the
+    /// window measures the steady state, not the first seconds of a flood.
+    warm_up: bool,
 }
 
 const FAMILIES: [Family; 5] = [
@@ -109,6 +116,7 @@ const FAMILIES: [Family; 5] = [
                    @usecs = hist((nsecs - @start[args->dev, args->sector]) / 1000); \
                    delete(@start[args->dev, args->sector]); }",
         load: Load::Block,
+        warm_up: false,
     },
     Family {
         id: "runqueue",
@@ -131,6 +139,7 @@ const FAMILIES: [Family; 5] = [
                    if ($ns > 0) { @usecs = hist((nsecs - $ns) / 1000); } \
                    delete(@qtime[args->next_pid]); }",
         load: Load::RunQueue,
+        warm_up: false,
     },
     Family {
         id: "process",
@@ -145,6 +154,7 @@ const FAMILIES: [Family; 5] = [
                    @exits[comm, curtask->exit_code >> 8] = count(); \
                    @age_ms = hist((nsecs - curtask->start_time) / 1000000); }",
         load: Load::Exec,
+        warm_up: false,
     },
     Family {
         id: "tcp",
@@ -167,6 +177,7 @@ const FAMILIES: [Family; 5] = [
                    @closed[args->dport] = count(); delete(@birth[args->skaddr]); } } \
                    tracepoint:tcp:tcp_retransmit_skb { @retransmits[args->state] = count(); }",
         load: Load::Tcp,
+        warm_up: false,
     },
     Family {
         id: "drops",
@@ -178,6 +189,7 @@ const FAMILIES: [Family; 5] = [
         peer: "drop-reason counter",
         bpftrace: "tracepoint:skb:kfree_skb { @drops[args->reason] = count(); }",
         load: Load::Drops,
+        warm_up: true,
     },
 ];
 
@@ -320,6 +332,9 @@ fn family(
             let ids = prog_ids(running.pid())?;
             if ids.is_empty() {
                 bail!("{} ({}) holds no BPF programs", v.name(), f.name);
+            }
+            if f.warm_up {
+                load(ctx, f.load, &setup, sizes)?;
             }
             let before = snapshot(&ids)?;
             load(ctx, f.load, &setup, sizes)?;
