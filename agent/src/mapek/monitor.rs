@@ -83,6 +83,11 @@ pub struct Culprit {
     /// A block device, as sysfs names it ("vda", "loop3").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// Drops on an interface counted one in N this cycle (a flood of
+    /// drops, `sonde_interface_drops_sample_period`): `amount` and `share`
+    /// are estimates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_period: Option<u64>,
     /// What `amount` measures, per second over the cycle
     /// ("inbound_packets_per_second", "child_execs_and_exits_per_second", …).
     pub measure: &'static str,
@@ -118,6 +123,7 @@ impl Culprit {
         interface: None,
         netns: None,
         device: None,
+        sample_period: None,
         measure: "",
         amount: 0.0,
         bytes_per_second: None,
@@ -220,10 +226,13 @@ impl Culprit {
                     .unwrap_or_default()
             ),
             CulpritKind::Drop => format!(
-                "drop reason {}: {:.0}% of packet drops ({:.0}/s){}",
+                "drop reason {}: {:.0}% of packet drops ({:.0}/s){}{}",
                 self.name(),
                 share,
                 self.amount,
+                self.sample_period
+                    .map(|n| format!(", estimated from one drop in {n}"))
+                    .unwrap_or_default(),
                 self.peer
                     .map(|p| format!(", most of them to or from {p}"))
                     .unwrap_or_default()
@@ -845,6 +854,9 @@ pub struct DropDelta {
     /// device (dropped before routing gave them one, or by a socket).
     pub device: Option<(String, String)>,
     pub drops: u64,
+    /// A device's drops counted one in N in the cycle (see
+    /// [`Culprit::sample_period`]).
+    pub sample_period: Option<u64>,
 }
 
 /// What one reason dropped of the packets between this node and one
@@ -923,6 +935,10 @@ fn drop_deltas(prev: &Snapshot, now: &Snapshot) -> Vec<DropDelta> {
     let (Some(p), Some(n)) = (prev.reading::<Drops>(), now.reading::<Drops>()) else {
         return Vec::new();
     };
+    // The period in force in the cycle: the one set at its start, or at
+    // its end when a flood began in it.
+    let period = p.device_sample_period.max(n.device_sample_period);
+    let sample_period = (period > 1).then_some(period);
     // Counters restart below their old value when a series is removed.
     let delta = |now: u64, before: Option<u64>| match before {
         Some(b) if now >= b => now - b,
@@ -941,6 +957,7 @@ fn drop_deltas(prev: &Snapshot, now: &Snapshot) -> Vec<DropDelta> {
                 reason: d.reason.clone(),
                 device: Some((d.interface.clone(), d.netns.clone())),
                 drops,
+                sample_period,
             });
         }
     }
@@ -957,6 +974,7 @@ fn drop_deltas(prev: &Snapshot, now: &Snapshot) -> Vec<DropDelta> {
                 reason: reason.clone(),
                 device: None,
                 drops: rest,
+                sample_period: None,
             });
         }
     }
@@ -976,6 +994,7 @@ fn drop_reasons(s: &Subjects) -> Vec<Culprit> {
             reason: Some(d.reason.clone()),
             interface: d.device.as_ref().map(|(i, _)| i.clone()),
             netns: d.device.as_ref().map(|(_, ns)| ns.clone()),
+            sample_period: d.sample_period,
             measure: "packet_drops_per_second",
             amount: d.drops as f64 / dt,
             share: share(d.drops as f64, total as f64),
@@ -1768,16 +1787,19 @@ mod tests {
                     reason: "NETFILTER_DROP".into(),
                     device: Some(("eth0".into(), "host".into())),
                     drops: 900,
+                    sample_period: None,
                 },
                 DropDelta {
                     reason: "NO_SOCKET".into(),
                     device: None,
                     drops: 50,
+                    sample_period: None,
                 },
                 DropDelta {
                     reason: "NO_SOCKET".into(),
                     device: Some(("eth1".into(), "host".into())),
                     drops: 5,
+                    sample_period: None,
                 },
             ]
         );
@@ -1843,6 +1865,55 @@ mod tests {
         // A retransmitting peer outranks them, and they outrank packets.
         assert!(measure_rank("tcp_retransmits_per_second") > measure_rank(c[0].measure));
         assert!(measure_rank(c[0].measure) > measure_rank("inbound_packets_per_second"));
+    }
+
+    /// During a flood of drops the split by interface is sampled: a drop
+    /// culprit on an interface says its figures are estimates; the rest
+    /// without a device (from the exact count by reason) does not.
+    #[test]
+    fn sampled_drops_by_interface_are_named_as_estimates() {
+        use crate::signals::drops::DeviceDrops;
+        let drops = |on_eth0: u64, total: u64, period: u64| {
+            let reading = Drops {
+                reasons: vec![("netfilter_drop".into(), total)],
+                devices: vec![DeviceDrops {
+                    netns: "host".into(),
+                    interface: "eth0".into(),
+                    reason: "netfilter_drop".into(),
+                    drops: on_eth0,
+                }],
+                device_sample_period: period,
+                ..Default::default()
+            };
+            Snapshot {
+                signals: vec![("drops", std::sync::Arc::new(reading))],
+                ..Default::default()
+            }
+        };
+        // The flood began in the cycle: the period set at its end counts.
+        let d = drop_deltas(&drops(0, 0, 1), &drops(64_000, 64_010, 64));
+        assert_eq!((d[0].drops, d[0].sample_period), (64_000, Some(64)));
+        assert_eq!(
+            (d[1].drops, &d[1].device, d[1].sample_period),
+            (10, &None, None)
+        );
+        let subjects = Subjects {
+            drops: d,
+            seconds: 1.0,
+            ..Default::default()
+        };
+        let c = culprits("packet_loss", &["packet_drops_per_second"], &subjects);
+        assert_eq!(c[0].sample_period, Some(64));
+        assert!(
+            c[0].describe()
+                .contains("(64000/s), estimated from one drop in 64"),
+            "{}",
+            c[0].describe()
+        );
+        assert_eq!(c[1].sample_period, None);
+        // Exact again: nothing said.
+        let d = drop_deltas(&drops(64_000, 64_010, 1), &drops(64_100, 64_110, 1));
+        assert_eq!(d[0].sample_period, None);
     }
 
     #[test]

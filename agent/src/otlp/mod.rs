@@ -377,8 +377,10 @@ fn anomaly_record(a: &serde_json::Value, end: bool, now: u64) -> LogRecord {
                 attributes.push(kv_str(&format!("sonde.anomaly.culprit.{key}"), v));
             }
         }
-        if let Some(pid) = top["pid"].as_i64() {
-            attributes.push(kv_int("sonde.anomaly.culprit.pid", pid));
+        for key in ["pid", "sample_period"] {
+            if let Some(v) = top[key].as_i64() {
+                attributes.push(kv_int(&format!("sonde.anomaly.culprit.{key}"), v));
+            }
         }
         for key in ["share", "amount"] {
             if let Some(v) = top[key].as_f64() {
