@@ -11,14 +11,9 @@ use std::time::Duration;
 
 use sonde_tests::{Config, LAB_PEER_IP, Lab, Scrape, Workload, net::snmp_field, require_root, sys};
 
-#[test]
-fn firewall_drops_are_counted_with_their_reason() {
-    if !require_root() {
-        return;
-    }
-    const N: f64 = 500.0;
-    let lab = Lab::start(Config::new());
-    let port = "40300";
+/// Drops the UDP datagrams to `port` that reach the test namespace (an
+/// iptables INPUT rule there, gone with the namespace).
+fn drop_udp_to(lab: &Lab, port: &str) {
     let status = lab
         .ns
         .exec(&[
@@ -27,6 +22,28 @@ fn firewall_drops_are_counted_with_their_reason() {
         .status()
         .expect("running iptables in the test namespace");
     assert!(status.success(), "iptables failed in the test namespace");
+}
+
+/// Scrapes until `count` has risen by `expected` since `before`, for at
+/// most 5 s (a cycle is 200 ms); the last scrape either way, for the
+/// caller's exact assertion.
+fn once_risen(lab: &Lab, before: &Scrape, count: impl Fn(&Scrape) -> f64, expected: f64) -> Scrape {
+    lab.agent
+        .try_wait_for(Duration::from_secs(5), |s| {
+            count(s) - count(before) >= expected
+        })
+        .unwrap_or_else(|last| last)
+}
+
+#[test]
+fn firewall_drops_are_counted_with_their_reason() {
+    if !require_root() {
+        return;
+    }
+    const N: f64 = 500.0;
+    let lab = Lab::start(Config::new());
+    let port = "40300";
+    drop_udp_to(&lab, port);
     let drops =
         |s: &Scrape| s.value_or_zero("sonde_packet_drops_total", &[("reason", "netfilter_drop")]);
     let netns = lab.ns.inode().to_string();
@@ -140,12 +157,7 @@ fn datagrams_to_a_closed_port_are_counted_as_the_kernel_counts_them() {
     );
     let kernel = no_ports() - kernel_before;
     assert_eq!(kernel, N, "the namespace's Udp NoPorts rose by {kernel}");
-    let after = lab
-        .agent
-        .try_wait_for(Duration::from_secs(5), |s| {
-            device_drops(s) - device_drops(&before) >= kernel
-        })
-        .unwrap_or_else(|last| last);
+    let after = once_risen(&lab, &before, device_drops, kernel);
     assert_eq!(
         device_drops(&after) - device_drops(&before),
         kernel,
@@ -186,14 +198,7 @@ fn a_flood_of_drops_is_sampled_by_interface_and_exact_by_reason() {
     }
     let lab = Lab::start(Config::new());
     let port = "40302";
-    let status = lab
-        .ns
-        .exec(&[
-            "iptables", "-A", "INPUT", "-p", "udp", "--dport", port, "-j", "DROP",
-        ])
-        .status()
-        .expect("running iptables in the test namespace");
-    assert!(status.success(), "iptables failed in the test namespace");
+    drop_udp_to(&lab, port);
     let to = format!("{LAB_PEER_IP}:{port}");
     let reason_drops =
         |s: &Scrape| s.value_or_zero("sonde_packet_drops_total", &[("reason", "netfilter_drop")]);
@@ -234,12 +239,7 @@ fn a_flood_of_drops_is_sampled_by_interface_and_exact_by_reason() {
         flooded / 4.0,
         last.grep("drops")
     );
-    let after = lab
-        .agent
-        .try_wait_for(Duration::from_secs(5), |s| {
-            reason_drops(s) - reason_drops(&before) >= flooded
-        })
-        .unwrap_or_else(|last| last);
+    let after = once_risen(&lab, &before, reason_drops, flooded);
     let by_reason = reason_drops(&after) - reason_drops(&before);
     let by_device = device_drops(&after) - device_drops(&before);
     assert_eq!(
@@ -276,12 +276,7 @@ fn a_flood_of_drops_is_sampled_by_interface_and_exact_by_reason() {
         burst, 500.0,
         "the rule matched {burst} of the 500 datagrams"
     );
-    let end = lab
-        .agent
-        .try_wait_for(Duration::from_secs(5), |s| {
-            device_drops(s) - device_drops(&calm) >= burst
-        })
-        .unwrap_or_else(|last| last);
+    let end = once_risen(&lab, &calm, device_drops, burst);
     assert_eq!(
         device_drops(&end) - device_drops(&calm),
         burst,
