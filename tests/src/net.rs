@@ -55,6 +55,19 @@ impl NetNs {
         c
     }
 
+    /// Runs `iptables RULE...` inside the namespace (its tables go with
+    /// it); panics unless it succeeds.
+    pub fn iptables(&self, rule: &[&str]) {
+        let status = self
+            .exec(&[&["iptables"], rule].concat())
+            .status()
+            .expect("running iptables in the test namespace");
+        assert!(
+            status.success(),
+            "iptables {rule:?} failed in the test namespace"
+        );
+    }
+
     /// Writes a sysctl inside the namespace (`key` as a /proc/sys path
     /// relative to /proc/sys, e.g. `net/ipv6/conf/p0/disable_ipv6`).
     pub fn write_sysctl(&self, key: &str, value: &str) {

@@ -14,14 +14,26 @@ use sonde_tests::{Config, LAB_PEER_IP, Lab, Scrape, Workload, net::snmp_field, r
 /// Drops the UDP datagrams to `port` that reach the test namespace (an
 /// iptables INPUT rule there, gone with the namespace).
 fn drop_udp_to(lab: &Lab, port: &str) {
-    let status = lab
-        .ns
-        .exec(&[
-            "iptables", "-A", "INPUT", "-p", "udp", "--dport", port, "-j", "DROP",
-        ])
-        .status()
-        .expect("running iptables in the test namespace");
-    assert!(status.success(), "iptables failed in the test namespace");
+    lab.ns
+        .iptables(&["-A", "INPUT", "-p", "udp", "--dport", port, "-j", "DROP"]);
+}
+
+/// `sonde_packet_drops_total` of reason `netfilter_drop` (the rule's).
+fn netfilter_drops(s: &Scrape) -> f64 {
+    s.value_or_zero("sonde_packet_drops_total", &[("reason", "netfilter_drop")])
+}
+
+/// `sonde_interface_packet_drops_total` of `reason` on the namespace's
+/// end of the lab's veth (`netns`: the namespace's inode).
+fn drops_on_peer_end(s: &Scrape, lab: &Lab, netns: &str, reason: &str) -> f64 {
+    s.value_or_zero(
+        "sonde_interface_packet_drops_total",
+        &[
+            ("netns", netns),
+            ("interface", lab.veth.peer()),
+            ("reason", reason),
+        ],
+    )
 }
 
 /// Scrapes until `count` has risen by `expected` since `before`, for at
@@ -44,16 +56,9 @@ fn firewall_drops_are_counted_with_their_reason() {
     let lab = Lab::start(Config::new());
     let port = "40300";
     drop_udp_to(&lab, port);
-    let drops =
-        |s: &Scrape| s.value_or_zero("sonde_packet_drops_total", &[("reason", "netfilter_drop")]);
+    let drops = netfilter_drops;
     let netns = lab.ns.inode().to_string();
-    let device_labels = [
-        ("netns", netns.as_str()),
-        ("interface", lab.veth.peer()),
-        ("reason", "netfilter_drop"),
-    ];
-    let device_drops =
-        |s: &Scrape| s.value_or_zero("sonde_interface_packet_drops_total", &device_labels);
+    let device_drops = |s: &Scrape| drops_on_peer_end(s, &lab, &netns, "netfilter_drop");
     let before = lab.agent.metrics();
     Workload::run(
         &["udp-send", &format!("{LAB_PEER_IP}:{port}"), "500", "64"],
@@ -144,12 +149,7 @@ fn datagrams_to_a_closed_port_are_counted_as_the_kernel_counts_them() {
             .unwrap_or_else(|| panic!("no Udp: NoPorts in /proc/net/snmp:\n{snmp}"))
     };
     let netns = lab.ns.inode().to_string();
-    let labels = [
-        ("netns", netns.as_str()),
-        ("interface", lab.veth.peer()),
-        ("reason", "no_socket"),
-    ];
-    let device_drops = |s: &Scrape| s.value_or_zero("sonde_interface_packet_drops_total", &labels);
+    let device_drops = |s: &Scrape| drops_on_peer_end(s, &lab, &netns, "no_socket");
     let (before, kernel_before) = (lab.agent.metrics(), no_ports());
     Workload::run(
         &["udp-send", &format!("{LAB_PEER_IP}:40301"), "500", "64"],
@@ -200,16 +200,9 @@ fn a_flood_of_drops_is_sampled_by_interface_and_exact_by_reason() {
     let port = "40302";
     drop_udp_to(&lab, port);
     let to = format!("{LAB_PEER_IP}:{port}");
-    let reason_drops =
-        |s: &Scrape| s.value_or_zero("sonde_packet_drops_total", &[("reason", "netfilter_drop")]);
+    let reason_drops = netfilter_drops;
     let netns = lab.ns.inode().to_string();
-    let device_labels = [
-        ("netns", netns.as_str()),
-        ("interface", lab.veth.peer()),
-        ("reason", "netfilter_drop"),
-    ];
-    let device_drops =
-        |s: &Scrape| s.value_or_zero("sonde_interface_packet_drops_total", &device_labels);
+    let device_drops = |s: &Scrape| drops_on_peer_end(s, &lab, &netns, "netfilter_drop");
     let period = |s: &Scrape| s.value_or_zero("sonde_interface_drops_sample_period", &[]);
 
     let before = lab.agent.metrics();

@@ -31,18 +31,6 @@ fn quiet(lab: &Lab, what: &str, f: impl Fn(&Scrape) -> f64 + Copy) -> Scrape {
         .wait_stable(what, Duration::from_secs(10), SPACING, f)
 }
 
-fn iptables(lab: &Lab, rule: &[&str]) {
-    let status = lab
-        .ns
-        .exec(&[&["iptables"], rule].concat())
-        .status()
-        .expect("running iptables in the test namespace");
-    assert!(
-        status.success(),
-        "iptables {rule:?} failed in the test namespace"
-    );
-}
-
 #[test]
 fn slowed_handshakes_are_timed_and_their_retransmits_counted() {
     if !require_root() {
@@ -58,28 +46,25 @@ fn slowed_handshakes_are_timed_and_their_retransmits_counted() {
     // after the other) loses its first SYN and completes after the SYN
     // retransmission timeout (1 s).
     let port_s = port.to_string();
-    iptables(
-        &lab,
-        &[
-            "-A",
-            "INPUT",
-            "-p",
-            "tcp",
-            "--syn",
-            "--dport",
-            &port_s,
-            "-m",
-            "statistic",
-            "--mode",
-            "nth",
-            "--every",
-            "2",
-            "--packet",
-            "0",
-            "-j",
-            "DROP",
-        ],
-    );
+    lab.ns.iptables(&[
+        "-A",
+        "INPUT",
+        "-p",
+        "tcp",
+        "--syn",
+        "--dport",
+        &port_s,
+        "-m",
+        "statistic",
+        "--mode",
+        "nth",
+        "--every",
+        "2",
+        "--packet",
+        "0",
+        "-j",
+        "DROP",
+    ]);
     let before = quiet(&lab, "slow handshakes before", slow_connects);
     let to: SocketAddr = at.parse().unwrap();
     for i in 0..N {
