@@ -485,6 +485,32 @@ pub const INCIDENTS: &[Incident] = &[
         held_out: true,
         run: |_, d| tbf_queue("3mbit", "40ms", true, d),
     },
+    // Written 2026-12-07 before any run of it: a return-path shaper the
+    // traffic does reach. latency-return-path's 3 Mbit/s is above the
+    // ~2,000 HTTP responses/s its namespace sends back, and its referee
+    // is there to say so; at 256 kbit/s each response and ACK waits for
+    // tokens.
+    Incident {
+        id: "latency-return-path-slow",
+        kind: "latency_regression",
+        how: "tc tbf rate 256kbit latency 100ms on the namespace's veth end (below the ~2.4 Mbit/s of HTTP responses sent back: each response and ACK waits)",
+        subject: Some(EVAL.peer_ip),
+        held_out: true,
+        run: |_, d| tbf_queue("256kbit", "100ms", true, d),
+    },
+    // Written 2026-12-07 before any run of it, after drops by interface
+    // became sampled past [drops] exact_device_drops_per_second (10,000/s
+    // by default): a flood into the DROP rule well past that. Expected as
+    // the tuned udp-flood, whose datagrams the kernel also drops (no
+    // socket): the flood and its source, not the firewall doing its job.
+    Incident {
+        id: "drop-rule-flood",
+        kind: "udp_flood",
+        how: "hping3 --udp -i u20 from the peer into the DROP rule (tens of thousands of datagrams/s dropped: drops by interface run sampled)",
+        subject: Some(EVAL.peer_ip),
+        held_out: true,
+        run: |_, d| into_drop_rule("u20", 50_000, d),
+    },
     // Written 2026-12-06 with the disk kind, before any run of it: one
     // writer of large requests, where the tuned disk incidents have four
     // of small ones.
