@@ -8,7 +8,12 @@
 
 use anyhow::{Context as _, bail};
 
-use crate::{toolchain::RUST_TARGETS, util};
+use sonde_tests::sys;
+
+use crate::{
+    toolchain::{self, RUST_TARGETS},
+    util,
+};
 
 /// A Debian package the suite needs, the commands it is needed for (looked
 /// up on PATH to decide whether it is present when dpkg cannot say), and why.
@@ -266,6 +271,36 @@ pub fn ensure_packages() -> anyhow::Result<()> {
 /// Installs what building the agent needs ([`BUILD_PACKAGES`]), if missing.
 pub fn ensure_build_packages() -> anyhow::Result<()> {
     install_missing(Some(BUILD_PACKAGES))
+}
+
+/// Everything building the agent needs: the pinned nightly, bpf-linker and
+/// [`BUILD_PACKAGES`] (protoc, for the CRI client). Every command that
+/// builds the agent calls this first, so each works on a machine with only
+/// rustup, not just `cargo xtask test`.
+pub fn ensure_build() -> anyhow::Result<()> {
+    toolchain::ensure(toolchain::Purpose::Build)?;
+    ensure_build_packages()
+}
+
+/// Installs the packages of whichever `tools` ((command, Debian package))
+/// are not on PATH, so `cargo xtask bench`, `eval`, `soak` and `stack` run
+/// on a fresh machine as `cargo xtask test` does; `what` names the caller
+/// in the error when some are still missing after it.
+pub fn ensure_tools(tools: &[(&str, &str)], what: &str) -> anyhow::Result<()> {
+    if sys::missing_tools(tools).is_empty() {
+        return Ok(());
+    }
+    let packages: Vec<&str> = tools
+        .iter()
+        .filter(|(program, _)| !sys::have(program))
+        .map(|&(_, package)| package)
+        .collect();
+    install_missing(Some(&packages))?;
+    let missing = sys::missing_tools(tools);
+    if !missing.is_empty() {
+        bail!("{what} needs: {}", missing.join(", "));
+    }
+    Ok(())
 }
 
 fn install_missing(wanted: Option<&[&str]>) -> anyhow::Result<()> {

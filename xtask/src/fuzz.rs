@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    toolchain::{self, NIGHTLY, Purpose},
+    toolchain::{self, NIGHTLY},
     util,
 };
 
@@ -60,7 +60,7 @@ fn targets(manifest: &str) -> Vec<String> {
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
-    toolchain::ensure(Purpose::Build)?;
+    crate::bootstrap::ensure_build()?;
     toolchain::ensure_cargo_fuzz()?;
     let dir = fuzz_dir();
     let manifest = std::fs::read_to_string(dir.join("Cargo.toml"))

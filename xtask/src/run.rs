@@ -10,11 +10,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{
-    bootstrap,
-    toolchain::{self, Purpose},
-    util,
-};
+use crate::{bootstrap, util};
 
 /// The agent's default port, and the last one tried when it is taken.
 const DEFAULT_PORT: u16 = 9745;
@@ -29,9 +25,7 @@ pub struct Options {
 
 pub fn run(opts: Options) -> anyhow::Result<ExitCode> {
     util::header("toolchain");
-    toolchain::ensure(Purpose::Build)?;
-    // protoc, for the CRI client's generated code.
-    bootstrap::ensure_build_packages()?;
+    bootstrap::ensure_build()?;
 
     util::header("build");
     util::run(util::cargo().args(["build", "--release", "-p", "sonde"]))?;

@@ -17,10 +17,9 @@ use sonde_tests::{
         urlencode,
     },
     process::Proc,
-    sys,
 };
 
-use crate::{run, toolchain, util};
+use crate::{run, util};
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -67,15 +66,15 @@ impl Options {
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
-    let missing = sys::missing_tools(&[
-        ("prometheus", "prometheus"),
-        ("prometheus-alertmanager", "prometheus-alertmanager"),
-    ]);
-    if !missing.is_empty() {
-        bail!("the stack needs: {}", missing.join(", "));
-    }
+    crate::bootstrap::ensure_tools(
+        &[
+            ("prometheus", "prometheus"),
+            ("prometheus-alertmanager", "prometheus-alertmanager"),
+        ],
+        "the stack",
+    )?;
     util::header("toolchain");
-    toolchain::ensure(toolchain::Purpose::Build)?;
+    crate::bootstrap::ensure_build()?;
     util::header("build");
     util::run(util::cargo().args(["build", "--release", "-p", "sonde"]))?;
 

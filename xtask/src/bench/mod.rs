@@ -119,10 +119,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             );
         }
     }
-    let missing = sys::missing_tools(&TOOLS);
-    if !missing.is_empty() {
-        bail!("the benchmark needs: {}", missing.join(", "));
-    }
+    crate::bootstrap::ensure_tools(&TOOLS, "the benchmark")?;
     if libc_nproc() < 2 {
         bail!("the benchmark pins load to CPU 1 and needs at least 2 CPUs");
     }

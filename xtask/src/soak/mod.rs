@@ -220,10 +220,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     }
     let mut tools = crate::eval::TOOLS.to_vec();
     tools.push(("bpftool", "bpftool"));
-    let missing = sys::missing_tools(&tools);
-    if !missing.is_empty() {
-        bail!("the soak needs: {}", missing.join(", "));
-    }
+    crate::bootstrap::ensure_tools(&tools, "the soak")?;
     let plan = Plan::new(opts.duration);
     let bins = Bins::release(opts.no_build)?;
     sys::mount_tracefs(false)?;

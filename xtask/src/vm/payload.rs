@@ -14,10 +14,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{
-    toolchain::{self, MUSL_TARGET, Purpose},
-    util,
-};
+use crate::{toolchain::MUSL_TARGET, util};
 
 #[derive(Debug)]
 pub struct Payload {
@@ -53,7 +50,7 @@ pub fn build() -> anyhow::Result<Payload> {
         }
         tools.push(tool);
     }
-    toolchain::ensure(Purpose::Build)?;
+    crate::bootstrap::ensure_build()?;
     // The musl target, declared with the rest in bootstrap.rs (which
     // `cargo xtask test` also uses to install musl-tools for ring's C parts).
     crate::bootstrap::ensure_rust_targets()?;

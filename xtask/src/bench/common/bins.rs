@@ -34,13 +34,10 @@ impl Bins {
     /// The release binaries in target/release, built first (with the
     /// toolchain installed if need be) unless `no_build`.
     pub fn release(no_build: bool) -> anyhow::Result<Bins> {
-        use crate::{
-            toolchain::{self, Purpose},
-            util,
-        };
+        use crate::{bootstrap, util};
         if !no_build {
             util::header("toolchain and release build");
-            toolchain::ensure(Purpose::Build)?;
+            bootstrap::ensure_build()?;
             util::run(util::cargo().args(["build", "--release", "-p", "sonde"]))?;
             util::run(util::cargo().args(["build", "--release", "-p", "sonde-tests", "--bins"]))?;
         }
