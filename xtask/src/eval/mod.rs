@@ -6,13 +6,15 @@
 //! restarts the agent half-way (its learned state must carry over without
 //! a new warm-up), and scores what the agent reported against what was
 //! injected — side by side with a plain 3-sigma fixed-window detector
-//! replayed on the same feature vectors (score.rs).
+//! replayed on the same feature vectors (score.rs). An incident whose
+//! referee (referee.rs) saw no effect is scored as normal load.
 //!
 //! A full run writes docs/eval.{md,json}; `--smoke` (a few scenarios,
 //! seconds each, in `cargo xtask test`) writes target/eval/ and fails
 //! unless every smoke incident is detected and named right.
 
 mod comparators;
+mod referee;
 pub mod scenarios;
 mod score;
 
@@ -134,8 +136,9 @@ impl Plan {
 }
 
 /// The tools the normal load and the incidents run (the soak's too).
-pub const TOOLS: [(&str, &str); 8] = [
+pub const TOOLS: [(&str, &str); 9] = [
     ("ip", "iproute2"),
+    ("ss", "iproute2"),
     ("tc", "iproute2"),
     ("iptables", "iptables"),
     ("iperf3", "iperf3"),
@@ -153,10 +156,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
              incidents with tc and iptables: run it as root (e.g. `sudo -E cargo xtask eval`)"
         );
     }
-    let missing = sys::missing_tools(&TOOLS);
-    if !missing.is_empty() {
-        bail!("the evaluation needs: {}", missing.join(", "));
-    }
+    crate::bootstrap::ensure_tools(&TOOLS, "the evaluation")?;
     let started = Instant::now();
     let bins = Bins::release(opts.no_build)?;
     sys::mount_tracefs(false)?;
@@ -255,6 +255,8 @@ struct IncidentRow {
     kind: &'static str,
     how: &'static str,
     held_out: bool,
+    /// What its referee read, for the kinds that have one.
+    referee: Option<referee::Reading>,
 }
 
 #[derive(Debug, Serialize)]
@@ -443,6 +445,7 @@ fn evaluate(plan: &Plan, bins: &Bins) -> anyhow::Result<Report> {
     phase("false-positive run", None, t, now());
 
     let mut began_shed = Vec::new();
+    let mut readings = BTreeMap::new();
     let mut restart = RestartCheck {
         baselines_reloaded: false,
         anomalies_in_first_minute: 0,
@@ -471,10 +474,37 @@ fn evaluate(plan: &Plan, bins: &Bins) -> anyhow::Result<Report> {
         if shed > 0 {
             began_shed.push((incident.id, shed));
         }
+        let referee = referee::of(incident.kind);
+        let before = referee.map(|_| {
+            let sampler = referee::Sampler::start(net().peer_ip);
+            std::thread::sleep(referee::BEFORE);
+            sampler.finish()
+        });
+        let during = referee.map(|_| referee::Sampler::start(net().peer_ip));
         let t0 = now();
         (incident.run)(bins, plan.incident).with_context(|| format!("incident {}", incident.id))?;
         let t1 = now();
-        phase(incident.id, Some(incident), t0, t1);
+        let reading = referee
+            .zip(before)
+            .zip(during)
+            .and_then(|((what, before), during)| referee::judge(what, &before, &during.finish()));
+        // A fault that moved nothing is scored as the normal load it was.
+        let void = reading.as_ref().is_some_and(|r| !r.effect);
+        if let Some(r) = reading {
+            println!(
+                "eval: referee of {}: {:.2} before (max), {:.2} during (median){}",
+                incident.id,
+                r.before_max,
+                r.during_median,
+                if void {
+                    ": no effect, scored as normal load"
+                } else {
+                    ""
+                }
+            );
+            readings.insert(incident.id, r);
+        }
+        phase(incident.id, (!void).then_some(*incident), t0, t1);
         // Recovery: until the anomalies are over and the cost governor
         // has restored the detail a flood made it shed (then a few more
         // cycles), within the bound: each incident meets the agent a
@@ -559,6 +589,7 @@ fn evaluate(plan: &Plan, bins: &Bins) -> anyhow::Result<Report> {
                 kind: i.kind,
                 how: i.how,
                 held_out: i.held_out,
+                referee: readings.get(i.id).cloned(),
             })
             .collect(),
         detectors,
@@ -761,15 +792,25 @@ fn markdown(r: &Report) -> String {
     }
     md.push_str("\n## Incidents\n\n");
     header(&mut md, &["incident", "how", "expected kind"], &r.detectors);
-    for (i, inc) in r.incidents.iter().enumerate() {
+    for inc in &r.incidents {
         let id = if inc.held_out {
             format!("{} (held out)", inc.id)
         } else {
             inc.id.to_owned()
         };
         md.push_str(&format!("| {id} | {} | {} |", inc.how, inc.kind));
+        if inc.referee.as_ref().is_some_and(|r| !r.effect) {
+            for _ in &r.detectors {
+                md.push_str(" not scored: its referee saw no effect (below) |");
+            }
+            md.push('\n');
+            continue;
+        }
         for d in &r.detectors {
-            let o = &d.incidents[i];
+            let Some(o) = d.incidents.iter().find(|o| o.incident == inc.id) else {
+                md.push_str(" - |");
+                continue;
+            };
             let cell = match (o.detected, o.cycles_to_detect) {
                 (true, Some(c)) => {
                     format!("detected in {c} cycle{}", if c == 1 { "" } else { "s" })
@@ -796,6 +837,32 @@ fn markdown(r: &Report) -> String {
             md.push_str(&format!(" {cell}{named}{subject} |"));
         }
         md.push('\n');
+    }
+    let refereed: Vec<&IncidentRow> = r.incidents.iter().filter(|i| i.referee.is_some()).collect();
+    if !refereed.is_empty() {
+        md.push_str(
+            "\n## Referee\n\n\
+             What the kernel said each refereed incident did, read apart from Sonde: the highest \
+             value in the 3 s before it, and the median over its second half. An incident whose \
+             median stayed inside the range before it moved nothing; it is scored as normal load \
+             (any record in it is a false positive).\n\n\
+             | incident | referee | before (max) | during (median) | samples | effect |\n\
+             |---|---|---|---|---|---|\n",
+        );
+        for inc in refereed {
+            if let Some(x) = &inc.referee {
+                md.push_str(&format!(
+                    "| {} | {} | {:.2} | {:.2} | {}, {} | {} |\n",
+                    inc.id,
+                    x.what,
+                    x.before_max,
+                    x.during_median,
+                    x.samples.0,
+                    x.samples.1,
+                    if x.effect { "yes" } else { "none: not scored" }
+                ));
+            }
+        }
     }
     md
 }
