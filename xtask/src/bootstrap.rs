@@ -39,8 +39,8 @@ pub const PACKAGES: &[Package] = &[
     },
     Package {
         name: "iproute2",
-        commands: &["ip", "tc"],
-        why: "network namespaces, veth pairs, qdiscs; tc in the VM guest",
+        commands: &["ip", "tc", "ss"],
+        why: "network namespaces, veth pairs, qdiscs, sockets' RTT (the eval's referee); tc in the VM guest",
     },
     Package {
         name: "iptables",

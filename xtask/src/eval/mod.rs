@@ -840,15 +840,16 @@ fn markdown(r: &Report) -> String {
     }
     let refereed: Vec<&IncidentRow> = r.incidents.iter().filter(|i| i.referee.is_some()).collect();
     if !refereed.is_empty() {
-        md.push_str(
+        md.push_str(&format!(
             "\n## Referee\n\n\
              What the kernel said each refereed incident did, read apart from Sonde: the highest \
-             value in the 3 s before it, and the median over its second half. An incident whose \
+             value in the {} s before it, and the median over its second half. An incident whose \
              median stayed inside the range before it moved nothing; it is scored as normal load \
-             (any record in it is a false positive).\n\n\
+             (any record in it is a false positive, for every detector).\n\n\
              | incident | referee | before (max) | during (median) | samples | effect |\n\
              |---|---|---|---|---|---|\n",
-        );
+            referee::BEFORE.as_secs()
+        ));
         for inc in refereed {
             if let Some(x) = &inc.referee {
                 md.push_str(&format!(

@@ -29,8 +29,10 @@
 //! Anomalies opened outside an incident's window (and its recovery) are
 //! the false positives of the normal run: reported, not judged.
 //!
-//! Writes samples.csv, chart.svg and summary.md to target/soak (or
-//! `--out`); exits non-zero naming every failed criterion.
+//! Writes samples.csv, chart.svg, summary.md and anomalies.json (every
+//! anomaly the agent opened, as its API last showed it: kind, subject,
+//! culprits, evidence) to target/soak (or `--out`); exits non-zero naming
+//! every failed criterion.
 
 mod churn;
 mod report;
@@ -294,6 +296,9 @@ struct Observed {
     samples: Vec<Sample>,
     /// anomaly id → (kind, start, unix seconds).
     anomalies: BTreeMap<u64, (String, f64)>,
+    /// anomaly id → the record as /api/v1/anomalies last showed it, so a
+    /// false positive, or one counted apart, can be read afterwards.
+    anomaly_records: BTreeMap<u64, Value>,
     /// Incident windows (unix seconds, recovery included) and ids.
     incidents: Vec<(f64, f64, &'static str)>,
     /// Per incident after the warm-up: RSS (MiB) before it, and at the
@@ -548,6 +553,10 @@ fn soak(plan: &Plan, bins: &Bins, out: &Path) -> anyhow::Result<Vec<String>> {
         final_scrape.as_ref(),
     );
     fs::write(out.join("samples.csv"), &csv)?;
+    fs::write(
+        out.join("anomalies.json"),
+        serde_json::to_string_pretty(&obs.anomaly_records.values().collect::<Vec<_>>())? + "\n",
+    )?;
     let spans: Vec<Span> = obs
         .incidents
         .iter()
@@ -764,6 +773,7 @@ fn sample(
                 (a["id"].as_u64(), a["kind"].as_str(), a["start"].as_f64())
             {
                 obs.anomalies.insert(id, (kind.to_owned(), start));
+                obs.anomaly_records.insert(id, a.clone());
             }
         }
     }
