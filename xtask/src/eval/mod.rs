@@ -253,6 +253,8 @@ struct Report {
 struct IncidentRow {
     id: &'static str,
     kind: &'static str,
+    /// Kinds of the further faults made with it ([`Incident::also`]).
+    also: Vec<&'static str>,
     how: &'static str,
     held_out: bool,
     /// What its referee read, for the kinds that have one.
@@ -426,15 +428,36 @@ fn evaluate(plan: &Plan, bins: &Bins) -> anyhow::Result<Report> {
     let mut agent = start_agent(bins, &config, &[net().host_if])?;
     let mut rec = Recorder::default();
     let mut phases = Vec::new();
+    // An incident of two faults is a phase per fault, in the same window.
     let mut phase = |name: &str, incident: Option<&Incident>, start: f64, end: f64| {
-        phases.push(Phase {
-            name: name.to_owned(),
-            held_out: incident.is_some_and(|i| i.held_out),
-            expected: incident.map(|i| i.kind.to_owned()),
-            subject: incident.and_then(|i| i.subject.map(str::to_owned)),
-            start,
-            end,
+        let faults = incident.map(|i| {
+            std::iter::once((name.to_owned(), i.kind, i.subject)).chain(
+                i.also
+                    .iter()
+                    .map(|&(kind, subject)| (also_name(i.id, kind), kind, subject)),
+            )
         });
+        let Some(faults) = faults else {
+            phases.push(Phase {
+                name: name.to_owned(),
+                held_out: false,
+                expected: None,
+                subject: None,
+                start,
+                end,
+            });
+            return;
+        };
+        for (name, kind, subject) in faults {
+            phases.push(Phase {
+                name,
+                held_out: incident.is_some_and(|i| i.held_out),
+                expected: Some(kind.to_owned()),
+                subject: subject.map(str::to_owned),
+                start,
+                end,
+            });
+        }
     };
     // Calibration: the warm-up plus a few cycles; not scored (the agent
     // cannot alarm during warm-up).
@@ -587,6 +610,7 @@ fn evaluate(plan: &Plan, bins: &Bins) -> anyhow::Result<Report> {
             .map(|i| IncidentRow {
                 id: i.id,
                 kind: i.kind,
+                also: i.also.iter().map(|&(kind, _)| kind).collect(),
                 how: i.how,
                 held_out: i.held_out,
                 referee: readings.get(i.id).cloned(),
@@ -598,6 +622,11 @@ fn evaluate(plan: &Plan, bins: &Bins) -> anyhow::Result<Report> {
         began_shed,
         duration_s: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The phase name of an incident's further fault of `kind`.
+fn also_name(id: &str, kind: &str) -> String {
+    format!("{id} ({kind})")
 }
 
 /// Whether the restarted agent says it reloaded its baselines.
@@ -792,13 +821,20 @@ fn markdown(r: &Report) -> String {
     }
     md.push_str("\n## Incidents\n\n");
     header(&mut md, &["incident", "how", "expected kind"], &r.detectors);
-    for inc in &r.incidents {
+    let faults = r.incidents.iter().flat_map(|inc| {
+        std::iter::once((inc, inc.id.to_owned(), inc.kind)).chain(
+            inc.also
+                .iter()
+                .map(move |&kind| (inc, also_name(inc.id, kind), kind)),
+        )
+    });
+    for (inc, name, kind) in faults {
         let id = if inc.held_out {
-            format!("{} (held out)", inc.id)
+            format!("{name} (held out)")
         } else {
-            inc.id.to_owned()
+            name.clone()
         };
-        md.push_str(&format!("| {id} | {} | {} |", inc.how, inc.kind));
+        md.push_str(&format!("| {id} | {} | {kind} |", inc.how));
         if inc.referee.as_ref().is_some_and(|r| !r.effect) {
             for _ in &r.detectors {
                 md.push_str(" not scored: its referee saw no effect (below) |");
@@ -807,7 +843,7 @@ fn markdown(r: &Report) -> String {
             continue;
         }
         for d in &r.detectors {
-            let Some(o) = d.incidents.iter().find(|o| o.incident == inc.id) else {
+            let Some(o) = d.incidents.iter().find(|o| o.incident == name) else {
                 md.push_str(" - |");
                 continue;
             };

@@ -94,6 +94,9 @@ pub struct Incident {
     /// Written before any tuning and never tuned on: scored apart, so the
     /// report shows how detection does on incidents it was not fitted to.
     pub held_out: bool,
+    /// Further faults made at the same time, as (kind, culprit): each is
+    /// scored on its own in the same window.
+    pub also: &'static [(&'static str, Option<&'static str>)],
     pub run: fn(&Bins, Duration) -> anyhow::Result<()>,
 }
 
@@ -104,6 +107,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "stress-ng --get 1 (get* syscalls as fast as one worker goes)",
         subject: Some("stress-ng"),
         held_out: false,
+        also: &[],
         run: |_, d| run_for(command(None, "stress-ng").args(stress("get", "1", d)), d),
     },
     Incident {
@@ -112,6 +116,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "close(-1) in a loop (sonde-workload close-bad), EBADF each",
         subject: Some("sonde-workload"),
         held_out: false,
+        also: &[],
         run: |bins, d| {
             run_for(
                 command(None, &bins.workload).args(["close-bad", "100000000"]),
@@ -125,6 +130,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "stress-ng --fork 1 (fork and exit as fast as one worker goes)",
         subject: Some("stress-ng"),
         held_out: false,
+        also: &[],
         run: |_, d| run_for(command(None, "stress-ng").args(stress("fork", "1", d)), d),
     },
     Incident {
@@ -133,6 +139,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "hping3 -S at ~3,300 SYN/s from the peer to a listening port",
         subject: Some(EVAL.peer_ip),
         held_out: false,
+        also: &[],
         run: |_, d| {
             let count = (3_300.0 * d.as_secs_f64()) as u64;
             run_for(
@@ -157,6 +164,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "nmap -sS -T4 -p 1-3000 from the peer",
         subject: Some(EVAL.peer_ip),
         held_out: false,
+        also: &[],
         run: |_, d| {
             run_for(
                 command(Some(net().netns), "nmap").args([
@@ -178,6 +186,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "2,000 TCP connects/s from the peer to a listener (sonde-workload connect-rate)",
         subject: Some(EVAL.peer_ip),
         held_out: false,
+        also: &[],
         run: |bins, d| connect_rate(bins, 2000, d),
     },
     Incident {
@@ -186,6 +195,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "tc tbf rate 5mbit latency 300ms on the host's veth end (a queue the 20 Mbit/s stream fills)",
         subject: Some(EVAL.peer_ip),
         held_out: false,
+        also: &[],
         run: |_, d| tbf_queue("5mbit", "300ms", false, d),
     },
     Incident {
@@ -194,6 +204,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "iptables: drop 10% of the host's TCP packets to the peer (statistic match)",
         subject: Some(EVAL.peer_ip),
         held_out: false,
+        also: &[],
         run: |_, d| with_undo(&mut loss_rule("-I", "0.1"), loss_rule("-D", "0.1"), d),
     },
     Incident {
@@ -202,6 +213,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "~1,000 UDP datagrams/s from the peer to a port behind an iptables DROP rule on the host's veth end",
         subject: Some("netfilter_drop"),
         held_out: false,
+        also: &[],
         run: |_, d| into_drop_rule("u1000", 1_000, d),
     },
     Incident {
@@ -210,6 +222,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "~100 UDP datagrams/s into the same DROP rule (near the 20/s floor)",
         subject: Some("netfilter_drop"),
         held_out: false,
+        also: &[],
         run: |_, d| into_drop_rule("u10000", 100, d),
     },
     Incident {
@@ -218,6 +231,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "stress-ng --cpu 8 (four runnable tasks per core) in a cgroup of its own",
         subject: Some(CPU_CGROUP),
         held_out: false,
+        also: &[],
         run: |_, d| cpu_hogs("8", d),
     },
     Incident {
@@ -226,6 +240,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "hping3 --udp --faster from the peer to a closed port (blatant)",
         subject: Some(EVAL.peer_ip),
         held_out: false,
+        also: &[],
         run: |_, d| hping3(&["--udp", "-p", "20300", "--faster"], 200_000, d),
     },
     Incident {
@@ -234,6 +249,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "hping3 --udp at ~2,500 packets/s from the peer (near the 2,000/s floor)",
         subject: Some(EVAL.peer_ip),
         held_out: false,
+        also: &[],
         run: |_, d| hping3(&["--udp", "-p", "20300", "-i", "u400"], rate(2_500, d), d),
     },
     Incident {
@@ -242,6 +258,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "hping3 --icmp --faster (echo requests) from the peer (blatant)",
         subject: Some(EVAL.peer_ip),
         held_out: false,
+        also: &[],
         run: |_, d| hping3(&["--icmp", "--faster"], 200_000, d),
     },
     Incident {
@@ -250,6 +267,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "hping3 --icmp at ~700 echo requests/s from the peer (near the 500/s floor)",
         subject: Some(EVAL.peer_ip),
         held_out: false,
+        also: &[],
         run: |_, d| hping3(&["--icmp", "-i", "u1400"], rate(700, d), d),
     },
     Incident {
@@ -258,6 +276,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "hping3 --udp -d 3000 at ~5,000 datagrams/s from the peer (3 fragments each: ~15,000 fragments/s, blatant)",
         subject: Some(EVAL.peer_ip),
         held_out: false,
+        also: &[],
         run: |_, d| {
             hping3(
                 &["--udp", "-p", "20300", "-d", "3000", "-i", "u200"],
@@ -272,6 +291,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "hping3 --udp -d 3000 at ~250 datagrams/s from the peer (~750 fragments/s, near the 500/s floor)",
         subject: Some(EVAL.peer_ip),
         held_out: false,
+        also: &[],
         run: |_, d| {
             hping3(
                 &["--udp", "-p", "20300", "-d", "3000", "-i", "u4000"],
@@ -286,6 +306,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "hping3 -S --faster from the peer to a closed port: every SYN answered with a RST",
         subject: Some(EVAL.peer_ip),
         held_out: false,
+        also: &[],
         run: |_, d| hping3(&["-S", "-p", "20301", "--faster"], 200_000, d),
     },
     Incident {
@@ -294,6 +315,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "~400 SYN/s from the peer to the listener behind iptables REJECT --reject-with tcp-reset",
         subject: Some(EVAL.peer_ip),
         held_out: false,
+        also: &[],
         run: |_, d| {
             output(&mut reject_rule("-I")).context("inserting the REJECT rule")?;
             let _undo = Undo(reject_rule("-D"));
@@ -310,6 +332,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "bash running /bin/true in a loop (about 1,000 short-lived processes/s)",
         subject: Some("bash"),
         held_out: false,
+        also: &[],
         run: |_, d| {
             run_for(
                 Command::new("bash").args(["-c", "for i in $(seq 100000); do /bin/true; done"]),
@@ -323,6 +346,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "bash running /bin/true then sleep 0.004 in a loop (~300 execs/s, near the 200/s floor)",
         subject: Some("bash"),
         held_out: false,
+        also: &[],
         run: |_, d| {
             run_for(
                 Command::new("bash").args([
@@ -339,6 +363,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "4 dd writers of 16 KiB O_DIRECT requests to a loop device whose writes wait on a 1 MiB/s blkio limit of their cgroup (about 62 ms a request)",
         subject: Some(SLOW_DISK_SUBJECT),
         held_out: false,
+        also: &[],
         run: |_, d| slow_disk(1 << 20, 16 << 10, 4, d),
     },
     Incident {
@@ -347,6 +372,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "the same at a 2 MiB/s limit (about 31 ms a request, near the 20 ms floor)",
         subject: Some(SLOW_DISK_SUBJECT),
         held_out: false,
+        also: &[],
         run: |_, d| slow_disk(2 << 20, 16 << 10, 4, d),
     },
     // A hung disk: its one request of 1 MiB may pass at 4 KiB/s (256 s),
@@ -358,6 +384,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "one dd O_DIRECT write of 1 MiB to the slow loop device at a 4 KiB/s limit: in flight all along, nothing completes",
         subject: Some(SLOW_DISK_SUBJECT),
         held_out: false,
+        also: &[],
         run: |_, d| slow_disk(4 << 10, 1 << 20, 1, d),
     },
     // Written 2026-12-07 with the io_stall kind, held out until its first
@@ -370,6 +397,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "one dd writer of 64 KiB O_DIRECT requests to the slow loop device at a 32 KiB/s limit (each request 2 s in flight)",
         subject: Some(SLOW_DISK_SUBJECT),
         held_out: false,
+        also: &[],
         run: |_, d| slow_disk(32 << 10, 64 << 10, 1, d),
     },
     // The held-out set (written 2026-12-05, before tuning on it): the
@@ -390,6 +418,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "hping3 -S at ~400 SYN/s from the peer to the listening port (floor 200/s)",
         subject: Some(EVAL.peer_ip),
         held_out: true,
+        also: &[],
         run: |_, d| {
             hping3(
                 &["-S", "-p", &LISTEN_PORT.to_string(), "-i", "u2500"],
@@ -404,6 +433,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "nmap -sS -T3 -p 1-400 from the peer",
         subject: Some(EVAL.peer_ip),
         held_out: true,
+        also: &[],
         run: |_, d| {
             run_for(
                 command(Some(net().netns), "nmap").args([
@@ -425,6 +455,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "nmap -sU -T4 -p 1-300 from the peer (closed UDP ports)",
         subject: Some(EVAL.peer_ip),
         held_out: false,
+        also: &[],
         run: |_, d| {
             run_for(
                 command(Some(net().netns), "nmap").args([
@@ -446,6 +477,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "400 TCP connects/s from the peer to a listener (floor 200/s)",
         subject: Some(EVAL.peer_ip),
         held_out: true,
+        also: &[],
         run: |bins, d| connect_rate(bins, 400, d),
     },
     Incident {
@@ -454,6 +486,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "stress-ng --cpu 3 (1.5 runnable tasks per core) in a cgroup of its own",
         subject: Some(CPU_CGROUP),
         held_out: false,
+        also: &[],
         run: |_, d| cpu_hogs("3", d),
     },
     Incident {
@@ -462,6 +495,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "stress-ng --cpu 3 --taskset 0 (three hogs on one core, the other core free) in a cgroup of its own",
         subject: Some(PINNED_CGROUP),
         held_out: true,
+        also: &[],
         run: |_, d| {
             let cgroup = TestCgroup::named(PINNED_CGROUP)?;
             let mut args = stress("cpu", "3", d);
@@ -475,6 +509,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "tc tbf rate 12mbit latency 100ms on the host's veth end (the 20 Mbit/s stream queues)",
         subject: Some(EVAL.peer_ip),
         held_out: false,
+        also: &[],
         run: |_, d| tbf_queue("12mbit", "100ms", false, d),
     },
     Incident {
@@ -483,6 +518,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "tc tbf rate 3mbit latency 40ms on the namespace's veth end (the HTTP responses and the stream's ACKs queue)",
         subject: Some(EVAL.peer_ip),
         held_out: true,
+        also: &[],
         run: |_, d| tbf_queue("3mbit", "40ms", true, d),
     },
     // Written 2026-12-07 before any run of it: a return-path shaper the
@@ -496,6 +532,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "tc tbf rate 256kbit latency 100ms on the namespace's veth end (below the ~2.4 Mbit/s of HTTP responses sent back: each response and ACK waits)",
         subject: Some(EVAL.peer_ip),
         held_out: true,
+        also: &[],
         run: |_, d| tbf_queue("256kbit", "100ms", true, d),
     },
     // Written 2026-12-07 before any run of it, after drops by interface
@@ -509,6 +546,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "hping3 --udp -i u20 from the peer into the DROP rule (tens of thousands of datagrams/s dropped: drops by interface run sampled)",
         subject: Some(EVAL.peer_ip),
         held_out: true,
+        also: &[],
         run: |_, d| into_drop_rule("u20", 50_000, d),
     },
     // Written 2026-12-06 with the disk kind, before any run of it: one
@@ -520,6 +558,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "one dd writer of 512 KiB O_DIRECT requests to the slow loop device at a 4 MiB/s limit (about 125 ms a request, 8 a second)",
         subject: Some(SLOW_DISK_SUBJECT),
         held_out: true,
+        also: &[],
         run: |_, d| slow_disk(4 << 20, 512 << 10, 1, d),
     },
     // Written 2026-12-07 after the io_stall kind's first eval run, before
@@ -533,6 +572,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "the disk-hang write to the slow loop device while another loop device takes back-to-back 4 KiB O_DIRECT writes",
         subject: Some(SLOW_DISK_SUBJECT),
         held_out: true,
+        also: &[],
         run: |_, d| hang_beside_a_busy_disk(d),
     },
     // Written 2026-12-06 before the fragment-flood kind existed (the
@@ -545,6 +585,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "hping3 --icmp -d 4000 at ~400 echo requests/s from the peer (3 fragments each, ~1,200 fragments/s)",
         subject: Some(EVAL.peer_ip),
         held_out: true,
+        also: &[],
         run: |_, d| hping3(&["--icmp", "-d", "4000", "-i", "u2500"], rate(400, d), d),
     },
     Incident {
@@ -553,6 +594,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "hping3 --udp -f -m 64 -d 512 at ~150 datagrams/s from the peer (9 fragments each, ~1,350 fragments/s)",
         subject: Some(EVAL.peer_ip),
         held_out: true,
+        also: &[],
         run: |_, d| {
             hping3(
                 &[
@@ -575,6 +617,7 @@ pub const INCIDENTS: &[Incident] = &[
         how: "hping3 --udp -x -g 1480 -d 1000 at ~1,500 packets/s from the peer: non-first fragments only, never reassembled",
         subject: Some(EVAL.peer_ip),
         held_out: true,
+        also: &[],
         run: |_, d| {
             hping3(
                 &[
@@ -591,9 +634,68 @@ pub const INCIDENTS: &[Incident] = &[
         how: "iptables: drop 3% of the host's TCP packets to the peer (statistic match)",
         subject: Some(EVAL.peer_ip),
         held_out: false,
+        also: &[],
         run: |_, d| with_undo(&mut loss_rule("-I", "0.03"), loss_rule("-D", "0.03"), d),
     },
+    // Written 2026-12-07 before any run: two faults at once, from parts
+    // that share no device, rule, qdisc or cgroup. Each fault is scored on
+    // its own in the same window, so a record of the other's kind is
+    // neither a hit nor a false positive for it.
+    Incident {
+        id: "syn-flood-with-cpu-saturation",
+        kind: "syn_flood",
+        how: "syn-flood-low and cpu-saturation-low at once: ~400 SYN/s from the peer while stress-ng --cpu 3 runs in a cgroup of its own",
+        subject: Some(EVAL.peer_ip),
+        held_out: true,
+        also: &[("cpu_saturation", Some(CPU_CGROUP))],
+        run: |bins, d| at_once(bins, d, &["syn-flood-low", "cpu-saturation-low"]),
+    },
+    Incident {
+        id: "udp-flood-with-disk-latency",
+        kind: "udp_flood",
+        how: "udp-flood-low and disk-latency at once: ~2,500 UDP packets/s from the peer while 4 writers wait on the slow loop device",
+        subject: Some(EVAL.peer_ip),
+        held_out: true,
+        also: &[("io_latency_regression", Some(SLOW_DISK_SUBJECT))],
+        run: |bins, d| at_once(bins, d, &["udp-flood-low", "disk-latency"]),
+    },
+    Incident {
+        id: "exec-storm-with-packet-loss",
+        kind: "exec_storm",
+        how: "exec-storm-low and packet-loss-low at once: ~300 execs/s from one shell while iptables drops 3% of the host's TCP packets to the peer",
+        subject: Some("bash"),
+        held_out: true,
+        also: &[("packet_loss", Some(EVAL.peer_ip))],
+        run: |bins, d| at_once(bins, d, &["exec-storm-low", "packet-loss-low"]),
+    },
 ];
+
+/// The incidents `ids` made together for `d`, each on a thread of its own.
+fn at_once(bins: &Bins, d: Duration, ids: &[&str]) -> anyhow::Result<()> {
+    let parts = ids
+        .iter()
+        .map(|id| {
+            INCIDENTS
+                .iter()
+                .find(|i| i.id == *id)
+                .with_context(|| format!("no incident {id}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    std::thread::scope(|s| {
+        let running: Vec<_> = parts
+            .iter()
+            .map(|part| s.spawn(move || (part.run)(bins, d).with_context(|| part.id)))
+            .collect();
+        running
+            .into_iter()
+            .map(|r| {
+                r.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a part panicked")))
+            })
+            .collect::<anyhow::Result<Vec<()>>>()
+    })?;
+    Ok(())
+}
 
 /// `per_second` TCP connects from the peer to the host's listener for `d`.
 fn connect_rate(bins: &Bins, per_second: u32, d: Duration) -> anyhow::Result<()> {

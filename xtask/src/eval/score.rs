@@ -160,7 +160,8 @@ fn names(name: &str, want: &str) -> bool {
 
 /// Matches `records` to `phases`: a record belongs to the incident whose
 /// window (its span plus `grace` seconds, for the cycle that sees the end)
-/// holds its start; any other record is a false positive.
+/// holds its start, the one expecting its kind where two faults share a
+/// window; any other record is a false positive.
 pub fn score(
     detector: &str,
     records: &[Record],
@@ -170,11 +171,24 @@ pub fn score(
     fp_run: &str,
     scope: Scope,
 ) -> Score {
-    let window_of = |t: f64| {
-        phases
-            .iter()
-            .filter(|p| p.expected.is_some())
-            .find(|p| t >= p.start && t <= p.end + grace)
+    let holds = |p: &Phase, t: f64| p.expected.is_some() && t >= p.start && t <= p.end + grace;
+    let window_of = |r: &Record| {
+        let mut holding = phases.iter().filter(|p| holds(p, r.start));
+        let first = holding.clone().next();
+        holding
+            .find(|p| p.expected.as_deref() == Some(r.kind.as_str()))
+            .or(first)
+    };
+    // Kinds another fault made in the same window expects: its records are
+    // not this fault's to score.
+    let siblings_expect = |p: &Phase, kind: &str| {
+        phases.iter().any(|q| {
+            q.name != p.name
+                && q.start == p.start
+                && q.end == p.end
+                && q.expected != p.expected
+                && q.expected.as_deref() == Some(kind)
+        })
     };
     let mut tp = 0;
     let mut normal_fp = 0;
@@ -183,10 +197,10 @@ pub fn score(
     // Only the scope's records are scored.
     let records: Vec<&Record> = records
         .iter()
-        .filter(|r| window_of(r.start).is_none_or(|p| scope.covers(p)))
+        .filter(|r| window_of(r).is_none_or(|p| scope.covers(p)))
         .collect();
     for r in records.iter().copied() {
-        match window_of(r.start) {
+        match window_of(r) {
             Some(p) if p.expected.as_deref() == Some(r.kind.as_str()) => tp += 1,
             Some(_) => *fp_kinds.entry(r.kind.clone()).or_default() += 1,
             None => {
@@ -211,6 +225,7 @@ pub fn score(
             .iter()
             .copied()
             .filter(|r| r.start >= p.start && r.start <= p.end + grace)
+            .filter(|r| !siblings_expect(p, &r.kind))
             .collect();
         mine.sort_by(|a, b| a.start.total_cmp(&b.start));
         let hit = mine.iter().find(|r| r.kind == expected);
@@ -406,5 +421,38 @@ mod tests {
         assert_eq!(s.culprit_accuracy, 0.5);
         assert_eq!(s.incidents[1].culprit_correct, Some(false));
         assert_eq!(s.detected_without_subject, vec!["unnamed".to_owned()]);
+    }
+
+    #[test]
+    fn two_faults_in_one_window_are_scored_each_on_its_own() {
+        let fault = |name: &str, kind: &str| Phase {
+            held_out: false,
+            name: name.into(),
+            expected: Some(kind.into()),
+            subject: None,
+            start: 0.0,
+            end: 6.0,
+        };
+        let phases = vec![fault("both", "flood"), fault("both (stall)", "stall")];
+        let r = |kind: &str, start: f64| Record {
+            kind: kind.into(),
+            start,
+            subject: None,
+            culprit: None,
+        };
+        // The stall is named first: it is not the flood's first record.
+        let records = vec![r("stall", 1.0), r("flood", 2.0), r("storm", 3.0)];
+        let s = score("t", &records, &phases, 1.0, 2.0, "none", Scope::All);
+        assert_eq!((s.records, s.true_positives), (3, 2));
+        assert_eq!(s.recall, 1.0);
+        for o in &s.incidents {
+            assert!(o.detected && o.kind_correct, "{o:?}");
+        }
+        assert_eq!(s.incidents[0].cycles_to_detect, Some(2));
+        assert_eq!(s.incidents[0].named, vec!["flood", "storm"]);
+        assert_eq!(s.incidents[1].named, vec!["stall", "storm"]);
+        // With the flood unnamed, only the stall is a hit.
+        let s = score("t", &records[..1], &phases, 1.0, 2.0, "none", Scope::All);
+        assert_eq!((s.true_positives, s.recall), (1, 0.5));
     }
 }
