@@ -668,6 +668,28 @@ pub const INCIDENTS: &[Incident] = &[
         also: &[("packet_loss", Some(EVAL.peer_ip))],
         run: |bins, d| at_once(bins, d, &["exec-storm-low", "packet-loss-low"]),
     },
+    // Written 2026-12-07 after the first run of the three above, in which
+    // the CPU saturation beside the SYN flood was never named (a flood's
+    // CPU load is taken as its symptom), and before any change for it:
+    // the same shape with the other causes that absorb CPU saturation.
+    Incident {
+        id: "icmp-flood-with-pinned-hogs",
+        kind: "icmp_flood",
+        how: "icmp-flood-low and cpu-saturation-pinned at once: ~700 echo requests/s from the peer while three hogs share core 0 in a cgroup of their own",
+        subject: Some(EVAL.peer_ip),
+        held_out: true,
+        also: &[("cpu_saturation", Some(PINNED_CGROUP))],
+        run: |bins, d| at_once(bins, d, &["icmp-flood-low", "cpu-saturation-pinned"]),
+    },
+    Incident {
+        id: "fork-storm-with-pinned-hogs",
+        kind: "fork_storm",
+        how: "fork-storm and cpu-saturation-pinned at once: stress-ng --fork 1 while three hogs share core 0 in a cgroup of their own",
+        subject: Some("stress-ng"),
+        held_out: true,
+        also: &[("cpu_saturation", Some(PINNED_CGROUP))],
+        run: |bins, d| at_once(bins, d, &["fork-storm", "cpu-saturation-pinned"]),
+    },
 ];
 
 /// The incidents `ids` made together for `d`, each on a thread of its own.
