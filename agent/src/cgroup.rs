@@ -99,6 +99,11 @@ fn walk(wanted: &HashSet<u64>) -> HashMap<u64, String> {
 }
 
 /// How one cgroup id is named now: its path, or `id N` (one walk).
+/// The cgroup v2 root's id (its kernfs node is always the first): where the
+/// kernel's own threads, softirq work among them, and a host's processes
+/// without a cgroup of their own run.
+pub const ROOT_ID: u64 = 1;
+
 pub fn name(id: u64) -> String {
     describe(id, paths(&HashSet::from([id])).get(&id))
 }

@@ -405,13 +405,48 @@ fn moved_most_first(evidence: &[Evidence]) -> Vec<&'static str> {
     e.into_iter().map(|e| e.feature).collect()
 }
 
-/// The cause among `kinds` that explains `symptom`, if any.
-fn explained_by<'a>(symptom: &str, mut kinds: impl Iterator<Item = &'a str>) -> Option<&'a str> {
-    kinds.find(|cause| {
-        EXPLAINS
-            .iter()
-            .any(|(c, symptoms)| c == cause && symptoms.contains(&symptom))
-    })
+/// The cause among `kinds` that explains `symptom` this cycle, if any.
+fn explained_by<'a>(
+    symptom: &str,
+    mut kinds: impl Iterator<Item = &'a str>,
+    subjects: &Subjects,
+) -> Option<&'a str> {
+    kinds.find(|cause| explains(cause, symptom, subjects))
+}
+
+/// Whether `cause` takes `symptom` as its own this cycle: the symptom is
+/// one it lists ([`EXPLAINS`]), and, for CPU saturation, the only symptom
+/// with culprits of its own, the CPU was taken where the cause does its
+/// work. A flood's packets are handled in softirq, by the root cgroup's
+/// kernel threads or whatever task they interrupt; a storm of processes
+/// runs in its parent's cgroup. Cgroups elsewhere that took more of the
+/// added CPU than those did are an incident of their own beside it (hogs
+/// starting with a flood were hidden by it); a storm of calls keeps its
+/// CPU load whoever ran it, as before.
+fn explains(cause: &str, symptom: &str, subjects: &Subjects) -> bool {
+    let listed = EXPLAINS
+        .iter()
+        .any(|(c, symptoms)| *c == cause && symptoms.contains(&symptom));
+    if !listed || symptom != "cpu_saturation" {
+        return listed;
+    }
+    let mut own = vec![crate::cgroup::ROOT_ID];
+    match cause {
+        "syscall_storm" | "syscall_error_spike" => return true,
+        "exec_storm" | "fork_storm" => {
+            own.extend(subjects.busiest_parent.map(|(_, churn)| churn.cgroup_id));
+        }
+        _ => {}
+    }
+    let (mut theirs, mut elsewhere) = (0.0, 0.0);
+    for (id, added) in subjects.cpu_added() {
+        if own.contains(&id) {
+            theirs += added;
+        } else {
+            elsewhere += added;
+        }
+    }
+    elsewhere <= theirs
 }
 
 /// Every anomaly kind the analyzer can name (so metrics can show zeros).
@@ -647,6 +682,9 @@ impl Analyzer {
                 continue;
             }
             for symptom in symptoms {
+                if !explains(cause, symptom, subjects) {
+                    continue;
+                }
                 if let Some(evidence) = firing.remove(symptom) {
                     firing.entry(cause).or_default().extend(evidence);
                 }
@@ -665,7 +703,7 @@ impl Analyzer {
             .collect();
         let symptoms: Vec<&'static str> = firing.keys().copied().collect();
         for symptom in symptoms {
-            if let Some(cause) = explained_by(symptom, active_kinds.iter().copied()) {
+            if let Some(cause) = explained_by(symptom, active_kinds.iter().copied(), subjects) {
                 let evidence = firing.remove(symptom).unwrap_or_default();
                 firing.entry(cause).or_default().extend(evidence);
             }
@@ -830,11 +868,10 @@ impl Analyzer {
             if self.active.iter().any(|a| a.kind == cause) {
                 continue;
             }
-            let Some((_, symptoms)) = EXPLAINS.iter().find(|(c, _)| *c == cause) else {
-                continue;
-            };
             let Some(anomaly) = self.active.iter_mut().find(|a| {
-                a.age <= REFINE_CYCLES && symptoms.contains(&a.kind) && !refined.contains(&a.id)
+                a.age <= REFINE_CYCLES
+                    && explains(cause, a.kind, subjects)
+                    && !refined.contains(&a.id)
             }) else {
                 continue;
             };
@@ -1379,6 +1416,86 @@ mod tests {
         let mut kinds: Vec<&str> = a.active.iter().map(|a| a.kind).collect();
         kinds.sort_unstable();
         assert_eq!(kinds, ["fork_storm", "syscall_storm"]);
+    }
+
+    /// CPU saturation beside a flood: the flood's own when the CPU went to
+    /// the root cgroup (softirq, kernel threads), an anomaly of its own
+    /// naming the cgroup when hogs there took it; beside a fork storm, the
+    /// storm's when its parent's cgroup took it.
+    #[test]
+    fn cpu_saturation_is_a_causes_symptom_only_where_the_cause_runs() {
+        use super::super::monitor::CgroupCpu;
+        let normal = |i: u32| {
+            let wobble = f64::from(i % 3);
+            Features::from([
+                ("udp_in_packets_per_second", 100.0 + 10.0 * wobble),
+                ("process_exits_per_second", 5.0 + wobble),
+                ("runqueue_mean_wait_seconds", 0.0001),
+                ("runqueue_waiting_per_cpu", 0.01),
+            ])
+        };
+        let mut both = normal(30);
+        both.insert("udp_in_packets_per_second", 20_000.0);
+        both.insert("runqueue_mean_wait_seconds", 0.02);
+        both.insert("runqueue_waiting_per_cpu", 1.5);
+        let took = |cgroups: &[(u64, f64)]| Subjects {
+            cgroups: cgroups
+                .iter()
+                .map(|&(id, added)| CgroupCpu {
+                    id,
+                    waited: 0.5,
+                    waits: 100.0,
+                    ran: added,
+                    added,
+                })
+                .collect(),
+            ..Subjects::default()
+        };
+        let kinds = |opened: &[Anomaly]| {
+            let mut k: Vec<&str> = opened.iter().map(|a| a.kind).collect();
+            k.sort_unstable();
+            k
+        };
+        let hogs = 4242;
+        // The kernel's threads took the CPU: one incident, the flood.
+        let mut a = warmed_up(normal);
+        let opened = a.observe(&both, &took(&[(crate::cgroup::ROOT_ID, 0.8)]), 30.0);
+        assert_eq!(kinds(&opened), ["udp_flood"]);
+        // Hogs in a cgroup of their own took most of it: two incidents.
+        let mut a = warmed_up(normal);
+        let subjects = took(&[(crate::cgroup::ROOT_ID, 0.2), (hogs, 1.4)]);
+        let opened = a.observe(&both, &subjects, 30.0);
+        assert_eq!(kinds(&opened), ["cpu_saturation", "udp_flood"]);
+        // Nor does the flood, once active, take the hogs' saturation later.
+        let mut a = warmed_up(normal);
+        let mut flood = normal(30);
+        flood.insert("udp_in_packets_per_second", 20_000.0);
+        assert_eq!(
+            kinds(&a.observe(&flood, &Subjects::default(), 30.0)),
+            ["udp_flood"]
+        );
+        let mut later = both.clone();
+        later.insert("udp_in_packets_per_second", 20_000.0);
+        assert_eq!(
+            kinds(&a.observe(&later, &subjects, 31.0)),
+            ["cpu_saturation"]
+        );
+        // A fork storm whose parent's cgroup took the CPU keeps it.
+        let mut a = warmed_up(normal);
+        let mut storm = normal(30);
+        storm.insert("process_exits_per_second", 5_000.0);
+        storm.insert("runqueue_mean_wait_seconds", 0.02);
+        storm.insert("runqueue_waiting_per_cpu", 1.5);
+        let shell = 77;
+        let mut subjects = took(&[(shell, 1.0), (crate::cgroup::ROOT_ID, 0.1)]);
+        subjects.busiest_parent = Some((
+            900,
+            crate::events::Churn {
+                events: 5_000,
+                cgroup_id: shell,
+            },
+        ));
+        assert_eq!(kinds(&a.observe(&storm, &subjects, 30.0)), ["fork_storm"]);
     }
 
     /// An analyzer past its warm-up on 30 cycles of `normal`, which

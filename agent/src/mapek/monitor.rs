@@ -405,6 +405,15 @@ impl Subjects {
         (measure, amount, ranked)
     }
 
+    /// The cgroups that took more CPU than usual this cycle (those CPU
+    /// contention is named by), with the CPU seconds per second each added.
+    pub fn cpu_added(&self) -> impl Iterator<Item = (u64, f64)> + '_ {
+        self.cgroups
+            .iter()
+            .filter(|c| c.added >= CPU_ADDED_MIN)
+            .map(|c| (c.id, c.added))
+    }
+
     /// The cgroup behind CPU contention this cycle: the first of
     /// [`Self::cpu_ranked`].
     pub fn cpu_taker(&self) -> Option<&CgroupCpu> {
