@@ -390,11 +390,7 @@ impl Subjects {
     /// the CPU they added; else (nobody did: the contention is the node's
     /// usual load at a busier moment) those that waited longest.
     fn cpu_ranked(&self) -> (&'static str, fn(&CgroupCpu) -> f64, Vec<&CgroupCpu>) {
-        let mut ranked: Vec<&CgroupCpu> = self
-            .cgroups
-            .iter()
-            .filter(|c| c.added >= CPU_ADDED_MIN)
-            .collect();
+        let mut ranked: Vec<&CgroupCpu> = self.cpu_added().collect();
         let (measure, amount): (&'static str, fn(&CgroupCpu) -> f64) = if ranked.is_empty() {
             ranked = self.cgroups.iter().collect();
             ("cpu_wait_seconds_per_second", |c| c.waited)
@@ -406,12 +402,9 @@ impl Subjects {
     }
 
     /// The cgroups that took more CPU than usual this cycle (those CPU
-    /// contention is named by), with the CPU seconds per second each added.
-    pub fn cpu_added(&self) -> impl Iterator<Item = (u64, f64)> + '_ {
-        self.cgroups
-            .iter()
-            .filter(|c| c.added >= CPU_ADDED_MIN)
-            .map(|c| (c.id, c.added))
+    /// contention is named by, when there are any).
+    pub fn cpu_added(&self) -> impl Iterator<Item = &CgroupCpu> {
+        self.cgroups.iter().filter(|c| c.added >= CPU_ADDED_MIN)
     }
 
     /// The cgroup behind CPU contention this cycle: the first of
