@@ -287,14 +287,14 @@ pub fn ensure_build() -> anyhow::Result<()> {
 /// on a fresh machine as `cargo xtask test` does; `what` names the caller
 /// in the error when some are still missing after it.
 pub fn ensure_tools(tools: &[(&str, &str)], what: &str) -> anyhow::Result<()> {
-    if sys::missing_tools(tools).is_empty() {
-        return Ok(());
-    }
     let packages: Vec<&str> = tools
         .iter()
         .filter(|(program, _)| !sys::have(program))
         .map(|&(_, package)| package)
         .collect();
+    if packages.is_empty() {
+        return Ok(());
+    }
     install_missing(Some(&packages))?;
     let missing = sys::missing_tools(tools);
     if !missing.is_empty() {
