@@ -58,14 +58,14 @@ fn array(ring_id: u32) -> &'static PerfEventByteArray {
 pub fn emit<T: 'static>(ring_id: u32, fill: impl FnOnce(&mut T)) {
     const { assert!(core::mem::size_of::<T>() <= SCRATCH_BYTES) };
     let Some(slot) = EVENT_SCRATCH.get_ptr_mut(ring_id) else {
-        ring_account(ring_id, true);
+        let _ = ring_account(ring_id, true);
         return;
     };
     // SAFETY: per-CPU slot, only this CPU touches it while we run.
     let slot = unsafe { &mut *slot };
     if slot.pending != 0 {
         // The previous event was never flushed: it is lost.
-        ring_account(ring_id, true);
+        let _ = ring_account(ring_id, true);
     }
     // SAFETY: the slot is 8-byte aligned and large enough (asserted above);
     // `fill` writes every field.
@@ -97,5 +97,5 @@ pub fn flush<T: 'static, C: EbpfContext>(ctx: &C, ring_id: u32) {
             core::mem::size_of::<T>() as u64,
         )
     };
-    ring_account(ring_id, ret != 0);
+    let _ = ring_account(ring_id, ret != 0);
 }

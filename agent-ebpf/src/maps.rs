@@ -35,14 +35,17 @@ pub fn count(index: u32) {
 }
 
 /// Counts one event the programs tried to emit on ring `ring_id`, and,
-/// if `lost`, that it found no room.
+/// if `lost`, that it found no room. Returns this CPU's count of attempts
+/// so far (0 if the slot is missing).
 #[inline(always)]
-pub fn ring_account(ring_id: u32, lost: bool) {
-    if let Some(stats) = RING_STATS.get_ptr_mut(ring_id) {
+pub fn ring_account(ring_id: u32, lost: bool) -> u64 {
+    match RING_STATS.get_ptr_mut(ring_id) {
         // SAFETY: per-CPU slot, only this CPU writes it while we run.
-        unsafe {
+        Some(stats) => unsafe {
             (*stats).produced += 1;
             (*stats).lost += u64::from(lost);
-        }
+            (*stats).produced
+        },
+        None => 0,
     }
 }

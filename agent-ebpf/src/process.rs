@@ -40,9 +40,11 @@ static TASK_EXIT_CODE_OFFSET: Global<u32> = Global::new(u32::MAX);
 #[unsafe(no_mangle)]
 static TP_EXEC_FILENAME: Global<u32> = Global::new(8);
 
-/// Who the current process is; `task` is the current task.
+/// Who the current process is; `task` is the current task and
+/// `pid_tgid` its `bpf_get_current_pid_tgid` (exit has it already: every
+/// helper call counts at these hooks).
 #[inline(always)]
-fn fill(info: &mut ProcessInfo, kind: u32, task: u64) {
+fn fill(info: &mut ProcessInfo, kind: u32, task: u64, pid_tgid: u64) {
     // SAFETY: helpers without preconditions.
     let (now, cpu, cgroup) = unsafe {
         (
@@ -56,7 +58,7 @@ fn fill(info: &mut ProcessInfo, kind: u32, task: u64) {
         cpu,
         ts_ns: now,
     };
-    info.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    info.pid = (pid_tgid >> 32) as u32;
     let parent = member::<u64>(task, TASK_REAL_PARENT_OFFSET.load()).unwrap_or(0);
     info.ppid = member::<u32>(parent, TASK_TGID_OFFSET.load()).unwrap_or(0);
     info.cgroup_id = cgroup;
@@ -81,10 +83,13 @@ pub fn sonde_process_exec(ctx: TracePointContext) -> u32 {
     // Offset from this kernel's format file (8 since 3.4).
     let data_loc = field!(&ctx, u32, TP_EXEC_FILENAME.load(), 8).unwrap_or(0);
     emit::<ProcessExecEvent>(RING_PROCESS, |event| {
-        // SAFETY: helper without preconditions.
-        fill(&mut event.info, EVENT_PROCESS_EXEC, unsafe {
-            bpf_get_current_task()
-        });
+        fill(
+            &mut event.info,
+            EVENT_PROCESS_EXEC,
+            // SAFETY: helper without preconditions.
+            unsafe { bpf_get_current_task() },
+            bpf_get_current_pid_tgid(),
+        );
         // The path's bytes after its NUL are never read (zeroing 128
         // bytes costs ~650 instructions: byte stores in LLVM's memset for
         // the BPF target); an empty string if the read fails.
@@ -110,7 +115,7 @@ pub fn sonde_process_exit(ctx: TracePointContext) -> u32 {
     emit::<ProcessExitEvent>(RING_PROCESS, |event| {
         // SAFETY: helper without preconditions.
         let task = unsafe { bpf_get_current_task() };
-        fill(&mut event.info, EVENT_PROCESS_EXIT, task);
+        fill(&mut event.info, EVENT_PROCESS_EXIT, task, pid_tgid);
         event.exit_code = member::<u32>(task, TASK_EXIT_CODE_OFFSET.load()).unwrap_or(0);
         event._pad = 0;
     });
