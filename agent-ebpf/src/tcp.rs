@@ -107,6 +107,22 @@ const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
 const TCP_CLOSE: i32 = 7;
 
+/// `sock_common`'s first bytes: `skc_daddr` opens it (in the union with
+/// `skc_addrpair`) and `skc_family` follows the address pair, the hash and
+/// the ports, on every kernel Sonde supports. Read whole only where this
+/// kernel's BTF gives those two offsets.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SockCommonHead {
+    daddr: [u8; 4],
+    rcv_saddr: [u8; 4],
+    hash: u32,
+    ports: u32,
+    family: u16,
+}
+const SOCK_COMMON_DADDR: u32 = 0;
+const SOCK_COMMON_FAMILY: u32 = 16;
+
 /// Where a program can read the remote address of the connection from.
 enum PeerSource<'a> {
     /// Record fields (family, IPv4 address, IPv6 address offsets).
@@ -160,11 +176,28 @@ impl PeerSource<'_> {
                     if f == u32::MAX || v4 == u32::MAX || v6 == u32::MAX {
                         return None;
                     }
-                    family =
-                        u32::from(bpf_probe_read_kernel((sk + u64::from(f)) as *const u16).ok()?);
+                    // The family, and the IPv4 address when it is one.
+                    let (fam, a4) = if f == SOCK_COMMON_FAMILY && v4 == SOCK_COMMON_DADDR {
+                        // The layout every kernel has: one read for both, a
+                        // helper call saved per sample (the verifier drops
+                        // the other branch: the offsets are read-only
+                        // globals).
+                        let head: SockCommonHead =
+                            bpf_probe_read_kernel(sk as *const SockCommonHead).ok()?;
+                        (head.family, Some(head.daddr))
+                    } else {
+                        (
+                            bpf_probe_read_kernel((sk + u64::from(f)) as *const u16).ok()?,
+                            None,
+                        )
+                    };
+                    family = u32::from(fam);
                     if family == PEER_FAMILY_IPV4 {
-                        let a: [u8; 4] =
-                            bpf_probe_read_kernel((sk + u64::from(v4)) as *const [u8; 4]).ok()?;
+                        let a: [u8; 4] = match a4 {
+                            Some(a) => a,
+                            None => bpf_probe_read_kernel((sk + u64::from(v4)) as *const [u8; 4])
+                                .ok()?,
+                        };
                         addr = Addr::v4(&a);
                     } else {
                         addr = Addr::v6(
@@ -286,6 +319,12 @@ pub fn sonde_tcp_state_raw(ctx: RawTracePointContext) -> i32 {
 }
 
 #[inline(always)]
+fn now() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
 fn on_transition(skaddr: u64, old: i32, new: i32, source: &PeerSource) {
     if (0..TCP_STATES as i32).contains(&old) && (0..TCP_STATES as i32).contains(&new) {
         let index = old as u32 * TCP_STATES + new as u32;
@@ -294,15 +333,16 @@ fn on_transition(skaddr: u64, old: i32, new: i32, source: &PeerSource) {
             unsafe { *n += 1 };
         }
     }
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // The clock only where a handshake is timed: a helper call saved on
+    // most transitions.
     match (old, new) {
         (_, TCP_SYN_SENT) => {
-            if TCP_CONNECT_START.insert(skaddr, now, 0).is_err() {
+            if TCP_CONNECT_START.insert(skaddr, now(), 0).is_err() {
                 count(TCP_CONNECT_MAP_FULL);
             }
         }
         (TCP_SYN_SENT, TCP_ESTABLISHED) => {
+            let now = now();
             let start = TCP_CONNECT_START.get_ptr(skaddr).map(|p| {
                 // SAFETY: from a successful lookup, copied before the delete.
                 unsafe { *p }

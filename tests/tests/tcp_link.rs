@@ -343,6 +343,45 @@ fn connects_are_counted_exactly_per_peer() {
     );
 }
 
+/// IPv6 peers: N connects to a listener on the host's `::1` are counted
+/// under the peer `::1` (the address the raw and fentry tiers read from
+/// `sock_common.skc_v6_daddr`, the classic tier from the record).
+#[test]
+fn ipv6_connects_are_counted_per_peer() {
+    if !require_root() {
+        return;
+    }
+    const N: usize = 20;
+    const AT: &str = "[::1]:40320";
+    let agent = Agent::start(&Config::new().render(), &[]);
+    let mut listener = Workload::spawn(&["tcp-listen", AT, "300"]);
+    listener.expect_line("ready", Duration::from_secs(10));
+    let v6 = |s: &Scrape| {
+        s.value_or_zero(
+            "sonde_peer_tcp_connect_duration_seconds_count",
+            &peer("::1"),
+        )
+    };
+    let before = agent.metrics();
+    for i in 0..N {
+        let (_, lines) = Workload::run(&["tcp-connect", AT], scaled(Duration::from_secs(15)));
+        assert!(
+            lines.iter().any(|l| l == "connected"),
+            "connect {i} to {AT}: {lines:?}"
+        );
+    }
+    let after = settled(&agent, "IPv6 connects", &before, N as f64, v6);
+    let d = v6(&after) - v6(&before);
+    println!("measured: peer ::1 connects +{d} of {N}");
+    assert_eq!(
+        d,
+        N as f64,
+        "{N} connects to {AT}: sonde_peer_tcp_connect_duration_seconds_count{{peer=\"::1\"}} \
+         rose by {d}:\n{}",
+        after.grep("sonde_peer_tcp_connect")
+    );
+}
+
 /// Every packet across the link delayed by DELAY_MS each way (netem): N
 /// handshakes (on the kprobe and tracepoint tiers, but for runs the kernel
 /// skipped, as the retransmit test allows) all land above 67 ms in the
