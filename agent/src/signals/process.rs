@@ -66,12 +66,13 @@ const TIERS: tiers::Signal = tiers::Signal {
     }],
 };
 
-const TRACEPOINT_FIELDS: &[TracepointField] = &[(
-    "TP_EXEC_FILENAME",
-    "sched",
-    "sched_process_exec",
-    "filename",
-)];
+/// The exec'd path; the pid and the exiting task's comm, read from the
+/// record rather than asked of a helper where the format file has them.
+const TRACEPOINT_FIELDS: &[TracepointField] = &[
+    ("TP_EXEC_FILENAME", "sched", "sched_process_exec", "filename"),
+    ("TP_EXEC_PID", "sched", "sched_process_exec", "pid"),
+    ("TP_EXIT_COMM", "sched", "sched_process_exit", "comm"),
+];
 
 /// Parent (task → real_parent → tgid) and exit code.
 const BTF_FIELDS: &[BtfField] = &[
