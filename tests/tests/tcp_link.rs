@@ -185,12 +185,14 @@ fn peer(ip: &str) -> [(&str, &str); 1] {
     [("peer", ip)]
 }
 
-/// Handshakes to the server, by Sonde's per-peer connect-latency histogram.
+/// Handshakes to `ip`, by Sonde's per-peer connect-latency histogram.
+fn peer_connects(s: &Scrape, ip: &str) -> f64 {
+    s.value_or_zero("sonde_peer_tcp_connect_duration_seconds_count", &peer(ip))
+}
+
+/// Handshakes to the server.
 fn connects(s: &Scrape) -> f64 {
-    s.value_or_zero(
-        "sonde_peer_tcp_connect_duration_seconds_count",
-        &peer(SERVER_IP),
-    )
+    peer_connects(s, SERVER_IP)
 }
 
 /// Of those, the ones at or under 67 ms.
@@ -209,14 +211,16 @@ fn link_sum(s: &Scrape, name: &str) -> f64 {
         .sum()
 }
 
-/// `count` connects from the client namespace to `to`, one after the other.
-fn connect_n(link: &Link, to: &str, count: usize) {
+/// `count` connects to `to`, one after the other, from namespace `from`
+/// (the host's own when None).
+fn connect_n(from: Option<&NetNs>, to: &str, count: usize) {
     for i in 0..count {
-        let (_, lines) = Workload::run_in(
-            &link.client,
-            &["tcp-connect", to],
-            scaled(Duration::from_secs(15)),
-        );
+        let args = ["tcp-connect", to];
+        let timeout = scaled(Duration::from_secs(15));
+        let (_, lines) = match from {
+            Some(ns) => Workload::run_in(ns, &args, timeout),
+            None => Workload::run(&args, timeout),
+        };
         assert!(
             lines.iter().any(|l| l == "connected"),
             "connect {i} to {to}: {lines:?}"
@@ -320,7 +324,7 @@ fn connects_are_counted_exactly_per_peer() {
     let failures =
         |s: &Scrape| s.value_or_zero("sonde_peer_tcp_connect_failures_total", &peer(SERVER_IP));
     let before = agent.metrics();
-    connect_n(&link, &at, N);
+    connect_n(Some(&link.client), &at, N);
     let after = settled(&agent, "connects to the peer", &before, N as f64, connects);
     let d = connects(&after) - connects(&before);
     let d_all = all(&after) - all(&before);
@@ -356,20 +360,9 @@ fn ipv6_connects_are_counted_per_peer() {
     let agent = Agent::start(&Config::new().render(), &[]);
     let mut listener = Workload::spawn(&["tcp-listen", AT, "300"]);
     listener.expect_line("ready", Duration::from_secs(10));
-    let v6 = |s: &Scrape| {
-        s.value_or_zero(
-            "sonde_peer_tcp_connect_duration_seconds_count",
-            &peer("::1"),
-        )
-    };
+    let v6 = |s: &Scrape| peer_connects(s, "::1");
     let before = agent.metrics();
-    for i in 0..N {
-        let (_, lines) = Workload::run(&["tcp-connect", AT], scaled(Duration::from_secs(15)));
-        assert!(
-            lines.iter().any(|l| l == "connected"),
-            "connect {i} to {AT}: {lines:?}"
-        );
-    }
+    connect_n(None, AT, N);
     let after = settled(&agent, "IPv6 connects", &before, N as f64, v6);
     let d = v6(&after) - v6(&before);
     println!("measured: peer ::1 connects +{d} of {N}");
@@ -418,7 +411,7 @@ fn delayed_handshakes_and_rtts_move_past_the_delay() {
             - s.value_or_zero("sonde_tcp_rtt_seconds_bucket", &[("le", FAST_LE)])
     };
     let before = agent.metrics();
-    connect_n(&link, &at, N);
+    connect_n(Some(&link.client), &at, N);
     let after = settled(&agent, "connects to the peer", &before, N as f64, connects);
     let d = connects(&after) - connects(&before);
     let d_fast = fast_connects(&after) - fast_connects(&before);
