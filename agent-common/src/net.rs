@@ -162,8 +162,9 @@ pub struct FlowStats {
     /// identifies one incarnation of a flow (evicted and re-created flows
     /// get a new one).
     pub first_seen_ns: u64,
-    /// bpf_ktime_get_ns() of the latest packet.
-    pub last_seen_ns: u64,
+    // No time of the latest packet: reading the clock on every packet cost
+    // a helper call each; user space sees a flow go idle when its counts
+    // stop moving between reads.
 }
 
 /// `HashMap<BlocklistKey, BlocklistEntry>`: sources whose packets the

@@ -267,7 +267,9 @@ pub struct NetworkConfig {
     pub flow_events_burst: u64,
     /// Flows idle this long are removed from the table by user space
     /// (0: never; the LRU still bounds the table). Flows of one or two
-    /// packets go after 10 s idle, or this if shorter.
+    /// packets go after 10 s idle, or this if shorter. Idle is judged from
+    /// the collections that saw a flow's counts move, so to one
+    /// `[collector] interval_ms`.
     pub flow_idle_timeout_s: u64,
     /// With no `interfaces` list: how often to look for interfaces that
     /// appeared or went away (0: only at start).

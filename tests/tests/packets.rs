@@ -585,6 +585,67 @@ fn wait_flows_expired(lab: &Lab, since: &Scrape, n: u64, timeout: Duration) -> S
         })
 }
 
+/// A flow counts as idle from its last packet, however long it was active:
+/// one UDP flow of 24 datagrams sent 250 ms apart (6 s) outlives a 2 s idle
+/// timeout with all 24 in one entry of the kernel's table (an expiry while
+/// it was active would have started the count again), then leaves it
+/// within the timeout and a few collection cycles of its last datagram.
+#[test]
+fn an_active_flow_outlives_the_idle_timeout_and_leaves_once_quiet() {
+    if !require_root() {
+        return;
+    }
+    const DATAGRAMS: u64 = 24;
+    const PORT: u16 = 40190;
+    let lab = Lab::start(Config::new().set("network", "flow_idle_timeout_s", "2"));
+    let sink_addr = format!("{LAB_HOST_IP}:{PORT}");
+    let mut sink = Workload::spawn(&["udp-sink", &sink_addr, "60"]);
+    sink.expect_line("ready", Duration::from_secs(10));
+    Workload::run_in(
+        &lab.ns,
+        &[
+            "udp-send-every",
+            &sink_addr,
+            &DATAGRAMS.to_string(),
+            "100",
+            "250",
+        ],
+        SEND_TIMEOUT,
+    );
+    let quiet = std::time::Instant::now();
+    // FlowKey: dst_port (host order) at bytes 42..44; FlowStats: packets
+    // (u64) first.
+    let ours = || -> Vec<u64> {
+        sonde_tests::bpf::map_entries(lab.agent.pid(), "FLOWS")
+            .iter()
+            .filter(|(k, _)| k.get(42..44) == Some(&PORT.to_ne_bytes()[..]))
+            .map(|(_, v)| u64::from_ne_bytes(v[..8].try_into().unwrap()))
+            .collect()
+    };
+    assert_eq!(
+        ours(),
+        [DATAGRAMS],
+        "one flow holding every datagram in the kernel's table once the sender stopped"
+    );
+    let deadline = quiet + Duration::from_secs(10);
+    while !ours().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flow was still in the kernel's table 10 s after its last datagram \
+             (idle timeout 2 s)"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let gone = quiet.elapsed();
+    println!("the flow left the table {gone:?} after the sender exited");
+    // The sender sleeps 250 ms after its last datagram before it exits.
+    assert!(
+        gone + Duration::from_millis(250) >= Duration::from_secs(2),
+        "the flow left {gone:?} after the sender exited, 250 ms after its last datagram: \
+         before the 2 s idle timeout"
+    );
+}
+
 /// The flow table is bounded: with room for 32 flows, 96 distinct flows
 /// (one datagram each from its own source port) are all created, the table
 /// holds at most 32, and every flow that is gone is counted as evicted.

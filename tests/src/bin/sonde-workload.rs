@@ -9,6 +9,7 @@
 //! sonde-workload getppid N
 //! sonde-workload close-bad N
 //! sonde-workload udp-send ADDR:PORT N SIZE
+//! sonde-workload udp-send-every ADDR:PORT N SIZE MS   one socket, MS between datagrams
 //! sonde-workload udp-sink ADDR:PORT SECONDS
 //! sonde-workload tcp-connect ADDR:PORT
 //! sonde-workload tcp-listen ADDR:PORT SECONDS
@@ -60,7 +61,7 @@ const MAX_SECONDS: u64 = 86_400;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: sonde-workload <getppid N | close-bad N | udp-send ADDR:PORT N SIZE | \
+        "usage: sonde-workload <getppid N | close-bad N | udp-send ADDR:PORT N SIZE | udp-send-every ADDR:PORT N SIZE MS | \
          udp-sink ADDR:PORT SECONDS | tcp-connect ADDR:PORT | tcp-listen ADDR:PORT SECONDS | \
          listen-overflow ADDR:PORT N | tcp-sink ADDR:PORT SECONDS | \
          tcp-send ADDR:PORT N SIZE PAUSE_MS | \
@@ -114,7 +115,9 @@ fn close_bad(n: u64) -> Result<(), String> {
     Ok(())
 }
 
-fn udp_send(to: SocketAddr, n: u64, size: usize) -> Result<(), String> {
+/// `n` datagrams of `size` bytes from one socket; `every` apart when given
+/// (one flow that stays active), else paced only to lose nothing.
+fn udp_send(to: SocketAddr, n: u64, size: usize, every: Option<Duration>) -> Result<(), String> {
     let bind: SocketAddr = if to.is_ipv4() {
         "0.0.0.0:0".parse().unwrap()
     } else {
@@ -135,7 +138,9 @@ fn udp_send(to: SocketAddr, n: u64, size: usize) -> Result<(), String> {
         }
         // Pace: let neighbour resolution finish after the first datagram, and
         // let the receiver drain every 100 datagrams, so nothing is dropped.
-        if i == 0 {
+        if let Some(every) = every {
+            std::thread::sleep(every);
+        } else if i == 0 {
             std::thread::sleep(Duration::from_millis(20));
         } else if i % 100 == 99 {
             std::thread::sleep(Duration::from_millis(1));
@@ -853,6 +858,13 @@ fn run(args: &[String]) -> Result<(), String> {
             addr(to)?,
             num(n, "N", MAX_COUNT)?,
             num(size, "SIZE", 65507)? as usize,
+            None,
+        ),
+        ["udp-send-every", to, n, size, ms] => udp_send(
+            addr(to)?,
+            num(n, "N", MAX_COUNT)?,
+            num(size, "SIZE", 65507)? as usize,
+            Some(Duration::from_millis(num(ms, "MS", 10_000)?)),
         ),
         ["udp-sink", at, secs] => udp_sink(addr(at)?, num(secs, "SECONDS", MAX_SECONDS)?),
         ["tcp-connect", to] => tcp_connect(addr(to)?),

@@ -103,6 +103,9 @@ struct FlowState {
     packets: u64,
     bytes: u64,
     first_seen_ns: u64,
+    /// The read that last saw its counts move, or first saw it: when it was
+    /// last active, to a cycle (the kernel stamps no packet with a time).
+    last_active_ns: u64,
     /// The read that last saw it.
     generation: u32,
 }
@@ -243,14 +246,17 @@ impl Maps {
     }
 
     /// Idle long enough for user space to remove it (never with a 0
-    /// timeout: the LRU alone bounds the table then).
-    fn is_idle(&self, flow: &FlowStats, now: u64) -> bool {
+    /// timeout: the LRU alone bounds the table then). `last_active_ns` is
+    /// the read that last saw the flow's counts move, so a flow leaves up
+    /// to one collection interval later than its last packet's time would
+    /// have it.
+    fn is_idle(&self, flow: &FlowStats, last_active_ns: u64, now: u64) -> bool {
         let timeout = match self.flow_idle_timeout_ns {
             0 => return false,
             t if flow.packets <= UNREPLIED_PACKETS => t.min(UNREPLIED_IDLE_NS),
             t => t,
         };
-        now.saturating_sub(flow.last_seen_ns) > timeout
+        now.saturating_sub(last_active_ns) > timeout
     }
 
     /// The flow table's view this cycle, and whether a burst's flows left
@@ -279,17 +285,20 @@ impl Maps {
             // Updated in place: a full table is tens of thousands of
             // flows, most of them unchanged since last cycle, and
             // rebuilding the table each cycle cost as much as reading it.
-            let (dp, db) = match self.seen.entry(key) {
+            let (dp, db, last_active_ns) = match self.seen.entry(key) {
                 // Same incarnation: count what is new since last cycle.
                 Entry::Occupied(mut e)
                     if e.get().first_seen_ns == flow.first_seen_ns
                         && flow.bytes >= e.get().bytes =>
                 {
                     let prev = e.get_mut();
-                    let delta = (flow.packets - prev.packets, flow.bytes - prev.bytes);
+                    let (dp, db) = (flow.packets - prev.packets, flow.bytes - prev.bytes);
+                    if dp > 0 {
+                        prev.last_active_ns = now;
+                    }
                     (prev.packets, prev.bytes, prev.generation) =
                         (flow.packets, flow.bytes, generation);
-                    delta
+                    (dp, db, prev.last_active_ns)
                 }
                 // New flow, or evicted and re-created since: all of it is new.
                 e => {
@@ -297,6 +306,7 @@ impl Maps {
                         packets: flow.packets,
                         bytes: flow.bytes,
                         first_seen_ns: flow.first_seen_ns,
+                        last_active_ns: now,
                         generation,
                     };
                     match e {
@@ -321,7 +331,7 @@ impl Maps {
                             .2 += 1;
                         *view.inbound_new_flows.entry(key.protocol).or_default() += 1;
                     }
-                    (flow.packets, flow.bytes)
+                    (flow.packets, flow.bytes, now)
                 }
             };
             if key.direction == DIRECTION_INGRESS && dp > 0 {
@@ -357,7 +367,7 @@ impl Maps {
                 Some((_, n)) => *n += 1,
                 None => active.push((key.ifindex, 1)),
             }
-            if self.is_idle(&flow, now) {
+            if self.is_idle(&flow, last_active_ns, now) {
                 idle.push(key);
             }
         }
