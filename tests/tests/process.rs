@@ -1,6 +1,7 @@
-//! Process lifecycle events: N execs of /bin/true from one shell give N
-//! exec events naming the file and the shell as parent, and N exit events
-//! with exit code 0; the exec counter agrees. The same through perf event
+//! Process lifecycle events: N execs of /bin/true and /bin/false in turn
+//! from one shell give N exec events naming the file and the shell as
+//! parent, and N exit events with their exit codes (0 and 1, as the
+//! kernel's wait status: 0 and 256); the exec counter agrees. The same through perf event
 //! arrays, the transport of kernels without the BPF ring buffer.
 
 use std::{process::Command, time::Duration};
@@ -35,7 +36,11 @@ fn execs_and_exits(config: Config, transport: &str) {
     let shell = Command::new("sh")
         .args([
             "-c",
-            &format!("i=0; while [ $i -lt {N} ]; do /bin/true; i=$((i+1)); done"),
+            &format!(
+                "i=0; while [ $i -lt {N} ]; do \
+                 if [ $((i % 2)) -eq 0 ]; then /bin/true; else /bin/false; fi; \
+                 i=$((i+1)); done"
+            ),
         ])
         .spawn()
         .expect("starting sh");
@@ -73,8 +78,10 @@ fn execs_and_exits(config: Config, transport: &str) {
         N,
         "exec events with ppid {shell_pid} (the shell): {execs_seen:?}"
     );
-    assert!(
-        execs_seen.iter().all(|e| e["filename"] == "/bin/true"),
+    let files = |name: &str| execs_seen.iter().filter(|e| e["filename"] == name).count();
+    assert_eq!(
+        (files("/bin/true"), files("/bin/false")),
+        (N / 2, N / 2),
         "{execs_seen:?}"
     );
     assert_eq!(
@@ -82,5 +89,10 @@ fn execs_and_exits(config: Config, transport: &str) {
         N,
         "exit events with ppid {shell_pid}: {exits:?}"
     );
-    assert!(exits.iter().all(|e| e["exit_code"] == 0), "{exits:?}");
+    let codes = |code: u64| exits.iter().filter(|e| e["exit_code"] == code).count();
+    assert_eq!(
+        (codes(0), codes(256)),
+        (N / 2, N / 2),
+        "exit codes (wait status) of /bin/true and /bin/false: {exits:?}"
+    );
 }

@@ -13,10 +13,10 @@
 use std::sync::Arc;
 
 use agent_common::counters::{PROCESS_EXEC, PROCESS_EXIT};
-use aya::{Ebpf, maps::MapError};
+use aya::{Ebpf, maps::MapError, util::KernelVersion};
 use prometheus::proto::{MetricFamily, MetricType};
 
-use super::{BtfField, OpenError, Reading, Signal, Source, TracepointField};
+use super::{BtfField, Constant, OpenError, Reading, Signal, Source, TracepointField};
 use crate::{
     config::Config,
     family::Family,
@@ -32,7 +32,7 @@ pub const SIGNAL: Signal = Signal {
     tracepoint_fields: TRACEPOINT_FIELDS,
     btf_fields: BTF_FIELDS,
     symbols: &[],
-    constants: &[],
+    constants: CONSTANTS,
     enabled: |config| config.process.enabled,
     forced_tier: |_| None,
     reads: "process counters",
@@ -80,6 +80,16 @@ const BTF_FIELDS: &[BtfField] = &[
     ("TASK_TGID_OFFSET", "task_struct", &["tgid"]),
     ("TASK_EXIT_CODE_OFFSET", "task_struct", &["exit_code"]),
 ];
+
+/// Whether the kernel types the current task for the programs
+/// (`bpf_get_current_task_btf`: 5.11, and only with its own BTF), so that
+/// they read its members with plain loads instead of a helper call each.
+const CONSTANTS: &[Constant] = &[("TASK_BTF", || {
+    u32::from(
+        std::path::Path::new("/sys/kernel/btf/vmlinux").exists()
+            && KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 11, 0)),
+    )
+})];
 
 /// The counts live in the shared diagnostic counters, which the collector
 /// reads every cycle and hands to [`Source::advance`]: no map of its own
