@@ -39,6 +39,21 @@ static TASK_REAL_PARENT_OFFSET: Global<u32> = Global::new(u32::MAX);
 static TASK_TGID_OFFSET: Global<u32> = Global::new(u32::MAX);
 #[unsafe(no_mangle)]
 static TASK_EXIT_CODE_OFFSET: Global<u32> = Global::new(u32::MAX);
+/// Read only through a typed task (a helper call is cheaper than the probe
+/// reads they would take otherwise): `task_struct.pid`, `.comm`,
+/// `.cgroups`, `css_set.dfl_cgrp`, `cgroup.kn`, `kernfs_node.id`.
+#[unsafe(no_mangle)]
+static TASK_PID_OFFSET: Global<u32> = Global::new(u32::MAX);
+#[unsafe(no_mangle)]
+static TASK_COMM_OFFSET: Global<u32> = Global::new(u32::MAX);
+#[unsafe(no_mangle)]
+static TASK_CGROUPS_OFFSET: Global<u32> = Global::new(u32::MAX);
+#[unsafe(no_mangle)]
+static CSS_SET_DFL_CGRP_OFFSET: Global<u32> = Global::new(u32::MAX);
+#[unsafe(no_mangle)]
+static CGROUP_KN_OFFSET: Global<u32> = Global::new(u32::MAX);
+#[unsafe(no_mangle)]
+static KERNFS_NODE_ID_OFFSET: Global<u32> = Global::new(u32::MAX);
 /// 1: the current task comes typed from `bpf_get_current_task_btf` (5.11,
 /// with the kernel's own BTF), and its members are plain loads.
 #[unsafe(no_mangle)]
@@ -55,60 +70,112 @@ static TP_EXEC_PID: Global<u32> = Global::new(u32::MAX);
 #[unsafe(no_mangle)]
 static TP_EXIT_COMM: Global<u32> = Global::new(u32::MAX);
 
-/// A task, and how its members are read. Typed (`TASK_BTF`): the pointer
-/// `bpf_get_current_task_btf` returns, or one loaded from it, which the
-/// verifier types from the kernel's BTF; a member is then a plain load,
-/// which it checks against the type and makes fault-tolerant: no helper
-/// call. Otherwise a probe read per member, 40-60 ns each on the
-/// benchmark's VM.
+/// A kernel object, and how its members are read. Typed (`TASK_BTF`): the
+/// task `bpf_get_current_task_btf` returns, or an object a pointer member
+/// of a typed one points to; the verifier types it from the kernel's BTF,
+/// checks each member load against the type and makes it fault-tolerant,
+/// so a member is a plain load. Untyped: a probe read per member, a
+/// helper call each (40-60 ns on the benchmark's VM).
 #[derive(Clone, Copy)]
-struct Task {
-    ptr: u64,
+struct KernelPtr {
+    addr: u64,
     typed: bool,
 }
 
-impl Task {
+impl KernelPtr {
     #[inline(always)]
-    fn current() -> Task {
+    fn current_task() -> KernelPtr {
         // SAFETY (both): helpers without preconditions; the verifier drops
         // the branch the read-only global rules out, so a kernel without
         // the typed helper never sees its call.
         if TASK_BTF.load() != 0 {
-            Task {
-                ptr: unsafe { bpf_get_current_task_btf() } as u64,
+            KernelPtr {
+                addr: unsafe { bpf_get_current_task_btf() } as u64,
                 typed: true,
             }
         } else {
-            Task {
-                ptr: unsafe { bpf_get_current_task() },
+            KernelPtr {
+                addr: unsafe { bpf_get_current_task() },
                 typed: false,
             }
         }
     }
 
     /// The `T` at `offset` (this kernel's, from BTF; None when unknown or
-    /// the task is null).
+    /// the object is null).
     #[inline(always)]
     fn member<T: Copy>(self, offset: u32) -> Option<T> {
         if !self.typed {
-            return member::<T>(self.ptr, offset);
+            return member::<T>(self.addr, offset);
         }
-        if self.ptr == 0 || offset == u32::MAX {
+        if self.addr == 0 || offset == u32::MAX {
             return None;
         }
         // SAFETY: a typed kernel pointer plus this kernel's offset of a
-        // member of type T; the verifier checks the load against the BTF
-        // type and turns it into one that tolerates a fault.
-        Some(unsafe { core::ptr::read_volatile((self.ptr + u64::from(offset)) as *const T) })
+        // member of type T (or a slice of an array member); the verifier
+        // checks the load against the BTF type and turns it into one that
+        // tolerates a fault.
+        Some(unsafe { core::ptr::read_volatile((self.addr + u64::from(offset)) as *const T) })
     }
 
-    /// The task a pointer member at `offset` points to, typed as this one.
+    /// The object the pointer member at `offset` points to.
     #[inline(always)]
-    fn follow(self, offset: u32) -> Task {
-        Task {
-            ptr: self.member::<u64>(offset).unwrap_or(0),
+    fn follow(self, offset: u32) -> KernelPtr {
+        KernelPtr {
+            addr: self.member::<u64>(offset).unwrap_or(0),
             typed: self.typed,
         }
+    }
+
+    /// The current task's (pid, tgid): two loads where typed.
+    #[inline(always)]
+    fn pid_tgid(self) -> (u32, u32) {
+        if self.typed
+            && let (Some(pid), Some(tgid)) = (
+                self.member::<u32>(TASK_PID_OFFSET.load()),
+                self.member::<u32>(TASK_TGID_OFFSET.load()),
+            )
+        {
+            return (pid, tgid);
+        }
+        let pid_tgid = bpf_get_current_pid_tgid();
+        (pid_tgid as u32, (pid_tgid >> 32) as u32)
+    }
+
+    /// The current task's cgroup id on the default hierarchy, what
+    /// `bpf_get_current_cgroup_id` returns: task → cgroups → dfl_cgrp →
+    /// kn → id, four loads where typed.
+    #[inline(always)]
+    fn cgroup_id(self) -> u64 {
+        if self.typed
+            && let Some(id) = self
+                .follow(TASK_CGROUPS_OFFSET.load())
+                .follow(CSS_SET_DFL_CGRP_OFFSET.load())
+                .follow(CGROUP_KN_OFFSET.load())
+                .member::<u64>(KERNFS_NODE_ID_OFFSET.load())
+        {
+            return id;
+        }
+        // SAFETY: helper without preconditions.
+        unsafe { bpf_get_current_cgroup_id() }
+    }
+
+    /// The current task's comm, written in place: two loads where typed.
+    #[inline(always)]
+    fn comm(self, out: &mut [u8; COMM_LEN]) {
+        let at = TASK_COMM_OFFSET.load();
+        if self.typed
+            && let (Some(low), Some(high)) = (
+                self.member::<u64>(at),
+                self.member::<u64>(at.wrapping_add(8)),
+            )
+        {
+            // SAFETY: two u64s are sixteen bytes, any pattern a valid
+            // [u8; 16].
+            *out = unsafe { core::mem::transmute::<[u64; 2], [u8; COMM_LEN]>([low, high]) };
+            return;
+        }
+        current_comm(out);
     }
 }
 
@@ -117,15 +184,9 @@ impl Task {
 /// tracepoint's record where it has them: every helper call counts at
 /// these hooks (40-60 ns each on the benchmark's VM).
 #[inline(always)]
-fn fill(info: &mut ProcessInfo, kind: u32, task: Task, pid: u32) {
+fn fill(info: &mut ProcessInfo, kind: u32, task: KernelPtr, pid: u32) {
     // SAFETY: helpers without preconditions.
-    let (now, cpu, cgroup) = unsafe {
-        (
-            bpf_ktime_get_ns(),
-            bpf_get_smp_processor_id(),
-            bpf_get_current_cgroup_id(),
-        )
-    };
+    let (now, cpu) = unsafe { (bpf_ktime_get_ns(), bpf_get_smp_processor_id()) };
     info.header = EventHeader {
         kind,
         cpu,
@@ -136,7 +197,7 @@ fn fill(info: &mut ProcessInfo, kind: u32, task: Task, pid: u32) {
         .follow(TASK_REAL_PARENT_OFFSET.load())
         .member::<u32>(TASK_TGID_OFFSET.load())
         .unwrap_or(0);
-    info.cgroup_id = cgroup;
+    info.cgroup_id = task.cgroup_id();
 }
 
 /// The current task's comm, written in place (NUL-terminated; empty if
@@ -173,8 +234,9 @@ pub fn sonde_process_exec(ctx: TracePointContext) -> u32 {
         field!(&ctx, u32, pid_at, 12).unwrap_or(0)
     };
     emit::<ProcessExecEvent>(RING_PROCESS, |event| {
-        fill(&mut event.info, EVENT_PROCESS_EXEC, Task::current(), pid);
-        current_comm(&mut event.info.comm);
+        let task = KernelPtr::current_task();
+        fill(&mut event.info, EVENT_PROCESS_EXEC, task, pid);
+        task.comm(&mut event.info.comm);
         // The path's bytes after its NUL are never read (zeroing 128
         // bytes costs ~650 instructions: byte stores in LLVM's memset for
         // the BPF target); an empty string if the read fails.
@@ -191,23 +253,18 @@ pub fn sonde_process_exec(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn sonde_process_exit(ctx: TracePointContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
+    let task = KernelPtr::current_task();
+    let (pid, tgid) = task.pid_tgid();
     // One event per process: when its main thread exits.
-    if pid_tgid as u32 != (pid_tgid >> 32) as u32 {
+    if pid != tgid {
         return 0;
     }
     count(PROCESS_EXIT);
     emit::<ProcessExitEvent>(RING_PROCESS, |event| {
-        let task = Task::current();
-        fill(
-            &mut event.info,
-            EVENT_PROCESS_EXIT,
-            task,
-            (pid_tgid >> 32) as u32,
-        );
+        fill(&mut event.info, EVENT_PROCESS_EXIT, task, tgid);
         let comm_at = TP_EXIT_COMM.load();
         if comm_at == u32::MAX {
-            current_comm(&mut event.info.comm);
+            task.comm(&mut event.info.comm);
         } else {
             event.info.comm = record_comm(&ctx, comm_at);
         }

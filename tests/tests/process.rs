@@ -1,12 +1,13 @@
 //! Process lifecycle events: N execs of /bin/true and /bin/false in turn
-//! from one shell give N exec events naming the file and the shell as
-//! parent, and N exit events with their exit codes (0 and 1, as the
+//! from one shell in a cgroup of the test's give N exec events naming the
+//! file, the shell as parent and the cgroup (its directory's inode number
+//! is its id), and N exit events with their exit codes (0 and 1, as the
 //! kernel's wait status: 0 and 256); the exec counter agrees. The same through perf event
 //! arrays, the transport of kernels without the BPF ring buffer.
 
-use std::{process::Command, time::Duration};
+use std::{os::unix::fs::MetadataExt as _, time::Duration};
 
-use sonde_tests::{Agent, Config, require_root};
+use sonde_tests::{Agent, Config, cgroup::TestCgroup, require_root};
 
 #[test]
 fn execs_and_exits_are_reported_with_their_parent() {
@@ -33,15 +34,22 @@ fn execs_and_exits(config: Config, transport: &str) {
         s.value_or_zero("sonde_process_events_total", &[("event", "exec")])
     };
     let before = agent.metrics();
-    let shell = Command::new("sh")
-        .args([
-            "-c",
-            &format!(
-                "i=0; while [ $i -lt {N} ]; do \
-                 if [ $((i % 2)) -eq 0 ]; then /bin/true; else /bin/false; fi; \
-                 i=$((i+1)); done"
-            ),
-        ])
+    let cgroup = TestCgroup::new("sonde-test-process");
+    let cgroup_id = std::fs::metadata(cgroup.dir())
+        .expect("the test's cgroup")
+        .ino();
+    let shell = cgroup
+        .command(
+            "sh",
+            &[
+                "-c",
+                &format!(
+                    "'i=0; while [ $i -lt {N} ]; do \
+                     if [ $((i % 2)) -eq 0 ]; then /bin/true; else /bin/false; fi; \
+                     i=$((i+1)); done'"
+                ),
+            ],
+        )
         .spawn()
         .expect("starting sh");
     let shell_pid = shell.id() as u64;
@@ -88,6 +96,19 @@ fn execs_and_exits(config: Config, transport: &str) {
         exits.len(),
         N,
         "exit events with ppid {shell_pid}: {exits:?}"
+    );
+    assert!(
+        execs_seen.iter().chain(&exits).all(|e| e["filename"]
+            .as_str()
+            .is_none_or(|f| f["/bin/".len()..] == e["comm"])),
+        "every exec's comm the name of its file: {execs_seen:?}"
+    );
+    assert!(
+        execs_seen
+            .iter()
+            .chain(&exits)
+            .all(|e| e["cgroup_id"] == cgroup_id),
+        "every event in the test's cgroup, id {cgroup_id}: {execs_seen:?} {exits:?}"
     );
     let codes = |code: u64| exits.iter().filter(|e| e["exit_code"] == code).count();
     assert_eq!(

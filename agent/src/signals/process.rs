@@ -74,11 +74,19 @@ const TRACEPOINT_FIELDS: &[TracepointField] = &[
     ("TP_EXIT_COMM", "sched", "sched_process_exit", "comm"),
 ];
 
-/// Parent (task → real_parent → tgid) and exit code.
+/// Parent (task → real_parent → tgid) and exit code; where the task is
+/// typed (`TASK_BTF`), also the pid, comm and cgroup id (task → cgroups →
+/// dfl_cgrp → kn → id) that are helper calls otherwise.
 const BTF_FIELDS: &[BtfField] = &[
     ("TASK_REAL_PARENT_OFFSET", "task_struct", &["real_parent"]),
     ("TASK_TGID_OFFSET", "task_struct", &["tgid"]),
     ("TASK_EXIT_CODE_OFFSET", "task_struct", &["exit_code"]),
+    ("TASK_PID_OFFSET", "task_struct", &["pid"]),
+    ("TASK_COMM_OFFSET", "task_struct", &["comm"]),
+    ("TASK_CGROUPS_OFFSET", "task_struct", &["cgroups"]),
+    ("CSS_SET_DFL_CGRP_OFFSET", "css_set", &["dfl_cgrp"]),
+    ("CGROUP_KN_OFFSET", "cgroup", &["kn"]),
+    ("KERNFS_NODE_ID_OFFSET", "kernfs_node", &["id"]),
 ];
 
 /// Whether the kernel types the current task for the programs
