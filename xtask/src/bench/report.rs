@@ -324,7 +324,7 @@ pub fn performance_doc(
     let _ = writeln!(
         doc,
         "# Performance\n\n\
-         What Sonde costs, measured by `cargo xtask bench` (root; about 15 minutes on 2 cores; \
+         What Sonde costs, measured by `cargo xtask bench` (root; about 20 minutes on 2 cores; \
          `--quick` is the 4-minute smoke run that `cargo xtask test` does). Every scenario \
          measures Sonde side by side with its own baselines in the same run: the kernel's floor \
          (empty programs on the same hooks, `sonde baseline`), no program at all, and bpftrace \
