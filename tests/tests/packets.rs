@@ -569,6 +569,22 @@ fn wait_flows_created(lab: &Lab, before: &Scrape, n: u64) -> Scrape {
         })
 }
 
+/// The agent's kernel flow table, entry by entry (key and value bytes).
+fn kernel_flows(lab: &Lab) -> Vec<(Vec<u8>, Vec<u8>)> {
+    sonde_tests::bpf::map_entries(lab.agent.pid(), "FLOWS")
+}
+
+/// The packets of each flow in `table` whose destination port is `port`.
+/// FlowKey: dst_port (host order) at bytes 42..44; FlowStats: packets
+/// (u64) first.
+fn flows_to(table: &[(Vec<u8>, Vec<u8>)], port: u16) -> Vec<u64> {
+    table
+        .iter()
+        .filter(|(k, _)| k.get(42..44) == Some(&port.to_ne_bytes()[..]))
+        .map(|(_, v)| u64::from_ne_bytes(v[..8].try_into().unwrap()))
+        .collect()
+}
+
 /// Waits up to `timeout` until `n` flows expired since `since`, all idle
 /// flows of one datagram; the scrape that showed it.
 fn wait_flows_expired(lab: &Lab, since: &Scrape, n: u64, timeout: Duration) -> Scrape {
@@ -613,15 +629,7 @@ fn an_active_flow_outlives_the_idle_timeout_and_leaves_once_quiet() {
         SEND_TIMEOUT,
     );
     let quiet = std::time::Instant::now();
-    // FlowKey: dst_port (host order) at bytes 42..44; FlowStats: packets
-    // (u64) first.
-    let ours = || -> Vec<u64> {
-        sonde_tests::bpf::map_entries(lab.agent.pid(), "FLOWS")
-            .iter()
-            .filter(|(k, _)| k.get(42..44) == Some(&PORT.to_ne_bytes()[..]))
-            .map(|(_, v)| u64::from_ne_bytes(v[..8].try_into().unwrap()))
-            .collect()
-    };
+    let ours = || flows_to(&kernel_flows(&lab), PORT);
     assert_eq!(
         ours(),
         [DATAGRAMS],
@@ -713,25 +721,15 @@ fn unreplied_flows_leave_the_table_in_seconds_and_others_stay() {
     Workload::run_in(&lab.ns, &["udp-send", &sink_addr, "5", "10"], SEND_TIMEOUT);
     one_datagram_flows(&lab, &sink_addr, SHORT);
     let sent = wait_flows_created(&lab, &before, SHORT + 1);
-    // FlowKey: dst_port (host order) at bytes 42..44; FlowStats: packets
-    // (u64) first.
-    let ours = |entries: &[(Vec<u8>, Vec<u8>)]| -> Vec<u64> {
-        entries
-            .iter()
-            .filter(|(k, _)| k.get(42..44) == Some(&40170u16.to_ne_bytes()[..]))
-            .map(|(_, v)| u64::from_ne_bytes(v[..8].try_into().unwrap()))
-            .collect()
-    };
-    let table = sonde_tests::bpf::map_entries(lab.agent.pid(), "FLOWS");
     assert_eq!(
-        ours(&table).len() as u64,
+        flows_to(&kernel_flows(&lab), 40170).len() as u64,
         SHORT + 1,
         "flows to the sink in the kernel's table"
     );
     let after = wait_flows_expired(&lab, &sent, SHORT, Duration::from_secs(30));
-    let table = sonde_tests::bpf::map_entries(lab.agent.pid(), "FLOWS");
+    let table = kernel_flows(&lab);
     assert_eq!(
-        ours(&table),
+        flows_to(&table, 40170),
         [5],
         "the kernel's table must hold only the five-datagram flow to the sink"
     );
