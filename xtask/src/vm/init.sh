@@ -27,6 +27,8 @@ mount -t tmpfs tmp /tmp
 mount -t bpf bpf /sys/fs/bpf
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t debugfs debugfs /sys/kernel/debug
+# Where every node has it: tests run commands in cgroups of their own.
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
 
 . /vm/params
 
