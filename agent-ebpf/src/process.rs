@@ -28,7 +28,7 @@ use aya_ebpf::{
 use crate::{
     events::{emit, flush},
     maps::count,
-    member::member,
+    member::KernelPtr,
     record::field,
 };
 
@@ -70,18 +70,7 @@ static TP_EXEC_PID: Global<u32> = Global::new(u32::MAX);
 #[unsafe(no_mangle)]
 static TP_EXIT_COMM: Global<u32> = Global::new(u32::MAX);
 
-/// A kernel object, and how its members are read. Typed (`TASK_BTF`): the
-/// task `bpf_get_current_task_btf` returns, or an object a pointer member
-/// of a typed one points to; the verifier types it from the kernel's BTF,
-/// checks each member load against the type and makes it fault-tolerant,
-/// so a member is a plain load. Untyped: a probe read per member, a
-/// helper call each (40-60 ns on the benchmark's VM).
-#[derive(Clone, Copy)]
-struct KernelPtr {
-    addr: u64,
-    typed: bool,
-}
-
+/// The current task, and what the process programs read of it.
 impl KernelPtr {
     #[inline(always)]
     fn current_task() -> KernelPtr {
@@ -98,32 +87,6 @@ impl KernelPtr {
                 addr: unsafe { bpf_get_current_task() },
                 typed: false,
             }
-        }
-    }
-
-    /// The `T` at `offset` (this kernel's, from BTF; None when unknown or
-    /// the object is null).
-    #[inline(always)]
-    fn member<T: Copy>(self, offset: u32) -> Option<T> {
-        if !self.typed {
-            return member::<T>(self.addr, offset);
-        }
-        if self.addr == 0 || offset == u32::MAX {
-            return None;
-        }
-        // SAFETY: a typed kernel pointer plus this kernel's offset of a
-        // member of type T (or a slice of an array member); the verifier
-        // checks the load against the BTF type and turns it into one that
-        // tolerates a fault.
-        Some(unsafe { core::ptr::read_volatile((self.addr + u64::from(offset)) as *const T) })
-    }
-
-    /// The object the pointer member at `offset` points to.
-    #[inline(always)]
-    fn follow(self, offset: u32) -> KernelPtr {
-        KernelPtr {
-            addr: self.member::<u64>(offset).unwrap_or(0),
-            typed: self.typed,
         }
     }
 
