@@ -58,7 +58,7 @@ impl Capabilities {
         Self {
             kernel_release: kernel_release(),
             kernel_version,
-            btf: Path::new("/sys/kernel/btf/vmlinux").exists(),
+            btf: Path::new(super::btf::VMLINUX_BTF).exists(),
             raw_tracepoint: supported(ProgramType::RawTracePoint),
             tracepoint: supported(ProgramType::TracePoint),
             xdp: supported(ProgramType::Xdp),

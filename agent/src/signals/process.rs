@@ -20,7 +20,10 @@ use super::{BtfField, Constant, OpenError, Reading, Signal, Source, TracepointFi
 use crate::{
     config::Config,
     family::Family,
-    probes::tiers::{self, Hook, Requires, Tier, TierProgram},
+    probes::{
+        btf,
+        tiers::{self, Hook, Requires, Tier, TierProgram},
+    },
 };
 
 /// What its programs' names start with: one of them attached means
@@ -94,7 +97,7 @@ const BTF_FIELDS: &[BtfField] = &[
 /// they read its members with plain loads instead of a helper call each.
 const CONSTANTS: &[Constant] = &[("TASK_BTF", || {
     u32::from(
-        std::path::Path::new("/sys/kernel/btf/vmlinux").exists()
+        std::path::Path::new(btf::VMLINUX_BTF).exists()
             && KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 11, 0)),
     )
 })];
