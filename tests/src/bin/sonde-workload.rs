@@ -61,8 +61,8 @@ const MAX_SECONDS: u64 = 86_400;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: sonde-workload <getppid N | close-bad N | udp-send ADDR:PORT N SIZE | udp-send-every ADDR:PORT N SIZE MS | \
-         udp-sink ADDR:PORT SECONDS | tcp-connect ADDR:PORT | tcp-listen ADDR:PORT SECONDS | \
+        "usage: sonde-workload <getppid N | close-bad N | udp-send ADDR:PORT N SIZE | \
+         udp-send-every ADDR:PORT N SIZE MS | udp-sink ADDR:PORT SECONDS | tcp-connect ADDR:PORT | tcp-listen ADDR:PORT SECONDS | \
          listen-overflow ADDR:PORT N | tcp-sink ADDR:PORT SECONDS | \
          tcp-send ADDR:PORT N SIZE PAUSE_MS | \
          nanosleep MS N | syscall-loop K N | getppid-rate RATE SECONDS | \
